@@ -1,0 +1,1 @@
+//! kubesent-gemini-sim

@@ -1,0 +1,1 @@
+//! kubesent-kube-sim
