@@ -401,7 +401,10 @@ mod tests {
             json,
             serde_json::json!({"type":"increase_memory","container":"app","from":"128Mi","to":"256Mi"})
         );
-        assert_eq!(serde_json::to_value(Action::None).expect("serializes"), serde_json::json!({"type":"none"}));
+        assert_eq!(
+            serde_json::to_value(Action::None).expect("serializes"),
+            serde_json::json!({"type":"none"})
+        );
     }
 
     #[test]

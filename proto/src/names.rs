@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn subjects_are_built_from_namespace_and_kind_tokens() {
-        assert_eq!(job_subject("shop", FailureKind::OomKilled).as_deref(), Ok("kubesent.jobs.shop.oom-killed"));
+        assert_eq!(
+            job_subject("shop", FailureKind::OomKilled).as_deref(),
+            Ok("kubesent.jobs.shop.oom-killed")
+        );
         assert_eq!(
             outcome_subject("shop", OutcomeResult::Applied).as_deref(),
             Ok("kubesent.outcomes.shop.applied")

@@ -64,8 +64,7 @@ impl MemoryQuantity {
             b'+' => (false, &trimmed[1..]),
             _ => (false, trimmed),
         };
-        let number_end =
-            unsigned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(unsigned.len());
+        let number_end = unsigned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(unsigned.len());
         let (number, suffix) = unsigned.split_at(number_end);
         let (int_part, frac_part) = match number.split_once('.') {
             Some((i, f)) => (i, f),

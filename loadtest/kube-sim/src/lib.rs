@@ -1,1 +1,136 @@
-//! kubesent-kube-sim
+//! A Kubernetes API simulator: a real HTTP server that the real kube-rs client, kube-runtime's
+//! watcher, kube-leader-election and `kubectl --server` talk to, with apiserver semantics (list
+//! paging, watch with resourceVersion, bookmarks and 410 expiry, preconditions, graceful pod deletion,
+//! `Status` errors) and a small kubelet that OOM-kills under-provisioned containers.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let sim = kubesent_kube_sim::KubeSim::start(kubesent_kube_sim::SimConfig::default()).await?;
+//! println!("kubectl --server {} get pods -A", sim.url());
+//! # Ok(()) }
+//! ```
+
+mod api_error;
+pub mod kubelet;
+mod patch;
+pub mod pods;
+pub mod resources;
+mod selectors;
+mod server;
+pub mod store;
+mod table;
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+pub use api_error::{ApiError, FieldError};
+pub use kubelet::{SimClock, annotations};
+pub use server::{RequestRecord, SimState};
+pub use store::StoreConfig;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Settings of a simulator instance.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Wall-clock seconds per simulated second for the kubelet (1.0 = real time).
+    pub time_scale: f64,
+    /// Interval of BOOKMARK events on watches that ask for them (the apiserver's is about a minute).
+    pub bookmark_interval: Duration,
+    /// Store tunables (watch history, watcher buffers).
+    pub store: StoreConfig,
+    /// Name of the simulated node.
+    pub node_name: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            time_scale: 1.0,
+            bookmark_interval: Duration::from_secs(60),
+            store: StoreConfig::default(),
+            node_name: "sim-node-1".to_owned(),
+        }
+    }
+}
+
+/// A running simulator; stopped when [`KubeSim::shutdown`] is called or it is dropped.
+pub struct KubeSim {
+    state: Arc<SimState>,
+    addr: SocketAddr,
+    server: Option<JoinHandle<()>>,
+}
+
+impl KubeSim {
+    /// Binds `config.listen` and starts serving.
+    pub async fn start(config: SimConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Self::serve(config, listener)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn serve(config: SimConfig, listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let store = Arc::new(store::Store::new(config.store));
+        let kubelet =
+            kubelet::Kubelet::new(store.clone(), SimClock::new(config.time_scale), config.node_name.clone());
+        let shutdown = CancellationToken::new();
+        let state = Arc::new(SimState {
+            store,
+            kubelet,
+            bookmark_interval: config.bookmark_interval,
+            shutdown: shutdown.clone(),
+            requests: Mutex::new(VecDeque::new()),
+            server_address: Mutex::new(addr.to_string()),
+        });
+        let app = server::router(state.clone());
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "kube-sim server failed");
+            }
+        });
+        Ok(Self { state, addr, server: Some(server) })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (store, kubelet, request log) for in-process assertions.
+    pub fn state(&self) -> &Arc<SimState> {
+        &self.state
+    }
+
+    /// A copy of the request log.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state.requests()
+    }
+
+    /// Stops serving and ends open watches.
+    pub async fn shutdown(mut self) {
+        self.state.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for KubeSim {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+    }
+}

@@ -1,0 +1,966 @@
+//! The HTTP front: path routing like the apiserver's, the verbs, watch streaming, and the request log.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api_error::{ApiError, FieldError},
+    kubelet::Kubelet,
+    patch::{self, PatchType},
+    pods::{self, LogOptions, PodDeletion},
+    resources::{self, PODS, ResourceDef},
+    selectors::{FieldSelector, LabelSelector},
+    store::{EventType, Filter, Mutation, Store, StoredObject, WatchRecord, WatchStart},
+    table,
+};
+
+/// One request as the simulator saw it, for tests to assert on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP method.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Response status.
+    pub status: u16,
+}
+
+impl RequestRecord {
+    /// Whether the request could have changed state.
+    pub fn is_mutating(&self) -> bool {
+        !matches!(self.method.as_str(), "GET" | "HEAD" | "OPTIONS")
+    }
+}
+
+/// Requests kept in the log; older ones are dropped.
+const REQUEST_LOG_CAPACITY: usize = 100_000;
+/// Watch timeout when the client sends none (the apiserver picks 30–60 min).
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Shared state of a running simulator.
+pub struct SimState {
+    /// The object store.
+    pub store: Arc<Store>,
+    /// The simulated kubelet.
+    pub kubelet: Arc<Kubelet>,
+    /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
+    pub bookmark_interval: Duration,
+    /// Cancelled when the simulator stops; ends watch streams.
+    pub shutdown: CancellationToken,
+    pub(crate) requests: Mutex<VecDeque<RequestRecord>>,
+    pub(crate) server_address: Mutex<String>,
+}
+
+impl SimState {
+    /// A copy of the request log, oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    fn log_request(&self, method: &Method, uri: &Uri, status: u16) {
+        let mut log = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == REQUEST_LOG_CAPACITY {
+            log.pop_front();
+        }
+        log.push_back(RequestRecord {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            query: uri.query().unwrap_or_default().to_owned(),
+            status,
+        });
+    }
+}
+
+/// The simulator's router.
+pub fn router(state: Arc<SimState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(
+    State(state): State<Arc<SimState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let response = match dispatch(&state, &method, &uri, &headers, body) {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    state.log_request(&method, &uri, response.status().as_u16());
+    response
+}
+
+/// What a path addresses.
+#[derive(Debug, PartialEq)]
+enum Route {
+    Version,
+    CoreVersions,
+    GroupList,
+    ResourceList(String, String),
+    Resource {
+        def: &'static ResourceDef,
+        namespace: Option<String>,
+        name: Option<String>,
+        subresource: Option<String>,
+    },
+}
+
+fn route(path: &str) -> Option<Route> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["version"] => Some(Route::Version),
+        ["api"] => Some(Route::CoreVersions),
+        ["apis"] => Some(Route::GroupList),
+        ["api", version] => Some(Route::ResourceList(String::new(), (*version).to_owned())),
+        ["apis", group, version] => Some(Route::ResourceList((*group).to_owned(), (*version).to_owned())),
+        ["api", version, rest @ ..] => resource_route("", version, rest),
+        ["apis", group, version, rest @ ..] => resource_route(group, version, rest),
+        _ => None,
+    }
+}
+
+fn resource_route(group: &str, version: &str, rest: &[&str]) -> Option<Route> {
+    let owned = |s: &&str| (*s).to_owned();
+    if let ["namespaces", namespace, plural, tail @ ..] = rest
+        && let Some(def) = resources::lookup(group, version, plural).filter(|d| d.namespaced)
+        && tail.len() <= 2
+    {
+        return Some(Route::Resource {
+            def,
+            namespace: Some((*namespace).to_owned()),
+            name: tail.first().map(owned),
+            subresource: tail.get(1).map(owned),
+        });
+    }
+    let [plural, tail @ ..] = rest else { return None };
+    let def = resources::lookup(group, version, plural)?;
+    if def.namespaced {
+        // All-namespaces collection only: `/api/v1/pods`.
+        return tail.is_empty().then_some(Route::Resource {
+            def,
+            namespace: None,
+            name: None,
+            subresource: None,
+        });
+    }
+    (tail.len() <= 2).then(|| Route::Resource {
+        def,
+        namespace: None,
+        name: tail.first().map(owned),
+        subresource: tail.get(1).map(owned),
+    })
+}
+
+fn query_map(uri: &Uri) -> BTreeMap<String, String> {
+    form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn bytes_response(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn dispatch(
+    state: &Arc<SimState>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let query = query_map(uri);
+    let route = route(uri.path()).ok_or_else(ApiError::no_route)?;
+    let wants_table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.split(',').next().is_some_and(|first| first.contains("as=Table")));
+    match route {
+        Route::Version => Ok(json_response(StatusCode::OK, &resources::version_info())),
+        Route::CoreVersions => {
+            let address = state.server_address.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Ok(json_response(StatusCode::OK, &resources::core_versions(&address)))
+        }
+        Route::GroupList => Ok(json_response(StatusCode::OK, &resources::group_list())),
+        Route::ResourceList(group, version) => resources::resource_list(&group, &version)
+            .map(|doc| json_response(StatusCode::OK, &doc))
+            .ok_or_else(ApiError::no_route),
+        Route::Resource { def, namespace, name, subresource } => {
+            if let Some(sub) = &subresource
+                && !def.subresources.contains(&sub.as_str())
+            {
+                return Err(ApiError::no_route());
+            }
+            if let Some(ns) = &namespace
+                && !kubesent_proto::is_dns_label(ns)
+            {
+                return Err(ApiError::invalid(
+                    &resources::NAMESPACES,
+                    ns,
+                    &[FieldError::invalid(
+                        "metadata.name",
+                        ns,
+                        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+                    )],
+                ));
+            }
+            let ns = namespace.clone().unwrap_or_default();
+            let ctx = Ctx { state, def, namespace, query: &query, headers, wants_table };
+            match (method.clone(), name, subresource.as_deref()) {
+                (Method::GET, None, None) => {
+                    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                        ctx.watch()
+                    } else {
+                        ctx.list()
+                    }
+                }
+                (Method::POST, None, None) => ctx.create(&ns, &body),
+                (Method::DELETE, None, None) => ctx.delete_collection(&ns),
+                (Method::GET, Some(name), Some("log")) => ctx.logs(&ns, &name),
+                (Method::GET, Some(name), _) => {
+                    let object = state.store.get(def, &ns, &name)?;
+                    if wants_table {
+                        return Ok(json_response(
+                            StatusCode::OK,
+                            &table::table(def, &[object], state.store.current_revision(), None),
+                        ));
+                    }
+                    Ok(bytes_response(StatusCode::OK, object.json.clone()))
+                }
+                (Method::PUT, Some(name), sub) => ctx.replace(&ns, &name, sub, &body),
+                (Method::PATCH, Some(name), sub) => ctx.patch(&ns, &name, sub, &body),
+                (Method::DELETE, Some(name), None) => ctx.delete(&ns, &name, &body),
+                (method, _, _) => Err(ApiError::method_not_supported(def, method.as_str())),
+            }
+        }
+    }
+}
+
+struct Ctx<'a> {
+    state: &'a Arc<SimState>,
+    def: &'static ResourceDef,
+    namespace: Option<String>,
+    query: &'a BTreeMap<String, String>,
+    headers: &'a HeaderMap,
+    wants_table: bool,
+}
+
+fn parse_body(def: &ResourceDef, body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {e}",
+            def.kind
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {})",
+            def.kind
+        )));
+    }
+    if let Some(kind) = value.get("kind").and_then(Value::as_str)
+        && kind != def.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): {kind}",
+            def.kind
+        )));
+    }
+    if let Some(api_version) = value.get("apiVersion").and_then(Value::as_str)
+        && api_version != def.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            def.api_version()
+        )));
+    }
+    typed_check(def, &value)?;
+    Ok(value)
+}
+
+/// Rejects bodies the real apiserver could not decode into the kind's Go type.
+fn typed_check(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
+    use k8s_openapi::api::{
+        apps::v1 as apps, coordination::v1 as coordination, core::v1 as core, events::v1 as events,
+    };
+    fn check<T: serde::de::DeserializeOwned>(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
+        serde_json::from_value::<T>(value.clone()).map(|_| ()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                def.kind, def.version, def.kind
+            ))
+        })
+    }
+    match (def.group, def.plural) {
+        ("", "pods") => check::<core::Pod>(def, value),
+        ("", "events") => check::<core::Event>(def, value),
+        ("", "namespaces") => check::<core::Namespace>(def, value),
+        ("", "configmaps") => check::<core::ConfigMap>(def, value),
+        ("", "secrets") => check::<core::Secret>(def, value),
+        ("coordination.k8s.io", _) => check::<coordination::Lease>(def, value),
+        ("events.k8s.io", _) => check::<events::Event>(def, value),
+        ("apps", "deployments") => check::<apps::Deployment>(def, value),
+        ("apps", "replicasets") => check::<apps::ReplicaSet>(def, value),
+        ("apps", "statefulsets") => check::<apps::StatefulSet>(def, value),
+        ("apps", "daemonsets") => check::<apps::DaemonSet>(def, value),
+        _ => Ok(()),
+    }
+}
+
+fn now_time() -> Value {
+    json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn resource_version_of(value: &Value) -> Option<&str> {
+    value.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// Carries the server-owned metadata over from the stored object and bumps `generation` on spec changes.
+fn carry_metadata(old: &Value, new: &mut Value) {
+    for key in
+        ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"]
+    {
+        match old.pointer(&format!("/metadata/{key}")) {
+            Some(v) => new["metadata"][key] = v.clone(),
+            None => {
+                if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove(key);
+                }
+            }
+        }
+    }
+    if let Some(generation) = old.pointer("/metadata/generation").and_then(Value::as_i64) {
+        let bumped = if old.get("spec") != new.get("spec") { generation + 1 } else { generation };
+        new["metadata"]["generation"] = json!(bumped);
+    }
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let raw = uuid::Uuid::new_v4();
+    raw.as_bytes().iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+impl Ctx<'_> {
+    fn filter(&self) -> Result<Filter, ApiError> {
+        Ok(Filter {
+            namespace: self.namespace.clone(),
+            labels: LabelSelector::parse(self.query.get("labelSelector").map_or("", String::as_str))?,
+            fields: FieldSelector::parse(
+                self.query.get("fieldSelector").map_or("", String::as_str),
+                self.def,
+            )?,
+        })
+    }
+
+    fn list(&self) -> Result<Response, ApiError> {
+        let filter = self.filter()?;
+        let limit = match self.query.get("limit") {
+            Some(l) => {
+                Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?)
+            }
+            None => None,
+        };
+        let page = self.state.store.list(
+            self.def,
+            &filter,
+            limit,
+            self.query.get("continue").map(String::as_str),
+        )?;
+        if self.wants_table {
+            return Ok(json_response(
+                StatusCode::OK,
+                &table::table(self.def, &page.items, page.resource_version, page.continue_token.as_deref()),
+            ));
+        }
+        let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
+        if let Some(token) = &page.continue_token {
+            metadata["continue"] = json!(token);
+        }
+        if let Some(remaining) = page.remaining {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
+        let mut out =
+            BytesMut::with_capacity(64 + page.items.iter().map(|o| o.json.len() + 1).sum::<usize>());
+        out.put_slice(
+            format!(
+                "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{metadata},\"items\":[",
+                self.def.list_kind(),
+                self.def.api_version()
+            )
+            .as_bytes(),
+        );
+        for (i, item) in page.items.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            out.put_slice(&item.json);
+        }
+        out.put_slice(b"]}");
+        Ok(bytes_response(StatusCode::OK, out.freeze()))
+    }
+
+    fn watch(&self) -> Result<Response, ApiError> {
+        let filter = self.filter()?;
+        let flag = |key: &str| self.query.get(key).is_some_and(|v| v == "true" || v == "1");
+        let bookmarks = flag("allowWatchBookmarks");
+        let send_initial = flag("sendInitialEvents");
+        let rv = self.query.get("resourceVersion").filter(|v| !v.is_empty());
+        if send_initial && self.query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan")
+        {
+            return Err(ApiError::invalid(
+                self.def,
+                "",
+                &[FieldError::forbidden(
+                    "resourceVersionMatch",
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                )],
+            ));
+        }
+        let start = match rv {
+            _ if send_initial => WatchStart::InitialEvents,
+            None => WatchStart::InitialEvents,
+            Some(v) if v == "0" => WatchStart::InitialEvents,
+            Some(v) => WatchStart::After(
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resource version: {v}")))?,
+            ),
+        };
+        let timeout = match self.query.get("timeoutSeconds") {
+            Some(t) => Duration::from_secs(
+                t.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
+            ),
+            None => DEFAULT_WATCH_TIMEOUT,
+        };
+        let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
+        match self.state.store.watch(self.def, &filter, start) {
+            Ok(subscription) => {
+                let task = WatchTask {
+                    def: self.def,
+                    filter,
+                    bookmarks,
+                    initial_events_end: send_initial && bookmarks,
+                    timeout,
+                    bookmark_interval: self.state.bookmark_interval,
+                    shutdown: self.state.shutdown.clone(),
+                    tx,
+                };
+                tokio::spawn(task.run(subscription.initial, subscription.live, subscription.start_revision));
+            }
+            Err(error) => {
+                // An expired resourceVersion is an in-stream ERROR event on a 200, as the watch cache sends it.
+                let line = watch_line("ERROR", &serde_json::to_vec(&error.to_status()).unwrap_or_default());
+                let _ = tx.try_send(Ok(line));
+            }
+        }
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+    }
+
+    fn create(&self, ns: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let mut value = parse_body(self.def, body)?;
+        if let Some(body_ns) =
+            value.pointer("/metadata/namespace").and_then(Value::as_str).filter(|s| !s.is_empty())
+            && self.def.namespaced
+            && body_ns != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let name = match value.pointer("/metadata/name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            Some(name) => name.to_owned(),
+            None => match value
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                Some(prefix) => format!("{prefix}{}", random_suffix()),
+                None => {
+                    return Err(ApiError::invalid(
+                        self.def,
+                        "",
+                        &[FieldError::required("metadata.name", "name or generateName is required")],
+                    ));
+                }
+            },
+        };
+        value["metadata"]["name"] = json!(name);
+        let uid = uuid::Uuid::new_v4().to_string();
+        let dry_run = self.query.get("dryRun").is_some_and(|d| d == "All");
+        if self.def == &PODS {
+            return self.create_pod(ns, &name, value, uid, dry_run);
+        }
+        let meta = value["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        meta.insert("uid".into(), json!(uid));
+        meta.insert("creationTimestamp".into(), now_time());
+        meta.remove("resourceVersion");
+        meta.remove("deletionTimestamp");
+        if self.def.namespaced {
+            meta.insert("namespace".into(), json!(ns));
+        }
+        if value.get("spec").is_some() {
+            value["metadata"]["generation"] = json!(1);
+        }
+        if dry_run {
+            return Ok(json_response(StatusCode::CREATED, &value));
+        }
+        let def = self.def;
+        let stored = self
+            .state
+            .store
+            .mutate(def, ns, &name, |current| match current {
+                Some(_) => Err(ApiError::already_exists(def, &name)),
+                None => Ok(Mutation::Put(value)),
+            })?
+            .ok_or_else(|| ApiError::internal("object vanished after create"))?;
+        Ok(bytes_response(StatusCode::CREATED, stored.json.clone()))
+    }
+
+    fn create_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        value: Value,
+        uid: String,
+        dry_run: bool,
+    ) -> Result<Response, ApiError> {
+        let mut pod: Pod = serde_json::from_value(value).map_err(ApiError::internal)?;
+        let errors = pods::validate_create(&pod);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(&PODS, name, &errors));
+        }
+        pods::default_for_create(&mut pod, ns, uid.clone(), jiff::Timestamp::now());
+        let value = serde_json::to_value(&pod).map_err(ApiError::internal)?;
+        if dry_run {
+            return Ok(json_response(StatusCode::CREATED, &value));
+        }
+        let stored = self
+            .state
+            .store
+            .mutate(&PODS, ns, name, |current| match current {
+                // NB: a pod that is still terminating holds its name: AlreadyExists until it is gone.
+                Some(_) => Err(ApiError::already_exists(&PODS, name)),
+                None => Ok(Mutation::Put(value)),
+            })?
+            .ok_or_else(|| ApiError::internal("pod vanished after create"))?;
+        self.state.kubelet.admit(ns, name, &uid);
+        Ok(bytes_response(StatusCode::CREATED, stored.json.clone()))
+    }
+
+    fn replace(
+        &self,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
+        let new = parse_body(self.def, body)?;
+        if let Some(body_name) = new.pointer("/metadata/name").and_then(Value::as_str)
+            && body_name != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let def = self.def;
+        let body_rv = resource_version_of(&new).map(str::to_owned);
+        if body_rv.is_none() && !def.unconditional_update {
+            return Err(ApiError::invalid(
+                def,
+                name,
+                &[FieldError::invalid_raw(
+                    "metadata.resourceVersion",
+                    "0x0",
+                    "must be specified for an update",
+                )],
+            ));
+        }
+        let mut created = false;
+        let stored = self.state.store.mutate(def, ns, name, |current| {
+            let Some(current) = current else {
+                if def.create_on_update && subresource.is_none() {
+                    created = true;
+                    let mut fresh = new.clone();
+                    fresh["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+                    fresh["metadata"]["creationTimestamp"] = now_time();
+                    fresh["metadata"]["namespace"] = json!(ns);
+                    return Ok(Mutation::Put(fresh));
+                }
+                return Err(ApiError::not_found(def, name));
+            };
+            if let Some(rv) = &body_rv
+                && *rv != current.resource_version.to_string()
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            self.updated(current, new.clone(), subresource)
+        })?;
+        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+        Ok(bytes_response(if created { StatusCode::CREATED } else { StatusCode::OK }, stored.json.clone()))
+    }
+
+    fn patch(
+        &self,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
+        let content_type =
+            self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let kind = PatchType::from_content_type(content_type)
+            .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
+        let patch_body: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        let def = self.def;
+        let stored = self.state.store.mutate(def, ns, name, |current| {
+            let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
+            let old = current.value();
+            let new = patch::apply(kind, &old, &patch_body)?;
+            // A patch that names a resourceVersion is an optimistic-lock precondition.
+            if let Some(rv) = resource_version_of(&new)
+                && rv != current.resource_version.to_string()
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            typed_check(def, &new)?;
+            self.updated(current, new, subresource)
+        })?;
+        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+        Ok(bytes_response(StatusCode::OK, stored.json.clone()))
+    }
+
+    /// The stored object after an update of the main resource or its status.
+    fn updated(
+        &self,
+        current: &Arc<StoredObject>,
+        mut new: Value,
+        subresource: Option<&str>,
+    ) -> Result<Mutation, ApiError> {
+        let old = current.value();
+        if !new.is_object() {
+            return Err(ApiError::bad_request("object must be a JSON object"));
+        }
+        if subresource == Some("status") {
+            // Status updates change only the status.
+            let mut merged = old.clone();
+            merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+            new = merged;
+        } else {
+            if self.def.subresources.contains(&"status") {
+                match old.get("status") {
+                    Some(status) => new["status"] = status.clone(),
+                    None => {
+                        if let Some(map) = new.as_object_mut() {
+                            map.remove("status");
+                        }
+                    }
+                }
+            }
+            carry_metadata(&old, &mut new);
+        }
+        if self.def == &PODS {
+            let old_pod: Pod = serde_json::from_value(old.clone()).map_err(ApiError::internal)?;
+            let new_pod: Pod = serde_json::from_value(new.clone()).map_err(|e| {
+                ApiError::bad_request(format!("Pod in version \"v1\" cannot be handled as a Pod: {e}"))
+            })?;
+            if subresource.is_none() {
+                pods::validate_update(&old_pod, &new_pod)?;
+            }
+        }
+        let mut unchanged_check = new.clone();
+        unchanged_check["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        if unchanged_check == old {
+            return Ok(Mutation::Unchanged);
+        }
+        Ok(Mutation::Put(new))
+    }
+
+    fn delete(&self, ns: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        };
+        let grace = match (options.get("gracePeriodSeconds"), self.query.get("gracePeriodSeconds")) {
+            (Some(v), _) if !v.is_null() => Some(
+                v.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+            ),
+            (_, Some(q)) => Some(
+                q.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+            ),
+            _ => None,
+        };
+        let want_uid = options.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned);
+        let want_rv =
+            options.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+        let def = self.def;
+        let mut outcome = None;
+        let stored = self.state.store.mutate(def, ns, name, |current| {
+            let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
+            if let Some(uid) = &want_uid
+                && *uid != current.uid
+            {
+                return Err(ApiError::precondition_failed(
+                    def,
+                    ns,
+                    name,
+                    format!("UID in precondition: {uid}, UID in object meta: {}", current.uid),
+                ));
+            }
+            if let Some(rv) = &want_rv
+                && *rv != current.resource_version.to_string()
+            {
+                return Err(ApiError::precondition_failed(
+                    def,
+                    ns,
+                    name,
+                    format!(
+                        "ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        current.resource_version
+                    ),
+                ));
+            }
+            let mut value = current.value();
+            let has_finalizers = value
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            if def == &PODS {
+                let pod: Pod = current.typed()?;
+                let decision = pods::deletion(&pod, grace);
+                outcome = Some((decision, current.uid.clone()));
+                return Ok(match decision {
+                    PodDeletion::Immediate if !has_finalizers => Mutation::Delete,
+                    PodDeletion::AlreadyTerminating => Mutation::Unchanged,
+                    PodDeletion::Immediate | PodDeletion::Graceful(_) => {
+                        let seconds = match decision {
+                            PodDeletion::Graceful(g) => g,
+                            _ => 0,
+                        };
+                        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds);
+                        value["metadata"]["deletionTimestamp"] =
+                            json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+                        value["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
+                        Mutation::Put(value)
+                    }
+                });
+            }
+            if has_finalizers {
+                if value.pointer("/metadata/deletionTimestamp").is_none() {
+                    value["metadata"]["deletionTimestamp"] = now_time();
+                    value["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    return Ok(Mutation::Put(value));
+                }
+                return Ok(Mutation::Unchanged);
+            }
+            Ok(Mutation::Delete)
+        })?;
+        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+        if let Some((decision, uid)) = outcome {
+            match decision {
+                PodDeletion::Immediate => self.state.kubelet.forget(&uid),
+                PodDeletion::Graceful(grace) => self.state.kubelet.terminate(ns, name, &uid, grace),
+                PodDeletion::AlreadyTerminating => {}
+            }
+            // Pods return the object (ReturnDeletedObject), never a Status.
+            return Ok(bytes_response(StatusCode::OK, stored.json.clone()));
+        }
+        let mut details = def.error_details(name);
+        details["uid"] = json!(stored.uid);
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+        ))
+    }
+
+    fn delete_collection(&self, ns: &str) -> Result<Response, ApiError> {
+        let filter = self.filter()?;
+        let page = self.state.store.list(self.def, &filter, None, None)?;
+        for object in &page.items {
+            match self.delete(&object.namespace, &object.name, b"{}") {
+                Ok(_) => {}
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let _ = ns;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        ))
+    }
+
+    fn logs(&self, ns: &str, name: &str) -> Result<Response, ApiError> {
+        let pod: Pod = self.state.store.get(&PODS, ns, name)?.typed()?;
+        let options = LogOptions::parse(self.query, name)?;
+        let text = self.state.kubelet.logs(&pod, &options)?;
+        Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response())
+    }
+}
+
+fn watch_line(event_type: &str, object: &[u8]) -> Bytes {
+    let mut line = BytesMut::with_capacity(object.len() + 32);
+    line.put_slice(b"{\"type\":\"");
+    line.put_slice(event_type.as_bytes());
+    line.put_slice(b"\",\"object\":");
+    line.put_slice(object);
+    line.put_slice(b"}\n");
+    line.freeze()
+}
+
+struct WatchTask {
+    def: &'static ResourceDef,
+    filter: Filter,
+    bookmarks: bool,
+    initial_events_end: bool,
+    timeout: Duration,
+    bookmark_interval: Duration,
+    shutdown: CancellationToken,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+}
+
+impl WatchTask {
+    fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
+        let mut object = json!({"kind": self.def.kind, "apiVersion": self.def.api_version(),
+            "metadata": {"resourceVersion": rv.to_string(), "creationTimestamp": null}});
+        if initial_events_end {
+            object["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        if self.def == &PODS {
+            object["spec"] = json!({"containers": null});
+            object["status"] = json!({});
+        }
+        watch_line("BOOKMARK", &serde_json::to_vec(&object).unwrap_or_default())
+    }
+
+    /// The line to send for a change, taking selector transitions into account.
+    fn line_for(&self, record: &WatchRecord) -> Option<Bytes> {
+        let now = self.filter.matches(&record.object);
+        let before = record.previous.as_ref().map(|p| self.filter.matches(p));
+        let event = match (record.event, before, now) {
+            (EventType::Added, _, true) => "ADDED",
+            (EventType::Modified, Some(true), true) => "MODIFIED",
+            (EventType::Modified, Some(false) | None, true) => "ADDED",
+            (EventType::Modified, Some(true), false) => "DELETED",
+            (EventType::Deleted, _, true) => "DELETED",
+            _ => return None,
+        };
+        Some(watch_line(event, &record.object.json))
+    }
+
+    async fn run(
+        self,
+        initial: Vec<Arc<WatchRecord>>,
+        mut live: broadcast::Receiver<Arc<WatchRecord>>,
+        start_revision: u64,
+    ) {
+        let mut last_rv = start_revision;
+        for record in &initial {
+            last_rv = last_rv.max(record.object.resource_version);
+            if let Some(line) = self.line_for(record)
+                && self.tx.send(Ok(line)).await.is_err()
+            {
+                return;
+            }
+        }
+        // Live records at or below what the initial events covered are duplicates.
+        let covered =
+            initial.iter().map(|r| r.object.resource_version).max().unwrap_or(0).max(start_revision);
+        if self.initial_events_end && self.tx.send(Ok(self.bookmark(last_rv, true))).await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut ticker = tokio::time::interval(self.bookmark_interval.max(Duration::from_millis(10)));
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.bookmarks {
+                        let _ = self.tx.send(Ok(self.bookmark(last_rv, false))).await;
+                    }
+                    return;
+                }
+                () = self.shutdown.cancelled() => return,
+                () = self.tx.closed() => return,
+                _ = ticker.tick(), if self.bookmarks => {
+                    if self.tx.send(Ok(self.bookmark(last_rv, false))).await.is_err() {
+                        return;
+                    }
+                }
+                received = live.recv() => match received {
+                    Ok(record) => {
+                        let rv = record.object.resource_version;
+                        if rv <= covered {
+                            continue;
+                        }
+                        last_rv = last_rv.max(rv);
+                        if let Some(line) = self.line_for(&record)
+                            && self.tx.send(Ok(line)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    // A watcher that cannot keep up is closed; it resumes from its last resourceVersion.
+                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_like_the_apiserver() {
+        let r = route("/api/v1/namespaces/shop/pods/web-1/log").expect("routes");
+        assert_eq!(
+            r,
+            Route::Resource {
+                def: &PODS,
+                namespace: Some("shop".into()),
+                name: Some("web-1".into()),
+                subresource: Some("log".into())
+            }
+        );
+        let r = route("/api/v1/pods").expect("routes");
+        assert_eq!(r, Route::Resource { def: &PODS, namespace: None, name: None, subresource: None });
+        let r = route("/api/v1/namespaces/shop").expect("routes");
+        assert!(
+            matches!(r, Route::Resource { def, name: Some(n), .. } if def.plural == "namespaces" && n == "shop")
+        );
+        assert!(route("/apis/coordination.k8s.io/v1/namespaces/kubesent/leases/detector").is_some());
+        assert!(route("/api/v1/namespaces/shop/widgets/a/b").is_none());
+        assert!(route("/api/v1/pods/x").is_none());
+    }
+}

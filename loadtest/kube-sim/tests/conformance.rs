@@ -1,0 +1,312 @@
+//! kube-sim against the real clients: kube-rs, kube-runtime's watcher and `kubectl --server`.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, LogParams, PostParams, Preconditions, WatchEvent, WatchParams},
+};
+use kube_runtime::{
+    wait::{await_condition, conditions},
+    watcher,
+};
+use kubesent_kube_sim::{KubeSim, SimConfig};
+use serde_json::json;
+
+/// Fast kubelet: 1 simulated second = 10 ms.
+const FAST: f64 = 0.01;
+/// Upper bound for anything a test waits on; the simulated kubelet needs far less.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn sim() -> KubeSim {
+    KubeSim::start(SimConfig { time_scale: FAST, ..SimConfig::default() }).await.expect("kube-sim starts")
+}
+
+fn client(sim: &KubeSim) -> Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut config = kube::Config::new(sim.url().parse().expect("url"));
+    config.default_retry = false;
+    Client::try_from(config).expect("client")
+}
+
+fn pod(name: &str, limit: &str, need: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": {"sim.kubesent.io/memory-need": need}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+            "resources": {"limits": {"memory": limit}}}]}
+    }))
+    .expect("pod json")
+}
+
+fn last_terminated_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .last_state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+async fn wait_for(api: &Api<Pod>, name: &str, cond: impl kube_runtime::wait::Condition<Pod>) -> Pod {
+    tokio::time::timeout(PATIENCE, await_condition(api.clone(), name, cond))
+        .await
+        .expect("condition reached in time")
+        .expect("watch works")
+        .expect("pod exists")
+}
+
+#[tokio::test]
+async fn an_under_provisioned_container_is_oom_killed_and_crash_loops() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &pod("web-1", "128Mi", "200Mi")).await.expect("created");
+    let crashed = wait_for(&pods, "web-1", |p: Option<&Pod>| {
+        p.and_then(last_terminated_reason).as_deref() == Some("OOMKilled")
+            && p.and_then(|p| {
+                p.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.waiting.clone()
+            })
+            .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+    })
+    .await;
+    let status = &crashed.status.expect("status").container_statuses.expect("statuses")[0];
+    let terminated = status.last_state.as_ref().and_then(|s| s.terminated.as_ref()).expect("terminated");
+    assert_eq!(terminated.exit_code, 137);
+    assert!(status.restart_count >= 1);
+    let message = status
+        .state
+        .as_ref()
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.message.clone())
+        .expect("message");
+    assert!(message.starts_with("back-off 10s restarting failed container=app pod=web-1_shop("), "{message}");
+
+    let previous = pods
+        .logs("web-1", &LogParams { previous: true, ..LogParams::default() })
+        .await
+        .expect("previous logs");
+    assert!(previous.contains("allocating"), "{previous}");
+}
+
+#[tokio::test]
+async fn a_container_with_enough_memory_runs() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &pod("web-2", "256Mi", "200Mi")).await.expect("created");
+    wait_for(&pods, "web-2", conditions::is_pod_running()).await;
+    let err = pods
+        .logs("web-2", &LogParams { previous: true, ..LogParams::default() })
+        .await
+        .expect_err("no previous");
+    let kube::Error::Api(status) = err else { panic!("expected a Status, got {err:?}") };
+    assert_eq!(status.code, 400);
+    assert_eq!(status.message, "previous terminated container \"app\" in pod \"web-2\" not found");
+}
+
+#[tokio::test]
+async fn delete_preconditions_are_enforced_and_graceful_delete_ends_in_deleted() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let created = pods.create(&PostParams::default(), &pod("web-3", "256Mi", "1Mi")).await.expect("created");
+    let uid = created.metadata.uid.clone().expect("uid");
+    wait_for(&pods, "web-3", conditions::is_pod_running()).await;
+
+    let wrong = DeleteParams {
+        preconditions: Some(Preconditions { uid: Some("not-the-uid".into()), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    let err = pods.delete("web-3", &wrong).await.expect_err("precondition fails");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(
+        status.message.contains("Precondition failed: UID in precondition: not-the-uid"),
+        "{}",
+        status.message
+    );
+
+    let right = DeleteParams {
+        preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    let answer = pods.delete("web-3", &right).await.expect("deleted");
+    let terminating = answer.left().expect("pods return the object, not a Status");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+
+    let err = pods
+        .create(&PostParams::default(), &pod("web-3", "256Mi", "1Mi"))
+        .await
+        .expect_err("name still taken");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.reason.as_str()), (409, "AlreadyExists"));
+
+    tokio::time::timeout(PATIENCE, await_condition(pods.clone(), "web-3", conditions::is_deleted(&uid)))
+        .await
+        .expect("deleted in time")
+        .expect("watch works");
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_requests_get_status_errors() {
+    let sim = sim().await;
+    let http = reqwest_like_post(&sim, "/api/v1/namespaces/shop/pods", "{not json").await;
+    assert_eq!(http.0, 400);
+    assert_eq!(http.1["kind"], "Status");
+    assert_eq!(http.1["reason"], "BadRequest");
+
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let invalid: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "x"}, "spec": {"containers": []}})).expect("json");
+    let err = pods.create(&PostParams::default(), &invalid).await.expect_err("invalid");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(status.message, "Pod \"x\" is invalid: spec.containers: Required value");
+
+    let err = pods
+        .list(&ListParams::default().fields("spec.containers.image=x"))
+        .await
+        .expect_err("unsupported field");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (400, "field label not supported: spec.containers.image")
+    );
+}
+
+/// POSTs a raw body with a plain TCP client, so the test controls every byte.
+async fn reqwest_like_post(sim: &KubeSim, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(sim.addr()).await.expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let json_start = response.find("\r\n\r\n").map(|i| i + 4).expect("body");
+    (code, serde_json::from_str(&response[json_start..]).expect("json body"))
+}
+
+#[tokio::test]
+async fn the_watcher_lists_pages_then_streams_changes() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::all(client(&sim));
+    let shop: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    for i in 0..5 {
+        shop.create(&PostParams::default(), &pod(&format!("pre-{i}"), "256Mi", "1Mi"))
+            .await
+            .expect("created");
+    }
+    let config = watcher::Config::default().page_size(2);
+    let mut events = watcher(pods, config).boxed();
+    let mut initial = 0;
+    loop {
+        match events.try_next().await.expect("watch ok").expect("stream open") {
+            watcher::Event::InitApply(_) => initial += 1,
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, 5);
+    shop.create(&PostParams::default(), &pod("late", "256Mi", "1Mi")).await.expect("created");
+    let seen = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.try_next().await.expect("watch ok") {
+            if let watcher::Event::Apply(p) = event
+                && p.metadata.name.as_deref() == Some("late")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("in time");
+    assert!(seen);
+    assert!(
+        sim.requests().iter().any(|r| r.query.contains("continue=")),
+        "the watcher paged through the list"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_from_an_expired_resource_version_gets_an_in_stream_410() {
+    let sim = KubeSim::start(SimConfig {
+        time_scale: FAST,
+        store: kubesent_kube_sim::StoreConfig { history_per_resource: 2, watch_buffer: 64 },
+        ..SimConfig::default()
+    })
+    .await
+    .expect("starts");
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let first = pods.create(&PostParams::default(), &pod("a", "256Mi", "1Mi")).await.expect("created");
+    let old_rv = first.metadata.resource_version.expect("rv");
+    // The kubelet's status updates push the first revision out of the 3-event history.
+    wait_for(&pods, "a", conditions::is_pod_running()).await;
+    let mut stream =
+        pods.watch(&WatchParams::default().timeout(5), &old_rv).await.expect("watch starts").boxed();
+    match stream.next().await {
+        Some(Ok(WatchEvent::Error(status))) => {
+            assert_eq!(status.code, 410);
+            assert!(
+                status.message.starts_with(&format!("too old resource version: {old_rv} (")),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected an ERROR event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn kubectl_lists_pods_and_reads_previous_logs() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &pod("web-1", "128Mi", "200Mi")).await.expect("created");
+    wait_for(&pods, "web-1", |p: Option<&Pod>| {
+        p.and_then(last_terminated_reason).as_deref() == Some("OOMKilled")
+    })
+    .await;
+    let server = sim.url();
+    let run = |args: Vec<String>| {
+        let kubectl = kubectl.clone();
+        async move { tokio::process::Command::new(kubectl).args(args).output().await.expect("kubectl runs") }
+    };
+    let get = run(vec!["--server".into(), server.clone(), "get".into(), "pods".into(), "-A".into()]).await;
+    let stdout = String::from_utf8_lossy(&get.stdout);
+    assert!(get.status.success(), "kubectl get failed: {}", String::from_utf8_lossy(&get.stderr));
+    assert!(stdout.contains("NAMESPACE") && stdout.contains("RESTARTS"), "{stdout}");
+    assert!(stdout.contains("shop") && stdout.contains("web-1"), "{stdout}");
+    let logs = run(vec![
+        "--server".into(),
+        server,
+        "-n".into(),
+        "shop".into(),
+        "logs".into(),
+        "web-1".into(),
+        "--previous".into(),
+    ])
+    .await;
+    assert!(logs.status.success(), "kubectl logs failed: {}", String::from_utf8_lossy(&logs.stderr));
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("allocating"));
+}
+
+fn which_kubectl() -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
