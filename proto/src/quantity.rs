@@ -131,7 +131,7 @@ impl fmt::Display for MemoryQuantity {
         }
         for (suffix, power) in BINARY_SUFFIXES.iter().rev() {
             let unit = 1u64 << (power * 10);
-            if self.0 % unit == 0 {
+            if self.0.is_multiple_of(unit) {
                 return write!(f, "{}{suffix}", self.0 / unit);
             }
         }
