@@ -1,1 +1,141 @@
-//! kubesent-common
+//! Runtime shared by the KubeSent services: configuration, telemetry, NATS JetStream set-up and
+//! publishing, trace-context headers, the admin endpoint, leader election and shutdown.
+
+pub mod admin;
+pub mod leader;
+pub mod nats;
+pub mod nats_server;
+pub mod telemetry;
+pub mod trace;
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+/// Errors of the shared runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A NATS operation failed.
+    #[error("nats: {0}")]
+    Nats(#[source] async_nats::Error),
+    /// A publish was not acknowledged by the stream.
+    #[error("publish not acknowledged: {0}")]
+    Publish(String),
+    /// Streams, consumers, buckets or a local server could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// The Kubernetes client could not be configured.
+    #[error("kubernetes client: {0}")]
+    Kube(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Nats(_) => "nats",
+            Self::Publish(_) => "publish",
+            Self::Setup(_) => "setup",
+            Self::Kube(_) => "kube",
+        }
+    }
+}
+
+/// Settings every service takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// NATS server URL.
+    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Kubernetes API URL; when unset, in-cluster configuration or the kubeconfig is used.
+    #[arg(long, env = "KUBESENT_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, env = "KUBESENT_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "KUBESENT_LOG_JSON")]
+    pub log_json: bool,
+    /// This replica's identity (leases, audit records); defaults to the pod name.
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    pub identity: String,
+    /// Namespace holding KubeSent's Leases.
+    #[arg(long, env = "KUBESENT_NAMESPACE", default_value = "kubesent")]
+    pub lease_namespace: String,
+    /// Replicas of each JetStream stream (3 in production).
+    #[arg(long, env = "KUBESENT_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+}
+
+fn default_identity() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kubesent-{}", std::process::id()))
+}
+
+/// Installs the rustls crypto provider; call before building any TLS client.
+pub fn install_crypto_provider() {
+    // Err means one is already installed, which is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A Kubernetes client for `api_url`, or from in-cluster configuration / kubeconfig when `None`.
+pub async fn kube_client(api_url: Option<&str>) -> Result<kube::Client, Error> {
+    install_crypto_provider();
+    let config = match api_url {
+        Some(url) => kube::Config::new(url.parse().map_err(|e| Error::Kube(format!("invalid URL {url:?}: {e}")))?),
+        None => kube::Config::infer().await.map_err(|e| Error::Kube(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| Error::Kube(e.to_string()))
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+/// Exponential back-off with a cap, for reconnect and republish loops.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial`, doubles, never exceeds `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { next: initial, initial, max }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Back to the initial delay after a success.
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}

@@ -1,1 +1,379 @@
-//! kubesent-detector
+//! The detector: watches pods, classifies container failures, groups them into incidents and publishes
+//! one `FailureJob` per incident to `KUBESENT_JOBS`.
+//!
+//! Every replica keeps its watch warm; only the leader publishes. A replica that takes over publishes
+//! every open incident again, and JetStream's deduplication (the `Nats-Msg-Id` is the incident
+//! fingerprint) drops the ones already published. Publishing failures (NATS down, stream full) are
+//! retried with back-off; nothing already seen is lost while they last.
+
+pub mod classify;
+pub mod incident;
+pub mod tracker;
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube_runtime::{WatchStreamExt as _, watcher};
+use kubesent_common::{Backoff, leader::LeaderConfig, nats};
+use kubesent_proto::{self as proto, Failure, FailureJob, IncidentId, PodRef};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::tracker::{PodTracker, Transition};
+
+/// Jobs buffered between the watch and the publisher; a full buffer slows the watch down.
+const JOB_BUFFER: usize = 10_000;
+/// First retry delay after a failed publish.
+const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest retry delay after repeated failed publishes.
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What the detector watches and how it competes for leadership.
+#[derive(Debug, Clone)]
+pub struct DetectorConfig {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Namespaces never reported (system namespaces).
+    pub excluded_namespaces: Vec<String>,
+    /// Leader election; `None` makes this replica always lead (single-replica and test set-ups).
+    pub leader: Option<LeaderConfig>,
+}
+
+/// The detector's clients and metrics.
+pub struct DetectorDeps {
+    /// Kubernetes client.
+    pub kube: kube::Client,
+    /// JetStream context (streams must exist).
+    pub js: jetstream::Context,
+    /// Metrics.
+    pub metrics: Arc<DetectorMetrics>,
+}
+
+/// Errors that stop the detector.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Shared runtime failure.
+    #[error(transparent)]
+    Common(#[from] kubesent_common::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Detector metrics.
+#[derive(Debug, Default)]
+pub struct DetectorMetrics {
+    watch_events: Counter,
+    watch_errors: Counter,
+    transitions: Counter,
+    published: Family<ResultLabel, Counter>,
+    publish_failures: Counter,
+    tracked_pods: Gauge,
+    open_incidents: Gauge,
+    pending_jobs: Gauge,
+    leader: Gauge,
+}
+
+impl DetectorMetrics {
+    /// Creates the metrics and registers them under `kubesent_detector_`.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Self::default();
+        let r = registry.sub_registry_with_prefix("kubesent_detector");
+        r.register("watch_events", "Pod watch events processed", metrics.watch_events.clone());
+        r.register("watch_errors", "Pod watch errors (the watcher retries)", metrics.watch_errors.clone());
+        r.register("transitions", "Container failure transitions seen", metrics.transitions.clone());
+        r.register("jobs_published", "Jobs acknowledged by JetStream, by result", metrics.published.clone());
+        r.register("publish_failures", "Publish attempts that failed and will be retried", metrics.publish_failures.clone());
+        r.register("tracked_pods", "Pods whose container state is tracked", metrics.tracked_pods.clone());
+        r.register("open_incidents", "Incidents with at least one failing pod", metrics.open_incidents.clone());
+        r.register("pending_jobs", "Jobs waiting to be published", metrics.pending_jobs.clone());
+        r.register("leader", "1 when this replica leads", metrics.leader.clone());
+        Arc::new(metrics)
+    }
+
+    /// Jobs acknowledged as new by JetStream.
+    pub fn jobs_published(&self) -> u64 {
+        self.published.get_or_create(&ResultLabel { result: "published" }).get()
+    }
+
+    /// Jobs JetStream dropped as duplicates.
+    pub fn jobs_deduplicated(&self) -> u64 {
+        self.published.get_or_create(&ResultLabel { result: "duplicate" }).get()
+    }
+}
+
+/// An incident with the pods that currently show it.
+struct OpenIncident {
+    job: FailureJob,
+    pods: BTreeSet<String>,
+}
+
+/// Runs the detector until `shutdown`.
+pub async fn run(config: DetectorConfig, deps: DetectorDeps, shutdown: CancellationToken) -> Result<(), Error> {
+    let leading = match config.leader.clone() {
+        Some(leader) => kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone()).0,
+        None => watch::channel(true).1,
+    };
+    let (jobs_tx, jobs_rx) = mpsc::channel(JOB_BUFFER);
+    let publisher = Publisher { js: deps.js.clone(), metrics: deps.metrics.clone(), leading, jobs: jobs_rx };
+    let publishing = tokio::spawn(publisher.run(shutdown.clone()).instrument(info_span!("publisher")));
+    let watching = watch_pods(&config, &deps, jobs_tx, shutdown.clone()).instrument(info_span!("pods"));
+    watching.await;
+    let _ = publishing.await;
+    Ok(())
+}
+
+fn pod_events(config: &DetectorConfig, client: &kube::Client) -> BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
+    let watcher_config = watcher::Config::default();
+    if config.namespaces.is_empty() {
+        return watcher(Api::<Pod>::all(client.clone()), watcher_config).default_backoff().boxed();
+    }
+    let streams = config.namespaces.iter().map(|ns| {
+        watcher(Api::<Pod>::namespaced(client.clone(), ns), watcher_config.clone()).default_backoff().boxed()
+    });
+    futures::stream::select_all(streams).boxed()
+}
+
+/// The watch side: classification, transitions and grouping. Hands every new or changed incident to
+/// the publisher; never blocks on NATS.
+async fn watch_pods(config: &DetectorConfig, deps: &DetectorDeps, jobs: mpsc::Sender<Job>, shutdown: CancellationToken) {
+    let mut events = pod_events(config, &deps.kube);
+    let mut tracker = PodTracker::default();
+    let mut relisted: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(event) = event else { return };
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                deps.metrics.watch_errors.inc();
+                warn!(%error, "pod watch failed; retrying");
+                continue;
+            }
+        };
+        deps.metrics.watch_events.inc();
+        let mut updates = Vec::new();
+        match event {
+            watcher::Event::Init => relisted.clear(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    relisted.insert(uid.clone());
+                }
+                if config.excluded_namespaces.iter().any(|ns| Some(ns) == pod.metadata.namespace.as_ref()) {
+                    continue;
+                }
+                let (transitions, recovered) = tracker.observe(&pod);
+                deps.metrics.transitions.inc_by(transitions.len() as u64);
+                for transition in transitions {
+                    updates.push(Job::Open(build_job(&pod, &transition)));
+                }
+                if let Some(uid) = &pod.metadata.uid {
+                    updates.extend(recovered.into_iter().map(|container| Job::Recovered { pod_uid: uid.clone(), container }));
+                }
+            }
+            watcher::Event::InitDone => {
+                // Pods that vanished while the watch was down are forgotten.
+                tracker.retain(|uid| relisted.contains(uid));
+                updates.push(Job::Resync(relisted.clone()));
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    tracker.forget(uid);
+                    updates.push(Job::Gone { pod_uid: uid.clone() });
+                }
+            }
+        }
+        deps.metrics.tracked_pods.set(tracker.len() as i64);
+        for update in updates {
+            if jobs.send(update).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Builds the job for a transition.
+pub fn build_job(pod: &Pod, transition: &Transition) -> FailureJob {
+    let key = incident::incident_key(pod, &transition.container.name, transition.signal.kind);
+    FailureJob {
+        schema: proto::SCHEMA_VERSION,
+        incident: key.fingerprint(),
+        key,
+        pod: PodRef {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
+        },
+        failure: Failure {
+            kind: transition.signal.kind,
+            container: transition.container.name.clone(),
+            init_container: transition.container.init,
+            reason: transition.signal.reason.clone(),
+            message: transition.signal.message.clone(),
+            exit_code: transition.signal.exit_code,
+            restart_count: transition.container.restart_count,
+            image: transition.container.image.clone(),
+        },
+        affected_pods: 1,
+        detected_at: jiff::Timestamp::now(),
+    }
+}
+
+/// Messages from the watch to the publisher.
+enum Job {
+    /// A container entered a failure.
+    Open(FailureJob),
+    /// A container of a pod stopped failing.
+    Recovered { pod_uid: String, container: String },
+    /// A pod was deleted.
+    Gone { pod_uid: String },
+    /// A relist finished: only these pods exist.
+    Resync(BTreeSet<String>),
+}
+
+struct Publisher {
+    js: jetstream::Context,
+    metrics: Arc<DetectorMetrics>,
+    leading: watch::Receiver<bool>,
+    jobs: mpsc::Receiver<Job>,
+}
+
+impl Publisher {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut open: HashMap<IncidentId, OpenIncident> = HashMap::new();
+        let mut pending: VecDeque<IncidentId> = VecDeque::new();
+        let mut backoff = Backoff::new(PUBLISH_RETRY_MIN, PUBLISH_RETRY_MAX);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            let leading = *self.leading.borrow();
+            self.metrics.leader.set(i64::from(leading));
+            let may_publish = leading && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
+            if may_publish && let Some(id) = pending.front().cloned() {
+                match open.get(&id) {
+                    None => {
+                        pending.pop_front();
+                    }
+                    Some(incident) => match self.publish(incident).await {
+                        Ok(()) => {
+                            pending.pop_front();
+                            backoff.reset();
+                            retry_at = None;
+                        }
+                        Err(error) => {
+                            self.metrics.publish_failures.inc();
+                            let delay = backoff.next_delay();
+                            warn!(incident = %id, %error, retry_in = ?delay, pending = pending.len(), "publishing a job failed; will retry");
+                            retry_at = Some(tokio::time::Instant::now() + delay);
+                        }
+                    },
+                }
+                self.metrics.pending_jobs.set(pending.len() as i64);
+                continue;
+            }
+            let sleep_until = retry_at.filter(|_| leading && !pending.is_empty());
+            tokio::select! {
+                job = self.jobs.recv() => {
+                    let Some(job) = job else { return };
+                    apply(job, &mut open, &mut pending);
+                    self.metrics.open_incidents.set(open.len() as i64);
+                    self.metrics.pending_jobs.set(pending.len() as i64);
+                }
+                changed = self.leading.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *self.leading.borrow() {
+                        // Taking over: publish every open incident again; dedup drops what the old
+                        // leader already published.
+                        info!(open = open.len(), "leading: republishing open incidents");
+                        pending = open.keys().cloned().collect();
+                        retry_at = None;
+                    }
+                }
+                () = async { match sleep_until { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn publish(&self, incident: &OpenIncident) -> Result<(), kubesent_common::Error> {
+        let mut job = incident.job.clone();
+        job.affected_pods = u32::try_from(incident.pods.len()).unwrap_or(u32::MAX).max(1);
+        let span = info_span!("publish_job", incident = %job.incident, namespace = %job.pod.namespace, pod = %job.pod.name);
+        async {
+            let subject = proto::job_subject(&job.pod.namespace, job.failure.kind)
+                .map_err(|e| kubesent_common::Error::Publish(e.to_string()))?;
+            let published = nats::publish(
+                &self.js,
+                subject,
+                job.incident.as_str(),
+                proto::encode(&job),
+                &[(proto::headers::INCIDENT, job.incident.as_str())],
+            )
+            .await?;
+            let result = if published.duplicate { "duplicate" } else { "published" };
+            self.metrics.published.get_or_create(&ResultLabel { result }).inc();
+            if published.duplicate {
+                debug!(sequence = published.sequence, "job already published (deduplicated)");
+            } else {
+                info!(sequence = published.sequence, kind = job.failure.kind.as_str(), container = %job.failure.container, affected = job.affected_pods, "failure job published");
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn apply(job: Job, open: &mut HashMap<IncidentId, OpenIncident>, pending: &mut VecDeque<IncidentId>) {
+    match job {
+        Job::Open(job) => {
+            let id = job.incident.clone();
+            let pod = job.pod.uid.clone();
+            match open.get_mut(&id) {
+                Some(incident) => {
+                    incident.pods.insert(pod);
+                }
+                None => {
+                    open.insert(id.clone(), OpenIncident { job, pods: BTreeSet::from([pod]) });
+                    pending.push_back(id);
+                }
+            }
+        }
+        Job::Recovered { pod_uid, container } => {
+            open.retain(|_, incident| {
+                if incident.job.failure.container == container {
+                    incident.pods.remove(&pod_uid);
+                }
+                !incident.pods.is_empty()
+            });
+        }
+        Job::Gone { pod_uid } => open.retain(|_, incident| {
+            incident.pods.remove(&pod_uid);
+            !incident.pods.is_empty()
+        }),
+        Job::Resync(existing) => open.retain(|_, incident| {
+            incident.pods.retain(|uid| existing.contains(uid));
+            !incident.pods.is_empty()
+        }),
+    }
+}

@@ -1,0 +1,166 @@
+//! Pure classification of a pod's container statuses into failures. No I/O, no clock.
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kubesent_proto::FailureKind;
+
+/// A failure signal read off one container status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureSignal {
+    /// The classified kind.
+    pub kind: FailureKind,
+    /// The kubelet's reason.
+    pub reason: String,
+    /// The kubelet's message, if any.
+    pub message: Option<String>,
+    /// Exit code of the relevant termination.
+    pub exit_code: Option<i32>,
+}
+
+/// What the detector needs to know about one container, kept small on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerObservation {
+    /// Container name.
+    pub name: String,
+    /// True for init containers.
+    pub init: bool,
+    /// The kubelet's restart count.
+    pub restart_count: i32,
+    /// The image.
+    pub image: String,
+    /// The failure the container is in now, if any.
+    pub failure: Option<FailureSignal>,
+    /// True when the container runs and its last termination was an OOM kill (possibly stale).
+    pub running_after_oom: bool,
+}
+
+/// Exit code of a SIGKILL.
+const SIGKILL_EXIT: i32 = 137;
+
+/// Classifies every container (init containers first) of `pod`.
+pub fn classify(pod: &Pod) -> Vec<ContainerObservation> {
+    let Some(status) = &pod.status else { return Vec::new() };
+    let init = status.init_container_statuses.iter().flatten().map(|cs| observe(cs, true));
+    let regular = status.container_statuses.iter().flatten().map(|cs| observe(cs, false));
+    init.chain(regular).collect()
+}
+
+fn observe(cs: &ContainerStatus, init: bool) -> ContainerObservation {
+    let state = cs.state.as_ref();
+    let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let failure = if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+        let reason = waiting.reason.clone().unwrap_or_default();
+        let kind = match reason.as_str() {
+            "CrashLoopBackOff" => Some(match last {
+                Some(t) if t.reason.as_deref() == Some("OOMKilled") => FailureKind::OomKilled,
+                Some(t) if t.exit_code == SIGKILL_EXIT => FailureKind::Killed,
+                _ => FailureKind::CrashLoop,
+            }),
+            "ImagePullBackOff" => Some(FailureKind::ImagePullBackOff),
+            "ErrImagePull" => Some(FailureKind::ErrImagePull),
+            "InvalidImageName" => Some(FailureKind::InvalidImageName),
+            "CreateContainerConfigError" => Some(FailureKind::CreateContainerConfigError),
+            _ => None,
+        };
+        kind.map(|kind| FailureSignal {
+            kind,
+            reason: reason.clone(),
+            message: waiting.message.clone(),
+            exit_code: if reason == "CrashLoopBackOff" { last.map(|t| t.exit_code) } else { None },
+        })
+    } else if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()) {
+        let reason = terminated.reason.clone().unwrap_or_default();
+        let kind = if reason == "OOMKilled" {
+            Some(FailureKind::OomKilled)
+        } else if terminated.exit_code == SIGKILL_EXIT {
+            Some(FailureKind::Killed)
+        } else {
+            // A plain non-zero exit is reported once it turns into CrashLoopBackOff: a single crash
+            // of a restarting container is not yet a failure worth a diagnosis.
+            None
+        };
+        kind.map(|kind| FailureSignal {
+            kind,
+            reason,
+            message: terminated.message.clone(),
+            exit_code: Some(terminated.exit_code),
+        })
+    } else {
+        None
+    };
+    let running = state.is_some_and(|s| s.running.is_some());
+    ContainerObservation {
+        name: cs.name.clone(),
+        init,
+        restart_count: cs.restart_count,
+        image: cs.image.clone(),
+        failure,
+        running_after_oom: running && last.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod_with(state: serde_json::Value, last: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+            "status": {"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 3, "state": state, "lastState": last}]}
+        }))
+        .expect("pod")
+    }
+
+    fn kind(pod: &Pod) -> Option<FailureKind> {
+        classify(pod).first().and_then(|c| c.failure.as_ref()).map(|f| f.kind)
+    }
+
+    #[test]
+    fn crash_loop_back_off_is_split_by_the_last_termination() {
+        let waiting = json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}});
+        let oom = pod_with(waiting.clone(), json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}));
+        assert_eq!(kind(&oom), Some(FailureKind::OomKilled));
+        let killed = pod_with(waiting.clone(), json!({"terminated": {"exitCode": 137, "reason": "Error"}}));
+        assert_eq!(kind(&killed), Some(FailureKind::Killed));
+        let crashed = pod_with(waiting, json!({"terminated": {"exitCode": 1, "reason": "Error"}}));
+        assert_eq!(kind(&crashed), Some(FailureKind::CrashLoop));
+        assert_eq!(classify(&crashed)[0].failure.as_ref().and_then(|f| f.exit_code), Some(1));
+    }
+
+    #[test]
+    fn a_running_container_with_a_stale_oom_is_not_failing() {
+        let pod = pod_with(json!({"running": {"startedAt": "2026-11-01T09:00:00Z"}}),
+            json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}));
+        let observed = &classify(&pod)[0];
+        assert_eq!(observed.failure, None);
+        assert!(observed.running_after_oom);
+    }
+
+    #[test]
+    fn an_oom_kill_is_a_failure_as_soon_as_the_container_terminates() {
+        let pod = pod_with(json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}), json!({}));
+        assert_eq!(kind(&pod), Some(FailureKind::OomKilled));
+    }
+
+    #[test]
+    fn image_and_config_errors_are_classified_by_waiting_reason() {
+        for (reason, expected) in [
+            ("ImagePullBackOff", FailureKind::ImagePullBackOff),
+            ("ErrImagePull", FailureKind::ErrImagePull),
+            ("InvalidImageName", FailureKind::InvalidImageName),
+            ("CreateContainerConfigError", FailureKind::CreateContainerConfigError),
+        ] {
+            let pod = pod_with(json!({"waiting": {"reason": reason}}), json!({}));
+            assert_eq!(kind(&pod), Some(expected), "{reason}");
+        }
+        let creating = pod_with(json!({"waiting": {"reason": "ContainerCreating"}}), json!({}));
+        assert_eq!(kind(&creating), None);
+    }
+
+    #[test]
+    fn a_pod_without_status_has_no_observations() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}})).expect("pod");
+        assert!(classify(&pod).is_empty());
+    }
+}

@@ -1,0 +1,98 @@
+//! Incident grouping: which workload a pod belongs to, and the template hash that tells rollouts apart.
+
+use k8s_openapi::api::core::v1::Pod;
+use kubesent_proto::{FailureKind, IncidentKey, WorkloadRef};
+
+/// Label Deployments put on their ReplicaSets' pods.
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+/// Label StatefulSets and DaemonSets put on their pods.
+const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
+/// Label Jobs put on their pods.
+const JOB_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
+
+/// The controlling workload of a pod: ReplicaSets resolve to their Deployment (by the
+/// `<deployment>-<pod-template-hash>` naming the Deployment controller uses); a pod without a
+/// controller is its own workload.
+pub fn workload_of(pod: &Pod) -> WorkloadRef {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let controller = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    let Some(owner) = controller else { return WorkloadRef { kind: "Pod".into(), name } };
+    if owner.kind == "ReplicaSet"
+        && let Some(hash) = label(pod, POD_TEMPLATE_HASH)
+        && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")).filter(|d| !d.is_empty())
+    {
+        return WorkloadRef { kind: "Deployment".into(), name: deployment.to_owned() };
+    }
+    WorkloadRef { kind: owner.kind.clone(), name: owner.name.clone() }
+}
+
+fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The pod template revision: the controller's hash label, or for a bare pod a hash of the
+/// container's image and resources, so a pod changed by a fix is a new incident.
+pub fn template_hash(pod: &Pod, container: &str) -> String {
+    for key in [POD_TEMPLATE_HASH, CONTROLLER_REVISION_HASH, JOB_CONTROLLER_UID] {
+        if let Some(value) = label(pod, key) {
+            return value.to_owned();
+        }
+    }
+    let spec = pod.spec.as_ref().and_then(|s| {
+        s.containers.iter().chain(s.init_containers.iter().flatten()).find(|c| c.name == container)
+    });
+    let fingerprint = spec
+        .map(|c| serde_json::to_string(&(&c.image, &c.resources)).unwrap_or_default())
+        .unwrap_or_default();
+    format!("{:016x}", fnv1a(fingerprint.as_bytes()))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The incident key of a container failure.
+pub fn incident_key(pod: &Pod, container: &str, kind: FailureKind) -> IncidentKey {
+    IncidentKey {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        workload: workload_of(pod),
+        container: container.to_owned(),
+        kind,
+        template_hash: template_hash(pod, container),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn replica(name: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "shop", "uid": name,
+            "labels": {"app": "web", "pod-template-hash": "7d9c5b7f6"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9c5b7f6", "uid": "rs", "controller": true}]},
+            "spec": {"containers": [{"name": "app", "image": "web:1"}]}}))
+        .expect("pod")
+    }
+
+    #[test]
+    fn replicas_of_one_deployment_share_an_incident() {
+        let a = incident_key(&replica("web-7d9c5b7f6-aaaaa"), "app", FailureKind::OomKilled);
+        let b = incident_key(&replica("web-7d9c5b7f6-bbbbb"), "app", FailureKind::OomKilled);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.workload, WorkloadRef { kind: "Deployment".into(), name: "web".into() });
+    }
+
+    #[test]
+    fn a_bare_pod_is_its_own_workload_and_a_changed_spec_is_a_new_incident() {
+        let bare = |memory: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "solo", "namespace": "shop", "uid": "u"},
+                "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": memory}}}]}}))
+            .expect("pod")
+        };
+        let before = incident_key(&bare("128Mi"), "app", FailureKind::OomKilled);
+        let after = incident_key(&bare("256Mi"), "app", FailureKind::OomKilled);
+        assert_eq!(before.workload, WorkloadRef { kind: "Pod".into(), name: "solo".into() });
+        assert_ne!(before.fingerprint(), after.fingerprint());
+    }
+}
