@@ -248,6 +248,8 @@ pub enum OutcomeResult {
     Stale,
     /// Only a diagnosis: nothing to apply.
     DiagnosisOnly,
+    /// Allowed, but only suggested: dry-run, suggest-only (GitOps) or manual-approval mode.
+    Suggested,
     /// Applying the action failed.
     Failed,
 }
@@ -262,6 +264,7 @@ impl OutcomeResult {
             Self::Denied => "denied",
             Self::Stale => "stale",
             Self::DiagnosisOnly => "diagnosis_only",
+            Self::Suggested => "suggested",
             Self::Failed => "failed",
         }
     }

@@ -249,3 +249,122 @@ pub async fn dead_letter(js: &Context, stage: &str, message: &jetstream::Message
     message.ack_with(jetstream::AckKind::Term).await.map_err(Error::Nats)?;
     Ok(())
 }
+
+/// How a pull loop fetches.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Messages handled at once.
+    pub concurrency: usize,
+    /// How long one fetch waits for messages before asking again.
+    pub fetch_wait: Duration,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self { concurrency: 8, fetch_wait: Duration::from_secs(2) }
+    }
+}
+
+/// Pulls messages from `consumer` and runs `handle` on each, at most `concurrency` at once. It pulls
+/// only as many messages as it has free slots, and only while `gate` is true (leadership, or a usable
+/// model), so a paused worker leaves its messages on the server for others. Returns on `shutdown`
+/// after the handlers in flight have finished.
+pub async fn pull_loop<F, Fut>(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    options: PullOptions,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
+    handle: F,
+) where
+    F: Fn(jetstream::Message) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt as _;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
+    let mut backoff = crate::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    'outer: loop {
+        while !*gate.borrow_and_update() {
+            tokio::select! {
+                changed = gate.changed() => if changed.is_err() { break 'outer },
+                () = shutdown.cancelled() => break 'outer,
+            }
+        }
+        // Wait for at least one free slot, then ask for as many messages as there are free slots.
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let batch = consumer.fetch().max_messages(permits.len()).expires(options.fetch_wait).messages().await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "fetching messages failed");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        backoff.reset();
+        loop {
+            let next = tokio::select! {
+                next = batch.next() => next,
+                () = shutdown.cancelled() => break 'outer,
+            };
+            let Some(next) = next else { break };
+            match next {
+                Ok(message) => {
+                    let Some(permit) = permits.pop() else { break };
+                    let handle = handle.clone();
+                    tokio::spawn(async move {
+                        handle(message).await;
+                        drop(permit);
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "receiving a message failed"),
+            }
+        }
+    }
+    // Drain: wait until every handler has returned its slot.
+    let _ = slots.acquire_many(options.concurrency.max(1) as u32).await;
+}
+
+/// Sends `+WPI` progress acks every `interval` until dropped, so a long handler keeps its message.
+pub struct ProgressAcker {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl ProgressAcker {
+    /// Starts acking progress on `message`.
+    pub fn start(message: &jetstream::Message, interval: Duration) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (_, acker) = message.clone().split();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        if acker.ack_with(jetstream::AckKind::Progress).await.is_err() {
+                            return;
+                        }
+                    }
+                    () = token.cancelled() => return,
+                }
+            }
+        });
+        Self { stop }
+    }
+}
+
+impl Drop for ProgressAcker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

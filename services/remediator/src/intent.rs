@@ -1,0 +1,179 @@
+//! The remediation write-ahead log and per-target locks in the `kubesent-intents` KV bucket.
+//!
+//! An intent is written (compare-and-set create) before anything changes and advanced (compare-and-set
+//! update on its revision) after each step, so a remediator that takes over can finish any intent left
+//! half-done, and two replicas can never both act on the same incident or the same pod.
+
+use async_nats::jetstream::kv;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kubesent_proto::{Action, IncidentId, OutcomeResult, PodRef};
+use serde::{Deserialize, Serialize};
+
+/// How far a force replace got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Written; the old pod may still exist.
+    Pending,
+    /// The old pod was deleted (or is terminating); the replacement must be created.
+    Deleted,
+    /// The replacement exists; it is being verified.
+    Created,
+    /// Finished; `result` says how.
+    Done,
+}
+
+/// One remediation, as stored in the bucket under its incident id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Payload schema version.
+    pub schema: u32,
+    /// The incident.
+    pub incident: IncidentId,
+    /// Where it is.
+    pub phase: Phase,
+    /// The pod being replaced.
+    pub target: PodRef,
+    /// The action.
+    pub action: Action,
+    /// The original pod, sanitized: enough to create it again if anything goes wrong.
+    pub original: Pod,
+    /// The pod to create.
+    pub replacement: Pod,
+    /// The remediator replica that wrote the last step.
+    pub actor: String,
+    /// The replacement's uid once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement_uid: Option<String>,
+    /// How it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<OutcomeResult>,
+    /// Why it ended so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Last change.
+    pub updated_at: jiff::Timestamp,
+}
+
+/// Errors of the intent log.
+#[derive(Debug, thiserror::Error)]
+pub enum IntentError {
+    /// Another writer changed the entry first.
+    #[error("intent {0} was changed by another remediator")]
+    Conflict(String),
+    /// The bucket could not be read or written.
+    #[error("intent store: {0}")]
+    Store(String),
+    /// A stored entry is not an intent.
+    #[error("intent {key} is unreadable: {error}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decode error.
+        error: serde_json::Error,
+    },
+}
+
+/// The result of claiming an intent.
+#[derive(Debug)]
+pub enum Claim {
+    /// Newly written at this revision.
+    Fresh(u64),
+    /// Already there (a redelivery, or a takeover): continue from it.
+    Existing(Box<Intent>, u64),
+}
+
+/// The intents bucket.
+#[derive(Clone)]
+pub struct Intents {
+    kv: kv::Store,
+}
+
+/// KV key of a per-pod lock (pod names may hold dots; the key is a hash of namespace and name).
+pub fn lock_key(target: &PodRef) -> String {
+    let text = format!("{}/{}", target.namespace, target.name);
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("lock-{hash:016x}")
+}
+
+impl Intents {
+    /// Wraps the bucket.
+    pub fn new(kv: kv::Store) -> Self {
+        Self { kv }
+    }
+
+    /// Reads an intent and its revision.
+    pub async fn get(&self, incident: &IncidentId) -> Result<Option<(Intent, u64)>, IntentError> {
+        let entry = self.kv.entry(incident.as_str()).await.map_err(|e| IntentError::Store(e.to_string()))?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let intent = serde_json::from_slice(&entry.value)
+                    .map_err(|error| IntentError::Corrupt { key: incident.to_string(), error })?;
+                Ok(Some((intent, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `intent` unless one exists for the incident, in which case that one is returned.
+    pub async fn claim(&self, intent: &Intent) -> Result<Claim, IntentError> {
+        let payload = serde_json::to_vec(intent).map_err(|e| IntentError::Store(e.to_string()))?;
+        match self.kv.create(intent.incident.as_str(), payload.into()).await {
+            Ok(revision) => Ok(Claim::Fresh(revision)),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => match self.get(&intent.incident).await? {
+                Some((existing, revision)) => Ok(Claim::Existing(Box::new(existing), revision)),
+                None => Err(IntentError::Conflict(intent.incident.to_string())),
+            },
+            Err(error) => Err(IntentError::Store(error.to_string())),
+        }
+    }
+
+    /// Stores the next step of `intent`, only if nobody changed it since `revision`.
+    pub async fn advance(&self, intent: &Intent, revision: u64) -> Result<u64, IntentError> {
+        let payload = serde_json::to_vec(intent).map_err(|e| IntentError::Store(e.to_string()))?;
+        self.kv.update(intent.incident.as_str(), payload.into(), revision).await.map_err(|error| {
+            if error.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                IntentError::Conflict(intent.incident.to_string())
+            } else {
+                IntentError::Store(error.to_string())
+            }
+        })
+    }
+
+    /// Takes the per-pod lock for `incident`; false if another incident holds it.
+    pub async fn lock(&self, target: &PodRef, incident: &IncidentId) -> Result<bool, IntentError> {
+        let key = lock_key(target);
+        match self.kv.create(&key, incident.to_string().into_bytes().into()).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let holder = self.kv.get(&key).await.map_err(|e| IntentError::Store(e.to_string()))?;
+                Ok(holder.is_some_and(|h| h == incident.as_str().as_bytes()))
+            }
+            Err(error) => Err(IntentError::Store(error.to_string())),
+        }
+    }
+
+    /// Releases the per-pod lock.
+    pub async fn unlock(&self, target: &PodRef) -> Result<(), IntentError> {
+        self.kv.delete(lock_key(target)).await.map_err(|e| IntentError::Store(e.to_string()))
+    }
+
+    /// Every intent that is not done, for a remediator that takes over.
+    pub async fn unfinished(&self) -> Result<Vec<(Intent, u64)>, IntentError> {
+        let mut keys = self.kv.keys().await.map_err(|e| IntentError::Store(e.to_string()))?;
+        let mut open = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| IntentError::Store(e.to_string()))?;
+            if !key.starts_with("inc-") {
+                continue;
+            }
+            if let Some((intent, revision)) = self.get(&IncidentId(key)).await?
+                && intent.phase != Phase::Done
+            {
+                open.push((intent, revision));
+            }
+        }
+        Ok(open)
+    }
+}
