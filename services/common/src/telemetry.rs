@@ -33,3 +33,13 @@ pub fn init(service: &'static str, json: bool) -> TelemetryGuard {
     };
     TelemetryGuard { provider }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn init_installs_a_subscriber() {
+        let _guard = super::init("test", false);
+        tracing::info!("hello from the test");
+        assert!(tracing::dispatcher::has_been_set());
+    }
+}

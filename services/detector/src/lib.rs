@@ -125,10 +125,11 @@ struct OpenIncident {
 
 /// Runs the detector until `shutdown`.
 pub async fn run(config: DetectorConfig, deps: DetectorDeps, shutdown: CancellationToken) -> Result<(), Error> {
-    let leading = match config.leader.clone() {
-        Some(leader) => kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone()).0,
-        None => watch::channel(true).1,
-    };
+    // NB: without leader election the sender must outlive the service, or receivers see it closed.
+    let (_always_leading, mut leading) = watch::channel(true);
+    if let Some(leader) = config.leader.clone() {
+        leading = kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone()).0;
+    }
     let (jobs_tx, jobs_rx) = mpsc::channel(JOB_BUFFER);
     let publisher = Publisher { js: deps.js.clone(), metrics: deps.metrics.clone(), leading, jobs: jobs_rx };
     let publishing = tokio::spawn(publisher.run(shutdown.clone()).instrument(info_span!("publisher")));

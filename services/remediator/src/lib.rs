@@ -145,10 +145,11 @@ impl RemediatorMetrics {
 pub async fn run(config: RemediatorConfig, deps: RemediatorDeps, shutdown: CancellationToken) -> Result<(), Error> {
     let intents = Intents::new(nats::ensure_intents(&deps.js, &config.topology).await?);
     let consumer = nats::ensure_consumer(&deps.js, proto::VERDICTS_STREAM, config.topology.remediator_consumer()).await?;
-    let leading = match config.leader.clone() {
-        Some(leader) => kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone()).0,
-        None => watch::channel(true).1,
-    };
+    // NB: without leader election the sender must outlive the service, or receivers see it closed.
+    let (_always_leading, mut leading) = watch::channel(true);
+    if let Some(leader) = config.leader.clone() {
+        leading = kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone()).0;
+    }
     let recorder = Recorder::new(
         deps.kube.clone(),
         Reporter { controller: "kubesent-remediator".into(), instance: Some(config.identity.clone()) },

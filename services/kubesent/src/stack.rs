@@ -1,0 +1,138 @@
+//! A whole KubeSent installation in one process: a local nats-server, the Kubernetes API simulator, the
+//! Gemini emulator and the three services. Used by `kubesent demo` and by the end-to-end tests.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use kubesent_common::{
+    nats::{self, Topology},
+    nats_server::NatsServer,
+};
+use kubesent_detector::{DetectorConfig, DetectorDeps, DetectorMetrics};
+use kubesent_diagnoser::{DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics};
+use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig};
+use kubesent_kube_sim::{KubeSim, SimConfig};
+use kubesent_remediator::{RemediatorConfig, RemediatorDeps, RemediatorMetrics};
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How the in-process installation is set up.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Wall-clock seconds per simulated second in kube-sim's kubelet.
+    pub time_scale: f64,
+    /// How long a fixed pod must stay healthy to count as healed.
+    pub verify_window: Duration,
+    /// Whether the remediator only suggests.
+    pub dry_run: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self { time_scale: 0.05, verify_window: Duration::from_secs(2), dry_run: false }
+    }
+}
+
+/// Metrics of the three services, for assertions.
+pub struct StackMetrics {
+    /// Detector metrics.
+    pub detector: Arc<DetectorMetrics>,
+    /// Diagnoser metrics.
+    pub diagnoser: Arc<DiagnoserMetrics>,
+    /// Remediator metrics.
+    pub remediator: Arc<RemediatorMetrics>,
+}
+
+/// A running installation; [`Stack::stop`] shuts it down.
+pub struct Stack {
+    /// The broker.
+    pub nats: NatsServer,
+    /// The Kubernetes API simulator.
+    pub kube_sim: KubeSim,
+    /// The Gemini emulator.
+    pub gemini_sim: GeminiSim,
+    /// A Kubernetes client for the simulator.
+    pub kube: kube::Client,
+    /// A NATS client.
+    pub nats_client: async_nats::Client,
+    /// JetStream on that client.
+    pub js: jetstream::Context,
+    /// The services' metrics.
+    pub metrics: StackMetrics,
+    shutdown: CancellationToken,
+    services: Vec<JoinHandle<()>>,
+}
+
+impl Stack {
+    /// Starts everything and waits until the streams exist.
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        kubesent_common::install_crypto_provider();
+        let nats = NatsServer::start().await.context("starting nats-server")?;
+        let kube_sim = KubeSim::start(SimConfig { time_scale: options.time_scale, ..SimConfig::default() })
+            .await
+            .context("starting kube-sim")?;
+        let gemini_sim = GeminiSim::start(GeminiSimConfig::default()).await.context("starting gemini-sim")?;
+        let kube = kubesent_common::kube_client(Some(&kube_sim.url())).await?;
+        let nats_client = nats::connect(nats.url(), "kubesent-stack").await?;
+        let js = jetstream::new(nats_client.clone());
+        let topology = Topology::default();
+        nats::ensure_streams(&js, &topology).await?;
+
+        let shutdown = CancellationToken::new();
+        let mut registry = Registry::default();
+        let metrics = StackMetrics {
+            detector: DetectorMetrics::register(&mut registry),
+            diagnoser: DiagnoserMetrics::register(&mut registry),
+            remediator: RemediatorMetrics::register(&mut registry),
+        };
+        let mut services = Vec::new();
+        let detector = DetectorConfig {
+            namespaces: Vec::new(),
+            excluded_namespaces: vec!["kube-system".into()],
+            leader: None,
+        };
+        let deps = DetectorDeps { kube: kube.clone(), js: js.clone(), metrics: metrics.detector.clone() };
+        let token = shutdown.clone();
+        services.push(tokio::spawn(async move {
+            if let Err(error) = kubesent_detector::run(detector, deps, token).await {
+                tracing::error!(%error, "detector stopped");
+            }
+        }));
+        let deps = DiagnoserDeps { kube: kube.clone(), js: js.clone(), metrics: metrics.diagnoser.clone() };
+        let config = DiagnoserConfig { topology: topology.clone(), ..DiagnoserConfig::default() };
+        let token = shutdown.clone();
+        services.push(tokio::spawn(async move {
+            if let Err(error) = kubesent_diagnoser::run(config, deps, token).await {
+                tracing::error!(%error, "diagnoser stopped");
+            }
+        }));
+        let mut remediator = RemediatorConfig {
+            topology,
+            identity: "remediator-0".into(),
+            verify_window: options.verify_window,
+            verify_timeout: options.verify_window * 10 + Duration::from_secs(30),
+            ..RemediatorConfig::default()
+        };
+        remediator.policy.dry_run = options.dry_run;
+        let deps = RemediatorDeps { kube: kube.clone(), js: js.clone(), metrics: metrics.remediator.clone() };
+        let token = shutdown.clone();
+        services.push(tokio::spawn(async move {
+            if let Err(error) = kubesent_remediator::run(remediator, deps, token).await {
+                tracing::error!(%error, "remediator stopped");
+            }
+        }));
+        Ok(Self { nats, kube_sim, gemini_sim, kube, nats_client, js, metrics, shutdown, services })
+    }
+
+    /// Stops the services, then the simulators and the broker.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for service in self.services {
+            let _ = service.await;
+        }
+        self.kube_sim.shutdown().await;
+        self.gemini_sim.shutdown().await;
+    }
+}
