@@ -26,13 +26,21 @@ pub struct LeaderConfig {
 
 /// Starts competing for the lease. The receiver says whether this replica leads; it turns false when
 /// renewals fail for two thirds of the lease (fail closed). On `shutdown` the lease is released.
-pub fn spawn(client: kube::Client, config: LeaderConfig, shutdown: CancellationToken) -> (watch::Receiver<bool>, JoinHandle<()>) {
+pub fn spawn(
+    client: kube::Client,
+    config: LeaderConfig,
+    shutdown: CancellationToken,
+) -> (watch::Receiver<bool>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let lock = LeaseLock::new(
             client,
             &config.namespace,
-            LeaseLockParams { lease_name: config.lease_name.clone(), holder_id: config.identity.clone(), lease_ttl: config.ttl },
+            LeaseLockParams {
+                lease_name: config.lease_name.clone(),
+                holder_id: config.identity.clone(),
+                lease_ttl: config.ttl,
+            },
         );
         let renew_every = config.ttl / 3;
         let renew_deadline = config.ttl * 2 / 3;

@@ -81,7 +81,9 @@ pub fn install_crypto_provider() {
 pub async fn kube_client(api_url: Option<&str>) -> Result<kube::Client, Error> {
     install_crypto_provider();
     let config = match api_url {
-        Some(url) => kube::Config::new(url.parse().map_err(|e| Error::Kube(format!("invalid URL {url:?}: {e}")))?),
+        Some(url) => {
+            kube::Config::new(url.parse().map_err(|e| Error::Kube(format!("invalid URL {url:?}: {e}")))?)
+        }
         None => kube::Config::infer().await.map_err(|e| Error::Kube(e.to_string()))?,
     };
     kube::Client::try_from(config).map_err(|e| Error::Kube(e.to_string()))

@@ -156,9 +156,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error>
 pub async fn ensure_streams(js: &Context, topology: &Topology) -> Result<(), Error> {
     for config in topology.streams() {
         let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| Error::Setup(format!("stream {name}: {e}")))?;
+        js.create_or_update_stream(config).await.map_err(|e| Error::Setup(format!("stream {name}: {e}")))?;
     }
     ensure_intents(js, topology).await?;
     Ok(())
@@ -224,14 +222,20 @@ pub async fn publish(
 
 /// A header value with CR/LF replaced, since async-nats panics on them.
 pub fn header_value(text: &str) -> async_nats::HeaderValue {
-    let clean: String = text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).take(1024).collect();
+    let clean: String =
+        text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).take(1024).collect();
     async_nats::HeaderValue::from(clean.as_str())
 }
 
 /// Copies a message to `kubesent.dlq.<stage>` with the reason, then terminates it so it is not
 /// redelivered. The copy is acknowledged before the TERM, so nothing is lost between the two.
-pub async fn dead_letter(js: &Context, stage: &str, message: &jetstream::Message, reason: &str) -> Result<(), Error> {
-    let info = message.info().map_err(|e| Error::Nats(e))?;
+pub async fn dead_letter(
+    js: &Context,
+    stage: &str,
+    message: &jetstream::Message,
+    reason: &str,
+) -> Result<(), Error> {
+    let info = message.info().map_err(Error::Nats)?;
     let (stream, sequence, deliveries) = (info.stream.to_owned(), info.stream_sequence, info.delivered);
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(proto::headers::DLQ_REASON, header_value(reason));

@@ -28,7 +28,9 @@ impl NatsServer {
     /// Starts a server with JetStream on a random loopback port and a fresh store directory.
     pub async fn start() -> Result<Self, Error> {
         let binary = find_binary().ok_or_else(|| {
-            Error::Setup("nats-server not found: run `make setup`, or set KUBESENT_NATS_SERVER to its path".into())
+            Error::Setup(
+                "nats-server not found: run `make setup`, or set KUBESENT_NATS_SERVER to its path".into(),
+            )
         })?;
         let store = tempfile::Builder::new()
             .prefix("kubesent-nats-")
@@ -87,6 +89,8 @@ pub fn find_binary() -> Option<PathBuf> {
     if let Ok(cwd) = std::env::current_dir() {
         candidates.extend(cwd.ancestors().map(|dir| dir.join(".tools/nats/bin/nats-server")));
     }
-    candidates.extend(std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|dir| dir.join("nats-server")));
+    candidates.extend(
+        std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|dir| dir.join("nats-server")),
+    );
     candidates.into_iter().find(|p| p.is_file())
 }

@@ -27,7 +27,9 @@ pub fn init(service: &'static str, json: bool) -> TelemetryGuard {
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if json {
-        registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true))
+            .try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init()
     };

@@ -30,7 +30,9 @@ impl Extractor for HeaderExtractor<'_> {
 /// Writes the current span's context into `headers` (`traceparent`, `tracestate`).
 pub fn inject(headers: &mut HeaderMap) {
     let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(headers)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut HeaderInjector(headers))
+    });
 }
 
 /// Makes `span` a child of the trace carried in `headers`, if any.

@@ -130,8 +130,10 @@ mod tests {
 
     #[test]
     fn a_running_container_with_a_stale_oom_is_not_failing() {
-        let pod = pod_with(json!({"running": {"startedAt": "2026-11-01T09:00:00Z"}}),
-            json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}));
+        let pod = pod_with(
+            json!({"running": {"startedAt": "2026-11-01T09:00:00Z"}}),
+            json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
+        );
         let observed = &classify(&pod)[0];
         assert_eq!(observed.failure, None);
         assert!(observed.running_after_oom);

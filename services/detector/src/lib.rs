@@ -98,9 +98,17 @@ impl DetectorMetrics {
         r.register("watch_errors", "Pod watch errors (the watcher retries)", metrics.watch_errors.clone());
         r.register("transitions", "Container failure transitions seen", metrics.transitions.clone());
         r.register("jobs_published", "Jobs acknowledged by JetStream, by result", metrics.published.clone());
-        r.register("publish_failures", "Publish attempts that failed and will be retried", metrics.publish_failures.clone());
+        r.register(
+            "publish_failures",
+            "Publish attempts that failed and will be retried",
+            metrics.publish_failures.clone(),
+        );
         r.register("tracked_pods", "Pods whose container state is tracked", metrics.tracked_pods.clone());
-        r.register("open_incidents", "Incidents with at least one failing pod", metrics.open_incidents.clone());
+        r.register(
+            "open_incidents",
+            "Incidents with at least one failing pod",
+            metrics.open_incidents.clone(),
+        );
         r.register("pending_jobs", "Jobs waiting to be published", metrics.pending_jobs.clone());
         r.register("leader", "1 when this replica leads", metrics.leader.clone());
         Arc::new(metrics)
@@ -124,7 +132,11 @@ struct OpenIncident {
 }
 
 /// Runs the detector until `shutdown`.
-pub async fn run(config: DetectorConfig, deps: DetectorDeps, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    config: DetectorConfig,
+    deps: DetectorDeps,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     // NB: without leader election the sender must outlive the service, or receivers see it closed.
     let (_always_leading, mut leading) = watch::channel(true);
     if let Some(leader) = config.leader.clone() {
@@ -139,7 +151,10 @@ pub async fn run(config: DetectorConfig, deps: DetectorDeps, shutdown: Cancellat
     Ok(())
 }
 
-fn pod_events(config: &DetectorConfig, client: &kube::Client) -> BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
+fn pod_events(
+    config: &DetectorConfig,
+    client: &kube::Client,
+) -> BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
     let watcher_config = watcher::Config::default();
     if config.namespaces.is_empty() {
         return watcher(Api::<Pod>::all(client.clone()), watcher_config).default_backoff().boxed();
@@ -152,7 +167,12 @@ fn pod_events(config: &DetectorConfig, client: &kube::Client) -> BoxStream<'stat
 
 /// The watch side: classification, transitions and grouping. Hands every new or changed incident to
 /// the publisher; never blocks on NATS.
-async fn watch_pods(config: &DetectorConfig, deps: &DetectorDeps, jobs: mpsc::Sender<Job>, shutdown: CancellationToken) {
+async fn watch_pods(
+    config: &DetectorConfig,
+    deps: &DetectorDeps,
+    jobs: mpsc::Sender<Job>,
+    shutdown: CancellationToken,
+) {
     let mut events = pod_events(config, &deps.kube);
     let mut tracker = PodTracker::default();
     let mut relisted: BTreeSet<String> = BTreeSet::new();
@@ -184,10 +204,14 @@ async fn watch_pods(config: &DetectorConfig, deps: &DetectorDeps, jobs: mpsc::Se
                 let (transitions, recovered) = tracker.observe(&pod);
                 deps.metrics.transitions.inc_by(transitions.len() as u64);
                 for transition in transitions {
-                    updates.push(Job::Open(build_job(&pod, &transition)));
+                    updates.push(Job::Open(Box::new(build_job(&pod, &transition))));
                 }
                 if let Some(uid) = &pod.metadata.uid {
-                    updates.extend(recovered.into_iter().map(|container| Job::Recovered { pod_uid: uid.clone(), container }));
+                    updates.extend(
+                        recovered
+                            .into_iter()
+                            .map(|container| Job::Recovered { pod_uid: uid.clone(), container }),
+                    );
                 }
             }
             watcher::Event::InitDone => {
@@ -242,7 +266,7 @@ pub fn build_job(pod: &Pod, transition: &Transition) -> FailureJob {
 /// Messages from the watch to the publisher.
 enum Job {
     /// A container entered a failure.
-    Open(FailureJob),
+    Open(Box<FailureJob>),
     /// A container of a pod stopped failing.
     Recovered { pod_uid: String, container: String },
     /// A pod was deleted.
@@ -355,7 +379,7 @@ fn apply(job: Job, open: &mut HashMap<IncidentId, OpenIncident>, pending: &mut V
                     incident.pods.insert(pod);
                 }
                 None => {
-                    open.insert(id.clone(), OpenIncident { job, pods: BTreeSet::from([pod]) });
+                    open.insert(id.clone(), OpenIncident { job: *job, pods: BTreeSet::from([pod]) });
                     pending.push_back(id);
                 }
             }

@@ -53,21 +53,27 @@ impl PodTracker {
         for observation in &observations {
             let memo = previous.and_then(|memos| memos.iter().find(|m| *m.name == *observation.name));
             match (&observation.failure, memo) {
-                (Some(signal), None) => transitions.push(Transition { container: observation.clone(), signal: signal.clone() }),
+                (Some(signal), None) => {
+                    transitions.push(Transition { container: observation.clone(), signal: signal.clone() })
+                }
                 (Some(signal), Some(memo)) => {
                     let entered = memo.failing != Some(signal.kind);
                     let oom_repeated = signal.kind == FailureKind::OomKilled
                         && memo.failing.is_none()
                         && observation.restart_count > memo.restart_count;
                     if entered || oom_repeated {
-                        transitions.push(Transition { container: observation.clone(), signal: signal.clone() });
+                        transitions
+                            .push(Transition { container: observation.clone(), signal: signal.clone() });
                     }
                 }
                 (None, Some(memo)) => {
                     // Running → Running with one more restart after an OOM: the restart was faster than
                     // any status update showed the kill. Waiting → Running after CrashLoopBackOff is the
                     // same OOM already reported, so it needs `failing` to have been None.
-                    if observation.running_after_oom && memo.failing.is_none() && observation.restart_count > memo.restart_count {
+                    if observation.running_after_oom
+                        && memo.failing.is_none()
+                        && observation.restart_count > memo.restart_count
+                    {
                         transitions.push(Transition {
                             container: observation.clone(),
                             signal: FailureSignal {

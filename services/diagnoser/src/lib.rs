@@ -112,8 +112,13 @@ impl DiagnoserMetrics {
 }
 
 /// Runs a diagnoser replica until `shutdown`.
-pub async fn run(config: DiagnoserConfig, deps: DiagnoserDeps, shutdown: CancellationToken) -> Result<(), Error> {
-    let consumer = nats::ensure_consumer(&deps.js, proto::JOBS_STREAM, config.topology.diagnosers_consumer()).await?;
+pub async fn run(
+    config: DiagnoserConfig,
+    deps: DiagnoserDeps,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let consumer =
+        nats::ensure_consumer(&deps.js, proto::JOBS_STREAM, config.topology.diagnosers_consumer()).await?;
     let (_open, gate) = watch::channel(true);
     let worker = Arc::new(Worker { config: config.clone(), deps });
     info!(concurrency = config.pull.concurrency, "diagnoser pulling jobs");
@@ -132,7 +137,8 @@ struct Worker {
 
 impl Worker {
     async fn handle(&self, message: jetstream::Message) {
-        let span = info_span!("diagnose", incident = field::Empty, namespace = field::Empty, pod = field::Empty);
+        let span =
+            info_span!("diagnose", incident = field::Empty, namespace = field::Empty, pod = field::Empty);
         trace::continue_trace(&span, message.headers.as_ref());
         self.handle_in_span(message, &span).instrument(span.clone()).await;
     }
@@ -163,7 +169,8 @@ impl Worker {
                 self.dead_letter(&message, &format!("failed after {deliveries} deliveries: {error}")).await;
             }
             Err(error) => {
-                let delay = Duration::from_secs(2u64.saturating_pow(u32::try_from(deliveries).unwrap_or(8).min(8)));
+                let delay =
+                    Duration::from_secs(2u64.saturating_pow(u32::try_from(deliveries).unwrap_or(8).min(8)));
                 warn!(%error, deliveries, retry_in = ?delay, "diagnosis failed; the job will be redelivered");
                 self.deps.metrics.count("retried");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
@@ -186,7 +193,14 @@ impl Worker {
             None => stale_verdict(job),
             Some(pod) => {
                 let found = rules::diagnose(job, &pod, &self.config.memory);
-                verdict(job, VerdictStatus::Diagnosed, found.root_cause, found.action, found.confidence, VerdictSource::Rules { rule: found.rule.to_owned() })
+                verdict(
+                    job,
+                    VerdictStatus::Diagnosed,
+                    found.root_cause,
+                    found.action,
+                    found.confidence,
+                    VerdictSource::Rules { rule: found.rule.to_owned() },
+                )
             }
         };
         let subject = proto::verdict_subject(&job.pod.namespace, &verdict.action)?;
@@ -213,7 +227,14 @@ impl Worker {
     }
 }
 
-fn verdict(job: &FailureJob, status: VerdictStatus, root_cause: String, action: Action, confidence: u8, source: VerdictSource) -> Verdict {
+fn verdict(
+    job: &FailureJob,
+    status: VerdictStatus,
+    root_cause: String,
+    action: Action,
+    confidence: u8,
+    source: VerdictSource,
+) -> Verdict {
     Verdict {
         schema: proto::SCHEMA_VERSION,
         incident: job.incident.clone(),
@@ -234,7 +255,10 @@ pub fn stale_verdict(job: &FailureJob) -> Verdict {
     verdict(
         job,
         VerdictStatus::Stale,
-        format!("pod {}/{} (uid {}) is gone: deleted or replaced before diagnosis", job.pod.namespace, job.pod.name, job.pod.uid),
+        format!(
+            "pod {}/{} (uid {}) is gone: deleted or replaced before diagnosis",
+            job.pod.namespace, job.pod.name, job.pod.uid
+        ),
         Action::None,
         0,
         VerdictSource::None,

@@ -45,7 +45,8 @@ pub fn increased_limit(limit: MemoryQuantity, policy: &MemoryPolicy) -> Option<M
 /// The container's memory limit in the live pod.
 pub fn memory_limit(pod: &Pod, container: &str) -> Option<MemoryQuantity> {
     let spec = pod.spec.as_ref()?;
-    let c = spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == container)?;
+    let c =
+        spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == container)?;
     let quantity = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
     MemoryQuantity::parse(&quantity.0).ok()
 }
@@ -93,7 +94,11 @@ pub fn diagnose(job: &FailureJob, pod: &Pod, policy: &MemoryPolicy) -> RuleVerdi
         },
         kind => RuleVerdict {
             rule: "unclassified",
-            root_cause: format!("container {container} is failing with {} ({})", job.failure.reason, kind.as_str()),
+            root_cause: format!(
+                "container {container} is failing with {} ({})",
+                job.failure.reason,
+                kind.as_str()
+            ),
             action: Action::None,
             confidence: 0,
         },
@@ -107,8 +112,14 @@ mod tests {
     #[test]
     fn the_oom_formula_doubles_and_stops_at_the_cap() {
         let policy = MemoryPolicy::default();
-        assert_eq!(increased_limit(MemoryQuantity::from_mib(128), &policy), Some(MemoryQuantity::from_mib(256)));
-        assert_eq!(increased_limit(MemoryQuantity::from_mib(6 * 1024), &policy), Some(MemoryQuantity::from_mib(8 * 1024)));
+        assert_eq!(
+            increased_limit(MemoryQuantity::from_mib(128), &policy),
+            Some(MemoryQuantity::from_mib(256))
+        );
+        assert_eq!(
+            increased_limit(MemoryQuantity::from_mib(6 * 1024), &policy),
+            Some(MemoryQuantity::from_mib(8 * 1024))
+        );
         assert_eq!(increased_limit(MemoryQuantity::from_mib(8 * 1024), &policy), None);
     }
 }

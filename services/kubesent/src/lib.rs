@@ -1,4 +1,6 @@
-//! The `kubesent` binary's library: subcommand wiring and the in-process [`stack::Stack`] that the demo
-//! and the end-to-end tests run.
+//! The `kubesent` binary's library: subcommand wiring, the demo, and the in-process [`stack::Stack`]
+//! that the demo and the end-to-end tests run.
 
+pub mod cli;
+pub mod demo;
 pub mod stack;

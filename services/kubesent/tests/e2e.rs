@@ -29,21 +29,32 @@ async fn last_sequence(js: &async_nats::jetstream::Context, stream: &str) -> u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_killed_bare_pod_is_replaced_with_more_memory_and_runs() {
     let _telemetry = kubesent_common::telemetry::init("e2e", false);
-    let stack = Stack::start(StackOptions { time_scale: 0.02, verify_window: Duration::from_secs(1), dry_run: false })
-        .await
-        .expect("stack starts");
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        dry_run: false,
+    })
+    .await
+    .expect("stack starts");
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
     let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
     let original = pods.create(&PostParams::default(), &oom_pod("web-1")).await.expect("pod created");
     let original_uid = original.metadata.uid.clone().expect("uid");
 
-    let message = tokio::time::timeout(PATIENCE, outcomes.next()).await.expect("an outcome in time").expect("subscription open");
+    let message = tokio::time::timeout(PATIENCE, outcomes.next())
+        .await
+        .expect("an outcome in time")
+        .expect("subscription open");
     let outcome: Outcome = proto::decode(&message.payload).expect("outcome decodes");
     assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
     assert_eq!(outcome.strategy, Some(Strategy::ForceReplace));
     assert_eq!(
         outcome.action,
-        Action::IncreaseMemory { container: "app".into(), from: MemoryQuantity::from_mib(128), to: MemoryQuantity::from_mib(256) }
+        Action::IncreaseMemory {
+            container: "app".into(),
+            from: MemoryQuantity::from_mib(128),
+            to: MemoryQuantity::from_mib(256)
+        }
     );
     assert_eq!(outcome.pod.uid, original_uid);
 
@@ -55,7 +66,8 @@ async fn an_oom_killed_bare_pod_is_replaced_with_more_memory_and_runs() {
     assert_eq!(limits["memory"].0, "256Mi");
     let annotations = replacement.metadata.annotations.clone().expect("annotations");
     assert_eq!(annotations["kubesent.io/original-memory-limit.app"], "128Mi");
-    let status = &replacement.status.as_ref().and_then(|s| s.container_statuses.clone()).expect("statuses")[0];
+    let status =
+        &replacement.status.as_ref().and_then(|s| s.container_statuses.clone()).expect("statuses")[0];
     assert!(status.ready && status.state.as_ref().is_some_and(|s| s.running.is_some()), "{status:?}");
     assert_eq!(status.restart_count, 0);
 
@@ -63,7 +75,11 @@ async fn an_oom_killed_bare_pod_is_replaced_with_more_memory_and_runs() {
     assert_eq!(last_sequence(&stack.js, proto::VERDICTS_STREAM).await, 1, "one verdict");
     assert_eq!(last_sequence(&stack.js, proto::OUTCOMES_STREAM).await, 1, "one outcome");
     assert_eq!(last_sequence(&stack.js, proto::DLQ_STREAM).await, 0, "nothing dead-lettered");
-    let deleted_with_preconditions = stack.kube_sim.requests().iter().any(|r| r.method == "DELETE" && r.path.ends_with("/pods/web-1") && r.status == 200);
+    let deleted_with_preconditions = stack
+        .kube_sim
+        .requests()
+        .iter()
+        .any(|r| r.method == "DELETE" && r.path.ends_with("/pods/web-1") && r.status == 200);
     assert!(deleted_with_preconditions);
     stack.stop().await;
 }
@@ -96,7 +112,16 @@ async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
     assert!(reason.starts_with("undecodable job: malformed payload"), "{reason}");
     let original_sequence = dead.headers.get(proto::headers::DLQ_ORIGINAL_SEQUENCE).map(|v| v.to_string());
     assert_eq!(original_sequence, Some(ack.sequence.to_string()));
-    let jobs = stack.js.get_stream(proto::JOBS_STREAM).await.expect("jobs").info().await.expect("info").state.messages;
+    let jobs = stack
+        .js
+        .get_stream(proto::JOBS_STREAM)
+        .await
+        .expect("jobs")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
     assert_eq!(jobs, 0, "the poison job was removed from the work queue");
     assert_eq!(stack.metrics.diagnoser.jobs("dead_lettered"), 1);
     stack.stop().await;

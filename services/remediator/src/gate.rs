@@ -26,7 +26,9 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             confidence_threshold: 90,
-            excluded_namespaces: ["kube-system", "kube-public", "kube-node-lease", "kubesent"].map(String::from).to_vec(),
+            excluded_namespaces: ["kube-system", "kube-public", "kube-node-lease", "kubesent"]
+                .map(String::from)
+                .to_vec(),
             max_memory: MemoryQuantity::from_mib(8 * 1024),
             max_memory_factor: 4.0,
             dry_run: false,
@@ -79,20 +81,28 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
             matches!(waiting, Some("ImagePullBackOff" | "ErrImagePull" | "InvalidImageName"))
         }
         FailureKind::CreateContainerConfigError => waiting == Some("CreateContainerConfigError"),
-        FailureKind::CrashLoop | FailureKind::Killed => waiting == Some("CrashLoopBackOff") || state.terminated.is_some(),
+        FailureKind::CrashLoop | FailureKind::Killed => {
+            waiting == Some("CrashLoopBackOff") || state.terminated.is_some()
+        }
     }
 }
 
 /// The container's memory limit in `pod`.
 pub fn memory_limit(pod: &Pod, container: &str) -> Option<MemoryQuantity> {
     let spec = pod.spec.as_ref()?;
-    let c = spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == container)?;
+    let c =
+        spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == container)?;
     MemoryQuantity::parse(&c.resources.as_ref()?.limits.as_ref()?.get("memory")?.0).ok()
 }
 
 fn image(pod: &Pod, container: &str) -> Option<String> {
     let spec = pod.spec.as_ref()?;
-    spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == container)?.image.clone()
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)?
+        .image
+        .clone()
 }
 
 /// Decides what to do with `verdict` given the live pod (`None` when it no longer exists).
@@ -101,19 +111,29 @@ pub fn decide(verdict: &Verdict, live: Option<&Pod>, policy: &Policy, now: jiff:
         return Decision::Stale("the diagnoser found the target gone".into());
     }
     let Some(pod) = live.filter(|p| p.metadata.uid.as_deref() == Some(verdict.pod.uid.as_str())) else {
-        return Decision::Stale(format!("pod {}/{} with uid {} no longer exists", verdict.pod.namespace, verdict.pod.name, verdict.pod.uid));
+        return Decision::Stale(format!(
+            "pod {}/{} with uid {} no longer exists",
+            verdict.pod.namespace, verdict.pod.name, verdict.pod.uid
+        ));
     };
     if pod.metadata.deletion_timestamp.is_some() {
         return Decision::Stale("the pod is being deleted".into());
     }
     if !still_failing(pod, &verdict.failure.container, verdict.failure.kind, now) {
-        return Decision::Stale(format!("container {} no longer shows {}", verdict.failure.container, verdict.failure.kind.as_str()));
+        return Decision::Stale(format!(
+            "container {} no longer shows {}",
+            verdict.failure.container,
+            verdict.failure.kind.as_str()
+        ));
     }
     if verdict.action == Action::None {
         return Decision::DiagnosisOnly;
     }
     if verdict.confidence < policy.confidence_threshold {
-        return Decision::Deny(format!("confidence {} is below the threshold {}", verdict.confidence, policy.confidence_threshold));
+        return Decision::Deny(format!(
+            "confidence {} is below the threshold {}",
+            verdict.confidence, policy.confidence_threshold
+        ));
     }
     if let Some(reason) = disagreement(verdict, pod) {
         return Decision::Deny(reason);
@@ -122,7 +142,8 @@ pub fn decide(verdict: &Verdict, live: Option<&Pod>, policy: &Policy, now: jiff:
     if policy.excluded_namespaces.iter().any(|ns| ns == namespace) {
         return Decision::Deny(format!("namespace {namespace} is excluded from remediation"));
     }
-    if pod.metadata.annotations.as_ref().and_then(|a| a.get(OPT_OUT_ANNOTATION)).is_some_and(|v| v == "false") {
+    if pod.metadata.annotations.as_ref().and_then(|a| a.get(OPT_OUT_ANNOTATION)).is_some_and(|v| v == "false")
+    {
         return Decision::Deny(format!("the workload opted out ({OPT_OUT_ANNOTATION}=false)"));
     }
     if let Action::IncreaseMemory { from, to, .. } = &verdict.action {
@@ -130,7 +151,10 @@ pub fn decide(verdict: &Verdict, live: Option<&Pod>, policy: &Policy, now: jiff:
             return Decision::Deny(format!("{to} exceeds the memory cap of {}", policy.max_memory));
         }
         if to.bytes() as f64 > from.bytes() as f64 * policy.max_memory_factor {
-            return Decision::Deny(format!("{from} -> {to} exceeds the maximum factor of {}", policy.max_memory_factor));
+            return Decision::Deny(format!(
+                "{from} -> {to} exceeds the maximum factor of {}",
+                policy.max_memory_factor
+            ));
         }
     }
     if policy.dry_run {
@@ -145,7 +169,10 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
     match &verdict.action {
         Action::IncreaseMemory { container, from, to } => {
             if verdict.failure.kind != FailureKind::OomKilled {
-                return Some(format!("a memory increase does not fit a {} failure", verdict.failure.kind.as_str()));
+                return Some(format!(
+                    "a memory increase does not fit a {} failure",
+                    verdict.failure.kind.as_str()
+                ));
             }
             if container != failing {
                 return Some(format!("the action targets container {container} but {failing} is failing"));
@@ -165,7 +192,10 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
                 FailureKind::ImagePullBackOff | FailureKind::ErrImagePull | FailureKind::InvalidImageName
             );
             if !pull_failure {
-                return Some(format!("an image rollback does not fit a {} failure", verdict.failure.kind.as_str()));
+                return Some(format!(
+                    "an image rollback does not fit a {} failure",
+                    verdict.failure.kind.as_str()
+                ));
             }
             if container != failing {
                 return Some(format!("the action targets container {container} but {failing} is failing"));
@@ -213,7 +243,12 @@ mod tests {
             schema: 1,
             incident: key.fingerprint(),
             key,
-            pod: PodRef { namespace: "shop".into(), name: "web-1".into(), uid: "u1".into(), resource_version: "1".into() },
+            pod: PodRef {
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                uid: "u1".into(),
+                resource_version: "1".into(),
+            },
             failure: Failure {
                 kind: FailureKind::OomKilled,
                 container: "app".into(),
@@ -239,15 +274,24 @@ mod tests {
 
     #[test]
     fn a_confident_bounded_memory_increase_for_a_failing_pod_is_applied() {
-        assert_eq!(decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &Policy::default(), now()), Decision::Apply);
+        assert_eq!(
+            decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &Policy::default(), now()),
+            Decision::Apply
+        );
     }
 
     #[test]
     fn a_missing_or_replaced_pod_makes_the_verdict_stale() {
-        assert!(matches!(decide(&verdict(128, 256, 95), None, &Policy::default(), now()), Decision::Stale(_)));
+        assert!(matches!(
+            decide(&verdict(128, 256, 95), None, &Policy::default(), now()),
+            Decision::Stale(_)
+        ));
         let mut replaced = live_pod("128Mi");
         replaced.metadata.uid = Some("u2".into());
-        assert!(matches!(decide(&verdict(128, 256, 95), Some(&replaced), &Policy::default(), now()), Decision::Stale(_)));
+        assert!(matches!(
+            decide(&verdict(128, 256, 95), Some(&replaced), &Policy::default(), now()),
+            Decision::Stale(_)
+        ));
     }
 
     #[test]
@@ -255,28 +299,54 @@ mod tests {
         let policy = Policy::default();
         let pod = live_pod("128Mi");
         assert!(matches!(decide(&verdict(128, 256, 89), Some(&pod), &policy, now()), Decision::Deny(_)));
-        assert!(matches!(decide(&verdict(128, 16 * 1024, 95), Some(&pod), &policy, now()), Decision::Deny(_)));
-        assert!(matches!(decide(&verdict(128, 1024, 95), Some(&pod), &policy, now()), Decision::Deny(_)), "factor 8 > 4");
-        assert!(matches!(decide(&verdict(64, 128, 95), Some(&pod), &policy, now()), Decision::Deny(_)), "live limit differs");
-        assert!(matches!(decide(&verdict(256, 128, 95), Some(&live_pod("256Mi")), &policy, now()), Decision::Deny(_)), "a decrease");
+        assert!(matches!(
+            decide(&verdict(128, 16 * 1024, 95), Some(&pod), &policy, now()),
+            Decision::Deny(_)
+        ));
+        assert!(
+            matches!(decide(&verdict(128, 1024, 95), Some(&pod), &policy, now()), Decision::Deny(_)),
+            "factor 8 > 4"
+        );
+        assert!(
+            matches!(decide(&verdict(64, 128, 95), Some(&pod), &policy, now()), Decision::Deny(_)),
+            "live limit differs"
+        );
+        assert!(
+            matches!(
+                decide(&verdict(256, 128, 95), Some(&live_pod("256Mi")), &policy, now()),
+                Decision::Deny(_)
+            ),
+            "a decrease"
+        );
     }
 
     #[test]
     fn excluded_namespaces_opt_outs_and_dry_run_are_honoured() {
         let excluded = Policy { excluded_namespaces: vec!["shop".into()], ..Policy::default() };
-        assert!(matches!(decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &excluded, now()), Decision::Deny(_)));
+        assert!(matches!(
+            decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &excluded, now()),
+            Decision::Deny(_)
+        ));
         let mut opted_out = live_pod("128Mi");
         opted_out.metadata.annotations = Some([(OPT_OUT_ANNOTATION.to_owned(), "false".to_owned())].into());
-        assert!(matches!(decide(&verdict(128, 256, 95), Some(&opted_out), &Policy::default(), now()), Decision::Deny(_)));
+        assert!(matches!(
+            decide(&verdict(128, 256, 95), Some(&opted_out), &Policy::default(), now()),
+            Decision::Deny(_)
+        ));
         let dry = Policy { dry_run: true, ..Policy::default() };
-        assert!(matches!(decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &dry, now()), Decision::Suggest(_)));
+        assert!(matches!(
+            decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &dry, now()),
+            Decision::Suggest(_)
+        ));
     }
 
     #[test]
     fn a_pod_that_recovered_long_ago_is_no_longer_failing() {
         let mut pod = live_pod("128Mi");
         let status = pod.status.as_mut().and_then(|s| s.container_statuses.as_mut()).expect("statuses");
-        status[0].state = Some(serde_json::from_value(json!({"running": {"startedAt": "2026-11-01T09:00:00Z"}})).expect("state"));
+        status[0].state = Some(
+            serde_json::from_value(json!({"running": {"startedAt": "2026-11-01T09:00:00Z"}})).expect("state"),
+        );
         status[0].last_state = Some(serde_json::from_value(json!({"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-11-01T09:00:00Z"}})).expect("state"));
         assert!(!still_failing(&pod, "app", FailureKind::OomKilled, now()));
     }

@@ -93,7 +93,8 @@ pub struct Intents {
 /// KV key of a per-pod lock (pod names may hold dots; the key is a hash of namespace and name).
 pub fn lock_key(target: &PodRef) -> String {
     let text = format!("{}/{}", target.namespace, target.name);
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("lock-{hash:016x}")
 }
 
@@ -121,10 +122,12 @@ impl Intents {
         let payload = serde_json::to_vec(intent).map_err(|e| IntentError::Store(e.to_string()))?;
         match self.kv.create(intent.incident.as_str(), payload.into()).await {
             Ok(revision) => Ok(Claim::Fresh(revision)),
-            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => match self.get(&intent.incident).await? {
-                Some((existing, revision)) => Ok(Claim::Existing(Box::new(existing), revision)),
-                None => Err(IntentError::Conflict(intent.incident.to_string())),
-            },
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match self.get(&intent.incident).await? {
+                    Some((existing, revision)) => Ok(Claim::Existing(Box::new(existing), revision)),
+                    None => Err(IntentError::Conflict(intent.incident.to_string())),
+                }
+            }
             Err(error) => Err(IntentError::Store(error.to_string())),
         }
     }

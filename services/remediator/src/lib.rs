@@ -142,9 +142,15 @@ impl RemediatorMetrics {
 }
 
 /// Runs a remediator replica until `shutdown`.
-pub async fn run(config: RemediatorConfig, deps: RemediatorDeps, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    config: RemediatorConfig,
+    deps: RemediatorDeps,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let intents = Intents::new(nats::ensure_intents(&deps.js, &config.topology).await?);
-    let consumer = nats::ensure_consumer(&deps.js, proto::VERDICTS_STREAM, config.topology.remediator_consumer()).await?;
+    let consumer =
+        nats::ensure_consumer(&deps.js, proto::VERDICTS_STREAM, config.topology.remediator_consumer())
+            .await?;
     // NB: without leader election the sender must outlive the service, or receivers see it closed.
     let (_always_leading, mut leading) = watch::channel(true);
     if let Some(leader) = config.leader.clone() {
@@ -155,7 +161,12 @@ pub async fn run(config: RemediatorConfig, deps: RemediatorDeps, shutdown: Cance
         Reporter { controller: "kubesent-remediator".into(), instance: Some(config.identity.clone()) },
     );
     let remediator = Arc::new(Remediator { config, deps, intents, recorder });
-    tokio::spawn(remediator.clone().resume_on_takeover(leading.clone(), shutdown.clone()).instrument(info_span!("takeover")));
+    tokio::spawn(
+        remediator
+            .clone()
+            .resume_on_takeover(leading.clone(), shutdown.clone())
+            .instrument(info_span!("takeover")),
+    );
     let worker = remediator.clone();
     // Remediations are few and each one is careful; two at a time is plenty and keeps ordering simple.
     let options = PullOptions { concurrency: 2, ..PullOptions::default() };
@@ -189,7 +200,11 @@ impl Finished {
 }
 
 impl Remediator {
-    async fn resume_on_takeover(self: Arc<Self>, mut leading: watch::Receiver<bool>, shutdown: CancellationToken) {
+    async fn resume_on_takeover(
+        self: Arc<Self>,
+        mut leading: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let is_leader = *leading.borrow_and_update();
             self.deps.metrics.leader.set(i64::from(is_leader));
@@ -215,7 +230,8 @@ impl Remediator {
     }
 
     async fn handle(&self, message: jetstream::Message) {
-        let span = info_span!("remediate", incident = field::Empty, namespace = field::Empty, pod = field::Empty);
+        let span =
+            info_span!("remediate", incident = field::Empty, namespace = field::Empty, pod = field::Empty);
         trace::continue_trace(&span, message.headers.as_ref());
         self.handle_in_span(message, &span).instrument(span.clone()).await;
     }
@@ -226,7 +242,14 @@ impl Remediator {
             Ok(verdict) => verdict,
             Err(error) => {
                 warn!(%error, "undecodable verdict; dead-lettering it");
-                if let Err(error) = nats::dead_letter(&self.deps.js, "remediator", &message, &format!("undecodable verdict: {error}")).await {
+                if let Err(error) = nats::dead_letter(
+                    &self.deps.js,
+                    "remediator",
+                    &message,
+                    &format!("undecodable verdict: {error}"),
+                )
+                .await
+                {
                     warn!(%error, "dead-lettering failed");
                 }
                 return;
@@ -255,7 +278,8 @@ impl Remediator {
             }
             Err(error) => {
                 self.deps.metrics.retries.inc();
-                let delay = Duration::from_secs(2u64.saturating_pow(u32::try_from(deliveries).unwrap_or(8).min(8)));
+                let delay =
+                    Duration::from_secs(2u64.saturating_pow(u32::try_from(deliveries).unwrap_or(8).min(8)));
                 warn!(%error, deliveries, retry_in = ?delay, "remediation step failed; the verdict will be redelivered");
                 let _ = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
             }
@@ -273,23 +297,35 @@ impl Remediator {
         let decision = gate::decide(verdict, live.as_ref(), &self.config.policy, jiff::Timestamp::now());
         info!(?decision, action = verdict.action.kind_str(), confidence = verdict.confidence, "gate decided");
         let pod = match decision {
-            Decision::Apply => live.ok_or_else(|| StepError::Timeout("the pod vanished after the gate".into()))?,
+            Decision::Apply => {
+                live.ok_or_else(|| StepError::Timeout("the pod vanished after the gate".into()))?
+            }
             Decision::Suggest(detail) => return Ok(Finished::plain(OutcomeResult::Suggested, detail)),
             Decision::Stale(detail) => return Ok(Finished::plain(OutcomeResult::Stale, detail)),
-            Decision::DiagnosisOnly => return Ok(Finished::plain(OutcomeResult::DiagnosisOnly, verdict.root_cause.clone())),
+            Decision::DiagnosisOnly => {
+                return Ok(Finished::plain(OutcomeResult::DiagnosisOnly, verdict.root_cause.clone()));
+            }
             Decision::Deny(detail) => return Ok(Finished::plain(OutcomeResult::Denied, detail)),
         };
         if let Some(detail) = self.previous_fix_failed(&pod).await? {
             return Ok(Finished::plain(OutcomeResult::Denied, detail));
         }
-        if let Some(owner) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)) {
+        if let Some(owner) =
+            pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
+        {
             return Ok(Finished::plain(
                 OutcomeResult::Denied,
-                format!("the pod is controlled by {} {}: fixing it through its owner is not supported in this version", owner.kind, owner.name),
+                format!(
+                    "the pod is controlled by {} {}: fixing it through its owner is not supported in this version",
+                    owner.kind, owner.name
+                ),
             ));
         }
         let Action::IncreaseMemory { container, from, to } = &verdict.action else {
-            return Ok(Finished::plain(OutcomeResult::Denied, format!("{} is not supported for bare pods", verdict.action.kind_str())));
+            return Ok(Finished::plain(
+                OutcomeResult::Denied,
+                format!("{} is not supported for bare pods", verdict.action.kind_str()),
+            ));
         };
         let intent = Intent {
             schema: proto::SCHEMA_VERSION,
@@ -309,20 +345,32 @@ impl Remediator {
             updated_at: jiff::Timestamp::now(),
         };
         if !self.intents.lock(&intent.target, &intent.incident).await? {
-            return Ok(Finished::plain(OutcomeResult::Denied, "another remediation of this pod is in progress"));
+            return Ok(Finished::plain(
+                OutcomeResult::Denied,
+                "another remediation of this pod is in progress",
+            ));
         }
         let (intent, revision) = match self.intents.claim(&intent).await? {
             Claim::Fresh(revision) => (intent, revision),
             Claim::Existing(existing, revision) => (*existing, revision),
         };
-        self.event(&pod, EventType::Normal, "Remediating", "IncreaseMemory", format!("memory limit of {container}: {from} -> {to} (incident {})", verdict.incident)).await;
+        self.event(
+            &pod,
+            EventType::Normal,
+            "Remediating",
+            "IncreaseMemory",
+            format!("memory limit of {container}: {from} -> {to} (incident {})", verdict.incident),
+        )
+        .await;
         self.finish_replace(intent, revision).await
     }
 
     /// Whether the pod is a KubeSent replacement whose fix did not heal it: then nothing more is
     /// tried automatically (escalate, do not loop).
     async fn previous_fix_failed(&self, pod: &Pod) -> Result<Option<String>, StepError> {
-        let Some(previous) = pod.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION)) else {
+        let Some(previous) =
+            pod.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION))
+        else {
             return Ok(None);
         };
         let previous = proto::IncidentId(previous.clone());
@@ -345,19 +393,36 @@ impl Remediator {
                     intent.phase = Phase::Deleted;
                 }
                 Phase::Deleted => {
-                    let wait = await_condition(pods.clone(), &name, conditions::is_deleted(&intent.target.uid));
+                    let wait =
+                        await_condition(pods.clone(), &name, conditions::is_deleted(&intent.target.uid));
                     tokio::time::timeout(self.config.delete_timeout, wait)
                         .await
-                        .map_err(|_| StepError::Timeout(format!("pod {name} still terminating after {:?}", self.config.delete_timeout)))?
-                        .map_err(|e| StepError::Timeout(format!("waiting for the DELETED event failed: {e}")))?;
+                        .map_err(|_| {
+                            StepError::Timeout(format!(
+                                "pod {name} still terminating after {:?}",
+                                self.config.delete_timeout
+                            ))
+                        })?
+                        .map_err(|e| {
+                            StepError::Timeout(format!("waiting for the DELETED event failed: {e}"))
+                        })?;
                     let created = match pods.create(&PostParams::default(), &intent.replacement).await {
                         Ok(pod) => pod,
                         Err(kube::Error::Api(status)) if status.is_already_exists() => {
                             let existing = pods.get(&name).await?;
-                            let ours = existing.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION))
+                            let ours = existing
+                                .metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(replace::INCIDENT_ANNOTATION))
                                 == Some(&intent.incident.to_string());
                             if !ours {
-                                return Ok(self.done(intent, revision, OutcomeResult::Failed, format!("the name {name} was taken by another pod before the replacement was created"), None).await?);
+                                let detail = format!(
+                                    "the name {name} was taken by another pod before the replacement was created"
+                                );
+                                return self
+                                    .done(intent, revision, OutcomeResult::Failed, detail, None)
+                                    .await;
                             }
                             existing
                         }
@@ -372,11 +437,15 @@ impl Remediator {
                     let container = intent.action.container().unwrap_or_default().to_owned();
                     let (result, detail) = self.verify(&pods, &name, &uid, &container).await;
                     if let Ok(pod) = pods.get(&name).await {
-                        let (kind, reason) = if result == OutcomeResult::Healed { (EventType::Normal, "Remediated") } else { (EventType::Warning, "RemediationIneffective") };
+                        let (kind, reason) = if result == OutcomeResult::Healed {
+                            (EventType::Normal, "Remediated")
+                        } else {
+                            (EventType::Warning, "RemediationIneffective")
+                        };
                         self.event(&pod, kind, reason, intent.action.kind_str(), detail.clone()).await;
                     }
                     let replacement = intent.replacement_uid.clone();
-                    return Ok(self.done(intent, revision, result, detail, replacement).await?);
+                    return self.done(intent, revision, result, detail, replacement).await;
                 }
                 Phase::Done => {
                     return Ok(Finished {
@@ -393,7 +462,14 @@ impl Remediator {
         }
     }
 
-    async fn done(&self, mut intent: Intent, revision: u64, result: OutcomeResult, detail: String, replacement_uid: Option<String>) -> Result<Finished, StepError> {
+    async fn done(
+        &self,
+        mut intent: Intent,
+        revision: u64,
+        result: OutcomeResult,
+        detail: String,
+        replacement_uid: Option<String>,
+    ) -> Result<Finished, StepError> {
         intent.phase = Phase::Done;
         intent.result = Some(result);
         intent.detail = Some(detail.clone());
@@ -438,7 +514,13 @@ impl Remediator {
 
     /// Watches the replacement until it has been healthy for the verify window (healed), fails again,
     /// or the timeout passes (ineffective).
-    async fn verify(&self, pods: &Api<Pod>, name: &str, uid: &str, container: &str) -> (OutcomeResult, String) {
+    async fn verify(
+        &self,
+        pods: &Api<Pod>,
+        name: &str,
+        uid: &str,
+        container: &str,
+    ) -> (OutcomeResult, String) {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut events = watcher(pods.clone(), config).default_backoff().applied_objects().boxed();
         let deadline = tokio::time::Instant::now() + self.config.verify_timeout;
@@ -497,7 +579,13 @@ impl Remediator {
 
     async fn event(&self, pod: &Pod, type_: EventType, reason: &str, action: &str, note: String) {
         let reference: ObjectReference = pod.object_ref(&());
-        let event = KubeEvent { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
         if let Err(error) = self.recorder.publish(&event, &reference).await {
             warn!(%error, "recording a Kubernetes event failed");
         }
@@ -513,7 +601,12 @@ enum Health {
 }
 
 fn container_health(pod: &Pod, container: &str) -> Health {
-    let Some(cs) = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|l| l.iter().find(|c| c.name == container)) else {
+    let Some(cs) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|l| l.iter().find(|c| c.name == container))
+    else {
         return Health::Starting;
     };
     let state = cs.state.clone().unwrap_or_default();
@@ -523,7 +616,12 @@ fn container_health(pod: &Pod, container: &str) -> Health {
     if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
         return Health::Failing(t.reason.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)));
     }
-    if let Some(reason) = state.waiting.as_ref().and_then(|w| w.reason.clone()).filter(|r| r != "ContainerCreating" && r != "PodInitializing") {
+    if let Some(reason) = state
+        .waiting
+        .as_ref()
+        .and_then(|w| w.reason.clone())
+        .filter(|r| r != "ContainerCreating" && r != "PodInitializing")
+    {
         return Health::Failing(reason);
     }
     if state.running.is_some() && cs.ready { Health::Ready } else { Health::Starting }

