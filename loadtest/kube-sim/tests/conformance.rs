@@ -313,22 +313,33 @@ fn which_kubectl() -> Result<std::path::PathBuf, ()> {
 
 #[tokio::test]
 async fn bookmarks_come_only_when_asked_and_timeout_seconds_closes_the_watch() {
-    let sim = KubeSim::start(SimConfig { time_scale: FAST, bookmark_interval: Duration::from_millis(100), ..SimConfig::default() })
-        .await
-        .expect("starts");
+    let sim = KubeSim::start(SimConfig {
+        time_scale: FAST,
+        bookmark_interval: Duration::from_millis(100),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("starts");
     let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
     let created = pods.create(&PostParams::default(), &pod("a", "256Mi", "1Mi")).await.expect("created");
     let rv = created.metadata.resource_version.expect("rv");
 
     let with = pods.watch(&WatchParams::default().timeout(1), &rv).await.expect("watch").boxed();
-    let events: Vec<_> = tokio::time::timeout(PATIENCE, with.collect::<Vec<_>>()).await.expect("closed after timeoutSeconds");
+    let events: Vec<_> =
+        tokio::time::timeout(PATIENCE, with.collect::<Vec<_>>()).await.expect("closed after timeoutSeconds");
     let bookmarks = events.iter().filter(|e| matches!(e, Ok(WatchEvent::Bookmark(_)))).count();
     assert!(bookmarks >= 2, "periodic bookmarks and one before the timeout, got {bookmarks}");
 
-    let without = pods.watch(&WatchParams::default().disable_bookmarks().timeout(1), &rv).await.expect("watch").boxed();
-    let events: Vec<_> = tokio::time::timeout(PATIENCE, without.collect::<Vec<_>>()).await.expect("closed after timeoutSeconds");
+    let without =
+        pods.watch(&WatchParams::default().disable_bookmarks().timeout(1), &rv).await.expect("watch").boxed();
+    let events: Vec<_> = tokio::time::timeout(PATIENCE, without.collect::<Vec<_>>())
+        .await
+        .expect("closed after timeoutSeconds");
     assert!(events.iter().all(|e| !matches!(e, Ok(WatchEvent::Bookmark(_)))), "no bookmark unless asked");
-    assert!(events.iter().any(|e| matches!(e, Ok(WatchEvent::Modified(_)))), "the kubelet's status updates are streamed");
+    assert!(
+        events.iter().any(|e| matches!(e, Ok(WatchEvent::Modified(_)))),
+        "the kubelet's status updates are streamed"
+    );
 }
 
 #[tokio::test]
@@ -336,10 +347,15 @@ async fn a_lease_update_without_resource_version_is_invalid_and_a_stale_one_conf
     use k8s_openapi::api::coordination::v1::Lease;
     let sim = sim().await;
     let leases: Api<Lease> = Api::namespaced(client(&sim), "kubesent");
-    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "remediator"}, "spec": {"holderIdentity": "a"}})).expect("lease");
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "remediator"}, "spec": {"holderIdentity": "a"}}))
+            .expect("lease");
     let created = leases.create(&PostParams::default(), &lease).await.expect("created");
 
-    let err = leases.replace("remediator", &PostParams::default(), &lease).await.expect_err("needs a resourceVersion");
+    let err = leases
+        .replace("remediator", &PostParams::default(), &lease)
+        .await
+        .expect_err("needs a resourceVersion");
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
     assert_eq!(status.code, 422);
     assert_eq!(
@@ -349,7 +365,10 @@ async fn a_lease_update_without_resource_version_is_invalid_and_a_stale_one_conf
 
     let mut update = created.clone();
     update.spec.as_mut().expect("spec").holder_identity = Some("b".into());
-    leases.replace("remediator", &PostParams::default(), &update).await.expect("current resourceVersion is accepted");
+    leases
+        .replace("remediator", &PostParams::default(), &update)
+        .await
+        .expect("current resourceVersion is accepted");
     let err = leases.replace("remediator", &PostParams::default(), &update).await.expect_err("now stale");
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
     assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
@@ -366,5 +385,8 @@ async fn status_updates_change_only_the_status() {
         .await
         .expect("status patched");
     assert_eq!(patched.status.as_ref().and_then(|s| s.reason.as_deref()), Some("Evicted"));
-    assert_eq!(patched.spec.expect("spec").containers[0].image.as_deref(), Some("registry.local/shop/web:1.4.2"));
+    assert_eq!(
+        patched.spec.expect("spec").containers[0].image.as_deref(),
+        Some("registry.local/shop/web:1.4.2")
+    );
 }

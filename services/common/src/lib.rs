@@ -5,6 +5,7 @@ pub mod admin;
 pub mod leader;
 pub mod nats;
 pub mod nats_server;
+pub mod pod;
 pub mod telemetry;
 pub mod trace;
 

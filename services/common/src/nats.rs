@@ -66,35 +66,25 @@ impl Topology {
             allow_direct: true,
             ..Default::default()
         };
+        let work_queue = |name: &str, subjects: &str| stream::Config {
+            retention: RetentionPolicy::WorkQueue,
+            max_messages: self.max_jobs,
+            discard: DiscardPolicy::New,
+            duplicate_window: self.dedup_window,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..base(name, subjects)
+        };
+        let audit_log = |name: &str, subjects: &str| stream::Config {
+            retention: RetentionPolicy::Limits,
+            max_age: self.outcomes_max_age,
+            duplicate_window: self.dedup_window,
+            ..base(name, subjects)
+        };
         vec![
-            stream::Config {
-                retention: RetentionPolicy::WorkQueue,
-                max_messages: self.max_jobs,
-                discard: DiscardPolicy::New,
-                duplicate_window: self.dedup_window,
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                ..base(proto::JOBS_STREAM, proto::JOBS_SUBJECTS)
-            },
-            stream::Config {
-                retention: RetentionPolicy::WorkQueue,
-                max_messages: self.max_jobs,
-                discard: DiscardPolicy::New,
-                duplicate_window: self.dedup_window,
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                ..base(proto::VERDICTS_STREAM, proto::VERDICTS_SUBJECTS)
-            },
-            stream::Config {
-                retention: RetentionPolicy::Limits,
-                max_age: self.outcomes_max_age,
-                duplicate_window: self.dedup_window,
-                ..base(proto::OUTCOMES_STREAM, proto::OUTCOMES_SUBJECTS)
-            },
-            stream::Config {
-                retention: RetentionPolicy::Limits,
-                max_age: self.outcomes_max_age,
-                duplicate_window: self.dedup_window,
-                ..base(proto::DLQ_STREAM, proto::DLQ_SUBJECTS)
-            },
+            work_queue(proto::JOBS_STREAM, proto::JOBS_SUBJECTS),
+            work_queue(proto::VERDICTS_STREAM, proto::VERDICTS_SUBJECTS),
+            audit_log(proto::OUTCOMES_STREAM, proto::OUTCOMES_SUBJECTS),
+            audit_log(proto::DLQ_STREAM, proto::DLQ_SUBJECTS),
         ]
     }
 

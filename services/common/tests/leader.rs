@@ -19,7 +19,10 @@ fn candidate(identity: &str) -> LeaderConfig {
 }
 
 async fn until(rx: &mut watch::Receiver<bool>, wanted: bool) {
-    tokio::time::timeout(PATIENCE, rx.wait_for(|leading| *leading == wanted)).await.expect("in time").expect("sender alive");
+    tokio::time::timeout(PATIENCE, rx.wait_for(|leading| *leading == wanted))
+        .await
+        .expect("in time")
+        .expect("sender alive");
 }
 
 #[tokio::test]

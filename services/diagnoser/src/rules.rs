@@ -42,20 +42,11 @@ pub fn increased_limit(limit: MemoryQuantity, policy: &MemoryPolicy) -> Option<M
     (to > limit).then_some(to)
 }
 
-/// The container's memory limit in the live pod.
-pub fn memory_limit(pod: &Pod, container: &str) -> Option<MemoryQuantity> {
-    let spec = pod.spec.as_ref()?;
-    let c =
-        spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == container)?;
-    let quantity = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-    MemoryQuantity::parse(&quantity.0).ok()
-}
-
 /// Applies the rules to a job and the live pod.
 pub fn diagnose(job: &FailureJob, pod: &Pod, policy: &MemoryPolicy) -> RuleVerdict {
     let container = job.failure.container.clone();
     match job.failure.kind {
-        FailureKind::OomKilled => match memory_limit(pod, &container) {
+        FailureKind::OomKilled => match kubesent_common::pod::memory_limit(pod, &container) {
             Some(limit) => match increased_limit(limit, policy) {
                 Some(to) => RuleVerdict {
                     rule: "oom-increase-memory",

@@ -87,24 +87,6 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
     }
 }
 
-/// The container's memory limit in `pod`.
-pub fn memory_limit(pod: &Pod, container: &str) -> Option<MemoryQuantity> {
-    let spec = pod.spec.as_ref()?;
-    let c =
-        spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == container)?;
-    MemoryQuantity::parse(&c.resources.as_ref()?.limits.as_ref()?.get("memory")?.0).ok()
-}
-
-fn image(pod: &Pod, container: &str) -> Option<String> {
-    let spec = pod.spec.as_ref()?;
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .find(|c| c.name == container)?
-        .image
-        .clone()
-}
-
 /// Decides what to do with `verdict` given the live pod (`None` when it no longer exists).
 pub fn decide(verdict: &Verdict, live: Option<&Pod>, policy: &Policy, now: jiff::Timestamp) -> Decision {
     if verdict.status == VerdictStatus::Stale {
@@ -180,7 +162,7 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
             if to <= from {
                 return Some(format!("{from} -> {to} is not an increase"));
             }
-            match memory_limit(pod, container) {
+            match kubesent_common::pod::memory_limit(pod, container) {
                 Some(current) if current == *from => None,
                 Some(current) => Some(format!("the live limit is {current}, not {from}")),
                 None => Some(format!("container {container} has no memory limit to raise")),
@@ -200,7 +182,7 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
             if container != failing {
                 return Some(format!("the action targets container {container} but {failing} is failing"));
             }
-            match image(pod, container) {
+            match kubesent_common::pod::container(pod, container).and_then(|c| c.image.clone()) {
                 Some(current) if current == *from => None,
                 Some(current) => Some(format!("the live image is {current}, not {from}")),
                 None => Some(format!("container {container} does not exist")),
