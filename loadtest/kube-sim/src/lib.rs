@@ -10,15 +10,19 @@
 //! # Ok(()) }
 //! ```
 
+mod api;
 mod api_error;
 pub mod kubelet;
 mod patch;
 pub mod pods;
+pub mod registry;
+mod resize;
 pub mod resources;
 mod selectors;
 mod server;
 pub mod store;
 mod table;
+mod validation;
 
 use std::{
     collections::VecDeque,
@@ -27,9 +31,11 @@ use std::{
     time::Duration,
 };
 
+pub use api::{DeleteOptions, Deleted};
 pub use api_error::{ApiError, FieldError};
 pub use kubelet::{SimClock, annotations};
-pub use server::{RequestRecord, SimState};
+pub use registry::ImageState;
+pub use server::{RequestRecord, ServerConfig, SimState};
 pub use store::StoreConfig;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +53,10 @@ pub struct SimConfig {
     pub store: StoreConfig,
     /// Name of the simulated node.
     pub node_name: String,
+    /// Allocatable memory of the simulated node (resizes beyond it are infeasible).
+    pub node_memory: kubesent_proto::MemoryQuantity,
+    /// Kubernetes minor version served (1.`minor`); `pods/resize` exists from 33.
+    pub kubernetes_minor: u32,
 }
 
 impl Default for SimConfig {
@@ -57,6 +67,8 @@ impl Default for SimConfig {
             bookmark_interval: Duration::from_secs(60),
             store: StoreConfig::default(),
             node_name: "sim-node-1".to_owned(),
+            node_memory: kubesent_proto::MemoryQuantity::from_mib(16 * 1024),
+            kubernetes_minor: 36,
         }
     }
 }
@@ -79,12 +91,20 @@ impl KubeSim {
     pub fn serve(config: SimConfig, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let store = Arc::new(store::Store::new(config.store));
-        let kubelet =
-            kubelet::Kubelet::new(store.clone(), SimClock::new(config.time_scale), config.node_name.clone());
+        let registry = Arc::new(registry::Registry::default());
+        let kubelet = kubelet::Kubelet::new(
+            store.clone(),
+            registry.clone(),
+            SimClock::new(config.time_scale),
+            config.node_name.clone(),
+            config.node_memory,
+        );
         let shutdown = CancellationToken::new();
         let state = Arc::new(SimState {
             store,
             kubelet,
+            registry,
+            config: ServerConfig { kubernetes_minor: config.kubernetes_minor },
             bookmark_interval: config.bookmark_interval,
             shutdown: shutdown.clone(),
             requests: Mutex::new(VecDeque::new()),

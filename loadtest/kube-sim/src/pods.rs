@@ -380,6 +380,12 @@ pub fn log_container<'a>(pod: &'a Pod, requested: Option<&str>) -> Result<&'a Co
     }
 }
 
+/// The container (regular or init) named `name`.
+pub fn container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|c| c.name == name)
+}
+
 /// The memory limit of a container, if it has one that parses.
 pub fn memory_limit(container: &Container) -> Option<MemoryQuantity> {
     let limits = container.resources.as_ref()?.limits.as_ref()?;

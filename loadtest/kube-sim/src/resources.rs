@@ -111,7 +111,7 @@ macro_rules! def {
 
 /// Pods.
 pub static PODS: ResourceDef = def!("", "v1", "pods", "pod", "Pod", true, short: &["po"],
-    sub: &["status", "log"], unconditional: true, create_on_update: false, fields: POD_FIELDS);
+    sub: &["status", "log", "resize"], unconditional: true, create_on_update: false, fields: POD_FIELDS);
 /// core/v1 Events (written by the kubelet model).
 pub static EVENTS: ResourceDef = def!("", "v1", "events", "event", "Event", true, short: &["ev"],
     sub: &[], unconditional: true, create_on_update: true, fields: EVENT_FIELDS);
@@ -170,12 +170,13 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resou
 const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 /// `GET /version`.
-pub fn version_info() -> Value {
+pub fn version_info(minor: u32) -> Value {
     json!({
-        "major": "1", "minor": "36", "gitVersion": "v1.36.0-kubesent-sim", "gitCommit": "0000000000000000000000000000000000000000",
+        "major": "1", "minor": minor.to_string(), "gitVersion": format!("v1.{minor}.0-kubesent-sim"),
+        "gitCommit": "0000000000000000000000000000000000000000",
         "gitTreeState": "clean", "buildDate": "2026-11-01T00:00:00Z", "goVersion": "go1.25.0",
-        "compiler": "gc", "platform": "linux/amd64", "emulationMajor": "1", "emulationMinor": "36",
-        "minCompatibilityMajor": "1", "minCompatibilityMinor": "35",
+        "compiler": "gc", "platform": "linux/amd64", "emulationMajor": "1", "emulationMinor": minor.to_string(),
+        "minCompatibilityMajor": "1", "minCompatibilityMinor": minor.saturating_sub(1).to_string(),
     })
 }
 

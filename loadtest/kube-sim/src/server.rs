@@ -21,13 +21,15 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    api::{DeleteOptions, Deleted},
     api_error::{ApiError, FieldError},
     kubelet::Kubelet,
-    patch::{self, PatchType},
-    pods::{self, LogOptions, PodDeletion},
+    patch::PatchType,
+    pods::LogOptions,
+    registry::Registry,
     resources::{self, PODS, ResourceDef},
     selectors::{FieldSelector, LabelSelector},
-    store::{EventType, Filter, Mutation, Store, StoredObject, WatchRecord, WatchStart},
+    store::{EventType, Filter, Store, WatchRecord, WatchStart},
     table,
 };
 
@@ -56,12 +58,23 @@ const REQUEST_LOG_CAPACITY: usize = 100_000;
 /// Watch timeout when the client sends none (the apiserver picks 30–60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// Server behaviour that depends on the simulated Kubernetes version.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    /// The minor version served (`/version`, and which features exist: `pods/resize` from 33).
+    pub kubernetes_minor: u32,
+}
+
 /// Shared state of a running simulator.
 pub struct SimState {
     /// The object store.
     pub store: Arc<Store>,
     /// The simulated kubelet.
     pub kubelet: Arc<Kubelet>,
+    /// The simulated container registry.
+    pub registry: Arc<Registry>,
+    /// Server behaviour settings.
+    pub config: ServerConfig,
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
     /// Cancelled when the simulator stops; ends watch streams.
@@ -198,7 +211,9 @@ fn dispatch(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.split(',').next().is_some_and(|first| first.contains("as=Table")));
     match route {
-        Route::Version => Ok(json_response(StatusCode::OK, &resources::version_info())),
+        Route::Version => {
+            Ok(json_response(StatusCode::OK, &resources::version_info(state.config.kubernetes_minor)))
+        }
         Route::CoreVersions => {
             let address = state.server_address.lock().unwrap_or_else(|p| p.into_inner()).clone();
             Ok(json_response(StatusCode::OK, &resources::core_versions(&address)))
@@ -209,7 +224,9 @@ fn dispatch(
             .ok_or_else(ApiError::no_route),
         Route::Resource { def, namespace, name, subresource } => {
             if let Some(sub) = &subresource
-                && !def.subresources.contains(&sub.as_str())
+                && (!def.subresources.contains(&sub.as_str())
+                    || (sub == "resize"
+                        && state.config.kubernetes_minor < crate::resize::FIRST_MINOR_WITH_RESIZE))
             {
                 return Err(ApiError::no_route());
             }
@@ -268,99 +285,12 @@ struct Ctx<'a> {
 }
 
 fn parse_body(def: &ResourceDef, body: &[u8]) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {e}",
             def.kind
         ))
-    })?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request(format!(
-            "the object provided is unrecognized (must be of type {})",
-            def.kind
-        )));
-    }
-    if let Some(kind) = value.get("kind").and_then(Value::as_str)
-        && kind != def.kind
-    {
-        return Err(ApiError::bad_request(format!(
-            "the object provided is unrecognized (must be of type {}): {kind}",
-            def.kind
-        )));
-    }
-    if let Some(api_version) = value.get("apiVersion").and_then(Value::as_str)
-        && api_version != def.api_version()
-    {
-        return Err(ApiError::bad_request(format!(
-            "the API version in the data ({api_version}) does not match the expected API version ({})",
-            def.api_version()
-        )));
-    }
-    typed_check(def, &value)?;
-    Ok(value)
-}
-
-/// Rejects bodies the real apiserver could not decode into the kind's Go type.
-fn typed_check(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
-    use k8s_openapi::api::{
-        apps::v1 as apps, coordination::v1 as coordination, core::v1 as core, events::v1 as events,
-    };
-    fn check<T: serde::de::DeserializeOwned>(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
-        serde_json::from_value::<T>(value.clone()).map(|_| ()).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: {e}",
-                def.kind, def.version, def.kind
-            ))
-        })
-    }
-    match (def.group, def.plural) {
-        ("", "pods") => check::<core::Pod>(def, value),
-        ("", "events") => check::<core::Event>(def, value),
-        ("", "namespaces") => check::<core::Namespace>(def, value),
-        ("", "configmaps") => check::<core::ConfigMap>(def, value),
-        ("", "secrets") => check::<core::Secret>(def, value),
-        ("coordination.k8s.io", _) => check::<coordination::Lease>(def, value),
-        ("events.k8s.io", _) => check::<events::Event>(def, value),
-        ("apps", "deployments") => check::<apps::Deployment>(def, value),
-        ("apps", "replicasets") => check::<apps::ReplicaSet>(def, value),
-        ("apps", "statefulsets") => check::<apps::StatefulSet>(def, value),
-        ("apps", "daemonsets") => check::<apps::DaemonSet>(def, value),
-        _ => Ok(()),
-    }
-}
-
-fn now_time() -> Value {
-    json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-}
-
-fn resource_version_of(value: &Value) -> Option<&str> {
-    value.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-/// Carries the server-owned metadata over from the stored object and bumps `generation` on spec changes.
-fn carry_metadata(old: &Value, new: &mut Value) {
-    for key in
-        ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"]
-    {
-        match old.pointer(&format!("/metadata/{key}")) {
-            Some(v) => new["metadata"][key] = v.clone(),
-            None => {
-                if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.remove(key);
-                }
-            }
-        }
-    }
-    if let Some(generation) = old.pointer("/metadata/generation").and_then(Value::as_i64) {
-        let bumped = if old.get("spec") != new.get("spec") { generation + 1 } else { generation };
-        new["metadata"]["generation"] = json!(bumped);
-    }
-}
-
-fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let raw = uuid::Uuid::new_v4();
-    raw.as_bytes().iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    })
 }
 
 impl Ctx<'_> {
@@ -481,96 +411,10 @@ impl Ctx<'_> {
     }
 
     fn create(&self, ns: &str, body: &[u8]) -> Result<Response, ApiError> {
-        let mut value = parse_body(self.def, body)?;
-        if let Some(body_ns) =
-            value.pointer("/metadata/namespace").and_then(Value::as_str).filter(|s| !s.is_empty())
-            && self.def.namespaced
-            && body_ns != ns
-        {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
-        }
-        let name = match value.pointer("/metadata/name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            Some(name) => name.to_owned(),
-            None => match value
-                .pointer("/metadata/generateName")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            {
-                Some(prefix) => format!("{prefix}{}", random_suffix()),
-                None => {
-                    return Err(ApiError::invalid(
-                        self.def,
-                        "",
-                        &[FieldError::required("metadata.name", "name or generateName is required")],
-                    ));
-                }
-            },
-        };
-        value["metadata"]["name"] = json!(name);
-        let uid = uuid::Uuid::new_v4().to_string();
+        let value = parse_body(self.def, body)?;
         let dry_run = self.query.get("dryRun").is_some_and(|d| d == "All");
-        if self.def == &PODS {
-            return self.create_pod(ns, &name, value, uid, dry_run);
-        }
-        let meta = value["metadata"]
-            .as_object_mut()
-            .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-        meta.insert("uid".into(), json!(uid));
-        meta.insert("creationTimestamp".into(), now_time());
-        meta.remove("resourceVersion");
-        meta.remove("deletionTimestamp");
-        if self.def.namespaced {
-            meta.insert("namespace".into(), json!(ns));
-        }
-        if value.get("spec").is_some() {
-            value["metadata"]["generation"] = json!(1);
-        }
-        if dry_run {
-            return Ok(json_response(StatusCode::CREATED, &value));
-        }
-        let def = self.def;
-        let stored = self
-            .state
-            .store
-            .mutate(def, ns, &name, |current| match current {
-                Some(_) => Err(ApiError::already_exists(def, &name)),
-                None => Ok(Mutation::Put(value)),
-            })?
-            .ok_or_else(|| ApiError::internal("object vanished after create"))?;
-        Ok(bytes_response(StatusCode::CREATED, stored.json.clone()))
-    }
-
-    fn create_pod(
-        &self,
-        ns: &str,
-        name: &str,
-        value: Value,
-        uid: String,
-        dry_run: bool,
-    ) -> Result<Response, ApiError> {
-        let mut pod: Pod = serde_json::from_value(value).map_err(ApiError::internal)?;
-        let errors = pods::validate_create(&pod);
-        if !errors.is_empty() {
-            return Err(ApiError::invalid(&PODS, name, &errors));
-        }
-        pods::default_for_create(&mut pod, ns, uid.clone(), jiff::Timestamp::now());
-        let value = serde_json::to_value(&pod).map_err(ApiError::internal)?;
-        if dry_run {
-            return Ok(json_response(StatusCode::CREATED, &value));
-        }
-        let stored = self
-            .state
-            .store
-            .mutate(&PODS, ns, name, |current| match current {
-                // NB: a pod that is still terminating holds its name: AlreadyExists until it is gone.
-                Some(_) => Err(ApiError::already_exists(&PODS, name)),
-                None => Ok(Mutation::Put(value)),
-            })?
-            .ok_or_else(|| ApiError::internal("pod vanished after create"))?;
-        self.state.kubelet.admit(ns, name, &uid);
-        Ok(bytes_response(StatusCode::CREATED, stored.json.clone()))
+        let created = self.state.create(self.def, ns, value, dry_run)?;
+        Ok(json_response(StatusCode::CREATED, &created))
     }
 
     fn replace(
@@ -580,48 +424,11 @@ impl Ctx<'_> {
         subresource: Option<&str>,
         body: &[u8],
     ) -> Result<Response, ApiError> {
+        if subresource == Some("resize") {
+            return Err(ApiError::method_not_supported(self.def, "update"));
+        }
         let new = parse_body(self.def, body)?;
-        if let Some(body_name) = new.pointer("/metadata/name").and_then(Value::as_str)
-            && body_name != name
-        {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({body_name}) does not match the name on the URL ({name})"
-            )));
-        }
-        let def = self.def;
-        let body_rv = resource_version_of(&new).map(str::to_owned);
-        if body_rv.is_none() && !def.unconditional_update {
-            return Err(ApiError::invalid(
-                def,
-                name,
-                &[FieldError::invalid_raw(
-                    "metadata.resourceVersion",
-                    "0x0",
-                    "must be specified for an update",
-                )],
-            ));
-        }
-        let mut created = false;
-        let stored = self.state.store.mutate(def, ns, name, |current| {
-            let Some(current) = current else {
-                if def.create_on_update && subresource.is_none() {
-                    created = true;
-                    let mut fresh = new.clone();
-                    fresh["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
-                    fresh["metadata"]["creationTimestamp"] = now_time();
-                    fresh["metadata"]["namespace"] = json!(ns);
-                    return Ok(Mutation::Put(fresh));
-                }
-                return Err(ApiError::not_found(def, name));
-            };
-            if let Some(rv) = &body_rv
-                && *rv != current.resource_version.to_string()
-            {
-                return Err(ApiError::conflict(def, name));
-            }
-            self.updated(current, new.clone(), subresource)
-        })?;
-        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+        let (stored, created) = self.state.replace(self.def, ns, name, subresource, new)?;
         Ok(bytes_response(if created { StatusCode::CREATED } else { StatusCode::OK }, stored.json.clone()))
     }
 
@@ -638,175 +445,37 @@ impl Ctx<'_> {
             .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
         let patch_body: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-        let def = self.def;
-        let stored = self.state.store.mutate(def, ns, name, |current| {
-            let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
-            let old = current.value();
-            let new = patch::apply(kind, &old, &patch_body)?;
-            // A patch that names a resourceVersion is an optimistic-lock precondition.
-            if let Some(rv) = resource_version_of(&new)
-                && rv != current.resource_version.to_string()
-            {
-                return Err(ApiError::conflict(def, name));
-            }
-            typed_check(def, &new)?;
-            self.updated(current, new, subresource)
-        })?;
-        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+        let stored = self.state.patch(self.def, ns, name, subresource, kind, &patch_body)?;
         Ok(bytes_response(StatusCode::OK, stored.json.clone()))
     }
 
-    /// The stored object after an update of the main resource or its status.
-    fn updated(
-        &self,
-        current: &Arc<StoredObject>,
-        mut new: Value,
-        subresource: Option<&str>,
-    ) -> Result<Mutation, ApiError> {
-        let old = current.value();
-        if !new.is_object() {
-            return Err(ApiError::bad_request("object must be a JSON object"));
-        }
-        if subresource == Some("status") {
-            // Status updates change only the status.
-            let mut merged = old.clone();
-            merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-            new = merged;
-        } else {
-            if self.def.subresources.contains(&"status") {
-                match old.get("status") {
-                    Some(status) => new["status"] = status.clone(),
-                    None => {
-                        if let Some(map) = new.as_object_mut() {
-                            map.remove("status");
-                        }
-                    }
-                }
-            }
-            carry_metadata(&old, &mut new);
-        }
-        if self.def == &PODS {
-            let old_pod: Pod = serde_json::from_value(old.clone()).map_err(ApiError::internal)?;
-            let new_pod: Pod = serde_json::from_value(new.clone()).map_err(|e| {
-                ApiError::bad_request(format!("Pod in version \"v1\" cannot be handled as a Pod: {e}"))
-            })?;
-            if subresource.is_none() {
-                pods::validate_update(&old_pod, &new_pod)?;
-            }
-        }
-        let mut unchanged_check = new.clone();
-        unchanged_check["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-        if unchanged_check == old {
-            return Ok(Mutation::Unchanged);
-        }
-        Ok(Mutation::Put(new))
-    }
-
     fn delete(&self, ns: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {
-        let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
-            json!({})
-        } else {
-            serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
-        };
-        let grace = match (options.get("gracePeriodSeconds"), self.query.get("gracePeriodSeconds")) {
-            (Some(v), _) if !v.is_null() => Some(
-                v.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
-            ),
-            (_, Some(q)) => Some(
-                q.parse::<i64>()
-                    .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
-            ),
-            _ => None,
-        };
-        let want_uid = options.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned);
-        let want_rv =
-            options.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned);
-        let def = self.def;
-        let mut outcome = None;
-        let stored = self.state.store.mutate(def, ns, name, |current| {
-            let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
-            if let Some(uid) = &want_uid
-                && *uid != current.uid
-            {
-                return Err(ApiError::precondition_failed(
-                    def,
-                    ns,
-                    name,
-                    format!("UID in precondition: {uid}, UID in object meta: {}", current.uid),
-                ));
-            }
-            if let Some(rv) = &want_rv
-                && *rv != current.resource_version.to_string()
-            {
-                return Err(ApiError::precondition_failed(
-                    def,
-                    ns,
-                    name,
-                    format!(
-                        "ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        current.resource_version
-                    ),
-                ));
-            }
-            let mut value = current.value();
-            let has_finalizers = value
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty());
-            if def == &PODS {
-                let pod: Pod = current.typed()?;
-                let decision = pods::deletion(&pod, grace);
-                outcome = Some((decision, current.uid.clone()));
-                return Ok(match decision {
-                    PodDeletion::Immediate if !has_finalizers => Mutation::Delete,
-                    PodDeletion::AlreadyTerminating => Mutation::Unchanged,
-                    PodDeletion::Immediate | PodDeletion::Graceful(_) => {
-                        let seconds = match decision {
-                            PodDeletion::Graceful(g) => g,
-                            _ => 0,
-                        };
-                        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds);
-                        value["metadata"]["deletionTimestamp"] =
-                            json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-                        value["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
-                        Mutation::Put(value)
-                    }
-                });
-            }
-            if has_finalizers {
-                if value.pointer("/metadata/deletionTimestamp").is_none() {
-                    value["metadata"]["deletionTimestamp"] = now_time();
-                    value["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                    return Ok(Mutation::Put(value));
-                }
-                return Ok(Mutation::Unchanged);
-            }
-            Ok(Mutation::Delete)
-        })?;
-        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
-        if let Some((decision, uid)) = outcome {
-            match decision {
-                PodDeletion::Immediate => self.state.kubelet.forget(&uid),
-                PodDeletion::Graceful(grace) => self.state.kubelet.terminate(ns, name, &uid, grace),
-                PodDeletion::AlreadyTerminating => {}
-            }
-            // Pods return the object (ReturnDeletedObject), never a Status.
-            return Ok(bytes_response(StatusCode::OK, stored.json.clone()));
+        let mut options = DeleteOptions::parse(body)?;
+        if options.grace_period_seconds.is_none()
+            && let Some(q) = self.query.get("gracePeriodSeconds")
+        {
+            options.grace_period_seconds =
+                Some(q.parse().map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
         }
-        let mut details = def.error_details(name);
-        details["uid"] = json!(stored.uid);
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
-        ))
+        match self.state.delete(self.def, ns, name, &options)? {
+            // Pods return the object (ReturnDeletedObject), never a Status.
+            Deleted::Pod(stored) => Ok(bytes_response(StatusCode::OK, stored.json.clone())),
+            Deleted::Other(stored) => {
+                let mut details = self.def.error_details(name);
+                details["uid"] = json!(stored.uid);
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+                ))
+            }
+        }
     }
 
     fn delete_collection(&self, ns: &str) -> Result<Response, ApiError> {
         let filter = self.filter()?;
         let page = self.state.store.list(self.def, &filter, None, None)?;
         for object in &page.items {
-            match self.delete(&object.namespace, &object.name, b"{}") {
+            match self.state.delete(self.def, &object.namespace, &object.name, &DeleteOptions::default()) {
                 Ok(_) => {}
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),

@@ -1,0 +1,464 @@
+//! The apiserver's write paths (create, update, patch, delete, resize), shared by the HTTP front and the
+//! in-process controllers, so a ReplicaSet's pods go through the same defaulting and validation as a
+//! client's.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+use crate::{
+    api_error::{ApiError, FieldError},
+    patch::{self, PatchType},
+    pods::{self, PodDeletion},
+    resources::{PODS, ResourceDef},
+    server::SimState,
+    store::{Mutation, StoredObject},
+};
+
+/// What a DELETE asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeleteOptions {
+    /// `gracePeriodSeconds`
+    pub grace_period_seconds: Option<i64>,
+    /// `preconditions.uid`
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`
+    pub resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    /// Parses a `DeleteOptions` body (an empty body means defaults).
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let options: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        let grace = match options.get("gracePeriodSeconds") {
+            Some(v) if !v.is_null() => Some(
+                v.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            grace_period_seconds: grace,
+            uid: options.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
+            resource_version: options
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+}
+
+/// `Time` as the apiserver writes it (second precision).
+pub fn now_time() -> Value {
+    json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn resource_version_of(value: &Value) -> Option<&str> {
+    value.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// Carries the server-owned metadata over from the stored object and bumps `generation` on spec changes.
+fn carry_metadata(old: &Value, new: &mut Value) {
+    for key in
+        ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"]
+    {
+        match old.pointer(&format!("/metadata/{key}")) {
+            Some(v) => new["metadata"][key] = v.clone(),
+            None => {
+                if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove(key);
+                }
+            }
+        }
+    }
+    if let Some(generation) = old.pointer("/metadata/generation").and_then(Value::as_i64) {
+        let bumped = if old.get("spec") != new.get("spec") { generation + 1 } else { generation };
+        new["metadata"]["generation"] = json!(bumped);
+    }
+}
+
+/// A random 5-character suffix from the apiserver's `generateName` alphabet.
+pub fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let raw = uuid::Uuid::new_v4();
+    raw.as_bytes().iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// Rejects bodies the real apiserver could not decode into the kind's Go type.
+pub fn typed_check(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
+    use k8s_openapi::api::{
+        apps::v1 as apps, coordination::v1 as coordination, core::v1 as core, events::v1 as events,
+    };
+    fn check<T: serde::de::DeserializeOwned>(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
+        serde_json::from_value::<T>(value.clone()).map(|_| ()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                def.kind, def.version, def.kind
+            ))
+        })
+    }
+    match (def.group, def.plural) {
+        ("", "pods") => check::<core::Pod>(def, value),
+        ("", "events") => check::<core::Event>(def, value),
+        ("", "namespaces") => check::<core::Namespace>(def, value),
+        ("", "configmaps") => check::<core::ConfigMap>(def, value),
+        ("", "secrets") => check::<core::Secret>(def, value),
+        ("coordination.k8s.io", _) => check::<coordination::Lease>(def, value),
+        ("events.k8s.io", _) => check::<events::Event>(def, value),
+        ("apps", "deployments") => check::<apps::Deployment>(def, value),
+        ("apps", "replicasets") => check::<apps::ReplicaSet>(def, value),
+        ("apps", "statefulsets") => check::<apps::StatefulSet>(def, value),
+        ("apps", "daemonsets") => check::<apps::DaemonSet>(def, value),
+        ("apps", "controllerrevisions") => check::<apps::ControllerRevision>(def, value),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a body's `kind` and `apiVersion` (when given) and its shape.
+pub fn check_body(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {})",
+            def.kind
+        )));
+    }
+    if let Some(kind) = value.get("kind").and_then(Value::as_str)
+        && kind != def.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): {kind}",
+            def.kind
+        )));
+    }
+    if let Some(api_version) = value.get("apiVersion").and_then(Value::as_str)
+        && api_version != def.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            def.api_version()
+        )));
+    }
+    typed_check(def, value)
+}
+
+/// How a delete ended.
+#[derive(Debug)]
+pub enum Deleted {
+    /// A pod: the object as returned (terminating, or gone).
+    Pod(Arc<StoredObject>),
+    /// Any other kind: removed (or marked for deletion when it has finalizers).
+    Other(Arc<StoredObject>),
+}
+
+impl SimState {
+    /// Creates an object (`POST`). With `dry_run` nothing is stored and the would-be object is returned.
+    pub fn create(
+        &self,
+        def: &'static ResourceDef,
+        ns: &str,
+        mut value: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        check_body(def, &value)?;
+        if let Some(body_ns) =
+            value.pointer("/metadata/namespace").and_then(Value::as_str).filter(|s| !s.is_empty())
+            && def.namespaced
+            && body_ns != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let name = match value.pointer("/metadata/name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            Some(name) => name.to_owned(),
+            None => match value
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                Some(prefix) => format!("{prefix}{}", random_suffix()),
+                None => {
+                    return Err(ApiError::invalid(
+                        def,
+                        "",
+                        &[FieldError::required("metadata.name", "name or generateName is required")],
+                    ));
+                }
+            },
+        };
+        if value.get("metadata").is_none_or(|m| !m.is_object()) {
+            value["metadata"] = json!({});
+        }
+        value["metadata"]["name"] = json!(name);
+        let uid = uuid::Uuid::new_v4().to_string();
+        if def == &PODS {
+            let mut pod: Pod = serde_json::from_value(value).map_err(ApiError::internal)?;
+            let errors = pods::validate_create(&pod);
+            if !errors.is_empty() {
+                return Err(ApiError::invalid(&PODS, &name, &errors));
+            }
+            pods::default_for_create(&mut pod, ns, uid.clone(), jiff::Timestamp::now());
+            value = serde_json::to_value(&pod).map_err(ApiError::internal)?;
+        } else {
+            let meta = value["metadata"]
+                .as_object_mut()
+                .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+            meta.insert("uid".into(), json!(uid));
+            meta.insert("creationTimestamp".into(), now_time());
+            meta.remove("resourceVersion");
+            meta.remove("deletionTimestamp");
+            if def.namespaced {
+                meta.insert("namespace".into(), json!(ns));
+            }
+            if value.get("spec").is_some() {
+                value["metadata"]["generation"] = json!(1);
+            }
+            crate::validation::validate_create(def, &name, &value)?;
+        }
+        if dry_run {
+            return Ok(value);
+        }
+        let stored = self
+            .store
+            .mutate(def, ns, &name, |current| match current {
+                // NB: a pod that is still terminating holds its name: AlreadyExists until it is gone.
+                Some(_) => Err(ApiError::already_exists(def, &name)),
+                None => Ok(Mutation::Put(value)),
+            })?
+            .ok_or_else(|| ApiError::internal("object vanished after create"))?;
+        if def == &PODS {
+            self.kubelet.admit(ns, &name, &uid);
+        }
+        Ok(stored.value())
+    }
+
+    /// Replaces an object or its status (`PUT`). Returns the stored object and whether it was created.
+    pub fn replace(
+        &self,
+        def: &'static ResourceDef,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        new: Value,
+    ) -> Result<(Arc<StoredObject>, bool), ApiError> {
+        check_body(def, &new)?;
+        if let Some(body_name) = new.pointer("/metadata/name").and_then(Value::as_str)
+            && body_name != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let body_rv = resource_version_of(&new).map(str::to_owned);
+        if body_rv.is_none() && !def.unconditional_update {
+            return Err(ApiError::invalid(
+                def,
+                name,
+                &[FieldError::invalid_raw(
+                    "metadata.resourceVersion",
+                    "0x0",
+                    "must be specified for an update",
+                )],
+            ));
+        }
+        let mut created = false;
+        let mut spec_changed = false;
+        let stored = self.store.mutate(def, ns, name, |current| {
+            let Some(current) = current else {
+                if def.create_on_update && subresource.is_none() {
+                    created = true;
+                    let mut fresh = new.clone();
+                    fresh["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+                    fresh["metadata"]["creationTimestamp"] = now_time();
+                    fresh["metadata"]["namespace"] = json!(ns);
+                    return Ok(Mutation::Put(fresh));
+                }
+                return Err(ApiError::not_found(def, name));
+            };
+            if let Some(rv) = &body_rv
+                && *rv != current.resource_version.to_string()
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            let (mutation, changed) = self.updated(def, current, new.clone(), subresource)?;
+            spec_changed = changed;
+            Ok(mutation)
+        })?;
+        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+        if spec_changed && def == &PODS {
+            self.kubelet.spec_changed(&stored.uid);
+        }
+        Ok((stored, created))
+    }
+
+    /// Patches an object, its status, or (for pods) its resources through `resize`.
+    pub fn patch(
+        &self,
+        def: &'static ResourceDef,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        kind: PatchType,
+        patch_body: &Value,
+    ) -> Result<Arc<StoredObject>, ApiError> {
+        let mut spec_changed = false;
+        let stored = self.store.mutate(def, ns, name, |current| {
+            let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
+            let old = current.value();
+            let new = patch::apply(kind, &old, patch_body)?;
+            // A patch that names a resourceVersion is an optimistic-lock precondition.
+            if let Some(rv) = resource_version_of(&new)
+                && rv != current.resource_version.to_string()
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            typed_check(def, &new)?;
+            if subresource == Some("resize") {
+                spec_changed = true;
+                return crate::resize::resized(&old, new, self.config.kubernetes_minor);
+            }
+            let (mutation, changed) = self.updated(def, current, new, subresource)?;
+            spec_changed = changed;
+            Ok(mutation)
+        })?;
+        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+        if spec_changed && def == &PODS {
+            self.kubelet.spec_changed(&stored.uid);
+        }
+        Ok(stored)
+    }
+
+    /// The stored object after an update of the main resource or its status, and whether the spec changed.
+    fn updated(
+        &self,
+        def: &ResourceDef,
+        current: &Arc<StoredObject>,
+        mut new: Value,
+        subresource: Option<&str>,
+    ) -> Result<(Mutation, bool), ApiError> {
+        let old = current.value();
+        if !new.is_object() {
+            return Err(ApiError::bad_request("object must be a JSON object"));
+        }
+        if subresource == Some("status") {
+            // Status updates change only the status.
+            let mut merged = old.clone();
+            merged["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+            new = merged;
+        } else {
+            if def.subresources.contains(&"status") {
+                match old.get("status") {
+                    Some(status) => new["status"] = status.clone(),
+                    None => {
+                        if let Some(map) = new.as_object_mut() {
+                            map.remove("status");
+                        }
+                    }
+                }
+            }
+            carry_metadata(&old, &mut new);
+        }
+        if def == &PODS && subresource.is_none() {
+            let old_pod: Pod = serde_json::from_value(old.clone()).map_err(ApiError::internal)?;
+            let new_pod: Pod = serde_json::from_value(new.clone()).map_err(|e| {
+                ApiError::bad_request(format!("Pod in version \"v1\" cannot be handled as a Pod: {e}"))
+            })?;
+            pods::validate_update(&old_pod, &new_pod)?;
+        }
+        crate::validation::validate_update(def, &current.name, &old, &new)?;
+        let mut unchanged_check = new.clone();
+        unchanged_check["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        if unchanged_check == old {
+            return Ok((Mutation::Unchanged, false));
+        }
+        let spec_changed = old.get("spec") != new.get("spec");
+        Ok((Mutation::Put(new), spec_changed))
+    }
+
+    /// Deletes an object (`DELETE`), with pods' graceful deletion and preconditions.
+    pub fn delete(
+        &self,
+        def: &'static ResourceDef,
+        ns: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Deleted, ApiError> {
+        let mut outcome = None;
+        let stored = self.store.mutate(def, ns, name, |current| {
+            let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
+            if let Some(uid) = &options.uid
+                && *uid != current.uid
+            {
+                return Err(ApiError::precondition_failed(
+                    def,
+                    ns,
+                    name,
+                    format!("UID in precondition: {uid}, UID in object meta: {}", current.uid),
+                ));
+            }
+            if let Some(rv) = &options.resource_version
+                && *rv != current.resource_version.to_string()
+            {
+                return Err(ApiError::precondition_failed(
+                    def,
+                    ns,
+                    name,
+                    format!(
+                        "ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        current.resource_version
+                    ),
+                ));
+            }
+            let mut value = current.value();
+            let has_finalizers = value
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            if def == &PODS {
+                let pod: Pod = current.typed()?;
+                let decision = pods::deletion(&pod, options.grace_period_seconds);
+                outcome = Some((decision, current.uid.clone()));
+                return Ok(match decision {
+                    PodDeletion::Immediate if !has_finalizers => Mutation::Delete,
+                    PodDeletion::AlreadyTerminating => Mutation::Unchanged,
+                    PodDeletion::Immediate | PodDeletion::Graceful(_) => {
+                        let seconds = match decision {
+                            PodDeletion::Graceful(g) => g,
+                            _ => 0,
+                        };
+                        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds);
+                        value["metadata"]["deletionTimestamp"] =
+                            json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+                        value["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
+                        Mutation::Put(value)
+                    }
+                });
+            }
+            if has_finalizers {
+                if value.pointer("/metadata/deletionTimestamp").is_none() {
+                    value["metadata"]["deletionTimestamp"] = now_time();
+                    value["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    return Ok(Mutation::Put(value));
+                }
+                return Ok(Mutation::Unchanged);
+            }
+            Ok(Mutation::Delete)
+        })?;
+        let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+        match outcome {
+            Some((decision, uid)) => {
+                match decision {
+                    PodDeletion::Immediate => self.kubelet.forget(&uid),
+                    PodDeletion::Graceful(grace) => self.kubelet.terminate(ns, name, &uid, grace),
+                    PodDeletion::AlreadyTerminating => {}
+                }
+                Ok(Deleted::Pod(stored))
+            }
+            None => Ok(Deleted::Other(stored)),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Validation of the non-pod kinds the services write or read: events.k8s.io Events (what kube-runtime's
+//! `Recorder` sends) and the selectors of workload objects.
+
+use serde_json::Value;
+
+use crate::{
+    api_error::{ApiError, FieldError},
+    resources::{DEPLOYMENTS, EVENTS_V1, REPLICASETS, ResourceDef, STATEFULSETS},
+};
+
+fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
+    value.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+fn qualified_name(name: &str) -> bool {
+    let (prefix, rest) = match name.rsplit_once('/') {
+        Some((p, r)) => (Some(p), r),
+        None => (None, name),
+    };
+    let rest_ok = !rest.is_empty()
+        && rest.len() <= 63
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && rest.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && rest.ends_with(|c: char| c.is_ascii_alphanumeric());
+    rest_ok && prefix.is_none_or(|p| !p.is_empty() && p.split('.').all(kubesent_proto::is_dns_label))
+}
+
+/// `ValidateEventCreate` for events.k8s.io/v1.
+fn event_errors(value: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if text(value, "/eventTime").is_none() {
+        errors.push(FieldError::required("eventTime", ""));
+    }
+    match text(value, "/type") {
+        Some("Normal" | "Warning") => {}
+        Some(other) => errors.push(FieldError {
+            cause_type: "FieldValueNotSupported",
+            field: "type".into(),
+            detail: "supported values: \"Normal\", \"Warning\"".into(),
+            value: Some(format!("{other:?}")),
+        }),
+        None => errors.push(FieldError::required("type", "")),
+    }
+    match text(value, "/reportingController") {
+        Some(controller) if qualified_name(controller) => {}
+        Some(controller) => errors.push(FieldError::invalid(
+            "reportingController",
+            controller,
+            "name part must consist of alphanumeric characters, '-', '_' or '.'",
+        )),
+        None => errors.push(FieldError::required("reportingController", "")),
+    }
+    for field in ["reportingInstance", "action", "reason"] {
+        match text(value, &format!("/{field}")) {
+            None => errors.push(FieldError::required(field, "")),
+            Some(v) if v.len() > 128 => {
+                errors.push(FieldError::invalid(field, "", "can have at most 128 characters"))
+            }
+            Some(_) => {}
+        }
+    }
+    if text(value, "/note").is_some_and(|n| n.len() > 1024) {
+        errors.push(FieldError::invalid("note", "", "can have at most 1024 characters"));
+    }
+    if let Some(series) = value.get("series").filter(|s| !s.is_null()) {
+        if series.get("count").and_then(Value::as_i64).is_none_or(|c| c < 2) {
+            errors.push(FieldError::invalid_raw(
+                "series.count",
+                series.get("count").map(ToString::to_string).unwrap_or_default(),
+                "should be at least 2",
+            ));
+        }
+        if text(series, "/lastObservedTime").is_none() {
+            errors.push(FieldError::required("series.lastObservedTime", ""));
+        }
+    }
+    for deprecated in
+        ["deprecatedSource", "deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount"]
+    {
+        if value.get(deprecated).is_some_and(|v| !v.is_null() && v != &Value::Object(Default::default())) {
+            errors.push(FieldError::forbidden(deprecated, "deprecated field must not be set"));
+        }
+    }
+    errors
+}
+
+fn selector_errors(value: &Value) -> Vec<FieldError> {
+    let Some(selector) = value.pointer("/spec/selector").filter(|s| !s.is_null()) else {
+        return vec![FieldError::required("spec.selector", "")];
+    };
+    let labels = value.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+    let match_labels = selector.get("matchLabels").and_then(Value::as_object);
+    let matches = match (match_labels, labels) {
+        (Some(wanted), Some(have)) => wanted.iter().all(|(k, v)| have.get(k) == Some(v)),
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    if matches {
+        Vec::new()
+    } else {
+        vec![FieldError::invalid_raw(
+            "spec.template.metadata.labels",
+            labels.map(|l| Value::Object(l.clone()).to_string()).unwrap_or_else(|| "null".into()),
+            "`selector` does not match template `labels`",
+        )]
+    }
+}
+
+/// Validation on create, for the kinds that have rules here.
+pub fn validate_create(def: &ResourceDef, name: &str, value: &Value) -> Result<(), ApiError> {
+    let errors = if def == &EVENTS_V1 {
+        event_errors(value)
+    } else if def == &DEPLOYMENTS || def == &REPLICASETS || def == &STATEFULSETS {
+        selector_errors(value)
+    } else {
+        Vec::new()
+    };
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(def, name, &errors)) }
+}
+
+/// Validation on update: create rules plus immutable fields.
+pub fn validate_update(def: &ResourceDef, name: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let mut errors = if def == &EVENTS_V1 {
+        let mut errors = event_errors(new);
+        for field in [
+            "reason",
+            "action",
+            "type",
+            "eventTime",
+            "regarding",
+            "related",
+            "reportingController",
+            "reportingInstance",
+        ] {
+            if old.get(field) != new.get(field) {
+                errors.push(FieldError::invalid_raw(
+                    field,
+                    new.get(field).map(ToString::to_string).unwrap_or_default(),
+                    "field is immutable",
+                ));
+            }
+        }
+        errors
+    } else if def == &DEPLOYMENTS || def == &REPLICASETS || def == &STATEFULSETS {
+        let mut errors = selector_errors(new);
+        if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
+            errors.push(FieldError::invalid_raw(
+                "spec.selector",
+                new.pointer("/spec/selector").map(ToString::to_string).unwrap_or_default(),
+                "field is immutable",
+            ));
+        }
+        errors
+    } else {
+        Vec::new()
+    };
+    errors.dedup();
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(def, name, &errors)) }
+}
