@@ -12,6 +12,7 @@
 
 mod api;
 mod api_error;
+pub mod controllers;
 pub mod kubelet;
 mod patch;
 pub mod pods;
@@ -110,6 +111,7 @@ impl KubeSim {
             requests: Mutex::new(VecDeque::new()),
             server_address: Mutex::new(addr.to_string()),
         });
+        controllers::spawn(state.clone(), shutdown.clone());
         let app = server::router(state.clone());
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());

@@ -395,6 +395,11 @@ impl Store {
         Ok(WatchSubscription { initial, live, start_revision })
     }
 
+    /// The live change feed of a resource (for in-process controllers).
+    pub fn subscribe(&self, def: &ResourceDef) -> broadcast::Receiver<Arc<WatchRecord>> {
+        self.collection(def).live.subscribe()
+    }
+
     /// All objects of a resource, without paging (for in-process use).
     pub fn all(&self, def: &ResourceDef) -> Vec<Arc<StoredObject>> {
         self.collection(def).objects.values().cloned().collect()
