@@ -545,3 +545,228 @@ async fn pods_until(api: &Api<Pod>, done: impl Fn(&[Pod]) -> bool) -> Vec<Pod> {
     .await
     .expect("pods reached the expected state in time")
 }
+
+fn container_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.first().cloned()
+}
+
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    container_status(pod)?.state?.waiting?.reason
+}
+
+async fn events_for(client: &Client, pod: &str) -> Vec<(String, String)> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "shop");
+    let selector = format!("involvedObject.name={pod},involvedObject.kind=Pod");
+    events
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+fn plain_pod(name: &str, image: &str) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": image}]}})).expect("pod")
+}
+
+#[tokio::test]
+async fn a_missing_image_backs_off_with_the_kubelets_messages_and_events() {
+    let sim = sim().await;
+    sim.state().registry.set("registry.local/shop/web:9.9.9", kubesent_kube_sim::ImageState::Missing);
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    pods.create(&PostParams::default(), &plain_pod("web-9", "registry.local/shop/web:9.9.9")).await.expect("created");
+    let pod = wait_for(&pods, "web-9", |p: Option<&Pod>| p.and_then(waiting_reason).as_deref() == Some("ImagePullBackOff")).await;
+    let message = container_status(&pod).and_then(|s| s.state?.waiting?.message).expect("message");
+    assert!(message.starts_with("Back-off pulling image \"registry.local/shop/web:9.9.9\": ErrImagePull: rpc error: code = NotFound"), "{message}");
+    assert!(message.ends_with("registry.local/shop/web:9.9.9: not found"), "{message}");
+    let reasons: Vec<String> = events_for(&client, "web-9").await.into_iter().map(|(r, _)| r).collect();
+    for expected in ["Scheduled", "Pulling", "Failed", "BackOff"] {
+        assert!(reasons.iter().any(|r| r == expected), "missing {expected} in {reasons:?}");
+    }
+    let err = pods.logs("web-9", &LogParams::default()).await.expect_err("no logs yet");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!(status.message, "container \"app\" in pod \"web-9\" is waiting to start: trying and failing to pull image");
+}
+
+#[tokio::test]
+async fn a_private_image_needs_a_pull_secret_that_exists() {
+    use k8s_openapi::api::core::v1::Secret;
+    let sim = sim().await;
+    sim.state().registry.set("registry.local/private/app", kubesent_kube_sim::ImageState::Private);
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    pods.create(&PostParams::default(), &plain_pod("no-secret", "registry.local/private/app:1")).await.expect("created");
+    let pod = wait_for(&pods, "no-secret", |p: Option<&Pod>| p.and_then(waiting_reason).as_deref() == Some("ImagePullBackOff")).await;
+    let message = container_status(&pod).and_then(|s| s.state?.waiting?.message).expect("message");
+    assert!(message.contains("pull access denied") && message.contains("authorization failed"), "{message}");
+
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "regcred"}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "e30="}})).expect("secret");
+    Api::<Secret>::namespaced(client.clone(), "shop").create(&PostParams::default(), &secret).await.expect("secret created");
+    let mut with_secret = plain_pod("with-secret", "registry.local/private/app:1");
+    with_secret.spec.as_mut().expect("spec").image_pull_secrets = Some(vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "regcred".into() }]);
+    pods.create(&PostParams::default(), &with_secret).await.expect("created");
+    wait_for(&pods, "with-secret", conditions::is_pod_running()).await;
+}
+
+#[tokio::test]
+async fn a_missing_config_map_key_is_a_config_error_until_the_key_exists() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let sim = sim().await;
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "cfg"}, "spec": {"containers": [{"name": "app", "image": "web:1",
+        "env": [{"name": "DB_URL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "db_url"}}}]}]}})).expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("created");
+    let failing = wait_for(&pods, "cfg", |p: Option<&Pod>| p.and_then(waiting_reason).as_deref() == Some("CreateContainerConfigError")).await;
+    let message = container_status(&failing).and_then(|s| s.state?.waiting?.message);
+    assert_eq!(message.as_deref(), Some("configmap \"settings\" not found"));
+
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    let partial: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"other": "x"}})).expect("cm");
+    configs.create(&PostParams::default(), &partial).await.expect("cm created");
+    wait_for(&pods, "cfg", |p: Option<&Pod>| {
+        p.and_then(container_status).and_then(|s| s.state?.waiting?.message).as_deref() == Some("couldn't find key db_url in ConfigMap shop/settings")
+    })
+    .await;
+    let fixed = json!({"data": {"db_url": "postgres://db"}});
+    configs.patch("settings", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&fixed)).await.expect("patched");
+    wait_for(&pods, "cfg", conditions::is_pod_running()).await;
+}
+
+#[tokio::test]
+async fn a_scripted_exit_code_crash_loops_with_its_logs() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "crash", "annotations": {
+        "sim.kubesent.io/exit-code": "3", "sim.kubesent.io/logs": "connecting to db:5432\nerror: connection refused"}},
+        "spec": {"containers": [{"name": "app", "image": "web:1"}]}})).expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("created");
+    let looping = wait_for(&pods, "crash", |p: Option<&Pod>| p.and_then(waiting_reason).as_deref() == Some("CrashLoopBackOff")).await;
+    let last = container_status(&looping).and_then(|s| s.last_state?.terminated).expect("last termination");
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    let logs = pods.logs("crash", &LogParams { previous: true, tail_lines: Some(2), ..LogParams::default() }).await.expect("logs");
+    assert_eq!(logs, "error: connection refused\nfatal: exiting with status 3\n");
+}
+
+#[tokio::test]
+async fn resizing_memory_in_place_heals_an_oom_loop_only_when_the_new_limit_is_enough() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    for name in ["right", "wrong"] {
+        pods.create(&PostParams::default(), &pod(name, "128Mi", "200Mi")).await.expect("created");
+    }
+    for name in ["right", "wrong"] {
+        wait_for(&pods, name, |p: Option<&Pod>| p.and_then(last_terminated_reason).as_deref() == Some("OOMKilled")).await;
+    }
+    let resize = |limit: &str| json!({"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": limit}, "requests": {"memory": limit}}}]}});
+    let resized = pods
+        .patch_resize("right", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&resize("256Mi")))
+        .await
+        .expect("resize accepted");
+    assert_eq!(resized.metadata.generation, Some(2));
+    pods.patch_resize("wrong", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&resize("160Mi"))).await.expect("resize accepted");
+    let healed = wait_for(&pods, "right", |p: Option<&Pod>| {
+        p.is_some_and(|p| {
+            p.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+                && container_status(p).is_some_and(|s| s.ready && s.resources.and_then(|r| r.limits).is_some_and(|l| l["memory"].0 == "256Mi"))
+        })
+    })
+    .await;
+    let restarts_after_fix = container_status(&healed).map(|s| s.restart_count).unwrap_or_default();
+    let still_failing = wait_for(&pods, "wrong", |p: Option<&Pod>| {
+        p.and_then(container_status).is_some_and(|s| s.restart_count >= 3 && s.resources.and_then(|r| r.limits).is_some_and(|l| l["memory"].0 == "160Mi"))
+    })
+    .await;
+    assert_eq!(last_terminated_reason(&still_failing).as_deref(), Some("OOMKilled"), "a wrong fix does not heal");
+    let now = pods.get("right").await.expect("pod");
+    assert_eq!(container_status(&now).map(|s| s.restart_count), Some(restarts_after_fix), "the right fix stopped the OOM kills");
+}
+
+#[tokio::test]
+async fn changing_a_pods_resources_through_an_update_is_forbidden_but_the_image_may_change() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &pod("upd", "128Mi", "1Mi")).await.expect("created");
+    let patch = json!({"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}});
+    let err = pods.patch("upd", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch)).await.expect_err("forbidden");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(status.message.starts_with("Pod \"upd\" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"), "{}", status.message);
+    let image = json!({"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:2"}]}});
+    let updated = pods.patch("upd", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&image)).await.expect("image update allowed");
+    assert_eq!(updated.spec.expect("spec").containers[0].image.as_deref(), Some("registry.local/shop/web:2"));
+    wait_for(&pods, "upd", |p: Option<&Pod>| p.and_then(container_status).is_some_and(|s| s.image == "registry.local/shop/web:2" && s.ready)).await;
+}
+
+#[tokio::test]
+async fn multi_container_logs_need_a_container_name() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "two"}, "spec": {"containers": [
+        {"name": "app", "image": "web:1"}, {"name": "sidecar", "image": "proxy:1"}]}})).expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("created");
+    let err = pods.logs("two", &LogParams::default()).await.expect_err("ambiguous");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.message.as_str()), (400, "a container name must be specified for pod two, choose one of: [app sidecar]"));
+    let err = pods.logs("two", &LogParams { container: Some("nope".into()), ..LogParams::default() }).await.expect_err("unknown");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!(status.message, "container nope is not valid for pod two");
+}
+
+#[tokio::test]
+async fn the_runtime_recorder_creates_then_patches_an_event_series() {
+    use k8s_openapi::api::events::v1::Event;
+    use kube_runtime::events::{Event as RuntimeEvent, EventType, Recorder, Reporter};
+    let sim = sim().await;
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let created = pods.create(&PostParams::default(), &pod("ev", "256Mi", "1Mi")).await.expect("created");
+    let recorder = Recorder::new(client.clone(), Reporter { controller: "kubesent-remediator".into(), instance: Some("r-0".into()) });
+    let reference = kube::Resource::object_ref(&created, &());
+    let event = RuntimeEvent { type_: EventType::Normal, reason: "OOMRemediation".into(), note: Some("memory 128Mi -> 256Mi".into()), action: "IncreaseMemory".into(), secondary: None };
+    recorder.publish(&event, &reference).await.expect("first event created");
+    recorder.publish(&event, &reference).await.expect("repeat patched as a series");
+    let events = Api::<Event>::namespaced(client, "shop").list(&ListParams::default()).await.expect("list").items;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
+    assert!(sim.requests().iter().any(|r| r.method == "PATCH" && r.path.starts_with("/apis/events.k8s.io/v1/namespaces/shop/events/")));
+}
+
+#[tokio::test]
+async fn an_invalid_events_k8s_io_event_is_refused() {
+    use k8s_openapi::api::events::v1::Event;
+    let sim = sim().await;
+    let events: Api<Event> = Api::namespaced(client(&sim), "shop");
+    let event: Event = serde_json::from_value(json!({"metadata": {"name": "bad"}, "type": "Fatal", "reason": "X"})).expect("event");
+    let err = events.create(&PostParams::default(), &event).await.expect_err("invalid");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!(status.code, 422);
+    assert!(status.message.contains("eventTime: Required value"), "{}", status.message);
+    assert!(status.message.contains("type: Unsupported value: \"Fatal\""), "{}", status.message);
+}
+
+#[tokio::test]
+async fn a_streaming_list_sends_initial_events_then_an_end_bookmark() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    for i in 0..3 {
+        pods.create(&PostParams::default(), &pod(&format!("s{i}"), "256Mi", "1Mi")).await.expect("created");
+    }
+    let mut events = watcher(pods.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = 0;
+    loop {
+        match tokio::time::timeout(PATIENCE, events.try_next()).await.expect("in time").expect("ok").expect("open") {
+            watcher::Event::InitApply(_) => initial += 1,
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, 3);
+    let first = sim.requests().into_iter().find(|r| r.method == "GET" && r.path == "/api/v1/namespaces/shop/pods").expect("a request");
+    assert!(first.query.contains("sendInitialEvents=true"), "{}", first.query);
+    assert!(!sim.requests().iter().any(|r| r.path == "/api/v1/namespaces/shop/pods" && r.query.contains("limit=")), "no list call");
+}
