@@ -92,6 +92,7 @@ pub fn random_suffix() -> String {
 pub fn typed_check(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
     use k8s_openapi::api::{
         apps::v1 as apps, coordination::v1 as coordination, core::v1 as core, events::v1 as events,
+        rbac::v1 as rbac,
     };
     fn check<T: serde::de::DeserializeOwned>(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
         serde_json::from_value::<T>(value.clone()).map(|_| ()).map_err(|e| {
@@ -114,6 +115,11 @@ pub fn typed_check(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
         ("apps", "statefulsets") => check::<apps::StatefulSet>(def, value),
         ("apps", "daemonsets") => check::<apps::DaemonSet>(def, value),
         ("apps", "controllerrevisions") => check::<apps::ControllerRevision>(def, value),
+        ("", "serviceaccounts") => check::<core::ServiceAccount>(def, value),
+        ("rbac.authorization.k8s.io", "roles") => check::<rbac::Role>(def, value),
+        ("rbac.authorization.k8s.io", "rolebindings") => check::<rbac::RoleBinding>(def, value),
+        ("rbac.authorization.k8s.io", "clusterroles") => check::<rbac::ClusterRole>(def, value),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => check::<rbac::ClusterRoleBinding>(def, value),
         _ => Ok(()),
     }
 }

@@ -191,7 +191,9 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
         queue.push(Key::Deployment(ns, name));
     } else if def == &REPLICASETS {
         queue.push(Key::ReplicaSet(ns.clone(), name));
-        if let Some(("Deployment", owner)) = controller_of(&value).as_ref().map(|(k, n)| (k.as_str(), n.clone())) {
+        if let Some(("Deployment", owner)) =
+            controller_of(&value).as_ref().map(|(k, n)| (k.as_str(), n.clone()))
+        {
             queue.push(Key::Deployment(ns, owner));
         }
     } else if def == &STATEFULSETS {
@@ -229,7 +231,14 @@ impl Controllers<'_> {
     }
 
     /// Writes `status` on the object if it changed (and only the status).
-    fn write_status(&self, def: &ResourceDef, ns: &str, name: &str, uid: &str, status: Value) -> Result<(), ApiError> {
+    fn write_status(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        status: Value,
+    ) -> Result<(), ApiError> {
         self.state.store.mutate(def, ns, name, |current| {
             let Some(current) = current.filter(|c| c.uid == uid) else { return Ok(Mutation::Unchanged) };
             let mut value = current.value();
@@ -243,7 +252,14 @@ impl Controllers<'_> {
     }
 
     /// Updates the object's spec and metadata through `change` (not the status), if it changed.
-    fn update(&self, def: &ResourceDef, ns: &str, name: &str, uid: &str, change: impl FnOnce(&mut Value)) -> Result<(), ApiError> {
+    fn update(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Result<(), ApiError> {
         self.state.store.mutate(def, ns, name, |current| {
             let Some(current) = current.filter(|c| c.uid == uid) else { return Ok(Mutation::Unchanged) };
             let before = current.value();
@@ -271,7 +287,15 @@ impl Controllers<'_> {
         }
     }
 
-    fn create_pod(&self, ns: &str, template: &PodTemplateSpec, name: Option<String>, generate: &str, extra_labels: &BTreeMap<String, String>, owner: OwnerReference) -> Result<(), ApiError> {
+    fn create_pod(
+        &self,
+        ns: &str,
+        template: &PodTemplateSpec,
+        name: Option<String>,
+        generate: &str,
+        extra_labels: &BTreeMap<String, String>,
+        owner: OwnerReference,
+    ) -> Result<(), ApiError> {
         let mut metadata = template.metadata.clone().unwrap_or_default();
         let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
         labels.extend(extra_labels.clone());
@@ -297,11 +321,20 @@ impl Controllers<'_> {
         if active.len() < desired {
             let template = spec.template.clone().unwrap_or_default();
             for _ in active.len()..desired {
-                self.create_pod(ns, &template, None, &format!("{name}-"), &BTreeMap::new(), owner_ref("ReplicaSet", name, &object.uid))?;
+                self.create_pod(
+                    ns,
+                    &template,
+                    None,
+                    &format!("{name}-"),
+                    &BTreeMap::new(),
+                    owner_ref("ReplicaSet", name, &object.uid),
+                )?;
             }
         } else if active.len() > desired {
             // Delete the least valuable first: not ready, then the newest.
-            active.sort_by_key(|p| (is_ready(p), std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0))));
+            active.sort_by_key(|p| {
+                (is_ready(p), std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+            });
             for pod in &active[..active.len() - desired] {
                 self.delete_pod(ns, pod)?;
             }
@@ -334,15 +367,22 @@ impl Controllers<'_> {
             .map(|o| o.typed())
             .collect::<Result<_, _>>()?;
         let revision_of = |rs: &ReplicaSet| -> i64 {
-            rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse().ok()).unwrap_or(0)
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REVISION))
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0)
         };
         owned.sort_by_key(revision_of);
         let max_revision = owned.iter().map(revision_of).max().unwrap_or(0);
         let rs_name = format!("{name}-{hash}");
         let labels_of = |rs: &ReplicaSet| rs.metadata.labels.clone().unwrap_or_default();
         let new_rs = owned.iter().find(|rs| labels_of(rs).get(POD_TEMPLATE_HASH) == Some(&hash)).cloned();
-        let old: Vec<ReplicaSet> = owned.iter().filter(|rs| labels_of(rs).get(POD_TEMPLATE_HASH) != Some(&hash)).cloned().collect();
-        let old_total: i32 = old.iter().map(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)).sum();
+        let old: Vec<ReplicaSet> =
+            owned.iter().filter(|rs| labels_of(rs).get(POD_TEMPLATE_HASH) != Some(&hash)).cloned().collect();
+        let old_total: i32 =
+            old.iter().map(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)).sum();
         let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
         let rolling = value.pointer("/spec/strategy/rollingUpdate");
         let mut max_surge = resolve(rolling.and_then(|r| r.get("maxSurge")), desired, true, 25);
@@ -357,12 +397,22 @@ impl Controllers<'_> {
         let new_rs = match new_rs {
             Some(rs) => rs,
             None => {
-                let mut template: PodTemplateSpec = serde_json::from_value(template_value.clone()).map_err(ApiError::internal)?;
-                template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH.into(), hash.clone());
+                let mut template: PodTemplateSpec =
+                    serde_json::from_value(template_value.clone()).map_err(ApiError::internal)?;
+                template
+                    .metadata
+                    .get_or_insert_with(Default::default)
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(POD_TEMPLATE_HASH.into(), hash.clone());
                 let mut selector = spec.selector.clone();
-                selector.match_labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH.into(), hash.clone());
+                selector
+                    .match_labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(POD_TEMPLATE_HASH.into(), hash.clone());
                 let initial = if old.is_empty() || recreate && old_total == 0 { desired } else { 0 };
-                let mut labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+                let mut labels =
+                    template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
                 labels.insert(POD_TEMPLATE_HASH.into(), hash.clone());
                 let rs = json!({
                     "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
@@ -380,7 +430,9 @@ impl Controllers<'_> {
         let new_uid = new_rs.metadata.uid.clone().unwrap_or_default();
         let new_name = new_rs.metadata.name.clone().unwrap_or_default();
         if revision_of(&new_rs) != new_revision {
-            self.update(&REPLICASETS, ns, &new_name, &new_uid, |v| v["metadata"]["annotations"][REVISION] = json!(new_revision.to_string()))?;
+            self.update(&REPLICASETS, ns, &new_name, &new_uid, |v| {
+                v["metadata"]["annotations"][REVISION] = json!(new_revision.to_string())
+            })?;
         }
         let new_replicas = new_rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
         let ready_of = |rs: &ReplicaSet| rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
@@ -393,12 +445,16 @@ impl Controllers<'_> {
             (new_replicas + room).min(desired).max(new_replicas.min(desired))
         };
         if target_new != new_replicas {
-            self.update(&REPLICASETS, ns, &new_name, &new_uid, |v| v["spec"]["replicas"] = json!(target_new))?;
+            self.update(&REPLICASETS, ns, &new_name, &new_uid, |v| {
+                v["spec"]["replicas"] = json!(target_new)
+            })?;
         }
         // Scale old ReplicaSets down as far as availability allows.
         let available: i32 = ready_of(&new_rs) + old.iter().map(ready_of).sum::<i32>();
-        let mut can_remove = if recreate { i32::MAX } else { (available - (desired - max_unavailable)).max(0) };
-        let unavailable_old: i32 = old.iter().map(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) - ready_of(rs)).sum();
+        let mut can_remove =
+            if recreate { i32::MAX } else { (available - (desired - max_unavailable)).max(0) };
+        let unavailable_old: i32 =
+            old.iter().map(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) - ready_of(rs)).sum();
         can_remove = can_remove.saturating_add(unavailable_old.max(0));
         for rs in &old {
             if can_remove <= 0 {
@@ -410,34 +466,61 @@ impl Controllers<'_> {
             }
             let scale_to = (replicas - can_remove).max(0);
             can_remove -= replicas - scale_to;
-            let (rs_name, rs_uid) = (rs.metadata.name.clone().unwrap_or_default(), rs.metadata.uid.clone().unwrap_or_default());
+            let (rs_name, rs_uid) =
+                (rs.metadata.name.clone().unwrap_or_default(), rs.metadata.uid.clone().unwrap_or_default());
             self.update(&REPLICASETS, ns, &rs_name, &rs_uid, |v| v["spec"]["replicas"] = json!(scale_to))?;
         }
         // Revision history: keep at most revisionHistoryLimit old ReplicaSets that are scaled to zero.
         let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-        let idle: Vec<&ReplicaSet> = old.iter().filter(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) == 0 && rs.status.as_ref().is_none_or(|s| s.replicas == 0)).collect();
+        let idle: Vec<&ReplicaSet> = old
+            .iter()
+            .filter(|rs| {
+                rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) == 0
+                    && rs.status.as_ref().is_none_or(|s| s.replicas == 0)
+            })
+            .collect();
         if idle.len() > limit {
             for rs in &idle[..idle.len() - limit] {
                 let options = DeleteOptions { uid: rs.metadata.uid.clone(), ..DeleteOptions::default() };
-                let _ = self.state.delete(&REPLICASETS, ns, rs.metadata.name.as_deref().unwrap_or_default(), &options);
+                let _ = self.state.delete(
+                    &REPLICASETS,
+                    ns,
+                    rs.metadata.name.as_deref().unwrap_or_default(),
+                    &options,
+                );
             }
         }
-        if deployment.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)) != Some(&new_revision.to_string()) {
-            self.update(&DEPLOYMENTS, ns, name, &object.uid, |v| v["metadata"]["annotations"][REVISION] = json!(new_revision.to_string()))?;
+        if deployment.metadata.annotations.as_ref().and_then(|a| a.get(REVISION))
+            != Some(&new_revision.to_string())
+        {
+            self.update(&DEPLOYMENTS, ns, name, &object.uid, |v| {
+                v["metadata"]["annotations"][REVISION] = json!(new_revision.to_string())
+            })?;
         }
         // Status, from the ReplicaSets' statuses.
-        let all: Vec<ReplicaSet> = self.objects(&REPLICASETS, ns)?.iter().filter(|o| owned_by(o, &object.uid)).map(|o| o.typed()).collect::<Result<_, _>>()?;
+        let all: Vec<ReplicaSet> = self
+            .objects(&REPLICASETS, ns)?
+            .iter()
+            .filter(|o| owned_by(o, &object.uid))
+            .map(|o| o.typed())
+            .collect::<Result<_, _>>()?;
         let sum = |f: &dyn Fn(&ReplicaSet) -> i32| all.iter().map(f).sum::<i32>();
         let replicas = sum(&|rs| rs.status.as_ref().map_or(0, |s| s.replicas));
         let ready = sum(&|rs| rs.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0));
         let available = sum(&|rs| rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0));
-        let updated = all.iter().find(|rs| labels_of(rs).get(POD_TEMPLATE_HASH) == Some(&hash)).and_then(|rs| rs.status.as_ref()).map_or(0, |s| s.replicas);
+        let updated = all
+            .iter()
+            .find(|rs| labels_of(rs).get(POD_TEMPLATE_HASH) == Some(&hash))
+            .and_then(|rs| rs.status.as_ref())
+            .map_or(0, |s| s.replicas);
         let complete = updated == desired && replicas == desired && available == desired;
         let is_available = available >= desired - max_unavailable;
         let now = crate::api::now_time();
         let keep_time = |type_: &str, status: &str| {
             value.pointer("/status/conditions").and_then(Value::as_array).and_then(|c| {
-                c.iter().find(|c| c["type"] == type_ && c["status"] == status).and_then(|c| c.get("lastTransitionTime").cloned())
+                c.iter()
+                    .find(|c| c["type"] == type_ && c["status"] == status)
+                    .and_then(|c| c.get("lastTransitionTime").cloned())
             })
         };
         let available_status = if is_available { "True" } else { "False" };
@@ -473,7 +556,9 @@ impl Controllers<'_> {
         let template_value = value.pointer("/spec/template").cloned().unwrap_or(Value::Null);
         let revision = format!("{name}-{}", template_hash(&template_value));
         if self.state.store.get(&CONTROLLERREVISIONS, ns, &revision).is_err() {
-            let number = self.objects(&CONTROLLERREVISIONS, ns)?.iter().filter(|o| owned_by(o, &object.uid)).count() + 1;
+            let number =
+                self.objects(&CONTROLLERREVISIONS, ns)?.iter().filter(|o| owned_by(o, &object.uid)).count()
+                    + 1;
             let cr = json!({"metadata": {"name": revision, "namespace": ns,
                 "labels": spec.selector.match_labels.clone().unwrap_or_default(),
                 "ownerReferences": [owner_ref("StatefulSet", name, &object.uid)]},
@@ -481,14 +566,17 @@ impl Controllers<'_> {
             self.state.create(&CONTROLLERREVISIONS, ns, cr, false)?;
         }
         let pods = self.owned_pods(ns, &object.uid)?;
-        let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect();
-        let revision_of = |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(CONTROLLER_REVISION_HASH)).cloned();
+        let by_name: BTreeMap<String, &Pod> =
+            pods.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect();
+        let revision_of =
+            |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(CONTROLLER_REVISION_HASH)).cloned();
         // OrderedReady: create the lowest missing ordinal once every lower one is running and ready.
         for ordinal in 0..desired {
             let pod_name = format!("{name}-{ordinal}");
             match by_name.get(&pod_name) {
                 None => {
-                    let template: PodTemplateSpec = serde_json::from_value(template_value.clone()).map_err(ApiError::internal)?;
+                    let template: PodTemplateSpec =
+                        serde_json::from_value(template_value.clone()).map_err(ApiError::internal)?;
                     let labels = BTreeMap::from([
                         (CONTROLLER_REVISION_HASH.to_owned(), revision.clone()),
                         ("statefulset.kubernetes.io/pod-name".to_owned(), pod_name.clone()),
@@ -499,11 +587,23 @@ impl Controllers<'_> {
                         pod_spec.hostname = Some(pod_name.clone());
                         pod_spec.subdomain = spec.service_name.clone().filter(|s| !s.is_empty());
                     }
-                    self.create_pod(ns, &template, Some(pod_name), "", &labels, owner_ref("StatefulSet", name, &object.uid))?;
+                    self.create_pod(
+                        ns,
+                        &template,
+                        Some(pod_name),
+                        "",
+                        &labels,
+                        owner_ref("StatefulSet", name, &object.uid),
+                    )?;
                     break;
                 }
                 Some(pod) if pod.metadata.deletion_timestamp.is_some() => break,
-                Some(pod) if matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded")) => {
+                Some(pod)
+                    if matches!(
+                        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Failed" | "Succeeded")
+                    ) =>
+                {
                     self.delete_pod(ns, pod)?;
                     break;
                 }
@@ -513,13 +613,26 @@ impl Controllers<'_> {
         }
         // Scale down from the highest ordinal, one at a time.
         let ordinal_of = |n: &str| n.rsplit_once('-').and_then(|(_, o)| o.parse::<usize>().ok());
-        if let Some(extra) = by_name.iter().filter(|(n, p)| ordinal_of(n).is_some_and(|o| o >= desired) && p.metadata.deletion_timestamp.is_none()).max_by_key(|(n, _)| ordinal_of(n)) {
+        if let Some(extra) = by_name
+            .iter()
+            .filter(|(n, p)| {
+                ordinal_of(n).is_some_and(|o| o >= desired) && p.metadata.deletion_timestamp.is_none()
+            })
+            .max_by_key(|(n, _)| ordinal_of(n))
+        {
             self.delete_pod(ns, extra.1)?;
         }
         // Rolling update: once all pods exist and are ready, replace the highest ordinal on an old revision.
-        let all_ready = (0..desired).all(|o| by_name.get(&format!("{name}-{o}")).is_some_and(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none()));
-        if all_ready && spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()) != Some("OnDelete")
-            && let Some(outdated) = (0..desired).rev().map(|o| format!("{name}-{o}")).find(|n| by_name.get(n).is_some_and(|p| revision_of(p).as_deref() != Some(revision.as_str())))
+        let all_ready = (0..desired).all(|o| {
+            by_name
+                .get(&format!("{name}-{o}"))
+                .is_some_and(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+        });
+        if all_ready
+            && spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()) != Some("OnDelete")
+            && let Some(outdated) = (0..desired).rev().map(|o| format!("{name}-{o}")).find(|n| {
+                by_name.get(n).is_some_and(|p| revision_of(p).as_deref() != Some(revision.as_str()))
+            })
             && let Some(pod) = by_name.get(&outdated)
         {
             self.delete_pod(ns, pod)?;
@@ -528,8 +641,14 @@ impl Controllers<'_> {
         let active: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
         let ready = active.iter().filter(|p| is_ready(p)).count();
         let updated = active.iter().filter(|p| revision_of(p).as_deref() == Some(revision.as_str())).count();
-        let current_revision = if updated == active.len() { revision.clone() } else {
-            value.pointer("/status/currentRevision").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| revision.clone())
+        let current_revision = if updated == active.len() {
+            revision.clone()
+        } else {
+            value
+                .pointer("/status/currentRevision")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| revision.clone())
         };
         let status = json!({
             "observedGeneration": sts.metadata.generation.unwrap_or(1), "replicas": active.len(), "readyReplicas": ready,
@@ -562,9 +681,15 @@ mod tests {
 
     #[test]
     fn template_hashes_are_stable_and_use_the_safe_alphabet() {
-        let a = template_hash(&json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}));
-        let b = template_hash(&json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}));
-        let c = template_hash(&json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:2"}]}}));
+        let a = template_hash(
+            &json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}),
+        );
+        let b = template_hash(
+            &json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}),
+        );
+        let c = template_hash(
+            &json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:2"}]}}),
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.bytes().all(|ch| SAFE_ALPHABET.contains(&ch)), "{a}");

@@ -641,9 +641,7 @@ impl Kubelet {
             let script = script(&pod, container);
             let limit = pods::container(&pod, container).and_then(pods::memory_limit);
             let oom = matches!((script.memory_need, limit), (Some(need), Some(limit)) if need > limit);
-            let ends = if oom {
-                Some(script.run_for)
-            } else if script.exit_code.is_some() {
+            let ends = if oom || script.exit_code.is_some() {
                 Some(script.run_for)
             } else if init {
                 Some(timing::INIT_RUN)

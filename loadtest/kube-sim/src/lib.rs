@@ -10,12 +10,15 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod api;
 mod api_error;
 pub mod controllers;
+pub mod faults;
 pub mod kubelet;
 mod patch;
 pub mod pods;
+pub mod rbac;
 pub mod registry;
 mod resize;
 pub mod resources;
@@ -79,6 +82,8 @@ pub struct KubeSim {
     state: Arc<SimState>,
     addr: SocketAddr,
     server: Option<JoinHandle<()>>,
+    /// Stops the current HTTP server (not the store, kubelet or controllers).
+    server_stop: CancellationToken,
 }
 
 impl KubeSim {
@@ -106,20 +111,41 @@ impl KubeSim {
             kubelet,
             registry,
             config: ServerConfig { kubernetes_minor: config.kubernetes_minor },
+            faults: faults::Faults::default(),
+            rbac: rbac::Rbac::default(),
             bookmark_interval: config.bookmark_interval,
             shutdown: shutdown.clone(),
             requests: Mutex::new(VecDeque::new()),
             server_address: Mutex::new(addr.to_string()),
         });
         controllers::spawn(state.clone(), shutdown.clone());
+        let server_stop = shutdown.child_token();
+        let server = Self::spawn_server(&state, listener, server_stop.clone());
+        Ok(Self { state, addr, server: Some(server), server_stop })
+    }
+
+    fn spawn_server(state: &Arc<SimState>, listener: TcpListener, stop: CancellationToken) -> JoinHandle<()> {
         let app = server::router(state.clone());
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(error) = serve.await {
                 tracing::error!(%error, "kube-sim server failed");
             }
-        });
-        Ok(Self { state, addr, server: Some(server) })
+        })
+    }
+
+    /// Restarts the API server on the same address, as an apiserver restart looks to clients: every
+    /// connection and watch ends, and the store (with its resourceVersions) is kept.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.state.faults.drop_watches();
+        self.server_stop.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        let listener = TcpListener::bind(self.addr).await?;
+        self.server_stop = self.state.shutdown.child_token();
+        self.server = Some(Self::spawn_server(&self.state, listener, self.server_stop.clone()));
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT`
@@ -140,6 +166,68 @@ impl KubeSim {
     /// A copy of the request log.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.state.requests()
+    }
+
+    /// Creates (or replaces) every object of a multi-document YAML manifest, as `kubectl apply` would
+    /// for new objects. Returns how many objects were applied.
+    pub fn apply_yaml(&self, yaml: &str) -> Result<usize, ApiError> {
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml)
+            .map_err(|e| ApiError::bad_request(format!("invalid YAML: {e}")))?;
+        let mut applied = 0;
+        for document in documents.into_iter().filter(|d| d.is_object()) {
+            let kind = document.get("kind").and_then(serde_json::Value::as_str).unwrap_or_default();
+            let api_version =
+                document.get("apiVersion").and_then(serde_json::Value::as_str).unwrap_or_default();
+            let def = resources::ALL
+                .iter()
+                .copied()
+                .find(|d| d.kind == kind && d.api_version() == api_version)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("kind {kind} in {api_version} is not served"))
+                })?;
+            let namespace = if def.namespaced {
+                document
+                    .pointer("/metadata/namespace")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("default")
+                    .to_owned()
+            } else {
+                String::new()
+            };
+            let name = document
+                .pointer("/metadata/name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            match self.state.create(def, &namespace, document.clone(), false) {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {
+                    let mut replacement = document;
+                    let current = self.state.store.get(def, &namespace, &name)?;
+                    replacement["metadata"]["resourceVersion"] =
+                        serde_json::json!(current.resource_version.to_string());
+                    self.state.replace(def, &namespace, &name, None, replacement)?;
+                }
+                Err(e) => return Err(e),
+            }
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
+    /// Turns token authentication and RBAC on. The returned token authenticates as a cluster admin.
+    pub fn enable_rbac(&self) -> String {
+        let token = format!("admin-{}", uuid::Uuid::new_v4().simple());
+        self.state.rbac.add_token(&token, rbac::UserInfo::admin());
+        self.state.rbac.set_enabled(true);
+        token
+    }
+
+    /// A bearer token that authenticates as ServiceAccount `namespace/name`.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let token = format!("sa-{namespace}-{name}-{}", uuid::Uuid::new_v4().simple());
+        self.state.rbac.add_token(&token, rbac::UserInfo::service_account(namespace, name));
+        token
     }
 
     /// Stops serving and ends open watches.

@@ -146,6 +146,22 @@ pub static DAEMONSETS: ResourceDef = def!("apps", "v1", "daemonsets", "daemonset
 pub static CONTROLLERREVISIONS: ResourceDef = def!("apps", "v1", "controllerrevisions", "controllerrevision",
     "ControllerRevision", true, short: &[], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
 
+/// ServiceAccounts.
+pub static SERVICEACCOUNTS: ResourceDef = def!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true,
+    short: &["sa"], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
+/// Roles.
+pub static ROLES: ResourceDef = def!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true,
+    short: &[], sub: &[], unconditional: true, create_on_update: true, fields: &[]);
+/// RoleBindings.
+pub static ROLEBINDINGS: ResourceDef = def!("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true,
+    short: &[], sub: &[], unconditional: true, create_on_update: true, fields: &[]);
+/// ClusterRoles.
+pub static CLUSTERROLES: ResourceDef = def!("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false,
+    short: &[], sub: &[], unconditional: true, create_on_update: true, fields: &[]);
+/// ClusterRoleBindings.
+pub static CLUSTERROLEBINDINGS: ResourceDef = def!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding",
+    "ClusterRoleBinding", false, short: &[], sub: &[], unconditional: true, create_on_update: true, fields: &[]);
+
 /// Every served resource.
 pub static ALL: &[&ResourceDef] = &[
     &PODS,
@@ -160,6 +176,11 @@ pub static ALL: &[&ResourceDef] = &[
     &STATEFULSETS,
     &DAEMONSETS,
     &CONTROLLERREVISIONS,
+    &SERVICEACCOUNTS,
+    &ROLES,
+    &ROLEBINDINGS,
+    &CLUSTERROLES,
+    &CLUSTERROLEBINDINGS,
 ];
 
 /// The resource served at `group/version/plural`, if any.

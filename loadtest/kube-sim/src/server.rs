@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::{DeleteOptions, Deleted},
     api_error::{ApiError, FieldError},
+    faults::Decision,
     kubelet::Kubelet,
     patch::PatchType,
     pods::LogOptions,
@@ -44,6 +45,8 @@ pub struct RequestRecord {
     pub query: String,
     /// Response status.
     pub status: u16,
+    /// The client: its bearer token, else its User-Agent.
+    pub client: String,
 }
 
 impl RequestRecord {
@@ -75,6 +78,10 @@ pub struct SimState {
     pub registry: Arc<Registry>,
     /// Server behaviour settings.
     pub config: ServerConfig,
+    /// Faults on demand.
+    pub faults: crate::faults::Faults,
+    /// Token authentication and RBAC (off by default).
+    pub rbac: crate::rbac::Rbac,
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
     /// Cancelled when the simulator stops; ends watch streams.
@@ -89,7 +96,12 @@ impl SimState {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
-    fn log_request(&self, method: &Method, uri: &Uri, status: u16) {
+    /// The requests that could have changed state (anything but GET).
+    pub fn mutating_requests(&self) -> Vec<RequestRecord> {
+        self.requests().into_iter().filter(RequestRecord::is_mutating).collect()
+    }
+
+    fn log_request(&self, method: &Method, uri: &Uri, status: u16, client: &str) {
         let mut log = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() == REQUEST_LOG_CAPACITY {
             log.pop_front();
@@ -99,6 +111,7 @@ impl SimState {
             path: uri.path().to_owned(),
             query: uri.query().unwrap_or_default().to_owned(),
             status,
+            client: client.to_owned(),
         });
     }
 }
@@ -115,12 +128,51 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response = match dispatch(&state, &method, &uri, &headers, body) {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+    if uri.path().starts_with("/_sim/") {
+        return crate::admin::handle(&state, &method, uri.path(), &body);
+    }
+    let client = client_key(&headers);
+    state.faults.wait_while_partitioned(&client).await;
+    let response = match state.faults.decide() {
+        Decision::Respond(delay, response) => {
+            tokio::time::sleep(delay).await;
+            response
+        }
+        Decision::Serve(delay) => {
+            tokio::time::sleep(delay).await;
+            match dispatch(&state, &method, &uri, &headers, body, &client) {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            }
+        }
     };
-    state.log_request(&method, &uri, response.status().as_u16());
+    state.log_request(&method, &uri, response.status().as_u16(), &client);
     response
+}
+
+/// Who is asking: the bearer token, else the User-Agent.
+fn client_key(headers: &HeaderMap) -> String {
+    let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    header(header::AUTHORIZATION)
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .or_else(|| header(header::USER_AGENT))
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+/// The RBAC verb of a request.
+fn verb(method: &Method, has_name: bool, watch: bool) -> &'static str {
+    match (method.as_str(), has_name) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    }
 }
 
 /// What a path addresses.
@@ -203,9 +255,23 @@ fn dispatch(
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
+    client: &str,
 ) -> Result<Response, ApiError> {
     let query = query_map(uri);
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let user = state.rbac.authenticate(authorization)?;
     let route = route(uri.path()).ok_or_else(ApiError::no_route)?;
+    if let (Some(user), Route::Resource { def, namespace, name, subresource }) = (&user, &route) {
+        let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let attributes = crate::rbac::Attributes {
+            verb: verb(method, name.is_some(), watch),
+            def,
+            subresource: subresource.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        state.rbac.authorize(&state.store, user, &attributes)?;
+    }
     let wants_table = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -244,7 +310,7 @@ fn dispatch(
                 ));
             }
             let ns = namespace.clone().unwrap_or_default();
-            let ctx = Ctx { state, def, namespace, query: &query, headers, wants_table };
+            let ctx = Ctx { state, def, namespace, query: &query, headers, wants_table, client };
             match (method.clone(), name, subresource.as_deref()) {
                 (Method::GET, None, None) => {
                     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
@@ -282,6 +348,7 @@ struct Ctx<'a> {
     query: &'a BTreeMap<String, String>,
     headers: &'a HeaderMap,
     wants_table: bool,
+    client: &'a str,
 }
 
 fn parse_body(def: &ResourceDef, body: &[u8]) -> Result<Value, ApiError> {
@@ -396,6 +463,7 @@ impl Ctx<'_> {
                     timeout,
                     bookmark_interval: self.state.bookmark_interval,
                     shutdown: self.state.shutdown.clone(),
+                    dropped: self.state.faults.watch_token(self.client),
                     tx,
                 };
                 tokio::spawn(task.run(subscription.initial, subscription.live, subscription.start_revision));
@@ -514,6 +582,7 @@ struct WatchTask {
     timeout: Duration,
     bookmark_interval: Duration,
     shutdown: CancellationToken,
+    dropped: CancellationToken,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
 }
 
@@ -579,6 +648,7 @@ impl WatchTask {
                     return;
                 }
                 () = self.shutdown.cancelled() => return,
+                () = self.dropped.cancelled() => return,
                 () = self.tx.closed() => return,
                 _ = ticker.tick(), if self.bookmarks => {
                     if self.tx.send(Ok(self.bookmark(last_rv, false))).await.is_err() {

@@ -406,11 +406,16 @@ async fn wait_deployment(
     name: &str,
     cond: impl Fn(&k8s_openapi::api::apps::v1::Deployment) -> bool,
 ) -> k8s_openapi::api::apps::v1::Deployment {
-    tokio::time::timeout(PATIENCE, await_condition(api.clone(), name, move |d: Option<&k8s_openapi::api::apps::v1::Deployment>| d.is_some_and(&cond)))
-        .await
-        .expect("deployment condition in time")
-        .expect("watch works")
-        .expect("deployment exists")
+    tokio::time::timeout(
+        PATIENCE,
+        await_condition(api.clone(), name, move |d: Option<&k8s_openapi::api::apps::v1::Deployment>| {
+            d.is_some_and(&cond)
+        }),
+    )
+    .await
+    .expect("deployment condition in time")
+    .expect("watch works")
+    .expect("deployment exists")
 }
 
 fn status_of(d: &k8s_openapi::api::apps::v1::Deployment) -> (i32, i32, i32) {
@@ -424,19 +429,41 @@ async fn a_deployment_runs_its_pods_through_a_replica_set_with_a_template_hash()
     let sim = sim().await;
     let client = client(&sim);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    deployments.create(&PostParams::default(), &deployment("web", 3, "registry.local/shop/web:1")).await.expect("created");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 3, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
     let ready = wait_deployment(&deployments, "web", |d| status_of(d) == (3, 3, 3)).await;
-    assert_eq!(ready.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).map(String::as_str), Some("1"));
+    assert_eq!(
+        ready
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+            .map(String::as_str),
+        Some("1")
+    );
 
-    let sets: Vec<ReplicaSet> = Api::<ReplicaSet>::namespaced(client.clone(), "shop").list(&ListParams::default()).await.expect("list").items;
+    let sets: Vec<ReplicaSet> = Api::<ReplicaSet>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
     assert_eq!(sets.len(), 1);
     let rs = &sets[0];
-    let hash = rs.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned().expect("hash label");
+    let hash =
+        rs.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned().expect("hash label");
     assert_eq!(rs.metadata.name.as_deref(), Some(format!("web-{hash}").as_str()));
     let owner = &rs.metadata.owner_references.as_ref().expect("owner")[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Deployment", "web", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("Deployment", "web", Some(true))
+    );
 
-    let pods = Api::<Pod>::namespaced(client, "shop").list(&ListParams::default().labels(&format!("pod-template-hash={hash}"))).await.expect("pods");
+    let pods = Api::<Pod>::namespaced(client, "shop")
+        .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
+        .await
+        .expect("pods");
     assert_eq!(pods.items.len(), 3);
     for pod in &pods.items {
         assert!(pod.metadata.name.as_deref().is_some_and(|n| n.starts_with(&format!("web-{hash}-"))));
@@ -451,27 +478,65 @@ async fn a_template_change_rolls_out_a_new_revision_and_keeps_the_old_one_in_his
     let sim = sim().await;
     let client = client(&sim);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    deployments.create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1")).await.expect("created");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
     wait_deployment(&deployments, "web", |d| status_of(d) == (2, 2, 2)).await;
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:2"}]}}}});
-    deployments.patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch)).await.expect("patched");
+    deployments
+        .patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch))
+        .await
+        .expect("patched");
     let rolled = wait_deployment(&deployments, "web", |d| {
         status_of(d) == (2, 2, 2)
-            && d.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).map(String::as_str) == Some("2")
+            && d.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                .map(String::as_str)
+                == Some("2")
             && d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
     })
     .await;
     assert_eq!(rolled.metadata.generation, Some(2));
-    let sets: Vec<ReplicaSet> = Api::<ReplicaSet>::namespaced(client.clone(), "shop").list(&ListParams::default()).await.expect("list").items;
+    let sets: Vec<ReplicaSet> = Api::<ReplicaSet>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
     assert_eq!(sets.len(), 2, "the old ReplicaSet stays as revision history");
-    let by_revision = |r: &str| sets.iter().find(|rs| rs.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).map(String::as_str) == Some(r)).expect("revision");
+    let by_revision = |r: &str| {
+        sets.iter()
+            .find(|rs| {
+                rs.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                    .map(String::as_str)
+                    == Some(r)
+            })
+            .expect("revision")
+    };
     assert_eq!(by_revision("1").spec.as_ref().and_then(|s| s.replicas), Some(0));
     assert_eq!(by_revision("2").spec.as_ref().and_then(|s| s.replicas), Some(2));
-    let old_image = by_revision("1").spec.as_ref().and_then(|s| s.template.as_ref()).and_then(|t| t.spec.as_ref()).map(|s| s.containers[0].image.clone());
-    assert_eq!(old_image, Some(Some("registry.local/shop/web:1".into())), "the previous revision's image is readable");
+    let old_image = by_revision("1")
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.spec.as_ref())
+        .map(|s| s.containers[0].image.clone());
+    assert_eq!(
+        old_image,
+        Some(Some("registry.local/shop/web:1".into())),
+        "the previous revision's image is readable"
+    );
     let pods = pods_until(&Api::namespaced(client.clone(), "shop"), |pods| {
         pods.len() == 2
-            && pods.iter().all(|p| p.spec.as_ref().and_then(|s| s.containers[0].image.clone()).as_deref() == Some("registry.local/shop/web:2"))
+            && pods.iter().all(|p| {
+                p.spec.as_ref().and_then(|s| s.containers[0].image.clone()).as_deref()
+                    == Some("registry.local/shop/web:2")
+            })
     })
     .await;
     assert_eq!(pods.len(), 2);
@@ -488,9 +553,12 @@ async fn a_stateful_set_creates_ordinal_pods_in_order() {
             "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "registry.local/db:1"}]}}}}))
     .expect("sts json");
     sets.create(&PostParams::default(), &sts).await.expect("created");
-    tokio::time::timeout(PATIENCE, await_condition(sets.clone(), "db", |s: Option<&StatefulSet>| {
-        s.and_then(|s| s.status.as_ref()).is_some_and(|st| st.ready_replicas == Some(3))
-    }))
+    tokio::time::timeout(
+        PATIENCE,
+        await_condition(sets.clone(), "db", |s: Option<&StatefulSet>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|st| st.ready_replicas == Some(3))
+        }),
+    )
     .await
     .expect("ready in time")
     .expect("watch works");
@@ -498,8 +566,21 @@ async fn a_stateful_set_creates_ordinal_pods_in_order() {
     let mut names: Vec<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
     names.sort();
     assert_eq!(names, ["db-0", "db-1", "db-2"]);
-    let created: Vec<_> = ["db-0", "db-1", "db-2"].iter().map(|n| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n)).and_then(|p| p.metadata.resource_version.clone()).and_then(|rv| rv.parse::<u64>().ok())).collect();
-    assert!(pods.iter().all(|p| p.metadata.labels.as_ref().is_some_and(|l| l.get("controller-revision-hash").is_some_and(|h| h.starts_with("db-")))));
+    let created: Vec<_> = ["db-0", "db-1", "db-2"]
+        .iter()
+        .map(|n| {
+            pods.iter()
+                .find(|p| p.metadata.name.as_deref() == Some(n))
+                .and_then(|p| p.metadata.resource_version.clone())
+                .and_then(|rv| rv.parse::<u64>().ok())
+        })
+        .collect();
+    assert!(pods.iter().all(|p| {
+        p.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.get("controller-revision-hash").is_some_and(|h| h.starts_with("db-")))
+    }));
     let owner = pods[0].metadata.owner_references.as_ref().expect("owner")[0].clone();
     assert_eq!((owner.kind.as_str(), owner.controller), ("StatefulSet", Some(true)));
     assert_eq!(created.len(), 3);
@@ -511,11 +592,15 @@ async fn deleting_a_deployment_garbage_collects_its_replica_sets_and_pods() {
     let sim = sim().await;
     let client = client(&sim);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    deployments.create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1")).await.expect("created");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
     wait_deployment(&deployments, "web", |d| status_of(d) == (2, 2, 2)).await;
     deployments.delete("web", &DeleteParams::default()).await.expect("deleted");
     pods_until(&Api::namespaced(client.clone(), "shop"), |pods| pods.is_empty()).await;
-    let sets = Api::<ReplicaSet>::namespaced(client, "shop").list(&ListParams::default()).await.expect("rs").items;
+    let sets =
+        Api::<ReplicaSet>::namespaced(client, "shop").list(&ListParams::default()).await.expect("rs").items;
     assert!(sets.is_empty(), "the ReplicaSet is collected too");
 }
 
@@ -568,7 +653,10 @@ async fn events_for(client: &Client, pod: &str) -> Vec<(String, String)> {
 }
 
 fn plain_pod(name: &str, image: &str) -> Pod {
-    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": image}]}})).expect("pod")
+    serde_json::from_value(
+        json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": image}]}}),
+    )
+    .expect("pod")
 }
 
 #[tokio::test]
@@ -577,8 +665,13 @@ async fn a_missing_image_backs_off_with_the_kubelets_messages_and_events() {
     sim.state().registry.set("registry.local/shop/web:9.9.9", kubesent_kube_sim::ImageState::Missing);
     let client = client(&sim);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    pods.create(&PostParams::default(), &plain_pod("web-9", "registry.local/shop/web:9.9.9")).await.expect("created");
-    let pod = wait_for(&pods, "web-9", |p: Option<&Pod>| p.and_then(waiting_reason).as_deref() == Some("ImagePullBackOff")).await;
+    pods.create(&PostParams::default(), &plain_pod("web-9", "registry.local/shop/web:9.9.9"))
+        .await
+        .expect("created");
+    let pod = wait_for(&pods, "web-9", |p: Option<&Pod>| {
+        p.and_then(waiting_reason).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
     let message = container_status(&pod).and_then(|s| s.state?.waiting?.message).expect("message");
     assert!(message.starts_with("Back-off pulling image \"registry.local/shop/web:9.9.9\": ErrImagePull: rpc error: code = NotFound"), "{message}");
     assert!(message.ends_with("registry.local/shop/web:9.9.9: not found"), "{message}");
@@ -588,7 +681,10 @@ async fn a_missing_image_backs_off_with_the_kubelets_messages_and_events() {
     }
     let err = pods.logs("web-9", &LogParams::default()).await.expect_err("no logs yet");
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
-    assert_eq!(status.message, "container \"app\" in pod \"web-9\" is waiting to start: trying and failing to pull image");
+    assert_eq!(
+        status.message,
+        "container \"app\" in pod \"web-9\" is waiting to start: trying and failing to pull image"
+    );
 }
 
 #[tokio::test]
@@ -598,16 +694,28 @@ async fn a_private_image_needs_a_pull_secret_that_exists() {
     sim.state().registry.set("registry.local/private/app", kubesent_kube_sim::ImageState::Private);
     let client = client(&sim);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    pods.create(&PostParams::default(), &plain_pod("no-secret", "registry.local/private/app:1")).await.expect("created");
-    let pod = wait_for(&pods, "no-secret", |p: Option<&Pod>| p.and_then(waiting_reason).as_deref() == Some("ImagePullBackOff")).await;
+    pods.create(&PostParams::default(), &plain_pod("no-secret", "registry.local/private/app:1"))
+        .await
+        .expect("created");
+    let pod = wait_for(&pods, "no-secret", |p: Option<&Pod>| {
+        p.and_then(waiting_reason).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
     let message = container_status(&pod).and_then(|s| s.state?.waiting?.message).expect("message");
     assert!(message.contains("pull access denied") && message.contains("authorization failed"), "{message}");
 
-    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "regcred"}, "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": "e30="}})).expect("secret");
-    Api::<Secret>::namespaced(client.clone(), "shop").create(&PostParams::default(), &secret).await.expect("secret created");
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "regcred"}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "e30="}}),
+    )
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret created");
     let mut with_secret = plain_pod("with-secret", "registry.local/private/app:1");
-    with_secret.spec.as_mut().expect("spec").image_pull_secrets = Some(vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "regcred".into() }]);
+    with_secret.spec.as_mut().expect("spec").image_pull_secrets =
+        Some(vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "regcred".into() }]);
     pods.create(&PostParams::default(), &with_secret).await.expect("created");
     wait_for(&pods, "with-secret", conditions::is_pod_running()).await;
 }
@@ -621,19 +729,28 @@ async fn a_missing_config_map_key_is_a_config_error_until_the_key_exists() {
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "cfg"}, "spec": {"containers": [{"name": "app", "image": "web:1",
         "env": [{"name": "DB_URL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "db_url"}}}]}]}})).expect("pod");
     pods.create(&PostParams::default(), &pod).await.expect("created");
-    let failing = wait_for(&pods, "cfg", |p: Option<&Pod>| p.and_then(waiting_reason).as_deref() == Some("CreateContainerConfigError")).await;
+    let failing = wait_for(&pods, "cfg", |p: Option<&Pod>| {
+        p.and_then(waiting_reason).as_deref() == Some("CreateContainerConfigError")
+    })
+    .await;
     let message = container_status(&failing).and_then(|s| s.state?.waiting?.message);
     assert_eq!(message.as_deref(), Some("configmap \"settings\" not found"));
 
     let configs: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
-    let partial: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"other": "x"}})).expect("cm");
+    let partial: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"other": "x"}}))
+            .expect("cm");
     configs.create(&PostParams::default(), &partial).await.expect("cm created");
     wait_for(&pods, "cfg", |p: Option<&Pod>| {
-        p.and_then(container_status).and_then(|s| s.state?.waiting?.message).as_deref() == Some("couldn't find key db_url in ConfigMap shop/settings")
+        p.and_then(container_status).and_then(|s| s.state?.waiting?.message).as_deref()
+            == Some("couldn't find key db_url in ConfigMap shop/settings")
     })
     .await;
     let fixed = json!({"data": {"db_url": "postgres://db"}});
-    configs.patch("settings", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&fixed)).await.expect("patched");
+    configs
+        .patch("settings", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&fixed))
+        .await
+        .expect("patched");
     wait_for(&pods, "cfg", conditions::is_pod_running()).await;
 }
 
@@ -645,10 +762,16 @@ async fn a_scripted_exit_code_crash_loops_with_its_logs() {
         "sim.kubesent.io/exit-code": "3", "sim.kubesent.io/logs": "connecting to db:5432\nerror: connection refused"}},
         "spec": {"containers": [{"name": "app", "image": "web:1"}]}})).expect("pod");
     pods.create(&PostParams::default(), &pod).await.expect("created");
-    let looping = wait_for(&pods, "crash", |p: Option<&Pod>| p.and_then(waiting_reason).as_deref() == Some("CrashLoopBackOff")).await;
+    let looping = wait_for(&pods, "crash", |p: Option<&Pod>| {
+        p.and_then(waiting_reason).as_deref() == Some("CrashLoopBackOff")
+    })
+    .await;
     let last = container_status(&looping).and_then(|s| s.last_state?.terminated).expect("last termination");
     assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
-    let logs = pods.logs("crash", &LogParams { previous: true, tail_lines: Some(2), ..LogParams::default() }).await.expect("logs");
+    let logs = pods
+        .logs("crash", &LogParams { previous: true, tail_lines: Some(2), ..LogParams::default() })
+        .await
+        .expect("logs");
     assert_eq!(logs, "error: connection refused\nfatal: exiting with status 3\n");
 }
 
@@ -660,30 +783,56 @@ async fn resizing_memory_in_place_heals_an_oom_loop_only_when_the_new_limit_is_e
         pods.create(&PostParams::default(), &pod(name, "128Mi", "200Mi")).await.expect("created");
     }
     for name in ["right", "wrong"] {
-        wait_for(&pods, name, |p: Option<&Pod>| p.and_then(last_terminated_reason).as_deref() == Some("OOMKilled")).await;
+        wait_for(&pods, name, |p: Option<&Pod>| {
+            p.and_then(last_terminated_reason).as_deref() == Some("OOMKilled")
+        })
+        .await;
     }
     let resize = |limit: &str| json!({"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": limit}, "requests": {"memory": limit}}}]}});
     let resized = pods
-        .patch_resize("right", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&resize("256Mi")))
+        .patch_resize(
+            "right",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&resize("256Mi")),
+        )
         .await
         .expect("resize accepted");
     assert_eq!(resized.metadata.generation, Some(2));
-    pods.patch_resize("wrong", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&resize("160Mi"))).await.expect("resize accepted");
+    pods.patch_resize(
+        "wrong",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Strategic(&resize("160Mi")),
+    )
+    .await
+    .expect("resize accepted");
     let healed = wait_for(&pods, "right", |p: Option<&Pod>| {
         p.is_some_and(|p| {
             p.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
-                && container_status(p).is_some_and(|s| s.ready && s.resources.and_then(|r| r.limits).is_some_and(|l| l["memory"].0 == "256Mi"))
+                && container_status(p).is_some_and(|s| {
+                    s.ready && s.resources.and_then(|r| r.limits).is_some_and(|l| l["memory"].0 == "256Mi")
+                })
         })
     })
     .await;
     let restarts_after_fix = container_status(&healed).map(|s| s.restart_count).unwrap_or_default();
     let still_failing = wait_for(&pods, "wrong", |p: Option<&Pod>| {
-        p.and_then(container_status).is_some_and(|s| s.restart_count >= 3 && s.resources.and_then(|r| r.limits).is_some_and(|l| l["memory"].0 == "160Mi"))
+        p.and_then(container_status).is_some_and(|s| {
+            s.restart_count >= 3
+                && s.resources.and_then(|r| r.limits).is_some_and(|l| l["memory"].0 == "160Mi")
+        })
     })
     .await;
-    assert_eq!(last_terminated_reason(&still_failing).as_deref(), Some("OOMKilled"), "a wrong fix does not heal");
+    assert_eq!(
+        last_terminated_reason(&still_failing).as_deref(),
+        Some("OOMKilled"),
+        "a wrong fix does not heal"
+    );
     let now = pods.get("right").await.expect("pod");
-    assert_eq!(container_status(&now).map(|s| s.restart_count), Some(restarts_after_fix), "the right fix stopped the OOM kills");
+    assert_eq!(
+        container_status(&now).map(|s| s.restart_count),
+        Some(restarts_after_fix),
+        "the right fix stopped the OOM kills"
+    );
 }
 
 #[tokio::test]
@@ -691,15 +840,25 @@ async fn changing_a_pods_resources_through_an_update_is_forbidden_but_the_image_
     let sim = sim().await;
     let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
     pods.create(&PostParams::default(), &pod("upd", "128Mi", "1Mi")).await.expect("created");
-    let patch = json!({"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}});
-    let err = pods.patch("upd", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch)).await.expect_err("forbidden");
+    let patch =
+        json!({"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}});
+    let err = pods
+        .patch("upd", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch))
+        .await
+        .expect_err("forbidden");
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
     assert!(status.message.starts_with("Pod \"upd\" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"), "{}", status.message);
     let image = json!({"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:2"}]}});
-    let updated = pods.patch("upd", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&image)).await.expect("image update allowed");
+    let updated = pods
+        .patch("upd", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&image))
+        .await
+        .expect("image update allowed");
     assert_eq!(updated.spec.expect("spec").containers[0].image.as_deref(), Some("registry.local/shop/web:2"));
-    wait_for(&pods, "upd", |p: Option<&Pod>| p.and_then(container_status).is_some_and(|s| s.image == "registry.local/shop/web:2" && s.ready)).await;
+    wait_for(&pods, "upd", |p: Option<&Pod>| {
+        p.and_then(container_status).is_some_and(|s| s.image == "registry.local/shop/web:2" && s.ready)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -707,12 +866,19 @@ async fn multi_container_logs_need_a_container_name() {
     let sim = sim().await;
     let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "two"}, "spec": {"containers": [
-        {"name": "app", "image": "web:1"}, {"name": "sidecar", "image": "proxy:1"}]}})).expect("pod");
+        {"name": "app", "image": "web:1"}, {"name": "sidecar", "image": "proxy:1"}]}}))
+    .expect("pod");
     pods.create(&PostParams::default(), &pod).await.expect("created");
     let err = pods.logs("two", &LogParams::default()).await.expect_err("ambiguous");
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
-    assert_eq!((status.code, status.message.as_str()), (400, "a container name must be specified for pod two, choose one of: [app sidecar]"));
-    let err = pods.logs("two", &LogParams { container: Some("nope".into()), ..LogParams::default() }).await.expect_err("unknown");
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (400, "a container name must be specified for pod two, choose one of: [app sidecar]")
+    );
+    let err = pods
+        .logs("two", &LogParams { container: Some("nope".into()), ..LogParams::default() })
+        .await
+        .expect_err("unknown");
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
     assert_eq!(status.message, "container nope is not valid for pod two");
 }
@@ -725,15 +891,30 @@ async fn the_runtime_recorder_creates_then_patches_an_event_series() {
     let client = client(&sim);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
     let created = pods.create(&PostParams::default(), &pod("ev", "256Mi", "1Mi")).await.expect("created");
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "kubesent-remediator".into(), instance: Some("r-0".into()) });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: "kubesent-remediator".into(), instance: Some("r-0".into()) },
+    );
     let reference = kube::Resource::object_ref(&created, &());
-    let event = RuntimeEvent { type_: EventType::Normal, reason: "OOMRemediation".into(), note: Some("memory 128Mi -> 256Mi".into()), action: "IncreaseMemory".into(), secondary: None };
+    let event = RuntimeEvent {
+        type_: EventType::Normal,
+        reason: "OOMRemediation".into(),
+        note: Some("memory 128Mi -> 256Mi".into()),
+        action: "IncreaseMemory".into(),
+        secondary: None,
+    };
     recorder.publish(&event, &reference).await.expect("first event created");
     recorder.publish(&event, &reference).await.expect("repeat patched as a series");
-    let events = Api::<Event>::namespaced(client, "shop").list(&ListParams::default()).await.expect("list").items;
+    let events =
+        Api::<Event>::namespaced(client, "shop").list(&ListParams::default()).await.expect("list").items;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
-    assert!(sim.requests().iter().any(|r| r.method == "PATCH" && r.path.starts_with("/apis/events.k8s.io/v1/namespaces/shop/events/")));
+    assert!(
+        sim.requests()
+            .iter()
+            .any(|r| r.method == "PATCH"
+                && r.path.starts_with("/apis/events.k8s.io/v1/namespaces/shop/events/"))
+    );
 }
 
 #[tokio::test]
@@ -741,7 +922,9 @@ async fn an_invalid_events_k8s_io_event_is_refused() {
     use k8s_openapi::api::events::v1::Event;
     let sim = sim().await;
     let events: Api<Event> = Api::namespaced(client(&sim), "shop");
-    let event: Event = serde_json::from_value(json!({"metadata": {"name": "bad"}, "type": "Fatal", "reason": "X"})).expect("event");
+    let event: Event =
+        serde_json::from_value(json!({"metadata": {"name": "bad"}, "type": "Fatal", "reason": "X"}))
+            .expect("event");
     let err = events.create(&PostParams::default(), &event).await.expect_err("invalid");
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
     assert_eq!(status.code, 422);
@@ -759,14 +942,193 @@ async fn a_streaming_list_sends_initial_events_then_an_end_bookmark() {
     let mut events = watcher(pods.clone(), watcher::Config::default().streaming_lists()).boxed();
     let mut initial = 0;
     loop {
-        match tokio::time::timeout(PATIENCE, events.try_next()).await.expect("in time").expect("ok").expect("open") {
+        match tokio::time::timeout(PATIENCE, events.try_next())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("open")
+        {
             watcher::Event::InitApply(_) => initial += 1,
             watcher::Event::InitDone => break,
             _ => {}
         }
     }
     assert_eq!(initial, 3);
-    let first = sim.requests().into_iter().find(|r| r.method == "GET" && r.path == "/api/v1/namespaces/shop/pods").expect("a request");
+    let first = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "GET" && r.path == "/api/v1/namespaces/shop/pods")
+        .expect("a request");
     assert!(first.query.contains("sendInitialEvents=true"), "{}", first.query);
-    assert!(!sim.requests().iter().any(|r| r.path == "/api/v1/namespaces/shop/pods" && r.query.contains("limit=")), "no list call");
+    assert!(
+        !sim.requests()
+            .iter()
+            .any(|r| r.path == "/api/v1/namespaces/shop/pods" && r.query.contains("limit=")),
+        "no list call"
+    );
+}
+
+fn client_with_token(sim: &KubeSim, token: &str) -> Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut config = kube::Config::new(sim.url().parse().expect("url"));
+    config.default_retry = false;
+    config.auth_info.token = Some(token.to_owned().into());
+    Client::try_from(config).expect("client")
+}
+
+const RBAC_YAML: &str = include_str!("../../../deploy/base/rbac.yaml");
+
+#[tokio::test]
+async fn rbac_from_the_deployment_yaml_allows_what_is_granted_and_forbids_the_rest() {
+    let sim = sim().await;
+    let admin = sim.enable_rbac();
+    assert!(sim.apply_yaml(RBAC_YAML).expect("rbac applied") >= 10);
+    let admin_pods: Api<Pod> = Api::namespaced(client_with_token(&sim, &admin), "shop");
+    admin_pods.create(&PostParams::default(), &pod("web-1", "256Mi", "1Mi")).await.expect("admin creates");
+
+    let diagnoser = client_with_token(&sim, &sim.service_account_token("kubesent", "kubesent-diagnoser"));
+    let pods: Api<Pod> = Api::namespaced(diagnoser, "shop");
+    pods.get("web-1").await.expect("the diagnoser may read pods");
+    let err = pods.delete("web-1", &DeleteParams::default()).await.expect_err("but not delete them");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        "pods \"web-1\" is forbidden: User \"system:serviceaccount:kubesent:kubesent-diagnoser\" cannot delete resource \"pods\" in API group \"\" in the namespace \"shop\""
+    );
+    let err = pods.logs("web-1", &LogParams::default()).await.expect_err("pods/log is not granted");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert!(status.message.contains("cannot get resource \"pods/log\""), "{}", status.message);
+
+    let detector = client_with_token(&sim, &sim.service_account_token("kubesent", "kubesent-detector"));
+    Api::<Pod>::all(detector.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("the detector lists pods everywhere");
+    let err = Api::<Pod>::namespaced(detector, "shop").get("web-1").await.expect_err("but has no get");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!(status.code, 403);
+
+    let anonymous = client(&sim);
+    let err = Api::<Pod>::namespaced(anonymous, "shop").get("web-1").await.expect_err("no token");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.reason.as_str()), (401, "Unauthorized"));
+}
+
+#[tokio::test]
+async fn injected_errors_throttling_and_latency_reach_the_client() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    sim.state().faults.set_error_rate(1.0);
+    let err = pods.list(&ListParams::default()).await.expect_err("every request fails");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.reason.as_str()), (500, "InternalError"));
+    sim.state().faults.set_error_rate(0.0);
+
+    sim.state().faults.throttle(1, 7);
+    let err = pods.list(&ListParams::default()).await.expect_err("throttled");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!(status.code, 429);
+    assert_eq!(status.message, "Too many requests, please try again later.\n");
+    pods.list(&ListParams::default()).await.expect("only one request was throttled");
+
+    // kube's default retry layer retries 429 and honours Retry-After.
+    let mut config = kube::Config::new(sim.url().parse().expect("url"));
+    config.default_retry = true;
+    let retrying: Api<Pod> = Api::namespaced(Client::try_from(config).expect("client"), "shop");
+    sim.state().faults.throttle(2, 1);
+    retrying.list(&ListParams::default()).await.expect("retried past the throttling");
+    let throttled = sim.requests().iter().filter(|r| r.status == 429).count();
+    assert_eq!(throttled, 3);
+
+    sim.state().faults.set_latency(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    pods.list(&ListParams::default()).await.expect("slow but served");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn dropped_watches_and_a_restart_resume_from_the_last_resource_version_without_a_relist() {
+    let mut sim = sim().await;
+    let shop: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let mut events = watcher(shop.clone(), watcher::Config::default()).boxed();
+    loop {
+        if let watcher::Event::InitDone = events.try_next().await.expect("ok").expect("open") {
+            break;
+        }
+    }
+    sim.state().faults.drop_watches();
+    shop.create(&PostParams::default(), &pod("after-drop", "256Mi", "1Mi")).await.expect("created");
+    let seen = expect_apply(&mut events, "after-drop").await;
+    let rv_before_restart: u64 = seen.metadata.resource_version.expect("rv").parse().expect("number");
+
+    sim.restart().await.expect("restarted on the same port");
+    let shop: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let created =
+        shop.create(&PostParams::default(), &pod("after-restart", "256Mi", "1Mi")).await.expect("created");
+    let rv_after: u64 = created.metadata.resource_version.expect("rv").parse().expect("number");
+    assert!(rv_after > rv_before_restart, "resourceVersions continue across the restart");
+    expect_apply(&mut events, "after-restart").await;
+
+    let lists = sim
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && r.path == "/api/v1/namespaces/shop/pods" && !r.query.contains("watch=")
+        })
+        .count();
+    assert_eq!(lists, 1, "the watcher re-watched from its resourceVersion instead of listing again");
+}
+
+#[tokio::test]
+async fn a_partitioned_client_hangs_while_others_are_served() {
+    let sim = sim().await;
+    let cut_off = client_with_token(&sim, "client-a");
+    let other = client_with_token(&sim, "client-b");
+    sim.state().faults.partition("client-a");
+    let pending = tokio::spawn(async move {
+        Api::<Pod>::namespaced(cut_off, "shop").list(&ListParams::default()).await.map(|l| l.items.len())
+    });
+    Api::<Pod>::namespaced(other, "shop")
+        .list(&ListParams::default())
+        .await
+        .expect("another client is served");
+    assert!(!pending.is_finished(), "the partitioned client gets no answer");
+    sim.state().faults.heal("client-a");
+    let answered = tokio::time::timeout(PATIENCE, pending)
+        .await
+        .expect("answered after healing")
+        .expect("task")
+        .expect("listed");
+    assert_eq!(answered, 0);
+}
+
+#[tokio::test]
+async fn the_request_log_shows_that_no_mutating_call_was_made() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.list(&ListParams::default()).await.expect("list");
+    let _ = pods.get_opt("nope").await.expect("get");
+    assert!(sim.state().mutating_requests().is_empty());
+    pods.create(&PostParams::default(), &pod("m", "256Mi", "1Mi")).await.expect("created");
+    let mutating = sim.state().mutating_requests();
+    assert_eq!(mutating.len(), 1);
+    assert_eq!((mutating[0].method.as_str(), mutating[0].status), ("POST", 201));
+}
+
+type PodEvents = futures::stream::BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>;
+
+/// Waits for the watcher to report `name` as applied.
+async fn expect_apply(events: &mut PodEvents, name: &str) -> Pod {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let watcher::Event::Apply(p) = events.try_next().await.expect("ok").expect("open")
+                && p.metadata.name.as_deref() == Some(name)
+            {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("event in time")
 }

@@ -80,13 +80,24 @@ pub fn install_crypto_provider() {
 
 /// A Kubernetes client for `api_url`, or from in-cluster configuration / kubeconfig when `None`.
 pub async fn kube_client(api_url: Option<&str>) -> Result<kube::Client, Error> {
+    kube_client_with_token(api_url, None).await
+}
+
+/// Like [`kube_client`], authenticating with a bearer `token` (a ServiceAccount token) when given.
+pub async fn kube_client_with_token(
+    api_url: Option<&str>,
+    token: Option<&str>,
+) -> Result<kube::Client, Error> {
     install_crypto_provider();
-    let config = match api_url {
+    let mut config = match api_url {
         Some(url) => {
             kube::Config::new(url.parse().map_err(|e| Error::Kube(format!("invalid URL {url:?}: {e}")))?)
         }
         None => kube::Config::infer().await.map_err(|e| Error::Kube(e.to_string()))?,
     };
+    if let Some(token) = token {
+        config.auth_info.token = Some(secrecy::SecretString::from(token.to_owned()));
+    }
     kube::Client::try_from(config).map_err(|e| Error::Kube(e.to_string()))
 }
 

@@ -77,6 +77,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         time_scale: args.time_scale,
         verify_window: Duration::from_secs(args.verify_seconds),
         dry_run: false,
+        rbac: true,
     })
     .await?;
     clock.say(format!("nats-server (JetStream) at {}", stack.nats.url()));

@@ -18,6 +18,9 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The least-privilege RBAC the services are deployed with.
+const RBAC_YAML: &str = include_str!("../../../deploy/base/rbac.yaml");
+
 /// How the in-process installation is set up.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -27,11 +30,14 @@ pub struct StackOptions {
     pub verify_window: Duration,
     /// Whether the remediator only suggests.
     pub dry_run: bool,
+    /// Turn on kube-sim's RBAC with `deploy/base/rbac.yaml` and give each service its own
+    /// ServiceAccount token, so a missing permission fails.
+    pub rbac: bool,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self { time_scale: 0.05, verify_window: Duration::from_secs(2), dry_run: false }
+        Self { time_scale: 0.05, verify_window: Duration::from_secs(2), dry_run: false, rbac: false }
     }
 }
 
@@ -74,7 +80,27 @@ impl Stack {
             .await
             .context("starting kube-sim")?;
         let gemini_sim = GeminiSim::start(GeminiSimConfig::default()).await.context("starting gemini-sim")?;
-        let kube = kubesent_common::kube_client(Some(&kube_sim.url())).await?;
+        // Each service gets its own identity when RBAC is on; the test client is an administrator.
+        let (kube, detector_kube, diagnoser_kube, remediator_kube) = if options.rbac {
+            let admin = kube_sim.enable_rbac();
+            kube_sim
+                .apply_yaml(RBAC_YAML)
+                .map_err(|e| anyhow::anyhow!("applying deploy/base/rbac.yaml: {}", e.message))?;
+            let url = kube_sim.url();
+            let client = |token: String| {
+                let url = url.clone();
+                async move { kubesent_common::kube_client_with_token(Some(&url), Some(&token)).await }
+            };
+            (
+                client(admin).await?,
+                client(kube_sim.service_account_token("kubesent", "kubesent-detector")).await?,
+                client(kube_sim.service_account_token("kubesent", "kubesent-diagnoser")).await?,
+                client(kube_sim.service_account_token("kubesent", "kubesent-remediator")).await?,
+            )
+        } else {
+            let client = kubesent_common::kube_client(Some(&kube_sim.url())).await?;
+            (client.clone(), client.clone(), client.clone(), client)
+        };
         let nats_client = nats::connect(nats.url(), "kubesent-stack").await?;
         let js = jetstream::new(nats_client.clone());
         let topology = Topology::default();
@@ -93,14 +119,14 @@ impl Stack {
             excluded_namespaces: vec!["kube-system".into()],
             leader: None,
         };
-        let deps = DetectorDeps { kube: kube.clone(), js: js.clone(), metrics: metrics.detector.clone() };
+        let deps = DetectorDeps { kube: detector_kube, js: js.clone(), metrics: metrics.detector.clone() };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
             if let Err(error) = kubesent_detector::run(detector, deps, token).await {
                 tracing::error!(%error, "detector stopped");
             }
         }));
-        let deps = DiagnoserDeps { kube: kube.clone(), js: js.clone(), metrics: metrics.diagnoser.clone() };
+        let deps = DiagnoserDeps { kube: diagnoser_kube, js: js.clone(), metrics: metrics.diagnoser.clone() };
         let config = DiagnoserConfig { topology: topology.clone(), ..DiagnoserConfig::default() };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
@@ -116,7 +142,8 @@ impl Stack {
             ..RemediatorConfig::default()
         };
         remediator.policy.dry_run = options.dry_run;
-        let deps = RemediatorDeps { kube: kube.clone(), js: js.clone(), metrics: metrics.remediator.clone() };
+        let deps =
+            RemediatorDeps { kube: remediator_kube, js: js.clone(), metrics: metrics.remediator.clone() };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
             if let Err(error) = kubesent_remediator::run(remediator, deps, token).await {

@@ -29,10 +29,12 @@ async fn last_sequence(js: &async_nats::jetstream::Context, stream: &str) -> u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_killed_bare_pod_is_replaced_with_more_memory_and_runs() {
     let _telemetry = kubesent_common::telemetry::init("e2e", false);
+    // RBAC on: every service runs with its own ServiceAccount from deploy/base/rbac.yaml.
     let stack = Stack::start(StackOptions {
         time_scale: 0.02,
         verify_window: Duration::from_secs(1),
         dry_run: false,
+        rbac: true,
     })
     .await
     .expect("stack starts");
@@ -81,6 +83,9 @@ async fn an_oom_killed_bare_pod_is_replaced_with_more_memory_and_runs() {
         .iter()
         .any(|r| r.method == "DELETE" && r.path.ends_with("/pods/web-1") && r.status == 200);
     assert!(deleted_with_preconditions);
+    let forbidden: Vec<_> =
+        stack.kube_sim.requests().into_iter().filter(|r| r.status == 401 || r.status == 403).collect();
+    assert!(forbidden.is_empty(), "least privilege is enough: {forbidden:?}");
     stack.stop().await;
 }
 
