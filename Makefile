@@ -7,7 +7,7 @@ NATS_SERVER := $(TOOLS)/nats/bin/nats-server
 PIP := python3 -m pip
 export KUBESENT_NATS_SERVER := $(NATS_SERVER)
 
-.PHONY: setup test fmt lint deps-check unit demo clean
+.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim clean
 
 setup: $(NATS_SERVER)
 
@@ -42,6 +42,12 @@ unit:
 ## The product, locally: detects, diagnoses and heals an OOM-killed pod, printing each step.
 demo: setup
 	cargo run --locked --quiet -p kubesent -- demo
+
+## Benchmarks (release builds); figures go into the README.
+bench: bench-kube-sim
+
+bench-kube-sim:
+	cargo bench --locked -p kubesent-kube-sim --bench scale
 
 clean:
 	cargo clean

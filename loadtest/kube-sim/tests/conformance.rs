@@ -1132,3 +1132,94 @@ async fn expect_apply(events: &mut PodEvents, name: &str) -> Pod {
     .await
     .expect("event in time")
 }
+
+#[tokio::test]
+async fn unscheduled_and_finished_pods_are_deleted_at_once() {
+    // Real-time kubelet: binding takes 100 ms, so a delete right after create hits an unscheduled pod.
+    let sim = KubeSim::start(SimConfig::default()).await.expect("starts");
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &pod("early", "256Mi", "1Mi")).await.expect("created");
+    let deleted =
+        pods.delete("early", &DeleteParams::default()).await.expect("deleted").left().expect("object");
+    assert_eq!(deleted.spec.and_then(|s| s.node_name), None);
+    assert!(pods.get_opt("early").await.expect("get").is_none(), "gone without a grace period");
+
+    let fast = KubeSim::start(SimConfig { time_scale: FAST, ..SimConfig::default() }).await.expect("starts");
+    let pods: Api<Pod> = Api::namespaced(client(&fast), "shop");
+    let job: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "done", "annotations": {"sim.kubesent.io/exit-code": "0"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "job:1"}]}}),
+    )
+    .expect("pod");
+    pods.create(&PostParams::default(), &job).await.expect("created");
+    wait_for(&pods, "done", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()?.phase.clone()).as_deref() == Some("Succeeded")
+    })
+    .await;
+    pods.delete("done", &DeleteParams::default()).await.expect("deleted");
+    assert!(pods.get_opt("done").await.expect("get").is_none(), "a finished pod has no grace period");
+}
+
+#[tokio::test]
+async fn an_infeasible_resize_is_reported_as_pending() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &pod("big", "256Mi", "1Mi")).await.expect("created");
+    wait_for(&pods, "big", conditions::is_pod_running()).await;
+    let resize = json!({"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "64Gi"}, "requests": {"memory": "64Gi"}}}]}});
+    pods.patch_resize("big", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&resize))
+        .await
+        .expect("accepted by the API");
+    let pending = wait_for(&pods, "big", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()?.conditions.clone())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "PodResizePending"))
+    })
+    .await;
+    let condition = pending
+        .status
+        .and_then(|s| s.conditions)
+        .and_then(|c| c.into_iter().find(|c| c.type_ == "PodResizePending"))
+        .expect("condition");
+    assert_eq!(condition.reason.as_deref(), Some("Infeasible"));
+    assert!(
+        condition.message.is_some_and(
+            |m| m.starts_with("Node didn't have enough capacity: memory, requested: 68719476736")
+        )
+    );
+}
+
+#[tokio::test]
+async fn log_parameters_limit_bytes_timestamps_and_validation() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let p: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "chatty", "annotations": {"sim.kubesent.io/logs": "one\ntwo\nthree"}},
+        "spec": {"containers": [{"name": "app", "image": "web:1"}]}}),
+    )
+    .expect("pod");
+    pods.create(&PostParams::default(), &p).await.expect("created");
+    wait_for(&pods, "chatty", conditions::is_pod_running()).await;
+    let limited = pods
+        .logs("chatty", &LogParams { limit_bytes: Some(10), ..LogParams::default() })
+        .await
+        .expect("logs");
+    assert_eq!(limited.len(), 10);
+    let stamped = pods
+        .logs("chatty", &LogParams { timestamps: true, tail_lines: Some(1), ..LogParams::default() })
+        .await
+        .expect("logs");
+    let (stamp, line) = stamped.trim_end().split_once(' ').expect("timestamp prefix");
+    assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{stamp}");
+    assert_eq!(line, "ready: listening on :8080");
+    let err = pods
+        .logs("chatty", &LogParams { tail_lines: Some(-1), ..LogParams::default() })
+        .await
+        .expect_err("negative");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains("tailLines: Invalid value: -1: must be greater than or equal to 0"),
+        "{}",
+        status.message
+    );
+}
