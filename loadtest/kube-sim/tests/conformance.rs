@@ -1223,3 +1223,22 @@ async fn log_parameters_limit_bytes_timestamps_and_validation() {
         status.message
     );
 }
+
+#[tokio::test]
+async fn a_continue_token_older_than_the_history_is_expired() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    for i in 0..3 {
+        pods.create(&PostParams::default(), &pod(&format!("c{i}"), "256Mi", "1Mi")).await.expect("created");
+    }
+    let first = pods.list(&ListParams::default().limit(1)).await.expect("first page");
+    let token = first.metadata.continue_.clone().expect("more pages");
+    pods.list(&ListParams::default().limit(1).continue_token(&token)).await.expect("a fresh token works");
+    // A write after the list, then a compaction: the list's revision is gone from history.
+    pods.create(&PostParams::default(), &pod("later", "256Mi", "1Mi")).await.expect("created");
+    sim.state().store.compact(&kubesent_kube_sim::resources::PODS);
+    let err = pods.list(&ListParams::default().limit(1).continue_token(&token)).await.expect_err("expired");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+    assert!(status.message.starts_with("The provided continue parameter is too old"), "{}", status.message);
+}
