@@ -27,7 +27,7 @@ pub enum FailureKind {
     OomKilled,
     /// Exit 137 (SIGKILL) without `OOMKilled`: a liveness-probe kill, preStop timeout or child OOM.
     Killed,
-    /// Crash-looping on a non-zero exit code or a runtime error.
+    /// A non-zero exit: crash-looping when the container restarts, or a failed run when it does not.
     CrashLoop,
     /// `ImagePullBackOff`: the kubelet keeps failing to pull the image.
     ImagePullBackOff,

@@ -127,6 +127,33 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// Aborts a spawned task when dropped, so a service's helper tasks die with it (as in a crash).
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> AbortOnDrop<T> {
+    /// Takes ownership of a spawned task.
+    pub fn new(handle: tokio::task::JoinHandle<T>) -> Self {
+        Self(Some(handle))
+    }
+
+    /// Waits for the task to finish on its own.
+    pub async fn join(mut self) -> Option<T> {
+        match self.0.take() {
+            Some(handle) => handle.await.ok(),
+            None => None,
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
+    }
+}
+
 /// Exponential back-off with a cap, for reconnect and republish loops.
 #[derive(Debug, Clone)]
 pub struct Backoff {

@@ -39,12 +39,14 @@ const SIGKILL_EXIT: i32 = 137;
 /// Classifies every container (init containers first) of `pod`.
 pub fn classify(pod: &Pod) -> Vec<ContainerObservation> {
     let Some(status) = &pod.status else { return Vec::new() };
-    let init = status.init_container_statuses.iter().flatten().map(|cs| observe(cs, true));
-    let regular = status.container_statuses.iter().flatten().map(|cs| observe(cs, false));
+    // Containers of a `restartPolicy: Never` pod never reach CrashLoopBackOff: their first crash is the failure.
+    let restarts = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
+    let init = status.init_container_statuses.iter().flatten().map(|cs| observe(cs, true, restarts));
+    let regular = status.container_statuses.iter().flatten().map(|cs| observe(cs, false, restarts));
     init.chain(regular).collect()
 }
 
-fn observe(cs: &ContainerStatus, init: bool) -> ContainerObservation {
+fn observe(cs: &ContainerStatus, init: bool, restarts: bool) -> ContainerObservation {
     let state = cs.state.as_ref();
     let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
     let failure = if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
@@ -73,6 +75,8 @@ fn observe(cs: &ContainerStatus, init: bool) -> ContainerObservation {
             Some(FailureKind::OomKilled)
         } else if terminated.exit_code == SIGKILL_EXIT {
             Some(FailureKind::Killed)
+        } else if terminated.exit_code != 0 && !restarts {
+            Some(FailureKind::CrashLoop)
         } else {
             // A plain non-zero exit is reported once it turns into CrashLoopBackOff: a single crash
             // of a restarting container is not yet a failure worth a diagnosis.

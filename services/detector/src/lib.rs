@@ -8,13 +8,10 @@
 
 pub mod classify;
 pub mod incident;
+pub mod incidents;
 pub mod tracker;
 
-use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use futures::{StreamExt, stream::BoxStream};
@@ -22,17 +19,23 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube_runtime::{WatchStreamExt as _, watcher};
 use kubesent_common::{Backoff, leader::LeaderConfig, nats};
-use kubesent_proto::{self as proto, Failure, FailureJob, IncidentId, PodRef};
+use kubesent_proto::{self as proto, Failure, FailureJob, PodRef};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::tracker::{PodTracker, Transition};
+use crate::{
+    incidents::{IncidentBook, Update},
+    tracker::{PodTracker, Transition},
+};
 
 /// Jobs buffered between the watch and the publisher; a full buffer slows the watch down.
 const JOB_BUFFER: usize = 10_000;
@@ -50,7 +53,13 @@ pub struct DetectorConfig {
     pub excluded_namespaces: Vec<String>,
     /// Leader election; `None` makes this replica always lead (single-replica and test set-ups).
     pub leader: Option<LeaderConfig>,
+    /// How long a controller-owned workload's incident waits after its first failure so the replicas
+    /// failing with it are counted in the same job (bare pods are published at once).
+    pub group_wait: Duration,
 }
+
+/// Default [`DetectorConfig::group_wait`]: long enough for replicas that crash together to be seen.
+pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(2);
 
 /// The detector's clients and metrics.
 pub struct DetectorDeps {
@@ -87,6 +96,8 @@ pub struct DetectorMetrics {
     open_incidents: Gauge,
     pending_jobs: Gauge,
     leader: Gauge,
+    /// Woken whenever the publisher changes a figure, so tests can await a state instead of polling.
+    changed: tokio::sync::Notify,
 }
 
 impl DetectorMetrics {
@@ -123,15 +134,45 @@ impl DetectorMetrics {
     pub fn jobs_deduplicated(&self) -> u64 {
         self.published.get_or_create(&ResultLabel { result: "duplicate" }).get()
     }
+
+    /// Publish attempts that failed (and were retried).
+    pub fn publish_failures(&self) -> u64 {
+        self.publish_failures.get()
+    }
+
+    /// Incidents waiting to be published.
+    pub fn pending_jobs(&self) -> i64 {
+        self.pending_jobs.get()
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
+    /// Pods whose container state is tracked.
+    pub fn tracked_pods(&self) -> i64 {
+        self.tracked_pods.get()
+    }
+
+    /// Waits until `done` holds for the metrics (checked after every change by the publisher).
+    pub async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.notify_waiters();
+    }
 }
 
-/// An incident with the pods that currently show it.
-struct OpenIncident {
-    job: FailureJob,
-    pods: BTreeSet<String>,
-}
-
-/// Runs the detector until `shutdown`.
+/// Runs the detector until `shutdown`. Dropping the future (a crash) stops leader election without
+/// releasing the lease; a shutdown releases it.
 pub async fn run(
     config: DetectorConfig,
     deps: DetectorDeps,
@@ -139,15 +180,28 @@ pub async fn run(
 ) -> Result<(), Error> {
     // NB: without leader election the sender must outlive the service, or receivers see it closed.
     let (_always_leading, mut leading) = watch::channel(true);
+    let mut election = None;
     if let Some(leader) = config.leader.clone() {
-        leading = kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone()).0;
+        let (rx, task) = kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone());
+        leading = rx;
+        election = Some(kubesent_common::AbortOnDrop::new(task));
     }
-    let (jobs_tx, jobs_rx) = mpsc::channel(JOB_BUFFER);
-    let publisher = Publisher { js: deps.js.clone(), metrics: deps.metrics.clone(), leading, jobs: jobs_rx };
-    let publishing = tokio::spawn(publisher.run(shutdown.clone()).instrument(info_span!("publisher")));
-    let watching = watch_pods(&config, &deps, jobs_tx, shutdown.clone()).instrument(info_span!("pods"));
-    watching.await;
-    let _ = publishing.await;
+    let (updates_tx, updates_rx) = mpsc::channel(JOB_BUFFER);
+    let publisher = Publisher {
+        js: deps.js.clone(),
+        metrics: deps.metrics.clone(),
+        leading,
+        updates: updates_rx,
+        group_wait: config.group_wait,
+    };
+    let publishing = kubesent_common::AbortOnDrop::new(tokio::spawn(
+        publisher.run(shutdown.clone()).instrument(info_span!("publisher")),
+    ));
+    watch_pods(&config, &deps, updates_tx, shutdown.clone()).instrument(info_span!("pods")).await;
+    publishing.join().await;
+    if let Some(election) = election {
+        election.join().await;
+    }
     Ok(())
 }
 
@@ -170,7 +224,7 @@ fn pod_events(
 async fn watch_pods(
     config: &DetectorConfig,
     deps: &DetectorDeps,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Update>,
     shutdown: CancellationToken,
 ) {
     let mut events = pod_events(config, &deps.kube);
@@ -204,25 +258,25 @@ async fn watch_pods(
                 let (transitions, recovered) = tracker.observe(&pod);
                 deps.metrics.transitions.inc_by(transitions.len() as u64);
                 for transition in transitions {
-                    updates.push(Job::Open(Box::new(build_job(&pod, &transition))));
+                    updates.push(Update::Open(Box::new(build_job(&pod, &transition))));
                 }
                 if let Some(uid) = &pod.metadata.uid {
                     updates.extend(
                         recovered
                             .into_iter()
-                            .map(|container| Job::Recovered { pod_uid: uid.clone(), container }),
+                            .map(|container| Update::Recovered { pod_uid: uid.clone(), container }),
                     );
                 }
             }
             watcher::Event::InitDone => {
                 // Pods that vanished while the watch was down are forgotten.
                 tracker.retain(|uid| relisted.contains(uid));
-                updates.push(Job::Resync(relisted.clone()));
+                updates.push(Update::Resync(relisted.clone()));
             }
             watcher::Event::Delete(pod) => {
                 if let Some(uid) = &pod.metadata.uid {
                     tracker.forget(uid);
-                    updates.push(Job::Gone { pod_uid: uid.clone() });
+                    updates.push(Update::Gone { pod_uid: uid.clone() });
                 }
             }
         }
@@ -263,64 +317,51 @@ pub fn build_job(pod: &Pod, transition: &Transition) -> FailureJob {
     }
 }
 
-/// Messages from the watch to the publisher.
-enum Job {
-    /// A container entered a failure.
-    Open(Box<FailureJob>),
-    /// A container of a pod stopped failing.
-    Recovered { pod_uid: String, container: String },
-    /// A pod was deleted.
-    Gone { pod_uid: String },
-    /// A relist finished: only these pods exist.
-    Resync(BTreeSet<String>),
-}
-
 struct Publisher {
     js: jetstream::Context,
     metrics: Arc<DetectorMetrics>,
     leading: watch::Receiver<bool>,
-    jobs: mpsc::Receiver<Job>,
+    updates: mpsc::Receiver<Update>,
+    group_wait: Duration,
 }
 
 impl Publisher {
     async fn run(mut self, shutdown: CancellationToken) {
-        let mut open: HashMap<IncidentId, OpenIncident> = HashMap::new();
-        let mut pending: VecDeque<IncidentId> = VecDeque::new();
+        let mut book = IncidentBook::default();
         let mut backoff = Backoff::new(PUBLISH_RETRY_MIN, PUBLISH_RETRY_MAX);
-        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry_at: Option<Instant> = None;
         loop {
             let leading = *self.leading.borrow();
             self.metrics.leader.set(i64::from(leading));
-            let may_publish = leading && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
-            if may_publish && let Some(id) = pending.front().cloned() {
-                match open.get(&id) {
-                    None => {
-                        pending.pop_front();
+            self.metrics.notify();
+            let now = Instant::now();
+            if leading
+                && retry_at.is_none_or(|at| at <= now)
+                && let Some(job) = book.due_job(now)
+            {
+                match self.publish(&job).await {
+                    Ok(()) => {
+                        book.published();
+                        backoff.reset();
+                        retry_at = None;
                     }
-                    Some(incident) => match self.publish(incident).await {
-                        Ok(()) => {
-                            pending.pop_front();
-                            backoff.reset();
-                            retry_at = None;
-                        }
-                        Err(error) => {
-                            self.metrics.publish_failures.inc();
-                            let delay = backoff.next_delay();
-                            warn!(incident = %id, %error, retry_in = ?delay, pending = pending.len(), "publishing a job failed; will retry");
-                            retry_at = Some(tokio::time::Instant::now() + delay);
-                        }
-                    },
+                    Err(error) => {
+                        self.metrics.publish_failures.inc();
+                        let delay = backoff.next_delay();
+                        warn!(incident = %job.incident, %error, retry_in = ?delay, pending = book.pending(), "publishing a job failed; will retry");
+                        retry_at = Some(Instant::now() + delay);
+                    }
                 }
-                self.metrics.pending_jobs.set(pending.len() as i64);
+                self.metrics.pending_jobs.set(book.pending() as i64);
                 continue;
             }
-            let sleep_until = retry_at.filter(|_| leading && !pending.is_empty());
+            let wake_at = if leading { retry_at.max(book.next_due()) } else { None };
             tokio::select! {
-                job = self.jobs.recv() => {
-                    let Some(job) = job else { return };
-                    apply(job, &mut open, &mut pending);
-                    self.metrics.open_incidents.set(open.len() as i64);
-                    self.metrics.pending_jobs.set(pending.len() as i64);
+                update = self.updates.recv() => {
+                    let Some(update) = update else { return };
+                    book.apply(update, Instant::now(), self.group_wait);
+                    self.metrics.open_incidents.set(book.open() as i64);
+                    self.metrics.pending_jobs.set(book.pending() as i64);
                 }
                 changed = self.leading.changed() => {
                     if changed.is_err() {
@@ -329,20 +370,18 @@ impl Publisher {
                     if *self.leading.borrow() {
                         // Taking over: publish every open incident again; dedup drops what the old
                         // leader already published.
-                        info!(open = open.len(), "leading: republishing open incidents");
-                        pending = open.keys().cloned().collect();
+                        info!(open = book.open(), "leading: republishing open incidents");
+                        book.republish_all(Instant::now());
                         retry_at = None;
                     }
                 }
-                () = async { match sleep_until { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {}
+                () = async { match wake_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {}
                 () = shutdown.cancelled() => return,
             }
         }
     }
 
-    async fn publish(&self, incident: &OpenIncident) -> Result<(), kubesent_common::Error> {
-        let mut job = incident.job.clone();
-        job.affected_pods = u32::try_from(incident.pods.len()).unwrap_or(u32::MAX).max(1);
+    async fn publish(&self, job: &FailureJob) -> Result<(), kubesent_common::Error> {
         let span = info_span!("publish_job", incident = %job.incident, namespace = %job.pod.namespace, pod = %job.pod.name);
         async {
             let subject = proto::job_subject(&job.pod.namespace, job.failure.kind)
@@ -351,7 +390,7 @@ impl Publisher {
                 &self.js,
                 subject,
                 job.incident.as_str(),
-                proto::encode(&job),
+                proto::encode(job),
                 &[(proto::headers::INCIDENT, job.incident.as_str())],
             )
             .await?;
@@ -366,39 +405,5 @@ impl Publisher {
         }
         .instrument(span)
         .await
-    }
-}
-
-fn apply(job: Job, open: &mut HashMap<IncidentId, OpenIncident>, pending: &mut VecDeque<IncidentId>) {
-    match job {
-        Job::Open(job) => {
-            let id = job.incident.clone();
-            let pod = job.pod.uid.clone();
-            match open.get_mut(&id) {
-                Some(incident) => {
-                    incident.pods.insert(pod);
-                }
-                None => {
-                    open.insert(id.clone(), OpenIncident { job: *job, pods: BTreeSet::from([pod]) });
-                    pending.push_back(id);
-                }
-            }
-        }
-        Job::Recovered { pod_uid, container } => {
-            open.retain(|_, incident| {
-                if incident.job.failure.container == container {
-                    incident.pods.remove(&pod_uid);
-                }
-                !incident.pods.is_empty()
-            });
-        }
-        Job::Gone { pod_uid } => open.retain(|_, incident| {
-            incident.pods.remove(&pod_uid);
-            !incident.pods.is_empty()
-        }),
-        Job::Resync(existing) => open.retain(|_, incident| {
-            incident.pods.retain(|uid| existing.contains(uid));
-            !incident.pods.is_empty()
-        }),
     }
 }

@@ -84,6 +84,10 @@ pub struct DetectorArgs {
         default_value = "kube-system,kube-public,kube-node-lease"
     )]
     excluded_namespaces: Vec<String>,
+    /// Milliseconds a workload's incident waits after its first failure so replicas failing with it are
+    /// counted in the same job (bare pods are reported at once).
+    #[arg(long, env = "KUBESENT_GROUP_WAIT_MS", default_value_t = 2000)]
+    group_wait_ms: u64,
 }
 
 /// `kubesent diagnoser`
@@ -227,6 +231,7 @@ async fn run_detector(args: DetectorArgs) -> anyhow::Result<()> {
         namespaces: args.namespaces,
         excluded_namespaces: args.excluded_namespaces,
         leader: args.leader.config(&args.common, "kubesent-detector"),
+        group_wait: Duration::from_millis(args.group_wait_ms),
     };
     let deps = kubesent_detector::DetectorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
     kubesent_detector::run(config, deps, ctx.shutdown.clone()).await?;

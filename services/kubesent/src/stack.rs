@@ -118,6 +118,7 @@ impl Stack {
             namespaces: Vec::new(),
             excluded_namespaces: vec!["kube-system".into()],
             leader: None,
+            group_wait: kubesent_detector::DEFAULT_GROUP_WAIT,
         };
         let deps = DetectorDeps { kube: detector_kube, js: js.clone(), metrics: metrics.detector.clone() };
         let token = shutdown.clone();

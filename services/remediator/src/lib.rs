@@ -153,8 +153,11 @@ pub async fn run(
             .await?;
     // NB: without leader election the sender must outlive the service, or receivers see it closed.
     let (_always_leading, mut leading) = watch::channel(true);
+    let mut election = None;
     if let Some(leader) = config.leader.clone() {
-        leading = kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone()).0;
+        let (rx, task) = kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone());
+        leading = rx;
+        election = Some(kubesent_common::AbortOnDrop::new(task));
     }
     let recorder = Recorder::new(
         deps.kube.clone(),
@@ -175,6 +178,10 @@ pub async fn run(
         async move { worker.handle(message).await }
     })
     .await;
+    if let Some(election) = election {
+        // Shutting down: let the election release the lease.
+        election.join().await;
+    }
     Ok(())
 }
 

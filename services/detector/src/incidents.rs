@@ -1,0 +1,212 @@
+//! The book of open incidents: which pods show each incident, and when each is due for publishing.
+//!
+//! An incident of a controller-owned workload waits `group_wait` after its first failure, so replicas
+//! that fail together are counted in one job; a bare pod's incident is due at once. A leader that takes
+//! over makes every open incident due again (JetStream drops the ones already published).
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeSet, BinaryHeap, HashMap},
+    time::Duration,
+};
+
+use kubesent_proto::{FailureJob, IncidentId};
+use tokio::time::Instant;
+
+/// A change seen by the watch side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A container of a pod entered a failure.
+    Open(Box<FailureJob>),
+    /// A container of a pod stopped failing.
+    Recovered {
+        /// The pod.
+        pod_uid: String,
+        /// The container.
+        container: String,
+    },
+    /// A pod was deleted.
+    Gone {
+        /// The pod.
+        pod_uid: String,
+    },
+    /// A relist finished: only these pods exist.
+    Resync(BTreeSet<String>),
+}
+
+struct OpenIncident {
+    job: FailureJob,
+    pods: BTreeSet<String>,
+}
+
+/// Open incidents and their publishing schedule.
+#[derive(Default)]
+pub struct IncidentBook {
+    open: HashMap<IncidentId, OpenIncident>,
+    due: BinaryHeap<Reverse<(Instant, u64, IncidentId)>>,
+    sequence: u64,
+}
+
+impl IncidentBook {
+    /// Number of open incidents.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Number of incidents waiting to be published.
+    pub fn pending(&self) -> usize {
+        self.due.len()
+    }
+
+    fn schedule(&mut self, id: IncidentId, at: Instant) {
+        self.sequence += 1;
+        self.due.push(Reverse((at, self.sequence, id)));
+    }
+
+    /// Applies a change. A new incident is due at `now`, or `now + group_wait` for a controller-owned workload.
+    pub fn apply(&mut self, update: Update, now: Instant, group_wait: Duration) {
+        match update {
+            Update::Open(job) => {
+                let id = job.incident.clone();
+                let pod = job.pod.uid.clone();
+                if let Some(incident) = self.open.get_mut(&id) {
+                    incident.pods.insert(pod);
+                    return;
+                }
+                let wait = if job.key.workload.kind == "Pod" { Duration::ZERO } else { group_wait };
+                self.open.insert(id.clone(), OpenIncident { job: *job, pods: BTreeSet::from([pod]) });
+                self.schedule(id, now + wait);
+            }
+            Update::Recovered { pod_uid, container } => self.open.retain(|_, incident| {
+                if incident.job.failure.container == container {
+                    incident.pods.remove(&pod_uid);
+                }
+                !incident.pods.is_empty()
+            }),
+            Update::Gone { pod_uid } => self.open.retain(|_, incident| {
+                incident.pods.remove(&pod_uid);
+                !incident.pods.is_empty()
+            }),
+            Update::Resync(existing) => self.open.retain(|_, incident| {
+                incident.pods.retain(|uid| existing.contains(uid));
+                !incident.pods.is_empty()
+            }),
+        }
+    }
+
+    /// Makes every open incident due now (a new leader republishes them).
+    pub fn republish_all(&mut self, now: Instant) {
+        self.due.clear();
+        let ids: Vec<IncidentId> = self.open.keys().cloned().collect();
+        for id in ids {
+            self.schedule(id, now);
+        }
+    }
+
+    /// When the next incident is due, if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// The next job due at `now`, with the number of pods that show it; it stays due until
+    /// [`IncidentBook::published`] is called. Incidents closed before their turn are skipped.
+    pub fn due_job(&mut self, now: Instant) -> Option<FailureJob> {
+        loop {
+            let Reverse((at, _, id)) = self.due.peek()?.clone();
+            if at > now {
+                return None;
+            }
+            match self.open.get(&id) {
+                Some(incident) => {
+                    let mut job = incident.job.clone();
+                    job.affected_pods = u32::try_from(incident.pods.len()).unwrap_or(u32::MAX).max(1);
+                    return Some(job);
+                }
+                None => {
+                    self.due.pop();
+                }
+            }
+        }
+    }
+
+    /// Marks the job returned by [`IncidentBook::due_job`] as published.
+    pub fn published(&mut self) {
+        self.due.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubesent_proto::{Failure, FailureKind, IncidentKey, PodRef, WorkloadRef};
+
+    fn job(workload_kind: &str, pod: &str) -> Box<FailureJob> {
+        let key = IncidentKey {
+            namespace: "shop".into(),
+            workload: WorkloadRef { kind: workload_kind.into(), name: "web".into() },
+            container: "app".into(),
+            kind: FailureKind::OomKilled,
+            template_hash: "h".into(),
+        };
+        Box::new(FailureJob {
+            schema: 1,
+            incident: key.fingerprint(),
+            key,
+            pod: PodRef {
+                namespace: "shop".into(),
+                name: pod.into(),
+                uid: pod.into(),
+                resource_version: "1".into(),
+            },
+            failure: Failure {
+                kind: FailureKind::OomKilled,
+                container: "app".into(),
+                init_container: false,
+                reason: "OOMKilled".into(),
+                message: None,
+                exit_code: Some(137),
+                restart_count: 1,
+                image: "web:1".into(),
+            },
+            affected_pods: 1,
+            detected_at: jiff::Timestamp::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn fifty_failing_replicas_are_one_job_that_counts_them() {
+        let mut book = IncidentBook::default();
+        let start = Instant::now();
+        let wait = Duration::from_secs(2);
+        for i in 0..50 {
+            book.apply(Update::Open(job("Deployment", &format!("web-{i}"))), start, wait);
+        }
+        assert!(book.due_job(start).is_none(), "a workload's incident waits for its replicas");
+        let published = book.due_job(start + wait).expect("due after the group wait");
+        assert_eq!(published.affected_pods, 50);
+        book.published();
+        assert!(book.due_job(start + wait).is_none(), "one job");
+    }
+
+    #[test]
+    fn a_bare_pod_is_due_at_once_and_a_closed_incident_is_never_published() {
+        let mut book = IncidentBook::default();
+        let now = Instant::now();
+        book.apply(Update::Open(job("Pod", "solo")), now, Duration::from_secs(2));
+        assert!(book.due_job(now).is_some());
+        book.apply(Update::Gone { pod_uid: "solo".into() }, now, Duration::ZERO);
+        assert!(book.due_job(now).is_none());
+        assert_eq!(book.open(), 0);
+    }
+
+    #[test]
+    fn a_new_leader_makes_every_open_incident_due_again() {
+        let mut book = IncidentBook::default();
+        let now = Instant::now();
+        book.apply(Update::Open(job("Pod", "a")), now, Duration::ZERO);
+        book.due_job(now).expect("due");
+        book.published();
+        book.republish_all(now);
+        assert!(book.due_job(now).is_some());
+    }
+}

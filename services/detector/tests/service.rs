@@ -1,0 +1,175 @@
+//! The detector as a service: against kube-sim and a real nats-server, with leader election.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::PostParams};
+use kubesent_common::{
+    leader::LeaderConfig,
+    nats::{self, Topology},
+    nats_server::NatsServer,
+};
+use kubesent_detector::{DetectorConfig, DetectorDeps, DetectorMetrics};
+use kubesent_kube_sim::{KubeSim, SimConfig};
+use kubesent_proto::{self as proto, FailureJob};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct World {
+    _nats: NatsServer,
+    sim: KubeSim,
+    kube: kube::Client,
+    js: jetstream::Context,
+}
+
+async fn world(topology: &Topology) -> World {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let sim = KubeSim::start(SimConfig { time_scale: 0.01, ..SimConfig::default() })
+        .await
+        .expect("kube-sim starts");
+    let kube = kubesent_common::kube_client(Some(&sim.url())).await.expect("kube client");
+    let js = jetstream::new(nats::connect(nats.url(), "test").await.expect("nats"));
+    nats::ensure_streams(&js, topology).await.expect("streams");
+    World { _nats: nats, sim, kube, js }
+}
+
+fn detector(
+    world: &World,
+    leader: Option<&str>,
+) -> (Arc<DetectorMetrics>, impl std::future::Future<Output = ()> + use<>, CancellationToken) {
+    let metrics = DetectorMetrics::register(&mut Registry::default());
+    let config = DetectorConfig {
+        namespaces: Vec::new(),
+        excluded_namespaces: Vec::new(),
+        leader: leader.map(|identity| LeaderConfig {
+            namespace: "kubesent".into(),
+            lease_name: "kubesent-detector".into(),
+            identity: identity.into(),
+            ttl: Duration::from_secs(3),
+        }),
+        group_wait: Duration::ZERO,
+    };
+    let deps = DetectorDeps { kube: world.kube.clone(), js: world.js.clone(), metrics: metrics.clone() };
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    (
+        metrics,
+        async move { kubesent_detector::run(config, deps, token).await.expect("detector runs") },
+        shutdown,
+    )
+}
+
+fn oom_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name, "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
+        "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": "128Mi"}}}]}}))
+    .expect("pod")
+}
+
+async fn stored_jobs(js: &jetstream::Context) -> Vec<FailureJob> {
+    let stream = js.get_stream(proto::JOBS_STREAM).await.expect("stream");
+    let last = stream.get_info().await.expect("info").state.last_sequence;
+    let mut jobs = Vec::new();
+    for sequence in 1..=last {
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            jobs.push(proto::decode(&message.payload).expect("job decodes"));
+        }
+    }
+    jobs
+}
+
+/// Waits until the jobs stream holds `count` messages, checking after every publish on the subject.
+async fn until_stream_has(world: &World, count: u64) {
+    let mut publishes = world.js.client().subscribe("kubesent.jobs.>").await.expect("subscribed");
+    let stream = world.js.get_stream(proto::JOBS_STREAM).await.expect("stream");
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if stream.get_info().await.expect("info").state.messages >= count {
+                return;
+            }
+            publishes.next().await;
+        }
+    })
+    .await
+    .expect("jobs stored in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_every_incident_is_published_exactly_once() {
+    let world = world(&Topology::default()).await;
+    let (a_metrics, a_run, _a_stop) = detector(&world, Some("detector-a"));
+    let a = tokio::spawn(a_run);
+    a_metrics.wait_until(DetectorMetrics::is_leader).await;
+    let (b_metrics, b_run, b_stop) = detector(&world, Some("detector-b"));
+    let b = tokio::spawn(b_run);
+
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    for i in 0..10 {
+        pods.create(&PostParams::default(), &oom_pod(&format!("first-{i}"))).await.expect("created");
+    }
+    until_stream_has(&world, 10).await;
+    assert!(!b_metrics.is_leader(), "the standby did not publish");
+    a.abort(); // a crash: no step-down, the lease has to expire
+    for i in 0..10 {
+        pods.create(&PostParams::default(), &oom_pod(&format!("second-{i}"))).await.expect("created");
+    }
+    tokio::time::timeout(PATIENCE, b_metrics.wait_until(|m| m.is_leader() && m.jobs_published() >= 10))
+        .await
+        .expect("the standby took over");
+    until_stream_has(&world, 20).await;
+
+    let jobs = stored_jobs(&world.js).await;
+    let incidents: BTreeSet<_> = jobs.iter().map(|j| j.incident.clone()).collect();
+    assert_eq!(jobs.len(), 20, "one job per incident");
+    assert_eq!(incidents.len(), 20, "no incident twice");
+    let pods_seen: BTreeSet<_> = jobs.iter().map(|j| j.pod.name.clone()).collect();
+    assert_eq!(pods_seen.len(), 20);
+    assert!(
+        b_metrics.jobs_deduplicated() > 0,
+        "the new leader republished open incidents and JetStream dropped them"
+    );
+    b_stop.cancel();
+    b.await.expect("b stopped");
+    world.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_jobs_stream_is_retried_until_there_is_room_and_nothing_is_lost() {
+    let topology = Topology { max_jobs: 2, ..Topology::default() };
+    let world = world(&topology).await;
+    let (metrics, run, stop) = detector(&world, None);
+    let task = tokio::spawn(run);
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    for i in 0..4 {
+        pods.create(&PostParams::default(), &oom_pod(&format!("flood-{i}"))).await.expect("created");
+    }
+    tokio::time::timeout(
+        PATIENCE,
+        metrics.wait_until(|m| m.jobs_published() == 2 && m.publish_failures() > 0 && m.pending_jobs() == 2),
+    )
+    .await
+    .expect("the stream pushed back");
+    let first = stored_jobs(&world.js).await;
+    assert_eq!(first.len(), 2);
+
+    // A consumer drains the stream; the detector's retries then get through.
+    let consumer = nats::ensure_consumer(&world.js, proto::JOBS_STREAM, topology.diagnosers_consumer())
+        .await
+        .expect("consumer");
+    let mut batch = consumer.fetch().max_messages(2).messages().await.expect("fetch");
+    while let Some(message) = batch.next().await {
+        message.expect("message").double_ack().await.expect("acked");
+    }
+    tokio::time::timeout(PATIENCE, metrics.wait_until(|m| m.jobs_published() == 4 && m.pending_jobs() == 0))
+        .await
+        .expect("the rest published");
+    let rest = stored_jobs(&world.js).await;
+    let all: BTreeSet<_> = first.iter().chain(rest.iter()).map(|j| j.pod.name.clone()).collect();
+    assert_eq!(all.len(), 4, "every failure seen was published: {all:?}");
+    stop.cancel();
+    task.await.expect("stopped");
+}
