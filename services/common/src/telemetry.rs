@@ -16,14 +16,19 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber for `service`. A second call in the same process (tests, the demo
-/// running every service) keeps the first subscriber.
+/// Installs the global subscriber for `service`, logging at `info` unless `RUST_LOG` says otherwise. A
+/// second call in the same process (tests, the demo running every service) keeps the first subscriber.
 pub fn init(service: &'static str, json: bool) -> TelemetryGuard {
+    init_with_level(service, json, "info")
+}
+
+/// Like [`init`], with `default_filter` used when `RUST_LOG` is unset.
+pub fn init_with_level(service: &'static str, json: bool, default_filter: &str) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = SdkTracerProvider::builder().build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(service);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if json {

@@ -108,30 +108,28 @@ impl IncidentBook {
         self.due.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    /// The next job due at `now`, with the number of pods that show it; it stays due until
-    /// [`IncidentBook::published`] is called. Incidents closed before their turn are skipped.
-    pub fn due_job(&mut self, now: Instant) -> Option<FailureJob> {
+    /// Takes the next job due at `now`, with the number of pods that show it. Incidents closed before
+    /// their turn are skipped. A job whose publishing fails goes back with [`IncidentBook::retry`].
+    pub fn take_due(&mut self, now: Instant) -> Option<FailureJob> {
         loop {
-            let Reverse((at, _, id)) = self.due.peek()?.clone();
-            if at > now {
+            let Reverse((at, _, _)) = self.due.peek()?;
+            if *at > now {
                 return None;
             }
-            match self.open.get(&id) {
-                Some(incident) => {
-                    let mut job = incident.job.clone();
-                    job.affected_pods = u32::try_from(incident.pods.len()).unwrap_or(u32::MAX).max(1);
-                    return Some(job);
-                }
-                None => {
-                    self.due.pop();
-                }
+            let Reverse((_, _, id)) = self.due.pop()?;
+            if let Some(incident) = self.open.get(&id) {
+                let mut job = incident.job.clone();
+                job.affected_pods = u32::try_from(incident.pods.len()).unwrap_or(u32::MAX).max(1);
+                return Some(job);
             }
         }
     }
 
-    /// Marks the job returned by [`IncidentBook::due_job`] as published.
-    pub fn published(&mut self) {
-        self.due.pop();
+    /// Schedules a job whose publishing failed again at `at`, if its incident is still open.
+    pub fn retry(&mut self, id: &IncidentId, at: Instant) {
+        if self.open.contains_key(id) {
+            self.schedule(id.clone(), at);
+        }
     }
 }
 
@@ -181,11 +179,10 @@ mod tests {
         for i in 0..50 {
             book.apply(Update::Open(job("Deployment", &format!("web-{i}"))), start, wait);
         }
-        assert!(book.due_job(start).is_none(), "a workload's incident waits for its replicas");
-        let published = book.due_job(start + wait).expect("due after the group wait");
+        assert!(book.take_due(start).is_none(), "a workload's incident waits for its replicas");
+        let published = book.take_due(start + wait).expect("due after the group wait");
         assert_eq!(published.affected_pods, 50);
-        book.published();
-        assert!(book.due_job(start + wait).is_none(), "one job");
+        assert!(book.take_due(start + wait).is_none(), "one job");
     }
 
     #[test]
@@ -193,9 +190,10 @@ mod tests {
         let mut book = IncidentBook::default();
         let now = Instant::now();
         book.apply(Update::Open(job("Pod", "solo")), now, Duration::from_secs(2));
-        assert!(book.due_job(now).is_some());
+        book.apply(Update::Open(job("Pod", "other")), now, Duration::from_secs(2));
         book.apply(Update::Gone { pod_uid: "solo".into() }, now, Duration::ZERO);
-        assert!(book.due_job(now).is_none());
+        book.apply(Update::Gone { pod_uid: "other".into() }, now, Duration::ZERO);
+        assert!(book.take_due(now).is_none());
         assert_eq!(book.open(), 0);
     }
 
@@ -204,9 +202,19 @@ mod tests {
         let mut book = IncidentBook::default();
         let now = Instant::now();
         book.apply(Update::Open(job("Pod", "a")), now, Duration::ZERO);
-        book.due_job(now).expect("due");
-        book.published();
+        book.take_due(now).expect("due");
         book.republish_all(now);
-        assert!(book.due_job(now).is_some());
+        assert!(book.take_due(now).is_some());
+    }
+
+    #[test]
+    fn a_failed_publish_is_retried_later_while_the_incident_is_open() {
+        let mut book = IncidentBook::default();
+        let now = Instant::now();
+        book.apply(Update::Open(job("Pod", "a")), now, Duration::ZERO);
+        let taken = book.take_due(now).expect("due");
+        book.retry(&taken.incident, now + Duration::from_secs(1));
+        assert!(book.take_due(now).is_none());
+        assert!(book.take_due(now + Duration::from_secs(1)).is_some());
     }
 }

@@ -14,7 +14,10 @@ pub mod tracker;
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use async_nats::jetstream;
-use futures::{StreamExt, stream::BoxStream};
+use futures::{
+    StreamExt,
+    stream::{BoxStream, FuturesUnordered},
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube_runtime::{WatchStreamExt as _, watcher};
@@ -325,23 +328,39 @@ struct Publisher {
     group_wait: Duration,
 }
 
+/// Publishes in flight at once: acknowledgements are awaited concurrently, not one by one.
+const MAX_IN_FLIGHT: usize = 256;
+
+type Publishing = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (FailureJob, Result<nats::Published, kubesent_common::Error>)>
+            + Send,
+    >,
+>;
+
 impl Publisher {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut book = IncidentBook::default();
         let mut backoff = Backoff::new(PUBLISH_RETRY_MIN, PUBLISH_RETRY_MAX);
         let mut retry_at: Option<Instant> = None;
+        let mut in_flight: FuturesUnordered<Publishing> = FuturesUnordered::new();
         loop {
             let leading = *self.leading.borrow();
             self.metrics.leader.set(i64::from(leading));
+            self.metrics.pending_jobs.set((book.pending() + in_flight.len()) as i64);
             self.metrics.notify();
             let now = Instant::now();
-            if leading
-                && retry_at.is_none_or(|at| at <= now)
-                && let Some(job) = book.due_job(now)
-            {
-                match self.publish(&job).await {
-                    Ok(()) => {
-                        book.published();
+            while leading && retry_at.is_none_or(|at| at <= now) && in_flight.len() < MAX_IN_FLIGHT {
+                let Some(job) = book.take_due(now) else { break };
+                in_flight.push(Box::pin(publish_job(self.js.clone(), job)));
+            }
+            let wake_at =
+                if leading && in_flight.len() < MAX_IN_FLIGHT { retry_at.max(book.next_due()) } else { None };
+            tokio::select! {
+                Some((job, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
+                    Ok(published) => {
+                        let outcome = if published.duplicate { "duplicate" } else { "published" };
+                        self.metrics.published.get_or_create(&ResultLabel { result: outcome }).inc();
                         backoff.reset();
                         retry_at = None;
                     }
@@ -349,19 +368,15 @@ impl Publisher {
                         self.metrics.publish_failures.inc();
                         let delay = backoff.next_delay();
                         warn!(incident = %job.incident, %error, retry_in = ?delay, pending = book.pending(), "publishing a job failed; will retry");
-                        retry_at = Some(Instant::now() + delay);
+                        let at = Instant::now() + delay;
+                        book.retry(&job.incident, at);
+                        retry_at = Some(at);
                     }
-                }
-                self.metrics.pending_jobs.set(book.pending() as i64);
-                continue;
-            }
-            let wake_at = if leading { retry_at.max(book.next_due()) } else { None };
-            tokio::select! {
+                },
                 update = self.updates.recv() => {
                     let Some(update) = update else { return };
                     book.apply(update, Instant::now(), self.group_wait);
                     self.metrics.open_incidents.set(book.open() as i64);
-                    self.metrics.pending_jobs.set(book.pending() as i64);
                 }
                 changed = self.leading.changed() => {
                     if changed.is_err() {
@@ -380,30 +395,26 @@ impl Publisher {
             }
         }
     }
+}
 
-    async fn publish(&self, job: &FailureJob) -> Result<(), kubesent_common::Error> {
-        let span = info_span!("publish_job", incident = %job.incident, namespace = %job.pod.namespace, pod = %job.pod.name);
-        async {
-            let subject = proto::job_subject(&job.pod.namespace, job.failure.kind)
-                .map_err(|e| kubesent_common::Error::Publish(e.to_string()))?;
-            let published = nats::publish(
-                &self.js,
-                subject,
-                job.incident.as_str(),
-                proto::encode(job),
-                &[(proto::headers::INCIDENT, job.incident.as_str())],
-            )
-            .await?;
-            let result = if published.duplicate { "duplicate" } else { "published" };
-            self.metrics.published.get_or_create(&ResultLabel { result }).inc();
-            if published.duplicate {
-                debug!(sequence = published.sequence, "job already published (deduplicated)");
-            } else {
-                info!(sequence = published.sequence, kind = job.failure.kind.as_str(), container = %job.failure.container, affected = job.affected_pods, "failure job published");
-            }
-            Ok(())
+/// Publishes one job and waits for its acknowledgement.
+async fn publish_job(
+    js: jetstream::Context,
+    job: FailureJob,
+) -> (FailureJob, Result<nats::Published, kubesent_common::Error>) {
+    let span = info_span!("publish_job", incident = %job.incident, namespace = %job.pod.namespace, pod = %job.pod.name);
+    let result = async {
+        let subject = proto::job_subject(&job.pod.namespace, job.failure.kind)
+            .map_err(|e| kubesent_common::Error::Publish(e.to_string()))?;
+        let published = nats::publish(&js, subject, job.incident.as_str(), proto::encode(&job), &[(proto::headers::INCIDENT, job.incident.as_str())]).await?;
+        if published.duplicate {
+            debug!(sequence = published.sequence, "job already published (deduplicated)");
+        } else {
+            info!(sequence = published.sequence, kind = job.failure.kind.as_str(), container = %job.failure.container, affected = job.affected_pods, "failure job published");
         }
-        .instrument(span)
-        .await
+        Ok(published)
     }
+    .instrument(span)
+    .await;
+    (job, result)
 }

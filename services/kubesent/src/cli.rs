@@ -42,6 +42,29 @@ pub enum Command {
     KubeSim(KubeSimArgs),
     /// Run the Gemini API emulator.
     GeminiSim(GeminiSimArgs),
+    /// Run a load-test scenario against the simulators and print its figures.
+    #[command(subcommand)]
+    Loadtest(Scenario),
+}
+
+/// Load-test scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Detector: watch-event → JetStream latency at several event rates, and RSS per tracked pod.
+    Detector {
+        /// Event rates to measure (events per second; every event is a failure transition).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        rates: Vec<u32>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Tracked pods at which the detector process's RSS is read (first = baseline).
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        rss_pods: Vec<usize>,
+        /// Skip the RSS measurement.
+        #[arg(long)]
+        no_rss: bool,
+    },
 }
 
 /// Leader election flags.
@@ -173,6 +196,7 @@ impl Cli {
             Command::Demo(args) => crate::demo::run(args).await,
             Command::KubeSim(args) => run_kube_sim(args).await,
             Command::GeminiSim(args) => run_gemini_sim(args).await,
+            Command::Loadtest(scenario) => run_loadtest(scenario).await,
         }
     }
 }
@@ -307,5 +331,22 @@ async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
     println!("gemini-sim serving on {}/v1beta/models/{{model}}:generateContent", sim.url());
     kubesent_common::shutdown_on_signal().cancelled().await;
     sim.shutdown().await;
+    Ok(())
+}
+
+async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
+    let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, "warn");
+    match scenario {
+        Scenario::Detector { rates, seconds, rss_pods, no_rss } => {
+            let options = kubesent_loadtest::detector::Options {
+                rates,
+                seconds,
+                detector_exe: if no_rss { None } else { Some(std::env::current_exe()?) },
+                rss_pods,
+            };
+            let report = kubesent_loadtest::detector::run(&options).await?;
+            println!("{report}");
+        }
+    }
     Ok(())
 }
