@@ -12,6 +12,9 @@ fn fixture(name: &str) -> Pod {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// (container, init container?, kind, exit code) of one failing container.
+type Expected = (&'static str, bool, FailureKind, Option<i32>);
+
 /// (container, init, kind, exit code) of every failing container.
 fn failures(pod: &Pod) -> Vec<(String, bool, FailureKind, Option<i32>)> {
     classify(pod)
@@ -23,7 +26,7 @@ fn failures(pod: &Pod) -> Vec<(String, bool, FailureKind, Option<i32>)> {
 #[test]
 fn every_failure_kind_is_classified_from_realistic_pods() {
     use FailureKind::*;
-    let cases: &[(&str, &[(&str, bool, FailureKind, Option<i32>)])] = &[
+    let cases: &[(&str, &[Expected])] = &[
         ("oom-crashloop.json", &[("app", false, OomKilled, Some(137))]),
         ("oom-terminated.json", &[("app", false, OomKilled, Some(137))]),
         ("killed-137.json", &[("app", false, Killed, Some(137))]),
