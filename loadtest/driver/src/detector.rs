@@ -191,6 +191,7 @@ async fn latency_run(rate: u32, seconds: u64) -> anyhow::Result<LatencyRun> {
         excluded_namespaces: Vec::new(),
         leader: None,
         group_wait: Duration::ZERO,
+        incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
     };
     let shutdown = CancellationToken::new();
     let detector = tokio::spawn(kubesent_detector::run(

@@ -150,6 +150,9 @@ impl GeminiSim {
             .with_state(shared.clone());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             if let Err(error) =
                 axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await

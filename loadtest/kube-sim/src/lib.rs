@@ -126,6 +126,10 @@ impl KubeSim {
 
     fn spawn_server(state: &Arc<SimState>, listener: TcpListener, stop: CancellationToken) -> JoinHandle<()> {
         let app = server::router(state.clone());
+        // NB: without TCP_NODELAY a watch line waits for Nagle and the client's delayed ACK (~40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(error) = serve.await {

@@ -3,10 +3,15 @@
 //! An incident of a controller-owned workload waits `group_wait` after its first failure, so replicas
 //! that fail together are counted in one job; a bare pod's incident is due at once. A leader that takes
 //! over makes every open incident due again (JetStream drops the ones already published).
+//!
+//! An incident stays open while any of its pods exists, up to `ttl` (the dedup window): a container
+//! that crash-loops is running between its kills, and closing the incident each time would publish it
+//! again on every kill. Past the window JetStream would accept the same id again, so a failure that is
+//! still there then is a new job.
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeSet, BinaryHeap, HashMap},
+    collections::{BTreeSet, BinaryHeap, HashMap, VecDeque},
     time::Duration,
 };
 
@@ -18,13 +23,6 @@ use tokio::time::Instant;
 pub enum Update {
     /// A container of a pod entered a failure.
     Open(Box<FailureJob>),
-    /// A container of a pod stopped failing.
-    Recovered {
-        /// The pod.
-        pod_uid: String,
-        /// The container.
-        container: String,
-    },
     /// A pod was deleted.
     Gone {
         /// The pod.
@@ -37,6 +35,7 @@ pub enum Update {
 struct OpenIncident {
     job: FailureJob,
     pods: BTreeSet<String>,
+    opened_at: Instant,
 }
 
 /// Open incidents and their publishing schedule.
@@ -44,6 +43,8 @@ struct OpenIncident {
 pub struct IncidentBook {
     open: HashMap<IncidentId, OpenIncident>,
     due: BinaryHeap<Reverse<(Instant, u64, IncidentId)>>,
+    /// Incidents in the order they were opened, for expiry.
+    opened: VecDeque<(Instant, IncidentId)>,
     sequence: u64,
 }
 
@@ -74,15 +75,13 @@ impl IncidentBook {
                     return;
                 }
                 let wait = if job.key.workload.kind == "Pod" { Duration::ZERO } else { group_wait };
-                self.open.insert(id.clone(), OpenIncident { job: *job, pods: BTreeSet::from([pod]) });
+                self.open.insert(
+                    id.clone(),
+                    OpenIncident { job: *job, pods: BTreeSet::from([pod]), opened_at: now },
+                );
+                self.opened.push_back((now, id.clone()));
                 self.schedule(id, now + wait);
             }
-            Update::Recovered { pod_uid, container } => self.open.retain(|_, incident| {
-                if incident.job.failure.container == container {
-                    incident.pods.remove(&pod_uid);
-                }
-                !incident.pods.is_empty()
-            }),
             Update::Gone { pod_uid } => self.open.retain(|_, incident| {
                 incident.pods.remove(&pod_uid);
                 !incident.pods.is_empty()
@@ -91,6 +90,19 @@ impl IncidentBook {
                 incident.pods.retain(|uid| existing.contains(uid));
                 !incident.pods.is_empty()
             }),
+        }
+    }
+
+    /// Closes incidents opened `ttl` or longer before `now`.
+    pub fn expire(&mut self, now: Instant, ttl: Duration) {
+        while let Some((opened_at, id)) = self.opened.front().cloned() {
+            if now.duration_since(opened_at) < ttl {
+                break;
+            }
+            self.opened.pop_front();
+            if self.open.get(&id).is_some_and(|incident| incident.opened_at == opened_at) {
+                self.open.remove(&id);
+            }
         }
     }
 
@@ -195,6 +207,26 @@ mod tests {
         book.apply(Update::Gone { pod_uid: "other".into() }, now, Duration::ZERO);
         assert!(book.take_due(now).is_none());
         assert_eq!(book.open(), 0);
+    }
+
+    #[test]
+    fn an_incident_stays_open_through_a_crash_loop_and_expires_after_the_window() {
+        let mut book = IncidentBook::default();
+        let now = Instant::now();
+        book.apply(Update::Open(job("Pod", "looping")), now, Duration::ZERO);
+        book.take_due(now).expect("published once");
+        // The same container fails again and again: still the same open incident, nothing new is due.
+        for i in 1..5 {
+            book.apply(Update::Open(job("Pod", "looping")), now + Duration::from_secs(i), Duration::ZERO);
+        }
+        assert!(book.take_due(now + Duration::from_secs(5)).is_none());
+        book.expire(now + Duration::from_secs(900), Duration::from_secs(900));
+        assert_eq!(book.open(), 0);
+        book.apply(Update::Open(job("Pod", "looping")), now + Duration::from_secs(901), Duration::ZERO);
+        assert!(
+            book.take_due(now + Duration::from_secs(901)).is_some(),
+            "a failure past the window is a new job"
+        );
     }
 
     #[test]

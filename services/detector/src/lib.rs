@@ -59,7 +59,12 @@ pub struct DetectorConfig {
     /// How long a controller-owned workload's incident waits after its first failure so the replicas
     /// failing with it are counted in the same job (bare pods are published at once).
     pub group_wait: Duration,
+    /// How long an incident stays open (at most the jobs stream's dedup window).
+    pub incident_ttl: Duration,
 }
+
+/// Default [`DetectorConfig::incident_ttl`]: the default dedup window of the jobs stream.
+pub const DEFAULT_INCIDENT_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Default [`DetectorConfig::group_wait`]: long enough for replicas that crash together to be seen.
 pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(2);
@@ -196,6 +201,7 @@ pub async fn run(
         leading,
         updates: updates_rx,
         group_wait: config.group_wait,
+        incident_ttl: config.incident_ttl,
     };
     let publishing = kubesent_common::AbortOnDrop::new(tokio::spawn(
         publisher.run(shutdown.clone()).instrument(info_span!("publisher")),
@@ -258,17 +264,10 @@ async fn watch_pods(
                 if config.excluded_namespaces.iter().any(|ns| Some(ns) == pod.metadata.namespace.as_ref()) {
                     continue;
                 }
-                let (transitions, recovered) = tracker.observe(&pod);
+                let transitions = tracker.observe(&pod);
                 deps.metrics.transitions.inc_by(transitions.len() as u64);
                 for transition in transitions {
                     updates.push(Update::Open(Box::new(build_job(&pod, &transition))));
-                }
-                if let Some(uid) = &pod.metadata.uid {
-                    updates.extend(
-                        recovered
-                            .into_iter()
-                            .map(|container| Update::Recovered { pod_uid: uid.clone(), container }),
-                    );
                 }
             }
             watcher::Event::InitDone => {
@@ -326,6 +325,7 @@ struct Publisher {
     leading: watch::Receiver<bool>,
     updates: mpsc::Receiver<Update>,
     group_wait: Duration,
+    incident_ttl: Duration,
 }
 
 /// Publishes in flight at once: acknowledgements are awaited concurrently, not one by one.
@@ -350,6 +350,7 @@ impl Publisher {
             self.metrics.pending_jobs.set((book.pending() + in_flight.len()) as i64);
             self.metrics.notify();
             let now = Instant::now();
+            book.expire(now, self.incident_ttl);
             while leading && retry_at.is_none_or(|at| at <= now) && in_flight.len() < MAX_IN_FLIGHT {
                 let Some(job) = book.take_due(now) else { break };
                 in_flight.push(Box::pin(publish_job(self.js.clone(), job)));

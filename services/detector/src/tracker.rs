@@ -43,13 +43,11 @@ impl PodTracker {
     }
 
     /// Records the pod's current state and returns the failures that are new since the last observation.
-    /// Also returns the containers that stopped failing (recovered).
-    pub fn observe(&mut self, pod: &Pod) -> (Vec<Transition>, Vec<String>) {
-        let Some(uid) = pod.metadata.uid.as_deref() else { return (Vec::new(), Vec::new()) };
+    pub fn observe(&mut self, pod: &Pod) -> Vec<Transition> {
+        let Some(uid) = pod.metadata.uid.as_deref() else { return Vec::new() };
         let observations = classify(pod);
         let previous = self.pods.get(uid);
         let mut transitions = Vec::new();
-        let mut recovered = Vec::new();
         for observation in &observations {
             let memo = previous.and_then(|memos| memos.iter().find(|m| *m.name == *observation.name));
             match (&observation.failure, memo) {
@@ -83,8 +81,6 @@ impl PodTracker {
                                 exit_code: Some(137),
                             },
                         });
-                    } else if memo.failing.is_some() {
-                        recovered.push(observation.name.clone());
                     }
                 }
                 (None, None) => {}
@@ -99,7 +95,7 @@ impl PodTracker {
             })
             .collect();
         self.pods.insert(uid.into(), memos);
-        (transitions, recovered)
+        transitions
     }
 
     /// Forgets a deleted pod.
@@ -148,7 +144,7 @@ mod tests {
             pod(2, backoff(), oom()),
             pod(3, running(), oom()),
         ];
-        let raised: usize = steps.iter().map(|p| tracker.observe(p).0.len()).sum();
+        let raised: usize = steps.iter().map(|p| tracker.observe(p).len()).sum();
         assert_eq!(raised, 1);
     }
 
@@ -156,15 +152,15 @@ mod tests {
     fn a_healthy_pod_with_a_stale_oom_raises_nothing_on_any_number_of_updates() {
         let mut tracker = PodTracker::default();
         for _ in 0..5 {
-            assert!(tracker.observe(&pod(4, running(), oom())).0.is_empty());
+            assert!(tracker.observe(&pod(4, running(), oom())).is_empty());
         }
     }
 
     #[test]
     fn a_fast_restart_after_an_oom_is_still_seen_through_the_restart_count() {
         let mut tracker = PodTracker::default();
-        assert!(tracker.observe(&pod(1, running(), oom())).0.is_empty());
-        let (raised, _) = tracker.observe(&pod(2, running(), oom()));
+        assert!(tracker.observe(&pod(1, running(), oom())).is_empty());
+        let raised = tracker.observe(&pod(2, running(), oom()));
         assert_eq!(raised.len(), 1);
         assert_eq!(raised[0].signal.kind, FailureKind::OomKilled);
     }
@@ -172,15 +168,7 @@ mod tests {
     #[test]
     fn a_pod_already_failing_when_first_seen_is_reported_once() {
         let mut tracker = PodTracker::default();
-        assert_eq!(tracker.observe(&pod(6, backoff(), oom())).0.len(), 1);
-        assert!(tracker.observe(&pod(6, backoff(), oom())).0.is_empty());
-    }
-
-    #[test]
-    fn recovery_is_reported_when_a_failing_container_runs_again_without_oom() {
-        let mut tracker = PodTracker::default();
-        tracker.observe(&pod(1, json!({"waiting": {"reason": "ImagePullBackOff"}}), json!({})));
-        let (_, recovered) = tracker.observe(&pod(1, running(), json!({})));
-        assert_eq!(recovered, ["app"]);
+        assert_eq!(tracker.observe(&pod(6, backoff(), oom())).len(), 1);
+        assert!(tracker.observe(&pod(6, backoff(), oom())).is_empty());
     }
 }

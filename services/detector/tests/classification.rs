@@ -72,12 +72,12 @@ fn replica_set_pods_group_under_their_deployment_and_bare_pods_under_themselves(
 fn the_reference_pod_seen_for_the_first_time_is_reported_once() {
     let pod = fixture("oom-crashloop.json");
     let mut tracker = PodTracker::default();
-    assert_eq!(tracker.observe(&pod).0.len(), 1);
+    assert_eq!(tracker.observe(&pod).len(), 1);
     for _ in 0..10 {
-        assert!(tracker.observe(&pod).0.is_empty(), "no job for a repeated MODIFIED event");
+        assert!(tracker.observe(&pod).is_empty(), "no job for a repeated MODIFIED event");
     }
     let healthy = fixture("healthy-stale-oom.json");
-    assert!(tracker.observe(&healthy).0.is_empty(), "a stale lastState is not a failure");
+    assert!(tracker.observe(&healthy).is_empty(), "a stale lastState is not a failure");
 }
 
 /// Arbitrary JSON, biased towards pod-shaped objects with odd fields and types.

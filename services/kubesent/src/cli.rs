@@ -256,6 +256,7 @@ async fn run_detector(args: DetectorArgs) -> anyhow::Result<()> {
         excluded_namespaces: args.excluded_namespaces,
         leader: args.leader.config(&args.common, "kubesent-detector"),
         group_wait: Duration::from_millis(args.group_wait_ms),
+        incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
     };
     let deps = kubesent_detector::DetectorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
     kubesent_detector::run(config, deps, ctx.shutdown.clone()).await?;

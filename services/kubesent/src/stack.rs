@@ -119,6 +119,7 @@ impl Stack {
             excluded_namespaces: vec!["kube-system".into()],
             leader: None,
             group_wait: kubesent_detector::DEFAULT_GROUP_WAIT,
+            incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
         };
         let deps = DetectorDeps { kube: detector_kube, js: js.clone(), metrics: metrics.detector.clone() };
         let token = shutdown.clone();
