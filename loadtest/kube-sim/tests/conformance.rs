@@ -996,9 +996,14 @@ async fn rbac_from_the_deployment_yaml_allows_what_is_granted_and_forbids_the_re
         status.message,
         "pods \"web-1\" is forbidden: User \"system:serviceaccount:kubesent:kubesent-diagnoser\" cannot delete resource \"pods\" in API group \"\" in the namespace \"shop\""
     );
-    let err = pods.logs("web-1", &LogParams::default()).await.expect_err("pods/log is not granted");
+    let resize =
+        json!({"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "512Mi"}}}]}});
+    let err = pods
+        .patch_resize("web-1", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&resize))
+        .await
+        .expect_err("pods/resize is not granted");
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
-    assert!(status.message.contains("cannot get resource \"pods/log\""), "{}", status.message);
+    assert!(status.message.contains("cannot patch resource \"pods/resize\""), "{}", status.message);
 
     let detector = client_with_token(&sim, &sim.service_account_token("kubesent", "kubesent-detector"));
     Api::<Pod>::all(detector.clone())

@@ -1,22 +1,34 @@
 //! The diagnoser worker pool: every replica pulls failure jobs from the shared durable consumer
-//! `diagnosers`, examines the live pod, applies the deterministic rules and publishes a `Verdict`.
+//! `diagnosers`, gathers the evidence (spec, logs, events, owners, previous revision), redacts it,
+//! applies the deterministic rules, asks the model chain when the rules are unsure, and publishes a
+//! `Verdict`.
 //!
 //! Jobs are acknowledged only after the verdict is stored (its `Nats-Msg-Id` is derived from the
 //! incident, so a redelivered job republishes nothing new). Undecodable jobs and jobs that keep failing
-//! go to `KUBESENT_DLQ` with the reason; a job whose pod is gone gets a `stale` verdict.
+//! go to `KUBESENT_DLQ` with the reason; a job whose pod is gone gets a `stale` verdict. When no model
+//! can answer, the job is handed back with a delay and the worker stops pulling until a model is usable.
 
+pub mod evidence;
+pub mod gather;
+pub mod llm;
+pub mod ratelimit;
+pub mod redact;
 pub mod rules;
 
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind};
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kubesent_common::{
     nats::{self, ProgressAcker, PullOptions, Topology},
     trace,
 };
 use kubesent_proto::{self as proto, Action, FailureJob, Verdict, VerdictSource, VerdictStatus};
+
+use crate::{
+    evidence::Evidence,
+    llm::chain::{ChainError, ModelChain},
+    redact::Redactor,
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
@@ -60,6 +72,77 @@ pub struct DiagnoserDeps {
     pub js: jetstream::Context,
     /// Metrics.
     pub metrics: Arc<DiagnoserMetrics>,
+    /// The model fallback chain; `None` diagnoses with rules only.
+    pub models: Option<Arc<ModelChain>>,
+}
+
+/// What a diagnosis came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Diagnosis {
+    /// A verdict to publish.
+    Verdict(Box<Verdict>),
+    /// The rules were unsure and no model can answer before `until`: hand the job back.
+    Deferred {
+        /// When the first model is usable again.
+        until: tokio::time::Instant,
+        /// The rules' verdict, for a job that cannot wait any longer.
+        fallback: Box<Verdict>,
+    },
+}
+
+/// Turns a job and its evidence into a verdict: rules first, the model chain when they are unsure.
+#[derive(Debug, Clone)]
+pub struct Diagnoser {
+    /// Bounds of the memory formula (also applied to model answers).
+    pub memory: MemoryPolicy,
+    /// The model chain, if configured.
+    pub models: Option<Arc<ModelChain>>,
+}
+
+impl Diagnoser {
+    /// Diagnoses `job` from its evidence.
+    pub async fn diagnose(&self, job: &FailureJob, evidence: &Evidence) -> Diagnosis {
+        let found = rules::diagnose(job, evidence, &self.memory);
+        let rules_verdict = verdict(
+            job,
+            VerdictStatus::Diagnosed,
+            found.root_cause.clone(),
+            found.action.clone(),
+            found.confidence,
+            VerdictSource::Rules { rule: found.rule.to_owned() },
+        );
+        let Some(models) = self.models.as_ref().filter(|_| found.confidence < rules::SURE) else {
+            return Diagnosis::Verdict(Box::new(rules_verdict));
+        };
+        let prompt = llm::prompt(job, evidence, &found);
+        let answer = models
+            .ask(&prompt, |reply| {
+                llm::parse_answer(&reply.text).map(|a| llm::map_answer(&a, job, evidence, &self.memory))
+            })
+            .await;
+        match answer {
+            Ok(answered) => {
+                let mapped = answered.value;
+                let model = answered.model_version.unwrap_or(answered.model);
+                Diagnosis::Verdict(Box::new(verdict(
+                    job,
+                    VerdictStatus::Diagnosed,
+                    mapped.root_cause,
+                    mapped.action,
+                    mapped.confidence,
+                    VerdictSource::Model { model },
+                )))
+            }
+            Err(ChainError::Unusable(why)) => {
+                let mut fallback = rules_verdict;
+                fallback.root_cause = format!("{} (model answer unusable: {why})", fallback.root_cause);
+                Diagnosis::Verdict(Box::new(fallback))
+            }
+            Err(ChainError::Unavailable { until }) => {
+                Diagnosis::Deferred { until, fallback: Box::new(rules_verdict) }
+            }
+        }
+    }
 }
 
 /// Errors that stop the diagnoser.
@@ -119,8 +202,13 @@ pub async fn run(
 ) -> Result<(), Error> {
     let consumer =
         nats::ensure_consumer(&deps.js, proto::JOBS_STREAM, config.topology.diagnosers_consumer()).await?;
-    let (_open, gate) = watch::channel(true);
-    let worker = Arc::new(Worker { config: config.clone(), deps });
+    // Without models the gate never closes; with them, it follows the chain's availability.
+    let (_open, mut gate) = watch::channel(true);
+    if let Some(models) = &deps.models {
+        gate = models.usable();
+    }
+    let diagnoser = Diagnoser { memory: config.memory, models: deps.models.clone() };
+    let worker = Arc::new(Worker { config: config.clone(), deps, diagnoser, redactor: Redactor });
     info!(concurrency = config.pull.concurrency, "diagnoser pulling jobs");
     nats::pull_loop(consumer, config.pull.clone(), gate, shutdown, move |message| {
         let worker = worker.clone();
@@ -133,6 +221,8 @@ pub async fn run(
 struct Worker {
     config: DiagnoserConfig,
     deps: DiagnoserDeps,
+    diagnoser: Diagnoser,
+    redactor: Redactor,
 }
 
 impl Worker {
@@ -157,12 +247,18 @@ impl Worker {
         span.record("namespace", job.pod.namespace.as_str());
         span.record("pod", job.pod.name.as_str());
         let _progress = ProgressAcker::start(&message, self.config.progress_interval);
-        match self.diagnose_and_publish(&job).await {
-            Ok(status) => {
+        let last_delivery = deliveries >= self.config.topology.max_deliver;
+        match self.diagnose_and_publish(&job, last_delivery).await {
+            Ok(Handled::Published(status)) => {
                 if let Err(error) = message.double_ack().await {
                     warn!(%error, "acknowledging the job failed; it will be redelivered and deduplicated");
                 }
                 self.deps.metrics.count(status);
+            }
+            Ok(Handled::Deferred(delay)) => {
+                info!(retry_in = ?delay, "no model can answer now; handing the job back");
+                self.deps.metrics.count("deferred");
+                let _ = message.ack_with(AckKind::Nak(Some(delay.max(Duration::from_secs(1))))).await;
             }
             Err(error) if deliveries >= self.config.topology.max_deliver => {
                 warn!(%error, deliveries, "job failed on its last delivery; dead-lettering it");
@@ -185,23 +281,23 @@ impl Worker {
         }
     }
 
-    /// Diagnoses `job` and publishes the verdict; returns the metric outcome.
-    async fn diagnose_and_publish(&self, job: &FailureJob) -> Result<&'static str, JobError> {
-        let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &job.pod.namespace);
-        let live = pods.get_opt(&job.pod.name).await?;
-        let verdict = match live.filter(|p| p.metadata.uid.as_deref() == Some(job.pod.uid.as_str())) {
+    /// Diagnoses `job` and publishes the verdict; returns the metric outcome, or the delay after which
+    /// the job should come back because no model could answer.
+    async fn diagnose_and_publish(&self, job: &FailureJob, last_delivery: bool) -> Result<Handled, JobError> {
+        let gathered =
+            gather::gather(&self.deps.kube, job, &self.redactor).instrument(info_span!("evidence")).await?;
+        let verdict = match gathered {
             None => stale_verdict(job),
-            Some(pod) => {
-                let found = rules::diagnose(job, &pod, &self.config.memory);
-                verdict(
-                    job,
-                    VerdictStatus::Diagnosed,
-                    found.root_cause,
-                    found.action,
-                    found.confidence,
-                    VerdictSource::Rules { rule: found.rule.to_owned() },
-                )
-            }
+            Some((_pod, evidence)) => match self.diagnoser.diagnose(job, &evidence).await {
+                Diagnosis::Verdict(verdict) => *verdict,
+                // A job that cannot be handed back again gets the rules' verdict rather than a dead letter.
+                Diagnosis::Deferred { fallback, .. } if last_delivery => *fallback,
+                Diagnosis::Deferred { until, .. } => {
+                    return Ok(Handled::Deferred(
+                        until.saturating_duration_since(tokio::time::Instant::now()),
+                    ));
+                }
+            },
         };
         let subject = proto::verdict_subject(&job.pod.namespace, &verdict.action)?;
         let published = nats::publish(
@@ -216,15 +312,24 @@ impl Worker {
             action = verdict.action.kind_str(),
             confidence = verdict.confidence,
             status = ?verdict.status,
+            source = ?verdict.source,
             duplicate = published.duplicate,
             root_cause = %verdict.root_cause,
             "verdict published"
         );
-        Ok(match verdict.status {
+        Ok(Handled::Published(match verdict.status {
             VerdictStatus::Diagnosed => "diagnosed",
             VerdictStatus::Stale => "stale",
-        })
+        }))
     }
+}
+
+/// How a job was handled.
+enum Handled {
+    /// A verdict was published (the metric outcome).
+    Published(&'static str),
+    /// No model could answer: hand the job back after this delay.
+    Deferred(Duration),
 }
 
 fn verdict(

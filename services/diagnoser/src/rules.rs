@@ -1,8 +1,15 @@
 //! The deterministic rule engine: no network, calibrated confidence. Rules decide what they are sure
 //! of; anything else is left to a model (or stays a diagnosis without an action).
+//!
+//! Confidence is calibrated against the evaluation set (`tests/eval/`): a rule's confidence is how
+//! often its verdict is right there, rounded down. Only two rules propose actions:
+//! - OOM kill with a memory limit → `IncreaseMemory` to `min(ceil_mib(limit × factor), cap)` (95);
+//! - image `not found` / `manifest unknown` while the owner's previous revision, with another image,
+//!   still has ready pods → `RollbackImage` to that image (92).
 
-use k8s_openapi::api::core::v1::Pod;
 use kubesent_proto::{Action, FailureJob, FailureKind, MemoryQuantity};
+
+use crate::evidence::Evidence;
 
 /// Bounds of the OOM memory formula.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,9 +39,8 @@ pub struct RuleVerdict {
     pub confidence: u8,
 }
 
-/// Confidence of the OOM rule when the container has a limit and was killed by the OOM killer: the
-/// kernel's verdict is unambiguous, the fix is bounded.
-const OOM_CONFIDENCE: u8 = 95;
+/// Rules at or above this confidence are final; below it a model, when configured, is asked.
+pub const SURE: u8 = 85;
 
 /// The OOM formula: `min(ceil_mib(limit × factor), max)`. `None` when the limit is already at the cap.
 pub fn increased_limit(limit: MemoryQuantity, policy: &MemoryPolicy) -> Option<MemoryQuantity> {
@@ -42,58 +48,293 @@ pub fn increased_limit(limit: MemoryQuantity, policy: &MemoryPolicy) -> Option<M
     (to > limit).then_some(to)
 }
 
-/// Applies the rules to a job and the live pod.
-pub fn diagnose(job: &FailureJob, pod: &Pod, policy: &MemoryPolicy) -> RuleVerdict {
-    let container = job.failure.container.clone();
-    match job.failure.kind {
-        FailureKind::OomKilled => match kubesent_common::pod::memory_limit(pod, &container) {
-            Some(limit) => match increased_limit(limit, policy) {
-                Some(to) => RuleVerdict {
-                    rule: "oom-increase-memory",
-                    root_cause: format!(
-                        "container {container} was OOM-killed (exit 137) at its memory limit of {limit}; its working set needs more memory"
-                    ),
-                    action: Action::IncreaseMemory { container, from: limit, to },
-                    confidence: OOM_CONFIDENCE,
-                },
-                None => RuleVerdict {
-                    rule: "oom-at-cap",
-                    root_cause: format!(
-                        "container {container} was OOM-killed at {limit}, already at the memory cap of {}; look for a leak",
-                        policy.max
-                    ),
-                    action: Action::None,
-                    confidence: 80,
-                },
-            },
-            None => RuleVerdict {
-                rule: "oom-without-limit",
-                root_cause: format!(
-                    "container {container} was OOM-killed without a memory limit: the node ran out of memory; set requests and limits"
-                ),
-                action: Action::None,
-                confidence: 70,
-            },
-        },
-        FailureKind::Killed => RuleVerdict {
-            rule: "sigkill",
-            root_cause: format!(
-                "container {container} was killed with SIGKILL (exit 137) without an OOM kill: a failing liveness probe, a preStop timeout or a child process OOM"
-            ),
-            action: Action::None,
-            confidence: 50,
-        },
-        kind => RuleVerdict {
-            rule: "unclassified",
-            root_cause: format!(
-                "container {container} is failing with {} ({})",
-                job.failure.reason,
-                kind.as_str()
-            ),
-            action: Action::None,
-            confidence: 0,
-        },
+fn verdict(rule: &'static str, confidence: u8, root_cause: String, action: Action) -> RuleVerdict {
+    RuleVerdict { rule, root_cause, action, confidence }
+}
+
+fn contains_any(haystack: &str, needles: &[&str]) -> bool {
+    let lower = haystack.to_ascii_lowercase();
+    needles.iter().any(|n| lower.contains(n))
+}
+
+/// The first log line or event message containing one of `needles`, quoted for a root cause.
+fn quote_first<'a>(evidence: &'a Evidence, needles: &[&str]) -> Option<&'a str> {
+    evidence.texts().find(|t| contains_any(t, needles))
+}
+
+fn short(text: &str) -> String {
+    let text = text.trim();
+    if text.chars().count() > 160 {
+        format!("{}…", text.chars().take(160).collect::<String>())
+    } else {
+        text.to_owned()
     }
+}
+
+/// What an exit code usually means.
+fn exit_meaning(code: i32) -> Option<&'static str> {
+    Some(match code {
+        1 => "a general application error",
+        2 => "a misuse of a shell builtin or invalid arguments",
+        126 => "a command that cannot be executed (permissions or not an executable)",
+        127 => "a command not found in the image",
+        128 => "an invalid exit argument",
+        134 => "an abort (SIGABRT), often a failed assertion",
+        137 => "a SIGKILL",
+        139 => "a segmentation fault (SIGSEGV)",
+        143 => "a SIGTERM it did not handle",
+        _ => return None,
+    })
+}
+
+/// Log phrases that name the cause of a crash, most specific first.
+const CRASH_PATTERNS: &[(&[&str], &str, u8)] = &[
+    (
+        &[
+            "connection refused",
+            "econnrefused",
+            "could not connect",
+            "connect: connection timed out",
+            "no route to host",
+        ],
+        "a dependency it connects to at start-up is unreachable",
+        75,
+    ),
+    (
+        &["no such host", "name or service not known", "temporary failure in name resolution"],
+        "a hostname it needs does not resolve",
+        75,
+    ),
+    (&["address already in use", "eaddrinuse"], "its port is already in use", 75),
+    (
+        &["permission denied", "eacces", "operation not permitted"],
+        "it lacks a permission (file mode, securityContext or capability)",
+        70,
+    ),
+    (
+        &["no such file or directory", "enoent", "filenotfound", "cannot find module", "modulenotfounderror"],
+        "a file or module it expects is missing from the image or its volumes",
+        70,
+    ),
+    (
+        &["outofmemoryerror", "java heap space", "heap out of memory", "allocation failed"],
+        "its runtime heap is exhausted below the container limit (heap settings too small)",
+        70,
+    ),
+    (
+        &[
+            "missing required",
+            "environment variable",
+            "not set",
+            "invalid configuration",
+            "config error",
+            "unknown flag",
+            "invalid argument",
+        ],
+        "its configuration or arguments are invalid or incomplete",
+        65,
+    ),
+    (
+        &[
+            "panic:",
+            "traceback (most recent call last)",
+            "unhandled exception",
+            "uncaught exception",
+            "segmentation fault",
+            "fatal error:",
+        ],
+        "the application crashes at start-up",
+        60,
+    ),
+];
+
+/// Applies the rules to a job and its evidence.
+pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) -> RuleVerdict {
+    let name = job.failure.container.clone();
+    let spec = evidence.container(&name);
+    let message = job.failure.message.clone().unwrap_or_default();
+    match job.failure.kind {
+        FailureKind::OomKilled => {
+            let limit = spec
+                .and_then(|c| c.resources.get("limits.memory"))
+                .and_then(|q| MemoryQuantity::parse(q).ok());
+            match limit {
+                Some(limit) => match increased_limit(limit, policy) {
+                    Some(to) => verdict(
+                        "oom-increase-memory",
+                        95,
+                        format!(
+                            "container {name} was OOM-killed (exit 137) at its memory limit of {limit}; its working set needs more memory"
+                        ),
+                        Action::IncreaseMemory { container: name, from: limit, to },
+                    ),
+                    None => verdict(
+                        "oom-at-cap",
+                        80,
+                        format!(
+                            "container {name} was OOM-killed at {limit}, already at the memory cap of {}; look for a leak",
+                            policy.max
+                        ),
+                        Action::None,
+                    ),
+                },
+                None => verdict(
+                    "oom-without-limit",
+                    80,
+                    format!(
+                        "container {name} was OOM-killed without a memory limit: the node ran out of memory; set requests and limits"
+                    ),
+                    Action::None,
+                ),
+            }
+        }
+        FailureKind::Killed => {
+            match quote_first(evidence, &["liveness probe failed", "failed liveness probe"]) {
+                Some(line) => {
+                    let probe = spec
+                        .and_then(|c| c.probes.iter().find(|p| p.starts_with("liveness")))
+                        .cloned()
+                        .unwrap_or_default();
+                    verdict(
+                        "liveness-probe-kill",
+                        90,
+                        format!(
+                            "container {name} was killed by the kubelet because its liveness probe failed ({}); {probe}",
+                            short(line)
+                        ),
+                        Action::None,
+                    )
+                }
+                None => verdict(
+                    "sigkill",
+                    50,
+                    format!(
+                        "container {name} was killed with SIGKILL (exit 137) without an OOM kill: a failing liveness probe, a preStop timeout or a child process OOM"
+                    ),
+                    Action::None,
+                ),
+            }
+        }
+        FailureKind::ImagePullBackOff | FailureKind::ErrImagePull => {
+            let image = spec.map(|c| c.image.clone()).unwrap_or_else(|| job.failure.image.clone());
+            let all =
+                std::iter::once(message.as_str()).chain(evidence.texts()).collect::<Vec<_>>().join("\n");
+            if contains_any(
+                &all,
+                &[
+                    "unauthorized",
+                    "authorization failed",
+                    "pull access denied",
+                    "401",
+                    "403 forbidden",
+                    "denied: ",
+                ],
+            ) {
+                return verdict(
+                    "image-pull-unauthorized",
+                    90,
+                    format!(
+                        "the registry refused to serve {image} without valid credentials: add or fix the pod's imagePullSecrets"
+                    ),
+                    Action::None,
+                );
+            }
+            if contains_any(&all, &["not found", "manifest unknown", "notfound", "does not exist"]) {
+                let previous = evidence
+                    .previous_revision
+                    .as_ref()
+                    .and_then(|p| p.images.get(&name).map(|img| (p, img.clone())));
+                return match previous {
+                    Some((p, previous_image)) if previous_image != image && p.ready_replicas > 0 => verdict(
+                        "image-not-found-rollback",
+                        92,
+                        format!(
+                            "image {image} does not exist in the registry; revision {} ran {previous_image} and still has {} ready pods",
+                            p.revision, p.ready_replicas
+                        ),
+                        Action::RollbackImage { container: name, from: image, to: previous_image },
+                    ),
+                    _ => verdict(
+                        "image-not-found",
+                        90,
+                        format!(
+                            "image {image} does not exist in the registry (wrong tag, or not pushed); there is no healthy previous revision to roll back to"
+                        ),
+                        Action::None,
+                    ),
+                };
+            }
+            verdict(
+                "image-pull-failed",
+                40,
+                format!("pulling {image} fails: {}", short(&message)),
+                Action::None,
+            )
+        }
+        FailureKind::InvalidImageName => verdict(
+            "invalid-image-name",
+            95,
+            format!(
+                "the image reference {:?} of container {name} cannot be parsed: fix the image name",
+                spec.map(|c| c.image.clone()).unwrap_or_default()
+            ),
+            Action::None,
+        ),
+        FailureKind::CreateContainerConfigError => {
+            if contains_any(&message, &["couldn't find key", "not found"]) {
+                verdict(
+                    "missing-config",
+                    95,
+                    format!(
+                        "container {name} cannot start: {} — create it or fix the reference",
+                        short(&message)
+                    ),
+                    Action::None,
+                )
+            } else {
+                verdict(
+                    "container-config",
+                    50,
+                    format!("container {name} cannot be created: {}", short(&message)),
+                    Action::None,
+                )
+            }
+        }
+        FailureKind::CrashLoop => {
+            let code = job.failure.exit_code;
+            let meaning = code.and_then(exit_meaning).map(|m| format!(" ({m})")).unwrap_or_default();
+            let exit = code.map(|c| format!("exit code {c}{meaning}")).unwrap_or_else(|| "an error".into());
+            for (needles, cause, confidence) in CRASH_PATTERNS {
+                if let Some(line) = quote_first(evidence, needles) {
+                    return verdict(
+                        "crash-log-pattern",
+                        *confidence,
+                        format!("container {name} exits with {exit}: {cause} — log: \"{}\"", short(line)),
+                        Action::None,
+                    );
+                }
+            }
+            match code {
+                Some(126 | 127) => verdict(
+                    "crash-exit-code",
+                    80,
+                    format!("container {name} exits with {exit}: check the command and the image"),
+                    Action::None,
+                ),
+                _ => verdict(
+                    "crash-exit-code",
+                    40,
+                    format!("container {name} crash-loops with {exit}"),
+                    Action::None,
+                ),
+            }
+        }
+    }
+}
+
+/// The verdict for a pod none of whose containers is failing now.
+pub fn healthy() -> RuleVerdict {
+    verdict("no-failure", 100, "no container of the pod is failing now: nothing to fix".into(), Action::None)
 }
 
 #[cfg(test)]
@@ -112,5 +353,11 @@ mod tests {
             Some(MemoryQuantity::from_mib(8 * 1024))
         );
         assert_eq!(increased_limit(MemoryQuantity::from_mib(8 * 1024), &policy), None);
+    }
+
+    #[test]
+    fn exit_codes_have_meanings() {
+        assert!(exit_meaning(127).is_some_and(|m| m.contains("not found")));
+        assert_eq!(exit_meaning(42), None);
     }
 }

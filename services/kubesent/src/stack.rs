@@ -128,7 +128,12 @@ impl Stack {
                 tracing::error!(%error, "detector stopped");
             }
         }));
-        let deps = DiagnoserDeps { kube: diagnoser_kube, js: js.clone(), metrics: metrics.diagnoser.clone() };
+        let deps = DiagnoserDeps {
+            kube: diagnoser_kube,
+            js: js.clone(),
+            metrics: metrics.diagnoser.clone(),
+            models: None,
+        };
         let config = DiagnoserConfig { topology: topology.clone(), ..DiagnoserConfig::default() };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {

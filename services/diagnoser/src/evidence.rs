@@ -1,0 +1,346 @@
+//! Evidence about one failure: a trimmed, redacted view of the pod's spec and status, its logs, its
+//! events, its owner chain and the owner's previous revision. Built by a pure function from Kubernetes
+//! objects, so the worker (reading the API) and `kubesent diagnose` (reading kubectl output) share it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Event, Pod, Probe};
+use serde::Serialize;
+
+use crate::redact::Redactor;
+
+/// Log lines kept (the tail).
+pub const LOG_TAIL_LINES: usize = 50;
+/// Bytes of log kept at most (after trimming to the tail).
+pub const LOG_MAX_BYTES: usize = 16 * 1024;
+/// Events kept (the most recent).
+const MAX_EVENTS: usize = 20;
+
+/// One container of the spec, trimmed to what a diagnosis needs. Environment values are never read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerSpec {
+    /// Name.
+    pub name: String,
+    /// True for init containers.
+    pub init: bool,
+    /// Image reference.
+    pub image: String,
+    /// Command and arguments, redacted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// `limits.memory`, `requests.cpu`, …
+    pub resources: BTreeMap<String, String>,
+    /// One line per probe.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<String>,
+    /// Names of the environment variables (values are not collected).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_names: Vec<String>,
+    /// ConfigMap and Secret references (`configMapKeyRef settings/db_url`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub config_refs: Vec<String>,
+}
+
+/// One container's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerState {
+    /// Name.
+    pub name: String,
+    /// Ready.
+    pub ready: bool,
+    /// Restart count.
+    pub restart_count: i32,
+    /// `running`, `waiting: <reason>: <message>` or `terminated: <reason> (exit N)`.
+    pub state: String,
+    /// The last termination, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_termination: Option<String>,
+}
+
+/// The tail of a container's log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Logs {
+    /// The container.
+    pub container: String,
+    /// Whether these are the previous (terminated) instance's logs.
+    pub previous: bool,
+    /// The last lines, sanitized and redacted.
+    pub lines: Vec<String>,
+    /// Whether older lines were dropped.
+    pub truncated: bool,
+}
+
+/// One event about the pod.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventSummary {
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Reason.
+    pub reason: String,
+    /// Message, redacted.
+    pub message: String,
+    /// How many times it happened.
+    pub count: i32,
+}
+
+/// The owner's previous revision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PreviousRevision {
+    /// Its revision number.
+    pub revision: String,
+    /// Image per container.
+    pub images: BTreeMap<String, String>,
+    /// How many of its pods are ready now (a revision still serving is known to work).
+    pub ready_replicas: i32,
+}
+
+/// Everything known about the failure, safe to send to a model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Phase.
+    pub phase: String,
+    /// Restart policy.
+    pub restart_policy: String,
+    /// Containers (init first).
+    pub containers: Vec<ContainerSpec>,
+    /// Container states.
+    pub states: Vec<ContainerState>,
+    /// Logs of the failing container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Logs>,
+    /// The pod's events, most recent last.
+    pub events: Vec<EventSummary>,
+    /// Owner chain, nearest first (`ReplicaSet/web-7d9c5b7f6`, `Deployment/web`).
+    pub owners: Vec<String>,
+    /// The owner's current revision number, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The owner's previous revision, if one exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_revision: Option<PreviousRevision>,
+}
+
+fn probe_line(kind: &str, probe: &Probe) -> String {
+    let how = if let Some(http) = &probe.http_get {
+        let port = match &http.port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => p.to_string(),
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(p) => p.clone(),
+        };
+        format!("httpGet :{port}{}", http.path.clone().unwrap_or_default())
+    } else if let Some(tcp) = &probe.tcp_socket {
+        format!("tcpSocket {:?}", tcp.port)
+    } else if probe.exec.is_some() {
+        "exec".to_owned()
+    } else if probe.grpc.is_some() {
+        "grpc".to_owned()
+    } else {
+        "unknown".to_owned()
+    };
+    format!(
+        "{kind}: {how}, initialDelay {}s, period {}s, timeout {}s, failureThreshold {}",
+        probe.initial_delay_seconds.unwrap_or(0),
+        probe.period_seconds.unwrap_or(10),
+        probe.timeout_seconds.unwrap_or(1),
+        probe.failure_threshold.unwrap_or(3)
+    )
+}
+
+fn container_spec(c: &Container, init: bool, redactor: &Redactor) -> ContainerSpec {
+    let mut resources = BTreeMap::new();
+    if let Some(r) = &c.resources {
+        for (section, values) in [("limits", &r.limits), ("requests", &r.requests)] {
+            for (name, quantity) in values.iter().flatten() {
+                resources.insert(format!("{section}.{name}"), quantity.0.clone());
+            }
+        }
+    }
+    let mut probes = Vec::new();
+    for (kind, probe) in
+        [("liveness", &c.liveness_probe), ("readiness", &c.readiness_probe), ("startup", &c.startup_probe)]
+    {
+        if let Some(p) = probe {
+            probes.push(probe_line(kind, p));
+        }
+    }
+    let mut config_refs = Vec::new();
+    for env in c.env.iter().flatten() {
+        if let Some(source) = &env.value_from {
+            if let Some(r) = &source.config_map_key_ref {
+                config_refs.push(format!("env {} from configMapKeyRef {}/{}", env.name, r.name, r.key));
+            }
+            if let Some(r) = &source.secret_key_ref {
+                config_refs.push(format!("env {} from secretKeyRef {}/{}", env.name, r.name, r.key));
+            }
+        }
+    }
+    for source in c.env_from.iter().flatten() {
+        if let Some(r) = &source.config_map_ref {
+            config_refs.push(format!("envFrom configMapRef {}", r.name));
+        }
+        if let Some(r) = &source.secret_ref {
+            config_refs.push(format!("envFrom secretRef {}", r.name));
+        }
+    }
+    ContainerSpec {
+        name: c.name.clone(),
+        init,
+        image: c.image.clone().unwrap_or_default(),
+        command: c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .map(|a| redactor.clean(a))
+            .collect(),
+        resources,
+        probes,
+        env_names: c.env.iter().flatten().map(|e| redactor.clean(&e.name)).collect(),
+        config_refs,
+    }
+}
+
+fn container_state(cs: &ContainerStatus, redactor: &Redactor) -> ContainerState {
+    let state = cs.state.clone().unwrap_or_default();
+    let text = if state.running.is_some() {
+        "running".to_owned()
+    } else if let Some(w) = state.waiting {
+        format!(
+            "waiting: {}: {}",
+            w.reason.unwrap_or_default(),
+            redactor.clean(&w.message.unwrap_or_default())
+        )
+    } else if let Some(t) = state.terminated {
+        format!("terminated: {} (exit {})", t.reason.unwrap_or_default(), t.exit_code)
+    } else {
+        "unknown".to_owned()
+    };
+    let last_termination = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| {
+        let finished = t.finished_at.as_ref().map(|f| f.0.to_string()).unwrap_or_default();
+        format!("{} (exit {}) at {finished}", t.reason.clone().unwrap_or_default(), t.exit_code)
+    });
+    ContainerState {
+        name: cs.name.clone(),
+        ready: cs.ready,
+        restart_count: cs.restart_count,
+        state: text,
+        last_termination,
+    }
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of `raw`, at most [`LOG_MAX_BYTES`], sanitized and redacted.
+pub fn log_tail(container: &str, previous: bool, raw: &str, redactor: &Redactor) -> Logs {
+    let all: Vec<&str> = raw.lines().collect();
+    let start = all.len().saturating_sub(LOG_TAIL_LINES);
+    let mut lines: Vec<String> = all[start..].iter().map(|l| redactor.clean(l)).collect();
+    let mut truncated = start > 0;
+    while lines.iter().map(|l| l.len() + 1).sum::<usize>() > LOG_MAX_BYTES && !lines.is_empty() {
+        lines.remove(0);
+        truncated = true;
+    }
+    Logs { container: container.to_owned(), previous, lines, truncated }
+}
+
+/// Builds the evidence from the live pod and what was read about it.
+pub fn build(
+    pod: &Pod,
+    logs: Option<Logs>,
+    events: &[Event],
+    owners: Vec<String>,
+    revision: Option<String>,
+    previous_revision: Option<PreviousRevision>,
+    redactor: &Redactor,
+) -> Evidence {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| container_spec(c, true, redactor))
+        .chain(spec.containers.iter().map(|c| container_spec(c, false, redactor)))
+        .collect();
+    let status = pod.status.clone().unwrap_or_default();
+    let states = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .map(|cs| container_state(cs, redactor))
+        .collect();
+    let mut events: Vec<&Event> = events.iter().collect();
+    events.sort_by_key(|e| e.last_timestamp.as_ref().or(e.first_timestamp.as_ref()).map(|t| t.0));
+    let start = events.len().saturating_sub(MAX_EVENTS);
+    let events = events[start..]
+        .iter()
+        .map(|e| EventSummary {
+            type_: e.type_.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            message: redactor.clean(&e.message.clone().unwrap_or_default()),
+            count: e.count.unwrap_or(1),
+        })
+        .collect();
+    Evidence {
+        pod: format!(
+            "{}/{}",
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default()
+        ),
+        phase: status.phase.unwrap_or_default(),
+        restart_policy: spec.restart_policy.unwrap_or_else(|| "Always".into()),
+        containers,
+        states,
+        logs,
+        events,
+        owners,
+        revision,
+        previous_revision,
+    }
+}
+
+impl Evidence {
+    /// The container's spec.
+    pub fn container(&self, name: &str) -> Option<&ContainerSpec> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// All log lines and event messages, for rules that look for a phrase.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.logs
+            .iter()
+            .flat_map(|l| l.lines.iter().map(String::as_str))
+            .chain(self.events.iter().map(|e| e.message.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn environment_values_are_never_collected_and_commands_are_redacted() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"containers": [{"name": "app", "image": "web:1",
+                "command": ["/app", "--db=postgres://u:topsecret@db/x"],
+                "env": [{"name": "DB_PASSWORD", "value": "hunter2"}, {"name": "MODE", "value": "prod"},
+                        {"name": "URL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "url"}}}]}]}}))
+        .expect("pod");
+        let evidence = build(&pod, None, &[], Vec::new(), None, None, &Redactor);
+        let text = serde_json::to_string(&evidence).expect("json");
+        assert!(!text.contains("hunter2") && !text.contains("topsecret") && !text.contains("prod"), "{text}");
+        assert_eq!(evidence.containers[0].env_names, ["DB_PASSWORD", "MODE", "URL"]);
+        assert_eq!(evidence.containers[0].config_refs, ["env URL from configMapKeyRef settings/url"]);
+    }
+
+    #[test]
+    fn logs_keep_the_tail_within_the_byte_cap() {
+        let raw: String = (0..500).map(|i| format!("line {i} {}\n", "x".repeat(100))).collect();
+        let logs = log_tail("app", true, &raw, &Redactor);
+        assert!(logs.lines.len() <= LOG_TAIL_LINES);
+        assert!(logs.lines.iter().map(|l| l.len() + 1).sum::<usize>() <= LOG_MAX_BYTES);
+        assert!(logs.truncated);
+        assert!(logs.lines.last().is_some_and(|l| l.starts_with("line 499")));
+    }
+}
