@@ -135,6 +135,12 @@ impl fmt::Display for MemoryQuantity {
                 return write!(f, "{}{suffix}", self.0 / unit);
             }
         }
+        for (suffix, power) in DECIMAL_SUFFIXES.iter().rev().filter(|(_, p)| *p > 0) {
+            let unit = 10u64.pow(power.unsigned_abs());
+            if self.0.is_multiple_of(unit) {
+                return write!(f, "{}{suffix}", self.0 / unit);
+            }
+        }
         write!(f, "{}", self.0)
     }
 }
@@ -209,10 +215,12 @@ mod tests {
     }
 
     #[test]
-    fn display_uses_the_largest_exact_binary_suffix() {
+    fn display_uses_the_largest_exact_binary_then_decimal_suffix() {
         assert_eq!(MemoryQuantity::from_bytes(256 << 20).to_string(), "256Mi");
         assert_eq!(MemoryQuantity::from_bytes(2 << 30).to_string(), "2Gi");
-        assert_eq!(MemoryQuantity::from_bytes(1000).to_string(), "1000");
+        assert_eq!(MemoryQuantity::from_bytes(1000).to_string(), "1k");
+        assert_eq!(MemoryQuantity::from_bytes(300_000_000).to_string(), "300M");
+        assert_eq!(MemoryQuantity::from_bytes(1001).to_string(), "1001");
         assert_eq!(MemoryQuantity::from_bytes(0).to_string(), "0");
     }
 

@@ -145,6 +145,8 @@ impl GeminiSim {
         let app = Router::new()
             .route("/v1beta/models", get(list_models))
             .route("/v1beta/models/{call}", post(generate))
+            .route("/v1beta/openai/chat/completions", post(chat_completions))
+            .route("/v1/chat/completions", post(chat_completions))
             .route("/_sim/script", post(script_over_http))
             .route("/_sim/requests", get(requests_over_http))
             .with_state(shared.clone());
@@ -413,6 +415,56 @@ async fn answer(
         tokio::time::sleep(config.latency).await;
     }
     render(reply.as_ref().unwrap_or(&config.default_reply), model, config.rpm_limit.unwrap_or(0))
+}
+
+/// The OpenAI-compatible endpoint: the same scripts and quotas, OpenAI's response shape, and errors in
+/// the Google shape wrapped in an array (as Gemini's compatibility endpoint sends them).
+async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = parsed.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let api_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let config = lock(&shared.config).clone();
+    // Reuse the native path's checks, quotas and scripts with a minimal native body.
+    let native_body = parsed.get("messages").map(|_| json!({"contents": [{"parts": [{"text": "x"}]}]}));
+    let native = answer(&shared, &config, &model, "generateContent", api_key.as_deref().or(Some("openai-compatible")), native_body.as_ref()).await;
+    let status = native.status();
+    let bytes = axum::body::to_bytes(native.into_body(), 1 << 20).await.unwrap_or_default();
+    let native_json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let response = if status == StatusCode::OK {
+        let text = native_json.pointer("/candidates/0/content/parts/0/text").and_then(Value::as_str);
+        let finish = match native_json.pointer("/candidates/0/finishReason").and_then(Value::as_str) {
+            Some("STOP") => "stop",
+            Some("MAX_TOKENS") => "length",
+            _ => "content_filter",
+        };
+        (StatusCode::OK, Json(json!({
+            "id": format!("chatcmpl-{}", response_id()), "object": "chat.completion", "created": 1_793_527_200, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 412, "completion_tokens": 38, "total_tokens": 450}
+        })))
+            .into_response()
+    } else {
+        let mut wrapped = (status, Json(json!([native_json]))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(delay) = native_json.pointer("/error/details").and_then(Value::as_array).and_then(|d| d.iter().find_map(|d| d.get("retryDelay")?.as_str()))
+            && let Ok(seconds) = delay.trim_end_matches('s').parse::<f64>()
+        {
+            wrapped.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from(seconds.ceil() as u64));
+        }
+        wrapped
+    };
+    lock(&shared.requests).push(RecordedRequest {
+        at_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        model,
+        api_key,
+        body: parsed,
+        status: response.status().as_u16(),
+    });
+    response
 }
 
 async fn list_models(State(shared): State<Arc<Shared>>) -> Response {

@@ -85,7 +85,7 @@ pub struct EventSummary {
 }
 
 /// The owner's previous revision.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PreviousRevision {
     /// Its revision number.
     pub revision: String,

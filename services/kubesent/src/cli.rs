@@ -38,6 +38,8 @@ pub enum Command {
     Remediator(RemediatorArgs),
     /// Run everything locally against the simulators and heal an OOM-killed pod.
     Demo(DemoArgs),
+    /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
+    Diagnose(crate::diagnose::DiagnoseArgs),
     /// Run the Kubernetes API simulator.
     KubeSim(KubeSimArgs),
     /// Run the Gemini API emulator.
@@ -242,6 +244,7 @@ impl Cli {
             Command::Diagnoser(args) => run_diagnoser(args).await,
             Command::Remediator(args) => run_remediator(args).await,
             Command::Demo(args) => crate::demo::run(args).await,
+            Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::KubeSim(args) => run_kube_sim(args).await,
             Command::GeminiSim(args) => run_gemini_sim(args).await,
             Command::Loadtest(scenario) => run_loadtest(scenario).await,
