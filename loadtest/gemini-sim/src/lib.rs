@@ -430,7 +430,15 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     let config = lock(&shared.config).clone();
     // Reuse the native path's checks, quotas and scripts with a minimal native body.
     let native_body = parsed.get("messages").map(|_| json!({"contents": [{"parts": [{"text": "x"}]}]}));
-    let native = answer(&shared, &config, &model, "generateContent", api_key.as_deref().or(Some("openai-compatible")), native_body.as_ref()).await;
+    let native = answer(
+        &shared,
+        &config,
+        &model,
+        "generateContent",
+        api_key.as_deref().or(Some("openai-compatible")),
+        native_body.as_ref(),
+    )
+    .await;
     let status = native.status();
     let bytes = axum::body::to_bytes(native.into_body(), 1 << 20).await.unwrap_or_default();
     let native_json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -450,10 +458,15 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     } else {
         let mut wrapped = (status, Json(json!([native_json]))).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS
-            && let Some(delay) = native_json.pointer("/error/details").and_then(Value::as_array).and_then(|d| d.iter().find_map(|d| d.get("retryDelay")?.as_str()))
+            && let Some(delay) = native_json
+                .pointer("/error/details")
+                .and_then(Value::as_array)
+                .and_then(|d| d.iter().find_map(|d| d.get("retryDelay")?.as_str()))
             && let Ok(seconds) = delay.trim_end_matches('s').parse::<f64>()
         {
-            wrapped.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from(seconds.ceil() as u64));
+            wrapped
+                .headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(seconds.ceil() as u64));
         }
         wrapped
     };

@@ -51,33 +51,59 @@ fn action_target(action: &Action) -> Option<String> {
 
 #[test]
 fn the_rule_engine_is_right_on_the_evaluation_set() {
-    let text = std::fs::read_to_string(format!("{}/tests/eval/cases.json", env!("CARGO_MANIFEST_DIR"))).expect("cases");
+    let text = std::fs::read_to_string(format!("{}/tests/eval/cases.json", env!("CARGO_MANIFEST_DIR")))
+        .expect("cases");
     let cases: Vec<Case> = serde_json::from_str(&text).expect("cases parse");
     assert!(cases.len() >= 30, "the evaluation set has at least 30 cases");
     let redactor = Redactor;
     let mut wrong = Vec::new();
     for case in &cases {
-        let observation = classify(&case.pod).into_iter().find(|o| o.failure.is_some()).expect("each case fails");
+        let observation =
+            classify(&case.pod).into_iter().find(|o| o.failure.is_some()).expect("each case fails");
         let signal = observation.failure.clone().expect("failure");
-        let job = kubesent_detector::build_job(&case.pod, &Transition { container: observation.clone(), signal });
-        let crashed = matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
+        let job =
+            kubesent_detector::build_job(&case.pod, &Transition { container: observation.clone(), signal });
+        let crashed =
+            matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
         let logs = match (crashed, &case.previous_logs, &case.logs) {
-            (true, Some(previous), _) => Some(evidence::log_tail(&observation.name, true, previous, &redactor)),
+            (true, Some(previous), _) => {
+                Some(evidence::log_tail(&observation.name, true, previous, &redactor))
+            }
             (_, _, Some(current)) => Some(evidence::log_tail(&observation.name, false, current, &redactor)),
             _ => None,
         };
-        let evidence = evidence::build(&case.pod, logs, &case.events, Vec::new(), None, case.previous_revision.clone(), &redactor);
+        let evidence = evidence::build(
+            &case.pod,
+            logs,
+            &case.events,
+            Vec::new(),
+            None,
+            case.previous_revision.clone(),
+            &redactor,
+        );
         let verdict = rules::diagnose(&job, &evidence, &MemoryPolicy::default());
         let cause = verdict.root_cause.to_lowercase();
         let right = action_type(&verdict.action) == case.expected.action
             && action_target(&verdict.action) == case.expected.to
             && case.expected.root_cause_contains.iter().all(|k| cause.contains(&k.to_lowercase()));
-        println!("{} {:<40} {:<16} {:>3}  {}", if right { "ok  " } else { "MISS" }, case.name, action_type(&verdict.action), verdict.confidence, verdict.root_cause);
+        println!(
+            "{} {:<40} {:<16} {:>3}  {}",
+            if right { "ok  " } else { "MISS" },
+            case.name,
+            action_type(&verdict.action),
+            verdict.confidence,
+            verdict.root_cause
+        );
         if !right {
             wrong.push(case.name.clone());
         }
     }
     let accuracy = 1.0 - wrong.len() as f64 / cases.len() as f64;
-    println!("rule engine accuracy: {:.1}% ({} of {} cases)", accuracy * 100.0, cases.len() - wrong.len(), cases.len());
+    println!(
+        "rule engine accuracy: {:.1}% ({} of {} cases)",
+        accuracy * 100.0,
+        cases.len() - wrong.len(),
+        cases.len()
+    );
     assert!(accuracy >= ACCURACY_BAR, "accuracy {accuracy:.3} below {ACCURACY_BAR}; wrong: {wrong:?}");
 }

@@ -22,12 +22,16 @@ fn prompt() -> Prompt {
 }
 
 async fn emulator(models: &[&str]) -> GeminiSim {
-    let config = GeminiSimConfig { models: models.iter().map(|m| (*m).to_owned()).collect(), ..GeminiSimConfig::default() };
+    let config = GeminiSimConfig {
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+        ..GeminiSimConfig::default()
+    };
     GeminiSim::start(config).await.expect("gemini-sim starts")
 }
 
 fn gemini_model(sim: &GeminiSim, name: &str) -> Model {
-    let client = GeminiClient::new(&sim.url(), "test-key".to_owned().into(), Duration::from_secs(10)).expect("client");
+    let client =
+        GeminiClient::new(&sim.url(), "test-key".to_owned().into(), Duration::from_secs(10)).expect("client");
     Model {
         name: name.into(),
         backend: Backend::Gemini(client, Thinking::for_model(name)),
@@ -51,11 +55,18 @@ async fn the_chain_falls_back_past_rate_limited_missing_and_overloaded_models() 
     sim.script(Some("m3"), Reply::Unavailable);
     sim.script(Some("m3"), Reply::Unavailable);
     sim.script(Some("m4"), Reply::Answer { text: ANSWER.into() });
-    let chain = ModelChain::new(["m1", "m2", "m3", "m4"].iter().map(|m| gemini_model(&sim, m)).collect(), Duration::from_secs(5));
+    let chain = ModelChain::new(
+        ["m1", "m2", "m3", "m4"].iter().map(|m| gemini_model(&sim, m)).collect(),
+        Duration::from_secs(5),
+    );
     let answered = chain.ask(&prompt(), accept).await.expect("m4 answers");
     assert_eq!(answered.model, "m4");
     assert_eq!(answered.value.root_cause, "the cache grows without bound");
-    assert_eq!([calls(&sim, "m1"), calls(&sim, "m2"), calls(&sim, "m3"), calls(&sim, "m4")], [1, 1, 2, 1], "m3 was retried once");
+    assert_eq!(
+        [calls(&sim, "m1"), calls(&sim, "m2"), calls(&sim, "m3"), calls(&sim, "m4")],
+        [1, 1, 2, 1],
+        "m3 was retried once"
+    );
 
     sim.set_default_reply(Reply::Answer { text: ANSWER.into() });
     let answered = chain.ask(&prompt(), accept).await.expect("answered");
@@ -75,7 +86,10 @@ async fn when_every_model_is_cooling_the_gate_closes_until_the_earliest_retry() 
     let wait = until.duration_since(started);
     assert!(wait >= Duration::from_millis(1400) && wait < Duration::from_secs(3), "{wait:?}");
     assert!(!*usable.borrow_and_update(), "the workers stop pulling");
-    tokio::time::timeout(PATIENCE, usable.wait_for(|open| *open)).await.expect("reopened").expect("gate alive");
+    tokio::time::timeout(PATIENCE, usable.wait_for(|open| *open))
+        .await
+        .expect("reopened")
+        .expect("gate alive");
     assert!(tokio::time::Instant::now() >= until);
 }
 
@@ -86,7 +100,10 @@ async fn unusable_answers_fall_through_and_are_reported() {
     sim.script(Some("b"), Reply::Safety);
     sim.script(Some("c"), Reply::BlockedPrompt);
     sim.script(Some("d"), Reply::Answer { text: "```json\nnot json at all\n```".into() });
-    let chain = ModelChain::new(["a", "b", "c", "d"].iter().map(|m| gemini_model(&sim, m)).collect(), Duration::from_secs(5));
+    let chain = ModelChain::new(
+        ["a", "b", "c", "d"].iter().map(|m| gemini_model(&sim, m)).collect(),
+        Duration::from_secs(5),
+    );
     let err = chain.ask(&prompt(), accept).await.expect_err("nothing usable");
     assert!(matches!(err, ChainError::Unusable(_)), "{err:?}");
     assert_eq!(sim.requests().len(), 4, "each model was asked once");
@@ -95,7 +112,8 @@ async fn unusable_answers_fall_through_and_are_reported() {
 #[tokio::test]
 async fn the_openai_compatible_backend_reads_answers_and_rate_limits() {
     let sim = emulator(&["local-llm"]).await;
-    let client = OpenAiClient::new(&format!("{}/v1", sim.url()), None, Duration::from_secs(10)).expect("client");
+    let client =
+        OpenAiClient::new(&format!("{}/v1", sim.url()), None, Duration::from_secs(10)).expect("client");
     sim.script(Some("local-llm"), Reply::Answer { text: ANSWER.into() });
     let reply = client.generate("local-llm", &prompt()).await.expect("answer");
     assert_eq!(llm::parse_answer(&reply.text).map(|a| a.action), Ok("none".to_owned()));
@@ -110,15 +128,22 @@ async fn the_openai_compatible_backend_reads_answers_and_rate_limits() {
 async fn a_gemini_request_carries_the_key_header_schema_and_minimal_thinking() {
     let sim = emulator(&["gemini-3.5-flash"]).await;
     sim.script(None, Reply::Answer { text: ANSWER.into() });
-    let client = GeminiClient::new(&sim.url(), "k-123".to_owned().into(), Duration::from_secs(10)).expect("client");
-    client.generate("gemini-3.5-flash", &prompt(), &Thinking::for_model("gemini-3.5-flash")).await.expect("answer");
+    let client =
+        GeminiClient::new(&sim.url(), "k-123".to_owned().into(), Duration::from_secs(10)).expect("client");
+    client
+        .generate("gemini-3.5-flash", &prompt(), &Thinking::for_model("gemini-3.5-flash"))
+        .await
+        .expect("answer");
     let request = &sim.requests()[0];
     assert_eq!(request.api_key.as_deref(), Some("k-123"));
     assert_eq!(request.body["generationConfig"]["responseMimeType"], "application/json");
     assert_eq!(request.body["generationConfig"]["responseJsonSchema"], llm::answer_schema());
     assert_eq!(request.body["generationConfig"]["thinkingConfig"]["thinkingLevel"], "minimal");
     assert_eq!(request.body["systemInstruction"]["parts"][0]["text"], "system");
-    assert!(format!("{client:?}").contains("REDACTED") && !format!("{client:?}").contains("k-123"), "the key stays out of Debug");
+    assert!(
+        format!("{client:?}").contains("REDACTED") && !format!("{client:?}").contains("k-123"),
+        "the key stays out of Debug"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +152,9 @@ async fn the_rate_limit_holds_for_replicas_sharing_the_kv_bucket() {
     let js = async_nats::jetstream::new(nats::connect(server.url(), "limits").await.expect("nats"));
     let bucket = ratelimit::bucket(&js, 1).await.expect("bucket");
     let limits = Limits { rpm: 600, tpm: None };
-    let replicas: Vec<Arc<SharedLimiter>> = (0..3).map(|_| Arc::new(SharedLimiter::new("gemini-3.5-flash", limits, Some(bucket.clone())))).collect();
+    let replicas: Vec<Arc<SharedLimiter>> = (0..3)
+        .map(|_| Arc::new(SharedLimiter::new("gemini-3.5-flash", limits, Some(bucket.clone()))))
+        .collect();
     let mut tasks = Vec::new();
     for limiter in &replicas {
         for _ in 0..8 {

@@ -72,14 +72,19 @@ fn single_pod(value: Value, path: &Path) -> anyhow::Result<Pod> {
 
 fn events_for(value: Value, pod: &Pod, path: &Path) -> anyhow::Result<Vec<Event>> {
     let items = match value.get("kind").and_then(Value::as_str) {
-        Some("List" | "EventList") | None => value.get("items").and_then(Value::as_array).cloned().unwrap_or_default(),
+        Some("List" | "EventList") | None => {
+            value.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
+        }
         Some("Event") => vec![value],
-        Some(other) => bail!("{} is a {other}, not events (use `kubectl get events -o json`)", path.display()),
+        Some(other) => {
+            bail!("{} is a {other}, not events (use `kubectl get events -o json`)", path.display())
+        }
     };
     let name = pod.metadata.name.clone().unwrap_or_default();
     let mut events = Vec::new();
     for item in items {
-        let event: Event = serde_json::from_value(item).with_context(|| format!("{} holds an invalid Event", path.display()))?;
+        let event: Event = serde_json::from_value(item)
+            .with_context(|| format!("{} holds an invalid Event", path.display()))?;
         if event.involved_object.name.as_deref() == Some(name.as_str()) {
             events.push(event);
         }
@@ -116,7 +121,9 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     let current_logs = args.logs.as_deref().map(read).transpose()?;
     let previous_logs = args.previous_logs.as_deref().map(read).transpose()?;
     let observations = classify::classify(&pod);
-    let Some((container, signal)) = observations.iter().find_map(|o| o.failure.clone().map(|f| (o.clone(), f))) else {
+    let Some((container, signal)) =
+        observations.iter().find_map(|o| o.failure.clone().map(|f| (o.clone(), f)))
+    else {
         let healthy = kubesent_diagnoser::rules::healthy();
         let out = json!({
             "root_cause": healthy.root_cause, "failure": null, "action": {"type": "none"},
@@ -127,7 +134,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     };
     let job = kubesent_detector::build_job(&pod, &Transition { container: container.clone(), signal });
     let redactor = Redactor;
-    let crashed = matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
+    let crashed =
+        matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
     let logs = match (crashed, &previous_logs, &current_logs) {
         (true, Some(previous), _) => Some(evidence::log_tail(&container.name, true, previous, &redactor)),
         (_, _, Some(current)) => Some(evidence::log_tail(&container.name, false, current, &redactor)),
@@ -143,11 +151,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         .map(|o| format!("{}/{}", o.kind, o.name))
         .collect();
     let evidence = evidence::build(&pod, logs, &events, owners, None, None, &redactor);
-    let models = if args.offline {
-        None
-    } else {
-        kubesent_diagnoser::llm::build_chain(&args.llm.settings()?, None)?
-    };
+    let models =
+        if args.offline { None } else { kubesent_diagnoser::llm::build_chain(&args.llm.settings()?, None)? };
     let diagnoser = Diagnoser { memory: MemoryPolicy::default(), models };
     let verdict = match diagnoser.diagnose(&job, &evidence).await {
         Diagnosis::Verdict(verdict) => *verdict,
