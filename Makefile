@@ -7,7 +7,7 @@ NATS_SERVER := $(TOOLS)/nats/bin/nats-server
 PIP := python3 -m pip
 export KUBESENT_NATS_SERVER := $(NATS_SERVER)
 
-.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector clean
+.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser clean
 
 setup: $(NATS_SERVER)
 
@@ -44,7 +44,10 @@ demo: setup
 	cargo run --locked --quiet -p kubesent -- demo
 
 ## Benchmarks (release builds); figures go into the README.
-bench: bench-kube-sim bench-detector
+bench: bench-kube-sim bench-detector bench-diagnoser
+
+bench-diagnoser: setup
+	cargo run --locked --release -p kubesent -- loadtest diagnoser
 
 bench-detector: setup
 	cargo bench --locked -p kubesent-detector --bench classify -- --warm-up-time 1 --measurement-time 3

@@ -2,3 +2,4 @@
 //! report with the figures the README quotes. Run through `kubesent loadtest <scenario>`.
 
 pub mod detector;
+pub mod diagnoser;

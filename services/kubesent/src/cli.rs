@@ -67,6 +67,18 @@ pub enum Scenario {
         #[arg(long)]
         no_rss: bool,
     },
+    /// Diagnoser: rules-path throughput and per-job time, and the pool-wide model quota over replicas.
+    Diagnoser {
+        /// Jobs in the rules-path saturation run.
+        #[arg(long, default_value_t = 5000)]
+        jobs: usize,
+        /// Replica counts for the quota runs (empty skips them).
+        #[arg(long, value_delimiter = ',', default_value = "1,3,10")]
+        quota_replicas: Vec<usize>,
+        /// Seconds per quota run.
+        #[arg(long, default_value_t = 100)]
+        quota_seconds: u64,
+    },
 }
 
 /// Leader election flags.
@@ -407,6 +419,12 @@ async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
             };
             let report = kubesent_loadtest::detector::run(&options).await?;
             println!("{report}");
+        }
+        Scenario::Diagnoser { jobs, quota_replicas, quota_seconds } => {
+            print!("{}", kubesent_loadtest::diagnoser::rules(jobs).await?);
+            for replicas in quota_replicas {
+                print!("{}", kubesent_loadtest::diagnoser::quota(replicas, quota_seconds).await?);
+            }
         }
     }
     Ok(())
