@@ -83,3 +83,41 @@ pub fn spawn(
     });
     (rx, task)
 }
+
+/// This replica's leadership for the lifetime of a service: elected on a Lease, or permanent without one.
+/// Dropping it (a crash) stops the election without releasing the lease; [`Leadership::release`] (after
+/// `shutdown`) lets the election step down.
+pub struct Leadership {
+    leading: watch::Receiver<bool>,
+    election: Option<crate::AbortOnDrop<()>>,
+    // NB: a permanent leader's sender must live as long as the receivers, or they see it closed.
+    _permanent: Option<watch::Sender<bool>>,
+}
+
+impl Leadership {
+    /// Competes for `config`'s lease, or leads permanently when `config` is `None`.
+    pub fn new(client: kube::Client, config: Option<LeaderConfig>, shutdown: CancellationToken) -> Self {
+        match config {
+            Some(config) => {
+                let (leading, task) = spawn(client, config, shutdown);
+                Self { leading, election: Some(crate::AbortOnDrop::new(task)), _permanent: None }
+            }
+            None => {
+                let (tx, leading) = watch::channel(true);
+                Self { leading, election: None, _permanent: Some(tx) }
+            }
+        }
+    }
+
+    /// Whether this replica leads, as a watch.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
+    }
+
+    /// Waits for the election to step down (call after cancelling its shutdown token).
+    pub async fn release(self) {
+        if let Some(election) = self.election {
+            election.join().await;
+        }
+    }
+}

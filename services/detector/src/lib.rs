@@ -21,7 +21,11 @@ use futures::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube_runtime::{WatchStreamExt as _, watcher};
-use kubesent_common::{Backoff, leader::LeaderConfig, nats};
+use kubesent_common::{
+    Backoff,
+    leader::{LeaderConfig, Leadership},
+    nats,
+};
 use kubesent_proto::{self as proto, Failure, FailureJob, PodRef};
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -186,14 +190,8 @@ pub async fn run(
     deps: DetectorDeps,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    // NB: without leader election the sender must outlive the service, or receivers see it closed.
-    let (_always_leading, mut leading) = watch::channel(true);
-    let mut election = None;
-    if let Some(leader) = config.leader.clone() {
-        let (rx, task) = kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone());
-        leading = rx;
-        election = Some(kubesent_common::AbortOnDrop::new(task));
-    }
+    let leadership = Leadership::new(deps.kube.clone(), config.leader.clone(), shutdown.clone());
+    let leading = leadership.watch();
     let (updates_tx, updates_rx) = mpsc::channel(JOB_BUFFER);
     let publisher = Publisher {
         js: deps.js.clone(),
@@ -208,9 +206,7 @@ pub async fn run(
     ));
     watch_pods(&config, &deps, updates_tx, shutdown.clone()).instrument(info_span!("pods")).await;
     publishing.join().await;
-    if let Some(election) = election {
-        election.join().await;
-    }
+    leadership.release().await;
     Ok(())
 }
 

@@ -46,7 +46,7 @@ const CANARIES: &[&str] = &[
 
 struct World {
     _nats: NatsServer,
-    _sim: KubeSim,
+    sim: KubeSim,
     gemini: GeminiSim,
     kube: kube::Client,
     js: jetstream::Context,
@@ -59,7 +59,7 @@ async fn world(topology: &Topology, gemini: GeminiSimConfig) -> World {
     let kube = kubesent_common::kube_client(Some(&sim.url())).await.expect("kube client");
     let js = jetstream::new(nats::connect(nats.url(), "test").await.expect("nats"));
     nats::ensure_streams(&js, topology).await.expect("streams");
-    World { _nats: nats, _sim: sim, gemini, kube, js }
+    World { _nats: nats, sim, gemini, kube, js }
 }
 
 fn chain(world: &World) -> Arc<ModelChain> {
@@ -220,4 +220,48 @@ async fn a_slow_model_call_keeps_its_job_through_progress_acks() {
     stop.cancel();
     task.await.expect("stopped");
     assert_eq!(metrics.jobs("diagnosed"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_pod_is_gone_gets_a_stale_verdict() {
+    let world = world(&Topology::default(), GeminiSimConfig::default()).await;
+    let mut verdicts = world.js.client().subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let (_metrics, stop, task) = start_diagnoser(&world, Topology::default());
+    let mut job = crashing_pod(&world, "gone").await;
+    job.pod.uid = "replaced-long-ago".into();
+    publish(&world, &job).await;
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.status, proto::VerdictStatus::Stale);
+    assert_eq!(verdict.action, proto::Action::None);
+    assert!(world.gemini.requests().is_empty(), "no model is asked about a pod that is gone");
+    stop.cancel();
+    task.await.expect("stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fails_on_its_last_delivery_is_dead_lettered_with_the_reason() {
+    let topology =
+        Topology { max_deliver: 2, redelivery_backoff: vec![Duration::from_secs(1)], ..Topology::default() };
+    let world = world(&topology, GeminiSimConfig::default()).await;
+    let job = crashing_pod(&world, "unreadable").await;
+    // Every API request now fails: the evidence cannot be read.
+    world.sim.state().faults.set_error_rate(1.0);
+    let (metrics, stop, task) = start_diagnoser(&world, topology);
+    publish(&world, &job).await;
+    let dlq = world.js.get_stream(proto::DLQ_STREAM).await.expect("dlq");
+    let mut dead = world.js.client().subscribe("kubesent.dlq.>").await.expect("subscribed");
+    let message =
+        tokio::time::timeout(PATIENCE, dead.next()).await.expect("dead letter in time").expect("open");
+    let reason = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(proto::headers::DLQ_REASON))
+        .map(|v| v.to_string())
+        .expect("reason");
+    assert!(reason.starts_with("failed after 2 deliveries: reading the pod"), "{reason}");
+    assert_eq!(dlq.get_info().await.expect("info").state.messages, 1);
+    stop.cancel();
+    task.await.expect("stopped");
+    assert_eq!(metrics.jobs("retried"), 1);
+    assert_eq!(metrics.jobs("dead_lettered"), 1);
 }

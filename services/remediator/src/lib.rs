@@ -151,14 +151,9 @@ pub async fn run(
     let consumer =
         nats::ensure_consumer(&deps.js, proto::VERDICTS_STREAM, config.topology.remediator_consumer())
             .await?;
-    // NB: without leader election the sender must outlive the service, or receivers see it closed.
-    let (_always_leading, mut leading) = watch::channel(true);
-    let mut election = None;
-    if let Some(leader) = config.leader.clone() {
-        let (rx, task) = kubesent_common::leader::spawn(deps.kube.clone(), leader, shutdown.clone());
-        leading = rx;
-        election = Some(kubesent_common::AbortOnDrop::new(task));
-    }
+    let leadership =
+        kubesent_common::leader::Leadership::new(deps.kube.clone(), config.leader.clone(), shutdown.clone());
+    let leading = leadership.watch();
     let recorder = Recorder::new(
         deps.kube.clone(),
         Reporter { controller: "kubesent-remediator".into(), instance: Some(config.identity.clone()) },
@@ -178,10 +173,8 @@ pub async fn run(
         async move { worker.handle(message).await }
     })
     .await;
-    if let Some(election) = election {
-        // Shutting down: let the election release the lease.
-        election.join().await;
-    }
+    // Shutting down: let the election release the lease.
+    leadership.release().await;
     Ok(())
 }
 

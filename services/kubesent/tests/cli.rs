@@ -1,0 +1,101 @@
+//! `kubesent diagnose` on kubectl output, as a user runs it.
+
+use std::{path::PathBuf, process::Command};
+
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../detector/tests/fixtures").join(name)
+}
+
+fn diagnose(args: &[&str]) -> (i32, Value, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kubesent"))
+        .arg("diagnose")
+        .args(args)
+        .output()
+        .expect("kubesent runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), serde_json::from_str(&stdout).unwrap_or(Value::Null), stderr)
+}
+
+fn temp_file(name: &str, content: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).expect("written");
+    (dir, path)
+}
+
+#[test]
+fn an_oom_killed_pod_gets_a_memory_increase_offline() {
+    let pod = fixture("oom-crashloop.json");
+    let (code, verdict, stderr) = diagnose(&["--pod", pod.to_str().expect("path"), "--offline"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        verdict["action"],
+        json!({"type": "increase_memory", "container": "app", "from": "256Mi", "to": "512Mi"})
+    );
+    assert_eq!(verdict["failure"]["kind"], "oom-killed");
+    assert_eq!(verdict["confidence"], 95);
+    assert_eq!(verdict["source"], "rules");
+    assert!(verdict["root_cause"].as_str().is_some_and(|c| c.contains("OOM-killed")));
+}
+
+#[test]
+fn logs_and_events_from_kubectl_inform_the_verdict() {
+    let (_d1, logs) = temp_file("prev.txt", "booting\nError: connect ECONNREFUSED 10.96.0.12:5432\n");
+    let events = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"metadata": {"name": "e1"}, "involvedObject": {"kind": "Pod", "name": "web-7d9c5b7f6-ccccc"}, "reason": "BackOff", "message": "Back-off restarting failed container", "type": "Warning", "count": 4},
+        {"metadata": {"name": "e2"}, "involvedObject": {"kind": "Pod", "name": "someone-else"}, "reason": "Pulled", "message": "irrelevant", "type": "Normal"}]});
+    let (_d2, events_path) = temp_file("events.json", &events.to_string());
+    let (code, verdict, stderr) = diagnose(&[
+        "--pod",
+        fixture("crashloop-exit-1.json").to_str().expect("path"),
+        "--previous-logs",
+        logs.to_str().expect("path"),
+        "--events",
+        events_path.to_str().expect("path"),
+        "--offline",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(verdict["action"], json!({"type": "none"}));
+    assert!(
+        verdict["root_cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("unreachable") && c.contains("ECONNREFUSED")),
+        "{verdict}"
+    );
+}
+
+#[test]
+fn a_healthy_pod_gets_a_verdict_that_says_so() {
+    let (code, verdict, stderr) =
+        diagnose(&["--pod", fixture("healthy-stale-oom.json").to_str().expect("path"), "--offline"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(verdict["action"], json!({"type": "none"}));
+    assert_eq!(verdict["failure"], Value::Null);
+    assert!(verdict["root_cause"].as_str().is_some_and(|c| c.contains("no container")));
+}
+
+#[test]
+fn unreadable_or_wrong_kind_input_is_a_clear_error() {
+    let (code, _, stderr) = diagnose(&["--pod", "/no/such/file.json", "--offline"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("cannot read /no/such/file.json"), "{stderr}");
+    let (_d, deployment) =
+        temp_file("d.json", r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"}}"#);
+    let (code, _, stderr) = diagnose(&["--pod", deployment.to_str().expect("path"), "--offline"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is a Deployment, not a Pod"), "{stderr}");
+    let (_d, garbage) = temp_file("g.json", "\u{0}\u{1}not json");
+    let (code, _, stderr) = diagnose(&["--pod", garbage.to_str().expect("path"), "--offline"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is not JSON"), "{stderr}");
+    let (_d, two) = temp_file(
+        "l.json",
+        r#"{"kind":"List","items":[{"kind":"Pod","metadata":{"name":"a"}},{"kind":"Pod","metadata":{"name":"b"}}]}"#,
+    );
+    let (code, _, stderr) = diagnose(&["--pod", two.to_str().expect("path"), "--offline"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("holds 2 objects"), "{stderr}");
+}
