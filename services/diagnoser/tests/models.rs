@@ -182,3 +182,34 @@ async fn the_rate_limit_holds_for_replicas_sharing_the_kv_bucket() {
     assert!(span >= Duration::from_millis(23 * 100), "24 requests within {span:?}");
     assert_eq!(slots.len(), 24);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_budget_spaces_large_prompts_across_replicas() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let js = async_nats::jetstream::new(nats::connect(server.url(), "tokens").await.expect("nats"));
+    let bucket = ratelimit::bucket(&js, 1).await.expect("bucket");
+    // Requests are plentiful (60,000 RPM) but tokens are not: 60,000 TPM is 1 ms per token.
+    let limits = Limits { rpm: 60_000, tpm: Some(60_000) };
+    let a = SharedLimiter::new("m", limits, Some(bucket.clone()));
+    let b = SharedLimiter::new("m", limits, Some(bucket));
+    let mut waits = Vec::new();
+    for limiter in [&a, &b, &a, &b] {
+        match limiter.reserve(500, Duration::from_secs(10)).await.expect("reserved") {
+            Reservation::Go(wait) => waits.push(wait),
+            Reservation::Busy(wait) => panic!("busy for {wait:?}"),
+        }
+    }
+    // Each 500-token request pushes the next one about half a second back, whichever replica asks.
+    assert!(waits[0] < Duration::from_millis(50), "{waits:?}");
+    for (i, wait) in waits.iter().enumerate().skip(1) {
+        let expected = Duration::from_millis(500 * i as u64);
+        assert!(
+            *wait + Duration::from_millis(60) >= expected,
+            "request {i} waits {wait:?}, expected about {expected:?}"
+        );
+    }
+    match a.reserve(500, Duration::from_millis(100)).await.expect("answered") {
+        Reservation::Busy(wait) => assert!(wait > Duration::from_millis(1500), "{wait:?}"),
+        Reservation::Go(wait) => panic!("a slot {wait:?} away should be busy with a 100 ms limit"),
+    }
+}
