@@ -1,7 +1,8 @@
 //! Incident keys and their fingerprints.
 //!
 //! Fifty crashing replicas of one Deployment are one incident: the key is the controlling workload,
-//! the container, the failure kind and the pod-template hash. Its fingerprint is the `Nats-Msg-Id` of
+//! the container, the failure (its kind's family: `ErrImagePull` and `ImagePullBackOff` are one) and the
+//! pod-template hash. Its fingerprint is the `Nats-Msg-Id` of
 //! the job, so a second detector leader publishing the same incident during a failover is dropped by
 //! JetStream's deduplication.
 
@@ -57,7 +58,7 @@ impl IncidentKey {
             self.workload.kind.as_str(),
             self.workload.name.as_str(),
             self.container.as_str(),
-            self.kind.as_str(),
+            self.kind.family(),
             self.template_hash.as_str(),
         ] {
             hasher.update((field.len() as u64).to_be_bytes());
@@ -88,6 +89,16 @@ mod tests {
         assert_eq!(key("web", "7d9c5b7f6").fingerprint(), key("web", "7d9c5b7f6").fingerprint());
         assert!(key("web", "7d9c5b7f6").fingerprint().as_str().starts_with("inc-"));
         assert_eq!(key("web", "7d9c5b7f6").fingerprint().as_str().len(), 4 + 24);
+    }
+
+    #[test]
+    fn err_image_pull_and_image_pull_back_off_of_one_rollout_are_one_incident() {
+        let pull = |kind| IncidentKey { kind, ..key("web", "7d9c5b7f6") };
+        assert_eq!(
+            pull(FailureKind::ErrImagePull).fingerprint(),
+            pull(FailureKind::ImagePullBackOff).fingerprint()
+        );
+        assert_ne!(pull(FailureKind::ErrImagePull).fingerprint(), pull(FailureKind::CrashLoop).fingerprint());
     }
 
     #[test]

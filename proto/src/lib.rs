@@ -52,6 +52,15 @@ impl FailureKind {
             Self::CreateContainerConfigError => "create-container-config-error",
         }
     }
+
+    /// The failure this kind is a face of: `ErrImagePull` and `ImagePullBackOff` alternate on one pod
+    /// whose image cannot be pulled, and are one failure (`image-pull`); every other kind is itself.
+    pub const fn family(self) -> &'static str {
+        match self {
+            Self::ImagePullBackOff | Self::ErrImagePull => "image-pull",
+            other => other.as_str(),
+        }
+    }
 }
 
 /// A specific pod instance (the uid tells a replacement with the same name apart).
@@ -230,6 +239,8 @@ pub enum Strategy {
     InPlaceResize,
     /// Deleted a bare pod with preconditions and created it again with the fix.
     ForceReplace,
+    /// Patched a bare pod's container image (an update the apiserver allows on a live pod).
+    PodPatch,
 }
 
 /// What happened to a verdict.

@@ -78,6 +78,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         verify_window: Duration::from_secs(args.verify_seconds),
         dry_run: false,
         rbac: true,
+        ..StackOptions::default()
     })
     .await?;
     clock.say(format!("nats-server (JetStream) at {}", stack.nats.url()));

@@ -33,11 +33,19 @@ pub struct StackOptions {
     /// Turn on kube-sim's RBAC with `deploy/base/rbac.yaml` and give each service its own
     /// ServiceAccount token, so a missing permission fails.
     pub rbac: bool,
+    /// The Kubernetes minor version kube-sim serves (`pods/resize` exists from 33).
+    pub kubernetes_minor: u32,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self { time_scale: 0.05, verify_window: Duration::from_secs(2), dry_run: false, rbac: false }
+        Self {
+            time_scale: 0.05,
+            verify_window: Duration::from_secs(2),
+            dry_run: false,
+            rbac: false,
+            kubernetes_minor: SimConfig::default().kubernetes_minor,
+        }
     }
 }
 
@@ -76,9 +84,13 @@ impl Stack {
     pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
         kubesent_common::install_crypto_provider();
         let nats = NatsServer::start().await.context("starting nats-server")?;
-        let kube_sim = KubeSim::start(SimConfig { time_scale: options.time_scale, ..SimConfig::default() })
-            .await
-            .context("starting kube-sim")?;
+        let kube_sim = KubeSim::start(SimConfig {
+            time_scale: options.time_scale,
+            kubernetes_minor: options.kubernetes_minor,
+            ..SimConfig::default()
+        })
+        .await
+        .context("starting kube-sim")?;
         let gemini_sim = GeminiSim::start(GeminiSimConfig::default()).await.context("starting gemini-sim")?;
         // Each service gets its own identity when RBAC is on; the test client is an administrator.
         let (kube, detector_kube, diagnoser_kube, remediator_kube) = if options.rbac {

@@ -1,15 +1,21 @@
-//! End to end: a real nats-server, kube-sim, gemini-sim and the three services in one process.
+//! End to end: a real nats-server, kube-sim, gemini-sim and the three services in one process, with
+//! kube-sim's RBAC on so every service runs with the permissions of `deploy/base/rbac.yaml`.
 
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::PostParams};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, rbac::v1::ClusterRole};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use kube_runtime::wait::await_condition;
 use kubesent::stack::{Stack, StackOptions};
+use kubesent_kube_sim::ImageState;
 use kubesent_proto::{self as proto, Action, MemoryQuantity, Outcome, OutcomeResult, Strategy};
 use serde_json::json;
 
-/// Upper bound for the whole detect → diagnose → replace → verify path (it takes a few seconds).
+/// Upper bound for the whole detect → diagnose → fix → verify path (it takes a few seconds).
 const PATIENCE: Duration = Duration::from_secs(90);
 
 fn oom_pod(name: &str) -> Pod {
@@ -22,76 +28,317 @@ fn oom_pod(name: &str) -> Pod {
     .expect("pod json")
 }
 
+/// A Deployment `web` in `shop`; `template_annotations` steer kube-sim's kubelet.
+fn deployment(
+    replicas: i32,
+    image: &str,
+    labels: serde_json::Value,
+    template_annotations: serde_json::Value,
+) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop", "labels": labels},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}, "annotations": template_annotations},
+                "spec": {"containers": [{"name": "app", "image": image,
+                    "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": "128Mi"}}}]}}}
+    }))
+    .expect("deployment json")
+}
+
+fn increase_128_to_256() -> Action {
+    Action::IncreaseMemory {
+        container: "app".into(),
+        from: MemoryQuantity::from_mib(128),
+        to: MemoryQuantity::from_mib(256),
+    }
+}
+
+/// A stack with RBAC on, serving Kubernetes 1.`minor`.
+async fn stack(minor: u32) -> Stack {
+    Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        rbac: true,
+        kubernetes_minor: minor,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts")
+}
+
+async fn next_outcome(outcomes: &mut async_nats::Subscriber) -> Outcome {
+    let message = tokio::time::timeout(PATIENCE, outcomes.next())
+        .await
+        .expect("an outcome in time")
+        .expect("subscription open");
+    proto::decode(&message.payload).expect("outcome decodes")
+}
+
 async fn last_sequence(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
     js.get_stream(stream).await.expect("stream").info().await.expect("info").state.last_sequence
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oom_killed_bare_pod_is_replaced_with_more_memory_and_runs() {
-    let _telemetry = kubesent_common::telemetry::init("e2e", false);
-    // RBAC on: every service runs with its own ServiceAccount from deploy/base/rbac.yaml.
-    let stack = Stack::start(StackOptions {
-        time_scale: 0.02,
-        verify_window: Duration::from_secs(1),
-        dry_run: false,
-        rbac: true,
+/// One job, one verdict, one outcome, nothing dead-lettered, and no request refused by RBAC.
+async fn assert_one_of_each_and_least_privilege(stack: &Stack) {
+    assert_eq!(last_sequence(&stack.js, proto::JOBS_STREAM).await, 1, "one job");
+    assert_eq!(last_sequence(&stack.js, proto::VERDICTS_STREAM).await, 1, "one verdict");
+    assert_eq!(last_sequence(&stack.js, proto::OUTCOMES_STREAM).await, 1, "one outcome");
+    assert_eq!(last_sequence(&stack.js, proto::DLQ_STREAM).await, 0, "nothing dead-lettered");
+    let forbidden: Vec<_> =
+        stack.kube_sim.requests().into_iter().filter(|r| r.status == 401 || r.status == 403).collect();
+    assert!(forbidden.is_empty(), "least privilege is enough: {forbidden:?}");
+}
+
+fn memory_limit(pod: &Pod) -> String {
+    let container = &pod.spec.as_ref().expect("spec").containers[0];
+    container.resources.as_ref().and_then(|r| r.limits.clone()).expect("limits")["memory"].0.clone()
+}
+
+fn running_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.container_statuses.clone()).is_some_and(|statuses| {
+        statuses.iter().all(|s| s.ready && s.state.as_ref().is_some_and(|s| s.running.is_some()))
     })
-    .await
-    .expect("stack starts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_killed_bare_pod_is_resized_in_place_and_keeps_running() {
+    let stack = stack(36).await;
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
     let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
     let original = pods.create(&PostParams::default(), &oom_pod("web-1")).await.expect("pod created");
     let original_uid = original.metadata.uid.clone().expect("uid");
 
-    let message = tokio::time::timeout(PATIENCE, outcomes.next())
-        .await
-        .expect("an outcome in time")
-        .expect("subscription open");
-    let outcome: Outcome = proto::decode(&message.payload).expect("outcome decodes");
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.strategy, Some(Strategy::InPlaceResize));
+    assert_eq!(outcome.action, increase_128_to_256());
+
+    let resized = pods.get("web-1").await.expect("pod exists");
+    assert_eq!(resized.metadata.uid.as_deref(), Some(original_uid.as_str()), "the same pod, not a new one");
+    assert_eq!(memory_limit(&resized), "256Mi");
+    let annotations = resized.metadata.annotations.clone().expect("annotations");
+    assert_eq!(annotations["kubesent.io/original-memory-limit.app"], "128Mi");
+    assert_eq!(annotations["kubesent.io/incident"], outcome.incident.as_str());
+    assert!(running_ready(&resized), "{:?}", resized.status);
+    let requests = stack.kube_sim.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.ends_with("/pods/web-1/resize") && r.status == 200)
+    );
+    assert!(!requests.iter().any(|r| r.method == "DELETE" && r.path.contains("/pods/")), "nothing deleted");
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_in_place_resize_an_oom_killed_bare_pod_is_replaced_with_more_memory() {
+    let _telemetry = kubesent_common::telemetry::init("e2e", false);
+    // Kubernetes 1.32 does not serve pods/resize: the resize falls back to a force replace.
+    let stack = stack(32).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let original = pods.create(&PostParams::default(), &oom_pod("web-1")).await.expect("pod created");
+    let original_uid = original.metadata.uid.clone().expect("uid");
+
+    let outcome = next_outcome(&mut outcomes).await;
     assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
     assert_eq!(outcome.strategy, Some(Strategy::ForceReplace));
-    assert_eq!(
-        outcome.action,
-        Action::IncreaseMemory {
-            container: "app".into(),
-            from: MemoryQuantity::from_mib(128),
-            to: MemoryQuantity::from_mib(256)
-        }
-    );
+    assert_eq!(outcome.action, increase_128_to_256());
     assert_eq!(outcome.pod.uid, original_uid);
 
     let replacement = pods.get("web-1").await.expect("replacement exists");
     assert_ne!(replacement.metadata.uid.as_deref(), Some(original_uid.as_str()));
     assert_eq!(outcome.replacement_uid, replacement.metadata.uid);
-    let container = &replacement.spec.as_ref().expect("spec").containers[0];
-    let limits = container.resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
-    assert_eq!(limits["memory"].0, "256Mi");
+    assert_eq!(memory_limit(&replacement), "256Mi");
     let annotations = replacement.metadata.annotations.clone().expect("annotations");
     assert_eq!(annotations["kubesent.io/original-memory-limit.app"], "128Mi");
+    assert!(running_ready(&replacement), "{:?}", replacement.status);
     let status =
         &replacement.status.as_ref().and_then(|s| s.container_statuses.clone()).expect("statuses")[0];
-    assert!(status.ready && status.state.as_ref().is_some_and(|s| s.running.is_some()), "{status:?}");
     assert_eq!(status.restart_count, 0);
 
-    assert_eq!(last_sequence(&stack.js, proto::JOBS_STREAM).await, 1, "one job");
-    assert_eq!(last_sequence(&stack.js, proto::VERDICTS_STREAM).await, 1, "one verdict");
-    assert_eq!(last_sequence(&stack.js, proto::OUTCOMES_STREAM).await, 1, "one outcome");
-    assert_eq!(last_sequence(&stack.js, proto::DLQ_STREAM).await, 0, "nothing dead-lettered");
-    let deleted_with_preconditions = stack
-        .kube_sim
-        .requests()
-        .iter()
-        .any(|r| r.method == "DELETE" && r.path.ends_with("/pods/web-1") && r.status == 200);
-    assert!(deleted_with_preconditions);
-    let forbidden: Vec<_> =
-        stack.kube_sim.requests().into_iter().filter(|r| r.status == 401 || r.status == 403).collect();
-    assert!(forbidden.is_empty(), "least privilege is enough: {forbidden:?}");
+    let requests = stack.kube_sim.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.ends_with("/pods/web-1/resize") && r.status == 404)
+    );
+    assert!(
+        requests.iter().any(|r| r.method == "DELETE" && r.path.ends_with("/pods/web-1") && r.status == 200)
+    );
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_killed_deployment_gets_more_memory_in_its_template_and_rolls_out() {
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(
+        3,
+        "registry.local/shop/web:1.4.2",
+        json!({}),
+        json!({"sim.kubesent.io/memory-need": "200Mi"}),
+    );
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.strategy, Some(Strategy::OwnerPatch));
+    assert_eq!(outcome.action, increase_128_to_256());
+
+    let web = deployments.get("web").await.expect("deployment");
+    let template = web.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("template");
+    let limits = template.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
+    assert_eq!(limits["memory"].0, "256Mi");
+    let annotations = web.metadata.annotations.clone().expect("annotations");
+    assert_eq!(annotations["kubesent.io/original-memory-limit.app"], "128Mi", "reversible");
+    assert_eq!(annotations["kubesent.io/incident"], outcome.incident.as_str());
+    let live: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 3, "the rollout replaced every pod");
+    for pod in &live {
+        assert_eq!(memory_limit(pod), "256Mi");
+        assert!(running_ready(pod), "{:?}", pod.status);
+    }
+    let requests = stack.kube_sim.requests();
+    assert!(
+        !requests.iter().any(|r| r.method == "DELETE" && r.path.contains("/pods/")),
+        "pods were left to the rollout"
+    );
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_updated_to_a_missing_image_is_rolled_back_to_the_previous_image() {
+    let _telemetry = kubesent_common::telemetry::init("e2e", false);
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(3, "registry.local/shop/web:1.4.2", json!({}), json!({}));
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    let available =
+        |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas) == Some(3);
+    tokio::time::timeout(PATIENCE, await_condition(deployments.clone(), "web", available))
+        .await
+        .expect("revision 1 ready in time")
+        .expect("watch");
+
+    stack.kube_sim.state().registry.set("registry.local/shop/web:1.5.0", ImageState::Missing);
+    let update = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.5.0"}]}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.strategy, Some(Strategy::OwnerPatch));
+    assert_eq!(
+        outcome.action,
+        Action::RollbackImage {
+            container: "app".into(),
+            from: "registry.local/shop/web:1.5.0".into(),
+            to: "registry.local/shop/web:1.4.2".into()
+        }
+    );
+    let web = deployments.get("web").await.expect("deployment");
+    let template = web.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("template");
+    assert_eq!(template.containers[0].image.as_deref(), Some("registry.local/shop/web:1.4.2"));
+    let annotations = web.metadata.annotations.clone().expect("annotations");
+    assert_eq!(annotations["kubesent.io/original-image.app"], "registry.local/shop/web:1.5.0", "reversible");
+    let live: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 3);
+    for pod in &live {
+        assert_eq!(
+            pod.spec.as_ref().expect("spec").containers[0].image.as_deref(),
+            Some("registry.local/shop/web:1.4.2")
+        );
+        assert!(running_ready(pod), "{:?}", pod.status);
+    }
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_managed_by_argo_cd_gets_a_suggestion_and_is_left_unchanged() {
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(
+        1,
+        "registry.local/shop/web:1.4.2",
+        json!({"argocd.argoproj.io/instance": "shop"}),
+        json!({"sim.kubesent.io/memory-need": "200Mi"}),
+    );
+    let created = deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Suggested, "{}", outcome.detail);
+    assert!(outcome.detail.contains("Argo CD"), "{}", outcome.detail);
+    assert_eq!(outcome.action, increase_128_to_256(), "the suggestion names the fix");
+    let web = deployments.get("web").await.expect("deployment");
+    assert_eq!(web.metadata.generation, created.metadata.generation, "the template is unchanged");
+    let requests = stack.kube_sim.requests();
+    assert!(
+        !requests.iter().any(|r| r.method != "GET" && r.path.contains("/deployments/web") && r.status < 300),
+        "nothing was written to the deployment"
+    );
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remediator_without_permission_records_a_failure_and_changes_nothing() {
+    let stack = stack(36).await;
+    // An installation whose remediator role lacks pod patch and resize.
+    let roles: Api<ClusterRole> = Api::all(stack.kube.clone());
+    let narrowed = json!({"rules": [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+        {"apiGroups": ["apps"], "resources": ["replicasets", "deployments", "statefulsets"], "verbs": ["get"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]});
+    roles
+        .patch("kubesent-remediator", &PatchParams::default(), &Patch::Merge(&narrowed))
+        .await
+        .expect("narrowed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let original = pods.create(&PostParams::default(), &oom_pod("web-1")).await.expect("pod created");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Failed, "{}", outcome.detail);
+    assert!(outcome.detail.contains("deploy/base/rbac.yaml"), "{}", outcome.detail);
+    let pod = pods.get("web-1").await.expect("pod exists");
+    assert_eq!(pod.metadata.uid, original.metadata.uid);
+    assert_eq!(memory_limit(&pod), "128Mi");
+    assert_eq!(
+        last_sequence(&stack.js, proto::DLQ_STREAM).await,
+        0,
+        "a verdict without permission is not retried into the DLQ"
+    );
+    assert_eq!(stack.metrics.remediator.outcomes(OutcomeResult::Failed), 1);
     stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
     let stack = Stack::start(StackOptions::default()).await.expect("stack starts");
+    let mut dead_letters = stack.nats_client.subscribe("kubesent.dlq.diagnoser").await.expect("subscribed");
     let ack = stack
         .js
         .publish("kubesent.jobs.shop.oom-killed", "{\"schema\":1,\"incident\":42}".into())
@@ -99,23 +346,14 @@ async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
         .expect("published")
         .await
         .expect("stored");
-    let dlq = stack.js.get_stream(proto::DLQ_STREAM).await.expect("dlq stream");
-    let mut dead = None;
-    let mut waited = Duration::ZERO;
-    // The diagnoser handles the job asynchronously; poll the DLQ's last message by subject.
-    while dead.is_none() && waited < PATIENCE {
-        match dlq.get_last_raw_message_by_subject("kubesent.dlq.diagnoser").await {
-            Ok(message) => dead = Some(message),
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                waited += Duration::from_millis(50);
-            }
-        }
-    }
-    let dead = dead.expect("dead letter arrived");
-    let reason = dead.headers.get(proto::headers::DLQ_REASON).map(|v| v.to_string()).expect("reason header");
+    let dead = tokio::time::timeout(PATIENCE, dead_letters.next())
+        .await
+        .expect("dead letter in time")
+        .expect("subscription open");
+    let headers = dead.headers.expect("dead letter headers");
+    let reason = headers.get(proto::headers::DLQ_REASON).map(|v| v.to_string()).expect("reason header");
     assert!(reason.starts_with("undecodable job: malformed payload"), "{reason}");
-    let original_sequence = dead.headers.get(proto::headers::DLQ_ORIGINAL_SEQUENCE).map(|v| v.to_string());
+    let original_sequence = headers.get(proto::headers::DLQ_ORIGINAL_SEQUENCE).map(|v| v.to_string());
     assert_eq!(original_sequence, Some(ack.sequence.to_string()));
     let jobs = stack
         .js

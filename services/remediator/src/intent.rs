@@ -7,15 +7,17 @@
 use async_nats::jetstream::kv;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use kubesent_proto::{Action, IncidentId, OutcomeResult, PodRef};
+use kubesent_proto::{Action, IncidentId, OutcomeResult, PodRef, Strategy, WorkloadRef};
 use serde::{Deserialize, Serialize};
 
-/// How far a force replace got.
+/// How far a remediation got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// Written; the old pod may still exist.
+    /// Written; nothing has changed yet (a force replace: the old pod may still exist).
     Pending,
+    /// The change was made (template patched, pod resized or patched); it is being verified.
+    Applied,
     /// The old pod was deleted (or is terminating); the replacement must be created.
     Deleted,
     /// The replacement exists; it is being verified.
@@ -33,14 +35,32 @@ pub struct Intent {
     pub incident: IncidentId,
     /// Where it is.
     pub phase: Phase,
-    /// The pod being replaced.
+    /// The rung of the action ladder being carried out.
+    #[serde(default = "force_replace")]
+    pub strategy: Strategy,
+    /// The failing pod (uid and resourceVersion as the gate saw them).
     pub target: PodRef,
+    /// The workload whose template is patched, for [`Strategy::OwnerPatch`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRef>,
+    /// The lock key this intent holds (per pod, or per workload).
+    #[serde(default)]
+    pub lock: String,
     /// The action.
     pub action: Action,
     /// The original pod, sanitized: enough to create it again if anything goes wrong.
-    pub original: Pod,
-    /// The pod to create.
-    pub replacement: Pod,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Pod>,
+    /// The pod to create, for a force replace (also kept for a resize, which may fall back to one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<Pod>,
+    /// The failing pods' `pod-template-hash` or `controller-revision-hash`: a rollout is done when no
+    /// pod of this revision is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_revision: Option<String>,
+    /// The container's restart count once a change made in place took effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_restarts: Option<i32>,
     /// The remediator replica that wrote the last step.
     pub actor: String,
     /// The replacement's uid once created.
@@ -54,6 +74,11 @@ pub struct Intent {
     pub detail: Option<String>,
     /// Last change.
     pub updated_at: jiff::Timestamp,
+}
+
+fn force_replace() -> Strategy {
+    // Intents written before the ladder existed were all force replaces.
+    Strategy::ForceReplace
 }
 
 /// Errors of the intent log.
@@ -92,7 +117,16 @@ pub struct Intents {
 
 /// KV key of a per-pod lock (pod names may hold dots; the key is a hash of namespace and name).
 pub fn lock_key(target: &PodRef) -> String {
-    let text = format!("{}/{}", target.namespace, target.name);
+    hashed_key(&format!("{}/{}", target.namespace, target.name))
+}
+
+/// KV key of a per-workload lock: one remediation of a Deployment or StatefulSet at a time, however many
+/// of its pods fail.
+pub fn workload_lock_key(namespace: &str, kind: &str, name: &str) -> String {
+    hashed_key(&format!("{kind}:{namespace}/{name}"))
+}
+
+fn hashed_key(text: &str) -> String {
     let hash =
         text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("lock-{hash:016x}")
@@ -144,22 +178,21 @@ impl Intents {
         })
     }
 
-    /// Takes the per-pod lock for `incident`; false if another incident holds it.
-    pub async fn lock(&self, target: &PodRef, incident: &IncidentId) -> Result<bool, IntentError> {
-        let key = lock_key(target);
-        match self.kv.create(&key, incident.to_string().into_bytes().into()).await {
+    /// Takes the lock `key` for `incident`; false if another incident holds it.
+    pub async fn lock(&self, key: &str, incident: &IncidentId) -> Result<bool, IntentError> {
+        match self.kv.create(key, incident.to_string().into_bytes().into()).await {
             Ok(_) => Ok(true),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let holder = self.kv.get(&key).await.map_err(|e| IntentError::Store(e.to_string()))?;
+                let holder = self.kv.get(key).await.map_err(|e| IntentError::Store(e.to_string()))?;
                 Ok(holder.is_some_and(|h| h == incident.as_str().as_bytes()))
             }
             Err(error) => Err(IntentError::Store(error.to_string())),
         }
     }
 
-    /// Releases the per-pod lock.
-    pub async fn unlock(&self, target: &PodRef) -> Result<(), IntentError> {
-        self.kv.delete(lock_key(target)).await.map_err(|e| IntentError::Store(e.to_string()))
+    /// Releases the lock `key`.
+    pub async fn unlock(&self, key: &str) -> Result<(), IntentError> {
+        self.kv.delete(key).await.map_err(|e| IntentError::Store(e.to_string()))
     }
 
     /// Every intent that is not done, for a remediator that takes over.

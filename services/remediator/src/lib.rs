@@ -8,16 +8,20 @@
 
 pub mod gate;
 pub mod intent;
+pub mod ladder;
 pub mod replace;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet, StatefulSet},
+    core::v1::{ObjectReference, Pod},
+};
 use kube::{
     Api, Resource as _,
-    api::{DeleteParams, PostParams, Preconditions},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
 };
 use kube_runtime::{
     WatchStreamExt as _,
@@ -43,6 +47,7 @@ use tracing::{Instrument as _, field, info, info_span, warn};
 use crate::{
     gate::{Decision, Policy},
     intent::{Claim, Intent, IntentError, Intents, Phase},
+    ladder::{Owner, Plan, WorkloadKind},
 };
 
 /// Settings of a remediator replica.
@@ -199,6 +204,18 @@ impl Finished {
     }
 }
 
+impl Intent {
+    /// How a finished intent ended, for its outcome.
+    fn finished(&self) -> Finished {
+        Finished {
+            result: self.result.unwrap_or(OutcomeResult::Applied),
+            strategy: Some(self.strategy),
+            detail: self.detail.clone().unwrap_or_default(),
+            replacement_uid: self.replacement_uid.clone(),
+        }
+    }
+}
+
 impl Remediator {
     async fn resume_on_takeover(
         self: Arc<Self>,
@@ -214,7 +231,7 @@ impl Remediator {
                         for (intent, revision) in open {
                             info!(incident = %intent.incident, phase = ?intent.phase, "finishing an intent left half-done");
                             let span = info_span!("resume", incident = %intent.incident);
-                            if let Err(error) = self.finish_replace(intent, revision).instrument(span).await {
+                            if let Err(error) = self.drive(intent, revision).instrument(span).await {
                                 warn!(%error, "resuming an intent failed; the verdict's redelivery will retry");
                             }
                         }
@@ -261,6 +278,18 @@ impl Remediator {
         let _progress = nats::ProgressAcker::start(&message, Duration::from_secs(20));
         let result = match self.remediate(&verdict).await {
             Ok(finished) => self.record(&verdict, finished).await,
+            Err(StepError::Kube(kube::Error::Api(status))) if matches!(status.code, 401 | 403) => {
+                // Retrying cannot help; a remediation that changed nothing yet ends as failed, loudly.
+                let detail = format!(
+                    "the remediator may not do this ({}): grant it the rules in deploy/base/rbac.yaml",
+                    status.message
+                );
+                match self.give_up_if_unchanged(&verdict.incident, &detail).await {
+                    Ok(true) => self.record(&verdict, Finished::plain(OutcomeResult::Failed, detail)).await,
+                    Ok(false) => Err(StepError::Kube(kube::Error::Api(status))),
+                    Err(error) => Err(error),
+                }
+            }
             Err(error) => Err(error),
         };
         match result {
@@ -290,7 +319,7 @@ impl Remediator {
     async fn remediate(&self, verdict: &Verdict) -> Result<Finished, StepError> {
         // A redelivered verdict whose intent is already under way continues where it stopped.
         if let Some((intent, revision)) = self.intents.get(&verdict.incident).await? {
-            return self.finish_replace(intent, revision).await;
+            return self.drive(intent, revision).await;
         }
         let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &verdict.pod.namespace);
         let live = pods.get_opt(&verdict.pod.name).await?;
@@ -307,85 +336,534 @@ impl Remediator {
             }
             Decision::Deny(detail) => return Ok(Finished::plain(OutcomeResult::Denied, detail)),
         };
-        if let Some(detail) = self.previous_fix_failed(&pod).await? {
+        let owner = self.resolve_owner(&pod).await?;
+        let marker = match &owner {
+            Owner::Workload(w) => w
+                .object
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(replace::INCIDENT_ANNOTATION))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            _ => pod.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION)).cloned(),
+        };
+        if let Some(detail) = self.previous_fix_failed(marker).await? {
             return Ok(Finished::plain(OutcomeResult::Denied, detail));
         }
-        if let Some(owner) =
-            pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
-        {
+        let plan = match ladder::plan(&verdict.action, &owner) {
+            Ok(plan) => plan,
+            Err(why) => return Ok(Finished::plain(OutcomeResult::Denied, why)),
+        };
+        let (labels, annotations, what) = match &owner {
+            Owner::Workload(w) => {
+                let (l, a) = w.metadata_maps();
+                (l, a, format!("{} {}", w.kind.as_str(), w.name))
+            }
+            _ => (
+                pod.metadata.labels.clone().unwrap_or_default(),
+                pod.metadata.annotations.clone().unwrap_or_default(),
+                format!("pod {}", verdict.pod.name),
+            ),
+        };
+        if let Some(tool) = ladder::gitops_manager(&labels, &annotations) {
             return Ok(Finished::plain(
-                OutcomeResult::Denied,
+                OutcomeResult::Suggested,
                 format!(
-                    "the pod is controlled by {} {}: fixing it through its owner is not supported in this version",
-                    owner.kind, owner.name
+                    "{what} is managed by {tool}: change it in Git ({}); KubeSent only suggests",
+                    serde_json::to_string(&verdict.action).unwrap_or_default()
                 ),
             ));
         }
-        let Action::IncreaseMemory { container, from, to } = &verdict.action else {
-            return Ok(Finished::plain(
-                OutcomeResult::Denied,
-                format!("{} is not supported for bare pods", verdict.action.kind_str()),
-            ));
+        if let Owner::Workload(w) = &owner
+            && let Err(why) = ladder::template_matches(w, &verdict.action)
+        {
+            return Ok(Finished::plain(OutcomeResult::Stale, why));
+        }
+        let target = proto::PodRef {
+            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
+            ..verdict.pod.clone()
         };
+        let (strategy, workload, lock) = match (&plan, &owner) {
+            (Plan::PatchOwner, Owner::Workload(w)) => (
+                Strategy::OwnerPatch,
+                Some(proto::WorkloadRef { kind: w.kind.as_str().into(), name: w.name.clone() }),
+                intent::workload_lock_key(&verdict.pod.namespace, w.kind.as_str(), &w.name),
+            ),
+            (Plan::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
+            _ => (Strategy::PodPatch, None, intent::lock_key(&target)),
+        };
+        let replacement = match &verdict.action {
+            Action::IncreaseMemory { container, from, to } if strategy == Strategy::InPlaceResize => {
+                Some(replace::with_memory_limit(&pod, container, *from, *to, &verdict.incident))
+            }
+            _ => None,
+        };
+        let old_revision = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash").or_else(|| l.get("controller-revision-hash")))
+            .cloned();
         let intent = Intent {
             schema: proto::SCHEMA_VERSION,
             incident: verdict.incident.clone(),
             phase: Phase::Pending,
-            target: proto::PodRef {
-                resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
-                ..verdict.pod.clone()
-            },
+            strategy,
+            target,
+            workload,
+            lock,
             action: verdict.action.clone(),
-            original: replace::sanitized(&pod),
-            replacement: replace::with_memory_limit(&pod, container, *from, *to, &verdict.incident),
+            original: Some(replace::sanitized(&pod)),
+            replacement,
+            old_revision,
+            baseline_restarts: None,
             actor: self.config.identity.clone(),
             replacement_uid: None,
             result: None,
             detail: None,
             updated_at: jiff::Timestamp::now(),
         };
-        if !self.intents.lock(&intent.target, &intent.incident).await? {
+        if !self.intents.lock(&intent.lock, &intent.incident).await? {
             return Ok(Finished::plain(
                 OutcomeResult::Denied,
-                "another remediation of this pod is in progress",
+                format!("another remediation of {what} is in progress"),
             ));
         }
         let (intent, revision) = match self.intents.claim(&intent).await? {
             Claim::Fresh(revision) => (intent, revision),
             Claim::Existing(existing, revision) => (*existing, revision),
         };
+        let note = format!(
+            "{} {} (incident {})",
+            verdict.action.kind_str(),
+            describe(&verdict.action),
+            verdict.incident
+        );
         self.event(
-            &pod,
+            &pod.object_ref(&()),
             EventType::Normal,
             "Remediating",
-            "IncreaseMemory",
-            format!("memory limit of {container}: {from} -> {to} (incident {})", verdict.incident),
+            verdict.action.kind_str(),
+            note.clone(),
         )
         .await;
-        self.finish_replace(intent, revision).await
+        if let Owner::Workload(w) = &owner {
+            self.event(
+                &workload_ref(&verdict.pod.namespace, w),
+                EventType::Normal,
+                "Remediating",
+                verdict.action.kind_str(),
+                note,
+            )
+            .await;
+        }
+        self.drive(intent, revision).await
     }
 
-    /// Whether the pod is a KubeSent replacement whose fix did not heal it: then nothing more is
-    /// tried automatically (escalate, do not loop).
-    async fn previous_fix_failed(&self, pod: &Pod) -> Result<Option<String>, StepError> {
-        let Some(previous) =
-            pod.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION))
+    /// Continues an intent with its strategy, from whatever phase it is in.
+    async fn drive(&self, intent: Intent, revision: u64) -> Result<Finished, StepError> {
+        // Each strategy's future holds a watcher; boxing keeps the handler's future (and the stack
+        // frames that poll it) small.
+        match intent.strategy {
+            Strategy::ForceReplace => Box::pin(self.finish_replace(intent, revision)).await,
+            Strategy::OwnerPatch => Box::pin(self.finish_owner_patch(intent, revision)).await,
+            Strategy::InPlaceResize => Box::pin(self.finish_resize(intent, revision)).await,
+            Strategy::PodPatch => Box::pin(self.finish_pod_patch(intent, revision)).await,
+        }
+    }
+
+    /// The controlling workload of `pod`, resolving a ReplicaSet to its Deployment.
+    async fn resolve_owner(&self, pod: &Pod) -> Result<Owner, StepError> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let Some(controller) =
+            pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
         else {
-            return Ok(None);
+            return Ok(Owner::Bare);
         };
-        let previous = proto::IncidentId(previous.clone());
+        let kube = self.deps.kube.clone();
+        match controller.kind.as_str() {
+            "ReplicaSet" => {
+                let rs =
+                    Api::<ReplicaSet>::namespaced(kube.clone(), &namespace).get(&controller.name).await?;
+                match rs
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+                {
+                    Some(deployment) => {
+                        let object =
+                            Api::<Deployment>::namespaced(kube, &namespace).get(&deployment.name).await?;
+                        Ok(Owner::Workload(ladder::Workload {
+                            kind: WorkloadKind::Deployment,
+                            name: deployment.name.clone(),
+                            object: serde_json::to_value(object).unwrap_or_default(),
+                        }))
+                    }
+                    None => Ok(Owner::Unsupported("ReplicaSet".into(), controller.name.clone())),
+                }
+            }
+            "StatefulSet" => {
+                let object = Api::<StatefulSet>::namespaced(kube, &namespace).get(&controller.name).await?;
+                Ok(Owner::Workload(ladder::Workload {
+                    kind: WorkloadKind::StatefulSet,
+                    name: controller.name.clone(),
+                    object: serde_json::to_value(object).unwrap_or_default(),
+                }))
+            }
+            other => Ok(Owner::Unsupported(other.into(), controller.name.clone())),
+        }
+    }
+
+    async fn workload(
+        &self,
+        namespace: &str,
+        reference: &proto::WorkloadRef,
+    ) -> Result<ladder::Workload, StepError> {
+        let kube = self.deps.kube.clone();
+        let (kind, object) = match reference.kind.as_str() {
+            "StatefulSet" => (
+                WorkloadKind::StatefulSet,
+                serde_json::to_value(
+                    Api::<StatefulSet>::namespaced(kube, namespace).get(&reference.name).await?,
+                ),
+            ),
+            _ => (
+                WorkloadKind::Deployment,
+                serde_json::to_value(
+                    Api::<Deployment>::namespaced(kube, namespace).get(&reference.name).await?,
+                ),
+            ),
+        };
+        Ok(ladder::Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() })
+    }
+
+    /// Whether a previous KubeSent fix of this target (named by its `kubesent.io/incident` annotation)
+    /// did not heal it: then nothing more is tried automatically (escalate, do not loop).
+    async fn previous_fix_failed(&self, marker: Option<String>) -> Result<Option<String>, StepError> {
+        let Some(previous) = marker else { return Ok(None) };
+        let previous = proto::IncidentId(previous);
         Ok(match self.intents.get(&previous).await? {
             Some((intent, _)) if intent.result == Some(OutcomeResult::Ineffective) => Some(format!(
-                "KubeSent already changed this pod for incident {previous} and it did not heal; escalated to a human instead of trying again"
+                "KubeSent already changed this for incident {previous} and it did not heal; escalated to a human instead of trying again"
             )),
             _ => None,
         })
+    }
+
+    /// Stores the next phase of an intent.
+    async fn advance(&self, intent: &mut Intent, revision: u64) -> Result<u64, StepError> {
+        intent.actor = self.config.identity.clone();
+        intent.updated_at = jiff::Timestamp::now();
+        Ok(self.intents.advance(intent, revision).await?)
+    }
+
+    /// Patches the owner's template (guarded by its resourceVersion), then verifies the rollout.
+    async fn finish_owner_patch(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
+        let namespace = intent.target.namespace.clone();
+        let Some(reference) = intent.workload.clone() else {
+            return self
+                .done(intent, revision, OutcomeResult::Failed, "the intent names no workload".into(), None)
+                .await;
+        };
+        loop {
+            match intent.phase {
+                Phase::Pending => {
+                    const ATTEMPTS: usize = 4;
+                    let mut patched = false;
+                    for _ in 0..ATTEMPTS {
+                        let workload = self.workload(&namespace, &reference).await?;
+                        if let Err(why) = ladder::template_matches(&workload, &intent.action) {
+                            return self.done(intent, revision, OutcomeResult::Stale, why, None).await;
+                        }
+                        let patch = ladder::owner_patch(&workload, &intent.action, &intent.incident)
+                            .map_err(StepError::Timeout)?;
+                        let params = PatchParams::default();
+                        let result = match workload.kind {
+                            WorkloadKind::Deployment => {
+                                Api::<Deployment>::namespaced(self.deps.kube.clone(), &namespace)
+                                    .patch(&workload.name, &params, &Patch::Strategic(&patch))
+                                    .await
+                                    .map(|_| ())
+                            }
+                            WorkloadKind::StatefulSet => {
+                                Api::<StatefulSet>::namespaced(self.deps.kube.clone(), &namespace)
+                                    .patch(&workload.name, &params, &Patch::Strategic(&patch))
+                                    .await
+                                    .map(|_| ())
+                            }
+                        };
+                        match result {
+                            Ok(()) => {
+                                patched = true;
+                                break;
+                            }
+                            // Changed since it was read: read it again and re-check.
+                            Err(kube::Error::Api(status)) if status.is_conflict() => continue,
+                            Err(error) => return Err(error.into()),
+                        }
+                    }
+                    if !patched {
+                        return Err(StepError::Timeout(format!(
+                            "{} {} kept changing during {ATTEMPTS} patch attempts",
+                            reference.kind, reference.name
+                        )));
+                    }
+                    info!(workload = %reference.name, kind = %reference.kind, "owner's pod template patched");
+                    intent.phase = Phase::Applied;
+                }
+                Phase::Applied | Phase::Created | Phase::Deleted => {
+                    let workload = self.workload(&namespace, &reference).await?;
+                    let container = intent.action.container().unwrap_or_default().to_owned();
+                    let old = intent.old_revision.clone().unwrap_or_default();
+                    let desired = workload.replicas();
+                    let label = if workload.kind == WorkloadKind::Deployment {
+                        "pod-template-hash"
+                    } else {
+                        "controller-revision-hash"
+                    };
+                    let is_old =
+                        move |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(label)) == Some(&old);
+                    let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &namespace);
+                    let config = watcher::Config::default().labels(&workload.selector());
+                    let verdict = self
+                        .verify(pods, config, |pods| {
+                            ladder::rollout_progress(pods, &container, &is_old, desired)
+                        })
+                        .await;
+                    let (result, detail) = verdict.describe(
+                        &format!("the rollout of {} {}", reference.kind, reference.name),
+                        self.config.verify_window,
+                    );
+                    let (kind, reason) = if result == OutcomeResult::Healed {
+                        (EventType::Normal, "Remediated")
+                    } else {
+                        (EventType::Warning, "RemediationIneffective")
+                    };
+                    self.event(
+                        &workload_ref(&namespace, &workload),
+                        kind,
+                        reason,
+                        intent.action.kind_str(),
+                        detail.clone(),
+                    )
+                    .await;
+                    return self.done(intent, revision, result, detail, None).await;
+                }
+                Phase::Done => return Ok(intent.finished()),
+            }
+            revision = self.advance(&mut intent, revision).await?;
+        }
+    }
+
+    /// Resizes a bare pod in place and verifies it; falls back to a force replace where the server does
+    /// not serve `pods/resize` or the node cannot fit the new size.
+    async fn finish_resize(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
+        let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &intent.target.namespace);
+        let name = intent.target.name.clone();
+        let Action::IncreaseMemory { container, from, to } = intent.action.clone() else {
+            return self
+                .done(
+                    intent,
+                    revision,
+                    OutcomeResult::Failed,
+                    "a resize needs a memory increase".into(),
+                    None,
+                )
+                .await;
+        };
+        loop {
+            match intent.phase {
+                Phase::Pending => {
+                    let Some(pod) = pods
+                        .get_opt(&name)
+                        .await?
+                        .filter(|p| p.metadata.uid.as_deref() == Some(intent.target.uid.as_str()))
+                    else {
+                        return self
+                            .done(
+                                intent,
+                                revision,
+                                OutcomeResult::Stale,
+                                "the pod was replaced before the resize".into(),
+                                None,
+                            )
+                            .await;
+                    };
+                    let patch =
+                        ladder::resize_patch(&pod, &container, from, to).map_err(StepError::Timeout)?;
+                    // The resize subresource changes resources only; the record of what it was (to
+                    // reverse it) and of the incident goes on the pod first.
+                    let record = serde_json::json!({"metadata": {"annotations": {
+                        format!("{}.{container}", replace::ORIGINAL_MEMORY_ANNOTATION): from.to_string(),
+                        replace::INCIDENT_ANNOTATION: intent.incident.to_string()}}});
+                    pods.patch(&name, &PatchParams::default(), &Patch::Merge(&record)).await?;
+                    match pods.patch_resize(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                        Ok(_) => {
+                            info!(%container, %to, "resized in place");
+                            intent.phase = Phase::Applied;
+                        }
+                        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 405 | 422) => {
+                            info!(code = status.code, message = %status.message, "in-place resize not possible; replacing the pod");
+                            return self.fall_back_to_replace(intent, revision).await;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                Phase::Applied | Phase::Created | Phase::Deleted => {
+                    if intent.baseline_restarts.is_none() {
+                        // First the kubelet has to actuate the new size (or say it cannot).
+                        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                        let uid = intent.target.uid.clone();
+                        let actuated = self
+                            .wait_for(pods.clone(), config, |pods| {
+                                match pods.iter().find(|p| p.metadata.uid.as_deref() == Some(uid.as_str())) {
+                                    None => ladder::Progress::Failing("the pod is gone".into()),
+                                    Some(pod) => match ladder::resize_state(pod, &container, to) {
+                                        Ok(true) => ladder::Progress::Healthy,
+                                        Ok(false) => ladder::Progress::Waiting,
+                                        Err(why) => ladder::Progress::Failing(why),
+                                    },
+                                }
+                            })
+                            .await;
+                        if !matches!(actuated, Verification::Healed) {
+                            info!(?actuated, "the resize was not actuated; replacing the pod");
+                            return self.fall_back_to_replace(intent, revision).await;
+                        }
+                        let pod = pods.get(&name).await?;
+                        intent.baseline_restarts = Some(
+                            pod.status
+                                .as_ref()
+                                .and_then(|s| s.container_statuses.as_ref())
+                                .and_then(|c| c.iter().find(|c| c.name == container))
+                                .map_or(0, |c| c.restart_count),
+                        );
+                        revision = self.advance(&mut intent, revision).await?;
+                    }
+                    return self.verify_pod_in_place(intent, revision, &pods, &container).await;
+                }
+                Phase::Done => return Ok(intent.finished()),
+            }
+            revision = self.advance(&mut intent, revision).await?;
+        }
+    }
+
+    /// Switches an intent to a force replace (the original pod and its replacement are in the intent).
+    async fn fall_back_to_replace(&self, mut intent: Intent, revision: u64) -> Result<Finished, StepError> {
+        intent.strategy = Strategy::ForceReplace;
+        intent.phase = Phase::Pending;
+        let revision = self.advance(&mut intent, revision).await?;
+        Box::pin(self.finish_replace(intent, revision)).await
+    }
+
+    /// Patches a bare pod's image (an update the apiserver allows) and verifies it.
+    async fn finish_pod_patch(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
+        let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &intent.target.namespace);
+        let name = intent.target.name.clone();
+        let Action::RollbackImage { container, from, to } = intent.action.clone() else {
+            return self
+                .done(
+                    intent,
+                    revision,
+                    OutcomeResult::Failed,
+                    "a pod patch needs an image rollback".into(),
+                    None,
+                )
+                .await;
+        };
+        loop {
+            match intent.phase {
+                Phase::Pending => {
+                    let Some(pod) = pods
+                        .get_opt(&name)
+                        .await?
+                        .filter(|p| p.metadata.uid.as_deref() == Some(intent.target.uid.as_str()))
+                    else {
+                        return self
+                            .done(
+                                intent,
+                                revision,
+                                OutcomeResult::Stale,
+                                "the pod was replaced before the patch".into(),
+                                None,
+                            )
+                            .await;
+                    };
+                    intent.baseline_restarts = Some(
+                        pod.status
+                            .as_ref()
+                            .and_then(|s| s.container_statuses.as_ref())
+                            .and_then(|c| c.iter().find(|c| c.name == container))
+                            .map_or(0, |c| c.restart_count),
+                    );
+                    let patch = serde_json::json!({
+                        "metadata": {"annotations": {
+                            format!("{}.{container}", ladder::ORIGINAL_IMAGE_ANNOTATION): from,
+                            replace::INCIDENT_ANNOTATION: intent.incident.to_string()}},
+                        "spec": {"containers": [{"name": container, "image": to}]}
+                    });
+                    pods.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+                    info!(%container, %to, "pod image rolled back");
+                    intent.phase = Phase::Applied;
+                }
+                Phase::Applied | Phase::Created | Phase::Deleted => {
+                    return self.verify_pod_in_place(intent, revision, &pods, &container).await;
+                }
+                Phase::Done => return Ok(intent.finished()),
+            }
+            revision = self.advance(&mut intent, revision).await?;
+        }
+    }
+
+    /// Verifies a pod changed in place: its container must run healthy for the window without restarting
+    /// again (one restart to leave the back-off is expected).
+    async fn verify_pod_in_place(
+        &self,
+        intent: Intent,
+        revision: u64,
+        pods: &Api<Pod>,
+        container: &str,
+    ) -> Result<Finished, StepError> {
+        let name = intent.target.name.clone();
+        let uid = intent.target.uid.clone();
+        let baseline = intent.baseline_restarts.unwrap_or(0);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let verdict = self
+            .verify(pods.clone(), config, |pods| {
+                match pods.iter().find(|p| p.metadata.uid.as_deref() == Some(uid.as_str())) {
+                    None => ladder::Progress::Failing("the pod is gone".into()),
+                    Some(pod) => ladder::container_progress(pod, container, Some(baseline)),
+                }
+            })
+            .await;
+        let (result, detail) = verdict.describe(&format!("pod {name}"), self.config.verify_window);
+        if let Ok(pod) = pods.get(&name).await {
+            let (kind, reason) = if result == OutcomeResult::Healed {
+                (EventType::Normal, "Remediated")
+            } else {
+                (EventType::Warning, "RemediationIneffective")
+            };
+            self.event(&pod.object_ref(&()), kind, reason, intent.action.kind_str(), detail.clone()).await;
+        }
+        self.done(intent, revision, result, detail, None).await
     }
 
     /// Drives a force replace from whatever phase it is in to done.
     async fn finish_replace(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
         let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &intent.target.namespace);
         let name = intent.target.name.clone();
+        let Some(replacement) = intent.replacement.clone() else {
+            return self
+                .done(
+                    intent,
+                    revision,
+                    OutcomeResult::Failed,
+                    "the intent holds no replacement pod".into(),
+                    None,
+                )
+                .await;
+        };
         loop {
             match intent.phase {
                 Phase::Pending => {
@@ -406,7 +884,7 @@ impl Remediator {
                         .map_err(|e| {
                             StepError::Timeout(format!("waiting for the DELETED event failed: {e}"))
                         })?;
-                    let created = match pods.create(&PostParams::default(), &intent.replacement).await {
+                    let created = match pods.create(&PostParams::default(), &replacement).await {
                         Ok(pod) => pod,
                         Err(kube::Error::Api(status)) if status.is_already_exists() => {
                             let existing = pods.get(&name).await?;
@@ -432,33 +910,57 @@ impl Remediator {
                     intent.phase = Phase::Created;
                     info!(replacement = ?intent.replacement_uid, "replacement pod created");
                 }
-                Phase::Created => {
+                Phase::Created | Phase::Applied => {
                     let uid = intent.replacement_uid.clone().unwrap_or_default();
                     let container = intent.action.container().unwrap_or_default().to_owned();
-                    let (result, detail) = self.verify(&pods, &name, &uid, &container).await;
+                    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                    let verdict = self
+                        .verify(pods.clone(), config, |pods| {
+                            match pods.iter().find(|p| p.metadata.uid.as_deref() == Some(uid.as_str())) {
+                                None => ladder::Progress::Waiting,
+                                Some(pod) => ladder::container_progress(pod, &container, None),
+                            }
+                        })
+                        .await;
+                    let (result, detail) = verdict.describe("the replacement", self.config.verify_window);
                     if let Ok(pod) = pods.get(&name).await {
                         let (kind, reason) = if result == OutcomeResult::Healed {
                             (EventType::Normal, "Remediated")
                         } else {
                             (EventType::Warning, "RemediationIneffective")
                         };
-                        self.event(&pod, kind, reason, intent.action.kind_str(), detail.clone()).await;
+                        self.event(
+                            &pod.object_ref(&()),
+                            kind,
+                            reason,
+                            intent.action.kind_str(),
+                            detail.clone(),
+                        )
+                        .await;
                     }
-                    let replacement = intent.replacement_uid.clone();
-                    return self.done(intent, revision, result, detail, replacement).await;
+                    let replacement_uid = intent.replacement_uid.clone();
+                    return self.done(intent, revision, result, detail, replacement_uid).await;
                 }
-                Phase::Done => {
-                    return Ok(Finished {
-                        result: intent.result.unwrap_or(OutcomeResult::Applied),
-                        strategy: Some(Strategy::ForceReplace),
-                        detail: intent.detail.unwrap_or_default(),
-                        replacement_uid: intent.replacement_uid,
-                    });
-                }
+                Phase::Done => return Ok(intent.finished()),
             }
-            intent.actor = self.config.identity.clone();
-            intent.updated_at = jiff::Timestamp::now();
-            revision = self.intents.advance(&intent, revision).await?;
+            revision = self.advance(&mut intent, revision).await?;
+        }
+    }
+
+    /// Ends the incident's intent as failed if nothing was changed yet (true); an intent that already
+    /// changed something is kept so a retry or a takeover finishes it (false).
+    async fn give_up_if_unchanged(
+        &self,
+        incident: &proto::IncidentId,
+        detail: &str,
+    ) -> Result<bool, StepError> {
+        match self.intents.get(incident).await? {
+            None => Ok(true),
+            Some((intent, revision)) if intent.phase == Phase::Pending => {
+                self.done(intent, revision, OutcomeResult::Failed, detail.to_owned(), None).await?;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
         }
     }
 
@@ -472,13 +974,16 @@ impl Remediator {
     ) -> Result<Finished, StepError> {
         intent.phase = Phase::Done;
         intent.result = Some(result);
-        intent.detail = Some(detail.clone());
+        intent.detail = Some(detail);
+        intent.replacement_uid = replacement_uid.or(intent.replacement_uid.clone());
         intent.updated_at = jiff::Timestamp::now();
         self.intents.advance(&intent, revision).await?;
-        if let Err(error) = self.intents.unlock(&intent.target).await {
-            warn!(%error, "releasing the pod lock failed");
+        let lock =
+            if intent.lock.is_empty() { intent::lock_key(&intent.target) } else { intent.lock.clone() };
+        if let Err(error) = self.intents.unlock(&lock).await {
+            warn!(%error, "releasing the lock failed");
         }
-        Ok(Finished { result, strategy: Some(Strategy::ForceReplace), detail, replacement_uid })
+        Ok(intent.finished())
     }
 
     /// Deletes the original pod with a uid precondition and the latest resourceVersion. A status update
@@ -512,37 +1017,68 @@ impl Remediator {
         Err(StepError::Timeout(format!("the pod kept changing during {ATTEMPTS} delete attempts")))
     }
 
-    /// Watches the replacement until it has been healthy for the verify window (healed), fails again,
-    /// or the timeout passes (ineffective).
+    /// Waits until `evaluate` says healthy (at once), failing, or the verify timeout passes.
+    async fn wait_for(
+        &self,
+        pods: Api<Pod>,
+        config: watcher::Config,
+        evaluate: impl Fn(&[Pod]) -> ladder::Progress,
+    ) -> Verification {
+        Box::pin(self.watch_pods(pods, config, Duration::ZERO, evaluate)).await
+    }
+
+    /// Waits until `evaluate` has said healthy for the whole verify window, failing, or the timeout.
     async fn verify(
         &self,
-        pods: &Api<Pod>,
-        name: &str,
-        uid: &str,
-        container: &str,
-    ) -> (OutcomeResult, String) {
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut events = watcher(pods.clone(), config).default_backoff().applied_objects().boxed();
+        pods: Api<Pod>,
+        config: watcher::Config,
+        evaluate: impl Fn(&[Pod]) -> ladder::Progress,
+    ) -> Verification {
+        Box::pin(self.watch_pods(pods, config, self.config.verify_window, evaluate)).await
+    }
+
+    async fn watch_pods(
+        &self,
+        pods: Api<Pod>,
+        config: watcher::Config,
+        window: Duration,
+        evaluate: impl Fn(&[Pod]) -> ladder::Progress,
+    ) -> Verification {
+        let mut events = watcher(pods, config).default_backoff().boxed();
+        let mut current: BTreeMap<String, Pod> = BTreeMap::new();
+        let mut listed = false;
         let deadline = tokio::time::Instant::now() + self.config.verify_timeout;
         let mut healthy_since: Option<tokio::time::Instant> = None;
         loop {
-            let healed_at = healthy_since.map(|t| t + self.config.verify_window);
+            let healed_at = healthy_since.map(|t| t + window);
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {
-                    return (OutcomeResult::Ineffective, format!("the replacement did not stay healthy within {:?}", self.config.verify_timeout));
-                }
-                () = async { match healed_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
-                    return (OutcomeResult::Healed, format!("the replacement ran healthy for {:?}", self.config.verify_window));
-                }
+                () = tokio::time::sleep_until(deadline) => return Verification::TimedOut(self.config.verify_timeout),
+                () = async { match healed_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => return Verification::Healed,
                 event = events.next() => {
-                    let Some(Ok(pod)) = event else { continue };
-                    if pod.metadata.uid.as_deref() != Some(uid) {
+                    let Some(Ok(event)) = event else { continue };
+                    match event {
+                        watcher::Event::Init => current.clear(),
+                        watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                            current.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+                        }
+                        watcher::Event::Delete(pod) => {
+                            current.remove(pod.metadata.name.as_deref().unwrap_or_default());
+                        }
+                        watcher::Event::InitDone => listed = true,
+                    }
+                    if !listed {
                         continue;
                     }
-                    match container_health(&pod, container) {
-                        Health::Failing(reason) => return (OutcomeResult::Ineffective, format!("the replacement failed again: {reason}")),
-                        Health::Ready => { healthy_since.get_or_insert_with(tokio::time::Instant::now); }
-                        Health::Starting => healthy_since = None,
+                    let pods: Vec<Pod> = current.values().cloned().collect();
+                    match evaluate(&pods) {
+                        ladder::Progress::Failing(why) => return Verification::Failed(why),
+                        ladder::Progress::Healthy => {
+                            let since = *healthy_since.get_or_insert_with(tokio::time::Instant::now);
+                            if window.is_zero() && since <= tokio::time::Instant::now() {
+                                return Verification::Healed;
+                            }
+                        }
+                        ladder::Progress::Waiting => healthy_since = None,
                     }
                 }
             }
@@ -577,8 +1113,14 @@ impl Remediator {
         Ok(())
     }
 
-    async fn event(&self, pod: &Pod, type_: EventType, reason: &str, action: &str, note: String) {
-        let reference: ObjectReference = pod.object_ref(&());
+    async fn event(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = KubeEvent {
             type_,
             reason: reason.into(),
@@ -586,43 +1128,52 @@ impl Remediator {
             action: action.into(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
+        if let Err(error) = self.recorder.publish(&event, reference).await {
             warn!(%error, "recording a Kubernetes event failed");
         }
     }
 }
 
-/// How a container looks during verification.
-#[derive(Debug, PartialEq)]
-enum Health {
-    Ready,
-    Starting,
-    Failing(String),
+/// How a verification ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Verification {
+    Healed,
+    Failed(String),
+    TimedOut(Duration),
 }
 
-fn container_health(pod: &Pod, container: &str) -> Health {
-    let Some(cs) = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|l| l.iter().find(|c| c.name == container))
-    else {
-        return Health::Starting;
-    };
-    let state = cs.state.clone().unwrap_or_default();
-    if let Some(t) = state.terminated.as_ref().filter(|t| t.exit_code != 0) {
-        return Health::Failing(t.reason.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)));
+impl Verification {
+    /// The outcome and its sentence, for `what` (`the replacement`, `pod web-1`, …).
+    fn describe(&self, what: &str, window: Duration) -> (OutcomeResult, String) {
+        match self {
+            Self::Healed => (OutcomeResult::Healed, format!("{what} ran healthy for {window:?}")),
+            Self::Failed(why) => (OutcomeResult::Ineffective, format!("{what} failed again: {why}")),
+            Self::TimedOut(timeout) => {
+                (OutcomeResult::Ineffective, format!("{what} did not stay healthy within {timeout:?}"))
+            }
+        }
     }
-    if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
-        return Health::Failing(t.reason.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)));
+}
+
+/// A one-phrase description of an action for events.
+fn describe(action: &Action) -> String {
+    match action {
+        Action::IncreaseMemory { container, from, to } => {
+            format!("memory limit of {container}: {from} -> {to}")
+        }
+        Action::RollbackImage { container, from, to } => format!("image of {container}: {from} -> {to}"),
+        Action::None => String::new(),
     }
-    if let Some(reason) = state
-        .waiting
-        .as_ref()
-        .and_then(|w| w.reason.clone())
-        .filter(|r| r != "ContainerCreating" && r != "PodInitializing")
-    {
-        return Health::Failing(reason);
+}
+
+/// An ObjectReference to a workload, for events.
+fn workload_ref(namespace: &str, workload: &ladder::Workload) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some(workload.kind.as_str().into()),
+        name: Some(workload.name.clone()),
+        namespace: Some(namespace.into()),
+        uid: workload.uid().map(str::to_owned),
+        ..ObjectReference::default()
     }
-    if state.running.is_some() && cs.ready { Health::Ready } else { Health::Starting }
 }

@@ -1,0 +1,444 @@
+//! The action ladder, as pure functions: which way a typed action is applied to a target, the patches
+//! it sends, and how the target's progress reads during verification.
+//!
+//! - A pod controlled by a Deployment (through its ReplicaSet) or a StatefulSet: patch the owner's pod
+//!   template, guarded by its resourceVersion; the rollout replaces the pods.
+//! - A bare pod and a memory increase: resize it in place through `pods/resize`; where the server does not
+//!   serve it or the node cannot fit it, force-replace it.
+//! - A bare pod and an image rollback: patch the pod's image (an update the apiserver allows).
+//! - Anything else (a bare ReplicaSet, a DaemonSet, a Job) is refused: its template change would not
+//!   replace the failing pods, or it is not KubeSent's to change.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
+use kubesent_proto::{Action, IncidentId, MemoryQuantity};
+use serde_json::{Value, json};
+
+use crate::replace::INCIDENT_ANNOTATION;
+
+/// Annotation prefix recording a container's image before KubeSent rolled it back.
+pub const ORIGINAL_IMAGE_ANNOTATION: &str = "kubesent.io/original-image";
+
+/// A workload KubeSent changes through its pod template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+}
+
+impl WorkloadKind {
+    /// The Kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+        }
+    }
+}
+
+/// The controlling workload of a failing pod, as read from the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// Deployment or StatefulSet.
+    pub kind: WorkloadKind,
+    /// Its name.
+    pub name: String,
+    /// The object as JSON (template, selector, replicas, annotations, resourceVersion).
+    pub object: Value,
+}
+
+impl Workload {
+    /// `metadata.resourceVersion`.
+    pub fn resource_version(&self) -> Option<&str> {
+        self.object.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+    }
+
+    /// `metadata.uid`.
+    pub fn uid(&self) -> Option<&str> {
+        self.object.pointer("/metadata/uid").and_then(Value::as_str)
+    }
+
+    /// Desired replicas.
+    pub fn replicas(&self) -> i64 {
+        self.object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
+    }
+
+    /// The label selector as `k=v,k=v`.
+    pub fn selector(&self) -> String {
+        self.object
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    }
+
+    /// The template's container `name`.
+    pub fn template_container(&self, name: &str) -> Option<Container> {
+        let containers = self.object.pointer("/spec/template/spec/containers")?.as_array()?;
+        let found = containers.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(name))?;
+        serde_json::from_value(found.clone()).ok()
+    }
+
+    /// The object's labels and annotations (for the GitOps check).
+    pub fn metadata_maps(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let map = |pointer: &str| -> BTreeMap<String, String> {
+            self.object
+                .pointer(pointer)
+                .and_then(Value::as_object)
+                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+                .unwrap_or_default()
+        };
+        (map("/metadata/labels"), map("/metadata/annotations"))
+    }
+}
+
+/// What owns a failing pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    /// Nothing: a bare pod.
+    Bare,
+    /// A workload changed through its template.
+    Workload(Workload),
+    /// A controller KubeSent does not change (kind, name).
+    Unsupported(String, String),
+}
+
+/// How an action is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Patch the owner's pod template.
+    PatchOwner,
+    /// Resize the bare pod in place (force replace when the server or node cannot).
+    ResizeInPlace,
+    /// Patch the bare pod's image.
+    PatchPodImage,
+}
+
+/// Chooses the rung of the ladder, or says why the action cannot be applied.
+pub fn plan(action: &Action, owner: &Owner) -> Result<Plan, String> {
+    match (action, owner) {
+        (Action::None, _) => Err("the verdict has no action".into()),
+        (_, Owner::Unsupported(kind, name)) => Err(format!(
+            "the pod is controlled by {kind} {name}; KubeSent changes Deployments, StatefulSets and bare pods only"
+        )),
+        (_, Owner::Workload(_)) => Ok(Plan::PatchOwner),
+        (Action::IncreaseMemory { .. }, Owner::Bare) => Ok(Plan::ResizeInPlace),
+        (Action::RollbackImage { .. }, Owner::Bare) => Ok(Plan::PatchPodImage),
+    }
+}
+
+/// The tool that manages an object declaratively, if any: its changes would be reverted, so KubeSent only
+/// suggests them.
+pub fn gitops_manager(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Option<&'static str> {
+    if labels.contains_key("argocd.argoproj.io/instance")
+        || annotations.contains_key("argocd.argoproj.io/tracking-id")
+    {
+        return Some("Argo CD");
+    }
+    if labels
+        .keys()
+        .any(|k| k.starts_with("kustomize.toolkit.fluxcd.io/") || k.starts_with("helm.toolkit.fluxcd.io/"))
+    {
+        return Some("Flux");
+    }
+    None
+}
+
+fn memory_of(
+    values: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+) -> Option<MemoryQuantity> {
+    values.as_ref()?.get("memory").and_then(|q| MemoryQuantity::parse(&q.0).ok())
+}
+
+/// The resources of `container` after raising its memory limit to `to` (a request equal to the old
+/// limit moves with it, so a Guaranteed pod stays Guaranteed).
+fn raised_resources(container: &Container, from: MemoryQuantity, to: MemoryQuantity) -> Value {
+    let request_moves =
+        memory_of(&container.resources.as_ref().and_then(|r| r.requests.clone())) == Some(from);
+    let mut resources = json!({"limits": {"memory": to.to_string()}});
+    if request_moves {
+        resources["requests"] = json!({"memory": to.to_string()});
+    }
+    resources
+}
+
+/// Checks that the owner's template still has the value the action changes from.
+pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), String> {
+    let name = action.container().unwrap_or_default();
+    let container = workload
+        .template_container(name)
+        .ok_or_else(|| format!("{} {} has no container {name}", workload.kind.as_str(), workload.name))?;
+    match action {
+        Action::IncreaseMemory { from, to, .. } => {
+            match memory_of(&container.resources.as_ref().and_then(|r| r.limits.clone())) {
+                Some(current) if current == *from => Ok(()),
+                Some(current) if current == *to => Ok(()),
+                Some(current) => Err(format!("the template's memory limit is now {current}, not {from}")),
+                None => Err("the template has no memory limit".into()),
+            }
+        }
+        Action::RollbackImage { from, to, .. } => match container.image.as_deref() {
+            Some(image) if image == from || image == to => Ok(()),
+            other => Err(format!("the template's image is now {}, not {from}", other.unwrap_or_default())),
+        },
+        Action::None => Err("nothing to apply".into()),
+    }
+}
+
+/// The strategic merge patch of the owner: the template change, the original value and the incident as
+/// annotations (so the change can be reversed), and the resourceVersion it was computed from.
+pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) -> Result<Value, String> {
+    let name = action.container().unwrap_or_default();
+    let container =
+        workload.template_container(name).ok_or_else(|| format!("no container {name} in the template"))?;
+    let (change, annotation, original) = match action {
+        Action::IncreaseMemory { from, to, .. } => (
+            json!({"name": name, "resources": raised_resources(&container, *from, *to)}),
+            format!("{}.{name}", crate::replace::ORIGINAL_MEMORY_ANNOTATION),
+            from.to_string(),
+        ),
+        Action::RollbackImage { from, to, .. } => {
+            (json!({"name": name, "image": to}), format!("{ORIGINAL_IMAGE_ANNOTATION}.{name}"), from.clone())
+        }
+        Action::None => return Err("nothing to apply".into()),
+    };
+    let mut annotations = serde_json::Map::new();
+    // The first original is kept if KubeSent already changed this container.
+    let existing = workload.object.pointer("/metadata/annotations").and_then(|a| a.get(&annotation));
+    if existing.is_none() {
+        annotations.insert(annotation, json!(original));
+    }
+    annotations.insert(INCIDENT_ANNOTATION.into(), json!(incident.to_string()));
+    Ok(json!({
+        "metadata": {"resourceVersion": workload.resource_version(), "annotations": annotations},
+        "spec": {"template": {"spec": {"containers": [change]}}}
+    }))
+}
+
+/// The `pods/resize` patch raising `container`'s memory limit.
+pub fn resize_patch(
+    pod: &Pod,
+    container: &str,
+    from: MemoryQuantity,
+    to: MemoryQuantity,
+) -> Result<Value, String> {
+    let spec =
+        kubesent_common::pod::container(pod, container).ok_or_else(|| format!("no container {container}"))?;
+    Ok(json!({"spec": {"containers": [{"name": container, "resources": raised_resources(spec, from, to)}]}}))
+}
+
+/// How a target looks while it is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Every pod runs and is ready.
+    Healthy,
+    /// Not there yet.
+    Waiting,
+    /// It failed again (why).
+    Failing(String),
+}
+
+fn status_of<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == container)
+}
+
+/// One container's progress. `baseline_restarts` is the restart count a pod changed in place had when
+/// the fix took effect: the failure it answers (a terminated or backing-off container at that count) is
+/// not held against it, and one more restart (leaving the back-off) is expected. A pod created with the
+/// fix (`None`) must run without any failure or restart.
+pub fn container_progress(pod: &Pod, container: &str, baseline_restarts: Option<i32>) -> Progress {
+    let Some(cs) = status_of(pod, container) else { return Progress::Waiting };
+    let state = cs.state.clone().unwrap_or_default();
+    let before_the_fix = baseline_restarts.is_some_and(|b| cs.restart_count <= b);
+    if let Some(t) = state.terminated.as_ref().filter(|t| t.exit_code != 0) {
+        if before_the_fix {
+            return Progress::Waiting;
+        }
+        return Progress::Failing(t.reason.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)));
+    }
+    if let Some(reason) = state.waiting.as_ref().and_then(|w| w.reason.clone())
+        && matches!(
+            reason.as_str(),
+            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "CreateContainerConfigError"
+        )
+    {
+        return Progress::Failing(reason);
+    }
+    let allowed = baseline_restarts.map_or(0, |b| b.saturating_add(1));
+    if cs.restart_count > allowed {
+        let last = cs
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.reason.clone())
+            .unwrap_or_default();
+        return Progress::Failing(format!("restarted again ({last})"));
+    }
+    if state.running.is_some() && cs.ready { Progress::Healthy } else { Progress::Waiting }
+}
+
+/// The progress of a rollout: the pods not created from the failing template (`old`) must all be
+/// healthy, and there must be `desired` of them.
+pub fn rollout_progress(
+    pods: &[Pod],
+    container: &str,
+    is_old: impl Fn(&Pod) -> bool,
+    desired: i64,
+) -> Progress {
+    let new: Vec<&Pod> =
+        pods.iter().filter(|p| !is_old(p) && p.metadata.deletion_timestamp.is_none()).collect();
+    for pod in &new {
+        if let Progress::Failing(why) = container_progress(pod, container, None) {
+            return Progress::Failing(format!(
+                "pod {}: {why}",
+                pod.metadata.name.clone().unwrap_or_default()
+            ));
+        }
+    }
+    let healthy = new.iter().filter(|p| container_progress(p, container, None) == Progress::Healthy).count();
+    let old_left = pods.iter().filter(|p| is_old(p) && p.metadata.deletion_timestamp.is_none()).count();
+    if i64::try_from(healthy).unwrap_or(0) >= desired.max(1) && old_left == 0 {
+        Progress::Healthy
+    } else {
+        Progress::Waiting
+    }
+}
+
+/// Whether an in-place resize has been actuated, or the node cannot fit it.
+pub fn resize_state(pod: &Pod, container: &str, to: MemoryQuantity) -> Result<bool, String> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    if let Some(pending) = conditions.iter().find(|c| c.type_ == "PodResizePending" && c.status == "True") {
+        if pending.reason.as_deref() == Some("Infeasible") {
+            return Err(pending.message.clone().unwrap_or_else(|| "the node cannot fit the new size".into()));
+        }
+        return Ok(false);
+    }
+    let in_progress = conditions.iter().any(|c| c.type_ == "PodResizeInProgress" && c.status == "True");
+    let actual = status_of(pod, container)
+        .and_then(|cs| memory_of(&cs.resources.as_ref().and_then(|r| r.limits.clone())));
+    Ok(!in_progress && actual == Some(to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(limit: &str, request: &str) -> Workload {
+        Workload {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            object: json!({"metadata": {"name": "web", "resourceVersion": "42", "uid": "d1", "annotations": {}},
+                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"spec": {"containers": [{"name": "app", "image": "web:2",
+                        "resources": {"limits": {"memory": limit}, "requests": {"memory": request, "cpu": "100m"}}}]}}}}),
+        }
+    }
+
+    fn increase(from: u64, to: u64) -> Action {
+        Action::IncreaseMemory {
+            container: "app".into(),
+            from: MemoryQuantity::from_mib(from),
+            to: MemoryQuantity::from_mib(to),
+        }
+    }
+
+    #[test]
+    fn the_ladder_patches_owners_resizes_bare_pods_and_refuses_other_controllers() {
+        let rollback =
+            Action::RollbackImage { container: "app".into(), from: "web:2".into(), to: "web:1".into() };
+        assert_eq!(
+            plan(&increase(128, 256), &Owner::Workload(deployment("128Mi", "64Mi"))),
+            Ok(Plan::PatchOwner)
+        );
+        assert_eq!(plan(&rollback, &Owner::Workload(deployment("128Mi", "64Mi"))), Ok(Plan::PatchOwner));
+        assert_eq!(plan(&increase(128, 256), &Owner::Bare), Ok(Plan::ResizeInPlace));
+        assert_eq!(plan(&rollback, &Owner::Bare), Ok(Plan::PatchPodImage));
+        assert!(plan(&increase(128, 256), &Owner::Unsupported("DaemonSet".into(), "agent".into())).is_err());
+        assert!(plan(&Action::None, &Owner::Bare).is_err());
+    }
+
+    #[test]
+    fn the_owner_patch_is_guarded_records_the_original_and_moves_an_equal_request() {
+        let workload = deployment("128Mi", "128Mi");
+        let patch = owner_patch(&workload, &increase(128, 256), &IncidentId("inc-1".into())).expect("patch");
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(patch["metadata"]["annotations"]["kubesent.io/original-memory-limit.app"], "128Mi");
+        assert_eq!(patch["metadata"]["annotations"]["kubesent.io/incident"], "inc-1");
+        let container = &patch["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["resources"],
+            json!({"limits": {"memory": "256Mi"}, "requests": {"memory": "256Mi"}})
+        );
+        let burstable =
+            owner_patch(&deployment("128Mi", "64Mi"), &increase(128, 256), &IncidentId("inc-1".into()))
+                .expect("patch");
+        assert_eq!(
+            burstable["spec"]["template"]["spec"]["containers"][0]["resources"],
+            json!({"limits": {"memory": "256Mi"}})
+        );
+    }
+
+    #[test]
+    fn a_template_that_changed_since_the_verdict_is_refused() {
+        assert!(template_matches(&deployment("128Mi", "64Mi"), &increase(128, 256)).is_ok());
+        assert!(template_matches(&deployment("512Mi", "64Mi"), &increase(128, 256)).is_err());
+        assert!(
+            template_matches(&deployment("256Mi", "64Mi"), &increase(128, 256)).is_ok(),
+            "already applied: resuming is fine"
+        );
+    }
+
+    #[test]
+    fn gitops_managed_objects_are_recognised() {
+        let labels = BTreeMap::from([("argocd.argoproj.io/instance".to_owned(), "shop".to_owned())]);
+        assert_eq!(gitops_manager(&labels, &BTreeMap::new()), Some("Argo CD"));
+        let flux = BTreeMap::from([("kustomize.toolkit.fluxcd.io/name".to_owned(), "apps".to_owned())]);
+        assert_eq!(gitops_manager(&flux, &BTreeMap::new()), Some("Flux"));
+        assert_eq!(gitops_manager(&BTreeMap::new(), &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn a_container_that_restarts_again_after_the_fix_is_failing() {
+        let pod = |restarts: i32, state: Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "status": {"containerStatuses": [{"name": "app", "image": "i", "imageID": "",
+                "ready": state.get("running").is_some(), "restartCount": restarts, "state": state,
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}))
+            .expect("pod")
+        };
+        let running = json!({"running": {"startedAt": "2026-11-01T10:00:00Z"}});
+        assert_eq!(
+            container_progress(&pod(5, running.clone()), "app", Some(4)),
+            Progress::Healthy,
+            "the stale OOM is not a failure"
+        );
+        assert_eq!(
+            container_progress(&pod(5, json!({"waiting": {"reason": "CrashLoopBackOff"}})), "app", Some(5)),
+            Progress::Waiting
+        );
+        let oom = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        assert_eq!(
+            container_progress(&pod(5, oom.clone()), "app", Some(5)),
+            Progress::Waiting,
+            "the kill the fix answers is not held against it"
+        );
+        assert!(matches!(container_progress(&pod(6, oom.clone()), "app", Some(5)), Progress::Failing(_)));
+        assert!(matches!(container_progress(&pod(7, running.clone()), "app", Some(4)), Progress::Failing(_)));
+        assert!(
+            matches!(container_progress(&pod(0, oom), "app", None), Progress::Failing(_)),
+            "a pod created with the fix must not fail at all"
+        );
+        assert!(matches!(container_progress(&pod(1, running), "app", None), Progress::Failing(_)));
+    }
+}
