@@ -137,7 +137,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     }
                 } else if subject.starts_with("kubesent.outcomes.") {
                     let outcome: Outcome = proto::decode(&message.payload)?;
-                    clock.say(format!("remediator → outcome {}: {}", outcome.result.as_str(), outcome.detail));
+                    let how = outcome.strategy.map(|s| format!(" by {}", serde_json::to_string(&s).unwrap_or_default().trim_matches('"'))).unwrap_or_default();
+                    clock.say(format!("remediator → outcome {}{how}: {}", outcome.result.as_str(), outcome.detail));
                     break outcome;
                 }
             }
