@@ -4,7 +4,11 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, rbac::v1::ClusterRole};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::Pod,
+    rbac::v1::ClusterRole,
+};
 use kube::{
     Api,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -215,6 +219,49 @@ async fn an_oom_killed_deployment_gets_more_memory_in_its_template_and_rolls_out
         !requests.iter().any(|r| r.method == "DELETE" && r.path.contains("/pods/")),
         "pods were left to the rollout"
     );
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_killed_stateful_set_gets_more_memory_and_its_stuck_pod_is_recreated() {
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let sets: Api<StatefulSet> = Api::namespaced(stack.kube.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    // OrderedReady: db-0 OOM-loops, so db-1 is never created and no rolling update can start by itself.
+    let db: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "shop"},
+        "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}, "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/db:16",
+                    "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": "128Mi"}}}]}}}
+    }))
+    .expect("statefulset json");
+    sets.create(&PostParams::default(), &db).await.expect("statefulset created");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.strategy, Some(Strategy::OwnerPatch));
+    assert_eq!(outcome.action, increase_128_to_256());
+    let db = sets.get("db").await.expect("statefulset");
+    let annotations = db.metadata.annotations.clone().expect("annotations");
+    assert_eq!(annotations["kubesent.io/original-memory-limit.app"], "128Mi", "reversible");
+    let live: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut names: Vec<_> = live.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1"]);
+    for pod in &live {
+        assert_eq!(memory_limit(pod), "256Mi");
+        assert!(running_ready(pod), "{:?}", pod.status);
+    }
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
 }

@@ -130,6 +130,22 @@ pub fn plan(action: &Action, owner: &Owner) -> Result<Plan, String> {
         (_, Owner::Unsupported(kind, name)) => Err(format!(
             "the pod is controlled by {kind} {name}; KubeSent changes Deployments, StatefulSets and bare pods only"
         )),
+        (_, Owner::Workload(w)) if w.object.pointer("/spec/paused") == Some(&Value::Bool(true)) => {
+            Err(format!(
+                "{} {} is paused: a template change would not roll out until someone resumes it",
+                w.kind.as_str(),
+                w.name
+            ))
+        }
+        (_, Owner::Workload(w))
+            if w.object.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("OnDelete") =>
+        {
+            Err(format!(
+                "{} {} updates its pods only when someone deletes them (OnDelete); KubeSent leaves that to its owner",
+                w.kind.as_str(),
+                w.name
+            ))
+        }
         (_, Owner::Workload(_)) => Ok(Plan::PatchOwner),
         (Action::IncreaseMemory { .. }, Owner::Bare) => Ok(Plan::ResizeInPlace),
         (Action::RollbackImage { .. }, Owner::Bare) => Ok(Plan::PatchPodImage),
@@ -316,6 +332,22 @@ pub fn rollout_progress(
     }
 }
 
+/// The pods a StatefulSet rollout cannot get past: of the failing revision, not terminating, not ready.
+/// With `OrderedReady` the controller waits for every pod to be ready before it replaces any, so pods broken
+/// by the old template must be deleted after the template is fixed (the documented forced rollback); the
+/// controller creates them again from the fixed template.
+pub fn stuck_pods(pods: &[Pod], is_old: impl Fn(&Pod) -> bool) -> Vec<&Pod> {
+    pods.iter()
+        .filter(|p| is_old(p) && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect()
+}
+
 /// Whether an in-place resize has been actuated, or the node cannot fit it.
 pub fn resize_state(pod: &Pod, container: &str, to: MemoryQuantity) -> Result<bool, String> {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
@@ -367,6 +399,40 @@ mod tests {
         assert_eq!(plan(&rollback, &Owner::Bare), Ok(Plan::PatchPodImage));
         assert!(plan(&increase(128, 256), &Owner::Unsupported("DaemonSet".into(), "agent".into())).is_err());
         assert!(plan(&Action::None, &Owner::Bare).is_err());
+        let mut paused = deployment("128Mi", "64Mi");
+        paused.object["spec"]["paused"] = json!(true);
+        assert!(plan(&increase(128, 256), &Owner::Workload(paused)).is_err_and(|why| why.contains("paused")));
+        let mut on_delete = deployment("128Mi", "64Mi");
+        on_delete.kind = WorkloadKind::StatefulSet;
+        on_delete.object["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+        assert!(
+            plan(&increase(128, 256), &Owner::Workload(on_delete)).is_err_and(|why| why.contains("OnDelete"))
+        );
+    }
+
+    #[test]
+    fn only_unready_pods_of_the_failing_revision_are_stuck() {
+        let pod = |name: &str, revision: &str, ready: &str, terminating: bool| -> Pod {
+            let mut value = json!({"metadata": {"name": name, "labels": {"controller-revision-hash": revision}},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}});
+            if terminating {
+                value["metadata"]["deletionTimestamp"] = json!("2026-11-25T10:00:00Z");
+            }
+            serde_json::from_value(value).expect("pod")
+        };
+        let pods = [
+            pod("db-0", "db-old", "False", false),
+            pod("db-1", "db-old", "True", false),
+            pod("db-2", "db-old", "False", true),
+            pod("db-3", "db-new", "False", false),
+        ];
+        let is_old = |p: &Pod| {
+            p.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash")).map(String::as_str)
+                == Some("db-old")
+        };
+        let stuck: Vec<_> =
+            stuck_pods(&pods, is_old).iter().filter_map(|p| p.metadata.name.clone()).collect();
+        assert_eq!(stuck, ["db-0"]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Resource as _,
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
 };
 use kube_runtime::{
     WatchStreamExt as _,
@@ -625,6 +625,9 @@ impl Remediator {
                     let is_old =
                         move |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(label)) == Some(&old);
                     let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &namespace);
+                    if workload.kind == WorkloadKind::StatefulSet {
+                        self.delete_stuck_pods(&pods, &workload, &is_old).await?;
+                    }
                     let config = watcher::Config::default().labels(&workload.selector());
                     let verdict = self
                         .verify(pods, config, |pods| {
@@ -654,6 +657,39 @@ impl Remediator {
             }
             revision = self.advance(&mut intent, revision).await?;
         }
+    }
+
+    /// Deletes (uid-guarded) the StatefulSet's pods that the failing template left unready, so the
+    /// controller creates them again from the fixed template (see [`ladder::stuck_pods`]).
+    async fn delete_stuck_pods(
+        &self,
+        pods: &Api<Pod>,
+        workload: &ladder::Workload,
+        is_old: &impl Fn(&Pod) -> bool,
+    ) -> Result<(), StepError> {
+        let listed = pods.list(&ListParams::default().labels(&workload.selector())).await?;
+        let owned: Vec<Pod> = listed
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata.owner_references.iter().flatten().any(|o| Some(o.uid.as_str()) == workload.uid())
+            })
+            .collect();
+        for pod in ladder::stuck_pods(&owned, is_old) {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                ..DeleteParams::default()
+            };
+            match pods.delete(&name, &params).await {
+                Ok(_) => {
+                    info!(pod = %name, "deleted a pod stuck on the failing revision; the StatefulSet recreates it")
+                }
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Resizes a bare pod in place and verifies it; falls back to a force replace where the server does
