@@ -538,6 +538,7 @@ impl Kubelet {
             let image_ref = image_id(&image);
             let resources = spec_container.resources.clone();
             let running_cid = cid.clone();
+            let probed = readiness_delay(&spec_container).is_some();
             self.set_state(namespace, name, uid, container, init, |cs| {
                 cs.state = Some(ContainerState {
                     running: Some(ContainerStateRunning { started_at: Some(Time(started_at)) }),
@@ -547,7 +548,8 @@ impl Kubelet {
                 cs.image = image.clone();
                 cs.image_id = image_ref;
                 cs.restart_count = restarts;
-                cs.ready = !init;
+                // With a readiness probe the container turns ready after its first successful probe.
+                cs.ready = !init && !probed;
                 cs.started = Some(true);
                 cs.resources = resources.clone();
                 cs.allocated_resources = resources.as_ref().and_then(|r| r.requests.clone());
@@ -636,21 +638,41 @@ impl Kubelet {
         image: &str,
         init: bool,
     ) -> Option<Termination> {
+        let first = self.live_pod(namespace, name, uid)?;
+        // Simulated time until the readiness probe first succeeds, and the part of the run already spent
+        // waiting for it.
+        let mut until_ready =
+            if init { None } else { pods::container(&first, container).and_then(readiness_delay) };
+        let mut spent = Duration::ZERO;
+        let mut listening_logged = false;
         loop {
             let pod = self.live_pod(namespace, name, uid)?;
             let script = script(&pod, container);
             let limit = pods::container(&pod, container).and_then(pods::memory_limit);
             let oom = matches!((script.memory_need, limit), (Some(need), Some(limit)) if need > limit);
             let ends = if oom || script.exit_code.is_some() {
-                Some(script.run_for)
+                Some(script.run_for.saturating_sub(spent))
             } else if init {
                 Some(timing::INIT_RUN)
             } else {
-                self.append_logs(runtime, cid, vec!["ready: listening on :8080".into()]);
+                if !listening_logged {
+                    self.append_logs(runtime, cid, vec!["ready: listening on :8080".into()]);
+                    listening_logged = true;
+                }
                 None
             };
-            match self.wait(runtime, spec, ends).await {
+            let probe_first = until_ready.filter(|ready| ends.is_none_or(|end| *ready < end));
+            match self.wait(runtime, spec, probe_first.or(ends)).await {
                 Wake::Cancelled => return None,
+                Wake::Elapsed if probe_first.is_some() => {
+                    spent += probe_first.unwrap_or_default();
+                    until_ready = None;
+                    self.set_state(namespace, name, uid, container, init, |cs| {
+                        if cs.state.as_ref().is_some_and(|s| s.running.is_some()) {
+                            cs.ready = true;
+                        }
+                    });
+                }
                 Wake::SpecChanged => {
                     let pod = self.live_pod(namespace, name, uid)?;
                     let current =
@@ -1092,6 +1114,15 @@ fn terminated(
         }),
         ..Default::default()
     }
+}
+
+/// Simulated time from a container's start to its first successful readiness probe: `initialDelaySeconds`,
+/// or one second without a delay (the kubelet probes shortly after start). `None` without a readiness
+/// probe: the container is ready as soon as it runs.
+fn readiness_delay(container: &Container) -> Option<Duration> {
+    let probe = container.readiness_probe.as_ref()?;
+    let delay = probe.initial_delay_seconds.unwrap_or(0).max(0);
+    Some(Duration::from_secs(u64::try_from(delay).unwrap_or(0).max(1)))
 }
 
 /// Recomputes phase and readiness conditions from the container statuses.

@@ -9,6 +9,7 @@ use kube::{
     api::{DeleteParams, ListParams, LogParams, PostParams, Preconditions, WatchEvent, WatchParams},
 };
 use kube_runtime::{
+    WatchStreamExt as _,
     wait::{await_condition, conditions},
     watcher,
 };
@@ -1246,4 +1247,61 @@ async fn a_continue_token_older_than_the_history_is_expired() {
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
     assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
     assert!(status.message.starts_with("The provided continue parameter is too old"), "{}", status.message);
+}
+
+fn with_readiness_probe(mut pod: Pod, initial_delay_seconds: i32) -> Pod {
+    let container = &mut pod.spec.as_mut().expect("spec").containers[0];
+    container.readiness_probe = Some(
+        serde_json::from_value(
+            json!({"httpGet": {"path": "/ready", "port": 8080}, "initialDelaySeconds": initial_delay_seconds}),
+        )
+        .expect("probe json"),
+    );
+    pod
+}
+
+fn ready(pod: &Pod) -> bool {
+    container_status(pod).is_some_and(|cs| cs.ready)
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test]
+async fn a_container_with_a_readiness_probe_runs_unready_until_its_initial_delay_has_passed() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &with_readiness_probe(pod("web-1", "256Mi", "200Mi"), 30))
+        .await
+        .expect("created");
+    let running = wait_for(&pods, "web-1", conditions::is_pod_running()).await;
+    assert!(!ready(&running), "running but not yet ready: {:?}", running.status);
+    let became_ready = wait_for(&pods, "web-1", |p: Option<&Pod>| p.is_some_and(ready)).await;
+    assert_eq!(container_status(&became_ready).map(|cs| cs.restart_count), Some(0));
+}
+
+#[tokio::test]
+async fn a_container_killed_before_its_first_readiness_probe_is_never_ready() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    // OOM-killed after 2 s of running; the first readiness probe would come at 30 s.
+    pods.create(&PostParams::default(), &with_readiness_probe(pod("web-1", "128Mi", "200Mi"), 30))
+        .await
+        .expect("created");
+    let mut events = watcher(pods.clone(), watcher::Config::default()).applied_objects().boxed();
+    let mut states = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(pod) = events.try_next().await.expect("watch ok") {
+            let restarts = container_status(&pod).map_or(0, |cs| cs.restart_count);
+            states.push(pod);
+            if restarts >= 2 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("two restarts in time");
+    assert!(!states.iter().any(ready), "no state of the pod was ready");
 }

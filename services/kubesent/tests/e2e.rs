@@ -229,12 +229,14 @@ async fn an_oom_killed_stateful_set_gets_more_memory_and_its_stuck_pod_is_recrea
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
     let sets: Api<StatefulSet> = Api::namespaced(stack.kube.clone(), "shop");
     let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
-    // OrderedReady: db-0 OOM-loops, so db-1 is never created and no rolling update can start by itself.
+    // OrderedReady: db-0 is OOM-killed before its first readiness probe, so it is never ready, db-1 is never
+    // created and the controller never replaces db-0 by itself, even after the template is fixed.
     let db: StatefulSet = serde_json::from_value(json!({
         "metadata": {"name": "db", "namespace": "shop"},
         "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
             "template": {"metadata": {"labels": {"app": "db"}, "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
                 "spec": {"containers": [{"name": "app", "image": "registry.local/shop/db:16",
+                    "readinessProbe": {"tcpSocket": {"port": 5432}, "initialDelaySeconds": 10},
                     "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": "128Mi"}}}]}}}
     }))
     .expect("statefulset json");
