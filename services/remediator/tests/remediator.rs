@@ -1,0 +1,436 @@
+//! The remediator on its own, against kube-sim and a real nats-server: verdicts are published by hand, so
+//! each safety rule (stale targets, confidence, dry-run, locks, no second try, exactly-once under
+//! redelivery, finishing a half-done replace after a crash) is checked directly.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams, Preconditions},
+};
+use kube_runtime::wait::await_condition;
+use kubesent_common::{
+    nats::{self, Topology},
+    nats_server::NatsServer,
+};
+use kubesent_kube_sim::{KubeSim, SimConfig};
+use kubesent_proto::{
+    self as proto, Action, Failure, FailureKind, IncidentId, IncidentKey, MemoryQuantity, Outcome,
+    OutcomeResult, PodRef, Strategy, Verdict, VerdictSource, VerdictStatus, WorkloadRef,
+};
+use kubesent_remediator::{
+    RemediatorConfig, RemediatorDeps, RemediatorMetrics,
+    gate::Policy,
+    intent::{self, Claim, Intent, Intents, Phase},
+    replace,
+};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct World {
+    _nats: NatsServer,
+    sim: KubeSim,
+    kube: kube::Client,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    intents: Intents,
+    bucket: jetstream::kv::Store,
+}
+
+async fn world(kubernetes_minor: u32) -> World {
+    let nats = NatsServer::start().await.expect("nats-server");
+    let sim = KubeSim::start(SimConfig { time_scale: 0.01, kubernetes_minor, ..SimConfig::default() })
+        .await
+        .expect("kube-sim");
+    let kube = kubesent_common::kube_client(Some(&sim.url())).await.expect("kube client");
+    let client = nats::connect(nats.url(), "test").await.expect("nats");
+    let js = jetstream::new(client.clone());
+    let topology = Topology::default();
+    nats::ensure_streams(&js, &topology).await.expect("streams");
+    let bucket = nats::ensure_intents(&js, &topology).await.expect("intents bucket");
+    World { _nats: nats, sim, kube, client, js, intents: Intents::new(bucket.clone()), bucket }
+}
+
+struct Running {
+    metrics: Arc<RemediatorMetrics>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("remediator task");
+    }
+}
+
+fn start(world: &World, policy: Policy) -> Running {
+    let metrics = RemediatorMetrics::register(&mut Registry::default());
+    let config = RemediatorConfig {
+        policy,
+        verify_window: Duration::from_millis(500),
+        verify_timeout: Duration::from_secs(30),
+        ..RemediatorConfig::default()
+    };
+    let deps = RemediatorDeps { kube: world.kube.clone(), js: world.js.clone(), metrics: metrics.clone() };
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        kubesent_remediator::run(config, deps, token).await.expect("remediator runs");
+    });
+    Running { metrics, shutdown, task }
+}
+
+fn pod(name: &str, limit: &str, need: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop", "annotations": {"sim.kubesent.io/memory-need": need}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+            "resources": {"limits": {"memory": limit}, "requests": {"memory": limit}}}]}
+    }))
+    .expect("pod json")
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map_or(0, |c| c.restart_count)
+}
+
+fn memory_limit(pod: &Pod) -> String {
+    let container = &pod.spec.as_ref().expect("spec").containers[0];
+    container.resources.as_ref().and_then(|r| r.limits.clone()).expect("limits")["memory"].0.clone()
+}
+
+/// Creates a pod and waits until it has been OOM-killed (or, with enough memory, until it runs).
+async fn create(world: &World, pod: &Pod, oom: bool) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    let name = pod.metadata.name.clone().expect("name");
+    pods.create(&PostParams::default(), pod).await.expect("pod created");
+    let reached = move |p: Option<&Pod>| {
+        p.is_some_and(|p| {
+            let cs = p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
+            if oom {
+                cs.and_then(|c| c.last_state.as_ref()).and_then(|s| s.terminated.as_ref()).is_some()
+            } else {
+                cs.is_some_and(|c| c.ready)
+            }
+        })
+    };
+    tokio::time::timeout(PATIENCE, await_condition(pods, &name, reached))
+        .await
+        .expect("pod state in time")
+        .expect("watch")
+        .expect("pod exists")
+}
+
+fn increase(from: u64, to: u64) -> Action {
+    Action::IncreaseMemory {
+        container: "app".into(),
+        from: MemoryQuantity::from_mib(from),
+        to: MemoryQuantity::from_mib(to),
+    }
+}
+
+/// The verdict the diagnoser would publish for `pod`'s OOM kill.
+fn verdict(pod: &Pod, action: Action, confidence: u8) -> Verdict {
+    let name = pod.metadata.name.clone().expect("name");
+    let key = IncidentKey {
+        namespace: "shop".into(),
+        workload: WorkloadRef { kind: "Pod".into(), name: name.clone() },
+        container: "app".into(),
+        kind: FailureKind::OomKilled,
+        template_hash: "test".into(),
+    };
+    Verdict {
+        schema: proto::SCHEMA_VERSION,
+        incident: key.fingerprint(),
+        key,
+        pod: PodRef {
+            namespace: "shop".into(),
+            name,
+            uid: pod.metadata.uid.clone().expect("uid"),
+            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
+        },
+        failure: Failure {
+            kind: FailureKind::OomKilled,
+            container: "app".into(),
+            init_container: false,
+            reason: "OOMKilled".into(),
+            message: None,
+            exit_code: Some(137),
+            restart_count: restarts(pod),
+            image: "registry.local/shop/web:1.4.2".into(),
+        },
+        status: VerdictStatus::Diagnosed,
+        root_cause: "container app was OOM-killed at its limit".into(),
+        action,
+        confidence,
+        source: VerdictSource::Rules { rule: "oom-increase-memory".into() },
+        diagnosed_at: jiff::Timestamp::now(),
+    }
+}
+
+async fn publish(world: &World, verdict: &Verdict, msg_id: &str) {
+    let subject = proto::verdict_subject("shop", &verdict.action).expect("subject");
+    nats::publish(&world.js, subject, msg_id, proto::encode(verdict), &[]).await.expect("published");
+}
+
+async fn next_outcome(outcomes: &mut async_nats::Subscriber) -> Outcome {
+    let message = tokio::time::timeout(PATIENCE, outcomes.next())
+        .await
+        .expect("an outcome in time")
+        .expect("subscribed");
+    proto::decode(&message.payload).expect("outcome decodes")
+}
+
+/// Mutating requests the remediator sent to kube-sim (the test's own pod creation excluded).
+fn changes(world: &World) -> Vec<String> {
+    world
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && !r.path.contains("/events"))
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .filter(|r| !r.starts_with("POST /api/v1/namespaces/shop/pods "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_for_a_pod_that_no_longer_fails_is_stale_and_changes_nothing() {
+    let world = world(36).await;
+    let healthy = create(&world, &pod("web-1", "256Mi", "200Mi"), false).await;
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    publish(&world, &verdict(&healthy, increase(256, 512), 95), "v1").await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Stale, "{}", outcome.detail);
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_below_the_confidence_threshold_is_denied_and_changes_nothing() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    publish(&world, &verdict(&failing, increase(128, 256), 89), "v1").await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Denied);
+    assert!(outcome.detail.contains("confidence 89"), "{}", outcome.detail);
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dry_run_the_fix_is_recorded_as_a_suggestion_and_nothing_changes() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy { dry_run: true, ..Policy::default() });
+    publish(&world, &verdict(&failing, increase(128, 256), 95), "v1").await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Suggested, "{}", outcome.detail);
+    assert_eq!(outcome.action, increase(128, 256));
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_locked_by_another_incident_is_not_touched() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let verdict = verdict(&failing, increase(128, 256), 95);
+    let other = IncidentId("inc-000000000000000000000000".into());
+    assert!(world.intents.lock(&intent::lock_key(&verdict.pod), &other).await.expect("lock"));
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    publish(&world, &verdict, "v1").await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Denied);
+    assert!(outcome.detail.contains("in progress"), "{}", outcome.detail);
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    assert_eq!(memory_limit(&pods.get("web-1").await.expect("pod")), "128Mi");
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_whose_previous_fix_was_ineffective_is_escalated_not_changed_again() {
+    let world = world(36).await;
+    let previous = IncidentId("inc-111111111111111111111111".into());
+    let mut marked = pod("web-1", "128Mi", "200Mi");
+    marked
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(replace::INCIDENT_ANNOTATION.into(), previous.to_string());
+    let failing = create(&world, &marked, true).await;
+    let mut done = verdict(&failing, increase(64, 128), 95);
+    done.incident = previous.clone();
+    let record = Intent {
+        schema: proto::SCHEMA_VERSION,
+        incident: previous,
+        phase: Phase::Done,
+        strategy: Strategy::InPlaceResize,
+        target: done.pod.clone(),
+        workload: None,
+        lock: intent::lock_key(&done.pod),
+        action: done.action.clone(),
+        original: None,
+        replacement: None,
+        old_revision: None,
+        baseline_restarts: Some(0),
+        actor: "an earlier remediator".into(),
+        replacement_uid: None,
+        result: Some(OutcomeResult::Ineffective),
+        detail: Some("pod web-1 failed again".into()),
+        updated_at: jiff::Timestamp::now(),
+    };
+    assert!(matches!(world.intents.claim(&record).await.expect("stored"), Claim::Fresh(_)));
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    publish(&world, &verdict(&failing, increase(128, 256), 95), "v1").await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Denied);
+    assert!(outcome.detail.contains("escalated"), "{}", outcome.detail);
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_delivered_twice_is_applied_once() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let verdict = verdict(&failing, increase(128, 256), 95);
+    let mut acks = world.client.subscribe("$JS.ACK.KUBESENT_VERDICTS.>").await.expect("subscribed");
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    publish(&world, &verdict, "first").await;
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.strategy, Some(Strategy::InPlaceResize));
+
+    // The same verdict again (a redelivery, or a second diagnoser): handled, acknowledged, not applied.
+    publish(&world, &verdict, "second").await;
+    let mut acked = 0;
+    while acked < 2 {
+        let ack =
+            tokio::time::timeout(PATIENCE, acks.next()).await.expect("ack in time").expect("subscribed");
+        if ack.payload.starts_with(b"+ACK") {
+            acked += 1;
+        }
+    }
+    let resizes: Vec<_> = changes(&world).into_iter().filter(|c| c.contains("/resize")).collect();
+    assert_eq!(resizes.len(), 1, "{resizes:?}");
+    let stream = world.js.get_stream(proto::OUTCOMES_STREAM).await.expect("stream");
+    assert_eq!(stream.get_info().await.expect("info").state.messages, 1, "one outcome per incident");
+    assert_eq!(remediator.metrics.outcomes(OutcomeResult::Healed), 2, "both deliveries ended healed");
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_interrupted_after_the_delete_is_finished_by_the_next_leader() {
+    // Kubernetes 1.32: no in-place resize, so the fix is a force replace.
+    let world = world(32).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let verdict = verdict(&failing, increase(128, 256), 95);
+    // What a leader that crashed right after its delete leaves behind: the intent, and no pod.
+    let record = Intent {
+        schema: proto::SCHEMA_VERSION,
+        incident: verdict.incident.clone(),
+        phase: Phase::Deleted,
+        strategy: Strategy::ForceReplace,
+        target: verdict.pod.clone(),
+        workload: None,
+        lock: intent::lock_key(&verdict.pod),
+        action: verdict.action.clone(),
+        original: Some(replace::sanitized(&failing)),
+        replacement: Some(replace::with_memory_limit(
+            &failing,
+            "app",
+            MemoryQuantity::from_mib(128),
+            MemoryQuantity::from_mib(256),
+            &verdict.incident,
+        )),
+        old_revision: None,
+        baseline_restarts: None,
+        actor: "a crashed remediator".into(),
+        replacement_uid: None,
+        result: None,
+        detail: None,
+        updated_at: jiff::Timestamp::now(),
+    };
+    assert!(world.intents.lock(&record.lock, &record.incident).await.expect("lock"));
+    assert!(matches!(world.intents.claim(&record).await.expect("stored"), Claim::Fresh(_)));
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: failing.metadata.uid.clone(), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    pods.delete("web-1", &params).await.expect("deleted");
+    let mut entries = world.bucket.watch(record.incident.as_str()).await.expect("watch");
+
+    let remediator = start(&world, Policy::default());
+    let finished = tokio::time::timeout(PATIENCE, async {
+        while let Some(entry) = entries.next().await {
+            let intent: Intent = serde_json::from_slice(&entry.expect("entry").value).expect("an intent");
+            if intent.phase == Phase::Done {
+                return intent;
+            }
+        }
+        panic!("intent watch ended");
+    })
+    .await
+    .expect("the intent was finished in time");
+    assert_eq!(finished.result, Some(OutcomeResult::Healed), "{:?}", finished.detail);
+    let replacement = pods.get("web-1").await.expect("the pod exists again");
+    assert_ne!(replacement.metadata.uid, failing.metadata.uid);
+    assert_eq!(finished.replacement_uid, replacement.metadata.uid);
+    assert_eq!(memory_limit(&replacement), "256Mi");
+    assert!(
+        world
+            .intents
+            .lock(&record.lock, &IncidentId("inc-222222222222222222222222".into()))
+            .await
+            .expect("lock"),
+        "the lock was released"
+    );
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_verdict_is_dead_lettered_with_the_reason() {
+    let world = world(36).await;
+    let mut dead_letters =
+        world.client.subscribe(proto::dlq_subject("remediator")).await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    world
+        .js
+        .publish("kubesent.verdicts.shop.increase-memory", "{\"schema\":1,\"action\":7}".into())
+        .await
+        .expect("published")
+        .await
+        .expect("stored");
+    let dead = tokio::time::timeout(PATIENCE, dead_letters.next())
+        .await
+        .expect("dead letter in time")
+        .expect("subscribed");
+    let headers = dead.headers.expect("headers");
+    let reason = headers.get(proto::headers::DLQ_REASON).map(|v| v.to_string()).expect("reason");
+    assert!(reason.starts_with("undecodable verdict"), "{reason}");
+    assert!(changes(&world).is_empty());
+    remediator.stop().await;
+}
