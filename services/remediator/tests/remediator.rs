@@ -178,6 +178,29 @@ fn verdict(pod: &Pod, action: Action, confidence: u8) -> Verdict {
     }
 }
 
+/// An intent for `verdict` as an earlier remediator would have stored it.
+fn stored_intent(verdict: &Verdict, phase: Phase, strategy: Strategy) -> Intent {
+    Intent {
+        schema: proto::SCHEMA_VERSION,
+        incident: verdict.incident.clone(),
+        phase,
+        strategy,
+        target: verdict.pod.clone(),
+        workload: None,
+        lock: intent::lock_key(&verdict.pod),
+        action: verdict.action.clone(),
+        original: None,
+        replacement: None,
+        old_revision: None,
+        baseline_restarts: None,
+        actor: "an earlier remediator".into(),
+        replacement_uid: None,
+        result: None,
+        detail: None,
+        updated_at: jiff::Timestamp::now(),
+    }
+}
+
 async fn publish(world: &World, verdict: &Verdict, msg_id: &str) {
     let subject = proto::verdict_subject("shop", &verdict.action).expect("subject");
     nats::publish(&world.js, subject, msg_id, proto::encode(verdict), &[]).await.expect("published");
@@ -280,23 +303,9 @@ async fn a_target_whose_previous_fix_was_ineffective_is_escalated_not_changed_ag
     let mut done = verdict(&failing, increase(64, 128), 95);
     done.incident = previous.clone();
     let record = Intent {
-        schema: proto::SCHEMA_VERSION,
-        incident: previous,
-        phase: Phase::Done,
-        strategy: Strategy::InPlaceResize,
-        target: done.pod.clone(),
-        workload: None,
-        lock: intent::lock_key(&done.pod),
-        action: done.action.clone(),
-        original: None,
-        replacement: None,
-        old_revision: None,
-        baseline_restarts: Some(0),
-        actor: "an earlier remediator".into(),
-        replacement_uid: None,
         result: Some(OutcomeResult::Ineffective),
         detail: Some("pod web-1 failed again".into()),
-        updated_at: jiff::Timestamp::now(),
+        ..stored_intent(&done, Phase::Done, Strategy::InPlaceResize)
     };
     assert!(matches!(world.intents.claim(&record).await.expect("stored"), Claim::Fresh(_)));
     let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
@@ -349,14 +358,6 @@ async fn a_replace_interrupted_after_the_delete_is_finished_by_the_next_leader()
     let verdict = verdict(&failing, increase(128, 256), 95);
     // What a leader that crashed right after its delete leaves behind: the intent, and no pod.
     let record = Intent {
-        schema: proto::SCHEMA_VERSION,
-        incident: verdict.incident.clone(),
-        phase: Phase::Deleted,
-        strategy: Strategy::ForceReplace,
-        target: verdict.pod.clone(),
-        workload: None,
-        lock: intent::lock_key(&verdict.pod),
-        action: verdict.action.clone(),
         original: Some(replace::sanitized(&failing)),
         replacement: Some(replace::with_memory_limit(
             &failing,
@@ -365,13 +366,7 @@ async fn a_replace_interrupted_after_the_delete_is_finished_by_the_next_leader()
             MemoryQuantity::from_mib(256),
             &verdict.incident,
         )),
-        old_revision: None,
-        baseline_restarts: None,
-        actor: "a crashed remediator".into(),
-        replacement_uid: None,
-        result: None,
-        detail: None,
-        updated_at: jiff::Timestamp::now(),
+        ..stored_intent(&verdict, Phase::Deleted, Strategy::ForceReplace)
     };
     assert!(world.intents.lock(&record.lock, &record.incident).await.expect("lock"));
     assert!(matches!(world.intents.claim(&record).await.expect("stored"), Claim::Fresh(_)));
