@@ -36,6 +36,10 @@ pub enum Command {
     Diagnoser(DiagnoserArgs),
     /// Gate and apply verdicts (leader-elected).
     Remediator(RemediatorArgs),
+    /// Turn the kill switch on: every remediator only suggests until `kubesent resume`.
+    Pause(PauseArgs),
+    /// Turn the kill switch off.
+    Resume(ResumeArgs),
     /// Run everything locally against the simulators and heal an OOM-killed pod.
     Demo(DemoArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
@@ -221,6 +225,40 @@ pub struct RemediatorArgs {
     /// Seconds a fixed pod must stay healthy to count as healed.
     #[arg(long, env = "KUBESENT_VERIFY_SECONDS", default_value_t = 120)]
     verify_seconds: u64,
+    /// Minutes after an action during which the same workload is not changed again.
+    #[arg(long, env = "KUBESENT_COOLDOWN_MINUTES", default_value_t = 10)]
+    cooldown_minutes: u64,
+    /// Actions per rolling hour, cluster-wide; beyond it actions are only suggested.
+    #[arg(long, env = "KUBESENT_MAX_ACTIONS_PER_HOUR", default_value_t = 30)]
+    max_actions_per_hour: u32,
+    /// Fixable failures within the breaker window that open the circuit breaker.
+    #[arg(long, env = "KUBESENT_BREAKER_FAILURES", default_value_t = 20)]
+    breaker_failures: u32,
+    /// The circuit breaker's counting window, in minutes.
+    #[arg(long, env = "KUBESENT_BREAKER_WINDOW_MINUTES", default_value_t = 5)]
+    breaker_window_minutes: u64,
+    /// How long an open circuit breaker holds every action, in minutes.
+    #[arg(long, env = "KUBESENT_BREAKER_HOLD_MINUTES", default_value_t = 15)]
+    breaker_hold_minutes: u64,
+}
+
+/// `kubesent pause`
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// NATS with JetStream.
+    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Why (recorded in every outcome while paused).
+    #[arg(long, default_value = "paused by an operator")]
+    reason: String,
+}
+
+/// `kubesent resume`
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// NATS with JetStream.
+    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
 }
 
 /// `kubesent kube-sim`
@@ -255,6 +293,17 @@ impl Cli {
             Command::Detector(args) => run_detector(args).await,
             Command::Diagnoser(args) => run_diagnoser(args).await,
             Command::Remediator(args) => run_remediator(args).await,
+            Command::Pause(args) => {
+                let guardrails = guardrails(&args.nats_url).await?;
+                guardrails.pause(&args.reason).await?;
+                println!("paused: remediators only suggest until `kubesent resume` ({})", args.reason);
+                Ok(())
+            }
+            Command::Resume(args) => {
+                guardrails(&args.nats_url).await?.resume().await?;
+                println!("resumed: remediators act again");
+                Ok(())
+            }
             Command::Demo(args) => crate::demo::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::KubeSim(args) => run_kube_sim(args).await,
@@ -367,11 +416,35 @@ async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
         leader: args.leader.config(&args.common, "kubesent-remediator"),
         identity: args.common.identity.clone(),
         verify_window: Duration::from_secs(args.verify_seconds),
+        limits: kubesent_remediator::guardrails::Limits {
+            cooldown: Duration::from_secs(args.cooldown_minutes.saturating_mul(60)),
+            actions_per_hour: args.max_actions_per_hour,
+            breaker_failures: args.breaker_failures,
+            breaker_window: Duration::from_secs(args.breaker_window_minutes.saturating_mul(60)),
+            breaker_hold: Duration::from_secs(args.breaker_hold_minutes.saturating_mul(60)),
+        },
         ..kubesent_remediator::RemediatorConfig::default()
     };
     let deps = kubesent_remediator::RemediatorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
     kubesent_remediator::run(config, deps, ctx.shutdown.clone()).await?;
     Ok(())
+}
+
+/// The guardrails in the intents bucket of the NATS at `url` (for `pause` and `resume`).
+async fn guardrails(url: &str) -> anyhow::Result<kubesent_remediator::guardrails::Guardrails> {
+    let client = nats::connect(url, "kubesent-cli").await?;
+    let js = jetstream::new(client);
+    // Only an existing bucket: creating it here would pick a replica count the services did not choose.
+    let bucket = js.get_key_value(kubesent_proto::INTENTS_BUCKET).await.with_context(|| {
+        format!(
+            "no {} bucket at {url}: has a KubeSent remediator run against it?",
+            kubesent_proto::INTENTS_BUCKET
+        )
+    })?;
+    Ok(kubesent_remediator::guardrails::Guardrails::new(
+        bucket,
+        kubesent_remediator::guardrails::Limits::default(),
+    ))
 }
 
 async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {

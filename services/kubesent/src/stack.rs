@@ -172,12 +172,18 @@ impl Stack {
         Ok(Self { nats, kube_sim, gemini_sim, kube, nats_client, js, metrics, shutdown, services })
     }
 
-    /// Stops the services, then the simulators and the broker.
-    pub async fn stop(self) {
+    /// Stops the three services and waits for them (the broker and the simulators keep running, so what
+    /// the services left behind can be inspected).
+    pub async fn stop_services(&mut self) {
         self.shutdown.cancel();
-        for service in self.services {
+        for service in self.services.drain(..) {
             let _ = service.await;
         }
+    }
+
+    /// Stops the services, then the simulators and the broker.
+    pub async fn stop(mut self) {
+        self.stop_services().await;
         self.kube_sim.shutdown().await;
         self.gemini_sim.shutdown().await;
     }

@@ -99,3 +99,47 @@ fn unreadable_or_wrong_kind_input_is_a_clear_error() {
     assert_ne!(code, 0);
     assert!(stderr.contains("holds 2 objects"), "{stderr}");
 }
+
+fn kubesent(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kubesent")).args(args).output().expect("kubesent runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_set_and_clear_the_kill_switch_the_remediators_read() {
+    use kubesent_common::{nats, nats_server::NatsServer};
+    use kubesent_remediator::guardrails::{Guardrails, Limits};
+
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url().to_owned();
+    let (code, _, stderr) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || kubesent(&["pause", "--nats-url", &url])
+    })
+    .await
+    .expect("ran");
+    assert_ne!(code, 0, "nothing to pause before any remediator ran");
+    assert!(stderr.contains("has a KubeSent remediator run against it?"), "{stderr}");
+
+    let js = async_nats::jetstream::new(nats::connect(&url, "test").await.expect("nats"));
+    let bucket = nats::ensure_intents(&js, &nats::Topology::default()).await.expect("bucket");
+    let guardrails = Guardrails::new(bucket, Limits::default());
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || kubesent(&["pause", "--nats-url", &url, "--reason", "node pool upgrade"])
+    })
+    .await
+    .expect("ran");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("paused"), "{stdout}");
+    assert_eq!(guardrails.paused().await.expect("read").as_deref(), Some("node pool upgrade"));
+
+    let (code, _, stderr) =
+        tokio::task::spawn_blocking(move || kubesent(&["resume", "--nats-url", &url])).await.expect("ran");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(guardrails.paused().await.expect("read"), None);
+}

@@ -386,7 +386,7 @@ async fn a_remediator_without_permission_records_a_failure_and_changes_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
-    let stack = Stack::start(StackOptions::default()).await.expect("stack starts");
+    let mut stack = Stack::start(StackOptions::default()).await.expect("stack starts");
     let mut dead_letters = stack.nats_client.subscribe("kubesent.dlq.diagnoser").await.expect("subscribed");
     let ack = stack
         .js
@@ -404,6 +404,8 @@ async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
     assert!(reason.starts_with("undecodable job: malformed payload"), "{reason}");
     let original_sequence = headers.get(proto::headers::DLQ_ORIGINAL_SEQUENCE).map(|v| v.to_string());
     assert_eq!(original_sequence, Some(ack.sequence.to_string()));
+    // The diagnoser acknowledges the job and counts it after the dead letter is stored.
+    stack.stop_services().await;
     let jobs = stack
         .js
         .get_stream(proto::JOBS_STREAM)

@@ -7,6 +7,7 @@
 //! finishes any intent left half-done, so nothing deleted stays deleted.
 
 pub mod gate;
+pub mod guardrails;
 pub mod intent;
 pub mod ladder;
 pub mod replace;
@@ -46,6 +47,7 @@ use tracing::{Instrument as _, field, info, info_span, warn};
 
 use crate::{
     gate::{Decision, Policy},
+    guardrails::{Guard, Guardrails},
     intent::{Claim, Intent, IntentError, Intents, Phase},
     ladder::{Owner, Plan, WorkloadKind},
 };
@@ -57,6 +59,8 @@ pub struct RemediatorConfig {
     pub topology: Topology,
     /// What the gate allows.
     pub policy: Policy,
+    /// Cooldown, hourly budget and circuit breaker.
+    pub limits: guardrails::Limits,
     /// Leader election; `None` makes this replica always lead.
     pub leader: Option<LeaderConfig>,
     /// This replica's identity, recorded in intents, events and outcomes.
@@ -74,6 +78,7 @@ impl Default for RemediatorConfig {
         Self {
             topology: Topology::default(),
             policy: Policy::default(),
+            limits: guardrails::Limits::default(),
             leader: None,
             identity: "kubesent-remediator".into(),
             delete_timeout: Duration::from_secs(120),
@@ -108,6 +113,8 @@ enum StepError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Intent(#[from] IntentError),
+    #[error(transparent)]
+    Guardrails(#[from] guardrails::GuardrailsError),
     #[error(transparent)]
     Common(#[from] kubesent_common::Error),
     #[error("{0}")]
@@ -152,7 +159,9 @@ pub async fn run(
     deps: RemediatorDeps,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let intents = Intents::new(nats::ensure_intents(&deps.js, &config.topology).await?);
+    let bucket = nats::ensure_intents(&deps.js, &config.topology).await?;
+    let intents = Intents::new(bucket.clone());
+    let guardrails = Guardrails::new(bucket, config.limits.clone());
     let consumer =
         nats::ensure_consumer(&deps.js, proto::VERDICTS_STREAM, config.topology.remediator_consumer())
             .await?;
@@ -163,7 +172,7 @@ pub async fn run(
         deps.kube.clone(),
         Reporter { controller: "kubesent-remediator".into(), instance: Some(config.identity.clone()) },
     );
-    let remediator = Arc::new(Remediator { config, deps, intents, recorder });
+    let remediator = Arc::new(Remediator { config, deps, intents, guardrails, recorder });
     tokio::spawn(
         remediator
             .clone()
@@ -187,6 +196,7 @@ struct Remediator {
     config: RemediatorConfig,
     deps: RemediatorDeps,
     intents: Intents,
+    guardrails: Guardrails,
     recorder: Recorder,
 }
 
@@ -422,6 +432,14 @@ impl Remediator {
             detail: None,
             updated_at: jiff::Timestamp::now(),
         };
+        let workload_key = match &owner {
+            Owner::Workload(w) => format!("{}/{}/{}", verdict.pod.namespace, w.kind.as_str(), w.name),
+            _ => format!("{}/Pod/{}", verdict.pod.namespace, verdict.pod.name),
+        };
+        if let Guard::Hold(why) = self.guardrails.admit(&workload_key, verdict.incident.as_str()).await? {
+            info!(%why, "the guardrails hold the action; it is only suggested");
+            return Ok(Finished::plain(OutcomeResult::Suggested, why));
+        }
         if !self.intents.lock(&intent.lock, &intent.incident).await? {
             return Ok(Finished::plain(
                 OutcomeResult::Denied,

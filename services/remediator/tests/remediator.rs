@@ -24,6 +24,7 @@ use kubesent_proto::{
 use kubesent_remediator::{
     RemediatorConfig, RemediatorDeps, RemediatorMetrics,
     gate::Policy,
+    guardrails::{Guardrails, Limits},
     intent::{self, Claim, Intent, Intents, Phase},
     replace,
 };
@@ -41,6 +42,12 @@ struct World {
     js: jetstream::Context,
     intents: Intents,
     bucket: jetstream::kv::Store,
+}
+
+impl World {
+    fn guardrails(&self) -> Guardrails {
+        Guardrails::new(self.bucket.clone(), Limits::default())
+    }
 }
 
 async fn world(kubernetes_minor: u32) -> World {
@@ -71,13 +78,19 @@ impl Running {
 }
 
 fn start(world: &World, policy: Policy) -> Running {
-    let metrics = RemediatorMetrics::register(&mut Registry::default());
-    let config = RemediatorConfig {
-        policy,
+    start_with(world, RemediatorConfig { policy, ..config() })
+}
+
+fn config() -> RemediatorConfig {
+    RemediatorConfig {
         verify_window: Duration::from_millis(500),
         verify_timeout: Duration::from_secs(30),
         ..RemediatorConfig::default()
-    };
+    }
+}
+
+fn start_with(world: &World, config: RemediatorConfig) -> Running {
+    let metrics = RemediatorMetrics::register(&mut Registry::default());
     let deps = RemediatorDeps { kube: world.kube.clone(), js: world.js.clone(), metrics: metrics.clone() };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -427,5 +440,47 @@ async fn an_undecodable_verdict_is_dead_lettered_with_the_reason() {
     let reason = headers.get(proto::headers::DLQ_REASON).map(|v| v.to_string()).expect("reason");
     assert!(reason.starts_with("undecodable verdict"), "{reason}");
     assert!(changes(&world).is_empty());
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_paused_fixes_are_only_suggested_and_after_resume_they_are_applied() {
+    let world = world(36).await;
+    let first = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let second = create(&world, &pod("web-2", "128Mi", "200Mi"), true).await;
+    world.guardrails().pause("registry migration").await.expect("paused");
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    publish(&world, &verdict(&first, increase(128, 256), 95), "v1").await;
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Suggested);
+    assert!(outcome.detail.contains("paused (registry migration)"), "{}", outcome.detail);
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+
+    world.guardrails().resume().await.expect("resumed");
+    publish(&world, &verdict(&second, increase(128, 256), 95), "v2").await;
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.pod.name, "web-2");
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_beyond_the_hourly_budget_are_only_suggested() {
+    let world = world(36).await;
+    let first = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let second = create(&world, &pod("web-2", "128Mi", "200Mi"), true).await;
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let limits = Limits { actions_per_hour: 1, ..Limits::default() };
+    let remediator = start_with(&world, RemediatorConfig { limits, ..config() });
+    publish(&world, &verdict(&first, increase(128, 256), 95), "v1").await;
+    assert_eq!(next_outcome(&mut outcomes).await.result, OutcomeResult::Healed);
+    publish(&world, &verdict(&second, increase(128, 256), 95), "v2").await;
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.pod.name, "web-2");
+    assert_eq!(outcome.result, OutcomeResult::Suggested);
+    assert!(outcome.detail.contains("budget of 1 actions per hour"), "{}", outcome.detail);
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    assert_eq!(memory_limit(&pods.get("web-2").await.expect("pod")), "128Mi");
     remediator.stop().await;
 }
