@@ -354,7 +354,7 @@ async fn a_deployment_managed_by_argo_cd_gets_a_suggestion_and_is_left_unchanged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remediator_without_permission_records_a_failure_and_changes_nothing() {
-    let stack = stack(36).await;
+    let mut stack = stack(36).await;
     // An installation whose remediator role lacks pod patch and resize.
     let roles: Api<ClusterRole> = Api::all(stack.kube.clone());
     let narrowed = json!({"rules": [
@@ -375,6 +375,8 @@ async fn a_remediator_without_permission_records_a_failure_and_changes_nothing()
     let pod = pods.get("web-1").await.expect("pod exists");
     assert_eq!(pod.metadata.uid, original.metadata.uid);
     assert_eq!(memory_limit(&pod), "128Mi");
+    // The outcome is counted after it is published.
+    stack.stop_services().await;
     assert_eq!(
         last_sequence(&stack.js, proto::DLQ_STREAM).await,
         0,
