@@ -266,6 +266,18 @@ pub enum OutcomeResult {
 }
 
 impl OutcomeResult {
+    /// Every result, for metrics that start at zero.
+    pub const ALL: [Self; 8] = [
+        Self::Applied,
+        Self::Healed,
+        Self::Ineffective,
+        Self::Denied,
+        Self::Stale,
+        Self::DiagnosisOnly,
+        Self::Suggested,
+        Self::Failed,
+    ];
+
     /// The snake_case name, also used as a subject token.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -134,6 +134,10 @@ impl DetectorMetrics {
         );
         r.register("pending_jobs", "Jobs waiting to be published", metrics.pending_jobs.clone());
         r.register("leader", "1 when this replica leads", metrics.leader.clone());
+        // Every series exists from the start, at zero, so rates and alerts see it before the first event.
+        for result in ["published", "duplicate"] {
+            let _ = metrics.published.get_or_create(&ResultLabel { result });
+        }
         Arc::new(metrics)
     }
 

@@ -181,6 +181,10 @@ impl DiagnoserMetrics {
         let metrics = Self::default();
         let r = registry.sub_registry_with_prefix("kubesent_diagnoser");
         r.register("jobs", "Jobs handled, by outcome", metrics.jobs.clone());
+        // Every series exists from the start, at zero, so rates and alerts see it before the first event.
+        for outcome in ["diagnosed", "stale", "deferred", "retried", "dead_lettered"] {
+            let _ = metrics.jobs.get_or_create(&OutcomeLabel { outcome });
+        }
         Arc::new(metrics)
     }
 

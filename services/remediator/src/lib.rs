@@ -144,6 +144,10 @@ impl RemediatorMetrics {
         r.register("outcomes", "Outcomes recorded, by result", metrics.outcomes.clone());
         r.register("retries", "Verdicts handed back for a later retry", metrics.retries.clone());
         r.register("leader", "1 when this replica leads", metrics.leader.clone());
+        // Every series exists from the start, at zero, so rates and alerts see it before the first event.
+        for result in OutcomeResult::ALL {
+            let _ = metrics.outcomes.get_or_create(&ResultLabel { result: result.as_str() });
+        }
         Arc::new(metrics)
     }
 
