@@ -68,10 +68,25 @@ async fn the_chain_falls_back_past_rate_limited_missing_and_overloaded_models() 
         "m3 was retried once"
     );
 
+    let metrics = chain.metrics();
+    assert_eq!(
+        [
+            metrics.calls("m1", "rate_limited"),
+            metrics.calls("m2", "not_found"),
+            metrics.calls("m3", "transient"),
+            metrics.calls("m4", "ok")
+        ],
+        [1, 1, 2, 1],
+        "each call is counted by model and result"
+    );
+    assert_eq!([metrics.available("m1"), metrics.available("m2"), metrics.available("m4")], [0, 0, 1]);
+    assert!(metrics.prompt_tokens("m4") > 0);
+
     sim.set_default_reply(Reply::Answer { text: ANSWER.into() });
     let answered = chain.ask(&prompt(), accept).await.expect("answered");
     assert_eq!(answered.model, "m3", "m1 is cooling down and m2 is retired");
     assert_eq!([calls(&sim, "m1"), calls(&sim, "m2")], [1, 1]);
+    assert_eq!(metrics.available("m3"), 1);
 }
 
 #[tokio::test]

@@ -378,7 +378,6 @@ async fn run_detector(args: DetectorArgs) -> anyhow::Result<()> {
 async fn run_diagnoser(args: DiagnoserArgs) -> anyhow::Result<()> {
     let mut ctx = start_service(&args.common, "kubesent-diagnoser").await?;
     let metrics = kubesent_diagnoser::DiagnoserMetrics::register(&mut ctx.registry);
-    ctx.serve_admin(args.common.admin_listen).await?;
     let config = kubesent_diagnoser::DiagnoserConfig {
         topology: ctx.topology.clone(),
         pull: PullOptions { concurrency: args.concurrency, ..PullOptions::default() },
@@ -392,6 +391,11 @@ async fn run_diagnoser(args: DiagnoserArgs) -> anyhow::Result<()> {
         Some(kubesent_diagnoser::ratelimit::bucket(&ctx.js, ctx.topology.replicas).await?)
     };
     let models = kubesent_diagnoser::llm::build_chain(&settings, bucket)?;
+    if let Some(chain) = &models {
+        chain.register_metrics(&mut ctx.registry);
+    }
+    // Serving takes the registry: everything is registered by now.
+    ctx.serve_admin(args.common.admin_listen).await?;
     info!(models = ?settings.models, backend = ?settings.backend, "model chain configured");
     let deps =
         kubesent_diagnoser::DiagnoserDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics, models };

@@ -7,6 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     process::Command,
+    time::Duration,
 };
 
 use k8s_openapi::api::{
@@ -14,6 +15,13 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     core::v1::{ConfigMap, Container, PodSpec, Service},
     policy::v1::PodDisruptionBudget,
+};
+use kubesent_diagnoser::{
+    llm::{
+        chain::{Backend, Model, ModelChain},
+        gemini::{GeminiClient, Thinking},
+    },
+    ratelimit::{Limits, SharedLimiter},
 };
 use serde_json::Value;
 
@@ -280,6 +288,14 @@ fn the_dashboard_charts_only_metrics_the_services_export() {
     kubesent_detector::DetectorMetrics::register(&mut registry);
     kubesent_diagnoser::DiagnoserMetrics::register(&mut registry);
     kubesent_remediator::RemediatorMetrics::register(&mut registry);
+    let gemini = GeminiClient::new("http://127.0.0.1:9", "unused".to_owned().into(), Duration::from_secs(1))
+        .expect("client");
+    let model = Model {
+        name: "gemini-3.5-flash".into(),
+        backend: Backend::Gemini(gemini, Thinking::for_model("gemini-3.5-flash")),
+        limiter: SharedLimiter::new("gemini-3.5-flash", Limits { rpm: 60, tpm: None }, None),
+    };
+    ModelChain::new(vec![model], Duration::from_secs(1)).register_metrics(&mut registry);
     let mut exposition = String::new();
     prometheus_client::encoding::text::encode(&mut exposition, &registry).expect("encoded");
     let exported: BTreeSet<String> = exposition
@@ -294,12 +310,14 @@ fn the_dashboard_charts_only_metrics_the_services_export() {
             let expr = target["expr"].as_str().expect("expr");
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if word.starts_with("kubesent_") {
-                    let family = word.strip_suffix("_total").unwrap_or(word);
+                    let family = ["_total", "_bucket"]
+                        .iter()
+                        .fold(word, |w, suffix| w.strip_suffix(suffix).unwrap_or(w));
                     assert!(exported.contains(family), "{word} is exported: {exported:?}");
                     charted += 1;
                 }
             }
         }
     }
-    assert!(charted >= 8, "the dashboard charts the pipeline");
+    assert!(charted >= 10, "the dashboard charts the pipeline and the models");
 }

@@ -14,6 +14,11 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
 use tokio::{sync::watch, time::Instant};
 use tracing::{Instrument as _, info_span, warn};
 
@@ -55,6 +60,66 @@ enum Health {
     Retired,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabels {
+    model: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+const CALL_RESULTS: [&str; 7] =
+    ["ok", "rate_limited", "not_found", "refused", "transient", "unusable", "busy"];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+}
+
+/// Per-model call metrics: what the quota and the fallbacks are doing.
+#[derive(Debug, Clone)]
+pub struct ModelMetrics {
+    calls: Family<CallLabels, Counter>,
+    latency: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    prompt_tokens: Family<ModelLabel, Counter>,
+    available: Family<ModelLabel, Gauge>,
+}
+
+impl Default for ModelMetrics {
+    fn default() -> Self {
+        Self {
+            calls: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            prompt_tokens: Family::default(),
+            available: Family::default(),
+        }
+    }
+}
+
+impl ModelMetrics {
+    /// Calls to `model` that ended with `result` (`ok`, `rate_limited`, `not_found`, `refused`, `transient`,
+    /// `unusable`, `busy`).
+    pub fn calls(&self, model: &str, result: &'static str) -> u64 {
+        self.calls.get_or_create(&CallLabels { model: model.to_owned(), result }).get()
+    }
+
+    /// Prompt tokens sent to `model` (as the API counted them, else estimated).
+    pub fn prompt_tokens(&self, model: &str) -> u64 {
+        self.prompt_tokens.get_or_create(&ModelLabel { model: model.to_owned() }).get()
+    }
+
+    /// 1 while `model` may be asked; 0 once it was rate-limited (until it answers again) or retired.
+    pub fn available(&self, model: &str) -> i64 {
+        self.available.get_or_create(&ModelLabel { model: model.to_owned() }).get()
+    }
+
+    fn count(&self, model: &str, result: &'static str) {
+        self.calls.get_or_create(&CallLabels { model: model.to_owned(), result }).inc();
+    }
+}
+
 /// Why the chain could not answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ChainError {
@@ -83,6 +148,7 @@ pub struct Answered<T> {
 /// The fallback chain.
 pub struct ModelChain {
     models: Vec<(Model, Mutex<Health>)>,
+    metrics: ModelMetrics,
     /// Longest wait for a rate-limit slot before a model counts as busy.
     max_wait: Duration,
     usable: watch::Sender<bool>,
@@ -103,11 +169,41 @@ impl std::fmt::Debug for ModelChain {
 impl ModelChain {
     /// A chain over `models`, tried in order.
     pub fn new(models: Vec<Model>, max_wait: Duration) -> Arc<Self> {
+        let metrics = ModelMetrics::default();
+        // Every series exists from the start, at zero, so rates and alerts see it before the first call.
+        for model in &models {
+            let label = ModelLabel { model: model.name.clone() };
+            metrics.available.get_or_create(&label).set(1);
+            let _ = metrics.latency.get_or_create(&label);
+            let _ = metrics.prompt_tokens.get_or_create(&label);
+            for result in CALL_RESULTS {
+                let _ = metrics.calls.get_or_create(&CallLabels { model: model.name.clone(), result });
+            }
+        }
         Arc::new(Self {
             models: models.into_iter().map(|m| (m, Mutex::new(Health::Ready))).collect(),
+            metrics,
             max_wait,
             usable: watch::Sender::new(true),
         })
+    }
+
+    /// The chain's per-model metrics.
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.metrics
+    }
+
+    /// Registers the per-model metrics under `kubesent_diagnoser_model_`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("kubesent_diagnoser_model");
+        r.register("calls", "Model calls, by model and result", self.metrics.calls.clone());
+        r.register("latency_seconds", "Model call latency, by model", self.metrics.latency.clone());
+        r.register("prompt_tokens", "Prompt tokens sent, by model", self.metrics.prompt_tokens.clone());
+        r.register(
+            "available",
+            "1 while a model may be asked, 0 while it cools down or is retired",
+            self.metrics.available.clone(),
+        );
     }
 
     /// True while at least one model may be usable; workers pull jobs only then.
@@ -117,6 +213,8 @@ impl ModelChain {
 
     fn set(&self, index: usize, health: Health) {
         *self.models[index].1.lock().unwrap_or_else(PoisonError::into_inner) = health;
+        let label = ModelLabel { model: self.models[index].0.name.clone() };
+        self.metrics.available.get_or_create(&label).set(i64::from(health == Health::Ready));
     }
 
     fn health(&self, index: usize) -> Health {
@@ -166,6 +264,7 @@ impl ModelChain {
                 match model.limiter.reserve(tokens, self.max_wait).await {
                     Ok(Reservation::Go(wait)) => tokio::time::sleep(wait).await,
                     Ok(Reservation::Busy(wait)) => {
+                        self.metrics.count(&model.name, "busy");
                         later(Instant::now() + wait);
                         break;
                     }
@@ -177,7 +276,14 @@ impl ModelChain {
                     }
                 }
                 let span = info_span!("llm_attempt", model = %model.name, attempt, tokens, status = tracing::field::Empty);
+                let started = Instant::now();
                 let result = self.call(model, prompt).instrument(span.clone()).await;
+                let label = ModelLabel { model: model.name.clone() };
+                self.metrics.latency.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+                if let Ok(reply) = &result {
+                    let sent = reply.prompt_tokens.unwrap_or(tokens);
+                    self.metrics.prompt_tokens.get_or_create(&label).inc_by(u64::from(sent));
+                }
                 let result =
                     result.and_then(|reply| accept(&reply).map(|value| (value, reply.model_version)));
                 span.record(
@@ -185,6 +291,17 @@ impl ModelChain {
                     match &result {
                         Ok(_) => "ok".to_owned(),
                         Err(e) => e.to_string(),
+                    },
+                );
+                self.metrics.count(
+                    &model.name,
+                    match &result {
+                        Ok(_) => "ok",
+                        Err(LlmError::RateLimited { .. }) => "rate_limited",
+                        Err(LlmError::NotFound(_)) => "not_found",
+                        Err(LlmError::Fatal(_)) => "refused",
+                        Err(LlmError::Transient(_)) => "transient",
+                        Err(LlmError::Unusable(_)) => "unusable",
                     },
                 );
                 match result {
