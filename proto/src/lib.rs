@@ -263,11 +263,13 @@ pub enum OutcomeResult {
     Suggested,
     /// Applying the action failed.
     Failed,
+    /// A human reversed KubeSent's change (`kubesent undo`).
+    Reverted,
 }
 
 impl OutcomeResult {
     /// Every result, for metrics that start at zero.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Applied,
         Self::Healed,
         Self::Ineffective,
@@ -276,6 +278,7 @@ impl OutcomeResult {
         Self::DiagnosisOnly,
         Self::Suggested,
         Self::Failed,
+        Self::Reverted,
     ];
 
     /// The snake_case name, also used as a subject token.
@@ -289,6 +292,7 @@ impl OutcomeResult {
             Self::DiagnosisOnly => "diagnosis_only",
             Self::Suggested => "suggested",
             Self::Failed => "failed",
+            Self::Reverted => "reverted",
         }
     }
 }

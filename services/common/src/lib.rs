@@ -68,7 +68,8 @@ pub struct CommonArgs {
     pub stream_replicas: usize,
 }
 
-fn default_identity() -> String {
+/// This process's identity: the pod name (`HOSTNAME` in a pod), else `kubesent-<pid>`.
+pub fn default_identity() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kubesent-{}", std::process::id()))
 }
 

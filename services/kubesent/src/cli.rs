@@ -40,6 +40,8 @@ pub enum Command {
     Pause(PauseArgs),
     /// Turn the kill switch off.
     Resume(ResumeArgs),
+    /// Reverse the change KubeSent made for an incident, and record that in the audit log.
+    Undo(UndoArgs),
     /// Run everything locally against the simulators and heal an OOM-killed pod.
     Demo(DemoArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
@@ -253,6 +255,19 @@ pub struct PauseArgs {
     reason: String,
 }
 
+/// `kubesent undo`
+#[derive(Debug, Args)]
+pub struct UndoArgs {
+    /// The incident whose change to reverse (`inc-…`, as in the outcome).
+    incident: String,
+    /// NATS with JetStream.
+    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Kubernetes API URL; when unset, in-cluster configuration or the kubeconfig is used.
+    #[arg(long, env = "KUBESENT_KUBE_API_URL")]
+    kube_api_url: Option<String>,
+}
+
 /// `kubesent resume`
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
@@ -304,6 +319,7 @@ impl Cli {
                 println!("resumed: remediators act again");
                 Ok(())
             }
+            Command::Undo(args) => run_undo(args).await,
             Command::Demo(args) => crate::demo::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::KubeSim(args) => run_kube_sim(args).await,
@@ -434,8 +450,8 @@ async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The guardrails in the intents bucket of the NATS at `url` (for `pause` and `resume`).
-async fn guardrails(url: &str) -> anyhow::Result<kubesent_remediator::guardrails::Guardrails> {
+/// The intents bucket of the NATS at `url`, and JetStream there (for `pause`, `resume` and `undo`).
+async fn intents_bucket(url: &str) -> anyhow::Result<(jetstream::Context, jetstream::kv::Store)> {
     let client = nats::connect(url, "kubesent-cli").await?;
     let js = jetstream::new(client);
     // Only an existing bucket: creating it here would pick a replica count the services did not choose.
@@ -445,10 +461,51 @@ async fn guardrails(url: &str) -> anyhow::Result<kubesent_remediator::guardrails
             kubesent_proto::INTENTS_BUCKET
         )
     })?;
+    Ok((js, bucket))
+}
+
+/// The guardrails in the intents bucket of the NATS at `url`.
+async fn guardrails(url: &str) -> anyhow::Result<kubesent_remediator::guardrails::Guardrails> {
+    let (_, bucket) = intents_bucket(url).await?;
     Ok(kubesent_remediator::guardrails::Guardrails::new(
         bucket,
         kubesent_remediator::guardrails::Limits::default(),
     ))
+}
+
+async fn run_undo(args: UndoArgs) -> anyhow::Result<()> {
+    let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-undo", false, "warn");
+    let incident = kubesent_proto::IncidentId(args.incident.clone());
+    let (js, bucket) = intents_bucket(&args.nats_url).await?;
+    let intents = kubesent_remediator::intent::Intents::new(bucket);
+    let kube = kubesent_common::kube_client(args.kube_api_url.as_deref()).await?;
+    let (intent, _) = intents
+        .get(&incident)
+        .await?
+        .with_context(|| format!("no remediation is recorded for incident {incident}"))?;
+    let undone = kubesent_remediator::undo::undo(&kube, &intents, &incident).await?;
+    let outcome = kubesent_proto::Outcome {
+        schema: kubesent_proto::SCHEMA_VERSION,
+        incident: incident.clone(),
+        pod: intent.target.clone(),
+        action: undone.reverse.clone(),
+        result: kubesent_proto::OutcomeResult::Reverted,
+        strategy: Some(intent.strategy),
+        detail: format!("{}: {}", undone.target, undone.detail),
+        replacement_uid: None,
+        actor: format!("kubesent undo ({})", kubesent_common::default_identity()),
+        trace_id: None,
+        at: jiff::Timestamp::now(),
+    };
+    let subject = kubesent_proto::outcome_subject(&intent.target.namespace, outcome.result)?;
+    nats::publish(&js, subject, &format!("revert-{incident}"), kubesent_proto::encode(&outcome), &[]).await?;
+    println!(
+        "reverted {}: {} (recorded in {})",
+        undone.target,
+        undone.detail,
+        kubesent_proto::OUTCOMES_STREAM
+    );
+    Ok(())
 }
 
 async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {

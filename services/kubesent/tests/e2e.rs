@@ -269,6 +269,64 @@ async fn an_oom_killed_stateful_set_gets_more_memory_and_its_stuck_pod_is_recrea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubesent_undo_restores_the_template_records_the_reversal_and_refuses_a_second_time() {
+    // RBAC off: the CLI below talks to kube-sim as its administrator.
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(
+        2,
+        "registry.local/shop/web:1.4.2",
+        json!({}),
+        json!({"sim.kubesent.io/memory-need": "200Mi"}),
+    );
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    let healed = next_outcome(&mut outcomes).await;
+    assert_eq!(healed.result, OutcomeResult::Healed, "{}", healed.detail);
+
+    let undo = |incident: String, nats: String, kube: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+                .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube])
+                .output()
+                .expect("kubesent runs")
+        })
+    };
+    let (incident, nats, kube) =
+        (healed.incident.to_string(), stack.nats.url().to_owned(), stack.kube_sim.url());
+    let output = undo(incident.clone(), nats.clone(), kube.clone()).await.expect("ran");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("reverted Deployment web"));
+
+    let reverted = next_outcome(&mut outcomes).await;
+    assert_eq!(reverted.result, OutcomeResult::Reverted);
+    assert_eq!(reverted.incident, healed.incident);
+    assert!(reverted.actor.starts_with("kubesent undo"), "{}", reverted.actor);
+    let web = deployments.get("web").await.expect("deployment");
+    let template = web.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("template");
+    let limits = template.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
+    assert_eq!(limits["memory"].0, "128Mi", "the template is as it was");
+    let annotations = web.metadata.annotations.clone().unwrap_or_default();
+    assert!(!annotations.contains_key("kubesent.io/original-memory-limit.app"));
+    assert_eq!(
+        annotations.get("kubesent.io/reverted.app"),
+        Some(&incident),
+        "KubeSent leaves it to the human now"
+    );
+
+    let again = undo(incident, nats, kube).await.expect("ran");
+    assert!(!again.status.success(), "nothing to reverse the second time");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no longer holds KubeSent's value"));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_updated_to_a_missing_image_is_rolled_back_to_the_previous_image() {
     let _telemetry = kubesent_common::telemetry::init("e2e", false);
     let stack = stack(36).await;

@@ -178,6 +178,11 @@ fn memory_of(
     values.as_ref()?.get("memory").and_then(|q| MemoryQuantity::parse(&q.0).ok())
 }
 
+/// A container's memory limit.
+pub fn memory_limit_of(container: &Container) -> Option<MemoryQuantity> {
+    memory_of(&container.resources.as_ref().and_then(|r| r.limits.clone()))
+}
+
 /// The resources of `container` after raising its memory limit to `to` (a request equal to the old
 /// limit moves with it, so a Guaranteed pod stays Guaranteed).
 fn raised_resources(container: &Container, from: MemoryQuantity, to: MemoryQuantity) -> Value {

@@ -11,6 +11,7 @@ pub mod guardrails;
 pub mod intent;
 pub mod ladder;
 pub mod replace;
+pub mod undo;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -360,6 +361,21 @@ impl Remediator {
                 .map(str::to_owned),
             _ => pod.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION)).cloned(),
         };
+        let annotations_of_target = match &owner {
+            Owner::Workload(w) => w.metadata_maps().1,
+            _ => pod.metadata.annotations.clone().unwrap_or_default(),
+        };
+        if let Some(container) = verdict.action.container()
+            && let Some(reverted) =
+                annotations_of_target.get(&format!("{}.{container}", undo::REVERTED_ANNOTATION))
+        {
+            return Ok(Finished::plain(
+                OutcomeResult::Suggested,
+                format!(
+                    "a human reverted KubeSent's change to container {container} (incident {reverted}); further changes are only suggested"
+                ),
+            ));
+        }
         if let Some(detail) = self.previous_fix_failed(marker).await? {
             return Ok(Finished::plain(OutcomeResult::Denied, detail));
         }

@@ -484,3 +484,23 @@ async fn actions_beyond_the_hourly_budget_are_only_suggested() {
     assert_eq!(memory_limit(&pods.get("web-2").await.expect("pod")), "128Mi");
     remediator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_change_a_human_reverted_gets_only_suggestions() {
+    let world = world(36).await;
+    let mut reverted = pod("web-1", "128Mi", "200Mi");
+    reverted.metadata.annotations.get_or_insert_default().insert(
+        format!("{}.app", kubesent_remediator::undo::REVERTED_ANNOTATION),
+        "inc-333333333333333333333333".into(),
+    );
+    let failing = create(&world, &reverted, true).await;
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    publish(&world, &verdict(&failing, increase(128, 256), 95), "v1").await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Suggested);
+    assert!(outcome.detail.contains("a human reverted"), "{}", outcome.detail);
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+    remediator.stop().await;
+}

@@ -1,0 +1,318 @@
+//! Reversing a change KubeSent made (`kubesent undo <incident>`).
+//!
+//! The intent of the incident says what was changed and how; the value from before is its action's `from`
+//! (also recorded on the object). A change is reversed only while the object still holds KubeSent's value:
+//! if someone changed it since, that change wins and nothing is done. A reversed change leaves the
+//! annotation `kubesent.io/reverted.<container>` behind, and KubeSent only suggests further changes to that
+//! container, so it never fights the human who reverted it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::Pod,
+};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use kubesent_proto::{Action, IncidentId, Strategy};
+use serde_json::{Value, json};
+
+use crate::{
+    intent::{IntentError, Intents, Phase},
+    ladder::{self, ORIGINAL_IMAGE_ANNOTATION, Workload, WorkloadKind},
+    replace::{INCIDENT_ANNOTATION, ORIGINAL_MEMORY_ANNOTATION},
+};
+
+/// Annotation prefix marking a container whose KubeSent change a human reverted
+/// (`kubesent.io/reverted.<container>`, valued with the incident).
+pub const REVERTED_ANNOTATION: &str = "kubesent.io/reverted";
+
+/// Why a change was not reversed.
+#[derive(Debug, thiserror::Error)]
+pub enum UndoError {
+    /// No intent exists for the incident.
+    #[error("no remediation is recorded for incident {0}")]
+    Unknown(IncidentId),
+    /// The remediation cannot be reversed this way.
+    #[error("{0}")]
+    NotReversible(String),
+    /// The object no longer holds KubeSent's value.
+    #[error("{0}")]
+    Changed(String),
+    /// The API refused or failed.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The intents bucket failed.
+    #[error(transparent)]
+    Intent(#[from] IntentError),
+}
+
+/// A reversed change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undone {
+    /// What was changed back (`Deployment web`, `pod web-1`).
+    pub target: String,
+    /// The change, in words.
+    pub detail: String,
+    /// The action that reversed it.
+    pub reverse: Action,
+}
+
+/// The action that puts back what `action` changed.
+pub fn reverse(action: &Action) -> Option<Action> {
+    match action {
+        Action::IncreaseMemory { container, from, to } => {
+            Some(Action::IncreaseMemory { container: container.clone(), from: *to, to: *from })
+        }
+        Action::RollbackImage { container, from, to } => {
+            Some(Action::RollbackImage { container: container.clone(), from: to.clone(), to: from.clone() })
+        }
+        Action::None => None,
+    }
+}
+
+/// The value `action` sets, as the template or pod shows it, and the annotation that recorded the original.
+fn value_and_annotation(action: &Action) -> Option<(String, String, String)> {
+    match action {
+        Action::IncreaseMemory { container, to, .. } => {
+            Some((container.clone(), to.to_string(), format!("{ORIGINAL_MEMORY_ANNOTATION}.{container}")))
+        }
+        Action::RollbackImage { container, to, .. } => {
+            Some((container.clone(), to.clone(), format!("{ORIGINAL_IMAGE_ANNOTATION}.{container}")))
+        }
+        Action::None => None,
+    }
+}
+
+/// The strategic merge patch that reverses `action` on a workload's template: guarded by the
+/// resourceVersion read, dropping the original-value and incident annotations, marking the container as
+/// reverted. Refused when the template no longer holds KubeSent's value.
+pub fn undo_owner_patch(
+    workload: &Workload,
+    action: &Action,
+    incident: &IncidentId,
+) -> Result<Value, UndoError> {
+    let back =
+        reverse(action).ok_or_else(|| UndoError::NotReversible("the remediation had no action".into()))?;
+    let (container, kubesent_value, original_annotation) =
+        value_and_annotation(action).ok_or_else(|| UndoError::NotReversible("nothing to reverse".into()))?;
+    let current = workload
+        .template_container(&container)
+        .ok_or_else(|| UndoError::Changed(format!("the template has no container {container} any more")))?;
+    let holds = match action {
+        Action::IncreaseMemory { to, .. } => {
+            ladder::memory_limit_of(&current).is_some_and(|limit| limit == *to)
+        }
+        Action::RollbackImage { to, .. } => current.image.as_deref() == Some(to.as_str()),
+        Action::None => false,
+    };
+    if !holds {
+        return Err(UndoError::Changed(format!(
+            "{} {} no longer holds KubeSent's value {kubesent_value} for {container}: it was changed since, and that change is kept",
+            workload.kind.as_str(),
+            workload.name
+        )));
+    }
+    let mut patch = ladder::owner_patch(workload, &back, incident).map_err(UndoError::NotReversible)?;
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(original_annotation, Value::Null);
+    annotations.insert(INCIDENT_ANNOTATION.into(), Value::Null);
+    annotations.insert(format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string()));
+    patch["metadata"]["annotations"] = Value::Object(annotations);
+    Ok(patch)
+}
+
+/// Reverses the remediation of `incident`: the owner's template for an owner patch, the pod's image for a
+/// pod patch, the pod's memory (in place) for a resize. A force replace is not reversed automatically: the
+/// original pod is in the intent, and replacing a running pod again is a human's call.
+pub async fn undo(
+    kube: &kube::Client,
+    intents: &Intents,
+    incident: &IncidentId,
+) -> Result<Undone, UndoError> {
+    let (intent, _) = intents.get(incident).await?.ok_or_else(|| UndoError::Unknown(incident.clone()))?;
+    if intent.phase != Phase::Done {
+        return Err(UndoError::NotReversible(format!(
+            "the remediation of {incident} is still in progress ({:?}); wait for its outcome",
+            intent.phase
+        )));
+    }
+    let back = reverse(&intent.action)
+        .ok_or_else(|| UndoError::NotReversible(format!("incident {incident} had no action to reverse")))?;
+    let namespace = intent.target.namespace.clone();
+    let params = PatchParams::default();
+    match intent.strategy {
+        Strategy::OwnerPatch => {
+            let reference = intent
+                .workload
+                .clone()
+                .ok_or_else(|| UndoError::NotReversible("the intent names no workload".into()))?;
+            let (kind, object) = match reference.kind.as_str() {
+                "StatefulSet" => (
+                    WorkloadKind::StatefulSet,
+                    serde_json::to_value(
+                        Api::<StatefulSet>::namespaced(kube.clone(), &namespace).get(&reference.name).await?,
+                    ),
+                ),
+                _ => (
+                    WorkloadKind::Deployment,
+                    serde_json::to_value(
+                        Api::<Deployment>::namespaced(kube.clone(), &namespace).get(&reference.name).await?,
+                    ),
+                ),
+            };
+            let workload =
+                Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() };
+            let patch = undo_owner_patch(&workload, &intent.action, incident)?;
+            match kind {
+                WorkloadKind::Deployment => {
+                    Api::<Deployment>::namespaced(kube.clone(), &namespace)
+                        .patch(&reference.name, &params, &Patch::Strategic(&patch))
+                        .await?;
+                }
+                WorkloadKind::StatefulSet => {
+                    Api::<StatefulSet>::namespaced(kube.clone(), &namespace)
+                        .patch(&reference.name, &params, &Patch::Strategic(&patch))
+                        .await?;
+                }
+            }
+            Ok(Undone {
+                target: format!("{} {}", kind.as_str(), reference.name),
+                detail: format!("template restored: {}", describe(&back)),
+                reverse: back,
+            })
+        }
+        Strategy::PodPatch | Strategy::InPlaceResize => {
+            let pods: Api<Pod> = Api::namespaced(kube.clone(), &namespace);
+            let pod = pods
+                .get_opt(&intent.target.name)
+                .await?
+                .filter(|p| p.metadata.uid.as_deref() == Some(intent.target.uid.as_str()))
+                .ok_or_else(|| {
+                    UndoError::Changed(format!("pod {} is gone or was replaced", intent.target.name))
+                })?;
+            let (container, kubesent_value, original_annotation) = value_and_annotation(&intent.action)
+                .ok_or_else(|| UndoError::NotReversible("nothing to reverse".into()))?;
+            let current = kubesent_common::pod::container(&pod, &container)
+                .ok_or_else(|| UndoError::Changed(format!("pod has no container {container}")))?;
+            let holds = match &intent.action {
+                Action::IncreaseMemory { to, .. } => {
+                    ladder::memory_limit_of(current).is_some_and(|l| l == *to)
+                }
+                Action::RollbackImage { to, .. } => current.image.as_deref() == Some(to.as_str()),
+                Action::None => false,
+            };
+            if !holds {
+                return Err(UndoError::Changed(format!(
+                    "pod {} no longer holds KubeSent's value {kubesent_value} for {container}; it is kept",
+                    intent.target.name
+                )));
+            }
+            let annotations: BTreeMap<String, Value> = [
+                (original_annotation, Value::Null),
+                (INCIDENT_ANNOTATION.to_owned(), Value::Null),
+                (format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string())),
+            ]
+            .into();
+            match &back {
+                Action::RollbackImage { to, .. } => {
+                    let patch = json!({"metadata": {"annotations": annotations},
+                        "spec": {"containers": [{"name": container, "image": to}]}});
+                    pods.patch(&intent.target.name, &params, &Patch::Strategic(&patch)).await?;
+                }
+                Action::IncreaseMemory { from, to, .. } => {
+                    // A memory decrease in place needs Kubernetes 1.35 (or restartPolicy RestartContainer);
+                    // the API's refusal is reported as it is.
+                    let patch = ladder::resize_patch(&pod, &container, *from, *to)
+                        .map_err(UndoError::NotReversible)?;
+                    pods.patch_resize(&intent.target.name, &params, &Patch::Strategic(&patch)).await?;
+                    let record = json!({"metadata": {"annotations": annotations}});
+                    pods.patch(&intent.target.name, &params, &Patch::Merge(&record)).await?;
+                }
+                Action::None => {}
+            }
+            Ok(Undone {
+                target: format!("pod {}", intent.target.name),
+                detail: format!("pod restored: {}", describe(&back)),
+                reverse: back,
+            })
+        }
+        Strategy::ForceReplace => Err(UndoError::NotReversible(format!(
+            "pod {} was replaced; KubeSent does not replace it again on its own. The original pod is in the intent (nats kv get {} {incident})",
+            intent.target.name,
+            kubesent_proto::INTENTS_BUCKET
+        ))),
+    }
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::IncreaseMemory { container, from, to } => {
+            format!("memory limit of {container} {from} -> {to}")
+        }
+        Action::RollbackImage { container, from, to } => format!("image of {container} {from} -> {to}"),
+        Action::None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kubesent_proto::MemoryQuantity;
+
+    use super::*;
+
+    fn deployment(limit: &str, image: &str) -> Workload {
+        Workload {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            object: json!({"metadata": {"name": "web", "resourceVersion": "77", "annotations": {
+                    "kubesent.io/original-memory-limit.app": "128Mi", "kubesent.io/incident": "inc-1"}},
+                "spec": {"template": {"spec": {"containers": [{"name": "app", "image": image,
+                    "resources": {"limits": {"memory": limit}, "requests": {"memory": limit}}}]}}}}),
+        }
+    }
+
+    fn raised() -> Action {
+        Action::IncreaseMemory {
+            container: "app".into(),
+            from: MemoryQuantity::from_mib(128),
+            to: MemoryQuantity::from_mib(256),
+        }
+    }
+
+    #[test]
+    fn reversing_swaps_what_was_changed() {
+        assert_eq!(
+            reverse(&raised()),
+            Some(Action::IncreaseMemory {
+                container: "app".into(),
+                from: MemoryQuantity::from_mib(256),
+                to: MemoryQuantity::from_mib(128)
+            })
+        );
+        assert_eq!(reverse(&Action::None), None);
+    }
+
+    #[test]
+    fn the_undo_patch_restores_the_template_clears_the_record_and_marks_the_container() {
+        let patch = undo_owner_patch(&deployment("256Mi", "web:2"), &raised(), &IncidentId("inc-1".into()))
+            .expect("reversible");
+        assert_eq!(patch["metadata"]["resourceVersion"], "77", "guarded by what was read");
+        let container = &patch["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["resources"]["limits"]["memory"], "128Mi");
+        assert_eq!(container["resources"]["requests"]["memory"], "128Mi", "an equal request moves back too");
+        let annotations = &patch["metadata"]["annotations"];
+        assert_eq!(annotations["kubesent.io/original-memory-limit.app"], Value::Null);
+        assert_eq!(annotations["kubesent.io/incident"], Value::Null);
+        assert_eq!(annotations["kubesent.io/reverted.app"], "inc-1");
+    }
+
+    #[test]
+    fn a_template_changed_since_is_not_reverted() {
+        let error = undo_owner_patch(&deployment("512Mi", "web:2"), &raised(), &IncidentId("inc-1".into()))
+            .expect_err("someone changed it");
+        assert!(matches!(error, UndoError::Changed(ref why) if why.contains("changed since")), "{error}");
+    }
+}
