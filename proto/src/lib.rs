@@ -265,11 +265,14 @@ pub enum OutcomeResult {
     Failed,
     /// A human reversed KubeSent's change (`kubesent undo`).
     Reverted,
+    /// Manual-approval mode: the fix waits for `kubesent approve` (or `reject`). Not final: the incident's
+    /// final outcome follows.
+    AwaitingApproval,
 }
 
 impl OutcomeResult {
     /// Every result, for metrics that start at zero.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Applied,
         Self::Healed,
         Self::Ineffective,
@@ -279,6 +282,7 @@ impl OutcomeResult {
         Self::Suggested,
         Self::Failed,
         Self::Reverted,
+        Self::AwaitingApproval,
     ];
 
     /// The snake_case name, also used as a subject token.
@@ -293,6 +297,7 @@ impl OutcomeResult {
             Self::Suggested => "suggested",
             Self::Failed => "failed",
             Self::Reverted => "reverted",
+            Self::AwaitingApproval => "awaiting_approval",
         }
     }
 }

@@ -42,6 +42,10 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Reverse the change KubeSent made for an incident, and record that in the audit log.
     Undo(UndoArgs),
+    /// Approve a fix waiting in manual-approval mode; the leading remediator carries it out.
+    Approve(ApproveArgs),
+    /// Reject a fix waiting in manual-approval mode; it is recorded as denied.
+    Reject(RejectArgs),
     /// Run everything locally against the simulators and heal an OOM-killed pod.
     Demo(DemoArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
@@ -242,6 +246,9 @@ pub struct RemediatorArgs {
     /// How long an open circuit breaker holds every action, in minutes.
     #[arg(long, env = "KUBESENT_BREAKER_HOLD_MINUTES", default_value_t = 15)]
     breaker_hold_minutes: u64,
+    /// Manual-approval mode: every fix waits for `kubesent approve` (or `reject`).
+    #[arg(long, env = "KUBESENT_REQUIRE_APPROVAL", default_value_t = false, action = clap::ArgAction::Set)]
+    require_approval: bool,
 }
 
 /// `kubesent pause`
@@ -266,6 +273,35 @@ pub struct UndoArgs {
     /// Kubernetes API URL; when unset, in-cluster configuration or the kubeconfig is used.
     #[arg(long, env = "KUBESENT_KUBE_API_URL")]
     kube_api_url: Option<String>,
+}
+
+/// `kubesent approve`
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The incident (`inc-…`, as in its `awaiting_approval` outcome).
+    incident: String,
+    /// Who approves (recorded in the intent).
+    #[arg(long, env = "USER", default_value = "an operator")]
+    by: String,
+    /// NATS with JetStream.
+    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+/// `kubesent reject`
+#[derive(Debug, Args)]
+pub struct RejectArgs {
+    /// The incident (`inc-…`, as in its `awaiting_approval` outcome).
+    incident: String,
+    /// Who rejects (recorded in the outcome).
+    #[arg(long, env = "USER", default_value = "an operator")]
+    by: String,
+    /// Why (recorded in the outcome).
+    #[arg(long, default_value = "rejected")]
+    reason: String,
+    /// NATS with JetStream.
+    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
 }
 
 /// `kubesent resume`
@@ -320,6 +356,15 @@ impl Cli {
                 Ok(())
             }
             Command::Undo(args) => run_undo(args).await,
+            Command::Approve(args) => {
+                let (_, bucket) = intents_bucket(&args.nats_url).await?;
+                let intents = kubesent_remediator::intent::Intents::new(bucket);
+                let incident = kubesent_proto::IncidentId(args.incident);
+                intents.approve(&incident, &args.by).await?;
+                println!("approved {incident}: the leading remediator carries it out now");
+                Ok(())
+            }
+            Command::Reject(args) => run_reject(args).await,
             Command::Demo(args) => crate::demo::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::KubeSim(args) => run_kube_sim(args).await,
@@ -443,6 +488,7 @@ async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
             breaker_window: Duration::from_secs(args.breaker_window_minutes.saturating_mul(60)),
             breaker_hold: Duration::from_secs(args.breaker_hold_minutes.saturating_mul(60)),
         },
+        approval_required: args.require_approval,
         ..kubesent_remediator::RemediatorConfig::default()
     };
     let deps = kubesent_remediator::RemediatorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
@@ -473,16 +519,41 @@ async fn guardrails(url: &str) -> anyhow::Result<kubesent_remediator::guardrails
     ))
 }
 
+async fn run_reject(args: RejectArgs) -> anyhow::Result<()> {
+    let (js, bucket) = intents_bucket(&args.nats_url).await?;
+    let intents = kubesent_remediator::intent::Intents::new(bucket);
+    let incident = kubesent_proto::IncidentId(args.incident);
+    let intent = intents.reject(&incident, &args.by, &args.reason).await?;
+    let outcome = kubesent_proto::Outcome {
+        schema: kubesent_proto::SCHEMA_VERSION,
+        incident: incident.clone(),
+        pod: intent.target.clone(),
+        action: intent.action.clone(),
+        result: kubesent_proto::OutcomeResult::Denied,
+        strategy: Some(intent.strategy),
+        detail: intent.detail.clone().unwrap_or_default(),
+        replacement_uid: None,
+        actor: format!("kubesent reject ({})", args.by),
+        trace_id: None,
+        at: jiff::Timestamp::now(),
+    };
+    let subject = kubesent_proto::outcome_subject(&intent.target.namespace, outcome.result)?;
+    nats::publish(&js, subject, &format!("outcome-{incident}"), kubesent_proto::encode(&outcome), &[])
+        .await?;
+    println!("rejected {incident}: recorded as denied");
+    Ok(())
+}
+
 async fn run_undo(args: UndoArgs) -> anyhow::Result<()> {
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-undo", false, "warn");
     let incident = kubesent_proto::IncidentId(args.incident.clone());
     let (js, bucket) = intents_bucket(&args.nats_url).await?;
     let intents = kubesent_remediator::intent::Intents::new(bucket);
-    let kube = kubesent_common::kube_client(args.kube_api_url.as_deref()).await?;
     let (intent, _) = intents
         .get(&incident)
         .await?
         .with_context(|| format!("no remediation is recorded for incident {incident}"))?;
+    let kube = kubesent_common::kube_client(args.kube_api_url.as_deref()).await?;
     let undone = kubesent_remediator::undo::undo(&kube, &intents, &incident).await?;
     let outcome = kubesent_proto::Outcome {
         schema: kubesent_proto::SCHEMA_VERSION,

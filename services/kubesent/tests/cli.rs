@@ -110,7 +110,7 @@ fn kubesent(args: &[&str]) -> (i32, String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_and_resume_set_and_clear_the_kill_switch_the_remediators_read() {
+async fn pause_and_resume_set_and_clear_the_kill_switch_and_unknown_incidents_are_refused() {
     use kubesent_common::{nats, nats_server::NatsServer};
     use kubesent_remediator::guardrails::{Guardrails, Limits};
 
@@ -138,8 +138,23 @@ async fn pause_and_resume_set_and_clear_the_kill_switch_the_remediators_read() {
     assert!(stdout.contains("paused"), "{stdout}");
     assert_eq!(guardrails.paused().await.expect("read").as_deref(), Some("node pool upgrade"));
 
-    let (code, _, stderr) =
-        tokio::task::spawn_blocking(move || kubesent(&["resume", "--nats-url", &url])).await.expect("ran");
+    let (code, _, stderr) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || kubesent(&["resume", "--nats-url", &url])
+    })
+    .await
+    .expect("ran");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(guardrails.paused().await.expect("read"), None);
+
+    for verb in ["approve", "reject", "undo"] {
+        let url = url.clone();
+        let (code, _, stderr) = tokio::task::spawn_blocking(move || {
+            kubesent(&[verb, "inc-000000000000000000000000", "--nats-url", &url])
+        })
+        .await
+        .expect("ran");
+        assert_ne!(code, 0, "{verb} of an unknown incident fails");
+        assert!(stderr.contains("no remediation is recorded for incident"), "{verb}: {stderr}");
+    }
 }

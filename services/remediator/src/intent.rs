@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Manual-approval mode: decided and locked, waiting for `kubesent approve` or `reject`.
+    AwaitingApproval,
+    /// Approved by a human; the leader carries it out.
+    Approved,
     /// Written; nothing has changed yet (a force replace: the old pod may still exist).
     Pending,
     /// The change was made (template patched, pod resized or patched); it is being verified.
@@ -58,6 +62,9 @@ pub struct Intent {
     /// pod of this revision is left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_revision: Option<String>,
+    /// Who approved it, in manual-approval mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
     /// The container's restart count once a change made in place took effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_restarts: Option<i32>,
@@ -90,6 +97,17 @@ pub enum IntentError {
     /// The bucket could not be read or written.
     #[error("intent store: {0}")]
     Store(String),
+    /// The intent is not waiting for approval.
+    #[error("incident {incident} is not waiting for approval (it is {phase:?})")]
+    NotAwaitingApproval {
+        /// The incident.
+        incident: String,
+        /// Where it is.
+        phase: Phase,
+    },
+    /// No intent exists for the incident.
+    #[error("no remediation is recorded for incident {0}")]
+    Unknown(String),
     /// A stored entry is not an intent.
     #[error("intent {key} is unreadable: {error}")]
     Corrupt {
@@ -193,6 +211,66 @@ impl Intents {
     /// Releases the lock `key`.
     pub async fn unlock(&self, key: &str) -> Result<(), IntentError> {
         self.kv.delete(key).await.map_err(|e| IntentError::Store(e.to_string()))
+    }
+
+    /// Approves an intent waiting for approval; the leading remediator carries it out.
+    pub async fn approve(&self, incident: &IncidentId, by: &str) -> Result<Intent, IntentError> {
+        self.decide(incident, |intent| {
+            intent.phase = Phase::Approved;
+            intent.approved_by = Some(by.to_owned());
+        })
+        .await
+    }
+
+    /// Rejects an intent waiting for approval: it ends as denied and its lock is released.
+    pub async fn reject(&self, incident: &IncidentId, by: &str, reason: &str) -> Result<Intent, IntentError> {
+        let intent = self
+            .decide(incident, |intent| {
+                intent.phase = Phase::Done;
+                intent.result = Some(OutcomeResult::Denied);
+                intent.detail = Some(format!("rejected by {by}: {reason}"));
+            })
+            .await?;
+        let lock = if intent.lock.is_empty() { lock_key(&intent.target) } else { intent.lock.clone() };
+        self.unlock(&lock).await?;
+        Ok(intent)
+    }
+
+    async fn decide(
+        &self,
+        incident: &IncidentId,
+        change: impl FnOnce(&mut Intent),
+    ) -> Result<Intent, IntentError> {
+        let (mut intent, revision) =
+            self.get(incident).await?.ok_or_else(|| IntentError::Unknown(incident.to_string()))?;
+        if intent.phase != Phase::AwaitingApproval {
+            return Err(IntentError::NotAwaitingApproval {
+                incident: incident.to_string(),
+                phase: intent.phase,
+            });
+        }
+        change(&mut intent);
+        intent.updated_at = jiff::Timestamp::now();
+        self.advance(&intent, revision).await?;
+        Ok(intent)
+    }
+
+    /// Every change to an intent from now on (new intents, new phases), with its revision.
+    pub async fn watch(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Result<(Intent, u64), IntentError>> + use<>, IntentError> {
+        let updates = self.kv.watch_all().await.map_err(|e| IntentError::Store(e.to_string()))?;
+        Ok(updates.filter_map(|entry| async move {
+            match entry {
+                Ok(entry) if entry.operation == kv::Operation::Put && entry.key.starts_with("inc-") => Some(
+                    serde_json::from_slice(&entry.value)
+                        .map(|intent| (intent, entry.revision))
+                        .map_err(|error| IntentError::Corrupt { key: entry.key.clone(), error }),
+                ),
+                Ok(_) => None,
+                Err(error) => Some(Err(IntentError::Store(error.to_string()))),
+            }
+        }))
     }
 
     /// Every intent that is not done, for a remediator that takes over.

@@ -13,7 +13,11 @@ pub mod ladder;
 pub mod replace;
 pub mod undo;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
@@ -62,6 +66,8 @@ pub struct RemediatorConfig {
     pub policy: Policy,
     /// Cooldown, hourly budget and circuit breaker.
     pub limits: guardrails::Limits,
+    /// Manual-approval mode: every fix waits for `kubesent approve`.
+    pub approval_required: bool,
     /// Leader election; `None` makes this replica always lead.
     pub leader: Option<LeaderConfig>,
     /// This replica's identity, recorded in intents, events and outcomes.
@@ -80,6 +86,7 @@ impl Default for RemediatorConfig {
             topology: Topology::default(),
             policy: Policy::default(),
             limits: guardrails::Limits::default(),
+            approval_required: false,
             leader: None,
             identity: "kubesent-remediator".into(),
             delete_timeout: Duration::from_secs(120),
@@ -184,6 +191,12 @@ pub async fn run(
             .resume_on_takeover(leading.clone(), shutdown.clone())
             .instrument(info_span!("takeover")),
     );
+    tokio::spawn(
+        remediator
+            .clone()
+            .carry_out_approvals(leading.clone(), shutdown.clone())
+            .instrument(info_span!("approvals")),
+    );
     let worker = remediator.clone();
     // Remediations are few and each one is careful; two at a time is plenty and keeps ordering simple.
     let options = PullOptions { concurrency: 2, ..PullOptions::default() };
@@ -246,7 +259,14 @@ impl Remediator {
                         for (intent, revision) in open {
                             info!(incident = %intent.incident, phase = ?intent.phase, "finishing an intent left half-done");
                             let span = info_span!("resume", incident = %intent.incident);
-                            if let Err(error) = self.drive(intent, revision).instrument(span).await {
+                            if matches!(intent.phase, Phase::AwaitingApproval | Phase::Approved) {
+                                // Waiting for a human, or the approvals task's to carry out.
+                                continue;
+                            } else if intent.approved_by.is_some() {
+                                // Approved and under way; its verdict was acknowledged when it began to
+                                // wait, so the outcome is recorded from here.
+                                self.clone().finish_approved(intent, revision).instrument(span).await;
+                            } else if let Err(error) = self.drive(intent, revision).instrument(span).await {
                                 warn!(%error, "resuming an intent failed; the verdict's redelivery will retry");
                             }
                         }
@@ -259,6 +279,106 @@ impl Remediator {
                 () = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// While leading, carries out every remediation a human approves (`kubesent approve`).
+    async fn carry_out_approvals(
+        self: Arc<Self>,
+        mut leading: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
+            }
+            let mut updates = match self.intents.watch().await {
+                Ok(updates) => Box::pin(updates),
+                Err(error) => {
+                    warn!(%error, "watching for approvals failed; trying again");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            // Approvals given before the watch began (or while another replica led) are listed once the
+            // watch runs, so none falls between the two; one approval is carried out once.
+            let in_flight: Arc<Mutex<HashSet<proto::IncidentId>>> = Arc::default();
+            let start = |intent: Intent, revision: u64| {
+                let fresh =
+                    in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(intent.incident.clone());
+                if fresh {
+                    let span = info_span!("approved", incident = %intent.incident);
+                    let (remediator, in_flight) = (self.clone(), in_flight.clone());
+                    tokio::spawn(
+                        async move {
+                            let incident = intent.incident.clone();
+                            remediator.finish_approved(intent, revision).await;
+                            in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&incident);
+                        }
+                        .instrument(span),
+                    );
+                }
+            };
+            match self.intents.unfinished().await {
+                Ok(open) => {
+                    for (intent, revision) in open.into_iter().filter(|(i, _)| i.phase == Phase::Approved) {
+                        start(intent, revision);
+                    }
+                }
+                Err(error) => warn!(%error, "listing approved intents failed"),
+            }
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = leading.changed() => {
+                        if changed.is_err() { return }
+                        if !*leading.borrow() { break }
+                    }
+                    update = updates.next() => match update {
+                        Some(Ok((intent, revision))) if intent.phase == Phase::Approved => start(intent, revision),
+                        Some(Ok(_)) => {}
+                        Some(Err(error @ IntentError::Corrupt { .. })) => warn!(%error, "skipping an unreadable intent"),
+                        Some(Err(error)) => {
+                            warn!(%error, "the approvals watch failed; watching again");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out an approved remediation and records its outcome, retrying transient failures.
+    async fn finish_approved(self: Arc<Self>, intent: Intent, revision: u64) {
+        const ATTEMPTS: u32 = 5;
+        let (incident, pod, action) = (intent.incident.clone(), intent.target.clone(), intent.action.clone());
+        let (mut intent, mut revision) = (intent, revision);
+        for attempt in 1..=ATTEMPTS {
+            match self.drive(intent.clone(), revision).await {
+                Ok(finished) => {
+                    if let Err(error) = self.record_for(&incident, &pod, &action, finished).await {
+                        warn!(%error, "recording the outcome of an approved remediation failed");
+                    }
+                    return;
+                }
+                // Another replica (or an earlier attempt) moved it on: carry on from where it is.
+                Err(error) => {
+                    warn!(%error, attempt, "an approved remediation step failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(2u64.pow(attempt))).await;
+                    match self.intents.get(&incident).await {
+                        Ok(Some((current, current_revision))) => {
+                            (intent, revision) = (current, current_revision)
+                        }
+                        Ok(None) => return,
+                        Err(error) => warn!(%error, "re-reading the intent failed"),
+                    }
+                }
+            }
+        }
+        warn!("an approved remediation kept failing; the next leader resumes it");
     }
 
     async fn handle(&self, message: jetstream::Message) {
@@ -433,10 +553,11 @@ impl Remediator {
             .as_ref()
             .and_then(|l| l.get("pod-template-hash").or_else(|| l.get("controller-revision-hash")))
             .cloned();
+        let approval = self.config.approval_required;
         let intent = Intent {
             schema: proto::SCHEMA_VERSION,
             incident: verdict.incident.clone(),
-            phase: Phase::Pending,
+            phase: if approval { Phase::AwaitingApproval } else { Phase::Pending },
             strategy,
             target,
             workload,
@@ -445,6 +566,7 @@ impl Remediator {
             original: Some(replace::sanitized(&pod)),
             replacement,
             old_revision,
+            approved_by: None,
             baseline_restarts: None,
             actor: self.config.identity.clone(),
             replacement_uid: None,
@@ -456,7 +578,17 @@ impl Remediator {
             Owner::Workload(w) => format!("{}/{}/{}", verdict.pod.namespace, w.kind.as_str(), w.name),
             _ => format!("{}/Pod/{}", verdict.pod.namespace, verdict.pod.name),
         };
-        if let Guard::Hold(why) = self.guardrails.admit(&workload_key, verdict.incident.as_str()).await? {
+        if approval {
+            // A human decides instead of the budget, cooldown and breaker; the kill switch still holds.
+            if let Some(reason) = self.guardrails.paused().await? {
+                return Ok(Finished::plain(
+                    OutcomeResult::Suggested,
+                    format!("KubeSent is paused ({reason}); actions are only suggested"),
+                ));
+            }
+        } else if let Guard::Hold(why) =
+            self.guardrails.admit(&workload_key, verdict.incident.as_str()).await?
+        {
             info!(%why, "the guardrails hold the action; it is only suggested");
             return Ok(Finished::plain(OutcomeResult::Suggested, why));
         }
@@ -476,19 +608,14 @@ impl Remediator {
             describe(&verdict.action),
             verdict.incident
         );
-        self.event(
-            &pod.object_ref(&()),
-            EventType::Normal,
-            "Remediating",
-            verdict.action.kind_str(),
-            note.clone(),
-        )
-        .await;
+        let reason = if intent.phase == Phase::AwaitingApproval { "AwaitingApproval" } else { "Remediating" };
+        self.event(&pod.object_ref(&()), EventType::Normal, reason, verdict.action.kind_str(), note.clone())
+            .await;
         if let Owner::Workload(w) = &owner {
             self.event(
                 &workload_ref(&verdict.pod.namespace, w),
                 EventType::Normal,
-                "Remediating",
+                reason,
                 verdict.action.kind_str(),
                 note,
             )
@@ -498,7 +625,16 @@ impl Remediator {
     }
 
     /// Continues an intent with its strategy, from whatever phase it is in.
-    async fn drive(&self, intent: Intent, revision: u64) -> Result<Finished, StepError> {
+    async fn drive(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
+        match intent.phase {
+            Phase::AwaitingApproval => return Ok(awaiting_approval(&intent)),
+            Phase::Approved => {
+                info!(approved_by = ?intent.approved_by, "carrying out an approved remediation");
+                intent.phase = Phase::Pending;
+                revision = self.advance(&mut intent, revision).await?;
+            }
+            _ => {}
+        }
         // Each strategy's future holds a watcher; boxing keeps the handler's future (and the stack
         // frames that poll it) small.
         match intent.strategy {
@@ -606,6 +742,8 @@ impl Remediator {
         };
         loop {
             match intent.phase {
+                // Only drive() moves an intent past approval; never act on one here.
+                Phase::AwaitingApproval | Phase::Approved => return Ok(awaiting_approval(&intent)),
                 Phase::Pending => {
                     const ATTEMPTS: usize = 4;
                     let mut patched = false;
@@ -748,6 +886,8 @@ impl Remediator {
         };
         loop {
             match intent.phase {
+                // Only drive() moves an intent past approval; never act on one here.
+                Phase::AwaitingApproval | Phase::Approved => return Ok(awaiting_approval(&intent)),
                 Phase::Pending => {
                     let Some(pod) = pods
                         .get_opt(&name)
@@ -848,6 +988,8 @@ impl Remediator {
         };
         loop {
             match intent.phase {
+                // Only drive() moves an intent past approval; never act on one here.
+                Phase::AwaitingApproval | Phase::Approved => return Ok(awaiting_approval(&intent)),
                 Phase::Pending => {
                     let Some(pod) = pods
                         .get_opt(&name)
@@ -940,6 +1082,8 @@ impl Remediator {
         };
         loop {
             match intent.phase {
+                // Only drive() moves an intent past approval; never act on one here.
+                Phase::AwaitingApproval | Phase::Approved => return Ok(awaiting_approval(&intent)),
                 Phase::Pending => {
                     self.delete_original(&pods, &intent).await?;
                     intent.phase = Phase::Deleted;
@@ -1160,11 +1304,23 @@ impl Remediator {
     }
 
     async fn record(&self, verdict: &Verdict, finished: Finished) -> Result<(), StepError> {
+        self.record_for(&verdict.incident, &verdict.pod, &verdict.action, finished).await
+    }
+
+    /// Publishes the outcome of `incident`. Each incident has one final outcome (its message id is
+    /// `outcome-<incident>`); a remediation waiting for approval is announced under `pending-<incident>`.
+    async fn record_for(
+        &self,
+        incident: &proto::IncidentId,
+        pod: &proto::PodRef,
+        action: &Action,
+        finished: Finished,
+    ) -> Result<(), StepError> {
         let outcome = Outcome {
             schema: proto::SCHEMA_VERSION,
-            incident: verdict.incident.clone(),
-            pod: verdict.pod.clone(),
-            action: verdict.action.clone(),
+            incident: incident.clone(),
+            pod: pod.clone(),
+            action: action.clone(),
             result: finished.result,
             strategy: finished.strategy,
             detail: finished.detail,
@@ -1173,13 +1329,14 @@ impl Remediator {
             trace_id: trace::current_trace_id(),
             at: jiff::Timestamp::now(),
         };
-        let subject = proto::outcome_subject(&verdict.pod.namespace, outcome.result)?;
+        let subject = proto::outcome_subject(&pod.namespace, outcome.result)?;
+        let kind = if outcome.result == OutcomeResult::AwaitingApproval { "pending" } else { "outcome" };
         nats::publish(
             &self.deps.js,
             subject,
-            &format!("outcome-{}", verdict.incident),
+            &format!("{kind}-{incident}"),
             proto::encode(&outcome),
-            &[(proto::headers::INCIDENT, verdict.incident.as_str())],
+            &[(proto::headers::INCIDENT, incident.as_str())],
         )
         .await?;
         self.deps.metrics.outcomes.get_or_create(&ResultLabel { result: outcome.result.as_str() }).inc();
@@ -1205,6 +1362,19 @@ impl Remediator {
         if let Err(error) = self.recorder.publish(&event, reference).await {
             warn!(%error, "recording a Kubernetes event failed");
         }
+    }
+}
+
+/// The not-yet-final outcome of a remediation waiting for a human.
+fn awaiting_approval(intent: &Intent) -> Finished {
+    Finished {
+        result: OutcomeResult::AwaitingApproval,
+        strategy: Some(intent.strategy),
+        detail: format!(
+            "waiting for approval: kubesent approve {0} (or kubesent reject {0})",
+            intent.incident
+        ),
+        replacement_uid: None,
     }
 }
 

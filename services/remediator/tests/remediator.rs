@@ -205,6 +205,7 @@ fn stored_intent(verdict: &Verdict, phase: Phase, strategy: Strategy) -> Intent 
         original: None,
         replacement: None,
         old_revision: None,
+        approved_by: None,
         baseline_restarts: None,
         actor: "an earlier remediator".into(),
         replacement_uid: None,
@@ -503,4 +504,53 @@ async fn a_container_whose_change_a_human_reverted_gets_only_suggestions() {
     assert!(outcome.detail.contains("a human reverted"), "{}", outcome.detail);
     assert!(changes(&world).is_empty(), "{:?}", changes(&world));
     remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_approval_mode_a_fix_waits_for_a_human_and_is_carried_out_once_approved() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let verdict = verdict(&failing, increase(128, 256), 95);
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start_with(&world, RemediatorConfig { approval_required: true, ..config() });
+    publish(&world, &verdict, "v1").await;
+
+    let pending = next_outcome(&mut outcomes).await;
+    assert_eq!(pending.result, OutcomeResult::AwaitingApproval);
+    assert!(pending.detail.contains(&format!("kubesent approve {}", verdict.incident)), "{}", pending.detail);
+    assert!(changes(&world).is_empty(), "nothing changes before the approval: {:?}", changes(&world));
+
+    let approved = world.intents.approve(&verdict.incident, "alice").await.expect("approved");
+    assert_eq!(approved.approved_by.as_deref(), Some("alice"));
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.strategy, Some(Strategy::InPlaceResize));
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    assert_eq!(memory_limit(&pods.get("web-1").await.expect("pod")), "256Mi");
+    let again = world.intents.approve(&verdict.incident, "bob").await.expect_err("already done");
+    assert!(again.to_string().contains("not waiting for approval"), "{again}");
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_fix_is_never_applied_and_frees_its_target() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let verdict = verdict(&failing, increase(128, 256), 95);
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start_with(&world, RemediatorConfig { approval_required: true, ..config() });
+    publish(&world, &verdict, "v1").await;
+    assert_eq!(next_outcome(&mut outcomes).await.result, OutcomeResult::AwaitingApproval);
+
+    let rejected =
+        world.intents.reject(&verdict.incident, "alice", "fixing the leak instead").await.expect("rejected");
+    assert_eq!(rejected.phase, Phase::Done);
+    assert_eq!(rejected.result, Some(OutcomeResult::Denied));
+    let other = IncidentId("inc-444444444444444444444444".into());
+    assert!(
+        world.intents.lock(&intent::lock_key(&verdict.pod), &other).await.expect("lock"),
+        "the pod is free"
+    );
+    remediator.stop().await;
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
 }
