@@ -246,6 +246,9 @@ pub struct RemediatorArgs {
     /// How long an open circuit breaker holds every action, in minutes.
     #[arg(long, env = "KUBESENT_BREAKER_HOLD_MINUTES", default_value_t = 15)]
     breaker_hold_minutes: u64,
+    /// Days a finished remediation's intent is kept (the escalation rule and `kubesent undo` read it).
+    #[arg(long, env = "KUBESENT_INTENT_RETENTION_DAYS", default_value_t = 30)]
+    intent_retention_days: u64,
     /// Manual-approval mode: every fix waits for `kubesent approve` (or `reject`).
     #[arg(long, env = "KUBESENT_REQUIRE_APPROVAL", default_value_t = false, action = clap::ArgAction::Set)]
     require_approval: bool,
@@ -489,6 +492,7 @@ async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
             breaker_hold: Duration::from_secs(args.breaker_hold_minutes.saturating_mul(60)),
         },
         approval_required: args.require_approval,
+        intent_retention: Duration::from_secs(args.intent_retention_days.saturating_mul(24 * 3600)),
         ..kubesent_remediator::RemediatorConfig::default()
     };
     let deps = kubesent_remediator::RemediatorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };

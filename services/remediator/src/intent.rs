@@ -273,6 +273,33 @@ impl Intents {
         }))
     }
 
+    /// Removes finished intents last changed before `cutoff` (with their history); returns how many.
+    pub async fn purge_finished_before(&self, cutoff: jiff::Timestamp) -> Result<usize, IntentError> {
+        let mut keys = self.kv.keys().await.map_err(|e| IntentError::Store(e.to_string()))?;
+        let mut stale = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| IntentError::Store(e.to_string()))?;
+            if key.starts_with("inc-") {
+                stale.push(key);
+            }
+        }
+        let mut purged = 0;
+        for key in stale {
+            let old_and_done = match self.get(&IncidentId(key.clone())).await {
+                Ok(Some((intent, _))) => intent.phase == Phase::Done && intent.updated_at < cutoff,
+                Ok(None) => false,
+                // An unreadable entry helps nobody; it goes once it is old enough to judge by the bucket.
+                Err(IntentError::Corrupt { .. }) => false,
+                Err(error) => return Err(error),
+            };
+            if old_and_done {
+                self.kv.purge(&key).await.map_err(|e| IntentError::Store(e.to_string()))?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
     /// Every intent that is not done, for a remediator that takes over.
     pub async fn unfinished(&self) -> Result<Vec<(Intent, u64)>, IntentError> {
         let mut keys = self.kv.keys().await.map_err(|e| IntentError::Store(e.to_string()))?;

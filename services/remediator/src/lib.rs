@@ -68,6 +68,8 @@ pub struct RemediatorConfig {
     pub limits: guardrails::Limits,
     /// Manual-approval mode: every fix waits for `kubesent approve`.
     pub approval_required: bool,
+    /// Finished intents are kept this long (the escalation rule and `kubesent undo` read them), then purged.
+    pub intent_retention: Duration,
     /// Leader election; `None` makes this replica always lead.
     pub leader: Option<LeaderConfig>,
     /// This replica's identity, recorded in intents, events and outcomes.
@@ -87,6 +89,7 @@ impl Default for RemediatorConfig {
             policy: Policy::default(),
             limits: guardrails::Limits::default(),
             approval_required: false,
+            intent_retention: Duration::from_secs(30 * 24 * 3600),
             leader: None,
             identity: "kubesent-remediator".into(),
             delete_timeout: Duration::from_secs(120),
@@ -197,6 +200,12 @@ pub async fn run(
             .carry_out_approvals(leading.clone(), shutdown.clone())
             .instrument(info_span!("approvals")),
     );
+    tokio::spawn(
+        remediator
+            .clone()
+            .purge_old_intents(leading.clone(), shutdown.clone())
+            .instrument(info_span!("retention")),
+    );
     let worker = remediator.clone();
     // Remediations are few and each one is careful; two at a time is plenty and keeps ordering simple.
     let options = PullOptions { concurrency: 2, ..PullOptions::default() };
@@ -277,6 +286,34 @@ impl Remediator {
             tokio::select! {
                 changed = leading.changed() => if changed.is_err() { return },
                 () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// While leading, purges finished intents older than the retention, at a tenth of it (at most hourly).
+    async fn purge_old_intents(
+        self: Arc<Self>,
+        mut leading: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let every =
+            (self.config.intent_retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
+            }
+            let retention = jiff::SignedDuration::try_from(self.config.intent_retention)
+                .unwrap_or(jiff::SignedDuration::MAX);
+            let cutoff = jiff::Timestamp::now().checked_sub(retention).unwrap_or(jiff::Timestamp::MIN);
+            match self.intents.purge_finished_before(cutoff).await {
+                Ok(0) => {}
+                Ok(purged) => info!(purged, "purged finished intents past their retention"),
+                Err(error) => warn!(%error, "purging old intents failed; trying again later"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
             }
         }
     }

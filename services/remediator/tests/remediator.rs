@@ -554,3 +554,37 @@ async fn a_rejected_fix_is_never_applied_and_frees_its_target() {
     remediator.stop().await;
     assert!(changes(&world).is_empty(), "{:?}", changes(&world));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_intents_past_their_retention_are_purged_and_the_rest_kept() {
+    let world = world(36).await;
+    let healthy = create(&world, &pod("web-1", "256Mi", "200Mi"), false).await;
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 40);
+    let intent_for = |n: u8, phase: Phase, updated_at: jiff::Timestamp| {
+        let mut base = verdict(&healthy, increase(256, 512), 95);
+        base.incident = IncidentId(format!("inc-{}", format!("{n}").repeat(24)));
+        Intent { updated_at, ..stored_intent(&base, phase, Strategy::InPlaceResize) }
+    };
+    let old_done = intent_for(5, Phase::Done, long_ago);
+    let recent_done = intent_for(6, Phase::Done, jiff::Timestamp::now());
+    let old_open = intent_for(7, Phase::AwaitingApproval, long_ago);
+    for intent in [&old_done, &recent_done, &old_open] {
+        assert!(matches!(world.intents.claim(intent).await.expect("stored"), Claim::Fresh(_)));
+    }
+    let mut removals = world.bucket.watch(old_done.incident.as_str()).await.expect("watch");
+    let retention = Duration::from_secs(30 * 24 * 3600);
+    let remediator = start_with(&world, RemediatorConfig { intent_retention: retention, ..config() });
+    let removed =
+        tokio::time::timeout(PATIENCE, removals.next()).await.expect("purged in time").expect("watch");
+    assert_eq!(removed.expect("entry").operation, jetstream::kv::Operation::Purge);
+    remediator.stop().await;
+    assert!(world.intents.get(&old_done.incident).await.expect("read").is_none());
+    assert!(
+        world.intents.get(&recent_done.incident).await.expect("read").is_some(),
+        "still within retention"
+    );
+    assert!(
+        world.intents.get(&old_open.incident).await.expect("read").is_some(),
+        "an unfinished intent (here: one waiting for approval) is never purged"
+    );
+}
