@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet},
+    apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet},
     core::v1::{Event, Pod},
 };
 use kube::{
@@ -84,7 +84,81 @@ fn controller(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
         .map(|o| (o.kind.clone(), o.name.clone()))
 }
 
-/// The owner chain and, for a Deployment, its current and previous revision.
+/// Image per container of a pod template given as JSON.
+fn template_images(template: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+    template
+        .and_then(|t| t.pointer("/spec/containers"))
+        .and_then(serde_json::Value::as_array)
+        .map(|containers| {
+            containers
+                .iter()
+                .filter_map(|c| {
+                    Some((c.get("name")?.as_str()?.to_owned(), c.get("image")?.as_str()?.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A StatefulSet's revision of `pod` and the revision before it, from its ControllerRevisions. The
+/// previous revision's ready pods are the StatefulSet's ready pods still at its current revision (during
+/// a rolling update `status.currentRevision` is the revision being replaced).
+async fn stateful_set_revisions(
+    kube: &kube::Client,
+    namespace: &str,
+    pod: &Pod,
+    name: &str,
+) -> (Option<String>, Option<PreviousRevision>) {
+    let Ok(set) = Api::<StatefulSet>::namespaced(kube.clone(), namespace).get(name).await else {
+        return (None, None);
+    };
+    let Some(pod_revision) =
+        pod.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash")).cloned()
+    else {
+        return (None, None);
+    };
+    let selector = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let revisions: Api<ControllerRevision> = Api::namespaced(kube.clone(), namespace);
+    let Ok(list) = revisions.list(&ListParams::default().labels(&selector)).await else {
+        return (None, None);
+    };
+    let owned: Vec<ControllerRevision> = list
+        .items
+        .into_iter()
+        .filter(|r| {
+            r.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == set.metadata.uid.as_ref())
+        })
+        .collect();
+    let Some(current) = owned.iter().find(|r| r.metadata.name.as_deref() == Some(pod_revision.as_str()))
+    else {
+        return (None, None);
+    };
+    let status = set.status.clone().unwrap_or_default();
+    let previous =
+        owned.iter().filter(|r| r.revision < current.revision).max_by_key(|r| r.revision).map(|r| {
+            let serving = status.current_revision.as_deref() == r.metadata.name.as_deref();
+            PreviousRevision {
+                revision: r.revision.to_string(),
+                images: template_images(r.data.as_ref().and_then(|d| d.0.pointer("/spec/template"))),
+                ready_replicas: if serving {
+                    status.ready_replicas.unwrap_or(0).min(status.current_replicas.unwrap_or(0))
+                } else {
+                    0
+                },
+            }
+        });
+    (Some(current.revision.to_string()), previous)
+}
+
+/// The owner chain and, for a Deployment or a StatefulSet, its current and previous revision.
 async fn owners(
     kube: &kube::Client,
     namespace: &str,
@@ -93,6 +167,10 @@ async fn owners(
     let mut chain = Vec::new();
     let Some((kind, name)) = controller(&pod.metadata) else { return (chain, None, None) };
     chain.push(format!("{kind}/{name}"));
+    if kind == "StatefulSet" {
+        let (current, previous) = stateful_set_revisions(kube, namespace, pod, &name).await;
+        return (chain, current, previous);
+    }
     if kind != "ReplicaSet" {
         return (chain, None, None);
     }

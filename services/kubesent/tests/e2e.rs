@@ -383,6 +383,63 @@ async fn a_deployment_updated_to_a_missing_image_is_rolled_back_to_the_previous_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_set_updated_to_a_missing_image_is_rolled_back_from_its_controller_revisions() {
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let sets: Api<StatefulSet> = Api::namespaced(stack.kube.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let db: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "shop"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/db:16.4",
+                    "resources": {"limits": {"memory": "128Mi"}}}]}}}
+    }))
+    .expect("statefulset json");
+    sets.create(&PostParams::default(), &db).await.expect("statefulset created");
+    let ready =
+        |s: Option<&StatefulSet>| s.and_then(|s| s.status.as_ref()).and_then(|s| s.ready_replicas) == Some(3);
+    tokio::time::timeout(PATIENCE, await_condition(sets.clone(), "db", ready))
+        .await
+        .expect("revision 1 ready in time")
+        .expect("watch");
+
+    stack.kube_sim.state().registry.set("registry.local/shop/db:16.5", ImageState::Missing);
+    let update = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.local/shop/db:16.5"}]}}}});
+    sets.patch("db", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.strategy, Some(Strategy::OwnerPatch));
+    assert_eq!(
+        outcome.action,
+        Action::RollbackImage {
+            container: "app".into(),
+            from: "registry.local/shop/db:16.5".into(),
+            to: "registry.local/shop/db:16.4".into()
+        }
+    );
+    let live: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 3);
+    for pod in &live {
+        assert_eq!(
+            pod.spec.as_ref().expect("spec").containers[0].image.as_deref(),
+            Some("registry.local/shop/db:16.4")
+        );
+        assert!(running_ready(pod), "{:?}", pod.status);
+    }
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_managed_by_argo_cd_gets_a_suggestion_and_is_left_unchanged() {
     let stack = stack(36).await;
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
