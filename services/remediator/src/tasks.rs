@@ -1,0 +1,170 @@
+//! What the leader does besides handling verdicts: finish intents left half-done when it takes over, carry
+//! out approved remediations, purge finished intents past their retention.
+
+use super::*;
+
+impl Remediator {
+    pub(crate) async fn resume_on_takeover(
+        self: Arc<Self>,
+        mut leading: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let is_leader = *leading.borrow_and_update();
+            self.deps.metrics.leader.set(i64::from(is_leader));
+            if is_leader {
+                match self.intents.unfinished().await {
+                    Ok(open) => {
+                        for (intent, revision) in open {
+                            info!(incident = %intent.incident, phase = ?intent.phase, "finishing an intent left half-done");
+                            let span = info_span!("resume", incident = %intent.incident);
+                            if matches!(intent.phase, Phase::AwaitingApproval | Phase::Approved) {
+                                // Waiting for a human, or the approvals task's to carry out.
+                                continue;
+                            } else if intent.approved_by.is_some() {
+                                // Approved and under way; its verdict was acknowledged when it began to
+                                // wait, so the outcome is recorded from here.
+                                self.clone().finish_approved(intent, revision).instrument(span).await;
+                            } else if let Err(error) = self.drive(intent, revision).instrument(span).await {
+                                warn!(%error, "resuming an intent failed; the verdict's redelivery will retry");
+                            }
+                        }
+                    }
+                    Err(error) => warn!(%error, "listing unfinished intents failed"),
+                }
+            }
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// While leading, purges finished intents older than the retention, at a tenth of it (at most hourly).
+    pub(crate) async fn purge_old_intents(
+        self: Arc<Self>,
+        mut leading: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let every =
+            (self.config.intent_retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
+            }
+            let retention = jiff::SignedDuration::try_from(self.config.intent_retention)
+                .unwrap_or(jiff::SignedDuration::MAX);
+            let cutoff = jiff::Timestamp::now().checked_sub(retention).unwrap_or(jiff::Timestamp::MIN);
+            match self.intents.purge_finished_before(cutoff).await {
+                Ok(0) => {}
+                Ok(purged) => info!(purged, "purged finished intents past their retention"),
+                Err(error) => warn!(%error, "purging old intents failed; trying again later"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// While leading, carries out every remediation a human approves (`kubesent approve`).
+    pub(crate) async fn carry_out_approvals(
+        self: Arc<Self>,
+        mut leading: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
+            }
+            let mut updates = match self.intents.watch().await {
+                Ok(updates) => Box::pin(updates),
+                Err(error) => {
+                    warn!(%error, "watching for approvals failed; trying again");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            // Approvals given before the watch began (or while another replica led) are listed once the
+            // watch runs, so none falls between the two; one approval is carried out once.
+            let in_flight: Arc<Mutex<HashSet<proto::IncidentId>>> = Arc::default();
+            let start = |intent: Intent, revision: u64| {
+                let fresh =
+                    in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(intent.incident.clone());
+                if fresh {
+                    let span = info_span!("approved", incident = %intent.incident);
+                    let (remediator, in_flight) = (self.clone(), in_flight.clone());
+                    tokio::spawn(
+                        async move {
+                            let incident = intent.incident.clone();
+                            remediator.finish_approved(intent, revision).await;
+                            in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&incident);
+                        }
+                        .instrument(span),
+                    );
+                }
+            };
+            match self.intents.unfinished().await {
+                Ok(open) => {
+                    for (intent, revision) in open.into_iter().filter(|(i, _)| i.phase == Phase::Approved) {
+                        start(intent, revision);
+                    }
+                }
+                Err(error) => warn!(%error, "listing approved intents failed"),
+            }
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = leading.changed() => {
+                        if changed.is_err() { return }
+                        if !*leading.borrow() { break }
+                    }
+                    update = updates.next() => match update {
+                        Some(Ok((intent, revision))) if intent.phase == Phase::Approved => start(intent, revision),
+                        Some(Ok(_)) => {}
+                        Some(Err(error @ IntentError::Corrupt { .. })) => warn!(%error, "skipping an unreadable intent"),
+                        Some(Err(error)) => {
+                            warn!(%error, "the approvals watch failed; watching again");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out an approved remediation and records its outcome, retrying transient failures.
+    pub(crate) async fn finish_approved(self: Arc<Self>, intent: Intent, revision: u64) {
+        const ATTEMPTS: u32 = 5;
+        let (incident, pod, action) = (intent.incident.clone(), intent.target.clone(), intent.action.clone());
+        let (mut intent, mut revision) = (intent, revision);
+        for attempt in 1..=ATTEMPTS {
+            match self.drive(intent.clone(), revision).await {
+                Ok(finished) => {
+                    if let Err(error) = self.record_for(&incident, &pod, &action, finished).await {
+                        warn!(%error, "recording the outcome of an approved remediation failed");
+                    }
+                    return;
+                }
+                // Another replica (or an earlier attempt) moved it on: carry on from where it is.
+                Err(error) => {
+                    warn!(%error, attempt, "an approved remediation step failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(2u64.pow(attempt))).await;
+                    match self.intents.get(&incident).await {
+                        Ok(Some((current, current_revision))) => {
+                            (intent, revision) = (current, current_revision)
+                        }
+                        Ok(None) => return,
+                        Err(error) => warn!(%error, "re-reading the intent failed"),
+                    }
+                }
+            }
+        }
+        warn!("an approved remediation kept failing; the next leader resumes it");
+    }
+}
