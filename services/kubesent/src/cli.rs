@@ -246,6 +246,9 @@ pub struct RemediatorArgs {
     /// How long an open circuit breaker holds every action, in minutes.
     #[arg(long, env = "KUBESENT_BREAKER_HOLD_MINUTES", default_value_t = 15)]
     breaker_hold_minutes: u64,
+    /// Verdicts handled at once (a remediation mostly waits through its verify window).
+    #[arg(long, env = "KUBESENT_CONCURRENCY", default_value_t = 8)]
+    concurrency: usize,
     /// Days a finished remediation's intent is kept (the escalation rule and `kubesent undo` read it).
     #[arg(long, env = "KUBESENT_INTENT_RETENTION_DAYS", default_value_t = 30)]
     intent_retention_days: u64,
@@ -492,6 +495,7 @@ async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
             breaker_hold: Duration::from_secs(args.breaker_hold_minutes.saturating_mul(60)),
         },
         approval_required: args.require_approval,
+        concurrency: args.concurrency,
         intent_retention: Duration::from_secs(args.intent_retention_days.saturating_mul(24 * 3600)),
         ..kubesent_remediator::RemediatorConfig::default()
     };

@@ -73,6 +73,8 @@ pub struct RemediatorConfig {
     pub limits: guardrails::Limits,
     /// Manual-approval mode: every fix waits for `kubesent approve`.
     pub approval_required: bool,
+    /// Verdicts handled at once (each mostly waits through its verify window).
+    pub concurrency: usize,
     /// Finished intents are kept this long (the escalation rule and `kubesent undo` read them), then purged.
     pub intent_retention: Duration,
     /// Leader election; `None` makes this replica always lead.
@@ -94,6 +96,7 @@ impl Default for RemediatorConfig {
             policy: Policy::default(),
             limits: guardrails::Limits::default(),
             approval_required: false,
+            concurrency: 8,
             intent_retention: Duration::from_secs(30 * 24 * 3600),
             leader: None,
             identity: "kubesent-remediator".into(),
@@ -212,8 +215,10 @@ pub async fn run(
             .instrument(info_span!("retention")),
     );
     let worker = remediator.clone();
-    // Remediations are few and each one is careful; two at a time is plenty and keeps ordering simple.
-    let options = PullOptions { concurrency: 2, ..PullOptions::default() };
+    // A remediation spends most of its time verifying (watching for the verify window), so several run at
+    // once; the per-target locks keep two of them off the same pod or workload, and the guardrails bound
+    // how many actions start per hour.
+    let options = PullOptions { concurrency: remediator.config.concurrency.max(1), ..PullOptions::default() };
     nats::pull_loop(consumer, options, leading, shutdown, move |message| {
         let worker = worker.clone();
         async move { worker.handle(message).await }
