@@ -110,6 +110,8 @@ pub enum Owner {
     Workload(Workload),
     /// A controller KubeSent does not change (kind, name).
     Unsupported(String, String),
+    /// The controller named by the pod (or its ReplicaSet) no longer exists (kind, name).
+    Missing(String, String),
 }
 
 /// How an action is applied.
@@ -127,6 +129,9 @@ pub enum Plan {
 pub fn plan(action: &Action, owner: &Owner) -> Result<Plan, String> {
     match (action, owner) {
         (Action::None, _) => Err("the verdict has no action".into()),
+        (_, Owner::Missing(kind, name)) => {
+            Err(format!("the pod's controller {kind} {name} no longer exists"))
+        }
         (_, Owner::Unsupported(kind, name)) => Err(format!(
             "the pod is controlled by {kind} {name}; KubeSent changes Deployments, StatefulSets and bare pods only"
         )),

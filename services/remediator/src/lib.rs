@@ -355,6 +355,13 @@ impl Remediator {
             Decision::Deny(detail) => return Ok(Finished::plain(OutcomeResult::Denied, detail)),
         };
         let owner = self.resolve_owner(&pod).await?;
+        if let Owner::Missing(kind, name) = &owner {
+            // Being deleted, or orphaned: its garbage collector removes the pod soon.
+            return Ok(Finished::plain(
+                OutcomeResult::Stale,
+                format!("the pod's controller {kind} {name} no longer exists"),
+            ));
+        }
         let marker = match &owner {
             Owner::Workload(w) => w
                 .object
@@ -537,10 +544,14 @@ impl Remediator {
             return Ok(Owner::Bare);
         };
         let kube = self.deps.kube.clone();
+        let gone = |kind: &str, name: &str| Owner::Missing(kind.to_owned(), name.to_owned());
         match controller.kind.as_str() {
             "ReplicaSet" => {
-                let rs =
-                    Api::<ReplicaSet>::namespaced(kube.clone(), &namespace).get(&controller.name).await?;
+                let Some(rs) =
+                    Api::<ReplicaSet>::namespaced(kube.clone(), &namespace).get_opt(&controller.name).await?
+                else {
+                    return Ok(gone("ReplicaSet", &controller.name));
+                };
                 match rs
                     .metadata
                     .owner_references
@@ -549,8 +560,11 @@ impl Remediator {
                     .find(|o| o.controller == Some(true) && o.kind == "Deployment")
                 {
                     Some(deployment) => {
-                        let object =
-                            Api::<Deployment>::namespaced(kube, &namespace).get(&deployment.name).await?;
+                        let Some(object) =
+                            Api::<Deployment>::namespaced(kube, &namespace).get_opt(&deployment.name).await?
+                        else {
+                            return Ok(gone("Deployment", &deployment.name));
+                        };
                         Ok(Owner::Workload(ladder::Workload {
                             kind: WorkloadKind::Deployment,
                             name: deployment.name.clone(),
@@ -561,7 +575,11 @@ impl Remediator {
                 }
             }
             "StatefulSet" => {
-                let object = Api::<StatefulSet>::namespaced(kube, &namespace).get(&controller.name).await?;
+                let Some(object) =
+                    Api::<StatefulSet>::namespaced(kube, &namespace).get_opt(&controller.name).await?
+                else {
+                    return Ok(gone("StatefulSet", &controller.name));
+                };
                 Ok(Owner::Workload(ladder::Workload {
                     kind: WorkloadKind::StatefulSet,
                     name: controller.name.clone(),

@@ -588,3 +588,32 @@ async fn finished_intents_past_their_retention_are_purged_and_the_rest_kept() {
         "an unfinished intent (here: one waiting for approval) is never purged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_controller_is_gone_is_stale_not_retried() {
+    let world = world(36).await;
+    let mut orphan = pod("web-1", "128Mi", "200Mi");
+    orphan.metadata.owner_references = Some(vec![
+        serde_json::from_value(
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9c5b7f6",
+            "uid": "0d7c4a52-0000-4000-8000-000000000000", "controller": true}),
+        )
+        .expect("owner reference"),
+    ]);
+    let failing = create(&world, &orphan, true).await;
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start(&world, Policy::default());
+    publish(&world, &verdict(&failing, increase(128, 256), 95), "v1").await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Stale);
+    assert!(
+        outcome.detail.contains("controller ReplicaSet web-7d9c5b7f6 no longer exists"),
+        "{}",
+        outcome.detail
+    );
+    let metrics = remediator.metrics.clone();
+    remediator.stop().await;
+    assert_eq!(metrics.outcomes(OutcomeResult::Stale), 1, "recorded once, not retried");
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+}
