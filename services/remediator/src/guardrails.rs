@@ -83,6 +83,16 @@ fn signed(duration: Duration) -> SignedDuration {
     SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
 }
 
+/// `now` minus `duration`, saturating at the earliest time (absurd limits must not panic).
+fn before(now: Timestamp, duration: Duration) -> Timestamp {
+    now.checked_sub(signed(duration)).unwrap_or(Timestamp::MIN)
+}
+
+/// `now` plus `duration`, saturating at the latest time.
+fn after(now: Timestamp, duration: Duration) -> Timestamp {
+    now.checked_add(signed(duration)).unwrap_or(Timestamp::MAX)
+}
+
 fn minutes(duration: Duration) -> u64 {
     duration.as_secs().div_ceil(60)
 }
@@ -90,14 +100,14 @@ fn minutes(duration: Duration) -> u64 {
 impl Ledger {
     /// Forgets what no limit looks at any more.
     pub fn prune(&mut self, now: Timestamp, limits: &Limits) {
-        let hour_ago = now - SignedDuration::from_hours(1);
+        let hour_ago = before(now, Duration::from_secs(3600));
         self.actions.retain(|t| *t > hour_ago);
-        let window_start = now - signed(limits.breaker_window);
+        let window_start = before(now, limits.breaker_window);
         self.failures.retain(|t| *t > window_start);
         if self.breaker_open_until.is_some_and(|until| until <= now) {
             self.breaker_open_until = None;
         }
-        let cooled = now - signed(limits.cooldown);
+        let cooled = before(now, limits.cooldown);
         self.last_action.retain(|_, last| last.at > cooled);
     }
 
@@ -112,7 +122,7 @@ impl Ledger {
         self.failures.push(now);
         let recent = u32::try_from(self.failures.len()).unwrap_or(u32::MAX);
         if self.breaker_open_until.is_none() && recent >= limits.breaker_failures {
-            self.breaker_open_until = Some(now + signed(limits.breaker_hold));
+            self.breaker_open_until = Some(after(now, limits.breaker_hold));
         }
         if let Some(until) = self.breaker_open_until {
             return Guard::Hold(format!(
@@ -311,6 +321,26 @@ mod tests {
                 "failure {i}"
             );
         }
+    }
+
+    #[test]
+    fn absurd_limits_hold_or_allow_without_panicking() {
+        let forever = Limits {
+            cooldown: Duration::MAX,
+            actions_per_hour: u32::MAX,
+            breaker_failures: 1,
+            breaker_window: Duration::MAX,
+            breaker_hold: Duration::MAX,
+        };
+        let mut ledger = Ledger::default();
+        assert!(
+            matches!(ledger.admit("w", "i", at(0), &forever), Guard::Hold(_)),
+            "a breaker at one failure"
+        );
+        let nothing = Limits { actions_per_hour: 0, breaker_failures: u32::MAX, ..forever };
+        assert!(
+            matches!(Ledger::default().admit("w", "i", at(0), &nothing), Guard::Hold(why) if why.contains("budget"))
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ use crate::ratelimit::{Reservation, SharedLimiter};
 const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(60);
 /// Cool-down after the per-day quota ran out without a retry delay (it resets at midnight Pacific).
 const DAILY_COOL_DOWN: Duration = Duration::from_secs(3600);
+/// Longest cool-down, whatever the API says.
+const MAX_COOL_DOWN: Duration = Duration::from_secs(2 * 86_400);
 
 /// How a model is called.
 #[derive(Debug, Clone)]
@@ -310,8 +312,9 @@ impl ModelChain {
                         return Ok(Answered { value, model: model.name.clone(), model_version });
                     }
                     Err(LlmError::RateLimited { retry_after, daily }) => {
-                        let cool =
-                            retry_after.unwrap_or(if daily { DAILY_COOL_DOWN } else { DEFAULT_COOL_DOWN });
+                        let cool = retry_after
+                            .unwrap_or(if daily { DAILY_COOL_DOWN } else { DEFAULT_COOL_DOWN })
+                            .min(MAX_COOL_DOWN);
                         warn!(model = %model.name, ?cool, daily, "model rate-limited; cooling it down");
                         let until = Instant::now() + cool;
                         self.set(index, Health::CoolingUntil(until));

@@ -211,8 +211,7 @@ impl GeminiClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(super::parse_retry_after);
         let body = response
             .text()
             .await

@@ -241,7 +241,17 @@ pub fn map_answer(
 
 /// Parses a protobuf JSON `Duration` (`"37s"`, `"1.5s"`).
 pub fn parse_proto_duration(text: &str) -> Option<Duration> {
-    let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
+    bounded_seconds(text.strip_suffix('s')?)
+}
+
+/// A `Retry-After` header in seconds (fractions allowed); absurd values (negative, not a number, beyond two
+/// days) are ignored rather than trusted.
+pub fn parse_retry_after(text: &str) -> Option<Duration> {
+    bounded_seconds(text.trim())
+}
+
+fn bounded_seconds(text: &str) -> Option<Duration> {
+    let seconds: f64 = text.parse().ok()?;
     (seconds.is_finite() && (0.0..86_400.0 * 2.0).contains(&seconds))
         .then(|| Duration::from_secs_f64(seconds))
 }
@@ -266,6 +276,17 @@ mod tests {
         assert_eq!(parse_proto_duration("0.250s"), Some(Duration::from_millis(250)));
         assert_eq!(parse_proto_duration("soon"), None);
         assert_eq!(parse_proto_duration("-1s"), None);
+    }
+
+    #[test]
+    fn absurd_retry_after_headers_are_ignored() {
+        assert_eq!(parse_retry_after("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after(" 1.5 "), Some(Duration::from_millis(1500)));
+        for hostile in
+            ["18446744073709551615", "1e300", "NaN", "inf", "-5", "Wed, 21 Oct 2015 07:28:00 GMT", ""]
+        {
+            assert_eq!(parse_retry_after(hostile), None, "{hostile}");
+        }
     }
 }
 
