@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The longest verify window or timeout honoured (a month).
+const LONGEST_WAIT: Duration = Duration::from_secs(30 * 86_400);
+
 impl Remediator {
     /// Waits until `evaluate` says healthy (at once), failing, or the verify timeout passes.
     pub(crate) async fn wait_for(
@@ -33,15 +36,23 @@ impl Remediator {
         let mut events = watcher(pods, config).default_backoff().boxed();
         let mut current: BTreeMap<String, Pod> = BTreeMap::new();
         let mut listed = false;
-        let deadline = tokio::time::Instant::now() + self.config.verify_timeout;
+        // Configured durations are bounded so that no setting can overflow the clock.
+        let timeout = self.config.verify_timeout.min(LONGEST_WAIT);
+        let window = window.min(LONGEST_WAIT);
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut healthy_since: Option<tokio::time::Instant> = None;
         loop {
             let healed_at = healthy_since.map(|t| t + window);
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return Verification::TimedOut(self.config.verify_timeout),
+                () = tokio::time::sleep_until(deadline) => return Verification::TimedOut(timeout),
                 () = async { match healed_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => return Verification::Healed,
                 event = events.next() => {
-                    let Some(Ok(event)) = event else { continue };
+                    let event = match event {
+                        Some(Ok(event)) => event,
+                        // The watcher retries with back-off; an error is a pause, not a verdict.
+                        Some(Err(_)) => continue,
+                        None => return Verification::Failed("the watch of the target ended".into()),
+                    };
                     match event {
                         watcher::Event::Init => current.clear(),
                         watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
