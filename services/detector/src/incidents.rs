@@ -80,7 +80,8 @@ impl IncidentBook {
                     OpenIncident { job: *job, pods: BTreeSet::from([pod]), opened_at: now },
                 );
                 self.opened.push_back((now, id.clone()));
-                self.schedule(id, now + wait);
+                // Bounded, so no setting can overflow the clock; a longer wait would only delay the job.
+                self.schedule(id, now + wait.min(Duration::from_secs(3600)));
             }
             Update::Gone { pod_uid } => self.open.retain(|_, incident| {
                 incident.pods.remove(&pod_uid);
