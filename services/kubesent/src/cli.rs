@@ -97,7 +97,7 @@ pub struct LeaderArgs {
     /// Compete for a Lease and act only while holding it (turn off for a single replica).
     #[arg(long, env = "KUBESENT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
-    /// Lease duration in seconds.
+    /// Lease duration in seconds (3 to 3600).
     #[arg(long, env = "KUBESENT_LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u64,
 }
@@ -108,7 +108,7 @@ impl LeaderArgs {
             namespace: common.lease_namespace.clone(),
             lease_name: lease_name.to_owned(),
             identity: common.identity.clone(),
-            ttl: Duration::from_secs(self.lease_seconds.max(3)),
+            ttl: Duration::from_secs(self.lease_seconds.clamp(3, 3600)),
         })
     }
 }
