@@ -146,7 +146,7 @@ pub struct DiagnoserArgs {
     #[arg(long, env = "KUBESENT_CONCURRENCY", default_value_t = 8)]
     concurrency: usize,
     /// Factor of the OOM memory formula.
-    #[arg(long, env = "KUBESENT_MEMORY_FACTOR", default_value_t = 2.0)]
+    #[arg(long, env = "KUBESENT_MEMORY_FACTOR", default_value_t = 2.0, value_parser = growth_factor)]
     memory_factor: f64,
     /// Cap of the OOM memory formula.
     #[arg(long, env = "KUBESENT_MEMORY_MAX", default_value = "8Gi")]
@@ -218,7 +218,7 @@ pub struct RemediatorArgs {
     #[arg(long, env = "KUBESENT_MAX_MEMORY", default_value = "8Gi")]
     max_memory: MemoryQuantity,
     /// Largest factor one action may raise a memory limit by.
-    #[arg(long, env = "KUBESENT_MAX_MEMORY_FACTOR", default_value_t = 4.0)]
+    #[arg(long, env = "KUBESENT_MAX_MEMORY_FACTOR", default_value_t = 4.0, value_parser = growth_factor)]
     max_memory_factor: f64,
     /// Namespaces never remediated.
     #[arg(
@@ -316,6 +316,16 @@ pub struct ResumeArgs {
     /// NATS with JetStream.
     #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+}
+
+/// A memory growth factor: a finite number from 1 to 64.
+fn growth_factor(text: &str) -> Result<f64, String> {
+    let factor: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if factor.is_finite() && (1.0..=64.0).contains(&factor) {
+        Ok(factor)
+    } else {
+        Err(format!("{text} is not a factor from 1 to 64"))
+    }
 }
 
 /// `kubesent kube-sim`

@@ -158,3 +158,16 @@ async fn pause_and_resume_set_and_clear_the_kill_switch_and_unknown_incidents_ar
         assert!(stderr.contains("no remediation is recorded for incident"), "{verb}: {stderr}");
     }
 }
+
+#[test]
+fn nonsense_memory_factors_are_refused_at_start() {
+    for (role, flag) in [("diagnoser", "--memory-factor"), ("remediator", "--max-memory-factor")] {
+        for value in ["NaN", "inf", "0.5", "-2", "1e9", "lots"] {
+            let (code, _, stderr) = kubesent(&[role, &format!("{flag}={value}"), "--help"]);
+            assert_eq!(code, 2, "{role} {flag} {value}: {stderr}");
+            assert!(stderr.contains("invalid value"), "{stderr}");
+        }
+        let (code, _, stderr) = kubesent(&[role, flag, "3", "--help"]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+}
