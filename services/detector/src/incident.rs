@@ -11,8 +11,9 @@ const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 const JOB_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 
 /// The controlling workload of a pod: ReplicaSets resolve to their Deployment (by the
-/// `<deployment>-<pod-template-hash>` naming the Deployment controller uses); a pod without a
-/// controller is its own workload.
+/// `<deployment>-<pod-template-hash>` naming the Deployment controller uses), Jobs a CronJob created to
+/// the CronJob (`<cronjob>-<scheduled minute>`), so each run of a failing CronJob is not a new incident;
+/// a pod without a controller is its own workload.
 pub fn workload_of(pod: &Pod) -> WorkloadRef {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let controller = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
@@ -23,7 +24,19 @@ pub fn workload_of(pod: &Pod) -> WorkloadRef {
     {
         return WorkloadRef { kind: "Deployment".into(), name: deployment.to_owned() };
     }
+    if owner.kind == "Job"
+        && let Some(cron_job) = cron_job_of(&owner.name)
+    {
+        return WorkloadRef { kind: "CronJob".into(), name: cron_job.to_owned() };
+    }
     WorkloadRef { kind: owner.kind.clone(), name: owner.name.clone() }
+}
+
+/// The CronJob that named a Job `<cronjob>-<scheduled time in minutes since the epoch>` (8 digits or more).
+fn cron_job_of(job: &str) -> Option<&str> {
+    let (cron_job, minute) = job.rsplit_once('-')?;
+    (!cron_job.is_empty() && minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(cron_job)
 }
 
 fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
@@ -33,7 +46,12 @@ fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
 /// The pod template revision: the controller's hash label, or for a bare pod a hash of the
 /// container's image and resources, so a pod changed by a fix is a new incident.
 pub fn template_hash(pod: &Pod, container: &str) -> String {
+    // Every run of a CronJob is a new Job with a new uid; its template is what tells runs apart.
+    let cron_job_run = workload_of(pod).kind == "CronJob";
     for key in [POD_TEMPLATE_HASH, CONTROLLER_REVISION_HASH, JOB_CONTROLLER_UID] {
+        if key == JOB_CONTROLLER_UID && cron_job_run {
+            continue;
+        }
         if let Some(value) = label(pod, key) {
             return value.to_owned();
         }
@@ -81,6 +99,24 @@ mod tests {
         let b = incident_key(&replica("web-7d9c5b7f6-bbbbb"), "app", FailureKind::OomKilled);
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.workload, WorkloadRef { kind: "Deployment".into(), name: "web".into() });
+    }
+
+    #[test]
+    fn runs_of_a_cron_job_share_an_incident_but_a_plain_job_is_its_own() {
+        let run = |job: &str, uid: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": format!("{job}-x7k2p"), "namespace": "ops", "uid": uid,
+                "labels": {"batch.kubernetes.io/controller-uid": uid},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": uid, "controller": true}]},
+                "spec": {"containers": [{"name": "backup", "image": "backup:3"}]}}))
+            .expect("pod")
+        };
+        let first = incident_key(&run("nightly-backup-29400120", "j1"), "backup", FailureKind::CrashLoop);
+        let second = incident_key(&run("nightly-backup-29401560", "j2"), "backup", FailureKind::CrashLoop);
+        assert_eq!(first.workload, WorkloadRef { kind: "CronJob".into(), name: "nightly-backup".into() });
+        assert_eq!(first.fingerprint(), second.fingerprint(), "one incident for every failing run");
+        let plain = incident_key(&run("migrate-v2", "j3"), "backup", FailureKind::CrashLoop);
+        assert_eq!(plain.workload, WorkloadRef { kind: "Job".into(), name: "migrate-v2".into() });
+        assert_eq!(plain.template_hash, "j3");
     }
 
     #[test]
