@@ -192,11 +192,12 @@ async fn latency_run(rate: u32, seconds: u64) -> anyhow::Result<LatencyRun> {
         leader: None,
         group_wait: Duration::ZERO,
         incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
+        topology,
     };
     let shutdown = CancellationToken::new();
     let detector = tokio::spawn(kubesent_detector::run(
         config,
-        DetectorDeps { kube, js: js.clone(), metrics: metrics.clone() },
+        DetectorDeps { kube, js: js.clone(), metrics: metrics.clone(), health: Default::default() },
         shutdown.clone(),
     ));
     let tracked = i64::try_from(events)?;

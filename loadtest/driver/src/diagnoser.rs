@@ -172,6 +172,7 @@ fn start_diagnoser(
         js,
         metrics: DiagnoserMetrics::register(&mut Registry::default()),
         models,
+        health: Default::default(),
     };
     let config = DiagnoserConfig {
         topology: setup.topology.clone(),
@@ -263,7 +264,7 @@ pub async fn quota(replicas: usize, seconds: u64) -> anyhow::Result<QuotaRun> {
     for job in &jobs {
         publish(&setup.js, job).await?;
     }
-    let bucket = ratelimit::bucket(&setup.js, 1).await?;
+    let bucket = ratelimit::bucket(&setup.js, 1, &Default::default()).await?;
     let stop = CancellationToken::new();
     let mut workers = Vec::new();
     // 600 RPM at 2 s per answer needs 20 requests in flight; every replica count gets the same total.

@@ -1,7 +1,7 @@
 //! The admin HTTP endpoint every service serves: `/healthz`, `/readyz` and Prometheus `/metrics`.
 
 use std::sync::{
-    Arc,
+    Arc, OnceLock,
     atomic::{AtomicBool, Ordering},
 };
 
@@ -34,14 +34,18 @@ impl Health {
     }
 }
 
+/// The metrics registry, published once every metric is registered. The endpoint serves before that
+/// (liveness and readiness matter while the service waits for NATS); `/metrics` is empty until then.
+pub type LateRegistry = OnceLock<Registry>;
+
 #[derive(Clone)]
 struct AdminState {
-    registry: Arc<Registry>,
+    registry: Arc<LateRegistry>,
     health: Arc<Health>,
 }
 
 /// The admin router.
-pub fn router(registry: Arc<Registry>, health: Arc<Health>) -> Router {
+pub fn router(registry: Arc<LateRegistry>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -59,7 +63,10 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut body = String::new();
-    match encode(&mut body, &state.registry) {
+    let Some(registry) = state.registry.get() else {
+        return (StatusCode::OK, body).into_response();
+    };
+    match encode(&mut body, registry) {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],

@@ -28,6 +28,9 @@ pub enum Error {
     /// The Kubernetes client could not be configured.
     #[error("kubernetes client: {0}")]
     Kube(String),
+    /// A setting is invalid (a NATS URL, conflicting credentials, an unreadable credentials file).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl Error {
@@ -38,6 +41,7 @@ impl Error {
             Self::Publish(_) => "publish",
             Self::Setup(_) => "setup",
             Self::Kube(_) => "kube",
+            Self::Config(_) => "config",
         }
     }
 }
@@ -45,9 +49,9 @@ impl Error {
 /// Settings every service takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// NATS server URL.
-    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// How to reach and authenticate to NATS.
+    #[command(flatten)]
+    pub nats: nats::NatsArgs,
     /// Kubernetes API URL; when unset, in-cluster configuration or the kubeconfig is used.
     #[arg(long, env = "KUBESENT_KUBE_API_URL")]
     pub kube_api_url: Option<String>,

@@ -23,8 +23,9 @@ use kube::Api;
 use kube_runtime::{WatchStreamExt as _, watcher};
 use kubesent_common::{
     Backoff,
+    admin::Health,
     leader::{LeaderConfig, Leadership},
-    nats,
+    nats::{self, Role, Topology},
 };
 use kubesent_proto::{self as proto, Failure, FailureJob, PodRef};
 use prometheus_client::{
@@ -65,6 +66,8 @@ pub struct DetectorConfig {
     pub group_wait: Duration,
     /// How long an incident stays open (at most the jobs stream's dedup window).
     pub incident_ttl: Duration,
+    /// How the jobs stream is sized (the detector creates it).
+    pub topology: Topology,
 }
 
 /// Default [`DetectorConfig::incident_ttl`]: the default dedup window of the jobs stream.
@@ -77,10 +80,12 @@ pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(2);
 pub struct DetectorDeps {
     /// Kubernetes client.
     pub kube: kube::Client,
-    /// JetStream context (streams must exist).
+    /// JetStream context.
     pub js: jetstream::Context,
     /// Metrics.
     pub metrics: Arc<DetectorMetrics>,
+    /// Readiness, set once the jobs stream is set up.
+    pub health: Arc<Health>,
 }
 
 /// Errors that stop the detector.
@@ -194,6 +199,12 @@ pub async fn run(
     deps: DetectorDeps,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    // Waits for JetStream (a fresh cluster, a restart) instead of exiting; ready only once set up.
+    match nats::prepare(&deps.js, &config.topology, Role::Detector, &shutdown).await {
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        result => result?,
+    }
+    deps.health.set_ready(true);
     let leadership = Leadership::new(deps.kube.clone(), config.leader.clone(), shutdown.clone());
     let leading = leadership.watch();
     let (updates_tx, updates_rx) = mpsc::channel(JOB_BUFFER);

@@ -25,6 +25,7 @@ struct World {
     sim: KubeSim,
     kube: kube::Client,
     js: jetstream::Context,
+    topology: Topology,
 }
 
 async fn world(topology: &Topology) -> World {
@@ -35,7 +36,7 @@ async fn world(topology: &Topology) -> World {
     let kube = kubesent_common::kube_client(Some(&sim.url())).await.expect("kube client");
     let js = jetstream::new(nats::connect(nats.url(), "test").await.expect("nats"));
     nats::ensure_streams(&js, topology).await.expect("streams");
-    World { nats, sim, kube, js }
+    World { nats, sim, kube, js, topology: topology.clone() }
 }
 
 fn detector(
@@ -54,8 +55,14 @@ fn detector(
         }),
         group_wait: Duration::ZERO,
         incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
+        topology: world.topology.clone(),
     };
-    let deps = DetectorDeps { kube: world.kube.clone(), js: world.js.clone(), metrics: metrics.clone() };
+    let deps = DetectorDeps {
+        kube: world.kube.clone(),
+        js: world.js.clone(),
+        metrics: metrics.clone(),
+        health: Default::default(),
+    };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     (

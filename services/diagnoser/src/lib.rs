@@ -19,7 +19,8 @@ use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind};
 use kubesent_common::{
-    nats::{self, ProgressAcker, PullOptions, Topology},
+    admin::Health,
+    nats::{self, ProgressAcker, PullOptions, Role, Topology},
     trace,
 };
 use kubesent_proto::{self as proto, Action, FailureJob, Verdict, VerdictSource, VerdictStatus};
@@ -74,6 +75,8 @@ pub struct DiagnoserDeps {
     pub metrics: Arc<DiagnoserMetrics>,
     /// The model fallback chain; `None` diagnoses with rules only.
     pub models: Option<Arc<ModelChain>>,
+    /// Readiness, set once the streams and the jobs consumer are set up.
+    pub health: Arc<Health>,
 }
 
 /// What a diagnosis came to.
@@ -204,8 +207,17 @@ pub async fn run(
     deps: DiagnoserDeps,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let consumer =
-        nats::ensure_consumer(&deps.js, proto::JOBS_STREAM, config.topology.diagnosers_consumer()).await?;
+    // Waits for JetStream and for the jobs stream (the detector creates it) instead of exiting.
+    let setup = async {
+        nats::prepare(&deps.js, &config.topology, Role::Diagnoser, &shutdown).await?;
+        let consumer = config.topology.diagnosers_consumer();
+        nats::open_consumer(&deps.js, proto::JOBS_STREAM, consumer, &shutdown).await
+    };
+    let consumer = match setup.await {
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        result => result?,
+    };
+    deps.health.set_ready(true);
     // Without models the gate never closes; with them, it follows the chain's availability.
     let (_open, mut gate) = watch::channel(true);
     if let Some(models) = &deps.models {

@@ -28,7 +28,7 @@ use governor::{
 use serde::{Deserialize, Serialize};
 
 /// The shared limiter state's bucket.
-pub const RATE_LIMIT_BUCKET: &str = "kubesent-ratelimit";
+pub use kubesent_common::nats::roles::RATE_LIMIT_BUCKET;
 /// Headroom over the quota's exact spacing, absorbing scheduling and network jitter.
 const SPACING_MARGIN: f64 = 1.01;
 /// Compare-and-set attempts before giving up on a reservation.
@@ -175,20 +175,20 @@ impl SharedLimiter {
 }
 
 /// Opens (or creates) the shared limiter bucket.
-pub async fn bucket(js: &async_nats::jetstream::Context, replicas: usize) -> Result<kv::Store, LimitError> {
-    match js.get_key_value(RATE_LIMIT_BUCKET).await {
-        Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: RATE_LIMIT_BUCKET.into(),
-                description: "KubeSent pool-wide model rate limits".into(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| LimitError::Store(e.to_string())),
-    }
+/// Opens (or creates) the shared limiter bucket, waiting for JetStream until `shutdown`.
+pub async fn bucket(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<kv::Store, LimitError> {
+    let config = kv::Config {
+        bucket: RATE_LIMIT_BUCKET.into(),
+        description: "KubeSent pool-wide model rate limits".into(),
+        history: 1,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    kubesent_common::nats::open_bucket(js, config, shutdown).await.map_err(|e| LimitError::Store(e.to_string()))
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ async fn a_gemini_request_carries_the_key_header_schema_and_minimal_thinking() {
 async fn the_rate_limit_holds_for_replicas_sharing_the_kv_bucket() {
     let server = NatsServer::start().await.expect("nats-server");
     let js = async_nats::jetstream::new(nats::connect(server.url(), "limits").await.expect("nats"));
-    let bucket = ratelimit::bucket(&js, 1).await.expect("bucket");
+    let bucket = ratelimit::bucket(&js, 1, &Default::default()).await.expect("bucket");
     let limits = Limits { rpm: 600, tpm: None };
     let replicas: Vec<Arc<SharedLimiter>> = (0..3)
         .map(|_| Arc::new(SharedLimiter::new("gemini-3.5-flash", limits, Some(bucket.clone()))))
@@ -202,7 +202,7 @@ async fn the_rate_limit_holds_for_replicas_sharing_the_kv_bucket() {
 async fn the_token_budget_spaces_large_prompts_across_replicas() {
     let server = NatsServer::start().await.expect("nats-server");
     let js = async_nats::jetstream::new(nats::connect(server.url(), "tokens").await.expect("nats"));
-    let bucket = ratelimit::bucket(&js, 1).await.expect("bucket");
+    let bucket = ratelimit::bucket(&js, 1, &Default::default()).await.expect("bucket");
     // Requests are plentiful (60,000 RPM) but tokens are not: 60,000 TPM is 1 ms per token.
     let limits = Limits { rpm: 60_000, tpm: Some(60_000) };
     let a = SharedLimiter::new("m", limits, Some(bucket.clone()));

@@ -83,6 +83,7 @@ fn start_diagnoser(
         js: world.js.clone(),
         metrics: metrics.clone(),
         models: Some(chain(world)),
+        health: Default::default(),
     };
     let config = DiagnoserConfig {
         topology,

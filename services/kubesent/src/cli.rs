@@ -9,7 +9,7 @@ use kubesent_common::{
     CommonArgs,
     admin::{self, Health},
     leader::LeaderConfig,
-    nats::{self, PullOptions, Topology},
+    nats::{self, NatsArgs, PullOptions, Role, Topology},
 };
 use kubesent_proto::MemoryQuantity;
 use prometheus_client::registry::Registry;
@@ -260,9 +260,8 @@ pub struct RemediatorArgs {
 /// `kubesent pause`
 #[derive(Debug, Args)]
 pub struct PauseArgs {
-    /// NATS with JetStream.
-    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Why (recorded in every outcome while paused).
     #[arg(long, default_value = "paused by an operator")]
     reason: String,
@@ -273,9 +272,8 @@ pub struct PauseArgs {
 pub struct UndoArgs {
     /// The incident whose change to reverse (`inc-…`, as in the outcome).
     incident: String,
-    /// NATS with JetStream.
-    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Kubernetes API URL; when unset, in-cluster configuration or the kubeconfig is used.
     #[arg(long, env = "KUBESENT_KUBE_API_URL")]
     kube_api_url: Option<String>,
@@ -289,9 +287,8 @@ pub struct ApproveArgs {
     /// Who approves (recorded in the intent).
     #[arg(long, env = "USER", default_value = "an operator")]
     by: String,
-    /// NATS with JetStream.
-    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 /// `kubesent reject`
@@ -305,17 +302,15 @@ pub struct RejectArgs {
     /// Why (recorded in the outcome).
     #[arg(long, default_value = "rejected")]
     reason: String,
-    /// NATS with JetStream.
-    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 /// `kubesent resume`
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
-    /// NATS with JetStream.
-    #[arg(long, env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 /// A memory growth factor: a finite number from 1 to 64.
@@ -361,19 +356,19 @@ impl Cli {
             Command::Diagnoser(args) => run_diagnoser(args).await,
             Command::Remediator(args) => run_remediator(args).await,
             Command::Pause(args) => {
-                let guardrails = guardrails(&args.nats_url).await?;
+                let guardrails = guardrails(&args.nats).await?;
                 guardrails.pause(&args.reason).await?;
                 println!("paused: remediators only suggest until `kubesent resume` ({})", args.reason);
                 Ok(())
             }
             Command::Resume(args) => {
-                guardrails(&args.nats_url).await?.resume().await?;
+                guardrails(&args.nats).await?.resume().await?;
                 println!("resumed: remediators act again");
                 Ok(())
             }
             Command::Undo(args) => run_undo(args).await,
             Command::Approve(args) => {
-                let (_, bucket) = intents_bucket(&args.nats_url).await?;
+                let (_, bucket) = intents_bucket(&args.nats).await?;
                 let intents = kubesent_remediator::intent::Intents::new(bucket);
                 let incident = kubesent_proto::IncidentId(args.incident);
                 intents.approve(&incident, &args.by).await?;
@@ -396,64 +391,74 @@ struct ServiceContext {
     js: jetstream::Context,
     topology: Topology,
     registry: Registry,
+    published_registry: Arc<admin::LateRegistry>,
     health: Arc<Health>,
     shutdown: CancellationToken,
     _telemetry: kubesent_common::telemetry::TelemetryGuard,
 }
 
 impl ServiceContext {
-    /// Serves the admin endpoint with the registered metrics and marks the service ready.
-    async fn serve_admin(&mut self, listen: SocketAddr) -> anyhow::Result<()> {
-        let registry = Arc::new(std::mem::take(&mut self.registry));
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding the admin endpoint {listen}"))?;
-        let app = admin::router(registry, self.health.clone());
-        tokio::spawn(admin::serve(listener, app, self.shutdown.clone()));
-        self.health.set_ready(true);
-        info!(%listen, "admin endpoint serving /healthz, /readyz and /metrics");
-        Ok(())
+    /// Publishes the registered metrics on `/metrics` (everything must be registered by now).
+    fn publish_metrics(&mut self) {
+        let _ = self.published_registry.set(std::mem::take(&mut self.registry));
     }
 }
 
-async fn start_service(common: &CommonArgs, service: &'static str) -> anyhow::Result<ServiceContext> {
+/// Starts what every service needs: telemetry, the admin endpoint (live at once, ready only when the
+/// service says so), the Kubernetes client and the NATS connection (retried in the background).
+async fn start_service(common: &CommonArgs, role: Role) -> anyhow::Result<ServiceContext> {
+    let service = role.service_name();
     let telemetry = kubesent_common::telemetry::init(service, common.log_json);
     let shutdown = kubesent_common::shutdown_on_signal();
+    let health = Arc::new(Health::default());
+    let published_registry = Arc::new(admin::LateRegistry::new());
+    let listener = tokio::net::TcpListener::bind(common.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin endpoint {}", common.admin_listen))?;
+    let app = admin::router(published_registry.clone(), health.clone());
+    tokio::spawn(admin::serve(listener, app, shutdown.clone()));
+    info!(listen = %common.admin_listen, "admin endpoint serving /healthz, /readyz and /metrics");
     let kube = kubesent_common::kube_client(common.kube_api_url.as_deref()).await?;
-    let client = nats::connect(&common.nats_url, &format!("{service}/{}", common.identity)).await?;
+    let client = nats::connect_as(&common.nats, role, &format!("{service}/{}", common.identity)).await?;
     let js = jetstream::new(client);
     let topology = Topology { replicas: common.stream_replicas, ..Topology::default() };
-    nats::ensure_streams(&js, &topology).await?;
-    info!(service, identity = %common.identity, nats = %common.nats_url, "started");
+    info!(service, identity = %common.identity, nats = %common.nats.url, "started");
     Ok(ServiceContext {
         kube,
         js,
         topology,
         registry: Registry::default(),
-        health: Arc::new(Health::default()),
+        published_registry,
+        health,
         shutdown,
         _telemetry: telemetry,
     })
 }
 
 async fn run_detector(args: DetectorArgs) -> anyhow::Result<()> {
-    let mut ctx = start_service(&args.common, "kubesent-detector").await?;
+    let mut ctx = start_service(&args.common, Role::Detector).await?;
     let metrics = kubesent_detector::DetectorMetrics::register(&mut ctx.registry);
-    ctx.serve_admin(args.common.admin_listen).await?;
+    ctx.publish_metrics();
     let config = kubesent_detector::DetectorConfig {
         namespaces: args.namespaces,
         excluded_namespaces: args.excluded_namespaces,
         leader: args.leader.config(&args.common, "kubesent-detector"),
         group_wait: Duration::from_millis(args.group_wait_ms),
         incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
+        topology: ctx.topology.clone(),
     };
-    let deps = kubesent_detector::DetectorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
+    let deps = kubesent_detector::DetectorDeps {
+        kube: ctx.kube.clone(),
+        js: ctx.js.clone(),
+        metrics,
+        health: ctx.health.clone(),
+    };
     kubesent_detector::run(config, deps, ctx.shutdown.clone()).await?;
     Ok(())
 }
 
 async fn run_diagnoser(args: DiagnoserArgs) -> anyhow::Result<()> {
-    let mut ctx = start_service(&args.common, "kubesent-diagnoser").await?;
+    let mut ctx = start_service(&args.common, Role::Diagnoser).await?;
     let metrics = kubesent_diagnoser::DiagnoserMetrics::register(&mut ctx.registry);
     let config = kubesent_diagnoser::DiagnoserConfig {
         topology: ctx.topology.clone(),
@@ -465,25 +470,30 @@ async fn run_diagnoser(args: DiagnoserArgs) -> anyhow::Result<()> {
     let bucket = if settings.models.is_empty() {
         None
     } else {
-        Some(kubesent_diagnoser::ratelimit::bucket(&ctx.js, ctx.topology.replicas).await?)
+        let bucket = kubesent_diagnoser::ratelimit::bucket(&ctx.js, ctx.topology.replicas, &ctx.shutdown);
+        Some(bucket.await?)
     };
     let models = kubesent_diagnoser::llm::build_chain(&settings, bucket)?;
     if let Some(chain) = &models {
         chain.register_metrics(&mut ctx.registry);
     }
-    // Serving takes the registry: everything is registered by now.
-    ctx.serve_admin(args.common.admin_listen).await?;
+    ctx.publish_metrics();
     info!(models = ?settings.models, backend = ?settings.backend, "model chain configured");
-    let deps =
-        kubesent_diagnoser::DiagnoserDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics, models };
+    let deps = kubesent_diagnoser::DiagnoserDeps {
+        kube: ctx.kube.clone(),
+        js: ctx.js.clone(),
+        metrics,
+        models,
+        health: ctx.health.clone(),
+    };
     kubesent_diagnoser::run(config, deps, ctx.shutdown.clone()).await?;
     Ok(())
 }
 
 async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
-    let mut ctx = start_service(&args.common, "kubesent-remediator").await?;
+    let mut ctx = start_service(&args.common, Role::Remediator).await?;
     let metrics = kubesent_remediator::RemediatorMetrics::register(&mut ctx.registry);
-    ctx.serve_admin(args.common.admin_listen).await?;
+    ctx.publish_metrics();
     let policy = kubesent_remediator::gate::Policy {
         confidence_threshold: args.confidence_threshold,
         excluded_namespaces: args.excluded_namespaces,
@@ -509,28 +519,30 @@ async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
         intent_retention: Duration::from_secs(args.intent_retention_days.saturating_mul(24 * 3600)),
         ..kubesent_remediator::RemediatorConfig::default()
     };
-    let deps = kubesent_remediator::RemediatorDeps { kube: ctx.kube.clone(), js: ctx.js.clone(), metrics };
+    let deps = kubesent_remediator::RemediatorDeps {
+        kube: ctx.kube.clone(),
+        js: ctx.js.clone(),
+        metrics,
+        health: ctx.health.clone(),
+    };
     kubesent_remediator::run(config, deps, ctx.shutdown.clone()).await?;
     Ok(())
 }
 
-/// The intents bucket of the NATS at `url`, and JetStream there (for `pause`, `resume` and `undo`).
-async fn intents_bucket(url: &str) -> anyhow::Result<(jetstream::Context, jetstream::kv::Store)> {
-    let client = nats::connect(url, "kubesent-cli").await?;
+/// The intents bucket, and JetStream, as the operator (for `pause`, `resume`, `approve`, `reject`, `undo`).
+async fn intents_bucket(nats: &NatsArgs) -> anyhow::Result<(jetstream::Context, jetstream::kv::Store)> {
+    let client = nats::connect_as(nats, Role::Operator, "kubesent-cli").await?;
     let js = jetstream::new(client);
     // Only an existing bucket: creating it here would pick a replica count the services did not choose.
-    let bucket = js.get_key_value(kubesent_proto::INTENTS_BUCKET).await.with_context(|| {
-        format!(
-            "no {} bucket at {url}: has a KubeSent remediator run against it?",
-            kubesent_proto::INTENTS_BUCKET
-        )
-    })?;
+    let bucket = nats::existing_bucket(&js, kubesent_proto::INTENTS_BUCKET)
+        .await
+        .with_context(|| format!("at {}", nats.url))?;
     Ok((js, bucket))
 }
 
-/// The guardrails in the intents bucket of the NATS at `url`.
-async fn guardrails(url: &str) -> anyhow::Result<kubesent_remediator::guardrails::Guardrails> {
-    let (_, bucket) = intents_bucket(url).await?;
+/// The guardrails in the intents bucket.
+async fn guardrails(nats: &NatsArgs) -> anyhow::Result<kubesent_remediator::guardrails::Guardrails> {
+    let (_, bucket) = intents_bucket(nats).await?;
     Ok(kubesent_remediator::guardrails::Guardrails::new(
         bucket,
         kubesent_remediator::guardrails::Limits::default(),
@@ -538,7 +550,7 @@ async fn guardrails(url: &str) -> anyhow::Result<kubesent_remediator::guardrails
 }
 
 async fn run_reject(args: RejectArgs) -> anyhow::Result<()> {
-    let (js, bucket) = intents_bucket(&args.nats_url).await?;
+    let (js, bucket) = intents_bucket(&args.nats).await?;
     let intents = kubesent_remediator::intent::Intents::new(bucket);
     let incident = kubesent_proto::IncidentId(args.incident);
     let intent = intents.reject(&incident, &args.by, &args.reason).await?;
@@ -565,7 +577,7 @@ async fn run_reject(args: RejectArgs) -> anyhow::Result<()> {
 async fn run_undo(args: UndoArgs) -> anyhow::Result<()> {
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-undo", false, "warn");
     let incident = kubesent_proto::IncidentId(args.incident.clone());
-    let (js, bucket) = intents_bucket(&args.nats_url).await?;
+    let (js, bucket) = intents_bucket(&args.nats).await?;
     let intents = kubesent_remediator::intent::Intents::new(bucket);
     let (intent, _) = intents
         .get(&incident)

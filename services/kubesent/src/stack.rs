@@ -132,8 +132,14 @@ impl Stack {
             leader: None,
             group_wait: kubesent_detector::DEFAULT_GROUP_WAIT,
             incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
+            topology: topology.clone(),
         };
-        let deps = DetectorDeps { kube: detector_kube, js: js.clone(), metrics: metrics.detector.clone() };
+        let deps = DetectorDeps {
+            kube: detector_kube,
+            js: js.clone(),
+            metrics: metrics.detector.clone(),
+            health: Default::default(),
+        };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
             if let Err(error) = kubesent_detector::run(detector, deps, token).await {
@@ -145,6 +151,7 @@ impl Stack {
             js: js.clone(),
             metrics: metrics.diagnoser.clone(),
             models: None,
+            health: Default::default(),
         };
         let config = DiagnoserConfig { topology: topology.clone(), ..DiagnoserConfig::default() };
         let token = shutdown.clone();
@@ -162,7 +169,12 @@ impl Stack {
         };
         remediator.policy.dry_run = options.dry_run;
         let deps =
-            RemediatorDeps { kube: remediator_kube, js: js.clone(), metrics: metrics.remediator.clone() };
+            RemediatorDeps {
+                kube: remediator_kube,
+                js: js.clone(),
+                metrics: metrics.remediator.clone(),
+                health: Default::default(),
+            };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
             if let Err(error) = kubesent_remediator::run(remediator, deps, token).await {

@@ -41,8 +41,9 @@ use kube_runtime::{
     watcher,
 };
 use kubesent_common::{
+    admin::Health,
     leader::LeaderConfig,
-    nats::{self, PullOptions, Topology},
+    nats::{self, PullOptions, Role, Topology},
     trace,
 };
 use kubesent_proto::{self as proto, Action, Outcome, OutcomeResult, Strategy, Verdict};
@@ -115,6 +116,8 @@ pub struct RemediatorDeps {
     pub js: jetstream::Context,
     /// Metrics.
     pub metrics: Arc<RemediatorMetrics>,
+    /// Readiness, set once the streams, the intents bucket and the verdicts consumer are set up.
+    pub health: Arc<Health>,
 }
 
 /// Errors that stop the remediator.
@@ -182,12 +185,21 @@ pub async fn run(
     deps: RemediatorDeps,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let bucket = nats::ensure_intents(&deps.js, &config.topology).await?;
+    // Waits for JetStream and for the verdicts stream (the diagnoser creates it) instead of exiting.
+    let setup = async {
+        nats::prepare(&deps.js, &config.topology, Role::Remediator, &shutdown).await?;
+        let bucket = nats::open_intents(&deps.js, &config.topology, &shutdown).await?;
+        let consumer = config.topology.remediator_consumer();
+        let consumer = nats::open_consumer(&deps.js, proto::VERDICTS_STREAM, consumer, &shutdown).await?;
+        Ok::<_, kubesent_common::Error>((bucket, consumer))
+    };
+    let (bucket, consumer) = match setup.await {
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        result => result?,
+    };
+    deps.health.set_ready(true);
     let intents = Intents::new(bucket.clone());
     let guardrails = Guardrails::new(bucket, config.limits.clone());
-    let consumer =
-        nats::ensure_consumer(&deps.js, proto::VERDICTS_STREAM, config.topology.remediator_consumer())
-            .await?;
     let leadership =
         kubesent_common::leader::Leadership::new(deps.kube.clone(), config.leader.clone(), shutdown.clone());
     let leading = leadership.watch();

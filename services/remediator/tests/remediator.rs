@@ -91,7 +91,12 @@ fn config() -> RemediatorConfig {
 
 fn start_with(world: &World, config: RemediatorConfig) -> Running {
     let metrics = RemediatorMetrics::register(&mut Registry::default());
-    let deps = RemediatorDeps { kube: world.kube.clone(), js: world.js.clone(), metrics: metrics.clone() };
+    let deps = RemediatorDeps {
+        kube: world.kube.clone(),
+        js: world.js.clone(),
+        metrics: metrics.clone(),
+        health: Default::default(),
+    };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {

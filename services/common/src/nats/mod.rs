@@ -1,181 +1,28 @@
-//! NATS JetStream plumbing shared by the services: connecting, creating the streams, consumers and KV
-//! bucket idempotently, publishing with a deterministic `Nats-Msg-Id` and trace context, and dead-lettering.
+//! NATS JetStream plumbing shared by the services: connecting ([`connect`]), creating the streams,
+//! consumers and KV buckets with retries ([`setup`]), who owns what ([`roles`]), publishing with a
+//! deterministic `Nats-Msg-Id` and trace context, pulling, and dead-lettering.
+
+pub mod connect;
+pub mod roles;
+pub mod setup;
 
 use std::time::Duration;
 
 use async_nats::{
     HeaderMap,
-    jetstream::{
-        self, Context,
-        consumer::{AckPolicy, DeliverPolicy, pull},
-        kv,
-        message::PublishMessage,
-        stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
-    },
+    jetstream::{self, Context, consumer::pull, message::PublishMessage},
 };
 use bytes::Bytes;
 use kubesent_proto as proto;
 
+pub use connect::{NatsArgs, connect, connect_as, server_addrs};
+pub use roles::Role;
+pub use setup::{
+    Topology, ensure_consumer, ensure_intents, ensure_streams, existing_bucket, open_bucket, open_consumer,
+    open_intents, prepare,
+};
+
 use crate::{Error, trace};
-
-/// How the JetStream objects are sized. Every service applies the same values at start.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    /// Stream and KV replicas (3 in production, 1 for a single test server).
-    pub replicas: usize,
-    /// Bound of [`proto::JOBS_STREAM`]; beyond it publishes are rejected so a flood pushes back.
-    pub max_jobs: i64,
-    /// Deduplication window of the work queues; must cover a leader failover plus retries.
-    pub dedup_window: Duration,
-    /// How long the audit log is kept.
-    pub outcomes_max_age: Duration,
-    /// Time the diagnoser has to ack a job before it is redelivered (progress acks extend it).
-    pub diagnoser_ack_wait: Duration,
-    /// Deliveries before a job is dead-lettered.
-    pub max_deliver: i64,
-    /// Redelivery delays after ack timeouts, per delivery.
-    pub redelivery_backoff: Vec<Duration>,
-}
-
-impl Default for Topology {
-    fn default() -> Self {
-        Self {
-            replicas: 1,
-            max_jobs: 100_000,
-            dedup_window: Duration::from_secs(15 * 60),
-            outcomes_max_age: Duration::from_secs(30 * 24 * 3600),
-            diagnoser_ack_wait: Duration::from_secs(60),
-            max_deliver: 5,
-            redelivery_backoff: vec![
-                Duration::from_secs(60),
-                Duration::from_secs(120),
-                Duration::from_secs(300),
-            ],
-        }
-    }
-}
-
-impl Topology {
-    /// Stream configurations, by name.
-    pub fn streams(&self) -> Vec<stream::Config> {
-        let base = |name: &str, subjects: &str| stream::Config {
-            name: name.to_owned(),
-            subjects: vec![subjects.to_owned()],
-            storage: StorageType::File,
-            num_replicas: self.replicas,
-            allow_direct: true,
-            ..Default::default()
-        };
-        let work_queue = |name: &str, subjects: &str| stream::Config {
-            retention: RetentionPolicy::WorkQueue,
-            max_messages: self.max_jobs,
-            discard: DiscardPolicy::New,
-            duplicate_window: self.dedup_window,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..base(name, subjects)
-        };
-        let audit_log = |name: &str, subjects: &str| stream::Config {
-            retention: RetentionPolicy::Limits,
-            max_age: self.outcomes_max_age,
-            duplicate_window: self.dedup_window,
-            ..base(name, subjects)
-        };
-        vec![
-            work_queue(proto::JOBS_STREAM, proto::JOBS_SUBJECTS),
-            work_queue(proto::VERDICTS_STREAM, proto::VERDICTS_SUBJECTS),
-            audit_log(proto::OUTCOMES_STREAM, proto::OUTCOMES_SUBJECTS),
-            audit_log(proto::DLQ_STREAM, proto::DLQ_SUBJECTS),
-        ]
-    }
-
-    /// The diagnoser pool's shared durable consumer.
-    pub fn diagnosers_consumer(&self) -> pull::Config {
-        pull::Config {
-            durable_name: Some(proto::DIAGNOSERS_CONSUMER.to_owned()),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            // NB: with backoff set the server overwrites ack_wait with backoff[0]; keep them equal.
-            ack_wait: self.redelivery_backoff.first().copied().unwrap_or(self.diagnoser_ack_wait),
-            max_deliver: self.max_deliver,
-            backoff: self.redelivery_backoff.clone(),
-            max_ack_pending: 256,
-            filter_subject: proto::JOBS_SUBJECTS.to_owned(),
-            ..Default::default()
-        }
-    }
-
-    /// The remediator's durable consumer.
-    pub fn remediator_consumer(&self) -> pull::Config {
-        pull::Config {
-            durable_name: Some(proto::REMEDIATOR_CONSUMER.to_owned()),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(120),
-            max_deliver: self.max_deliver,
-            max_ack_pending: 64,
-            filter_subject: proto::VERDICTS_SUBJECTS.to_owned(),
-            ..Default::default()
-        }
-    }
-
-    /// The intents bucket.
-    pub fn intents_bucket(&self) -> kv::Config {
-        kv::Config {
-            bucket: proto::INTENTS_BUCKET.to_owned(),
-            description: "KubeSent remediation intents and per-target locks".to_owned(),
-            history: 5,
-            storage: StorageType::File,
-            num_replicas: self.replicas,
-            ..Default::default()
-        }
-    }
-}
-
-/// Connects to NATS with a connection name that identifies the replica.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| Error::Nats(Box::new(e)))
-}
-
-/// Creates or updates every stream and the intents bucket. Safe to run from every replica at once.
-pub async fn ensure_streams(js: &Context, topology: &Topology) -> Result<(), Error> {
-    for config in topology.streams() {
-        let name = config.name.clone();
-        js.create_or_update_stream(config).await.map_err(|e| Error::Setup(format!("stream {name}: {e}")))?;
-    }
-    ensure_intents(js, topology).await?;
-    Ok(())
-}
-
-/// Opens the intents bucket, creating it if needed.
-pub async fn ensure_intents(js: &Context, topology: &Topology) -> Result<kv::Store, Error> {
-    match js.get_key_value(proto::INTENTS_BUCKET).await {
-        Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(topology.intents_bucket())
-            .await
-            .map_err(|e| Error::Setup(format!("bucket {}: {e}", proto::INTENTS_BUCKET))),
-    }
-}
-
-/// Creates (or opens) a durable pull consumer on `stream`.
-pub async fn ensure_consumer(
-    js: &Context,
-    stream: &str,
-    config: pull::Config,
-) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
-    let name = config.durable_name.clone().unwrap_or_default();
-    let stream = js.get_stream(stream).await.map_err(|e| Error::Setup(format!("stream {stream}: {e}")))?;
-    stream
-        .get_or_create_consumer(&name, config)
-        .await
-        .map_err(|e| Error::Setup(format!("consumer {name}: {e}")))
-}
 
 /// What became of a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,178 @@
+//! Connecting to NATS: a list of servers, credentials from the standard places (a `.creds` file, an nkey
+//! seed, a user and password), TLS, and a private inbox prefix per role so request replies can be
+//! permitted to that role alone.
+
+use std::{path::PathBuf, time::Duration};
+
+use async_nats::{Event, ServerAddr};
+use secrecy::{ExposeSecret as _, SecretString};
+use tracing::{error, info, warn};
+
+use super::roles::Role;
+use crate::Error;
+
+/// How to reach and authenticate to NATS. Every service and every operator command takes these flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL, or several comma-separated (`nats://a:4222,nats://b:4222,nats://c:4222`).
+    #[arg(long = "nats-url", env = "KUBESENT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+    /// A credentials file (user JWT and nkey seed, as `nsc` writes it).
+    #[arg(long = "nats-creds", env = "KUBESENT_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// A file holding the user's nkey seed (`SU…`).
+    #[arg(long = "nats-nkey", env = "KUBESENT_NATS_NKEY")]
+    pub nkey: Option<PathBuf>,
+    /// NATS user name (with `--nats-password`).
+    #[arg(long = "nats-user", env = "KUBESENT_NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password (prefer the environment variable, set from a Secret).
+    #[arg(long = "nats-password", env = "KUBESENT_NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<SecretString>,
+    /// CA certificate (PEM) to verify the servers with; turns TLS on.
+    #[arg(long = "nats-tls-ca", env = "KUBESENT_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with `--nats-tls-key`.
+    #[arg(long = "nats-tls-cert", env = "KUBESENT_NATS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS, with `--nats-tls-cert`.
+    #[arg(long = "nats-tls-key", env = "KUBESENT_NATS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Plain settings for `url` (tests and local tools).
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            creds: None,
+            nkey: None,
+            user: None,
+            password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    /// The same settings with a user and password.
+    pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self.password = Some(SecretString::from(password.into()));
+        self
+    }
+
+    /// Who these settings authenticate as, for logs and audit records: the user name, the credentials
+    /// or seed file, or `anonymous`.
+    pub fn principal(&self) -> String {
+        match (&self.user, &self.creds, &self.nkey) {
+            (Some(user), _, _) => user.clone(),
+            (_, Some(creds), _) => format!("creds:{}", creds.display()),
+            (_, _, Some(nkey)) => format!("nkey:{}", nkey.display()),
+            _ => "anonymous".into(),
+        }
+    }
+}
+
+/// Parses `nats://a:4222,nats://b:4222` (or a single URL, with or without scheme) into server addresses.
+pub fn server_addrs(list: &str) -> Result<Vec<ServerAddr>, Error> {
+    let addrs = list
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| url.parse::<ServerAddr>().map_err(|e| Error::Config(format!("NATS URL {url:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(Error::Config("no NATS server URL given".into()));
+    }
+    Ok(addrs)
+}
+
+/// Connects as `role`, naming the connection `name` (the replica). The first connection is retried in
+/// the background, so a service can start before NATS is reachable; JetStream calls made before it
+/// connects time out and are retried by [`super::setup`].
+pub async fn connect_as(args: &NatsArgs, role: Role, name: &str) -> Result<async_nats::Client, Error> {
+    let servers = server_addrs(&args.url)?;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .custom_inbox_prefix(role.inbox_prefix())
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move { log_event(event) });
+    let methods =
+        [args.creds.is_some(), args.nkey.is_some(), args.user.is_some() || args.password.is_some()];
+    if methods.iter().filter(|set| **set).count() > 1 {
+        return Err(Error::Config(
+            "give one of --nats-creds, --nats-nkey or --nats-user/--nats-password".into(),
+        ));
+    }
+    if let Some(path) = &args.creds {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| Error::Config(format!("NATS credentials {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.nkey {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("NATS nkey seed {}: {e}", path.display())))?;
+        options = options.nkey(seed.trim().to_owned());
+    }
+    match (&args.user, &args.password) {
+        (Some(user), Some(password)) => {
+            options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+        }
+        (None, None) => {}
+        _ => return Err(Error::Config("--nats-user and --nats-password go together".into())),
+    }
+    if let Some(ca) = &args.tls_ca {
+        options = options.require_tls(true).add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        options = options.require_tls(true).add_client_certificate(cert.clone(), key.clone());
+    }
+    info!(servers = %args.url, principal = %args.principal(), role = role.as_str(), "connecting to NATS");
+    options.connect(servers).await.map_err(|e| Error::Nats(Box::new(e)))
+}
+
+/// Connects without credentials, as a service of `role` would (tests and the in-process stack).
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
+    connect_as(&NatsArgs::url(url), Role::Admin, name).await
+}
+
+fn log_event(event: Event) {
+    match event {
+        Event::Connected => info!("connected to NATS"),
+        Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
+        Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+            error!("NATS refused the credentials (authorization violation)")
+        }
+        Event::ServerError(error) => error!(%error, "NATS server error"),
+        Event::ClientError(error) => warn!(%error, "NATS client error"),
+        other => info!(event = %other, "NATS connection event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_list_gives_every_server() {
+        let addrs = server_addrs("nats://a:4222, nats://b:4223,nats://c:4224").expect("parses");
+        let hosts: Vec<_> = addrs.iter().map(|a| format!("{}:{}", a.host(), a.port())).collect();
+        assert_eq!(hosts, ["a:4222", "b:4223", "c:4224"]);
+    }
+
+    #[test]
+    fn a_single_url_and_a_bare_host_port_parse() {
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").expect("parses").len(), 1);
+        assert_eq!(server_addrs("localhost:4222").expect("parses")[0].port(), 4222);
+    }
+
+    #[test]
+    fn an_empty_list_or_a_bad_port_is_a_clear_error() {
+        assert!(server_addrs(" , ").is_err());
+        let error = server_addrs("nats://a:4222,nats://b:notaport").expect_err("refused").to_string();
+        assert!(error.contains("nats://b:notaport"), "{error}");
+    }
+}

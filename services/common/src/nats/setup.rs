@@ -1,0 +1,300 @@
+//! JetStream set-up: the streams, consumers and KV buckets, sized by a [`Topology`], created by the role
+//! that owns them and waited for by the roles that consume them.
+//!
+//! Set-up never gives up on a JetStream that is not ready yet (no meta leader, a stream leader being
+//! elected, a replicated stream still being placed, a stream another role creates): it retries with
+//! back-off and logs each attempt, so a fresh install or a cluster-wide restart does not crash-loop. A
+//! configuration conflict (an existing stream with other settings) is an immediate error, since waiting
+//! cannot fix it.
+
+use std::{future::Future, time::Duration};
+
+use async_nats::jetstream::{
+    self, Context,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+    kv,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use kubesent_proto as proto;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::roles::Role;
+use crate::{Backoff, Error};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How the JetStream objects are sized. Every service applies the same values at start.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Stream and KV replicas (3 in production, 1 for a single test server).
+    pub replicas: usize,
+    /// Bound of [`proto::JOBS_STREAM`]; beyond it publishes are rejected so a flood pushes back.
+    pub max_jobs: i64,
+    /// Deduplication window of the work queues; must cover a leader failover plus retries.
+    pub dedup_window: Duration,
+    /// How long the audit log is kept.
+    pub outcomes_max_age: Duration,
+    /// Time the diagnoser has to ack a job before it is redelivered (progress acks extend it).
+    pub diagnoser_ack_wait: Duration,
+    /// Deliveries before a job is dead-lettered.
+    pub max_deliver: i64,
+    /// Redelivery delays after ack timeouts, per delivery.
+    pub redelivery_backoff: Vec<Duration>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            max_jobs: 100_000,
+            dedup_window: Duration::from_secs(15 * 60),
+            outcomes_max_age: Duration::from_secs(30 * 24 * 3600),
+            diagnoser_ack_wait: Duration::from_secs(60),
+            max_deliver: 5,
+            redelivery_backoff: vec![
+                Duration::from_secs(60),
+                Duration::from_secs(120),
+                Duration::from_secs(300),
+            ],
+        }
+    }
+}
+
+impl Topology {
+    /// Stream configurations, by name.
+    pub fn streams(&self) -> Vec<stream::Config> {
+        let base = |name: &str, subjects: &str| stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let work_queue = |name: &str, subjects: &str| stream::Config {
+            retention: RetentionPolicy::WorkQueue,
+            max_messages: self.max_jobs,
+            discard: DiscardPolicy::New,
+            duplicate_window: self.dedup_window,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..base(name, subjects)
+        };
+        let audit_log = |name: &str, subjects: &str| stream::Config {
+            retention: RetentionPolicy::Limits,
+            max_age: self.outcomes_max_age,
+            duplicate_window: self.dedup_window,
+            ..base(name, subjects)
+        };
+        vec![
+            work_queue(proto::JOBS_STREAM, proto::JOBS_SUBJECTS),
+            work_queue(proto::VERDICTS_STREAM, proto::VERDICTS_SUBJECTS),
+            audit_log(proto::OUTCOMES_STREAM, proto::OUTCOMES_SUBJECTS),
+            audit_log(proto::DLQ_STREAM, proto::DLQ_SUBJECTS),
+        ]
+    }
+
+    /// The diagnoser pool's shared durable consumer.
+    pub fn diagnosers_consumer(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(proto::DIAGNOSERS_CONSUMER.to_owned()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            // NB: with backoff set the server overwrites ack_wait with backoff[0]; keep them equal.
+            ack_wait: self.redelivery_backoff.first().copied().unwrap_or(self.diagnoser_ack_wait),
+            max_deliver: self.max_deliver,
+            backoff: self.redelivery_backoff.clone(),
+            max_ack_pending: 256,
+            filter_subject: proto::JOBS_SUBJECTS.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// The remediator's durable consumer.
+    pub fn remediator_consumer(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(proto::REMEDIATOR_CONSUMER.to_owned()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(120),
+            max_deliver: self.max_deliver,
+            max_ack_pending: 64,
+            filter_subject: proto::VERDICTS_SUBJECTS.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// The intents bucket.
+    pub fn intents_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: proto::INTENTS_BUCKET.to_owned(),
+            description: "KubeSent remediation intents and per-target locks".to_owned(),
+            history: 5,
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
+
+
+/// Creates or updates the streams and buckets `role` owns, retrying until JetStream can take them.
+pub async fn prepare(
+    js: &Context,
+    topology: &Topology,
+    role: Role,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    for config in topology.streams().into_iter().filter(|c| role.owns_stream(&c.name)) {
+        let name = config.name.clone();
+        retry(&format!("stream {name}"), shutdown, || js.create_or_update_stream(config.clone())).await?;
+    }
+    if role.owns_stream(&format!("KV_{}", proto::INTENTS_BUCKET)) {
+        open_intents(js, topology, shutdown).await?;
+    }
+    Ok(())
+}
+
+/// Creates or updates every stream and the intents bucket (tests, the in-process stack and load tests,
+/// which play every role). Safe to run from every replica at once.
+pub async fn ensure_streams(js: &Context, topology: &Topology) -> Result<(), Error> {
+    let never = CancellationToken::new();
+    for role in [Role::Detector, Role::Diagnoser, Role::Remediator] {
+        prepare(js, topology, role, &never).await?;
+    }
+    Ok(())
+}
+
+/// Opens the intents bucket, creating it if needed.
+pub async fn ensure_intents(js: &Context, topology: &Topology) -> Result<kv::Store, Error> {
+    open_intents(js, topology, &CancellationToken::new()).await
+}
+
+/// Opens the intents bucket, creating it if needed, retrying until JetStream can.
+pub async fn open_intents(
+    js: &Context,
+    topology: &Topology,
+    shutdown: &CancellationToken,
+) -> Result<kv::Store, Error> {
+    open_bucket(js, topology.intents_bucket(), shutdown).await
+}
+
+/// Opens the KV bucket `config` describes, creating it if needed, retrying until JetStream can.
+pub async fn open_bucket(
+    js: &Context,
+    config: kv::Config,
+    shutdown: &CancellationToken,
+) -> Result<kv::Store, Error> {
+    let name = config.bucket.clone();
+    retry(&format!("bucket {name}"), shutdown, || async {
+        match js.get_key_value(&name).await {
+            Ok(store) => Ok(store),
+            Err(_) => js.create_key_value(config.clone()).await,
+        }
+    })
+    .await
+}
+
+/// Opens an existing KV bucket without creating it (operator commands: creating it would pick a replica
+/// count the services did not choose).
+pub async fn existing_bucket(js: &Context, name: &str) -> Result<kv::Store, Error> {
+    js.get_key_value(name).await.map_err(|e| {
+        Error::Setup(format!("no {name} bucket: has a KubeSent remediator run against it? ({e})"))
+    })
+}
+
+/// Creates (or opens) a durable pull consumer on `stream`, waiting for the stream to exist.
+pub async fn ensure_consumer(
+    js: &Context,
+    stream: &str,
+    config: pull::Config,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
+    open_consumer(js, stream, config, &CancellationToken::new()).await
+}
+
+/// Creates (or opens) a durable pull consumer on `stream`, retrying until the stream exists (another role
+/// may create it) and JetStream can place the consumer.
+pub async fn open_consumer(
+    js: &Context,
+    stream: &str,
+    config: pull::Config,
+    shutdown: &CancellationToken,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    retry(&format!("consumer {name} on stream {stream}"), shutdown, || async {
+        let stream = js.get_stream(stream).await.map_err(BoxError::from)?;
+        stream.get_or_create_consumer(&name, config.clone()).await.map_err(BoxError::from)
+    })
+    .await
+}
+
+/// Runs `attempt` until it succeeds, backing off between attempts (0.25 s doubling to 10 s) and logging
+/// each failure. Errors that waiting cannot fix (a stream or consumer that exists with other settings,
+/// an invalid configuration) end it at once, as does `shutdown`.
+pub async fn retry<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    for number in 1u32.. {
+        let error: BoxError = match attempt().await {
+            Ok(value) => {
+                if number > 1 {
+                    info!(what, attempts = number, "JetStream set-up done");
+                }
+                return Ok(value);
+            }
+            Err(error) => error.into(),
+        };
+        if let Some(conflict) = unfixable(error.as_ref()) {
+            return Err(Error::Setup(format!("{what}: {error} ({conflict})")));
+        }
+        let delay = backoff.next_delay();
+        warn!(what, attempt = number, %error, retry_in = ?delay, "JetStream is not ready for this yet; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Err(Error::Setup(format!("{what}: shut down while waiting for JetStream"))),
+        }
+    }
+    Err(Error::Setup(format!("{what}: gave up")))
+}
+
+/// Why `error` cannot be fixed by waiting, if it cannot: a JetStream API error of the 400 class (a stream
+/// or consumer with other settings, subjects that overlap another stream, an invalid configuration), except
+/// "no suitable peers", which a cluster that is still forming answers.
+fn unfixable(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let api = api_error(error)?;
+    let no_peers_yet = api.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS;
+    (api.code() == 400 && !no_peers_yet)
+        .then(|| format!("JetStream error {}: fix the configuration; retrying cannot", api.error_code().0))
+}
+
+/// The JetStream API error somewhere in `error`'s chain, if any.
+fn api_error(error: &(dyn std::error::Error + 'static)) -> Option<jetstream::Error> {
+    use jetstream::{
+        context::{CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind},
+        stream::{ConsumerError, ConsumerErrorKind},
+    };
+    let mut next = Some(error);
+    while let Some(link) = next {
+        if let Some(api) = link.downcast_ref::<jetstream::Error>() {
+            return Some(api.clone());
+        }
+        if let Some(CreateStreamErrorKind::JetStream(api)) =
+            link.downcast_ref::<CreateStreamError>().map(|e| e.kind())
+        {
+            return Some(api);
+        }
+        if let Some(GetStreamErrorKind::JetStream(api)) = link.downcast_ref::<GetStreamError>().map(|e| e.kind())
+        {
+            return Some(api);
+        }
+        if let Some(ConsumerErrorKind::JetStream(api)) = link.downcast_ref::<ConsumerError>().map(|e| e.kind()) {
+            return Some(api);
+        }
+        next = link.source();
+    }
+    None
+}
