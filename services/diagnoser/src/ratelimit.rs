@@ -188,7 +188,9 @@ pub async fn bucket(
         num_replicas: replicas,
         ..Default::default()
     };
-    kubesent_common::nats::open_bucket(js, config, shutdown).await.map_err(|e| LimitError::Store(e.to_string()))
+    kubesent_common::nats::open_bucket(js, config, shutdown)
+        .await
+        .map_err(|e| LimitError::Store(e.to_string()))
 }
 
 #[cfg(test)]

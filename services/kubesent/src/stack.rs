@@ -168,13 +168,12 @@ impl Stack {
             ..RemediatorConfig::default()
         };
         remediator.policy.dry_run = options.dry_run;
-        let deps =
-            RemediatorDeps {
-                kube: remediator_kube,
-                js: js.clone(),
-                metrics: metrics.remediator.clone(),
-                health: Default::default(),
-            };
+        let deps = RemediatorDeps {
+            kube: remediator_kube,
+            js: js.clone(),
+            metrics: metrics.remediator.clone(),
+            health: Default::default(),
+        };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
             if let Err(error) = kubesent_remediator::run(remediator, deps, token).await {

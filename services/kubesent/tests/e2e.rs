@@ -18,19 +18,12 @@ use kubesent::stack::{Stack, StackOptions};
 use kubesent_kube_sim::ImageState;
 use kubesent_proto::{self as proto, Action, MemoryQuantity, Outcome, OutcomeResult, Strategy};
 use serde_json::json;
+use support::oom_pod;
+
+mod support;
 
 /// Upper bound for the whole detect → diagnose → fix → verify path (it takes a few seconds).
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn oom_pod(name: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web"},
-            "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
-        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
-            "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": "128Mi"}}}]}
-    }))
-    .expect("pod json")
-}
 
 /// A Deployment `web` in `shop`; `template_annotations` steer kube-sim's kubelet.
 fn deployment(

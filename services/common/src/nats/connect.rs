@@ -99,8 +99,7 @@ pub async fn connect_as(args: &NatsArgs, role: Role, name: &str) -> Result<async
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move { log_event(event) });
-    let methods =
-        [args.creds.is_some(), args.nkey.is_some(), args.user.is_some() || args.password.is_some()];
+    let methods = [args.creds.is_some(), args.nkey.is_some(), args.user.is_some() || args.password.is_some()];
     if methods.iter().filter(|set| **set).count() > 1 {
         return Err(Error::Config(
             "give one of --nats-creds, --nats-nkey or --nats-user/--nats-password".into(),

@@ -33,8 +33,13 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// How long a publish keeps trying through transient failures (no stream leader during an election, a
+/// reconnect, a lost acknowledgement): about one JetStream election. Retries reuse the `Nats-Msg-Id`, so
+/// a first attempt that was stored after all is deduplicated.
+pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(20);
+
 /// Publishes `payload` with `Nats-Msg-Id: msg_id`, the current trace context and `extra` headers,
-/// and waits for the stream's acknowledgement.
+/// and waits for the stream's acknowledgement, retrying transient failures for [`PUBLISH_PATIENCE`].
 pub async fn publish(
     js: &Context,
     subject: String,
@@ -47,14 +52,41 @@ pub async fn publish(
     for (name, value) in extra {
         headers.insert(*name, header_value(value));
     }
-    let message = PublishMessage::build().payload(Bytes::from(payload)).headers(headers).message_id(msg_id);
-    let ack = js
-        .send_publish(subject, message)
-        .await
-        .map_err(|e| Error::Publish(e.to_string()))?
-        .await
-        .map_err(|e| Error::Publish(e.to_string()))?;
-    Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+    headers.insert("Nats-Msg-Id", header_value(msg_id));
+    acknowledged(js, subject, headers, Bytes::from(payload)).await
+}
+
+/// Sends one message and waits for its acknowledgement, retrying what a JetStream election or a
+/// reconnect causes (no responders, a timed-out or broken request) for [`PUBLISH_PATIENCE`].
+async fn acknowledged(
+    js: &Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<Published, Error> {
+    use jetstream::context::PublishErrorKind;
+    let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+    let mut backoff = crate::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        let message = PublishMessage::build().payload(payload.clone()).headers(headers.clone());
+        let attempt = async { js.send_publish(subject.clone(), message).await?.await }.await;
+        match attempt {
+            Ok(ack) => return Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate }),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    PublishErrorKind::StreamNotFound
+                        | PublishErrorKind::TimedOut
+                        | PublishErrorKind::BrokenPipe
+                ) && tokio::time::Instant::now() < deadline =>
+            {
+                let delay = backoff.next_delay();
+                tracing::debug!(%error, %subject, retry_in = ?delay, "publish not acknowledged yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(Error::Publish(error.to_string())),
+        }
+    }
 }
 
 /// A header value with CR/LF replaced, since async-nats panics on them.
@@ -81,12 +113,7 @@ pub async fn dead_letter(
     headers.insert(proto::headers::DLQ_ORIGINAL_SEQUENCE, header_value(&sequence.to_string()));
     headers.insert(proto::headers::DLQ_DELIVERIES, header_value(&deliveries.to_string()));
     headers.insert("Nats-Msg-Id", header_value(&format!("dlq-{stream}-{sequence}")));
-    let copy = PublishMessage::build().payload(message.payload.clone()).headers(headers);
-    js.send_publish(proto::dlq_subject(stage), copy)
-        .await
-        .map_err(|e| Error::Publish(e.to_string()))?
-        .await
-        .map_err(|e| Error::Publish(e.to_string()))?;
+    acknowledged(js, proto::dlq_subject(stage), headers, message.payload.clone()).await?;
     message.ack_with(jetstream::AckKind::Term).await.map_err(Error::Nats)?;
     Ok(())
 }

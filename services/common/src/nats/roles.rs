@@ -25,7 +25,8 @@ pub const RATE_LIMIT_BUCKET: &str = "kubesent-ratelimit";
 
 impl Role {
     /// Every role a deployment gives credentials to (all but [`Role::Admin`]).
-    pub const DEPLOYED: [Self; 5] = [Self::Detector, Self::Diagnoser, Self::Remediator, Self::Operator, Self::Reader];
+    pub const DEPLOYED: [Self; 5] =
+        [Self::Detector, Self::Diagnoser, Self::Remediator, Self::Operator, Self::Reader];
 
     /// The role's name (`detector`, …), also the suffix of its NATS user `kubesent-<role>`.
     pub const fn as_str(self) -> &'static str {

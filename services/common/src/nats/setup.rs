@@ -137,7 +137,6 @@ impl Topology {
     }
 }
 
-
 /// Creates or updates the streams and buckets `role` owns, retrying until JetStream can take them.
 pub async fn prepare(
     js: &Context,
@@ -287,11 +286,14 @@ fn api_error(error: &(dyn std::error::Error + 'static)) -> Option<jetstream::Err
         {
             return Some(api);
         }
-        if let Some(GetStreamErrorKind::JetStream(api)) = link.downcast_ref::<GetStreamError>().map(|e| e.kind())
+        if let Some(GetStreamErrorKind::JetStream(api)) =
+            link.downcast_ref::<GetStreamError>().map(|e| e.kind())
         {
             return Some(api);
         }
-        if let Some(ConsumerErrorKind::JetStream(api)) = link.downcast_ref::<ConsumerError>().map(|e| e.kind()) {
+        if let Some(ConsumerErrorKind::JetStream(api)) =
+            link.downcast_ref::<ConsumerError>().map(|e| e.kind())
+        {
             return Some(api);
         }
         next = link.source();
