@@ -142,6 +142,11 @@ impl ServiceProcess {
         self.child.id()
     }
 
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> anyhow::Result<ExitStatus> {
+        Ok(self.child.wait().await?)
+    }
+
     /// Kills the process at once (`kill -9`).
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -177,3 +177,57 @@ async fn after_the_whole_cluster_restarts_every_service_recovers_and_no_job_is_l
         assert!(service.is_ready().await, "{} is ready again", service.spec.identity);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_before_nats_stays_alive_and_unready_until_nats_is_up() {
+    use kubesent_common::nats_server::NatsServer;
+    let mut nats = NatsServer::start().await.expect("nats-server");
+    let url = nats.url().to_owned();
+    nats.kill().await;
+    let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim");
+    let exe = Path::new(env!("CARGO_BIN_EXE_kubesent"));
+    let spec = ServiceSpec::new(exe, Role::Detector, "detector-0", &url, &sim.url());
+    let mut detector = ServiceProcess::spawn(spec).expect("detector starts");
+    let live = format!("http://{}/healthz", detector.admin);
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !client.get(&live).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(tokio::time::Instant::now() < deadline, "the admin endpoint never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!detector.is_ready().await, "not ready without NATS");
+    assert!(detector.exited().expect("status").is_none(), "waits instead of exiting");
+
+    nats.restart().await.expect("nats-server starts again on its port");
+    detector.wait_ready(PATIENCE).await.expect("ready once NATS is up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_exists_with_other_settings_is_an_immediate_clear_error() {
+    use async_nats::jetstream::stream;
+    use kubesent_common::nats_server::NatsServer;
+    let nats = NatsServer::start().await.expect("nats-server");
+    let js = jetstream::new(nats::connect(nats.url(), "test").await.expect("nats"));
+    js.create_stream(stream::Config {
+        name: proto::JOBS_STREAM.into(),
+        subjects: vec![proto::JOBS_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        ..Default::default()
+    })
+    .await
+    .expect("a stream with other settings");
+    let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim");
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let exe = Path::new(env!("CARGO_BIN_EXE_kubesent"));
+    let mut spec = ServiceSpec::new(exe, Role::Detector, "detector-0", nats.url(), &sim.url());
+    spec.log = Some(log.path().to_owned());
+    let mut detector = ServiceProcess::spawn(spec).expect("detector starts");
+    let Ok(status) = tokio::time::timeout(Duration::from_secs(30), detector.wait()).await else {
+        panic!("still running: {}", std::fs::read_to_string(log.path()).unwrap_or_default());
+    };
+    let status = status.expect("status");
+    assert!(!status.success(), "a conflict is an error");
+    let output = std::fs::read_to_string(log.path()).expect("log");
+    assert!(output.contains("stream KUBESENT_JOBS") && output.contains("retrying cannot"), "{output}");
+    assert!(!output.contains("retrying what="), "no retries: {output}");
+}

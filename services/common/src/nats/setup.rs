@@ -260,14 +260,22 @@ where
     Err(Error::Setup(format!("{what}: gave up")))
 }
 
-/// Why `error` cannot be fixed by waiting, if it cannot: a JetStream API error of the 400 class (a stream
-/// or consumer with other settings, subjects that overlap another stream, an invalid configuration), except
-/// "no suitable peers", which a cluster that is still forming answers.
+/// JetStream error codes that say the configuration is wrong whatever the 4xx/5xx class the server gives
+/// them: an invalid stream configuration or update (10052; e.g. a change of retention), a stream or
+/// consumer that exists with other settings (10058, 10013, 10148), subjects that overlap another stream
+/// (10065), replicas the servers cannot have (10074, 10061), work-queue consumer rules (10098–10101) and
+/// back-off longer than the deliveries (10116).
+const CONFIGURATION_ERRORS: [u64; 12] =
+    [10052, 10058, 10013, 10148, 10065, 10074, 10061, 10098, 10099, 10100, 10101, 10116];
+
+/// Why `error` cannot be fixed by waiting, if it cannot: a JetStream configuration error, or any other
+/// API error of the 400 class except "no suitable peers", which a cluster that is still forming answers.
 fn unfixable(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let api = api_error(error)?;
-    let no_peers_yet = api.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS;
-    (api.code() == 400 && !no_peers_yet)
-        .then(|| format!("JetStream error {}: fix the configuration; retrying cannot", api.error_code().0))
+    let code = api.error_code();
+    let no_peers_yet = code == jetstream::ErrorCode::CLUSTER_NO_PEERS;
+    let configuration = CONFIGURATION_ERRORS.contains(&code.0) || (api.code() == 400 && !no_peers_yet);
+    configuration.then(|| format!("JetStream error {}: fix the configuration; retrying cannot", code.0))
 }
 
 /// The JetStream API error somewhere in `error`'s chain, if any.
@@ -299,4 +307,33 @@ fn api_error(error: &(dyn std::error::Error + 'static)) -> Option<jetstream::Err
         next = link.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: usize, err_code: u64) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({"code": code, "err_code": err_code, "description": "x"}))
+            .expect("an API error")
+    }
+
+    #[test]
+    fn configuration_conflicts_are_unfixable_and_a_forming_cluster_is_waited_for() {
+        for (code, err_code) in [(500, 10052), (400, 10058), (400, 10065), (500, 10074), (400, 10003)] {
+            assert!(unfixable(&api(code, err_code)).is_some(), "{err_code}");
+        }
+        for (code, err_code) in [(503, 10008), (400, 10005), (503, 10023), (404, 10059), (500, 10009)] {
+            assert!(unfixable(&api(code, err_code)).is_none(), "{err_code}");
+        }
+    }
+
+    #[test]
+    fn an_api_error_is_found_inside_the_client_error_that_wraps_it() {
+        use jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+        let wrapped = CreateStreamError::new(CreateStreamErrorKind::JetStream(api(500, 10052)));
+        assert!(unfixable(&wrapped).is_some());
+        let timed_out = CreateStreamError::new(CreateStreamErrorKind::TimedOut);
+        assert!(unfixable(&timed_out).is_none(), "a timeout is waited out");
+    }
 }
