@@ -16,6 +16,7 @@ use crate::{FailureKind, WorkloadRef};
 
 /// What makes two container failures the same incident.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct IncidentKey {
     /// Namespace of the workload.
     pub namespace: String,

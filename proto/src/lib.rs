@@ -7,6 +7,7 @@
 mod fingerprint;
 mod names;
 mod quantity;
+pub mod validate;
 
 use jiff::Timestamp;
 use schemars::JsonSchema;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub use fingerprint::{IncidentId, IncidentKey};
 pub use names::*;
 pub use quantity::{MemoryQuantity, QuantityError};
+pub use validate::{Invalid, Validate};
 
 /// The payload schema version this build writes and accepts.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -65,6 +67,7 @@ impl FailureKind {
 
 /// A specific pod instance (the uid tells a replacement with the same name apart).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PodRef {
     /// Namespace of the pod.
     pub namespace: String,
@@ -79,6 +82,7 @@ pub struct PodRef {
 /// The object that owns the failing pods: its controlling owner, resolved to the Deployment for
 /// ReplicaSet pods, or the pod itself when it is bare.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WorkloadRef {
     /// `Pod`, `Deployment`, `ReplicaSet`, `StatefulSet`, `DaemonSet` or `Job`.
     pub kind: String,
@@ -88,6 +92,7 @@ pub struct WorkloadRef {
 
 /// The observed failure of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Failure {
     /// The classified kind.
     pub kind: FailureKind,
@@ -112,6 +117,7 @@ pub struct Failure {
 
 /// A failure the detector wants diagnosed. One job per incident, however many pods share it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct FailureJob {
     /// Payload schema version ([`SCHEMA_VERSION`]).
     pub schema: u32,
@@ -132,6 +138,7 @@ pub struct FailureJob {
 /// A typed remediation. Anything that does not map onto one of these is diagnosis only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[serde(deny_unknown_fields)]
 pub enum Action {
     /// Raise a container's memory limit (and request, if it was equal to the old limit).
     IncreaseMemory {
@@ -177,6 +184,7 @@ impl Action {
 /// Who decided a verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(deny_unknown_fields)]
 pub enum VerdictSource {
     /// A deterministic rule of the rule engine.
     Rules {
@@ -204,6 +212,7 @@ pub enum VerdictStatus {
 
 /// The diagnoser's conclusion about one incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Verdict {
     /// Payload schema version ([`SCHEMA_VERSION`]).
     pub schema: u32,
@@ -448,6 +457,21 @@ mod tests {
         assert!(matches!(err, DecodeError::UnsupportedSchema { found: 99 }));
         let err = decode::<FailureJob>(b"not json").expect_err("refused");
         assert!(matches!(err, DecodeError::Malformed(_)));
+    }
+
+    #[test]
+    fn unknown_fields_anywhere_in_a_job_or_an_action_are_refused() {
+        let mut job = serde_json::to_value(sample_job()).expect("json");
+        job["pod"]["privileged"] = serde_json::json!(true);
+        assert!(decode::<FailureJob>(&serde_json::to_vec(&job).expect("bytes")).is_err());
+        let mut job = serde_json::to_value(sample_job()).expect("json");
+        job["extra"] = serde_json::json!("x");
+        assert!(decode::<FailureJob>(&serde_json::to_vec(&job).expect("bytes")).is_err());
+        let action =
+            r#"{"type":"rollback_image","container":"app","from":"a:1","to":"b:2","registry":"evil"}"#;
+        assert!(serde_json::from_str::<Action>(action).is_err());
+        let action = r#"{"type":"rollback_image","container":"app","from":"a:1","to":"b:2"}"#;
+        assert!(serde_json::from_str::<Action>(action).is_ok());
     }
 
     #[test]

@@ -176,6 +176,12 @@ struct OutcomeLabel {
 #[derive(Debug, Default)]
 pub struct DiagnoserMetrics {
     jobs: Family<OutcomeLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 impl DiagnoserMetrics {
@@ -184,6 +190,14 @@ impl DiagnoserMetrics {
         let metrics = Self::default();
         let r = registry.sub_registry_with_prefix("kubesent_diagnoser");
         r.register("jobs", "Jobs handled, by outcome", metrics.jobs.clone());
+        r.register(
+            "rejected_messages",
+            "Jobs refused as invalid (oversized, unknown schema, malformed, out of bounds, wrong subject) and dead-lettered",
+            metrics.rejected.clone(),
+        );
+        for reason in proto::Invalid::LABELS {
+            let _ = metrics.rejected.get_or_create(&ReasonLabel { reason });
+        }
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
         for outcome in ["diagnosed", "stale", "deferred", "retried", "dead_lettered"] {
             let _ = metrics.jobs.get_or_create(&OutcomeLabel { outcome });
@@ -198,6 +212,11 @@ impl DiagnoserMetrics {
     /// Jobs handled with `outcome` (`diagnosed`, `stale`, `dead_lettered`, `retried`).
     pub fn jobs(&self, outcome: &'static str) -> u64 {
         self.jobs.get_or_create(&OutcomeLabel { outcome }).get()
+    }
+
+    /// Jobs refused as invalid, for `reason` (a [`proto::Invalid::label`]).
+    pub fn rejected(&self, reason: &'static str) -> u64 {
+        self.rejected.get_or_create(&ReasonLabel { reason }).get()
     }
 }
 
@@ -251,11 +270,12 @@ impl Worker {
 
     async fn handle_in_span(&self, message: jetstream::Message, span: &tracing::Span) {
         let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
-        let job: FailureJob = match proto::decode(&message.payload) {
+        let job: FailureJob = match proto::validate::receive_job(message.subject.as_str(), &message.payload) {
             Ok(job) => job,
             Err(error) => {
-                warn!(%error, subject = %message.subject, "undecodable job; dead-lettering it");
-                self.dead_letter(&message, &format!("undecodable job: {error}")).await;
+                warn!(%error, subject = %message.subject, "invalid job; dead-lettering it");
+                self.deps.metrics.rejected.get_or_create(&ReasonLabel { reason: error.label() }).inc();
+                self.dead_letter(&message, &format!("invalid job: {error}")).await;
                 return;
             }
         };
@@ -315,6 +335,7 @@ impl Worker {
                 }
             },
         };
+        let verdict = publishable(verdict);
         let subject = proto::verdict_subject(&job.pod.namespace, &verdict.action)?;
         let published = nats::publish(
             &self.deps.js,
@@ -363,11 +384,34 @@ fn verdict(
         pod: job.pod.clone(),
         failure: job.failure.clone(),
         status,
-        root_cause,
+        root_cause: proto::validate::clip_text(&root_cause),
         action,
-        confidence,
-        source,
+        confidence: confidence.min(100),
+        source: match source {
+            VerdictSource::Model { model } => VerdictSource::Model { model: model_name(&model) },
+            other => other,
+        },
         diagnosed_at: jiff::Timestamp::now(),
+    }
+}
+
+/// A model name as a verdict may carry it (the API's version string is outside our control).
+fn model_name(raw: &str) -> String {
+    let name: String = raw.chars().filter(char::is_ascii_graphic).take(256).collect();
+    if name.is_empty() { "unnamed-model".into() } else { name }
+}
+
+/// `verdict` as the remediator will accept it: one that fails validation (a model's answer that slipped
+/// past the mapping) goes out as a diagnosis with the reason instead of an action.
+fn publishable(verdict: Verdict) -> Verdict {
+    use proto::Validate as _;
+    match verdict.validate() {
+        Ok(()) => verdict,
+        Err(error) => {
+            warn!(%error, "the verdict is invalid; publishing it as a diagnosis only");
+            let root_cause = format!("{} (no action: the verdict was invalid: {error})", verdict.root_cause);
+            Verdict { root_cause: proto::validate::clip_text(&root_cause), action: Action::None, ..verdict }
+        }
     }
 }
 

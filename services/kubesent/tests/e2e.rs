@@ -511,7 +511,7 @@ async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
         .expect("subscription open");
     let headers = dead.headers.expect("dead letter headers");
     let reason = headers.get(proto::headers::DLQ_REASON).map(|v| v.to_string()).expect("reason header");
-    assert!(reason.starts_with("undecodable job: malformed payload"), "{reason}");
+    assert!(reason.starts_with("invalid job: malformed payload"), "{reason}");
     let original_sequence = headers.get(proto::headers::DLQ_ORIGINAL_SEQUENCE).map(|v| v.to_string());
     assert_eq!(original_sequence, Some(ack.sequence.to_string()));
     // The diagnoser acknowledges the job and counts it after the dead letter is stored.

@@ -150,10 +150,16 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// Remediator metrics.
 #[derive(Debug, Default)]
 pub struct RemediatorMetrics {
     outcomes: Family<ResultLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
     retries: Counter,
     leader: Gauge,
 }
@@ -164,6 +170,14 @@ impl RemediatorMetrics {
         let metrics = Self::default();
         let r = registry.sub_registry_with_prefix("kubesent_remediator");
         r.register("outcomes", "Outcomes recorded, by result", metrics.outcomes.clone());
+        r.register(
+            "rejected_messages",
+            "Verdicts refused as invalid (oversized, unknown schema, malformed, out of bounds, wrong subject) and dead-lettered",
+            metrics.rejected.clone(),
+        );
+        for reason in proto::Invalid::LABELS {
+            let _ = metrics.rejected.get_or_create(&ReasonLabel { reason });
+        }
         r.register("retries", "Verdicts handed back for a later retry", metrics.retries.clone());
         r.register("leader", "1 when this replica leads", metrics.leader.clone());
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
@@ -176,6 +190,11 @@ impl RemediatorMetrics {
     /// Outcomes recorded with `result`.
     pub fn outcomes(&self, result: OutcomeResult) -> u64 {
         self.outcomes.get_or_create(&ResultLabel { result: result.as_str() }).get()
+    }
+
+    /// Verdicts refused as invalid, for `reason` (a [`proto::Invalid::label`]).
+    pub fn rejected(&self, reason: &'static str) -> u64 {
+        self.rejected.get_or_create(&ReasonLabel { reason }).get()
     }
 }
 
@@ -285,23 +304,23 @@ impl Remediator {
 
     async fn handle_in_span(&self, message: jetstream::Message, span: &tracing::Span) {
         let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
-        let verdict: Verdict = match proto::decode(&message.payload) {
-            Ok(verdict) => verdict,
-            Err(error) => {
-                warn!(%error, "undecodable verdict; dead-lettering it");
-                if let Err(error) = nats::dead_letter(
-                    &self.deps.js,
-                    "remediator",
-                    &message,
-                    &format!("undecodable verdict: {error}"),
-                )
-                .await
-                {
-                    warn!(%error, "dead-lettering failed");
+        // A verdict is a request, never an authority: first its shape and bounds, then (in `remediate`)
+        // every bound of its action again from the cluster itself.
+        let verdict: Verdict =
+            match proto::validate::receive_verdict(message.subject.as_str(), &message.payload) {
+                Ok(verdict) => verdict,
+                Err(error) => {
+                    warn!(%error, subject = %message.subject, "invalid verdict; dead-lettering it");
+                    self.deps.metrics.rejected.get_or_create(&ReasonLabel { reason: error.label() }).inc();
+                    let reason = format!("invalid verdict: {error}");
+                    if let Err(error) =
+                        nats::dead_letter(&self.deps.js, "remediator", &message, &reason).await
+                    {
+                        warn!(%error, "dead-lettering failed");
+                    }
+                    return;
                 }
-                return;
-            }
-        };
+            };
         span.record("incident", verdict.incident.as_str());
         span.record("namespace", verdict.pod.namespace.as_str());
         span.record("pod", verdict.pod.name.as_str());

@@ -444,7 +444,8 @@ async fn an_undecodable_verdict_is_dead_lettered_with_the_reason() {
         .expect("subscribed");
     let headers = dead.headers.expect("headers");
     let reason = headers.get(proto::headers::DLQ_REASON).map(|v| v.to_string()).expect("reason");
-    assert!(reason.starts_with("undecodable verdict"), "{reason}");
+    assert!(reason.starts_with("invalid verdict: malformed payload"), "{reason}");
+    assert_eq!(remediator.metrics.rejected("malformed"), 1);
     assert!(changes(&world).is_empty());
     remediator.stop().await;
 }

@@ -64,12 +64,16 @@ impl Default for Topology {
 impl Topology {
     /// Stream configurations, by name.
     pub fn streams(&self) -> Vec<stream::Config> {
+        // Consumers refuse payloads over `MAX_PAYLOAD_BYTES`; the streams refuse them (with headers) first.
+        let max_message_size =
+            i32::try_from(proto::validate::MAX_PAYLOAD_BYTES + 8 * 1024).unwrap_or(i32::MAX);
         let base = |name: &str, subjects: &str| stream::Config {
             name: name.to_owned(),
             subjects: vec![subjects.to_owned()],
             storage: StorageType::File,
             num_replicas: self.replicas,
             allow_direct: true,
+            max_message_size,
             ..Default::default()
         };
         let work_queue = |name: &str, subjects: &str| stream::Config {
@@ -90,7 +94,11 @@ impl Topology {
             work_queue(proto::JOBS_STREAM, proto::JOBS_SUBJECTS),
             work_queue(proto::VERDICTS_STREAM, proto::VERDICTS_SUBJECTS),
             audit_log(proto::OUTCOMES_STREAM, proto::OUTCOMES_SUBJECTS),
-            audit_log(proto::DLQ_STREAM, proto::DLQ_SUBJECTS),
+            // A dead letter is a refused message plus the reason: room for one over the limit.
+            stream::Config {
+                max_message_size: max_message_size * 2,
+                ..audit_log(proto::DLQ_STREAM, proto::DLQ_SUBJECTS)
+            },
         ]
     }
 
