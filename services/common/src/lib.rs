@@ -6,6 +6,7 @@ pub mod leader;
 pub mod nats;
 pub mod nats_server;
 pub mod pod;
+pub mod revisions;
 pub mod telemetry;
 pub mod trace;
 

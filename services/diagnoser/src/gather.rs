@@ -1,16 +1,12 @@
 //! Reads the evidence of a job from the Kubernetes API. Only the pod itself is required; logs, events
 //! and owners that cannot be read (gone, forbidden, not served) leave their part of the evidence empty.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::{
-    apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet},
-    core::v1::{Event, Pod},
-};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::{
     Api,
     api::{ListParams, LogParams},
 };
+use kubesent_common::revisions;
 use kubesent_proto::{FailureJob, FailureKind};
 use tracing::debug;
 
@@ -18,9 +14,6 @@ use crate::{
     evidence::{self, Evidence, LOG_MAX_BYTES, LOG_TAIL_LINES, Logs, PreviousRevision},
     redact::Redactor,
 };
-
-/// Annotation carrying a Deployment's or ReplicaSet's revision.
-const REVISION: &str = "deployment.kubernetes.io/revision";
 
 /// The live pod and its evidence, or `None` when the pod is gone or was replaced (a stale job).
 pub async fn gather(
@@ -76,153 +69,30 @@ async fn events(kube: &kube::Client, namespace: &str, pod: &str) -> Vec<Event> {
     }
 }
 
-fn controller(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<(String, String)> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| (o.kind.clone(), o.name.clone()))
-}
-
-/// Image per container of a pod template given as JSON.
-fn template_images(template: Option<&serde_json::Value>) -> BTreeMap<String, String> {
-    template
-        .and_then(|t| t.pointer("/spec/containers"))
-        .and_then(serde_json::Value::as_array)
-        .map(|containers| {
-            containers
-                .iter()
-                .filter_map(|c| {
-                    Some((c.get("name")?.as_str()?.to_owned(), c.get("image")?.as_str()?.to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A StatefulSet's revision of `pod` and the revision before it, from its ControllerRevisions. The
-/// previous revision's ready pods are the StatefulSet's ready pods still at its current revision (during
-/// a rolling update `status.currentRevision` is the revision being replaced).
-async fn stateful_set_revisions(
-    kube: &kube::Client,
-    namespace: &str,
-    pod: &Pod,
-    name: &str,
-) -> (Option<String>, Option<PreviousRevision>) {
-    let Ok(set) = Api::<StatefulSet>::namespaced(kube.clone(), namespace).get(name).await else {
-        return (None, None);
-    };
-    let Some(pod_revision) =
-        pod.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash")).cloned()
-    else {
-        return (None, None);
-    };
-    let selector = set
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.clone())
-        .unwrap_or_default()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let revisions: Api<ControllerRevision> = Api::namespaced(kube.clone(), namespace);
-    let Ok(list) = revisions.list(&ListParams::default().labels(&selector)).await else {
-        return (None, None);
-    };
-    let owned: Vec<ControllerRevision> = list
-        .items
-        .into_iter()
-        .filter(|r| {
-            r.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == set.metadata.uid.as_ref())
-        })
-        .collect();
-    let Some(current) = owned.iter().find(|r| r.metadata.name.as_deref() == Some(pod_revision.as_str()))
-    else {
-        return (None, None);
-    };
-    let status = set.status.clone().unwrap_or_default();
-    let previous =
-        owned.iter().filter(|r| r.revision < current.revision).max_by_key(|r| r.revision).map(|r| {
-            let serving = status.current_revision.as_deref() == r.metadata.name.as_deref();
-            PreviousRevision {
-                revision: r.revision.to_string(),
-                images: template_images(r.data.as_ref().and_then(|d| d.0.pointer("/spec/template"))),
-                ready_replicas: if serving {
-                    status.ready_replicas.unwrap_or(0).min(status.current_replicas.unwrap_or(0))
-                } else {
-                    0
-                },
-            }
-        });
-    (Some(current.revision.to_string()), previous)
-}
-
 /// The owner chain and, for a Deployment or a StatefulSet, its current and previous revision.
 async fn owners(
     kube: &kube::Client,
     namespace: &str,
     pod: &Pod,
 ) -> (Vec<String>, Option<String>, Option<PreviousRevision>) {
-    let mut chain = Vec::new();
-    let Some((kind, name)) = controller(&pod.metadata) else { return (chain, None, None) };
-    chain.push(format!("{kind}/{name}"));
-    if kind == "StatefulSet" {
-        let (current, previous) = stateful_set_revisions(kube, namespace, pod, &name).await;
-        return (chain, current, previous);
+    let Some((kind, name)) = revisions::controller_of(&pod.metadata) else { return (Vec::new(), None, None) };
+    let mut chain = vec![format!("{kind}/{name}")];
+    let history = match revisions::history(kube, namespace, pod).await {
+        Ok(history) => history,
+        Err(error) => {
+            debug!(%error, "revision history not available");
+            return (chain, None, None);
+        }
+    };
+    if let Some((owner_kind, owner_name)) = &history.owner
+        && *owner_kind != kind
+    {
+        chain.push(format!("{owner_kind}/{owner_name}"));
     }
-    if kind != "ReplicaSet" {
-        return (chain, None, None);
-    }
-    let sets: Api<ReplicaSet> = Api::namespaced(kube.clone(), namespace);
-    let Ok(rs) = sets.get(&name).await else { return (chain, None, None) };
-    let Some((owner_kind, deployment_name)) = controller(&rs.metadata).filter(|(k, _)| k == "Deployment")
-    else {
-        return (chain, None, None);
-    };
-    chain.push(format!("{owner_kind}/{deployment_name}"));
-    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), namespace);
-    let Ok(deployment) = deployments.get(&deployment_name).await else { return (chain, None, None) };
-    let revision_of = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        meta.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse::<u64>().ok())
-    };
-    let current = revision_of(&rs.metadata);
-    let selector = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.clone())
-        .unwrap_or_default()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let owned_by_deployment = |r: &ReplicaSet| {
-        r.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == deployment.metadata.uid.as_ref())
-    };
-    let previous = match (current, sets.list(&ListParams::default().labels(&selector)).await) {
-        (Some(current), Ok(list)) => list
-            .items
-            .into_iter()
-            .filter(owned_by_deployment)
-            .filter_map(|r| revision_of(&r.metadata).filter(|rev| *rev < current).map(|rev| (rev, r)))
-            .max_by_key(|(rev, _)| *rev)
-            .map(|(rev, r)| PreviousRevision {
-                revision: rev.to_string(),
-                images: r
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.as_ref())
-                    .and_then(|t| t.spec.as_ref())
-                    .map(|s| {
-                        s.containers
-                            .iter()
-                            .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                            .collect()
-                    })
-                    .unwrap_or_else(BTreeMap::new),
-                ready_replicas: r.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
-            }),
-        _ => None,
-    };
-    (chain, current.map(|c| c.to_string()), previous)
+    let previous = history.previous.map(|p| PreviousRevision {
+        revision: p.number.to_string(),
+        images: p.images,
+        ready_replicas: p.ready_replicas,
+    });
+    (chain, history.current.map(|c| c.number.to_string()), previous)
 }
