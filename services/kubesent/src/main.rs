@@ -5,11 +5,25 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Stack of each runtime thread: a remediation nests a watch inside the verdict handler inside the pull
+/// loop, which in debug builds needs more than the default 2 MiB.
+const THREAD_STACK: usize = 8 << 20;
+
+fn main() -> ExitCode {
     kubesent_common::install_crypto_provider();
     let cli = kubesent::cli::Cli::parse();
-    match cli.run().await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK)
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kubesent: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kubesent: {error:#}");

@@ -79,6 +79,10 @@ pub struct Intent {
     /// Why it ended so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The verdict it carries out: an approved remediation is checked against the cluster again with it
+    /// before anything changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Box<kubesent_proto::Verdict>>,
     /// Last change.
     pub updated_at: jiff::Timestamp,
 }

@@ -7,6 +7,7 @@
 //! compare-and-set and API preconditions keep two replicas that both believe they lead from acting twice.
 //! Changes are reversible with [`undo`].
 
+pub mod bounds;
 pub mod gate;
 pub mod guardrails;
 pub mod intent;
@@ -268,6 +269,25 @@ struct Remediator {
     recorder: Recorder,
 }
 
+/// What [`Remediator::prepare`] found.
+enum Prepared {
+    /// Nothing to do: the verdict ends here (stale, denied, suggested, diagnosis only).
+    Finished(Finished),
+    /// The action is within bounds: take the guardrails and the lock, write the intent, act.
+    Act(Box<Act>),
+}
+
+/// An action within bounds, ready to be carried out.
+struct Act {
+    pod: Pod,
+    owner: Owner,
+    intent: Intent,
+    /// The target in words (`Deployment web`, `pod web-1`).
+    what: String,
+    /// The guardrails' key of the workload (`shop/Deployment/web`).
+    workload_key: String,
+}
+
 /// How a verdict ended, before it is published.
 struct Finished {
     result: OutcomeResult,
@@ -370,136 +390,13 @@ impl Remediator {
         if let Some((intent, revision)) = self.intents.get(&verdict.incident).await? {
             return self.drive(intent, revision).await;
         }
-        let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &verdict.pod.namespace);
-        let live = pods.get_opt(&verdict.pod.name).await?;
-        let decision = gate::decide(verdict, live.as_ref(), &self.config.policy, jiff::Timestamp::now());
-        info!(?decision, action = verdict.action.kind_str(), confidence = verdict.confidence, "gate decided");
-        let pod = match decision {
-            Decision::Apply => {
-                live.ok_or_else(|| StepError::Timeout("the pod vanished after the gate".into()))?
-            }
-            Decision::Suggest(detail) => return Ok(Finished::plain(OutcomeResult::Suggested, detail)),
-            Decision::Stale(detail) => return Ok(Finished::plain(OutcomeResult::Stale, detail)),
-            Decision::DiagnosisOnly => {
-                return Ok(Finished::plain(OutcomeResult::DiagnosisOnly, verdict.root_cause.clone()));
-            }
-            Decision::Deny(detail) => return Ok(Finished::plain(OutcomeResult::Denied, detail)),
+        // Boxed, as the strategies are: the decision holds API responses and keeps the handler's future small.
+        let act = match Box::pin(self.prepare(verdict)).await? {
+            Prepared::Finished(finished) => return Ok(finished),
+            Prepared::Act(act) => *act,
         };
-        let owner = self.resolve_owner(&pod).await?;
-        if let Owner::Missing(kind, name) = &owner {
-            // Being deleted, or orphaned: its garbage collector removes the pod soon.
-            return Ok(Finished::plain(
-                OutcomeResult::Stale,
-                format!("the pod's controller {kind} {name} no longer exists"),
-            ));
-        }
-        let marker = match &owner {
-            Owner::Workload(w) => w
-                .object
-                .pointer("/metadata/annotations")
-                .and_then(|a| a.get(replace::INCIDENT_ANNOTATION))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
-            _ => pod.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION)).cloned(),
-        };
-        let annotations_of_target = match &owner {
-            Owner::Workload(w) => w.metadata_maps().1,
-            _ => pod.metadata.annotations.clone().unwrap_or_default(),
-        };
-        if let Some(container) = verdict.action.container()
-            && let Some(reverted) =
-                annotations_of_target.get(&format!("{}.{container}", undo::REVERTED_ANNOTATION))
-        {
-            return Ok(Finished::plain(
-                OutcomeResult::Suggested,
-                format!(
-                    "a human reverted KubeSent's change to container {container} (incident {reverted}); further changes are only suggested"
-                ),
-            ));
-        }
-        if let Some(detail) = self.previous_fix_failed(marker).await? {
-            return Ok(Finished::plain(OutcomeResult::Denied, detail));
-        }
-        let plan = match ladder::plan(&verdict.action, &owner) {
-            Ok(plan) => plan,
-            Err(why) => return Ok(Finished::plain(OutcomeResult::Denied, why)),
-        };
-        let (labels, annotations, what) = match &owner {
-            Owner::Workload(w) => {
-                let (l, a) = w.metadata_maps();
-                (l, a, format!("{} {}", w.kind.as_str(), w.name))
-            }
-            _ => (
-                pod.metadata.labels.clone().unwrap_or_default(),
-                pod.metadata.annotations.clone().unwrap_or_default(),
-                format!("pod {}", verdict.pod.name),
-            ),
-        };
-        if let Some(tool) = ladder::gitops_manager(&labels, &annotations) {
-            return Ok(Finished::plain(
-                OutcomeResult::Suggested,
-                format!(
-                    "{what} is managed by {tool}: change it in Git ({}); KubeSent only suggests",
-                    serde_json::to_string(&verdict.action).unwrap_or_default()
-                ),
-            ));
-        }
-        if let Owner::Workload(w) = &owner
-            && let Err(why) = ladder::template_matches(w, &verdict.action)
-        {
-            return Ok(Finished::plain(OutcomeResult::Stale, why));
-        }
-        let target = proto::PodRef {
-            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
-            ..verdict.pod.clone()
-        };
-        let (strategy, workload, lock) = match (&plan, &owner) {
-            (Plan::PatchOwner, Owner::Workload(w)) => (
-                Strategy::OwnerPatch,
-                Some(proto::WorkloadRef { kind: w.kind.as_str().into(), name: w.name.clone() }),
-                intent::workload_lock_key(&verdict.pod.namespace, w.kind.as_str(), &w.name),
-            ),
-            (Plan::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
-            _ => (Strategy::PodPatch, None, intent::lock_key(&target)),
-        };
-        let replacement = match &verdict.action {
-            Action::IncreaseMemory { container, from, to } if strategy == Strategy::InPlaceResize => {
-                Some(replace::with_memory_limit(&pod, container, *from, *to, &verdict.incident))
-            }
-            _ => None,
-        };
-        let old_revision = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("pod-template-hash").or_else(|| l.get("controller-revision-hash")))
-            .cloned();
-        let approval = self.config.approval_required;
-        let intent = Intent {
-            schema: proto::SCHEMA_VERSION,
-            incident: verdict.incident.clone(),
-            phase: if approval { Phase::AwaitingApproval } else { Phase::Pending },
-            strategy,
-            target,
-            workload,
-            lock,
-            action: verdict.action.clone(),
-            original: Some(replace::sanitized(&pod)),
-            replacement,
-            old_revision,
-            approved_by: None,
-            baseline_restarts: None,
-            actor: self.config.identity.clone(),
-            replacement_uid: None,
-            result: None,
-            detail: None,
-            updated_at: jiff::Timestamp::now(),
-        };
-        let workload_key = match &owner {
-            Owner::Workload(w) => format!("{}/{}/{}", verdict.pod.namespace, w.kind.as_str(), w.name),
-            _ => format!("{}/Pod/{}", verdict.pod.namespace, verdict.pod.name),
-        };
-        if approval {
+        let Act { pod, owner, intent, what, workload_key } = act;
+        if self.config.approval_required {
             // A human decides instead of the budget, cooldown and breaker; the kill switch still holds.
             if let Some(reason) = self.guardrails.paused().await? {
                 return Ok(Finished::plain(
@@ -545,11 +442,167 @@ impl Remediator {
         self.drive(intent, revision).await
     }
 
+    /// Everything the cluster says about a verdict before any guardrail or lock: the gate against the live
+    /// pod, the owner and the bounds re-derived from the cluster, the reverted and escalation markers,
+    /// GitOps, the ladder's rung and the intent to write. Changes nothing, so it runs again, against the
+    /// cluster as it is then, before an approved remediation is carried out.
+    async fn prepare(&self, verdict: &Verdict) -> Result<Prepared, StepError> {
+        let done = |result, detail: String| Ok(Prepared::Finished(Finished::plain(result, detail)));
+        let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &verdict.pod.namespace);
+        let live = pods.get_opt(&verdict.pod.name).await?;
+        let decision = gate::decide(verdict, live.as_ref(), &self.config.policy, jiff::Timestamp::now());
+        info!(?decision, action = verdict.action.kind_str(), confidence = verdict.confidence, "gate decided");
+        let pod = match decision {
+            Decision::Apply => {
+                live.ok_or_else(|| StepError::Timeout("the pod vanished after the gate".into()))?
+            }
+            Decision::Suggest(detail) => return done(OutcomeResult::Suggested, detail),
+            Decision::Stale(detail) => return done(OutcomeResult::Stale, detail),
+            Decision::DiagnosisOnly => return done(OutcomeResult::DiagnosisOnly, verdict.root_cause.clone()),
+            Decision::Deny(detail) => return done(OutcomeResult::Denied, detail),
+        };
+        let owner = self.resolve_owner(&pod).await?;
+        if let Owner::Missing(kind, name) = &owner {
+            // Being deleted, or orphaned: its garbage collector removes the pod soon.
+            return done(
+                OutcomeResult::Stale,
+                format!("the pod's controller {kind} {name} no longer exists"),
+            );
+        }
+        // The bounds come from the cluster, never from the message: a rollback's target from the owner's
+        // own revision history, read here by the remediator itself.
+        let history = match (&verdict.action, &owner) {
+            (Action::RollbackImage { .. }, Owner::Workload(_)) => Some(
+                kubesent_common::revisions::history(&self.deps.kube, &verdict.pod.namespace, &pod).await?,
+            ),
+            _ => None,
+        };
+        let observed = bounds::Observed { pod: &pod, owner: &owner, history: history.as_ref() };
+        if let Err(why) = bounds::check(verdict, observed) {
+            warn!(%why, "the action is outside what the cluster vouches for; denied");
+            return done(OutcomeResult::Denied, why);
+        }
+        let marker = match &owner {
+            Owner::Workload(w) => w
+                .object
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(replace::INCIDENT_ANNOTATION))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            _ => pod.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION)).cloned(),
+        };
+        let annotations_of_target = match &owner {
+            Owner::Workload(w) => w.metadata_maps().1,
+            _ => pod.metadata.annotations.clone().unwrap_or_default(),
+        };
+        if let Some(container) = verdict.action.container()
+            && let Some(reverted) =
+                annotations_of_target.get(&format!("{}.{container}", undo::REVERTED_ANNOTATION))
+        {
+            return done(
+                OutcomeResult::Suggested,
+                format!(
+                    "a human reverted KubeSent's change to container {container} (incident {reverted}); further changes are only suggested"
+                ),
+            );
+        }
+        if let Some(detail) = self.previous_fix_failed(marker).await? {
+            return done(OutcomeResult::Denied, detail);
+        }
+        let plan = match ladder::plan(&verdict.action, &owner) {
+            Ok(plan) => plan,
+            Err(why) => return done(OutcomeResult::Denied, why),
+        };
+        let (labels, annotations, what) = match &owner {
+            Owner::Workload(w) => {
+                let (l, a) = w.metadata_maps();
+                (l, a, format!("{} {}", w.kind.as_str(), w.name))
+            }
+            _ => (
+                pod.metadata.labels.clone().unwrap_or_default(),
+                pod.metadata.annotations.clone().unwrap_or_default(),
+                format!("pod {}", verdict.pod.name),
+            ),
+        };
+        if let Some(tool) = ladder::gitops_manager(&labels, &annotations) {
+            return done(
+                OutcomeResult::Suggested,
+                format!(
+                    "{what} is managed by {tool}: change it in Git ({}); KubeSent only suggests",
+                    serde_json::to_string(&verdict.action).unwrap_or_default()
+                ),
+            );
+        }
+        if let Owner::Workload(w) = &owner
+            && let Err(why) = ladder::template_matches(w, &verdict.action)
+        {
+            return done(OutcomeResult::Stale, why);
+        }
+        let target = proto::PodRef {
+            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
+            ..verdict.pod.clone()
+        };
+        let (strategy, workload, lock) = match (&plan, &owner) {
+            (Plan::PatchOwner, Owner::Workload(w)) => (
+                Strategy::OwnerPatch,
+                Some(proto::WorkloadRef { kind: w.kind.as_str().into(), name: w.name.clone() }),
+                intent::workload_lock_key(&verdict.pod.namespace, w.kind.as_str(), &w.name),
+            ),
+            (Plan::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
+            _ => (Strategy::PodPatch, None, intent::lock_key(&target)),
+        };
+        let replacement = match &verdict.action {
+            Action::IncreaseMemory { container, from, to } if strategy == Strategy::InPlaceResize => {
+                Some(replace::with_memory_limit(&pod, container, *from, *to, &verdict.incident))
+            }
+            _ => None,
+        };
+        let old_revision = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash").or_else(|| l.get("controller-revision-hash")))
+            .cloned();
+        let approval = self.config.approval_required;
+        let intent = Intent {
+            schema: proto::SCHEMA_VERSION,
+            incident: verdict.incident.clone(),
+            phase: if approval { Phase::AwaitingApproval } else { Phase::Pending },
+            strategy,
+            target,
+            workload,
+            lock,
+            action: verdict.action.clone(),
+            original: Some(replace::sanitized(&pod)),
+            replacement,
+            old_revision,
+            approved_by: None,
+            baseline_restarts: None,
+            actor: self.config.identity.clone(),
+            replacement_uid: None,
+            result: None,
+            detail: None,
+            verdict: Some(Box::new(verdict.clone())),
+            updated_at: jiff::Timestamp::now(),
+        };
+        let workload_key = match &owner {
+            Owner::Workload(w) => format!("{}/{}/{}", verdict.pod.namespace, w.kind.as_str(), w.name),
+            _ => format!("{}/Pod/{}", verdict.pod.namespace, verdict.pod.name),
+        };
+        Ok(Prepared::Act(Box::new(Act { pod, owner, intent, what, workload_key })))
+    }
+
     /// Continues an intent with its strategy, from whatever phase it is in.
     async fn drive(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
         match intent.phase {
             Phase::AwaitingApproval => return Ok(awaiting_approval(&intent)),
             Phase::Approved => {
+                // The approval is a human's consent to a request, not a new authority: everything is
+                // checked against the cluster as it is now, before anything changes.
+                if let Some(refused) = Box::pin(self.recheck(&intent)).await? {
+                    info!(result = refused.result.as_str(), detail = %refused.detail, "the approved remediation no longer holds");
+                    return self.done(intent, revision, refused.result, refused.detail, None).await;
+                }
                 info!(approved_by = ?intent.approved_by, "carrying out an approved remediation");
                 intent.phase = Phase::Pending;
                 revision = self.advance(&mut intent, revision).await?;
@@ -564,6 +617,32 @@ impl Remediator {
             Strategy::InPlaceResize => Box::pin(self.finish_resize(intent, revision)).await,
             Strategy::PodPatch => Box::pin(self.finish_pod_patch(intent, revision)).await,
         }
+    }
+
+    /// Checks an approved intent against the cluster again, with the verdict it carries: `Some` says how it
+    /// ends instead (the target healed, changed or went away, or the action left its bounds).
+    async fn recheck(&self, intent: &Intent) -> Result<Option<Finished>, StepError> {
+        let Some(verdict) = intent.verdict.as_deref() else {
+            return Ok(Some(Finished::plain(
+                OutcomeResult::Denied,
+                "the intent carries no verdict to check against the cluster again",
+            )));
+        };
+        if verdict.incident != intent.incident || verdict.action != intent.action {
+            return Ok(Some(Finished::plain(OutcomeResult::Denied, "the intent and its verdict disagree")));
+        }
+        Ok(match self.prepare(verdict).await? {
+            Prepared::Finished(finished) => Some(finished),
+            Prepared::Act(act)
+                if act.intent.strategy == intent.strategy && act.intent.lock == intent.lock =>
+            {
+                None
+            }
+            Prepared::Act(act) => Some(Finished::plain(
+                OutcomeResult::Stale,
+                format!("{} changed since the approval; nothing was applied", act.what),
+            )),
+        })
     }
 
     /// The controlling workload of `pod`, resolving a ReplicaSet to its Deployment.

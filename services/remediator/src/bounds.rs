@@ -1,0 +1,275 @@
+//! The bounds of an action, re-derived from what the remediator itself read from the cluster. A verdict
+//! is a request, never an authority: anyone who can publish on the bus can claim any confidence, name any
+//! image or any workload, so nothing in it is believed that the cluster does not confirm.
+//!
+//! The gate ([`crate::gate`]) already holds an action to the live pod (same uid, still failing, the failing
+//! container, the live memory limit as `from`, the memory cap and factor). Here the rest is checked: the
+//! incident names the workload the pod really belongs to, neither the pod nor its owner opted out, and a
+//! rollback goes only to an image the workload's own history vouches for.
+
+use k8s_openapi::api::core::v1::Pod;
+use kubesent_common::revisions::History;
+use kubesent_proto::{Action, Verdict};
+use serde_json::Value;
+
+use crate::{
+    gate::OPT_OUT_ANNOTATION,
+    ladder::{ORIGINAL_IMAGE_ANNOTATION, Owner},
+};
+
+/// What the remediator read about the target.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The live failing pod.
+    pub pod: &'a Pod,
+    /// Its controlling workload, resolved from the pod's owner references.
+    pub owner: &'a Owner,
+    /// The owner's revision history (read for rollbacks only).
+    pub history: Option<&'a History>,
+}
+
+/// Why the action is outside what the cluster vouches for, if it is.
+pub fn check(verdict: &Verdict, seen: Observed<'_>) -> Result<(), String> {
+    owner_matches(verdict, seen)?;
+    not_opted_out(seen.owner)?;
+    match &verdict.action {
+        Action::RollbackImage { container, from, to } => rollback_target(container, from, to, seen),
+        Action::IncreaseMemory { .. } | Action::None => Ok(()),
+    }
+}
+
+/// The incident must name the workload the pod really belongs to: a verdict cannot borrow a pod to
+/// change another workload.
+fn owner_matches(verdict: &Verdict, seen: Observed<'_>) -> Result<(), String> {
+    let named = &verdict.key.workload;
+    let (kind, name) = match seen.owner {
+        Owner::Bare => ("Pod", verdict.pod.name.as_str()),
+        Owner::Workload(w) => (w.kind.as_str(), w.name.as_str()),
+        // Nothing is changed for these; the ladder says why.
+        Owner::Unsupported(..) | Owner::Missing(..) => return Ok(()),
+    };
+    if named.kind == kind && named.name == name {
+        Ok(())
+    } else {
+        Err(format!(
+            "the verdict names {} {} but pod {} belongs to {kind} {name}",
+            named.kind, named.name, verdict.pod.name
+        ))
+    }
+}
+
+/// `kubesent.io/remediate: "false"` on the owner itself or on its pod template opts the workload out
+/// (the gate checks the pod).
+fn not_opted_out(owner: &Owner) -> Result<(), String> {
+    let Owner::Workload(w) = owner else { return Ok(()) };
+    let opted_out = ["/metadata/annotations", "/spec/template/metadata/annotations"].iter().any(|pointer| {
+        w.object.pointer(pointer).and_then(|a| a.get(OPT_OUT_ANNOTATION)).and_then(Value::as_str)
+            == Some("false")
+    });
+    if opted_out {
+        Err(format!("{} {} opted out ({OPT_OUT_ANNOTATION}=false)", w.kind.as_str(), w.name))
+    } else {
+        Ok(())
+    }
+}
+
+/// A rollback goes only to the image of the owner's previous revision while that revision still has
+/// ready pods (it is known to work), read from the cluster by the remediator; a bare pod has no history,
+/// so only the image KubeSent itself recorded on it is a target.
+fn rollback_target(container: &str, from: &str, to: &str, seen: Observed<'_>) -> Result<(), String> {
+    if from == to {
+        return Err(format!("rolling {container} back to the image it runs ({to}) changes nothing"));
+    }
+    match seen.owner {
+        Owner::Workload(w) => {
+            let what = format!("{} {}", w.kind.as_str(), w.name);
+            let history = seen.history.filter(|h| {
+                h.owner.as_ref().is_some_and(|(kind, name)| kind == w.kind.as_str() && *name == w.name)
+            });
+            let Some(previous) = history.and_then(|h| h.previous.as_ref()) else {
+                return Err(format!("{what} has no earlier revision to roll back to"));
+            };
+            if previous.ready_replicas <= 0 {
+                return Err(format!(
+                    "revision {} of {what} has no ready pods: it is not known to work",
+                    previous.number
+                ));
+            }
+            match previous.images.get(container) {
+                Some(image) if image == to => Ok(()),
+                Some(image) => Err(format!(
+                    "{to} is not the image of {what}'s previous revision {} (it runs {image} in {container})",
+                    previous.number
+                )),
+                None => Err(format!("revision {} of {what} has no container {container}", previous.number)),
+            }
+        }
+        Owner::Bare => {
+            let key = format!("{ORIGINAL_IMAGE_ANNOTATION}.{container}");
+            let recorded = seen.pod.metadata.annotations.as_ref().and_then(|a| a.get(&key));
+            match recorded {
+                Some(image) if image == to => Ok(()),
+                _ => Err(format!(
+                    "a bare pod has no revision history: KubeSent rolls it back only to an image it recorded ({key}), and {to} is not it"
+                )),
+            }
+        }
+        Owner::Unsupported(..) | Owner::Missing(..) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kubesent_common::revisions::Revision;
+    use kubesent_proto::{
+        Failure, FailureKind, IncidentKey, PodRef, VerdictSource, VerdictStatus, WorkloadRef,
+    };
+    use serde_json::json;
+
+    use super::*;
+    use crate::ladder::{Workload, WorkloadKind};
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "web-7d9-x", "namespace": "shop", "uid": "u1"},
+            "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:2.0.0"}]}}))
+        .expect("pod")
+    }
+
+    fn deployment(annotations: Value) -> Owner {
+        Owner::Workload(Workload {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            object: json!({"metadata": {"name": "web", "annotations": annotations},
+                "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "app"}]}}}}),
+        })
+    }
+
+    fn history(previous_image: &str, ready: i32) -> History {
+        let revision = |number: i64, image: &str, ready_replicas: i32| Revision {
+            number,
+            name: format!("web-{number}"),
+            images: BTreeMap::from([("app".to_owned(), image.to_owned())]),
+            ready_replicas,
+        };
+        History {
+            owner: Some(("Deployment".into(), "web".into())),
+            current: Some(revision(4, "registry.local/shop/web:2.0.0", 0)),
+            previous: Some(revision(3, previous_image, ready)),
+        }
+    }
+
+    fn rollback(to: &str, workload: (&str, &str)) -> Verdict {
+        let key = IncidentKey {
+            namespace: "shop".into(),
+            workload: WorkloadRef { kind: workload.0.into(), name: workload.1.into() },
+            container: "app".into(),
+            kind: FailureKind::ErrImagePull,
+            template_hash: "7d9".into(),
+        };
+        Verdict {
+            schema: 1,
+            incident: key.fingerprint(),
+            key,
+            pod: PodRef {
+                namespace: "shop".into(),
+                name: "web-7d9-x".into(),
+                uid: "u1".into(),
+                resource_version: "9".into(),
+            },
+            failure: Failure {
+                kind: FailureKind::ErrImagePull,
+                container: "app".into(),
+                init_container: false,
+                reason: "ErrImagePull".into(),
+                message: None,
+                exit_code: None,
+                restart_count: 0,
+                image: "registry.local/shop/web:2.0.0".into(),
+            },
+            status: VerdictStatus::Diagnosed,
+            root_cause: "missing image".into(),
+            action: Action::RollbackImage {
+                container: "app".into(),
+                from: "registry.local/shop/web:2.0.0".into(),
+                to: to.into(),
+            },
+            confidence: 100,
+            source: VerdictSource::Rules { rule: "r".into() },
+            diagnosed_at: "2026-11-30T10:00:00Z".parse().expect("time"),
+        }
+    }
+
+    #[test]
+    fn only_the_previous_serving_revisions_image_is_a_rollback_target() {
+        let pod = pod();
+        let owner = deployment(json!({}));
+        let good = history("registry.local/shop/web:1.9.0", 2);
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good) };
+        assert_eq!(check(&rollback("registry.local/shop/web:1.9.0", ("Deployment", "web")), seen), Ok(()));
+
+        let refused = [
+            ("another registry", rollback("evil.example/miner:latest", ("Deployment", "web")), Some(&good)),
+            (
+                "a swapped digest",
+                rollback("registry.local/shop/web@sha256:0000", ("Deployment", "web")),
+                Some(&good),
+            ),
+            (
+                "the failing image",
+                rollback("registry.local/shop/web:2.0.0", ("Deployment", "web")),
+                Some(&good),
+            ),
+            (
+                "another workload's name",
+                rollback("registry.local/shop/web:1.9.0", ("Deployment", "api")),
+                Some(&good),
+            ),
+            (
+                "a bare pod's name",
+                rollback("registry.local/shop/web:1.9.0", ("Pod", "web-7d9-x")),
+                Some(&good),
+            ),
+            ("no history read", rollback("registry.local/shop/web:1.9.0", ("Deployment", "web")), None),
+        ];
+        for (what, verdict, history) in refused {
+            let seen = Observed { pod: &pod, owner: &owner, history };
+            assert!(check(&verdict, seen).is_err(), "{what}");
+        }
+        let not_serving = history("registry.local/shop/web:1.9.0", 0);
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&not_serving) };
+        let why = check(&rollback("registry.local/shop/web:1.9.0", ("Deployment", "web")), seen)
+            .expect_err("unproven");
+        assert!(why.contains("no ready pods"), "{why}");
+        let other_owner = History { owner: Some(("Deployment".into(), "api".into())), ..good.clone() };
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&other_owner) };
+        assert!(check(&rollback("registry.local/shop/web:1.9.0", ("Deployment", "web")), seen).is_err());
+    }
+
+    #[test]
+    fn a_bare_pod_is_rolled_back_only_to_the_image_kubesent_recorded() {
+        let mut pod = pod();
+        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None };
+        assert!(check(&rollback("registry.local/shop/web:1.9.0", ("Pod", "web-7d9-x")), seen).is_err());
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            "kubesent.io/original-image.app".to_owned(),
+            "registry.local/shop/web:1.9.0".to_owned(),
+        )]));
+        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None };
+        assert_eq!(check(&rollback("registry.local/shop/web:1.9.0", ("Pod", "web-7d9-x")), seen), Ok(()));
+    }
+
+    #[test]
+    fn an_owner_or_its_template_that_opted_out_is_left_alone() {
+        let pod = pod();
+        let good = history("registry.local/shop/web:1.9.0", 2);
+        let verdict = rollback("registry.local/shop/web:1.9.0", ("Deployment", "web"));
+        let owner = deployment(json!({"kubesent.io/remediate": "false"}));
+        assert!(check(&verdict, Observed { pod: &pod, owner: &owner, history: Some(&good) }).is_err());
+        let Owner::Workload(mut w) = deployment(json!({})) else { unreachable!() };
+        w.object["spec"]["template"]["metadata"]["annotations"] = json!({"kubesent.io/remediate": "false"});
+        let owner = Owner::Workload(w);
+        assert!(check(&verdict, Observed { pod: &pod, owner: &owner, history: Some(&good) }).is_err());
+    }
+}
