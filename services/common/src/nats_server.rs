@@ -17,10 +17,48 @@ use tokio::{
     process::{Child, Command},
 };
 
-use crate::Error;
+use crate::{
+    Error,
+    nats::{NatsArgs, Role},
+};
 
 /// How long a starting server may take to report that it is ready.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The permission layout of `deploy/base` (one user per role, passwords from the environment).
+pub const DEPLOY_AUTH_CONFIG: &str = include_str!("../../../deploy/base/nats/auth.conf");
+
+/// The users of [`DEPLOY_AUTH_CONFIG`] with fresh random passwords: the environment a server needs to
+/// load it, and each role's connection settings.
+#[derive(Debug, Clone)]
+pub struct NatsUsers {
+    passwords: Vec<(Role, String)>,
+}
+
+impl NatsUsers {
+    /// A random password for every deployed role.
+    pub fn generate() -> Self {
+        Self {
+            passwords: Role::DEPLOYED
+                .iter()
+                .map(|role| (*role, uuid::Uuid::new_v4().simple().to_string()))
+                .collect(),
+        }
+    }
+
+    /// The variables `deploy/base/nats/auth.conf` reads (`KUBESENT_DETECTOR_PASSWORD`, …).
+    pub fn server_env(&self) -> Vec<(String, String)> {
+        self.passwords.iter().map(|(role, password)| (role.password_variable(), password.clone())).collect()
+    }
+
+    /// Connection settings for `url` as `role`'s user (anonymous for [`Role::Admin`], which has no user).
+    pub fn args(&self, url: &str, role: Role) -> NatsArgs {
+        match self.passwords.iter().find(|(r, _)| *r == role) {
+            Some((_, password)) => NatsArgs::url(url).with_user(role.service_name(), password.clone()),
+            None => NatsArgs::url(url),
+        }
+    }
+}
 
 /// A running nats-server; killed (and its store removed) on drop.
 pub struct NatsServer {
@@ -28,6 +66,7 @@ pub struct NatsServer {
     url: String,
     port: u16,
     extra_config: String,
+    env: Vec<(String, String)>,
     store: tempfile::TempDir,
 }
 
@@ -40,12 +79,24 @@ impl NatsServer {
     /// Like [`NatsServer::start`], with `extra_config` (nats-server configuration syntax, e.g. an
     /// `authorization { … }` block) appended to the generated configuration.
     pub async fn start_with_config(extra_config: &str) -> Result<Self, Error> {
+        Self::start_with(extra_config, &[]).await
+    }
+
+    /// Like [`NatsServer::start_with_config`], with environment variables for the server process (the
+    /// variables a configuration refers to, such as the passwords of [`NatsUsers`]).
+    pub async fn start_with(extra_config: &str, env: &[(String, String)]) -> Result<Self, Error> {
         let store = temporary_store()?;
         let port = free_port()?;
-        let config =
-            server_config(&NodeConfig { name: None, port, store: store.path(), cluster: None }, extra_config);
-        let (child, url) = spawn(store.path(), &config).await?;
-        Ok(Self { child, url, port, extra_config: extra_config.to_owned(), store })
+        let node = NodeConfig { name: None, port, store: store.path(), cluster: None };
+        let (child, url) = spawn(store.path(), &server_config(&node, extra_config), env).await?;
+        Ok(Self { child, url, port, extra_config: extra_config.to_owned(), env: env.to_vec(), store })
+    }
+
+    /// A server with the permission layout of `deploy/base` (no anonymous access), and its users.
+    pub async fn start_secured() -> Result<(Self, NatsUsers), Error> {
+        let users = NatsUsers::generate();
+        let server = Self::start_with(DEPLOY_AUTH_CONFIG, &users.server_env()).await?;
+        Ok((server, users))
     }
 
     /// Kills the server and starts it again on the same port with the same store, as a node restart
@@ -53,7 +104,8 @@ impl NatsServer {
     pub async fn restart(&mut self) -> Result<(), Error> {
         self.kill().await;
         let node = NodeConfig { name: None, port: self.port, store: self.store.path(), cluster: None };
-        let (child, url) = spawn(self.store.path(), &server_config(&node, &self.extra_config)).await?;
+        let (child, url) =
+            spawn(self.store.path(), &server_config(&node, &self.extra_config), &self.env).await?;
         self.child = child;
         self.url = url;
         Ok(())
@@ -75,6 +127,7 @@ impl NatsServer {
 pub struct NatsCluster {
     nodes: Vec<ClusterNode>,
     extra_config: String,
+    env: Vec<(String, String)>,
 }
 
 struct ClusterNode {
@@ -90,6 +143,15 @@ impl NatsCluster {
     /// `extra_config` appended to each one's configuration. Returns once every server reports ready
     /// (JetStream may still be electing its meta leader: clients must wait for it).
     pub async fn start(size: usize, extra_config: &str) -> Result<Self, Error> {
+        Self::start_with(size, extra_config, &[]).await
+    }
+
+    /// Like [`NatsCluster::start`], with environment variables for every server process.
+    pub async fn start_with(
+        size: usize,
+        extra_config: &str,
+        env: &[(String, String)],
+    ) -> Result<Self, Error> {
         let mut nodes = Vec::with_capacity(size);
         for index in 0..size {
             nodes.push(ClusterNode {
@@ -100,7 +162,7 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = Self { nodes, extra_config: extra_config.to_owned() };
+        let mut cluster = Self { nodes, extra_config: extra_config.to_owned(), env: env.to_vec() };
         // Started together, as a StatefulSet with parallel pod management starts them.
         let starts: Vec<_> = (0..size).map(|index| cluster.spawn_node(index)).collect();
         let children = futures::future::join_all(starts).await;
@@ -169,7 +231,8 @@ impl NatsCluster {
             store: node.store.path(),
             cluster: Some((node.cluster_port, &routes)),
         };
-        let (child, _) = spawn(node.store.path(), &server_config(&config, &self.extra_config)).await?;
+        let (child, _) =
+            spawn(node.store.path(), &server_config(&config, &self.extra_config), &self.env).await?;
         Ok(child)
     }
 }
@@ -219,7 +282,7 @@ fn free_port() -> Result<u16, Error> {
 }
 
 /// Starts `nats-server` with `config` (written into `store`) and waits until it reports ready.
-async fn spawn(store: &Path, config: &str) -> Result<(Child, String), Error> {
+async fn spawn(store: &Path, config: &str, env: &[(String, String)]) -> Result<(Child, String), Error> {
     let binary = find_binary().ok_or_else(|| {
         Error::Setup(
             "nats-server not found: run `make setup`, or set KUBESENT_NATS_SERVER to its path".into(),
@@ -231,6 +294,7 @@ async fn spawn(store: &Path, config: &str) -> Result<(Child, String), Error> {
     let mut child = Command::new(&binary)
         .arg("-c")
         .arg(&config_path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

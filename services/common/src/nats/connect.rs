@@ -92,13 +92,28 @@ pub fn server_addrs(list: &str) -> Result<Vec<ServerAddr>, Error> {
 /// the background, so a service can start before NATS is reachable; JetStream calls made before it
 /// connects time out and are retried by [`super::setup`].
 pub async fn connect_as(args: &NatsArgs, role: Role, name: &str) -> Result<async_nats::Client, Error> {
+    connect_observed(args, role, name, |_| {}).await
+}
+
+/// Like [`connect_as`], also handing every connection event (server errors such as permission
+/// violations among them) to `observe`.
+pub async fn connect_observed(
+    args: &NatsArgs,
+    role: Role,
+    name: &str,
+    observe: impl Fn(&Event) + Send + Sync + 'static,
+) -> Result<async_nats::Client, Error> {
     let servers = server_addrs(&args.url)?;
+    let observe = std::sync::Arc::new(observe);
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(role.inbox_prefix())
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move { log_event(event) });
+        .event_callback(move |event| {
+            observe(&event);
+            async move { log_event(event) }
+        });
     let methods = [args.creds.is_some(), args.nkey.is_some(), args.user.is_some() || args.password.is_some()];
     if methods.iter().filter(|set| **set).count() > 1 {
         return Err(Error::Config(

@@ -15,7 +15,7 @@ use async_nats::{
 use bytes::Bytes;
 use kubesent_proto as proto;
 
-pub use connect::{NatsArgs, connect, connect_as, server_addrs};
+pub use connect::{NatsArgs, connect, connect_as, connect_observed, server_addrs};
 pub use roles::Role;
 pub use setup::{
     Topology, ensure_consumer, ensure_intents, ensure_streams, existing_bucket, open_bucket, open_consumer,

@@ -52,6 +52,12 @@ impl Role {
         }
     }
 
+    /// The environment variable holding the role's NATS password for the server configuration of
+    /// `deploy/base` (`KUBESENT_DETECTOR_PASSWORD`, …).
+    pub fn password_variable(self) -> String {
+        format!("KUBESENT_{}_PASSWORD", self.as_str().to_ascii_uppercase())
+    }
+
     /// The prefix of the role's reply subjects: replies to one role cannot be read by another.
     pub fn inbox_prefix(self) -> String {
         match self {
