@@ -334,6 +334,10 @@ pub struct Outcome {
     pub replacement_uid: Option<String>,
     /// Identity of the remediator replica that acted.
     pub actor: String,
+    /// The human who approved, rejected or reverted it: the name given and the NATS user that wrote the
+    /// decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
     /// W3C trace id of the incident's trace, when tracing is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,

@@ -16,6 +16,8 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use kubesent_remediator::operator::{Operator, Taken};
+
 use crate::demo::DemoArgs;
 
 /// KubeSent: self-healing for Kubernetes workloads.
@@ -257,11 +259,21 @@ pub struct RemediatorArgs {
     require_approval: bool,
 }
 
+/// What every operator command takes: how to reach NATS as the operator, and who is acting.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Who is acting (recorded with the NATS user in the intent, the kill switch and the audit log).
+    #[arg(long, env = "USER", default_value = "an operator")]
+    by: String,
+}
+
 /// `kubesent pause`
 #[derive(Debug, Args)]
 pub struct PauseArgs {
     #[command(flatten)]
-    nats: NatsArgs,
+    operator: OperatorArgs,
     /// Why (recorded in every outcome while paused).
     #[arg(long, default_value = "paused by an operator")]
     reason: String,
@@ -273,8 +285,9 @@ pub struct UndoArgs {
     /// The incident whose change to reverse (`inc-…`, as in the outcome).
     incident: String,
     #[command(flatten)]
-    nats: NatsArgs,
-    /// Kubernetes API URL; when unset, in-cluster configuration or the kubeconfig is used.
+    operator: OperatorArgs,
+    /// Kubernetes API URL; when unset, in-cluster configuration or the kubeconfig is used (the change is
+    /// reversed with your own Kubernetes credentials).
     #[arg(long, env = "KUBESENT_KUBE_API_URL")]
     kube_api_url: Option<String>,
 }
@@ -284,11 +297,11 @@ pub struct UndoArgs {
 pub struct ApproveArgs {
     /// The incident (`inc-…`, as in its `awaiting_approval` outcome).
     incident: String,
-    /// Who approves (recorded in the intent).
-    #[arg(long, env = "USER", default_value = "an operator")]
-    by: String,
     #[command(flatten)]
-    nats: NatsArgs,
+    operator: OperatorArgs,
+    /// How long to wait for the leading remediator to take the approval.
+    #[arg(long, default_value_t = 30)]
+    wait_seconds: u64,
 }
 
 /// `kubesent reject`
@@ -296,21 +309,27 @@ pub struct ApproveArgs {
 pub struct RejectArgs {
     /// The incident (`inc-…`, as in its `awaiting_approval` outcome).
     incident: String,
-    /// Who rejects (recorded in the outcome).
-    #[arg(long, env = "USER", default_value = "an operator")]
-    by: String,
+    #[command(flatten)]
+    operator: OperatorArgs,
     /// Why (recorded in the outcome).
     #[arg(long, default_value = "rejected")]
     reason: String,
-    #[command(flatten)]
-    nats: NatsArgs,
+    /// How long to wait for the leading remediator to record the rejection.
+    #[arg(long, default_value_t = 30)]
+    wait_seconds: u64,
 }
 
 /// `kubesent resume`
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
     #[command(flatten)]
-    nats: NatsArgs,
+    operator: OperatorArgs,
+}
+
+impl OperatorArgs {
+    async fn connect(&self) -> anyhow::Result<Operator> {
+        Ok(Operator::connect(&self.nats, &self.by).await?)
+    }
 }
 
 /// A memory growth factor: a finite number from 1 to 64.
@@ -356,23 +375,32 @@ impl Cli {
             Command::Diagnoser(args) => run_diagnoser(args).await,
             Command::Remediator(args) => run_remediator(args).await,
             Command::Pause(args) => {
-                let guardrails = guardrails(&args.nats).await?;
-                guardrails.pause(&args.reason).await?;
-                println!("paused: remediators only suggest until `kubesent resume` ({})", args.reason);
+                let operator = args.operator.connect().await?;
+                let recorded = operator.pause(&args.reason).await?;
+                println!("paused: remediators only suggest until `kubesent resume` ({recorded})");
                 Ok(())
             }
             Command::Resume(args) => {
-                guardrails(&args.nats).await?.resume().await?;
+                args.operator.connect().await?.resume().await?;
                 println!("resumed: remediators act again");
                 Ok(())
             }
             Command::Undo(args) => run_undo(args).await,
             Command::Approve(args) => {
-                let (_, bucket) = intents_bucket(&args.nats).await?;
-                let intents = kubesent_remediator::intent::Intents::new(bucket);
+                let operator = args.operator.connect().await?;
                 let incident = kubesent_proto::IncidentId(args.incident);
-                intents.approve(&incident, &args.by).await?;
-                println!("approved {incident}: the leading remediator carries it out now");
+                let taken = operator.approve(&incident, Duration::from_secs(args.wait_seconds)).await?;
+                match taken {
+                    Taken::Taken(_) => println!(
+                        "approved {incident} as {}: the leading remediator checks it against the cluster again and carries it out; its outcome follows in {}",
+                        operator.attribution(),
+                        kubesent_proto::OUTCOMES_STREAM
+                    ),
+                    Taken::Pending => println!(
+                        "approval of {incident} recorded as {}; no leading remediator has taken it yet (it will when one leads)",
+                        operator.attribution()
+                    ),
+                }
                 Ok(())
             }
             Command::Reject(args) => run_reject(args).await,
@@ -529,82 +557,37 @@ async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The intents bucket, and JetStream, as the operator (for `pause`, `resume`, `approve`, `reject`, `undo`).
-async fn intents_bucket(nats: &NatsArgs) -> anyhow::Result<(jetstream::Context, jetstream::kv::Store)> {
-    let client = nats::connect_as(nats, Role::Operator, "kubesent-cli").await?;
-    let js = jetstream::new(client);
-    // Only an existing bucket: creating it here would pick a replica count the services did not choose.
-    let bucket = nats::existing_bucket(&js, kubesent_proto::INTENTS_BUCKET)
-        .await
-        .with_context(|| format!("at {}", nats.url))?;
-    Ok((js, bucket))
-}
-
-/// The guardrails in the intents bucket.
-async fn guardrails(nats: &NatsArgs) -> anyhow::Result<kubesent_remediator::guardrails::Guardrails> {
-    let (_, bucket) = intents_bucket(nats).await?;
-    Ok(kubesent_remediator::guardrails::Guardrails::new(
-        bucket,
-        kubesent_remediator::guardrails::Limits::default(),
-    ))
-}
-
 async fn run_reject(args: RejectArgs) -> anyhow::Result<()> {
-    let (js, bucket) = intents_bucket(&args.nats).await?;
-    let intents = kubesent_remediator::intent::Intents::new(bucket);
+    let operator = args.operator.connect().await?;
     let incident = kubesent_proto::IncidentId(args.incident);
-    let intent = intents.reject(&incident, &args.by, &args.reason).await?;
-    let outcome = kubesent_proto::Outcome {
-        schema: kubesent_proto::SCHEMA_VERSION,
-        incident: incident.clone(),
-        pod: intent.target.clone(),
-        action: intent.action.clone(),
-        result: kubesent_proto::OutcomeResult::Denied,
-        strategy: Some(intent.strategy),
-        detail: intent.detail.clone().unwrap_or_default(),
-        replacement_uid: None,
-        actor: format!("kubesent reject ({})", args.by),
-        trace_id: None,
-        at: jiff::Timestamp::now(),
-    };
-    let subject = kubesent_proto::outcome_subject(&intent.target.namespace, outcome.result)?;
-    nats::publish(&js, subject, &format!("outcome-{incident}"), kubesent_proto::encode(&outcome), &[])
-        .await?;
-    println!("rejected {incident}: recorded as denied");
+    match operator.reject(&incident, &args.reason, Duration::from_secs(args.wait_seconds)).await? {
+        Taken::Taken(outcome) => println!(
+            "rejected {incident} as {}: {}",
+            operator.attribution(),
+            outcome.map(|o| o.detail).unwrap_or_else(|| "recorded as denied".into())
+        ),
+        Taken::Pending => println!(
+            "rejection of {incident} recorded as {}; no leading remediator has taken it yet (it will when one leads)",
+            operator.attribution()
+        ),
+    }
     Ok(())
 }
 
 async fn run_undo(args: UndoArgs) -> anyhow::Result<()> {
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-undo", false, "warn");
     let incident = kubesent_proto::IncidentId(args.incident.clone());
-    let (js, bucket) = intents_bucket(&args.nats).await?;
-    let intents = kubesent_remediator::intent::Intents::new(bucket);
-    let (intent, _) = intents
-        .get(&incident)
-        .await?
-        .with_context(|| format!("no remediation is recorded for incident {incident}"))?;
+    let operator = args.operator.connect().await?;
+    // Known before the Kubernetes client is needed, so an unknown incident says so.
+    operator.remediation(&incident).await?;
     let kube = kubesent_common::kube_client(args.kube_api_url.as_deref()).await?;
-    let undone = kubesent_remediator::undo::undo(&kube, &intents, &incident).await?;
-    let outcome = kubesent_proto::Outcome {
-        schema: kubesent_proto::SCHEMA_VERSION,
-        incident: incident.clone(),
-        pod: intent.target.clone(),
-        action: undone.reverse.clone(),
-        result: kubesent_proto::OutcomeResult::Reverted,
-        strategy: Some(intent.strategy),
-        detail: format!("{}: {}", undone.target, undone.detail),
-        replacement_uid: None,
-        actor: format!("kubesent undo ({})", kubesent_common::default_identity()),
-        trace_id: None,
-        at: jiff::Timestamp::now(),
-    };
-    let subject = kubesent_proto::outcome_subject(&intent.target.namespace, outcome.result)?;
-    nats::publish(&js, subject, &format!("revert-{incident}"), kubesent_proto::encode(&outcome), &[]).await?;
+    let undone = operator.undo(&kube, &incident).await?;
     println!(
-        "reverted {}: {} (recorded in {})",
+        "reverted {}: {} (recorded in {} as {})",
         undone.target,
         undone.detail,
-        kubesent_proto::OUTCOMES_STREAM
+        kubesent_proto::OUTCOMES_STREAM,
+        operator.attribution()
     );
     Ok(())
 }

@@ -130,13 +130,17 @@ async fn pause_and_resume_set_and_clear_the_kill_switch_and_unknown_incidents_ar
     let guardrails = Guardrails::new(bucket, Limits::default());
     let (code, stdout, stderr) = tokio::task::spawn_blocking({
         let url = url.clone();
-        move || kubesent(&["pause", "--nats-url", &url, "--reason", "node pool upgrade"])
+        move || kubesent(&["pause", "--nats-url", &url, "--reason", "node pool upgrade", "--by", "alice"])
     })
     .await
     .expect("ran");
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("paused"), "{stdout}");
-    assert_eq!(guardrails.paused().await.expect("read").as_deref(), Some("node pool upgrade"));
+    let recorded = guardrails.paused().await.expect("read").expect("paused");
+    assert!(
+        recorded.starts_with("node pool upgrade; paused by alice (NATS user kubesent-operator) at "),
+        "attributed: {recorded}"
+    );
 
     let (code, _, stderr) = tokio::task::spawn_blocking({
         let url = url.clone();

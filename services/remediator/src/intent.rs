@@ -217,8 +217,13 @@ impl Intents {
         self.kv.delete(key).await.map_err(|e| IntentError::Store(e.to_string()))
     }
 
-    /// Approves an intent waiting for approval; the leading remediator carries it out.
-    pub async fn approve(&self, incident: &IncidentId, by: &str) -> Result<Intent, IntentError> {
+    /// Approves an intent waiting for approval (the leader, taking an operator's decision); returns it with
+    /// its new revision.
+    pub(crate) async fn approve(
+        &self,
+        incident: &IncidentId,
+        by: &str,
+    ) -> Result<(Intent, u64), IntentError> {
         self.decide(incident, |intent| {
             intent.phase = Phase::Approved;
             intent.approved_by = Some(by.to_owned());
@@ -226,9 +231,15 @@ impl Intents {
         .await
     }
 
-    /// Rejects an intent waiting for approval: it ends as denied and its lock is released.
-    pub async fn reject(&self, incident: &IncidentId, by: &str, reason: &str) -> Result<Intent, IntentError> {
-        let intent = self
+    /// Rejects an intent waiting for approval (the leader, taking an operator's decision): it ends as
+    /// denied and its lock is released.
+    pub(crate) async fn reject(
+        &self,
+        incident: &IncidentId,
+        by: &str,
+        reason: &str,
+    ) -> Result<Intent, IntentError> {
+        let (intent, _) = self
             .decide(incident, |intent| {
                 intent.phase = Phase::Done;
                 intent.result = Some(OutcomeResult::Denied);
@@ -244,7 +255,7 @@ impl Intents {
         &self,
         incident: &IncidentId,
         change: impl FnOnce(&mut Intent),
-    ) -> Result<Intent, IntentError> {
+    ) -> Result<(Intent, u64), IntentError> {
         let (mut intent, revision) =
             self.get(incident).await?.ok_or_else(|| IntentError::Unknown(incident.to_string()))?;
         if intent.phase != Phase::AwaitingApproval {
@@ -255,8 +266,48 @@ impl Intents {
         }
         change(&mut intent);
         intent.updated_at = jiff::Timestamp::now();
-        self.advance(&intent, revision).await?;
-        Ok(intent)
+        let revision = self.advance(&intent, revision).await?;
+        Ok((intent, revision))
+    }
+
+    /// Every new operator decision (`decision.<user>.<incident>`), as key and value.
+    pub async fn decisions(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Result<(String, bytes::Bytes), IntentError>> + use<>, IntentError>
+    {
+        let updates = self
+            .kv
+            .watch(format!("{}.>", crate::approvals::DECISION_PREFIX))
+            .await
+            .map_err(|e| IntentError::Store(e.to_string()))?;
+        Ok(updates.filter_map(|entry| async move {
+            match entry {
+                Ok(entry) if entry.operation == kv::Operation::Put => Some(Ok((entry.key, entry.value))),
+                Ok(_) => None,
+                Err(error) => Some(Err(IntentError::Store(error.to_string()))),
+            }
+        }))
+    }
+
+    /// Decisions written while no remediator was taking them.
+    pub async fn pending_decisions(&self) -> Result<Vec<(String, bytes::Bytes)>, IntentError> {
+        let prefix = format!("{}.", crate::approvals::DECISION_PREFIX);
+        let mut keys = self.kv.keys().await.map_err(|e| IntentError::Store(e.to_string()))?;
+        let mut pending = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| IntentError::Store(e.to_string()))?;
+            if key.starts_with(&prefix)
+                && let Some(value) = self.kv.get(&key).await.map_err(|e| IntentError::Store(e.to_string()))?
+            {
+                pending.push((key, value));
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Removes a decision once it is taken (or refused).
+    pub async fn drop_decision(&self, key: &str) -> Result<(), IntentError> {
+        self.kv.purge(key).await.map_err(|e| IntentError::Store(e.to_string()))
     }
 
     /// Every change to an intent from now on (new intents, new phases), with its revision.

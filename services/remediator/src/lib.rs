@@ -7,11 +7,13 @@
 //! compare-and-set and API preconditions keep two replicas that both believe they lead from acting twice.
 //! Changes are reversible with [`undo`].
 
+pub mod approvals;
 pub mod bounds;
 pub mod gate;
 pub mod guardrails;
 pub mod intent;
 pub mod ladder;
+pub mod operator;
 pub mod replace;
 pub mod undo;
 
@@ -237,8 +239,8 @@ pub async fn run(
     tokio::spawn(
         remediator
             .clone()
-            .carry_out_approvals(leading.clone(), shutdown.clone())
-            .instrument(info_span!("approvals")),
+            .take_decisions(leading.clone(), shutdown.clone())
+            .instrument(info_span!("decisions")),
     );
     tokio::spawn(
         remediator
@@ -294,11 +296,13 @@ struct Finished {
     strategy: Option<Strategy>,
     detail: String,
     replacement_uid: Option<String>,
+    /// Who approved or rejected it, when a human did.
+    decided_by: Option<String>,
 }
 
 impl Finished {
     fn plain(result: OutcomeResult, detail: impl Into<String>) -> Self {
-        Self { result, strategy: None, detail: detail.into(), replacement_uid: None }
+        Self { result, strategy: None, detail: detail.into(), replacement_uid: None, decided_by: None }
     }
 }
 
@@ -310,6 +314,7 @@ impl Intent {
             strategy: Some(self.strategy),
             detail: self.detail.clone().unwrap_or_default(),
             replacement_uid: self.replacement_uid.clone(),
+            decided_by: self.approved_by.clone(),
         }
     }
 }
@@ -766,6 +771,7 @@ impl Remediator {
             detail: finished.detail,
             replacement_uid: finished.replacement_uid,
             actor: self.config.identity.clone(),
+            decided_by: finished.decided_by,
             trace_id: trace::current_trace_id(),
             at: jiff::Timestamp::now(),
         };
@@ -815,6 +821,7 @@ fn awaiting_approval(intent: &Intent) -> Finished {
             intent.incident
         ),
         replacement_uid: None,
+        decided_by: None,
     }
 }
 

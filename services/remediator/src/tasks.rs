@@ -68,8 +68,11 @@ impl Remediator {
         }
     }
 
-    /// While leading, carries out every remediation a human approves (`kubesent approve`).
-    pub(crate) async fn carry_out_approvals(
+    /// While leading, takes every operator decision (`kubesent approve`, `kubesent reject`): approved
+    /// remediations are carried out (after checking them against the cluster again), rejected ones are
+    /// recorded as denied. Decisions written while nobody led, and approvals an earlier leader did not
+    /// finish, are taken up when leadership begins; each approval is carried out once.
+    pub(crate) async fn take_decisions(
         self: Arc<Self>,
         mut leading: watch::Receiver<bool>,
         shutdown: CancellationToken,
@@ -79,42 +82,32 @@ impl Remediator {
                 () = shutdown.cancelled() => return,
                 led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
             }
-            let mut updates = match self.intents.watch().await {
+            let mut updates = match self.intents.decisions().await {
                 Ok(updates) => Box::pin(updates),
                 Err(error) => {
-                    warn!(%error, "watching for approvals failed; trying again");
+                    warn!(%error, "watching for decisions failed; trying again");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
             };
-            // Approvals given before the watch began (or while another replica led) are listed once the
-            // watch runs, so none falls between the two; one approval is carried out once.
             let in_flight: Arc<Mutex<HashSet<proto::IncidentId>>> = Arc::default();
-            let start = |intent: Intent, revision: u64| {
-                let fresh =
-                    in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(intent.incident.clone());
-                if fresh {
-                    let span = info_span!("approved", incident = %intent.incident);
-                    let (remediator, in_flight) = (self.clone(), in_flight.clone());
-                    tokio::spawn(
-                        async move {
-                            let incident = intent.incident.clone();
-                            remediator.finish_approved(intent, revision).await;
-                            in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&incident);
-                        }
-                        .instrument(span),
-                    );
-                }
-            };
             match self.intents.unfinished().await {
                 Ok(open) => {
                     for (intent, revision) in open.into_iter().filter(|(i, _)| i.phase == Phase::Approved) {
-                        start(intent, revision);
+                        self.clone().carry_out(intent, revision, &in_flight);
                     }
                 }
                 Err(error) => warn!(%error, "listing approved intents failed"),
+            }
+            match self.intents.pending_decisions().await {
+                Ok(pending) => {
+                    for (key, value) in pending {
+                        self.clone().take(&key, &value, &in_flight).await;
+                    }
+                }
+                Err(error) => warn!(%error, "listing pending decisions failed"),
             }
             loop {
                 tokio::select! {
@@ -124,11 +117,9 @@ impl Remediator {
                         if !*leading.borrow() { break }
                     }
                     update = updates.next() => match update {
-                        Some(Ok((intent, revision))) if intent.phase == Phase::Approved => start(intent, revision),
-                        Some(Ok(_)) => {}
-                        Some(Err(error @ IntentError::Corrupt { .. })) => warn!(%error, "skipping an unreadable intent"),
+                        Some(Ok((key, value))) => self.clone().take(&key, &value, &in_flight).await,
                         Some(Err(error)) => {
-                            warn!(%error, "the approvals watch failed; watching again");
+                            warn!(%error, "the decisions watch failed; watching again");
                             break;
                         }
                         None => break,
@@ -136,6 +127,96 @@ impl Remediator {
                 }
             }
         }
+    }
+
+    /// Takes one decision, then removes it (a decision that cannot be taken is logged and removed too; one
+    /// the store failed on stays for the next leader).
+    async fn take(
+        self: Arc<Self>,
+        key: &str,
+        value: &[u8],
+        in_flight: &Arc<Mutex<HashSet<proto::IncidentId>>>,
+    ) {
+        let taken = match approvals::read(key, value) {
+            Ok(taken) => taken,
+            Err(error) => {
+                warn!(%error, "dropping an unreadable decision");
+                self.drop_decision(key).await;
+                return;
+            }
+        };
+        let incident = taken.decision.incident.clone();
+        let by = taken.attribution();
+        let span = info_span!("decision", %incident, %by);
+        let result = match taken.decision.decision {
+            approvals::Verdict::Approve => {
+                match self.intents.approve(&incident, &by).instrument(span.clone()).await {
+                    Ok((intent, revision)) => {
+                        info!(parent: &span, "approved; carrying it out");
+                        self.clone().carry_out(intent, revision, in_flight);
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            approvals::Verdict::Reject => {
+                let reason = taken.decision.reason.clone().unwrap_or_else(|| "rejected".into());
+                match self.intents.reject(&incident, &by, &reason).instrument(span.clone()).await {
+                    Ok(intent) => {
+                        let finished = Finished { decided_by: Some(by.clone()), ..intent.finished() };
+                        if let Err(error) = self
+                            .record_for(&incident, &intent.target, &intent.action, finished)
+                            .instrument(span.clone())
+                            .await
+                        {
+                            warn!(parent: &span, %error, "recording the rejection failed");
+                        }
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(error @ (IntentError::NotAwaitingApproval { .. } | IntentError::Unknown(_))) => {
+                info!(parent: &span, %error, "the decision has nothing to decide; dropped");
+            }
+            Err(error) => {
+                warn!(parent: &span, %error, "taking the decision failed; the next leader takes it");
+                return;
+            }
+        }
+        self.drop_decision(key).await;
+    }
+
+    async fn drop_decision(&self, key: &str) {
+        if let Err(error) = self.intents.drop_decision(key).await {
+            warn!(%error, key, "removing a decision failed");
+        }
+    }
+
+    /// Carries out an approved remediation in its own task, once per incident at a time.
+    fn carry_out(
+        self: Arc<Self>,
+        intent: Intent,
+        revision: u64,
+        in_flight: &Arc<Mutex<HashSet<proto::IncidentId>>>,
+    ) {
+        let fresh = in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(intent.incident.clone());
+        if !fresh {
+            return;
+        }
+        let span = info_span!("approved", incident = %intent.incident);
+        let in_flight = in_flight.clone();
+        tokio::spawn(
+            async move {
+                let incident = intent.incident.clone();
+                self.finish_approved(intent, revision).await;
+                in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&incident);
+            }
+            .instrument(span),
+        );
     }
 
     /// Carries out an approved remediation and records its outcome, retrying transient failures.

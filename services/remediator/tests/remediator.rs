@@ -3,7 +3,9 @@
 //! redelivery, finishing a half-done replace after a crash) is checked directly.
 
 use kube::api::{DeleteParams, Preconditions};
+use kubesent_common::nats::NatsArgs;
 use kubesent_proto::{IncidentId, OutcomeResult};
+use kubesent_remediator::operator::{Operator, Taken};
 use kubesent_remediator::{intent::Claim, replace};
 use support::*;
 
@@ -290,14 +292,18 @@ async fn in_approval_mode_a_fix_waits_for_a_human_and_is_carried_out_once_approv
     assert!(pending.detail.contains(&format!("kubesent approve {}", verdict.incident)), "{}", pending.detail);
     assert!(changes(&world).is_empty(), "nothing changes before the approval: {:?}", changes(&world));
 
-    let approved = world.intents.approve(&verdict.incident, "alice").await.expect("approved");
-    assert_eq!(approved.approved_by.as_deref(), Some("alice"));
+    let operator = Operator::connect(&NatsArgs::url(world._nats.url()), "alice").await.expect("operator");
+    let taken = operator.approve(&verdict.incident, PATIENCE).await.expect("approved");
+    assert_eq!(taken, Taken::Taken(None), "the leader took the approval");
     let outcome = next_outcome(&mut outcomes).await;
     assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
     assert_eq!(outcome.strategy, Some(Strategy::InPlaceResize));
+    assert_eq!(outcome.decided_by.as_deref(), Some("alice (NATS user kubesent-operator)"), "attributed");
+    let (intent, _) = world.intents.get(&verdict.incident).await.expect("read").expect("intent");
+    assert_eq!(intent.approved_by.as_deref(), Some("alice (NATS user kubesent-operator)"));
     let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
     assert_eq!(memory_limit(&pods.get("web-1").await.expect("pod")), "256Mi");
-    let again = world.intents.approve(&verdict.incident, "bob").await.expect_err("already done");
+    let again = operator.approve(&verdict.incident, PATIENCE).await.expect_err("already done");
     assert!(again.to_string().contains("not waiting for approval"), "{again}");
     remediator.stop().await;
 }
@@ -312,8 +318,18 @@ async fn a_rejected_fix_is_never_applied_and_frees_its_target() {
     publish(&world, &verdict, "v1").await;
     assert_eq!(next_outcome(&mut outcomes).await.result, OutcomeResult::AwaitingApproval);
 
-    let rejected =
-        world.intents.reject(&verdict.incident, "alice", "fixing the leak instead").await.expect("rejected");
+    let operator = Operator::connect(&NatsArgs::url(world._nats.url()), "alice").await.expect("operator");
+    let taken =
+        operator.reject(&verdict.incident, "fixing the leak instead", PATIENCE).await.expect("rejected");
+    let Taken::Taken(Some(outcome)) = taken else { panic!("no outcome: {taken:?}") };
+    assert_eq!(outcome.result, OutcomeResult::Denied);
+    assert!(
+        outcome.detail.contains("rejected by alice (NATS user kubesent-operator): fixing the leak instead"),
+        "{}",
+        outcome.detail
+    );
+    assert_eq!(outcome.decided_by.as_deref(), Some("alice (NATS user kubesent-operator)"));
+    let (rejected, _) = world.intents.get(&verdict.incident).await.expect("read").expect("intent");
     assert_eq!(rejected.phase, Phase::Done);
     assert_eq!(rejected.result, Some(OutcomeResult::Denied));
     let other = IncidentId("inc-444444444444444444444444".into());
@@ -386,4 +402,36 @@ async fn a_pod_whose_controller_is_gone_is_stale_not_retried() {
     remediator.stop().await;
     assert_eq!(metrics.outcomes(OutcomeResult::Stale), 1, "recorded once, not retried");
     assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_fix_whose_target_changed_while_it_waited_is_not_applied() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let verdict = verdict(&failing, increase(128, 256), 95);
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start_with(&world, RemediatorConfig { approval_required: true, ..config() });
+    publish(&world, &verdict, "v1").await;
+    assert_eq!(next_outcome(&mut outcomes).await.result, OutcomeResult::AwaitingApproval);
+
+    // Someone else raised the limit meanwhile: the approved change no longer fits the live pod.
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    let resize = json!({"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "512Mi"}, "requests": {"memory": "512Mi"}}}]}});
+    pods.patch_subresource(
+        "resize",
+        "web-1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Strategic(&resize),
+    )
+    .await
+    .expect("resized by hand");
+    let before = changes(&world);
+    let operator = Operator::connect(&NatsArgs::url(world._nats.url()), "alice").await.expect("operator");
+    operator.approve(&verdict.incident, PATIENCE).await.expect("approved");
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Denied, "{}", outcome.detail);
+    assert!(outcome.detail.contains("live limit is 512Mi"), "{}", outcome.detail);
+    assert_eq!(memory_limit(&pods.get("web-1").await.expect("pod")), "512Mi", "left as it was");
+    assert_eq!(changes(&world), before, "nothing changed after the approval");
+    remediator.stop().await;
 }

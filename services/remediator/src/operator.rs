@@ -1,0 +1,219 @@
+//! What a human does to a running KubeSent, as operations the CLI only calls: approve or reject a
+//! remediation that waits for approval, pause and resume every remediator, undo a change. Each runs with
+//! the operator's NATS user (`kubesent-operator` in `deploy/base`), which may write only its own
+//! decisions and the kill switch, and each is attributed: the name given (`--by`, `$USER`) and the NATS
+//! user go into the intent, the kill switch and the audit log.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt as _;
+use kubesent_common::nats::{self, NatsArgs, Role};
+use kubesent_proto::{self as proto, IncidentId, Outcome, OutcomeResult};
+
+use crate::{
+    approvals::{self, Decision, DecisionError},
+    guardrails::{Guardrails, GuardrailsError, Limits},
+    intent::{IntentError, Intents, Phase},
+    undo::{self, UndoError, Undone},
+};
+
+/// The NATS user an operator is assumed to be when the settings name none (a credentials file).
+pub const DEFAULT_OPERATOR_USER: &str = "kubesent-operator";
+
+/// Errors of an operator's command.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// NATS could not be reached or set up.
+    #[error(transparent)]
+    Nats(#[from] kubesent_common::Error),
+    /// The intents bucket failed.
+    #[error(transparent)]
+    Intent(#[from] IntentError),
+    /// The decision could not be written.
+    #[error(transparent)]
+    Decision(#[from] DecisionError),
+    /// The kill switch could not be set.
+    #[error(transparent)]
+    Guardrails(#[from] GuardrailsError),
+    /// The change could not be reversed.
+    #[error(transparent)]
+    Undo(#[from] UndoError),
+    /// No remediation is recorded for the incident.
+    #[error("no remediation is recorded for incident {0}")]
+    Unknown(IncidentId),
+    /// Nothing waits for a decision under this incident.
+    #[error("incident {incident} is not waiting for approval ({state})")]
+    NotWaiting {
+        /// The incident.
+        incident: IncidentId,
+        /// What it is instead.
+        state: String,
+    },
+}
+
+/// What became of a decision within the wait.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// A remediator took it; for a rejection, its outcome.
+    Taken(Option<Box<Outcome>>),
+    /// No leading remediator took it in time; it stays and the next leader takes it.
+    Pending,
+}
+
+/// An operator's session: the NATS user and the name to record.
+pub struct Operator {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    bucket: kv::Store,
+    user: String,
+    by: String,
+}
+
+impl Operator {
+    /// Connects as the operator role with `nats`, recording actions as done by `by`.
+    pub async fn connect(nats: &NatsArgs, by: &str) -> Result<Self, OperatorError> {
+        let client = nats::connect_as(nats, Role::Operator, "kubesent-cli").await?;
+        let js = jetstream::new(client.clone());
+        let bucket = nats::existing_bucket(&js, proto::INTENTS_BUCKET).await?;
+        let user = nats.user.clone().unwrap_or_else(|| DEFAULT_OPERATOR_USER.to_owned());
+        Ok(Self { js, client, bucket, user, by: by.to_owned() })
+    }
+
+    /// Who this is, as recorded: the name given and the NATS user.
+    pub fn attribution(&self) -> String {
+        format!("{} (NATS user {})", self.by, self.user)
+    }
+
+    fn intents(&self) -> Intents {
+        Intents::new(self.bucket.clone())
+    }
+
+    /// The remediation recorded for `incident`.
+    pub async fn remediation(&self, incident: &IncidentId) -> Result<crate::intent::Intent, OperatorError> {
+        let (intent, _) =
+            self.intents().get(incident).await?.ok_or_else(|| OperatorError::Unknown(incident.clone()))?;
+        Ok(intent)
+    }
+
+    /// Approves a remediation waiting for approval. The leading remediator decides it again against the
+    /// cluster and carries it out; its outcome follows in the audit log.
+    pub async fn approve(&self, incident: &IncidentId, wait: Duration) -> Result<Taken, OperatorError> {
+        self.decide(incident, approvals::Verdict::Approve, None, wait).await
+    }
+
+    /// Rejects a remediation waiting for approval: it is recorded as denied and its target freed.
+    pub async fn reject(
+        &self,
+        incident: &IncidentId,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<Taken, OperatorError> {
+        self.decide(incident, approvals::Verdict::Reject, Some(reason.to_owned()), wait).await
+    }
+
+    async fn decide(
+        &self,
+        incident: &IncidentId,
+        verdict: approvals::Verdict,
+        reason: Option<String>,
+        wait: Duration,
+    ) -> Result<Taken, OperatorError> {
+        match self.intents().get(incident).await? {
+            Some((intent, _)) if intent.phase == Phase::AwaitingApproval => {}
+            Some((intent, _)) => {
+                return Err(OperatorError::NotWaiting {
+                    incident: incident.clone(),
+                    state: format!("{:?}", intent.phase),
+                });
+            }
+            None => {
+                return Err(OperatorError::Unknown(incident.clone()));
+            }
+        }
+        // Subscribed before the decision is written, so its outcome cannot be missed.
+        let mut outcomes = self
+            .client
+            .subscribe(proto::OUTCOMES_SUBJECTS)
+            .await
+            .map_err(|e| OperatorError::Nats(kubesent_common::Error::Nats(Box::new(e))))?;
+        let decision = Decision {
+            schema: proto::SCHEMA_VERSION,
+            incident: incident.clone(),
+            decision: verdict,
+            by: self.by.clone(),
+            reason,
+            at: jiff::Timestamp::now(),
+        };
+        approvals::submit(&self.bucket, &self.user, &decision).await?;
+        let key = approvals::key(&self.user, incident)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // A rejection ends in an outcome at once; an approval is taken when its decision is removed.
+            let next = tokio::time::timeout(Duration::from_millis(200), outcomes.next()).await;
+            if let Ok(Some(message)) = next
+                && let Ok(outcome) = proto::decode::<Outcome>(&message.payload)
+                && outcome.incident == *incident
+                && outcome.result != OutcomeResult::AwaitingApproval
+            {
+                return Ok(Taken::Taken(Some(Box::new(outcome))));
+            }
+            let still_there = self.bucket.get(&key).await.map_err(|e| IntentError::Store(e.to_string()))?;
+            if still_there.is_none() && verdict == approvals::Verdict::Approve {
+                return Ok(Taken::Taken(None));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Taken::Pending);
+            }
+        }
+    }
+
+    /// Turns the kill switch on: every remediator only suggests until [`Operator::resume`].
+    pub async fn pause(&self, reason: &str) -> Result<String, OperatorError> {
+        let recorded = format!("{reason}; paused by {} at {}", self.attribution(), jiff::Timestamp::now());
+        self.guardrails().pause(&recorded).await?;
+        Ok(recorded)
+    }
+
+    /// Turns the kill switch off.
+    pub async fn resume(&self) -> Result<(), OperatorError> {
+        Ok(self.guardrails().resume().await?)
+    }
+
+    fn guardrails(&self) -> Guardrails {
+        Guardrails::new(self.bucket.clone(), Limits::default())
+    }
+
+    /// Reverses KubeSent's change for `incident` with the operator's own Kubernetes credentials (`kube`),
+    /// and records the reversal, attributed, in the audit log.
+    pub async fn undo(&self, kube: &kube::Client, incident: &IncidentId) -> Result<Undone, OperatorError> {
+        let intents = self.intents();
+        let (intent, _) = intents.get(incident).await?.ok_or_else(|| UndoError::Unknown(incident.clone()))?;
+        let undone = undo::undo(kube, &intents, incident).await?;
+        let outcome = Outcome {
+            schema: proto::SCHEMA_VERSION,
+            incident: incident.clone(),
+            pod: intent.target.clone(),
+            action: undone.reverse.clone(),
+            result: OutcomeResult::Reverted,
+            strategy: Some(intent.strategy),
+            detail: format!("{}: {}", undone.target, undone.detail),
+            replacement_uid: None,
+            actor: format!("kubesent undo ({})", kubesent_common::default_identity()),
+            decided_by: Some(self.attribution()),
+            trace_id: None,
+            at: jiff::Timestamp::now(),
+        };
+        let subject = proto::outcome_subject(&intent.target.namespace, outcome.result)
+            .map_err(|e| OperatorError::Nats(kubesent_common::Error::Config(e.to_string())))?;
+        nats::publish(
+            &self.js,
+            subject,
+            &format!("revert-{incident}"),
+            proto::encode(&outcome),
+            &[(proto::headers::INCIDENT, incident.as_str())],
+        )
+        .await?;
+        Ok(undone)
+    }
+}
