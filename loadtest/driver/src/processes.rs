@@ -53,6 +53,11 @@ impl ServiceSpec {
         self.args.push((flag.to_owned(), value.to_string()));
         self
     }
+    /// Adds environment variables (credentials: [`kubesent_common::nats_server::NatsUsers::env`]).
+    pub fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(vars);
+        self
+    }
 
     /// Adds an environment variable.
     pub fn env(mut self, name: &str, value: impl ToString) -> Self {

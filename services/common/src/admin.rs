@@ -20,12 +20,25 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    changed: tokio::sync::Notify,
 }
 
 impl Health {
     /// Marks the service ready (connected, streams set up) or not.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the service is ready.
+    pub async fn wait_ready(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.is_ready() {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Whether the service is ready.

@@ -28,30 +28,51 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// The permission layout of `deploy/base` (one user per role, passwords from the environment).
 pub const DEPLOY_AUTH_CONFIG: &str = include_str!("../../../deploy/base/nats/auth.conf");
 
-/// The users of [`DEPLOY_AUTH_CONFIG`] with fresh random passwords: the environment a server needs to
-/// load it, and each role's connection settings.
+/// [`DEPLOY_AUTH_CONFIG`] with one more user, `kubesent-admin`, allowed everything: the observer that
+/// tests, the demo and the load tests use to look at every stream. The services never use it.
+pub fn auth_config_with_observer() -> String {
+    let observer = "    # Test and demo observer (not in deploy/base): every subject.\n    \
+                    { user: kubesent-admin, password: $KUBESENT_ADMIN_PASSWORD }\n  ]\n}";
+    match DEPLOY_AUTH_CONFIG.rfind("  ]") {
+        Some(end) => format!("{}{observer}\n", &DEPLOY_AUTH_CONFIG[..end]),
+        None => DEPLOY_AUTH_CONFIG.to_owned(),
+    }
+}
+
+/// The users of [`DEPLOY_AUTH_CONFIG`] (and the observer of [`auth_config_with_observer`]) with fresh
+/// random passwords: the environment a server needs to load it, and each role's connection settings.
 #[derive(Debug, Clone)]
 pub struct NatsUsers {
     passwords: Vec<(Role, String)>,
 }
 
 impl NatsUsers {
-    /// A random password for every deployed role.
+    /// A random password for every deployed role and the observer.
     pub fn generate() -> Self {
-        Self {
-            passwords: Role::DEPLOYED
-                .iter()
-                .map(|role| (*role, uuid::Uuid::new_v4().simple().to_string()))
-                .collect(),
-        }
+        let roles = Role::DEPLOYED.iter().chain([Role::Admin].iter());
+        Self { passwords: roles.map(|role| (*role, uuid::Uuid::new_v4().simple().to_string())).collect() }
     }
 
     /// The variables `deploy/base/nats/auth.conf` reads (`KUBESENT_DETECTOR_PASSWORD`, …).
     pub fn server_env(&self) -> Vec<(String, String)> {
         self.passwords.iter().map(|(role, password)| (role.password_variable(), password.clone())).collect()
     }
+    /// `role`'s user and password as the environment variables every `kubesent` command reads
+    /// (`KUBESENT_NATS_USER`, `KUBESENT_NATS_PASSWORD`), for a process.
+    pub fn env(&self, role: Role) -> Vec<(String, String)> {
+        self.passwords
+            .iter()
+            .filter(|(r, _)| *r == role)
+            .flat_map(|(role, password)| {
+                [
+                    ("KUBESENT_NATS_USER".to_owned(), role.service_name().to_owned()),
+                    ("KUBESENT_NATS_PASSWORD".to_owned(), password.clone()),
+                ]
+            })
+            .collect()
+    }
 
-    /// Connection settings for `url` as `role`'s user (anonymous for [`Role::Admin`], which has no user).
+    /// Connection settings for `url` as `role`'s user ([`Role::Admin`] is the observer).
     pub fn args(&self, url: &str, role: Role) -> NatsArgs {
         match self.passwords.iter().find(|(r, _)| *r == role) {
             Some((_, password)) => NatsArgs::url(url).with_user(role.service_name(), password.clone()),
@@ -92,10 +113,11 @@ impl NatsServer {
         Ok(Self { child, url, port, extra_config: extra_config.to_owned(), env: env.to_vec(), store })
     }
 
-    /// A server with the permission layout of `deploy/base` (no anonymous access), and its users.
+    /// A server with the permission layout of `deploy/base` (no anonymous access) plus the observer of
+    /// [`auth_config_with_observer`], and its users.
     pub async fn start_secured() -> Result<(Self, NatsUsers), Error> {
         let users = NatsUsers::generate();
-        let server = Self::start_with(DEPLOY_AUTH_CONFIG, &users.server_env()).await?;
+        let server = Self::start_with(&auth_config_with_observer(), &users.server_env()).await?;
         Ok((server, users))
     }
 

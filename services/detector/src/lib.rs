@@ -221,6 +221,7 @@ pub async fn run(
     ));
     watch_pods(&config, &deps, updates_tx, shutdown.clone()).instrument(info_span!("pods")).await;
     publishing.join().await;
+    let _ = deps.js.client().flush().await;
     leadership.release().await;
     Ok(())
 }

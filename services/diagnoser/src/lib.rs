@@ -245,11 +245,14 @@ pub async fn run(
     let diagnoser = Diagnoser { memory: config.memory, models: deps.models.clone() };
     let worker = Arc::new(Worker { config: config.clone(), deps, diagnoser, redactor: Redactor });
     info!(concurrency = config.pull.concurrency, "diagnoser pulling jobs");
+    let client = worker.deps.js.client();
     nats::pull_loop(consumer, config.pull.clone(), gate, shutdown, move |message| {
         let worker = worker.clone();
         async move { worker.handle(message).await }
     })
     .await;
+    // Acks and publishes still in the client's buffer reach the server before the process ends.
+    let _ = client.flush().await;
     Ok(())
 }
 

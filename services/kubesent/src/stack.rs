@@ -6,8 +6,9 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use kubesent_common::{
-    nats::{self, Topology},
-    nats_server::NatsServer,
+    admin::Health,
+    nats::{self, Role, Topology},
+    nats_server::{NatsServer, NatsUsers},
 };
 use kubesent_detector::{DetectorConfig, DetectorDeps, DetectorMetrics};
 use kubesent_diagnoser::{DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics};
@@ -17,6 +18,9 @@ use kubesent_remediator::{RemediatorConfig, RemediatorDeps, RemediatorMetrics};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Longest wait for the services to set up their streams.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The least-privilege RBAC the services are deployed with.
 const RBAC_YAML: &str = include_str!("../../../deploy/base/rbac.yaml");
@@ -61,15 +65,17 @@ pub struct StackMetrics {
 
 /// A running installation; [`Stack::stop`] shuts it down.
 pub struct Stack {
-    /// The broker.
+    /// The broker, with the permission layout of `deploy/base` (each service connects as its own user).
     pub nats: NatsServer,
+    /// The broker's users: each role's credentials, and the observer's.
+    pub users: NatsUsers,
     /// The Kubernetes API simulator.
     pub kube_sim: KubeSim,
     /// The Gemini emulator.
     pub gemini_sim: GeminiSim,
     /// A Kubernetes client for the simulator.
     pub kube: kube::Client,
-    /// A NATS client.
+    /// A NATS client of the observer (allowed everything; the services never use it).
     pub nats_client: async_nats::Client,
     /// JetStream on that client.
     pub js: jetstream::Context,
@@ -83,7 +89,7 @@ impl Stack {
     /// Starts everything and waits until the streams exist.
     pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
         kubesent_common::install_crypto_provider();
-        let nats = NatsServer::start().await.context("starting nats-server")?;
+        let (nats, users) = NatsServer::start_secured().await.context("starting nats-server")?;
         let kube_sim = KubeSim::start(SimConfig {
             time_scale: options.time_scale,
             kubernetes_minor: options.kubernetes_minor,
@@ -113,10 +119,23 @@ impl Stack {
             let client = kubesent_common::kube_client(Some(&kube_sim.url())).await?;
             (client.clone(), client.clone(), client.clone(), client)
         };
-        let nats_client = nats::connect(nats.url(), "kubesent-stack").await?;
+        let nats_client =
+            nats::connect_as(&users.args(nats.url(), Role::Admin), Role::Admin, "kubesent-stack").await?;
         let js = jetstream::new(nats_client.clone());
         let topology = Topology::default();
-        nats::ensure_streams(&js, &topology).await?;
+        // Each service sets up what it owns, as its own user.
+        let as_role = |role: Role| {
+            let args = users.args(nats.url(), role);
+            async move {
+                let client = nats::connect_as(&args, role, role.service_name()).await?;
+                Ok::<_, anyhow::Error>(jetstream::new(client))
+            }
+        };
+        let (detector_js, diagnoser_js, remediator_js) = (
+            as_role(Role::Detector).await?,
+            as_role(Role::Diagnoser).await?,
+            as_role(Role::Remediator).await?,
+        );
 
         let shutdown = CancellationToken::new();
         let mut registry = Registry::default();
@@ -126,6 +145,7 @@ impl Stack {
             remediator: RemediatorMetrics::register(&mut registry),
         };
         let mut services = Vec::new();
+        let ready: [Arc<Health>; 3] = Default::default();
         let detector = DetectorConfig {
             namespaces: Vec::new(),
             excluded_namespaces: vec!["kube-system".into()],
@@ -136,9 +156,9 @@ impl Stack {
         };
         let deps = DetectorDeps {
             kube: detector_kube,
-            js: js.clone(),
+            js: detector_js,
             metrics: metrics.detector.clone(),
-            health: Default::default(),
+            health: ready[0].clone(),
         };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
@@ -148,10 +168,10 @@ impl Stack {
         }));
         let deps = DiagnoserDeps {
             kube: diagnoser_kube,
-            js: js.clone(),
+            js: diagnoser_js,
             metrics: metrics.diagnoser.clone(),
             models: None,
-            health: Default::default(),
+            health: ready[1].clone(),
         };
         let config = DiagnoserConfig { topology: topology.clone(), ..DiagnoserConfig::default() };
         let token = shutdown.clone();
@@ -170,17 +190,22 @@ impl Stack {
         remediator.policy.dry_run = options.dry_run;
         let deps = RemediatorDeps {
             kube: remediator_kube,
-            js: js.clone(),
+            js: remediator_js,
             metrics: metrics.remediator.clone(),
-            health: Default::default(),
+            health: ready[2].clone(),
         };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
             if let Err(error) = kubesent_remediator::run(remediator, deps, token).await {
                 tracing::error!(%error, "remediator stopped");
             }
-        }));
-        Ok(Self { nats, kube_sim, gemini_sim, kube, nats_client, js, metrics, shutdown, services })
+        })); // Ready when every service has set up what it owns (as its own user).
+        for health in &ready {
+            tokio::time::timeout(SETUP_TIMEOUT, health.wait_ready())
+                .await
+                .context("the services did not set up their streams in time")?;
+        }
+        Ok(Self { nats, users, kube_sim, gemini_sim, kube, nats_client, js, metrics, shutdown, services })
     }
 
     /// Stops the three services and waits for them (the broker and the simulators keep running, so what

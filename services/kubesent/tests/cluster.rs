@@ -10,8 +10,8 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
 use kubesent_common::{
-    nats::{self, NatsArgs, Role},
-    nats_server::NatsCluster,
+    nats::{self, Role},
+    nats_server::{NatsCluster, NatsUsers, auth_config_with_observer},
 };
 use kubesent_kube_sim::{KubeSim, SimConfig};
 use kubesent_loadtest::processes::{ServiceProcess, ServiceSpec};
@@ -25,6 +25,7 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 struct Install {
     cluster: NatsCluster,
+    users: NatsUsers,
     _sim: KubeSim,
     kube: kube::Client,
     services: Vec<ServiceProcess>,
@@ -33,7 +34,10 @@ struct Install {
 /// A fresh three-server cluster and kube-sim, then a detector, a diagnoser and a remediator process
 /// started together with `--stream-replicas 3`, as `deploy/base` runs them.
 async fn install() -> Install {
-    let cluster = NatsCluster::start(3, "").await.expect("nats cluster starts");
+    let users = NatsUsers::generate();
+    let cluster = NatsCluster::start_with(3, &auth_config_with_observer(), &users.server_env())
+        .await
+        .expect("nats cluster starts");
     let sim = KubeSim::start(SimConfig { time_scale: 0.02, ..SimConfig::default() }).await.expect("kube-sim");
     let kube = kubesent_common::kube_client(Some(&sim.url())).await.expect("kube client");
     let exe = Path::new(env!("CARGO_BIN_EXE_kubesent"));
@@ -41,6 +45,7 @@ async fn install() -> Install {
         ServiceSpec::new(exe, role, &format!("{}-0", role.as_str()), &cluster.urls(), &sim.url())
             .arg("--stream-replicas", 3)
             .env("RUST_LOG", "info,async_nats=warn")
+            .envs(users.env(role))
     };
     let specs = [
         spec(Role::Detector),
@@ -52,14 +57,15 @@ async fn install() -> Install {
     for service in &mut services {
         service.wait_ready(PATIENCE).await.expect("ready without a restart");
     }
-    Install { cluster, _sim: sim, kube, services }
+    Install { cluster, users, _sim: sim, kube, services }
 }
 
 impl Install {
     async fn jetstream(&self) -> jetstream::Context {
-        let client = nats::connect_as(&NatsArgs::url(self.cluster.urls()), Role::Admin, "test")
-            .await
-            .expect("test client");
+        let client =
+            nats::connect_as(&self.users.args(&self.cluster.urls(), Role::Admin), Role::Admin, "test")
+                .await
+                .expect("test client");
         jetstream::new(client)
     }
 
@@ -181,12 +187,13 @@ async fn after_the_whole_cluster_restarts_every_service_recovers_and_no_job_is_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_before_nats_stays_alive_and_unready_until_nats_is_up() {
     use kubesent_common::nats_server::NatsServer;
-    let mut nats = NatsServer::start().await.expect("nats-server");
+    let (mut nats, users) = NatsServer::start_secured().await.expect("nats-server");
     let url = nats.url().to_owned();
     nats.kill().await;
     let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim");
     let exe = Path::new(env!("CARGO_BIN_EXE_kubesent"));
-    let spec = ServiceSpec::new(exe, Role::Detector, "detector-0", &url, &sim.url());
+    let spec =
+        ServiceSpec::new(exe, Role::Detector, "detector-0", &url, &sim.url()).envs(users.env(Role::Detector));
     let mut detector = ServiceProcess::spawn(spec).expect("detector starts");
     let live = format!("http://{}/healthz", detector.admin);
     let client = reqwest::Client::new();
@@ -206,8 +213,10 @@ async fn a_service_started_before_nats_stays_alive_and_unready_until_nats_is_up(
 async fn a_stream_that_exists_with_other_settings_is_an_immediate_clear_error() {
     use async_nats::jetstream::stream;
     use kubesent_common::nats_server::NatsServer;
-    let nats = NatsServer::start().await.expect("nats-server");
-    let js = jetstream::new(nats::connect(nats.url(), "test").await.expect("nats"));
+    let (nats, users) = NatsServer::start_secured().await.expect("nats-server");
+    let observer =
+        nats::connect_as(&users.args(nats.url(), Role::Admin), Role::Admin, "test").await.expect("nats");
+    let js = jetstream::new(observer);
     js.create_stream(stream::Config {
         name: proto::JOBS_STREAM.into(),
         subjects: vec![proto::JOBS_SUBJECTS.into()],
@@ -219,7 +228,8 @@ async fn a_stream_that_exists_with_other_settings_is_an_immediate_clear_error() 
     let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim");
     let log = tempfile::NamedTempFile::new().expect("log file");
     let exe = Path::new(env!("CARGO_BIN_EXE_kubesent"));
-    let mut spec = ServiceSpec::new(exe, Role::Detector, "detector-0", nats.url(), &sim.url());
+    let mut spec = ServiceSpec::new(exe, Role::Detector, "detector-0", nats.url(), &sim.url())
+        .envs(users.env(Role::Detector));
     spec.log = Some(log.path().to_owned());
     let mut detector = ServiceProcess::spawn(spec).expect("detector starts");
     let Ok(status) = tokio::time::timeout(Duration::from_secs(30), detector.wait()).await else {

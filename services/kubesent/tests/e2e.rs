@@ -282,11 +282,13 @@ async fn kubesent_undo_restores_the_template_records_the_reversal_and_refuses_a_
     deployments.create(&PostParams::default(), &web).await.expect("deployment created");
     let healed = next_outcome(&mut outcomes).await;
     assert_eq!(healed.result, OutcomeResult::Healed, "{}", healed.detail);
-
+    let operator = stack.users.env(kubesent_common::nats::Role::Operator);
     let undo = |incident: String, nats: String, kube: String| {
+        let operator = operator.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
-                .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube])
+                .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube, "--by", "alice"])
+                .envs(operator)
                 .output()
                 .expect("kubesent runs")
         })
@@ -301,6 +303,7 @@ async fn kubesent_undo_restores_the_template_records_the_reversal_and_refuses_a_
     assert_eq!(reverted.result, OutcomeResult::Reverted);
     assert_eq!(reverted.incident, healed.incident);
     assert!(reverted.actor.starts_with("kubesent undo"), "{}", reverted.actor);
+    assert_eq!(reverted.decided_by.as_deref(), Some("alice (NATS user kubesent-operator)"), "attributed");
     let web = deployments.get("web").await.expect("deployment");
     let template = web.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("template");
     let limits = template.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");

@@ -253,11 +253,14 @@ pub async fn run(
     // once; the per-target locks keep two of them off the same pod or workload, and the guardrails bound
     // how many actions start per hour.
     let options = PullOptions { concurrency: remediator.config.concurrency.max(1), ..PullOptions::default() };
+    let client = remediator.deps.js.client();
     nats::pull_loop(consumer, options, leading, shutdown, move |message| {
         let worker = worker.clone();
         async move { worker.handle(message).await }
     })
     .await;
+    // Acks and publishes still in the client's buffer reach the server before the process ends.
+    let _ = client.flush().await;
     // Shutting down: let the election release the lease.
     leadership.release().await;
     Ok(())

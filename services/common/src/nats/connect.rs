@@ -88,9 +88,10 @@ pub fn server_addrs(list: &str) -> Result<Vec<ServerAddr>, Error> {
     Ok(addrs)
 }
 
-/// Connects as `role`, naming the connection `name` (the replica). The first connection is retried in
-/// the background, so a service can start before NATS is reachable; JetStream calls made before it
-/// connects time out and are retried by [`super::setup`].
+/// Connects as `role`, naming the connection `name` (the replica). For a service the first connection is
+/// retried in the background, so it can start before NATS is reachable (JetStream calls made before it
+/// connects time out and are retried by [`super::setup`]); an operator's or reader's command fails at
+/// once with the reason (unreachable, wrong credentials).
 pub async fn connect_as(args: &NatsArgs, role: Role, name: &str) -> Result<async_nats::Client, Error> {
     connect_observed(args, role, name, |_| {}).await
 }
@@ -108,12 +109,14 @@ pub async fn connect_observed(
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(role.inbox_prefix())
-        .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             observe(&event);
             async move { log_event(event) }
-        });
+        }); // A service waits for NATS (it may start first); a human's command says at once what is wrong.
+    if role.is_service() {
+        options = options.retry_on_initial_connect();
+    }
     let methods = [args.creds.is_some(), args.nkey.is_some(), args.user.is_some() || args.password.is_some()];
     if methods.iter().filter(|set| **set).count() > 1 {
         return Err(Error::Config(

@@ -113,8 +113,8 @@ pub async fn dead_letter(
     headers.insert(proto::headers::DLQ_ORIGINAL_SEQUENCE, header_value(&sequence.to_string()));
     headers.insert(proto::headers::DLQ_DELIVERIES, header_value(&deliveries.to_string()));
     headers.insert("Nats-Msg-Id", header_value(&format!("dlq-{stream}-{sequence}")));
-    acknowledged(js, proto::dlq_subject(stage), headers, message.payload.clone()).await?;
-    message.ack_with(jetstream::AckKind::Term).await.map_err(Error::Nats)?;
+    acknowledged(js, proto::dlq_subject(stage), headers, message.payload.clone()).await?; // Confirmed by the server, so a service that stops right after cannot lose the TERM in its buffer.
+    message.double_ack_with(jetstream::AckKind::Term).await.map_err(Error::Nats)?;
     Ok(())
 }
 

@@ -27,6 +27,11 @@ impl Role {
     /// Every role a deployment gives credentials to (all but [`Role::Admin`]).
     pub const DEPLOYED: [Self; 5] =
         [Self::Detector, Self::Diagnoser, Self::Remediator, Self::Operator, Self::Reader];
+    /// Whether the role is a long-running service (detector, diagnoser, remediator, and the in-process
+    /// observer) rather than a human's command.
+    pub const fn is_service(self) -> bool {
+        matches!(self, Self::Detector | Self::Diagnoser | Self::Remediator | Self::Admin)
+    }
 
     /// The role's name (`detector`, …), also the suffix of its NATS user `kubesent-<role>`.
     pub const fn as_str(self) -> &'static str {
