@@ -112,6 +112,16 @@ impl NatsServer {
         let (child, url) = spawn(store.path(), &server_config(&node, extra_config), env).await?;
         Ok(Self { child, url, port, extra_config: extra_config.to_owned(), env: env.to_vec(), store })
     }
+    /// A server run from a whole configuration file of the caller's (for checking a production
+    /// configuration such as `deploy/base/nats/nats.conf`: it must listen on 127.0.0.1 and keep its store
+    /// where the caller says). Files it includes are looked up beside it, in `dir`.
+    pub async fn start_with_full_config(
+        dir: &Path,
+        config: &str,
+        env: &[(String, String)],
+    ) -> Result<(Child, String), Error> {
+        spawn(dir, config, env).await
+    }
 
     /// A server with the permission layout of `deploy/base` (no anonymous access) plus the observer of
     /// [`auth_config_with_observer`], and its users.

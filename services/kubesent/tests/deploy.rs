@@ -31,9 +31,14 @@ fn repository() -> PathBuf {
 
 /// The objects `kubectl kustomize deploy/base` renders.
 fn rendered() -> Vec<Value> {
+    rendered_from("deploy/base")
+}
+
+/// The objects `kubectl kustomize <dir>` renders.
+fn rendered_from(dir: &str) -> Vec<Value> {
     let output = Command::new("kubectl")
         .arg("kustomize")
-        .arg(repository().join("deploy/base"))
+        .arg(repository().join(dir))
         .output()
         .expect("kubectl runs (it is part of the development machine)");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -245,14 +250,21 @@ fn the_services_point_at_the_broker_and_every_workload_has_a_disruption_budget()
         replicas.to_string(),
         "streams are replicated on every server"
     );
-    let url = config["KUBESENT_NATS_URL"].strip_prefix("nats://").expect("a nats:// URL");
-    let (host, port) = url.split_once(':').expect("host:port");
+    // Every server by its stable name: <statefulset>-<ordinal>.<headless service>:<client port>.
+    let set_name = nats.metadata.name.clone().expect("name");
+    let headless = nats.spec.as_ref().and_then(|s| s.service_name.clone()).expect("serviceName");
+    let urls: Vec<&str> = config["KUBESENT_NATS_URL"].split(',').collect();
+    let expected: Vec<String> =
+        (0..replicas).map(|i| format!("nats://{set_name}-{i}.{headless}:4222")).collect();
+    assert_eq!(urls, expected, "the services know every server");
     let service = of_kind::<Service>(&objects, "Service")
         .into_iter()
-        .find(|s| s.metadata.name.as_deref() == Some(host))
-        .unwrap_or_else(|| panic!("a Service {host}"));
+        .find(|s| s.metadata.name.as_deref() == Some(headless.as_str()))
+        .unwrap_or_else(|| panic!("the headless Service {headless:?}"));
     let service_spec = service.spec.expect("spec");
-    assert!(service_spec.ports.iter().flatten().any(|p| p.port.to_string() == port));
+    assert_eq!(service_spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(service_spec.publish_not_ready_addresses, Some(true), "names resolve before readiness");
+    assert!(service_spec.ports.iter().flatten().any(|p| p.port == 4222));
     let nats_labels =
         nats.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone());
     let selector = service_spec.selector.expect("selector");
@@ -320,4 +332,176 @@ fn the_dashboard_charts_only_metrics_the_services_export() {
         }
     }
     assert!(charted >= 10, "the dashboard charts the pipeline and the models");
+}
+
+/// A CA and a certificate for `names` (and 127.0.0.1), in `dir` as cert-manager lays them out.
+fn tls_secret(dir: &std::path::Path, names: &[String]) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut sans = names.to_vec();
+    sans.push("127.0.0.1".into());
+    let cert = CertificateParams::new(sans).expect("params").signed_by(&key, &ca).expect("certificate");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("ca.crt");
+    std::fs::write(dir.join("tls.crt"), cert.pem()).expect("tls.crt");
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("tls.key");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_connects_with_what_it_is_given() {
+    use kubesent_common::nats::{self, NatsArgs, Role, Topology};
+    kubesent_common::install_crypto_provider();
+    let objects = rendered();
+    let maps = config_maps(&objects);
+    let (_, nats_files) =
+        maps.iter().find(|(name, _)| name.starts_with("kubesent-nats")).expect("the NATS ConfigMap");
+    let nats_conf = &nats_files["nats.conf"];
+    let auth_conf = &nats_files["auth.conf"];
+    assert_eq!(auth_conf, kubesent_common::nats_server::DEPLOY_AUTH_CONFIG, "the layout the tests load");
+
+    // One password per key of the Secret kubesent-nats-users, as an installer creates it.
+    let set = of_kind::<StatefulSet>(&objects, "StatefulSet").remove(0);
+    let server_env =
+        set.spec.and_then(|s| s.template.spec).expect("pod").containers[0].env.clone().unwrap_or_default();
+    let secret_key = |var: &k8s_openapi::api::core::v1::EnvVar| {
+        let key = var.value_from.as_ref()?.secret_key_ref.as_ref()?;
+        (key.name == "kubesent-nats-users").then(|| key.key.clone())
+    };
+    let passwords: BTreeMap<String, String> = server_env
+        .iter()
+        .filter_map(secret_key)
+        .map(|key| (key.clone(), format!("{key}-{}", free_port())))
+        .collect();
+    let referenced = regex::Regex::new(r"\$(KUBESENT_[A-Z]+_PASSWORD)").expect("regex");
+    for variable in referenced.captures_iter(auth_conf).map(|c| c[1].to_owned()) {
+        assert!(
+            server_env.iter().any(|v| v.name == variable && secret_key(v).is_some()),
+            "the servers get {variable} from the Secret"
+        );
+    }
+
+    // The three servers from the rendered nats.conf, with only addresses and paths made local.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = &maps["kubesent-config"];
+    let hosts: Vec<String> = config["KUBESENT_NATS_URL"]
+        .split(',')
+        .filter_map(|u| u.strip_prefix("nats://")?.split(':').next().map(str::to_owned))
+        .collect();
+    tls_secret(&dir.path().join("tls"), &hosts);
+    let (clients, routes): (Vec<u16>, Vec<u16>) = (0..3).map(|_| (free_port(), free_port())).unzip();
+    let mut servers = Vec::new();
+    for index in 0..3 {
+        let node = dir.path().join(format!("node-{index}"));
+        std::fs::create_dir_all(&node).expect("node dir");
+        std::fs::write(node.join("auth.conf"), auth_conf).expect("auth.conf");
+        let route_list: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let local = nats_conf
+            .replace("port: 4222", &format!("listen: \"127.0.0.1:{}\"", clients[index]))
+            .replace("http_port: 8222", "")
+            .replace("port: 6222", &format!("listen: \"127.0.0.1:{}\"", routes[index]))
+            .replace("/etc/nats/tls/", &format!("{}/", dir.path().join("tls").display()))
+            .replace("store_dir: /data", &format!("store_dir: {:?}", node.join("data").display().to_string()))
+            .replace("/tmp/nats.pid", &node.join("nats.pid").display().to_string());
+        let local = regex::Regex::new(r"nats://kubesent-nats-\d\.kubesent-nats-headless:6222")
+            .expect("regex")
+            .replace_all(&local, "ROUTE")
+            .replacen("ROUTE", &route_list[0], 1)
+            .replacen("ROUTE", &route_list[1], 1)
+            .replacen("ROUTE", &route_list[2], 1);
+        let mut env: Vec<(String, String)> = server_env
+            .iter()
+            .filter_map(|v| Some((v.name.clone(), passwords.get(&secret_key(v)?)?.clone())))
+            .collect();
+        env.push(("SERVER_NAME".into(), format!("kubesent-nats-{index}")));
+        servers.push(async move {
+            kubesent_common::nats_server::NatsServer::start_with_full_config(&node, &local, &env).await
+        });
+    }
+    let _servers: Vec<_> = futures::future::join_all(servers)
+        .await
+        .into_iter()
+        .map(|s| s.expect("a server starts from deploy/base's nats.conf"))
+        .collect();
+
+    // Each service, as its Deployment configures it (user, password from the Secret, the CA file, the
+    // replicas), sets up what it owns on the three servers.
+    let url: Vec<String> = clients.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+    let replicas: usize = config["KUBESENT_STREAM_REPLICAS"].parse().expect("replicas");
+    let topology = Topology { replicas, ..Topology::default() };
+    let never = tokio_util::sync::CancellationToken::new();
+    for role in [Role::Detector, Role::Diagnoser, Role::Remediator] {
+        let deployment = of_kind::<Deployment>(&objects, "Deployment")
+            .into_iter()
+            .find(|d| d.metadata.name.as_deref() == Some(role.service_name()))
+            .expect("deployment");
+        let container = deployment.spec.and_then(|s| s.template.spec).expect("pod").containers[0].clone();
+        let env = environment(&container, &maps);
+        let password_key = container
+            .env
+            .iter()
+            .flatten()
+            .find(|v| v.name == "KUBESENT_NATS_PASSWORD")
+            .and_then(secret_key)
+            .expect("the password from kubesent-nats-users");
+        let mut args = NatsArgs::url(url.join(","));
+        args.user = env["KUBESENT_NATS_USER"].clone();
+        args.password = Some(passwords[&password_key].clone().into());
+        assert_eq!(env["KUBESENT_NATS_TLS_CA"].as_deref(), Some("/etc/kubesent/nats-tls/ca.crt"));
+        args.tls_ca = Some(dir.path().join("tls/ca.crt"));
+        let client = nats::connect_as(&args, role, "deploy-test").await.expect("connects");
+        let js = async_nats::jetstream::new(client);
+        let setup = nats::prepare(&js, &topology, role, &never);
+        tokio::time::timeout(Duration::from_secs(90), setup)
+            .await
+            .expect("set up in time")
+            .unwrap_or_else(|e| panic!("{role:?} sets up what it owns: {e}"));
+    }
+}
+
+#[test]
+fn cert_manager_issues_a_certificate_for_every_name_clients_and_routes_use() {
+    let objects = rendered_from("deploy/overlays/cert-manager");
+    let config = &config_maps(&objects)["kubesent-config"];
+    let certificate = objects
+        .iter()
+        .find(|o| o["kind"] == "Certificate" && o["spec"]["secretName"] == "kubesent-nats-tls")
+        .expect("a Certificate for the Secret kubesent-nats-tls");
+    assert_eq!(certificate["metadata"]["namespace"], "kubesent");
+    let names: Vec<&str> = certificate["spec"]["dnsNames"]
+        .as_array()
+        .expect("dnsNames")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let covered = |host: &str| {
+        names.iter().any(|name| match name.strip_prefix("*.") {
+            Some(domain) => host.split_once('.').is_some_and(|(_, rest)| rest == domain),
+            None => *name == host,
+        })
+    };
+    let maps = config_maps(&objects);
+    let nats_conf =
+        maps.iter().find(|(n, _)| n.starts_with("kubesent-nats")).expect("NATS config").1["nats.conf"]
+            .clone();
+    let routes = regex::Regex::new(r"nats://([a-z0-9.-]+):6222").expect("regex");
+    let hosts: Vec<String> = config["KUBESENT_NATS_URL"]
+        .split(',')
+        .filter_map(|u| u.strip_prefix("nats://")?.split(':').next().map(str::to_owned))
+        .chain(routes.captures_iter(&nats_conf).map(|c| c[1].to_owned()))
+        .chain(["localhost".to_owned()])
+        .collect();
+    assert!(hosts.len() >= 7, "{hosts:?}");
+    for host in hosts {
+        assert!(covered(&host), "{host} is named by the certificate {names:?}");
+    }
+    let issuer = certificate["spec"]["issuerRef"]["name"].as_str().expect("issuer");
+    assert!(objects.iter().any(|o| o["kind"] == "Issuer" && name_of(o) == issuer), "its issuer is deployed");
 }
