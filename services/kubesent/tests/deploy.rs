@@ -398,6 +398,8 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
     tls_secret(&dir.path().join("tls"), &hosts);
     let (clients, routes): (Vec<u16>, Vec<u16>) = (0..3).map(|_| (free_port(), free_port())).unzip();
     let mut servers = Vec::new();
+    let route_pattern =
+        regex::Regex::new(r"nats://kubesent-nats-\d\.kubesent-nats-headless:6222").expect("regex");
     for index in 0..3 {
         let node = dir.path().join(format!("node-{index}"));
         std::fs::create_dir_all(&node).expect("node dir");
@@ -410,8 +412,7 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
             .replace("/etc/nats/tls/", &format!("{}/", dir.path().join("tls").display()))
             .replace("store_dir: /data", &format!("store_dir: {:?}", node.join("data").display().to_string()))
             .replace("/tmp/nats.pid", &node.join("nats.pid").display().to_string());
-        let local = regex::Regex::new(r"nats://kubesent-nats-\d\.kubesent-nats-headless:6222")
-            .expect("regex")
+        let local = route_pattern
             .replace_all(&local, "ROUTE")
             .replacen("ROUTE", &route_list[0], 1)
             .replacen("ROUTE", &route_list[1], 1)
