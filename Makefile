@@ -7,7 +7,7 @@ NATS_SERVER := $(TOOLS)/nats/bin/nats-server
 PIP := python3 -m pip
 export KUBESENT_NATS_SERVER := $(NATS_SERVER)
 
-.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser clean
+.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser hostile clean
 
 setup: $(NATS_SERVER)
 
@@ -52,6 +52,10 @@ bench-diagnoser: setup
 bench-detector: setup
 	cargo bench --locked -p kubesent-detector --bench classify -- --warm-up-time 1 --measurement-time 3
 	cargo run --locked --release -p kubesent -- loadtest detector
+
+## The hostile-message campaign (600 forged, replayed, mutated and malformed messages and attempts).
+hostile: setup
+	cargo run --locked --release -p kubesent -- loadtest hostile --messages 600
 
 bench-kube-sim:
 	cargo bench --locked -p kubesent-kube-sim --bench scale

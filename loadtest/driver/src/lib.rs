@@ -3,4 +3,5 @@
 
 pub mod detector;
 pub mod diagnoser;
+pub mod hostile;
 pub mod processes;

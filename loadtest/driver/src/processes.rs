@@ -95,7 +95,11 @@ impl ServiceProcess {
         command
             .arg(spec.role.as_str())
             .args(["--identity", &spec.identity, "--admin-listen", &admin.to_string()])
-            .args(["--nats-url", &spec.nats_url, "--kube-api-url", &spec.kube_api_url]);
+            .args(["--nats-url", &spec.nats_url]);
+        // Without a URL the service finds the API server as in a cluster (here: KUBECONFIG).
+        if !spec.kube_api_url.is_empty() {
+            command.args(["--kube-api-url", &spec.kube_api_url]);
+        }
         for (flag, value) in &spec.args {
             command.arg(flag).arg(value);
         }

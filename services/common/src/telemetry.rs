@@ -119,7 +119,9 @@ pub fn init_with(service: &'static str, options: TelemetryOptions) -> TelemetryG
             .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true))
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init()
+        // Colours only on a terminal: log files and collectors get plain text.
+        let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        registry.with(tracing_subscriber::fmt::layer().with_target(false).with_ansi(colours)).try_init()
     };
     if let Some(problem) = export_problem {
         // A broken collector setting must not stop the service; it is reported once, loudly.

@@ -79,6 +79,17 @@ pub enum Scenario {
         #[arg(long)]
         no_rss: bool,
     },
+    /// Hostile messages: forged, replayed, mutated and malformed jobs, verdicts and KV writes from
+    /// unprivileged and wrongly privileged clients against the services as processes; fails unless
+    /// nothing outside policy changed and no service crashed.
+    Hostile {
+        /// Messages and attempts to send.
+        #[arg(long, default_value_t = 600)]
+        messages: usize,
+        /// Seed of the mutations (the same seed repeats the campaign).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Diagnoser: rules-path throughput and per-job time, and the pool-wide model quota over replicas.
     Diagnoser {
         /// Jobs in the rules-path saturation run.
@@ -626,7 +637,12 @@ async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
 }
 
 async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
-    let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, "warn");
+    // The hostile campaign's own clients are refused on purpose; their refusals are counted, not logged.
+    let filter = match scenario {
+        Scenario::Hostile { .. } => "warn,async_nats=off,kubesent_common::nats::connect=off",
+        _ => "warn",
+    };
+    let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, filter);
     match scenario {
         Scenario::Detector { rates, seconds, rss_pods, no_rss } => {
             let options = kubesent_loadtest::detector::Options {
@@ -637,6 +653,15 @@ async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
             };
             let report = kubesent_loadtest::detector::run(&options).await?;
             println!("{report}");
+        }
+        Scenario::Hostile { messages, seed } => {
+            let options =
+                kubesent_loadtest::hostile::Options { exe: std::env::current_exe()?, messages, seed };
+            let report = kubesent_loadtest::hostile::run(&options).await?;
+            print!("{report}");
+            if !report.passed() {
+                anyhow::bail!("the hostile campaign broke {} invariant(s)", report.violations.len());
+            }
         }
         Scenario::Diagnoser { jobs, quota_replicas, quota_seconds } => {
             print!("{}", kubesent_loadtest::diagnoser::rules(jobs).await?);
