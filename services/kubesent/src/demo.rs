@@ -159,6 +159,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     if args.keep_running {
         println!("\nStill running. kubectl --server {} get pods -A   (Ctrl-C to stop)", stack.kube_sim.url());
+        // NATS runs with deploy/base's users: the operator's, for kubesent pause|approve|reject|undo.
+        let operator = stack.users.env(kubesent_common::nats::Role::Operator);
+        let exports: Vec<String> = operator.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "As an operator: export KUBESENT_NATS_URL={} {}   then e.g. kubesent pause --reason test",
+            stack.nats.url(),
+            exports.join(" ")
+        );
         kubesent_common::shutdown_on_signal().cancelled().await;
     }
     stack.stop().await;

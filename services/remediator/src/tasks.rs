@@ -2,6 +2,7 @@
 //! out approved remediations, purge finished intents past their retention.
 
 use super::*;
+use kubesent_common::nats::Role as NatsRole;
 
 impl Remediator {
     pub(crate) async fn resume_on_takeover(
@@ -145,6 +146,14 @@ impl Remediator {
                 return;
             }
         };
+        // Decisions are for people: a service's user (which may write the bucket for its own work) decides
+        // nothing.
+        let services = [NatsRole::Detector, NatsRole::Diagnoser, NatsRole::Remediator];
+        if services.iter().any(|role| role.service_name() == taken.user) {
+            warn!(user = %taken.user, key, "dropping a decision written under a service's user");
+            self.drop_decision(key).await;
+            return;
+        }
         let incident = taken.decision.incident.clone();
         let by = taken.attribution();
         let span = info_span!("decision", %incident, %by);
