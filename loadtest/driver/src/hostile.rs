@@ -457,43 +457,29 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     deployments.patch("stuck", &PatchParams::default(), &Patch::Strategic(&update(IMAGES[3]))).await?;
     deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update(IMAGES[1]))).await?;
 
-    let targets = vec![
-        Target {
-            pod: failing_pod(&kube, "shop", "app=stuck", pull_failing).await?,
-            workload: WorkloadRef { kind: "Deployment".into(), name: "stuck".into() },
-            kind: FailureKind::ErrImagePull,
-            image: IMAGES[3].into(),
-            limit: None,
-        },
-        Target {
-            pod: failing_pod(&kube, "shop", "app=solo", oom_killed).await?,
-            workload: WorkloadRef { kind: "Pod".into(), name: "solo".into() },
-            kind: FailureKind::OomKilled,
-            image: IMAGES[5].into(),
-            limit: Some(MemoryQuantity::from_mib(128)),
-        },
-        Target {
-            pod: failing_pod(&kube, "kube-system", "app=agent", oom_killed).await?,
-            workload: WorkloadRef { kind: "Pod".into(), name: "agent".into() },
-            kind: FailureKind::OomKilled,
-            image: IMAGES[7].into(),
-            limit: Some(MemoryQuantity::from_mib(128)),
-        },
-        Target {
-            pod: failing_pod(&kube, "shop", "app=lonely", pull_failing).await?,
-            workload: WorkloadRef { kind: "Pod".into(), name: "lonely".into() },
-            kind: FailureKind::ErrImagePull,
-            image: IMAGES[6].into(),
-            limit: None,
-        },
-        Target {
-            pod: failing_pod(&kube, "shop", "app=calm", |_| true).await?,
-            workload: WorkloadRef { kind: "Deployment".into(), name: "calm".into() },
-            kind: FailureKind::OomKilled,
-            image: IMAGES[4].into(),
-            limit: Some(MemoryQuantity::from_mib(128)),
-        },
+    // (namespace, name, workload kind, how it fails, image); `calm` is healthy: its verdicts are stale.
+    let aims = [
+        ("shop", "stuck", "Deployment", FailureKind::ErrImagePull, IMAGES[3]),
+        ("shop", "solo", "Pod", FailureKind::OomKilled, IMAGES[5]),
+        ("kube-system", "agent", "Pod", FailureKind::OomKilled, IMAGES[7]),
+        ("shop", "lonely", "Pod", FailureKind::ErrImagePull, IMAGES[6]),
+        ("shop", "calm", "Deployment", FailureKind::OomKilled, IMAGES[4]),
     ];
+    let mut targets = Vec::new();
+    for (namespace, name, workload, kind, image) in aims {
+        let failing = move |pod: &Pod| match (name, kind) {
+            ("calm", _) => true,
+            (_, FailureKind::OomKilled) => oom_killed(pod),
+            _ => pull_failing(pod),
+        };
+        targets.push(Target {
+            pod: failing_pod(&kube, namespace, &format!("app={name}"), failing).await?,
+            workload: WorkloadRef { kind: workload.into(), name: name.into() },
+            kind,
+            image: image.into(),
+            limit: (kind == FailureKind::OomKilled).then_some(MemoryQuantity::from_mib(128)),
+        });
+    }
 
     let detector = attacker(&server, &users, Role::Detector).await?;
     let diagnoser = attacker(&server, &users, Role::Diagnoser).await?;
