@@ -25,9 +25,12 @@ impl Remediator {
                             } else if intent.approved_by.is_some() {
                                 // Approved and under way; its verdict was acknowledged when it began to
                                 // wait, so the outcome is recorded from here.
-                                self.clone().finish_approved(intent, revision).instrument(span).await;
-                            } else if let Err(error) = self.drive(intent, revision).instrument(span).await {
-                                warn!(%error, "resuming an intent failed; the verdict's redelivery will retry");
+                                tokio::spawn(self.clone().finish_approved(intent, revision).instrument(span));
+                            } else {
+                                // Finished and verified here, and its outcome recorded at once: the
+                                // verdict's redelivery (after its ack wait) is not needed for the audit log,
+                                // and finds the outcome already there (same message id).
+                                tokio::spawn(self.clone().resume(intent, revision).instrument(span));
                             }
                         }
                     }
@@ -38,6 +41,19 @@ impl Remediator {
                 changed = leading.changed() => if changed.is_err() { return },
                 () = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    /// Finishes an intent an earlier leader left half-done and records its outcome.
+    async fn resume(self: Arc<Self>, intent: Intent, revision: u64) {
+        let (incident, pod, action) = (intent.incident.clone(), intent.target.clone(), intent.action.clone());
+        match self.drive(intent, revision).await {
+            Ok(finished) => {
+                if let Err(error) = self.record_for(&incident, &pod, &action, finished).await {
+                    warn!(%error, "recording the outcome of a resumed intent failed; the verdict's redelivery records it");
+                }
+            }
+            Err(error) => warn!(%error, "resuming an intent failed; the verdict's redelivery will retry"),
         }
     }
 

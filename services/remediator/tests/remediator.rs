@@ -162,6 +162,7 @@ async fn a_replace_interrupted_after_the_delete_is_finished_by_the_next_leader()
     };
     pods.delete("web-1", &params).await.expect("deleted");
     let mut entries = world.bucket.watch(record.incident.as_str()).await.expect("watch");
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
 
     let remediator = start(&world, Policy::default());
     let finished = tokio::time::timeout(PATIENCE, async {
@@ -180,6 +181,10 @@ async fn a_replace_interrupted_after_the_delete_is_finished_by_the_next_leader()
     assert_ne!(replacement.metadata.uid, failing.metadata.uid);
     assert_eq!(finished.replacement_uid, replacement.metadata.uid);
     assert_eq!(memory_limit(&replacement), "256Mi");
+    // Recorded by the takeover itself: no verdict is on the stream to be redelivered.
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!((outcome.incident.clone(), outcome.result), (verdict.incident.clone(), OutcomeResult::Healed));
+    assert_eq!(outcome.strategy, Some(Strategy::ForceReplace));
     assert!(
         world
             .intents
