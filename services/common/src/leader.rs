@@ -11,6 +11,9 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// How often a standby asks for the lease (at most; a third of the lease when that is shorter).
+const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where the lease lives and who competes for it.
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -68,8 +71,11 @@ pub fn spawn(
                     }
                 }
             }
+            // A leader renews every third of the lease; a standby asks every second (at most), so a
+            // lease released on a graceful shutdown is taken over within about a second.
+            let wait = if *tx.borrow() { renew_every } else { renew_every.min(STANDBY_POLL) };
             tokio::select! {
-                () = tokio::time::sleep(renew_every) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => break,
             }
         }

@@ -79,6 +79,19 @@ pub enum Scenario {
         #[arg(long)]
         no_rss: bool,
     },
+    /// Chaos: the real topology as processes (3 NATS servers, 2 detectors, 3 diagnosers, 2 remediators)
+    /// under continuous failures while faults are injected; fails on any invariant violation.
+    Chaos {
+        /// Faults to inject.
+        #[arg(long, env = "FAULTS", default_value_t = 500)]
+        faults: usize,
+        /// Seed of the fault sequence.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the JSON and markdown reports go.
+        #[arg(long, default_value = "loadtest/reports")]
+        report_dir: std::path::PathBuf,
+    },
     /// Hostile messages: forged, replayed, mutated and malformed jobs, verdicts and KV writes from
     /// unprivileged and wrongly privileged clients against the services as processes; fails unless
     /// nothing outside policy changed and no service crashed.
@@ -639,7 +652,9 @@ async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
 async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
     // The hostile campaign's own clients are refused on purpose; their refusals are counted, not logged.
     let filter = match scenario {
-        Scenario::Hostile { .. } => "warn,async_nats=off,kubesent_common::nats::connect=off",
+        Scenario::Hostile { .. } | Scenario::Chaos { .. } => {
+            "warn,async_nats=off,kubesent_common::nats::connect=off"
+        }
         _ => "warn",
     };
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, filter);
@@ -653,6 +668,22 @@ async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
             };
             let report = kubesent_loadtest::detector::run(&options).await?;
             println!("{report}");
+        }
+        Scenario::Chaos { faults, seed, report_dir } => {
+            let options = kubesent_loadtest::campaign::chaos::ChaosOptions {
+                exe: std::env::current_exe()?,
+                faults,
+                seed,
+                report_dir: Some(report_dir),
+            };
+            let report = kubesent_loadtest::campaign::chaos::run(&options).await?;
+            print!("{report}");
+            if let Some(path) = &report.written {
+                println!("\nreport: {}", path.display());
+            }
+            if !report.violations.is_empty() {
+                anyhow::bail!("the chaos campaign found {} invariant violation(s)", report.violations.len());
+            }
         }
         Scenario::Hostile { messages, seed } => {
             let options =

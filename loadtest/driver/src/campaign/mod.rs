@@ -1,0 +1,7 @@
+//! The whole-pipeline campaign: the real topology as OS processes (see [`topology`]), scenarios that drive
+//! it, and an invariant checker that trusts only the outside world (see [`invariants`]).
+
+pub mod chaos;
+pub mod invariants;
+pub mod report;
+pub mod topology;
