@@ -156,18 +156,20 @@ impl SharedLimiter {
                     .update(&self.key, payload.into(), revision)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+                    .map_err(|e| (kubesent_common::nats::is_cas_conflict(&e), e.to_string())),
                 None => kv
                     .create(&self.key, payload.into())
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
+                    .map_err(|e| (kubesent_common::nats::is_cas_conflict(&e), e.to_string())),
             };
             match written {
                 Ok(()) => return Ok(Reservation::Go(wait)),
                 // Another replica reserved first: read again.
-                Err(true) => continue,
-                Err(false) => return Err(LimitError::Store("writing the reservation failed".into())),
+                Err((true, _)) => continue,
+                Err((false, error)) => {
+                    return Err(LimitError::Store(format!("writing the reservation failed: {error}")));
+                }
             }
         }
         Err(LimitError::Store(format!("gave up after {CAS_ATTEMPTS} contended reservations")))

@@ -217,13 +217,13 @@ impl Guardrails {
                     .update(LEDGER_KEY, payload.into(), revision)
                     .await
                     .map(|_| ())
-                    .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
+                    .map_err(|e| (kubesent_common::nats::is_cas_conflict(&e), e.to_string())),
                 None => self
                     .kv
                     .create(LEDGER_KEY, payload.into())
                     .await
                     .map(|_| ())
-                    .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+                    .map_err(|e| (kubesent_common::nats::is_cas_conflict(&e), e.to_string())),
             };
             match written {
                 Ok(()) => return Ok(guard),

@@ -178,7 +178,7 @@ impl Intents {
         let payload = serde_json::to_vec(intent).map_err(|e| IntentError::Store(e.to_string()))?;
         match self.kv.create(intent.incident.as_str(), payload.into()).await {
             Ok(revision) => Ok(Claim::Fresh(revision)),
-            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(error) if kubesent_common::nats::is_cas_conflict(&error) => {
                 match self.get(&intent.incident).await? {
                     Some((existing, revision)) => Ok(Claim::Existing(Box::new(existing), revision)),
                     None => Err(IntentError::Conflict(intent.incident.to_string())),
@@ -192,7 +192,7 @@ impl Intents {
     pub async fn advance(&self, intent: &Intent, revision: u64) -> Result<u64, IntentError> {
         let payload = serde_json::to_vec(intent).map_err(|e| IntentError::Store(e.to_string()))?;
         self.kv.update(intent.incident.as_str(), payload.into(), revision).await.map_err(|error| {
-            if error.kind() == kv::UpdateErrorKind::WrongLastRevision {
+            if kubesent_common::nats::is_cas_conflict(&error) {
                 IntentError::Conflict(intent.incident.to_string())
             } else {
                 IntentError::Store(error.to_string())
@@ -204,7 +204,7 @@ impl Intents {
     pub async fn lock(&self, key: &str, incident: &IncidentId) -> Result<bool, IntentError> {
         match self.kv.create(key, incident.to_string().into_bytes().into()).await {
             Ok(_) => Ok(true),
-            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(error) if kubesent_common::nats::is_cas_conflict(&error) => {
                 let holder = self.kv.get(key).await.map_err(|e| IntentError::Store(e.to_string()))?;
                 Ok(holder.is_some_and(|h| h == incident.as_str().as_bytes()))
             }

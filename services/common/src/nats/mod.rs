@@ -89,6 +89,37 @@ async fn acknowledged(
     }
 }
 
+/// Whether a KV write failed only because the key changed (or already exists) since it was read: a
+/// compare-and-set conflict to re-read and retry, not a store failure. async-nats 0.51 recognises the
+/// server's 10071 but not 10164 (`JSStreamWrongLastSequenceConstantErr`), which 2.11+ servers answer to a
+/// KV update whose expected revision is stale (the other clients handle both: nats.py #883, nats.java
+/// #1463); the campaign found it, as rate-limit reservations refused under contention on a 3-server
+/// cluster.
+pub fn is_cas_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
+    use jetstream::{
+        context::{PublishError, PublishErrorKind},
+        kv::{CreateError, CreateErrorKind, UpdateError, UpdateErrorKind},
+    };
+    let mut next = Some(error);
+    while let Some(link) = next {
+        let conflict = link
+            .downcast_ref::<UpdateError>()
+            .is_some_and(|e| e.kind() == UpdateErrorKind::WrongLastRevision)
+            || link.downcast_ref::<CreateError>().is_some_and(|e| e.kind() == CreateErrorKind::AlreadyExists)
+            || link
+                .downcast_ref::<PublishError>()
+                .is_some_and(|e| e.kind() == PublishErrorKind::WrongLastSequence)
+            || link
+                .downcast_ref::<jetstream::Error>()
+                .is_some_and(|e| matches!(e.error_code().0, 10071 | 10164));
+        if conflict {
+            return true;
+        }
+        next = link.source();
+    }
+    false
+}
+
 /// A header value with CR/LF replaced, since async-nats panics on them.
 pub fn header_value(text: &str) -> async_nats::HeaderValue {
     let clean: String =
@@ -234,5 +265,43 @@ impl ProgressAcker {
 impl Drop for ProgressAcker {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::{
+        context::{PublishError, PublishErrorKind},
+        kv::{CreateError, CreateErrorKind, UpdateError, UpdateErrorKind},
+    };
+
+    use super::*;
+
+    fn api(err_code: u64) -> jetstream::Error {
+        serde_json::from_value(
+            serde_json::json!({"code": 400, "err_code": err_code, "description": "wrong last sequence"}),
+        )
+        .expect("an API error")
+    }
+
+    #[test]
+    fn a_stale_revision_is_a_conflict_whichever_code_the_server_gives_it() {
+        for code in [10071, 10164] {
+            let publish = PublishError::with_source(PublishErrorKind::Other, api(code));
+            let update = UpdateError::with_source(UpdateErrorKind::Other, publish);
+            assert!(is_cas_conflict(&update), "{code}");
+        }
+        assert!(is_cas_conflict(&UpdateError::new(UpdateErrorKind::WrongLastRevision)));
+        assert!(is_cas_conflict(&CreateError::new(CreateErrorKind::AlreadyExists)));
+    }
+
+    #[test]
+    fn other_store_failures_are_not_conflicts() {
+        assert!(!is_cas_conflict(&UpdateError::new(UpdateErrorKind::TimedOut)));
+        let full = UpdateError::with_source(
+            UpdateErrorKind::Other,
+            PublishError::with_source(PublishErrorKind::Other, api(10077)),
+        );
+        assert!(!is_cas_conflict(&full), "a full stream is not a conflict");
     }
 }
