@@ -7,7 +7,7 @@ NATS_SERVER := $(TOOLS)/nats/bin/nats-server
 PIP := python3 -m pip
 export KUBESENT_NATS_SERVER := $(NATS_SERVER)
 
-.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser hostile chaos clean
+.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser hostile chaos loadtest clean
 
 setup: $(NATS_SERVER)
 
@@ -52,6 +52,11 @@ bench-diagnoser: setup
 bench-detector: setup
 	cargo bench --locked -p kubesent-detector --bench classify -- --warm-up-time 1 --measurement-time 3
 	cargo run --locked --release -p kubesent -- loadtest detector
+
+## Scale figures: the large cluster and its failure storm, and the model-bound backlog (reports in loadtest/reports/).
+loadtest: setup
+	cargo run --locked --release -p kubesent -- loadtest storm
+	cargo run --locked --release -p kubesent -- loadtest model-bound
 
 ## The chaos campaign: ≥ 500 faults (FAULTS=…) against the real topology as processes; report in loadtest/reports/.
 FAULTS ?= 500

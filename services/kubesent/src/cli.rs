@@ -79,6 +79,34 @@ pub enum Scenario {
         #[arg(long)]
         no_rss: bool,
     },
+    /// Model-bound: every job needs a slow, rationed model (2 s, 600 RPM, some 429s); the same backlog
+    /// drained by 1 and by 3 diagnosers; never over the project's quota.
+    ModelBound {
+        /// Jobs in the backlog.
+        #[arg(long, default_value_t = 600)]
+        jobs: usize,
+        /// Diagnoser replica counts to compare.
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        diagnosers: Vec<usize>,
+        /// Where the JSON and markdown reports go.
+        #[arg(long, default_value = "loadtest/reports")]
+        report_dir: std::path::PathBuf,
+    },
+    /// Large cluster: ≥ 100,000 pods in ≥ 2,000 workloads watched by the real topology as processes,
+    /// then a storm of hundreds of failing workloads; figures per pipeline stage, model calls beside the
+    /// naive approach's.
+    Storm {
+        /// Healthy background workloads (50 pods each).
+        #[arg(long, default_value_t = 2000)]
+        workloads: usize,
+        /// Scale of the storm (1.0: 150 OOM Deployments of 5 replicas, 100 bad rollouts, 40 crash loops,
+        /// 50 bare pods).
+        #[arg(long, default_value_t = 1.0)]
+        storm_scale: f64,
+        /// Where the JSON and markdown reports go.
+        #[arg(long, default_value = "loadtest/reports")]
+        report_dir: std::path::PathBuf,
+    },
     /// Chaos: the real topology as processes (3 NATS servers, 2 detectors, 3 diagnosers, 2 remediators)
     /// under continuous failures while faults are injected; fails on any invariant violation.
     Chaos {
@@ -652,9 +680,10 @@ async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
 async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
     // The hostile campaign's own clients are refused on purpose; their refusals are counted, not logged.
     let filter = match scenario {
-        Scenario::Hostile { .. } | Scenario::Chaos { .. } => {
-            "warn,async_nats=off,kubesent_common::nats::connect=off"
-        }
+        Scenario::Hostile { .. }
+        | Scenario::Chaos { .. }
+        | Scenario::Storm { .. }
+        | Scenario::ModelBound { .. } => "warn,async_nats=off,kubesent_common::nats::connect=off",
         _ => "warn",
     };
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, filter);
@@ -668,6 +697,38 @@ async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
             };
             let report = kubesent_loadtest::detector::run(&options).await?;
             println!("{report}");
+        }
+        Scenario::ModelBound { jobs, diagnosers, report_dir } => {
+            let options = kubesent_loadtest::campaign::model_bound::ModelBoundOptions {
+                exe: std::env::current_exe()?,
+                jobs,
+                diagnosers,
+                report_dir: Some(report_dir),
+            };
+            let report = kubesent_loadtest::campaign::model_bound::run(&options).await?;
+            print!("{report}");
+            if let Some(path) = &report.written {
+                println!("\nreport: {}", path.display());
+            }
+            if report.runs.iter().any(|r| r.over_quota > 0 || r.dead_lettered > 0) {
+                anyhow::bail!("the model-bound run went over the quota or dead-lettered jobs");
+            }
+        }
+        Scenario::Storm { workloads, storm_scale, report_dir } => {
+            let mut options =
+                kubesent_loadtest::campaign::storm::StormOptions::large(std::env::current_exe()?);
+            let scale = |n: usize| ((n as f64) * storm_scale.clamp(0.0, 100.0)).round() as usize;
+            options.background_workloads = workloads;
+            options.oom_deployments = scale(options.oom_deployments);
+            options.bad_rollouts = scale(options.bad_rollouts);
+            options.crash_loops = scale(options.crash_loops);
+            options.bare_pods = scale(options.bare_pods);
+            options.report_dir = Some(report_dir);
+            let report = kubesent_loadtest::campaign::storm::run(&options).await?;
+            print!("{report}");
+            if let Some(path) = &report.written {
+                println!("\nreport: {}", path.display());
+            }
         }
         Scenario::Chaos { faults, seed, report_dir } => {
             let options = kubesent_loadtest::campaign::chaos::ChaosOptions {

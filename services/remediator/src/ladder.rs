@@ -223,6 +223,39 @@ pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), Stri
     }
 }
 
+/// Whether the owner's template already holds `action`'s new value, written for `incident` (a takeover
+/// that re-runs the step after a crash between the patch and its record then writes nothing again).
+pub fn already_applied(workload: &Workload, action: &Action, incident: &IncidentId) -> bool {
+    let ours = workload
+        .object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(INCIDENT_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some(incident.as_str());
+    let name = action.container().unwrap_or_default();
+    let holds = workload.template_container(name).is_some_and(|container| match action {
+        Action::IncreaseMemory { to, .. } => memory_limit_of(&container) == Some(*to),
+        Action::RollbackImage { to, .. } => container.image.as_deref() == Some(to.as_str()),
+        Action::None => false,
+    });
+    ours && holds
+}
+
+/// Whether `pod` already carries KubeSent's record for `incident`: the incident and the original value
+/// of `container` under `annotation`.
+pub fn pod_has_record(
+    pod: &Pod,
+    annotation: &str,
+    container: &str,
+    original: &str,
+    incident: &IncidentId,
+) -> bool {
+    pod.metadata.annotations.as_ref().is_some_and(|a| {
+        a.get(INCIDENT_ANNOTATION).map(String::as_str) == Some(incident.as_str())
+            && a.get(&format!("{annotation}.{container}")).map(String::as_str) == Some(original)
+    })
+}
+
 /// The strategic merge patch of the owner: the template change, the original value and the incident as
 /// annotations (so the change can be reversed), and the resourceVersion it was computed from.
 pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) -> Result<Value, String> {
@@ -474,6 +507,29 @@ mod tests {
             template_matches(&deployment("256Mi", "64Mi"), &increase(128, 256)).is_ok(),
             "already applied: resuming is fine"
         );
+    }
+
+    #[test]
+    fn a_step_a_crashed_leader_completed_is_recognised_and_not_written_again() {
+        let incident = IncidentId("inc-1".into());
+        let mut workload = deployment("256Mi", "64Mi");
+        assert!(!already_applied(&workload, &increase(128, 256), &incident), "not ours");
+        workload.object["metadata"]["annotations"]["kubesent.io/incident"] = json!("inc-1");
+        assert!(already_applied(&workload, &increase(128, 256), &incident));
+        assert!(!already_applied(&workload, &increase(128, 256), &IncidentId("inc-2".into())));
+        assert!(!already_applied(&deployment("128Mi", "64Mi"), &increase(128, 256), &incident), "not yet");
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "annotations": {
+            "kubesent.io/incident": "inc-1", "kubesent.io/original-memory-limit.app": "128Mi"}}}))
+        .expect("pod");
+        assert!(pod_has_record(&pod, "kubesent.io/original-memory-limit", "app", "128Mi", &incident));
+        assert!(!pod_has_record(&pod, "kubesent.io/original-memory-limit", "app", "64Mi", &incident));
+        assert!(!pod_has_record(
+            &pod,
+            "kubesent.io/original-memory-limit",
+            "app",
+            "128Mi",
+            &IncidentId("inc-2".into())
+        ));
     }
 
     #[test]

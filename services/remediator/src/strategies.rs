@@ -29,6 +29,11 @@ impl Remediator {
                         if let Err(why) = ladder::template_matches(&workload, &intent.action) {
                             return self.done(intent, revision, OutcomeResult::Stale, why, None).await;
                         }
+                        if ladder::already_applied(&workload, &intent.action, &intent.incident) {
+                            // Patched before a crash, not yet recorded: nothing to write again.
+                            patched = true;
+                            break;
+                        }
                         let patch = ladder::owner_patch(&workload, &intent.action, &intent.incident)
                             .map_err(StepError::Timeout)?;
                         let params = PatchParams::default();
@@ -189,10 +194,19 @@ impl Remediator {
                         ladder::resize_patch(&pod, &container, from, to).map_err(StepError::Timeout)?;
                     // The resize subresource changes resources only; the record of what it was (to
                     // reverse it) and of the incident goes on the pod first.
-                    let record = serde_json::json!({"metadata": {"annotations": {
-                        format!("{}.{container}", replace::ORIGINAL_MEMORY_ANNOTATION): from.to_string(),
-                        replace::INCIDENT_ANNOTATION: intent.incident.to_string()}}});
-                    pods.patch(&name, &PatchParams::default(), &Patch::Merge(&record)).await?;
+                    let recorded = ladder::pod_has_record(
+                        &pod,
+                        replace::ORIGINAL_MEMORY_ANNOTATION,
+                        &container,
+                        &from.to_string(),
+                        &intent.incident,
+                    );
+                    if !recorded {
+                        let record = serde_json::json!({"metadata": {"annotations": {
+                            format!("{}.{container}", replace::ORIGINAL_MEMORY_ANNOTATION): from.to_string(),
+                            replace::INCIDENT_ANNOTATION: intent.incident.to_string()}}});
+                        pods.patch(&name, &PatchParams::default(), &Patch::Merge(&record)).await?;
+                    }
                     match pods.patch_resize(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
                         Ok(_) => {
                             info!(%container, %to, "resized in place");
@@ -302,14 +316,25 @@ impl Remediator {
                             .and_then(|c| c.iter().find(|c| c.name == container))
                             .map_or(0, |c| c.restart_count),
                     );
-                    let patch = serde_json::json!({
-                        "metadata": {"annotations": {
-                            format!("{}.{container}", ladder::ORIGINAL_IMAGE_ANNOTATION): from,
-                            replace::INCIDENT_ANNOTATION: intent.incident.to_string()}},
-                        "spec": {"containers": [{"name": container, "image": to}]}
-                    });
-                    pods.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
-                    info!(%container, %to, "pod image rolled back");
+                    let done_before = ladder::pod_has_record(
+                        &pod,
+                        ladder::ORIGINAL_IMAGE_ANNOTATION,
+                        &container,
+                        &from,
+                        &intent.incident,
+                    ) && kubesent_common::pod::container(&pod, &container)
+                        .and_then(|c| c.image.as_deref())
+                        == Some(to.as_str());
+                    if !done_before {
+                        let patch = serde_json::json!({
+                            "metadata": {"annotations": {
+                                format!("{}.{container}", ladder::ORIGINAL_IMAGE_ANNOTATION): from,
+                                replace::INCIDENT_ANNOTATION: intent.incident.to_string()}},
+                            "spec": {"containers": [{"name": container, "image": to}]}
+                        });
+                        pods.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+                        info!(%container, %to, "pod image rolled back");
+                    }
                     intent.phase = Phase::Applied;
                 }
                 Phase::Applied | Phase::Created | Phase::Deleted => {

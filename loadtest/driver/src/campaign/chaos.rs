@@ -65,6 +65,8 @@ pub struct Failover {
     pub role: &'static str,
     /// Whether the leader was stopped gracefully (SIGTERM) or crashed (SIGKILL).
     pub graceful: bool,
+    /// For a crash: whether its pod was lost (the standby took over) rather than restarted.
+    pub lost: bool,
     /// From the signal to another replica holding the lease.
     pub took: Duration,
 }
@@ -109,8 +111,11 @@ impl ChaosReport {
         };
         let mut graceful: Vec<f64> =
             self.failovers.iter().filter(|f| f.graceful).map(|f| f.took.as_secs_f64()).collect();
-        let mut crash: Vec<f64> =
-            self.failovers.iter().filter(|f| !f.graceful).map(|f| f.took.as_secs_f64()).collect();
+        let seconds = |keep: &dyn Fn(&Failover) -> bool| -> Vec<f64> {
+            self.failovers.iter().filter(|f| keep(f)).map(|f| f.took.as_secs_f64()).collect()
+        };
+        let mut crash = seconds(&|f| !f.graceful && !f.lost);
+        let mut lost = seconds(&|f| f.lost);
         let mut takeovers: Vec<f64> = self.takeovers.iter().map(Duration::as_secs_f64).collect();
         json!({
             "scenario": "chaos",
@@ -121,7 +126,8 @@ impl ChaosReport {
             "failures": self.failures,
             "outcomes": self.outcomes,
             "failover_graceful_seconds": {"count": graceful.len(), "p50": percentile(&mut graceful, 0.5), "max": graceful.last().copied().unwrap_or(0.0)},
-            "failover_crash_seconds": {"count": crash.len(), "p50": percentile(&mut crash, 0.5), "max": crash.last().copied().unwrap_or(0.0)},
+            "failover_crash_restarted_seconds": {"count": crash.len(), "p50": percentile(&mut crash, 0.5), "max": crash.last().copied().unwrap_or(0.0)},
+            "failover_crash_pod_lost_seconds": {"count": lost.len(), "p50": percentile(&mut lost, 0.5), "max": lost.last().copied().unwrap_or(0.0)},
             "takeover_outcome_seconds": {"count": takeovers.len(), "p50": percentile(&mut takeovers, 0.5), "max": takeovers.last().copied().unwrap_or(0.0)},
             "restarts": self.restarts,
             "processes": self.processes.iter().map(|(k, (rss, cpu))| (k.clone(), json!({"peak_rss_mib": rss, "cpu_seconds": cpu}))).collect::<BTreeMap<_, _>>(),
@@ -153,9 +159,10 @@ impl fmt::Display for ChaosReport {
         writeln!(f, "| **all** | **{}** |\n", self.total_faults())?;
         writeln!(f, "Failures caused: {}; final outcomes: {:?}.\n", self.failures, self.outcomes)?;
         for (name, key) in [
-            ("graceful failover", "failover_graceful_seconds"),
-            ("crash failover", "failover_crash_seconds"),
-            ("takeover to outcome", "takeover_outcome_seconds"),
+            ("graceful stop: leadership back", "failover_graceful_seconds"),
+            ("crash, container restarted: leadership back", "failover_crash_restarted_seconds"),
+            ("crash, pod lost: the standby leads", "failover_crash_pod_lost_seconds"),
+            ("remediator crash: every unfinished intent's outcome", "takeover_outcome_seconds"),
         ] {
             let v = &json[key];
             writeln!(
@@ -325,17 +332,22 @@ where
     }
 }
 
-/// Waits until another replica than `from` holds `role`'s lease; returns how long it took from `since`.
+/// Waits until a live replica holds `role`'s lease again; returns how long it took from `since`.
+/// Replicas that die meanwhile are started again, as they would be.
 async fn failover(
-    topology: &Topology,
+    topology: &mut Topology,
     role: Role,
-    from: &str,
+    last_renewal: Option<String>,
     since: Instant,
     limit: Duration,
 ) -> Option<Duration> {
     while since.elapsed() < limit {
-        if let Ok(Some((holder, _))) = topology.leader(role).await
-            && holder != from
+        let _ = topology.supervise();
+        // Leadership is back when a live replica renews the lease: the standby, or the crashed replica's
+        // restarted container (same pod name, so it takes its own lease back, as in a cluster).
+        if let Ok(Some((holder, renewed))) = topology.leader(role).await
+            && !holder.is_empty()
+            && renewed != last_renewal
         {
             return Some(since.elapsed());
         }
@@ -429,10 +441,10 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 .map_or(FAULTS[0].0, |(f, _)| *f)
         };
         progress.update(done, fault);
-        inject(&mut topology, fault, &mut rng, &mut report, lease).await?;
+        inject(&mut topology, fault, &mut rng, &mut report, lease, &tap).await?;
         *report.faults.entry(fault).or_default() += 1;
         // Between faults, a moment for the pipeline (and the restarted processes) to work.
-        let pause = Duration::from_millis(300 + rng.below(900));
+        let pause = Duration::from_millis(100 + rng.below(400));
         let until = Instant::now() + pause;
         while Instant::now() < until {
             topology.supervise()?;
@@ -512,6 +524,7 @@ async fn inject(
     rng: &mut Rng,
     report: &mut ChaosReport,
     lease: Duration,
+    tap: &Tap,
 ) -> anyhow::Result<()> {
     let pick = |topology: &Topology, role: Role, rng: &mut Rng| -> Option<String> {
         let candidates: Vec<&str> = topology
@@ -536,15 +549,30 @@ async fn inject(
             } else if fault.contains("rollout verification") {
                 wait_for_phase(topology, Phase::Applied, Duration::from_secs(8)).await;
             }
-            let Some((leader, _)) = topology.leader(role).await? else { return Ok(()) };
+            // A failover is measured with a standby there to take over: every replica of the role running
+            // and ready (as after a pod restart in a cluster).
+            topology.wait_ready(role, Duration::from_secs(60)).await?;
+            let Some((leader, last_renewal)) = topology.leader(role).await? else { return Ok(()) };
             if topology.replicas.iter().all(|r| r.identity != leader) {
                 return Ok(());
             }
             let open = if role == Role::Remediator { unfinished(topology).await } else { Vec::new() };
+            // A crash is a container restart half the time (the pod comes back under its name and takes
+            // its lease back) and a lost pod the other half (the standby must take over once the lease
+            // expires).
+            let lost = !graceful && rng.below(2) == 0;
+            if let Some(replica) = topology.replica_mut(&leader) {
+                replica.held = lost;
+            }
             let since = Instant::now();
             topology.signal(&leader, if graceful { "TERM" } else { "KILL" })?;
             let limit = if graceful { Duration::from_secs(2) } else { lease + Duration::from_secs(2) };
-            match failover(topology, role, &leader, since, limit + Duration::from_secs(10)).await {
+            let restored =
+                failover(topology, role, last_renewal, since, limit + Duration::from_secs(10)).await;
+            if let Some(replica) = topology.replica_mut(&leader) {
+                replica.held = false;
+            }
+            match restored {
                 Some(took) => {
                     if took > limit {
                         report.violations.push(Violation {
@@ -556,7 +584,7 @@ async fn inject(
                             history: Vec::new(),
                         });
                     }
-                    report.failovers.push(Failover { role: role.as_str(), graceful, took });
+                    report.failovers.push(Failover { role: role.as_str(), graceful, lost, took });
                 }
                 None => report.violations.push(Violation {
                     invariant: "failover in time",
@@ -590,7 +618,7 @@ async fn inject(
                                     detail: format!(
                                         "{incident} finished {took:?} after the crash (limit {limit:?})"
                                     ),
-                                    history: Vec::new(),
+                                    history: tap.history(incident.as_str()),
                                 });
                             }
                         }
@@ -600,7 +628,7 @@ async fn inject(
                                 "{incident} has no outcome {:?} after the crash",
                                 since.elapsed()
                             ),
-                            history: Vec::new(),
+                            history: tap.history(incident.as_str()),
                         }),
                     }
                 }
@@ -621,8 +649,22 @@ async fn inject(
             topology.nats.stop_all().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             topology.nats.start_all().await?;
-            // Let JetStream elect its leaders before the next fault.
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            // Let JetStream elect its leaders before the next fault: every stream answers again.
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(60) {
+                let mut answering = 0;
+                for stream in [proto::JOBS_STREAM, proto::VERDICTS_STREAM, proto::OUTCOMES_STREAM] {
+                    if let Ok(mut stream) = topology.js.get_stream(stream).await
+                        && stream.info().await.is_ok()
+                    {
+                        answering += 1;
+                    }
+                }
+                if answering == 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         "apiserver error burst" => {
             topology.sim.state().faults.set_error_rate(0.3);

@@ -3,5 +3,7 @@
 
 pub mod chaos;
 pub mod invariants;
+pub mod model_bound;
 pub mod report;
+pub mod storm;
 pub mod topology;

@@ -61,7 +61,8 @@ impl Default for TopologyOptions {
             time_scale: 0.05,
             kubernetes_minor: 36,
             overrides: Vec::new(),
-            dir: None,
+            // KUBESENT_CAMPAIGN_LOGS keeps every replica's log (and kubeconfig) for a look afterwards.
+            dir: std::env::var_os("KUBESENT_CAMPAIGN_LOGS").map(PathBuf::from),
         }
     }
 }
@@ -80,6 +81,8 @@ pub struct Replica {
     pub restarts: u32,
     /// Stopped with SIGSTOP (and not continued yet).
     pub stopped: bool,
+    /// Not started again when it exits (its pod is gone, as on a lost node) until released.
+    pub held: bool,
     /// Peak RSS in bytes, and CPU seconds used by earlier incarnations plus the current one.
     pub peak_rss: u64,
     cpu_before: f64,
@@ -235,6 +238,7 @@ impl Topology {
                     process,
                     restarts: 0,
                     stopped: false,
+                    held: false,
                     peak_rss: 0,
                     cpu_before: 0.0,
                     cpu_now: 0.0,
@@ -265,6 +269,9 @@ impl Topology {
     pub fn supervise(&mut self) -> anyhow::Result<Vec<String>> {
         let mut restarted = Vec::new();
         for replica in &mut self.replicas {
+            if replica.held {
+                continue;
+            }
             if replica.process.exited()?.is_some() {
                 replica.cpu_before += replica.cpu_now;
                 replica.cpu_now = 0.0;
@@ -281,6 +288,22 @@ impl Topology {
             }
         }
         Ok(restarted)
+    }
+
+    /// Waits (at most `limit`, starting replicas that exited) until every replica of `role` is ready.
+    pub async fn wait_ready(&mut self, role: Role, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            self.supervise()?;
+            let mut ready = true;
+            for replica in self.replicas.iter().filter(|r| r.role == role) {
+                ready &= !replica.stopped && replica.process.is_ready().await;
+            }
+            if ready || started.elapsed() > limit {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The identity holding `role`'s Lease, and when it was last renewed.
