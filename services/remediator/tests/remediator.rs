@@ -440,3 +440,65 @@ async fn an_approved_fix_whose_target_changed_while_it_waited_is_not_applied() {
     assert_eq!(changes(&world), before, "nothing changed after the approval");
     remediator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_patch_a_crashed_leader_made_is_not_made_again_by_the_next() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{ListParams, Patch, PatchParams};
+    let world = world(36).await;
+    let deployments: Api<Deployment> = Api::namespaced(world.kube.clone(), "shop");
+    let web: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}, "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+                    "resources": {"limits": {"memory": "128Mi"}}}]}}}
+    }))
+    .expect("deployment json");
+    deployments.create(&PostParams::default(), &web).await.expect("created");
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    let failing = loop {
+        let list = pods.list(&ListParams::default().labels("app=web")).await.expect("pods");
+        if let Some(pod) = list.items.into_iter().find(|p| restarts(p) > 0) {
+            break pod;
+        }
+        // kube-sim's kubelet OOM-kills within a few simulated seconds.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut verdict = verdict(&failing, increase(128, 256), 95);
+    verdict.key.workload = WorkloadRef { kind: "Deployment".into(), name: "web".into() };
+    verdict.incident = verdict.key.fingerprint();
+    // What a leader that crashed after its template patch, before recording it, leaves behind.
+    let patched = json!({
+        "metadata": {"annotations": {"kubesent.io/incident": verdict.incident.as_str(),
+            "kubesent.io/original-memory-limit.app": "128Mi"}},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}}}
+    });
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&patched)).await.expect("patched");
+    let record = Intent {
+        workload: Some(WorkloadRef { kind: "Deployment".into(), name: "web".into() }),
+        lock: intent::workload_lock_key("shop", "Deployment", "web"),
+        old_revision: failing.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned(),
+        ..stored_intent(&verdict, Phase::Pending, Strategy::OwnerPatch)
+    };
+    assert!(world.intents.lock(&record.lock, &record.incident).await.expect("lock"));
+    assert!(matches!(world.intents.claim(&record).await.expect("stored"), Claim::Fresh(_)));
+    let before = world.sim.requests().len();
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+
+    let remediator = start(&world, Policy::default());
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(
+        (outcome.incident.clone(), outcome.result),
+        (verdict.incident.clone(), OutcomeResult::Healed),
+        "{}",
+        outcome.detail
+    );
+    let patches: Vec<String> = world.sim.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/deployments/web"))
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect();
+    assert!(patches.is_empty(), "the template was not patched again: {patches:?}");
+    remediator.stop().await;
+}
