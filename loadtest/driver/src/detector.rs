@@ -23,7 +23,12 @@ use kubesent_common::{
     nats_server::NatsServer,
 };
 use kubesent_detector::{DetectorConfig, DetectorDeps, DetectorMetrics};
-use kubesent_kube_sim::{KubeSim, SimConfig, StoreConfig, resources::PODS, store::Mutation};
+use kubesent_kube_sim::{
+    KubeSim, SimConfig, StoreConfig,
+    realistic::{AppState, RealisticPod},
+    resources::PODS,
+    store::Mutation,
+};
 use kubesent_proto::{self as proto, FailureJob};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
@@ -40,6 +45,8 @@ pub struct Options {
     pub detector_exe: Option<PathBuf>,
     /// Tracked pods at which RSS is read (the first is the baseline).
     pub rss_pods: Vec<usize>,
+    /// Size of each pod's JSON in KiB (a realistic pod: managedFields, a sidecar, env lists, probes).
+    pub pod_kib: usize,
 }
 
 /// One latency run.
@@ -77,6 +84,8 @@ pub struct Report {
     pub latency: Vec<LatencyRun>,
     /// RSS readings.
     pub rss: Vec<RssPoint>,
+    /// Bytes of each pod's JSON.
+    pub pod_bytes: usize,
 }
 
 impl Report {
@@ -90,7 +99,11 @@ impl Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "detector: watch event -> JetStream, every event a failure transition")?;
+        writeln!(
+            f,
+            "detector: watch event -> JetStream, every event a failure transition, pods of {:.1} KiB",
+            self.pod_bytes as f64 / 1024.0
+        )?;
         for run in &self.latency {
             writeln!(
                 f,
@@ -119,6 +132,45 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// Makes realistic bare pods of one size by copying a template: Running, or just OOM-killed.
+#[derive(Debug, Clone)]
+pub struct PodMaker {
+    running: Value,
+    oom_killed: Value,
+}
+
+impl PodMaker {
+    /// Templates of about `kib` KiB.
+    pub fn new(kib: usize) -> Self {
+        let template = |state| {
+            let pod = RealisticPod {
+                namespace: String::new(),
+                name: "template".into(),
+                index: 0,
+                deployment: None,
+                state,
+                size_kib: kib,
+            };
+            pod.with_env(pod.padding())
+        };
+        PodMaker { running: template(AppState::Healthy), oom_killed: template(AppState::OomKilled) }
+    }
+
+    /// Bare pod `name` number `i` in `namespace`, Running or OOM-killed.
+    pub fn pod(&self, namespace: &str, name: &str, i: usize, oom_killed: bool) -> Value {
+        let mut pod = if oom_killed { self.oom_killed.clone() } else { self.running.clone() };
+        pod["metadata"]["name"] = json!(name);
+        pod["metadata"]["namespace"] = json!(namespace);
+        pod["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{i:012}"));
+        pod
+    }
+
+    /// Bytes of one pod's JSON.
+    pub fn size(&self) -> usize {
+        serde_json::to_vec(&self.running).map_or(0, |v| v.len())
+    }
+}
+
 /// A Running bare pod as the kubelet leaves it.
 pub fn running_pod(namespace: &str, name: &str, i: usize) -> Value {
     json!({
@@ -134,14 +186,9 @@ pub fn running_pod(namespace: &str, name: &str, i: usize) -> Value {
     })
 }
 
-fn oom_killed(mut pod: Value) -> Value {
-    pod["status"]["containerStatuses"][0]["state"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled", "startedAt": "2026-11-01T09:00:03Z", "finishedAt": "2026-11-01T09:00:05Z"}});
-    pod["status"]["containerStatuses"][0]["ready"] = json!(false);
-    pod
-}
-
 fn insert_pods(
     sim: &KubeSim,
+    pods: &PodMaker,
     namespace: &str,
     prefix: &str,
     range: std::ops::Range<usize>,
@@ -149,7 +196,7 @@ fn insert_pods(
     let store = &sim.state().store;
     for i in range {
         let name = format!("{prefix}-{i}");
-        let pod = running_pod(namespace, &name, i);
+        let pod = pods.pod(namespace, &name, i, false);
         store
             .mutate(&PODS, namespace, &name, |_| Ok(Mutation::Put(pod)))
             .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -160,17 +207,18 @@ fn insert_pods(
 /// Runs the detector scenario.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     kubesent_common::install_crypto_provider();
-    let mut report = Report::default();
+    let pods = PodMaker::new(options.pod_kib);
+    let mut report = Report { pod_bytes: pods.size(), ..Report::default() };
     for rate in &options.rates {
-        report.latency.push(latency_run(*rate, options.seconds).await?);
+        report.latency.push(latency_run(*rate, options.seconds, &pods).await?);
     }
     if let Some(exe) = &options.detector_exe {
-        report.rss = rss_run(exe, &options.rss_pods).await?;
+        report.rss = rss_run(exe, &options.rss_pods, &pods).await?;
     }
     Ok(report)
 }
 
-async fn latency_run(rate: u32, seconds: u64) -> anyhow::Result<LatencyRun> {
+async fn latency_run(rate: u32, seconds: u64, pods: &PodMaker) -> anyhow::Result<LatencyRun> {
     let events = usize::try_from(u64::from(rate) * seconds)?;
     let nats_server = NatsServer::start().await?;
     let sim = KubeSim::start(SimConfig {
@@ -182,7 +230,7 @@ async fn latency_run(rate: u32, seconds: u64) -> anyhow::Result<LatencyRun> {
     let js = jetstream::new(client.clone());
     let topology = Topology { max_jobs: 10_000_000, ..Topology::default() };
     nats::ensure_streams(&js, &topology).await?;
-    insert_pods(&sim, "load", "p", 0..events)?;
+    insert_pods(&sim, pods, "load", "p", 0..events)?;
 
     let metrics = DetectorMetrics::register(&mut Registry::default());
     let kube = kubesent_common::kube_client(Some(&sim.url())).await?;
@@ -243,7 +291,7 @@ async fn latency_run(rate: u32, seconds: u64) -> anyhow::Result<LatencyRun> {
         let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize).min(events);
         while next < due {
             let name = format!("p-{next}");
-            let pod = oom_killed(running_pod("load", &name, next));
+            let pod = pods.pod("load", &name, next, true);
             sent.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(name.clone(), Instant::now());
@@ -291,7 +339,7 @@ async fn tracked_pods(admin: &str) -> Option<i64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn rss_run(exe: &PathBuf, points: &[usize]) -> anyhow::Result<Vec<RssPoint>> {
+async fn rss_run(exe: &PathBuf, points: &[usize], maker: &PodMaker) -> anyhow::Result<Vec<RssPoint>> {
     let nats_server = NatsServer::start().await?;
     let sim = KubeSim::start(SimConfig::default()).await?;
     let admin = {
@@ -311,7 +359,7 @@ async fn rss_run(exe: &PathBuf, points: &[usize]) -> anyhow::Result<Vec<RssPoint
     let mut readings = Vec::new();
     let mut inserted = 0;
     for &pods in points {
-        insert_pods(&sim, "rss", "r", inserted..pods)?;
+        insert_pods(&sim, maker, "rss", "r", inserted..pods)?;
         inserted = pods;
         let deadline = Instant::now() + Duration::from_secs(600);
         // The detector reports progress only through /metrics; read it until it tracks every pod.

@@ -25,7 +25,7 @@ use kubesent_common::{
     nats::{self, PullOptions, Topology},
     nats_server::NatsServer,
 };
-use kubesent_detector::{classify::classify, tracker::Transition};
+use kubesent_detector::{classify::classify, lean::LeanPod, tracker::Transition};
 use kubesent_diagnoser::{
     DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics,
     llm::{
@@ -127,6 +127,7 @@ fn seed(sim: &KubeSim, count: usize, make: fn(&str, usize) -> Value) -> anyhow::
             .map_err(|e| anyhow::anyhow!(e.message))?
             .context("stored")?;
         let pod: Pod = stored.typed().map_err(|e| anyhow::anyhow!(e.message))?;
+        let pod = LeanPod::from(&pod);
         let observation =
             classify(&pod).into_iter().find(|o| o.failure.is_some()).context("the pod fails")?;
         let signal = observation.failure.clone().context("failure")?;

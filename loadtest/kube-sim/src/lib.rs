@@ -19,6 +19,7 @@ pub mod kubelet;
 mod patch;
 pub mod pods;
 pub mod rbac;
+pub mod realistic;
 pub mod registry;
 mod resize;
 pub mod resources;

@@ -1,7 +1,8 @@
 //! Pure classification of a pod's container statuses into failures. No I/O, no clock.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kubesent_proto::FailureKind;
+
+use crate::lean::{LeanContainerStatus, LeanPod};
 
 /// A failure signal read off one container status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub struct ContainerObservation {
 const SIGKILL_EXIT: i32 = 137;
 
 /// Classifies every container (init containers first) of `pod`.
-pub fn classify(pod: &Pod) -> Vec<ContainerObservation> {
+pub fn classify(pod: &LeanPod) -> Vec<ContainerObservation> {
     let Some(status) = &pod.status else { return Vec::new() };
     // Containers of a `restartPolicy: Never` pod never reach CrashLoopBackOff: their first crash is the failure.
     let restarts = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
@@ -46,7 +47,7 @@ pub fn classify(pod: &Pod) -> Vec<ContainerObservation> {
     init.chain(regular).collect()
 }
 
-fn observe(cs: &ContainerStatus, init: bool, restarts: bool) -> ContainerObservation {
+fn observe(cs: &LeanContainerStatus, init: bool, restarts: bool) -> ContainerObservation {
     let state = cs.state.as_ref();
     let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
     let failure = if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
@@ -107,7 +108,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod_with(state: serde_json::Value, last: serde_json::Value) -> Pod {
+    fn pod_with(state: serde_json::Value, last: serde_json::Value) -> LeanPod {
         serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
             "status": {"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false,
@@ -116,7 +117,7 @@ mod tests {
         .expect("pod")
     }
 
-    fn kind(pod: &Pod) -> Option<FailureKind> {
+    fn kind(pod: &LeanPod) -> Option<FailureKind> {
         classify(pod).first().and_then(|c| c.failure.as_ref()).map(|f| f.kind)
     }
 
@@ -166,7 +167,7 @@ mod tests {
 
     #[test]
     fn a_pod_without_status_has_no_observations() {
-        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}})).expect("pod");
+        let pod: LeanPod = serde_json::from_value(json!({"metadata": {"name": "p"}})).expect("pod");
         assert!(classify(&pod).is_empty());
     }
 }

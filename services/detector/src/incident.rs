@@ -1,7 +1,8 @@
 //! Incident grouping: which workload a pod belongs to, and the template hash that tells rollouts apart.
 
-use k8s_openapi::api::core::v1::Pod;
 use kubesent_proto::{FailureKind, IncidentKey, WorkloadRef};
+
+use crate::lean::LeanPod;
 
 /// Label Deployments put on their ReplicaSets' pods.
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -14,7 +15,7 @@ const JOB_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 /// `<deployment>-<pod-template-hash>` naming the Deployment controller uses), Jobs a CronJob created to
 /// the CronJob (`<cronjob>-<scheduled minute>`), so each run of a failing CronJob is not a new incident;
 /// a pod without a controller is its own workload.
-pub fn workload_of(pod: &Pod) -> WorkloadRef {
+pub fn workload_of(pod: &LeanPod) -> WorkloadRef {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let controller = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
     let Some(owner) = controller else { return WorkloadRef { kind: "Pod".into(), name } };
@@ -39,13 +40,13 @@ fn cron_job_of(job: &str) -> Option<&str> {
         .then_some(cron_job)
 }
 
-fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+fn label<'a>(pod: &'a LeanPod, key: &str) -> Option<&'a str> {
     pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
 }
 
 /// The pod template revision: the controller's hash label, or for a bare pod a hash of the
 /// container's image and resources, so a pod changed by a fix is a new incident.
-pub fn template_hash(pod: &Pod, container: &str) -> String {
+pub fn template_hash(pod: &LeanPod, container: &str) -> String {
     // Every run of a CronJob is a new Job with a new uid; its template is what tells runs apart.
     let cron_job_run = workload_of(pod).kind == "CronJob";
     for key in [POD_TEMPLATE_HASH, CONTROLLER_REVISION_HASH, JOB_CONTROLLER_UID] {
@@ -70,7 +71,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The incident key of a container failure.
-pub fn incident_key(pod: &Pod, container: &str, kind: FailureKind) -> IncidentKey {
+pub fn incident_key(pod: &LeanPod, container: &str, kind: FailureKind) -> IncidentKey {
     IncidentKey {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         workload: workload_of(pod),
@@ -85,7 +86,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn replica(name: &str) -> Pod {
+    fn replica(name: &str) -> LeanPod {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "shop", "uid": name,
             "labels": {"app": "web", "pod-template-hash": "7d9c5b7f6"},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9c5b7f6", "uid": "rs", "controller": true}]},
@@ -103,7 +104,7 @@ mod tests {
 
     #[test]
     fn runs_of_a_cron_job_share_an_incident_but_a_plain_job_is_its_own() {
-        let run = |job: &str, uid: &str| -> Pod {
+        let run = |job: &str, uid: &str| -> LeanPod {
             serde_json::from_value(json!({"metadata": {"name": format!("{job}-x7k2p"), "namespace": "ops", "uid": uid,
                 "labels": {"batch.kubernetes.io/controller-uid": uid},
                 "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": uid, "controller": true}]},
@@ -121,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_bare_pod_is_its_own_workload_and_a_changed_spec_is_a_new_incident() {
-        let bare = |memory: &str| -> Pod {
+        let bare = |memory: &str| -> LeanPod {
             serde_json::from_value(json!({"metadata": {"name": "solo", "namespace": "shop", "uid": "u"},
                 "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": memory}}}]}}))
             .expect("pod")

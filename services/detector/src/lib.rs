@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod incident;
 pub mod incidents;
+pub mod lean;
 pub mod tracker;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
@@ -18,7 +19,6 @@ use futures::{
     StreamExt,
     stream::{BoxStream, FuturesUnordered},
 };
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube_runtime::{WatchStreamExt as _, watcher};
 use kubesent_common::{
@@ -42,6 +42,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
     incidents::{IncidentBook, Update},
+    lean::LeanPod,
     tracker::{PodTracker, Transition},
 };
 
@@ -229,13 +230,15 @@ pub async fn run(
 fn pod_events(
     config: &DetectorConfig,
     client: &kube::Client,
-) -> BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
+) -> BoxStream<'static, Result<watcher::Event<LeanPod>, watcher::Error>> {
     let watcher_config = watcher::Config::default();
     if config.namespaces.is_empty() {
-        return watcher(Api::<Pod>::all(client.clone()), watcher_config).default_backoff().boxed();
+        return watcher(Api::<LeanPod>::all(client.clone()), watcher_config).default_backoff().boxed();
     }
     let streams = config.namespaces.iter().map(|ns| {
-        watcher(Api::<Pod>::namespaced(client.clone(), ns), watcher_config.clone()).default_backoff().boxed()
+        watcher(Api::<LeanPod>::namespaced(client.clone(), ns), watcher_config.clone())
+            .default_backoff()
+            .boxed()
     });
     futures::stream::select_all(streams).boxed()
 }
@@ -304,7 +307,7 @@ async fn watch_pods(
 }
 
 /// Builds the job for a transition.
-pub fn build_job(pod: &Pod, transition: &Transition) -> FailureJob {
+pub fn build_job(pod: &LeanPod, transition: &Transition) -> FailureJob {
     let key = incident::incident_key(pod, &transition.container.name, transition.signal.kind);
     FailureJob {
         schema: proto::SCHEMA_VERSION,

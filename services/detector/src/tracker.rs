@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::Pod;
 use kubesent_proto::FailureKind;
 
-use crate::classify::{ContainerObservation, FailureSignal, classify};
+use crate::{
+    classify::{ContainerObservation, FailureSignal, classify},
+    lean::LeanPod,
+};
 
 #[derive(Debug, Clone)]
 struct ContainerMemo {
@@ -43,7 +45,7 @@ impl PodTracker {
     }
 
     /// Records the pod's current state and returns the failures that are new since the last observation.
-    pub fn observe(&mut self, pod: &Pod) -> Vec<Transition> {
+    pub fn observe(&mut self, pod: &LeanPod) -> Vec<Transition> {
         let Some(uid) = pod.metadata.uid.as_deref() else { return Vec::new() };
         let observations = classify(pod);
         let previous = self.pods.get(uid);
@@ -114,7 +116,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(restarts: i32, state: serde_json::Value, last: serde_json::Value) -> Pod {
+    fn pod(restarts: i32, state: serde_json::Value, last: serde_json::Value) -> LeanPod {
         serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "shop", "uid": "u1"},
             "status": {"containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false,

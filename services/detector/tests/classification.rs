@@ -1,12 +1,12 @@
 //! Classification and grouping of realistic pods (fixtures under `tests/fixtures/`), and robustness
 //! against arbitrary pod JSON.
 
-use k8s_openapi::api::core::v1::Pod;
-use kubesent_detector::{classify::classify, incident::incident_key, tracker::PodTracker};
+use kubesent_detector::{classify::classify, incident::incident_key, lean::LeanPod, tracker::PodTracker};
 use kubesent_proto::{FailureKind, WorkloadRef};
 use proptest::prelude::*;
 
-fn fixture(name: &str) -> Pod {
+/// A fixture decoded as the detector's watch decodes it.
+fn fixture(name: &str) -> LeanPod {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -16,7 +16,7 @@ fn fixture(name: &str) -> Pod {
 type Expected = (&'static str, bool, FailureKind, Option<i32>);
 
 /// (container, init, kind, exit code) of every failing container.
-fn failures(pod: &Pod) -> Vec<(String, bool, FailureKind, Option<i32>)> {
+fn failures(pod: &LeanPod) -> Vec<(String, bool, FailureKind, Option<i32>)> {
     classify(pod)
         .into_iter()
         .filter_map(|o| o.failure.map(|f| (o.name, o.init, f.kind, f.exit_code)))
@@ -130,8 +130,8 @@ proptest! {
 
     #[test]
     fn arbitrary_pod_json_never_panics_the_detector(value in arbitrary_json()) {
-        // Whatever deserializes as a Pod must classify, group and track without panicking.
-        if let Ok(pod) = serde_json::from_value::<Pod>(value) {
+        // Whatever the watch decodes must classify, group and track without panicking.
+        if let Ok(pod) = serde_json::from_value::<LeanPod>(value) {
             let mut tracker = PodTracker::default();
             for observation in classify(&pod) {
                 if let Some(failure) = observation.failure {

@@ -2,7 +2,7 @@
 //! it reports the accuracy and fails below the bar.
 
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kubesent_detector::{classify::classify, tracker::Transition};
+use kubesent_detector::{classify::classify, lean::LeanPod, tracker::Transition};
 use kubesent_diagnoser::{
     MemoryPolicy,
     evidence::{self, PreviousRevision},
@@ -58,11 +58,15 @@ fn the_rule_engine_is_right_on_the_evaluation_set() {
     let redactor = Redactor;
     let mut wrong = Vec::new();
     for case in &cases {
-        let observation =
-            classify(&case.pod).into_iter().find(|o| o.failure.is_some()).expect("each case fails");
+        let observation = classify(&LeanPod::from(&case.pod))
+            .into_iter()
+            .find(|o| o.failure.is_some())
+            .expect("each case fails");
         let signal = observation.failure.clone().expect("failure");
-        let job =
-            kubesent_detector::build_job(&case.pod, &Transition { container: observation.clone(), signal });
+        let job = kubesent_detector::build_job(
+            &LeanPod::from(&case.pod),
+            &Transition { container: observation.clone(), signal },
+        );
         let crashed =
             matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
         let logs = match (crashed, &case.previous_logs, &case.logs) {

@@ -10,7 +10,7 @@ use kubesent_common::{
     nats::{self, PullOptions, Topology},
     nats_server::NatsServer,
 };
-use kubesent_detector::{classify::classify, tracker::Transition};
+use kubesent_detector::{classify::classify, lean::LeanPod, tracker::Transition};
 use kubesent_diagnoser::{
     DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics,
     llm::{
@@ -123,16 +123,17 @@ async fn crashing_pod(world: &World, name: &str) -> proto::FailureJob {
     let failing = tokio::time::timeout(
         PATIENCE,
         kube_runtime::wait::await_condition(pods.clone(), name, |p: Option<&Pod>| {
-            p.is_some_and(|p| classify(p).iter().any(|o| o.failure.is_some()))
+            p.is_some_and(|p| classify(&LeanPod::from(p)).iter().any(|o| o.failure.is_some()))
         }),
     )
     .await
     .expect("crash-looping in time")
     .expect("watch")
     .expect("pod");
-    let observation = classify(&failing).into_iter().find(|o| o.failure.is_some()).expect("failure");
+    let lean = LeanPod::from(&failing);
+    let observation = classify(&lean).into_iter().find(|o| o.failure.is_some()).expect("failure");
     let signal = observation.failure.clone().expect("signal");
-    kubesent_detector::build_job(&failing, &Transition { container: observation, signal })
+    kubesent_detector::build_job(&lean, &Transition { container: observation, signal })
 }
 
 async fn publish(world: &World, job: &proto::FailureJob) {

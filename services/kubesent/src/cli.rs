@@ -78,6 +78,9 @@ pub enum Scenario {
         /// Skip the RSS measurement.
         #[arg(long)]
         no_rss: bool,
+        /// Size of each pod's JSON in KiB (realistic pods: managedFields, a sidecar, env lists, probes).
+        #[arg(long, default_value_t = 10)]
+        pod_kib: usize,
     },
     /// Model-bound: every job needs a slow, rationed model (2 s, 600 RPM, some 429s); the same backlog
     /// drained by 1 and by 3 diagnosers; never over the project's quota.
@@ -688,12 +691,13 @@ async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
     };
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, filter);
     match scenario {
-        Scenario::Detector { rates, seconds, rss_pods, no_rss } => {
+        Scenario::Detector { rates, seconds, rss_pods, no_rss, pod_kib } => {
             let options = kubesent_loadtest::detector::Options {
                 rates,
                 seconds,
                 detector_exe: if no_rss { None } else { Some(std::env::current_exe()?) },
                 rss_pods,
+                pod_kib,
             };
             let report = kubesent_loadtest::detector::run(&options).await?;
             println!("{report}");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kubesent_detector::{classify, tracker::Transition};
+use kubesent_detector::{classify, lean::LeanPod, tracker::Transition};
 use kubesent_diagnoser::{Diagnoser, Diagnosis, MemoryPolicy, evidence, redact::Redactor};
 use kubesent_proto::{FailureKind, Verdict, VerdictSource};
 use serde_json::{Value, json};
@@ -120,7 +120,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     };
     let current_logs = args.logs.as_deref().map(read).transpose()?;
     let previous_logs = args.previous_logs.as_deref().map(read).transpose()?;
-    let observations = classify::classify(&pod);
+    let lean = LeanPod::from(&pod);
+    let observations = classify::classify(&lean);
     let Some((container, signal)) =
         observations.iter().find_map(|o| o.failure.clone().map(|f| (o.clone(), f)))
     else {
@@ -132,7 +133,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     };
-    let job = kubesent_detector::build_job(&pod, &Transition { container: container.clone(), signal });
+    let job = kubesent_detector::build_job(&lean, &Transition { container: container.clone(), signal });
     let redactor = Redactor;
     let crashed =
         matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);

@@ -76,6 +76,8 @@ pub struct Failover {
 pub struct ChaosReport {
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, usize>,
+    /// Wall time spent on each kind of fault (injecting it and waiting for what it measures).
+    pub fault_time: BTreeMap<&'static str, Duration>,
     /// Failures the generator caused.
     pub failures: usize,
     /// Final outcomes, by result.
@@ -122,6 +124,7 @@ impl ChaosReport {
             "machine": machine,
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "faults": self.faults,
+            "fault_seconds": self.fault_time.iter().map(|(k, d)| (*k, d.as_secs_f64())).collect::<BTreeMap<_, _>>(),
             "faults_total": self.total_faults(),
             "failures": self.failures,
             "outcomes": self.outcomes,
@@ -152,11 +155,12 @@ impl fmt::Display for ChaosReport {
             "Changed from deploy/base (to fit the campaign's time): {}.\n",
             self.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
         )?;
-        writeln!(f, "| fault | injected |\n|---|---|")?;
+        writeln!(f, "| fault | injected | wall time s |\n|---|---|---|")?;
         for (kind, count) in &self.faults {
-            writeln!(f, "| {kind} | {count} |")?;
+            let seconds = self.fault_time.get(kind).map_or(0.0, Duration::as_secs_f64);
+            writeln!(f, "| {kind} | {count} | {seconds:.0} |")?;
         }
-        writeln!(f, "| **all** | **{}** |\n", self.total_faults())?;
+        writeln!(f, "| **all** | **{}** | |\n", self.total_faults())?;
         writeln!(f, "Failures caused: {}; final outcomes: {:?}.\n", self.failures, self.outcomes)?;
         for (name, key) in [
             ("graceful stop: leadership back", "failover_graceful_seconds"),
@@ -441,6 +445,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 .map_or(FAULTS[0].0, |(f, _)| *f)
         };
         progress.update(done, fault);
+        let injected = Instant::now();
         inject(&mut topology, fault, &mut rng, &mut report, lease, &tap).await?;
         *report.faults.entry(fault).or_default() += 1;
         // Between faults, a moment for the pipeline (and the restarted processes) to work.
@@ -450,6 +455,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             topology.supervise()?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        *report.fault_time.entry(fault).or_default() += injected.elapsed();
     }
     progress.update(options.faults, "draining");
     progress.finish();
