@@ -6,13 +6,19 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
+use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
+use kube::api::PostParams;
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use kube_runtime::{WatchStreamExt as _, watcher};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// How often a standby asks for the lease (at most; a third of the lease when that is shorter).
-const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a standby asks for the lease when it sees no change of it (at most; a third of the lease
+/// when that is shorter). A standby also watches the Lease and asks at once when it changes, so a lease
+/// released on a graceful shutdown is taken over in the time of one watch event and one request.
+pub const STANDBY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the lease lives and who competes for it.
 #[derive(Debug, Clone)]
@@ -25,6 +31,9 @@ pub struct LeaderConfig {
     pub identity: String,
     /// Lease duration; renewals happen every third of it.
     pub ttl: Duration,
+    /// How often a standby asks for the lease without seeing it change ([`STANDBY_POLL`]; capped at a
+    /// third of the lease).
+    pub standby_poll: Duration,
 }
 
 /// Starts competing for the lease. The receiver says whether this replica leads; it turns false when
@@ -36,6 +45,13 @@ pub fn spawn(
 ) -> (watch::Receiver<bool>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
+        let leases = kube::Api::<Lease>::namespaced(client.clone(), &config.namespace);
+        let mut changes = watcher(
+            leases.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={}", config.lease_name)),
+        )
+        .default_backoff()
+        .boxed();
         let lock = LeaseLock::new(
             client,
             &config.namespace,
@@ -47,22 +63,27 @@ pub fn spawn(
         );
         let renew_every = config.ttl / 3;
         let renew_deadline = config.ttl * 2 / 3;
+        let mut watching = true;
         let mut last_renewal: Option<Instant> = None;
+        let mut ask = true;
         loop {
-            match lock.try_acquire_or_renew().await {
-                Ok(LeaseLockResult::Acquired(_)) => {
+            let asked = if ask { Some(lock.try_acquire_or_renew().await) } else { None };
+            ask = true;
+            match asked {
+                None => {}
+                Some(Ok(LeaseLockResult::Acquired(_))) => {
                     last_renewal = Some(Instant::now());
                     if tx.send_if_modified(|leading| !std::mem::replace(leading, true)) {
                         info!(lease = %config.lease_name, identity = %config.identity, "acquired leadership");
                     }
                 }
-                Ok(LeaseLockResult::NotAcquired(_)) => {
+                Some(Ok(LeaseLockResult::NotAcquired(_))) => {
                     last_renewal = None;
                     if tx.send_if_modified(|leading| std::mem::replace(leading, false)) {
                         warn!(lease = %config.lease_name, "lost leadership");
                     }
                 }
-                Err(error) => {
+                Some(Err(error)) => {
                     warn!(lease = %config.lease_name, %error, "lease renewal failed");
                     if last_renewal.is_none_or(|t| t.elapsed() >= renew_deadline)
                         && tx.send_if_modified(|leading| std::mem::replace(leading, false))
@@ -71,12 +92,41 @@ pub fn spawn(
                     }
                 }
             }
-            // A leader renews every third of the lease; a standby asks every second (at most), so a
-            // lease released on a graceful shutdown is taken over within about a second.
-            let wait = if *tx.borrow() { renew_every } else { renew_every.min(STANDBY_POLL) };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => break,
+            // A leader renews every third of the lease; a standby asks every second (at most) and
+            // whenever the Lease changes (released, taken, renewed).
+            let leading = *tx.borrow();
+            let next_try = tokio::time::Instant::now()
+                + if leading { renew_every } else { renew_every.min(config.standby_poll) };
+            let wake = loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_try) => break Wake::Ask,
+                    change = changes.next(), if watching => match change {
+                        Some(Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) if !leading => {
+                            break if released(&lease) { Wake::Released(Box::new(lease)) } else { Wake::Ask };
+                        }
+                        Some(Ok(watcher::Event::Delete(_))) if !leading => break Wake::Ask,
+                        // A leader's own renewals change the Lease too: it keeps its rhythm. Watch
+                        // errors are retried by the watcher with back-off; the poll covers the gap.
+                        Some(_) => {}
+                        None => watching = false,
+                    },
+                    () = shutdown.cancelled() => break Wake::Stop,
+                }
+            };
+            match wake {
+                Wake::Stop => break,
+                Wake::Ask => {}
+                Wake::Released(lease) => {
+                    // kube-leader-election releases a lease by emptying its holder with a one-second
+                    // duration, and acquires only expired leases: without this, every graceful hand-over
+                    // would wait out that second and the next poll.
+                    if take_released(&leases, *lease, &config).await {
+                        last_renewal = Some(Instant::now());
+                        tx.send_replace(true);
+                        info!(lease = %config.lease_name, identity = %config.identity, "acquired leadership (the lease was released)");
+                        ask = false;
+                    }
+                }
             }
         }
         if *tx.borrow() {
@@ -88,6 +138,42 @@ pub fn spawn(
         }
     });
     (rx, task)
+}
+
+/// What woke an election waiting between requests.
+enum Wake {
+    /// Time to renew, or the Lease changed: ask for it.
+    Ask,
+    /// The Lease was released by its holder: take it at once.
+    Released(Box<Lease>),
+    /// Shutdown.
+    Stop,
+}
+
+/// Whether a Lease has no holder (its holder stepped down).
+pub fn released(lease: &Lease) -> bool {
+    lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty)
+}
+
+/// Takes a released Lease for `config.identity`, guarded by the resourceVersion it was seen at: of
+/// several standbys seeing the release, exactly one wins; the others get a conflict and stay standbys.
+async fn take_released(api: &kube::Api<Lease>, mut lease: Lease, config: &LeaderConfig) -> bool {
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some(config.identity.clone());
+    spec.acquire_time = Some(now.clone());
+    spec.renew_time = Some(now);
+    spec.lease_duration_seconds = Some(i32::try_from(config.ttl.as_secs()).unwrap_or(i32::MAX));
+    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+    lease.metadata.managed_fields = None;
+    match api.replace(&config.lease_name, &PostParams::default(), &lease).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(status)) if status.code == 409 => false,
+        Err(error) => {
+            warn!(lease = %config.lease_name, %error, "could not take the released lease");
+            false
+        }
+    }
 }
 
 /// This replica's leadership for the lifetime of a service: elected on a Lease, or permanent without one.

@@ -15,6 +15,7 @@ fn candidate(identity: &str) -> LeaderConfig {
         lease_name: "kubesent-remediator".into(),
         identity: identity.into(),
         ttl: Duration::from_secs(3),
+        standby_poll: leader::STANDBY_POLL,
     }
 }
 
@@ -45,4 +46,97 @@ async fn one_candidate_leads_and_the_other_takes_over_when_it_steps_down() {
     assert!(!*a.borrow());
     until(&mut b, true).await;
     stop_b.cancel();
+}
+
+#[tokio::test]
+async fn a_standby_takes_a_released_lease_when_it_sees_the_release_not_at_its_next_poll() {
+    let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim starts");
+    let client = kubesent_common::kube_client(Some(&sim.url())).await.expect("client");
+    // Long leases and no polling to speak of: only the watch on the Lease can wake the standby in time.
+    let patient = |identity: &str| LeaderConfig {
+        ttl: Duration::from_secs(3600),
+        standby_poll: Duration::from_secs(3600),
+        ..candidate(identity)
+    };
+    let stop_a = CancellationToken::new();
+    let (mut a, task_a) = leader::spawn(client.clone(), patient("a"), stop_a.clone());
+    until(&mut a, true).await;
+    let before = sim.requests().len();
+    let stop_b = CancellationToken::new();
+    let (mut b, _task_b) = leader::spawn(client.clone(), patient("b"), stop_b.clone());
+    // a renews only every 20 minutes, so the lease requests from now on are b's: wait until b has asked
+    // for the lease once (and been refused) and watches it.
+    let lease = "/apis/coordination.k8s.io/v1/namespaces/kubesent/leases";
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let requests = sim.requests();
+            let asked = requests[before..].iter().any(|r| r.method == "GET" && r.path.starts_with(lease));
+            let watching =
+                requests[before..].iter().any(|r| r.path == lease && r.query.contains("watch=true"));
+            if asked && watching {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("b asked for the lease and watches it");
+    assert!(!*b.borrow(), "a leads");
+
+    stop_a.cancel();
+    task_a.await.expect("a released the lease");
+    until(&mut b, true).await;
+    stop_b.cancel();
+}
+
+#[tokio::test]
+async fn of_two_standbys_seeing_a_release_exactly_one_takes_the_lease() {
+    let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim starts");
+    let client = kubesent_common::kube_client(Some(&sim.url())).await.expect("client");
+    let patient = |identity: &str| LeaderConfig {
+        ttl: Duration::from_secs(3600),
+        standby_poll: Duration::from_secs(3600),
+        ..candidate(identity)
+    };
+    let stop_a = CancellationToken::new();
+    let (mut a, task_a) = leader::spawn(client.clone(), patient("a"), stop_a.clone());
+    until(&mut a, true).await;
+    let stop = CancellationToken::new();
+    let (mut b, _task_b) = leader::spawn(client.clone(), patient("b"), stop.clone());
+    let (mut c, _task_c) = leader::spawn(client.clone(), patient("c"), stop.clone());
+    let lease = "/apis/coordination.k8s.io/v1/namespaces/kubesent/leases";
+    let count = |method: &str, query: &str| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == method && r.path.starts_with(lease) && r.query.contains(query))
+            .count()
+    };
+    // Both standbys asked once and watch the lease.
+    tokio::time::timeout(PATIENCE, async {
+        while count("GET", "") < 3 || count("GET", "watch=true") < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("b and c are standbys");
+
+    stop_a.cancel();
+    task_a.await.expect("a released the lease");
+    // One takes it; wait for both attempts to have been answered before looking at the other.
+    tokio::time::timeout(PATIENCE, async {
+        tokio::select! {
+            _ = b.wait_for(|leading| *leading) => {}
+            _ = c.wait_for(|leading| *leading) => {}
+        }
+        while count("PUT", "") < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a standby took the lease and both tried");
+    let (b_leads, c_leads) = (*b.borrow(), *c.borrow());
+    assert!(b_leads != c_leads, "exactly one leads (b: {b_leads}, c: {c_leads})");
+    let conflicts = sim.requests().iter().filter(|r| r.method == "PUT" && r.status == 409).count();
+    assert_eq!(conflicts, 1, "the other was refused by the resourceVersion");
+    stop.cancel();
 }

@@ -52,6 +52,7 @@ fn detector(
             lease_name: "kubesent-detector".into(),
             identity: identity.into(),
             ttl: Duration::from_secs(3),
+            standby_poll: kubesent_common::leader::STANDBY_POLL,
         }),
         group_wait: Duration::ZERO,
         incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,

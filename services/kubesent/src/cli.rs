@@ -166,6 +166,7 @@ impl LeaderArgs {
             lease_name: lease_name.to_owned(),
             identity: common.identity.clone(),
             ttl: Duration::from_secs(self.lease_seconds.clamp(3, 3600)),
+            standby_poll: kubesent_common::leader::STANDBY_POLL,
         })
     }
 }
@@ -681,12 +682,15 @@ async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
 }
 
 async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
-    // The hostile campaign's own clients are refused on purpose; their refusals are counted, not logged.
+    // The campaigns' own clients are refused and answered with errors on purpose (hostile messages,
+    // injected apiserver faults); their refusals are counted in the report, not logged line by line.
     let filter = match scenario {
         Scenario::Hostile { .. }
         | Scenario::Chaos { .. }
         | Scenario::Storm { .. }
-        | Scenario::ModelBound { .. } => "warn,async_nats=off,kubesent_common::nats::connect=off",
+        | Scenario::ModelBound { .. } => {
+            "warn,async_nats=off,kubesent_common::nats::connect=off,kube_client::client::builder=off"
+        }
         _ => "warn",
     };
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, filter);
