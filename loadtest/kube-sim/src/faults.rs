@@ -25,6 +25,8 @@ struct FaultState {
     retry_after: u32,
     partitioned: HashSet<String>,
     random: u64,
+    /// Requests whose path contains the text get a 500 while the count lasts.
+    failing_paths: Vec<(String, u32)>,
 }
 
 /// The fault switches of one simulator.
@@ -78,6 +80,12 @@ impl Faults {
         state.retry_after = retry_after;
     }
 
+    /// Answers the next `count` requests whose path contains `path` with 500 InternalError (an error
+    /// burst that hits one kind of object).
+    pub fn fail_path(&self, path: &str, count: u32) {
+        self.lock().failing_paths.push((path.to_owned(), count));
+    }
+
     /// Cuts `client` off: its requests hang and its open watches end until [`Faults::heal`].
     pub fn partition(&self, client: &str) {
         self.lock().partitioned.insert(client.to_owned());
@@ -122,10 +130,18 @@ impl Faults {
         }
     }
 
-    /// Decides the fate of one request.
-    pub fn decide(&self) -> Decision {
+    /// Decides the fate of one request to `path`.
+    pub fn decide(&self, path: &str) -> Decision {
         let mut state = self.lock();
         let delay = state.latency;
+        if let Some((_, remaining)) = state
+            .failing_paths
+            .iter_mut()
+            .find(|(fragment, remaining)| *remaining > 0 && path.contains(fragment.as_str()))
+        {
+            *remaining -= 1;
+            return Decision::Respond(delay, ApiError::internal("injected fault").into_response());
+        }
         if state.throttle_remaining > 0 {
             state.throttle_remaining -= 1;
             let retry_after = state.retry_after;

@@ -133,7 +133,7 @@ async fn handle(
     }
     let client = client_key(&headers);
     state.faults.wait_while_partitioned(&client).await;
-    let response = match state.faults.decide() {
+    let response = match state.faults.decide(uri.path()) {
         Decision::Respond(delay, response) => {
             tokio::time::sleep(delay).await;
             response

@@ -8,7 +8,7 @@ use kube::{
 };
 use kubesent_common::revisions;
 use kubesent_proto::{FailureJob, FailureKind};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     evidence::{self, Evidence, LOG_MAX_BYTES, LOG_TAIL_LINES, Logs, PreviousRevision},
@@ -20,6 +20,7 @@ pub async fn gather(
     kube: &kube::Client,
     job: &FailureJob,
     redactor: &Redactor,
+    last_delivery: bool,
 ) -> Result<Option<(Pod, Evidence)>, kube::Error> {
     let namespace = job.pod.namespace.as_str();
     let pods: Api<Pod> = Api::namespaced(kube.clone(), namespace);
@@ -32,7 +33,7 @@ pub async fn gather(
     };
     let logs = logs(&pods, job, redactor).await;
     let events = events(kube, namespace, &job.pod.name).await;
-    let (owners, revision, previous) = owners(kube, namespace, &pod).await;
+    let (owners, revision, previous) = owners(kube, namespace, &pod, last_delivery).await?;
     let evidence = evidence::build(&pod, logs, &events, owners, revision, previous, redactor);
     Ok(Some((pod, evidence)))
 }
@@ -70,19 +71,28 @@ async fn events(kube: &kube::Client, namespace: &str, pod: &str) -> Vec<Event> {
 }
 
 /// The owner chain and, for a Deployment or a StatefulSet, its current and previous revision.
+///
+/// The previous revision decides whether a rollback is possible, so a history the API would not give
+/// (an error burst, throttling) is an error and the job comes back later, rather than a verdict saying
+/// there is no healthy revision to roll back to. On the job's last delivery the verdict is made
+/// without it (a diagnosis, never a rollback) so the job is not lost.
 async fn owners(
     kube: &kube::Client,
     namespace: &str,
     pod: &Pod,
-) -> (Vec<String>, Option<String>, Option<PreviousRevision>) {
-    let Some((kind, name)) = revisions::controller_of(&pod.metadata) else { return (Vec::new(), None, None) };
+    last_delivery: bool,
+) -> Result<(Vec<String>, Option<String>, Option<PreviousRevision>), kube::Error> {
+    let Some((kind, name)) = revisions::controller_of(&pod.metadata) else {
+        return Ok((Vec::new(), None, None));
+    };
     let mut chain = vec![format!("{kind}/{name}")];
     let history = match revisions::history(kube, namespace, pod).await {
         Ok(history) => history,
-        Err(error) => {
-            debug!(%error, "revision history not available");
-            return (chain, None, None);
+        Err(error) if last_delivery => {
+            warn!(%error, "revision history not available on the last delivery; diagnosing without it");
+            return Ok((chain, None, None));
         }
+        Err(error) => return Err(error),
     };
     if let Some((owner_kind, owner_name)) = &history.owner
         && *owner_kind != kind
@@ -94,5 +104,5 @@ async fn owners(
         images: p.images,
         ready_replicas: p.ready_replicas,
     });
-    (chain, history.current.map(|c| c.number.to_string()), previous)
+    Ok((chain, history.current.map(|c| c.number.to_string()), previous))
 }

@@ -323,8 +323,9 @@ impl Worker {
     /// Diagnoses `job` and publishes the verdict; returns the metric outcome, or the delay after which
     /// the job should come back because no model could answer.
     async fn diagnose_and_publish(&self, job: &FailureJob, last_delivery: bool) -> Result<Handled, JobError> {
-        let gathered =
-            gather::gather(&self.deps.kube, job, &self.redactor).instrument(info_span!("evidence")).await?;
+        let gathered = gather::gather(&self.deps.kube, job, &self.redactor, last_delivery)
+            .instrument(info_span!("evidence"))
+            .await?;
         let verdict = match gathered {
             None => stale_verdict(job),
             Some((_pod, evidence)) => match self.diagnoser.diagnose(job, &evidence).await {

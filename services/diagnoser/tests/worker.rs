@@ -267,3 +267,67 @@ async fn a_job_that_fails_on_its_last_delivery_is_dead_lettered_with_the_reason(
     assert_eq!(metrics.jobs("retried"), 1);
     assert_eq!(metrics.jobs("dead_lettered"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_history_the_api_would_not_give_brings_the_job_back_instead_of_a_verdict_without_it() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{ListParams, Patch, PatchParams};
+    let topology = Topology { redelivery_backoff: vec![Duration::from_secs(1)], ..Topology::default() };
+    let world = world(&topology, GeminiSimConfig::default()).await;
+    let deployments: Api<Deployment> = Api::namespaced(world.kube.clone(), "shop");
+    let web: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2"}]}}}
+    }))
+    .expect("deployment");
+    deployments.create(&PostParams::default(), &web).await.expect("created");
+    tokio::time::timeout(
+        PATIENCE,
+        kube_runtime::wait::await_condition(deployments.clone(), "web", |d: Option<&Deployment>| {
+            d.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas) == Some(2)
+        }),
+    )
+    .await
+    .expect("revision 1 ready in time")
+    .expect("watch");
+    world
+        .sim
+        .state()
+        .registry
+        .set("registry.local/shop/web:9.9.9", kubesent_kube_sim::registry::ImageState::Missing);
+    let missing = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:9.9.9"}]}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&missing)).await.expect("rolled out");
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    let failing = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let list = pods.list(&ListParams::default().labels("app=web")).await.expect("pods");
+            if let Some(pod) = list
+                .items
+                .into_iter()
+                .find(|p| classify(&LeanPod::from(p)).iter().any(|o| o.failure.is_some()))
+            {
+                return pod;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a pod of the new revision fails to pull");
+    let lean = LeanPod::from(&failing);
+    let observation = classify(&lean).into_iter().find(|o| o.failure.is_some()).expect("failure");
+    let signal = observation.failure.clone().expect("signal");
+    let job = kubesent_detector::build_job(&lean, &Transition { container: observation, signal });
+
+    // An error burst that hits the ReplicaSets: the first read of the revision history fails.
+    world.sim.state().faults.fail_path("/replicasets", 1);
+    let mut verdicts = world.js.client().subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let (metrics, stop, task) = start_diagnoser(&world, topology);
+    publish(&world, &job).await;
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.action.kind_str(), "rollback-image", "{}", verdict.root_cause);
+    stop.cancel();
+    task.await.expect("stopped");
+    assert_eq!(metrics.jobs("retried"), 1, "the job came back once");
+}
