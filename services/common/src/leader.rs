@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams};
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use kube_runtime::{WatchStreamExt as _, watcher};
 use tokio::{sync::watch, task::JoinHandle};
@@ -120,7 +120,7 @@ pub fn spawn(
                     // kube-leader-election releases a lease by emptying its holder with a one-second
                     // duration, and acquires only expired leases: without this, every graceful hand-over
                     // would wait out that second and the next poll.
-                    if take_released(&leases, *lease, &config).await {
+                    if take_released(&leases, &lease, &config).await {
                         last_renewal = Some(Instant::now());
                         tx.send_replace(true);
                         info!(lease = %config.lease_name, identity = %config.identity, "acquired leadership (the lease was released)");
@@ -155,18 +155,23 @@ pub fn released(lease: &Lease) -> bool {
     lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty)
 }
 
-/// Takes a released Lease for `config.identity`, guarded by the resourceVersion it was seen at: of
+/// Takes a released Lease for `config.identity` with a merge patch that names the resourceVersion it was
+/// seen at (an optimistic-lock precondition, and only the `patch` verb the election already needs): of
 /// several standbys seeing the release, exactly one wins; the others get a conflict and stay standbys.
-async fn take_released(api: &kube::Api<Lease>, mut lease: Lease, config: &LeaderConfig) -> bool {
+async fn take_released(api: &kube::Api<Lease>, lease: &Lease, config: &LeaderConfig) -> bool {
     let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    spec.holder_identity = Some(config.identity.clone());
-    spec.acquire_time = Some(now.clone());
-    spec.renew_time = Some(now);
-    spec.lease_duration_seconds = Some(i32::try_from(config.ttl.as_secs()).unwrap_or(i32::MAX));
-    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
-    lease.metadata.managed_fields = None;
-    match api.replace(&config.lease_name, &PostParams::default(), &lease).await {
+    let transitions = lease.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0).saturating_add(1);
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": lease.metadata.resource_version},
+        "spec": {
+            "holderIdentity": config.identity,
+            "acquireTime": now,
+            "renewTime": now,
+            "leaseDurationSeconds": i32::try_from(config.ttl.as_secs()).unwrap_or(i32::MAX),
+            "leaseTransitions": transitions,
+        }
+    });
+    match api.patch(&config.lease_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => true,
         Err(kube::Error::Api(status)) if status.code == 409 => false,
         Err(error) => {

@@ -128,7 +128,8 @@ async fn of_two_standbys_seeing_a_release_exactly_one_takes_the_lease() {
             _ = b.wait_for(|leading| *leading) => {}
             _ = c.wait_for(|leading| *leading) => {}
         }
-        while count("PUT", "") < 2 {
+        // a's release, then b's and c's attempts.
+        while count("PATCH", "") < 3 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -136,7 +137,7 @@ async fn of_two_standbys_seeing_a_release_exactly_one_takes_the_lease() {
     .expect("a standby took the lease and both tried");
     let (b_leads, c_leads) = (*b.borrow(), *c.borrow());
     assert!(b_leads != c_leads, "exactly one leads (b: {b_leads}, c: {c_leads})");
-    let conflicts = sim.requests().iter().filter(|r| r.method == "PUT" && r.status == 409).count();
+    let conflicts = sim.requests().iter().filter(|r| r.method == "PATCH" && r.status == 409).count();
     assert_eq!(conflicts, 1, "the other was refused by the resourceVersion");
     stop.cancel();
 }

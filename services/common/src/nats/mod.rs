@@ -209,23 +209,36 @@ pub async fn pull_loop<F, Fut>(
                 }
             }
         };
-        backoff.reset();
-        loop {
+        let failed = loop {
             let next = tokio::select! {
                 next = batch.next() => next,
                 () = shutdown.cancelled() => break 'outer,
             };
-            let Some(next) = next else { break };
+            let Some(next) = next else { break None };
             match next {
                 Ok(message) => {
-                    let Some(permit) = permits.pop() else { break };
+                    let Some(permit) = permits.pop() else { break None };
                     let handle = handle.clone();
                     tokio::spawn(async move {
                         handle(message).await;
                         drop(permit);
                     });
                 }
-                Err(error) => tracing::warn!(%error, "receiving a message failed"),
+                // A consumer without a leader (a JetStream election, a server restart) answers at once:
+                // asking again at once would hammer the cluster while it recovers.
+                Err(error) => break Some(error),
+            }
+        };
+        match failed {
+            None => backoff.reset(),
+            Some(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "receiving messages failed");
+                drop(permits);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break,
+                }
             }
         }
     }
