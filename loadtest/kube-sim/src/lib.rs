@@ -145,7 +145,7 @@ impl KubeSim {
         self.state.faults.drop_watches();
         self.server_stop.cancel();
         if let Some(server) = self.server.take() {
-            let _ = server.await;
+            drain(server, &self.state.faults).await;
         }
         let listener = TcpListener::bind(self.addr).await?;
         self.server_stop = self.state.shutdown.child_token();
@@ -239,7 +239,19 @@ impl KubeSim {
     pub async fn shutdown(mut self) {
         self.state.shutdown.cancel();
         if let Some(server) = self.server.take() {
-            let _ = server.await;
+            drain(server, &self.state.faults).await;
+        }
+    }
+}
+
+/// Waits for a stopping server to finish. A draining server still answers requests on open
+/// connections, and clients watch again the moment a watch ends: those watches are ended too, until
+/// every connection has closed.
+async fn drain(mut server: JoinHandle<()>, faults: &faults::Faults) {
+    loop {
+        tokio::select! {
+            _ = &mut server => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(20)) => faults.drop_watches(),
         }
     }
 }

@@ -1305,3 +1305,31 @@ async fn a_container_killed_before_its_first_readiness_probe_is_never_ready() {
     .expect("two restarts in time");
     assert!(!states.iter().any(ready), "no state of the pod was ready");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_ends_even_while_clients_watch_again_the_moment_their_watch_ends() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let mut sim = sim().await;
+    let client = client(&sim);
+    // Watchers that re-watch at once, as kube-runtime's watcher does after a dropped watch: a watch
+    // that arrives while the server drains must not keep the restart waiting.
+    let mut watchers = Vec::new();
+    for _ in 0..4 {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), "kubesent");
+        watchers.push(tokio::spawn(async move {
+            let mut events = watcher(leases, watcher::Config::default()).boxed();
+            while events.next().await.is_some() {}
+        }));
+    }
+    for attempt in 0..20 {
+        tokio::time::timeout(PATIENCE, sim.restart())
+            .await
+            .unwrap_or_else(|_| panic!("restart {attempt} did not end"))
+            .expect("restarted");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        pods.list(&ListParams::default()).await.expect("serving again");
+    }
+    for watcher in watchers {
+        watcher.abort();
+    }
+}
