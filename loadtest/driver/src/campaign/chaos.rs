@@ -40,6 +40,8 @@ use super::{
 const LEASE_SECONDS: u64 = 5;
 /// Verify window in the campaign (deploy/base: 120 s).
 const VERIFY_SECONDS: u64 = 3;
+/// The longest one fault may take (injecting it and waiting for what it measures).
+const FAULT_LIMIT: Duration = Duration::from_secs(300);
 /// How often the generator causes a new failure.
 const FAILURE_EVERY: Duration = Duration::from_secs(3);
 const GOOD_IMAGE: &str = "registry.local/shop/app:1.0";
@@ -446,7 +448,11 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         };
         progress.update(done, fault);
         let injected = Instant::now();
-        inject(&mut topology, fault, &mut rng, &mut report, lease, &tap).await?;
+        // Every fault ends by itself within a few leases; one that does not is a hang to report, not
+        // to wait on.
+        tokio::time::timeout(FAULT_LIMIT, inject(&mut topology, fault, &mut rng, &mut report, lease, &tap))
+            .await
+            .map_err(|_| anyhow::anyhow!("fault {done} ({fault}) did not finish within {FAULT_LIMIT:?}"))??;
         *report.faults.entry(fault).or_default() += 1;
         // Between faults, a moment for the pipeline (and the restarted processes) to work.
         let pause = Duration::from_millis(100 + rng.below(400));
