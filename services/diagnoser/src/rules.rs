@@ -222,10 +222,11 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
             if contains_any(
                 &all,
                 &[
+                    // Status codes only with their reason phrase: a bare "401" is as likely a pod's
+                    // name ("r401-…"), a digest or a timestamp.
                     "unauthorized",
                     "authorization failed",
                     "pull access denied",
-                    "401",
                     "403 forbidden",
                     "denied: ",
                 ],

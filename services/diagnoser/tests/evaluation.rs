@@ -49,43 +49,73 @@ fn action_target(action: &Action) -> Option<String> {
     }
 }
 
-#[test]
-fn the_rule_engine_is_right_on_the_evaluation_set() {
+/// The rules' verdict on a case, from the job the detector would publish and the evidence.
+fn diagnose(case: &Case, redactor: &Redactor) -> rules::RuleVerdict {
+    let observation = classify(&LeanPod::from(&case.pod))
+        .into_iter()
+        .find(|o| o.failure.is_some())
+        .expect("each case fails");
+    let signal = observation.failure.clone().expect("failure");
+    let job = kubesent_detector::build_job(
+        &LeanPod::from(&case.pod),
+        &Transition { container: observation.clone(), signal },
+    );
+    let crashed =
+        matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
+    let logs = match (crashed, &case.previous_logs, &case.logs) {
+        (true, Some(previous), _) => Some(evidence::log_tail(&observation.name, true, previous, redactor)),
+        (_, _, Some(current)) => Some(evidence::log_tail(&observation.name, false, current, redactor)),
+        _ => None,
+    };
+    let evidence = evidence::build(
+        &case.pod,
+        logs,
+        &case.events,
+        Vec::new(),
+        None,
+        case.previous_revision.clone(),
+        redactor,
+    );
+    rules::diagnose(&job, &evidence, &MemoryPolicy::default())
+}
+
+fn cases() -> Vec<Case> {
     let text = std::fs::read_to_string(format!("{}/tests/eval/cases.json", env!("CARGO_MANIFEST_DIR")))
         .expect("cases");
-    let cases: Vec<Case> = serde_json::from_str(&text).expect("cases parse");
+    serde_json::from_str(&text).expect("cases parse")
+}
+
+#[test]
+fn a_status_code_in_a_pod_name_is_not_read_as_the_registry_refusing_credentials() {
+    // Found by the chaos campaign: a missing image in a rollout of Deployment "r401" was called an
+    // authorization failure because "401" appeared in the pod's name.
+    let text = std::fs::read_to_string(format!("{}/tests/eval/cases.json", env!("CARGO_MANIFEST_DIR")))
+        .expect("cases")
+        .replace("web-6d8f9c7b5-s1", "r401-6d8f9c7b5-s1");
+    let mut cases: Vec<Case> = serde_json::from_str(&text).expect("cases parse");
+    let case = cases.iter_mut().find(|c| c.name == "errimagepull-not-found-rollback").expect("the case");
+    assert_eq!(case.pod.metadata.name.as_deref(), Some("r401-6d8f9c7b5-s1"));
+    // The scheduler's event names the pod.
+    let scheduled: Event = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "r401-6d8f9c7b5-s1.scheduled", "namespace": "shop"},
+        "involvedObject": {"kind": "Pod", "name": "r401-6d8f9c7b5-s1", "namespace": "shop"},
+        "reason": "Scheduled", "type": "Normal",
+        "message": "Successfully assigned shop/r401-6d8f9c7b5-s1 to node-1"
+    }))
+    .expect("event");
+    case.events.insert(0, scheduled);
+    let verdict = diagnose(case, &Redactor);
+    assert_eq!(action_type(&verdict.action), "rollback_image", "{}", verdict.root_cause);
+}
+
+#[test]
+fn the_rule_engine_is_right_on_the_evaluation_set() {
+    let cases = cases();
     assert!(cases.len() >= 30, "the evaluation set has at least 30 cases");
     let redactor = Redactor;
     let mut wrong = Vec::new();
     for case in &cases {
-        let observation = classify(&LeanPod::from(&case.pod))
-            .into_iter()
-            .find(|o| o.failure.is_some())
-            .expect("each case fails");
-        let signal = observation.failure.clone().expect("failure");
-        let job = kubesent_detector::build_job(
-            &LeanPod::from(&case.pod),
-            &Transition { container: observation.clone(), signal },
-        );
-        let crashed =
-            matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
-        let logs = match (crashed, &case.previous_logs, &case.logs) {
-            (true, Some(previous), _) => {
-                Some(evidence::log_tail(&observation.name, true, previous, &redactor))
-            }
-            (_, _, Some(current)) => Some(evidence::log_tail(&observation.name, false, current, &redactor)),
-            _ => None,
-        };
-        let evidence = evidence::build(
-            &case.pod,
-            logs,
-            &case.events,
-            Vec::new(),
-            None,
-            case.previous_revision.clone(),
-            &redactor,
-        );
-        let verdict = rules::diagnose(&job, &evidence, &MemoryPolicy::default());
+        let verdict = diagnose(case, &redactor);
         let cause = verdict.root_cause.to_lowercase();
         let right = action_type(&verdict.action) == case.expected.action
             && action_target(&verdict.action) == case.expected.to
