@@ -19,6 +19,38 @@ fn candidate(identity: &str) -> LeaderConfig {
     }
 }
 
+/// Long leases and no polling to speak of: only the watch on the Lease can wake a standby in time.
+fn patient(identity: &str) -> LeaderConfig {
+    LeaderConfig {
+        ttl: Duration::from_secs(3600),
+        standby_poll: Duration::from_secs(3600),
+        ..candidate(identity)
+    }
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kubesent/leases";
+
+/// Waits until kube-sim's request log from `since` holds `gets` GETs of the lease and `watches` watches
+/// of it: the standbys started since have asked once (and been refused) and watch the Lease. The leader
+/// renews only every 20 minutes, so these requests are theirs.
+async fn standbys_asked_and_watching(sim: &KubeSim, since: usize, gets: usize, watches: usize) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let requests = sim.requests();
+            let new = &requests[since..];
+            let asked =
+                new.iter().filter(|r| r.method == "GET" && r.path.starts_with(&format!("{LEASES}/"))).count();
+            let watching = new.iter().filter(|r| r.path == LEASES && r.query.contains("watch=true")).count();
+            if asked >= gets && watching >= watches {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the standbys asked for the lease and watch it");
+}
+
 async fn until(rx: &mut watch::Receiver<bool>, wanted: bool) {
     tokio::time::timeout(PATIENCE, rx.wait_for(|leading| *leading == wanted))
         .await
@@ -52,35 +84,13 @@ async fn one_candidate_leads_and_the_other_takes_over_when_it_steps_down() {
 async fn a_standby_takes_a_released_lease_when_it_sees_the_release_not_at_its_next_poll() {
     let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim starts");
     let client = kubesent_common::kube_client(Some(&sim.url())).await.expect("client");
-    // Long leases and no polling to speak of: only the watch on the Lease can wake the standby in time.
-    let patient = |identity: &str| LeaderConfig {
-        ttl: Duration::from_secs(3600),
-        standby_poll: Duration::from_secs(3600),
-        ..candidate(identity)
-    };
     let stop_a = CancellationToken::new();
     let (mut a, task_a) = leader::spawn(client.clone(), patient("a"), stop_a.clone());
     until(&mut a, true).await;
     let before = sim.requests().len();
     let stop_b = CancellationToken::new();
     let (mut b, _task_b) = leader::spawn(client.clone(), patient("b"), stop_b.clone());
-    // a renews only every 20 minutes, so the lease requests from now on are b's: wait until b has asked
-    // for the lease once (and been refused) and watches it.
-    let lease = "/apis/coordination.k8s.io/v1/namespaces/kubesent/leases";
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let requests = sim.requests();
-            let asked = requests[before..].iter().any(|r| r.method == "GET" && r.path.starts_with(lease));
-            let watching =
-                requests[before..].iter().any(|r| r.path == lease && r.query.contains("watch=true"));
-            if asked && watching {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("b asked for the lease and watches it");
+    standbys_asked_and_watching(&sim, before, 1, 1).await;
     assert!(!*b.borrow(), "a leads");
 
     stop_a.cancel();
@@ -93,32 +103,16 @@ async fn a_standby_takes_a_released_lease_when_it_sees_the_release_not_at_its_ne
 async fn of_two_standbys_seeing_a_release_exactly_one_takes_the_lease() {
     let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim starts");
     let client = kubesent_common::kube_client(Some(&sim.url())).await.expect("client");
-    let patient = |identity: &str| LeaderConfig {
-        ttl: Duration::from_secs(3600),
-        standby_poll: Duration::from_secs(3600),
-        ..candidate(identity)
-    };
     let stop_a = CancellationToken::new();
     let (mut a, task_a) = leader::spawn(client.clone(), patient("a"), stop_a.clone());
     until(&mut a, true).await;
+    let before = sim.requests().len();
     let stop = CancellationToken::new();
     let (mut b, _task_b) = leader::spawn(client.clone(), patient("b"), stop.clone());
     let (mut c, _task_c) = leader::spawn(client.clone(), patient("c"), stop.clone());
-    let lease = "/apis/coordination.k8s.io/v1/namespaces/kubesent/leases";
-    let count = |method: &str, query: &str| {
-        sim.requests()
-            .iter()
-            .filter(|r| r.method == method && r.path.starts_with(lease) && r.query.contains(query))
-            .count()
-    };
-    // Both standbys asked once and watch the lease.
-    tokio::time::timeout(PATIENCE, async {
-        while count("GET", "") < 3 || count("GET", "watch=true") < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("b and c are standbys");
+    standbys_asked_and_watching(&sim, before, 2, 2).await;
+    let patches =
+        || sim.requests().iter().filter(|r| r.method == "PATCH" && r.path.starts_with(LEASES)).count();
 
     stop_a.cancel();
     task_a.await.expect("a released the lease");
@@ -129,7 +123,7 @@ async fn of_two_standbys_seeing_a_release_exactly_one_takes_the_lease() {
             _ = c.wait_for(|leading| *leading) => {}
         }
         // a's release, then b's and c's attempts.
-        while count("PATCH", "") < 3 {
+        while patches() < 3 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

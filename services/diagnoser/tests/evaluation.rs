@@ -51,15 +51,10 @@ fn action_target(action: &Action) -> Option<String> {
 
 /// The rules' verdict on a case, from the job the detector would publish and the evidence.
 fn diagnose(case: &Case, redactor: &Redactor) -> rules::RuleVerdict {
-    let observation = classify(&LeanPod::from(&case.pod))
-        .into_iter()
-        .find(|o| o.failure.is_some())
-        .expect("each case fails");
+    let pod = LeanPod::from(&case.pod);
+    let observation = classify(&pod).into_iter().find(|o| o.failure.is_some()).expect("each case fails");
     let signal = observation.failure.clone().expect("failure");
-    let job = kubesent_detector::build_job(
-        &LeanPod::from(&case.pod),
-        &Transition { container: observation.clone(), signal },
-    );
+    let job = kubesent_detector::build_job(&pod, &Transition { container: observation.clone(), signal });
     let crashed =
         matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
     let logs = match (crashed, &case.previous_logs, &case.logs) {

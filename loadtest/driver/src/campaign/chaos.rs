@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use super::{
     invariants::{self, Expectations, Tap, Violation, World},
     report::{self, Progress},
-    topology::{Topology, TopologyOptions},
+    topology::{self, Topology, TopologyOptions},
 };
 
 /// Lease duration in the campaign (deploy/base: 15 s); shorter so ≥ 500 faults fit in 30 minutes.
@@ -398,16 +398,13 @@ async fn final_outcome_times(topology: &Topology) -> BTreeMap<IncidentId, jiff::
 /// Runs the campaign.
 pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let started = Instant::now();
-    let overrides: Vec<(String, String)> = [
+    let overrides = topology::overrides([
         ("KUBESENT_LEASE_SECONDS", LEASE_SECONDS.to_string()),
         ("KUBESENT_VERIFY_SECONDS", VERIFY_SECONDS.to_string()),
         ("KUBESENT_MAX_ACTIONS_PER_HOUR", "100000".to_owned()),
         ("KUBESENT_BREAKER_FAILURES", "100000".to_owned()),
         ("KUBESENT_LOG_JSON", "false".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     let mut topology = Topology::start(&TopologyOptions {
         exe: options.exe.clone(),
         kubernetes_minor: 32,

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::{
     report::{self, Progress},
-    topology::{Topology, TopologyOptions},
+    topology::{self, Topology, TopologyOptions},
 };
 
 /// The project's quota in the scenario, requests per minute.
@@ -154,16 +154,13 @@ async fn run_once(options: &ModelBoundOptions, diagnosers: usize) -> anyhow::Res
     for _ in 0..5 {
         gemini.script(None, Reply::RateLimited { retry_delay: "2s".into() });
     }
-    let overrides: Vec<(String, String)> = [
+    let overrides = topology::overrides([
         ("KUBESENT_MODELS", "gemini-3.5-flash".to_owned()),
         ("KUBESENT_LLM_URL", gemini.url()),
         ("GEMINI_API_KEY", "model-bound-key".to_owned()),
         ("KUBESENT_MODEL_RPM", QUOTA_RPM.to_string()),
         ("KUBESENT_LOG_JSON", "false".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     let mut topology = Topology::start(&TopologyOptions {
         exe: options.exe.clone(),
         diagnosers,

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 
 use super::{
     report::{self, Progress},
-    topology::{Topology, TopologyOptions},
+    topology::{self, Topology, TopologyOptions},
 };
 
 const GOOD_IMAGE: &str = "registry.local/shop/app:1.0";
@@ -285,7 +285,7 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
         ..GeminiSimConfig::default()
     })
     .await?;
-    let overrides: Vec<(String, String)> = [
+    let overrides = topology::overrides([
         ("KUBESENT_VERIFY_SECONDS", "5".to_owned()),
         ("KUBESENT_MAX_ACTIONS_PER_HOUR", "100000".to_owned()),
         ("KUBESENT_BREAKER_FAILURES", "100000".to_owned()),
@@ -295,10 +295,7 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
         ("GEMINI_API_KEY", "storm-test-key".to_owned()),
         ("KUBESENT_MODEL_RPM", "600".to_owned()),
         ("KUBESENT_LOG_JSON", "false".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     let mut progress = Progress::new("steps", 5);
     progress.update(0, "starting the topology");
     let mut topology = Topology::start(&TopologyOptions {

@@ -30,6 +30,11 @@ const DETECTOR_YAML: &str = include_str!("../../../../deploy/base/detector.yaml"
 const DIAGNOSER_YAML: &str = include_str!("../../../../deploy/base/diagnoser.yaml");
 const REMEDIATOR_YAML: &str = include_str!("../../../../deploy/base/remediator.yaml");
 
+/// Settings a scenario changes from deploy/base, as `TopologyOptions::overrides` takes them.
+pub fn overrides<const N: usize>(settings: [(&str, String); N]) -> Vec<(String, String)> {
+    settings.into_iter().map(|(key, value)| (key.to_owned(), value)).collect()
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct TopologyOptions {
