@@ -1,14 +1,15 @@
 //! Detector figures: watch-event → JetStream latency at a given event rate, and RSS per tracked pod.
 //!
-//! Latency: kube-sim holds N bare pods; the generator turns one pod per event into an OOM kill at the
-//! target rate (every event is a failure transition, the worst case), and the time from the write in
-//! kube-sim to the job's arrival on `kubesent.jobs.>` (it is delivered as JetStream stores it) is
-//! recorded. RSS: a `kubesent detector` process watches 10,000 then 100,000 pods; the growth divided by
-//! the extra pods is the memory per tracked pod.
+//! Latency: kube-sim holds N bare pods; a `kubesent detector` process (as deployed: its own process,
+//! its own runtime) watches them; the generator turns one pod per event into an OOM kill at the target
+//! rate (every event is a failure transition, the worst case), and the time from the write in kube-sim
+//! to the job's arrival on `kubesent.jobs.>` (it is delivered as JetStream stores it) is recorded.
+//! RSS: a detector process watches 10,000 then 100,000 pods; the growth divided by the extra pods is
+//! the memory per tracked pod.
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -22,28 +23,30 @@ use kubesent_common::{
     nats::{self, Topology},
     nats_server::NatsServer,
 };
-use kubesent_detector::{DetectorConfig, DetectorDeps, DetectorMetrics};
 use kubesent_kube_sim::{
     KubeSim, SimConfig, StoreConfig,
     realistic::{AppState, RealisticPod},
     resources::PODS,
-    store::Mutation,
+    store::{Mutation, PreparedObject},
 };
 use kubesent_proto::{self as proto, FailureJob};
-use prometheus_client::registry::Registry;
+
+use crate::campaign::topology::usage;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Event rates (events per second) for the latency runs.
     pub rates: Vec<u32>,
+    /// Shares of the events that are failure transitions (percent), one latency run per rate and share;
+    /// the rest are changes to healthy pods, as most events of a rollout or a node drain are.
+    pub failure_percents: Vec<usize>,
     /// Seconds each latency run lasts.
     pub seconds: u64,
-    /// The `kubesent` executable to run as a detector process for the RSS figures (`None` skips them).
-    pub detector_exe: Option<PathBuf>,
-    /// Tracked pods at which RSS is read (the first is the baseline).
+    /// The `kubesent` executable, run as the detector process.
+    pub exe: PathBuf,
+    /// Tracked pods at which RSS is read (the first is the baseline); empty skips the RSS figures.
     pub rss_pods: Vec<usize>,
     /// Size of each pod's JSON in KiB (a realistic pod: managedFields, a sidecar, env lists, probes).
     pub pod_kib: usize,
@@ -54,10 +57,16 @@ pub struct Options {
 pub struct LatencyRun {
     /// Target event rate.
     pub target_rate: u32,
+    /// Percent of the events that are failure transitions (each one a job).
+    pub failure_percent: usize,
     /// Events generated.
     pub events: usize,
-    /// Jobs received.
+    /// Events that were failure transitions.
+    pub failures: usize,
+    /// Jobs received for those failures.
     pub jobs: usize,
+    /// Jobs received for pods that did not fail (must be none).
+    pub unexpected_jobs: usize,
     /// Achieved rate (events per second over the generation time).
     pub achieved_rate: f64,
     /// Median latency.
@@ -66,6 +75,13 @@ pub struct LatencyRun {
     pub p99: Duration,
     /// Maximum.
     pub max: Duration,
+    /// CPU time (user + system) the detector process spent per event while the events were generated
+    /// and handled: the cost of one watch event on this machine, end to end inside the detector.
+    pub detector_cpu_per_event: Duration,
+    /// Cores the nats-server used meanwhile.
+    pub nats_cores: f64,
+    /// Cores the load-test process (kube-sim, the generator, the receiver) used meanwhile.
+    pub driver_cores: f64,
 }
 
 /// RSS of a detector process at a number of tracked pods.
@@ -101,20 +117,26 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "detector: watch event -> JetStream, every event a failure transition, pods of {:.1} KiB",
+            "detector: failure watch event -> job on JetStream, pods of {:.1} KiB",
             self.pod_bytes as f64 / 1024.0
         )?;
         for run in &self.latency {
             writeln!(
                 f,
-                "  {:>6} events/s target: {} events, {} jobs, achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "  {:>6} events/s target, {:>3} % failures: {} events, {} jobs ({} unexpected), achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; detector CPU {:.1} µs/event ({:.0} % of a core), nats-server {:.0} %, kube-sim + generator {:.0} %",
                 run.target_rate,
+                run.failure_percent,
                 run.events,
                 run.jobs,
+                run.unexpected_jobs,
                 run.achieved_rate,
                 run.p50.as_secs_f64() * 1e3,
                 run.p99.as_secs_f64() * 1e3,
-                run.max.as_secs_f64() * 1e3
+                run.max.as_secs_f64() * 1e3,
+                run.detector_cpu_per_event.as_secs_f64() * 1e6,
+                run.detector_cpu_per_event.as_secs_f64() * run.achieved_rate * 100.0,
+                run.nats_cores * 100.0,
+                run.driver_cores * 100.0,
             )?;
         }
         for point in &self.rss {
@@ -132,7 +154,19 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Makes realistic bare pods of one size by copying a template: Running, or just OOM-killed.
+/// What a generated pod shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodShape {
+    /// Running and ready.
+    Running,
+    /// Running and ready, with an annotation changed: a watch event that is not a failure (the bulk of
+    /// what a rollout or a node drain sends).
+    Touched,
+    /// Just OOM-killed: a failure transition.
+    OomKilled,
+}
+
+/// Makes realistic bare pods of one size by copying a template.
 #[derive(Debug, Clone)]
 pub struct PodMaker {
     running: Value,
@@ -156,13 +190,32 @@ impl PodMaker {
         PodMaker { running: template(AppState::Healthy), oom_killed: template(AppState::OomKilled) }
     }
 
-    /// Bare pod `name` number `i` in `namespace`, Running or OOM-killed.
-    pub fn pod(&self, namespace: &str, name: &str, i: usize, oom_killed: bool) -> Value {
-        let mut pod = if oom_killed { self.oom_killed.clone() } else { self.running.clone() };
+    /// Bare pod `name` number `i` in `namespace`.
+    pub fn pod(&self, namespace: &str, name: &str, i: usize, shape: PodShape) -> Value {
+        let mut pod =
+            if shape == PodShape::OomKilled { self.oom_killed.clone() } else { self.running.clone() };
         pod["metadata"]["name"] = json!(name);
         pod["metadata"]["namespace"] = json!(namespace);
         pod["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{i:012}"));
+        if shape == PodShape::Touched {
+            pod["metadata"]["annotations"]["loadtest.kubesent.io/touched"] = json!("true");
+        }
         pod
+    }
+
+    /// The same pod serialised for the store ahead of time, so that writing it costs the generator a
+    /// copy.
+    pub fn prepared(
+        &self,
+        namespace: &str,
+        name: &str,
+        i: usize,
+        shape: PodShape,
+    ) -> anyhow::Result<Arc<PreparedObject>> {
+        let pod = self.pod(namespace, name, i, shape);
+        Ok(Arc::new(
+            PreparedObject::new(&PODS, namespace, name, pod).map_err(|e| anyhow::anyhow!(e.message))?,
+        ))
     }
 
     /// Bytes of one pod's JSON.
@@ -196,9 +249,9 @@ fn insert_pods(
     let store = &sim.state().store;
     for i in range {
         let name = format!("{prefix}-{i}");
-        let pod = pods.pod(namespace, &name, i, false);
+        let pod = pods.prepared(namespace, &name, i, PodShape::Running)?;
         store
-            .mutate(&PODS, namespace, &name, |_| Ok(Mutation::Put(pod)))
+            .mutate(&PODS, namespace, &name, |_| Ok(Mutation::PutPrepared(pod)))
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     Ok(())
@@ -210,16 +263,28 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let pods = PodMaker::new(options.pod_kib);
     let mut report = Report { pod_bytes: pods.size(), ..Report::default() };
     for rate in &options.rates {
-        report.latency.push(latency_run(*rate, options.seconds, &pods).await?);
+        for percent in &options.failure_percents {
+            report.latency.push(latency_run(&options.exe, *rate, *percent, options.seconds, &pods).await?);
+        }
     }
-    if let Some(exe) = &options.detector_exe {
-        report.rss = rss_run(exe, &options.rss_pods, &pods).await?;
+    if !options.rss_pods.is_empty() {
+        report.rss = rss_run(&options.exe, &options.rss_pods, &pods).await?;
     }
     Ok(report)
 }
 
-async fn latency_run(rate: u32, seconds: u64, pods: &PodMaker) -> anyhow::Result<LatencyRun> {
+async fn latency_run(
+    exe: &Path,
+    rate: u32,
+    failure_percent: usize,
+    seconds: u64,
+    pods: &PodMaker,
+) -> anyhow::Result<LatencyRun> {
     let events = usize::try_from(u64::from(rate) * seconds)?;
+    // Spread evenly: event i is a failure when the running count of failures steps up at i.
+    let failure_percent = failure_percent.clamp(1, 100);
+    let is_failure = |i: usize| (i * failure_percent / 100) != ((i + 1) * failure_percent / 100);
+    let failures = (0..events).filter(|&i| is_failure(i)).count();
     let nats_server = NatsServer::start().await?;
     let sim = KubeSim::start(SimConfig {
         store: StoreConfig { history_per_resource: 200_000, watch_buffer: 262_144 },
@@ -227,31 +292,12 @@ async fn latency_run(rate: u32, seconds: u64, pods: &PodMaker) -> anyhow::Result
     })
     .await?;
     let client = nats::connect(nats_server.url(), "loadtest").await?;
-    let js = jetstream::new(client.clone());
-    let topology = Topology { max_jobs: 10_000_000, ..Topology::default() };
-    nats::ensure_streams(&js, &topology).await?;
+    let max_jobs = i64::try_from(events)?.saturating_mul(2);
+    nats::ensure_streams(&jetstream::new(client.clone()), &Topology { max_jobs, ..Topology::default() })
+        .await?;
     insert_pods(&sim, pods, "load", "p", 0..events)?;
-
-    let metrics = DetectorMetrics::register(&mut Registry::default());
-    let kube = kubesent_common::kube_client(Some(&sim.url())).await?;
-    let config = DetectorConfig {
-        namespaces: Vec::new(),
-        excluded_namespaces: Vec::new(),
-        leader: None,
-        group_wait: Duration::ZERO,
-        incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
-        topology,
-    };
-    let shutdown = CancellationToken::new();
-    let detector = tokio::spawn(kubesent_detector::run(
-        config,
-        DetectorDeps { kube, js: js.clone(), metrics: metrics.clone(), health: Default::default() },
-        shutdown.clone(),
-    ));
-    let tracked = i64::try_from(events)?;
-    tokio::time::timeout(Duration::from_secs(600), metrics.wait_until(|m| m.tracked_pods() >= tracked))
-        .await
-        .context("the detector did not list every pod")?;
+    let detector = DetectorProcess::start(exe, &sim.url(), nats_server.url(), max_jobs)?;
+    detector.wait_until_tracking(events).await?;
 
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(events)));
     let mut jobs = client.subscribe("kubesent.jobs.>").await?;
@@ -259,8 +305,8 @@ async fn latency_run(rate: u32, seconds: u64, pods: &PodMaker) -> anyhow::Result
         let sent = sent.clone();
         tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-            let mut received = 0usize;
-            while received < events {
+            let (mut received, mut unexpected) = (0usize, 0usize);
+            while received < failures {
                 let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(60), jobs.next()).await
                 else {
                     break;
@@ -276,16 +322,28 @@ async fn latency_run(rate: u32, seconds: u64, pods: &PodMaker) -> anyhow::Result
                     let micros = u64::try_from(at.duration_since(started).as_micros()).unwrap_or(u64::MAX);
                     histogram.saturating_record(micros.max(1));
                     received += 1;
+                } else {
+                    unexpected += 1;
                 }
             }
-            (histogram, received)
+            (histogram, received, unexpected)
         })
     };
-    // The OOM-killed pods are made before the clock starts: copying a 10 KiB template costs the
-    // generator as much as the detector spends on an event, and it shares the machine with it.
-    let killed: Vec<Value> = (0..events).map(|i| pods.pod("load", &format!("p-{i}"), i, true)).collect();
-    let mut killed = killed.into_iter();
+    // The changed pods are made and serialised before the clock starts: serialising a 10 KiB pod
+    // costs the generator more than the detector spends on an event, and it shares the machine with it.
+    let changed = (0..events)
+        .map(|i| {
+            let shape = if is_failure(i) { PodShape::OomKilled } else { PodShape::Touched };
+            pods.prepared("load", &format!("p-{i}"), i, shape)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut changed = changed.into_iter();
     // Generate: a batch of events every millisecond.
+    let nats_pid = nats_server.pid().context("nats-server has exited")?;
+    let cpu = || -> anyhow::Result<[f64; 3]> {
+        Ok([usage(detector.pid()?)?.1, usage(nats_pid)?.1, usage(std::process::id())?.1])
+    };
+    let cpu_before = cpu()?;
     let started = Instant::now();
     let store = sim.state().store.clone();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -295,20 +353,24 @@ async fn latency_run(rate: u32, seconds: u64, pods: &PodMaker) -> anyhow::Result
         let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize).min(events);
         while next < due {
             let name = format!("p-{next}");
-            let pod = killed.next().context("a pod for every event")?;
-            sent.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(name.clone(), Instant::now());
+            let pod = changed.next().context("a pod for every event")?;
+            if is_failure(next) {
+                sent.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.clone(), Instant::now());
+            }
             store
-                .mutate(&PODS, "load", &name, |_| Ok(Mutation::Put(pod)))
+                .mutate(&PODS, "load", &name, |_| Ok(Mutation::PutPrepared(pod)))
                 .map_err(|e| anyhow::anyhow!(e.message))?;
             next += 1;
         }
     }
     let generation = started.elapsed();
-    let (histogram, received) = receiver.await?;
-    shutdown.cancel();
-    let _ = detector.await;
+    let (histogram, received, unexpected) = receiver.await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu()?;
+    let used = |i: usize| (cpu_after[i] - cpu_before[i]).max(0.0);
+    drop(detector);
     sim.shutdown().await;
     if received == 0 {
         bail!("no job arrived");
@@ -316,24 +378,63 @@ async fn latency_run(rate: u32, seconds: u64, pods: &PodMaker) -> anyhow::Result
     let micros = |v: u64| Duration::from_micros(v);
     Ok(LatencyRun {
         target_rate: rate,
+        failure_percent,
         events,
+        failures,
         jobs: received,
+        unexpected_jobs: unexpected,
         achieved_rate: events as f64 / generation.as_secs_f64(),
         p50: micros(histogram.value_at_quantile(0.5)),
         p99: micros(histogram.value_at_quantile(0.99)),
         max: micros(histogram.max()),
+        detector_cpu_per_event: Duration::from_secs_f64(used(0) / events as f64),
+        nats_cores: used(1) / elapsed,
+        driver_cores: used(2) / elapsed,
     })
 }
 
-fn rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS not found")?;
-    Ok(kib * 1024)
+/// A `kubesent detector` process watching kube-sim, killed when dropped.
+struct DetectorProcess {
+    child: tokio::process::Child,
+    admin: String,
+}
+
+impl DetectorProcess {
+    fn start(exe: &Path, kube_url: &str, nats_url: &str, max_jobs: i64) -> anyhow::Result<Self> {
+        let admin = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listener.local_addr()?.to_string()
+        };
+        let child = tokio::process::Command::new(exe)
+            .args(["detector", "--leader-election", "false", "--admin-listen", &admin])
+            .args(["--kube-api-url", kube_url, "--nats-url", nats_url])
+            .args(["--max-jobs", &max_jobs.to_string(), "--group-wait-ms", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the detector process")?;
+        Ok(DetectorProcess { child, admin })
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("the detector process has exited")
+    }
+
+    /// Waits until the detector tracks `pods` pods. It reports progress only through /metrics, so
+    /// this reads them until it does.
+    async fn wait_until_tracking(&self, pods: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let wanted = i64::try_from(pods).unwrap_or(i64::MAX);
+        while !tracked_pods(&self.admin).await.is_some_and(|n| n >= wanted) {
+            if Instant::now() > deadline {
+                bail!("the detector did not track {pods} pods in time");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
 }
 
 async fn tracked_pods(admin: &str) -> Option<i64> {
@@ -343,42 +444,19 @@ async fn tracked_pods(admin: &str) -> Option<i64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn rss_run(exe: &PathBuf, points: &[usize], maker: &PodMaker) -> anyhow::Result<Vec<RssPoint>> {
+async fn rss_run(exe: &Path, points: &[usize], maker: &PodMaker) -> anyhow::Result<Vec<RssPoint>> {
     let nats_server = NatsServer::start().await?;
     let sim = KubeSim::start(SimConfig::default()).await?;
-    let admin = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?.to_string()
-    };
-    let mut child = tokio::process::Command::new(exe)
-        .args(["detector", "--leader-election", "false", "--admin-listen", &admin])
-        .args(["--kube-api-url", &sim.url(), "--nats-url", nats_server.url()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the detector process")?;
-    let pid = child.id().context("detector pid")?;
+    let detector = DetectorProcess::start(exe, &sim.url(), nats_server.url(), Topology::default().max_jobs)?;
     let mut readings = Vec::new();
     let mut inserted = 0;
     for &pods in points {
         insert_pods(&sim, maker, "rss", "r", inserted..pods)?;
         inserted = pods;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        // The detector reports progress only through /metrics; read it until it tracks every pod.
-        loop {
-            if tracked_pods(&admin).await.is_some_and(|n| n >= i64::try_from(pods).unwrap_or(i64::MAX)) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the detector did not track {pods} pods in time");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        readings.push(RssPoint { pods, rss: rss_of(pid)? });
+        detector.wait_until_tracking(pods).await?;
+        readings.push(RssPoint { pods, rss: usage(detector.pid()?)?.0 });
     }
-    let _ = child.kill().await;
+    drop(detector);
     sim.shutdown().await;
     Ok(readings)
 }

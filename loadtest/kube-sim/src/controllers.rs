@@ -73,20 +73,8 @@ impl Queue {
     }
 }
 
-fn controller_of(object: &Value) -> Option<(String, String)> {
-    object.pointer("/metadata/ownerReferences")?.as_array()?.iter().find_map(|o| {
-        (o.get("controller").and_then(Value::as_bool) == Some(true))
-            .then(|| Some((o.get("kind")?.as_str()?.to_owned(), o.get("name")?.as_str()?.to_owned())))
-            .flatten()
-    })
-}
-
 fn owned_by(object: &StoredObject, owner_uid: &str) -> bool {
-    object
-        .value()
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|o| o.get("uid").and_then(Value::as_str) == Some(owner_uid)))
+    object.is_owned_by(owner_uid)
 }
 
 fn owner_ref(kind: &str, name: &str, uid: &str) -> OwnerReference {
@@ -186,22 +174,19 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
     if record.event == EventType::Deleted && def != &PODS {
         queue.push(Key::Collect(ns.clone(), object.uid.clone()));
     }
-    let value = object.value();
     if def == &DEPLOYMENTS {
         queue.push(Key::Deployment(ns, name));
     } else if def == &REPLICASETS {
         queue.push(Key::ReplicaSet(ns.clone(), name));
-        if let Some(("Deployment", owner)) =
-            controller_of(&value).as_ref().map(|(k, n)| (k.as_str(), n.clone()))
-        {
-            queue.push(Key::Deployment(ns, owner));
+        if let Some(("Deployment", owner)) = object.controller() {
+            queue.push(Key::Deployment(ns, owner.to_owned()));
         }
     } else if def == &STATEFULSETS {
         queue.push(Key::StatefulSet(ns, name));
-    } else if let Some((kind, owner)) = controller_of(&value) {
-        match kind.as_str() {
-            "ReplicaSet" => queue.push(Key::ReplicaSet(ns, owner)),
-            "StatefulSet" => queue.push(Key::StatefulSet(ns, owner)),
+    } else if let Some((kind, owner)) = object.controller() {
+        match kind {
+            "ReplicaSet" => queue.push(Key::ReplicaSet(ns, owner.to_owned())),
+            "StatefulSet" => queue.push(Key::StatefulSet(ns, owner.to_owned())),
             _ => {}
         }
     }

@@ -71,6 +71,10 @@ pub struct CommonArgs {
     /// Replicas of each JetStream stream (3 in production).
     #[arg(long, env = "KUBESENT_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
+    /// Bound of the jobs stream; beyond it the detector's publishes are refused (and retried), so a
+    /// flood pushes back instead of filling the disk.
+    #[arg(long, env = "KUBESENT_MAX_JOBS", default_value_t = nats::Topology::default().max_jobs)]
+    pub max_jobs: i64,
 }
 
 /// This process's identity: the pod name (`HOSTNAME` in a pod), else `kubesent-<pid>`.

@@ -92,6 +92,11 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// The server's process id (`None` once it has exited).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Starts a server with JetStream on a random loopback port and a fresh store directory.
     pub async fn start() -> Result<Self, Error> {
         Self::start_with_config("").await

@@ -66,9 +66,13 @@ pub enum Command {
 pub enum Scenario {
     /// Detector: watch-event → JetStream latency at several event rates, and RSS per tracked pod.
     Detector {
-        /// Event rates to measure (events per second; every event is a failure transition).
+        /// Event rates to measure (events per second).
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         rates: Vec<u32>,
+        /// Shares of the events that are failure transitions, in percent (one run per rate and share);
+        /// the other events change healthy pods.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        failure_percents: Vec<usize>,
         /// Seconds per rate.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -424,6 +428,13 @@ pub struct GeminiSimArgs {
 }
 
 impl Cli {
+    /// Whether the subcommand runs on one thread. The detector's work is one ordered stream (watch,
+    /// classify, group, publish): spread over worker threads, every watch event became a cross-thread
+    /// wake-up, and on 2 cores those context switches cost more CPU than decoding the event.
+    pub fn single_threaded(&self) -> bool {
+        matches!(self.command, Command::Detector(_))
+    }
+
     /// Runs the chosen subcommand to completion.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -505,7 +516,8 @@ async fn start_service(common: &CommonArgs, role: Role) -> anyhow::Result<Servic
     let kube = kubesent_common::kube_client(common.kube_api_url.as_deref()).await?;
     let client = nats::connect_as(&common.nats, role, &format!("{service}/{}", common.identity)).await?;
     let js = jetstream::new(client);
-    let topology = Topology { replicas: common.stream_replicas, ..Topology::default() };
+    let topology =
+        Topology { replicas: common.stream_replicas, max_jobs: common.max_jobs, ..Topology::default() };
     info!(service, identity = %common.identity, nats = %common.nats.url, "started");
     Ok(ServiceContext {
         kube,
@@ -695,12 +707,13 @@ async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
     };
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, filter);
     match scenario {
-        Scenario::Detector { rates, seconds, rss_pods, no_rss, pod_kib } => {
+        Scenario::Detector { rates, failure_percents, seconds, rss_pods, no_rss, pod_kib } => {
             let options = kubesent_loadtest::detector::Options {
                 rates,
+                failure_percents,
                 seconds,
-                detector_exe: if no_rss { None } else { Some(std::env::current_exe()?) },
-                rss_pods,
+                exe: std::env::current_exe()?,
+                rss_pods: if no_rss { Vec::new() } else { rss_pods },
                 pod_kib,
             };
             let report = kubesent_loadtest::detector::run(&options).await?;

@@ -12,11 +12,12 @@ const THREAD_STACK: usize = 8 << 20;
 fn main() -> ExitCode {
     kubesent_common::install_crypto_provider();
     let cli = kubesent::cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(THREAD_STACK)
-        .build()
-    {
+    let mut builder = if cli.single_threaded() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().thread_stack_size(THREAD_STACK).build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kubesent: starting the async runtime: {error}");

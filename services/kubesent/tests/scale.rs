@@ -2,9 +2,12 @@
 //! whatever the machine — every failure ends in an outcome, one job per incident, fewer model calls than
 //! the naive approach, never over the model quota, nothing dead-lettered — and report the timings.
 
-use kubesent_loadtest::campaign::{
-    model_bound::{ModelBoundOptions, run as model_bound},
-    storm::{StormOptions, run as storm},
+use kubesent_loadtest::{
+    campaign::{
+        model_bound::{ModelBoundOptions, run as model_bound},
+        storm::{StormOptions, run as storm},
+    },
+    detector,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,4 +50,26 @@ async fn a_model_bound_backlog_never_goes_over_the_quota_and_loses_no_job() {
     assert_eq!(run.over_quota, 0, "{report}");
     assert_eq!(run.dead_lettered, 0, "{report}");
     assert!(run.model_verdicts > 0, "the model was asked: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detector_process_reports_every_failure_among_realistic_pods_once_and_nothing_else() {
+    let options = detector::Options {
+        rates: vec![500],
+        failure_percents: vec![10, 100],
+        seconds: 2,
+        exe: env!("CARGO_BIN_EXE_kubesent").into(),
+        rss_pods: vec![200, 600],
+        pod_kib: 10,
+    };
+    let report = detector::run(&options).await.expect("the detector load test runs");
+    println!("{report}");
+    assert_eq!(report.latency.len(), 2, "{report}");
+    for run in &report.latency {
+        assert_eq!(run.failures, run.events * run.failure_percent / 100, "{report}");
+        assert_eq!(run.jobs, run.failures, "one job per failing pod: {report}");
+        assert_eq!(run.unexpected_jobs, 0, "no job for a healthy pod's change: {report}");
+    }
+    assert_eq!(report.rss.iter().map(|p| p.pods).collect::<Vec<_>>(), [200, 600], "{report}");
+    assert!(report.pod_bytes >= 9 * 1024, "realistic pods: {report}");
 }
