@@ -427,7 +427,7 @@ impl DetectorProcess {
     async fn wait_until_tracking(&self, pods: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(600);
         let wanted = i64::try_from(pods).unwrap_or(i64::MAX);
-        while !tracked_pods(&self.admin).await.is_some_and(|n| n >= wanted) {
+        while tracked_pods(&self.admin).await.is_none_or(|n| n < wanted) {
             if Instant::now() > deadline {
                 bail!("the detector did not track {pods} pods in time");
             }
