@@ -14,6 +14,7 @@ pub mod guardrails;
 pub mod intent;
 pub mod ladder;
 pub mod operator;
+pub mod plan;
 pub mod replace;
 pub mod undo;
 
@@ -60,10 +61,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field, info, info_span, warn};
 
 use crate::{
-    gate::{Decision, Policy},
+    gate::Policy,
     guardrails::{Guard, Guardrails},
     intent::{Claim, Intent, IntentError, Intents, Phase},
-    ladder::{Owner, Plan, WorkloadKind},
+    ladder::{Owner, WorkloadKind},
 };
 
 /// Settings of a remediator replica.
@@ -455,149 +456,51 @@ impl Remediator {
     /// GitOps, the ladder's rung and the intent to write. Changes nothing, so it runs again, against the
     /// cluster as it is then, before an approved remediation is carried out.
     async fn prepare(&self, verdict: &Verdict) -> Result<Prepared, StepError> {
-        let done = |result, detail: String| Ok(Prepared::Finished(Finished::plain(result, detail)));
+        let refused = |refusal: plan::Refusal| {
+            Ok(Prepared::Finished(Finished::plain(refusal.result(), refusal.to_string())))
+        };
+        let now = jiff::Timestamp::now();
         let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &verdict.pod.namespace);
         let live = pods.get_opt(&verdict.pod.name).await?;
-        let decision = gate::decide(verdict, live.as_ref(), &self.config.policy, jiff::Timestamp::now());
-        info!(?decision, action = verdict.action.kind_str(), confidence = verdict.confidence, "gate decided");
-        let pod = match decision {
-            Decision::Apply => {
-                live.ok_or_else(|| StepError::Timeout("the pod vanished after the gate".into()))?
-            }
-            Decision::Suggest(detail) => return done(OutcomeResult::Suggested, detail),
-            Decision::Stale(detail) => return done(OutcomeResult::Stale, detail),
-            Decision::DiagnosisOnly => return done(OutcomeResult::DiagnosisOnly, verdict.root_cause.clone()),
-            Decision::Deny(detail) => return done(OutcomeResult::Denied, detail),
+        // The gate first: a verdict it ends costs no further reads.
+        let gate = plan::gate(verdict, live.as_ref(), &self.config.policy, now);
+        info!(?gate, action = verdict.action.kind_str(), confidence = verdict.confidence, "gate decided");
+        let pod = match (gate, live) {
+            (Err(refusal), _) => return refused(refusal),
+            (Ok(()), Some(pod)) => pod,
+            (Ok(()), None) => return refused(plan::Refusal::Stale("the pod is gone".into())),
         };
         let owner = self.resolve_owner(&pod).await?;
-        if let Owner::Missing(kind, name) = &owner {
-            // Being deleted, or orphaned: its garbage collector removes the pod soon.
-            return done(
-                OutcomeResult::Stale,
-                format!("the pod's controller {kind} {name} no longer exists"),
-            );
-        }
         // The bounds come from the cluster, never from the message: a rollback's target from the owner's
         // own revision history, read here by the remediator itself.
-        let history = match (&verdict.action, &owner) {
-            (Action::RollbackImage { .. }, Owner::Workload(_)) => Some(
-                kubesent_common::revisions::history(&self.deps.kube, &verdict.pod.namespace, &pod).await?,
-            ),
-            _ => None,
+        let history = if plan::needs_history(&verdict.action, &owner) {
+            Some(kubesent_common::revisions::history(&self.deps.kube, &verdict.pod.namespace, &pod).await?)
+        } else {
+            None
         };
-        let observed = bounds::Observed { pod: &pod, owner: &owner, history: history.as_ref() };
-        if let Err(why) = bounds::check(verdict, observed) {
-            warn!(%why, "the action is outside what the cluster vouches for; denied");
-            return done(OutcomeResult::Denied, why);
-        }
-        let marker = match &owner {
-            Owner::Workload(w) => w
-                .object
-                .pointer("/metadata/annotations")
-                .and_then(|a| a.get(replace::INCIDENT_ANNOTATION))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
-            _ => pod.metadata.annotations.as_ref().and_then(|a| a.get(replace::INCIDENT_ANNOTATION)).cloned(),
+        let previous_fix = self.previous_fix(plan::fix_marker(&pod, &owner)).await?;
+        let seen = plan::Observed {
+            live: Some(&pod),
+            owner: &owner,
+            history: history.as_ref(),
+            previous_fix: previous_fix.as_ref(),
         };
-        let annotations_of_target = match &owner {
-            Owner::Workload(w) => w.metadata_maps().1,
-            _ => pod.metadata.annotations.clone().unwrap_or_default(),
+        let settings = plan::Settings {
+            policy: &self.config.policy,
+            approval_required: self.config.approval_required,
+            identity: &self.config.identity,
         };
-        if let Some(container) = verdict.action.container()
-            && let Some(reverted) =
-                annotations_of_target.get(&format!("{}.{container}", undo::REVERTED_ANNOTATION))
-        {
-            return done(
-                OutcomeResult::Suggested,
-                format!(
-                    "a human reverted KubeSent's change to container {container} (incident {reverted}); further changes are only suggested"
-                ),
-            );
-        }
-        if let Some(detail) = self.previous_fix_failed(marker).await? {
-            return done(OutcomeResult::Denied, detail);
-        }
-        let plan = match ladder::plan(&verdict.action, &owner) {
-            Ok(plan) => plan,
-            Err(why) => return done(OutcomeResult::Denied, why),
-        };
-        let (labels, annotations, what) = match &owner {
-            Owner::Workload(w) => {
-                let (l, a) = w.metadata_maps();
-                (l, a, format!("{} {}", w.kind.as_str(), w.name))
+        match plan::plan(verdict, seen, settings, now) {
+            Ok(plan::Planned { intent, what, workload_key }) => {
+                Ok(Prepared::Act(Box::new(Act { pod, owner, intent, what, workload_key })))
             }
-            _ => (
-                pod.metadata.labels.clone().unwrap_or_default(),
-                pod.metadata.annotations.clone().unwrap_or_default(),
-                format!("pod {}", verdict.pod.name),
-            ),
-        };
-        if let Some(tool) = ladder::gitops_manager(&labels, &annotations) {
-            return done(
-                OutcomeResult::Suggested,
-                format!(
-                    "{what} is managed by {tool}: change it in Git ({}); KubeSent only suggests",
-                    serde_json::to_string(&verdict.action).unwrap_or_default()
-                ),
-            );
-        }
-        if let Owner::Workload(w) = &owner
-            && let Err(why) = ladder::template_matches(w, &verdict.action)
-        {
-            return done(OutcomeResult::Stale, why);
-        }
-        let target = proto::PodRef {
-            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
-            ..verdict.pod.clone()
-        };
-        let (strategy, workload, lock) = match (&plan, &owner) {
-            (Plan::PatchOwner, Owner::Workload(w)) => (
-                Strategy::OwnerPatch,
-                Some(proto::WorkloadRef { kind: w.kind.as_str().into(), name: w.name.clone() }),
-                intent::workload_lock_key(&verdict.pod.namespace, w.kind.as_str(), &w.name),
-            ),
-            (Plan::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
-            _ => (Strategy::PodPatch, None, intent::lock_key(&target)),
-        };
-        let replacement = match &verdict.action {
-            Action::IncreaseMemory { container, from, to } if strategy == Strategy::InPlaceResize => {
-                Some(replace::with_memory_limit(&pod, container, *from, *to, &verdict.incident))
+            Err(refusal) => {
+                if let plan::Refusal::OutOfBounds(why) = &refusal {
+                    warn!(%why, "the action is outside what the cluster vouches for; denied");
+                }
+                refused(refusal)
             }
-            _ => None,
-        };
-        let old_revision = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("pod-template-hash").or_else(|| l.get("controller-revision-hash")))
-            .cloned();
-        let approval = self.config.approval_required;
-        let intent = Intent {
-            schema: proto::SCHEMA_VERSION,
-            incident: verdict.incident.clone(),
-            phase: if approval { Phase::AwaitingApproval } else { Phase::Pending },
-            strategy,
-            target,
-            workload,
-            lock,
-            action: verdict.action.clone(),
-            original: Some(replace::sanitized(&pod)),
-            replacement,
-            old_revision,
-            approved_by: None,
-            baseline_restarts: None,
-            actor: self.config.identity.clone(),
-            replacement_uid: None,
-            result: None,
-            detail: None,
-            verdict: Some(Box::new(verdict.clone())),
-            updated_at: jiff::Timestamp::now(),
-        };
-        let workload_key = match &owner {
-            Owner::Workload(w) => format!("{}/{}/{}", verdict.pod.namespace, w.kind.as_str(), w.name),
-            _ => format!("{}/Pod/{}", verdict.pod.namespace, verdict.pod.name),
-        };
-        Ok(Prepared::Act(Box::new(Act { pod, owner, intent, what, workload_key })))
+        }
     }
 
     /// Continues an intent with its strategy, from whatever phase it is in.
@@ -731,17 +634,17 @@ impl Remediator {
         Ok(ladder::Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() })
     }
 
-    /// Whether a previous KubeSent fix of this target (named by its `kubesent.io/incident` annotation)
-    /// did not heal it: then nothing more is tried automatically (escalate, do not loop).
-    async fn previous_fix_failed(&self, marker: Option<String>) -> Result<Option<String>, StepError> {
-        let Some(previous) = marker else { return Ok(None) };
-        let previous = proto::IncidentId(previous);
-        Ok(match self.intents.get(&previous).await? {
-            Some((intent, _)) if intent.result == Some(OutcomeResult::Ineffective) => Some(format!(
-                "KubeSent already changed this for incident {previous} and it did not heal; escalated to a human instead of trying again"
-            )),
-            _ => None,
-        })
+    /// The intent of the fix KubeSent made before under `marker`, if it still has it.
+    async fn previous_fix(
+        &self,
+        marker: Option<proto::IncidentId>,
+    ) -> Result<Option<plan::PreviousFix>, StepError> {
+        let Some(incident) = marker else { return Ok(None) };
+        Ok(self
+            .intents
+            .get(&incident)
+            .await?
+            .map(|(intent, _)| plan::PreviousFix { incident, result: intent.result }))
     }
 
     /// Stores the next phase of an intent.
