@@ -22,50 +22,55 @@ test: setup fmt lint deps-check unit
 fmt:
 	cargo fmt --all -- --check
 
+# Everything with the simulators (`sim`), then the production binary as it ships (without them).
 lint:
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+	cargo clippy -p kubesent --locked -- -D warnings
 
 # kube-leader-election accepts any k8s-openapi >= 0.27; Cargo.lock pins 0.28 so only one is built.
 deps-check:
 	@cargo tree --locked -i k8s-openapi --depth 0 >/dev/null || \
 		{ echo "more than one k8s-openapi in the graph: cargo update -p k8s-openapi@0.29.0 --precise 0.28.0"; exit 1; }
 	@echo "one k8s-openapi: $$(cargo tree --locked -i k8s-openapi --depth 0 | head -n1)"
+	@! cargo tree --locked -p kubesent -e normal --prefix none | grep -E '^kubesent-(kube-sim|gemini-sim|loadtest) ' || \
+		{ echo "the production binary links a simulator"; exit 1; }
+	@echo "the production binary links no simulator"
 
 unit:
 	@if cargo nextest --version >/dev/null 2>&1; then \
-		cargo nextest run --workspace --locked --no-fail-fast; \
+		cargo nextest run --workspace --all-features --locked --no-fail-fast; \
 	else \
-		cargo test --workspace --locked --no-fail-fast --lib --bins --tests; \
+		cargo test --workspace --all-features --locked --no-fail-fast --lib --bins --tests; \
 	fi
-	cargo test --workspace --locked --doc
+	cargo test --workspace --all-features --locked --doc
 
 ## The product, locally: detects, diagnoses and heals an OOM-killed pod, printing each step.
 demo: setup
-	cargo run --locked --quiet -p kubesent -- demo
+	cargo run --locked --quiet -p kubesent --features sim -- demo
 
 ## Benchmarks (release builds); figures go into the README.
 bench: bench-kube-sim bench-detector bench-diagnoser
 
 bench-diagnoser: setup
-	cargo run --locked --release -p kubesent -- loadtest diagnoser
+	cargo run --locked --release -p kubesent --features sim -- loadtest diagnoser
 
 bench-detector: setup
 	cargo bench --locked -p kubesent-detector --bench classify -- --warm-up-time 1 --measurement-time 3
-	cargo run --locked --release -p kubesent -- loadtest detector
+	cargo run --locked --release -p kubesent --features sim -- loadtest detector
 
 ## Scale figures: the large cluster and its failure storm, and the model-bound backlog (reports in loadtest/reports/).
 loadtest: setup
-	cargo run --locked --release -p kubesent -- loadtest storm
-	cargo run --locked --release -p kubesent -- loadtest model-bound
+	cargo run --locked --release -p kubesent --features sim -- loadtest storm
+	cargo run --locked --release -p kubesent --features sim -- loadtest model-bound
 
 ## The chaos campaign: ≥ 500 faults (FAULTS=…) against the real topology as processes; report in loadtest/reports/.
 FAULTS ?= 500
 chaos: setup
-	cargo run --locked --release -p kubesent -- loadtest chaos --faults $(FAULTS)
+	cargo run --locked --release -p kubesent --features sim -- loadtest chaos --faults $(FAULTS)
 
 ## The hostile-message campaign (600 forged, replayed, mutated and malformed messages and attempts).
 hostile: setup
-	cargo run --locked --release -p kubesent -- loadtest hostile --messages 600
+	cargo run --locked --release -p kubesent --features sim -- loadtest hostile --messages 600
 
 bench-kube-sim:
 	cargo bench --locked -p kubesent-kube-sim --bench scale

@@ -1,6 +1,6 @@
 //! Command-line interface: one binary, one subcommand per role.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -18,7 +18,6 @@ use tracing::info;
 
 use kubesent_remediator::operator::{Operator, Taken};
 
-use crate::demo::DemoArgs;
 
 /// KubeSent: self-healing for Kubernetes workloads.
 #[derive(Debug, Parser)]
@@ -49,107 +48,20 @@ pub enum Command {
     /// Reject a fix waiting in manual-approval mode; it is recorded as denied.
     Reject(RejectArgs),
     /// Run everything locally against the simulators and heal an OOM-killed pod.
-    Demo(DemoArgs),
+    #[cfg(feature = "sim")]
+    Demo(crate::demo::DemoArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
     Diagnose(crate::diagnose::DiagnoseArgs),
     /// Run the Kubernetes API simulator.
-    KubeSim(KubeSimArgs),
+    #[cfg(feature = "sim")]
+    KubeSim(crate::sim::KubeSimArgs),
     /// Run the Gemini API emulator.
-    GeminiSim(GeminiSimArgs),
+    #[cfg(feature = "sim")]
+    GeminiSim(crate::sim::GeminiSimArgs),
     /// Run a load-test scenario against the simulators and print its figures.
+    #[cfg(feature = "sim")]
     #[command(subcommand)]
-    Loadtest(Scenario),
-}
-
-/// Load-test scenarios.
-#[derive(Debug, Subcommand)]
-pub enum Scenario {
-    /// Detector: watch-event → JetStream latency at several event rates, and RSS per tracked pod.
-    Detector {
-        /// Event rates to measure (events per second).
-        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
-        rates: Vec<u32>,
-        /// Shares of the events that are failure transitions, in percent (one run per rate and share);
-        /// the other events change healthy pods.
-        #[arg(long, value_delimiter = ',', default_value = "10,100")]
-        failure_percents: Vec<usize>,
-        /// Seconds per rate.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Tracked pods at which the detector process's RSS is read (first = baseline).
-        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
-        rss_pods: Vec<usize>,
-        /// Skip the RSS measurement.
-        #[arg(long)]
-        no_rss: bool,
-        /// Size of each pod's JSON in KiB (realistic pods: managedFields, a sidecar, env lists, probes).
-        #[arg(long, default_value_t = 10)]
-        pod_kib: usize,
-    },
-    /// Model-bound: every job needs a slow, rationed model (2 s, 600 RPM, some 429s); the same backlog
-    /// drained by 1 and by 3 diagnosers; never over the project's quota.
-    ModelBound {
-        /// Jobs in the backlog.
-        #[arg(long, default_value_t = 600)]
-        jobs: usize,
-        /// Diagnoser replica counts to compare.
-        #[arg(long, value_delimiter = ',', default_value = "1,3")]
-        diagnosers: Vec<usize>,
-        /// Where the JSON and markdown reports go.
-        #[arg(long, default_value = "loadtest/reports")]
-        report_dir: std::path::PathBuf,
-    },
-    /// Large cluster: ≥ 100,000 pods in ≥ 2,000 workloads watched by the real topology as processes,
-    /// then a storm of hundreds of failing workloads; figures per pipeline stage, model calls beside the
-    /// naive approach's.
-    Storm {
-        /// Healthy background workloads (50 pods each).
-        #[arg(long, default_value_t = 2000)]
-        workloads: usize,
-        /// Scale of the storm (1.0: 150 OOM Deployments of 5 replicas, 100 bad rollouts, 40 crash loops,
-        /// 50 bare pods).
-        #[arg(long, default_value_t = 1.0)]
-        storm_scale: f64,
-        /// Where the JSON and markdown reports go.
-        #[arg(long, default_value = "loadtest/reports")]
-        report_dir: std::path::PathBuf,
-    },
-    /// Chaos: the real topology as processes (3 NATS servers, 2 detectors, 3 diagnosers, 2 remediators)
-    /// under continuous failures while faults are injected; fails on any invariant violation.
-    Chaos {
-        /// Faults to inject.
-        #[arg(long, env = "FAULTS", default_value_t = 500)]
-        faults: usize,
-        /// Seed of the fault sequence.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Where the JSON and markdown reports go.
-        #[arg(long, default_value = "loadtest/reports")]
-        report_dir: std::path::PathBuf,
-    },
-    /// Hostile messages: forged, replayed, mutated and malformed jobs, verdicts and KV writes from
-    /// unprivileged and wrongly privileged clients against the services as processes; fails unless
-    /// nothing outside policy changed and no service crashed.
-    Hostile {
-        /// Messages and attempts to send.
-        #[arg(long, default_value_t = 600)]
-        messages: usize,
-        /// Seed of the mutations (the same seed repeats the campaign).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// Diagnoser: rules-path throughput and per-job time, and the pool-wide model quota over replicas.
-    Diagnoser {
-        /// Jobs in the rules-path saturation run.
-        #[arg(long, default_value_t = 5000)]
-        jobs: usize,
-        /// Replica counts for the quota runs (empty skips them).
-        #[arg(long, value_delimiter = ',', default_value = "1,3,10")]
-        quota_replicas: Vec<usize>,
-        /// Seconds per quota run.
-        #[arg(long, default_value_t = 100)]
-        quota_seconds: u64,
-    },
+    Loadtest(crate::sim::Scenario),
 }
 
 /// Leader election flags.
@@ -402,31 +314,6 @@ fn growth_factor(text: &str) -> Result<f64, String> {
     }
 }
 
-/// `kubesent kube-sim`
-#[derive(Debug, Args)]
-pub struct KubeSimArgs {
-    /// Address to listen on.
-    #[arg(long, env = "KUBE_SIM_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Wall-clock seconds per simulated kubelet second (0.1 = ten times faster).
-    #[arg(long, env = "KUBE_SIM_TIME_SCALE", default_value_t = 1.0)]
-    time_scale: f64,
-}
-
-/// `kubesent gemini-sim`
-#[derive(Debug, Args)]
-pub struct GeminiSimArgs {
-    /// Address to listen on.
-    #[arg(long, env = "GEMINI_SIM_LISTEN", default_value = "127.0.0.1:8081")]
-    listen: SocketAddr,
-    /// Latency added to every answer, in milliseconds.
-    #[arg(long, env = "GEMINI_SIM_LATENCY_MS", default_value_t = 0)]
-    latency_ms: u64,
-    /// Requests per minute per model (unlimited when unset).
-    #[arg(long, env = "GEMINI_SIM_RPM")]
-    rpm: Option<u32>,
-}
-
 impl Cli {
     /// Whether the subcommand runs on one thread. The detector's work is one ordered stream (watch,
     /// classify, group, publish): spread over worker threads, every watch event became a cross-thread
@@ -471,11 +358,15 @@ impl Cli {
                 Ok(())
             }
             Command::Reject(args) => run_reject(args).await,
+            #[cfg(feature = "sim")]
             Command::Demo(args) => crate::demo::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
-            Command::KubeSim(args) => run_kube_sim(args).await,
-            Command::GeminiSim(args) => run_gemini_sim(args).await,
-            Command::Loadtest(scenario) => run_loadtest(scenario).await,
+            #[cfg(feature = "sim")]
+            Command::KubeSim(args) => crate::sim::run_kube_sim(args).await,
+            #[cfg(feature = "sim")]
+            Command::GeminiSim(args) => crate::sim::run_gemini_sim(args).await,
+            #[cfg(feature = "sim")]
+            Command::Loadtest(scenario) => crate::sim::run_loadtest(scenario).await,
         }
     }
 }
@@ -657,131 +548,5 @@ async fn run_undo(args: UndoArgs) -> anyhow::Result<()> {
         kubesent_proto::OUTCOMES_STREAM,
         operator.attribution()
     );
-    Ok(())
-}
-
-async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {
-    let _telemetry = kubesent_common::telemetry::init("kube-sim", false);
-    let config = kubesent_kube_sim::SimConfig {
-        listen: args.listen,
-        time_scale: args.time_scale,
-        ..Default::default()
-    };
-    let sim = kubesent_kube_sim::KubeSim::start(config)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    println!("kube-sim serving on {}  (try: kubectl --server {} get pods -A)", sim.url(), sim.url());
-    kubesent_common::shutdown_on_signal().cancelled().await;
-    sim.shutdown().await;
-    Ok(())
-}
-
-async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
-    let _telemetry = kubesent_common::telemetry::init("gemini-sim", false);
-    let config = kubesent_gemini_sim::GeminiSimConfig {
-        listen: args.listen,
-        latency: Duration::from_millis(args.latency_ms),
-        rpm_limit: args.rpm,
-        ..Default::default()
-    };
-    let sim = kubesent_gemini_sim::GeminiSim::start(config)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    println!("gemini-sim serving on {}/v1beta/models/{{model}}:generateContent", sim.url());
-    kubesent_common::shutdown_on_signal().cancelled().await;
-    sim.shutdown().await;
-    Ok(())
-}
-
-async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
-    // The campaigns' own clients are refused and answered with errors on purpose (hostile messages,
-    // injected apiserver faults); their refusals are counted in the report, not logged line by line.
-    let filter = match scenario {
-        Scenario::Hostile { .. }
-        | Scenario::Chaos { .. }
-        | Scenario::Storm { .. }
-        | Scenario::ModelBound { .. } => {
-            "warn,async_nats=off,kubesent_common::nats::connect=off,kube_client::client::builder=off"
-        }
-        _ => "warn",
-    };
-    let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, filter);
-    match scenario {
-        Scenario::Detector { rates, failure_percents, seconds, rss_pods, no_rss, pod_kib } => {
-            let options = kubesent_loadtest::detector::Options {
-                rates,
-                failure_percents,
-                seconds,
-                exe: std::env::current_exe()?,
-                rss_pods: if no_rss { Vec::new() } else { rss_pods },
-                pod_kib,
-            };
-            let report = kubesent_loadtest::detector::run(&options).await?;
-            println!("{report}");
-        }
-        Scenario::ModelBound { jobs, diagnosers, report_dir } => {
-            let options = kubesent_loadtest::campaign::model_bound::ModelBoundOptions {
-                exe: std::env::current_exe()?,
-                jobs,
-                diagnosers,
-                report_dir: Some(report_dir),
-            };
-            let report = kubesent_loadtest::campaign::model_bound::run(&options).await?;
-            print!("{report}");
-            if let Some(path) = &report.written {
-                println!("\nreport: {}", path.display());
-            }
-            if report.runs.iter().any(|r| r.over_quota > 0 || r.dead_lettered > 0) {
-                anyhow::bail!("the model-bound run went over the quota or dead-lettered jobs");
-            }
-        }
-        Scenario::Storm { workloads, storm_scale, report_dir } => {
-            let mut options =
-                kubesent_loadtest::campaign::storm::StormOptions::large(std::env::current_exe()?);
-            let scale = |n: usize| ((n as f64) * storm_scale.clamp(0.0, 100.0)).round() as usize;
-            options.background_workloads = workloads;
-            options.oom_deployments = scale(options.oom_deployments);
-            options.bad_rollouts = scale(options.bad_rollouts);
-            options.crash_loops = scale(options.crash_loops);
-            options.bare_pods = scale(options.bare_pods);
-            options.report_dir = Some(report_dir);
-            let report = kubesent_loadtest::campaign::storm::run(&options).await?;
-            print!("{report}");
-            if let Some(path) = &report.written {
-                println!("\nreport: {}", path.display());
-            }
-        }
-        Scenario::Chaos { faults, seed, report_dir } => {
-            let options = kubesent_loadtest::campaign::chaos::ChaosOptions {
-                exe: std::env::current_exe()?,
-                faults,
-                seed,
-                report_dir: Some(report_dir),
-            };
-            let report = kubesent_loadtest::campaign::chaos::run(&options).await?;
-            print!("{report}");
-            if let Some(path) = &report.written {
-                println!("\nreport: {}", path.display());
-            }
-            if !report.violations.is_empty() {
-                anyhow::bail!("the chaos campaign found {} invariant violation(s)", report.violations.len());
-            }
-        }
-        Scenario::Hostile { messages, seed } => {
-            let options =
-                kubesent_loadtest::hostile::Options { exe: std::env::current_exe()?, messages, seed };
-            let report = kubesent_loadtest::hostile::run(&options).await?;
-            print!("{report}");
-            if !report.passed() {
-                anyhow::bail!("the hostile campaign broke {} invariant(s)", report.violations.len());
-            }
-        }
-        Scenario::Diagnoser { jobs, quota_replicas, quota_seconds } => {
-            print!("{}", kubesent_loadtest::diagnoser::rules(jobs).await?);
-            for replicas in quota_replicas {
-                print!("{}", kubesent_loadtest::diagnoser::quota(replicas, quota_seconds).await?);
-            }
-        }
-    }
     Ok(())
 }
