@@ -18,7 +18,6 @@ use tracing::info;
 
 use kubesent_remediator::operator::{Operator, Taken};
 
-
 /// KubeSent: self-healing for Kubernetes workloads.
 #[derive(Debug, Parser)]
 #[command(name = "kubesent", version, about, long_about = None)]
