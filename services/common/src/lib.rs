@@ -21,14 +21,67 @@ pub enum Error {
     #[error("nats: {0}")]
     Nats(#[source] async_nats::Error),
     /// A publish was not acknowledged by the stream.
-    #[error("publish not acknowledged: {0}")]
-    Publish(String),
-    /// Streams, consumers, buckets or a local server could not be set up.
-    #[error("setup: {0}")]
-    Setup(String),
-    /// The Kubernetes client could not be configured.
-    #[error("kubernetes client: {0}")]
-    Kube(String),
+    #[error("publish to {subject} not acknowledged")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        #[source]
+        source: async_nats::jetstream::context::PublishError,
+    },
+    /// A message names a namespace that cannot be a subject token.
+    #[error("no subject for the message")]
+    Subject(#[from] kubesent_proto::InvalidNamespace),
+    /// JetStream refused a stream, consumer or bucket in a way waiting cannot fix.
+    #[error("{what}: {fix}")]
+    Unfixable {
+        /// What was being set up.
+        what: String,
+        /// What to do about it.
+        fix: String,
+        /// JetStream's answer.
+        #[source]
+        source: nats::setup::BoxError,
+    },
+    /// Setting up was given up because the process is shutting down.
+    #[error("{what}: shut down while waiting for JetStream")]
+    ShutDown {
+        /// What was being set up.
+        what: String,
+    },
+    /// A bucket an operator command needs does not exist.
+    #[error("no {bucket} bucket: has a KubeSent remediator run against it?")]
+    MissingBucket {
+        /// The bucket.
+        bucket: String,
+        /// JetStream's answer.
+        #[source]
+        source: async_nats::jetstream::context::KeyValueError,
+    },
+    /// A local nats-server (tests, the demo, the campaigns) could not be started.
+    #[error("local nats-server: {what}")]
+    LocalServer {
+        /// What failed.
+        what: String,
+        /// The I/O error, when there is one.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The Kubernetes API URL is invalid.
+    #[error("kubernetes API URL {url:?} is invalid")]
+    KubeUrl {
+        /// The URL given.
+        url: String,
+        /// Why.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// Neither in-cluster configuration nor a kubeconfig could be loaded.
+    #[error("kubernetes client configuration")]
+    KubeConfig(#[source] kube::config::InferConfigError),
+    /// The Kubernetes client could not be built.
+    #[error("kubernetes client")]
+    KubeClient(#[source] kube::Error),
     /// A setting is invalid (a NATS URL, conflicting credentials, an unreadable credentials file).
     #[error("configuration: {0}")]
     Config(String),
@@ -39,11 +92,22 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Nats(_) => "nats",
-            Self::Publish(_) => "publish",
-            Self::Setup(_) => "setup",
-            Self::Kube(_) => "kube",
+            Self::Publish { .. } | Self::Subject(_) => "publish",
+            Self::Unfixable { .. }
+            | Self::ShutDown { .. }
+            | Self::MissingBucket { .. }
+            | Self::LocalServer { .. } => "setup",
+            Self::KubeUrl { .. } | Self::KubeConfig(_) | Self::KubeClient(_) => "kube",
             Self::Config(_) => "config",
         }
+    }
+
+    pub(crate) fn local_server(what: impl Into<String>) -> Self {
+        Self::LocalServer { what: what.into(), source: None }
+    }
+
+    pub(crate) fn local_io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::LocalServer { what: what.into(), source: Some(source) }
     }
 }
 
@@ -101,14 +165,14 @@ pub async fn kube_client_with_token(
     install_crypto_provider();
     let mut config = match api_url {
         Some(url) => {
-            kube::Config::new(url.parse().map_err(|e| Error::Kube(format!("invalid URL {url:?}: {e}")))?)
+            kube::Config::new(url.parse().map_err(|source| Error::KubeUrl { url: url.to_owned(), source })?)
         }
-        None => kube::Config::infer().await.map_err(|e| Error::Kube(e.to_string()))?,
+        None => kube::Config::infer().await.map_err(Error::KubeConfig)?,
     };
     if let Some(token) = token {
         config.auth_info.token = Some(secrecy::SecretString::from(token.to_owned()));
     }
-    kube::Client::try_from(config).map_err(|e| Error::Kube(e.to_string()))
+    kube::Client::try_from(config).map_err(Error::KubeClient)
 }
 
 /// A token cancelled on SIGINT or SIGTERM.

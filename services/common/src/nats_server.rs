@@ -260,7 +260,8 @@ impl NatsCluster {
     }
 
     async fn spawn_node(&self, index: usize) -> Result<Child, Error> {
-        let node = self.nodes.get(index).ok_or_else(|| Error::Setup(format!("no cluster node {index}")))?;
+        let node =
+            self.nodes.get(index).ok_or_else(|| Error::local_server(format!("no cluster node {index}")))?;
         let routes: Vec<u16> = self.nodes.iter().map(|n| n.cluster_port).collect();
         let config = NodeConfig {
             name: Some(&node.name),
@@ -308,26 +309,26 @@ fn temporary_store() -> Result<tempfile::TempDir, Error> {
     tempfile::Builder::new()
         .prefix("kubesent-nats-")
         .tempdir()
-        .map_err(|e| Error::Setup(format!("temporary store directory: {e}")))
+        .map_err(|e| Error::local_io("temporary store directory", e))
 }
 
 /// A loopback port nobody listens on right now.
 fn free_port() -> Result<u16, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Setup(format!("finding a free port: {e}")))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| Error::Setup(format!("finding a free port: {e}")))
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::local_io("finding a free port", e))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| Error::local_io("finding a free port", e))
 }
 
 /// Starts `nats-server` with `config` (written into `store`) and waits until it reports ready.
 async fn spawn(store: &Path, config: &str, env: &[(String, String)]) -> Result<(Child, String), Error> {
     let binary = find_binary().ok_or_else(|| {
-        Error::Setup(
-            "nats-server not found: run `make setup`, or set KUBESENT_NATS_SERVER to its path".into(),
+        Error::local_server(
+            "nats-server not found: run `make setup`, or set KUBESENT_NATS_SERVER to its path",
         )
     })?;
     let config_path = store.join("nats.conf");
     std::fs::write(&config_path, config)
-        .map_err(|e| Error::Setup(format!("writing {}: {e}", config_path.display())))?;
+        .map_err(|e| Error::local_io(format!("writing {}", config_path.display()), e))?;
     let mut child = Command::new(&binary)
         .arg("-c")
         .arg(&config_path)
@@ -336,8 +337,8 @@ async fn spawn(store: &Path, config: &str, env: &[(String, String)]) -> Result<(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::Setup(format!("starting {}: {e}", binary.display())))?;
-    let stderr = child.stderr.take().ok_or_else(|| Error::Setup("nats-server stderr".into()))?;
+        .map_err(|e| Error::local_io(format!("starting {}", binary.display()), e))?;
+    let stderr = child.stderr.take().ok_or_else(|| Error::local_server("nats-server stderr"))?;
     let mut lines = BufReader::new(stderr).lines();
     let read_until_ready = async {
         let mut url = None;
@@ -355,9 +356,9 @@ async fn spawn(store: &Path, config: &str, env: &[(String, String)]) -> Result<(
     };
     let url = match tokio::time::timeout(STARTUP_TIMEOUT, read_until_ready).await {
         Ok(Ok(Some(url))) => url,
-        Ok(Ok(None)) => return Err(Error::Setup("nats-server did not say where it listens".into())),
-        Ok(Err(log)) => return Err(Error::Setup(format!("nats-server exited:\n{log}"))),
-        Err(_) => return Err(Error::Setup("nats-server did not report ready in time".into())),
+        Ok(Ok(None)) => return Err(Error::local_server("nats-server did not say where it listens")),
+        Ok(Err(log)) => return Err(Error::local_server(format!("nats-server exited:\n{log}"))),
+        Err(_) => return Err(Error::local_server("nats-server did not report ready in time")),
     };
     // Keep draining the log so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

@@ -420,8 +420,7 @@ async fn publish_job(
 ) -> (FailureJob, Result<nats::Published, kubesent_common::Error>) {
     let span = info_span!("publish_job", incident = %job.incident, namespace = %job.pod.namespace, pod = %job.pod.name);
     let result = async {
-        let subject = proto::job_subject(&job.pod.namespace, job.failure.kind)
-            .map_err(|e| kubesent_common::Error::Publish(e.to_string()))?;
+        let subject = proto::job_subject(&job.pod.namespace, job.failure.kind)?;
         let published = nats::publish(&js, subject, job.incident.as_str(), proto::encode(&job), &[(proto::headers::INCIDENT, job.incident.as_str())]).await?;
         if published.duplicate {
             debug!(sequence = published.sequence, "job already published (deduplicated)");

@@ -143,8 +143,16 @@ enum StepError {
     Guardrails(#[from] guardrails::GuardrailsError),
     #[error(transparent)]
     Common(#[from] kubesent_common::Error),
-    #[error("{0}")]
-    Timeout(String),
+    /// Every attempt met a conflict: the object changed under each.
+    #[error("{what} kept changing during {attempts} attempts")]
+    KeptChanging { what: String, attempts: usize },
+    /// The patch cannot be built from the live object (a container or a limit is missing).
+    #[error("no patch: {0}")]
+    NoPatch(String),
+    #[error("pod {pod} still terminating after {after:?}")]
+    StillTerminating { pod: String, after: Duration },
+    #[error("waiting for the pod's deletion")]
+    Wait(#[source] kube_runtime::wait::Error),
     #[error("outcome subject: {0}")]
     Subject(#[from] proto::InvalidNamespace),
 }

@@ -35,7 +35,7 @@ impl Remediator {
                             break;
                         }
                         let patch = ladder::owner_patch(&workload, &intent.action, &intent.incident)
-                            .map_err(StepError::Timeout)?;
+                            .map_err(StepError::NoPatch)?;
                         let params = PatchParams::default();
                         let result = match workload.kind {
                             WorkloadKind::Deployment => {
@@ -62,10 +62,10 @@ impl Remediator {
                         }
                     }
                     if !patched {
-                        return Err(StepError::Timeout(format!(
-                            "{} {} kept changing during {ATTEMPTS} patch attempts",
-                            reference.kind, reference.name
-                        )));
+                        return Err(StepError::KeptChanging {
+                            what: format!("{} {}", reference.kind, reference.name),
+                            attempts: ATTEMPTS,
+                        });
                     }
                     info!(workload = %reference.name, kind = %reference.kind, "owner's pod template patched");
                     intent.phase = Phase::Applied;
@@ -191,7 +191,7 @@ impl Remediator {
                             .await;
                     };
                     let patch =
-                        ladder::resize_patch(&pod, &container, from, to).map_err(StepError::Timeout)?;
+                        ladder::resize_patch(&pod, &container, from, to).map_err(StepError::NoPatch)?;
                     // The resize subresource changes resources only; the record of what it was (to
                     // reverse it) and of the incident goes on the pod first.
                     let recorded = ladder::pod_has_record(
@@ -411,15 +411,11 @@ impl Remediator {
                         await_condition(pods.clone(), &name, conditions::is_deleted(&intent.target.uid));
                     tokio::time::timeout(self.config.delete_timeout, wait)
                         .await
-                        .map_err(|_| {
-                            StepError::Timeout(format!(
-                                "pod {name} still terminating after {:?}",
-                                self.config.delete_timeout
-                            ))
+                        .map_err(|_| StepError::StillTerminating {
+                            pod: name.clone(),
+                            after: self.config.delete_timeout,
                         })?
-                        .map_err(|e| {
-                            StepError::Timeout(format!("waiting for the DELETED event failed: {e}"))
-                        })?;
+                        .map_err(StepError::Wait)?;
                     let created = match pods.create(&PostParams::default(), &replacement).await {
                         Ok(pod) => pod,
                         Err(kube::Error::Api(status)) if status.is_already_exists() => {
@@ -550,6 +546,6 @@ impl Remediator {
                 Err(error) => return Err(error.into()),
             }
         }
-        Err(StepError::Timeout(format!("the pod kept changing during {ATTEMPTS} delete attempts")))
+        Err(StepError::KeptChanging { what: format!("pod {}", intent.target.name), attempts: ATTEMPTS })
     }
 }

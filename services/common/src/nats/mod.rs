@@ -84,7 +84,7 @@ async fn acknowledged(
                 tracing::debug!(%error, %subject, retry_in = ?delay, "publish not acknowledged yet; retrying");
                 tokio::time::sleep(delay).await;
             }
-            Err(error) => return Err(Error::Publish(error.to_string())),
+            Err(source) => return Err(Error::Publish { subject, source }),
         }
     }
 }

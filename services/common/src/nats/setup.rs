@@ -22,7 +22,8 @@ use tracing::{info, warn};
 use super::roles::Role;
 use crate::{Backoff, Error};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Any error JetStream set-up meets.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How the JetStream objects are sized. Every service applies the same values at start.
 #[derive(Debug, Clone)]
@@ -205,9 +206,7 @@ pub async fn open_bucket(
 /// Opens an existing KV bucket without creating it (operator commands: creating it would pick a replica
 /// count the services did not choose).
 pub async fn existing_bucket(js: &Context, name: &str) -> Result<kv::Store, Error> {
-    js.get_key_value(name).await.map_err(|e| {
-        Error::Setup(format!("no {name} bucket: has a KubeSent remediator run against it? ({e})"))
-    })
+    js.get_key_value(name).await.map_err(|source| Error::MissingBucket { bucket: name.to_owned(), source })
 }
 
 /// Creates (or opens) a durable pull consumer on `stream`, waiting for the stream to exist.
@@ -255,17 +254,18 @@ where
             }
             Err(error) => error.into(),
         };
-        if let Some(conflict) = unfixable(error.as_ref()) {
-            return Err(Error::Setup(format!("{what}: {error} ({conflict})")));
+        if let Some(fix) = unfixable(error.as_ref()) {
+            return Err(Error::Unfixable { what: what.to_owned(), fix, source: error });
         }
         let delay = backoff.next_delay();
         warn!(what, attempt = number, %error, retry_in = ?delay, "JetStream is not ready for this yet; retrying");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return Err(Error::Setup(format!("{what}: shut down while waiting for JetStream"))),
+            () = shutdown.cancelled() => return Err(Error::ShutDown { what: what.to_owned() }),
         }
     }
-    Err(Error::Setup(format!("{what}: gave up")))
+    // 4 billion attempts at up to 10 s apart: only a shutdown ends the loop in practice.
+    Err(Error::ShutDown { what: what.to_owned() })
 }
 
 /// JetStream error codes that say the configuration is wrong whatever the 4xx/5xx class the server gives
