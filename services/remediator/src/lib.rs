@@ -18,7 +18,7 @@ pub mod plan;
 pub mod replace;
 pub mod undo;
 
-mod strategies;
+mod executors;
 mod tasks;
 mod verify;
 
@@ -34,14 +34,10 @@ use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet, StatefulSet},
     core::v1::{ObjectReference, Pod},
 };
-use kube::{
-    Api, Resource as _,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
-};
+use kube::{Api, Resource as _};
 use kube_runtime::{
     WatchStreamExt as _,
     events::{Event as KubeEvent, EventType, Recorder, Reporter},
-    wait::{await_condition, conditions},
     watcher,
 };
 use kubesent_common::{
@@ -528,14 +524,7 @@ impl Remediator {
             }
             _ => {}
         }
-        // Each strategy's future holds a watcher; boxing keeps the handler's future (and the stack
-        // frames that poll it) small.
-        match intent.strategy {
-            Strategy::ForceReplace => Box::pin(self.finish_replace(intent, revision)).await,
-            Strategy::OwnerPatch => Box::pin(self.finish_owner_patch(intent, revision)).await,
-            Strategy::InPlaceResize => Box::pin(self.finish_resize(intent, revision)).await,
-            Strategy::PodPatch => Box::pin(self.finish_pod_patch(intent, revision)).await,
-        }
+        Box::pin(self.execute(intent, revision)).await
     }
 
     /// Checks an approved intent against the cluster again, with the verdict it carries: `Some` says how it

@@ -1,0 +1,134 @@
+//! Owner patch: the owning Deployment's or StatefulSet's pod template is patched (guarded by its
+//! resourceVersion, re-checked on every conflict), then the rollout is verified.
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::Pod,
+};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+};
+use kube_runtime::watcher;
+use kubesent_proto::OutcomeResult;
+use tracing::info;
+
+use super::{Executor, Step};
+use crate::{
+    Remediator, StepError,
+    intent::{Intent, Phase},
+    ladder::{self, WorkloadKind},
+    workload_ref,
+};
+
+/// Patch attempts before a workload that keeps changing is given up on.
+const ATTEMPTS: usize = 4;
+
+/// The owner-patch executor.
+pub(crate) struct OwnerPatch;
+
+impl Executor for OwnerPatch {
+    async fn step(&self, r: &Remediator, intent: &mut Intent) -> Result<Step, StepError> {
+        let namespace = intent.target.namespace.clone();
+        let Some(reference) = intent.workload.clone() else {
+            return Ok(Step::finish(OutcomeResult::Failed, "the intent names no workload"));
+        };
+        if intent.phase == Phase::Pending {
+            for _ in 0..ATTEMPTS {
+                let workload = r.workload(&namespace, &reference).await?;
+                if let Err(why) = ladder::template_matches(&workload, &intent.action) {
+                    return Ok(Step::finish(OutcomeResult::Stale, why));
+                }
+                if !ladder::already_applied(&workload, &intent.action, &intent.incident) {
+                    // (Patched before a crash and not yet recorded: nothing to write again.)
+                    let patch = ladder::owner_patch(&workload, &intent.action, &intent.incident)
+                        .map_err(StepError::NoPatch)?;
+                    let params = PatchParams::default();
+                    let result = match workload.kind {
+                        WorkloadKind::Deployment => {
+                            Api::<Deployment>::namespaced(r.deps.kube.clone(), &namespace)
+                                .patch(&workload.name, &params, &Patch::Strategic(&patch))
+                                .await
+                                .map(|_| ())
+                        }
+                        WorkloadKind::StatefulSet => {
+                            Api::<StatefulSet>::namespaced(r.deps.kube.clone(), &namespace)
+                                .patch(&workload.name, &params, &Patch::Strategic(&patch))
+                                .await
+                                .map(|_| ())
+                        }
+                    };
+                    match result {
+                        Ok(()) => {}
+                        // Changed since it was read: read it again and re-check.
+                        Err(kube::Error::Api(status)) if status.is_conflict() => continue,
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                info!(workload = %reference.name, kind = %reference.kind, "owner's pod template patched");
+                intent.phase = Phase::Applied;
+                return Ok(Step::Advanced);
+            }
+            return Err(StepError::KeptChanging {
+                what: format!("{} {}", reference.kind, reference.name),
+                attempts: ATTEMPTS,
+            });
+        }
+        // Applied (or a phase another strategy left): verify the rollout.
+        let workload = r.workload(&namespace, &reference).await?;
+        let container = intent.action.container().unwrap_or_default().to_owned();
+        let old = intent.old_revision.clone().unwrap_or_default();
+        let desired = workload.replicas();
+        let label = if workload.kind == WorkloadKind::Deployment {
+            "pod-template-hash"
+        } else {
+            "controller-revision-hash"
+        };
+        let is_old = move |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(label)) == Some(&old);
+        let pods: Api<Pod> = Api::namespaced(r.deps.kube.clone(), &namespace);
+        if workload.kind == WorkloadKind::StatefulSet {
+            delete_stuck_pods(&pods, &workload, &is_old).await?;
+        }
+        let config = watcher::Config::default().labels(&workload.selector());
+        let verdict =
+            r.verify(pods, config, |pods| ladder::rollout_progress(pods, &container, &is_old, desired)).await;
+        let (result, detail) = verdict.describe(
+            &format!("the rollout of {} {}", reference.kind, reference.name),
+            r.config.verify_window,
+        );
+        r.announce(&workload_ref(&namespace, &workload), result, intent, &detail).await;
+        Ok(Step::finish(result, detail))
+    }
+}
+
+/// Deletes (uid-guarded) the StatefulSet's pods that the failing template left unready, so the
+/// controller creates them again from the fixed template (see [`ladder::stuck_pods`]).
+async fn delete_stuck_pods(
+    pods: &Api<Pod>,
+    workload: &ladder::Workload,
+    is_old: &impl Fn(&Pod) -> bool,
+) -> Result<(), StepError> {
+    let listed = pods.list(&ListParams::default().labels(&workload.selector())).await?;
+    let owned: Vec<Pod> = listed
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata.owner_references.iter().flatten().any(|o| Some(o.uid.as_str()) == workload.uid())
+        })
+        .collect();
+    for pod in ladder::stuck_pods(&owned, is_old) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&name, &params).await {
+            Ok(_) => {
+                info!(pod = %name, "deleted a pod stuck on the failing revision; the StatefulSet recreates it")
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
