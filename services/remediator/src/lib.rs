@@ -142,6 +142,9 @@ enum StepError {
     /// Every attempt met a conflict: the object changed under each.
     #[error("{what} kept changing during {attempts} attempts")]
     KeptChanging { what: String, attempts: usize },
+    /// An intent names a workload kind KubeSent does not change.
+    #[error("KubeSent changes Deployments and StatefulSets, not {0}")]
+    UnsupportedKind(String),
     /// The patch cannot be built from the live object (a container or a limit is missing).
     #[error("no patch: {0}")]
     NoPatch(String),
@@ -621,12 +624,15 @@ impl Remediator {
                     Api::<StatefulSet>::namespaced(kube, namespace).get(&reference.name).await?,
                 ),
             ),
-            _ => (
+            "Deployment" => (
                 WorkloadKind::Deployment,
                 serde_json::to_value(
                     Api::<Deployment>::namespaced(kube, namespace).get(&reference.name).await?,
                 ),
             ),
+            // An intent is only written for these two; anything else is a forged or corrupted intent,
+            // refused rather than read as a Deployment of the same name.
+            other => return Err(StepError::UnsupportedKind(other.to_owned())),
         };
         Ok(ladder::Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() })
     }

@@ -197,6 +197,39 @@ async fn a_replace_interrupted_after_the_delete_is_finished_by_the_next_leader()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_naming_a_kind_kubesent_does_not_change_ends_failed_and_changes_nothing() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let verdict = verdict(&failing, increase(128, 256), 95);
+    // A forged or corrupted intent: an owner patch of a DaemonSet, which KubeSent never plans. It must
+    // not be read as the Deployment of the same name.
+    let record = Intent {
+        workload: Some(proto::WorkloadRef { kind: "DaemonSet".into(), name: "web".into() }),
+        ..stored_intent(&verdict, Phase::Pending, Strategy::OwnerPatch)
+    };
+    assert!(world.intents.lock(&record.lock, &record.incident).await.expect("lock"));
+    assert!(matches!(world.intents.claim(&record).await.expect("stored"), Claim::Fresh(_)));
+    let mut entries = world.bucket.watch(record.incident.as_str()).await.expect("watch");
+
+    let remediator = start(&world, Policy::default());
+    let finished = tokio::time::timeout(PATIENCE, async {
+        while let Some(entry) = entries.next().await {
+            let intent: Intent = serde_json::from_slice(&entry.expect("entry").value).expect("an intent");
+            if intent.phase == Phase::Done {
+                return intent;
+            }
+        }
+        panic!("intent watch ended");
+    })
+    .await
+    .expect("the intent was finished in time");
+    assert_eq!(finished.result, Some(OutcomeResult::Failed), "{:?}", finished.detail);
+    assert!(finished.detail.as_deref().is_some_and(|d| d.contains("not DaemonSet")), "{:?}", finished.detail);
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_verdict_is_dead_lettered_with_the_reason() {
     let world = world(36).await;
     let mut dead_letters =

@@ -33,6 +33,13 @@ impl Executor for OwnerPatch {
         let Some(reference) = intent.workload.clone() else {
             return Ok(Step::finish(OutcomeResult::Failed, "the intent names no workload"));
         };
+        if !matches!(reference.kind.as_str(), "Deployment" | "StatefulSet") {
+            // Only written for these two: a forged or corrupted intent ends here, without a change.
+            return Ok(Step::finish(
+                OutcomeResult::Failed,
+                StepError::UnsupportedKind(reference.kind.clone()).to_string(),
+            ));
+        }
         if intent.phase == Phase::Pending {
             for _ in 0..ATTEMPTS {
                 let workload = r.workload(&namespace, &reference).await?;
