@@ -8,7 +8,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{registry::ImageState, server::SimState};
+use crate::{registry::ImageState, state::SimState};
 
 #[derive(Deserialize)]
 struct FaultSettings {

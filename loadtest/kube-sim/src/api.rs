@@ -12,7 +12,7 @@ use crate::{
     patch::{self, PatchType},
     pods::{self, PodDeletion},
     resources::{PODS, ResourceDef},
-    server::SimState,
+    state::SimState,
     store::{Mutation, StoredObject},
 };
 

@@ -25,7 +25,7 @@ use crate::{
     api::DeleteOptions,
     api_error::ApiError,
     resources::{CONTROLLERREVISIONS, DEPLOYMENTS, PODS, REPLICASETS, ResourceDef, STATEFULSETS},
-    server::SimState,
+    state::SimState,
     store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
 };
 

@@ -2,6 +2,7 @@
 //! publishing, trace-context headers, the admin endpoint, leader election and shutdown.
 
 pub mod admin;
+pub mod headers;
 pub mod leader;
 pub mod nats;
 pub mod nats_server;

@@ -11,7 +11,7 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, crate::nats::header_value(&value));
+        self.0.insert(key, crate::headers::header_value(&value));
     }
 }
 

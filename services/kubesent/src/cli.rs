@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::llm_args::LlmArgs;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Args, Parser, Subcommand};
@@ -126,52 +127,6 @@ pub struct DiagnoserArgs {
     memory_max: MemoryQuantity,
     #[command(flatten)]
     llm: LlmArgs,
-}
-
-/// Model settings of the diagnoser (and of `kubesent diagnose`).
-#[derive(Debug, Clone, Args)]
-pub struct LlmArgs {
-    /// Models to ask when the rules are unsure, in fallback order (comma-separated); none = rules only.
-    #[arg(long, env = "KUBESENT_MODELS", value_delimiter = ',')]
-    models: Vec<String>,
-    /// `gemini` or `openai` (any OpenAI-compatible endpoint, e.g. a self-hosted model).
-    #[arg(long, env = "KUBESENT_LLM_BACKEND", default_value = "gemini")]
-    llm_backend: String,
-    /// Base URL of the model API.
-    #[arg(long, env = "KUBESENT_LLM_URL", default_value = "https://generativelanguage.googleapis.com")]
-    llm_url: String,
-    /// API key (Gemini) or bearer token (OpenAI-compatible).
-    #[arg(long, env = "GEMINI_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-    /// Requests per minute per model for the whole diagnoser pool (the project's quota).
-    #[arg(long, env = "KUBESENT_MODEL_RPM", default_value_t = 60)]
-    model_rpm: u32,
-    /// Input tokens per minute per model for the whole pool (unlimited when unset).
-    #[arg(long, env = "KUBESENT_MODEL_TPM")]
-    model_tpm: Option<u32>,
-    /// Seconds one model request may take.
-    #[arg(long, env = "KUBESENT_MODEL_TIMEOUT_SECONDS", default_value_t = 60)]
-    model_timeout_seconds: u64,
-}
-
-impl LlmArgs {
-    /// The chain settings these flags describe.
-    pub fn settings(&self) -> anyhow::Result<kubesent_diagnoser::llm::LlmSettings> {
-        let backend = match self.llm_backend.as_str() {
-            "gemini" => kubesent_diagnoser::llm::BackendKind::Gemini,
-            "openai" => kubesent_diagnoser::llm::BackendKind::OpenAi,
-            other => anyhow::bail!("unknown --llm-backend {other:?} (gemini or openai)"),
-        };
-        Ok(kubesent_diagnoser::llm::LlmSettings {
-            models: self.models.iter().filter(|m| !m.trim().is_empty()).cloned().collect(),
-            backend,
-            base_url: self.llm_url.clone(),
-            api_key: self.api_key.clone().map(secrecy::SecretString::from),
-            limits: kubesent_diagnoser::ratelimit::Limits { rpm: self.model_rpm, tpm: self.model_tpm },
-            timeout: Duration::from_secs(self.model_timeout_seconds),
-            max_wait: Duration::from_secs(20),
-        })
-    }
 }
 
 /// `kubesent remediator`
@@ -452,7 +407,7 @@ async fn run_diagnoser(args: DiagnoserArgs) -> anyhow::Result<()> {
         memory: kubesent_diagnoser::MemoryPolicy { factor: args.memory_factor, max: args.memory_max },
         ..kubesent_diagnoser::DiagnoserConfig::default()
     };
-    let settings = args.llm.settings()?;
+    let settings = args.llm.settings();
     let bucket = if settings.models.is_empty() {
         None
     } else {

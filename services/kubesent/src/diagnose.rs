@@ -17,7 +17,7 @@ use kubesent_diagnoser::{Diagnoser, Diagnosis, MemoryPolicy, evidence, redact::R
 use kubesent_proto::{FailureKind, Verdict, VerdictSource};
 use serde_json::{Value, json};
 
-use crate::cli::LlmArgs;
+use crate::llm_args::LlmArgs;
 
 /// `kubesent diagnose`
 #[derive(Debug, Args)]
@@ -153,7 +153,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         .collect();
     let evidence = evidence::build(&pod, logs, &events, owners, None, None, &redactor);
     let models =
-        if args.offline { None } else { kubesent_diagnoser::llm::build_chain(&args.llm.settings()?, None)? };
+        if args.offline { None } else { kubesent_diagnoser::llm::build_chain(&args.llm.settings(), None)? };
     let diagnoser = Diagnoser { memory: MemoryPolicy::default(), models };
     let verdict = match diagnoser.diagnose(&job, &evidence).await {
         Diagnosis::Verdict(verdict) => *verdict,

@@ -120,12 +120,7 @@ pub fn is_cas_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A header value with CR/LF replaced, since async-nats panics on them.
-pub fn header_value(text: &str) -> async_nats::HeaderValue {
-    let clean: String =
-        text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).take(1024).collect();
-    async_nats::HeaderValue::from(clean.as_str())
-}
+pub use crate::headers::header_value;
 
 /// Copies a message to `kubesent.dlq.<stage>` with the reason, then terminates it so it is not
 /// redelivered. The copy is acknowledged before the TERM, so nothing is lost between the two.
