@@ -1,0 +1,184 @@
+//! The workload controllers: Deployments through ReplicaSets, rollouts and their history, StatefulSets, garbage collection.
+
+use super::*;
+
+#[tokio::test]
+async fn a_deployment_runs_its_pods_through_a_replica_set_with_a_template_hash() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let sim = sim().await;
+    let client = client(&sim);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 3, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    let ready = wait_deployment(&deployments, "web", |d| status_of(d) == (3, 3, 3)).await;
+    assert_eq!(
+        ready
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+            .map(String::as_str),
+        Some("1")
+    );
+
+    let sets: Vec<ReplicaSet> = Api::<ReplicaSet>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    assert_eq!(sets.len(), 1);
+    let rs = &sets[0];
+    let hash =
+        rs.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned().expect("hash label");
+    assert_eq!(rs.metadata.name.as_deref(), Some(format!("web-{hash}").as_str()));
+    let owner = &rs.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("Deployment", "web", Some(true))
+    );
+
+    let pods = Api::<Pod>::namespaced(client, "shop")
+        .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
+        .await
+        .expect("pods");
+    assert_eq!(pods.items.len(), 3);
+    for pod in &pods.items {
+        assert!(pod.metadata.name.as_deref().is_some_and(|n| n.starts_with(&format!("web-{hash}-"))));
+        let owner = &pod.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("ReplicaSet", Some(true)));
+    }
+}
+
+#[tokio::test]
+async fn a_template_change_rolls_out_a_new_revision_and_keeps_the_old_one_in_history() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let sim = sim().await;
+    let client = client(&sim);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    wait_deployment(&deployments, "web", |d| status_of(d) == (2, 2, 2)).await;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:2"}]}}}});
+    deployments
+        .patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch))
+        .await
+        .expect("patched");
+    let rolled = wait_deployment(&deployments, "web", |d| {
+        status_of(d) == (2, 2, 2)
+            && d.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                .map(String::as_str)
+                == Some("2")
+            && d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+    })
+    .await;
+    assert_eq!(rolled.metadata.generation, Some(2));
+    let sets: Vec<ReplicaSet> = Api::<ReplicaSet>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    assert_eq!(sets.len(), 2, "the old ReplicaSet stays as revision history");
+    let by_revision = |r: &str| {
+        sets.iter()
+            .find(|rs| {
+                rs.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                    .map(String::as_str)
+                    == Some(r)
+            })
+            .expect("revision")
+    };
+    assert_eq!(by_revision("1").spec.as_ref().and_then(|s| s.replicas), Some(0));
+    assert_eq!(by_revision("2").spec.as_ref().and_then(|s| s.replicas), Some(2));
+    let old_image = by_revision("1")
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.spec.as_ref())
+        .map(|s| s.containers[0].image.clone());
+    assert_eq!(
+        old_image,
+        Some(Some("registry.local/shop/web:1".into())),
+        "the previous revision's image is readable"
+    );
+    let pods = pods_until(&Api::namespaced(client.clone(), "shop"), |pods| {
+        pods.len() == 2
+            && pods.iter().all(|p| {
+                p.spec.as_ref().and_then(|s| s.containers[0].image.clone()).as_deref()
+                    == Some("registry.local/shop/web:2")
+            })
+    })
+    .await;
+    assert_eq!(pods.len(), 2);
+}
+
+#[tokio::test]
+async fn a_stateful_set_creates_ordinal_pods_in_order() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let sim = sim().await;
+    let client = client(&sim);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "shop");
+    let sts: StatefulSet = serde_json::from_value(json!({"metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "registry.local/db:1"}]}}}}))
+    .expect("sts json");
+    sets.create(&PostParams::default(), &sts).await.expect("created");
+    tokio::time::timeout(
+        PATIENCE,
+        await_condition(sets.clone(), "db", |s: Option<&StatefulSet>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|st| st.ready_replicas == Some(3))
+        }),
+    )
+    .await
+    .expect("ready in time")
+    .expect("watch works");
+    let pods = Api::<Pod>::namespaced(client, "shop").list(&ListParams::default()).await.expect("pods").items;
+    let mut names: Vec<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1", "db-2"]);
+    let created: Vec<_> = ["db-0", "db-1", "db-2"]
+        .iter()
+        .map(|n| {
+            pods.iter()
+                .find(|p| p.metadata.name.as_deref() == Some(n))
+                .and_then(|p| p.metadata.resource_version.clone())
+                .and_then(|rv| rv.parse::<u64>().ok())
+        })
+        .collect();
+    assert!(pods.iter().all(|p| {
+        p.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.get("controller-revision-hash").is_some_and(|h| h.starts_with("db-")))
+    }));
+    let owner = pods[0].metadata.owner_references.as_ref().expect("owner")[0].clone();
+    assert_eq!((owner.kind.as_str(), owner.controller), ("StatefulSet", Some(true)));
+    assert_eq!(created.len(), 3);
+}
+
+#[tokio::test]
+async fn deleting_a_deployment_garbage_collects_its_replica_sets_and_pods() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let sim = sim().await;
+    let client = client(&sim);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    wait_deployment(&deployments, "web", |d| status_of(d) == (2, 2, 2)).await;
+    deployments.delete("web", &DeleteParams::default()).await.expect("deleted");
+    pods_until(&Api::namespaced(client.clone(), "shop"), |pods| pods.is_empty()).await;
+    let sets =
+        Api::<ReplicaSet>::namespaced(client, "shop").list(&ListParams::default()).await.expect("rs").items;
+    assert!(sets.is_empty(), "the ReplicaSet is collected too");
+}
