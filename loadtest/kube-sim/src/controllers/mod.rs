@@ -1,0 +1,345 @@
+//! Workload controllers: Deployment → ReplicaSet → Pod (pod-template-hash, revision annotations,
+//! rolling updates, revision history), StatefulSet → ordinal pods (OrderedReady, controller revisions,
+//! rolling updates from the highest ordinal) and background garbage collection of dependents.
+//!
+//! They run in-process on the store's change feed and create and delete pods through the same write
+//! paths as clients, so pods they create are defaulted, validated and run by the kubelet.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, ReplicaSet, StatefulSet},
+        core::v1::{Pod, PodTemplateSpec},
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::DeleteOptions,
+    api_error::ApiError,
+    resources::{CONTROLLERREVISIONS, DEPLOYMENTS, PODS, REPLICASETS, ResourceDef, STATEFULSETS},
+    state::SimState,
+    store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
+};
+
+mod deployment;
+mod replica_set;
+mod stateful_set;
+
+/// Label carrying the template hash on ReplicaSets and their pods.
+pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+/// Label carrying the StatefulSet revision on its pods.
+pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
+/// Revision annotation on Deployments and ReplicaSets.
+pub const REVISION: &str = "deployment.kubernetes.io/revision";
+
+const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// The hash the Deployment controller puts in `pod-template-hash`: FNV-32a of the template, printed in
+/// decimal and mapped onto the apiserver's safe alphabet (`rand.SafeEncodeString`).
+pub fn template_hash(template: &Value) -> String {
+    let canonical = serde_json::to_vec(template).unwrap_or_default();
+    let hash = canonical.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
+    hash.to_string().bytes().map(|b| SAFE_ALPHABET[b as usize % SAFE_ALPHABET.len()] as char).collect()
+}
+
+/// What needs reconciling.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Deployment(String, String),
+    ReplicaSet(String, String),
+    StatefulSet(String, String),
+    /// Delete the dependents of a removed owner (namespace, owner uid).
+    Collect(String, String),
+}
+
+struct Queue {
+    pending: Mutex<HashSet<Key>>,
+    tx: mpsc::UnboundedSender<Key>,
+}
+
+impl Queue {
+    fn push(&self, key: Key) {
+        if self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone()) {
+            let _ = self.tx.send(key);
+        }
+    }
+
+    fn take(&self, key: &Key) {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+    }
+}
+
+fn owned_by(object: &StoredObject, owner_uid: &str) -> bool {
+    object.is_owned_by(owner_uid)
+}
+
+fn owner_ref(kind: &str, name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: kind.into(),
+        name: name.into(),
+        uid: uid.into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn is_active(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// `intstr` percentages and integers of rolling-update parameters, resolved against `total`.
+fn resolve(value: Option<&Value>, total: i32, round_up: bool, default_percent: i32) -> i32 {
+    let percent_of = |p: i32| {
+        let exact = f64::from(total) * f64::from(p) / 100.0;
+        (if round_up { exact.ceil() } else { exact.floor() }) as i32
+    };
+    match value {
+        Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).unwrap_or(0),
+        Some(Value::String(s)) => s.trim_end_matches('%').parse::<i32>().map(percent_of).unwrap_or(0),
+        _ => percent_of(default_percent),
+    }
+}
+
+/// Starts the controllers; they stop with `shutdown`.
+pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let queue = Arc::new(Queue { pending: Mutex::new(HashSet::new()), tx });
+    for def in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &PODS] {
+        let feed = state.store.subscribe(def);
+        tokio::spawn(route_changes(def, feed, state.clone(), queue.clone(), shutdown.clone()));
+    }
+    tokio::spawn(async move {
+        loop {
+            let key = tokio::select! {
+                key = rx.recv() => match key { Some(key) => key, None => return },
+                () = shutdown.cancelled() => return,
+            };
+            queue.take(&key);
+            let controllers = Controllers { state: &state };
+            if let Err(error) = controllers.reconcile(&key) {
+                tracing::debug!(?key, %error.message, "reconcile failed; retrying");
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    queue.push(key);
+                });
+            }
+        }
+    });
+}
+
+/// Turns store changes into reconcile keys.
+async fn route_changes(
+    def: &'static ResourceDef,
+    mut feed: broadcast::Receiver<Arc<WatchRecord>>,
+    state: Arc<SimState>,
+    queue: Arc<Queue>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let record = tokio::select! {
+            record = feed.recv() => record,
+            () = shutdown.cancelled() => return,
+        };
+        match record {
+            Ok(record) => route(def, &record, &queue),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Missed changes: reconcile everything of this kind.
+                for object in state.store.all(def) {
+                    let record = WatchRecord { event: EventType::Modified, object, previous: None };
+                    route(def, &record, &queue);
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
+    let object = &record.object;
+    let (ns, name) = (object.namespace.clone(), object.name.clone());
+    if record.event == EventType::Deleted && def != &PODS {
+        queue.push(Key::Collect(ns.clone(), object.uid.clone()));
+    }
+    if def == &DEPLOYMENTS {
+        queue.push(Key::Deployment(ns, name));
+    } else if def == &REPLICASETS {
+        queue.push(Key::ReplicaSet(ns.clone(), name));
+        if let Some(("Deployment", owner)) = object.controller() {
+            queue.push(Key::Deployment(ns, owner.to_owned()));
+        }
+    } else if def == &STATEFULSETS {
+        queue.push(Key::StatefulSet(ns, name));
+    } else if let Some((kind, owner)) = object.controller() {
+        match kind {
+            "ReplicaSet" => queue.push(Key::ReplicaSet(ns, owner.to_owned())),
+            "StatefulSet" => queue.push(Key::StatefulSet(ns, owner.to_owned())),
+            _ => {}
+        }
+    }
+}
+
+struct Controllers<'a> {
+    state: &'a Arc<SimState>,
+}
+
+impl Controllers<'_> {
+    fn reconcile(&self, key: &Key) -> Result<(), ApiError> {
+        match key {
+            Key::Deployment(ns, name) => self.deployment(ns, name),
+            Key::ReplicaSet(ns, name) => self.replica_set(ns, name),
+            Key::StatefulSet(ns, name) => self.stateful_set(ns, name),
+            Key::Collect(ns, uid) => self.collect(ns, uid),
+        }
+    }
+
+    fn objects(&self, def: &ResourceDef, ns: &str) -> Result<Vec<Arc<StoredObject>>, ApiError> {
+        let filter = Filter { namespace: Some(ns.to_owned()), ..Filter::default() };
+        Ok(self.state.store.list(def, &filter, None, None)?.items)
+    }
+
+    fn owned_pods(&self, ns: &str, owner_uid: &str) -> Result<Vec<Pod>, ApiError> {
+        self.objects(&PODS, ns)?.iter().filter(|o| owned_by(o, owner_uid)).map(|o| o.typed()).collect()
+    }
+
+    /// Writes `status` on the object if it changed (and only the status).
+    fn write_status(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        status: Value,
+    ) -> Result<(), ApiError> {
+        self.state.store.mutate(def, ns, name, |current| {
+            let Some(current) = current.filter(|c| c.uid == uid) else { return Ok(Mutation::Unchanged) };
+            let mut value = current.value();
+            if value.get("status") == Some(&status) {
+                return Ok(Mutation::Unchanged);
+            }
+            value["status"] = status;
+            Ok(Mutation::Put(value))
+        })?;
+        Ok(())
+    }
+
+    /// Updates the object's spec and metadata through `change` (not the status), if it changed.
+    fn update(
+        &self,
+        def: &ResourceDef,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Result<(), ApiError> {
+        self.state.store.mutate(def, ns, name, |current| {
+            let Some(current) = current.filter(|c| c.uid == uid) else { return Ok(Mutation::Unchanged) };
+            let before = current.value();
+            let mut after = before.clone();
+            change(&mut after);
+            if after == before {
+                return Ok(Mutation::Unchanged);
+            }
+            if before.get("spec") != after.get("spec") {
+                let generation = before.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                after["metadata"]["generation"] = json!(generation + 1);
+            }
+            Ok(Mutation::Put(after))
+        })?;
+        Ok(())
+    }
+
+    fn delete_pod(&self, ns: &str, pod: &Pod) -> Result<(), ApiError> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let options = DeleteOptions { uid: pod.metadata.uid.clone(), ..DeleteOptions::default() };
+        match self.state.delete(&PODS, ns, &name, &options) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_pod(
+        &self,
+        ns: &str,
+        template: &PodTemplateSpec,
+        name: Option<String>,
+        generate: &str,
+        extra_labels: &BTreeMap<String, String>,
+        owner: OwnerReference,
+    ) -> Result<(), ApiError> {
+        let mut metadata = template.metadata.clone().unwrap_or_default();
+        let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
+        labels.extend(extra_labels.clone());
+        metadata.name = name;
+        metadata.generate_name = Some(generate.to_owned());
+        metadata.namespace = Some(ns.to_owned());
+        metadata.owner_references = Some(vec![owner]);
+        let pod = Pod { metadata, spec: template.spec.clone(), status: None };
+        let value = serde_json::to_value(&pod).map_err(ApiError::internal)?;
+        self.state.create(&PODS, ns, value, false).map(|_| ())
+    }
+
+    /// Background garbage collection: deletes whatever a removed owner controlled.
+    fn collect(&self, ns: &str, owner_uid: &str) -> Result<(), ApiError> {
+        for def in [&REPLICASETS, &PODS, &CONTROLLERREVISIONS] {
+            for object in self.objects(def, ns)?.iter().filter(|o| owned_by(o, owner_uid)) {
+                let options = DeleteOptions { uid: Some(object.uid.clone()), ..DeleteOptions::default() };
+                match self.state.delete(def, ns, &object.name, &options) {
+                    Ok(_) => {}
+                    Err(e) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_hashes_are_stable_and_use_the_safe_alphabet() {
+        let a = template_hash(
+            &json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}),
+        );
+        let b = template_hash(
+            &json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}),
+        );
+        let c = template_hash(
+            &json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:2"}]}}),
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.bytes().all(|ch| SAFE_ALPHABET.contains(&ch)), "{a}");
+    }
+
+    #[test]
+    fn rolling_update_parameters_resolve_percentages_like_the_controller() {
+        assert_eq!(resolve(None, 4, true, 25), 1);
+        assert_eq!(resolve(None, 4, false, 25), 1);
+        assert_eq!(resolve(None, 3, false, 25), 0);
+        assert_eq!(resolve(None, 3, true, 25), 1);
+        assert_eq!(resolve(Some(&json!("50%")), 10, true, 25), 5);
+        assert_eq!(resolve(Some(&json!(2)), 10, true, 25), 2);
+    }
+}

@@ -1,0 +1,46 @@
+//! The ReplicaSet controller: keeps the number of pods of the template, deletes the surplus.
+
+use super::*;
+
+impl Controllers<'_> {
+    pub(super) fn replica_set(&self, ns: &str, name: &str) -> Result<(), ApiError> {
+        let Ok(object) = self.state.store.get(&REPLICASETS, ns, name) else { return Ok(()) };
+        let rs: ReplicaSet = object.typed()?;
+        if rs.metadata.deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        let spec = rs.spec.clone().unwrap_or_default();
+        let desired = spec.replicas.unwrap_or(1).max(0) as usize;
+        let pods = self.owned_pods(ns, &object.uid)?;
+        let mut active: Vec<&Pod> = pods.iter().filter(|p| is_active(p)).collect();
+        if active.len() < desired {
+            let template = spec.template.clone().unwrap_or_default();
+            for _ in active.len()..desired {
+                self.create_pod(
+                    ns,
+                    &template,
+                    None,
+                    &format!("{name}-"),
+                    &BTreeMap::new(),
+                    owner_ref("ReplicaSet", name, &object.uid),
+                )?;
+            }
+        } else if active.len() > desired {
+            // Delete the least valuable first: not ready, then the newest.
+            active.sort_by_key(|p| {
+                (is_ready(p), std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+            });
+            for pod in &active[..active.len() - desired] {
+                self.delete_pod(ns, pod)?;
+            }
+        }
+        let pods = self.owned_pods(ns, &object.uid)?;
+        let counted: Vec<&Pod> = pods.iter().filter(|p| is_active(p)).collect();
+        let ready = counted.iter().filter(|p| is_ready(p)).count();
+        let status = json!({
+            "replicas": counted.len(), "fullyLabeledReplicas": counted.len(), "readyReplicas": ready,
+            "availableReplicas": ready, "observedGeneration": rs.metadata.generation.unwrap_or(1),
+        });
+        self.write_status(&REPLICASETS, ns, name, &object.uid, status)
+    }
+}

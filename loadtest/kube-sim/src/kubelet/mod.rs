@@ -1,0 +1,375 @@
+//! A small kubelet for the single simulated node. It binds new pods, pulls images from the simulated
+//! [`Registry`](crate::registry::Registry), resolves ConfigMap and Secret references, runs init containers
+//! then containers, OOM-kills a container whose memory limit is below its need, lets scripted containers
+//! exit with a code, restarts them with the kubelet's back-off, writes core/v1 events and container logs,
+//! actuates in-place resizes and finishes graceful deletes.
+//!
+//! What a container does is driven by annotations on its pod (see [`annotations`]); a pod without them
+//! simply runs.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::core::v1::{
+        Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+        ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kubesent_proto::MemoryQuantity;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api_error::ApiError,
+    pods::{self, LogOptions},
+    registry::{PullError, Registry},
+    resources::{CONFIGMAPS, EVENTS, PODS, SECRETS},
+    store::{Mutation, Store},
+};
+
+mod images;
+mod lifecycle;
+mod logs;
+mod resize;
+
+use lifecycle::*;
+
+/// Pod annotations that script the simulated containers. Each also exists per container as
+/// `<annotation>.<container name>`, which wins over the pod-wide one.
+pub mod annotations {
+    /// Memory the container needs (`200Mi`); with a lower memory limit it is OOM-killed (exit 137).
+    pub const MEMORY_NEED: &str = "sim.kubesent.io/memory-need";
+    /// Exit code the container ends with after [`RUN_SECONDS`] (0 completes, anything else crashes).
+    pub const EXIT_CODE: &str = "sim.kubesent.io/exit-code";
+    /// Simulated seconds the container runs before it exits or is OOM-killed (default 2).
+    pub const RUN_SECONDS: &str = "sim.kubesent.io/run-seconds";
+    /// Log lines (newline-separated) each container instance writes after starting.
+    pub const LOGS: &str = "sim.kubesent.io/logs";
+}
+
+/// Timings of the simulated kubelet, in simulated time (scaled by [`SimClock`]).
+mod timing {
+    use std::time::Duration;
+    /// From creation to the scheduler's binding.
+    pub const SCHEDULE: Duration = Duration::from_millis(100);
+    /// Creating and starting a container.
+    pub const CONTAINER_START: Duration = Duration::from_millis(500);
+    /// Pulling an image not yet on the node.
+    pub const IMAGE_PULL: Duration = Duration::from_millis(800);
+    /// Default run time before a scripted exit or an OOM kill.
+    pub const RUN: Duration = Duration::from_secs(2);
+    /// How long an init container without a script takes to complete.
+    pub const INIT_RUN: Duration = Duration::from_millis(300);
+    /// How long containers take to stop after a graceful delete (capped by the grace period).
+    pub const SHUTDOWN: Duration = Duration::from_secs(1);
+    /// First back-off (crash loop and image pull); doubles per failure.
+    pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
+    /// Back-off cap.
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+    /// Retry interval for container configuration errors (the pod sync period).
+    pub const CONFIG_RETRY: Duration = Duration::from_secs(10);
+    /// Time the kubelet takes to actuate an in-place resize.
+    pub const RESIZE: Duration = Duration::from_millis(500);
+}
+
+/// Scales simulated durations to wall-clock ones, so tests can run the kubelet fast.
+#[derive(Debug, Clone, Copy)]
+pub struct SimClock {
+    scale: f64,
+}
+
+impl SimClock {
+    /// `scale` = wall-clock seconds per simulated second (1.0 = real time, 0.01 = 100× faster).
+    pub fn new(scale: f64) -> Self {
+        let scale = if scale.is_finite() && scale > 0.0 { scale } else { 1.0 };
+        Self { scale }
+    }
+
+    /// The wall-clock duration of a simulated one.
+    pub fn scaled(&self, simulated: Duration) -> Duration {
+        simulated.mul_f64(self.scale)
+    }
+}
+
+/// The back-off before retry number `failures` (1-based): the first retry is immediate, then 10 s
+/// doubling to a 5 min cap.
+pub fn backoff_after(failures: u32) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(failures - 2).unwrap_or(u32::MAX);
+    timing::BACKOFF_BASE.saturating_mul(factor).min(timing::BACKOFF_MAX)
+}
+
+/// Formats a back-off as kubelet does (`10s`, `1m20s`, `5m0s`).
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 { format!("{}m{}s", secs / 60, secs % 60) } else { format!("{secs}s") }
+}
+
+#[derive(Debug, Clone)]
+struct LogLine {
+    at: Timestamp,
+    text: String,
+}
+
+struct PodRuntime {
+    cancel: CancellationToken,
+    /// Bumped on every spec change (image update, resize).
+    spec_version: watch::Sender<u64>,
+    /// Log lines by container id.
+    logs: Mutex<HashMap<String, Vec<LogLine>>>,
+}
+
+impl Default for PodRuntime {
+    fn default() -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            spec_version: watch::Sender::new(0),
+            logs: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Why a wait ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    Elapsed,
+    SpecChanged,
+    Cancelled,
+}
+
+/// The simulated kubelet of the single simulated node.
+pub struct Kubelet {
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+    clock: SimClock,
+    node: String,
+    node_memory: MemoryQuantity,
+    runtimes: Mutex<HashMap<String, Arc<PodRuntime>>>,
+    /// Event names for aggregation, by (pod uid, reason, container, message).
+    events: Mutex<HashMap<(String, String, String, String), String>>,
+    /// Images already on the node.
+    pulled: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a container instance will do, read from its pod's annotations.
+#[derive(Debug, Clone, PartialEq)]
+struct Script {
+    memory_need: Option<MemoryQuantity>,
+    exit_code: Option<i32>,
+    run_for: Duration,
+    logs: Vec<String>,
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str, container: &str) -> Option<&'a String> {
+    let annotations = pod.metadata.annotations.as_ref()?;
+    annotations.get(&format!("{key}.{container}")).or_else(|| annotations.get(key))
+}
+
+fn script(pod: &Pod, container: &str) -> Script {
+    Script {
+        memory_need: annotation(pod, annotations::MEMORY_NEED, container)
+            .and_then(|t| MemoryQuantity::parse(t).ok()),
+        exit_code: annotation(pod, annotations::EXIT_CODE, container).and_then(|t| t.trim().parse().ok()),
+        run_for: annotation(pod, annotations::RUN_SECONDS, container)
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(timing::RUN, Duration::from_secs_f64),
+        logs: annotation(pod, annotations::LOGS, container)
+            .map(|t| t.lines().map(str::to_owned).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// The simulated memory need of a container, from its pod's annotations.
+pub fn memory_need(pod: &Pod, container: &str) -> Option<MemoryQuantity> {
+    script(pod, container).memory_need
+}
+
+/// How a container instance ended.
+struct Termination {
+    reason: String,
+    exit_code: i32,
+    /// Kill it restarts with no crash counted (a spec change).
+    replaced: bool,
+}
+
+impl Kubelet {
+    /// A kubelet for node `node` with `node_memory` allocatable.
+    pub fn new(
+        store: Arc<Store>,
+        registry: Arc<Registry>,
+        clock: SimClock,
+        node: impl Into<String>,
+        node_memory: MemoryQuantity,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            registry,
+            clock,
+            node: node.into(),
+            node_memory,
+            runtimes: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
+            pulled: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn runtime(&self, uid: &str) -> Arc<PodRuntime> {
+        lock(&self.runtimes).entry(uid.to_owned()).or_default().clone()
+    }
+
+    /// Waits for a simulated duration, a spec change or cancellation.
+    async fn wait(
+        &self,
+        runtime: &PodRuntime,
+        spec: &mut watch::Receiver<u64>,
+        simulated: Option<Duration>,
+    ) -> Wake {
+        let sleep = async {
+            match simulated {
+                Some(d) => tokio::time::sleep(self.clock.scaled(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => Wake::Elapsed,
+            changed = spec.changed() => if changed.is_ok() { Wake::SpecChanged } else { Wake::Cancelled },
+            () = runtime.cancel.cancelled() => Wake::Cancelled,
+        }
+    }
+
+    /// Starts running a newly created pod.
+    pub fn admit(self: &Arc<Self>, namespace: &str, name: &str, uid: &str) {
+        let kubelet = self.clone();
+        let (namespace, name, uid) = (namespace.to_owned(), name.to_owned(), uid.to_owned());
+        tokio::spawn(async move { kubelet.run_pod(namespace, name, uid).await });
+    }
+
+    /// Tells the pod's containers that its spec changed (image update or resize).
+    pub fn spec_changed(&self, uid: &str) {
+        if let Some(runtime) = lock(&self.runtimes).get(uid) {
+            runtime.spec_version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Stops a pod that was deleted immediately.
+    pub fn forget(&self, uid: &str) {
+        if let Some(runtime) = lock(&self.runtimes).remove(uid) {
+            runtime.cancel.cancel();
+        }
+    }
+
+    /// Stops a pod's containers and completes its graceful deletion after at most `grace` seconds.
+    pub fn terminate(self: &Arc<Self>, namespace: &str, name: &str, uid: &str, grace: i64) {
+        let kubelet = self.clone();
+        let (namespace, name, uid) = (namespace.to_owned(), name.to_owned(), uid.to_owned());
+        tokio::spawn(async move {
+            let runtime = kubelet.runtime(&uid);
+            runtime.cancel.cancel();
+            if let Ok(pod) = kubelet.get_pod(&namespace, &name) {
+                for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                    kubelet.event(
+                        &pod,
+                        &container.name,
+                        "Normal",
+                        "Killing",
+                        format!("Stopping container {}", container.name),
+                    );
+                }
+            }
+            let stop = timing::SHUTDOWN.min(Duration::from_secs(grace.max(0).unsigned_abs()));
+            tokio::time::sleep(kubelet.clock.scaled(stop)).await;
+            let now = Timestamp::now();
+            kubelet.update_pod(&namespace, &name, &uid, |pod| {
+                if let Some(status) = pod.status.as_mut() {
+                    for cs in status.container_statuses.iter_mut().flatten() {
+                        if cs.state.as_ref().is_some_and(|s| s.running.is_some()) {
+                            cs.state = Some(terminated(
+                                Termination { reason: "Completed".into(), exit_code: 0, replaced: false },
+                                cs.container_id.clone(),
+                                now,
+                                now,
+                            ));
+                        }
+                        cs.ready = false;
+                        cs.started = Some(false);
+                    }
+                    set_condition(status, "Ready", "False", Some("PodCompleted"), None, now);
+                    set_condition(status, "ContainersReady", "False", Some("PodCompleted"), None, now);
+                }
+            });
+            // The kubelet deletes with a uid precondition, so a newer pod of the same name survives.
+            let _ = kubelet.store.mutate(&PODS, &namespace, &name, |current| match current {
+                Some(object) if object.uid == uid => Ok(Mutation::Delete),
+                _ => Ok(Mutation::Unchanged),
+            });
+            kubelet.forget(&uid);
+        });
+    }
+
+    fn get_pod(&self, namespace: &str, name: &str) -> Result<Pod, ApiError> {
+        self.store.get(&PODS, namespace, name)?.typed()
+    }
+
+    /// The live pod if it still exists with `uid` and is not being deleted.
+    fn live_pod(&self, namespace: &str, name: &str, uid: &str) -> Option<Pod> {
+        self.get_pod(namespace, name)
+            .ok()
+            .filter(|p| p.metadata.uid.as_deref() == Some(uid) && p.metadata.deletion_timestamp.is_none())
+    }
+
+    /// Applies `change` to the pod if it still exists with `uid`; false if it does not.
+    fn update_pod(&self, namespace: &str, name: &str, uid: &str, change: impl FnOnce(&mut Pod)) -> bool {
+        let mut applied = false;
+        let result = self.store.mutate(&PODS, namespace, name, |current| {
+            let Some(current) = current.filter(|o| o.uid == uid) else { return Ok(Mutation::Unchanged) };
+            let mut pod: Pod = current.typed()?;
+            change(&mut pod);
+            applied = true;
+            Ok(Mutation::Put(serde_json::to_value(&pod).map_err(ApiError::internal)?))
+        });
+        result.is_ok() && applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_follows_the_kubelet_schedule() {
+        let secs: Vec<u64> = (1..=8).map(|n| backoff_after(n).as_secs()).collect();
+        assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(go_duration(Duration::from_secs(80)), "1m20s");
+        assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
+        assert_eq!(backoff_after(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn scripts_read_pod_wide_and_per_container_annotations() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "annotations": {
+            "sim.kubesent.io/memory-need": "200Mi", "sim.kubesent.io/exit-code.worker": "3",
+            "sim.kubesent.io/run-seconds": "0.5", "sim.kubesent.io/logs.worker": "a\nb"}}}))
+        .expect("pod");
+        let app = script(&pod, "app");
+        assert_eq!(app.memory_need, Some(MemoryQuantity::from_mib(200)));
+        assert_eq!(app.exit_code, None);
+        assert_eq!(app.run_for, Duration::from_millis(500));
+        let worker = script(&pod, "worker");
+        assert_eq!(worker.exit_code, Some(3));
+        assert_eq!(worker.logs, ["a", "b"]);
+    }
+}
