@@ -6,6 +6,7 @@ pub mod headers;
 pub mod leader;
 pub mod nats;
 pub mod nats_server;
+pub mod owner;
 pub mod pod;
 pub mod revisions;
 pub mod telemetry;

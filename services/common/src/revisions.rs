@@ -14,6 +14,8 @@ use k8s_openapi::{
 };
 use kube::{Api, api::ListParams};
 
+use crate::owner::Resolved;
+
 /// Annotation carrying a Deployment's or ReplicaSet's revision number.
 pub const DEPLOYMENT_REVISION: &str = "deployment.kubernetes.io/revision";
 
@@ -53,12 +55,12 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<(String, String)> {
 /// The revision history of the workload that controls `pod` (a Deployment through its ReplicaSet, or a
 /// StatefulSet); empty for any other pod, or when an object of the chain is gone.
 pub async fn history(kube: &kube::Client, namespace: &str, pod: &Pod) -> Result<History, kube::Error> {
-    match controller_of(&pod.metadata) {
-        Some((kind, name)) if kind == "ReplicaSet" => deployment_history(kube, namespace, &name).await,
-        Some((kind, name)) if kind == "StatefulSet" => {
-            stateful_set_history(kube, namespace, pod, &name).await
+    match crate::owner::resolve(kube, namespace, &pod.metadata).await? {
+        Resolved::Deployment { replica_set, deployment } => {
+            deployment_history(kube, namespace, &replica_set, &deployment).await
         }
-        _ => Ok(History::default()),
+        Resolved::StatefulSet(set) => stateful_set_history(kube, namespace, pod, &set).await,
+        Resolved::Bare | Resolved::Other { .. } | Resolved::Missing { .. } => Ok(History::default()),
     }
 }
 
@@ -76,17 +78,11 @@ fn owned_by(meta: &ObjectMeta, uid: Option<&String>) -> bool {
 async fn deployment_history(
     kube: &kube::Client,
     namespace: &str,
-    rs_name: &str,
+    rs: &ReplicaSet,
+    deployment: &Deployment,
 ) -> Result<History, kube::Error> {
     let sets: Api<ReplicaSet> = Api::namespaced(kube.clone(), namespace);
-    let Some(rs) = sets.get_opt(rs_name).await? else { return Ok(History::default()) };
-    let Some((_, deployment_name)) = controller_of(&rs.metadata).filter(|(k, _)| k == "Deployment") else {
-        return Ok(History::default());
-    };
-    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), namespace);
-    let Some(deployment) = deployments.get_opt(&deployment_name).await? else {
-        return Ok(History::default());
-    };
+    let deployment_name = deployment.metadata.name.clone().unwrap_or_default();
     let number = |meta: &ObjectMeta| {
         meta.annotations.as_ref().and_then(|a| a.get(DEPLOYMENT_REVISION)).and_then(|r| r.parse::<i64>().ok())
     };
@@ -109,7 +105,7 @@ async fn deployment_history(
             ready_replicas: set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
         })
     };
-    let current = revision(&rs);
+    let current = revision(rs);
     let selector = selector_text(deployment.spec.as_ref().map(|s| &s.selector));
     let list = sets.list(&ListParams::default().labels(&selector)).await?;
     let previous = current.as_ref().and_then(|current| {
@@ -146,12 +142,9 @@ async fn stateful_set_history(
     kube: &kube::Client,
     namespace: &str,
     pod: &Pod,
-    name: &str,
+    set: &StatefulSet,
 ) -> Result<History, kube::Error> {
-    let Some(set) = Api::<StatefulSet>::namespaced(kube.clone(), namespace).get_opt(name).await? else {
-        return Ok(History::default());
-    };
-    let owner = Some(("StatefulSet".to_owned(), name.to_owned()));
+    let owner = Some(("StatefulSet".to_owned(), set.metadata.name.clone().unwrap_or_default()));
     let Some(pod_revision) = pod.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash"))
     else {
         return Ok(History { owner, ..History::default() });

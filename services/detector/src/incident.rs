@@ -1,43 +1,18 @@
 //! Incident grouping: which workload a pod belongs to, and the template hash that tells rollouts apart.
 
+use kubesent_common::owner::POD_TEMPLATE_HASH;
 use kubesent_proto::{FailureKind, IncidentKey, WorkloadRef};
 
 use crate::lean::LeanPod;
 
-/// Label Deployments put on their ReplicaSets' pods.
-const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// Label StatefulSets and DaemonSets put on their pods.
 const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 /// Label Jobs put on their pods.
 const JOB_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 
-/// The controlling workload of a pod: ReplicaSets resolve to their Deployment (by the
-/// `<deployment>-<pod-template-hash>` naming the Deployment controller uses), Jobs a CronJob created to
-/// the CronJob (`<cronjob>-<scheduled minute>`), so each run of a failing CronJob is not a new incident;
-/// a pod without a controller is its own workload.
+/// The controlling workload of a pod, named from the pod alone ([`kubesent_common::owner::named_workload`]).
 pub fn workload_of(pod: &LeanPod) -> WorkloadRef {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let controller = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-    let Some(owner) = controller else { return WorkloadRef { kind: "Pod".into(), name } };
-    if owner.kind == "ReplicaSet"
-        && let Some(hash) = label(pod, POD_TEMPLATE_HASH)
-        && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")).filter(|d| !d.is_empty())
-    {
-        return WorkloadRef { kind: "Deployment".into(), name: deployment.to_owned() };
-    }
-    if owner.kind == "Job"
-        && let Some(cron_job) = cron_job_of(&owner.name)
-    {
-        return WorkloadRef { kind: "CronJob".into(), name: cron_job.to_owned() };
-    }
-    WorkloadRef { kind: owner.kind.clone(), name: owner.name.clone() }
-}
-
-/// The CronJob that named a Job `<cronjob>-<scheduled time in minutes since the epoch>` (8 digits or more).
-fn cron_job_of(job: &str) -> Option<&str> {
-    let (cron_job, minute) = job.rsplit_once('-')?;
-    (!cron_job.is_empty() && minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit()))
-        .then_some(cron_job)
+    kubesent_common::owner::named_workload(&pod.metadata)
 }
 
 fn label<'a>(pod: &'a LeanPod, key: &str) -> Option<&'a str> {

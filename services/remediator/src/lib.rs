@@ -31,7 +31,7 @@ use std::{
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet, StatefulSet},
+    apps::v1::{Deployment, StatefulSet},
     core::v1::{ObjectReference, Pod},
 };
 use kube::{Api, Resource as _};
@@ -558,57 +558,28 @@ impl Remediator {
 
     /// The controlling workload of `pod`, resolving a ReplicaSet to its Deployment.
     async fn resolve_owner(&self, pod: &Pod) -> Result<Owner, StepError> {
+        use kubesent_common::owner::{self, Resolved};
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let Some(controller) =
-            pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
-        else {
-            return Ok(Owner::Bare);
+        let workload = |kind, name: Option<String>, object: Result<serde_json::Value, _>| {
+            Owner::Workload(ladder::Workload {
+                kind,
+                name: name.unwrap_or_default(),
+                object: object.unwrap_or_default(),
+            })
         };
-        let kube = self.deps.kube.clone();
-        let gone = |kind: &str, name: &str| Owner::Missing(kind.to_owned(), name.to_owned());
-        match controller.kind.as_str() {
-            "ReplicaSet" => {
-                let Some(rs) =
-                    Api::<ReplicaSet>::namespaced(kube.clone(), &namespace).get_opt(&controller.name).await?
-                else {
-                    return Ok(gone("ReplicaSet", &controller.name));
-                };
-                match rs
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .find(|o| o.controller == Some(true) && o.kind == "Deployment")
-                {
-                    Some(deployment) => {
-                        let Some(object) =
-                            Api::<Deployment>::namespaced(kube, &namespace).get_opt(&deployment.name).await?
-                        else {
-                            return Ok(gone("Deployment", &deployment.name));
-                        };
-                        Ok(Owner::Workload(ladder::Workload {
-                            kind: WorkloadKind::Deployment,
-                            name: deployment.name.clone(),
-                            object: serde_json::to_value(object).unwrap_or_default(),
-                        }))
-                    }
-                    None => Ok(Owner::Unsupported("ReplicaSet".into(), controller.name.clone())),
-                }
+        Ok(match owner::resolve(&self.deps.kube, &namespace, &pod.metadata).await? {
+            Resolved::Bare => Owner::Bare,
+            Resolved::Deployment { deployment, .. } => workload(
+                WorkloadKind::Deployment,
+                deployment.metadata.name.clone(),
+                serde_json::to_value(&*deployment),
+            ),
+            Resolved::StatefulSet(set) => {
+                workload(WorkloadKind::StatefulSet, set.metadata.name.clone(), serde_json::to_value(&*set))
             }
-            "StatefulSet" => {
-                let Some(object) =
-                    Api::<StatefulSet>::namespaced(kube, &namespace).get_opt(&controller.name).await?
-                else {
-                    return Ok(gone("StatefulSet", &controller.name));
-                };
-                Ok(Owner::Workload(ladder::Workload {
-                    kind: WorkloadKind::StatefulSet,
-                    name: controller.name.clone(),
-                    object: serde_json::to_value(object).unwrap_or_default(),
-                }))
-            }
-            other => Ok(Owner::Unsupported(other.into(), controller.name.clone())),
-        }
+            Resolved::Other { kind, name } => Owner::Unsupported(kind, name),
+            Resolved::Missing { kind, name } => Owner::Missing(kind, name),
+        })
     }
 
     async fn workload(
