@@ -28,8 +28,8 @@ pub struct ContainerSpec {
     /// Command and arguments, redacted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
-    /// `limits.memory`, `requests.cpu`, …
-    pub resources: BTreeMap<String, String>,
+    /// Limits and requests.
+    pub resources: Resources,
     /// One line per probe.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<String>,
@@ -39,6 +39,25 @@ pub struct ContainerSpec {
     /// ConfigMap and Secret references (`configMapKeyRef settings/db_url`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub config_refs: Vec<String>,
+}
+
+/// A container's resource limits and requests, by resource name (`memory`, `cpu`,
+/// `ephemeral-storage`, …), as the rules read them and the prompt shows them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Resources {
+    /// `limits`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+    /// `requests`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+}
+
+impl Resources {
+    /// The memory limit, when one is set and is a valid quantity.
+    pub fn memory_limit(&self) -> Option<kubesent_proto::MemoryQuantity> {
+        self.limits.get("memory").and_then(|q| kubesent_proto::MemoryQuantity::parse(q).ok())
+    }
 }
 
 /// One container's state.
@@ -149,14 +168,15 @@ fn probe_line(kind: &str, probe: &Probe) -> String {
 }
 
 fn container_spec(c: &Container, init: bool, redactor: &Redactor) -> ContainerSpec {
-    let mut resources = BTreeMap::new();
-    if let Some(r) = &c.resources {
-        for (section, values) in [("limits", &r.limits), ("requests", &r.requests)] {
-            for (name, quantity) in values.iter().flatten() {
-                resources.insert(format!("{section}.{name}"), quantity.0.clone());
-            }
-        }
-    }
+    let list =
+        |values: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            values.into_iter().flatten().map(|(name, quantity)| (name.clone(), quantity.0.clone())).collect()
+        };
+    let resources = c
+        .resources
+        .as_ref()
+        .map(|r| Resources { limits: list(r.limits.as_ref()), requests: list(r.requests.as_ref()) })
+        .unwrap_or_default();
     let mut probes = Vec::new();
     for (kind, probe) in
         [("liveness", &c.liveness_probe), ("readiness", &c.readiness_probe), ("startup", &c.startup_probe)]

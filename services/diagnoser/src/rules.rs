@@ -155,9 +155,7 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
     let message = job.failure.message.clone().unwrap_or_default();
     match job.failure.kind {
         FailureKind::OomKilled => {
-            let limit = spec
-                .and_then(|c| c.resources.get("limits.memory"))
-                .and_then(|q| MemoryQuantity::parse(q).ok());
+            let limit = spec.and_then(|c| c.resources.memory_limit());
             match limit {
                 Some(limit) => match increased_limit(limit, policy) {
                     Some(to) => verdict(

@@ -196,11 +196,7 @@ pub fn map_answer(
             if !right_container {
                 return diagnosis_only("the answer names another container");
             }
-            let Some(from) = evidence
-                .container(&name)
-                .and_then(|c| c.resources.get("limits.memory"))
-                .and_then(|q| MemoryQuantity::parse(q).ok())
-            else {
+            let Some(from) = evidence.container(&name).and_then(|c| c.resources.memory_limit()) else {
                 return diagnosis_only("the container has no memory limit to raise");
             };
             let Some(ceiling) = increased_limit(from, policy) else {
