@@ -97,9 +97,19 @@ pub enum Error {
     Common(#[from] kubesent_common::Error),
 }
 
+kubesent_common::label_values! {
+    /// How JetStream acknowledged a job.
+    pub enum PublishResult {
+        /// Stored as new.
+        Published => "published",
+        /// Dropped as a duplicate of a job already stored (same incident).
+        Duplicate => "duplicate",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabel {
-    result: &'static str,
+    result: PublishResult,
 }
 
 /// Detector metrics.
@@ -141,20 +151,20 @@ impl DetectorMetrics {
         r.register("pending_jobs", "Jobs waiting to be published", metrics.pending_jobs.clone());
         r.register("leader", "1 when this replica leads", metrics.leader.clone());
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
-        for result in ["published", "duplicate"] {
-            let _ = metrics.published.get_or_create(&ResultLabel { result });
+        for result in PublishResult::ALL {
+            let _ = metrics.published.get_or_create(&ResultLabel { result: *result });
         }
         Arc::new(metrics)
     }
 
     /// Jobs acknowledged as new by JetStream.
     pub fn jobs_published(&self) -> u64 {
-        self.published.get_or_create(&ResultLabel { result: "published" }).get()
+        self.published.get_or_create(&ResultLabel { result: PublishResult::Published }).get()
     }
 
     /// Jobs JetStream dropped as duplicates.
     pub fn jobs_deduplicated(&self) -> u64 {
-        self.published.get_or_create(&ResultLabel { result: "duplicate" }).get()
+        self.published.get_or_create(&ResultLabel { result: PublishResult::Duplicate }).get()
     }
 
     /// Publish attempts that failed (and were retried).
@@ -375,7 +385,7 @@ impl Publisher {
             tokio::select! {
                 Some((job, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
                     Ok(published) => {
-                        let outcome = if published.duplicate { "duplicate" } else { "published" };
+                        let outcome = if published.duplicate { PublishResult::Duplicate } else { PublishResult::Published };
                         self.metrics.published.get_or_create(&ResultLabel { result: outcome }).inc();
                         backoff.reset();
                         retry_at = None;

@@ -167,9 +167,25 @@ enum JobError {
     Subject(#[from] proto::InvalidNamespace),
 }
 
+kubesent_common::label_values! {
+    /// How the diagnoser finished with a job.
+    pub enum JobOutcome {
+        /// A verdict was published.
+        Diagnosed => "diagnosed",
+        /// The target was gone: a stale verdict was published.
+        Stale => "stale",
+        /// No model could answer yet: handed back for later.
+        Deferred => "deferred",
+        /// Diagnosing failed: the job comes back.
+        Retried => "retried",
+        /// Failed on its last delivery, or invalid: dead-lettered.
+        DeadLettered => "dead_lettered",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabel {
-    outcome: &'static str,
+    outcome: JobOutcome,
 }
 
 /// Diagnoser metrics.
@@ -199,18 +215,18 @@ impl DiagnoserMetrics {
             let _ = metrics.rejected.get_or_create(&ReasonLabel { reason });
         }
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
-        for outcome in ["diagnosed", "stale", "deferred", "retried", "dead_lettered"] {
-            let _ = metrics.jobs.get_or_create(&OutcomeLabel { outcome });
+        for outcome in JobOutcome::ALL {
+            let _ = metrics.jobs.get_or_create(&OutcomeLabel { outcome: *outcome });
         }
         Arc::new(metrics)
     }
 
-    fn count(&self, outcome: &'static str) {
+    fn count(&self, outcome: JobOutcome) {
         self.jobs.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    /// Jobs handled with `outcome` (`diagnosed`, `stale`, `dead_lettered`, `retried`).
-    pub fn jobs(&self, outcome: &'static str) -> u64 {
+    /// Jobs handled with `outcome`.
+    pub fn jobs(&self, outcome: JobOutcome) -> u64 {
         self.jobs.get_or_create(&OutcomeLabel { outcome }).get()
     }
 
@@ -296,7 +312,7 @@ impl Worker {
             }
             Ok(Handled::Deferred(delay)) => {
                 info!(retry_in = ?delay, "no model can answer now; handing the job back");
-                self.deps.metrics.count("deferred");
+                self.deps.metrics.count(JobOutcome::Deferred);
                 let _ = message.ack_with(AckKind::Nak(Some(delay.max(Duration::from_secs(1))))).await;
             }
             Err(error) if deliveries >= self.config.topology.max_deliver => {
@@ -307,7 +323,7 @@ impl Worker {
                 let delay =
                     Duration::from_secs(2u64.saturating_pow(u32::try_from(deliveries).unwrap_or(8).min(8)));
                 warn!(%error, deliveries, retry_in = ?delay, "diagnosis failed; the job will be redelivered");
-                self.deps.metrics.count("retried");
+                self.deps.metrics.count(JobOutcome::Retried);
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             }
         }
@@ -315,7 +331,7 @@ impl Worker {
 
     async fn dead_letter(&self, message: &jetstream::Message, reason: &str) {
         match nats::dead_letter(&self.deps.js, "diagnoser", message, reason).await {
-            Ok(()) => self.deps.metrics.count("dead_lettered"),
+            Ok(()) => self.deps.metrics.count(JobOutcome::DeadLettered),
             Err(error) => warn!(%error, "dead-lettering failed; the job stays on the stream"),
         }
     }
@@ -359,8 +375,8 @@ impl Worker {
             "verdict published"
         );
         Ok(Handled::Published(match verdict.status {
-            VerdictStatus::Diagnosed => "diagnosed",
-            VerdictStatus::Stale => "stale",
+            VerdictStatus::Diagnosed => JobOutcome::Diagnosed,
+            VerdictStatus::Stale => JobOutcome::Stale,
         }))
     }
 }
@@ -368,7 +384,7 @@ impl Worker {
 /// How a job was handled.
 enum Handled {
     /// A verdict was published (the metric outcome).
-    Published(&'static str),
+    Published(JobOutcome),
     /// No model could answer: hand the job back after this delay.
     Deferred(Duration),
 }

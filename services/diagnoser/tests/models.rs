@@ -6,7 +6,7 @@ use kubesent_common::{nats, nats_server::NatsServer};
 use kubesent_diagnoser::{
     llm::{
         self, LlmError, ModelReply, Prompt,
-        chain::{Backend, ChainError, Model, ModelChain},
+        chain::{Backend, CallResult, ChainError, Model, ModelChain},
         gemini::{GeminiClient, Thinking},
         openai::OpenAiClient,
     },
@@ -71,10 +71,10 @@ async fn the_chain_falls_back_past_rate_limited_missing_and_overloaded_models() 
     let metrics = chain.metrics();
     assert_eq!(
         [
-            metrics.calls("m1", "rate_limited"),
-            metrics.calls("m2", "not_found"),
-            metrics.calls("m3", "transient"),
-            metrics.calls("m4", "ok")
+            metrics.calls("m1", CallResult::RateLimited),
+            metrics.calls("m2", CallResult::NotFound),
+            metrics.calls("m3", CallResult::Transient),
+            metrics.calls("m4", CallResult::Ok)
         ],
         [1, 1, 2, 1],
         "each call is counted by model and result"

@@ -12,7 +12,7 @@ use kubesent_common::{
 };
 use kubesent_detector::{classify::classify, lean::LeanPod, tracker::Transition};
 use kubesent_diagnoser::{
-    DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics,
+    DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics, JobOutcome,
     llm::{
         chain::{Backend, Model, ModelChain},
         gemini::{GeminiClient, Thinking},
@@ -179,7 +179,7 @@ async fn no_planted_secret_reaches_the_model_and_injected_instructions_do_not_be
     // Stopping waits for the handler in flight, which acknowledges the job after publishing.
     stop.cancel();
     task.await.expect("stopped");
-    assert_eq!(metrics.jobs("diagnosed"), 1);
+    assert_eq!(metrics.jobs(JobOutcome::Diagnosed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +195,7 @@ async fn a_rate_limited_model_hands_the_job_back_and_pauses_pulling_until_it_may
     assert_eq!(verdict.source, VerdictSource::Model { model: MODEL.into() });
     stop.cancel();
     task.await.expect("stopped");
-    assert_eq!(metrics.jobs("deferred"), 1, "the job was handed back once");
+    assert_eq!(metrics.jobs(JobOutcome::Deferred), 1, "the job was handed back once");
     let requests = world.gemini.requests();
     assert_eq!(requests.len(), 2, "one 429, then one answer after the retry delay — no retry storm");
     assert!(
@@ -221,7 +221,7 @@ async fn a_slow_model_call_keeps_its_job_through_progress_acks() {
     assert_eq!(world.gemini.requests().len(), 1, "the job was not redelivered while the model worked");
     stop.cancel();
     task.await.expect("stopped");
-    assert_eq!(metrics.jobs("diagnosed"), 1);
+    assert_eq!(metrics.jobs(JobOutcome::Diagnosed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,8 +264,8 @@ async fn a_job_that_fails_on_its_last_delivery_is_dead_lettered_with_the_reason(
     assert_eq!(dlq.get_info().await.expect("info").state.messages, 1);
     stop.cancel();
     task.await.expect("stopped");
-    assert_eq!(metrics.jobs("retried"), 1);
-    assert_eq!(metrics.jobs("dead_lettered"), 1);
+    assert_eq!(metrics.jobs(JobOutcome::Retried), 1);
+    assert_eq!(metrics.jobs(JobOutcome::DeadLettered), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,5 +329,5 @@ async fn a_revision_history_the_api_would_not_give_brings_the_job_back_instead_o
     assert_eq!(verdict.action.kind_str(), "rollback-image", "{}", verdict.root_cause);
     stop.cancel();
     task.await.expect("stopped");
-    assert_eq!(metrics.jobs("retried"), 1, "the job came back once");
+    assert_eq!(metrics.jobs(JobOutcome::Retried), 1, "the job came back once");
 }

@@ -530,6 +530,6 @@ async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
         .state
         .messages;
     assert_eq!(jobs, 0, "the poison job was removed from the work queue");
-    assert_eq!(stack.metrics.diagnoser.jobs("dead_lettered"), 1);
+    assert_eq!(stack.metrics.diagnoser.jobs(kubesent_diagnoser::JobOutcome::DeadLettered), 1);
     stack.stop().await;
 }

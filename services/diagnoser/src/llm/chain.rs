@@ -62,19 +62,36 @@ enum Health {
     Retired,
 }
 
+kubesent_common::label_values! {
+    /// How one model call ended.
+    pub enum CallResult {
+        /// A usable answer.
+        Ok => "ok",
+        /// 429: the model is rationed; it cools down.
+        RateLimited => "rate_limited",
+        /// 404: the model does not exist (retired from the chain).
+        NotFound => "not_found",
+        /// Refused for good (400, 401, 403).
+        Refused => "refused",
+        /// A transient failure (5xx, timeout, broken connection).
+        Transient => "transient",
+        /// An answer that could not be used (malformed, out of bounds).
+        Unusable => "unusable",
+        /// Not asked: the pool's budget for the model was spent.
+        Busy => "busy",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CallLabels {
     model: String,
-    result: &'static str,
+    result: CallResult,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ModelLabel {
     model: String,
 }
-
-const CALL_RESULTS: [&str; 7] =
-    ["ok", "rate_limited", "not_found", "refused", "transient", "unusable", "busy"];
 
 fn latency_histogram() -> Histogram {
     Histogram::new([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
@@ -101,9 +118,8 @@ impl Default for ModelMetrics {
 }
 
 impl ModelMetrics {
-    /// Calls to `model` that ended with `result` (`ok`, `rate_limited`, `not_found`, `refused`, `transient`,
-    /// `unusable`, `busy`).
-    pub fn calls(&self, model: &str, result: &'static str) -> u64 {
+    /// Calls to `model` that ended with `result`.
+    pub fn calls(&self, model: &str, result: CallResult) -> u64 {
         self.calls.get_or_create(&CallLabels { model: model.to_owned(), result }).get()
     }
 
@@ -117,7 +133,7 @@ impl ModelMetrics {
         self.available.get_or_create(&ModelLabel { model: model.to_owned() }).get()
     }
 
-    fn count(&self, model: &str, result: &'static str) {
+    fn count(&self, model: &str, result: CallResult) {
         self.calls.get_or_create(&CallLabels { model: model.to_owned(), result }).inc();
     }
 }
@@ -178,8 +194,9 @@ impl ModelChain {
             metrics.available.get_or_create(&label).set(1);
             let _ = metrics.latency.get_or_create(&label);
             let _ = metrics.prompt_tokens.get_or_create(&label);
-            for result in CALL_RESULTS {
-                let _ = metrics.calls.get_or_create(&CallLabels { model: model.name.clone(), result });
+            for result in CallResult::ALL {
+                let _ =
+                    metrics.calls.get_or_create(&CallLabels { model: model.name.clone(), result: *result });
             }
         }
         Arc::new(Self {
@@ -266,7 +283,7 @@ impl ModelChain {
                 match model.limiter.reserve(tokens, self.max_wait).await {
                     Ok(Reservation::Go(wait)) => tokio::time::sleep(wait).await,
                     Ok(Reservation::Busy(wait)) => {
-                        self.metrics.count(&model.name, "busy");
+                        self.metrics.count(&model.name, CallResult::Busy);
                         later(Instant::now() + wait);
                         break;
                     }
@@ -298,12 +315,12 @@ impl ModelChain {
                 self.metrics.count(
                     &model.name,
                     match &result {
-                        Ok(_) => "ok",
-                        Err(LlmError::RateLimited { .. }) => "rate_limited",
-                        Err(LlmError::NotFound(_)) => "not_found",
-                        Err(LlmError::Fatal(_)) => "refused",
-                        Err(LlmError::Transient(_)) => "transient",
-                        Err(LlmError::Unusable(_)) => "unusable",
+                        Ok(_) => CallResult::Ok,
+                        Err(LlmError::RateLimited { .. }) => CallResult::RateLimited,
+                        Err(LlmError::NotFound(_)) => CallResult::NotFound,
+                        Err(LlmError::Fatal(_)) => CallResult::Refused,
+                        Err(LlmError::Transient(_)) => CallResult::Transient,
+                        Err(LlmError::Unusable(_)) => CallResult::Unusable,
                     },
                 );
                 match result {
