@@ -218,3 +218,27 @@ impl Leadership {
         }
     }
 }
+
+/// Leader election flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LeaderArgs {
+    /// Compete for a Lease and act only while holding it (turn off for a single replica).
+    #[arg(long, env = "KUBESENT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Lease duration in seconds (3 to 3600).
+    #[arg(long, env = "KUBESENT_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+}
+
+impl LeaderArgs {
+    /// The election settings for `lease_name`, or `None` when leader election is off.
+    pub fn config(&self, common: &crate::CommonArgs, lease_name: &str) -> Option<LeaderConfig> {
+        self.leader_election.then(|| LeaderConfig {
+            namespace: common.lease_namespace.clone(),
+            lease_name: lease_name.to_owned(),
+            identity: common.identity.clone(),
+            ttl: Duration::from_secs(self.lease_seconds.clamp(3, 3600)),
+            standby_poll: STANDBY_POLL,
+        })
+    }
+}

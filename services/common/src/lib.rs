@@ -257,3 +257,13 @@ impl Backoff {
         self.next = self.initial;
     }
 }
+
+/// A memory growth factor: a finite number from 1 to 64.
+pub fn growth_factor(text: &str) -> Result<f64, String> {
+    let factor: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if factor.is_finite() && (1.0..=64.0).contains(&factor) {
+        Ok(factor)
+    } else {
+        Err(format!("{text} is not a factor from 1 to 64"))
+    }
+}

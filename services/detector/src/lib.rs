@@ -6,6 +6,7 @@
 //! fingerprint) drops the ones already published. Publishing failures (NATS down, stream full) are
 //! retried with back-off; nothing already seen is lost while they last.
 
+pub mod args;
 pub mod classify;
 pub mod incident;
 pub mod incidents;

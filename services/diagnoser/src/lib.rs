@@ -8,6 +8,7 @@
 //! go to `KUBESENT_DLQ` with the reason; a job whose pod is gone gets a `stale` verdict. When no model
 //! can answer, the job is handed back with a delay and the worker stops pulling until a model is usable.
 
+pub mod args;
 pub mod evidence;
 pub mod gather;
 pub mod llm;

@@ -2,17 +2,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::llm_args::LlmArgs;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Args, Parser, Subcommand};
 use kubesent_common::{
     CommonArgs,
     admin::{self, Health},
-    leader::LeaderConfig,
-    nats::{self, NatsArgs, PullOptions, Role, Topology},
+    nats::{self, NatsArgs, Role, Topology},
 };
-use kubesent_proto::MemoryQuantity;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -32,11 +29,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch pods and publish one job per failure incident (leader-elected).
-    Detector(DetectorArgs),
+    Detector(kubesent_detector::args::DetectorArgs),
     /// Diagnose failure jobs into verdicts (a pool of workers).
-    Diagnoser(DiagnoserArgs),
+    Diagnoser(kubesent_diagnoser::args::DiagnoserArgs),
     /// Gate and apply verdicts (leader-elected).
-    Remediator(RemediatorArgs),
+    Remediator(kubesent_remediator::args::RemediatorArgs),
     /// Turn the kill switch on: every remediator only suggests until `kubesent resume`.
     Pause(PauseArgs),
     /// Turn the kill switch off.
@@ -62,127 +59,6 @@ pub enum Command {
     #[cfg(feature = "sim")]
     #[command(subcommand)]
     Loadtest(crate::sim::Scenario),
-}
-
-/// Leader election flags.
-#[derive(Debug, Clone, Args)]
-pub struct LeaderArgs {
-    /// Compete for a Lease and act only while holding it (turn off for a single replica).
-    #[arg(long, env = "KUBESENT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_election: bool,
-    /// Lease duration in seconds (3 to 3600).
-    #[arg(long, env = "KUBESENT_LEASE_SECONDS", default_value_t = 15)]
-    pub lease_seconds: u64,
-}
-
-impl LeaderArgs {
-    fn config(&self, common: &CommonArgs, lease_name: &str) -> Option<LeaderConfig> {
-        self.leader_election.then(|| LeaderConfig {
-            namespace: common.lease_namespace.clone(),
-            lease_name: lease_name.to_owned(),
-            identity: common.identity.clone(),
-            ttl: Duration::from_secs(self.lease_seconds.clamp(3, 3600)),
-            standby_poll: kubesent_common::leader::STANDBY_POLL,
-        })
-    }
-}
-
-/// `kubesent detector`
-#[derive(Debug, Args)]
-pub struct DetectorArgs {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    leader: LeaderArgs,
-    /// Namespaces to watch (comma-separated); all when empty.
-    #[arg(long, env = "KUBESENT_NAMESPACES", value_delimiter = ',')]
-    namespaces: Vec<String>,
-    /// Namespaces never reported.
-    #[arg(
-        long,
-        env = "KUBESENT_EXCLUDED_NAMESPACES",
-        value_delimiter = ',',
-        default_value = "kube-system,kube-public,kube-node-lease"
-    )]
-    excluded_namespaces: Vec<String>,
-    /// Milliseconds a workload's incident waits after its first failure so replicas failing with it are
-    /// counted in the same job (bare pods are reported at once).
-    #[arg(long, env = "KUBESENT_GROUP_WAIT_MS", default_value_t = 2000)]
-    group_wait_ms: u64,
-}
-
-/// `kubesent diagnoser`
-#[derive(Debug, Args)]
-pub struct DiagnoserArgs {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// Jobs diagnosed at once by this replica.
-    #[arg(long, env = "KUBESENT_CONCURRENCY", default_value_t = 8)]
-    concurrency: usize,
-    /// Factor of the OOM memory formula.
-    #[arg(long, env = "KUBESENT_MEMORY_FACTOR", default_value_t = 2.0, value_parser = growth_factor)]
-    memory_factor: f64,
-    /// Cap of the OOM memory formula.
-    #[arg(long, env = "KUBESENT_MEMORY_MAX", default_value = "8Gi")]
-    memory_max: MemoryQuantity,
-    #[command(flatten)]
-    llm: LlmArgs,
-}
-
-/// `kubesent remediator`
-#[derive(Debug, Args)]
-pub struct RemediatorArgs {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    leader: LeaderArgs,
-    /// Verdicts below this confidence (0–100) are denied.
-    #[arg(long, env = "KUBESENT_CONFIDENCE_THRESHOLD", default_value_t = 90)]
-    confidence_threshold: u8,
-    /// Decide and record, but change nothing.
-    #[arg(long, env = "KUBESENT_DRY_RUN")]
-    dry_run: bool,
-    /// Largest memory limit KubeSent may set.
-    #[arg(long, env = "KUBESENT_MAX_MEMORY", default_value = "8Gi")]
-    max_memory: MemoryQuantity,
-    /// Largest factor one action may raise a memory limit by.
-    #[arg(long, env = "KUBESENT_MAX_MEMORY_FACTOR", default_value_t = 4.0, value_parser = growth_factor)]
-    max_memory_factor: f64,
-    /// Namespaces never remediated.
-    #[arg(
-        long,
-        env = "KUBESENT_EXCLUDED_NAMESPACES",
-        value_delimiter = ',',
-        default_value = "kube-system,kube-public,kube-node-lease,kubesent"
-    )]
-    excluded_namespaces: Vec<String>,
-    /// Seconds a fixed pod must stay healthy to count as healed.
-    #[arg(long, env = "KUBESENT_VERIFY_SECONDS", default_value_t = 120)]
-    verify_seconds: u64,
-    /// Minutes after an action during which the same workload is not changed again.
-    #[arg(long, env = "KUBESENT_COOLDOWN_MINUTES", default_value_t = 10)]
-    cooldown_minutes: u64,
-    /// Actions per rolling hour, cluster-wide; beyond it actions are only suggested.
-    #[arg(long, env = "KUBESENT_MAX_ACTIONS_PER_HOUR", default_value_t = 30)]
-    max_actions_per_hour: u32,
-    /// Fixable failures within the breaker window that open the circuit breaker.
-    #[arg(long, env = "KUBESENT_BREAKER_FAILURES", default_value_t = 20)]
-    breaker_failures: u32,
-    /// The circuit breaker's counting window, in minutes.
-    #[arg(long, env = "KUBESENT_BREAKER_WINDOW_MINUTES", default_value_t = 5)]
-    breaker_window_minutes: u64,
-    /// How long an open circuit breaker holds every action, in minutes.
-    #[arg(long, env = "KUBESENT_BREAKER_HOLD_MINUTES", default_value_t = 15)]
-    breaker_hold_minutes: u64,
-    /// Verdicts handled at once (a remediation mostly waits through its verify window).
-    #[arg(long, env = "KUBESENT_CONCURRENCY", default_value_t = 8)]
-    concurrency: usize,
-    /// Days a finished remediation's intent is kept (the escalation rule and `kubesent undo` read it).
-    #[arg(long, env = "KUBESENT_INTENT_RETENTION_DAYS", default_value_t = 30)]
-    intent_retention_days: u64,
-    /// Manual-approval mode: every fix waits for `kubesent approve` (or `reject`).
-    #[arg(long, env = "KUBESENT_REQUIRE_APPROVAL", default_value_t = false, action = clap::ArgAction::Set)]
-    require_approval: bool,
 }
 
 /// What every operator command takes: how to reach NATS as the operator, and who is acting.
@@ -255,16 +131,6 @@ pub struct ResumeArgs {
 impl OperatorArgs {
     async fn connect(&self) -> anyhow::Result<Operator> {
         Ok(Operator::connect(&self.nats, &self.by).await?)
-    }
-}
-
-/// A memory growth factor: a finite number from 1 to 64.
-fn growth_factor(text: &str) -> Result<f64, String> {
-    let factor: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
-    if factor.is_finite() && (1.0..=64.0).contains(&factor) {
-        Ok(factor)
-    } else {
-        Err(format!("{text} is not a factor from 1 to 64"))
     }
 }
 
@@ -376,37 +242,23 @@ async fn start_service(common: &CommonArgs, role: Role) -> anyhow::Result<Servic
     })
 }
 
-async fn run_detector(args: DetectorArgs) -> anyhow::Result<()> {
+async fn run_detector(args: kubesent_detector::args::DetectorArgs) -> anyhow::Result<()> {
     let mut ctx = start_service(&args.common, Role::Detector).await?;
     let metrics = kubesent_detector::DetectorMetrics::register(&mut ctx.registry);
     ctx.publish_metrics();
-    let config = kubesent_detector::DetectorConfig {
-        namespaces: args.namespaces,
-        excluded_namespaces: args.excluded_namespaces,
-        leader: args.leader.config(&args.common, "kubesent-detector"),
-        group_wait: Duration::from_millis(args.group_wait_ms),
-        incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
-        topology: ctx.topology.clone(),
-    };
     let deps = kubesent_detector::DetectorDeps {
         kube: ctx.kube.clone(),
         js: ctx.js.clone(),
         metrics,
         health: ctx.health.clone(),
     };
-    kubesent_detector::run(config, deps, ctx.shutdown.clone()).await?;
+    kubesent_detector::run(args.config(ctx.topology.clone()), deps, ctx.shutdown.clone()).await?;
     Ok(())
 }
 
-async fn run_diagnoser(args: DiagnoserArgs) -> anyhow::Result<()> {
+async fn run_diagnoser(args: kubesent_diagnoser::args::DiagnoserArgs) -> anyhow::Result<()> {
     let mut ctx = start_service(&args.common, Role::Diagnoser).await?;
     let metrics = kubesent_diagnoser::DiagnoserMetrics::register(&mut ctx.registry);
-    let config = kubesent_diagnoser::DiagnoserConfig {
-        topology: ctx.topology.clone(),
-        pull: PullOptions { concurrency: args.concurrency, ..PullOptions::default() },
-        memory: kubesent_diagnoser::MemoryPolicy { factor: args.memory_factor, max: args.memory_max },
-        ..kubesent_diagnoser::DiagnoserConfig::default()
-    };
     let settings = args.llm.settings();
     let bucket = if settings.models.is_empty() {
         None
@@ -427,46 +279,21 @@ async fn run_diagnoser(args: DiagnoserArgs) -> anyhow::Result<()> {
         models,
         health: ctx.health.clone(),
     };
-    kubesent_diagnoser::run(config, deps, ctx.shutdown.clone()).await?;
+    kubesent_diagnoser::run(args.config(ctx.topology.clone()), deps, ctx.shutdown.clone()).await?;
     Ok(())
 }
 
-async fn run_remediator(args: RemediatorArgs) -> anyhow::Result<()> {
+async fn run_remediator(args: kubesent_remediator::args::RemediatorArgs) -> anyhow::Result<()> {
     let mut ctx = start_service(&args.common, Role::Remediator).await?;
     let metrics = kubesent_remediator::RemediatorMetrics::register(&mut ctx.registry);
     ctx.publish_metrics();
-    let policy = kubesent_remediator::gate::Policy {
-        confidence_threshold: args.confidence_threshold,
-        excluded_namespaces: args.excluded_namespaces,
-        max_memory: args.max_memory,
-        max_memory_factor: args.max_memory_factor,
-        dry_run: args.dry_run,
-    };
-    let config = kubesent_remediator::RemediatorConfig {
-        topology: ctx.topology.clone(),
-        policy,
-        leader: args.leader.config(&args.common, "kubesent-remediator"),
-        identity: args.common.identity.clone(),
-        verify_window: Duration::from_secs(args.verify_seconds),
-        limits: kubesent_remediator::guardrails::Limits {
-            cooldown: Duration::from_secs(args.cooldown_minutes.saturating_mul(60)),
-            actions_per_hour: args.max_actions_per_hour,
-            breaker_failures: args.breaker_failures,
-            breaker_window: Duration::from_secs(args.breaker_window_minutes.saturating_mul(60)),
-            breaker_hold: Duration::from_secs(args.breaker_hold_minutes.saturating_mul(60)),
-        },
-        approval_required: args.require_approval,
-        concurrency: args.concurrency,
-        intent_retention: Duration::from_secs(args.intent_retention_days.saturating_mul(24 * 3600)),
-        ..kubesent_remediator::RemediatorConfig::default()
-    };
     let deps = kubesent_remediator::RemediatorDeps {
         kube: ctx.kube.clone(),
         js: ctx.js.clone(),
         metrics,
         health: ctx.health.clone(),
     };
-    kubesent_remediator::run(config, deps, ctx.shutdown.clone()).await?;
+    kubesent_remediator::run(args.config(ctx.topology.clone()), deps, ctx.shutdown.clone()).await?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use kubesent_diagnoser::{Diagnoser, Diagnosis, MemoryPolicy, evidence, redact::R
 use kubesent_proto::{FailureKind, Verdict, VerdictSource};
 use serde_json::{Value, json};
 
-use crate::llm_args::LlmArgs;
+use kubesent_diagnoser::args::LlmArgs;
 
 /// `kubesent diagnose`
 #[derive(Debug, Args)]

@@ -6,7 +6,6 @@ pub mod cli;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod diagnose;
-pub mod llm_args;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "sim")]

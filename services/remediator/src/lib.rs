@@ -8,6 +8,7 @@
 //! Changes are reversible with [`undo`].
 
 pub mod approvals;
+pub mod args;
 pub mod bounds;
 pub mod gate;
 pub mod guardrails;

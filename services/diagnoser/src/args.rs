@@ -1,8 +1,48 @@
-//! The model flags shared by `kubesent diagnoser` and `kubesent diagnose`.
+//! `kubesent diagnoser`'s flags and environment (and the model flags `kubesent diagnose` shares), and
+//! the configuration they make.
 
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use kubesent_common::{
+    CommonArgs, growth_factor,
+    nats::{PullOptions, Topology},
+};
+use kubesent_proto::MemoryQuantity;
+
+use crate::{DiagnoserConfig, MemoryPolicy};
+
+/// `kubesent diagnoser`
+#[derive(Debug, Args)]
+pub struct DiagnoserArgs {
+    /// Settings every service takes.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Jobs diagnosed at once by this replica.
+    #[arg(long, env = "KUBESENT_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Factor of the OOM memory formula.
+    #[arg(long, env = "KUBESENT_MEMORY_FACTOR", default_value_t = 2.0, value_parser = growth_factor)]
+    pub memory_factor: f64,
+    /// Cap of the OOM memory formula.
+    #[arg(long, env = "KUBESENT_MEMORY_MAX", default_value = "8Gi")]
+    pub memory_max: MemoryQuantity,
+    /// The model chain.
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+impl DiagnoserArgs {
+    /// The diagnoser's configuration, on streams sized by `topology`.
+    pub fn config(&self, topology: Topology) -> DiagnoserConfig {
+        DiagnoserConfig {
+            topology,
+            pull: PullOptions { concurrency: self.concurrency, ..PullOptions::default() },
+            memory: MemoryPolicy { factor: self.memory_factor, max: self.memory_max },
+            ..DiagnoserConfig::default()
+        }
+    }
+}
 
 /// Which model API the diagnoser speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,17 +81,17 @@ pub struct LlmArgs {
 
 impl LlmArgs {
     /// The chain settings these flags describe.
-    pub fn settings(&self) -> kubesent_diagnoser::llm::LlmSettings {
+    pub fn settings(&self) -> crate::llm::LlmSettings {
         let backend = match self.llm_backend {
-            Backend::Gemini => kubesent_diagnoser::llm::BackendKind::Gemini,
-            Backend::Openai => kubesent_diagnoser::llm::BackendKind::OpenAi,
+            Backend::Gemini => crate::llm::BackendKind::Gemini,
+            Backend::Openai => crate::llm::BackendKind::OpenAi,
         };
-        kubesent_diagnoser::llm::LlmSettings {
+        crate::llm::LlmSettings {
             models: self.models.iter().filter(|m| !m.trim().is_empty()).cloned().collect(),
             backend,
             base_url: self.llm_url.clone(),
             api_key: self.api_key.clone().map(secrecy::SecretString::from),
-            limits: kubesent_diagnoser::ratelimit::Limits { rpm: self.model_rpm, tpm: self.model_tpm },
+            limits: crate::ratelimit::Limits { rpm: self.model_rpm, tpm: self.model_tpm },
             timeout: Duration::from_secs(self.model_timeout_seconds),
             max_wait: Duration::from_secs(20),
         }

@@ -1,0 +1,48 @@
+//! `kubesent detector`'s flags and environment, and the configuration they make.
+
+use std::time::Duration;
+
+use clap::Args;
+use kubesent_common::{CommonArgs, leader::LeaderArgs, nats::Topology};
+
+use crate::{DEFAULT_INCIDENT_TTL, DetectorConfig};
+
+/// `kubesent detector`
+#[derive(Debug, Args)]
+pub struct DetectorArgs {
+    /// Settings every service takes.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Leader election.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    /// Namespaces to watch (comma-separated); all when empty.
+    #[arg(long, env = "KUBESENT_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Namespaces never reported.
+    #[arg(
+        long,
+        env = "KUBESENT_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease"
+    )]
+    pub excluded_namespaces: Vec<String>,
+    /// Milliseconds a workload's incident waits after its first failure so replicas failing with it are
+    /// counted in the same job (bare pods are reported at once).
+    #[arg(long, env = "KUBESENT_GROUP_WAIT_MS", default_value_t = 2000)]
+    pub group_wait_ms: u64,
+}
+
+impl DetectorArgs {
+    /// The detector's configuration, with the jobs stream sized by `topology`.
+    pub fn config(&self, topology: Topology) -> DetectorConfig {
+        DetectorConfig {
+            namespaces: self.namespaces.clone(),
+            excluded_namespaces: self.excluded_namespaces.clone(),
+            leader: self.leader.config(&self.common, "kubesent-detector"),
+            group_wait: Duration::from_millis(self.group_wait_ms),
+            incident_ttl: DEFAULT_INCIDENT_TTL,
+            topology,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! `kubesent remediator`'s flags and environment, and the configuration they make.
+
+use std::time::Duration;
+
+use clap::Args;
+use kubesent_common::{CommonArgs, growth_factor, leader::LeaderArgs, nats::Topology};
+use kubesent_proto::MemoryQuantity;
+
+use crate::{RemediatorConfig, gate::Policy, guardrails::Limits};
+
+/// `kubesent remediator`
+#[derive(Debug, Args)]
+pub struct RemediatorArgs {
+    /// Settings every service takes.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Leader election.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    /// Verdicts below this confidence (0–100) are denied.
+    #[arg(long, env = "KUBESENT_CONFIDENCE_THRESHOLD", default_value_t = 90)]
+    pub confidence_threshold: u8,
+    /// Decide and record, but change nothing.
+    #[arg(long, env = "KUBESENT_DRY_RUN")]
+    pub dry_run: bool,
+    /// Largest memory limit KubeSent may set.
+    #[arg(long, env = "KUBESENT_MAX_MEMORY", default_value = "8Gi")]
+    pub max_memory: MemoryQuantity,
+    /// Largest factor one action may raise a memory limit by.
+    #[arg(long, env = "KUBESENT_MAX_MEMORY_FACTOR", default_value_t = 4.0, value_parser = growth_factor)]
+    pub max_memory_factor: f64,
+    /// Namespaces never remediated.
+    #[arg(
+        long,
+        env = "KUBESENT_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease,kubesent"
+    )]
+    pub excluded_namespaces: Vec<String>,
+    /// Seconds a fixed pod must stay healthy to count as healed.
+    #[arg(long, env = "KUBESENT_VERIFY_SECONDS", default_value_t = 120)]
+    pub verify_seconds: u64,
+    /// Minutes after an action during which the same workload is not changed again.
+    #[arg(long, env = "KUBESENT_COOLDOWN_MINUTES", default_value_t = 10)]
+    pub cooldown_minutes: u64,
+    /// Actions per rolling hour, cluster-wide; beyond it actions are only suggested.
+    #[arg(long, env = "KUBESENT_MAX_ACTIONS_PER_HOUR", default_value_t = 30)]
+    pub max_actions_per_hour: u32,
+    /// Fixable failures within the breaker window that open the circuit breaker.
+    #[arg(long, env = "KUBESENT_BREAKER_FAILURES", default_value_t = 20)]
+    pub breaker_failures: u32,
+    /// The circuit breaker's counting window, in minutes.
+    #[arg(long, env = "KUBESENT_BREAKER_WINDOW_MINUTES", default_value_t = 5)]
+    pub breaker_window_minutes: u64,
+    /// How long an open circuit breaker holds every action, in minutes.
+    #[arg(long, env = "KUBESENT_BREAKER_HOLD_MINUTES", default_value_t = 15)]
+    pub breaker_hold_minutes: u64,
+    /// Verdicts handled at once (a remediation mostly waits through its verify window).
+    #[arg(long, env = "KUBESENT_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Days a finished remediation's intent is kept (the escalation rule and `kubesent undo` read it).
+    #[arg(long, env = "KUBESENT_INTENT_RETENTION_DAYS", default_value_t = 30)]
+    pub intent_retention_days: u64,
+    /// Manual-approval mode: every fix waits for `kubesent approve` (or `reject`).
+    #[arg(long, env = "KUBESENT_REQUIRE_APPROVAL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_approval: bool,
+}
+
+impl RemediatorArgs {
+    /// The remediator's configuration, on streams sized by `topology`.
+    pub fn config(&self, topology: Topology) -> RemediatorConfig {
+        let minutes = |m: u64| Duration::from_secs(m.saturating_mul(60));
+        RemediatorConfig {
+            topology,
+            policy: Policy {
+                confidence_threshold: self.confidence_threshold,
+                excluded_namespaces: self.excluded_namespaces.clone(),
+                max_memory: self.max_memory,
+                max_memory_factor: self.max_memory_factor,
+                dry_run: self.dry_run,
+            },
+            leader: self.leader.config(&self.common, "kubesent-remediator"),
+            identity: self.common.identity.clone(),
+            verify_window: Duration::from_secs(self.verify_seconds),
+            limits: Limits {
+                cooldown: minutes(self.cooldown_minutes),
+                actions_per_hour: self.max_actions_per_hour,
+                breaker_failures: self.breaker_failures,
+                breaker_window: minutes(self.breaker_window_minutes),
+                breaker_hold: minutes(self.breaker_hold_minutes),
+            },
+            approval_required: self.require_approval,
+            concurrency: self.concurrency,
+            intent_retention: Duration::from_secs(self.intent_retention_days.saturating_mul(24 * 3600)),
+            ..RemediatorConfig::default()
+        }
+    }
+}
