@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kubesent_diagnoser::{
     MemoryPolicy,
     evidence::{self, PreviousRevision},
-    llm::{self, ModelAnswer},
+    llm::{self, ModelAction, ModelAnswer},
     redact::{Redactor, sanitize},
     rules::{self, SURE},
 };
@@ -67,7 +67,7 @@ fn evidence_with(logs: &str, previous: Option<PreviousRevision>) -> evidence::Ev
 fn answer(action: &str, memory: Option<&str>, container: Option<&str>) -> ModelAnswer {
     ModelAnswer {
         root_cause: "x".into(),
-        action: action.into(),
+        action: ModelAction::from_name(action),
         container: container.map(str::to_owned),
         memory_limit: memory.map(str::to_owned),
         confidence: 0.99,
@@ -186,7 +186,7 @@ proptest! {
     ) {
         let policy = MemoryPolicy::default();
         let evidence = evidence_with("", None);
-        let a = ModelAnswer { root_cause: "r".into(), action, container, memory_limit: memory, confidence };
+        let a = ModelAnswer { root_cause: "r".into(), action: ModelAction::from_name(&action), container, memory_limit: memory, confidence };
         match llm::map_answer(&a, &job(FailureKind::OomKilled), &evidence, &policy).action {
             Action::IncreaseMemory { container, from, to } => {
                 prop_assert_eq!(container, "app");

@@ -131,7 +131,7 @@ async fn the_openai_compatible_backend_reads_answers_and_rate_limits() {
         OpenAiClient::new(&format!("{}/v1", sim.url()), None, Duration::from_secs(10)).expect("client");
     sim.script(Some("local-llm"), Reply::Answer { text: ANSWER.into() });
     let reply = client.generate("local-llm", &prompt()).await.expect("answer");
-    assert_eq!(llm::parse_answer(&reply.text).map(|a| a.action), Ok("none".to_owned()));
+    assert_eq!(llm::parse_answer(&reply.text).map(|a| a.action), Ok(llm::ModelAction::None));
     sim.script(Some("local-llm"), Reply::RateLimited { retry_delay: "3s".into() });
     let err = client.generate("local-llm", &prompt()).await.expect_err("429");
     assert_eq!(err, LlmError::RateLimited { retry_after: Some(Duration::from_secs(3)), daily: false });

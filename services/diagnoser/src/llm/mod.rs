@@ -120,13 +120,35 @@ The deterministic rules concluded (confidence {}): {}\nGive your own diagnosis."
     Prompt { system: SYSTEM.to_owned(), user }
 }
 
+/// The action a model may propose, as the response schema lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelAction {
+    /// `increase_memory`.
+    IncreaseMemory,
+    /// `rollback_image`.
+    RollbackImage,
+    /// `none`.
+    None,
+    /// Anything else: outside the schema, so never an action.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ModelAction {
+    /// The action a model wrote as `name` (`Unknown` for anything outside the schema).
+    pub fn from_name(name: &str) -> Self {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).unwrap_or(Self::Unknown)
+    }
+}
+
 /// The answer as the schema describes it. Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ModelAnswer {
     /// The model's root cause.
     pub root_cause: String,
-    /// `increase_memory`, `rollback_image` or `none`.
-    pub action: String,
+    /// The proposed action.
+    pub action: ModelAction,
     /// The container the action is for.
     #[serde(default)]
     pub container: Option<String>,
@@ -187,9 +209,9 @@ pub fn map_answer(
         action: Action::None,
         confidence,
     };
-    match answer.action.as_str() {
-        "none" => Mapped { root_cause, action: Action::None, confidence },
-        "increase_memory" => {
+    match answer.action {
+        ModelAction::None => Mapped { root_cause, action: Action::None, confidence },
+        ModelAction::IncreaseMemory => {
             if job.failure.kind != FailureKind::OomKilled {
                 return diagnosis_only("a memory increase only fixes an OOM kill");
             }
@@ -211,7 +233,7 @@ pub fn map_answer(
             };
             Mapped { root_cause, action: Action::IncreaseMemory { container: name, from, to }, confidence }
         }
-        "rollback_image" => {
+        ModelAction::RollbackImage => {
             if !matches!(
                 job.failure.kind,
                 FailureKind::ImagePullBackOff | FailureKind::ErrImagePull | FailureKind::InvalidImageName
@@ -231,7 +253,7 @@ pub fn map_answer(
                 _ => diagnosis_only("there is no previous revision image to roll back to"),
             }
         }
-        other => diagnosis_only(&format!("unknown action {other:?}")),
+        ModelAction::Unknown => diagnosis_only("the answer names an action outside the schema"),
     }
 }
 
@@ -259,7 +281,13 @@ mod tests {
     #[test]
     fn fenced_answers_parse_and_nonsense_is_unusable() {
         let fenced = "```json\n{\"root_cause\":\"heap\",\"action\":\"none\",\"confidence\":0.4}\n```";
-        assert_eq!(parse_answer(fenced).map(|a| a.action), Ok("none".to_owned()));
+        assert_eq!(parse_answer(fenced).map(|a| a.action), Ok(ModelAction::None));
+        let outside = "{\"root_cause\":\"x\",\"action\":\"delete_namespace\",\"confidence\":0.9}";
+        assert_eq!(
+            parse_answer(outside).map(|a| a.action),
+            Ok(ModelAction::Unknown),
+            "parsed, never acted on"
+        );
         assert!(parse_answer("not json").is_err());
         assert!(parse_answer("{\"root_cause\":\"x\",\"action\":\"none\",\"confidence\":7}").is_err());
         assert!(parse_answer("{\"root_cause\":\"x\",\"action\":\"none\"}").is_err());
