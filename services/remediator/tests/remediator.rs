@@ -165,17 +165,7 @@ async fn a_replace_interrupted_after_the_delete_is_finished_by_the_next_leader()
     let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
 
     let remediator = start(&world, Policy::default());
-    let finished = tokio::time::timeout(PATIENCE, async {
-        while let Some(entry) = entries.next().await {
-            let intent: Intent = serde_json::from_slice(&entry.expect("entry").value).expect("an intent");
-            if intent.phase == Phase::Done {
-                return intent;
-            }
-        }
-        panic!("intent watch ended");
-    })
-    .await
-    .expect("the intent was finished in time");
+    let finished = until_done(&mut entries).await;
     assert_eq!(finished.result, Some(OutcomeResult::Healed), "{:?}", finished.detail);
     let replacement = pods.get("web-1").await.expect("the pod exists again");
     assert_ne!(replacement.metadata.uid, failing.metadata.uid);
@@ -212,17 +202,7 @@ async fn an_intent_naming_a_kind_kubesent_does_not_change_ends_failed_and_change
     let mut entries = world.bucket.watch(record.incident.as_str()).await.expect("watch");
 
     let remediator = start(&world, Policy::default());
-    let finished = tokio::time::timeout(PATIENCE, async {
-        while let Some(entry) = entries.next().await {
-            let intent: Intent = serde_json::from_slice(&entry.expect("entry").value).expect("an intent");
-            if intent.phase == Phase::Done {
-                return intent;
-            }
-        }
-        panic!("intent watch ended");
-    })
-    .await
-    .expect("the intent was finished in time");
+    let finished = until_done(&mut entries).await;
     assert_eq!(finished.result, Some(OutcomeResult::Failed), "{:?}", finished.detail);
     assert!(finished.detail.as_deref().is_some_and(|d| d.contains("not DaemonSet")), "{:?}", finished.detail);
     assert!(changes(&world).is_empty(), "{:?}", changes(&world));

@@ -242,3 +242,18 @@ pub fn changes(world: &World) -> Vec<String> {
         .filter(|r| !r.starts_with("POST /api/v1/namespaces/shop/pods "))
         .collect()
 }
+
+/// Follows an intent's KV entries (a watch on its key) until it is done.
+pub async fn until_done(entries: &mut jetstream::kv::Watch) -> Intent {
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(entry) = entries.next().await {
+            let intent: Intent = serde_json::from_slice(&entry.expect("entry").value).expect("an intent");
+            if intent.phase == Phase::Done {
+                return intent;
+            }
+        }
+        panic!("intent watch ended");
+    })
+    .await
+    .expect("the intent was finished in time")
+}
