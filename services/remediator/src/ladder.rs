@@ -125,31 +125,105 @@ pub enum Plan {
     PatchPodImage,
 }
 
+/// Why no rung of the ladder applies an action to a target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoRung {
+    /// The verdict carries no action.
+    #[error("the verdict has no action")]
+    NoAction,
+    /// The pod's controller is gone.
+    #[error("the pod's controller {kind} {name} no longer exists")]
+    OwnerGone {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// A controller KubeSent does not change.
+    #[error(
+        "the pod is controlled by {kind} {name}; KubeSent changes Deployments, StatefulSets and bare pods only"
+    )]
+    Unsupported {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// The workload is paused: a template change would not roll out.
+    #[error("{kind} {name} is paused: a template change would not roll out until someone resumes it")]
+    Paused {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The workload replaces its pods only when someone deletes them.
+    #[error(
+        "{kind} {name} updates its pods only when someone deletes them (OnDelete); KubeSent leaves that to its owner"
+    )]
+    OnDelete {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Why a template or a pod does not hold what an action changes from, or cannot take the change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    /// The action names a container the template does not have.
+    #[error("{kind} {name} has no container {container}")]
+    NoTemplateContainer {
+        /// The workload's kind.
+        kind: &'static str,
+        /// The workload's name.
+        name: String,
+        /// The container.
+        container: String,
+    },
+    /// The pod has no such container.
+    #[error("no container {0}")]
+    NoPodContainer(String),
+    /// Someone changed the memory limit since the failure.
+    #[error("the template's memory limit is now {current}, not {from}")]
+    MemoryMoved {
+        /// What it is now.
+        current: MemoryQuantity,
+        /// What the action changes from.
+        from: MemoryQuantity,
+    },
+    /// The template has no memory limit to raise.
+    #[error("the template has no memory limit")]
+    NoMemoryLimit,
+    /// Someone changed the image since the failure.
+    #[error("the template's image is now {current}, not {from}")]
+    ImageMoved {
+        /// What it is now.
+        current: String,
+        /// What the action changes from.
+        from: String,
+    },
+    /// The action changes nothing.
+    #[error("nothing to apply")]
+    NothingToApply,
+}
+
 /// Chooses the rung of the ladder, or says why the action cannot be applied.
-pub fn plan(action: &Action, owner: &Owner) -> Result<Plan, String> {
+pub fn plan(action: &Action, owner: &Owner) -> Result<Plan, NoRung> {
     match (action, owner) {
-        (Action::None, _) => Err("the verdict has no action".into()),
-        (_, Owner::Missing(kind, name)) => {
-            Err(format!("the pod's controller {kind} {name} no longer exists"))
+        (Action::None, _) => Err(NoRung::NoAction),
+        (_, Owner::Missing(kind, name)) => Err(NoRung::OwnerGone { kind: kind.clone(), name: name.clone() }),
+        (_, Owner::Unsupported(kind, name)) => {
+            Err(NoRung::Unsupported { kind: kind.clone(), name: name.clone() })
         }
-        (_, Owner::Unsupported(kind, name)) => Err(format!(
-            "the pod is controlled by {kind} {name}; KubeSent changes Deployments, StatefulSets and bare pods only"
-        )),
         (_, Owner::Workload(w)) if w.object.pointer("/spec/paused") == Some(&Value::Bool(true)) => {
-            Err(format!(
-                "{} {} is paused: a template change would not roll out until someone resumes it",
-                w.kind.as_str(),
-                w.name
-            ))
+            Err(NoRung::Paused { kind: w.kind.as_str(), name: w.name.clone() })
         }
         (_, Owner::Workload(w))
             if w.object.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("OnDelete") =>
         {
-            Err(format!(
-                "{} {} updates its pods only when someone deletes them (OnDelete); KubeSent leaves that to its owner",
-                w.kind.as_str(),
-                w.name
-            ))
+            Err(NoRung::OnDelete { kind: w.kind.as_str(), name: w.name.clone() })
         }
         (_, Owner::Workload(_)) => Ok(Plan::PatchOwner),
         (Action::IncreaseMemory { .. }, Owner::Bare) => Ok(Plan::ResizeInPlace),
@@ -201,26 +275,35 @@ fn raised_resources(container: &Container, from: MemoryQuantity, to: MemoryQuant
 }
 
 /// Checks that the owner's template still has the value the action changes from.
-pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), String> {
-    let name = action.container().unwrap_or_default();
-    let container = workload
-        .template_container(name)
-        .ok_or_else(|| format!("{} {} has no container {name}", workload.kind.as_str(), workload.name))?;
+pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), Mismatch> {
+    let container = template_container_for(workload, action)?;
     match action {
         Action::IncreaseMemory { from, to, .. } => {
             match memory_of(&container.resources.as_ref().and_then(|r| r.limits.clone())) {
                 Some(current) if current == *from => Ok(()),
                 Some(current) if current == *to => Ok(()),
-                Some(current) => Err(format!("the template's memory limit is now {current}, not {from}")),
-                None => Err("the template has no memory limit".into()),
+                Some(current) => Err(Mismatch::MemoryMoved { current, from: *from }),
+                None => Err(Mismatch::NoMemoryLimit),
             }
         }
         Action::RollbackImage { from, to, .. } => match container.image.as_deref() {
             Some(image) if image == from || image == to => Ok(()),
-            other => Err(format!("the template's image is now {}, not {from}", other.unwrap_or_default())),
+            other => Err(Mismatch::ImageMoved {
+                current: other.unwrap_or_default().to_owned(),
+                from: from.clone(),
+            }),
         },
-        Action::None => Err("nothing to apply".into()),
+        Action::None => Err(Mismatch::NothingToApply),
     }
+}
+
+fn template_container_for(workload: &Workload, action: &Action) -> Result<Container, Mismatch> {
+    let name = action.container().unwrap_or_default();
+    workload.template_container(name).ok_or_else(|| Mismatch::NoTemplateContainer {
+        kind: workload.kind.as_str(),
+        name: workload.name.clone(),
+        container: name.to_owned(),
+    })
 }
 
 /// Whether the owner's template already holds `action`'s new value, written for `incident` (a takeover
@@ -258,10 +341,9 @@ pub fn pod_has_record(
 
 /// The strategic merge patch of the owner: the template change, the original value and the incident as
 /// annotations (so the change can be reversed), and the resourceVersion it was computed from.
-pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) -> Result<Value, String> {
+pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) -> Result<Value, Mismatch> {
     let name = action.container().unwrap_or_default();
-    let container =
-        workload.template_container(name).ok_or_else(|| format!("no container {name} in the template"))?;
+    let container = template_container_for(workload, action)?;
     let (change, annotation, original) = match action {
         Action::IncreaseMemory { from, to, .. } => (
             json!({"name": name, "resources": raised_resources(&container, *from, *to)}),
@@ -271,7 +353,7 @@ pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) 
         Action::RollbackImage { from, to, .. } => {
             (json!({"name": name, "image": to}), format!("{ORIGINAL_IMAGE_ANNOTATION}.{name}"), from.clone())
         }
-        Action::None => return Err("nothing to apply".into()),
+        Action::None => return Err(Mismatch::NothingToApply),
     };
     let mut annotations = serde_json::Map::new();
     // The first original is kept if KubeSent already changed this container.
@@ -292,9 +374,9 @@ pub fn resize_patch(
     container: &str,
     from: MemoryQuantity,
     to: MemoryQuantity,
-) -> Result<Value, String> {
-    let spec =
-        kubesent_common::pod::container(pod, container).ok_or_else(|| format!("no container {container}"))?;
+) -> Result<Value, Mismatch> {
+    let spec = kubesent_common::pod::container(pod, container)
+        .ok_or_else(|| Mismatch::NoPodContainer(container.to_owned()))?;
     Ok(json!({"spec": {"containers": [{"name": container, "resources": raised_resources(spec, from, to)}]}}))
 }
 
@@ -444,12 +526,16 @@ mod tests {
         assert!(plan(&Action::None, &Owner::Bare).is_err());
         let mut paused = deployment("128Mi", "64Mi");
         paused.object["spec"]["paused"] = json!(true);
-        assert!(plan(&increase(128, 256), &Owner::Workload(paused)).is_err_and(|why| why.contains("paused")));
+        assert!(
+            plan(&increase(128, 256), &Owner::Workload(paused))
+                .is_err_and(|why| matches!(why, NoRung::Paused { .. }))
+        );
         let mut on_delete = deployment("128Mi", "64Mi");
         on_delete.kind = WorkloadKind::StatefulSet;
         on_delete.object["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
         assert!(
-            plan(&increase(128, 256), &Owner::Workload(on_delete)).is_err_and(|why| why.contains("OnDelete"))
+            plan(&increase(128, 256), &Owner::Workload(on_delete))
+                .is_err_and(|why| matches!(why, NoRung::OnDelete { .. }))
         );
     }
 

@@ -147,8 +147,8 @@ enum StepError {
     #[error("KubeSent changes Deployments and StatefulSets, not {0}")]
     UnsupportedKind(String),
     /// The patch cannot be built from the live object (a container or a limit is missing).
-    #[error("no patch: {0}")]
-    NoPatch(String),
+    #[error("no patch")]
+    NoPatch(#[source] ladder::Mismatch),
     #[error("pod {pod} still terminating after {after:?}")]
     StillTerminating { pod: String, after: Duration },
     #[error("waiting for the pod's deletion")]

@@ -107,8 +107,8 @@ pub enum Refusal {
     )]
     PreviousFixIneffective(IncidentId),
     /// No rung of the ladder applies the action to this target.
-    #[error("{0}")]
-    NoRung(String),
+    #[error(transparent)]
+    NoRung(#[from] ladder::NoRung),
     /// The target is managed by a GitOps tool: the change belongs in Git.
     #[error("{what} is managed by {tool}: change it in Git ({action}); KubeSent only suggests")]
     GitOps {
@@ -120,8 +120,8 @@ pub enum Refusal {
         action: String,
     },
     /// The owner's template no longer holds what the verdict was made from.
-    #[error("{0}")]
-    TemplateMoved(String),
+    #[error(transparent)]
+    TemplateMoved(ladder::Mismatch),
 }
 
 impl Refusal {

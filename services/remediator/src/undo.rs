@@ -115,7 +115,8 @@ pub fn undo_owner_patch(
             workload.name
         )));
     }
-    let mut patch = ladder::owner_patch(workload, &back, incident).map_err(UndoError::NotReversible)?;
+    let mut patch = ladder::owner_patch(workload, &back, incident)
+        .map_err(|e| UndoError::NotReversible(e.to_string()))?;
     let mut annotations = serde_json::Map::new();
     annotations.insert(original_annotation, Value::Null);
     annotations.insert(INCIDENT_ANNOTATION.into(), Value::Null);
@@ -226,7 +227,7 @@ pub async fn undo(
                     // A memory decrease in place needs Kubernetes 1.35 (or restartPolicy RestartContainer);
                     // the API's refusal is reported as it is.
                     let patch = ladder::resize_patch(&pod, &container, *from, *to)
-                        .map_err(UndoError::NotReversible)?;
+                        .map_err(|e| UndoError::NotReversible(e.to_string()))?;
                     pods.patch_resize(&intent.target.name, &params, &Patch::Strategic(&patch)).await?;
                     let record = json!({"metadata": {"annotations": annotations}});
                     pods.patch(&intent.target.name, &params, &Patch::Merge(&record)).await?;

@@ -44,7 +44,7 @@ impl Executor for OwnerPatch {
             for _ in 0..ATTEMPTS {
                 let workload = r.workload(&namespace, &reference).await?;
                 if let Err(why) = ladder::template_matches(&workload, &intent.action) {
-                    return Ok(Step::finish(OutcomeResult::Stale, why));
+                    return Ok(Step::finish(OutcomeResult::Stale, why.to_string()));
                 }
                 if !ladder::already_applied(&workload, &intent.action, &intent.incident) {
                     // (Patched before a crash and not yet recorded: nothing to write again.)
