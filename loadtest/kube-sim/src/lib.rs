@@ -16,7 +16,6 @@ mod api_error;
 pub mod controllers;
 pub mod faults;
 pub mod kubelet;
-mod patch;
 pub mod pods;
 pub mod rbac;
 pub mod realistic;
@@ -24,11 +23,8 @@ pub mod registry;
 mod resize;
 pub mod resources;
 mod selectors;
-mod server;
 mod state;
 pub mod store;
-mod table;
-mod validation;
 
 use std::{
     collections::VecDeque,
@@ -127,7 +123,7 @@ impl KubeSim {
     }
 
     fn spawn_server(state: &Arc<SimState>, listener: TcpListener, stop: CancellationToken) -> JoinHandle<()> {
-        let app = server::router(state.clone());
+        let app = api::http::router(state.clone());
         // NB: without TCP_NODELAY a watch line waits for Nagle and the client's delayed ACK (~40 ms).
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);

@@ -1,5 +1,5 @@
 //! The running simulator's shared state: the store, the kubelet, the registry, faults, RBAC and the
-//! request log. The HTTP front ([`crate::server`]), the verbs ([`crate::api`]), the controllers and the
+//! request log. The HTTP front ([`crate::api::http`]), the verbs ([`crate::api`]), the controllers and the
 //! admin endpoints all work on it.
 
 use std::{

@@ -1,15 +1,20 @@
-//! The apiserver's write paths (create, update, patch, delete, resize), shared by the HTTP front and the
-//! in-process controllers, so a ReplicaSet's pods go through the same defaulting and validation as a
-//! client's.
+//! The API: the HTTP front ([`http`]: routing, verbs, watch streaming, tables), and the apiserver's write
+//! paths (create, update, patch, delete, resize) below, shared by the HTTP front and the in-process
+//! controllers, so a ReplicaSet's pods go through the same defaulting and validation as a client's.
+
+pub(crate) mod http;
+mod patch;
+mod table;
+mod validation;
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use self::patch::PatchType;
 use crate::{
     api_error::{ApiError, FieldError},
-    patch::{self, PatchType},
     pods::{self, PodDeletion},
     resources::{PODS, ResourceDef},
     state::SimState,
@@ -223,7 +228,7 @@ impl SimState {
             if value.get("spec").is_some() {
                 value["metadata"]["generation"] = json!(1);
             }
-            crate::validation::validate_create(def, &name, &value)?;
+            validation::validate_create(def, &name, &value)?;
         }
         if dry_run {
             return Ok(value);
@@ -375,7 +380,7 @@ impl SimState {
             })?;
             pods::validate_update(&old_pod, &new_pod)?;
         }
-        crate::validation::validate_update(def, &current.name, &old, &new)?;
+        validation::validate_update(def, &current.name, &old, &new)?;
         let mut unchanged_check = new.clone();
         unchanged_check["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
         if unchanged_check == old {

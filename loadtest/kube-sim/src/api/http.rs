@@ -16,16 +16,16 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    api::patch::PatchType,
+    api::table,
     api::{DeleteOptions, Deleted},
     api_error::{ApiError, FieldError},
     faults::Decision,
-    patch::PatchType,
     pods::LogOptions,
     resources::{self, PODS, ResourceDef},
     selectors::{FieldSelector, LabelSelector},
     state::SimState,
     store::{EventType, Filter, WatchRecord, WatchStart},
-    table,
 };
 
 /// Watch timeout when the client sends none (the apiserver picks 30–60 min).
