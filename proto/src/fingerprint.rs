@@ -78,7 +78,7 @@ mod tests {
     fn key(name: &str, hash: &str) -> IncidentKey {
         IncidentKey {
             namespace: "shop".into(),
-            workload: WorkloadRef { kind: "Deployment".into(), name: name.into() },
+            workload: WorkloadRef { kind: crate::WorkloadKind::Deployment, name: name.into() },
             container: "app".into(),
             kind: FailureKind::OomKilled,
             template_hash: hash.into(),

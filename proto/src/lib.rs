@@ -79,13 +79,68 @@ pub struct PodRef {
     pub resource_version: String,
 }
 
+/// The kind of the workload an incident belongs to. A message naming any other kind does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadKind {
+    /// A bare pod (no controller KubeSent knows).
+    Pod,
+    /// apps/v1 Deployment (its ReplicaSets' pods).
+    Deployment,
+    /// apps/v1 ReplicaSet without a Deployment.
+    ReplicaSet,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+    /// batch/v1 Job.
+    Job,
+    /// batch/v1 CronJob (its Jobs' pods).
+    CronJob,
+}
+
+impl WorkloadKind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "Pod",
+            Self::Deployment => "Deployment",
+            Self::ReplicaSet => "ReplicaSet",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+            Self::Job => "Job",
+            Self::CronJob => "CronJob",
+        }
+    }
+
+    /// The kind named `kind`, if it is one of these.
+    pub fn parse(kind: &str) -> Option<Self> {
+        [
+            Self::Pod,
+            Self::Deployment,
+            Self::ReplicaSet,
+            Self::StatefulSet,
+            Self::DaemonSet,
+            Self::Job,
+            Self::CronJob,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+    }
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The object that owns the failing pods: its controlling owner, resolved to the Deployment for
 /// ReplicaSet pods, or the pod itself when it is bare.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadRef {
-    /// `Pod`, `Deployment`, `ReplicaSet`, `StatefulSet`, `DaemonSet` or `Job`.
-    pub kind: String,
+    /// Its kind.
+    pub kind: WorkloadKind,
     /// Name of the workload object.
     pub name: String,
 }
@@ -400,7 +455,7 @@ mod tests {
     fn sample_job() -> FailureJob {
         let key = IncidentKey {
             namespace: "shop".into(),
-            workload: WorkloadRef { kind: "Pod".into(), name: "web-1".into() },
+            workload: WorkloadRef { kind: WorkloadKind::Pod, name: "web-1".into() },
             container: "app".into(),
             kind: FailureKind::OomKilled,
             template_hash: "abc".into(),

@@ -20,10 +20,6 @@ pub const MAX_TEXT_BYTES: usize = 8 * 1024;
 /// Longest image reference.
 pub const MAX_IMAGE_BYTES: usize = 1024;
 
-/// The workload kinds the detector reports.
-pub const WORKLOAD_KINDS: [&str; 7] =
-    ["Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"];
-
 /// Why a message was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Invalid {
@@ -197,9 +193,6 @@ impl Validate for PodRef {
 
 impl Validate for WorkloadRef {
     fn validate(&self) -> Result<(), Invalid> {
-        if !WORKLOAD_KINDS.contains(&self.kind.as_str()) {
-            return Err(bad("key.workload.kind", format!("{:?} is not a workload kind", self.kind)));
-        }
         if !is_dns_subdomain(&self.name) {
             return Err(bad("key.workload.name", format!("{:?} is not an object name", self.name)));
         }
@@ -252,7 +245,7 @@ fn incident_agrees(
     if key.kind.family() != failure.kind.family() {
         return Err(bad("key.kind", "differs from the failure's kind"));
     }
-    if key.workload.kind == "Pod" && key.workload.name != pod.name {
+    if key.workload.kind == crate::WorkloadKind::Pod && key.workload.name != pod.name {
         return Err(bad("key.workload", "a bare pod's incident must name the pod"));
     }
     Ok(())

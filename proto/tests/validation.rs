@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 fn key() -> IncidentKey {
     IncidentKey {
         namespace: "shop".into(),
-        workload: WorkloadRef { kind: "Deployment".into(), name: "web".into() },
+        workload: WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() },
         container: "app".into(),
         kind: FailureKind::OomKilled,
         template_hash: "5d8f".into(),

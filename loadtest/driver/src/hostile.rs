@@ -459,11 +459,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 
     // (namespace, name, workload kind, how it fails, image); `calm` is healthy: its verdicts are stale.
     let aims = [
-        ("shop", "stuck", "Deployment", FailureKind::ErrImagePull, IMAGES[3]),
-        ("shop", "solo", "Pod", FailureKind::OomKilled, IMAGES[5]),
-        ("kube-system", "agent", "Pod", FailureKind::OomKilled, IMAGES[7]),
-        ("shop", "lonely", "Pod", FailureKind::ErrImagePull, IMAGES[6]),
-        ("shop", "calm", "Deployment", FailureKind::OomKilled, IMAGES[4]),
+        ("shop", "stuck", kubesent_proto::WorkloadKind::Deployment, FailureKind::ErrImagePull, IMAGES[3]),
+        ("shop", "solo", kubesent_proto::WorkloadKind::Pod, FailureKind::OomKilled, IMAGES[5]),
+        ("kube-system", "agent", kubesent_proto::WorkloadKind::Pod, FailureKind::OomKilled, IMAGES[7]),
+        ("shop", "lonely", kubesent_proto::WorkloadKind::Pod, FailureKind::ErrImagePull, IMAGES[6]),
+        ("shop", "calm", kubesent_proto::WorkloadKind::Deployment, FailureKind::OomKilled, IMAGES[4]),
     ];
     let mut targets = Vec::new();
     for (namespace, name, workload, kind, image) in aims {
@@ -474,7 +474,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         };
         targets.push(Target {
             pod: failing_pod(&kube, namespace, &format!("app={name}"), failing).await?,
-            workload: WorkloadRef { kind: workload.into(), name: name.into() },
+            workload: WorkloadRef { kind: workload, name: name.into() },
             kind,
             image: image.into(),
             limit: (kind == FailureKind::OomKilled).then_some(MemoryQuantity::from_mib(128)),
@@ -731,7 +731,8 @@ fn forged_verdict(rng: &mut Rng, target: &Target, salt: &str) -> Verdict {
         }
         8 => {
             let mut v = target.verdict(increase(limit, MemoryQuantity::from_mib(256)), salt);
-            v.key.workload = WorkloadRef { kind: "Deployment".into(), name: "payments".into() };
+            v.key.workload =
+                WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "payments".into() };
             v.incident = v.key.fingerprint();
             v
         }

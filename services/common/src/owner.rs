@@ -7,7 +7,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::Api;
-use kubesent_proto::WorkloadRef;
+use kubesent_proto::{WorkloadKind, WorkloadRef};
 
 /// Label Deployments put on their ReplicaSets' pods.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -23,20 +23,26 @@ pub fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
 /// incident; a pod without a controller is its own workload.
 pub fn named_workload(meta: &ObjectMeta) -> WorkloadRef {
     let name = meta.name.clone().unwrap_or_default();
-    let Some(owner) = controller(meta) else { return WorkloadRef { kind: "Pod".into(), name } };
+    let Some(owner) = controller(meta) else { return WorkloadRef { kind: WorkloadKind::Pod, name } };
     let hash = meta.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH));
     if owner.kind == "ReplicaSet"
         && let Some(hash) = hash
         && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")).filter(|d| !d.is_empty())
     {
-        return WorkloadRef { kind: "Deployment".into(), name: deployment.to_owned() };
+        return WorkloadRef { kind: WorkloadKind::Deployment, name: deployment.to_owned() };
     }
     if owner.kind == "Job"
         && let Some(cron_job) = cron_job_of(&owner.name)
     {
-        return WorkloadRef { kind: "CronJob".into(), name: cron_job.to_owned() };
+        return WorkloadRef { kind: WorkloadKind::CronJob, name: cron_job.to_owned() };
     }
-    WorkloadRef { kind: owner.kind.clone(), name: owner.name.clone() }
+    match WorkloadKind::parse(&owner.kind) {
+        Some(kind) => WorkloadRef { kind, name: owner.name.clone() },
+        // A controller KubeSent does not know (a custom resource's): the pod is its own workload, so
+        // its failures are still reported and diagnosed; the remediator finds the controller and leaves
+        // it alone.
+        None => WorkloadRef { kind: WorkloadKind::Pod, name },
+    }
 }
 
 /// The CronJob that named a Job `<cronjob>-<scheduled time in minutes since the epoch>` (8 digits or more).
@@ -137,7 +143,8 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_is_named_after_the_workload_its_controller_belongs_to() {
+    fn a_pod_is_named_after_the_workload_its_controller_belongs_to_or_after_itself_for_an_unknown_controller()
+    {
         let cases = [
             (meta("web-7d9-x", Some(("ReplicaSet", "web-7d9")), Some("7d9")), ("Deployment", "web")),
             (meta("rs-x", Some(("ReplicaSet", "rs")), Some("7d9")), ("ReplicaSet", "rs")),
@@ -145,11 +152,12 @@ mod tests {
             (meta("nightly-29000000-x", Some(("Job", "nightly-29000000")), None), ("CronJob", "nightly")),
             (meta("once-x", Some(("Job", "once")), None), ("Job", "once")),
             (meta("solo", None, None), ("Pod", "solo")),
+            (meta("canary-x", Some(("Rollout", "canary")), None), ("Pod", "canary-x")),
         ];
         for (meta, (kind, name)) in cases {
             assert_eq!(
                 named_workload(&meta),
-                WorkloadRef { kind: kind.into(), name: name.into() },
+                WorkloadRef { kind: WorkloadKind::parse(kind).expect("a workload kind"), name: name.into() },
                 "{meta:?}"
             );
         }

@@ -1,7 +1,7 @@
 //! Incident grouping: which workload a pod belongs to, and the template hash that tells rollouts apart.
 
 use kubesent_common::owner::POD_TEMPLATE_HASH;
-use kubesent_proto::{FailureKind, IncidentKey, WorkloadRef};
+use kubesent_proto::{FailureKind, IncidentKey, WorkloadKind, WorkloadRef};
 
 use crate::lean::LeanPod;
 
@@ -23,7 +23,7 @@ fn label<'a>(pod: &'a LeanPod, key: &str) -> Option<&'a str> {
 /// container's image and resources, so a pod changed by a fix is a new incident.
 pub fn template_hash(pod: &LeanPod, container: &str) -> String {
     // Every run of a CronJob is a new Job with a new uid; its template is what tells runs apart.
-    let cron_job_run = workload_of(pod).kind == "CronJob";
+    let cron_job_run = workload_of(pod).kind == WorkloadKind::CronJob;
     for key in [POD_TEMPLATE_HASH, CONTROLLER_REVISION_HASH, JOB_CONTROLLER_UID] {
         if key == JOB_CONTROLLER_UID && cron_job_run {
             continue;
@@ -74,7 +74,10 @@ mod tests {
         let a = incident_key(&replica("web-7d9c5b7f6-aaaaa"), "app", FailureKind::OomKilled);
         let b = incident_key(&replica("web-7d9c5b7f6-bbbbb"), "app", FailureKind::OomKilled);
         assert_eq!(a.fingerprint(), b.fingerprint());
-        assert_eq!(a.workload, WorkloadRef { kind: "Deployment".into(), name: "web".into() });
+        assert_eq!(
+            a.workload,
+            WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() }
+        );
     }
 
     #[test]
@@ -88,10 +91,16 @@ mod tests {
         };
         let first = incident_key(&run("nightly-backup-29400120", "j1"), "backup", FailureKind::CrashLoop);
         let second = incident_key(&run("nightly-backup-29401560", "j2"), "backup", FailureKind::CrashLoop);
-        assert_eq!(first.workload, WorkloadRef { kind: "CronJob".into(), name: "nightly-backup".into() });
+        assert_eq!(
+            first.workload,
+            WorkloadRef { kind: kubesent_proto::WorkloadKind::CronJob, name: "nightly-backup".into() }
+        );
         assert_eq!(first.fingerprint(), second.fingerprint(), "one incident for every failing run");
         let plain = incident_key(&run("migrate-v2", "j3"), "backup", FailureKind::CrashLoop);
-        assert_eq!(plain.workload, WorkloadRef { kind: "Job".into(), name: "migrate-v2".into() });
+        assert_eq!(
+            plain.workload,
+            WorkloadRef { kind: kubesent_proto::WorkloadKind::Job, name: "migrate-v2".into() }
+        );
         assert_eq!(plain.template_hash, "j3");
     }
 
@@ -104,7 +113,10 @@ mod tests {
         };
         let before = incident_key(&bare("128Mi"), "app", FailureKind::OomKilled);
         let after = incident_key(&bare("256Mi"), "app", FailureKind::OomKilled);
-        assert_eq!(before.workload, WorkloadRef { kind: "Pod".into(), name: "solo".into() });
+        assert_eq!(
+            before.workload,
+            WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: "solo".into() }
+        );
         assert_ne!(before.fingerprint(), after.fingerprint());
     }
 }

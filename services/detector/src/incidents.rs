@@ -74,7 +74,11 @@ impl IncidentBook {
                     incident.pods.insert(pod);
                     return;
                 }
-                let wait = if job.key.workload.kind == "Pod" { Duration::ZERO } else { group_wait };
+                let wait = if job.key.workload.kind == kubesent_proto::WorkloadKind::Pod {
+                    Duration::ZERO
+                } else {
+                    group_wait
+                };
                 self.open.insert(
                     id.clone(),
                     OpenIncident { job: *job, pods: BTreeSet::from([pod]), opened_at: now },
@@ -154,7 +158,10 @@ mod tests {
     fn job(workload_kind: &str, pod: &str) -> Box<FailureJob> {
         let key = IncidentKey {
             namespace: "shop".into(),
-            workload: WorkloadRef { kind: workload_kind.into(), name: "web".into() },
+            workload: WorkloadRef {
+                kind: kubesent_proto::WorkloadKind::parse(workload_kind).expect("a workload kind"),
+                name: "web".into(),
+            },
             container: "app".into(),
             kind: FailureKind::OomKilled,
             template_hash: "h".into(),

@@ -60,12 +60,15 @@ fn exit_137_without_oom_killed_is_its_own_kind() {
 #[test]
 fn replica_set_pods_group_under_their_deployment_and_bare_pods_under_themselves() {
     let owned = incident_key(&fixture("oom-crashloop.json"), "app", FailureKind::OomKilled);
-    assert_eq!(owned.workload, WorkloadRef { kind: "Deployment".into(), name: "web".into() });
+    assert_eq!(
+        owned.workload,
+        WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() }
+    );
     assert_eq!(owned.template_hash, "7d9c5b7f6");
     let other_replica = incident_key(&fixture("oom-terminated.json"), "app", FailureKind::OomKilled);
     assert_eq!(owned.fingerprint(), other_replica.fingerprint());
     let bare = incident_key(&fixture("bare-oom.json"), "app", FailureKind::OomKilled);
-    assert_eq!(bare.workload, WorkloadRef { kind: "Pod".into(), name: "solo".into() });
+    assert_eq!(bare.workload, WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: "solo".into() });
 }
 
 #[test]

@@ -21,7 +21,7 @@ use serde_json::json;
 fn job(kind: FailureKind) -> FailureJob {
     let key = IncidentKey {
         namespace: "shop".into(),
-        workload: WorkloadRef { kind: "Deployment".into(), name: "web".into() },
+        workload: WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() },
         container: "app".into(),
         kind,
         template_hash: "h".into(),

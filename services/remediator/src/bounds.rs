@@ -43,8 +43,8 @@ pub fn check(verdict: &Verdict, seen: Observed<'_>) -> Result<(), String> {
 fn owner_matches(verdict: &Verdict, seen: Observed<'_>) -> Result<(), String> {
     let named = &verdict.key.workload;
     let (kind, name) = match seen.owner {
-        Owner::Bare => ("Pod", verdict.pod.name.as_str()),
-        Owner::Workload(w) => (w.kind.as_str(), w.name.as_str()),
+        Owner::Bare => (kubesent_proto::WorkloadKind::Pod, verdict.pod.name.as_str()),
+        Owner::Workload(w) => (w.kind.into(), w.name.as_str()),
         // Nothing is changed for these; the ladder says why.
         Owner::Unsupported(..) | Owner::Missing(..) => return Ok(()),
     };
@@ -163,7 +163,10 @@ mod tests {
     fn rollback(to: &str, workload: (&str, &str)) -> Verdict {
         let key = IncidentKey {
             namespace: "shop".into(),
-            workload: WorkloadRef { kind: workload.0.into(), name: workload.1.into() },
+            workload: WorkloadRef {
+                kind: kubesent_proto::WorkloadKind::parse(workload.0).expect("a workload kind"),
+                name: workload.1.into(),
+            },
             container: "app".into(),
             kind: FailureKind::ErrImagePull,
             template_hash: "7d9".into(),

@@ -216,7 +216,7 @@ mod tests {
     fn verdict(from: u64, to: u64, confidence: u8) -> Verdict {
         let key = IncidentKey {
             namespace: "shop".into(),
-            workload: WorkloadRef { kind: "Pod".into(), name: "web-1".into() },
+            workload: WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: "web-1".into() },
             container: "app".into(),
             kind: FailureKind::OomKilled,
             template_hash: "h".into(),

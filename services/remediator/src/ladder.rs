@@ -29,6 +29,15 @@ pub enum WorkloadKind {
     StatefulSet,
 }
 
+impl From<WorkloadKind> for kubesent_proto::WorkloadKind {
+    fn from(kind: WorkloadKind) -> Self {
+        match kind {
+            WorkloadKind::Deployment => Self::Deployment,
+            WorkloadKind::StatefulSet => Self::StatefulSet,
+        }
+    }
+}
+
 impl WorkloadKind {
     /// The Kind.
     pub fn as_str(self) -> &'static str {

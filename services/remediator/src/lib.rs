@@ -145,7 +145,7 @@ enum StepError {
     KeptChanging { what: String, attempts: usize },
     /// An intent names a workload kind KubeSent does not change.
     #[error("KubeSent changes Deployments and StatefulSets, not {0}")]
-    UnsupportedKind(String),
+    UnsupportedKind(proto::WorkloadKind),
     /// The patch cannot be built from the live object (a container or a limit is missing).
     #[error("no patch")]
     NoPatch(#[source] ladder::Mismatch),
@@ -589,14 +589,14 @@ impl Remediator {
         reference: &proto::WorkloadRef,
     ) -> Result<ladder::Workload, StepError> {
         let kube = self.deps.kube.clone();
-        let (kind, object) = match reference.kind.as_str() {
-            "StatefulSet" => (
+        let (kind, object) = match reference.kind {
+            proto::WorkloadKind::StatefulSet => (
                 WorkloadKind::StatefulSet,
                 serde_json::to_value(
                     Api::<StatefulSet>::namespaced(kube, namespace).get(&reference.name).await?,
                 ),
             ),
-            "Deployment" => (
+            proto::WorkloadKind::Deployment => (
                 WorkloadKind::Deployment,
                 serde_json::to_value(
                     Api::<Deployment>::namespaced(kube, namespace).get(&reference.name).await?,
@@ -604,7 +604,7 @@ impl Remediator {
             ),
             // An intent is only written for these two; anything else is a forged or corrupted intent,
             // refused rather than read as a Deployment of the same name.
-            other => return Err(StepError::UnsupportedKind(other.to_owned())),
+            other => return Err(StepError::UnsupportedKind(other)),
         };
         Ok(ladder::Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() })
     }

@@ -234,7 +234,7 @@ pub fn plan(
     let (strategy, workload, lock) = match (&rung, owner) {
         (Plan::PatchOwner, Owner::Workload(w)) => (
             Strategy::OwnerPatch,
-            Some(proto::WorkloadRef { kind: w.kind.as_str().into(), name: w.name.clone() }),
+            Some(proto::WorkloadRef { kind: w.kind.into(), name: w.name.clone() }),
             intent::workload_lock_key(&verdict.pod.namespace, w.kind.as_str(), &w.name),
         ),
         (Plan::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
@@ -326,7 +326,10 @@ mod tests {
     fn raise_memory(workload: (&str, &str), confidence: u8) -> Verdict {
         let key = IncidentKey {
             namespace: "shop".into(),
-            workload: WorkloadRef { kind: workload.0.into(), name: workload.1.into() },
+            workload: WorkloadRef {
+                kind: kubesent_proto::WorkloadKind::parse(workload.0).expect("a workload kind"),
+                name: workload.1.into(),
+            },
             container: "app".into(),
             kind: FailureKind::OomKilled,
             template_hash: "7d9".into(),

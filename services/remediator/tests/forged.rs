@@ -73,7 +73,10 @@ fn pull_verdict(pod: &Pod, action: Action, workload: (&str, &str), tag: &str) ->
     let name = pod.metadata.name.clone().expect("name");
     let key = IncidentKey {
         namespace: pod.metadata.namespace.clone().expect("namespace"),
-        workload: WorkloadRef { kind: workload.0.into(), name: workload.1.into() },
+        workload: WorkloadRef {
+            kind: kubesent_proto::WorkloadKind::parse(workload.0).expect("a workload kind"),
+            name: workload.1.into(),
+        },
         container: action.container().unwrap_or("app").into(),
         kind: FailureKind::ErrImagePull,
         template_hash: tag.into(),

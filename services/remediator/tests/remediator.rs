@@ -194,7 +194,10 @@ async fn an_intent_naming_a_kind_kubesent_does_not_change_ends_failed_and_change
     // A forged or corrupted intent: an owner patch of a DaemonSet, which KubeSent never plans. It must
     // not be read as the Deployment of the same name.
     let record = Intent {
-        workload: Some(proto::WorkloadRef { kind: "DaemonSet".into(), name: "web".into() }),
+        workload: Some(proto::WorkloadRef {
+            kind: kubesent_proto::WorkloadKind::DaemonSet,
+            name: "web".into(),
+        }),
         ..stored_intent(&verdict, Phase::Pending, Strategy::OwnerPatch)
     };
     assert!(world.intents.lock(&record.lock, &record.incident).await.expect("lock"));
@@ -479,7 +482,7 @@ async fn a_template_patch_a_crashed_leader_made_is_not_made_again_by_the_next() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut verdict = verdict(&failing, increase(128, 256), 95);
-    verdict.key.workload = WorkloadRef { kind: "Deployment".into(), name: "web".into() };
+    verdict.key.workload = WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() };
     verdict.incident = verdict.key.fingerprint();
     // What a leader that crashed after its template patch, before recording it, leaves behind.
     let patched = json!({
@@ -489,7 +492,7 @@ async fn a_template_patch_a_crashed_leader_made_is_not_made_again_by_the_next() 
     });
     deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&patched)).await.expect("patched");
     let record = Intent {
-        workload: Some(WorkloadRef { kind: "Deployment".into(), name: "web".into() }),
+        workload: Some(WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() }),
         lock: intent::workload_lock_key("shop", "Deployment", "web"),
         old_revision: failing.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned(),
         ..stored_intent(&verdict, Phase::Pending, Strategy::OwnerPatch)

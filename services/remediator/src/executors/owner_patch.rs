@@ -33,11 +33,14 @@ impl Executor for OwnerPatch {
         let Some(reference) = intent.workload.clone() else {
             return Ok(Step::finish(OutcomeResult::Failed, "the intent names no workload"));
         };
-        if !matches!(reference.kind.as_str(), "Deployment" | "StatefulSet") {
+        if !matches!(
+            reference.kind,
+            kubesent_proto::WorkloadKind::Deployment | kubesent_proto::WorkloadKind::StatefulSet
+        ) {
             // Only written for these two: a forged or corrupted intent ends here, without a change.
             return Ok(Step::finish(
                 OutcomeResult::Failed,
-                StepError::UnsupportedKind(reference.kind.clone()).to_string(),
+                StepError::UnsupportedKind(reference.kind).to_string(),
             ));
         }
         if intent.phase == Phase::Pending {

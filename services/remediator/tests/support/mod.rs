@@ -159,7 +159,7 @@ pub fn verdict(pod: &Pod, action: Action, confidence: u8) -> Verdict {
     let name = pod.metadata.name.clone().expect("name");
     let key = IncidentKey {
         namespace: "shop".into(),
-        workload: WorkloadRef { kind: "Pod".into(), name: name.clone() },
+        workload: WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: name.clone() },
         container: "app".into(),
         kind: FailureKind::OomKilled,
         template_hash: "test".into(),
