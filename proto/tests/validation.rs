@@ -115,8 +115,9 @@ fn malformed_out_of_bounds_and_inconsistent_verdicts_are_refused_with_the_reason
             Box::new(|v| v["key"]["container"] = json!("sidecar")),
         ),
         (
+            // A typed kind on the wire: refused as it is decoded.
             "an unknown workload kind",
-            "invalid",
+            "malformed",
             Box::new(|v| v["key"]["workload"]["kind"] = json!("ClusterRole")),
         ),
         ("a huge root cause", "invalid", Box::new(|v| v["root_cause"] = json!("x".repeat(9000)))),
