@@ -476,7 +476,7 @@ impl PreparedObject {
     pub fn new(def: &ResourceDef, namespace: &str, name: &str, mut value: Value) -> Result<Self, ApiError> {
         let mut template = build_object_at(def, namespace, name, 0, "\0rv\0", &mut value)?;
         let needle = format!("\"resourceVersion\":\"{RV_PLACEHOLDER}\"");
-        let at = memchr_find(&template.json, needle.as_bytes())
+        let at = find_bytes(&template.json, needle.as_bytes())
             .ok_or_else(|| ApiError::internal("resourceVersion placeholder not found"))?;
         let rv_at = at + "\"resourceVersion\":\"".len();
         let mut json = template.json.to_vec();
@@ -505,7 +505,7 @@ impl PreparedObject {
     }
 }
 
-fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 

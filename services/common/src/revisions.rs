@@ -45,11 +45,7 @@ pub struct History {
 
 /// The controller named in `meta`'s owner references (kind, name).
 pub fn controller_of(meta: &ObjectMeta) -> Option<(String, String)> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| (o.kind.clone(), o.name.clone()))
+    crate::owner::controller(meta).map(|o| (o.kind.clone(), o.name.clone()))
 }
 
 /// The revision history of the workload that controls `pod` (a Deployment through its ReplicaSet, or a

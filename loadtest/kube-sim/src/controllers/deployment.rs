@@ -17,7 +17,7 @@ impl Controllers<'_> {
         let mut owned: Vec<ReplicaSet> = self
             .objects(&REPLICASETS, ns)?
             .iter()
-            .filter(|o| owned_by(o, &object.uid))
+            .filter(|o| o.is_owned_by(&object.uid))
             .map(|o| o.typed())
             .collect::<Result<_, _>>()?;
         let revision_of = |rs: &ReplicaSet| -> i64 {
@@ -155,7 +155,7 @@ impl Controllers<'_> {
         let all: Vec<ReplicaSet> = self
             .objects(&REPLICASETS, ns)?
             .iter()
-            .filter(|o| owned_by(o, &object.uid))
+            .filter(|o| o.is_owned_by(&object.uid))
             .map(|o| o.typed())
             .collect::<Result<_, _>>()?;
         let sum = |f: &dyn Fn(&ReplicaSet) -> i32| all.iter().map(f).sum::<i32>();

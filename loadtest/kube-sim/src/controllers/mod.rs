@@ -77,10 +77,6 @@ impl Queue {
     }
 }
 
-fn owned_by(object: &StoredObject, owner_uid: &str) -> bool {
-    object.is_owned_by(owner_uid)
-}
-
 fn owner_ref(kind: &str, name: &str, uid: &str) -> OwnerReference {
     OwnerReference {
         api_version: "apps/v1".into(),
@@ -216,7 +212,7 @@ impl Controllers<'_> {
     }
 
     fn owned_pods(&self, ns: &str, owner_uid: &str) -> Result<Vec<Pod>, ApiError> {
-        self.objects(&PODS, ns)?.iter().filter(|o| owned_by(o, owner_uid)).map(|o| o.typed()).collect()
+        self.objects(&PODS, ns)?.iter().filter(|o| o.is_owned_by(owner_uid)).map(|o| o.typed()).collect()
     }
 
     /// Writes `status` on the object if it changed (and only the status).
@@ -300,7 +296,7 @@ impl Controllers<'_> {
     /// Background garbage collection: deletes whatever a removed owner controlled.
     fn collect(&self, ns: &str, owner_uid: &str) -> Result<(), ApiError> {
         for def in [&REPLICASETS, &PODS, &CONTROLLERREVISIONS] {
-            for object in self.objects(def, ns)?.iter().filter(|o| owned_by(o, owner_uid)) {
+            for object in self.objects(def, ns)?.iter().filter(|o| o.is_owned_by(owner_uid)) {
                 let options = DeleteOptions { uid: Some(object.uid.clone()), ..DeleteOptions::default() };
                 match self.state.delete(def, ns, &object.name, &options) {
                     Ok(_) => {}

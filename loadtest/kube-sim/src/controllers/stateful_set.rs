@@ -16,7 +16,7 @@ impl Controllers<'_> {
         let revision = format!("{name}-{}", template_hash(&template_value));
         if self.state.store.get(&CONTROLLERREVISIONS, ns, &revision).is_err() {
             let number =
-                self.objects(&CONTROLLERREVISIONS, ns)?.iter().filter(|o| owned_by(o, &object.uid)).count()
+                self.objects(&CONTROLLERREVISIONS, ns)?.iter().filter(|o| o.is_owned_by(&object.uid)).count()
                     + 1;
             let cr = json!({"metadata": {"name": revision, "namespace": ns,
                 "labels": spec.selector.match_labels.clone().unwrap_or_default(),
