@@ -37,11 +37,12 @@ pub struct LeaderConfig {
 }
 
 /// Starts competing for the lease. The receiver says whether this replica leads; it turns false when
-/// renewals fail for two thirds of the lease (fail closed). On `shutdown` the lease is released.
+/// renewals fail for two thirds of the lease (fail closed). When `step_down` is cancelled the lease is
+/// released.
 pub fn spawn(
     client: kube::Client,
     config: LeaderConfig,
-    shutdown: CancellationToken,
+    step_down: CancellationToken,
 ) -> (watch::Receiver<bool>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
@@ -110,7 +111,7 @@ pub fn spawn(
                         Some(_) => {}
                         None => watching = false,
                     },
-                    () = shutdown.cancelled() => break Wake::Stop,
+                    () = step_down.cancelled() => break Wake::Stop,
                 }
             };
             match wake {
@@ -182,22 +183,24 @@ async fn take_released(api: &kube::Api<Lease>, lease: &Lease, config: &LeaderCon
 }
 
 /// This replica's leadership for the lifetime of a service: elected on a Lease, or permanent without one.
-/// Dropping it (a crash) stops the election without releasing the lease; [`Leadership::release`] (after
-/// `shutdown`) lets the election step down.
+/// The lease is held until [`Leadership::release`], which a service calls once its own work has stopped
+/// (never at the first sign of a shutdown: a leader that released its lease while still acting would act
+/// beside its successor). Dropping it (a crash) stops the election without releasing the lease.
 pub struct Leadership {
     leading: watch::Receiver<bool>,
-    election: Option<crate::AbortOnDrop<()>>,
+    election: Option<(crate::AbortOnDrop<()>, CancellationToken)>,
     // NB: a permanent leader's sender must live as long as the receivers, or they see it closed.
     _permanent: Option<watch::Sender<bool>>,
 }
 
 impl Leadership {
     /// Competes for `config`'s lease, or leads permanently when `config` is `None`.
-    pub fn new(client: kube::Client, config: Option<LeaderConfig>, shutdown: CancellationToken) -> Self {
+    pub fn new(client: kube::Client, config: Option<LeaderConfig>) -> Self {
         match config {
             Some(config) => {
-                let (leading, task) = spawn(client, config, shutdown);
-                Self { leading, election: Some(crate::AbortOnDrop::new(task)), _permanent: None }
+                let step_down = CancellationToken::new();
+                let (leading, task) = spawn(client, config, step_down.clone());
+                Self { leading, election: Some((crate::AbortOnDrop::new(task), step_down)), _permanent: None }
             }
             None => {
                 let (tx, leading) = watch::channel(true);
@@ -211,9 +214,11 @@ impl Leadership {
         self.leading.clone()
     }
 
-    /// Waits for the election to step down (call after cancelling its shutdown token).
+    /// Steps down and releases the lease (call once the service's work has stopped); waits until it is
+    /// released.
     pub async fn release(self) {
-        if let Some(election) = self.election {
+        if let Some((election, step_down)) = self.election {
+            step_down.cancel();
             election.join().await;
         }
     }

@@ -217,7 +217,7 @@ pub async fn run(
         result => result?,
     }
     deps.health.set_ready(true);
-    let leadership = Leadership::new(deps.kube.clone(), config.leader.clone(), shutdown.clone());
+    let leadership = Leadership::new(deps.kube.clone(), config.leader.clone());
     let leading = leadership.watch();
     let (updates_tx, updates_rx) = mpsc::channel(JOB_BUFFER);
     let publisher = Publisher {

@@ -71,6 +71,9 @@ pub enum Scenario {
         /// Where the JSON and markdown reports go.
         #[arg(long, default_value = "loadtest/reports")]
         report_dir: std::path::PathBuf,
+        /// Only the faults whose name contains this text (e.g. `remediator leader`), to repeat one kind.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Hostile messages: forged, replayed, mutated and malformed jobs, verdicts and KV writes from
     /// unprivileged and wrongly privileged clients against the services as processes; fails unless
@@ -216,12 +219,13 @@ pub async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
                 println!("\nreport: {}", path.display());
             }
         }
-        Scenario::Chaos { faults, seed, report_dir } => {
+        Scenario::Chaos { faults, seed, report_dir, only } => {
             let options = kubesent_loadtest::campaign::chaos::ChaosOptions {
                 exe: std::env::current_exe()?,
                 faults,
                 seed,
                 report_dir: Some(report_dir),
+                only,
             };
             let report = kubesent_loadtest::campaign::chaos::run(&options).await?;
             print!("{report}");

@@ -6,8 +6,13 @@ use kubesent_loadtest::campaign::chaos::{ChaosOptions, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_faults_against_the_real_topology_break_no_invariant() {
-    let options =
-        ChaosOptions { exe: env!("CARGO_BIN_EXE_kubesent").into(), faults: 20, seed: 3, report_dir: None };
+    let options = ChaosOptions {
+        exe: env!("CARGO_BIN_EXE_kubesent").into(),
+        faults: 20,
+        seed: 3,
+        report_dir: None,
+        only: None,
+    };
     let report = run(&options).await.expect("the campaign runs");
     println!("{report}");
     assert!(report.violations.is_empty(), "{report}");

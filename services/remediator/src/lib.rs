@@ -3,8 +3,10 @@
 //! intent to KV ([`intent`]) before anything changes, carries it out, verifies that the target heals, and
 //! records an `Outcome` in `KUBESENT_OUTCOMES`.
 //!
-//! A remediator that takes over finishes any intent left half-done, so nothing deleted stays deleted; KV
-//! compare-and-set and API preconditions keep two replicas that both believe they lead from acting twice.
+//! A remediator that takes over finishes any intent left half-done, so nothing deleted stays deleted. A
+//! replica acts only while it leads ([`fence`]): work is dropped the moment it stops leading or shuts
+//! down, and the lease is released only after that; KV compare-and-set and API preconditions keep two
+//! replicas that both believe they lead (a stalled one waking up) from acting twice.
 //! Changes are reversible with [`undo`].
 
 pub mod approvals;
@@ -20,27 +22,19 @@ pub mod replace;
 pub mod undo;
 
 mod executors;
+mod fence;
 mod tasks;
 mod verify;
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream;
-use futures::StreamExt as _;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     core::v1::{ObjectReference, Pod},
 };
 use kube::{Api, Resource as _};
-use kube_runtime::{
-    WatchStreamExt as _,
-    events::{Event as KubeEvent, EventType, Recorder, Reporter},
-    watcher,
-};
+use kube_runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kubesent_common::{
     admin::Health,
     leader::LeaderConfig,
@@ -231,14 +225,22 @@ pub async fn run(
     deps.health.set_ready(true);
     let intents = Intents::new(bucket.clone());
     let guardrails = Guardrails::new(bucket, config.limits.clone());
-    let leadership =
-        kubesent_common::leader::Leadership::new(deps.kube.clone(), config.leader.clone(), shutdown.clone());
+    let leadership = kubesent_common::leader::Leadership::new(deps.kube.clone(), config.leader.clone());
     let leading = leadership.watch();
     let recorder = Recorder::new(
         deps.kube.clone(),
         Reporter { controller: "kubesent-remediator".into(), instance: Some(config.identity.clone()) },
     );
-    let remediator = Arc::new(Remediator { config, deps, intents, guardrails, recorder });
+    let remediator = Arc::new(Remediator {
+        config,
+        deps,
+        intents,
+        guardrails,
+        recorder,
+        turns: fence::Turns::default(),
+        leading: leading.clone(),
+        shutdown: shutdown.clone(),
+    });
     tokio::spawn(
         remediator
             .clone()
@@ -265,12 +267,21 @@ pub async fn run(
     let client = remediator.deps.js.client();
     nats::pull_loop(consumer, options, leading, shutdown, move |message| {
         let worker = worker.clone();
-        async move { worker.handle(message).await }
+        async move {
+            let verdict = message.clone();
+            let (leading, shutdown) = (worker.leading.clone(), worker.shutdown.clone());
+            if let Err(dropped) = fence::while_leading(&leading, &shutdown, worker.handle(message)).await {
+                // Stopped as a crash would stop it; handed back at once for the next leader, which
+                // continues from the intent if one was written.
+                info!(?dropped, subject = %verdict.subject, "stopped a remediation; the next leader continues it");
+                let _ = verdict.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
+        }
     })
     .await;
     // Acks and publishes still in the client's buffer reach the server before the process ends.
     let _ = client.flush().await;
-    // Shutting down: let the election release the lease.
+    // Shutting down, every remediation stopped: only now release the lease (see `fence`).
     leadership.release().await;
     Ok(())
 }
@@ -281,6 +292,11 @@ struct Remediator {
     intents: Intents,
     guardrails: Guardrails,
     recorder: Recorder,
+    /// One task at a time drives an incident.
+    turns: fence::Turns,
+    /// Whether this replica leads: nothing acts unless it does.
+    leading: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 }
 
 /// What [`Remediator::prepare`] found.
@@ -513,6 +529,13 @@ impl Remediator {
 
     /// Continues an intent with its strategy, from whatever phase it is in.
     async fn drive(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
+        let turn = self.turns.take(&intent.incident).await;
+        if turn.waited {
+            // Another task drove it meanwhile: continue from where that left it.
+            if let Some((current, current_revision)) = self.intents.get(&intent.incident).await? {
+                (intent, revision) = (current, current_revision);
+            }
+        }
         match intent.phase {
             Phase::AwaitingApproval => return Ok(awaiting_approval(&intent)),
             Phase::Approved => {

@@ -1,40 +1,54 @@
 //! What the leader does besides handling verdicts: finish intents left half-done when it takes over, carry
 //! out approved remediations, purge finished intents past their retention.
 
-use super::*;
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use kubesent_proto as proto;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::{
+    Finished, Remediator, approvals, fence,
+    intent::{Intent, IntentError, Phase},
+};
 use kubesent_common::nats::Role as NatsRole;
 
 impl Remediator {
+    /// Whenever this replica begins to lead, finishes every intent an earlier leader left half-done.
     pub(crate) async fn resume_on_takeover(
         self: Arc<Self>,
         mut leading: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) {
+        let mut backoff = kubesent_common::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
             let is_leader = *leading.borrow_and_update();
             self.deps.metrics.leader.set(i64::from(is_leader));
             if is_leader {
                 match self.intents.unfinished().await {
                     Ok(open) => {
+                        backoff.reset();
                         for (intent, revision) in open {
-                            info!(incident = %intent.incident, phase = ?intent.phase, "finishing an intent left half-done");
-                            let span = info_span!("resume", incident = %intent.incident);
-                            if matches!(intent.phase, Phase::AwaitingApproval | Phase::Approved) {
-                                // Waiting for a human, or the approvals task's to carry out.
-                                continue;
-                            } else if intent.approved_by.is_some() {
-                                // Approved and under way; its verdict was acknowledged when it began to
-                                // wait, so the outcome is recorded from here.
-                                tokio::spawn(self.clone().finish_approved(intent, revision).instrument(span));
-                            } else {
-                                // Finished and verified here, and its outcome recorded at once: the
-                                // verdict's redelivery (after its ack wait) is not needed for the audit log,
-                                // and finds the outcome already there (same message id).
-                                tokio::spawn(self.clone().resume(intent, revision).instrument(span));
-                            }
+                            self.clone().resume(intent, revision);
                         }
                     }
-                    Err(error) => warn!(%error, "listing unfinished intents failed"),
+                    Err(error) => {
+                        // Not left to the verdicts' redelivery (minutes): asked again while leading.
+                        let delay = backoff.next_delay();
+                        warn!(%error, retry_in = ?delay, "listing unfinished intents failed");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => continue,
+                            changed = leading.changed() => if changed.is_err() { return } else { continue },
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
                 }
             }
             tokio::select! {
@@ -44,17 +58,43 @@ impl Remediator {
         }
     }
 
-    /// Finishes an intent an earlier leader left half-done and records its outcome.
-    async fn resume(self: Arc<Self>, intent: Intent, revision: u64) {
-        let (incident, pod, action) = (intent.incident.clone(), intent.target.clone(), intent.action.clone());
-        match self.drive(intent, revision).await {
-            Ok(finished) => {
-                if let Err(error) = self.record_for(&incident, &pod, &action, finished).await {
-                    warn!(%error, "recording the outcome of a resumed intent failed; the verdict's redelivery records it");
-                }
-            }
-            Err(error) => warn!(%error, "resuming an intent failed; the verdict's redelivery will retry"),
+    /// Finishes an intent an earlier leader left half-done, in its own task, while this replica leads.
+    fn resume(self: Arc<Self>, intent: Intent, revision: u64) {
+        info!(incident = %intent.incident, phase = ?intent.phase, "finishing an intent left half-done");
+        if matches!(intent.phase, Phase::AwaitingApproval | Phase::Approved) {
+            // Waiting for a human, or for the decisions task to carry it out.
+            return;
         }
+        // An approved one under way had its verdict acknowledged when it began to wait; any other's verdict
+        // is redelivered after its ack wait and then finds the outcome already recorded (same message id).
+        let span = info_span!("resume", incident = %intent.incident);
+        self.clone().spawn_while_leading(self.finish(intent, revision, "a resumed intent").instrument(span));
+    }
+
+    /// Drives an intent to its end and records its outcome. A failed step is tried again from the intent
+    /// as it then stands (another task may have moved it on), a few times with back-off; what still fails
+    /// is left to the verdict's redelivery or the next leader.
+    pub(crate) async fn finish(self: Arc<Self>, intent: Intent, revision: u64, what: &'static str) {
+        const ATTEMPTS: u32 = 6;
+        let (incident, pod, action) = (intent.incident.clone(), intent.target.clone(), intent.action.clone());
+        let (mut intent, mut revision) = (intent, revision);
+        let mut backoff = kubesent_common::Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+        for attempt in 1..=ATTEMPTS {
+            match self.drive(intent.clone(), revision).await {
+                Ok(finished) => match self.record_for(&incident, &pod, &action, finished).await {
+                    Ok(()) => return,
+                    Err(error) => warn!(%error, attempt, what, "recording the outcome failed; trying again"),
+                },
+                Err(error) => warn!(%error, attempt, what, "a remediation step failed; trying again"),
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+            match self.intents.get(&incident).await {
+                Ok(Some((current, current_revision))) => (intent, revision) = (current, current_revision),
+                Ok(None) => return,
+                Err(error) => warn!(%error, "re-reading the intent failed"),
+            }
+        }
+        warn!(what, "a remediation kept failing; the verdict's redelivery or the next leader finishes it");
     }
 
     /// While leading, purges finished intents older than the retention, at a tenth of it (at most hourly).
@@ -233,44 +273,36 @@ impl Remediator {
             return;
         }
         let span = info_span!("approved", incident = %intent.incident);
-        let in_flight = in_flight.clone();
-        tokio::spawn(
+        // In flight until the work ends or is dropped (also unpolled, when this replica stopped leading).
+        let in_flight = InFlight { incidents: in_flight.clone(), incident: intent.incident.clone() };
+        let remediator = self.clone();
+        self.spawn_while_leading(
             async move {
-                let incident = intent.incident.clone();
-                self.finish_approved(intent, revision).await;
-                in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&incident);
+                let _in_flight = in_flight;
+                remediator.finish(intent, revision, "an approved remediation").await;
             }
             .instrument(span),
         );
     }
 
-    /// Carries out an approved remediation and records its outcome, retrying transient failures.
-    pub(crate) async fn finish_approved(self: Arc<Self>, intent: Intent, revision: u64) {
-        const ATTEMPTS: u32 = 5;
-        let (incident, pod, action) = (intent.incident.clone(), intent.target.clone(), intent.action.clone());
-        let (mut intent, mut revision) = (intent, revision);
-        for attempt in 1..=ATTEMPTS {
-            match self.drive(intent.clone(), revision).await {
-                Ok(finished) => {
-                    if let Err(error) = self.record_for(&incident, &pod, &action, finished).await {
-                        warn!(%error, "recording the outcome of an approved remediation failed");
-                    }
-                    return;
-                }
-                // Another replica (or an earlier attempt) moved it on: carry on from where it is.
-                Err(error) => {
-                    warn!(%error, attempt, "an approved remediation step failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(2u64.pow(attempt))).await;
-                    match self.intents.get(&incident).await {
-                        Ok(Some((current, current_revision))) => {
-                            (intent, revision) = (current, current_revision)
-                        }
-                        Ok(None) => return,
-                        Err(error) => warn!(%error, "re-reading the intent failed"),
-                    }
-                }
+    /// Runs `work` in its own task while this replica leads ([`fence::while_leading`]).
+    pub(crate) fn spawn_while_leading(self: Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
+        tokio::spawn(async move {
+            if let Err(dropped) = fence::while_leading(&self.leading, &self.shutdown, work).await {
+                info!(?dropped, "stopped acting: the next leader continues from the intent");
             }
-        }
-        warn!("an approved remediation kept failing; the next leader resumes it");
+        });
+    }
+}
+
+/// Marks an incident's approval as being carried out, until dropped.
+struct InFlight {
+    incidents: Arc<Mutex<HashSet<proto::IncidentId>>>,
+    incident: proto::IncidentId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.incidents.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.incident);
     }
 }

@@ -1,6 +1,15 @@
 //! Watching a fixed target until it has been healthy for the verify window, fails again, or times out.
 
-use super::*;
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube_runtime::{WatchStreamExt as _, watcher};
+
+use kubesent_proto::OutcomeResult;
+
+use crate::{Remediator, ladder};
 
 /// The longest verify window or timeout honoured (a month).
 const LONGEST_WAIT: Duration = Duration::from_secs(30 * 86_400);

@@ -518,3 +518,48 @@ async fn a_template_patch_a_crashed_leader_made_is_not_made_again_by_the_next() 
     assert!(patches.is_empty(), "the template was not patched again: {patches:?}");
     remediator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_mid_verification_stops_acting_and_its_successor_finishes_the_fix() {
+    use kubesent_common::leader::{LeaderConfig, STANDBY_POLL};
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let verdict = verdict(&failing, increase(128, 256), 95);
+    let elected = |identity: &str, verify_window| RemediatorConfig {
+        identity: identity.into(),
+        leader: Some(LeaderConfig {
+            namespace: "kubesent".into(),
+            lease_name: "kubesent-remediator".into(),
+            identity: identity.into(),
+            ttl: Duration::from_secs(15),
+            standby_poll: STANDBY_POLL,
+        }),
+        verify_window,
+        ..config()
+    };
+    let mut entries = world.bucket.watch(verdict.incident.as_str()).await.expect("watch");
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    // The first leader verifies for ten minutes: it is stopped long before that.
+    let first = start_with(&world, elected("remediator-a", Duration::from_secs(600)));
+    publish(&world, &verdict, "verdict").await;
+    loop {
+        let entry = tokio::time::timeout(PATIENCE, entries.next()).await.expect("in time").expect("watch");
+        let intent: Intent = serde_json::from_slice(&entry.expect("entry").value).expect("an intent");
+        if intent.phase == Phase::Applied {
+            break;
+        }
+    }
+    let second = start_with(&world, elected("remediator-b", Duration::from_millis(500)));
+
+    // A graceful stop ends the remediation where it stands (as a crash would) and only then releases
+    // the lease; before, the old leader went on verifying beside its successor.
+    tokio::time::timeout(Duration::from_secs(30), first.stop())
+        .await
+        .expect("the stopped leader does not finish its ten-minute verification first");
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.actor, "remediator-b", "the successor finished it");
+    let resizes: Vec<_> = changes(&world).into_iter().filter(|c| c.contains("/resize")).collect();
+    assert_eq!(resizes.len(), 1, "applied once: {resizes:?}");
+    second.stop().await;
+}

@@ -58,6 +58,9 @@ pub struct ChaosOptions {
     pub seed: u64,
     /// Where the JSON and markdown reports go (none when `None`).
     pub report_dir: Option<PathBuf>,
+    /// Only the faults whose name contains this (every fault when `None`): to repeat one kind of fault
+    /// many times, e.g. `remediator leader`.
+    pub only: Option<String>,
 }
 
 /// One leader failover.
@@ -421,17 +424,24 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
 
     let mut report = ChaosReport { overrides: overrides.clone(), ..ChaosReport::default() };
     let mut rng = Rng(options.seed.max(1));
-    let total_weight: u64 = FAULTS.iter().map(|(_, w)| w).sum();
+    let faults: Vec<(&str, u64)> = FAULTS
+        .iter()
+        .copied()
+        .filter(|(name, _)| options.only.as_deref().is_none_or(|only| name.contains(only)))
+        .collect();
+    anyhow::ensure!(!faults.is_empty(), "no fault's name contains {:?}", options.only);
+    let stall = options.only.as_deref().is_none_or(|only| STALL.contains(only));
+    let total_weight: u64 = faults.iter().map(|(_, w)| w).sum();
     let mut progress = Progress::new("faults", options.faults);
     let lease = Duration::from_secs(LEASE_SECONDS);
     for done in 0..options.faults {
         topology.supervise()?;
         // A stall every 50 faults; otherwise by weight.
-        let fault = if done % 50 == 49 {
+        let fault = if stall && done % 50 == 49 {
             STALL
         } else {
             let mut pick = rng.below(total_weight);
-            FAULTS
+            faults
                 .iter()
                 .find(|(_, w)| {
                     if pick < *w {
@@ -441,7 +451,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                         false
                     }
                 })
-                .map_or(FAULTS[0].0, |(f, _)| *f)
+                .map_or(faults[0].0, |(f, _)| *f)
         };
         progress.update(done, fault);
         let injected = Instant::now();
