@@ -39,6 +39,23 @@ impl ApiError {
             .with_details(def.error_details(name))
     }
 
+    /// 403 for new content in a namespace being deleted, as the NamespaceLifecycle admission plugin
+    /// refuses it.
+    pub fn namespace_terminating(def: &ResourceDef, name: &str, namespace: &str) -> Self {
+        let mut details = def.error_details(name);
+        details["causes"] = json!([{"reason": "NamespaceTerminating",
+            "message": format!("namespace {namespace} is being terminated"), "field": "metadata.namespace"}]);
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                def.qualified_plural()
+            ),
+        )
+        .with_details(details)
+    }
+
     /// 404 for a path the server does not serve.
     pub fn no_route() -> Self {
         Self::new(404, "NotFound", "the server could not find the requested resource").with_details(json!({}))

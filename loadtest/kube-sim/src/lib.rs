@@ -59,7 +59,15 @@ pub struct SimConfig {
     pub node_memory: kubesent_proto::MemoryQuantity,
     /// Kubernetes minor version served (1.`minor`); `pods/resize` exists from 33.
     pub kubernetes_minor: u32,
+    /// Namespaces that exist from the start besides `default`, `kube-system`, `kube-public` and
+    /// `kube-node-lease` (as if an admin had created them): by default `kubesent` (where KubeSent's
+    /// leases live) and `shop` (the demo's and the tests' application). Objects in any other namespace
+    /// are refused until it is created, as a real apiserver refuses them.
+    pub namespaces: Vec<String>,
 }
+
+/// The namespaces every cluster has.
+pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -71,6 +79,7 @@ impl Default for SimConfig {
             node_name: "sim-node-1".to_owned(),
             node_memory: kubesent_proto::MemoryQuantity::from_mib(16 * 1024),
             kubernetes_minor: 36,
+            namespaces: vec!["kubesent".to_owned(), "shop".to_owned()],
         }
     }
 }
@@ -116,6 +125,18 @@ impl KubeSim {
             requests: Mutex::new(VecDeque::new()),
             server_address: Mutex::new(addr.to_string()),
         });
+        for namespace in SYSTEM_NAMESPACES.iter().copied().chain(config.namespaces.iter().map(String::as_str))
+        {
+            let object =
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+            match state.create(&resources::NAMESPACES, "", object, false) {
+                Ok(_) => {}
+                Err(error) if error.code == 409 => {}
+                Err(error) => {
+                    return Err(std::io::Error::other(format!("namespace {namespace}: {}", error.message)));
+                }
+            }
+        }
         controllers::spawn(state.clone(), shutdown.clone());
         let server_stop = shutdown.child_token();
         let server = Self::spawn_server(&state, listener, server_stop.clone());

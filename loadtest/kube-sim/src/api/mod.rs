@@ -16,7 +16,7 @@ use self::patch::PatchType;
 use crate::{
     api_error::{ApiError, FieldError},
     pods::{self, PodDeletion},
-    resources::{PODS, ResourceDef},
+    resources::{NAMESPACES, PODS, ResourceDef},
     state::SimState,
     store::{Mutation, StoredObject},
 };
@@ -165,7 +165,33 @@ pub enum Deleted {
     Other(Arc<StoredObject>),
 }
 
+/// The phase of namespace `ns` (`Active`, `Terminating`), `None` when it does not exist.
+pub(crate) fn namespace_phase(store: &crate::store::Store, ns: &str) -> Option<String> {
+    store.get(&NAMESPACES, "", ns).ok().and_then(|namespace| namespace.field("status.phase"))
+}
+
+/// What the apiserver sets on a new namespace: the `kubernetes` finalizer, phase Active and the
+/// `kubernetes.io/metadata.name` label.
+fn namespace_defaults(value: &mut Value, name: &str) {
+    value["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    value["spec"]["finalizers"] = json!(["kubernetes"]);
+    value["status"] = json!({"phase": "Active"});
+}
+
 impl SimState {
+    /// Refuses new content in a namespace that does not exist (404 `namespaces "x" not found`) or is
+    /// being deleted (403), as the NamespaceLifecycle admission plugin does.
+    pub fn admit_namespace(&self, def: &ResourceDef, name: &str, ns: &str) -> Result<(), ApiError> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        match namespace_phase(&self.store, ns).as_deref() {
+            Some("Terminating") => Err(ApiError::namespace_terminating(def, name, ns)),
+            Some(_) => Ok(()),
+            None => Err(ApiError::not_found(&NAMESPACES, ns)),
+        }
+    }
+
     /// Creates an object (`POST`). With `dry_run` nothing is stored and the would-be object is returned.
     pub fn create(
         &self,
@@ -201,6 +227,7 @@ impl SimState {
                 }
             },
         };
+        self.admit_namespace(def, &name, ns)?;
         if value.get("metadata").is_none_or(|m| !m.is_object()) {
             value["metadata"] = json!({});
         }
@@ -227,6 +254,9 @@ impl SimState {
             }
             if value.get("spec").is_some() {
                 value["metadata"]["generation"] = json!(1);
+            }
+            if def == &NAMESPACES {
+                namespace_defaults(&mut value, &name);
             }
             validation::validate_create(def, &name, &value)?;
         }
@@ -278,9 +308,11 @@ impl SimState {
         }
         let mut created = false;
         let mut spec_changed = false;
+        let admission = if def.create_on_update { self.admit_namespace(def, name, ns) } else { Ok(()) };
         let stored = self.store.mutate(def, ns, name, |current| {
             let Some(current) = current else {
                 if def.create_on_update && subresource.is_none() {
+                    admission.clone()?;
                     created = true;
                     let mut fresh = new.clone();
                     fresh["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
@@ -448,6 +480,16 @@ impl SimState {
                         Mutation::Put(value)
                     }
                 });
+            }
+            if def == &NAMESPACES {
+                // The namespace controller deletes its content, then the namespace.
+                if value.pointer("/metadata/deletionTimestamp").is_some() {
+                    return Ok(Mutation::Unchanged);
+                }
+                value["metadata"]["deletionTimestamp"] = now_time();
+                value["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                value["status"]["phase"] = json!("Terminating");
+                return Ok(Mutation::Put(value));
             }
             if has_finalizers {
                 if value.pointer("/metadata/deletionTimestamp").is_none() {

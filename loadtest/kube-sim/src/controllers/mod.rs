@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::DeleteOptions,
     api_error::ApiError,
-    resources::{CONTROLLERREVISIONS, DEPLOYMENTS, PODS, REPLICASETS, ResourceDef, STATEFULSETS},
+    resources::{
+        ALL, CONTROLLERREVISIONS, DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS, ResourceDef, STATEFULSETS,
+    },
     state::SimState,
     store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
 };
@@ -58,6 +60,8 @@ enum Key {
     StatefulSet(String, String),
     /// Delete the dependents of a removed owner (namespace, owner uid).
     Collect(String, String),
+    /// Empty a namespace being deleted, then remove it.
+    Namespace(String),
 }
 
 struct Queue {
@@ -117,7 +121,7 @@ fn resolve(value: Option<&Value>, total: i32, round_up: bool, default_percent: i
 pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let queue = Arc::new(Queue { pending: Mutex::new(HashSet::new()), tx });
-    for def in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &PODS] {
+    for def in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &PODS, &NAMESPACES] {
         let feed = state.store.subscribe(def);
         tokio::spawn(route_changes(def, feed, state.clone(), queue.clone(), shutdown.clone()));
     }
@@ -171,8 +175,16 @@ async fn route_changes(
 fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
     let object = &record.object;
     let (ns, name) = (object.namespace.clone(), object.name.clone());
+    if def == &NAMESPACES {
+        queue.push(Key::Namespace(name));
+        return;
+    }
     if record.event == EventType::Deleted && def != &PODS {
         queue.push(Key::Collect(ns.clone(), object.uid.clone()));
+    }
+    if record.event == EventType::Deleted && def == &PODS {
+        // The last pod of a namespace being deleted lets the namespace go.
+        queue.push(Key::Namespace(ns.clone()));
     }
     if def == &DEPLOYMENTS {
         queue.push(Key::Deployment(ns, name));
@@ -203,7 +215,42 @@ impl Controllers<'_> {
             Key::ReplicaSet(ns, name) => self.replica_set(ns, name),
             Key::StatefulSet(ns, name) => self.stateful_set(ns, name),
             Key::Collect(ns, uid) => self.collect(ns, uid),
+            Key::Namespace(name) => self.namespace(name),
         }
+    }
+
+    /// A namespace being deleted: deletes everything in it (pods gracefully), and once nothing is left,
+    /// the namespace itself, as the namespace controller does before it removes the `kubernetes`
+    /// finalizer.
+    fn namespace(&self, name: &str) -> Result<(), ApiError> {
+        let Ok(namespace) = self.state.store.get(&NAMESPACES, "", name) else { return Ok(()) };
+        if namespace.field("status.phase").as_deref() != Some("Terminating") {
+            return Ok(());
+        }
+        let mut left = 0;
+        for def in ALL.iter().copied().filter(|d| d.namespaced) {
+            for object in self.objects(def, name)? {
+                let options = DeleteOptions { uid: Some(object.uid.clone()), ..DeleteOptions::default() };
+                match self.state.delete(def, name, &object.name, &options) {
+                    Ok(crate::api::Deleted::Pod(_)) => left += 1,
+                    Ok(crate::api::Deleted::Other(_)) => {}
+                    Err(e) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        // Pods end after their grace period; each one's removal brings the namespace back here.
+        let mut remaining = 0;
+        for def in ALL.iter().copied().filter(|d| d.namespaced) {
+            remaining += self.objects(def, name)?.len();
+        }
+        if left == 0 && remaining == 0 {
+            let uid = namespace.uid.clone();
+            self.state.store.mutate(&NAMESPACES, "", name, |current| {
+                Ok(if current.is_some_and(|c| c.uid == uid) { Mutation::Delete } else { Mutation::Unchanged })
+            })?;
+        }
+        Ok(())
     }
 
     fn objects(&self, def: &ResourceDef, ns: &str) -> Result<Vec<Arc<StoredObject>>, ApiError> {

@@ -78,6 +78,12 @@ impl Kubelet {
         let now = Timestamp::now();
         let key = (uid.clone(), reason.to_owned(), container.to_owned(), message.clone());
         let existing = lock(&self.events).get(&key).cloned();
+        if existing.is_none()
+            && crate::api::namespace_phase(&self.store, &namespace).as_deref() != Some("Active")
+        {
+            // New content in a namespace being deleted (or gone) is refused; the kubelet drops the event.
+            return;
+        }
         let name = existing.clone().unwrap_or_else(|| format!("{pod_name}.{:x}", now.as_nanosecond()));
         let field_path = (!container.is_empty()).then(|| format!("spec.containers{{{container}}}"));
         let component = if reason == "Scheduled" { "default-scheduler" } else { "kubelet" };

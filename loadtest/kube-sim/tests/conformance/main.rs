@@ -227,4 +227,5 @@ mod api;
 mod controllers;
 mod kubectl;
 mod kubelet;
+mod namespaces;
 mod watch;
