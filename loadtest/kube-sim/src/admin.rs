@@ -30,6 +30,12 @@ struct Partition {
     partitioned: bool,
 }
 
+#[derive(Deserialize)]
+struct NodeReadiness {
+    node: String,
+    ready: bool,
+}
+
 fn bad(error: serde_json::Error) -> Response {
     (StatusCode::BAD_REQUEST, error.to_string()).into_response()
 }
@@ -72,6 +78,13 @@ pub fn handle(state: &SimState, method: &Method, path: &str, body: &[u8]) -> Res
                 }
                 StatusCode::NO_CONTENT.into_response()
             }
+            Err(e) => bad(e),
+        },
+        ("POST", "/_sim/nodes/ready") => match serde_json::from_slice::<NodeReadiness>(body) {
+            Ok(setting) => match state.kubelet.nodes().set_ready(&setting.node, setting.ready) {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(error) => (StatusCode::NOT_FOUND, error.message).into_response(),
+            },
             Err(e) => bad(e),
         },
         ("GET", "/_sim/requests") => {

@@ -16,6 +16,7 @@ mod api_error;
 pub mod controllers;
 pub mod faults;
 pub mod kubelet;
+pub mod nodes;
 pub mod pods;
 pub mod rbac;
 pub mod realistic;
@@ -53,10 +54,9 @@ pub struct SimConfig {
     pub bookmark_interval: Duration,
     /// Store tunables (watch history, watcher buffers).
     pub store: StoreConfig,
-    /// Name of the simulated node.
-    pub node_name: String,
-    /// Allocatable memory of the simulated node (resizes beyond it are infeasible).
-    pub node_memory: kubesent_proto::MemoryQuantity,
+    /// The cluster's nodes (by default three large workers, `sim-node-1` to `sim-node-3`). Pods are
+    /// scheduled onto them by their requests, and resizes beyond a node's allocatable are infeasible.
+    pub nodes: Vec<nodes::NodeConfig>,
     /// Kubernetes minor version served (1.`minor`); `pods/resize` exists from 33.
     pub kubernetes_minor: u32,
     /// Namespaces that exist from the start besides `default`, `kube-system`, `kube-public` and
@@ -76,8 +76,7 @@ impl Default for SimConfig {
             time_scale: 1.0,
             bookmark_interval: Duration::from_secs(60),
             store: StoreConfig::default(),
-            node_name: "sim-node-1".to_owned(),
-            node_memory: kubesent_proto::MemoryQuantity::from_mib(16 * 1024),
+            nodes: (1..=3).map(|i| nodes::NodeConfig::worker(&format!("sim-node-{i}"))).collect(),
             kubernetes_minor: 36,
             namespaces: vec!["kubesent".to_owned(), "shop".to_owned()],
         }
@@ -105,13 +104,15 @@ impl KubeSim {
         let addr = listener.local_addr()?;
         let store = Arc::new(store::Store::new(config.store));
         let registry = Arc::new(registry::Registry::default());
-        let kubelet = kubelet::Kubelet::new(
-            store.clone(),
-            registry.clone(),
-            SimClock::new(config.time_scale),
-            config.node_name.clone(),
-            config.node_memory,
-        );
+        for (index, node) in config.nodes.iter().enumerate() {
+            let object = node.object(index, config.kubernetes_minor);
+            store
+                .mutate(&resources::NODES, "", &node.name, |_| Ok(store::Mutation::Put(object)))
+                .map_err(|error| std::io::Error::other(format!("node {}: {}", node.name, error.message)))?;
+        }
+        let nodes = nodes::Nodes::new(store.clone());
+        let kubelet =
+            kubelet::Kubelet::new(store.clone(), registry.clone(), SimClock::new(config.time_scale), nodes);
         let shutdown = CancellationToken::new();
         let state = Arc::new(SimState {
             store,

@@ -118,6 +118,9 @@ pub static EVENTS: ResourceDef = def!("", "v1", "events", "event", "Event", true
 /// Namespaces.
 pub static NAMESPACES: ResourceDef = def!("", "v1", "namespaces", "namespace", "Namespace", false, short: &["ns"],
     sub: &["status"], unconditional: true, create_on_update: false, fields: &["status.phase"]);
+/// Nodes.
+pub static NODES: ResourceDef = def!("", "v1", "nodes", "node", "Node", false, short: &["no"],
+    sub: &["status"], unconditional: true, create_on_update: false, fields: &["spec.unschedulable"]);
 /// ConfigMaps.
 pub static CONFIGMAPS: ResourceDef = def!("", "v1", "configmaps", "configmap", "ConfigMap", true, short: &["cm"],
     sub: &[], unconditional: true, create_on_update: false, fields: &[]);
@@ -167,6 +170,7 @@ pub static ALL: &[&ResourceDef] = &[
     &PODS,
     &EVENTS,
     &NAMESPACES,
+    &NODES,
     &CONFIGMAPS,
     &SECRETS,
     &LEASES,

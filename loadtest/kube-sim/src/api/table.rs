@@ -597,8 +597,8 @@ fn node_status(value: &Value) -> String {
         .and_then(Value::as_str);
     let mut status = match ready {
         Some("True") => "Ready".to_owned(),
-        Some("False") => "NotReady".to_owned(),
-        _ => "Unknown".to_owned(),
+        Some(_) => "NotReady".to_owned(),
+        None => "Unknown".to_owned(),
     };
     if value.pointer("/spec/unschedulable") == Some(&json!(true)) {
         status.push_str(",SchedulingDisabled");

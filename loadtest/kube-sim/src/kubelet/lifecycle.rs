@@ -9,23 +9,29 @@ impl Kubelet {
         if self.wait(&runtime, &mut spec, Some(timing::SCHEDULE)).await == Wake::Cancelled {
             return;
         }
-        let node = self.node.clone();
+        let Some(node) = self.place(&runtime, &mut spec, &namespace, &name, &uid).await else { return };
         let now = Timestamp::now();
         let bound = self.update_pod(&namespace, &name, &uid, |pod| {
             if let Some(spec) = pod.spec.as_mut() {
-                spec.node_name.get_or_insert_with(|| node.clone());
+                spec.node_name = Some(node.name.clone());
             }
             let status = pod.status.get_or_insert_with(Default::default);
             set_condition(status, "PodScheduled", "True", None, None, now);
         });
-        let Some(pod) = bound.then(|| self.live_pod(&namespace, &name, &uid)).flatten() else { return };
-        self.event(
-            &pod,
-            "",
-            "Normal",
-            "Scheduled",
-            format!("Successfully assigned {namespace}/{name} to {node}"),
-        );
+        let Some(pod) = bound.then(|| self.live_pod(&namespace, &name, &uid)).flatten() else {
+            self.nodes.release(&uid);
+            return;
+        };
+        if !node.preset {
+            self.event(
+                &pod,
+                "",
+                "Normal",
+                "Scheduled",
+                format!("Successfully assigned {namespace}/{name} to {}", node.name),
+            );
+        }
+        let host_ip = node.address.clone();
         let ip_seed = fnv(&uid);
         let pod_ip = format!("10.244.{}.{}", (ip_seed >> 8) % 250, ip_seed % 250 + 2);
         let init_names: Vec<String> = pod
@@ -45,8 +51,8 @@ impl Kubelet {
                 .collect();
             let generation = pod.metadata.generation;
             let status = pod.status.get_or_insert_with(Default::default);
-            status.host_ip = Some("10.0.0.11".into());
-            status.host_ips = Some(vec![HostIP { ip: "10.0.0.11".into() }]);
+            status.host_ip = Some(host_ip.clone());
+            status.host_ips = Some(vec![HostIP { ip: host_ip.clone() }]);
             status.pod_ip = Some(pod_ip.clone());
             status.pod_ips = Some(vec![PodIP { ip: pod_ip.clone() }]);
             status.start_time = Some(Time(now));
@@ -103,6 +109,69 @@ impl Kubelet {
         }
         let kubelet = self.clone();
         tokio::spawn(async move { kubelet.actuate_resizes(namespace, name, uid).await });
+    }
+
+    /// The node the pod runs on: the one it names, or where the scheduler places it. A pod no node has
+    /// room for stays Pending (`PodScheduled=False`, `Unschedulable`, the scheduler's message and a
+    /// `FailedScheduling` event) and is tried again when the cluster changes or after
+    /// [`timing::SCHEDULE_RETRY`]. `None` when the pod is deleted first.
+    async fn place(
+        &self,
+        runtime: &PodRuntime,
+        spec: &mut watch::Receiver<u64>,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Option<Placed> {
+        let mut changes = self.nodes.subscribe();
+        loop {
+            let pod = self.live_pod(namespace, name, uid)?;
+            let memory_use = memory_use(&pod);
+            let named = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+            if let Some(node) = named {
+                self.nodes.occupy(uid, &node, &pod, memory_use);
+                let address = self.nodes.node_of(uid).map(|n| n.address).unwrap_or_default();
+                return Some(Placed { name: node, address, preset: true });
+            }
+            changes.borrow_and_update();
+            match self.nodes.schedule(uid, &pod, memory_use) {
+                Ok(node) => {
+                    let address = self.nodes.node_of(uid).map(|n| n.address).unwrap_or_default();
+                    return Some(Placed { name: node, address, preset: false });
+                }
+                Err(message) => {
+                    let now = Timestamp::now();
+                    let already = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                        c.iter().any(|c| {
+                            c.type_ == "PodScheduled"
+                                && c.status == "False"
+                                && c.message.as_ref() == Some(&message)
+                        })
+                    });
+                    let changed = already
+                        || self.update_pod(namespace, name, uid, |pod| {
+                            let status = pod.status.get_or_insert_with(Default::default);
+                            status.phase = Some("Pending".into());
+                            set_condition(
+                                status,
+                                "PodScheduled",
+                                "False",
+                                Some("Unschedulable"),
+                                Some(message.clone()),
+                                now,
+                            );
+                        });
+                    if !changed {
+                        return None;
+                    }
+                    self.event(&pod, "", "Warning", "FailedScheduling", message);
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                wake = self.wait(runtime, spec, Some(timing::SCHEDULE_RETRY)) => if wake == Wake::Cancelled { return None },
+            }
+        }
     }
 
     /// Runs one container through pulls, configuration, runs and restarts. For an init container it
@@ -429,6 +498,7 @@ impl Kubelet {
 
     /// Sets `Succeeded`/`Failed` once every container of a pod that does not restart them has ended.
     pub(super) fn finish_pod_if_done(&self, namespace: &str, name: &str, uid: &str) {
+        let mut finished = false;
         self.update_pod(namespace, name, uid, |pod| {
             let Some(status) = pod.status.as_mut() else { return };
             let statuses = status.container_statuses.clone().unwrap_or_default();
@@ -441,11 +511,17 @@ impl Kubelet {
                 .collect();
             if init_failed {
                 status.phase = Some("Failed".into());
+                finished = true;
             } else if !statuses.is_empty() && ended.len() == statuses.len() {
                 status.phase =
                     Some(if ended.iter().all(|c| *c == 0) { "Succeeded" } else { "Failed" }.into());
+                finished = true;
             }
         });
+        if finished {
+            // A finished pod holds no room on its node.
+            self.nodes.release(uid);
+        }
     }
 }
 

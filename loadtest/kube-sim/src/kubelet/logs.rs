@@ -86,8 +86,13 @@ impl Kubelet {
         }
         let name = existing.clone().unwrap_or_else(|| format!("{pod_name}.{:x}", now.as_nanosecond()));
         let field_path = (!container.is_empty()).then(|| format!("spec.containers{{{container}}}"));
-        let component = if reason == "Scheduled" { "default-scheduler" } else { "kubelet" };
-        let node = self.node.clone();
+        let component =
+            if matches!(reason, "Scheduled" | "FailedScheduling") { "default-scheduler" } else { "kubelet" };
+        let node = if component == "kubelet" {
+            pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let stamp = Time(now);
         let result = self.store.mutate(&EVENTS, &namespace, &name, |current| {
             let mut event = match current {

@@ -1,4 +1,4 @@
-//! A small kubelet for the single simulated node. It binds new pods, pulls images from the simulated
+//! A small kubelet for every simulated node. It binds new pods, pulls images from the simulated
 //! [`Registry`](crate::registry::Registry), resolves ConfigMap and Secret references, runs init containers
 //! then containers, OOM-kills a container whose memory limit is below its need, lets scripted containers
 //! exit with a code, restarts them with the kubelet's back-off, writes core/v1 events and container logs,
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api_error::ApiError,
+    nodes::Nodes,
     pods::{self, LogOptions},
     registry::{PullError, Registry},
     resources::{CONFIGMAPS, EVENTS, PODS, SECRETS},
@@ -61,6 +62,8 @@ mod timing {
     pub const SCHEDULE: Duration = Duration::from_millis(100);
     /// Creating and starting a container.
     pub const CONTAINER_START: Duration = Duration::from_millis(500);
+    /// How often a pod no node has room for is tried again without a change in the cluster.
+    pub const SCHEDULE_RETRY: Duration = Duration::from_secs(60);
     /// Pulling an image not yet on the node.
     pub const IMAGE_PULL: Duration = Duration::from_millis(800);
     /// Default run time before a scripted exit or an OOM kill.
@@ -146,13 +149,12 @@ enum Wake {
     Cancelled,
 }
 
-/// The simulated kubelet of the single simulated node.
+/// The simulated kubelets of the cluster's nodes.
 pub struct Kubelet {
     store: Arc<Store>,
     registry: Arc<Registry>,
     clock: SimClock,
-    node: String,
-    node_memory: MemoryQuantity,
+    nodes: Arc<Nodes>,
     runtimes: Mutex<HashMap<String, Arc<PodRuntime>>>,
     /// Event names for aggregation, by (pod uid, reason, container, message).
     events: Mutex<HashMap<(String, String, String, String), String>>,
@@ -198,6 +200,30 @@ pub fn memory_need(pod: &Pod, container: &str) -> Option<MemoryQuantity> {
     script(pod, container).memory_need
 }
 
+/// Where a pod runs.
+struct Placed {
+    /// Node name.
+    name: String,
+    /// The node's InternalIP (the pod's hostIP).
+    address: String,
+    /// Whether the pod named its node itself (no scheduler involved).
+    preset: bool,
+}
+
+/// Memory a pod's containers use on their node: each one's simulated need where it is within its limit
+/// (one over its limit is OOM-killed instead).
+fn memory_use(pod: &Pod) -> u64 {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter_map(|c| {
+            let need = script(pod, &c.name).memory_need?;
+            let limit = pods::memory_limit(c);
+            limit.is_none_or(|l| need <= l).then_some(need.bytes())
+        })
+        .sum()
+}
+
 /// How a container instance ended.
 struct Termination {
     reason: String,
@@ -207,20 +233,13 @@ struct Termination {
 }
 
 impl Kubelet {
-    /// A kubelet for node `node` with `node_memory` allocatable.
-    pub fn new(
-        store: Arc<Store>,
-        registry: Arc<Registry>,
-        clock: SimClock,
-        node: impl Into<String>,
-        node_memory: MemoryQuantity,
-    ) -> Arc<Self> {
+    /// The kubelets of `nodes` (with the scheduler that places pods on them).
+    pub fn new(store: Arc<Store>, registry: Arc<Registry>, clock: SimClock, nodes: Arc<Nodes>) -> Arc<Self> {
         Arc::new(Self {
             store,
             registry,
             clock,
-            node: node.into(),
-            node_memory,
+            nodes,
             runtimes: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
             pulled: Mutex::new(HashSet::new()),
@@ -265,11 +284,17 @@ impl Kubelet {
         }
     }
 
-    /// Stops a pod that was deleted immediately.
+    /// Stops a pod that was deleted immediately, and frees its room on its node.
     pub fn forget(&self, uid: &str) {
         if let Some(runtime) = lock(&self.runtimes).remove(uid) {
             runtime.cancel.cancel();
         }
+        self.nodes.release(uid);
+    }
+
+    /// The nodes and the scheduler.
+    pub fn nodes(&self) -> &Arc<Nodes> {
+        &self.nodes
     }
 
     /// Stops a pod's containers and completes its graceful deletion after at most `grace` seconds.

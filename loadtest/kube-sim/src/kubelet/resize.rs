@@ -41,10 +41,10 @@ impl Kubelet {
                 .map(MemoryQuantity::bytes)
                 .sum();
             let now = Timestamp::now();
-            if requested > self.node_memory.bytes() {
+            let capacity = self.nodes.node_of(&uid).map_or(u64::MAX, |node| node.allocatable.memory);
+            if requested > capacity {
                 let message = format!(
-                    "Node didn't have enough capacity: memory, requested: {requested}, capacity: {}",
-                    self.node_memory.bytes()
+                    "Node didn't have enough capacity: memory, requested: {requested}, capacity: {capacity}"
                 );
                 self.update_pod(&namespace, &name, &uid, |pod| {
                     if let Some(status) = pod.status.as_mut() {

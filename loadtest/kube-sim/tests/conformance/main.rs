@@ -77,7 +77,9 @@ async fn reqwest_like_post(sim: &KubeSim, path: &str, body: &str) -> (u16, serde
     stream.read_to_string(&mut response).await.expect("read");
     let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
     let json_start = response.find("\r\n\r\n").map(|i| i + 4).expect("body");
-    (code, serde_json::from_str(&response[json_start..]).expect("json body"))
+    let body = &response[json_start..];
+    // 204 No Content has no body.
+    (code, if body.is_empty() { serde_json::Value::Null } else { serde_json::from_str(body).expect("json body") })
 }
 
 fn which_kubectl() -> Result<std::path::PathBuf, ()> {
@@ -228,4 +230,5 @@ mod controllers;
 mod kubectl;
 mod kubelet;
 mod namespaces;
+mod nodes;
 mod watch;

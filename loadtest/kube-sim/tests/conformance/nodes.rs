@@ -1,0 +1,160 @@
+//! Nodes and the scheduler: pods placed by their requests, selectors and tolerations; a pod no node
+//! has room for stays Pending with the scheduler's message until room frees up; NotReady nodes.
+
+use k8s_openapi::api::core::v1::{Event, Node};
+use kubesent_kube_sim::nodes::NodeConfig;
+use kubesent_proto::MemoryQuantity;
+
+use super::*;
+
+/// A cluster of `count` nodes with `memory_gib` of allocatable memory each.
+async fn cluster(count: usize, memory_gib: u64) -> KubeSim {
+    let nodes = (1..=count)
+        .map(|i| NodeConfig {
+            memory: MemoryQuantity::from_mib(memory_gib * 1024),
+            ..NodeConfig::worker(&format!("node-{i}"))
+        })
+        .collect();
+    KubeSim::start(SimConfig { time_scale: FAST, nodes, ..SimConfig::default() })
+        .await
+        .expect("kube-sim starts")
+}
+
+fn requesting(name: &str, memory: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1",
+            "resources": {"requests": {"memory": memory}}}]}
+    }))
+    .expect("pod json")
+}
+
+fn scheduled_condition(pod: &Pod) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled").cloned()
+}
+
+#[tokio::test]
+async fn pods_are_spread_over_the_nodes_by_their_requests_and_report_their_node_and_host_ip() {
+    let sim = cluster(3, 4).await;
+    let client = client(&sim);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let names: Vec<String> = nodes
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(names, ["node-1", "node-2", "node-3"]);
+    let pods: Api<Pod> = Api::namespaced(client, "shop");
+    for i in 0..3 {
+        pods.create(&PostParams::default(), &requesting(&format!("p{i}"), "3Gi")).await.expect("created");
+    }
+    let mut used = Vec::new();
+    for i in 0..3 {
+        let pod = wait_for(&pods, &format!("p{i}"), conditions::is_pod_running()).await;
+        let spec = pod.spec.expect("spec");
+        let status = pod.status.expect("status");
+        let node = spec.node_name.expect("bound");
+        let ip = nodes.get(&node).await.expect("node").status.and_then(|s| s.addresses).unwrap_or_default();
+        assert_eq!(Some(ip[0].address.clone()), status.host_ip, "the host IP is its node's");
+        used.push(node);
+    }
+    used.sort();
+    assert_eq!(used, ["node-1", "node-2", "node-3"], "3Gi each: one per 4Gi node");
+}
+
+#[tokio::test]
+async fn a_pod_no_node_has_room_for_stays_pending_with_the_schedulers_message_until_room_frees_up() {
+    let sim = cluster(3, 4).await;
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    for i in 0..3 {
+        pods.create(&PostParams::default(), &requesting(&format!("p{i}"), "3Gi")).await.expect("created");
+        wait_for(&pods, &format!("p{i}"), conditions::is_pod_running()).await;
+    }
+    pods.create(&PostParams::default(), &requesting("late", "3Gi")).await.expect("created");
+    let message = "0/3 nodes are available: 3 Insufficient memory. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.";
+    let pending = wait_for(&pods, "late", |p: Option<&Pod>| {
+        p.and_then(scheduled_condition).is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let condition = scheduled_condition(&pending).expect("condition");
+    assert_eq!(
+        (condition.reason.as_deref(), condition.message.as_deref()),
+        (Some("Unschedulable"), Some(message))
+    );
+    assert_eq!(pending.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
+    assert!(pending.spec.and_then(|s| s.node_name).is_none());
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    let failed = events
+        .list(&ListParams::default().fields("involvedObject.name=late,reason=FailedScheduling"))
+        .await
+        .expect("events")
+        .items;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(failed[0].message.as_deref(), Some(message));
+    assert_eq!(failed[0].source.as_ref().and_then(|s| s.component.as_deref()), Some("default-scheduler"));
+
+    // Room frees up: the scheduler places it at once.
+    pods.delete("p1", &DeleteParams::default()).await.expect("deleted");
+    let running = wait_for(&pods, "late", conditions::is_pod_running()).await;
+    assert!(running.spec.and_then(|s| s.node_name).is_some());
+}
+
+#[tokio::test]
+async fn selectors_taints_and_not_ready_nodes_keep_pods_off_and_are_named_in_the_message() {
+    let sim = cluster(2, 4).await;
+    let client = client(&sim);
+    // node-2 goes NotReady: tainted, so nothing new goes there.
+    let admin = reqwest_like_post(&sim, "/_sim/nodes/ready", r#"{"node": "node-2", "ready": false}"#).await;
+    assert_eq!(admin.0, 204, "{admin:?}");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get("node-2").await.expect("node");
+    let ready =
+        node.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Ready");
+    assert_eq!(ready.map(|c| c.status).as_deref(), Some("False"));
+    let pods: Api<Pod> = Api::namespaced(client, "shop");
+    let mut picky = requesting("picky", "1Gi");
+    picky.spec.as_mut().expect("spec").node_selector = Some([("disk".to_owned(), "ssd".to_owned())].into());
+    pods.create(&PostParams::default(), &picky).await.expect("created");
+    let pending = wait_for(&pods, "picky", |p: Option<&Pod>| {
+        p.and_then(scheduled_condition).is_some_and(|c| c.status == "False")
+    })
+    .await;
+    assert_eq!(
+        scheduled_condition(&pending).and_then(|c| c.message).as_deref(),
+        Some(
+            "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+        )
+    );
+    pods.create(&PostParams::default(), &requesting("plain", "1Gi")).await.expect("created");
+    let plain = wait_for(&pods, "plain", conditions::is_pod_running()).await;
+    assert_eq!(plain.spec.and_then(|s| s.node_name).as_deref(), Some("node-1"));
+}
+
+#[tokio::test]
+async fn kubectl_get_nodes_prints_status_roles_and_version() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = cluster(2, 4).await;
+    let admin = reqwest_like_post(&sim, "/_sim/nodes/ready", r#"{"node": "node-2", "ready": false}"#).await;
+    assert_eq!(admin.0, 204);
+    let out = tokio::process::Command::new(kubectl)
+        .args(["--server", &sim.url(), "get", "nodes"])
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    assert_eq!([&rows[1][..3], &rows[1][4..]].concat(), ["node-1", "Ready", "<none>", "v1.36.0"]);
+    assert_eq!(&rows[2][..2], ["node-2", "NotReady"]);
+}
