@@ -139,6 +139,7 @@ impl KubeSim {
             }
         }
         controllers::spawn(state.clone(), shutdown.clone());
+        state.kubelet.spawn_eviction_manager(shutdown.clone());
         let server_stop = shutdown.child_token();
         let server = Self::spawn_server(&state, listener, server_stop.clone());
         Ok(Self { state, addr, server: Some(server), server_stop })

@@ -390,10 +390,23 @@ pub struct Binding {
     pub namespace: String,
     /// Name of the pod.
     pub name: String,
+    /// The container that uses the most memory (the one an eviction message names).
+    pub main_container: String,
     /// What it requests.
     pub requests: Resources,
     /// Memory its containers use (their simulated need, where it is within their limit).
     pub memory_use: u64,
+}
+
+fn binding(node: &str, pod: &Pod, (memory_use, main_container): (u64, String)) -> Binding {
+    Binding {
+        node: node.to_owned(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        main_container,
+        requests: requests(pod),
+        memory_use,
+    }
 }
 
 /// The nodes of the cluster and what is bound to each.
@@ -432,26 +445,17 @@ impl Nodes {
     }
 
     /// Places `pod` (whose uid is `uid`) and binds it there; the scheduler's message when it fits no node.
-    pub fn schedule(&self, uid: &str, pod: &Pod, memory_use: u64) -> Result<String, String> {
+    /// `memory_use` is what its containers use and which uses most.
+    pub fn schedule(&self, uid: &str, pod: &Pod, memory_use: (u64, String)) -> Result<String, String> {
         let mut bound = self.bound();
         let node = place(pod, &self.views_with(&bound))?;
-        bound.insert(uid.to_owned(), self.binding(&node, pod, memory_use));
+        bound.insert(uid.to_owned(), binding(&node, pod, memory_use));
         Ok(node)
     }
 
     /// Records a pod that names its node itself (the scheduler does not place it).
-    pub fn occupy(&self, uid: &str, node: &str, pod: &Pod, memory_use: u64) {
-        self.bound().insert(uid.to_owned(), self.binding(node, pod, memory_use));
-    }
-
-    fn binding(&self, node: &str, pod: &Pod, memory_use: u64) -> Binding {
-        Binding {
-            node: node.to_owned(),
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            requests: requests(pod),
-            memory_use,
-        }
+    pub fn occupy(&self, uid: &str, node: &str, pod: &Pod, memory_use: (u64, String)) {
+        self.bound().insert(uid.to_owned(), binding(node, pod, memory_use));
     }
 
     /// Frees what a pod held (it finished, failed or was deleted); pods waiting for room try again.

@@ -1,5 +1,6 @@
 //! A pod's life on the node: binding, init containers then containers, each instance run, OOM-killed or exited by its script, restarted with the back-off, the pod phase and conditions.
 
+use super::eviction;
 use super::*;
 
 impl Kubelet {
@@ -385,7 +386,8 @@ impl Kubelet {
             let script = script(&pod, container);
             let limit = pods::container(&pod, container).and_then(pods::memory_limit);
             let oom = matches!((script.memory_need, limit), (Some(need), Some(limit)) if need > limit);
-            let ends = if oom || script.exit_code.is_some() {
+            let fills_disk = !init && eviction::writes_past_storage_limit(&pod, container);
+            let ends = if oom || fills_disk || script.exit_code.is_some() {
                 Some(script.run_for.saturating_sub(spent))
             } else if init {
                 Some(timing::INIT_RUN)
@@ -429,6 +431,10 @@ impl Kubelet {
                     // A resize: evaluate the new limit from the start of the run.
                 }
                 Wake::Elapsed => {
+                    if fills_disk && let Some(message) = eviction::storage_eviction(&pod) {
+                        self.evict(namespace, name, uid, message, false);
+                        return None;
+                    }
                     if oom {
                         let zero = MemoryQuantity::from_bytes(0);
                         let (need, limit) = (script.memory_need.unwrap_or(zero), limit.unwrap_or(zero));

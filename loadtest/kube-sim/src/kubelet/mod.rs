@@ -35,6 +35,7 @@ use crate::{
     store::{Mutation, Store},
 };
 
+mod eviction;
 mod images;
 mod lifecycle;
 mod logs;
@@ -53,6 +54,9 @@ pub mod annotations {
     pub const RUN_SECONDS: &str = "sim.kubesent.io/run-seconds";
     /// Log lines (newline-separated) each container instance writes after starting.
     pub const LOGS: &str = "sim.kubesent.io/logs";
+    /// Ephemeral storage the container writes after [`RUN_SECONDS`] (`2Gi`); beyond the pod's
+    /// ephemeral-storage limits the kubelet evicts the pod.
+    pub const DISK_USE: &str = "sim.kubesent.io/disk-use";
 }
 
 /// Timings of the simulated kubelet, in simulated time (scaled by [`SimClock`]).
@@ -78,6 +82,8 @@ mod timing {
     pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
     /// Retry interval for container configuration errors (the pod sync period).
     pub const CONFIG_RETRY: Duration = Duration::from_secs(10);
+    /// How often the eviction manager compares each node's memory use with its threshold.
+    pub const EVICTION_CHECK: Duration = Duration::from_secs(10);
     /// Time the kubelet takes to actuate an in-place resize.
     pub const RESIZE: Duration = Duration::from_millis(500);
 }
@@ -210,18 +216,21 @@ struct Placed {
     preset: bool,
 }
 
-/// Memory a pod's containers use on their node: each one's simulated need where it is within its limit
-/// (one over its limit is OOM-killed instead).
-fn memory_use(pod: &Pod) -> u64 {
-    pod.spec
+/// Memory a pod's containers use on their node (each one's simulated need where it is within its limit:
+/// one over its limit is OOM-killed instead), and the container that uses most.
+fn memory_use(pod: &Pod) -> (u64, String) {
+    let uses: Vec<(u64, &str)> = pod
+        .spec
         .iter()
         .flat_map(|s| s.containers.iter())
-        .filter_map(|c| {
-            let need = script(pod, &c.name).memory_need?;
-            let limit = pods::memory_limit(c);
-            limit.is_none_or(|l| need <= l).then_some(need.bytes())
+        .map(|c| {
+            let need = script(pod, &c.name).memory_need;
+            let within = need.filter(|need| pods::memory_limit(c).is_none_or(|l| *need <= l));
+            (within.map_or(0, MemoryQuantity::bytes), c.name.as_str())
         })
-        .sum()
+        .collect();
+    let main = uses.iter().max_by_key(|(bytes, _)| *bytes).map_or("", |(_, name)| name).to_owned();
+    (uses.iter().map(|(bytes, _)| bytes).sum(), main)
 }
 
 /// How a container instance ended.

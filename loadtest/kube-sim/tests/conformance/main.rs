@@ -79,7 +79,14 @@ async fn reqwest_like_post(sim: &KubeSim, path: &str, body: &str) -> (u16, serde
     let json_start = response.find("\r\n\r\n").map(|i| i + 4).expect("body");
     let body = &response[json_start..];
     // 204 No Content has no body.
-    (code, if body.is_empty() { serde_json::Value::Null } else { serde_json::from_str(body).expect("json body") })
+    (
+        code,
+        if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(body).expect("json body")
+        },
+    )
 }
 
 fn which_kubectl() -> Result<std::path::PathBuf, ()> {

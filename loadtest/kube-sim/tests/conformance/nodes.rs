@@ -158,3 +158,109 @@ async fn kubectl_get_nodes_prints_status_roles_and_version() {
     assert_eq!([&rows[1][..3], &rows[1][4..]].concat(), ["node-1", "Ready", "<none>", "v1.36.0"]);
     assert_eq!(&rows[2][..2], ["node-2", "NotReady"]);
 }
+
+fn status_of_pod(pod: &Pod) -> (Option<String>, Option<String>, Option<String>) {
+    let status = pod.status.clone().unwrap_or_default();
+    (status.phase, status.reason, status.message)
+}
+
+#[tokio::test]
+async fn a_pod_writing_past_its_ephemeral_storage_limit_is_evicted_with_the_kubelets_message() {
+    let sim = cluster(1, 4).await;
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let filler: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "filler", "annotations": {"sim.kubesent.io/disk-use": "2Gi"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1",
+            "resources": {"limits": {"ephemeral-storage": "1Gi"}}}]}
+    }))
+    .expect("pod json");
+    pods.create(&PostParams::default(), &filler).await.expect("created");
+    let message = "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi. ";
+    let evicted = wait_for(&pods, "filler", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()?.phase.clone()).as_deref() == Some("Failed")
+    })
+    .await;
+    assert_eq!(
+        status_of_pod(&evicted),
+        (Some("Failed".into()), Some("Evicted".into()), Some(message.into()))
+    );
+    let terminated = evicted.status.and_then(|s| s.container_statuses).unwrap_or_default()[0]
+        .state
+        .clone()
+        .and_then(|s| s.terminated)
+        .expect("the container was killed");
+    assert_eq!(terminated.exit_code, 137);
+    let events: Api<Event> = Api::namespaced(client, "shop");
+    let evictions = events
+        .list(&ListParams::default().fields("involvedObject.name=filler,reason=Evicted"))
+        .await
+        .expect("events")
+        .items;
+    assert_eq!(evictions.len(), 1);
+    assert_eq!(
+        (evictions[0].type_.as_deref(), evictions[0].message.as_deref()),
+        (Some("Warning"), Some(message))
+    );
+}
+
+#[tokio::test]
+async fn a_node_short_of_memory_reports_pressure_and_evicts_the_pod_furthest_over_its_request() {
+    let sim = cluster(1, 4).await;
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    // Three pods that ask for 256Mi and use 1.5Gi each: 4.5Gi on a 4Gi node.
+    for (name, need) in [("a", "1400Mi"), ("b", "1400Mi"), ("greedy", "1600Mi")] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"sim.kubesent.io/memory-need": need}},
+            "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1",
+                "resources": {"requests": {"memory": "256Mi"}}}]}
+        }))
+        .expect("pod json");
+        pods.create(&PostParams::default(), &pod).await.expect("created");
+    }
+    let evicted = wait_for(&pods, "greedy", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()?.reason.clone()).as_deref() == Some("Evicted")
+    })
+    .await;
+    let (phase, _, message) = status_of_pod(&evicted);
+    assert_eq!(phase.as_deref(), Some("Failed"));
+    let message = message.expect("message");
+    assert!(
+        message.starts_with("The node was low on resource: memory. Threshold quantity: 100Mi, available: ")
+            && message.ends_with(
+                "Container app was using 1638400Ki, request is 256Mi, has larger consumption of memory. "
+            ),
+        "{message}"
+    );
+    let disruption = evicted
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .expect("DisruptionTarget");
+    assert_eq!(
+        (disruption.status.as_str(), disruption.reason.as_deref()),
+        ("True", Some("TerminationByKubelet"))
+    );
+    // With the greedy pod gone the node has room again and says so.
+    let nodes: Api<Node> = Api::all(client);
+    tokio::time::timeout(
+        PATIENCE,
+        await_condition(nodes, "node-1", |n: Option<&Node>| {
+            n.and_then(|n| n.status.as_ref()?.conditions.clone())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "MemoryPressure" && c.status == "False"))
+                && n.is_some_and(|n| {
+                    n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(Vec::is_empty)
+                })
+        }),
+    )
+    .await
+    .expect("pressure clears in time")
+    .expect("watch works");
+    for name in ["a", "b"] {
+        let pod = pods.get(name).await.expect("pod");
+        assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Running"), "{name} kept running");
+    }
+}
