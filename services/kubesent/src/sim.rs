@@ -109,6 +109,22 @@ pub struct KubeSimArgs {
     /// Wall-clock seconds per simulated kubelet second (0.1 = ten times faster).
     #[arg(long, env = "KUBE_SIM_TIME_SCALE", default_value_t = 1.0)]
     time_scale: f64,
+    /// Worker nodes (`sim-node-1` …).
+    #[arg(long, env = "KUBE_SIM_NODES", default_value_t = 3)]
+    nodes: usize,
+    /// Allocatable memory of each node.
+    #[arg(long, env = "KUBE_SIM_NODE_MEMORY", default_value = "128Gi", value_parser = parse_quantity)]
+    node_memory: kubesent_proto::MemoryQuantity,
+    /// Allocatable CPU of each node, in cores.
+    #[arg(long, env = "KUBE_SIM_NODE_CPU", default_value_t = 16)]
+    node_cpu: u64,
+    /// Allocatable ephemeral storage of each node.
+    #[arg(long, env = "KUBE_SIM_NODE_STORAGE", default_value = "500Gi", value_parser = parse_quantity)]
+    node_storage: kubesent_proto::MemoryQuantity,
+}
+
+fn parse_quantity(text: &str) -> Result<kubesent_proto::MemoryQuantity, String> {
+    kubesent_proto::MemoryQuantity::parse(text).map_err(|e| e.to_string())
 }
 
 /// `kubesent gemini-sim`
@@ -128,9 +144,18 @@ pub struct GeminiSimArgs {
 /// `kubesent kube-sim`: serves until a signal.
 pub async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {
     let _telemetry = kubesent_common::telemetry::init("kube-sim", false);
+    let nodes = (1..=args.nodes.max(1))
+        .map(|i| kubesent_kube_sim::nodes::NodeConfig {
+            cpu_millis: args.node_cpu.saturating_mul(1000),
+            memory: args.node_memory,
+            ephemeral_storage: args.node_storage,
+            ..kubesent_kube_sim::nodes::NodeConfig::worker(&format!("sim-node-{i}"))
+        })
+        .collect();
     let config = kubesent_kube_sim::SimConfig {
         listen: args.listen,
         time_scale: args.time_scale,
+        nodes,
         ..Default::default()
     };
     let sim = kubesent_kube_sim::KubeSim::start(config)
