@@ -39,6 +39,11 @@ pub enum FailureKind {
     InvalidImageName,
     /// `CreateContainerConfigError`: e.g. a missing ConfigMap or Secret key.
     CreateContainerConfigError,
+    /// The pod fits no node: `PodScheduled=False`, reason `Unschedulable`, the scheduler's message.
+    Unschedulable,
+    /// The kubelet evicted the pod (`Failed`, reason `Evicted`): node pressure or its own ephemeral-storage
+    /// limits.
+    Evicted,
 }
 
 impl FailureKind {
@@ -52,6 +57,8 @@ impl FailureKind {
             Self::ErrImagePull => "err-image-pull",
             Self::InvalidImageName => "invalid-image-name",
             Self::CreateContainerConfigError => "create-container-config-error",
+            Self::Unschedulable => "unschedulable",
+            Self::Evicted => "evicted",
         }
     }
 

@@ -37,14 +37,69 @@ pub struct ContainerObservation {
 /// Exit code of a SIGKILL.
 const SIGKILL_EXIT: i32 = 137;
 
-/// Classifies every container (init containers first) of `pod`.
+/// Classifies every container (init containers first) of `pod`. A failure of the whole pod (evicted,
+/// unschedulable) is reported on its first app container, the one its incident is keyed by, and the
+/// kills an eviction causes are not reported as failures of their own.
 pub fn classify(pod: &LeanPod) -> Vec<ContainerObservation> {
     let Some(status) = &pod.status else { return Vec::new() };
+    if let Some(signal) = pod_failure(pod) {
+        let first = pod.spec.as_ref().and_then(|s| s.containers.first());
+        let statuses = status.container_statuses.iter().flatten();
+        let mut observations: Vec<ContainerObservation> = statuses
+            .map(|cs| ContainerObservation {
+                name: cs.name.clone(),
+                init: false,
+                restart_count: cs.restart_count,
+                image: cs.image.clone(),
+                failure: None,
+                running_after_oom: false,
+            })
+            .collect();
+        let name = first.map(|c| c.name.clone()).or_else(|| observations.first().map(|o| o.name.clone()));
+        let Some(name) = name else { return Vec::new() };
+        match observations.iter_mut().find(|o| o.name == name) {
+            Some(observation) => observation.failure = Some(signal),
+            None => observations.insert(
+                0,
+                ContainerObservation {
+                    name,
+                    init: false,
+                    restart_count: 0,
+                    image: first.and_then(|c| c.image.clone()).unwrap_or_default(),
+                    failure: Some(signal),
+                    running_after_oom: false,
+                },
+            ),
+        }
+        return observations;
+    }
     // Containers of a `restartPolicy: Never` pod never reach CrashLoopBackOff: their first crash is the failure.
     let restarts = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
     let init = status.init_container_statuses.iter().flatten().map(|cs| observe(cs, true, restarts));
     let regular = status.container_statuses.iter().flatten().map(|cs| observe(cs, false, restarts));
     init.chain(regular).collect()
+}
+
+/// A failure of the pod as a whole: evicted by the kubelet, or fitting no node.
+fn pod_failure(pod: &LeanPod) -> Option<FailureSignal> {
+    let status = pod.status.as_ref()?;
+    if status.reason.as_deref() == Some("Evicted") {
+        return Some(FailureSignal {
+            kind: FailureKind::Evicted,
+            reason: "Evicted".into(),
+            message: status.message.clone(),
+            exit_code: None,
+        });
+    }
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+    })?;
+    Some(FailureSignal {
+        kind: FailureKind::Unschedulable,
+        reason: "Unschedulable".into(),
+        message: unschedulable.message.clone(),
+        exit_code: None,
+    })
 }
 
 fn observe(cs: &LeanContainerStatus, init: bool, restarts: bool) -> ContainerObservation {
@@ -131,6 +186,54 @@ mod tests {
         let crashed = pod_with(waiting, json!({"terminated": {"exitCode": 1, "reason": "Error"}}));
         assert_eq!(kind(&crashed), Some(FailureKind::CrashLoop));
         assert_eq!(classify(&crashed)[0].failure.as_ref().and_then(|f| f.exit_code), Some(1));
+    }
+
+    #[test]
+    fn an_evicted_pod_is_one_eviction_on_its_first_container_not_a_sigkill_of_each() {
+        let pod: LeanPod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+            "spec": {"containers": [{"name": "app"}, {"name": "proxy"}]},
+            "status": {"phase": "Failed", "reason": "Evicted",
+                "message": "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi. ",
+                "containerStatuses": [
+                    {"name": "app", "image": "i", "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "Error"}}},
+                    {"name": "proxy", "image": "i", "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}
+        }))
+        .expect("pod");
+        let observations = classify(&pod);
+        let failing: Vec<_> = observations
+            .iter()
+            .filter_map(|o| o.failure.as_ref().map(|f| (o.name.as_str(), f.kind)))
+            .collect();
+        assert_eq!(failing, [("app", FailureKind::Evicted)]);
+        assert_eq!(
+            observations[0].failure.as_ref().and_then(|f| f.message.as_deref()),
+            Some("Pod ephemeral local storage usage exceeds the total limit of containers 1Gi. ")
+        );
+    }
+
+    #[test]
+    fn a_pod_that_fits_no_node_is_unschedulable_with_the_schedulers_message() {
+        let message = "0/3 nodes are available: 3 Insufficient memory. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.";
+        let pod: LeanPod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+            "spec": {"containers": [{"name": "app", "image": "web:1"}]},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]}
+        }))
+        .expect("pod");
+        let observations = classify(&pod);
+        assert_eq!(observations.len(), 1);
+        assert_eq!((observations[0].name.as_str(), observations[0].image.as_str()), ("app", "web:1"));
+        let signal = observations[0].failure.as_ref().expect("failing");
+        assert_eq!((signal.kind, signal.message.as_deref()), (FailureKind::Unschedulable, Some(message)));
+        let scheduled: LeanPod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+            "spec": {"containers": [{"name": "app"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        }))
+        .expect("pod");
+        assert!(classify(&scheduled).iter().all(|o| o.failure.is_none()));
     }
 
     #[test]

@@ -78,12 +78,34 @@ pub struct LeanPodStatus {
     /// Why the pod is in this phase (`Evicted`, …).
     #[serde(default)]
     pub reason: Option<String>,
+    /// The message that goes with the reason (the kubelet's eviction message).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The pod's conditions (`PodScheduled=False` with `Unschedulable` and the scheduler's message).
+    #[serde(default)]
+    pub conditions: Option<Vec<LeanPodCondition>>,
     /// The app containers' statuses.
     #[serde(default)]
     pub container_statuses: Option<Vec<LeanContainerStatus>>,
     /// The init containers' statuses.
     #[serde(default)]
     pub init_container_statuses: Option<Vec<LeanContainerStatus>>,
+}
+
+/// One pod condition, without its timestamps.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct LeanPodCondition {
+    /// `PodScheduled`, `Ready`, …
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable reason (`Unschedulable`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// One container's status: its state now, its last termination and its restarts.
@@ -305,6 +327,18 @@ impl From<&Pod> for LeanPod {
             status: pod.status.as_ref().map(|status| LeanPodStatus {
                 phase: status.phase.clone(),
                 reason: status.reason.clone(),
+                message: status.message.clone(),
+                conditions: status.conditions.as_ref().map(|conditions| {
+                    conditions
+                        .iter()
+                        .map(|c| LeanPodCondition {
+                            type_: c.type_.clone(),
+                            status: c.status.clone(),
+                            reason: c.reason.clone(),
+                            message: c.message.clone(),
+                        })
+                        .collect()
+                }),
                 container_statuses: status
                     .container_statuses
                     .as_ref()

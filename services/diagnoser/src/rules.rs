@@ -299,6 +299,8 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
                 )
             }
         }
+        FailureKind::Unschedulable => unschedulable(&name, &message, evidence),
+        FailureKind::Evicted => evicted(&name, &message),
         FailureKind::CrashLoop => {
             let code = job.failure.exit_code;
             let meaning = code.and_then(exit_meaning).map(|m| format!(" ({m})")).unwrap_or_default();
@@ -329,6 +331,139 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
             }
         }
     }
+}
+
+/// The scheduler's reasons from its message (`3 Insufficient memory, 1 node(s) had untolerated taint …`).
+fn scheduler_reasons(message: &str) -> &str {
+    let after = message.split_once("are available: ").map_or(message, |(_, rest)| rest);
+    after.split_once(". preemption:").map_or(after.trim_end_matches('.'), |(reasons, _)| reasons).trim()
+}
+
+/// Why a pod fits no node, from the scheduler's message, and what would make it fit.
+fn unschedulable(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
+    let reasons = scheduler_reasons(message);
+    let requested = |resource: &str| {
+        evidence
+            .containers
+            .iter()
+            .filter_map(|c| c.resources.requests.get(resource).cloned())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let (cause, fix) = if reasons.contains("Insufficient memory") {
+        let asked = requested("memory");
+        (
+            if asked.is_empty() {
+                "no node has the memory it requests free".to_owned()
+            } else {
+                format!("no node has {asked} of memory free")
+            },
+            "add nodes (or let the autoscaler) or lower its memory request",
+        )
+    } else if reasons.contains("Insufficient cpu") {
+        let asked = requested("cpu");
+        (
+            if asked.is_empty() {
+                "no node has the CPU it requests free".to_owned()
+            } else {
+                format!("no node has {asked} CPU free")
+            },
+            "add nodes or lower its CPU request",
+        )
+    } else if reasons.contains("Insufficient ephemeral-storage") {
+        (
+            "no node has the ephemeral storage it requests free".to_owned(),
+            "add nodes or lower its ephemeral-storage request",
+        )
+    } else if let Some(resource) = reasons
+        .split(", ")
+        .find_map(|r| r.split_once(" Insufficient ").map(|(_, resource)| resource.trim().to_owned()))
+    {
+        let asked = requested(&resource);
+        (
+            if asked.is_empty() {
+                format!("no node has the {resource} it requests free")
+            } else {
+                format!("no node has {asked} {resource} free")
+            },
+            "add nodes that have it or lower its request",
+        )
+    } else if reasons.contains("Too many pods") {
+        ("every node runs as many pods as it may".to_owned(), "add nodes or raise the kubelets' max pods")
+    } else if reasons.contains("didn't match Pod's node affinity/selector")
+        || reasons.contains("didn't match node selector")
+    {
+        ("no node matches its nodeSelector or node affinity".to_owned(), "fix the selector or label a node")
+    } else if reasons.contains("untolerated taint") {
+        (
+            "the nodes are tainted and it tolerates none of the taints".to_owned(),
+            "add a toleration or untaint a node",
+        )
+    } else if reasons.contains("were unschedulable") {
+        ("the nodes are cordoned".to_owned(), "uncordon a node")
+    } else {
+        return verdict(
+            "unschedulable",
+            60,
+            format!("pod of container {name} fits no node: {}", short(message)),
+            Action::None,
+        );
+    };
+    verdict("unschedulable", 95, format!("{cause}: {reasons} — {fix}"), Action::None)
+}
+
+/// Why the kubelet evicted the pod, from its eviction message. Never a memory-limit change: an
+/// eviction is the node's shortage or the pod's own disk use, not its limit.
+fn evicted(name: &str, message: &str) -> RuleVerdict {
+    let said = short(message);
+    if message.contains("The node was low on resource: memory") {
+        return verdict(
+            "evicted-node-memory",
+            95,
+            format!(
+                "evicted: its node ran low on memory and container {name} used more than it requests ({said}) — raise its memory request to what it uses, so the scheduler reserves it"
+            ),
+            Action::None,
+        );
+    }
+    if message.contains("The node was low on resource: ephemeral-storage") || message.contains("DiskPressure")
+    {
+        return verdict(
+            "evicted-node-disk",
+            95,
+            format!(
+                "evicted: its node ran low on disk ({said}) — set ephemeral-storage requests and limits, and clean up what the node's pods write locally"
+            ),
+            Action::None,
+        );
+    }
+    if let Some(limit) = message
+        .split_once("exceeds the total limit of containers ")
+        .map(|(_, rest)| rest.trim().trim_end_matches('.'))
+        .or_else(|| {
+            message
+                .split_once("local ephemeral storage limit ")
+                .map(|(_, rest)| rest.trim().trim_end_matches('.').trim_matches('"'))
+        })
+    {
+        return verdict(
+            "evicted-ephemeral-storage",
+            95,
+            format!(
+                "evicted: ephemeral storage over {limit}, its limits.ephemeral-storage — it writes more to its local disk than allowed; write to a volume, clean up, or raise the limit"
+            ),
+            Action::None,
+        );
+    }
+    if message.contains("Usage of EmptyDir volume") {
+        return verdict(
+            "evicted-empty-dir",
+            95,
+            format!("evicted: an emptyDir volume outgrew its sizeLimit ({said})"),
+            Action::None,
+        );
+    }
+    verdict("evicted", 60, format!("evicted by the kubelet: {said}"), Action::None)
 }
 
 /// The verdict for a pod none of whose containers is failing now.

@@ -25,6 +25,9 @@ struct Expected {
 #[derive(Deserialize)]
 struct Case {
     name: String,
+    /// Where the case's messages come from (an issue tracker, the docs, or the component's format).
+    #[serde(default)]
+    source: Option<String>,
     pod: Pod,
     previous_logs: Option<String>,
     logs: Option<String>,
@@ -124,6 +127,7 @@ fn the_rule_engine_is_right_on_the_evaluation_set() {
             verdict.root_cause
         );
         if !right {
+            println!("     source: {}", case.source.as_deref().unwrap_or("-"));
             wrong.push(case.name.clone());
         }
     }

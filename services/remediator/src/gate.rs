@@ -56,6 +56,20 @@ pub const RECENT_FAILURE: jiff::SignedDuration = jiff::SignedDuration::from_secs
 
 /// Whether the container still shows the verdict's failure at `now`.
 pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::Timestamp) -> bool {
+    let status = pod.status.as_ref();
+    match kind {
+        FailureKind::Evicted => return status.and_then(|s| s.reason.as_deref()) == Some("Evicted"),
+        FailureKind::Unschedulable => {
+            return status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                })
+            });
+        }
+        _ => {}
+    }
     let Some(cs) = pod
         .status
         .as_ref()
@@ -84,6 +98,7 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
         FailureKind::CrashLoop | FailureKind::Killed => {
             waiting == Some("CrashLoopBackOff") || state.terminated.is_some()
         }
+        FailureKind::Evicted | FailureKind::Unschedulable => false,
     }
 }
 
