@@ -533,3 +533,64 @@ async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
     assert_eq!(stack.metrics.diagnoser.jobs(kubesent_diagnoser::JobOutcome::DeadLettered), 1);
     stack.stop().await;
 }
+
+async fn next_verdict(verdicts: &mut async_nats::Subscriber) -> proto::Verdict {
+    let message = tokio::time::timeout(PATIENCE, verdicts.next())
+        .await
+        .expect("a verdict in time")
+        .expect("subscription open");
+    proto::decode(&message.payload).expect("verdict decodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_no_node_has_room_for_gets_one_incident_naming_the_shortage_and_no_action() {
+    let stack = stack(36).await;
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let mut huge = deployment(2, "registry.local/shop/web:1.4.2", json!({}), json!({}));
+    let container =
+        &mut huge.spec.as_mut().expect("spec").template.spec.as_mut().expect("pod spec").containers[0];
+    container.resources = Some(
+        serde_json::from_value(json!({"requests": {"memory": "512Gi"}, "limits": {"memory": "512Gi"}}))
+            .expect("resources"),
+    );
+    deployments.create(&PostParams::default(), &huge).await.expect("deployment created");
+
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.failure.kind, proto::FailureKind::Unschedulable);
+    assert_eq!(verdict.action, Action::None);
+    assert!(verdict.root_cause.contains("no node has 512Gi of memory free"), "{}", verdict.root_cause);
+    assert!(verdict.root_cause.contains("3 Insufficient memory"), "{}", verdict.root_cause);
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::DiagnosisOnly, "{}", outcome.detail);
+    // Both replicas are one incident.
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_evicted_for_its_disk_use_gets_one_incident_naming_the_limit_and_no_memory_change() {
+    let stack = stack(36).await;
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let filler: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "filler", "namespace": "shop", "annotations": {"sim.kubesent.io/disk-use": "2Gi"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+            "resources": {"limits": {"memory": "128Mi", "ephemeral-storage": "1Gi"}}}]}
+    }))
+    .expect("pod json");
+    pods.create(&PostParams::default(), &filler).await.expect("pod created");
+
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.failure.kind, proto::FailureKind::Evicted);
+    assert_eq!(verdict.action, Action::None, "an eviction never raises a memory limit");
+    assert!(verdict.root_cause.contains("ephemeral storage over 1Gi"), "{}", verdict.root_cause);
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::DiagnosisOnly, "{}", outcome.detail);
+    let after = pods.get("filler").await.expect("pod");
+    assert_eq!(memory_limit(&after), "128Mi", "nothing changed");
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
