@@ -1,10 +1,12 @@
-//! `kubesent diagnose`: the diagnoser on kubectl output, without a cluster or a broker.
+//! `kubesent diagnose`: the diagnoser on kubectl output (JSON or YAML, files or standard input), or on a
+//! live pod read through the current kubeconfig, without a broker.
 //!
 //! ```sh
-//! kubectl get pod web-1 -o json > pod.json
+//! kubectl get pod web-1 -o yaml | kubesent diagnose --pod - --offline
 //! kubectl logs web-1 --previous > prev.txt
-//! kubectl get events -o json > events.json
+//! kubectl events -o json > events.json        # or kubectl get events -o json
 //! kubesent diagnose --pod pod.json --previous-logs prev.txt --events events.json --offline
+//! kubesent diagnose shop/web-1 --offline       # pod, logs and events from the cluster
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,16 +24,19 @@ use kubesent_diagnoser::args::LlmArgs;
 /// `kubesent diagnose`
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
-    /// `kubectl get pod <name> -o json` output.
+    /// A live pod, `namespace/name`: its spec, logs and events are read from the current kubeconfig.
+    #[arg(conflicts_with = "pod", required_unless_present = "pod")]
+    target: Option<String>,
+    /// `kubectl get pod <name> -o json` or `-o yaml` output; `-` reads standard input.
     #[arg(long)]
-    pod: PathBuf,
+    pod: Option<PathBuf>,
     /// `kubectl logs <name>` output (current container).
     #[arg(long)]
     logs: Option<PathBuf>,
     /// `kubectl logs <name> --previous` output (the crashed container).
     #[arg(long)]
     previous_logs: Option<PathBuf>,
-    /// `kubectl get events -o json` output.
+    /// `kubectl events -o json` or `kubectl get events -o json|yaml` output.
     #[arg(long)]
     events: Option<PathBuf>,
     /// Rules only: never call a model.
@@ -41,13 +46,33 @@ pub struct DiagnoseArgs {
     llm: LlmArgs,
 }
 
+/// The contents of `path`, or of standard input for `-`.
 fn read(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .context("cannot read standard input")?;
+        bytes
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn read_json(path: &Path) -> anyhow::Result<Value> {
-    serde_json::from_str(&read(path)?).with_context(|| format!("{} is not JSON", path.display()))
+/// A JSON or YAML document, as kubectl prints it with `-o json` or `-o yaml`.
+fn parse_document(text: &str, path: &Path) -> anyhow::Result<Value> {
+    match serde_json::from_str(text) {
+        Ok(value) => Ok(value),
+        Err(json) => match serde_saphyr::from_str::<Value>(text) {
+            Ok(value) if value.is_object() => Ok(value),
+            Ok(_) => bail!("{} is neither a JSON nor a YAML object", path.display()),
+            Err(yaml) => bail!("{} is neither JSON ({json}) nor YAML ({yaml})", path.display()),
+        },
+    }
+}
+
+fn read_document(path: &Path) -> anyhow::Result<Value> {
+    parse_document(&read(path)?, path)
 }
 
 /// The single Pod in `value` (a Pod, or a List/PodList holding exactly one).
@@ -83,13 +108,45 @@ fn events_for(value: Value, pod: &Pod, path: &Path) -> anyhow::Result<Vec<Event>
     let name = pod.metadata.name.clone().unwrap_or_default();
     let mut events = Vec::new();
     for item in items {
-        let event: Event = serde_json::from_value(item)
+        let event: Event = serde_json::from_value(core_event(item))
             .with_context(|| format!("{} holds an invalid Event", path.display()))?;
         if event.involved_object.name.as_deref() == Some(name.as_str()) {
             events.push(event);
         }
     }
     Ok(events)
+}
+
+/// An events.k8s.io/v1 Event (what `kubectl events` may print) in core/v1 shape: `regarding` is the
+/// involved object, `note` the message, `deprecatedCount` the count. A core/v1 Event is returned as is.
+fn core_event(mut item: Value) -> Value {
+    if item.get("involvedObject").is_none()
+        && let Some(object) = item.as_object_mut()
+    {
+        if let Some(regarding) = object.remove("regarding") {
+            object.insert("involvedObject".into(), regarding);
+        }
+        if let Some(note) = object.remove("note") {
+            object.insert("message".into(), note);
+        }
+        if let Some(count) = object.remove("deprecatedCount") {
+            object.insert("count".into(), count);
+        }
+        for field in [
+            "related",
+            "reportingController",
+            "reportingInstance",
+            "series",
+            "deprecatedSource",
+            "deprecatedFirstTimestamp",
+            "deprecatedLastTimestamp",
+            "apiVersion",
+            "kind",
+        ] {
+            object.remove(field);
+        }
+    }
+    item
 }
 
 fn render(verdict: &Verdict, failure: Option<Value>) -> Value {
@@ -111,15 +168,77 @@ fn render(verdict: &Verdict, failure: Option<Value>) -> Value {
     out
 }
 
-/// Runs `kubesent diagnose` and prints the verdict as JSON.
-pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
-    let pod = single_pod(read_json(&args.pod)?, &args.pod)?;
+/// What `kubesent diagnose` looks at: the pod, its logs and its events.
+struct Inputs {
+    pod: Pod,
+    events: Vec<Event>,
+    current_logs: Option<String>,
+    previous_logs: Option<String>,
+}
+
+/// Reads the inputs from kubectl output files (or standard input).
+fn from_files(args: &DiagnoseArgs, pod_path: &Path) -> anyhow::Result<Inputs> {
+    let stdin_uses =
+        [Some(pod_path), args.events.as_deref(), args.logs.as_deref(), args.previous_logs.as_deref()]
+            .iter()
+            .filter(|p| p.is_some_and(|p| p == Path::new("-")))
+            .count();
+    if stdin_uses > 1 {
+        bail!("only one input can be read from standard input (-)");
+    }
+    let pod = single_pod(read_document(pod_path)?, pod_path)?;
     let events = match &args.events {
-        Some(path) => events_for(read_json(path)?, &pod, path)?,
+        Some(path) => events_for(read_document(path)?, &pod, path)?,
         None => Vec::new(),
     };
     let current_logs = args.logs.as_deref().map(read).transpose()?;
     let previous_logs = args.previous_logs.as_deref().map(read).transpose()?;
+    Ok(Inputs { pod, events, current_logs, previous_logs })
+}
+
+/// Reads the pod `namespace/name`, its logs (current and previous, of the failing container) and its
+/// events from the cluster of the current kubeconfig.
+async fn from_cluster(target: &str) -> anyhow::Result<Inputs> {
+    use kube::{
+        Api,
+        api::{ListParams, LogParams},
+    };
+    let Some((namespace, name)) = target.split_once('/').filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+    else {
+        bail!("give the pod as namespace/name (e.g. shop/web-1), or kubectl output with --pod");
+    };
+    let client = kubesent_common::kube_client(None).await.context("no usable kubeconfig")?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = pods.get(name).await.with_context(|| format!("reading pod {target}"))?;
+    let failing = classify::classify(&LeanPod::from(&pod)).into_iter().find(|o| o.failure.is_some());
+    let container = failing.map(|o| o.name);
+    let logs = |previous: bool| {
+        let params = LogParams {
+            container: container.clone(),
+            previous,
+            tail_lines: Some(200),
+            ..LogParams::default()
+        };
+        let pods = pods.clone();
+        async move { pods.logs(name, &params).await.ok() }
+    };
+    let (current_logs, previous_logs) = (logs(false).await, logs(true).await);
+    let events: Api<Event> = Api::namespaced(client, namespace);
+    let events = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .with_context(|| format!("listing the events of {target}"))?
+        .items;
+    Ok(Inputs { pod, events, current_logs, previous_logs })
+}
+
+/// Runs `kubesent diagnose` and prints the verdict as JSON.
+pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
+    let Inputs { pod, events, current_logs, previous_logs } = match (&args.pod, &args.target) {
+        (Some(path), _) => from_files(&args, path)?,
+        (None, Some(target)) => from_cluster(target).await?,
+        (None, None) => bail!("give a pod: namespace/name, or --pod with kubectl output"),
+    };
     let lean = LeanPod::from(&pod);
     let observations = classify::classify(&lean);
     let Some((container, signal)) =

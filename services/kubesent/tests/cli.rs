@@ -90,7 +90,7 @@ fn unreadable_or_wrong_kind_input_is_a_clear_error() {
     let (_d, garbage) = temp_file("g.json", "\u{0}\u{1}not json");
     let (code, _, stderr) = diagnose(&["--pod", garbage.to_str().expect("path"), "--offline"]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("is not JSON"), "{stderr}");
+    assert!(stderr.contains("is neither"), "{stderr}");
     let (_d, two) = temp_file(
         "l.json",
         r#"{"kind":"List","items":[{"kind":"Pod","metadata":{"name":"a"}},{"kind":"Pod","metadata":{"name":"b"}}]}"#,
@@ -98,6 +98,164 @@ fn unreadable_or_wrong_kind_input_is_a_clear_error() {
     let (code, _, stderr) = diagnose(&["--pod", two.to_str().expect("path"), "--offline"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("holds 2 objects"), "{stderr}");
+}
+
+/// Runs `kubesent diagnose` with `stdin` on its standard input.
+fn diagnose_stdin(args: &[&str], stdin: &str) -> (i32, Value, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubesent"))
+        .arg("diagnose")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubesent runs");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("written");
+    let output = child.wait_with_output().expect("kubesent ends");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (
+        output.status.code().unwrap_or(-1),
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// An evicted pod as `kubectl get pod -o yaml` prints it.
+const EVICTED_POD_YAML: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: grow-test-7484cd87cb-wvpgt
+  namespace: ephemeral-metrics
+  uid: 3d1f0a52-8d4e-4b1c-9a57-1f2e3d4c5b6a
+  ownerReferences:
+  - apiVersion: apps/v1
+    kind: ReplicaSet
+    name: grow-test-7484cd87cb
+    uid: 9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d
+    controller: true
+spec:
+  containers:
+  - name: grow-test
+    image: local.io/local/grow-test:latest
+    resources:
+      limits:
+        ephemeral-storage: 5Ki
+        memory: 128Mi
+status:
+  phase: Failed
+  reason: Evicted
+  message: 'Pod ephemeral local storage usage exceeds the total limit of containers 5Ki. '
+  containerStatuses:
+  - name: grow-test
+    image: local.io/local/grow-test:latest
+    imageID: ""
+    ready: false
+    restartCount: 1
+    state:
+      terminated:
+        exitCode: 137
+        reason: ContainerStatusUnknown
+        message: The container could not be located when the pod was terminated
+"#;
+
+#[test]
+fn kubectl_yaml_on_standard_input_is_diagnosed_and_an_eviction_is_not_read_as_a_sigkill() {
+    let (code, verdict, stderr) = diagnose_stdin(&["--pod", "-", "--offline"], EVICTED_POD_YAML);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(verdict["failure"]["kind"], "evicted", "{verdict}");
+    assert_eq!(verdict["action"], json!({"type": "none"}), "an eviction never raises a memory limit");
+    assert!(
+        verdict["root_cause"].as_str().is_some_and(|c| c.contains("ephemeral storage over 5Ki")),
+        "{verdict}"
+    );
+}
+
+#[test]
+fn events_from_kubectl_events_in_events_k8s_io_shape_inform_the_verdict() {
+    let (_d1, pod) =
+        temp_file("pod.json", &std::fs::read_to_string(fixture("oom-crashloop.json")).expect("fixture"));
+    let name = serde_json::from_str::<Value>(&std::fs::read_to_string(&pod).expect("pod"))
+        .expect("json")["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let events = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1"},
+         "regarding": {"kind": "Pod", "name": name}, "reason": "BackOff", "note": "Back-off restarting failed container",
+         "type": "Warning", "deprecatedCount": 4, "reportingController": "kubelet"}]});
+    let (_d2, events_path) = temp_file("events.yaml", &events.to_string());
+    let (code, verdict, stderr) = diagnose(&[
+        "--pod",
+        pod.to_str().expect("path"),
+        "--events",
+        events_path.to_str().expect("path"),
+        "--offline",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(verdict["failure"]["kind"], "oom-killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_pod_is_read_through_the_current_kubeconfig() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::{Api, api::PostParams};
+    let sim = kubesent_kube_sim::KubeSim::start(kubesent_kube_sim::SimConfig {
+        time_scale: 0.01,
+        ..Default::default()
+    })
+    .await
+    .expect("kube-sim");
+    let kube = kubesent_common::kube_client(Some(&sim.url())).await.expect("client");
+    let pods: Api<Pod> = Api::namespaced(kube, "shop");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+            "resources": {"limits": {"memory": "128Mi"}}}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("created");
+    let oom = |p: Option<&Pod>| {
+        p.and_then(|p| {
+            p.status.as_ref()?.container_statuses.as_ref()?.first()?.last_state.as_ref()?.terminated.clone()
+        })
+        .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"))
+    };
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        kube_runtime::wait::await_condition(pods, "web-1", oom),
+    )
+    .await
+    .expect("OOM-killed in time")
+    .expect("watch");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: me\ncurrent-context: sim\nusers:\n- name: me\n  user: {{}}\n",
+            sim.url()
+        ),
+    )
+    .expect("kubeconfig");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+        .args(["diagnose", "shop/web-1", "--offline"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .expect("kubesent runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let verdict: Value = serde_json::from_slice(&output.stdout).expect("json verdict");
+    assert_eq!(verdict["failure"]["kind"], "oom-killed", "{verdict}");
+    assert_eq!(
+        verdict["action"],
+        json!({"type": "increase_memory", "container": "app", "from": "128Mi", "to": "256Mi"})
+    );
+    let (code, _, stderr) = diagnose(&["web-1", "--offline"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("namespace/name"), "{stderr}");
 }
 
 fn kubesent(args: &[&str]) -> (i32, String, String) {
