@@ -39,6 +39,9 @@ pub enum FailureKind {
     InvalidImageName,
     /// `CreateContainerConfigError`: e.g. a missing ConfigMap or Secret key.
     CreateContainerConfigError,
+    /// The container runtime cannot create or start the container: `CreateContainerError`,
+    /// `RunContainerError`, or `StartError` (exit 128) with the runtime's message.
+    StartError,
     /// The pod fits no node: `PodScheduled=False`, reason `Unschedulable`, the scheduler's message.
     Unschedulable,
     /// The kubelet evicted the pod (`Failed`, reason `Evicted`): node pressure or its own ephemeral-storage
@@ -57,6 +60,7 @@ impl FailureKind {
             Self::ErrImagePull => "err-image-pull",
             Self::InvalidImageName => "invalid-image-name",
             Self::CreateContainerConfigError => "create-container-config-error",
+            Self::StartError => "start-error",
             Self::Unschedulable => "unschedulable",
             Self::Evicted => "evicted",
         }

@@ -68,23 +68,41 @@ pub fn spawn(
         let mut last_renewal: Option<Instant> = None;
         let mut ask = true;
         loop {
-            let asked = if ask { Some(lock.try_acquire_or_renew().await) } else { None };
+            // A renewal that hangs (an apiserver partition) must not keep a leader leading past its
+            // deadline: the request gets only the time left until then.
+            let left = last_renewal.map_or(renew_deadline, |t| renew_deadline.saturating_sub(t.elapsed()));
+            let asked = if ask {
+                Some(
+                    tokio::time::timeout(left.max(Duration::from_millis(100)), lock.try_acquire_or_renew())
+                        .await,
+                )
+            } else {
+                None
+            };
             ask = true;
             match asked {
                 None => {}
-                Some(Ok(LeaseLockResult::Acquired(_))) => {
+                Some(Err(_elapsed)) => {
+                    warn!(lease = %config.lease_name, waited = ?left, "lease renewal got no answer in time");
+                    if last_renewal.is_none_or(|t| t.elapsed() >= renew_deadline)
+                        && tx.send_if_modified(|leading| std::mem::replace(leading, false))
+                    {
+                        warn!(lease = %config.lease_name, "stepping down: lease not renewed within the deadline");
+                    }
+                }
+                Some(Ok(Ok(LeaseLockResult::Acquired(_)))) => {
                     last_renewal = Some(Instant::now());
                     if tx.send_if_modified(|leading| !std::mem::replace(leading, true)) {
                         info!(lease = %config.lease_name, identity = %config.identity, "acquired leadership");
                     }
                 }
-                Some(Ok(LeaseLockResult::NotAcquired(_))) => {
+                Some(Ok(Ok(LeaseLockResult::NotAcquired(_)))) => {
                     last_renewal = None;
                     if tx.send_if_modified(|leading| std::mem::replace(leading, false)) {
                         warn!(lease = %config.lease_name, "lost leadership");
                     }
                 }
-                Some(Err(error)) => {
+                Some(Ok(Err(error))) => {
                     warn!(lease = %config.lease_name, %error, "lease renewal failed");
                     if last_renewal.is_none_or(|t| t.elapsed() >= renew_deadline)
                         && tx.send_if_modified(|leading| std::mem::replace(leading, false))

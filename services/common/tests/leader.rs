@@ -135,3 +135,21 @@ async fn of_two_standbys_seeing_a_release_exactly_one_takes_the_lease() {
     assert_eq!(conflicts, 1, "the other was refused by the resourceVersion");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_apiserver_steps_down_by_its_deadline_not_when_its_request_returns() {
+    let sim = KubeSim::start(SimConfig::default()).await.expect("kube-sim starts");
+    // Its own token, so kube-sim can cut exactly this client off.
+    let client =
+        kubesent_common::kube_client_with_token(Some(&sim.url()), Some("leader-a")).await.expect("client");
+    let stop = CancellationToken::new();
+    let (mut a, _task) = leader::spawn(client, candidate("a"), stop.clone());
+    until(&mut a, true).await;
+    // Every request it makes from now on hangs, as across a network partition: its renewal never
+    // answers, and it must stop leading before its lease (3 s) can pass to another replica.
+    sim.state().faults.partition("leader-a");
+    // (Before, the election awaited the hung renewal and went on leading.)
+    until(&mut a, false).await;
+    sim.state().faults.heal("leader-a");
+    stop.cancel();
+}

@@ -31,6 +31,10 @@ pub struct DetectorArgs {
     /// counted in the same job (bare pods are reported at once).
     #[arg(long, env = "KUBESENT_GROUP_WAIT_MS", default_value_t = 2000)]
     pub group_wait_ms: u64,
+    /// Seconds a pod may stay unschedulable before it is reported (a cluster autoscaler usually adds a
+    /// node within this); one scheduled meanwhile is never reported.
+    #[arg(long, env = "KUBESENT_PENDING_THRESHOLD_SECONDS", default_value_t = 120)]
+    pub pending_threshold_seconds: u64,
 }
 
 impl DetectorArgs {
@@ -41,6 +45,7 @@ impl DetectorArgs {
             excluded_namespaces: self.excluded_namespaces.clone(),
             leader: self.leader.config(&self.common, "kubesent-detector"),
             group_wait: Duration::from_millis(self.group_wait_ms),
+            pending_threshold: Duration::from_secs(self.pending_threshold_seconds),
             incident_ttl: DEFAULT_INCIDENT_TTL,
             topology,
         }

@@ -107,9 +107,11 @@ fn observe(cs: &LeanContainerStatus, init: bool, restarts: bool) -> ContainerObs
     let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
     let failure = if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
         let reason = waiting.reason.clone().unwrap_or_default();
+        let start_error = last.filter(|t| t.reason.as_deref() == Some("StartError"));
         let kind = match reason.as_str() {
             "CrashLoopBackOff" => Some(match last {
                 Some(t) if t.reason.as_deref() == Some("OOMKilled") => FailureKind::OomKilled,
+                Some(t) if t.reason.as_deref() == Some("StartError") => FailureKind::StartError,
                 Some(t) if t.exit_code == SIGKILL_EXIT => FailureKind::Killed,
                 _ => FailureKind::CrashLoop,
             }),
@@ -117,18 +119,25 @@ fn observe(cs: &LeanContainerStatus, init: bool, restarts: bool) -> ContainerObs
             "ErrImagePull" => Some(FailureKind::ErrImagePull),
             "InvalidImageName" => Some(FailureKind::InvalidImageName),
             "CreateContainerConfigError" => Some(FailureKind::CreateContainerConfigError),
+            "CreateContainerError" | "RunContainerError" => Some(FailureKind::StartError),
             _ => None,
         };
         kind.map(|kind| FailureSignal {
             kind,
             reason: reason.clone(),
-            message: waiting.message.clone(),
+            // A start error's cause is the runtime's message in the last termination, not the back-off.
+            message: match start_error {
+                Some(t) if reason == "CrashLoopBackOff" => t.message.clone(),
+                _ => waiting.message.clone(),
+            },
             exit_code: if reason == "CrashLoopBackOff" { last.map(|t| t.exit_code) } else { None },
         })
     } else if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()) {
         let reason = terminated.reason.clone().unwrap_or_default();
         let kind = if reason == "OOMKilled" {
             Some(FailureKind::OomKilled)
+        } else if reason == "StartError" && !restarts {
+            Some(FailureKind::StartError)
         } else if terminated.exit_code == SIGKILL_EXIT {
             Some(FailureKind::Killed)
         } else if terminated.exit_code != 0 && !restarts {
@@ -234,6 +243,30 @@ mod tests {
         }))
         .expect("pod");
         assert!(classify(&scheduled).iter().all(|o| o.failure.is_none()));
+    }
+
+    #[test]
+    fn a_container_the_runtime_cannot_start_is_a_start_error_with_the_runtimes_message() {
+        let message = "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"/app\": stat /app: no such file or directory: unknown";
+        let pod = pod_with(
+            json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}),
+            json!({"terminated": {"exitCode": 128, "reason": "StartError", "message": message}}),
+        );
+        let signal = classify(&pod)[0].failure.clone().expect("failing");
+        assert_eq!(
+            (signal.kind, signal.exit_code, signal.message.as_deref()),
+            (FailureKind::StartError, Some(128), Some(message))
+        );
+        let create = pod_with(
+            json!({"waiting": {"reason": "CreateContainerError", "message": "no command specified"}}),
+            json!({}),
+        );
+        assert_eq!(kind(&create), Some(FailureKind::StartError));
+        let run = pod_with(
+            json!({"waiting": {"reason": "RunContainerError", "message": "failed to start"}}),
+            json!({}),
+        );
+        assert_eq!(kind(&run), Some(FailureKind::StartError));
     }
 
     #[test]

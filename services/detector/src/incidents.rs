@@ -30,6 +30,13 @@ pub enum Update {
     },
     /// A relist finished: only these pods exist.
     Resync(BTreeSet<String>),
+    /// A pod no longer shows a waiting failure (an unschedulable pod was placed).
+    Cleared {
+        /// The pod.
+        pod_uid: String,
+        /// The incident it no longer shows.
+        incident: IncidentId,
+    },
 }
 
 struct OpenIncident {
@@ -46,9 +53,17 @@ pub struct IncidentBook {
     /// Incidents in the order they were opened, for expiry.
     opened: VecDeque<(Instant, IncidentId)>,
     sequence: u64,
+    /// How long an unschedulable pod's incident waits before it is due.
+    pending_threshold: Duration,
 }
 
 impl IncidentBook {
+    /// A book whose unschedulable incidents wait `threshold` (or the group wait, if longer) before they
+    /// are due; one whose pods are all placed by then is dropped unpublished.
+    pub fn with_pending_threshold(threshold: Duration) -> Self {
+        Self { pending_threshold: threshold, ..Self::default() }
+    }
+
     /// Number of open incidents.
     pub fn open(&self) -> usize {
         self.open.len()
@@ -74,7 +89,9 @@ impl IncidentBook {
                     incident.pods.insert(pod);
                     return;
                 }
-                let wait = if job.key.workload.kind == kubesent_proto::WorkloadKind::Pod {
+                let wait = if job.failure.kind == kubesent_proto::FailureKind::Unschedulable {
+                    self.pending_threshold.max(group_wait)
+                } else if job.key.workload.kind == kubesent_proto::WorkloadKind::Pod {
                     Duration::ZERO
                 } else {
                     group_wait
@@ -91,6 +108,14 @@ impl IncidentBook {
                 incident.pods.remove(&pod_uid);
                 !incident.pods.is_empty()
             }),
+            Update::Cleared { pod_uid, incident } => {
+                if let Some(open) = self.open.get_mut(&incident) {
+                    open.pods.remove(&pod_uid);
+                    if open.pods.is_empty() {
+                        self.open.remove(&incident);
+                    }
+                }
+            }
             Update::Resync(existing) => self.open.retain(|_, incident| {
                 incident.pods.retain(|uid| existing.contains(uid));
                 !incident.pods.is_empty()
@@ -234,6 +259,30 @@ mod tests {
         assert!(
             book.take_due(now + Duration::from_secs(901)).is_some(),
             "a failure past the window is a new job"
+        );
+    }
+
+    #[test]
+    fn an_unschedulable_pod_waits_for_the_threshold_and_one_placed_meanwhile_is_never_published() {
+        let mut book = IncidentBook::with_pending_threshold(Duration::from_secs(120));
+        let now = Instant::now();
+        let mut pending = job("Deployment", "web-1");
+        pending.failure.kind = kubesent_proto::FailureKind::Unschedulable;
+        let id = pending.incident.clone();
+        book.apply(Update::Open(pending.clone()), now, Duration::from_secs(2));
+        assert!(book.take_due(now + Duration::from_secs(60)).is_none(), "not before the threshold");
+        book.apply(
+            Update::Cleared { pod_uid: pending.pod.uid.clone(), incident: id.clone() },
+            now,
+            Duration::from_secs(2),
+        );
+        assert_eq!(book.open(), 0);
+        assert!(book.take_due(now + Duration::from_secs(121)).is_none(), "placed in time: never published");
+        book.apply(Update::Open(pending), now, Duration::from_secs(2));
+        assert_eq!(
+            book.take_due(now + Duration::from_secs(121)).map(|j| j.incident),
+            Some(id),
+            "still pending: published"
         );
     }
 

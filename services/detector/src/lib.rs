@@ -66,6 +66,9 @@ pub struct DetectorConfig {
     /// How long a controller-owned workload's incident waits after its first failure so the replicas
     /// failing with it are counted in the same job (bare pods are published at once).
     pub group_wait: Duration,
+    /// How long a pod may stay unschedulable before its incident is published (one scheduled meanwhile
+    /// is never reported).
+    pub pending_threshold: Duration,
     /// How long an incident stays open (at most the jobs stream's dedup window).
     pub incident_ttl: Duration,
     /// How the jobs stream is sized (the detector creates it).
@@ -77,6 +80,9 @@ pub const DEFAULT_INCIDENT_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Default [`DetectorConfig::group_wait`]: long enough for replicas that crash together to be seen.
 pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(2);
+
+/// Default [`DetectorConfig::pending_threshold`]: about what a cluster autoscaler needs to add a node.
+pub const DEFAULT_PENDING_THRESHOLD: Duration = Duration::from_secs(120);
 
 /// The detector's clients and metrics.
 pub struct DetectorDeps {
@@ -226,6 +232,7 @@ pub async fn run(
         leading,
         updates: updates_rx,
         group_wait: config.group_wait,
+        pending_threshold: config.pending_threshold,
         incident_ttl: config.incident_ttl,
     };
     let publishing = kubesent_common::AbortOnDrop::new(tokio::spawn(
@@ -290,10 +297,15 @@ async fn watch_pods(
                 if config.excluded_namespaces.iter().any(|ns| Some(ns) == pod.metadata.namespace.as_ref()) {
                     continue;
                 }
-                let transitions = tracker.observe(&pod);
+                let (transitions, cleared) = tracker.observe_all(&pod);
                 deps.metrics.transitions.inc_by(transitions.len() as u64);
                 for transition in transitions {
                     updates.push(Update::Open(Box::new(build_job(&pod, &transition))));
+                }
+                for (container, kind) in cleared {
+                    let incident = incident::incident_key(&pod, &container, kind).fingerprint();
+                    let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+                    updates.push(Update::Cleared { pod_uid, incident });
                 }
             }
             watcher::Event::InitDone => {
@@ -351,6 +363,7 @@ struct Publisher {
     leading: watch::Receiver<bool>,
     updates: mpsc::Receiver<Update>,
     group_wait: Duration,
+    pending_threshold: Duration,
     incident_ttl: Duration,
 }
 
@@ -366,7 +379,7 @@ type Publishing = std::pin::Pin<
 
 impl Publisher {
     async fn run(mut self, shutdown: CancellationToken) {
-        let mut book = IncidentBook::default();
+        let mut book = IncidentBook::with_pending_threshold(self.pending_threshold);
         let mut backoff = Backoff::new(PUBLISH_RETRY_MIN, PUBLISH_RETRY_MAX);
         let mut retry_at: Option<Instant> = None;
         let mut in_flight: FuturesUnordered<Publishing> = FuturesUnordered::new();

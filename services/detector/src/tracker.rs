@@ -46,6 +46,14 @@ impl PodTracker {
 
     /// Records the pod's current state and returns the failures that are new since the last observation.
     pub fn observe(&mut self, pod: &LeanPod) -> Vec<Transition> {
+        self.observe_all(pod).0
+    }
+
+    /// Like [`PodTracker::observe`], also returning the waiting failures that ended (a pod that was
+    /// unschedulable and is now placed: container and kind), so an incident not yet reported can be
+    /// dropped. Failures that come and go by themselves (a crash loop runs between its kills) are not
+    /// returned.
+    pub fn observe_all(&mut self, pod: &LeanPod) -> (Vec<Transition>, Vec<(String, FailureKind)>) {
         let Some(uid) = pod.metadata.uid.as_deref() else { return Vec::new() };
         let observations = classify(pod);
         let previous = self.pods.get(uid);
@@ -88,6 +96,18 @@ impl PodTracker {
                 (None, None) => {}
             }
         }
+        let cleared = previous
+            .into_iter()
+            .flatten()
+            .filter(|memo| memo.failing == Some(FailureKind::Unschedulable))
+            .filter(|memo| {
+                !observations.iter().any(|o| {
+                    *o.name == *memo.name
+                        && o.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Unschedulable)
+                })
+            })
+            .map(|memo| (memo.name.to_string(), FailureKind::Unschedulable))
+            .collect();
         let memos = observations
             .iter()
             .map(|o| ContainerMemo {
@@ -97,7 +117,7 @@ impl PodTracker {
             })
             .collect();
         self.pods.insert(uid.into(), memos);
-        transitions
+        (transitions, cleared)
     }
 
     /// Forgets a deleted pod.

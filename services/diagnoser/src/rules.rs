@@ -299,6 +299,7 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
                 )
             }
         }
+        FailureKind::StartError => start_error(&name, &job.failure.reason, &message),
         FailureKind::Unschedulable => unschedulable(&name, &message, evidence),
         FailureKind::Evicted => evicted(&name, &message),
         FailureKind::CrashLoop => {
@@ -331,6 +332,51 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
             }
         }
     }
+}
+
+/// Why the runtime cannot start the container, from its message.
+fn start_error(name: &str, reason: &str, message: &str) -> RuleVerdict {
+    // `exec: "/app/server": …` names what it tried to run.
+    let command = message.split_once("exec: \"").and_then(|(_, rest)| rest.split_once('"')).map(|(c, _)| c);
+    let said = short(message);
+    let (rule, confidence, cause) = if message.contains("executable file not found in $PATH") {
+        (
+            "start-command-not-found",
+            95,
+            format!(
+                "the command {} of container {name} is not in the image (not on $PATH, or not executable): fix the command/args or the image",
+                command.map_or_else(|| "it runs".to_owned(), |c| format!("{c:?}"))
+            ),
+        )
+    } else if message.contains("exec format error") {
+        (
+            "start-exec-format",
+            95,
+            format!(
+                "container {name}'s image is built for another CPU architecture (exec format error): use an image for the node's platform"
+            ),
+        )
+    } else if message.contains("no such file or directory") && command.is_some() {
+        (
+            "start-entrypoint-missing",
+            95,
+            format!(
+                "the entrypoint {:?} of container {name} does not exist in the image: fix the command or the image",
+                command.unwrap_or_default()
+            ),
+        )
+    } else if message.contains("permission denied") {
+        (
+            "start-permission-denied",
+            90,
+            format!(
+                "the runtime may not run container {name}'s entrypoint (permission denied): make it executable or fix securityContext"
+            ),
+        )
+    } else {
+        ("start-error", 60, format!("the container runtime cannot start container {name} ({reason}): {said}"))
+    };
+    verdict(rule, confidence, format!("{cause} — runtime: {said}"), Action::None)
 }
 
 /// The scheduler's reasons from its message (`3 Insufficient memory, 1 node(s) had untolerated taint …`).

@@ -39,6 +39,8 @@ pub struct StackOptions {
     pub rbac: bool,
     /// The Kubernetes minor version kube-sim serves (`pods/resize` exists from 33).
     pub kubernetes_minor: u32,
+    /// How long a pod may stay unschedulable before it is reported.
+    pub pending_threshold: Duration,
 }
 
 impl Default for StackOptions {
@@ -49,6 +51,7 @@ impl Default for StackOptions {
             dry_run: false,
             rbac: false,
             kubernetes_minor: SimConfig::default().kubernetes_minor,
+            pending_threshold: Duration::from_secs(1),
         }
     }
 }
@@ -151,6 +154,7 @@ impl Stack {
             excluded_namespaces: vec!["kube-system".into()],
             leader: None,
             group_wait: kubesent_detector::DEFAULT_GROUP_WAIT,
+            pending_threshold: options.pending_threshold,
             incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
             topology: topology.clone(),
         };

@@ -594,3 +594,29 @@ async fn a_pod_evicted_for_its_disk_use_gets_one_incident_naming_the_limit_and_n
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_whose_entrypoint_is_missing_gets_one_incident_naming_it_and_no_action() {
+    let stack = stack(36).await;
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let message = "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"/app/server\": stat /app/server: no such file or directory: unknown";
+    let broken = deployment(
+        2,
+        "registry.local/shop/web:1.4.2",
+        json!({}),
+        json!({"sim.kubesent.io/start-error": message}),
+    );
+    deployments.create(&PostParams::default(), &broken).await.expect("deployment created");
+
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.failure.kind, proto::FailureKind::StartError);
+    assert_eq!(verdict.failure.exit_code, Some(128));
+    assert_eq!(verdict.action, Action::None);
+    assert!(verdict.root_cause.contains("entrypoint \"/app/server\""), "{}", verdict.root_cause);
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::DiagnosisOnly, "{}", outcome.detail);
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}

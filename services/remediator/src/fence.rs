@@ -77,6 +77,11 @@ impl Turns {
         Turn { turns: self, incident: incident.clone(), guard: Some(guard), waited }
     }
 
+    /// Whether a task here has (or waits for) `incident`'s turn.
+    pub(crate) fn busy(&self, incident: &IncidentId) -> bool {
+        self.incidents.lock().unwrap_or_else(PoisonError::into_inner).contains_key(incident)
+    }
+
     /// Incidents with a turn taken or awaited (for tests: finished turns leave nothing behind).
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -164,8 +169,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(!waiting.is_finished(), "the second task cannot have its turn while the first holds it");
+        assert!(turns.busy(&incident("inc-1")));
         drop(first);
         assert!(waiting.await.expect("no panic"), "the second task waited");
+        assert!(!turns.busy(&incident("inc-1")));
         drop(other);
         assert_eq!(turns.len(), 0, "finished turns leave nothing behind");
     }

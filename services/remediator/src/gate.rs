@@ -95,6 +95,10 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
             matches!(waiting, Some("ImagePullBackOff" | "ErrImagePull" | "InvalidImageName"))
         }
         FailureKind::CreateContainerConfigError => waiting == Some("CreateContainerConfigError"),
+        FailureKind::StartError => {
+            matches!(waiting, Some("CrashLoopBackOff" | "CreateContainerError" | "RunContainerError"))
+                || state.terminated.as_ref().is_some_and(|t| t.reason.as_deref() == Some("StartError"))
+        }
         FailureKind::CrashLoop | FailureKind::Killed => {
             waiting == Some("CrashLoopBackOff") || state.terminated.is_some()
         }

@@ -319,6 +319,7 @@ struct Act {
 }
 
 /// How a verdict ended, before it is published.
+#[derive(Debug, Clone)]
 struct Finished {
     result: OutcomeResult,
     strategy: Option<Strategy>,
@@ -326,11 +327,20 @@ struct Finished {
     replacement_uid: Option<String>,
     /// Who approved or rejected it, when a human did.
     decided_by: Option<String>,
+    /// Already on the audit log (recorded when its intent was marked done).
+    recorded: bool,
 }
 
 impl Finished {
     fn plain(result: OutcomeResult, detail: impl Into<String>) -> Self {
-        Self { result, strategy: None, detail: detail.into(), replacement_uid: None, decided_by: None }
+        Self {
+            result,
+            strategy: None,
+            detail: detail.into(),
+            replacement_uid: None,
+            decided_by: None,
+            recorded: false,
+        }
     }
 }
 
@@ -343,6 +353,7 @@ impl Intent {
             detail: self.detail.clone().unwrap_or_default(),
             replacement_uid: self.replacement_uid.clone(),
             decided_by: self.approved_by.clone(),
+            recorded: false,
         }
     }
 }
@@ -665,6 +676,9 @@ impl Remediator {
         action: &Action,
         finished: Finished,
     ) -> Result<(), StepError> {
+        if finished.recorded {
+            return Ok(());
+        }
         let outcome = Outcome {
             schema: proto::SCHEMA_VERSION,
             incident: incident.clone(),
@@ -726,6 +740,7 @@ fn awaiting_approval(intent: &Intent) -> Finished {
         ),
         replacement_uid: None,
         decided_by: None,
+        recorded: false,
     }
 }
 

@@ -20,39 +20,47 @@ use crate::{
 };
 use kubesent_common::nats::Role as NatsRole;
 
+/// How often a leader looks for unfinished intents nobody here is driving.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long listing the unfinished intents may take before it is asked again.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Remediator {
-    /// Whenever this replica begins to lead, finishes every intent an earlier leader left half-done.
+    /// Whenever this replica begins to lead, finishes every intent an earlier leader left half-done, and
+    /// looks again every [`SWEEP_EVERY`] while it leads, for any intent nobody here is driving (one a
+    /// dropped verdict left, one a listing missed).
     pub(crate) async fn resume_on_takeover(
         self: Arc<Self>,
         mut leading: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = kubesent_common::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
             let is_leader = *leading.borrow_and_update();
             self.deps.metrics.leader.set(i64::from(is_leader));
+            let mut next = SWEEP_EVERY;
             if is_leader {
-                match self.intents.unfinished().await {
-                    Ok(open) => {
-                        backoff.reset();
+                match tokio::time::timeout(LIST_TIMEOUT, self.intents.unfinished()).await {
+                    Ok(Ok(open)) => {
                         for (intent, revision) in open {
-                            self.clone().resume(intent, revision);
+                            if !self.turns.busy(&intent.incident) {
+                                self.clone().resume(intent, revision);
+                            }
                         }
                     }
-                    Err(error) => {
-                        // Not left to the verdicts' redelivery (minutes): asked again while leading.
-                        let delay = backoff.next_delay();
-                        warn!(%error, retry_in = ?delay, "listing unfinished intents failed");
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => continue,
-                            changed = leading.changed() => if changed.is_err() { return } else { continue },
-                            () = shutdown.cancelled() => return,
-                        }
+                    // Not left to the verdicts' redelivery (minutes): asked again soon.
+                    Ok(Err(error)) => {
+                        warn!(%error, "listing unfinished intents failed; trying again");
+                        next = Duration::from_secs(1);
+                    }
+                    Err(_) => {
+                        warn!(timeout = ?LIST_TIMEOUT, "listing unfinished intents got no answer; trying again");
+                        next = Duration::from_secs(1);
                     }
                 }
             }
             tokio::select! {
                 changed = leading.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(next), if is_leader => {}
                 () = shutdown.cancelled() => return,
             }
         }
@@ -60,11 +68,11 @@ impl Remediator {
 
     /// Finishes an intent an earlier leader left half-done, in its own task, while this replica leads.
     fn resume(self: Arc<Self>, intent: Intent, revision: u64) {
-        info!(incident = %intent.incident, phase = ?intent.phase, "finishing an intent left half-done");
         if matches!(intent.phase, Phase::AwaitingApproval | Phase::Approved) {
             // Waiting for a human, or for the decisions task to carry it out.
             return;
         }
+        info!(incident = %intent.incident, phase = ?intent.phase, "finishing an intent left half-done");
         // An approved one under way had its verdict acknowledged when it began to wait; any other's verdict
         // is redelivered after its ack wait and then finds the outcome already recorded (same message id).
         let span = info_span!("resume", incident = %intent.incident);

@@ -153,7 +153,12 @@ impl Kubelet {
                 let started =
                     cs.state.as_ref().and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.clone());
                 if started.is_some() || cs.state.as_ref().is_some_and(|s| s.waiting.is_some()) {
-                    let termination = Termination { reason: "Error".into(), exit_code: 137, replaced: false };
+                    let termination = Termination {
+                        reason: "Error".into(),
+                        exit_code: 137,
+                        replaced: false,
+                        message: None,
+                    };
                     cs.state = Some(terminated(
                         termination,
                         cs.container_id.clone(),

@@ -263,36 +263,52 @@ impl Kubelet {
             }
             let Some(pod) = self.live_pod(namespace, name, uid) else { return false };
             self.event(&pod, container, "Normal", "Created", format!("Created container: {container}"));
-            self.event(&pod, container, "Normal", "Started", format!("Started container {container}"));
             let cid = container_id(uid, container, instance);
             instance += 1;
-            let started_at = Timestamp::now();
             let script = script(&pod, container);
-            let mut lines = vec![format!("starting {container} (image {image})")];
-            lines.extend(script.logs.iter().cloned());
-            self.append_logs(&runtime, &cid, lines);
-            let image_ref = image_id(&image);
-            let resources = spec_container.resources.clone();
-            let running_cid = cid.clone();
-            let probed = readiness_delay(&spec_container).is_some();
-            self.set_state(namespace, name, uid, container, init, |cs| {
-                cs.state = Some(ContainerState {
-                    running: Some(ContainerStateRunning { started_at: Some(Time(started_at)) }),
-                    ..Default::default()
+            let (termination, started_at) = if let Some(message) = script.start_error.clone() {
+                // The runtime created the container but could not start its process.
+                self.event(&pod, container, "Warning", "Failed", format!("Error: {message}"));
+                let never = Timestamp::UNIX_EPOCH;
+                (
+                    Some(Termination {
+                        reason: "StartError".into(),
+                        exit_code: 128,
+                        replaced: false,
+                        message: Some(message),
+                    }),
+                    never,
+                )
+            } else {
+                self.event(&pod, container, "Normal", "Started", format!("Started container {container}"));
+                let started_at = Timestamp::now();
+                let mut lines = vec![format!("starting {container} (image {image})")];
+                lines.extend(script.logs.iter().cloned());
+                self.append_logs(&runtime, &cid, lines);
+                let image_ref = image_id(&image);
+                let resources = spec_container.resources.clone();
+                let running_cid = cid.clone();
+                let probed = readiness_delay(&spec_container).is_some();
+                self.set_state(namespace, name, uid, container, init, |cs| {
+                    cs.state = Some(ContainerState {
+                        running: Some(ContainerStateRunning { started_at: Some(Time(started_at)) }),
+                        ..Default::default()
+                    });
+                    cs.container_id = Some(running_cid);
+                    cs.image = image.clone();
+                    cs.image_id = image_ref;
+                    cs.restart_count = restarts;
+                    // With a readiness probe the container turns ready after its first successful probe.
+                    cs.ready = !init && !probed;
+                    cs.started = Some(true);
+                    cs.resources = resources.clone();
+                    cs.allocated_resources = resources.as_ref().and_then(|r| r.requests.clone());
                 });
-                cs.container_id = Some(running_cid);
-                cs.image = image.clone();
-                cs.image_id = image_ref;
-                cs.restart_count = restarts;
-                // With a readiness probe the container turns ready after its first successful probe.
-                cs.ready = !init && !probed;
-                cs.started = Some(true);
-                cs.resources = resources.clone();
-                cs.allocated_resources = resources.as_ref().and_then(|r| r.requests.clone());
-            });
-            let termination = self
-                .run_instance(&runtime, &mut spec, namespace, name, uid, container, &cid, &image, init)
-                .await;
+                let termination = self
+                    .run_instance(&runtime, &mut spec, namespace, name, uid, container, &cid, &image, init)
+                    .await;
+                (termination, started_at)
+            };
             let Some(termination) = termination else { return false };
             let finished_at = Timestamp::now();
             let replaced = termination.replaced;
@@ -300,6 +316,8 @@ impl Kubelet {
             let state = terminated(termination, Some(cid.clone()), started_at, finished_at);
             self.set_state(namespace, name, uid, container, init, |cs| {
                 cs.state = Some(state.clone());
+                cs.container_id = Some(cid.clone());
+                cs.restart_count = restarts;
                 cs.ready = false;
                 cs.started = Some(false);
             });
@@ -426,6 +444,7 @@ impl Kubelet {
                             reason: "Completed".into(),
                             exit_code: 0,
                             replaced: true,
+                            message: None,
                         });
                     }
                     // A resize: evaluate the new limit from the start of the run.
@@ -460,6 +479,7 @@ impl Kubelet {
                             reason: "OOMKilled".into(),
                             exit_code: 137,
                             replaced: false,
+                            message: None,
                         });
                     }
                     let exit_code = script.exit_code.unwrap_or(0);
@@ -471,7 +491,12 @@ impl Kubelet {
                             vec![format!("fatal: exiting with status {exit_code}")],
                         );
                     }
-                    return Some(Termination { reason: reason.into(), exit_code, replaced: false });
+                    return Some(Termination {
+                        reason: reason.into(),
+                        exit_code,
+                        replaced: false,
+                        message: None,
+                    });
                 }
             }
         }
@@ -548,6 +573,7 @@ pub(super) fn terminated(
         terminated: Some(ContainerStateTerminated {
             exit_code: termination.exit_code,
             reason: Some(termination.reason),
+            message: termination.message,
             started_at: Some(Time(started)),
             finished_at: Some(Time(finished)),
             container_id,

@@ -54,6 +54,10 @@ pub mod annotations {
     pub const RUN_SECONDS: &str = "sim.kubesent.io/run-seconds";
     /// Log lines (newline-separated) each container instance writes after starting.
     pub const LOGS: &str = "sim.kubesent.io/logs";
+    /// The container runtime cannot start the container: it ends at once with `StartError` (exit 128)
+    /// and this message in its termination (`exec: "/app/server": stat /app/server: no such file or
+    /// directory`), then crash-loops.
+    pub const START_ERROR: &str = "sim.kubesent.io/start-error";
     /// Ephemeral storage the container writes after [`RUN_SECONDS`] (`2Gi`); beyond the pod's
     /// ephemeral-storage limits the kubelet evicts the pod.
     pub const DISK_USE: &str = "sim.kubesent.io/disk-use";
@@ -175,6 +179,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What a container instance will do, read from its pod's annotations.
 #[derive(Debug, Clone, PartialEq)]
 struct Script {
+    start_error: Option<String>,
     memory_need: Option<MemoryQuantity>,
     exit_code: Option<i32>,
     run_for: Duration,
@@ -188,6 +193,7 @@ fn annotation<'a>(pod: &'a Pod, key: &str, container: &str) -> Option<&'a String
 
 fn script(pod: &Pod, container: &str) -> Script {
     Script {
+        start_error: annotation(pod, annotations::START_ERROR, container).cloned(),
         memory_need: annotation(pod, annotations::MEMORY_NEED, container)
             .and_then(|t| MemoryQuantity::parse(t).ok()),
         exit_code: annotation(pod, annotations::EXIT_CODE, container).and_then(|t| t.trim().parse().ok()),
@@ -239,6 +245,8 @@ struct Termination {
     exit_code: i32,
     /// Kill it restarts with no crash counted (a spec change).
     replaced: bool,
+    /// The runtime's message (a start error's).
+    message: Option<String>,
 }
 
 impl Kubelet {
@@ -332,7 +340,12 @@ impl Kubelet {
                     for cs in status.container_statuses.iter_mut().flatten() {
                         if cs.state.as_ref().is_some_and(|s| s.running.is_some()) {
                             cs.state = Some(terminated(
-                                Termination { reason: "Completed".into(), exit_code: 0, replaced: false },
+                                Termination {
+                                    reason: "Completed".into(),
+                                    exit_code: 0,
+                                    replaced: false,
+                                    message: None,
+                                },
                                 cs.container_id.clone(),
                                 now,
                                 now,

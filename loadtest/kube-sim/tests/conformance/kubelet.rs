@@ -398,3 +398,31 @@ async fn a_container_killed_before_its_first_readiness_probe_is_never_ready() {
     .expect("two restarts in time");
     assert!(!states.iter().any(ready), "no state of the pod was ready");
 }
+
+#[tokio::test]
+async fn a_container_the_runtime_cannot_start_ends_with_start_error_and_crash_loops() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let message = "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"/app/server\": stat /app/server: no such file or directory: unknown";
+    let broken: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "broken", "annotations": {"sim.kubesent.io/start-error": message}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2"}]}
+    }))
+    .expect("pod json");
+    pods.create(&PostParams::default(), &broken).await.expect("created");
+    let looping = wait_for(&pods, "broken", |p: Option<&Pod>| {
+        p.and_then(|p| {
+            p.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.waiting.clone()
+        })
+        .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+    })
+    .await;
+    let status = &looping.status.expect("status").container_statuses.expect("statuses")[0];
+    let last = status.last_state.as_ref().and_then(|s| s.terminated.clone()).expect("a last termination");
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref(), last.message.as_deref()),
+        (128, Some("StartError"), Some(message))
+    );
+    assert_eq!(last.started_at.map(|t| t.0), Some(jiff::Timestamp::UNIX_EPOCH), "the process never started");
+    assert!(status.restart_count >= 1);
+}

@@ -126,7 +126,11 @@ impl Topology {
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(120),
-            max_deliver: self.max_deliver,
+            // Unlimited here: a verdict handed back because its leader stopped leading is delivered
+            // again, and the remediator itself dead-letters one that failed on its `max_deliver`th
+            // delivery. A server-side limit would drop a verdict silently when its last delivery
+            // fell on a leadership change.
+            max_deliver: -1,
             max_ack_pending: 64,
             filter_subject: proto::VERDICTS_SUBJECTS.to_owned(),
             ..Default::default()
@@ -184,7 +188,22 @@ pub async fn open_intents(
     topology: &Topology,
     shutdown: &CancellationToken,
 ) -> Result<kv::Store, Error> {
-    open_bucket(js, topology.intents_bucket(), shutdown).await
+    open_bucket(js, topology.intents_bucket(), shutdown).await?;
+    // Intents are read back right after they are written, by whichever replica leads next, so reads
+    // must come from the stream's leader. A KV answers gets directly by default, from any replica, and a
+    // replica that lags behind (one just restarted) would hide a fresh intent from a remediator taking
+    // over. Turning that off makes every get go through the leader.
+    let stream_name = format!("KV_{}", proto::INTENTS_BUCKET);
+    retry("consistent reads of the intents bucket", shutdown, || async {
+        let mut stream = js.get_stream(&stream_name).await.map_err(BoxError::from)?;
+        let info = stream.info().await.map_err(BoxError::from)?;
+        if info.config.allow_direct {
+            let config = stream::Config { allow_direct: false, ..info.config.clone() };
+            js.update_stream(config).await.map_err(BoxError::from)?;
+        }
+        js.get_key_value(proto::INTENTS_BUCKET).await.map_err(BoxError::from)
+    })
+    .await
 }
 
 /// Opens the KV bucket `config` describes, creating it if needed, retrying until JetStream can.

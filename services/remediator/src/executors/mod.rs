@@ -111,7 +111,8 @@ impl Remediator {
         }
     }
 
-    /// Records how an intent ended (phase Done, result, detail) and releases its lock.
+    /// Records how an intent ended: its outcome on the audit log, then the intent (phase Done, result,
+    /// detail); releases its lock.
     pub(crate) async fn done(
         &self,
         mut intent: Intent,
@@ -125,13 +126,19 @@ impl Remediator {
         intent.detail = Some(detail);
         intent.replacement_uid = replacement_uid.or(intent.replacement_uid.clone());
         intent.updated_at = jiff::Timestamp::now();
+        let mut finished = intent.finished();
+        // The outcome before the done mark: an intent marked done always has its outcome on the audit
+        // log. A crash in between leaves the intent unfinished, and whoever finishes it records the same
+        // outcome again (deduplicated by its message id).
+        self.record_for(&intent.incident, &intent.target, &intent.action, finished.clone()).await?;
+        finished.recorded = true;
         self.intents.advance(&intent, revision).await?;
         let lock =
             if intent.lock.is_empty() { intent::lock_key(&intent.target) } else { intent.lock.clone() };
         if let Err(error) = self.intents.unlock(&lock).await {
             warn!(%error, "releasing the lock failed");
         }
-        Ok(intent.finished())
+        Ok(finished)
     }
 
     /// Verifies a pod changed in place: its container must run healthy for the window without restarting
