@@ -54,7 +54,7 @@ impl PodTracker {
     /// dropped. Failures that come and go by themselves (a crash loop runs between its kills) are not
     /// returned.
     pub fn observe_all(&mut self, pod: &LeanPod) -> (Vec<Transition>, Vec<(String, FailureKind)>) {
-        let Some(uid) = pod.metadata.uid.as_deref() else { return Vec::new() };
+        let Some(uid) = pod.metadata.uid.as_deref() else { return (Vec::new(), Vec::new()) };
         let observations = classify(pod);
         let previous = self.pods.get(uid);
         let mut transitions = Vec::new();
