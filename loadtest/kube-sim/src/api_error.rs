@@ -237,6 +237,17 @@ impl FieldError {
         Self { cause_type: "FieldValueForbidden", field: field.into(), detail: detail.into(), value: None }
     }
 
+    /// `Unsupported value: "x": supported values: "a", "b"`
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        let listed: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        Self {
+            cause_type: "FieldValueNotSupported",
+            field: field.into(),
+            detail: format!("supported values: {}", listed.join(", ")),
+            value: Some(format!("{value:?}")),
+        }
+    }
+
     /// `Duplicate value: "x"`
     pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
         Self {

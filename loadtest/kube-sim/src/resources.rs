@@ -145,6 +145,9 @@ pub static STATEFULSETS: ResourceDef = def!("apps", "v1", "statefulsets", "state
 /// DaemonSets.
 pub static DAEMONSETS: ResourceDef = def!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true,
     short: &["ds"], sub: &["status"], unconditional: true, create_on_update: false, fields: &[]);
+/// Jobs (batch/v1).
+pub static JOBS: ResourceDef = def!("batch", "v1", "jobs", "job", "Job", true, short: &[],
+    sub: &["status"], unconditional: true, create_on_update: false, fields: &["status.successful"]);
 /// ControllerRevisions.
 pub static CONTROLLERREVISIONS: ResourceDef = def!("apps", "v1", "controllerrevisions", "controllerrevision",
     "ControllerRevision", true, short: &[], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
@@ -180,6 +183,7 @@ pub static ALL: &[&ResourceDef] = &[
     &STATEFULSETS,
     &DAEMONSETS,
     &CONTROLLERREVISIONS,
+    &JOBS,
     &SERVICEACCOUNTS,
     &ROLES,
     &ROLEBINDINGS,

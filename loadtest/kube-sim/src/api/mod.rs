@@ -16,7 +16,7 @@ use self::patch::PatchType;
 use crate::{
     api_error::{ApiError, FieldError},
     pods::{self, PodDeletion},
-    resources::{NAMESPACES, PODS, ResourceDef},
+    resources::{JOBS, NAMESPACES, PODS, ResourceDef},
     state::SimState,
     store::{Mutation, StoredObject},
 };
@@ -257,6 +257,9 @@ impl SimState {
             }
             if def == &NAMESPACES {
                 namespace_defaults(&mut value, &name);
+            }
+            if def == &JOBS {
+                crate::controllers::job_defaults(&mut value, &name, &uid);
             }
             validation::validate_create(def, &name, &value)?;
         }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::{
     api_error::{ApiError, FieldError},
-    resources::{DEPLOYMENTS, EVENTS_V1, REPLICASETS, ResourceDef, STATEFULSETS},
+    resources::{DEPLOYMENTS, EVENTS_V1, JOBS, REPLICASETS, ResourceDef, STATEFULSETS},
 };
 
 fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -112,10 +112,22 @@ pub fn validate_create(def: &ResourceDef, name: &str, value: &Value) -> Result<(
         event_errors(value)
     } else if def == &DEPLOYMENTS || def == &REPLICASETS || def == &STATEFULSETS {
         selector_errors(value)
+    } else if def == &JOBS {
+        job_errors(value)
     } else {
         Vec::new()
     };
     if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(def, name, &errors)) }
+}
+
+/// A Job's pods may not restart forever: `restartPolicy` is `OnFailure` or `Never`.
+fn job_errors(value: &Value) -> Vec<FieldError> {
+    let policy = text(value, "/spec/template/spec/restartPolicy").unwrap_or("Always");
+    if matches!(policy, "OnFailure" | "Never") {
+        Vec::new()
+    } else {
+        vec![FieldError::not_supported("spec.template.spec.restartPolicy", policy, &["OnFailure", "Never"])]
+    }
 }
 
 /// Validation on update: create rules plus immutable fields.

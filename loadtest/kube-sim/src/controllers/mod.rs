@@ -25,13 +25,16 @@ use crate::{
     api::DeleteOptions,
     api_error::ApiError,
     resources::{
-        ALL, CONTROLLERREVISIONS, DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS, ResourceDef, STATEFULSETS,
+        ALL, CONTROLLERREVISIONS, DEPLOYMENTS, JOBS, NAMESPACES, PODS, REPLICASETS, ResourceDef, STATEFULSETS,
     },
     state::SimState,
     store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
 };
 
+pub(crate) use job::job_defaults;
+
 mod deployment;
+mod job;
 mod replica_set;
 mod stateful_set;
 
@@ -62,6 +65,7 @@ enum Key {
     Collect(String, String),
     /// Empty a namespace being deleted, then remove it.
     Namespace(String),
+    Job(String, String),
 }
 
 struct Queue {
@@ -90,6 +94,11 @@ fn owner_ref(kind: &str, name: &str, uid: &str) -> OwnerReference {
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// An owner reference to a batch/v1 controller.
+fn batch_owner_ref(kind: &str, name: &str, uid: &str) -> OwnerReference {
+    OwnerReference { api_version: "batch/v1".into(), ..owner_ref(kind, name, uid) }
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -121,7 +130,7 @@ fn resolve(value: Option<&Value>, total: i32, round_up: bool, default_percent: i
 pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let queue = Arc::new(Queue { pending: Mutex::new(HashSet::new()), tx });
-    for def in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &PODS, &NAMESPACES] {
+    for def in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &JOBS, &PODS, &NAMESPACES] {
         let feed = state.store.subscribe(def);
         tokio::spawn(route_changes(def, feed, state.clone(), queue.clone(), shutdown.clone()));
     }
@@ -132,7 +141,7 @@ pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
                 () = shutdown.cancelled() => return,
             };
             queue.take(&key);
-            let controllers = Controllers { state: &state };
+            let controllers = Controllers { state: &state, queue: &queue };
             if let Err(error) = controllers.reconcile(&key) {
                 tracing::debug!(?key, %error.message, "reconcile failed; retrying");
                 let queue = queue.clone();
@@ -195,10 +204,13 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
         }
     } else if def == &STATEFULSETS {
         queue.push(Key::StatefulSet(ns, name));
+    } else if def == &JOBS {
+        queue.push(Key::Job(ns, name));
     } else if let Some((kind, owner)) = object.controller() {
         match kind {
             "ReplicaSet" => queue.push(Key::ReplicaSet(ns, owner.to_owned())),
             "StatefulSet" => queue.push(Key::StatefulSet(ns, owner.to_owned())),
+            "Job" => queue.push(Key::Job(ns, owner.to_owned())),
             _ => {}
         }
     }
@@ -206,6 +218,7 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
 
 struct Controllers<'a> {
     state: &'a Arc<SimState>,
+    queue: &'a Arc<Queue>,
 }
 
 impl Controllers<'_> {
@@ -216,7 +229,17 @@ impl Controllers<'_> {
             Key::StatefulSet(ns, name) => self.stateful_set(ns, name),
             Key::Collect(ns, uid) => self.collect(ns, uid),
             Key::Namespace(name) => self.namespace(name),
+            Key::Job(ns, name) => self.job(ns, name),
         }
+    }
+
+    /// Reconciles `key` again after `delay` (a Job's deadline).
+    fn requeue_after(&self, key: Key, delay: std::time::Duration) {
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.push(key);
+        });
     }
 
     /// A namespace being deleted: deletes everything in it (pods gracefully), and once nothing is left,

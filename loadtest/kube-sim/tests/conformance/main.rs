@@ -234,6 +234,7 @@ fn ready(pod: &Pod) -> bool {
 
 mod api;
 mod controllers;
+mod jobs;
 mod kubectl;
 mod kubelet;
 mod namespaces;

@@ -1,0 +1,162 @@
+//! The Job controller: completions, the backoff limit and the active deadline, as kubectl shows them.
+
+use k8s_openapi::api::batch::v1::Job;
+
+use super::*;
+
+fn job(name: &str, spec: serde_json::Value, annotations: serde_json::Value) -> Job {
+    let mut spec = spec;
+    spec["template"] = json!({
+        "metadata": {"annotations": annotations},
+        "spec": {"restartPolicy": "Never",
+            "containers": [{"name": "task", "image": "registry.local/shop/migrate:1"}]}
+    });
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("job json")
+}
+
+async fn until_job(api: &Api<Job>, name: &str, cond: impl Fn(&Job) -> bool) -> Job {
+    tokio::time::timeout(
+        PATIENCE,
+        await_condition(api.clone(), name, move |j: Option<&Job>| j.is_some_and(&cond)),
+    )
+    .await
+    .expect("job condition in time")
+    .expect("watch works")
+    .expect("job exists")
+}
+
+fn condition(job: &Job, kind: &str) -> Option<k8s_openapi::api::batch::v1::JobCondition> {
+    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == kind && c.status == "True").cloned()
+}
+
+#[tokio::test]
+async fn a_job_whose_pods_keep_failing_fails_with_backoff_limit_exceeded() {
+    let sim = sim().await;
+    let jobs: Api<Job> = Api::namespaced(client(&sim), "shop");
+    let created = jobs
+        .create(
+            &PostParams::default(),
+            &job(
+                "migrate",
+                json!({"backoffLimit": 1}),
+                json!({"sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "1"}),
+            ),
+        )
+        .await
+        .expect("created");
+    let uid = created.metadata.uid.clone().expect("uid");
+    let selector = created.spec.as_ref().and_then(|s| s.selector.clone()).expect("defaulted selector");
+    assert_eq!(
+        selector.match_labels.unwrap_or_default().get("batch.kubernetes.io/controller-uid"),
+        Some(&uid)
+    );
+    let failed = until_job(&jobs, "migrate", |j| condition(j, "Failed").is_some()).await;
+    let reason = condition(&failed, "Failed").expect("failed");
+    assert_eq!(
+        (reason.reason.as_deref(), reason.message.as_deref()),
+        (Some("BackoffLimitExceeded"), Some("Job has reached the specified backoff limit"))
+    );
+    assert_eq!(
+        failed.status.as_ref().and_then(|s| s.failed),
+        Some(2),
+        "backoffLimit 1: the second failure ends it"
+    );
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let owned = pods.list(&ListParams::default().labels("job-name=migrate")).await.expect("pods").items;
+    assert_eq!(owned.len(), 2);
+    assert!(owned.iter().all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")));
+}
+
+#[tokio::test]
+async fn a_job_completes_after_its_completions_one_at_a_time() {
+    let sim = sim().await;
+    let jobs: Api<Job> = Api::namespaced(client(&sim), "shop");
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "report",
+            json!({"completions": 2, "parallelism": 1}),
+            json!({"sim.kubesent.io/exit-code": "0", "sim.kubesent.io/run-seconds": "1"}),
+        ),
+    )
+    .await
+    .expect("created");
+    let done = until_job(&jobs, "report", |j| condition(j, "Complete").is_some()).await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.succeeded, Some(2));
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    assert_eq!(condition(&done, "Complete").and_then(|c| c.reason).as_deref(), Some("CompletionsReached"));
+}
+
+#[tokio::test]
+async fn a_job_past_its_active_deadline_fails_and_its_running_pod_is_deleted() {
+    let sim = sim().await;
+    let jobs: Api<Job> = Api::namespaced(client(&sim), "shop");
+    jobs.create(&PostParams::default(), &job("forever", json!({"activeDeadlineSeconds": 1}), json!({})))
+        .await
+        .expect("created");
+    let failed = until_job(&jobs, "forever", |j| condition(j, "Failed").is_some()).await;
+    assert_eq!(condition(&failed, "Failed").and_then(|c| c.reason).as_deref(), Some("DeadlineExceeded"));
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let left =
+                pods.list(&ListParams::default().labels("job-name=forever")).await.expect("pods").items;
+            if left.iter().all(|p| p.metadata.deletion_timestamp.is_some()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("its pod is deleted");
+}
+
+#[tokio::test]
+async fn a_job_whose_pods_would_restart_forever_is_refused() {
+    let sim = sim().await;
+    let jobs: Api<Job> = Api::namespaced(client(&sim), "shop");
+    let mut always = job("bad", json!({}), json!({}));
+    always.spec.as_mut().expect("spec").template.spec.as_mut().expect("pod spec").restart_policy =
+        Some("Always".into());
+    let error = jobs.create(&PostParams::default(), &always).await.expect_err("refused");
+    let kube::Error::Api(status) = error else { panic!("an API error: {error}") };
+    assert_eq!(status.code, 422);
+    assert_eq!(
+        status.message,
+        "Job.batch \"bad\" is invalid: spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+    );
+}
+
+#[tokio::test]
+async fn kubectl_get_jobs_prints_status_and_completions() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let jobs: Api<Job> = Api::namespaced(client(&sim), "shop");
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "migrate",
+            json!({"backoffLimit": 0}),
+            json!({"sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "1"}),
+        ),
+    )
+    .await
+    .expect("created");
+    until_job(&jobs, "migrate", |j| condition(j, "Failed").is_some()).await;
+    let out = tokio::process::Command::new(kubectl)
+        .args(["--server", &sim.url(), "-n", "shop", "get", "jobs"])
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]);
+    assert_eq!(&rows[1][..3], ["migrate", "Failed", "0/1"]);
+}
