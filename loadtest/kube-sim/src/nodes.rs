@@ -337,8 +337,7 @@ pub fn place(pod: &Pod, nodes: &[NodeView]) -> Result<String, String> {
     for node in nodes {
         let misfit = misfits(pod, wants, node);
         if misfit.is_empty() {
-            let share =
-                |used: u64, total: u64| if total == 0 { 0 } else { used.saturating_mul(1000) / total };
+            let share = |used: u64, total: u64| used.saturating_mul(1000).checked_div(total).unwrap_or(0);
             let after = node.requested.add(wants);
             let load = share(after.cpu_millis, node.allocatable.cpu_millis)
                 + share(after.memory, node.allocatable.memory);

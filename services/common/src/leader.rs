@@ -70,7 +70,11 @@ pub fn spawn(
         loop {
             // A renewal that hangs (an apiserver partition) must not keep a leader leading past its
             // deadline: the request gets only the time left until then.
-            let left = last_renewal.map_or(renew_deadline, |t| renew_deadline.saturating_sub(t.elapsed()));
+            // A standby's request gets the whole deadline.
+            let left = match last_renewal {
+                Some(t) if *tx.borrow() => renew_deadline.saturating_sub(t.elapsed()),
+                _ => renew_deadline,
+            };
             let asked = if ask {
                 Some(
                     tokio::time::timeout(left.max(Duration::from_millis(100)), lock.try_acquire_or_renew())
@@ -84,10 +88,11 @@ pub fn spawn(
                 None => {}
                 Some(Err(_elapsed)) => {
                     warn!(lease = %config.lease_name, waited = ?left, "lease renewal got no answer in time");
-                    if last_renewal.is_none_or(|t| t.elapsed() >= renew_deadline)
-                        && tx.send_if_modified(|leading| std::mem::replace(leading, false))
-                    {
-                        warn!(lease = %config.lease_name, "stepping down: lease not renewed within the deadline");
+                    if last_renewal.is_none_or(|t| t.elapsed() >= renew_deadline) {
+                        last_renewal = None;
+                        if tx.send_if_modified(|leading| std::mem::replace(leading, false)) {
+                            warn!(lease = %config.lease_name, "stepping down: lease not renewed within the deadline");
+                        }
                     }
                 }
                 Some(Ok(Ok(LeaseLockResult::Acquired(_)))) => {

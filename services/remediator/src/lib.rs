@@ -411,7 +411,9 @@ impl Remediator {
                     warn!(%error, "acknowledging the verdict failed; a redelivery will find the outcome recorded");
                 }
             }
-            Err(error) if deliveries >= self.config.topology.max_deliver => {
+            // Hand-overs between leaders count as deliveries too, so the limit is four times the
+            // pipeline's (with the back-off below, over an hour of retries).
+            Err(error) if deliveries >= self.config.topology.max_deliver.saturating_mul(4) => {
                 warn!(%error, deliveries, "verdict failed on its last delivery; dead-lettering it");
                 let reason = format!("failed after {deliveries} deliveries: {error}");
                 if let Err(error) = nats::dead_letter(&self.deps.js, "remediator", &message, &reason).await {

@@ -127,9 +127,9 @@ impl Topology {
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(120),
             // Unlimited here: a verdict handed back because its leader stopped leading is delivered
-            // again, and the remediator itself dead-letters one that failed on its `max_deliver`th
-            // delivery. A server-side limit would drop a verdict silently when its last delivery
-            // fell on a leadership change.
+            // again, and the remediator itself dead-letters one that failed on its `4 × max_deliver`th
+            // delivery (times four: hand-overs count). A server-side limit would drop a verdict
+            // silently when its last delivery fell on a leadership change.
             max_deliver: -1,
             max_ack_pending: 64,
             filter_subject: proto::VERDICTS_SUBJECTS.to_owned(),
