@@ -46,9 +46,14 @@ pub struct TelemetryOptions {
     pub spans: SpanExport,
 }
 
+/// The log filter when `RUST_LOG` is unset: `info`, without kube-leader-election's own INFO lines (every
+/// standby would log "lease is held by … and has not yet expired" at each poll; the election logs
+/// becoming and ceasing to lead itself).
+pub const DEFAULT_FILTER: &str = "info,kube_leader_election=warn";
+
 impl Default for TelemetryOptions {
     fn default() -> Self {
-        Self { json_logs: false, default_filter: "info".into(), spans: SpanExport::FromEnvironment }
+        Self { json_logs: false, default_filter: DEFAULT_FILTER.into(), spans: SpanExport::FromEnvironment }
     }
 }
 

@@ -398,8 +398,8 @@ impl Remediator {
                     status.message
                 );
                 match self.give_up_if_unchanged(&verdict.incident, &detail).await {
-                    Ok(true) => self.record(&verdict, Finished::plain(OutcomeResult::Failed, detail)).await,
-                    Ok(false) => Err(StepError::Kube(kube::Error::Api(status))),
+                    Ok(Some(finished)) => self.record(&verdict, finished).await,
+                    Ok(None) => Err(StepError::Kube(kube::Error::Api(status))),
                     Err(error) => Err(error),
                 }
             }

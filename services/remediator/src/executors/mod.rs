@@ -94,20 +94,20 @@ impl Remediator {
         }
     }
 
-    /// Ends the incident's intent as failed if nothing was changed yet (true); an intent that already
-    /// changed something is kept so a retry or a takeover finishes it (false).
+    /// Ends the incident as failed if nothing was changed yet: how it ended (its outcome already recorded
+    /// when an intent was ended); `None` when an intent already changed something and is kept, so a retry
+    /// or a takeover finishes it.
     pub(crate) async fn give_up_if_unchanged(
         &self,
         incident: &proto::IncidentId,
         detail: &str,
-    ) -> Result<bool, StepError> {
+    ) -> Result<Option<Finished>, StepError> {
         match self.intents.get(incident).await? {
-            None => Ok(true),
+            None => Ok(Some(Finished::plain(OutcomeResult::Failed, detail))),
             Some((intent, revision)) if intent.phase == Phase::Pending => {
-                self.done(intent, revision, OutcomeResult::Failed, detail.to_owned(), None).await?;
-                Ok(true)
+                Ok(Some(self.done(intent, revision, OutcomeResult::Failed, detail.to_owned(), None).await?))
             }
-            Some(_) => Ok(false),
+            Some(_) => Ok(None),
         }
     }
 
