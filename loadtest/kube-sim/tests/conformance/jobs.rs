@@ -147,16 +147,7 @@ async fn kubectl_get_jobs_prints_status_and_completions() {
     .await
     .expect("created");
     until_job(&jobs, "migrate", |j| condition(j, "Failed").is_some()).await;
-    let out = tokio::process::Command::new(kubectl)
-        .args(["--server", &sim.url(), "-n", "shop", "get", "jobs"])
-        .output()
-        .await
-        .expect("kubectl runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split_whitespace().map(str::to_owned).collect())
-        .collect();
+    let rows = kubectl_rows(&kubectl, &sim, &["-n", "shop", "get", "jobs"]).await;
     assert_eq!(rows[0], ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]);
     assert_eq!(&rows[1][..3], ["migrate", "Failed", "0/1"]);
 }

@@ -98,6 +98,22 @@ fn which_kubectl() -> Result<std::path::PathBuf, ()> {
         .ok_or(())
 }
 
+/// Runs `kubectl --server <sim> <args>` and returns what it printed as rows of whitespace-separated cells.
+async fn kubectl_rows(kubectl: &std::path::Path, sim: &KubeSim, args: &[&str]) -> Vec<Vec<String>> {
+    let out = tokio::process::Command::new(kubectl)
+        .arg("--server")
+        .arg(sim.url())
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
 fn deployment(name: &str, replicas: i32, image: &str) -> k8s_openapi::api::apps::v1::Deployment {
     serde_json::from_value(json!({
         "metadata": {"name": name},

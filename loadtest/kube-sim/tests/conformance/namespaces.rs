@@ -93,22 +93,7 @@ async fn kubectl_get_prints_the_real_columns_for_namespaces_deployments_and_repl
         .await
         .expect("created");
     wait_deployment(&deployments, "web", |d| status_of(d).2 == 2).await;
-    let get = |what: &str| {
-        let args: Vec<String> = ["--server", &sim.url(), "-n", "shop", "get", what, "-o", "wide"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        let kubectl = kubectl.clone();
-        async move {
-            let out = tokio::process::Command::new(kubectl).args(args).output().await.expect("kubectl runs");
-            assert!(out.status.success(), "kubectl get failed: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    };
-    let lines = |text: &str| -> Vec<Vec<String>> {
-        text.lines().map(|l| l.split_whitespace().map(str::to_owned).collect()).collect()
-    };
-    let deploy = lines(&get("deployments").await);
+    let deploy = kubectl_rows(&kubectl, &sim, &["-n", "shop", "get", "deployments", "-o", "wide"]).await;
     assert_eq!(
         deploy[0],
         ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"],
@@ -116,14 +101,14 @@ async fn kubectl_get_prints_the_real_columns_for_namespaces_deployments_and_repl
     );
     assert_eq!(&deploy[1][..4], ["web", "2/2", "2", "2"]);
     assert_eq!(&deploy[1][5..], ["app", "registry.local/shop/web:1", "app=web"]);
-    let rs = lines(&get("replicasets").await);
+    let rs = kubectl_rows(&kubectl, &sim, &["-n", "shop", "get", "replicasets", "-o", "wide"]).await;
     assert_eq!(
         rs[0],
         ["NAME", "DESIRED", "CURRENT", "READY", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"],
         "{rs:?}"
     );
     assert_eq!(&rs[1][1..4], ["2", "2", "2"]);
-    let ns = lines(&get("namespaces").await);
+    let ns = kubectl_rows(&kubectl, &sim, &["get", "namespaces"]).await;
     assert_eq!(ns[0], ["NAME", "STATUS", "AGE"]);
     let names: Vec<&str> = ns[1..].iter().map(|row| row[0].as_str()).collect();
     for name in ["default", "kube-node-lease", "kube-public", "kube-system", "shop"] {

@@ -144,16 +144,7 @@ async fn kubectl_get_nodes_prints_status_roles_and_version() {
     let sim = cluster(2, 4).await;
     let admin = reqwest_like_post(&sim, "/_sim/nodes/ready", r#"{"node": "node-2", "ready": false}"#).await;
     assert_eq!(admin.0, 204);
-    let out = tokio::process::Command::new(kubectl)
-        .args(["--server", &sim.url(), "get", "nodes"])
-        .output()
-        .await
-        .expect("kubectl runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split_whitespace().map(str::to_owned).collect())
-        .collect();
+    let rows = kubectl_rows(&kubectl, &sim, &["get", "nodes"]).await;
     assert_eq!(rows[0], ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
     assert_eq!([&rows[1][..3], &rows[1][4..]].concat(), ["node-1", "Ready", "<none>", "v1.36.0"]);
     assert_eq!(&rows[2][..2], ["node-2", "NotReady"]);
