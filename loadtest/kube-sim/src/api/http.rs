@@ -372,6 +372,7 @@ impl Ctx<'_> {
             Ok(subscription) => {
                 let task = WatchTask {
                     def: self.def,
+                    table: self.wants_table,
                     filter,
                     bookmarks,
                     initial_events_end: send_initial && bookmarks,
@@ -492,6 +493,8 @@ fn watch_line(event_type: &str, object: &[u8]) -> Bytes {
 struct WatchTask {
     def: &'static ResourceDef,
     filter: Filter,
+    /// `kubectl get -w`: each event's object is a one-row Table.
+    table: bool,
     bookmarks: bool,
     initial_events_end: bool,
     timeout: Duration,
@@ -527,6 +530,15 @@ impl WatchTask {
             (EventType::Deleted, _, true) => "DELETED",
             _ => return None,
         };
+        if self.table {
+            let row = table::table(
+                self.def,
+                std::slice::from_ref(&record.object),
+                record.object.resource_version,
+                None,
+            );
+            return Some(watch_line(event, &serde_json::to_vec(&row).unwrap_or_default()));
+        }
         Some(watch_line(event, &record.object.json))
     }
 

@@ -38,3 +38,57 @@ async fn kubectl_lists_pods_and_reads_previous_logs() {
     assert!(logs.status.success(), "kubectl logs failed: {}", String::from_utf8_lossy(&logs.stderr));
     assert!(String::from_utf8_lossy(&logs.stdout).contains("allocating"));
 }
+
+#[tokio::test]
+async fn kubectl_get_watch_prints_each_change_as_a_row() {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let mut watching = tokio::process::Command::new(kubectl)
+        .args(["--server", &sim.url(), "-n", "shop", "get", "pods", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl runs");
+    let mut lines = BufReader::new(watching.stdout.take().expect("stdout")).lines();
+    // Created only once kubectl watches, so every row below comes from the watch, not the list.
+    tokio::time::timeout(PATIENCE, async {
+        while !sim
+            .requests()
+            .iter()
+            .any(|r| r.path == "/api/v1/namespaces/shop/pods" && r.query.contains("watch=true"))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("kubectl watches");
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &pod("web-1", "256Mi", "64Mi")).await.expect("created");
+    // The header once, then a row per change of web-1 until it runs.
+    let seen = tokio::time::timeout(PATIENCE, async {
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.expect("reads") {
+            let cells: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            let running =
+                cells.first().is_some_and(|c| c == "web-1") && cells.get(2).is_some_and(|c| c == "Running");
+            seen.push(cells);
+            if running {
+                return seen;
+            }
+        }
+        seen
+    })
+    .await
+    .expect("kubectl printed the pod running in time");
+    assert_eq!(seen[0], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{seen:?}");
+    let statuses: Vec<&str> =
+        seen[1..].iter().filter(|row| row[0] == "web-1").map(|row| row[2].as_str()).collect();
+    assert!(statuses.first().is_some_and(|s| *s == "Pending"), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&"Running"), "{statuses:?}");
+    assert_eq!(seen.iter().filter(|row| row[0] == "NAME").count(), 1, "one header: {seen:?}");
+}
