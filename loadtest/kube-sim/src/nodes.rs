@@ -291,6 +291,47 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     effect_matches && key_matches
 }
 
+/// Whether `node` satisfies the pod's required node affinity (any of its terms; within a term, every
+/// `matchExpressions` on labels and `matchFields` on `metadata.name`). No affinity matches every node.
+fn required_affinity_matches(pod: &Pod, node: &NodeView) -> bool {
+    let Some(terms) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+        .map(|r| &r.node_selector_terms)
+    else {
+        return true;
+    };
+    let holds = |requirement: &k8s_openapi::api::core::v1::NodeSelectorRequirement, value: Option<&str>| {
+        let values = requirement.values.as_deref().unwrap_or_default();
+        match requirement.operator.as_str() {
+            "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+            "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    };
+    terms.iter().any(|term| {
+        term.match_expressions.iter().flatten().all(|r| holds(r, node.labels.get(&r.key).map(String::as_str)))
+            && term
+                .match_fields
+                .iter()
+                .flatten()
+                .all(|r| r.key == "metadata.name" && holds(r, Some(&node.name)))
+    })
+}
+
+/// Whether a pod may run on `node` by its selector, affinity and tolerations (resources aside), as the
+/// DaemonSet controller decides where its pods go.
+pub fn admits(pod: &Pod, node: &NodeView) -> bool {
+    misfits(pod, Resources::default(), node)
+        .iter()
+        .all(|r| r.starts_with("Insufficient") || r == "Too many pods")
+}
+
 /// Why one node does not fit a pod, as the scheduler's filter plugins word it.
 fn misfits(pod: &Pod, wants: Resources, node: &NodeView) -> Vec<String> {
     let spec = pod.spec.as_ref();
@@ -307,7 +348,9 @@ fn misfits(pod: &Pod, wants: Resources, node: &NodeView) -> Vec<String> {
         return vec![format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value)];
     }
     let selector = spec.and_then(|s| s.node_selector.as_ref());
-    if selector.is_some_and(|s| s.iter().any(|(k, v)| node.labels.get(k) != Some(v))) {
+    if selector.is_some_and(|s| s.iter().any(|(k, v)| node.labels.get(k) != Some(v)))
+        || !required_affinity_matches(pod, node)
+    {
         return vec!["node(s) didn't match Pod's node affinity/selector".into()];
     }
     let mut reasons = Vec::new();

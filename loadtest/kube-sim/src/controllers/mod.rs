@@ -25,7 +25,8 @@ use crate::{
     api::DeleteOptions,
     api_error::ApiError,
     resources::{
-        ALL, CONTROLLERREVISIONS, DEPLOYMENTS, JOBS, NAMESPACES, PODS, REPLICASETS, ResourceDef, STATEFULSETS,
+        ALL, CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PODS, REPLICASETS,
+        ResourceDef, STATEFULSETS,
     },
     state::SimState,
     store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
@@ -33,6 +34,7 @@ use crate::{
 
 pub(crate) use job::job_defaults;
 
+mod daemon_set;
 mod deployment;
 mod job;
 mod replica_set;
@@ -66,6 +68,9 @@ enum Key {
     /// Empty a namespace being deleted, then remove it.
     Namespace(String),
     Job(String, String),
+    DaemonSet(String, String),
+    /// Every DaemonSet (a node changed).
+    AllDaemonSets,
 }
 
 struct Queue {
@@ -130,7 +135,7 @@ fn resolve(value: Option<&Value>, total: i32, round_up: bool, default_percent: i
 pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let queue = Arc::new(Queue { pending: Mutex::new(HashSet::new()), tx });
-    for def in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &JOBS, &PODS, &NAMESPACES] {
+    for def in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &JOBS, &DAEMONSETS, &PODS, &NAMESPACES, &NODES] {
         let feed = state.store.subscribe(def);
         tokio::spawn(route_changes(def, feed, state.clone(), queue.clone(), shutdown.clone()));
     }
@@ -188,6 +193,10 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
         queue.push(Key::Namespace(name));
         return;
     }
+    if def == &NODES {
+        queue.push(Key::AllDaemonSets);
+        return;
+    }
     if record.event == EventType::Deleted && def != &PODS {
         queue.push(Key::Collect(ns.clone(), object.uid.clone()));
     }
@@ -206,11 +215,14 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
         queue.push(Key::StatefulSet(ns, name));
     } else if def == &JOBS {
         queue.push(Key::Job(ns, name));
+    } else if def == &DAEMONSETS {
+        queue.push(Key::DaemonSet(ns, name));
     } else if let Some((kind, owner)) = object.controller() {
         match kind {
             "ReplicaSet" => queue.push(Key::ReplicaSet(ns, owner.to_owned())),
             "StatefulSet" => queue.push(Key::StatefulSet(ns, owner.to_owned())),
             "Job" => queue.push(Key::Job(ns, owner.to_owned())),
+            "DaemonSet" => queue.push(Key::DaemonSet(ns, owner.to_owned())),
             _ => {}
         }
     }
@@ -230,6 +242,8 @@ impl Controllers<'_> {
             Key::Collect(ns, uid) => self.collect(ns, uid),
             Key::Namespace(name) => self.namespace(name),
             Key::Job(ns, name) => self.job(ns, name),
+            Key::DaemonSet(ns, name) => self.daemon_set(ns, name),
+            Key::AllDaemonSets => self.all_daemon_sets(),
         }
     }
 

@@ -250,6 +250,7 @@ fn ready(pod: &Pod) -> bool {
 
 mod api;
 mod controllers;
+mod daemon_sets;
 mod jobs;
 mod kubectl;
 mod kubelet;
