@@ -477,16 +477,25 @@ async fn a_remediator_without_permission_records_a_failure_and_changes_nothing()
         .await
         .expect("narrowed");
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let mut acks = stack.nats_client.subscribe("$JS.ACK.KUBESENT_VERDICTS.>").await.expect("subscribed");
     let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
     let original = pods.create(&PostParams::default(), &oom_pod("web-1")).await.expect("pod created");
 
     let outcome = next_outcome(&mut outcomes).await;
     assert_eq!(outcome.result, OutcomeResult::Failed, "{}", outcome.detail);
+    // The verdict is acknowledged once its outcome is recorded and counted; a stop before that would
+    // drop the handler (the next leader takes the verdict over).
+    loop {
+        let ack =
+            tokio::time::timeout(PATIENCE, acks.next()).await.expect("ack in time").expect("subscribed");
+        if ack.payload.starts_with(b"+ACK") {
+            break;
+        }
+    }
     assert!(outcome.detail.contains("deploy/base/rbac.yaml"), "{}", outcome.detail);
     let pod = pods.get("web-1").await.expect("pod exists");
     assert_eq!(pod.metadata.uid, original.metadata.uid);
     assert_eq!(memory_limit(&pod), "128Mi");
-    // The outcome is counted after it is published.
     stack.stop_services().await;
     assert_eq!(
         last_sequence(&stack.js, proto::DLQ_STREAM).await,

@@ -409,6 +409,7 @@ async fn a_pod_whose_controller_is_gone_is_stale_not_retried() {
     ]);
     let failing = create(&world, &orphan, true).await;
     let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let mut acks = world.client.subscribe("$JS.ACK.KUBESENT_VERDICTS.>").await.expect("subscribed");
     let remediator = start(&world, Policy::default());
     publish(&world, &verdict(&failing, increase(128, 256), 95), "v1").await;
 
@@ -419,6 +420,15 @@ async fn a_pod_whose_controller_is_gone_is_stale_not_retried() {
         "{}",
         outcome.detail
     );
+    // Stopped once the verdict is acknowledged: a stop mid-handler drops the handler (the next leader
+    // takes the verdict over), which is not what this test is about.
+    loop {
+        let ack =
+            tokio::time::timeout(PATIENCE, acks.next()).await.expect("ack in time").expect("subscribed");
+        if ack.payload.starts_with(b"+ACK") {
+            break;
+        }
+    }
     let metrics = remediator.metrics.clone();
     remediator.stop().await;
     assert_eq!(metrics.outcomes(OutcomeResult::Stale), 1, "recorded once, not retried");
