@@ -512,10 +512,11 @@ impl Nodes {
         self.bound().iter().filter(|(_, b)| b.node == node).map(|(u, b)| (u.clone(), b.clone())).collect()
     }
 
-    /// The node a pod is bound to.
+    /// The node a pod is bound to (without what is requested on it).
     pub fn node_of(&self, uid: &str) -> Option<NodeView> {
         let node = self.bound().get(uid)?.node.clone();
-        self.views().into_iter().find(|v| v.name == node)
+        // Its address and allocatable only: no need to add up every binding.
+        NodeView::from_object(&self.store.get(&NODES, "", &node).ok()?.value())
     }
 
     /// Wakes pods waiting for room when something changes (a pod freed room, a node changed).

@@ -80,18 +80,8 @@ impl Controllers<'_> {
         let value = object.value();
         let spec = ds.spec.clone().unwrap_or_default();
         let template_value = value.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-        let hash = template_hash(&template_value);
-        let revision = format!("{name}-{hash}");
-        if self.state.store.get(&CONTROLLERREVISIONS, ns, &revision).is_err() {
-            let number =
-                self.objects(&CONTROLLERREVISIONS, ns)?.iter().filter(|o| o.is_owned_by(&object.uid)).count()
-                    + 1;
-            let cr = json!({"metadata": {"name": revision, "namespace": ns,
-                "labels": spec.selector.match_labels.clone().unwrap_or_default(),
-                "ownerReferences": [owner_ref("DaemonSet", name, &object.uid)]},
-                "data": {"spec": {"template": template_value}}, "revision": number});
-            self.state.create(&CONTROLLERREVISIONS, ns, cr, false)?;
-        }
+        let labels = spec.selector.match_labels.clone().unwrap_or_default();
+        let hash = self.ensure_revision("DaemonSet", ns, name, &object.uid, labels, &template_value)?;
         let template: PodTemplateSpec =
             serde_json::from_value(template_value.clone()).map_err(ApiError::internal)?;
         let probe = Pod { metadata: Default::default(), spec: pod_for(&template, "")?.spec, status: None };

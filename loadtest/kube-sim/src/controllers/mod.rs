@@ -377,6 +377,30 @@ impl Controllers<'_> {
         self.state.create(&PODS, ns, value, false).map(|_| ())
     }
 
+    /// The ControllerRevision `<name>-<hash of template>` of a StatefulSet or DaemonSet (`kind`, uid
+    /// `uid`), created with the next revision number if it does not exist yet. Returns the hash.
+    fn ensure_revision(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        labels: BTreeMap<String, String>,
+        template: &Value,
+    ) -> Result<String, ApiError> {
+        let hash = template_hash(template);
+        let revision = format!("{name}-{hash}");
+        if self.state.store.get(&CONTROLLERREVISIONS, ns, &revision).is_err() {
+            let number =
+                self.objects(&CONTROLLERREVISIONS, ns)?.iter().filter(|o| o.is_owned_by(uid)).count() + 1;
+            let cr = json!({"metadata": {"name": revision, "namespace": ns, "labels": labels,
+                "ownerReferences": [owner_ref(kind, name, uid)]},
+                "data": {"spec": {"template": template}}, "revision": number});
+            self.state.create(&CONTROLLERREVISIONS, ns, cr, false)?;
+        }
+        Ok(hash)
+    }
+
     /// Background garbage collection: deletes whatever a removed owner controlled.
     fn collect(&self, ns: &str, owner_uid: &str) -> Result<(), ApiError> {
         for def in [&REPLICASETS, &PODS, &CONTROLLERREVISIONS] {

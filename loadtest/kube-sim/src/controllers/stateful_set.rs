@@ -13,17 +13,10 @@ impl Controllers<'_> {
         let spec = sts.spec.clone().unwrap_or_default();
         let desired = spec.replicas.unwrap_or(1).max(0) as usize;
         let template_value = value.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-        let revision = format!("{name}-{}", template_hash(&template_value));
-        if self.state.store.get(&CONTROLLERREVISIONS, ns, &revision).is_err() {
-            let number =
-                self.objects(&CONTROLLERREVISIONS, ns)?.iter().filter(|o| o.is_owned_by(&object.uid)).count()
-                    + 1;
-            let cr = json!({"metadata": {"name": revision, "namespace": ns,
-                "labels": spec.selector.match_labels.clone().unwrap_or_default(),
-                "ownerReferences": [owner_ref("StatefulSet", name, &object.uid)]},
-                "data": {"spec": {"template": template_value}}, "revision": number});
-            self.state.create(&CONTROLLERREVISIONS, ns, cr, false)?;
-        }
+        let labels = spec.selector.match_labels.clone().unwrap_or_default();
+        let hash = self.ensure_revision("StatefulSet", ns, name, &object.uid, labels, &template_value)?;
+        // StatefulSet pods carry the revision's name, DaemonSet pods only its hash.
+        let revision = format!("{name}-{hash}");
         let pods = self.owned_pods(ns, &object.uid)?;
         let by_name: BTreeMap<String, &Pod> =
             pods.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect();
