@@ -189,6 +189,20 @@ impl NatsCluster {
         extra_config: &str,
         env: &[(String, String)],
     ) -> Result<Self, Error> {
+        // A free port found here can be taken by another process before the server binds it (tests run
+        // in parallel): start again on fresh ports then.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(size, extra_config, env).await {
+                Err(error) if attempt < 3 && error.to_string().contains("address already in use") => {
+                    attempt += 1
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(size: usize, extra_config: &str, env: &[(String, String)]) -> Result<Self, Error> {
         let mut nodes = Vec::with_capacity(size);
         for index in 0..size {
             nodes.push(ClusterNode {
