@@ -224,8 +224,35 @@ pub enum Action {
         /// The last image known to run.
         to: String,
     },
+    /// Put a Deployment's or StatefulSet's pod template back to its previous revision's, as
+    /// `kubectl rollout undo` does: the newest revision fails while the previous one ran ready.
+    RollbackRevision {
+        /// The failing container (the one verified afterwards).
+        container: String,
+        /// The failing revision (the owner's newest).
+        from: RevisionRef,
+        /// The revision to go back to.
+        to: RevisionRef,
+    },
     /// Nothing to apply: the verdict is a diagnosis only.
     None,
+}
+
+/// One revision of a workload: its number (`kubectl rollout history`) and the ReplicaSet or
+/// ControllerRevision holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevisionRef {
+    /// The revision number.
+    pub number: i64,
+    /// Name of the ReplicaSet (Deployment) or ControllerRevision (StatefulSet).
+    pub name: String,
+}
+
+impl std::fmt::Display for RevisionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "revision {} ({})", self.number, self.name)
+    }
 }
 
 impl Action {
@@ -234,6 +261,7 @@ impl Action {
         match self {
             Self::IncreaseMemory { .. } => "increase-memory",
             Self::RollbackImage { .. } => "rollback-image",
+            Self::RollbackRevision { .. } => "rollback-revision",
             Self::None => "none",
         }
     }
@@ -241,7 +269,9 @@ impl Action {
     /// The container the action changes, if any.
     pub fn container(&self) -> Option<&str> {
         match self {
-            Self::IncreaseMemory { container, .. } | Self::RollbackImage { container, .. } => Some(container),
+            Self::IncreaseMemory { container, .. }
+            | Self::RollbackImage { container, .. }
+            | Self::RollbackRevision { container, .. } => Some(container),
             Self::None => None,
         }
     }

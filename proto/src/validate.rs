@@ -276,6 +276,24 @@ impl Validate for Action {
                 image("action.from", from)?;
                 image("action.to", to)
             }
+            Self::RollbackRevision { container: name, from, to } => {
+                container("action.container", name)?;
+                for (field, revision) in [("action.from", from), ("action.to", to)] {
+                    if revision.number <= 0 {
+                        return Err(bad(
+                            field,
+                            format!("revision {} is not a revision number", revision.number),
+                        ));
+                    }
+                    if !is_dns_subdomain(&revision.name) {
+                        return Err(bad(field, "the revision's name is not an object name"));
+                    }
+                }
+                if from.number == to.number || from.name == to.name {
+                    return Err(bad("action.to", "is the revision rolled back from"));
+                }
+                Ok(())
+            }
             Self::None => Ok(()),
         }
     }

@@ -30,6 +30,12 @@ pub struct Revision {
     pub images: BTreeMap<String, String>,
     /// How many of its pods are ready now: a revision still serving is known to work.
     pub ready_replicas: i32,
+    /// Its pod template as `kubectl rollout undo` would restore it (without the controller's hash label
+    /// or patch directive).
+    pub template: Option<serde_json::Value>,
+    /// Whether the revision holds nothing but the pod template (a StatefulSet's ControllerRevision could
+    /// hold more; rolling the template back would not restore the rest).
+    pub only_template: bool,
 }
 
 /// The revision a pod runs and the one before it.
@@ -41,6 +47,8 @@ pub struct History {
     pub current: Option<Revision>,
     /// The newest revision older than the pod's.
     pub previous: Option<Revision>,
+    /// The workload's newest revision number (the one its template holds now).
+    pub newest: Option<i64>,
 }
 
 /// The controller named in `meta`'s owner references (kind, name).
@@ -77,42 +85,149 @@ async fn deployment_history(
     rs: &ReplicaSet,
     deployment: &Deployment,
 ) -> Result<History, kube::Error> {
-    let sets: Api<ReplicaSet> = Api::namespaced(kube.clone(), namespace);
     let deployment_name = deployment.metadata.name.clone().unwrap_or_default();
-    let number = |meta: &ObjectMeta| {
-        meta.annotations.as_ref().and_then(|a| a.get(DEPLOYMENT_REVISION)).and_then(|r| r.parse::<i64>().ok())
-    };
-    let revision = |set: &ReplicaSet| -> Option<Revision> {
-        Some(Revision {
-            number: number(&set.metadata)?,
-            name: set.metadata.name.clone().unwrap_or_default(),
-            images: set
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.as_ref())
-                .and_then(|t| t.spec.as_ref())
-                .map(|s| {
-                    s.containers
-                        .iter()
-                        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            ready_replicas: set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
-        })
-    };
-    let current = revision(rs);
+    let current = replica_set_revision(rs);
+    let owned = deployment_revisions(kube, namespace, deployment).await?;
+    Ok(history_of(("Deployment".into(), deployment_name), current, &owned))
+}
+
+/// The pod's revision, the newest older one and the newest of all.
+fn history_of(owner: (String, String), current: Option<Revision>, owned: &[Revision]) -> History {
+    let previous = current.as_ref().and_then(|current| {
+        owned.iter().filter(|r| r.number < current.number).max_by_key(|r| r.number).cloned()
+    });
+    let newest = owned.iter().map(|r| r.number).chain(current.as_ref().map(|c| c.number)).max();
+    History { owner: Some(owner), current, previous, newest }
+}
+
+/// A pod template as a rollback restores it: without the label a controller adds to tell its revisions
+/// apart, and without a patch directive.
+fn restorable(mut template: serde_json::Value, hash_label: &str) -> serde_json::Value {
+    if let Some(object) = template.as_object_mut() {
+        object.remove("$patch");
+    }
+    if let Some(labels) = template.pointer_mut("/metadata/labels").and_then(|l| l.as_object_mut()) {
+        labels.remove(hash_label);
+    }
+    template
+}
+
+/// One ReplicaSet as a revision of its Deployment (`None` without a revision number).
+fn replica_set_revision(set: &ReplicaSet) -> Option<Revision> {
+    let number = set
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DEPLOYMENT_REVISION))
+        .and_then(|r| r.parse::<i64>().ok())?;
+    let template = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| serde_json::to_value(t).ok())
+        .map(|t| restorable(t, "pod-template-hash"));
+    Some(Revision {
+        number,
+        name: set.metadata.name.clone().unwrap_or_default(),
+        images: template_images(template.as_ref()),
+        ready_replicas: set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+        template,
+        only_template: true,
+    })
+}
+
+/// Every revision of a Deployment: the ReplicaSets it owns that carry a revision number.
+pub async fn deployment_revisions(
+    kube: &kube::Client,
+    namespace: &str,
+    deployment: &Deployment,
+) -> Result<Vec<Revision>, kube::Error> {
+    let sets: Api<ReplicaSet> = Api::namespaced(kube.clone(), namespace);
     let selector = selector_text(deployment.spec.as_ref().map(|s| &s.selector));
     let list = sets.list(&ListParams::default().labels(&selector)).await?;
-    let previous = current.as_ref().and_then(|current| {
-        list.items
-            .iter()
-            .filter(|r| owned_by(&r.metadata, deployment.metadata.uid.as_ref()))
-            .filter_map(revision)
-            .filter(|r| r.number < current.number)
-            .max_by_key(|r| r.number)
-    });
-    Ok(History { owner: Some(("Deployment".into(), deployment_name)), current, previous })
+    let mut owned: Vec<Revision> = list
+        .items
+        .iter()
+        .filter(|r| owned_by(&r.metadata, deployment.metadata.uid.as_ref()))
+        .filter_map(replica_set_revision)
+        .collect();
+    owned.sort_by_key(|r| r.number);
+    Ok(owned)
+}
+
+/// Every revision of a StatefulSet: the ControllerRevisions it owns. Only the revision the StatefulSet
+/// reports as current counts its ready pods (during a rolling update it is the one being replaced).
+pub async fn stateful_set_revisions(
+    kube: &kube::Client,
+    namespace: &str,
+    set: &StatefulSet,
+) -> Result<Vec<Revision>, kube::Error> {
+    let selector = selector_text(set.spec.as_ref().map(|s| &s.selector));
+    let revisions: Api<ControllerRevision> = Api::namespaced(kube.clone(), namespace);
+    let list = revisions.list(&ListParams::default().labels(&selector)).await?;
+    let status = set.status.clone().unwrap_or_default();
+    let revision = |r: &ControllerRevision| {
+        let serving = status.current_revision.as_deref() == r.metadata.name.as_deref();
+        let data = r.data.as_ref().map(|d| &d.0);
+        let template = data.and_then(|d| d.pointer("/spec/template")).cloned();
+        let only_template = data.is_some_and(|d| {
+            d.as_object().is_some_and(|o| o.keys().all(|k| k == "spec"))
+                && d.get("spec")
+                    .and_then(|s| s.as_object())
+                    .is_some_and(|o| o.keys().all(|k| k == "template"))
+        });
+        Revision {
+            number: r.revision,
+            name: r.metadata.name.clone().unwrap_or_default(),
+            images: template_images(template.as_ref()),
+            ready_replicas: if serving {
+                status.ready_replicas.unwrap_or(0).min(status.current_replicas.unwrap_or(0))
+            } else {
+                0
+            },
+            template: template.map(|t| restorable(t, "controller-revision-hash")),
+            only_template,
+        }
+    };
+    let mut owned: Vec<Revision> = list
+        .items
+        .iter()
+        .filter(|r| owned_by(&r.metadata, set.metadata.uid.as_ref()))
+        .map(revision)
+        .collect();
+    owned.sort_by_key(|r| r.number);
+    Ok(owned)
+}
+
+/// Every revision of the workload `kind` (`Deployment` or `StatefulSet`) given as JSON, oldest first;
+/// empty for any other kind.
+pub async fn of_workload(
+    kube: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    object: &serde_json::Value,
+) -> Result<Vec<Revision>, kube::Error> {
+    match kind {
+        "Deployment" => {
+            let deployment: Deployment =
+                serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
+            deployment_revisions(kube, namespace, &deployment).await
+        }
+        "StatefulSet" => {
+            let set: StatefulSet = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
+            stateful_set_revisions(kube, namespace, &set).await
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Whether two pod templates are the same revision: equal once the controllers' hash labels are
+/// ignored (as the Deployment controller compares them).
+pub fn same_template(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let strip = |t: &serde_json::Value| {
+        restorable(restorable(t.clone(), "pod-template-hash"), "controller-revision-hash")
+    };
+    strip(a) == strip(b)
 }
 
 /// Image per container of a pod template given as JSON (a ControllerRevision's data).
@@ -131,46 +246,20 @@ fn template_images(template: Option<&serde_json::Value>) -> BTreeMap<String, Str
         .unwrap_or_default()
 }
 
-/// A StatefulSet's revision of `pod` and the revision before it, from its ControllerRevisions. The
-/// previous revision's ready pods are the StatefulSet's ready pods still at its current revision (during
-/// a rolling update `status.currentRevision` is the revision being replaced).
+/// A StatefulSet's revision of `pod`, the revision before it and its newest, from its
+/// ControllerRevisions.
 async fn stateful_set_history(
     kube: &kube::Client,
     namespace: &str,
     pod: &Pod,
     set: &StatefulSet,
 ) -> Result<History, kube::Error> {
-    let owner = Some(("StatefulSet".to_owned(), set.metadata.name.clone().unwrap_or_default()));
+    let owner = ("StatefulSet".to_owned(), set.metadata.name.clone().unwrap_or_default());
     let Some(pod_revision) = pod.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash"))
     else {
-        return Ok(History { owner, ..History::default() });
+        return Ok(History { owner: Some(owner), ..History::default() });
     };
-    let selector = selector_text(set.spec.as_ref().map(|s| &s.selector));
-    let revisions: Api<ControllerRevision> = Api::namespaced(kube.clone(), namespace);
-    let list = revisions.list(&ListParams::default().labels(&selector)).await?;
-    let status = set.status.clone().unwrap_or_default();
-    let revision = |r: &ControllerRevision| {
-        let serving = status.current_revision.as_deref() == r.metadata.name.as_deref();
-        Revision {
-            number: r.revision,
-            name: r.metadata.name.clone().unwrap_or_default(),
-            images: template_images(r.data.as_ref().and_then(|d| d.0.pointer("/spec/template"))),
-            ready_replicas: if serving {
-                status.ready_replicas.unwrap_or(0).min(status.current_replicas.unwrap_or(0))
-            } else {
-                0
-            },
-        }
-    };
-    let owned: Vec<Revision> = list
-        .items
-        .iter()
-        .filter(|r| owned_by(&r.metadata, set.metadata.uid.as_ref()))
-        .map(revision)
-        .collect();
+    let owned = stateful_set_revisions(kube, namespace, set).await?;
     let current = owned.iter().find(|r| r.name == *pod_revision).cloned();
-    let previous = current.as_ref().and_then(|current| {
-        owned.iter().filter(|r| r.number < current.number).max_by_key(|r| r.number).cloned()
-    });
-    Ok(History { owner, current, previous })
+    Ok(history_of(owner, current, &owned))
 }

@@ -103,11 +103,25 @@ pub struct EventSummary {
     pub count: i32,
 }
 
+/// The owner's revision the pod runs.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct CurrentRevision {
+    /// Its revision number.
+    pub revision: String,
+    /// The ReplicaSet or ControllerRevision holding it.
+    pub name: String,
+    /// Whether it is the owner's newest revision (the one its template holds now).
+    pub newest: bool,
+}
+
 /// The owner's previous revision.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PreviousRevision {
     /// Its revision number.
     pub revision: String,
+    /// The ReplicaSet or ControllerRevision holding it.
+    #[serde(default)]
+    pub name: String,
     /// Image per container.
     pub images: BTreeMap<String, String>,
     /// How many of its pods are ready now (a revision still serving is known to work).
@@ -134,9 +148,9 @@ pub struct Evidence {
     pub events: Vec<EventSummary>,
     /// Owner chain, nearest first (`ReplicaSet/web-7d9c5b7f6`, `Deployment/web`).
     pub owners: Vec<String>,
-    /// The owner's current revision number, if known.
+    /// The owner's revision the pod runs, if known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
+    pub revision: Option<CurrentRevision>,
     /// The owner's previous revision, if one exists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_revision: Option<PreviousRevision>,
@@ -269,7 +283,7 @@ pub fn build(
     logs: Option<Logs>,
     events: &[Event],
     owners: Vec<String>,
-    revision: Option<String>,
+    revision: Option<CurrentRevision>,
     previous_revision: Option<PreviousRevision>,
     redactor: &Redactor,
 ) -> Evidence {

@@ -11,7 +11,7 @@ use kubesent_proto::{FailureJob, FailureKind};
 use tracing::{debug, warn};
 
 use crate::{
-    evidence::{self, Evidence, LOG_MAX_BYTES, LOG_TAIL_LINES, Logs, PreviousRevision},
+    evidence::{self, CurrentRevision, Evidence, LOG_MAX_BYTES, LOG_TAIL_LINES, Logs, PreviousRevision},
     redact::Redactor,
 };
 
@@ -81,7 +81,7 @@ async fn owners(
     namespace: &str,
     pod: &Pod,
     last_delivery: bool,
-) -> Result<(Vec<String>, Option<String>, Option<PreviousRevision>), kube::Error> {
+) -> Result<(Vec<String>, Option<CurrentRevision>, Option<PreviousRevision>), kube::Error> {
     let Some((kind, name)) = revisions::controller_of(&pod.metadata) else {
         return Ok((Vec::new(), None, None));
     };
@@ -101,8 +101,14 @@ async fn owners(
     }
     let previous = history.previous.map(|p| PreviousRevision {
         revision: p.number.to_string(),
+        name: p.name,
         images: p.images,
         ready_replicas: p.ready_replicas,
     });
-    Ok((chain, history.current.map(|c| c.number.to_string()), previous))
+    let current = history.current.map(|c| CurrentRevision {
+        revision: c.number.to_string(),
+        newest: history.newest == Some(c.number),
+        name: c.name,
+    });
+    Ok((chain, current, previous))
 }

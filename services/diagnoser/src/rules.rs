@@ -2,10 +2,12 @@
 //! of; anything else is left to a model (or stays a diagnosis without an action).
 //!
 //! Confidence is calibrated against the evaluation set (`tests/eval/`): a rule's confidence is how
-//! often its verdict is right there, rounded down. Only two rules propose actions:
+//! often its verdict is right there, rounded down. Only three rules propose actions:
 //! - OOM kill with a memory limit → `IncreaseMemory` to `min(ceil_mib(limit × factor), cap)` (95);
 //! - image `not found` / `manifest unknown` while the owner's previous revision, with another image,
-//!   still has ready pods → `RollbackImage` to that image (92).
+//!   still has ready pods → `RollbackImage` to that image (92);
+//! - a crash loop, a liveness kill loop, a start error or a config error of a pod on its owner's newest
+//!   revision while the previous revision still has ready pods → `RollbackRevision` to it (90).
 
 use kubesent_proto::{Action, FailureJob, FailureKind, MemoryQuantity};
 
@@ -150,6 +152,48 @@ const CRASH_PATTERNS: &[(&[&str], &str, u8)] = &[
 
 /// Applies the rules to a job and its evidence.
 pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) -> RuleVerdict {
+    let diagnosis = diagnose_failure(job, evidence, policy);
+    match job.failure.kind {
+        // A failure the newest revision brought: going back to the revision that still serves is the fix,
+        // whatever the cause in the application. Memory (OOM) and images (pull failures) have their own
+        // typed fixes; pending and evicted pods are not the revision's fault.
+        FailureKind::CrashLoop
+        | FailureKind::Killed
+        | FailureKind::StartError
+        | FailureKind::CreateContainerConfigError => {
+            bad_revision(&job.failure.container, &diagnosis, evidence).unwrap_or(diagnosis)
+        }
+        _ => diagnosis,
+    }
+}
+
+/// `RollbackRevision` when the failing pod runs its owner's newest revision and the revision before it
+/// still has ready pods (it is known to work).
+fn bad_revision(container: &str, diagnosis: &RuleVerdict, evidence: &Evidence) -> Option<RuleVerdict> {
+    let current = evidence.revision.as_ref().filter(|c| c.newest)?;
+    let previous = evidence.previous_revision.as_ref().filter(|p| p.ready_replicas > 0)?;
+    let from =
+        kubesent_proto::RevisionRef { number: current.revision.parse().ok()?, name: current.name.clone() };
+    let to =
+        kubesent_proto::RevisionRef { number: previous.revision.parse().ok()?, name: previous.name.clone() };
+    if to.name.is_empty() || to.number >= from.number {
+        return None;
+    }
+    let owner = evidence.owners.last().map(String::as_str).unwrap_or("the workload");
+    let cause = diagnosis.root_cause.trim_end_matches('.');
+    Some(verdict(
+        "bad-revision-rollback",
+        90,
+        format!(
+            "revision {} of {owner} fails ({cause}) while revision {} still has {} ready pods: roll back to revision {}",
+            from.number, to.number, previous.ready_replicas, to.number
+        ),
+        Action::RollbackRevision { container: container.to_owned(), from, to },
+    ))
+}
+
+/// The diagnosis of the failure itself, whatever revision it runs.
+fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) -> RuleVerdict {
     let name = job.failure.container.clone();
     let spec = evidence.container(&name);
     let message = job.failure.message.clone().unwrap_or_default();

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kubesent_detector::{classify::classify, lean::LeanPod, tracker::Transition};
 use kubesent_diagnoser::{
     MemoryPolicy,
-    evidence::{self, PreviousRevision},
+    evidence::{self, CurrentRevision, PreviousRevision},
     redact::Redactor,
     rules,
 };
@@ -29,9 +29,15 @@ struct Case {
     #[serde(default)]
     source: Option<String>,
     pod: Pod,
+    /// The pod's workload (`Deployment/web`), when the case has one.
+    #[serde(default)]
+    owner: Option<String>,
     previous_logs: Option<String>,
     logs: Option<String>,
     events: Vec<Event>,
+    /// The owner's revision the pod runs (number, name, whether it is the newest).
+    #[serde(default)]
+    revision: Option<CurrentRevision>,
     previous_revision: Option<PreviousRevision>,
     expected: Expected,
 }
@@ -40,6 +46,7 @@ fn action_type(action: &Action) -> &'static str {
     match action {
         Action::IncreaseMemory { .. } => "increase_memory",
         Action::RollbackImage { .. } => "rollback_image",
+        Action::RollbackRevision { .. } => "rollback_revision",
         Action::None => "none",
     }
 }
@@ -48,6 +55,7 @@ fn action_target(action: &Action) -> Option<String> {
     match action {
         Action::IncreaseMemory { to, .. } => Some(to.to_string()),
         Action::RollbackImage { to, .. } => Some(to.clone()),
+        Action::RollbackRevision { to, .. } => Some(to.number.to_string()),
         Action::None => None,
     }
 }
@@ -69,8 +77,8 @@ fn diagnose(case: &Case, redactor: &Redactor) -> rules::RuleVerdict {
         &case.pod,
         logs,
         &case.events,
-        Vec::new(),
-        None,
+        case.owner.iter().cloned().collect(),
+        case.revision.clone(),
         case.previous_revision.clone(),
         redactor,
     );

@@ -120,6 +120,7 @@ fn hostile_model_answers_never_map_onto_an_unbounded_or_mismatched_action() {
     );
     let previous = Some(PreviousRevision {
         revision: "1".into(),
+        name: "web-1".into(),
         images: [("app".to_owned(), "web:1".to_owned())].into(),
         ready_replicas: 2,
     });
@@ -194,6 +195,7 @@ proptest! {
                 prop_assert!(to > from && to <= MemoryQuantity::from_mib(512));
             }
             Action::RollbackImage { .. } => prop_assert!(false, "no previous revision, no rollback"),
+            Action::RollbackRevision { .. } => prop_assert!(false, "a model never rolls a revision back"),
             Action::None => {}
         }
     }

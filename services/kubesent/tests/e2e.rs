@@ -629,3 +629,94 @@ async fn a_deployment_whose_entrypoint_is_missing_gets_one_incident_naming_it_an
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_updated_to_a_crash_looping_revision_is_rolled_back_healed_and_can_be_undone() {
+    // RBAC off: `kubesent undo` below talks to kube-sim as its administrator.
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(3, "registry.local/shop/web:1.4.2", json!({}), json!({}));
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    let available =
+        |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas) == Some(3);
+    tokio::time::timeout(PATIENCE, await_condition(deployments.clone(), "web", available))
+        .await
+        .expect("revision 1 ready in time")
+        .expect("watch");
+    let good_template = deployments.get("web").await.expect("web").spec.expect("spec").template;
+
+    // Revision 2 reads a setting that is not there and exits at start.
+    let update = json!({"spec": {"template": {
+        "metadata": {"annotations": {"sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "1",
+            "sim.kubesent.io/logs": "panic: required setting PAYMENTS_URL is not set"}},
+        "spec": {"containers": [{"name": "app", "env": [{"name": "PAYMENTS_MODE", "value": "strict"}]}]}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.failure.kind, proto::FailureKind::CrashLoop);
+    let Action::RollbackRevision { container, from, to } = verdict.action.clone() else {
+        panic!("a revision rollback: {:?} ({})", verdict.action, verdict.root_cause);
+    };
+    assert_eq!((container.as_str(), from.number, to.number), ("app", 2, 1), "{}", verdict.root_cause);
+    assert!(verdict.root_cause.contains("PAYMENTS_URL"), "{}", verdict.root_cause);
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(outcome.strategy, Some(Strategy::OwnerPatch));
+
+    let rolled_back = deployments.get("web").await.expect("deployment");
+    let template = rolled_back.spec.clone().expect("spec").template;
+    assert_eq!(template, good_template, "the template is revision 1's again");
+    let annotations = rolled_back.metadata.annotations.clone().expect("annotations");
+    assert_eq!(annotations["kubesent.io/original-revision"], from.name, "reversible");
+    let live: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 3);
+    for pod in &live {
+        assert!(running_ready(pod), "{:?}", pod.status);
+        let hash = pod.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).expect("hash");
+        assert!(to.name.ends_with(hash.as_str()), "pod {:?} runs revision 1's ReplicaSet", pod.metadata.name);
+    }
+    assert_one_of_each_and_least_privilege(&stack).await;
+
+    let output = tokio::task::spawn_blocking({
+        let operator = stack.users.env(kubesent_common::nats::Role::Operator);
+        let (incident, nats, kube) =
+            (outcome.incident.to_string(), stack.nats.url().to_owned(), stack.kube_sim.url());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+                .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube, "--by", "alice"])
+                .envs(operator)
+                .output()
+                .expect("kubesent runs")
+        }
+    })
+    .await
+    .expect("ran");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let forward = deployments.get("web").await.expect("deployment");
+    let annotations = forward.spec.clone().expect("spec").template.metadata.and_then(|m| m.annotations);
+    assert_eq!(
+        annotations.unwrap_or_default().get("sim.kubesent.io/exit-code").map(String::as_str),
+        Some("1"),
+        "undo goes forward to revision 2 again"
+    );
+    let annotations = forward.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.get("kubesent.io/reverted.app"), Some(&outcome.incident.to_string()));
+    assert!(!annotations.contains_key("kubesent.io/original-revision"));
+    stack.stop().await;
+}

@@ -9,7 +9,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kubesent_common::revisions::History;
-use kubesent_proto::{Action, Verdict};
+use kubesent_proto::{Action, RevisionRef, Verdict};
 use serde_json::Value;
 
 use crate::{
@@ -34,6 +34,7 @@ pub fn check(verdict: &Verdict, seen: Observed<'_>) -> Result<(), String> {
     not_opted_out(seen.owner)?;
     match &verdict.action {
         Action::RollbackImage { container, from, to } => rollback_target(container, from, to, seen),
+        Action::RollbackRevision { from, to, .. } => revision_target(from, to, seen),
         Action::IncreaseMemory { .. } | Action::None => Ok(()),
     }
 }
@@ -118,6 +119,71 @@ fn rollback_target(container: &str, from: &str, to: &str, seen: Observed<'_>) ->
     }
 }
 
+/// A revision rollback goes from the owner's newest revision, which the failing pod runs, to the one
+/// just before it, while that one still has ready pods and holds nothing but a pod template; the
+/// numbers and names are the owner's own, as the remediator read them.
+fn revision_target(from: &RevisionRef, to: &RevisionRef, seen: Observed<'_>) -> Result<(), String> {
+    let Owner::Workload(w) = seen.owner else {
+        return Err("only a Deployment or a StatefulSet has revisions to roll back".into());
+    };
+    let what = format!("{} {}", w.kind.as_str(), w.name);
+    let history = seen
+        .history
+        .filter(|h| h.owner.as_ref().is_some_and(|(kind, name)| kind == w.kind.as_str() && *name == w.name));
+    let Some(history) = history else {
+        return Err(format!("the revision history of {what} was not read"));
+    };
+    let Some(current) = history.current.as_ref() else {
+        return Err(format!(
+            "pod {} runs no revision of {what}",
+            seen.pod.metadata.name.clone().unwrap_or_default()
+        ));
+    };
+    if current.number != from.number || current.name != from.name {
+        return Err(format!(
+            "the failing pod runs revision {} ({}) of {what}, not {from}",
+            current.number, current.name
+        ));
+    }
+    if history.newest != Some(current.number) {
+        return Err(format!(
+            "revision {} is not the newest of {what} (revision {} is): the failing pod is from an older rollout",
+            current.number,
+            history.newest.unwrap_or_default()
+        ));
+    }
+    let Some(previous) = history.previous.as_ref() else {
+        return Err(format!("{what} has no earlier revision to roll back to"));
+    };
+    if previous.number != to.number || previous.name != to.name {
+        return Err(format!(
+            "{to} is not the revision before {} of {what} (revision {} ({}) is)",
+            from.number, previous.number, previous.name
+        ));
+    }
+    if previous.ready_replicas <= 0 {
+        return Err(format!(
+            "revision {} of {what} has no ready pods: it is not known to work",
+            previous.number
+        ));
+    }
+    if !previous.only_template {
+        return Err(format!(
+            "revision {} of {what} holds more than a pod template: rolling the template back would not restore it",
+            previous.number
+        ));
+    }
+    match (previous.template.as_ref(), current.template.as_ref()) {
+        (None, _) => Err(format!("revision {} of {what} holds no pod template", previous.number)),
+        (Some(to_template), Some(from_template))
+            if kubesent_common::revisions::same_template(to_template, from_template) =>
+        {
+            Err(format!("revisions {} and {} of {what} hold the same template", from.number, to.number))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -152,11 +218,14 @@ mod tests {
             name: format!("web-{number}"),
             images: BTreeMap::from([("app".to_owned(), image.to_owned())]),
             ready_replicas,
+            template: Some(json!({"spec": {"containers": [{"name": "app", "image": image}]}})),
+            only_template: true,
         };
         History {
             owner: Some(("Deployment".into(), "web".into())),
             current: Some(revision(4, "registry.local/shop/web:2.0.0", 0)),
             previous: Some(revision(3, previous_image, ready)),
+            newest: Some(4),
         }
     }
 
@@ -248,6 +317,90 @@ mod tests {
         let other_owner = History { owner: Some(("Deployment".into(), "api".into())), ..good.clone() };
         let seen = Observed { pod: &pod, owner: &owner, history: Some(&other_owner) };
         assert!(check(&rollback("registry.local/shop/web:1.9.0", ("Deployment", "web")), seen).is_err());
+    }
+
+    fn revision_rollback(from: (i64, &str), to: (i64, &str)) -> Verdict {
+        let mut verdict = rollback("unused", ("Deployment", "web"));
+        verdict.action = Action::RollbackRevision {
+            container: "app".into(),
+            from: RevisionRef { number: from.0, name: from.1.into() },
+            to: RevisionRef { number: to.0, name: to.1.into() },
+        };
+        verdict
+    }
+
+    #[test]
+    fn a_revision_rollback_goes_only_from_the_newest_revision_to_the_serving_one_before_it() {
+        let pod = pod();
+        let owner = deployment(json!({}));
+        let good = history("registry.local/shop/web:1.9.0", 2);
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good) };
+        assert_eq!(check(&revision_rollback((4, "web-4"), (3, "web-3")), seen), Ok(()));
+
+        let older = History { newest: Some(5), ..good.clone() };
+        let mut not_serving = good.clone();
+        if let Some(p) = not_serving.previous.as_mut() {
+            p.ready_replicas = 0;
+        }
+        let mut more_than_a_template = good.clone();
+        if let Some(p) = more_than_a_template.previous.as_mut() {
+            p.only_template = false;
+        }
+        let same = history("registry.local/shop/web:2.0.0", 2);
+        let cases: [(&str, Verdict, Option<&History>, &str); 8] = [
+            (
+                "an older revision named",
+                revision_rollback((4, "web-4"), (2, "web-2")),
+                Some(&good),
+                "not the revision before",
+            ),
+            (
+                "another revision's name",
+                revision_rollback((4, "web-4"), (3, "evil-3")),
+                Some(&good),
+                "not the revision before",
+            ),
+            (
+                "a revision the pod does not run",
+                revision_rollback((5, "web-5"), (3, "web-3")),
+                Some(&good),
+                "runs revision 4",
+            ),
+            (
+                "the pod on an older rollout",
+                revision_rollback((4, "web-4"), (3, "web-3")),
+                Some(&older),
+                "not the newest",
+            ),
+            (
+                "a previous revision without ready pods",
+                revision_rollback((4, "web-4"), (3, "web-3")),
+                Some(&not_serving),
+                "no ready pods",
+            ),
+            (
+                "a revision holding more than a template",
+                revision_rollback((4, "web-4"), (3, "web-3")),
+                Some(&more_than_a_template),
+                "more than a pod template",
+            ),
+            (
+                "the same template",
+                revision_rollback((4, "web-4"), (3, "web-3")),
+                Some(&same),
+                "same template",
+            ),
+            ("no history read", revision_rollback((4, "web-4"), (3, "web-3")), None, "not read"),
+        ];
+        for (what, verdict, history, expected) in cases {
+            let seen = Observed { pod: &pod, owner: &owner, history };
+            let why = check(&verdict, seen).expect_err(what);
+            assert!(why.contains(expected), "{what}: {why}");
+        }
+        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None };
+        let mut bare = revision_rollback((4, "web-4"), (3, "web-3"));
+        bare.key.workload = WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: "web-7d9-x".into() };
+        assert!(check(&bare, seen).expect_err("bare").contains("only a Deployment or a StatefulSet"));
     }
 
     #[test]

@@ -207,6 +207,25 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
                 None => Some(format!("container {container} does not exist")),
             }
         }
+        Action::RollbackRevision { container, .. } => {
+            let revision_failure = matches!(
+                verdict.failure.kind,
+                FailureKind::CrashLoop
+                    | FailureKind::Killed
+                    | FailureKind::StartError
+                    | FailureKind::CreateContainerConfigError
+            );
+            if !revision_failure {
+                return Some(format!(
+                    "a revision rollback does not fit a {} failure",
+                    verdict.failure.kind.as_str()
+                ));
+            }
+            if container != failing {
+                return Some(format!("the action targets container {container} but {failing} is failing"));
+            }
+            None
+        }
         Action::None => None,
     }
 }

@@ -166,6 +166,9 @@ pub enum NoRung {
         /// Its name.
         name: String,
     },
+    /// A bare pod has no revisions to roll back.
+    #[error("pod {0} has no owner with revisions: only a Deployment or a StatefulSet is rolled back")]
+    NoRevisions(String),
     /// The workload replaces its pods only when someone deletes them.
     #[error(
         "{kind} {name} updates its pods only when someone deletes them (OnDelete); KubeSent leaves that to its owner"
@@ -213,6 +216,26 @@ pub enum Mismatch {
         /// What the action changes from.
         from: String,
     },
+    /// The workload's template is no longer the revision the rollback goes from.
+    #[error("{kind} {name} no longer runs {from}: its template changed since the failure")]
+    RevisionMoved {
+        /// The workload's kind.
+        kind: &'static str,
+        /// The workload's name.
+        name: String,
+        /// The revision the rollback goes from.
+        from: kubesent_proto::RevisionRef,
+    },
+    /// A revision the rollback needs is not in the workload's history.
+    #[error("{kind} {name} has no {revision} in its history")]
+    RevisionGone {
+        /// The workload's kind.
+        kind: &'static str,
+        /// The workload's name.
+        name: String,
+        /// The missing revision.
+        revision: kubesent_proto::RevisionRef,
+    },
     /// The action changes nothing.
     #[error("nothing to apply")]
     NothingToApply,
@@ -237,6 +260,7 @@ pub fn plan(action: &Action, owner: &Owner) -> Result<Plan, NoRung> {
         (_, Owner::Workload(_)) => Ok(Plan::PatchOwner),
         (Action::IncreaseMemory { .. }, Owner::Bare) => Ok(Plan::ResizeInPlace),
         (Action::RollbackImage { .. }, Owner::Bare) => Ok(Plan::PatchPodImage),
+        (Action::RollbackRevision { .. }, Owner::Bare) => Err(NoRung::NoRevisions(String::new())),
     }
 }
 
@@ -285,6 +309,12 @@ fn raised_resources(container: &Container, from: MemoryQuantity, to: MemoryQuant
 
 /// Checks that the owner's template still has the value the action changes from.
 pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), Mismatch> {
+    if let Action::RollbackRevision { .. } = action {
+        // Its template is held to the revision it goes from by [`revision_patch`], which the executor
+        // computes from the revisions it reads.
+        template_container_for(workload, action)?;
+        return Ok(());
+    }
     let container = template_container_for(workload, action)?;
     match action {
         Action::IncreaseMemory { from, to, .. } => {
@@ -302,7 +332,7 @@ pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), Mism
                 from: from.clone(),
             }),
         },
-        Action::None => Err(Mismatch::NothingToApply),
+        Action::RollbackRevision { .. } | Action::None => Err(Mismatch::NothingToApply),
     }
 }
 
@@ -328,9 +358,84 @@ pub fn already_applied(workload: &Workload, action: &Action, incident: &Incident
     let holds = workload.template_container(name).is_some_and(|container| match action {
         Action::IncreaseMemory { to, .. } => memory_limit_of(&container) == Some(*to),
         Action::RollbackImage { to, .. } => container.image.as_deref() == Some(to.as_str()),
+        // Its template is compared with the revision by [`revision_patch`].
+        Action::RollbackRevision { .. } => true,
         Action::None => false,
     });
     ours && holds
+}
+
+/// Annotation recording the revision KubeSent rolled a workload back from (its ReplicaSet or
+/// ControllerRevision name), so `kubesent undo` can go forward again.
+pub const ORIGINAL_REVISION_ANNOTATION: &str = "kubesent.io/original-revision";
+
+/// The JSON merge patch (RFC 7386) that turns `from` into `to`: changed members set, removed members
+/// nulled, lists replaced whole.
+pub fn merge_diff(from: &Value, to: &Value) -> Value {
+    match (from, to) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut patch = serde_json::Map::new();
+            for (key, value) in new {
+                match old.get(key) {
+                    Some(before) if before == value => {}
+                    Some(before @ Value::Object(_)) if value.is_object() => {
+                        patch.insert(key.clone(), merge_diff(before, value));
+                    }
+                    _ => {
+                        patch.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            for key in old.keys().filter(|k| !new.contains_key(*k)) {
+                patch.insert(key.clone(), Value::Null);
+            }
+            Value::Object(patch)
+        }
+        _ => to.clone(),
+    }
+}
+
+/// The merge patch that rolls `workload` back from revision `from` to revision `to` of its own
+/// `history` (as `kubectl rollout undo --to-revision` does: the template becomes the revision's),
+/// recording the incident and the revision rolled back from, guarded by the resourceVersion read.
+/// `Ok(None)`: this incident's rollback is already in place. Refused when the template no longer is
+/// revision `from`'s or revision `to` is gone.
+pub fn revision_patch(
+    workload: &Workload,
+    history: &[kubesent_common::revisions::Revision],
+    action: &Action,
+    incident: &IncidentId,
+) -> Result<Option<Value>, Mismatch> {
+    let Action::RollbackRevision { from, to, .. } = action else { return Err(Mismatch::NothingToApply) };
+    let gone = |revision: &kubesent_proto::RevisionRef| Mismatch::RevisionGone {
+        kind: workload.kind.as_str(),
+        name: workload.name.clone(),
+        revision: revision.clone(),
+    };
+    let template_of = |revision: &kubesent_proto::RevisionRef| {
+        history.iter().find(|r| r.name == revision.name).and_then(|r| r.template.clone())
+    };
+    let target = template_of(to).ok_or_else(|| gone(to))?;
+    let current = workload.object.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+    let same = kubesent_common::revisions::same_template;
+    if same(&current, &target) && already_applied(workload, action, incident) {
+        return Ok(None);
+    }
+    let failing = template_of(from).ok_or_else(|| gone(from))?;
+    if !same(&current, &failing) {
+        return Err(Mismatch::RevisionMoved {
+            kind: workload.kind.as_str(),
+            name: workload.name.clone(),
+            from: from.clone(),
+        });
+    }
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(ORIGINAL_REVISION_ANNOTATION.into(), json!(from.name));
+    annotations.insert(INCIDENT_ANNOTATION.into(), json!(incident.to_string()));
+    Ok(Some(json!({
+        "metadata": {"resourceVersion": workload.resource_version(), "annotations": annotations},
+        "spec": {"template": merge_diff(&current, &target)}
+    })))
 }
 
 /// Whether `pod` already carries KubeSent's record for `incident`: the incident and the original value
@@ -362,7 +467,7 @@ pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) 
         Action::RollbackImage { from, to, .. } => {
             (json!({"name": name, "image": to}), format!("{ORIGINAL_IMAGE_ANNOTATION}.{name}"), from.clone())
         }
-        Action::None => return Err(Mismatch::NothingToApply),
+        Action::RollbackRevision { .. } | Action::None => return Err(Mismatch::NothingToApply),
     };
     let mut annotations = serde_json::Map::new();
     // The first original is kept if KubeSent already changed this container.
@@ -546,6 +651,86 @@ mod tests {
             plan(&increase(128, 256), &Owner::Workload(on_delete))
                 .is_err_and(|why| matches!(why, NoRung::OnDelete { .. }))
         );
+    }
+
+    #[test]
+    fn a_merge_diff_turns_one_template_into_the_other() {
+        let from = json!({"metadata": {"labels": {"app": "web"}, "annotations": {"crash": "1"}},
+            "spec": {"containers": [{"name": "app", "image": "web:2", "env": [{"name": "MODE"}]}]}});
+        let to = json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": "web:1"}]}});
+        let patch = merge_diff(&from, &to);
+        assert_eq!(
+            patch,
+            json!({"metadata": {"annotations": null}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}})
+        );
+        // Applied as RFC 7386 says: members nulled are removed, others set.
+        let mut applied = from.clone();
+        fn apply(target: &mut Value, patch: &Value) {
+            let Some(members) = patch.as_object() else {
+                *target = patch.clone();
+                return;
+            };
+            if !target.is_object() {
+                *target = json!({});
+            }
+            for (key, value) in members {
+                let object = target.as_object_mut().expect("object");
+                if value.is_null() {
+                    object.remove(key);
+                } else {
+                    apply(object.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        apply(&mut applied, &patch);
+        assert_eq!(applied, to);
+    }
+
+    fn revision(number: i64, name: &str, template: Value) -> kubesent_common::revisions::Revision {
+        kubesent_common::revisions::Revision {
+            number,
+            name: name.into(),
+            images: BTreeMap::new(),
+            ready_replicas: 0,
+            template: Some(template),
+            only_template: true,
+        }
+    }
+
+    #[test]
+    fn a_revision_rollback_patches_the_template_from_the_history_and_only_from_the_failing_revision() {
+        let mut workload = deployment("128Mi", "64Mi");
+        let failing = workload.object["spec"]["template"].clone();
+        let mut good = failing.clone();
+        good["spec"]["containers"][0]["image"] = json!("web:1");
+        let history = vec![revision(1, "web-aaa", good.clone()), revision(2, "web-bbb", failing.clone())];
+        let action = Action::RollbackRevision {
+            container: "app".into(),
+            from: kubesent_proto::RevisionRef { number: 2, name: "web-bbb".into() },
+            to: kubesent_proto::RevisionRef { number: 1, name: "web-aaa".into() },
+        };
+        let incident = IncidentId("i-1".into());
+        let patch = revision_patch(&workload, &history, &action, &incident).expect("patch").expect("some");
+        assert_eq!(patch["metadata"]["resourceVersion"], json!("42"), "guarded");
+        assert_eq!(patch["metadata"]["annotations"][ORIGINAL_REVISION_ANNOTATION], json!("web-bbb"));
+        assert_eq!(patch["spec"]["template"], json!({"spec": {"containers": good["spec"]["containers"]}}));
+
+        // Once applied by this incident, nothing is written again.
+        workload.object["spec"]["template"] = good.clone();
+        workload.object["metadata"]["annotations"][INCIDENT_ANNOTATION] = json!("i-1");
+        assert_eq!(revision_patch(&workload, &history, &action, &incident), Ok(None));
+        // Someone moved the template on to something else: refused.
+        workload.object["spec"]["template"]["spec"]["containers"][0]["image"] = json!("web:3");
+        assert!(matches!(
+            revision_patch(&workload, &history, &action, &incident),
+            Err(Mismatch::RevisionMoved { .. })
+        ));
+        // The revision to go back to is gone from the history: refused.
+        assert!(matches!(
+            revision_patch(&workload, &history[1..], &action, &incident),
+            Err(Mismatch::RevisionGone { .. })
+        ));
     }
 
     #[test]

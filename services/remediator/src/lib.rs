@@ -753,6 +753,7 @@ fn describe(action: &Action) -> String {
             format!("memory limit of {container}: {from} -> {to}")
         }
         Action::RollbackImage { container, from, to } => format!("image of {container}: {from} -> {to}"),
+        Action::RollbackRevision { from, to, .. } => format!("template: {from} -> {to}"),
         Action::None => String::new(),
     }
 }

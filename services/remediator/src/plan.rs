@@ -158,7 +158,10 @@ pub fn gate(
 
 /// Whether [`plan`] needs the owner's revision history for this action and owner.
 pub fn needs_history(action: &Action, owner: &Owner) -> bool {
-    matches!((action, owner), (Action::RollbackImage { .. }, Owner::Workload(_)))
+    matches!(
+        (action, owner),
+        (Action::RollbackImage { .. } | Action::RollbackRevision { .. }, Owner::Workload(_))
+    )
 }
 
 /// The incident of the fix KubeSent last made to the target (the owner for a workload, else the pod),

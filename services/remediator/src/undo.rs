@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::{
     intent::{IntentError, Intents, Phase},
-    ladder::{self, ORIGINAL_IMAGE_ANNOTATION, Workload, WorkloadKind},
+    ladder::{self, ORIGINAL_IMAGE_ANNOTATION, ORIGINAL_REVISION_ANNOTATION, Workload, WorkloadKind},
     replace::{INCIDENT_ANNOTATION, ORIGINAL_MEMORY_ANNOTATION},
 };
 
@@ -69,6 +69,11 @@ pub fn reverse(action: &Action) -> Option<Action> {
         Action::RollbackImage { container, from, to } => {
             Some(Action::RollbackImage { container: container.clone(), from: to.clone(), to: from.clone() })
         }
+        Action::RollbackRevision { container, from, to } => Some(Action::RollbackRevision {
+            container: container.clone(),
+            from: to.clone(),
+            to: from.clone(),
+        }),
         Action::None => None,
     }
 }
@@ -81,6 +86,9 @@ fn value_and_annotation(action: &Action) -> Option<(String, String, String)> {
         }
         Action::RollbackImage { container, to, .. } => {
             Some((container.clone(), to.clone(), format!("{ORIGINAL_IMAGE_ANNOTATION}.{container}")))
+        }
+        Action::RollbackRevision { container, to, .. } => {
+            Some((container.clone(), to.to_string(), ORIGINAL_REVISION_ANNOTATION.to_owned()))
         }
         Action::None => None,
     }
@@ -106,7 +114,7 @@ pub fn undo_owner_patch(
             ladder::memory_limit_of(&current).is_some_and(|limit| limit == *to)
         }
         Action::RollbackImage { to, .. } => current.image.as_deref() == Some(to.as_str()),
-        Action::None => false,
+        Action::RollbackRevision { .. } | Action::None => false,
     };
     if !holds {
         return Err(UndoError::Changed(format!(
@@ -123,6 +131,44 @@ pub fn undo_owner_patch(
     annotations.insert(format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string()));
     patch["metadata"]["annotations"] = Value::Object(annotations);
     Ok(patch)
+}
+
+/// The merge patch that reverses a revision rollback: the template goes forward again to the revision it
+/// was rolled back from, while the workload still holds the revision KubeSent rolled it back to (else a
+/// later change is kept); the records are dropped and the container marked as reverted.
+pub fn undo_revision_patch(
+    workload: &Workload,
+    history: &[kubesent_common::revisions::Revision],
+    action: &Action,
+    incident: &IncidentId,
+) -> Result<Value, UndoError> {
+    let Action::RollbackRevision { container, from, to } = action else {
+        return Err(UndoError::NotReversible("not a revision rollback".into()));
+    };
+    let template_of = |name: &str| history.iter().find(|r| r.name == name).and_then(|r| r.template.clone());
+    let what = format!("{} {}", workload.kind.as_str(), workload.name);
+    let restored = template_of(&to.name).ok_or_else(|| {
+        UndoError::Changed(format!(
+            "{what} no longer has {to} in its history: it was changed since, and that change is kept"
+        ))
+    })?;
+    let current = workload.object.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+    if !kubesent_common::revisions::same_template(&current, &restored) {
+        return Err(UndoError::Changed(format!(
+            "{what} no longer runs the template of {to} KubeSent restored: it was changed since, and that change is kept"
+        )));
+    }
+    let forward = template_of(&from.name).ok_or_else(|| {
+        UndoError::NotReversible(format!("{what} no longer has {from} in its history to go forward to"))
+    })?;
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(ladder::ORIGINAL_REVISION_ANNOTATION.into(), Value::Null);
+    annotations.insert(INCIDENT_ANNOTATION.into(), Value::Null);
+    annotations.insert(format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string()));
+    Ok(json!({
+        "metadata": {"resourceVersion": workload.resource_version(), "annotations": annotations},
+        "spec": {"template": ladder::merge_diff(&current, &forward)}
+    }))
 }
 
 /// Reverses the remediation of `incident`: the owner's template for an owner patch, the pod's image for a
@@ -166,16 +212,27 @@ pub async fn undo(
             };
             let workload =
                 Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() };
-            let patch = undo_owner_patch(&workload, &intent.action, incident)?;
+            let patch = if let Action::RollbackRevision { .. } = &intent.action {
+                let history = kubesent_common::revisions::of_workload(
+                    kube,
+                    &namespace,
+                    kind.as_str(),
+                    &workload.object,
+                )
+                .await?;
+                Patch::Merge(undo_revision_patch(&workload, &history, &intent.action, incident)?)
+            } else {
+                Patch::Strategic(undo_owner_patch(&workload, &intent.action, incident)?)
+            };
             match kind {
                 WorkloadKind::Deployment => {
                     Api::<Deployment>::namespaced(kube.clone(), &namespace)
-                        .patch(&reference.name, &params, &Patch::Strategic(&patch))
+                        .patch(&reference.name, &params, &patch)
                         .await?;
                 }
                 WorkloadKind::StatefulSet => {
                     Api::<StatefulSet>::namespaced(kube.clone(), &namespace)
-                        .patch(&reference.name, &params, &Patch::Strategic(&patch))
+                        .patch(&reference.name, &params, &patch)
                         .await?;
                 }
             }
@@ -203,7 +260,7 @@ pub async fn undo(
                     ladder::memory_limit_of(current).is_some_and(|l| l == *to)
                 }
                 Action::RollbackImage { to, .. } => current.image.as_deref() == Some(to.as_str()),
-                Action::None => false,
+                Action::RollbackRevision { .. } | Action::None => false,
             };
             if !holds {
                 return Err(UndoError::Changed(format!(
@@ -232,7 +289,7 @@ pub async fn undo(
                     let record = json!({"metadata": {"annotations": annotations}});
                     pods.patch(&intent.target.name, &params, &Patch::Merge(&record)).await?;
                 }
-                Action::None => {}
+                Action::RollbackRevision { .. } | Action::None => {}
             }
             Ok(Undone {
                 target: format!("pod {}", intent.target.name),
@@ -254,6 +311,7 @@ fn describe(action: &Action) -> String {
             format!("memory limit of {container} {from} -> {to}")
         }
         Action::RollbackImage { container, from, to } => format!("image of {container} {from} -> {to}"),
+        Action::RollbackRevision { from, to, .. } => format!("{from} -> {to}"),
         Action::None => String::new(),
     }
 }

@@ -10,7 +10,8 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
 };
 use kube_runtime::watcher;
-use kubesent_proto::OutcomeResult;
+use kubesent_common::revisions;
+use kubesent_proto::{Action, OutcomeResult};
 use tracing::info;
 
 use super::{Executor, Step};
@@ -49,21 +50,39 @@ impl Executor for OwnerPatch {
                 if let Err(why) = ladder::template_matches(&workload, &intent.action) {
                     return Ok(Step::finish(OutcomeResult::Stale, why.to_string()));
                 }
-                if !ladder::already_applied(&workload, &intent.action, &intent.incident) {
-                    // (Patched before a crash and not yet recorded: nothing to write again.)
+                // (Patched before a crash and not yet recorded: nothing to write again.)
+                let patch = if let Action::RollbackRevision { .. } = &intent.action {
+                    // The template comes from the workload's own history, read now.
+                    let history = revisions::of_workload(
+                        &r.deps.kube,
+                        &namespace,
+                        workload.kind.as_str(),
+                        &workload.object,
+                    )
+                    .await?;
+                    match ladder::revision_patch(&workload, &history, &intent.action, &intent.incident) {
+                        Ok(patch) => patch.map(Patch::Merge),
+                        Err(why) => return Ok(Step::finish(OutcomeResult::Stale, why.to_string())),
+                    }
+                } else if ladder::already_applied(&workload, &intent.action, &intent.incident) {
+                    None
+                } else {
                     let patch = ladder::owner_patch(&workload, &intent.action, &intent.incident)
                         .map_err(StepError::NoPatch)?;
+                    Some(Patch::Strategic(patch))
+                };
+                if let Some(patch) = patch {
                     let params = PatchParams::default();
                     let result = match workload.kind {
                         WorkloadKind::Deployment => {
                             Api::<Deployment>::namespaced(r.deps.kube.clone(), &namespace)
-                                .patch(&workload.name, &params, &Patch::Strategic(&patch))
+                                .patch(&workload.name, &params, &patch)
                                 .await
                                 .map(|_| ())
                         }
                         WorkloadKind::StatefulSet => {
                             Api::<StatefulSet>::namespaced(r.deps.kube.clone(), &namespace)
-                                .patch(&workload.name, &params, &Patch::Strategic(&patch))
+                                .patch(&workload.name, &params, &patch)
                                 .await
                                 .map(|_| ())
                         }
