@@ -47,6 +47,9 @@ pub enum FailureKind {
     /// The kubelet evicted the pod (`Failed`, reason `Evicted`): node pressure or its own ephemeral-storage
     /// limits.
     Evicted,
+    /// A running container whose readiness probe has not succeeded for longer than the detector's
+    /// threshold.
+    NotReady,
 }
 
 impl FailureKind {
@@ -63,6 +66,7 @@ impl FailureKind {
             Self::StartError => "start-error",
             Self::Unschedulable => "unschedulable",
             Self::Evicted => "evicted",
+            Self::NotReady => "not-ready",
         }
     }
 

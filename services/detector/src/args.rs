@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use kubesent_common::{CommonArgs, leader::LeaderArgs, nats::Topology};
 
-use crate::{DEFAULT_INCIDENT_TTL, DetectorConfig};
+use crate::{DEFAULT_INCIDENT_TTL, DetectorConfig, incidents::Holds};
 
 /// `kubesent detector`
 #[derive(Debug, Args)]
@@ -35,6 +35,10 @@ pub struct DetectorArgs {
     /// node within this); one scheduled meanwhile is never reported.
     #[arg(long, env = "KUBESENT_PENDING_THRESHOLD_SECONDS", default_value_t = 120)]
     pub pending_threshold_seconds: u64,
+    /// Seconds a running container may stay not ready (its readiness probe failing) before it is
+    /// reported; one that turns ready meanwhile is never reported.
+    #[arg(long, env = "KUBESENT_UNREADY_THRESHOLD_SECONDS", default_value_t = 300)]
+    pub unready_threshold_seconds: u64,
 }
 
 impl DetectorArgs {
@@ -45,7 +49,10 @@ impl DetectorArgs {
             excluded_namespaces: self.excluded_namespaces.clone(),
             leader: self.leader.config(&self.common, "kubesent-detector"),
             group_wait: Duration::from_millis(self.group_wait_ms),
-            pending_threshold: Duration::from_secs(self.pending_threshold_seconds),
+            holds: Holds {
+                unschedulable: Duration::from_secs(self.pending_threshold_seconds),
+                not_ready: Duration::from_secs(self.unready_threshold_seconds),
+            },
             incident_ttl: DEFAULT_INCIDENT_TTL,
             topology,
         }

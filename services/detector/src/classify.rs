@@ -77,16 +77,46 @@ pub fn classify(pod: &LeanPod) -> Vec<ContainerObservation> {
     let restarts = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
     let init = status.init_container_statuses.iter().flatten().map(|cs| observe(cs, true, restarts));
     let regular = status.container_statuses.iter().flatten().map(|cs| observe(cs, false, restarts));
-    init.chain(regular).collect()
+    let mut observations: Vec<ContainerObservation> = init.chain(regular).collect();
+    // A running app container that is not ready: its readiness (or startup) probe has not passed yet.
+    // The incident book holds it for the unready threshold, so only one that never becomes ready is
+    // reported. A pod being deleted turns unready on its way out, which is no failure.
+    if pod.metadata.deletion_timestamp.is_none() && status.phase.as_deref() == Some("Running") {
+        let regular = status.container_statuses.iter().flatten();
+        for cs in regular.filter(|cs| !cs.ready && cs.state.as_ref().is_some_and(|s| s.running.is_some())) {
+            if let Some(observation) =
+                observations.iter_mut().find(|o| !o.init && o.name == cs.name && o.failure.is_none())
+            {
+                observation.failure = Some(FailureSignal {
+                    kind: FailureKind::NotReady,
+                    reason: "NotReady".into(),
+                    message: ready_condition_message(pod),
+                    exit_code: None,
+                });
+            }
+        }
+    }
+    observations
+}
+
+/// The message of the pod's `Ready=False` condition (`containers with unready status: [app]`).
+fn ready_condition_message(pod: &LeanPod) -> Option<String> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().find(|c| c.type_ == "Ready" && c.status == "False").and_then(|c| c.message.clone())
 }
 
 /// A failure of the pod as a whole: evicted by the kubelet, or fitting no node.
 fn pod_failure(pod: &LeanPod) -> Option<FailureSignal> {
     let status = pod.status.as_ref()?;
-    if status.reason.as_deref() == Some("Evicted") {
+    // The kubelet's graceful node shutdown fails a pod with reason `Terminated` (`Shutdown` and
+    // `NodeShutdown` in earlier releases) and says so in the message.
+    let shut_down = matches!(status.reason.as_deref(), Some("Terminated" | "Shutdown" | "NodeShutdown"))
+        && status.phase.as_deref() == Some("Failed")
+        && status.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains("node shutdown"));
+    if status.reason.as_deref() == Some("Evicted") || shut_down {
         return Some(FailureSignal {
             kind: FailureKind::Evicted,
-            reason: "Evicted".into(),
+            reason: status.reason.clone().unwrap_or_default(),
             message: status.message.clone(),
             exit_code: None,
         });

@@ -43,6 +43,18 @@ struct OpenIncident {
     job: FailureJob,
     pods: BTreeSet<String>,
     opened_at: Instant,
+    /// When it is due: a schedule entry for an earlier time is from before it was closed and opened
+    /// again, and is skipped.
+    due_at: Instant,
+}
+
+/// How long incidents about states a pod can leave by itself are held before they are due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holds {
+    /// An unschedulable pod (Pending).
+    pub unschedulable: Duration,
+    /// A running container that is not ready.
+    pub not_ready: Duration,
 }
 
 /// Open incidents and their publishing schedule.
@@ -53,15 +65,15 @@ pub struct IncidentBook {
     /// Incidents in the order they were opened, for expiry.
     opened: VecDeque<(Instant, IncidentId)>,
     sequence: u64,
-    /// How long an unschedulable pod's incident waits before it is due.
-    pending_threshold: Duration,
+    /// How long incidents about waiting states wait before they are due.
+    holds: Holds,
 }
 
 impl IncidentBook {
-    /// A book whose unschedulable incidents wait `threshold` (or the group wait, if longer) before they
-    /// are due; one whose pods are all placed by then is dropped unpublished.
-    pub fn with_pending_threshold(threshold: Duration) -> Self {
-        Self { pending_threshold: threshold, ..Self::default() }
+    /// A book whose unschedulable and not-ready incidents wait their hold (or the group wait, if longer)
+    /// before they are due; one whose pods all leave that state by then is dropped unpublished.
+    pub fn with_holds(holds: Holds) -> Self {
+        Self { holds, ..Self::default() }
     }
 
     /// Number of open incidents.
@@ -90,19 +102,22 @@ impl IncidentBook {
                     return;
                 }
                 let wait = if job.failure.kind == kubesent_proto::FailureKind::Unschedulable {
-                    self.pending_threshold.max(group_wait)
+                    self.holds.unschedulable.max(group_wait)
+                } else if job.failure.kind == kubesent_proto::FailureKind::NotReady {
+                    self.holds.not_ready.max(group_wait)
                 } else if job.key.workload.kind == kubesent_proto::WorkloadKind::Pod {
                     Duration::ZERO
                 } else {
                     group_wait
                 };
+                // Bounded, so no setting can overflow the clock; a longer wait would only delay the job.
+                let due_at = now + wait.min(Duration::from_secs(3600));
                 self.open.insert(
                     id.clone(),
-                    OpenIncident { job: *job, pods: BTreeSet::from([pod]), opened_at: now },
+                    OpenIncident { job: *job, pods: BTreeSet::from([pod]), opened_at: now, due_at },
                 );
                 self.opened.push_back((now, id.clone()));
-                // Bounded, so no setting can overflow the clock; a longer wait would only delay the job.
-                self.schedule(id, now + wait.min(Duration::from_secs(3600)));
+                self.schedule(id, due_at);
             }
             Update::Gone { pod_uid } => self.open.retain(|_, incident| {
                 incident.pods.remove(&pod_uid);
@@ -136,12 +151,19 @@ impl IncidentBook {
         }
     }
 
-    /// Makes every open incident due now (a new leader republishes them).
+    /// Makes every open incident due now (a new leader republishes them), except those still held for
+    /// their threshold, which stay due when they were.
     pub fn republish_all(&mut self, now: Instant) {
         self.due.clear();
-        let ids: Vec<IncidentId> = self.open.keys().cloned().collect();
-        for id in ids {
-            self.schedule(id, now);
+        let ids: Vec<(IncidentId, Instant)> =
+            self.open.iter().map(|(id, incident)| (id.clone(), incident.due_at)).collect();
+        for (id, due_at) in ids {
+            // One held for a threshold stays held until it is due.
+            let at = due_at.max(now);
+            if let Some(incident) = self.open.get_mut(&id) {
+                incident.due_at = at;
+            }
+            self.schedule(id, at);
         }
     }
 
@@ -158,8 +180,8 @@ impl IncidentBook {
             if *at > now {
                 return None;
             }
-            let Reverse((_, _, id)) = self.due.pop()?;
-            if let Some(incident) = self.open.get(&id) {
+            let Reverse((at, _, id)) = self.due.pop()?;
+            if let Some(incident) = self.open.get(&id).filter(|incident| at >= incident.due_at) {
                 let mut job = incident.job.clone();
                 job.affected_pods = u32::try_from(incident.pods.len()).unwrap_or(u32::MAX).max(1);
                 return Some(job);
@@ -264,7 +286,10 @@ mod tests {
 
     #[test]
     fn an_unschedulable_pod_waits_for_the_threshold_and_one_placed_meanwhile_is_never_published() {
-        let mut book = IncidentBook::with_pending_threshold(Duration::from_secs(120));
+        let mut book = IncidentBook::with_holds(Holds {
+            unschedulable: Duration::from_secs(120),
+            not_ready: Duration::from_secs(300),
+        });
         let now = Instant::now();
         let mut pending = job("Deployment", "web-1");
         pending.failure.kind = kubesent_proto::FailureKind::Unschedulable;
@@ -283,6 +308,35 @@ mod tests {
             book.take_due(now + Duration::from_secs(121)).map(|j| j.incident),
             Some(id),
             "still pending: published"
+        );
+    }
+
+    #[test]
+    fn a_container_that_turns_unready_between_crashes_is_held_from_each_time_it_turns_unready() {
+        let mut book = IncidentBook::with_holds(Holds {
+            unschedulable: Duration::from_secs(120),
+            not_ready: Duration::from_secs(300),
+        });
+        let now = Instant::now();
+        let mut unready = job("Deployment", "web-1");
+        unready.failure.kind = kubesent_proto::FailureKind::NotReady;
+        let id = unready.incident.clone();
+        let cleared = Update::Cleared { pod_uid: unready.pod.uid.clone(), incident: id.clone() };
+        // Unready, then crashed (cleared), then unready again 200 s later.
+        book.apply(Update::Open(unready.clone()), now, Duration::from_secs(2));
+        book.apply(cleared.clone(), now + Duration::from_secs(10), Duration::from_secs(2));
+        let again = now + Duration::from_secs(200);
+        book.apply(Update::Open(unready.clone()), again, Duration::from_secs(2));
+        assert!(
+            book.take_due(now + Duration::from_secs(301)).is_none(),
+            "the first hold's turn does not publish the second"
+        );
+        book.republish_all(now + Duration::from_secs(302));
+        assert!(book.take_due(now + Duration::from_secs(303)).is_none(), "a new leader keeps the hold");
+        assert_eq!(
+            book.take_due(again + Duration::from_secs(300)).map(|j| j.incident),
+            Some(id),
+            "unready for the whole hold: published"
         );
     }
 

@@ -120,6 +120,9 @@ pub struct LeanContainerStatus {
     /// The kubelet's restart count.
     #[serde(default)]
     pub restart_count: i32,
+    /// Whether its readiness probe passes (always, without one, once it runs).
+    #[serde(default)]
+    pub ready: bool,
     /// The state now.
     #[serde(default)]
     pub state: Option<LeanContainerState>,
@@ -368,6 +371,7 @@ impl From<&ContainerStatus> for LeanContainerStatus {
             name: status.name.clone(),
             image: status.image.clone(),
             restart_count: status.restart_count,
+            ready: status.ready,
             state: status.state.as_ref().map(LeanContainerState::from),
             last_state: status.last_state.as_ref().map(LeanContainerState::from),
         }

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
-    incidents::{IncidentBook, Update},
+    incidents::{Holds, IncidentBook, Update},
     lean::LeanPod,
     tracker::{PodTracker, Transition},
 };
@@ -66,9 +66,9 @@ pub struct DetectorConfig {
     /// How long a controller-owned workload's incident waits after its first failure so the replicas
     /// failing with it are counted in the same job (bare pods are published at once).
     pub group_wait: Duration,
-    /// How long a pod may stay unschedulable before its incident is published (one scheduled meanwhile
-    /// is never reported).
-    pub pending_threshold: Duration,
+    /// How long a pod may stay unschedulable, or a running container not ready, before its incident is
+    /// published (one that leaves the state meanwhile is never reported).
+    pub holds: Holds,
     /// How long an incident stays open (at most the jobs stream's dedup window).
     pub incident_ttl: Duration,
     /// How the jobs stream is sized (the detector creates it).
@@ -81,8 +81,11 @@ pub const DEFAULT_INCIDENT_TTL: Duration = Duration::from_secs(15 * 60);
 /// Default [`DetectorConfig::group_wait`]: long enough for replicas that crash together to be seen.
 pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(2);
 
-/// Default [`DetectorConfig::pending_threshold`]: about what a cluster autoscaler needs to add a node.
+/// Default hold of an unschedulable pod: about what a cluster autoscaler needs to add a node.
 pub const DEFAULT_PENDING_THRESHOLD: Duration = Duration::from_secs(120);
+
+/// Default hold of a container that is not ready: half a Deployment's default progress deadline.
+pub const DEFAULT_UNREADY_THRESHOLD: Duration = Duration::from_secs(300);
 
 /// The detector's clients and metrics.
 pub struct DetectorDeps {
@@ -232,7 +235,7 @@ pub async fn run(
         leading,
         updates: updates_rx,
         group_wait: config.group_wait,
-        pending_threshold: config.pending_threshold,
+        holds: config.holds,
         incident_ttl: config.incident_ttl,
     };
     let publishing = kubesent_common::AbortOnDrop::new(tokio::spawn(
@@ -363,7 +366,7 @@ struct Publisher {
     leading: watch::Receiver<bool>,
     updates: mpsc::Receiver<Update>,
     group_wait: Duration,
-    pending_threshold: Duration,
+    holds: Holds,
     incident_ttl: Duration,
 }
 
@@ -379,7 +382,7 @@ type Publishing = std::pin::Pin<
 
 impl Publisher {
     async fn run(mut self, shutdown: CancellationToken) {
-        let mut book = IncidentBook::with_pending_threshold(self.pending_threshold);
+        let mut book = IncidentBook::with_holds(self.holds);
         let mut backoff = Backoff::new(PUBLISH_RETRY_MIN, PUBLISH_RETRY_MAX);
         let mut retry_at: Option<Instant> = None;
         let mut in_flight: FuturesUnordered<Publishing> = FuturesUnordered::new();

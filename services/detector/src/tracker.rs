@@ -27,6 +27,12 @@ pub struct Transition {
     pub signal: FailureSignal,
 }
 
+/// Failures that are states a pod can leave by itself (a pod placed, a container turning ready), so an
+/// incident about them is held for a threshold and dropped when the pod leaves them.
+pub fn is_waiting_kind(kind: FailureKind) -> bool {
+    matches!(kind, FailureKind::Unschedulable | FailureKind::NotReady)
+}
+
 /// Per-pod container memos, keyed by pod uid.
 #[derive(Debug, Default)]
 pub struct PodTracker {
@@ -50,7 +56,7 @@ impl PodTracker {
     }
 
     /// Like [`PodTracker::observe`], also returning the waiting failures that ended (a pod that was
-    /// unschedulable and is now placed: container and kind), so an incident not yet reported can be
+    /// unschedulable and is now placed, a container that turned ready: container and kind), so an incident not yet reported can be
     /// dropped. Failures that come and go by themselves (a crash loop runs between its kills) are not
     /// returned.
     pub fn observe_all(&mut self, pod: &LeanPod) -> (Vec<Transition>, Vec<(String, FailureKind)>) {
@@ -99,14 +105,13 @@ impl PodTracker {
         let cleared = previous
             .into_iter()
             .flatten()
-            .filter(|memo| memo.failing == Some(FailureKind::Unschedulable))
-            .filter(|memo| {
-                !observations.iter().any(|o| {
-                    *o.name == *memo.name
-                        && o.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Unschedulable)
-                })
+            .filter_map(|memo| memo.failing.filter(|kind| is_waiting_kind(*kind)).map(|kind| (memo, kind)))
+            .filter(|(memo, kind)| {
+                !observations
+                    .iter()
+                    .any(|o| *o.name == *memo.name && o.failure.as_ref().is_some_and(|f| f.kind == *kind))
             })
-            .map(|memo| (memo.name.to_string(), FailureKind::Unschedulable))
+            .map(|(memo, kind)| (memo.name.to_string(), kind))
             .collect();
         let memos = observations
             .iter()

@@ -55,7 +55,7 @@ fn detector(
             standby_poll: kubesent_common::leader::STANDBY_POLL,
         }),
         group_wait: Duration::ZERO,
-        pending_threshold: Duration::ZERO,
+        holds: kubesent_detector::incidents::Holds::default(),
         incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
         topology: world.topology.clone(),
     };

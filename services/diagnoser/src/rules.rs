@@ -160,7 +160,8 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
         FailureKind::CrashLoop
         | FailureKind::Killed
         | FailureKind::StartError
-        | FailureKind::CreateContainerConfigError => {
+        | FailureKind::CreateContainerConfigError
+        | FailureKind::NotReady => {
             bad_revision(&job.failure.container, &diagnosis, evidence).unwrap_or(diagnosis)
         }
         _ => diagnosis,
@@ -230,33 +231,18 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
                 ),
             }
         }
-        FailureKind::Killed => {
-            match quote_first(evidence, &["liveness probe failed", "failed liveness probe"]) {
-                Some(line) => {
-                    let probe = spec
-                        .and_then(|c| c.probes.iter().find(|p| p.starts_with("liveness")))
-                        .cloned()
-                        .unwrap_or_default();
-                    verdict(
-                        "liveness-probe-kill",
-                        90,
-                        format!(
-                            "container {name} was killed by the kubelet because its liveness probe failed ({}); {probe}",
-                            short(line)
-                        ),
-                        Action::None,
-                    )
-                }
-                None => verdict(
-                    "sigkill",
-                    50,
-                    format!(
-                        "container {name} was killed with SIGKILL (exit 137) without an OOM kill: a failing liveness probe, a preStop timeout or a child process OOM"
-                    ),
-                    Action::None,
+        FailureKind::Killed => match liveness_kill(&name, evidence) {
+            Some(killed) => killed,
+            None => verdict(
+                "sigkill",
+                50,
+                format!(
+                    "container {name} was killed with SIGKILL (exit 137) without an OOM kill: a failing liveness probe, a preStop timeout or a child process OOM"
                 ),
-            }
-        }
+                Action::None,
+            ),
+        },
+        FailureKind::NotReady => not_ready(&name, &message, evidence),
         FailureKind::ImagePullBackOff | FailureKind::ErrImagePull => {
             let image = spec.map(|c| c.image.clone()).unwrap_or_else(|| job.failure.image.clone());
             let all =
@@ -347,6 +333,11 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
         FailureKind::Unschedulable => unschedulable(&name, &message, evidence),
         FailureKind::Evicted => evicted(&name, &message),
         FailureKind::CrashLoop => {
+            // A container that handles SIGTERM exits 143 (or 0) when the kubelet restarts it for its
+            // liveness probe: the events say so.
+            if let Some(killed) = liveness_kill(&name, evidence) {
+                return killed;
+            }
             let code = job.failure.exit_code;
             let meaning = code.and_then(exit_meaning).map(|m| format!(" ({m})")).unwrap_or_default();
             let exit = code.map(|c| format!("exit code {c}{meaning}")).unwrap_or_else(|| "an error".into());
@@ -376,6 +367,65 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
             }
         }
     }
+}
+
+/// The kubelet restarted the container because its liveness probe failed, when the events say so.
+fn liveness_kill(name: &str, evidence: &Evidence) -> Option<RuleVerdict> {
+    let line = quote_first(evidence, &["liveness probe failed", "failed liveness probe"])?;
+    let probe = probe_of(name, "liveness", evidence);
+    Some(verdict(
+        "liveness-probe-kill",
+        90,
+        format!(
+            "container {name} was killed by the kubelet because its liveness probe failed ({}){probe}",
+            short(line)
+        ),
+        Action::None,
+    ))
+}
+
+/// `; <probe line>` for the container's probe of `kind`, if it has one.
+fn probe_of(name: &str, kind: &str, evidence: &Evidence) -> String {
+    evidence
+        .container(name)
+        .and_then(|c| c.probes.iter().find(|p| p.starts_with(kind)))
+        .map(|p| format!("; {p}"))
+        .unwrap_or_default()
+}
+
+/// A running container that never became ready: what its probes answer, from the events.
+fn not_ready(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
+    if let Some(line) = quote_first(evidence, &["readiness probe failed", "readiness probe errored"]) {
+        return verdict(
+            "readiness-probe-failing",
+            90,
+            format!(
+                "container {name} runs but never becomes ready: its readiness probe fails ({}){}",
+                short(line),
+                probe_of(name, "readiness", evidence)
+            ),
+            Action::None,
+        );
+    }
+    if let Some(line) = quote_first(evidence, &["startup probe failed", "startup probe errored"]) {
+        return verdict(
+            "startup-probe-failing",
+            90,
+            format!(
+                "container {name} runs but never becomes ready: its startup probe fails ({}){}",
+                short(line),
+                probe_of(name, "startup", evidence)
+            ),
+            Action::None,
+        );
+    }
+    let detail = if message.is_empty() { String::new() } else { format!(" ({})", short(message)) };
+    verdict(
+        "not-ready",
+        50,
+        format!("container {name} runs but has not become ready{detail}; no probe failure is in its events"),
+        Action::None,
+    )
 }
 
 /// Why the runtime cannot start the container, from its message.
@@ -541,6 +591,16 @@ fn evicted(name: &str, message: &str) -> RuleVerdict {
             95,
             format!(
                 "evicted: ephemeral storage over {limit}, its limits.ephemeral-storage — it writes more to its local disk than allowed; write to a volume, clean up, or raise the limit"
+            ),
+            Action::None,
+        );
+    }
+    if contains_any(message, &["node shutdown", "node is shutting down"]) {
+        return verdict(
+            "evicted-node-shutdown",
+            95,
+            format!(
+                "evicted: its node shut down ({said}) — the pod did not move by itself; a controller replaces it, a bare pod has to be recreated (run it under a Deployment)"
             ),
             Action::None,
         );

@@ -41,6 +41,8 @@ pub struct StackOptions {
     pub kubernetes_minor: u32,
     /// How long a pod may stay unschedulable before it is reported.
     pub pending_threshold: Duration,
+    /// How long a running container may stay not ready before it is reported.
+    pub unready_threshold: Duration,
 }
 
 impl Default for StackOptions {
@@ -52,6 +54,7 @@ impl Default for StackOptions {
             rbac: false,
             kubernetes_minor: SimConfig::default().kubernetes_minor,
             pending_threshold: Duration::from_secs(1),
+            unready_threshold: Duration::from_secs(2),
         }
     }
 }
@@ -154,7 +157,10 @@ impl Stack {
             excluded_namespaces: vec!["kube-system".into()],
             leader: None,
             group_wait: kubesent_detector::DEFAULT_GROUP_WAIT,
-            pending_threshold: options.pending_threshold,
+            holds: kubesent_detector::incidents::Holds {
+                unschedulable: options.pending_threshold,
+                not_ready: options.unready_threshold,
+            },
             incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
             topology: topology.clone(),
         };

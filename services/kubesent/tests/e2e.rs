@@ -720,3 +720,44 @@ async fn a_deployment_updated_to_a_crash_looping_revision_is_rolled_back_healed_
     assert!(!annotations.contains_key("kubesent.io/original-revision"));
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_updated_to_a_revision_that_never_becomes_ready_is_rolled_back() {
+    let stack = stack(36).await;
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let mut web = deployment(2, "registry.local/shop/web:1.4.2", json!({}), json!({}));
+    let probe = json!({"httpGet": {"path": "/ready", "port": 8080}, "initialDelaySeconds": 1});
+    if let Some(spec) = web.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.containers[0].readiness_probe = Some(serde_json::from_value(probe).expect("probe"));
+    }
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    let available =
+        |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas) == Some(2);
+    tokio::time::timeout(PATIENCE, await_condition(deployments.clone(), "web", available))
+        .await
+        .expect("revision 1 ready in time")
+        .expect("watch");
+
+    // Revision 2's readiness endpoint answers 503 for ever.
+    let update = json!({"spec": {"template": {"metadata": {"annotations": {
+        "sim.kubesent.io/readiness-failure": "HTTP probe failed with statuscode: 503"}}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.failure.kind, proto::FailureKind::NotReady);
+    assert!(verdict.root_cause.contains("statuscode: 503"), "{}", verdict.root_cause);
+    let Action::RollbackRevision { from, to, .. } = verdict.action.clone() else {
+        panic!("a revision rollback: {:?} ({})", verdict.action, verdict.root_cause);
+    };
+    assert_eq!((from.number, to.number), (2, 1));
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    let web = deployments.get("web").await.expect("deployment");
+    let annotations =
+        web.spec.expect("spec").template.metadata.and_then(|m| m.annotations).unwrap_or_default();
+    assert!(!annotations.contains_key("sim.kubesent.io/readiness-failure"), "revision 1's template again");
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}

@@ -58,7 +58,15 @@ pub const RECENT_FAILURE: jiff::SignedDuration = jiff::SignedDuration::from_secs
 pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::Timestamp) -> bool {
     let status = pod.status.as_ref();
     match kind {
-        FailureKind::Evicted => return status.and_then(|s| s.reason.as_deref()) == Some("Evicted"),
+        FailureKind::Evicted => {
+            return status.is_some_and(|s| {
+                s.phase.as_deref() == Some("Failed")
+                    && matches!(
+                        s.reason.as_deref(),
+                        Some("Evicted" | "Terminated" | "Shutdown" | "NodeShutdown")
+                    )
+            });
+        }
         FailureKind::Unschedulable => {
             return status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
                 c.iter().any(|c| {
@@ -102,6 +110,7 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
         FailureKind::CrashLoop | FailureKind::Killed => {
             waiting == Some("CrashLoopBackOff") || state.terminated.is_some()
         }
+        FailureKind::NotReady => state.running.is_some() && !cs.ready,
         FailureKind::Evicted | FailureKind::Unschedulable => false,
     }
 }
@@ -214,6 +223,7 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
                     | FailureKind::Killed
                     | FailureKind::StartError
                     | FailureKind::CreateContainerConfigError
+                    | FailureKind::NotReady
             );
             if !revision_failure {
                 return Some(format!(

@@ -422,6 +422,17 @@ impl Kubelet {
                 Wake::Elapsed if probe_first.is_some() => {
                     spent += probe_first.unwrap_or_default();
                     until_ready = None;
+                    if let Some(failure) = script.readiness_failure.as_ref() {
+                        // The probe fails from now on: the container runs, never ready.
+                        self.event(
+                            &pod,
+                            container,
+                            "Warning",
+                            "Unhealthy",
+                            format!("Readiness probe failed: {failure}"),
+                        );
+                        continue;
+                    }
                     self.set_state(namespace, name, uid, container, init, |cs| {
                         if cs.state.as_ref().is_some_and(|s| s.running.is_some()) {
                             cs.ready = true;

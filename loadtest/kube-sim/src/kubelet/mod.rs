@@ -61,6 +61,9 @@ pub mod annotations {
     /// Ephemeral storage the container writes after [`RUN_SECONDS`] (`2Gi`); beyond the pod's
     /// ephemeral-storage limits the kubelet evicts the pod.
     pub const DISK_USE: &str = "sim.kubesent.io/disk-use";
+    /// The container's readiness probe never succeeds: the kubelet reports `Readiness probe failed:
+    /// <this message>` (an `Unhealthy` event) and the container stays not ready. Needs a readiness probe.
+    pub const READINESS_FAILURE: &str = "sim.kubesent.io/readiness-failure";
 }
 
 /// Timings of the simulated kubelet, in simulated time (scaled by [`SimClock`]).
@@ -184,6 +187,7 @@ struct Script {
     exit_code: Option<i32>,
     run_for: Duration,
     logs: Vec<String>,
+    readiness_failure: Option<String>,
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str, container: &str) -> Option<&'a String> {
@@ -204,6 +208,7 @@ fn script(pod: &Pod, container: &str) -> Script {
         logs: annotation(pod, annotations::LOGS, container)
             .map(|t| t.lines().map(str::to_owned).collect())
             .unwrap_or_default(),
+        readiness_failure: annotation(pod, annotations::READINESS_FAILURE, container).cloned(),
     }
 }
 
