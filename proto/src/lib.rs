@@ -50,6 +50,8 @@ pub enum FailureKind {
     /// A running container whose readiness probe has not succeeded for longer than the detector's
     /// threshold.
     NotReady,
+    /// A Job gave up: its `Failed` condition (`BackoffLimitExceeded`, `DeadlineExceeded`, …).
+    JobFailed,
 }
 
 impl FailureKind {
@@ -67,6 +69,7 @@ impl FailureKind {
             Self::Unschedulable => "unschedulable",
             Self::Evicted => "evicted",
             Self::NotReady => "not-ready",
+            Self::JobFailed => "job-failed",
         }
     }
 

@@ -96,7 +96,12 @@ impl IncidentBook {
         match update {
             Update::Open(job) => {
                 let id = job.incident.clone();
-                let pod = job.pod.uid.clone();
+                // A Job's failure is held by the Job: its pods go when it passes its deadline.
+                let pod = if job.failure.kind == kubesent_proto::FailureKind::JobFailed {
+                    crate::jobs::holder(&job.key.template_hash)
+                } else {
+                    job.pod.uid.clone()
+                };
                 if let Some(incident) = self.open.get_mut(&id) {
                     incident.pods.insert(pod);
                     return;
@@ -132,7 +137,9 @@ impl IncidentBook {
                 }
             }
             Update::Resync(existing) => self.open.retain(|_, incident| {
-                incident.pods.retain(|uid| existing.contains(uid));
+                incident
+                    .pods
+                    .retain(|uid| existing.contains(uid) || uid.starts_with(crate::jobs::HOLDER_PREFIX));
                 !incident.pods.is_empty()
             }),
         }

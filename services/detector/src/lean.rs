@@ -28,7 +28,7 @@ pub const GROUPING_LABELS: [&str; 3] =
 /// A pod, reduced to what the detector reads.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct LeanPod {
-    /// Name, namespace, uid, resourceVersion, owner references, deletion timestamp and the
+    /// Name, namespace, uid, resourceVersion, owner references, creation and deletion timestamps and the
     /// [`GROUPING_LABELS`]; every other metadata field (managedFields, annotations, …) is left empty.
     #[serde(default, deserialize_with = "lean_metadata")]
     pub metadata: ObjectMeta,
@@ -218,6 +218,8 @@ struct LeanMetadata {
     owner_references: Option<Vec<OwnerReference>>,
     #[serde(default)]
     deletion_timestamp: Option<Time>,
+    #[serde(default)]
+    creation_timestamp: Option<Time>,
 }
 
 fn lean_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
@@ -230,6 +232,7 @@ fn lean_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMet
         labels: m.labels,
         owner_references: m.owner_references,
         deletion_timestamp: m.deletion_timestamp,
+        creation_timestamp: m.creation_timestamp,
         ..ObjectMeta::default()
     }))
 }
@@ -317,6 +320,7 @@ impl From<&Pod> for LeanPod {
                 labels,
                 owner_references: meta.owner_references.clone(),
                 deletion_timestamp: meta.deletion_timestamp.clone(),
+                creation_timestamp: meta.creation_timestamp.clone(),
                 ..ObjectMeta::default()
             },
             spec: pod.spec.as_ref().map(|spec| LeanPodSpec {

@@ -10,6 +10,7 @@ pub mod args;
 pub mod classify;
 pub mod incident;
 pub mod incidents;
+pub mod jobs;
 pub mod lean;
 pub mod tracker;
 
@@ -43,6 +44,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
     incidents::{Holds, IncidentBook, Update},
+    jobs::{JobTracker, LeanJob},
     lean::LeanPod,
     tracker::{PodTracker, Transition},
 };
@@ -264,8 +266,30 @@ fn pod_events(
     futures::stream::select_all(streams).boxed()
 }
 
-/// The watch side: classification, transitions and grouping. Hands every new or changed incident to
-/// the publisher; never blocks on NATS.
+fn job_events(
+    config: &DetectorConfig,
+    client: &kube::Client,
+) -> BoxStream<'static, Result<watcher::Event<LeanJob>, watcher::Error>> {
+    let watcher_config = watcher::Config::default();
+    if config.namespaces.is_empty() {
+        return watcher(Api::<LeanJob>::all(client.clone()), watcher_config).default_backoff().boxed();
+    }
+    let streams = config.namespaces.iter().map(|ns| {
+        watcher(Api::<LeanJob>::namespaced(client.clone(), ns), watcher_config.clone())
+            .default_backoff()
+            .boxed()
+    });
+    futures::stream::select_all(streams).boxed()
+}
+
+/// What the watch side reads: a pod's or a Job's change.
+enum Watched {
+    Pod(watcher::Event<LeanPod>),
+    Job(watcher::Event<LeanJob>),
+}
+
+/// The watch side: classification, transitions and grouping of pods, and Jobs that give up. Hands every
+/// new or changed incident to the publisher; never blocks on NATS.
 async fn watch_pods(
     config: &DetectorConfig,
     deps: &DetectorDeps,
@@ -273,33 +297,46 @@ async fn watch_pods(
     shutdown: CancellationToken,
 ) {
     let mut events = pod_events(config, &deps.kube);
+    let mut job_events = job_events(config, &deps.kube);
     let mut tracker = PodTracker::default();
+    let mut job_tracker = JobTracker::default();
     let mut relisted: BTreeSet<String> = BTreeSet::new();
+    let excluded =
+        |namespace: Option<&String>| config.excluded_namespaces.iter().any(|ns| Some(ns) == namespace);
     loop {
         let event = tokio::select! {
-            event = events.next() => event,
+            event = events.next() => match event {
+                Some(Ok(event)) => Watched::Pod(event),
+                Some(Err(error)) => {
+                    deps.metrics.watch_errors.inc();
+                    warn!(%error, "pod watch failed; retrying");
+                    continue;
+                }
+                None => return,
+            },
+            event = job_events.next() => match event {
+                Some(Ok(event)) => Watched::Job(event),
+                Some(Err(error)) => {
+                    deps.metrics.watch_errors.inc();
+                    warn!(%error, "job watch failed; retrying");
+                    continue;
+                }
+                None => return,
+            },
             () = shutdown.cancelled() => return,
-        };
-        let Some(event) = event else { return };
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                deps.metrics.watch_errors.inc();
-                warn!(%error, "pod watch failed; retrying");
-                continue;
-            }
         };
         deps.metrics.watch_events.inc();
         let mut updates = Vec::new();
         match event {
-            watcher::Event::Init => relisted.clear(),
-            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+            Watched::Pod(watcher::Event::Init) => relisted.clear(),
+            Watched::Pod(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
                 if let Some(uid) = &pod.metadata.uid {
                     relisted.insert(uid.clone());
                 }
-                if config.excluded_namespaces.iter().any(|ns| Some(ns) == pod.metadata.namespace.as_ref()) {
+                if excluded(pod.metadata.namespace.as_ref()) {
                     continue;
                 }
+                job_tracker.observe_pod(&pod);
                 let (transitions, cleared) = tracker.observe_all(&pod);
                 deps.metrics.transitions.inc_by(transitions.len() as u64);
                 for transition in transitions {
@@ -311,17 +348,35 @@ async fn watch_pods(
                     updates.push(Update::Cleared { pod_uid, incident });
                 }
             }
-            watcher::Event::InitDone => {
+            Watched::Pod(watcher::Event::InitDone) => {
                 // Pods that vanished while the watch was down are forgotten.
                 tracker.retain(|uid| relisted.contains(uid));
                 updates.push(Update::Resync(relisted.clone()));
             }
-            watcher::Event::Delete(pod) => {
+            Watched::Pod(watcher::Event::Delete(pod)) => {
                 if let Some(uid) = &pod.metadata.uid {
                     tracker.forget(uid);
                     updates.push(Update::Gone { pod_uid: uid.clone() });
                 }
             }
+            Watched::Job(watcher::Event::InitApply(job) | watcher::Event::Apply(job)) => {
+                if excluded(job.metadata.namespace.as_ref()) {
+                    continue;
+                }
+                if let Some(failure) =
+                    job_tracker.observe_job(&job, jiff::Timestamp::now(), config.incident_ttl)
+                {
+                    deps.metrics.transitions.inc();
+                    updates.push(Update::Open(Box::new(failure)));
+                }
+            }
+            Watched::Job(watcher::Event::Delete(job)) => {
+                if let Some(uid) = &job.metadata.uid {
+                    job_tracker.forget_job(uid);
+                    updates.push(Update::Gone { pod_uid: jobs::holder(uid) });
+                }
+            }
+            Watched::Job(watcher::Event::Init | watcher::Event::InitDone) => {}
         }
         deps.metrics.tracked_pods.set(tracker.len() as i64);
         for update in updates {

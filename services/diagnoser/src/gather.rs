@@ -1,7 +1,13 @@
 //! Reads the evidence of a job from the Kubernetes API. Only the pod itself is required; logs, events
 //! and owners that cannot be read (gone, forbidden, not served) leave their part of the evidence empty.
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{Event, Pod},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api,
     api::{ListParams, LogParams},
@@ -29,6 +35,9 @@ pub async fn gather(
         .await?
         .filter(|p| p.metadata.uid.as_deref() == Some(job.pod.uid.as_str()))
     else {
+        if job.failure.kind == FailureKind::JobFailed {
+            return failed_job_without_pods(kube, job, redactor).await;
+        }
         return Ok(None);
     };
     let logs = logs(&pods, job, redactor).await;
@@ -39,8 +48,10 @@ pub async fn gather(
 }
 
 async fn logs(pods: &Api<Pod>, job: &FailureJob, redactor: &Redactor) -> Option<Logs> {
-    let crashed =
-        matches!(job.failure.kind, FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop);
+    let crashed = matches!(
+        job.failure.kind,
+        FailureKind::OomKilled | FailureKind::Killed | FailureKind::CrashLoop | FailureKind::JobFailed
+    );
     let params = |previous| LogParams {
         container: Some(job.failure.container.clone()),
         previous,
@@ -58,9 +69,39 @@ async fn logs(pods: &Api<Pod>, job: &FailureJob, redactor: &Redactor) -> Option<
     None
 }
 
+/// The evidence of a failed Job whose pods are gone (deleted at its deadline): its pod template as
+/// the pod, its own events; `None` when the Job is gone too.
+async fn failed_job_without_pods(
+    kube: &kube::Client,
+    job: &FailureJob,
+    redactor: &Redactor,
+) -> Result<Option<(Pod, Evidence)>, kube::Error> {
+    let namespace = job.pod.namespace.as_str();
+    let jobs: Api<Job> = Api::namespaced(kube.clone(), namespace);
+    let Some(failed) = jobs.get_opt(&job.key.workload.name).await? else { return Ok(None) };
+    let template = failed.spec.map(|s| s.template).unwrap_or_default();
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(job.pod.name.clone()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: template.spec,
+        status: None,
+    };
+    let events = object_events(kube, namespace, "Job", &job.key.workload.name).await;
+    let owners = vec![format!("Job/{}", job.key.workload.name)];
+    let evidence = evidence::build(&pod, None, &events, owners, None, None, redactor);
+    Ok(Some((pod, evidence)))
+}
+
 async fn events(kube: &kube::Client, namespace: &str, pod: &str) -> Vec<Event> {
+    object_events(kube, namespace, "Pod", pod).await
+}
+
+async fn object_events(kube: &kube::Client, namespace: &str, kind: &str, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(kube.clone(), namespace);
-    let selector = format!("involvedObject.name={pod},involvedObject.kind=Pod");
+    let selector = format!("involvedObject.name={name},involvedObject.kind={kind}");
     match api.list(&ListParams::default().fields(&selector)).await {
         Ok(list) => list.items,
         Err(error) => {

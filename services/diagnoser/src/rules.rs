@@ -243,6 +243,7 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
             ),
         },
         FailureKind::NotReady => not_ready(&name, &message, evidence),
+        FailureKind::JobFailed => job_failed(&job.key.workload.name, &job.failure.reason, &message, evidence),
         FailureKind::ImagePullBackOff | FailureKind::ErrImagePull => {
             let image = spec.map(|c| c.image.clone()).unwrap_or_else(|| job.failure.image.clone());
             let all =
@@ -391,6 +392,71 @@ fn probe_of(name: &str, kind: &str, evidence: &Evidence) -> String {
         .and_then(|c| c.probes.iter().find(|p| p.starts_with(kind)))
         .map(|p| format!("; {p}"))
         .unwrap_or_default()
+}
+
+/// The number after `key: ` in a detector's summary of a Job's limits (`(backoffLimit: 6, …)`).
+fn limit_in(message: &str, key: &str) -> Option<i64> {
+    let rest = message.split_once(&format!("{key}: "))?.1;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// A Job that gave up: past its deadline, out of retries (and why its pods failed), or by its policy.
+fn job_failed(name: &str, reason: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
+    match reason {
+        "DeadlineExceeded" => {
+            let deadline =
+                limit_in(message, "activeDeadlineSeconds").map(|s| format!(" ({s} s)")).unwrap_or_default();
+            verdict(
+                "job-deadline-exceeded",
+                90,
+                format!(
+                    "Job {name} ran longer than its activeDeadlineSeconds{deadline} and was stopped: its work takes longer than allowed, or it hangs — raise activeDeadlineSeconds or find what it waits on"
+                ),
+                Action::None,
+            )
+        }
+        "BackoffLimitExceeded" => {
+            let failed = limit_in(message, "failed pods");
+            let limit = limit_in(message, "backoffLimit");
+            let times = match (failed, limit) {
+                (Some(failed), Some(limit)) => format!(" {failed} times (backoffLimit {limit})"),
+                (None, Some(limit)) => format!(" more than its backoffLimit of {limit}"),
+                _ => String::new(),
+            };
+            let exit = evidence
+                .states
+                .iter()
+                .find_map(|s| {
+                    s.state.split_once("(exit ").map(|(_, code)| code.trim_end_matches(')').to_owned())
+                })
+                .filter(|code| code != "0");
+            let cause = CRASH_PATTERNS
+                .iter()
+                .find_map(|(needles, cause, _)| quote_first(evidence, needles).map(|line| (*cause, line)));
+            let why = match (cause, exit) {
+                (Some((cause, line)), _) => format!(": {cause} — log: \"{}\"", short(line)),
+                (None, Some(code)) => {
+                    let meaning = code
+                        .parse()
+                        .ok()
+                        .and_then(exit_meaning)
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default();
+                    format!(": its pods exit with code {code}{meaning}")
+                }
+                (None, None) => String::new(),
+            };
+            verdict(
+                "job-backoff-limit",
+                90,
+                format!("Job {name} gave up after its pods failed{times}{why}"),
+                Action::None,
+            )
+        }
+        other => {
+            verdict("job-failed", 70, format!("Job {name} failed: {other}: {}", short(message)), Action::None)
+        }
+    }
 }
 
 /// A running container that never became ready: what its probes answer, from the events.

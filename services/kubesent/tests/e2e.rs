@@ -761,3 +761,54 @@ async fn a_deployment_updated_to_a_revision_that_never_becomes_ready_is_rolled_b
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_out_of_retries_or_past_their_deadline_get_a_diagnosis_each_and_no_change() {
+    let stack = stack(36).await;
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(stack.kube.clone(), "shop");
+    let job = |name: &str, spec: serde_json::Value, annotations: serde_json::Value| {
+        let mut value = json!({"metadata": {"name": name, "namespace": "shop"},
+            "spec": {"template": {"metadata": {"annotations": annotations},
+                "spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "registry.local/shop/report:3.1"}]}}}});
+        if let (Some(target), Some(extra)) = (value["spec"].as_object_mut(), spec.as_object()) {
+            target.extend(extra.clone());
+        }
+        serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(value).expect("job json")
+    };
+    let retries = job(
+        "report",
+        json!({"backoffLimit": 1}),
+        json!({"sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "1",
+            "sim.kubesent.io/logs": "psql: error: connection to server at \"db\" (10.0.0.7), port 5432 failed: Connection refused"}),
+    );
+    jobs.create(&PostParams::default(), &retries).await.expect("job created");
+    let slow =
+        job("nightly", json!({"activeDeadlineSeconds": 30}), json!({"sim.kubesent.io/run-seconds": "3600"}));
+    jobs.create(&PostParams::default(), &slow).await.expect("job created");
+
+    let mut job_verdicts = std::collections::BTreeMap::new();
+    while job_verdicts.len() < 2 {
+        let verdict = next_verdict(&mut verdicts).await;
+        if verdict.failure.kind == proto::FailureKind::JobFailed {
+            assert_eq!(verdict.action, Action::None);
+            job_verdicts.insert(verdict.key.workload.name.clone(), verdict);
+        }
+    }
+    let report = &job_verdicts["report"];
+    assert_eq!(report.failure.reason, "BackoffLimitExceeded");
+    assert!(
+        report.root_cause.contains("gave up after its pods failed 2 times (backoffLimit 1)"),
+        "{}",
+        report.root_cause
+    );
+    assert!(report.root_cause.contains("unreachable"), "the pods' own failure: {}", report.root_cause);
+    let nightly = &job_verdicts["nightly"];
+    assert_eq!(nightly.failure.reason, "DeadlineExceeded");
+    assert!(nightly.root_cause.contains("activeDeadlineSeconds (30 s)"), "{}", nightly.root_cause);
+    let forbidden: Vec<_> =
+        stack.kube_sim.requests().into_iter().filter(|r| r.status == 401 || r.status == 403).collect();
+    assert!(forbidden.is_empty(), "least privilege is enough: {forbidden:?}");
+    stack.stop().await;
+}

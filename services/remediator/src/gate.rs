@@ -111,6 +111,7 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
             waiting == Some("CrashLoopBackOff") || state.terminated.is_some()
         }
         FailureKind::NotReady => state.running.is_some() && !cs.ready,
+        FailureKind::JobFailed => false,
         FailureKind::Evicted | FailureKind::Unschedulable => false,
     }
 }
@@ -119,6 +120,13 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
 pub fn decide(verdict: &Verdict, live: Option<&Pod>, policy: &Policy, now: jiff::Timestamp) -> Decision {
     if verdict.status == VerdictStatus::Stale {
         return Decision::Stale("the diagnoser found the target gone".into());
+    }
+    if verdict.failure.kind == FailureKind::JobFailed {
+        // A Job that gave up stays failed (its pods may be gone); nothing of it is changed.
+        return match verdict.action {
+            Action::None => Decision::DiagnosisOnly,
+            _ => Decision::Deny("a Job that gave up gets a diagnosis, never a change".into()),
+        };
     }
     let Some(pod) = live.filter(|p| p.metadata.uid.as_deref() == Some(verdict.pod.uid.as_str())) else {
         return Decision::Stale(format!(

@@ -70,7 +70,14 @@ impl Controllers<'_> {
         let started = status.start_time.as_ref().map_or(now, |t| t.0);
         let completions = usize::try_from(spec.completions.unwrap_or(1).max(0)).unwrap_or(0);
         let parallelism = usize::try_from(spec.parallelism.unwrap_or(1).max(0)).unwrap_or(0);
-        let deadline = spec.active_deadline_seconds.map(|s| jiff::SignedDuration::from_secs(s.max(0)));
+        // activeDeadlineSeconds runs on the simulated clock, as the kubelet's timings do.
+        let clock = self.state.kubelet.clock();
+        let deadline = spec.active_deadline_seconds.and_then(|s| {
+            jiff::SignedDuration::try_from(
+                clock.scaled(std::time::Duration::from_secs(s.max(0).unsigned_abs())),
+            )
+            .ok()
+        });
         let mut completion_time =
             status.completion_time.as_ref().map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
         if !finished {

@@ -255,6 +255,11 @@ struct Termination {
 }
 
 impl Kubelet {
+    /// The simulated clock the kubelet and the controllers' timers run on.
+    pub fn clock(&self) -> SimClock {
+        self.clock
+    }
+
     /// The kubelets of `nodes` (with the scheduler that places pods on them).
     pub fn new(store: Arc<Store>, registry: Arc<Registry>, clock: SimClock, nodes: Arc<Nodes>) -> Arc<Self> {
         Arc::new(Self {
