@@ -112,7 +112,10 @@ fn pod_failure(pod: &LeanPod) -> Option<FailureSignal> {
     // `NodeShutdown` in earlier releases) and says so in the message.
     let shut_down = matches!(status.reason.as_deref(), Some("Terminated" | "Shutdown" | "NodeShutdown"))
         && status.phase.as_deref() == Some("Failed")
-        && status.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains("node shutdown"));
+        && status.message.as_deref().is_some_and(|m| {
+            let m = m.to_ascii_lowercase();
+            m.contains("node shutdown") || m.contains("node is shutting")
+        });
     if status.reason.as_deref() == Some("Evicted") || shut_down {
         return Some(FailureSignal {
             kind: FailureKind::Evicted,

@@ -126,6 +126,7 @@ const CRASH_PATTERNS: &[(&[&str], &str, u8)] = &[
     (
         &[
             "missing required",
+            "required key",
             "environment variable",
             "not set",
             "invalid configuration",
@@ -525,6 +526,15 @@ fn start_error(name: &str, reason: &str, message: &str) -> RuleVerdict {
                 command.unwrap_or_default()
             ),
         )
+    } else if message.contains("/volumes/") || message.contains("failed to resolve symlink") {
+        (
+            "start-volume-unavailable",
+            85,
+            format!(
+                "the runtime cannot set up a volume of container {name} ({}): its storage is unavailable or refuses access — check the PersistentVolume and its CSI driver or storage backend",
+                message.rsplit(": ").next().unwrap_or_default().trim()
+            ),
+        )
     } else if message.contains("permission denied") {
         (
             "start-permission-denied",
@@ -661,7 +671,7 @@ fn evicted(name: &str, message: &str) -> RuleVerdict {
             Action::None,
         );
     }
-    if contains_any(message, &["node shutdown", "node is shutting down"]) {
+    if contains_any(message, &["node shutdown", "node is shutting"]) {
         return verdict(
             "evicted-node-shutdown",
             95,
