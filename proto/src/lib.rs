@@ -241,6 +241,14 @@ pub enum Action {
         /// The revision to go back to.
         to: RevisionRef,
     },
+    /// Pause a Deployment's rollout whose newest revision fails while the revision before it never ran
+    /// ready (nothing to go back to), so it replaces no more pods until a human fixes the template.
+    PauseRollout {
+        /// The failing container.
+        container: String,
+        /// The failing revision (the owner's newest).
+        revision: RevisionRef,
+    },
     /// Nothing to apply: the verdict is a diagnosis only.
     None,
 }
@@ -269,6 +277,7 @@ impl Action {
             Self::IncreaseMemory { .. } => "increase-memory",
             Self::RollbackImage { .. } => "rollback-image",
             Self::RollbackRevision { .. } => "rollback-revision",
+            Self::PauseRollout { .. } => "pause-rollout",
             Self::None => "none",
         }
     }
@@ -278,7 +287,8 @@ impl Action {
         match self {
             Self::IncreaseMemory { container, .. }
             | Self::RollbackImage { container, .. }
-            | Self::RollbackRevision { container, .. } => Some(container),
+            | Self::RollbackRevision { container, .. }
+            | Self::PauseRollout { container, .. } => Some(container),
             Self::None => None,
         }
     }

@@ -294,6 +294,13 @@ impl Validate for Action {
                 }
                 Ok(())
             }
+            Self::PauseRollout { container: name, revision } => {
+                container("action.container", name)?;
+                if revision.number <= 0 || !is_dns_subdomain(&revision.name) {
+                    return Err(bad("action.revision", "is not a revision of a workload"));
+                }
+                Ok(())
+            }
             Self::None => Ok(()),
         }
     }

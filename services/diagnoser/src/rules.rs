@@ -170,19 +170,32 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
 }
 
 /// `RollbackRevision` when the failing pod runs its owner's newest revision and the revision before it
-/// still has ready pods (it is known to work).
+/// still has ready pods (it is known to work); `PauseRollout` of a Deployment when that revision has no
+/// ready pods (nothing known to work to go back to).
 fn bad_revision(container: &str, diagnosis: &RuleVerdict, evidence: &Evidence) -> Option<RuleVerdict> {
     let current = evidence.revision.as_ref().filter(|c| c.newest)?;
-    let previous = evidence.previous_revision.as_ref().filter(|p| p.ready_replicas > 0)?;
+    let previous = evidence.previous_revision.as_ref()?;
     let from =
         kubesent_proto::RevisionRef { number: current.revision.parse().ok()?, name: current.name.clone() };
     let to =
         kubesent_proto::RevisionRef { number: previous.revision.parse().ok()?, name: previous.name.clone() };
-    if to.name.is_empty() || to.number >= from.number {
+    if to.name.is_empty() || from.name.is_empty() || to.number >= from.number {
         return None;
     }
     let owner = evidence.owners.last().map(String::as_str).unwrap_or("the workload");
     let cause = diagnosis.root_cause.trim_end_matches('.');
+    if previous.ready_replicas <= 0 {
+        let deployment = owner.strip_prefix("Deployment/")?;
+        return Some(verdict(
+            "bad-revision-pause",
+            90,
+            format!(
+                "revision {} of {owner} fails ({cause}) and revision {} before it has no ready pods to go back to: pause the rollout until the template is fixed (kubectl rollout resume deployment/{deployment})",
+                from.number, to.number
+            ),
+            Action::PauseRollout { container: container.to_owned(), revision: from },
+        ));
+    }
     Some(verdict(
         "bad-revision-rollback",
         90,

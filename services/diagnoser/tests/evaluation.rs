@@ -55,6 +55,7 @@ fn action_type(action: &Action) -> &'static str {
         Action::IncreaseMemory { .. } => "increase_memory",
         Action::RollbackImage { .. } => "rollback_image",
         Action::RollbackRevision { .. } => "rollback_revision",
+        Action::PauseRollout { .. } => "pause_rollout",
         Action::None => "none",
     }
 }
@@ -64,6 +65,7 @@ fn action_target(action: &Action) -> Option<String> {
         Action::IncreaseMemory { to, .. } => Some(to.to_string()),
         Action::RollbackImage { to, .. } => Some(to.clone()),
         Action::RollbackRevision { to, .. } => Some(to.number.to_string()),
+        Action::PauseRollout { revision, .. } => Some(revision.number.to_string()),
         Action::None => None,
     }
 }

@@ -195,7 +195,9 @@ proptest! {
                 prop_assert!(to > from && to <= MemoryQuantity::from_mib(512));
             }
             Action::RollbackImage { .. } => prop_assert!(false, "no previous revision, no rollback"),
-            Action::RollbackRevision { .. } => prop_assert!(false, "a model never rolls a revision back"),
+            Action::RollbackRevision { .. } | Action::PauseRollout { .. } => {
+                prop_assert!(false, "a model never rolls back or pauses a revision")
+            }
             Action::None => {}
         }
     }

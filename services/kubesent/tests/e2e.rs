@@ -812,3 +812,83 @@ async fn jobs_out_of_retries_or_past_their_deadline_get_a_diagnosis_each_and_no_
     assert!(forbidden.is_empty(), "least privilege is enough: {forbidden:?}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_rollout_with_nothing_ready_to_go_back_to_is_paused_with_the_reason_and_can_be_resumed() {
+    // RBAC off: `kubesent undo` below talks to kube-sim as its administrator.
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    // Revision 1 never became ready; revision 2, meant to fix it, crashes at start.
+    let mut web = deployment(
+        2,
+        "registry.local/shop/web:1.4.2",
+        json!({}),
+        json!({"sim.kubesent.io/readiness-failure": "HTTP probe failed with statuscode: 503"}),
+    );
+    let probe = json!({"httpGet": {"path": "/ready", "port": 8080}, "initialDelaySeconds": 1});
+    if let Some(spec) = web.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.containers[0].readiness_probe = Some(serde_json::from_value(probe).expect("probe"));
+    }
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    let first = next_verdict(&mut verdicts).await;
+    assert_eq!(first.failure.kind, proto::FailureKind::NotReady);
+    assert_eq!(first.action, Action::None, "no earlier revision: {}", first.root_cause);
+    let update = json!({"spec": {"template": {"metadata": {"annotations": {
+        "sim.kubesent.io/readiness-failure": null, "sim.kubesent.io/exit-code": "3", "sim.kubesent.io/run-seconds": "1"}}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+
+    let paused_verdict = loop {
+        let verdict = next_verdict(&mut verdicts).await;
+        if matches!(verdict.action, Action::PauseRollout { .. }) {
+            break verdict;
+        }
+    };
+    assert!(
+        paused_verdict.root_cause.contains("no ready pods to go back to"),
+        "{}",
+        paused_verdict.root_cause
+    );
+    let outcome = loop {
+        let outcome = next_outcome(&mut outcomes).await;
+        if outcome.incident == paused_verdict.incident {
+            break outcome;
+        }
+    };
+    assert_eq!(outcome.result, OutcomeResult::Applied, "{}", outcome.detail);
+    assert!(outcome.detail.contains("kubectl rollout resume deployment/web"), "{}", outcome.detail);
+    let web = deployments.get("web").await.expect("deployment");
+    assert_eq!(web.spec.as_ref().and_then(|s| s.paused), Some(true), "paused");
+    let annotations = web.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        annotations.get("kubesent.io/paused-reason").is_some_and(|r| r.contains("no ready pods")),
+        "{annotations:?}"
+    );
+
+    let output = tokio::task::spawn_blocking({
+        let operator = stack.users.env(kubesent_common::nats::Role::Operator);
+        let (incident, nats, kube) =
+            (outcome.incident.to_string(), stack.nats.url().to_owned(), stack.kube_sim.url());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+                .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube, "--by", "alice"])
+                .envs(operator)
+                .output()
+                .expect("kubesent runs")
+        }
+    })
+    .await
+    .expect("ran");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let resumed = deployments.get("web").await.expect("deployment");
+    assert_eq!(resumed.spec.as_ref().and_then(|s| s.paused), Some(false), "resumed by undo");
+    assert!(!resumed.metadata.annotations.unwrap_or_default().contains_key("kubesent.io/paused-reason"));
+    stack.stop().await;
+}

@@ -35,6 +35,7 @@ pub fn check(verdict: &Verdict, seen: Observed<'_>) -> Result<(), String> {
     match &verdict.action {
         Action::RollbackImage { container, from, to } => rollback_target(container, from, to, seen),
         Action::RollbackRevision { from, to, .. } => revision_target(from, to, seen),
+        Action::PauseRollout { revision, .. } => pause_target(revision, seen),
         Action::IncreaseMemory { .. } | Action::None => Ok(()),
     }
 }
@@ -181,6 +182,43 @@ fn revision_target(from: &RevisionRef, to: &RevisionRef, seen: Observed<'_>) -> 
             Err(format!("revisions {} and {} of {what} hold the same template", from.number, to.number))
         }
         _ => Ok(()),
+    }
+}
+
+/// A rollout is paused only where it could not be rolled back: a Deployment whose newest revision, which
+/// the failing pod runs, follows a revision without ready pods.
+fn pause_target(revision: &RevisionRef, seen: Observed<'_>) -> Result<(), String> {
+    let Owner::Workload(w) = seen.owner else {
+        return Err("only a Deployment's rollout can be paused".into());
+    };
+    if w.kind != crate::ladder::WorkloadKind::Deployment {
+        return Err(format!(
+            "{} {} has no pause: only a Deployment's rollout can be paused",
+            w.kind.as_str(),
+            w.name
+        ));
+    }
+    let what = format!("Deployment {}", w.name);
+    let history = seen
+        .history
+        .filter(|h| h.owner.as_ref().is_some_and(|(kind, name)| kind == "Deployment" && *name == w.name));
+    let Some(history) = history else {
+        return Err(format!("the revision history of {what} was not read"));
+    };
+    match history.current.as_ref() {
+        Some(current) if current.number == revision.number && current.name == revision.name => {}
+        _ => return Err(format!("the failing pod does not run {revision} of {what}")),
+    }
+    if history.newest != Some(revision.number) {
+        return Err(format!("revision {} is not the newest of {what}: its rollout is over", revision.number));
+    }
+    match history.previous.as_ref() {
+        None => Err(format!("{what} has no earlier revision: there is no rollout to pause")),
+        Some(previous) if previous.ready_replicas > 0 => Err(format!(
+            "revision {} of {what} has ready pods: roll back to it instead of pausing",
+            previous.number
+        )),
+        Some(_) => Ok(()),
     }
 }
 
@@ -401,6 +439,35 @@ mod tests {
         let mut bare = revision_rollback((4, "web-4"), (3, "web-3"));
         bare.key.workload = WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: "web-7d9-x".into() };
         assert!(check(&bare, seen).expect_err("bare").contains("only a Deployment or a StatefulSet"));
+    }
+
+    #[test]
+    fn a_rollout_is_paused_only_when_the_revision_before_it_has_nothing_ready() {
+        let pod = pod();
+        let owner = deployment(json!({}));
+        let pause = |number: i64, name: &str| {
+            let mut verdict = rollback("unused", ("Deployment", "web"));
+            verdict.action = Action::PauseRollout {
+                container: "app".into(),
+                revision: RevisionRef { number, name: name.into() },
+            };
+            verdict
+        };
+        let nothing_ready = history("registry.local/shop/web:1.9.0", 0);
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&nothing_ready) };
+        assert_eq!(check(&pause(4, "web-4"), seen), Ok(()));
+        assert!(check(&pause(3, "web-3"), seen).expect_err("not the pod's").contains("does not run"));
+        let serving = history("registry.local/shop/web:1.9.0", 2);
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&serving) };
+        assert!(check(&pause(4, "web-4"), seen).expect_err("serving").contains("roll back to it instead"));
+        let mut set = deployment(json!({}));
+        if let Owner::Workload(w) = &mut set {
+            w.kind = WorkloadKind::StatefulSet;
+        }
+        let mut verdict = pause(4, "web-4");
+        verdict.key.workload.kind = kubesent_proto::WorkloadKind::StatefulSet;
+        let seen = Observed { pod: &pod, owner: &set, history: Some(&nothing_ready) };
+        assert!(check(&verdict, seen).expect_err("no pause").contains("only a Deployment"));
     }
 
     #[test]

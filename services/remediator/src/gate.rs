@@ -224,7 +224,7 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
                 None => Some(format!("container {container} does not exist")),
             }
         }
-        Action::RollbackRevision { container, .. } => {
+        Action::RollbackRevision { container, .. } | Action::PauseRollout { container, .. } => {
             let revision_failure = matches!(
                 verdict.failure.kind,
                 FailureKind::CrashLoop

@@ -260,7 +260,9 @@ pub fn plan(action: &Action, owner: &Owner) -> Result<Plan, NoRung> {
         (_, Owner::Workload(_)) => Ok(Plan::PatchOwner),
         (Action::IncreaseMemory { .. }, Owner::Bare) => Ok(Plan::ResizeInPlace),
         (Action::RollbackImage { .. }, Owner::Bare) => Ok(Plan::PatchPodImage),
-        (Action::RollbackRevision { .. }, Owner::Bare) => Err(NoRung::NoRevisions(String::new())),
+        (Action::RollbackRevision { .. } | Action::PauseRollout { .. }, Owner::Bare) => {
+            Err(NoRung::NoRevisions(String::new()))
+        }
     }
 }
 
@@ -309,7 +311,7 @@ fn raised_resources(container: &Container, from: MemoryQuantity, to: MemoryQuant
 
 /// Checks that the owner's template still has the value the action changes from.
 pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), Mismatch> {
-    if let Action::RollbackRevision { .. } = action {
+    if let Action::RollbackRevision { .. } | Action::PauseRollout { .. } = action {
         // Its template is held to the revision it goes from by [`revision_patch`], which the executor
         // computes from the revisions it reads.
         template_container_for(workload, action)?;
@@ -332,7 +334,9 @@ pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), Mism
                 from: from.clone(),
             }),
         },
-        Action::RollbackRevision { .. } | Action::None => Err(Mismatch::NothingToApply),
+        Action::RollbackRevision { .. } | Action::PauseRollout { .. } | Action::None => {
+            Err(Mismatch::NothingToApply)
+        }
     }
 }
 
@@ -360,6 +364,7 @@ pub fn already_applied(workload: &Workload, action: &Action, incident: &Incident
         Action::RollbackImage { to, .. } => container.image.as_deref() == Some(to.as_str()),
         // Its template is compared with the revision by [`revision_patch`].
         Action::RollbackRevision { .. } => true,
+        Action::PauseRollout { .. } => workload.object.pointer("/spec/paused") == Some(&Value::Bool(true)),
         Action::None => false,
     });
     ours && holds
@@ -368,6 +373,47 @@ pub fn already_applied(workload: &Workload, action: &Action, incident: &Incident
 /// Annotation recording the revision KubeSent rolled a workload back from (its ReplicaSet or
 /// ControllerRevision name), so `kubesent undo` can go forward again.
 pub const ORIGINAL_REVISION_ANNOTATION: &str = "kubesent.io/original-revision";
+
+/// Annotation carrying why KubeSent paused a rollout.
+pub const PAUSED_REASON_ANNOTATION: &str = "kubesent.io/paused-reason";
+
+/// The merge patch that pauses `workload`'s rollout at `revision`, recording the incident and why,
+/// guarded by the resourceVersion read. `Ok(None)`: this incident's pause is in place. Refused when the
+/// template is no longer the failing revision's (someone changed it since).
+pub fn pause_patch(
+    workload: &Workload,
+    history: &[kubesent_common::revisions::Revision],
+    action: &Action,
+    incident: &IncidentId,
+    reason: &str,
+) -> Result<Option<Value>, Mismatch> {
+    let Action::PauseRollout { revision, .. } = action else { return Err(Mismatch::NothingToApply) };
+    if already_applied(workload, action, incident) {
+        return Ok(None);
+    }
+    let failing =
+        history.iter().find(|r| r.name == revision.name).and_then(|r| r.template.clone()).ok_or_else(
+            || Mismatch::RevisionGone {
+                kind: workload.kind.as_str(),
+                name: workload.name.clone(),
+                revision: revision.clone(),
+            },
+        )?;
+    let current = workload.object.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+    if !kubesent_common::revisions::same_template(&current, &failing) {
+        return Err(Mismatch::RevisionMoved {
+            kind: workload.kind.as_str(),
+            name: workload.name.clone(),
+            from: revision.clone(),
+        });
+    }
+    let reason = kubesent_proto::validate::clip_text_to(reason, 1024);
+    Ok(Some(json!({
+        "metadata": {"resourceVersion": workload.resource_version(), "annotations": {
+            INCIDENT_ANNOTATION: incident.to_string(), PAUSED_REASON_ANNOTATION: reason}},
+        "spec": {"paused": true}
+    })))
+}
 
 /// The JSON merge patch (RFC 7386) that turns `from` into `to`: changed members set, removed members
 /// nulled, lists replaced whole.
@@ -467,7 +513,9 @@ pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) 
         Action::RollbackImage { from, to, .. } => {
             (json!({"name": name, "image": to}), format!("{ORIGINAL_IMAGE_ANNOTATION}.{name}"), from.clone())
         }
-        Action::RollbackRevision { .. } | Action::None => return Err(Mismatch::NothingToApply),
+        Action::RollbackRevision { .. } | Action::PauseRollout { .. } | Action::None => {
+            return Err(Mismatch::NothingToApply);
+        }
     };
     let mut annotations = serde_json::Map::new();
     // The first original is kept if KubeSent already changed this container.

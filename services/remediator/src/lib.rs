@@ -754,6 +754,7 @@ fn describe(action: &Action) -> String {
         }
         Action::RollbackImage { container, from, to } => format!("image of {container}: {from} -> {to}"),
         Action::RollbackRevision { from, to, .. } => format!("template: {from} -> {to}"),
+        Action::PauseRollout { revision, .. } => format!("rollout paused at {revision}"),
         Action::None => String::new(),
     }
 }

@@ -160,7 +160,10 @@ pub fn gate(
 pub fn needs_history(action: &Action, owner: &Owner) -> bool {
     matches!(
         (action, owner),
-        (Action::RollbackImage { .. } | Action::RollbackRevision { .. }, Owner::Workload(_))
+        (
+            Action::RollbackImage { .. } | Action::RollbackRevision { .. } | Action::PauseRollout { .. },
+            Owner::Workload(_)
+        )
     )
 }
 

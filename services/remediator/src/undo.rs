@@ -74,6 +74,8 @@ pub fn reverse(action: &Action) -> Option<Action> {
             from: to.clone(),
             to: from.clone(),
         }),
+        // Lifted, not reversed into another action: the outcome names the pause.
+        Action::PauseRollout { .. } => Some(action.clone()),
         Action::None => None,
     }
 }
@@ -89,6 +91,9 @@ fn value_and_annotation(action: &Action) -> Option<(String, String, String)> {
         }
         Action::RollbackRevision { container, to, .. } => {
             Some((container.clone(), to.to_string(), ORIGINAL_REVISION_ANNOTATION.to_owned()))
+        }
+        Action::PauseRollout { container, .. } => {
+            Some((container.clone(), "paused".to_owned(), ladder::PAUSED_REASON_ANNOTATION.to_owned()))
         }
         Action::None => None,
     }
@@ -114,7 +119,7 @@ pub fn undo_owner_patch(
             ladder::memory_limit_of(&current).is_some_and(|limit| limit == *to)
         }
         Action::RollbackImage { to, .. } => current.image.as_deref() == Some(to.as_str()),
-        Action::RollbackRevision { .. } | Action::None => false,
+        Action::RollbackRevision { .. } | Action::PauseRollout { .. } | Action::None => false,
     };
     if !holds {
         return Err(UndoError::Changed(format!(
@@ -171,6 +176,32 @@ pub fn undo_revision_patch(
     }))
 }
 
+/// The merge patch that lifts a pause KubeSent put on a rollout, while the Deployment is still paused by
+/// this incident (a human who resumed it already wins); the records are dropped and the container
+/// marked as reverted.
+pub fn undo_pause_patch(
+    workload: &Workload,
+    action: &Action,
+    incident: &IncidentId,
+) -> Result<Value, UndoError> {
+    let Action::PauseRollout { container, .. } = action else {
+        return Err(UndoError::NotReversible("not a paused rollout".into()));
+    };
+    if !ladder::already_applied(workload, action, incident) {
+        return Err(UndoError::Changed(format!(
+            "{} {} is no longer paused by KubeSent for {incident}: it was changed since, and that change is kept",
+            workload.kind.as_str(),
+            workload.name
+        )));
+    }
+    Ok(json!({
+        "metadata": {"resourceVersion": workload.resource_version(), "annotations": {
+            INCIDENT_ANNOTATION: null, ladder::PAUSED_REASON_ANNOTATION: null,
+            format!("{REVERTED_ANNOTATION}.{container}"): incident.to_string()}},
+        "spec": {"paused": false}
+    }))
+}
+
 /// Reverses the remediation of `incident`: the owner's template for an owner patch, the pod's image for a
 /// pod patch, the pod's memory (in place) for a resize. A force replace is not reversed automatically: the
 /// original pod is in the intent, and replacing a running pod again is a human's call.
@@ -212,7 +243,9 @@ pub async fn undo(
             };
             let workload =
                 Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() };
-            let patch = if let Action::RollbackRevision { .. } = &intent.action {
+            let patch = if let Action::PauseRollout { .. } = &intent.action {
+                Patch::Merge(undo_pause_patch(&workload, &intent.action, incident)?)
+            } else if let Action::RollbackRevision { .. } = &intent.action {
                 let history = kubesent_common::revisions::of_workload(
                     kube,
                     &namespace,
@@ -260,7 +293,7 @@ pub async fn undo(
                     ladder::memory_limit_of(current).is_some_and(|l| l == *to)
                 }
                 Action::RollbackImage { to, .. } => current.image.as_deref() == Some(to.as_str()),
-                Action::RollbackRevision { .. } | Action::None => false,
+                Action::RollbackRevision { .. } | Action::PauseRollout { .. } | Action::None => false,
             };
             if !holds {
                 return Err(UndoError::Changed(format!(
@@ -289,7 +322,7 @@ pub async fn undo(
                     let record = json!({"metadata": {"annotations": annotations}});
                     pods.patch(&intent.target.name, &params, &Patch::Merge(&record)).await?;
                 }
-                Action::RollbackRevision { .. } | Action::None => {}
+                Action::RollbackRevision { .. } | Action::PauseRollout { .. } | Action::None => {}
             }
             Ok(Undone {
                 target: format!("pod {}", intent.target.name),
@@ -312,6 +345,7 @@ fn describe(action: &Action) -> String {
         }
         Action::RollbackImage { container, from, to } => format!("image of {container} {from} -> {to}"),
         Action::RollbackRevision { from, to, .. } => format!("{from} -> {to}"),
+        Action::PauseRollout { revision, .. } => format!("rollout paused at {revision}"),
         Action::None => String::new(),
     }
 }

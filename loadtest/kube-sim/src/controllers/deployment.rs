@@ -44,6 +44,20 @@ impl Controllers<'_> {
         if max_surge == 0 && max_unavailable == 0 {
             max_surge = 1;
         }
+        if spec.paused == Some(true) {
+            // Paused: no new ReplicaSet, no rollout step; only the status is kept current.
+            let current = new_rs.as_ref().and_then(|rs| rs.metadata.name.clone()).unwrap_or(rs_name);
+            return self.deployment_status(
+                ns,
+                name,
+                &object.uid,
+                &value,
+                &deployment,
+                &hash,
+                &current,
+                max_unavailable,
+            );
+        }
         let new_revision = match &new_rs {
             Some(rs) if revision_of(rs) == max_revision => max_revision,
             _ => max_revision + 1,
@@ -151,11 +165,31 @@ impl Controllers<'_> {
                 v["metadata"]["annotations"][REVISION] = json!(new_revision.to_string())
             })?;
         }
+        self.deployment_status(ns, name, &object.uid, &value, &deployment, &hash, &rs_name, max_unavailable)
+    }
+
+    /// Writes a Deployment's status from its ReplicaSets' statuses; a paused one reports
+    /// `Progressing=Unknown`, reason `DeploymentPaused`.
+    #[allow(clippy::too_many_arguments)]
+    fn deployment_status(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        value: &Value,
+        deployment: &Deployment,
+        hash: &str,
+        rs_name: &str,
+        max_unavailable: i32,
+    ) -> Result<(), ApiError> {
+        let desired = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0);
+        let paused = deployment.spec.as_ref().and_then(|s| s.paused) == Some(true);
+        let labels_of = |rs: &ReplicaSet| rs.metadata.labels.clone().unwrap_or_default();
         // Status, from the ReplicaSets' statuses.
         let all: Vec<ReplicaSet> = self
             .objects(&REPLICASETS, ns)?
             .iter()
-            .filter(|o| o.is_owned_by(&object.uid))
+            .filter(|o| o.is_owned_by(uid))
             .map(|o| o.typed())
             .collect::<Result<_, _>>()?;
         let sum = |f: &dyn Fn(&ReplicaSet) -> i32| all.iter().map(f).sum::<i32>();
@@ -164,7 +198,7 @@ impl Controllers<'_> {
         let available = sum(&|rs| rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0));
         let updated = all
             .iter()
-            .find(|rs| labels_of(rs).get(POD_TEMPLATE_HASH) == Some(&hash))
+            .find(|rs| labels_of(rs).get(POD_TEMPLATE_HASH).map(String::as_str) == Some(hash))
             .and_then(|rs| rs.status.as_ref())
             .map_or(0, |s| s.replicas);
         let complete = updated == desired && replicas == desired && available == desired;
@@ -184,17 +218,28 @@ impl Controllers<'_> {
              "message": if is_available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." },
              "lastTransitionTime": keep_time("Available", available_status).unwrap_or(now.clone()),
              "lastUpdateTime": keep_time("Available", available_status).unwrap_or(now.clone())},
-            {"type": "Progressing", "status": "True",
+        ]);
+        let progressing = if paused {
+            json!({"type": "Progressing", "status": "Unknown", "reason": "DeploymentPaused",
+             "message": "Deployment is paused",
+             "lastTransitionTime": keep_time("Progressing", "Unknown").unwrap_or(now.clone()),
+             "lastUpdateTime": keep_time("Progressing", "Unknown").unwrap_or(now)})
+        } else {
+            json!({"type": "Progressing", "status": "True",
              "reason": if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
              "message": if complete { format!("ReplicaSet \"{rs_name}\" has successfully progressed.") } else { format!("ReplicaSet \"{rs_name}\" is progressing.") },
              "lastTransitionTime": keep_time("Progressing", "True").unwrap_or(now.clone()),
-             "lastUpdateTime": keep_time("Progressing", "True").unwrap_or(now)},
-        ]);
+             "lastUpdateTime": keep_time("Progressing", "True").unwrap_or(now)})
+        };
+        let mut conditions = conditions;
+        if let Some(list) = conditions.as_array_mut() {
+            list.push(progressing);
+        }
         let status = json!({
             "observedGeneration": deployment.metadata.generation.unwrap_or(1), "replicas": replicas,
             "updatedReplicas": updated, "readyReplicas": ready, "availableReplicas": available,
             "unavailableReplicas": (replicas - available).max(0), "conditions": conditions,
         });
-        self.write_status(&DEPLOYMENTS, ns, name, &object.uid, status)
+        self.write_status(&DEPLOYMENTS, ns, name, uid, status)
     }
 }

@@ -182,3 +182,55 @@ async fn deleting_a_deployment_garbage_collects_its_replica_sets_and_pods() {
         Api::<ReplicaSet>::namespaced(client, "shop").list(&ListParams::default()).await.expect("rs").items;
     assert!(sets.is_empty(), "the ReplicaSet is collected too");
 }
+
+#[tokio::test]
+async fn a_paused_deployment_rolls_nothing_out_until_it_is_resumed() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let sim = sim().await;
+    let client = client(&sim);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    wait_deployment(&deployments, "web", |d| status_of(d) == (2, 2, 2)).await;
+    let params = kube::api::PatchParams::default();
+    let pause = json!({"spec": {"paused": true,
+        "template": {"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:2"}]}}}});
+    deployments.patch("web", &params, &kube::api::Patch::Strategic(&pause)).await.expect("paused");
+    let paused = wait_deployment(&deployments, "web", |d| {
+        d.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+            c.iter().any(|c| {
+                c.type_ == "Progressing"
+                    && c.status == "Unknown"
+                    && c.reason.as_deref() == Some("DeploymentPaused")
+            })
+        })
+    })
+    .await;
+    assert_eq!(status_of(&paused), (2, 0, 2), "the running revision keeps serving; none is up to date");
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), "shop");
+    assert_eq!(
+        sets.list(&ListParams::default()).await.expect("list").items.len(),
+        1,
+        "no new ReplicaSet while paused"
+    );
+
+    let resume = json!({"spec": {"paused": false}});
+    deployments.patch("web", &params, &kube::api::Patch::Strategic(&resume)).await.expect("resumed");
+    wait_deployment(&deployments, "web", |d| {
+        status_of(d) == (2, 2, 2)
+            && d.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                .map(String::as_str)
+                == Some("2")
+    })
+    .await;
+    assert_eq!(
+        sets.list(&ListParams::default()).await.expect("list").items.len(),
+        2,
+        "rolled out once resumed"
+    );
+}

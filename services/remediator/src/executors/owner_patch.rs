@@ -51,7 +51,24 @@ impl Executor for OwnerPatch {
                     return Ok(Step::finish(OutcomeResult::Stale, why.to_string()));
                 }
                 // (Patched before a crash and not yet recorded: nothing to write again.)
-                let patch = if let Action::RollbackRevision { .. } = &intent.action {
+                let patch = if let Action::PauseRollout { revision, .. } = &intent.action {
+                    let history = revisions::of_workload(
+                        &r.deps.kube,
+                        &namespace,
+                        workload.kind.as_str(),
+                        &workload.object,
+                    )
+                    .await?;
+                    let reason = format!(
+                        "{revision} fails (KubeSent incident {}) and the revision before it has no ready pods to go back to; fix the template, then: kubectl rollout resume deployment/{}",
+                        intent.incident, workload.name
+                    );
+                    match ladder::pause_patch(&workload, &history, &intent.action, &intent.incident, &reason)
+                    {
+                        Ok(patch) => patch.map(Patch::Merge),
+                        Err(why) => return Ok(Step::finish(OutcomeResult::Stale, why.to_string())),
+                    }
+                } else if let Action::RollbackRevision { .. } = &intent.action {
                     // The template comes from the workload's own history, read now.
                     let history = revisions::of_workload(
                         &r.deps.kube,
@@ -93,6 +110,17 @@ impl Executor for OwnerPatch {
                         Err(kube::Error::Api(status)) if status.is_conflict() => continue,
                         Err(error) => return Err(error.into()),
                     }
+                }
+                if let Action::PauseRollout { revision, .. } = &intent.action {
+                    // Nothing heals by a pause: it stops the rollout where it is, and a human takes over.
+                    let detail = format!(
+                        "the rollout of Deployment {} is paused at {revision}, which fails; fix the template, then `kubectl rollout resume deployment/{}`",
+                        reference.name, reference.name
+                    );
+                    info!(workload = %reference.name, "rollout paused");
+                    r.announce(&workload_ref(&namespace, &workload), OutcomeResult::Applied, intent, &detail)
+                        .await;
+                    return Ok(Step::finish(OutcomeResult::Applied, detail));
                 }
                 info!(workload = %reference.name, kind = %reference.kind, "owner's pod template patched");
                 intent.phase = Phase::Applied;
