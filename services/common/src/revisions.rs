@@ -30,6 +30,8 @@ pub struct Revision {
     pub images: BTreeMap<String, String>,
     /// How many of its pods are ready now: a revision still serving is known to work.
     pub ready_replicas: i32,
+    /// How many pods of it the controller wants now (0: scaled down, e.g. by a finished rollout).
+    pub replicas: i32,
     /// Its pod template as `kubectl rollout undo` would restore it (without the controller's hash label
     /// or patch directive).
     pub template: Option<serde_json::Value>,
@@ -131,6 +133,7 @@ fn replica_set_revision(set: &ReplicaSet) -> Option<Revision> {
         name: set.metadata.name.clone().unwrap_or_default(),
         images: template_images(template.as_ref()),
         ready_replicas: set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+        replicas: set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
         template,
         only_template: true,
     })
@@ -185,6 +188,7 @@ pub async fn stateful_set_revisions(
             } else {
                 0
             },
+            replicas: if serving { status.current_replicas.unwrap_or(0) } else { 0 },
             template: template.map(|t| restorable(t, "controller-revision-hash")),
             only_template,
         }

@@ -126,6 +126,9 @@ pub struct PreviousRevision {
     pub images: BTreeMap<String, String>,
     /// How many of its pods are ready now (a revision still serving is known to work).
     pub ready_replicas: i32,
+    /// How many of its pods the controller wants now (0: scaled down).
+    #[serde(default)]
+    pub replicas: i32,
 }
 
 /// Everything known about the failure, safe to send to a model.
@@ -154,6 +157,55 @@ pub struct Evidence {
     /// The owner's previous revision, if one exists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_revision: Option<PreviousRevision>,
+    /// The node the pod runs on, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeHealth>,
+}
+
+/// What a pod's node reports about itself: the conditions that are not as a healthy node's are.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeHealth {
+    /// Its name.
+    pub name: String,
+    /// `Ready=False (KubeletNotReady: …)`, `MemoryPressure=True (…)`; empty when all is well.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<String>,
+    /// Cordoned (`spec.unschedulable`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
+}
+
+impl NodeHealth {
+    /// Whether the node reports the condition `kind` (`MemoryPressure`, `DiskPressure`, …) as true.
+    pub fn reports(&self, kind: &str) -> bool {
+        self.conditions.iter().any(|c| c.starts_with(&format!("{kind}=True")))
+    }
+}
+
+/// A node's health as the evidence shows it.
+pub fn node_health(node: &k8s_openapi::api::core::v1::Node) -> NodeHealth {
+    let conditions = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| if c.type_ == "Ready" { c.status != "True" } else { c.status == "True" })
+        .map(|c| {
+            let why = match (c.reason.as_deref(), c.message.as_deref()) {
+                (Some(reason), Some(message)) => format!(" ({reason}: {message})"),
+                (Some(reason), None) => format!(" ({reason})"),
+                (None, Some(message)) => format!(" ({message})"),
+                (None, None) => String::new(),
+            };
+            format!("{}={}{why}", c.type_, c.status)
+        })
+        .collect();
+    NodeHealth {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        conditions,
+        cordoned: node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true),
+    }
 }
 
 fn probe_line(kind: &str, probe: &Probe) -> String {
@@ -330,6 +382,7 @@ pub fn build(
         owners,
         revision,
         previous_revision,
+        node: None,
     }
 }
 

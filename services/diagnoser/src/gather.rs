@@ -4,7 +4,7 @@
 use k8s_openapi::{
     api::{
         batch::v1::Job,
-        core::v1::{Event, Pod},
+        core::v1::{Event, Node, Pod},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -43,8 +43,21 @@ pub async fn gather(
     let logs = logs(&pods, job, redactor).await;
     let events = events(kube, namespace, &job.pod.name).await;
     let (owners, revision, previous) = owners(kube, namespace, &pod, last_delivery).await?;
-    let evidence = evidence::build(&pod, logs, &events, owners, revision, previous, redactor);
+    let mut evidence = evidence::build(&pod, logs, &events, owners, revision, previous, redactor);
+    evidence.node = node(kube, &pod).await;
     Ok(Some((pod, evidence)))
+}
+
+/// The health of the pod's node, when it has one and it can be read.
+pub async fn node(kube: &kube::Client, pod: &Pod) -> Option<evidence::NodeHealth> {
+    let name = pod.spec.as_ref()?.node_name.as_deref()?;
+    match Api::<Node>::all(kube.clone()).get_opt(name).await {
+        Ok(node) => node.as_ref().map(evidence::node_health),
+        Err(error) => {
+            debug!(%error, "node not available");
+            None
+        }
+    }
 }
 
 async fn logs(pods: &Api<Pod>, job: &FailureJob, redactor: &Redactor) -> Option<Logs> {
@@ -111,13 +124,13 @@ async fn object_events(kube: &kube::Client, namespace: &str, kind: &str, name: &
     }
 }
 
-/// The owner chain and, for a Deployment or a StatefulSet, its current and previous revision.
+/// The owner chain and, for a Deployment or a StatefulSet, the pod's revision and the one before it.
 ///
 /// The previous revision decides whether a rollback is possible, so a history the API would not give
 /// (an error burst, throttling) is an error and the job comes back later, rather than a verdict saying
 /// there is no healthy revision to roll back to. On the job's last delivery the verdict is made
 /// without it (a diagnosis, never a rollback) so the job is not lost.
-async fn owners(
+pub async fn owners(
     kube: &kube::Client,
     namespace: &str,
     pod: &Pod,
@@ -145,6 +158,7 @@ async fn owners(
         name: p.name,
         images: p.images,
         ready_replicas: p.ready_replicas,
+        replicas: p.replicas,
     });
     let current = history.current.map(|c| CurrentRevision {
         revision: c.number.to_string(),

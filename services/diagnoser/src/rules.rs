@@ -184,6 +184,19 @@ fn bad_revision(container: &str, diagnosis: &RuleVerdict, evidence: &Evidence) -
     }
     let owner = evidence.owners.last().map(String::as_str).unwrap_or("the workload");
     let cause = diagnosis.root_cause.trim_end_matches('.');
+    if previous.ready_replicas <= 0 && previous.replicas <= 0 {
+        // Scaled down by a rollout that finished (its pods passed as available, then failed): nothing
+        // shows the revision before it works, so no change; a human who knows it did can go back.
+        let (kind, name) = owner.split_once('/')?;
+        let mut suggestion = diagnosis.clone();
+        suggestion.root_cause = format!(
+            "{cause}; revision {} of {owner} brought this, and revision {} before it was scaled down by the rollout, so KubeSent cannot tell it works — if it did: kubectl rollout undo {}/{name}",
+            from.number,
+            to.number,
+            kind.to_ascii_lowercase()
+        );
+        return Some(suggestion);
+    }
     if previous.ready_replicas <= 0 {
         let deployment = owner.strip_prefix("Deployment/")?;
         return Some(verdict(
@@ -346,7 +359,7 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
         }
         FailureKind::StartError => start_error(&name, &job.failure.reason, &message),
         FailureKind::Unschedulable => unschedulable(&name, &message, evidence),
-        FailureKind::Evicted => evicted(&name, &message),
+        FailureKind::Evicted => evicted(&name, &message, evidence),
         FailureKind::CrashLoop => {
             // A container that handles SIGTERM exits 143 (or 0) when the kubelet restarts it for its
             // liveness probe: the events say so.
@@ -643,14 +656,24 @@ fn unschedulable(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict 
 
 /// Why the kubelet evicted the pod, from its eviction message. Never a memory-limit change: an
 /// eviction is the node's shortage or the pod's own disk use, not its limit.
-fn evicted(name: &str, message: &str) -> RuleVerdict {
+fn evicted(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
     let said = short(message);
+    // What the node itself reports now, when it still reports the pressure it evicted for.
+    let node_reports = |condition: &str| {
+        evidence
+            .node
+            .as_ref()
+            .filter(|n| n.reports(condition))
+            .map(|n| format!("; node {} still reports {condition}", n.name))
+            .unwrap_or_default()
+    };
     if message.contains("The node was low on resource: memory") {
         return verdict(
             "evicted-node-memory",
             95,
             format!(
-                "evicted: its node ran low on memory and container {name} used more than it requests ({said}) — raise its memory request to what it uses, so the scheduler reserves it"
+                "evicted: its node ran low on memory and container {name} used more than it requests ({said}){} — raise its memory request to what it uses, so the scheduler reserves it",
+                node_reports("MemoryPressure")
             ),
             Action::None,
         );
@@ -661,7 +684,8 @@ fn evicted(name: &str, message: &str) -> RuleVerdict {
             "evicted-node-disk",
             95,
             format!(
-                "evicted: its node ran low on disk ({said}) — set ephemeral-storage requests and limits, and clean up what the node's pods write locally"
+                "evicted: its node ran low on disk ({said}){} — set ephemeral-storage requests and limits, and clean up what the node's pods write locally",
+                node_reports("DiskPressure")
             ),
             Action::None,
         );

@@ -44,6 +44,9 @@ struct Case {
     #[serde(default)]
     revision: Option<CurrentRevision>,
     previous_revision: Option<PreviousRevision>,
+    /// The pod's node as the API returns it, when the case has it.
+    #[serde(default)]
+    node: Option<k8s_openapi::api::core::v1::Node>,
     /// For a Job that gave up: the Job (its pod is the newest it ran).
     #[serde(default)]
     job: Option<serde_json::Value>,
@@ -118,6 +121,8 @@ fn diagnose(case: &Case, redactor: &Redactor) -> rules::RuleVerdict {
         case.previous_revision.clone(),
         redactor,
     );
+    let mut evidence = evidence;
+    evidence.node = case.node.as_ref().map(evidence::node_health);
     rules::diagnose(&job, &evidence, &MemoryPolicy::default())
 }
 

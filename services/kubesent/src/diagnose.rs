@@ -174,6 +174,16 @@ struct Inputs {
     events: Vec<Event>,
     current_logs: Option<String>,
     previous_logs: Option<String>,
+    /// What only the cluster knows: the owner's revisions and the node's health.
+    cluster: Option<ClusterContext>,
+}
+
+/// The owner chain, the pod's revision and the one before it, and the node's health, read live.
+struct ClusterContext {
+    owners: Vec<String>,
+    revision: Option<evidence::CurrentRevision>,
+    previous: Option<evidence::PreviousRevision>,
+    node: Option<evidence::NodeHealth>,
 }
 
 /// Reads the inputs from kubectl output files (or standard input).
@@ -193,7 +203,7 @@ fn from_files(args: &DiagnoseArgs, pod_path: &Path) -> anyhow::Result<Inputs> {
     };
     let current_logs = args.logs.as_deref().map(read).transpose()?;
     let previous_logs = args.previous_logs.as_deref().map(read).transpose()?;
-    Ok(Inputs { pod, events, current_logs, previous_logs })
+    Ok(Inputs { pod, events, current_logs, previous_logs, cluster: None })
 }
 
 /// Reads the pod `namespace/name`, its logs (current and previous, of the failing container) and its
@@ -223,18 +233,23 @@ async fn from_cluster(target: &str) -> anyhow::Result<Inputs> {
         async move { pods.logs(name, &params).await.ok() }
     };
     let (current_logs, previous_logs) = (logs(false).await, logs(true).await);
-    let events: Api<Event> = Api::namespaced(client, namespace);
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
     let events = events
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
         .await
         .with_context(|| format!("listing the events of {target}"))?
         .items;
-    Ok(Inputs { pod, events, current_logs, previous_logs })
+    let (owners, revision, previous) = kubesent_diagnoser::gather::owners(&client, namespace, &pod, true)
+        .await
+        .with_context(|| format!("reading the owners of {target}"))?;
+    let node = kubesent_diagnoser::gather::node(&client, &pod).await;
+    let cluster = Some(ClusterContext { owners, revision, previous, node });
+    Ok(Inputs { pod, events, current_logs, previous_logs, cluster })
 }
 
 /// Runs `kubesent diagnose` and prints the verdict as JSON.
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
-    let Inputs { pod, events, current_logs, previous_logs } = match (&args.pod, &args.target) {
+    let Inputs { pod, events, current_logs, previous_logs, cluster } = match (&args.pod, &args.target) {
         (Some(path), _) => from_files(&args, path)?,
         (None, Some(target)) => from_cluster(target).await?,
         (None, None) => bail!("give a pod: namespace/name, or --pod with kubectl output"),
@@ -270,7 +285,14 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         .filter(|o| o.controller == Some(true))
         .map(|o| format!("{}/{}", o.kind, o.name))
         .collect();
-    let evidence = evidence::build(&pod, logs, &events, owners, None, None, &redactor);
+    let evidence = match cluster {
+        Some(ClusterContext { owners, revision, previous, node }) => {
+            let mut evidence = evidence::build(&pod, logs, &events, owners, revision, previous, &redactor);
+            evidence.node = node;
+            evidence
+        }
+        None => evidence::build(&pod, logs, &events, owners, None, None, &redactor),
+    };
     let models =
         if args.offline { None } else { kubesent_diagnoser::llm::build_chain(&args.llm.settings(), None)? };
     let diagnoser = Diagnoser { memory: MemoryPolicy::default(), models };

@@ -228,26 +228,7 @@ async fn a_live_pod_is_read_through_the_current_kubeconfig() {
     .await
     .expect("OOM-killed in time")
     .expect("watch");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("config");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: me\ncurrent-context: sim\nusers:\n- name: me\n  user: {{}}\n",
-            sim.url()
-        ),
-    )
-    .expect("kubeconfig");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
-        .args(["diagnose", "shop/web-1", "--offline"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .output()
-        .await
-        .expect("kubesent runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let verdict: Value = serde_json::from_slice(&output.stdout).expect("json verdict");
+    let verdict = diagnose_live(&sim.url(), "shop/web-1").await;
     assert_eq!(verdict["failure"]["kind"], "oom-killed", "{verdict}");
     assert_eq!(
         verdict["action"],
@@ -256,6 +237,93 @@ async fn a_live_pod_is_read_through_the_current_kubeconfig() {
     let (code, _, stderr) = diagnose(&["web-1", "--offline"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("namespace/name"), "{stderr}");
+}
+
+/// `kubesent diagnose <target> --offline` against the cluster at `url`, through a kubeconfig naming it.
+async fn diagnose_live(url: &str, target: &str) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {url}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: me\ncurrent-context: sim\nusers:\n- name: me\n  user: {{}}\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+        .args(["diagnose", target, "--offline"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .expect("kubesent runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    serde_json::from_slice(&output.stdout).expect("json verdict")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_pod_of_a_bad_new_revision_is_diagnosed_with_its_owner_s_history() {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+    use kube::{
+        Api,
+        api::{ListParams, Patch, PatchParams, PostParams},
+    };
+    let sim = kubesent_kube_sim::KubeSim::start(kubesent_kube_sim::SimConfig {
+        time_scale: 0.01,
+        ..Default::default()
+    })
+    .await
+    .expect("kube-sim");
+    let kube = kubesent_common::kube_client(Some(&sim.url())).await.expect("client");
+    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), "shop");
+    let web: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+                    // Ready 5 s after start: revision 2's pods crash (after 2 s) before they are
+                    // available, so revision 1's pods keep serving.
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "initialDelaySeconds": 5}}]}}}
+    }))
+    .expect("deployment");
+    deployments.create(&PostParams::default(), &web).await.expect("created");
+    let ready = |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()?.ready_replicas) == Some(2);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        kube_runtime::wait::await_condition(deployments.clone(), "web", ready),
+    )
+    .await
+    .expect("ready in time")
+    .expect("watch");
+    let update = json!({"spec": {"template": {"metadata": {"annotations": {
+        "sim.kubesent.io/exit-code": "1", "sim.kubesent.io/logs": "panic: unknown flag --listen-port"}}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+    let pods: Api<Pod> = Api::namespaced(kube, "shop");
+    let crashing = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let listed = pods.list(&ListParams::default().labels("app=web")).await.expect("pods");
+            let found = listed.items.into_iter().find(|p| {
+                p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref())
+                            == Some("CrashLoopBackOff")
+                    })
+                })
+            });
+            if let Some(pod) = found {
+                return pod;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a pod of revision 2 crash-loops");
+    let name = crashing.metadata.name.clone().expect("name");
+    let verdict = diagnose_live(&sim.url(), &format!("shop/{name}")).await;
+    assert_eq!(verdict["action"]["type"], "rollback_revision", "{verdict}");
+    assert_eq!(verdict["action"]["from"]["number"], 2, "{verdict}");
+    assert_eq!(verdict["action"]["to"]["number"], 1, "{verdict}");
 }
 
 fn kubesent(args: &[&str]) -> (i32, String, String) {

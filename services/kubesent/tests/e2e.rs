@@ -644,7 +644,13 @@ async fn a_deployment_updated_to_a_crash_looping_revision_is_rolled_back_healed_
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
     let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
     let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
-    let web = deployment(3, "registry.local/shop/web:1.4.2", json!({}), json!({}));
+    let mut web = deployment(3, "registry.local/shop/web:1.4.2", json!({}), json!({}));
+    // Ready 5 s after start: revision 2's pods crash before they are ever available, so the rollout
+    // keeps revision 1's (as it would in a cluster, whatever the timing).
+    let probe = json!({"httpGet": {"path": "/ready", "port": 8080}, "initialDelaySeconds": 5});
+    if let Some(spec) = web.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.containers[0].readiness_probe = Some(serde_json::from_value(probe).expect("probe"));
+    }
     deployments.create(&PostParams::default(), &web).await.expect("deployment created");
     let available =
         |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas) == Some(3);

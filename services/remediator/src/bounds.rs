@@ -218,6 +218,10 @@ fn pause_target(revision: &RevisionRef, seen: Observed<'_>) -> Result<(), String
             "revision {} of {what} has ready pods: roll back to it instead of pausing",
             previous.number
         )),
+        Some(previous) if previous.replicas <= 0 => Err(format!(
+            "revision {} of {what} is scaled down: the rollout is over, there is nothing to pause",
+            previous.number
+        )),
         Some(_) => Ok(()),
     }
 }
@@ -256,6 +260,7 @@ mod tests {
             name: format!("web-{number}"),
             images: BTreeMap::from([("app".to_owned(), image.to_owned())]),
             ready_replicas,
+            replicas: 2,
             template: Some(json!({"spec": {"containers": [{"name": "app", "image": image}]}})),
             only_template: true,
         };
@@ -460,6 +465,12 @@ mod tests {
         let serving = history("registry.local/shop/web:1.9.0", 2);
         let seen = Observed { pod: &pod, owner: &owner, history: Some(&serving) };
         assert!(check(&pause(4, "web-4"), seen).expect_err("serving").contains("roll back to it instead"));
+        let mut finished = nothing_ready.clone();
+        if let Some(previous) = finished.previous.as_mut() {
+            previous.replicas = 0;
+        }
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&finished) };
+        assert!(check(&pause(4, "web-4"), seen).expect_err("over").contains("nothing to pause"));
         let mut set = deployment(json!({}));
         if let Owner::Workload(w) = &mut set {
             w.kind = WorkloadKind::StatefulSet;

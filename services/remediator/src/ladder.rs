@@ -741,6 +741,7 @@ mod tests {
             name: name.into(),
             images: BTreeMap::new(),
             ready_replicas: 0,
+            replicas: 0,
             template: Some(template),
             only_template: true,
         }

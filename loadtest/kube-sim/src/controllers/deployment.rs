@@ -121,9 +121,15 @@ impl Controllers<'_> {
         let available: i32 = ready_of(&new_rs) + old.iter().map(ready_of).sum::<i32>();
         let mut can_remove =
             if recreate { i32::MAX } else { (available - (desired - max_unavailable)).max(0) };
+        // Old pods that are not available go first, but only as far as the real controller's
+        // `maxScaledDown` allows: all pods, less the minimum available, less the new ReplicaSet's
+        // unavailable ones (a failing new revision keeps the old pods it cannot replace).
         let unavailable_old: i32 =
             old.iter().map(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) - ready_of(rs)).sum();
-        can_remove = can_remove.saturating_add(unavailable_old.max(0));
+        let all_pods = target_new + old_total;
+        let new_unavailable = (target_new - ready_of(&new_rs)).max(0);
+        let max_scaled_down = (all_pods - (desired - max_unavailable) - new_unavailable).max(0);
+        can_remove = can_remove.saturating_add(unavailable_old.max(0).min(max_scaled_down));
         for rs in &old {
             if can_remove <= 0 {
                 break;
