@@ -1,5 +1,6 @@
 //! Someone who can publish on `kubesent.verdicts.>` is not someone KubeSent obeys. Forged and hostile
-//! verdicts (rollback targets outside the owner's history, other registries, swapped digests, other
+//! verdicts (rollback targets outside the owner's history, revision rollbacks and pauses that do not fit
+//! the failure, other registries, swapped digests, other
 //! containers, workloads and namespaces, excluded namespaces, healthy, gone and replaced pods, absurd
 //! values, unknown fields, other schema versions, oversized payloads, wrong subjects) change nothing:
 //! each is denied or found stale with the reason, or dead-lettered as invalid. The one genuine request
@@ -264,6 +265,35 @@ async fn forged_and_hostile_verdicts_change_nothing_and_each_refusal_says_why() 
             oom_verdict(increase(64, 128), &oom, "from"),
             OutcomeResult::Denied,
             "live limit",
+        ),
+        (
+            "a revision rollback for a pull failure",
+            pull_verdict(
+                &failing,
+                Action::RollbackRevision {
+                    container: "app".into(),
+                    from: proto::RevisionRef { number: 2, name: "web-2".into() },
+                    to: proto::RevisionRef { number: 1, name: "web-1".into() },
+                },
+                ("Deployment", "web"),
+                "revision",
+            ),
+            OutcomeResult::Denied,
+            "does not fit",
+        ),
+        (
+            "a paused rollout for a pull failure",
+            pull_verdict(
+                &failing,
+                Action::PauseRollout {
+                    container: "app".into(),
+                    revision: proto::RevisionRef { number: 2, name: "web-2".into() },
+                },
+                ("Deployment", "web"),
+                "pause",
+            ),
+            OutcomeResult::Denied,
+            "does not fit",
         ),
         (
             "a bare pod rolled back to an image it never recorded",
