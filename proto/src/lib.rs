@@ -55,6 +55,22 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, for metrics that start at zero.
+    pub const ALL: [Self; 12] = [
+        Self::OomKilled,
+        Self::Killed,
+        Self::CrashLoop,
+        Self::ImagePullBackOff,
+        Self::ErrImagePull,
+        Self::InvalidImageName,
+        Self::CreateContainerConfigError,
+        Self::StartError,
+        Self::Unschedulable,
+        Self::Evicted,
+        Self::NotReady,
+        Self::JobFailed,
+    ];
+
     /// The kebab-case name, also used as a subject token.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -186,6 +202,10 @@ pub struct Failure {
     pub restart_count: i32,
     /// The image the container runs.
     pub image: String,
+    /// When the failure began, as the cluster recorded it: the container's termination, the pod
+    /// condition's transition, the Job's `Failed` condition (absent when the status holds no time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Timestamp>,
 }
 
 /// A failure the detector wants diagnosed. One job per incident, however many pods share it.
@@ -349,6 +369,9 @@ pub struct Verdict {
     pub source: VerdictSource,
     /// When the verdict was made.
     pub diagnosed_at: Timestamp,
+    /// When the detector saw the failure (the job's `detected_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<Timestamp>,
 }
 
 /// How the remediator carried out an action.
@@ -454,8 +477,47 @@ pub struct Outcome {
     /// W3C trace id of the incident's trace, when tracing is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// What the incident is about and what was concluded, as the verdict said (absent in records of
+    /// reversals and in records written before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Diagnosis>,
     /// When this was recorded.
     pub at: Timestamp,
+}
+
+/// The verdict an outcome answers, kept in the audit log so an incident reads whole from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Diagnosis {
+    /// The incident's workload.
+    pub workload: WorkloadRef,
+    /// The failure as detected.
+    pub failure: Failure,
+    /// The root cause.
+    pub root_cause: String,
+    /// Its confidence, 0–100.
+    pub confidence: u8,
+    /// Who decided.
+    pub source: VerdictSource,
+    /// When the detector saw the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<Timestamp>,
+    /// When the verdict was made.
+    pub diagnosed_at: Timestamp,
+}
+
+impl Diagnosis {
+    /// The diagnosis `verdict` carries.
+    pub fn of(verdict: &Verdict) -> Self {
+        Self {
+            workload: verdict.key.workload.clone(),
+            failure: verdict.failure.clone(),
+            root_cause: verdict.root_cause.clone(),
+            confidence: verdict.confidence,
+            source: verdict.source.clone(),
+            detected_at: verdict.detected_at,
+            diagnosed_at: verdict.diagnosed_at,
+        }
+    }
 }
 
 /// Why a payload could not be decoded.
@@ -537,6 +599,7 @@ mod tests {
                 exit_code: Some(137),
                 restart_count: 1,
                 image: "registry.local/web:1".into(),
+                failed_at: None,
             },
             affected_pods: 1,
             detected_at: Timestamp::UNIX_EPOCH,

@@ -39,6 +39,7 @@ fn verdict() -> Verdict {
             exit_code: Some(137),
             restart_count: 3,
             image: "registry.local/shop/web:1.4.2".into(),
+            failed_at: None,
         },
         status: VerdictStatus::Diagnosed,
         root_cause: "container app was OOM-killed at its limit of 128Mi".into(),
@@ -50,6 +51,7 @@ fn verdict() -> Verdict {
         confidence: 95,
         source: VerdictSource::Rules { rule: "oom-increase-memory".into() },
         diagnosed_at: "2026-11-30T10:00:00Z".parse().expect("time"),
+        detected_at: None,
     }
 }
 

@@ -215,6 +215,7 @@ impl Target {
             exit_code: (self.kind == FailureKind::OomKilled).then_some(137),
             restart_count: 1,
             image: self.image.clone(),
+            failed_at: None,
         }
     }
 
@@ -232,6 +233,7 @@ impl Target {
             confidence: 100,
             source: VerdictSource::Model { model: "attacker".into() },
             diagnosed_at: jiff::Timestamp::now(),
+            detected_at: None,
         }
     }
 

@@ -5,7 +5,7 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 /// Where finished spans go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,17 +116,33 @@ pub fn init_with(service: &'static str, options: TelemetryOptions) -> TelemetryG
     opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(service);
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&options.default_filter));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&options.default_filter));
+    // Spans see what the logs see, plus kube-client's CLIENT span around every API request (it makes it
+    // at DEBUG, with the HTTP method, URL and status).
+    let span_filter = match KUBE_CLIENT_SPANS.parse() {
+        Ok(directive) => filter().add_directive(directive),
+        Err(_) => filter(),
+    };
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(span_filter);
+    let registry = tracing_subscriber::registry().with(otel);
     let _ = if options.json_logs {
         registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_filter(filter()),
+            )
             .try_init()
     } else {
         // Colours only on a terminal: log files and collectors get plain text.
         let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        registry.with(tracing_subscriber::fmt::layer().with_target(false).with_ansi(colours)).try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer().with_target(false).with_ansi(colours).with_filter(filter()),
+            )
+            .try_init()
     };
     if let Some(problem) = export_problem {
         // A broken collector setting must not stop the service; it is reported once, loudly.
@@ -135,12 +151,24 @@ pub fn init_with(service: &'static str, options: TelemetryOptions) -> TelemetryG
     TelemetryGuard { provider }
 }
 
+/// The directive that lets kube-client's per-request spans through to the span exporter.
+const KUBE_CLIENT_SPANS: &str = "kube_client::client::builder=debug";
+
+/// Whether the environment names an OTLP protocol; without one it is `http/protobuf`, as the
+/// OpenTelemetry specification says (the exporter crate would pick JSON, since both are compiled in).
+fn environment_names_protocol(var: impl Fn(&str) -> Option<String>) -> bool {
+    ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .iter()
+        .any(|name| var(name).is_some_and(|v| !v.trim().is_empty()))
+}
+
 fn otlp_exporter(export: &SpanExport) -> Result<Option<opentelemetry_otlp::SpanExporter>, String> {
     let builder = opentelemetry_otlp::SpanExporter::builder().with_http();
     let builder = match export {
         SpanExport::Off => return Ok(None),
         SpanExport::FromEnvironment if !SpanExport::environment_wants_otlp() => return Ok(None),
-        SpanExport::FromEnvironment => builder,
+        SpanExport::FromEnvironment if environment_names_protocol(|name| std::env::var(name).ok()) => builder,
+        SpanExport::FromEnvironment => builder.with_protocol(Protocol::HttpBinary),
         SpanExport::Otlp { endpoint, json } => builder
             .with_endpoint(endpoint.clone())
             .with_protocol(if *json { Protocol::HttpJson } else { Protocol::HttpBinary }),
@@ -150,6 +178,20 @@ fn otlp_exporter(export: &SpanExport) -> Result<Option<opentelemetry_otlp::SpanE
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn without_a_protocol_in_the_environment_spans_go_as_protobuf() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        assert!(!super::environment_names_protocol(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])));
+        assert!(!super::environment_names_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", " ")])));
+        assert!(super::environment_names_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])));
+        assert!(super::environment_names_protocol(env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "http/json"
+        )])));
+    }
+
     #[test]
     fn init_installs_a_subscriber() {
         let _guard = super::init("test", false);

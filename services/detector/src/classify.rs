@@ -2,6 +2,8 @@
 
 use kubesent_proto::FailureKind;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::lean::{LeanContainerStatus, LeanPod};
 
 /// A failure signal read off one container status.
@@ -15,6 +17,8 @@ pub struct FailureSignal {
     pub message: Option<String>,
     /// Exit code of the relevant termination.
     pub exit_code: Option<i32>,
+    /// When the failure began, as the status records it (a termination's end, a condition's change).
+    pub failed_at: Option<Time>,
 }
 
 /// What the detector needs to know about one container, kept small on purpose.
@@ -92,11 +96,18 @@ pub fn classify(pod: &LeanPod) -> Vec<ContainerObservation> {
                     reason: "NotReady".into(),
                     message: ready_condition_message(pod),
                     exit_code: None,
+                    failed_at: condition_time(pod, "Ready"),
                 });
             }
         }
     }
     observations
+}
+
+/// When the pod's condition `kind` last changed.
+fn condition_time(pod: &LeanPod, kind: &str) -> Option<Time> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().find(|c| c.type_ == kind).and_then(|c| c.last_transition_time.clone())
 }
 
 /// The message of the pod's `Ready=False` condition (`containers with unready status: [app]`).
@@ -122,6 +133,7 @@ fn pod_failure(pod: &LeanPod) -> Option<FailureSignal> {
             reason: status.reason.clone().unwrap_or_default(),
             message: status.message.clone(),
             exit_code: None,
+            failed_at: condition_time(pod, "DisruptionTarget").or_else(|| condition_time(pod, "Ready")),
         });
     }
     let unschedulable = status.conditions.iter().flatten().find(|c| {
@@ -132,6 +144,7 @@ fn pod_failure(pod: &LeanPod) -> Option<FailureSignal> {
         reason: "Unschedulable".into(),
         message: unschedulable.message.clone(),
         exit_code: None,
+        failed_at: unschedulable.last_transition_time.clone(),
     })
 }
 
@@ -164,6 +177,12 @@ fn observe(cs: &LeanContainerStatus, init: bool, restarts: bool) -> ContainerObs
                 _ => waiting.message.clone(),
             },
             exit_code: if reason == "CrashLoopBackOff" { last.map(|t| t.exit_code) } else { None },
+            // A back-off follows a termination; the other waiting reasons carry no time.
+            failed_at: if reason == "CrashLoopBackOff" {
+                last.and_then(|t| t.finished_at.clone())
+            } else {
+                None
+            },
         })
     } else if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()) {
         let reason = terminated.reason.clone().unwrap_or_default();
@@ -185,6 +204,7 @@ fn observe(cs: &LeanContainerStatus, init: bool, restarts: bool) -> ContainerObs
             reason,
             message: terminated.message.clone(),
             exit_code: Some(terminated.exit_code),
+            failed_at: terminated.finished_at.clone(),
         })
     } else {
         None

@@ -239,6 +239,7 @@ mod tests {
                 exit_code: Some(137),
                 restart_count: 1,
                 image: "web:1".into(),
+                failed_at: None,
             },
             affected_pods: 1,
             detected_at: jiff::Timestamp::UNIX_EPOCH,

@@ -245,6 +245,7 @@ pub fn failure_job(job: &LeanJob, pod: PodRef, reason: &str, message: &str) -> F
             exit_code: None,
             restart_count: job.status.as_ref().and_then(|s| s.failed).unwrap_or(0),
             image: first.and_then(|c| c.image.clone()).unwrap_or_default(),
+            failed_at: job_failure(job).and_then(|c| c.last_transition_time.as_ref()).map(|t| t.0),
         },
         affected_pods: 1,
         detected_at: jiff::Timestamp::now(),

@@ -92,8 +92,9 @@ pub struct LeanPodStatus {
     pub init_container_statuses: Option<Vec<LeanContainerStatus>>,
 }
 
-/// One pod condition, without its timestamps.
+/// One pod condition and when it last changed.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LeanPodCondition {
     /// `PodScheduled`, `Ready`, …
     #[serde(rename = "type")]
@@ -106,6 +107,9 @@ pub struct LeanPodCondition {
     /// Human-readable message.
     #[serde(default)]
     pub message: Option<String>,
+    /// When its status last changed.
+    #[serde(default)]
+    pub last_transition_time: Option<Time>,
 }
 
 /// One container's status: its state now, its last termination and its restarts.
@@ -169,6 +173,9 @@ pub struct LeanTerminated {
     /// The termination message.
     #[serde(default)]
     pub message: Option<String>,
+    /// When it ended.
+    #[serde(default)]
+    pub finished_at: Option<Time>,
 }
 
 impl kube::Resource for LeanPod {
@@ -343,6 +350,7 @@ impl From<&Pod> for LeanPod {
                             status: c.status.clone(),
                             reason: c.reason.clone(),
                             message: c.message.clone(),
+                            last_transition_time: c.last_transition_time.clone(),
                         })
                         .collect()
                 }),
@@ -394,6 +402,7 @@ impl From<&ContainerState> for LeanContainerState {
                 exit_code: t.exit_code,
                 reason: t.reason.clone(),
                 message: t.message.clone(),
+                finished_at: t.finished_at.clone(),
             }),
         }
     }

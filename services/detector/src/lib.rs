@@ -40,7 +40,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, info, info_span, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::{
     incidents::{Holds, IncidentBook, Update},
@@ -125,7 +125,7 @@ struct ResultLabel {
 }
 
 /// Detector metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DetectorMetrics {
     watch_events: Counter,
     watch_errors: Counter,
@@ -136,8 +136,27 @@ pub struct DetectorMetrics {
     open_incidents: Gauge,
     pending_jobs: Gauge,
     leader: Gauge,
+    detection: kubesent_common::metrics::SliHistograms,
     /// Woken whenever the publisher changes a figure, so tests can await a state instead of polling.
     changed: tokio::sync::Notify,
+}
+
+impl Default for DetectorMetrics {
+    fn default() -> Self {
+        Self {
+            watch_events: Counter::default(),
+            watch_errors: Counter::default(),
+            transitions: Counter::default(),
+            published: Family::default(),
+            publish_failures: Counter::default(),
+            tracked_pods: Gauge::default(),
+            open_incidents: Gauge::default(),
+            pending_jobs: Gauge::default(),
+            leader: Gauge::default(),
+            detection: kubesent_common::metrics::sli_histograms(),
+            changed: tokio::sync::Notify::default(),
+        }
+    }
 }
 
 impl DetectorMetrics {
@@ -149,6 +168,11 @@ impl DetectorMetrics {
         r.register("watch_errors", "Pod watch errors (the watcher retries)", metrics.watch_errors.clone());
         r.register("transitions", "Container failure transitions seen", metrics.transitions.clone());
         r.register("jobs_published", "Jobs acknowledged by JetStream, by result", metrics.published.clone());
+        r.register(
+            "detection_seconds",
+            "From the failure (the container's termination or the condition's change, as the status records it) to its job stored in JetStream, by failure kind",
+            metrics.detection.clone(),
+        );
         r.register(
             "publish_failures",
             "Publish attempts that failed and will be retried",
@@ -240,10 +264,9 @@ pub async fn run(
         holds: config.holds,
         incident_ttl: config.incident_ttl,
     };
-    let publishing = kubesent_common::AbortOnDrop::new(tokio::spawn(
-        publisher.run(shutdown.clone()).instrument(info_span!("publisher")),
-    ));
-    watch_pods(&config, &deps, updates_tx, shutdown.clone()).instrument(info_span!("pods")).await;
+    let publishing = kubesent_common::AbortOnDrop::new(tokio::spawn(publisher.run(shutdown.clone())));
+    // No span for these loops: they live as long as the process, and a span is exported when it ends.
+    watch_pods(&config, &deps, updates_tx, shutdown.clone()).await;
     publishing.join().await;
     let _ = deps.js.client().flush().await;
     leadership.release().await;
@@ -409,6 +432,7 @@ pub fn build_job(pod: &LeanPod, transition: &Transition) -> FailureJob {
             exit_code: transition.signal.exit_code,
             restart_count: transition.container.restart_count,
             image: transition.container.image.clone(),
+            failed_at: transition.signal.failed_at.as_ref().map(|t| t.0),
         },
         affected_pods: 1,
         detected_at: jiff::Timestamp::now(),
@@ -459,6 +483,9 @@ impl Publisher {
                     Ok(published) => {
                         let outcome = if published.duplicate { PublishResult::Duplicate } else { PublishResult::Published };
                         self.metrics.published.get_or_create(&ResultLabel { result: outcome }).inc();
+                        if let (false, Some(failed_at)) = (published.duplicate, job.failure.failed_at) {
+                            kubesent_common::metrics::observe_since(&self.metrics.detection, job.failure.kind, failed_at, jiff::Timestamp::now());
+                        }
                         backoff.reset();
                         retry_at = None;
                     }
@@ -500,9 +527,20 @@ async fn publish_job(
     js: jetstream::Context,
     job: FailureJob,
 ) -> (FailureJob, Result<nats::Published, kubesent_common::Error>) {
-    let span = info_span!("publish_job", incident = %job.incident, namespace = %job.pod.namespace, pod = %job.pod.name);
+    let subject = match proto::job_subject(&job.pod.namespace, job.failure.kind) {
+        Ok(subject) => subject,
+        Err(error) => return (job, Err(error.into())),
+    };
+    // The incident's trace starts here: a root span, not a child of the publisher's loop.
+    let span = kubesent_common::trace::producer_span(
+        true,
+        &subject,
+        job.incident.as_str(),
+        job.incident.as_str(),
+        &job.pod.namespace,
+        &job.pod.name,
+    );
     let result = async {
-        let subject = proto::job_subject(&job.pod.namespace, job.failure.kind)?;
         let published = nats::publish(&js, subject, job.incident.as_str(), proto::encode(&job), &[(proto::headers::INCIDENT, job.incident.as_str())]).await?;
         if published.duplicate {
             debug!(sequence = published.sequence, "job already published (deduplicated)");

@@ -95,6 +95,8 @@ impl PodTracker {
                                 reason: "OOMKilled".into(),
                                 message: None,
                                 exit_code: Some(137),
+                                // The kill happened between two status reads; its time was not seen.
+                                failed_at: None,
                             },
                         });
                     }

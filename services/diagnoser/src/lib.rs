@@ -38,7 +38,7 @@ use prometheus_client::{
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, field, info, info_span, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
 pub use rules::MemoryPolicy;
 
@@ -190,10 +190,21 @@ struct OutcomeLabel {
 }
 
 /// Diagnoser metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DiagnoserMetrics {
     jobs: Family<OutcomeLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
+    job_to_verdict: kubesent_common::metrics::SliHistograms,
+}
+
+impl Default for DiagnoserMetrics {
+    fn default() -> Self {
+        Self {
+            jobs: Family::default(),
+            rejected: Family::default(),
+            job_to_verdict: kubesent_common::metrics::sli_histograms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -207,6 +218,11 @@ impl DiagnoserMetrics {
         let metrics = Self::default();
         let r = registry.sub_registry_with_prefix("kubesent_diagnoser");
         r.register("jobs", "Jobs handled, by outcome", metrics.jobs.clone());
+        r.register(
+            "job_to_verdict_seconds",
+            "From the detector seeing the failure to its verdict published, by failure kind",
+            metrics.job_to_verdict.clone(),
+        );
         r.register(
             "rejected_messages",
             "Jobs refused as invalid (oversized, unknown schema, malformed, out of bounds, wrong subject) and dead-lettered",
@@ -282,9 +298,12 @@ struct Worker {
 
 impl Worker {
     async fn handle(&self, message: jetstream::Message) {
-        let span =
-            info_span!("diagnose", incident = field::Empty, namespace = field::Empty, pod = field::Empty);
-        trace::continue_trace(&span, message.headers.as_ref());
+        let span = trace::consumer_span(
+            "failure job",
+            proto::DIAGNOSERS_CONSUMER,
+            message.subject.as_str(),
+            message.headers.as_ref(),
+        );
         self.handle_in_span(message, &span).instrument(span.clone()).await;
     }
 
@@ -299,9 +318,7 @@ impl Worker {
                 return;
             }
         };
-        span.record("incident", job.incident.as_str());
-        span.record("namespace", job.pod.namespace.as_str());
-        span.record("pod", job.pod.name.as_str());
+        trace::record_target(span, job.incident.as_str(), &job.pod.namespace, &job.pod.name);
         let _progress = ProgressAcker::start(&message, self.config.progress_interval);
         let last_delivery = deliveries >= self.config.topology.max_deliver;
         match self.diagnose_and_publish(&job, last_delivery).await {
@@ -358,14 +375,32 @@ impl Worker {
         };
         let verdict = publishable(verdict);
         let subject = proto::verdict_subject(&job.pod.namespace, &verdict.action)?;
+        let message_id = format!("verdict-{}", job.incident);
+        let span = trace::producer_span(
+            false,
+            &subject,
+            &message_id,
+            job.incident.as_str(),
+            &job.pod.namespace,
+            &job.pod.name,
+        );
         let published = nats::publish(
             &self.deps.js,
             subject,
-            &format!("verdict-{}", job.incident),
+            &message_id,
             proto::encode(&verdict),
             &[(proto::headers::INCIDENT, job.incident.as_str())],
         )
+        .instrument(span)
         .await?;
+        if !published.duplicate {
+            kubesent_common::metrics::observe_since(
+                &self.deps.metrics.job_to_verdict,
+                job.failure.kind,
+                job.detected_at,
+                jiff::Timestamp::now(),
+            );
+        }
         info!(
             action = verdict.action.kind_str(),
             confidence = verdict.confidence,
@@ -413,6 +448,7 @@ fn verdict(
             other => other,
         },
         diagnosed_at: jiff::Timestamp::now(),
+        detected_at: Some(job.detected_at),
     }
 }
 

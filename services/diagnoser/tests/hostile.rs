@@ -45,6 +45,7 @@ fn job(kind: FailureKind) -> FailureJob {
             exit_code: Some(137),
             restart_count: 3,
             image: "web:2".into(),
+            failed_at: None,
         },
         affected_pods: 1,
         detected_at: jiff::Timestamp::UNIX_EPOCH,

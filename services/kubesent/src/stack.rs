@@ -43,6 +43,8 @@ pub struct StackOptions {
     pub pending_threshold: Duration,
     /// How long a running container may stay not ready before it is reported.
     pub unready_threshold: Duration,
+    /// Ask gemini-sim when the rules are unsure (else rules only).
+    pub model: bool,
 }
 
 impl Default for StackOptions {
@@ -55,6 +57,7 @@ impl Default for StackOptions {
             kubernetes_minor: SimConfig::default().kubernetes_minor,
             pending_threshold: Duration::from_secs(1),
             unready_threshold: Duration::from_secs(2),
+            model: false,
         }
     }
 }
@@ -67,6 +70,17 @@ pub struct StackMetrics {
     pub diagnoser: Arc<DiagnoserMetrics>,
     /// Remediator metrics.
     pub remediator: Arc<RemediatorMetrics>,
+    registry: Registry,
+}
+
+impl StackMetrics {
+    /// Every metric in the Prometheus text format, as `/metrics` serves it.
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
 }
 
 /// A running installation; [`Stack::stop`] shuts it down.
@@ -149,6 +163,7 @@ impl Stack {
             detector: DetectorMetrics::register(&mut registry),
             diagnoser: DiagnoserMetrics::register(&mut registry),
             remediator: RemediatorMetrics::register(&mut registry),
+            registry,
         };
         let mut services = Vec::new();
         let ready: [Arc<Health>; 3] = Default::default();
@@ -180,7 +195,20 @@ impl Stack {
             kube: diagnoser_kube,
             js: diagnoser_js,
             metrics: metrics.diagnoser.clone(),
-            models: None,
+            models: if options.model {
+                let settings = kubesent_diagnoser::llm::LlmSettings {
+                    models: vec!["gemini-2.5-flash".into()],
+                    backend: kubesent_diagnoser::llm::BackendKind::Gemini,
+                    base_url: gemini_sim.url(),
+                    api_key: Some(secrecy::SecretString::from("stack-key".to_owned())),
+                    limits: kubesent_diagnoser::ratelimit::Limits { rpm: 600, tpm: None },
+                    timeout: Duration::from_secs(10),
+                    max_wait: Duration::from_secs(5),
+                };
+                kubesent_diagnoser::llm::build_chain(&settings, None)?
+            } else {
+                None
+            },
             health: ready[1].clone(),
         };
         let config = DiagnoserConfig { topology: topology.clone(), ..DiagnoserConfig::default() };

@@ -212,6 +212,20 @@ async fn an_oom_killed_deployment_gets_more_memory_in_its_template_and_rolls_out
         !requests.iter().any(|r| r.method == "DELETE" && r.path.contains("/pods/")),
         "pods were left to the rollout"
     );
+    let diagnosis = outcome.diagnosis.as_ref().expect("the audit log keeps the verdict");
+    assert!(diagnosis.root_cause.contains("OOM-killed"), "{}", diagnosis.root_cause);
+    assert!(diagnosis.failure.failed_at.is_some(), "the container's termination time travels with the job");
+    // The SLIs: each stage of this incident is one observation in its failure kind's histogram.
+    let metrics = stack.metrics.text();
+    for histogram in [
+        "kubesent_detector_detection_seconds",
+        "kubesent_diagnoser_job_to_verdict_seconds",
+        "kubesent_remediator_verdict_to_fix_seconds",
+        "kubesent_remediator_failure_to_healed_seconds",
+    ] {
+        let series = format!("{histogram}_count{{kind=\"oom-killed\"}} 1");
+        assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+    }
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
 }

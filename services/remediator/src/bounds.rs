@@ -302,6 +302,7 @@ mod tests {
                 exit_code: None,
                 restart_count: 0,
                 image: "registry.local/shop/web:2.0.0".into(),
+                failed_at: None,
             },
             status: VerdictStatus::Diagnosed,
             root_cause: "missing image".into(),
@@ -313,6 +314,7 @@ mod tests {
             confidence: 100,
             source: VerdictSource::Rules { rule: "r".into() },
             diagnosed_at: "2026-11-30T10:00:00Z".parse().expect("time"),
+            detected_at: None,
         }
     }
 

@@ -296,6 +296,7 @@ mod tests {
                 exit_code: Some(137),
                 restart_count: 2,
                 image: "web:1".into(),
+                failed_at: None,
             },
             status: VerdictStatus::Diagnosed,
             root_cause: "oom".into(),
@@ -307,6 +308,7 @@ mod tests {
             confidence,
             source: VerdictSource::Rules { rule: "oom".into() },
             diagnosed_at: now(),
+            detected_at: None,
         }
     }
 

@@ -85,6 +85,9 @@ pub struct Intent {
     pub verdict: Option<Box<kubesent_proto::Verdict>>,
     /// Last change.
     pub updated_at: jiff::Timestamp,
+    /// When the fix was applied (the intent reached `Applied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<jiff::Timestamp>,
 }
 
 fn force_replace() -> Strategy {

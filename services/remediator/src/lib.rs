@@ -49,7 +49,7 @@ use prometheus_client::{
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, field, info, info_span, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::{
     gate::Policy,
@@ -162,12 +162,27 @@ struct ReasonLabel {
 }
 
 /// Remediator metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RemediatorMetrics {
     outcomes: Family<ResultLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
     retries: Counter,
     leader: Gauge,
+    verdict_to_fix: kubesent_common::metrics::SliHistograms,
+    failure_to_healed: kubesent_common::metrics::SliHistograms,
+}
+
+impl Default for RemediatorMetrics {
+    fn default() -> Self {
+        Self {
+            outcomes: Family::default(),
+            rejected: Family::default(),
+            retries: Counter::default(),
+            leader: Gauge::default(),
+            verdict_to_fix: kubesent_common::metrics::sli_histograms(),
+            failure_to_healed: kubesent_common::metrics::sli_histograms(),
+        }
+    }
 }
 
 impl RemediatorMetrics {
@@ -186,6 +201,16 @@ impl RemediatorMetrics {
         }
         r.register("retries", "Verdicts handed back for a later retry", metrics.retries.clone());
         r.register("leader", "1 when this replica leads", metrics.leader.clone());
+        r.register(
+            "verdict_to_fix_seconds",
+            "From the verdict to the fix applied (the owner patched, the pod resized or replaced), by failure kind",
+            metrics.verdict_to_fix.clone(),
+        );
+        r.register(
+            "failure_to_healed_seconds",
+            "From the failure (the container's termination or the condition's change, else its detection) to the fix verified healthy, by failure kind",
+            metrics.failure_to_healed.clone(),
+        );
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
         for result in OutcomeResult::ALL {
             let _ = metrics.outcomes.get_or_create(&ResultLabel { result: result.as_str() });
@@ -241,24 +266,10 @@ pub async fn run(
         leading: leading.clone(),
         shutdown: shutdown.clone(),
     });
-    tokio::spawn(
-        remediator
-            .clone()
-            .resume_on_takeover(leading.clone(), shutdown.clone())
-            .instrument(info_span!("takeover")),
-    );
-    tokio::spawn(
-        remediator
-            .clone()
-            .take_decisions(leading.clone(), shutdown.clone())
-            .instrument(info_span!("decisions")),
-    );
-    tokio::spawn(
-        remediator
-            .clone()
-            .purge_old_intents(leading.clone(), shutdown.clone())
-            .instrument(info_span!("retention")),
-    );
+    // No span for these loops: they live as long as the process, and a span is exported when it ends.
+    tokio::spawn(remediator.clone().resume_on_takeover(leading.clone(), shutdown.clone()));
+    tokio::spawn(remediator.clone().take_decisions(leading.clone(), shutdown.clone()));
+    tokio::spawn(remediator.clone().purge_old_intents(leading.clone(), shutdown.clone()));
     let worker = remediator.clone();
     // A remediation spends most of its time verifying (watching for the verify window), so several run at
     // once; the per-target locks keep two of them off the same pod or workload, and the guardrails bound
@@ -360,9 +371,12 @@ impl Intent {
 
 impl Remediator {
     async fn handle(&self, message: jetstream::Message) {
-        let span =
-            info_span!("remediate", incident = field::Empty, namespace = field::Empty, pod = field::Empty);
-        trace::continue_trace(&span, message.headers.as_ref());
+        let span = trace::consumer_span(
+            "verdict",
+            proto::REMEDIATOR_CONSUMER,
+            message.subject.as_str(),
+            message.headers.as_ref(),
+        );
         self.handle_in_span(message, &span).instrument(span.clone()).await;
     }
 
@@ -385,9 +399,7 @@ impl Remediator {
                     return;
                 }
             };
-        span.record("incident", verdict.incident.as_str());
-        span.record("namespace", verdict.pod.namespace.as_str());
-        span.record("pod", verdict.pod.name.as_str());
+        trace::record_target(span, verdict.incident.as_str(), &verdict.pod.namespace, &verdict.pod.name);
         let _progress = nats::ProgressAcker::start(&message, Duration::from_secs(20));
         let result = match self.remediate(&verdict).await {
             Ok(finished) => self.record(&verdict, finished).await,
@@ -662,11 +674,22 @@ impl Remediator {
     async fn advance(&self, intent: &mut Intent, revision: u64) -> Result<u64, StepError> {
         intent.actor = self.config.identity.clone();
         intent.updated_at = jiff::Timestamp::now();
+        if intent.phase == intent::Phase::Applied && intent.applied_at.is_none() {
+            intent.applied_at = Some(intent.updated_at);
+            if let Some(verdict) = intent.verdict.as_deref() {
+                kubesent_common::metrics::observe_since(
+                    &self.deps.metrics.verdict_to_fix,
+                    verdict.failure.kind,
+                    verdict.diagnosed_at,
+                    intent.updated_at,
+                );
+            }
+        }
         Ok(self.intents.advance(intent, revision).await?)
     }
 
     async fn record(&self, verdict: &Verdict, finished: Finished) -> Result<(), StepError> {
-        self.record_for(&verdict.incident, &verdict.pod, &verdict.action, finished).await
+        self.record_for(&verdict.incident, &verdict.pod, &verdict.action, Some(verdict), finished).await
     }
 
     /// Publishes the outcome of `incident`. Each incident has one final outcome (its message id is
@@ -676,11 +699,13 @@ impl Remediator {
         incident: &proto::IncidentId,
         pod: &proto::PodRef,
         action: &Action,
+        verdict: Option<&Verdict>,
         finished: Finished,
     ) -> Result<(), StepError> {
         if finished.recorded {
             return Ok(());
         }
+        let diagnosis = verdict.map(proto::Diagnosis::of);
         let outcome = Outcome {
             schema: proto::SCHEMA_VERSION,
             incident: incident.clone(),
@@ -693,17 +718,34 @@ impl Remediator {
             actor: self.config.identity.clone(),
             decided_by: finished.decided_by,
             trace_id: trace::current_trace_id(),
+            diagnosis,
             at: jiff::Timestamp::now(),
         };
+        if let Some(diagnosis) =
+            outcome.diagnosis.as_ref().filter(|_| outcome.result == OutcomeResult::Healed)
+        {
+            let failed =
+                diagnosis.failure.failed_at.or(diagnosis.detected_at).unwrap_or(diagnosis.diagnosed_at);
+            kubesent_common::metrics::observe_since(
+                &self.deps.metrics.failure_to_healed,
+                diagnosis.failure.kind,
+                failed,
+                outcome.at,
+            );
+        }
         let subject = proto::outcome_subject(&pod.namespace, outcome.result)?;
         let kind = if outcome.result == OutcomeResult::AwaitingApproval { "pending" } else { "outcome" };
+        let message_id = format!("{kind}-{incident}");
+        let span =
+            trace::producer_span(false, &subject, &message_id, incident.as_str(), &pod.namespace, &pod.name);
         nats::publish(
             &self.deps.js,
             subject,
-            &format!("{kind}-{incident}"),
+            &message_id,
             proto::encode(&outcome),
             &[(proto::headers::INCIDENT, incident.as_str())],
         )
+        .instrument(span)
         .await?;
         self.deps.metrics.outcomes.get_or_create(&ResultLabel { result: outcome.result.as_str() }).inc();
         info!(result = outcome.result.as_str(), detail = %outcome.detail, "outcome recorded");

@@ -203,6 +203,7 @@ impl Operator {
             decided_by: Some(self.attribution()),
             trace_id: None,
             at: jiff::Timestamp::now(),
+            diagnosis: None,
         };
         let subject = proto::outcome_subject(&intent.target.namespace, outcome.result)
             .map_err(|e| OperatorError::Nats(kubesent_common::Error::Config(e.to_string())))?;

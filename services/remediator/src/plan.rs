@@ -282,6 +282,7 @@ pub fn plan(
         detail: None,
         verdict: Some(Box::new(verdict.clone())),
         updated_at: now,
+        applied_at: None,
     };
     Ok(Planned { intent, what, workload_key })
 }
@@ -360,6 +361,7 @@ mod tests {
                 exit_code: Some(137),
                 restart_count: 3,
                 image: "registry.local/shop/web:2.0.0".into(),
+                failed_at: None,
             },
             status: VerdictStatus::Diagnosed,
             root_cause: "the container needs more than 256Mi".into(),
@@ -371,6 +373,7 @@ mod tests {
             confidence,
             source: VerdictSource::Rules { rule: "oom".into() },
             diagnosed_at: "2026-11-30T10:04:30Z".parse().expect("time"),
+            detected_at: None,
         }
     }
 

@@ -75,7 +75,7 @@ impl Remediator {
         info!(incident = %intent.incident, phase = ?intent.phase, "finishing an intent left half-done");
         // An approved one under way had its verdict acknowledged when it began to wait; any other's verdict
         // is redelivered after its ack wait and then finds the outcome already recorded (same message id).
-        let span = info_span!("resume", incident = %intent.incident);
+        let span = info_span!(parent: None, "resume", incident = %intent.incident);
         self.clone().spawn_while_leading(self.finish(intent, revision, "a resumed intent").instrument(span));
     }
 
@@ -85,11 +85,15 @@ impl Remediator {
     pub(crate) async fn finish(self: Arc<Self>, intent: Intent, revision: u64, what: &'static str) {
         const ATTEMPTS: u32 = 6;
         let (incident, pod, action) = (intent.incident.clone(), intent.target.clone(), intent.action.clone());
+        let verdict = intent.verdict.clone();
         let (mut intent, mut revision) = (intent, revision);
         let mut backoff = kubesent_common::Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
         for attempt in 1..=ATTEMPTS {
             match self.drive(intent.clone(), revision).await {
-                Ok(finished) => match self.record_for(&incident, &pod, &action, finished).await {
+                Ok(finished) => match self
+                    .record_for(&incident, &pod, &action, verdict.as_deref(), finished)
+                    .await
+                {
                     Ok(()) => return,
                     Err(error) => warn!(%error, attempt, what, "recording the outcome failed; trying again"),
                 },
@@ -220,7 +224,7 @@ impl Remediator {
         }
         let incident = taken.decision.incident.clone();
         let by = taken.attribution();
-        let span = info_span!("decision", %incident, %by);
+        let span = info_span!(parent: None, "decision", %incident, %by);
         let result = match taken.decision.decision {
             approvals::Verdict::Approve => {
                 match self.intents.approve(&incident, &by).instrument(span.clone()).await {
@@ -238,7 +242,13 @@ impl Remediator {
                     Ok(intent) => {
                         let finished = Finished { decided_by: Some(by.clone()), ..intent.finished() };
                         if let Err(error) = self
-                            .record_for(&incident, &intent.target, &intent.action, finished)
+                            .record_for(
+                                &incident,
+                                &intent.target,
+                                &intent.action,
+                                intent.verdict.as_deref(),
+                                finished,
+                            )
                             .instrument(span.clone())
                             .await
                         {
@@ -280,7 +290,7 @@ impl Remediator {
         if !fresh {
             return;
         }
-        let span = info_span!("approved", incident = %intent.incident);
+        let span = info_span!(parent: None, "approved", incident = %intent.incident);
         // In flight until the work ends or is dropped (also unpolled, when this replica stopped leading).
         let in_flight = InFlight { incidents: in_flight.clone(), incident: intent.incident.clone() };
         let remediator = self.clone();

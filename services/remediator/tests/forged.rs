@@ -101,6 +101,7 @@ fn pull_verdict(pod: &Pod, action: Action, workload: (&str, &str), tag: &str) ->
             exit_code: None,
             restart_count: 0,
             image: MISSING.into(),
+            failed_at: None,
         },
         status: VerdictStatus::Diagnosed,
         root_cause: "trust me".into(),
@@ -108,6 +109,7 @@ fn pull_verdict(pod: &Pod, action: Action, workload: (&str, &str), tag: &str) ->
         confidence: 100,
         source: VerdictSource::Model { model: "anyone".into() },
         diagnosed_at: jiff::Timestamp::now(),
+        detected_at: None,
     }
 }
 

@@ -294,7 +294,18 @@ impl ModelChain {
                         break;
                     }
                 }
-                let span = info_span!("llm_attempt", model = %model.name, attempt, tokens, status = tracing::field::Empty);
+                let span = info_span!(
+                    "llm_attempt",
+                    otel.name = %format_args!("generate_content {}", model.name),
+                    otel.kind = "client",
+                    gen_ai.provider.name = "gcp.gemini",
+                    gen_ai.operation.name = "generate_content",
+                    gen_ai.request.model = %model.name,
+                    model = %model.name,
+                    attempt,
+                    tokens,
+                    status = tracing::field::Empty
+                );
                 let started = Instant::now();
                 let result = self.call(model, prompt).instrument(span.clone()).await;
                 let label = ModelLabel { model: model.name.clone() };

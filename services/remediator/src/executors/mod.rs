@@ -130,7 +130,14 @@ impl Remediator {
         // The outcome before the done mark: an intent marked done always has its outcome on the audit
         // log. A crash in between leaves the intent unfinished, and whoever finishes it records the same
         // outcome again (deduplicated by its message id).
-        self.record_for(&intent.incident, &intent.target, &intent.action, finished.clone()).await?;
+        self.record_for(
+            &intent.incident,
+            &intent.target,
+            &intent.action,
+            intent.verdict.as_deref(),
+            finished.clone(),
+        )
+        .await?;
         finished.recorded = true;
         self.intents.advance(&intent, revision).await?;
         let lock =

@@ -183,6 +183,7 @@ pub fn verdict(pod: &Pod, action: Action, confidence: u8) -> Verdict {
             exit_code: Some(137),
             restart_count: restarts(pod),
             image: "registry.local/shop/web:1.4.2".into(),
+            failed_at: None,
         },
         status: VerdictStatus::Diagnosed,
         root_cause: "container app was OOM-killed at its limit".into(),
@@ -190,6 +191,7 @@ pub fn verdict(pod: &Pod, action: Action, confidence: u8) -> Verdict {
         confidence,
         source: VerdictSource::Rules { rule: "oom-increase-memory".into() },
         diagnosed_at: jiff::Timestamp::now(),
+        detected_at: None,
     }
 }
 
@@ -215,6 +217,7 @@ pub fn stored_intent(verdict: &Verdict, phase: Phase, strategy: Strategy) -> Int
         detail: None,
         verdict: Some(Box::new(verdict.clone())),
         updated_at: jiff::Timestamp::now(),
+        applied_at: None,
     }
 }
 
