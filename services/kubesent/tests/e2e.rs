@@ -912,3 +912,58 @@ async fn a_failing_rollout_with_nothing_ready_to_go_back_to_is_paused_with_the_r
     assert!(!resumed.metadata.annotations.unwrap_or_default().contains_key("kubesent.io/paused-reason"));
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_set_updated_to_a_crash_looping_revision_is_rolled_back_from_its_controller_revisions() {
+    let stack = stack(36).await;
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let sets: Api<StatefulSet> = Api::namespaced(stack.kube.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let db: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "shop"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/db:16.4",
+                    "readinessProbe": {"tcpSocket": {"port": 5432}, "initialDelaySeconds": 5}}]}}}
+    }))
+    .expect("statefulset json");
+    sets.create(&PostParams::default(), &db).await.expect("statefulset created");
+    let ready =
+        |s: Option<&StatefulSet>| s.and_then(|s| s.status.as_ref()).and_then(|s| s.ready_replicas) == Some(3);
+    tokio::time::timeout(PATIENCE, await_condition(sets.clone(), "db", ready))
+        .await
+        .expect("revision 1 ready in time")
+        .expect("watch");
+    let good_template = sets.get("db").await.expect("db").spec.expect("spec").template;
+
+    let update = json!({"spec": {"template": {"metadata": {"annotations": {
+        "sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "1",
+        "sim.kubesent.io/logs": "FATAL: could not load server certificate file \"server.crt\": No such file or directory"}}}}});
+    sets.patch("db", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+
+    let verdict = next_verdict(&mut verdicts).await;
+    let Action::RollbackRevision { from, to, .. } = verdict.action.clone() else {
+        panic!("a revision rollback: {:?} ({})", verdict.action, verdict.root_cause);
+    };
+    assert_eq!((from.number, to.number), (2, 1), "{}", verdict.root_cause);
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    assert_eq!(sets.get("db").await.expect("db").spec.expect("spec").template, good_template);
+    let live: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 3);
+    for pod in &live {
+        assert!(running_ready(pod), "{:?}", pod.status);
+        let revision = pod.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash"));
+        assert_eq!(revision, Some(&to.name), "pod {:?} runs revision 1", pod.metadata.name);
+    }
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
