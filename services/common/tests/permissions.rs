@@ -223,7 +223,8 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         operator.refused_publish(subject).await;
     }
 
-    // A reader follows the audit log and the dead letters, and nothing else.
+    // A reader follows the audit log, the dead letters, the intents and the live subjects, and writes
+    // nothing.
     let mut reader = connect(&server, &users, Role::Reader).await;
     let outcomes = reader.js.get_stream(proto::OUTCOMES_STREAM).await.expect("the audit stream");
     assert!(outcomes.direct_get(1).await.is_ok(), "reads an outcome");
@@ -233,16 +234,24 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         .expect("an ordered consumer");
     let mut history = ordered.messages().await.expect("messages");
     tokio::time::timeout(REFUSAL, history.next()).await.expect("an outcome").expect("open").expect("message");
+    let intents = reader.js.get_key_value(proto::INTENTS_BUCKET).await.expect("the intents bucket");
+    let mut keys = intents.keys().await.expect("the intents' keys");
+    let _ = tokio::time::timeout(REFUSAL, keys.next()).await;
+    let _live = reader.client.subscribe("kubesent.>").await.expect("a live subscription");
+    reader.client.flush().await.expect("flushed");
     reader.no_violations();
     for subject in [
         "kubesent.outcomes.shop.healed",
+        "kubesent.jobs.shop.oom-killed",
+        "kubesent.verdicts.shop.rollback-image",
         "$KV.kubesent-intents.paused",
-        "$JS.API.DIRECT.GET.KV_kubesent-intents.$KV.kubesent-intents.inc-1",
+        "$KV.kubesent-intents.inc-1",
         "$JS.API.CONSUMER.MSG.NEXT.KUBESENT_VERDICTS.remediator",
+        "$JS.API.STREAM.PURGE.KV_kubesent-intents",
     ] {
         reader.refused_publish(subject).await;
     }
-    reader.refused_subscribe("kubesent.verdicts.>").await;
+    reader.refused_subscribe("_INBOX_kubesent_operator.>").await;
 }
 
 #[test]

@@ -47,6 +47,10 @@ pub enum Command {
     /// Run everything locally against the simulators and heal an OOM-killed pod.
     #[cfg(feature = "sim")]
     Demo(crate::demo::DemoArgs),
+    /// List incidents from the audit log and the intents, or show one's timeline (`incidents show <id>`).
+    Incidents(crate::incidents::IncidentsArgs),
+    /// Follow every KubeSent subject live (jobs, verdicts, outcomes, dead letters), one line per message.
+    Tail(crate::incidents::TailArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
     Diagnose(crate::diagnose::DiagnoseArgs),
     /// Run the Kubernetes API simulator.
@@ -181,6 +185,8 @@ impl Cli {
             #[cfg(feature = "sim")]
             Command::Demo(args) => crate::demo::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
+            Command::Incidents(args) => crate::incidents::run(args).await,
+            Command::Tail(args) => crate::incidents::tail(args).await,
             #[cfg(feature = "sim")]
             Command::KubeSim(args) => crate::sim::run_kube_sim(args).await,
             #[cfg(feature = "sim")]

@@ -6,6 +6,7 @@ pub mod cli;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod diagnose;
+pub mod incidents;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "sim")]

@@ -967,3 +967,100 @@ async fn a_stateful_set_updated_to_a_crash_looping_revision_is_rolled_back_from_
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
 }
+
+/// Runs `kubesent <args>` as the reader against `stack`; (exit code, stdout, stderr).
+async fn as_reader(stack: &Stack, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+        .args(args)
+        .args(["--nats-url", stack.nats.url()])
+        .envs(stack.users.env(kubesent_common::nats::Role::Reader))
+        .output()
+        .await
+        .expect("kubesent runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubesent_tail_follows_an_incident_live_and_kubesent_incidents_lists_and_shows_it() {
+    use tokio::io::AsyncBufReadExt as _;
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+        .args(["tail", "--nats-url", stack.nats.url()])
+        .envs(stack.users.env(kubesent_common::nats::Role::Reader))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubesent tail starts");
+    let mut errors = tokio::io::BufReader::new(tail.stderr.take().expect("stderr")).lines();
+    let following = tokio::time::timeout(PATIENCE, errors.next_line()).await.expect("in time").expect("read");
+    assert!(following.is_some_and(|l| l.contains("following kubesent.>")), "tail subscribed first");
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().expect("stdout")).lines();
+
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    pods.create(&PostParams::default(), &oom_pod("web-1")).await.expect("created");
+    let healed = next_outcome(&mut outcomes).await;
+    assert_eq!(healed.result, OutcomeResult::Healed, "{}", healed.detail);
+    let incident = healed.incident.to_string();
+
+    // Live: the job, the verdict and the outcome, one readable line each.
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("outcome ")) {
+        let line =
+            tokio::time::timeout(PATIENCE, lines.next_line()).await.expect("a line in time").expect("read");
+        seen.push(line.expect("tail still running"));
+    }
+    for (kind, says) in
+        [("job ", "oom-killed OOMKilled"), ("verdict ", "increase-memory 95%"), ("outcome ", "healed")]
+    {
+        assert!(
+            seen.iter().any(|l| l.contains(kind) && l.contains(&incident) && l.contains(says)),
+            "a {kind}line saying {says:?}: {seen:#?}"
+        );
+    }
+    tail.kill().await.expect("stopped");
+
+    // The list, in each format, and its filters.
+    let (code, table, stderr) = as_reader(&stack, &["incidents"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(table.starts_with("INCIDENT"), "{table}");
+    let row = table.lines().find(|l| l.contains(&incident)).expect("the incident is listed");
+    for column in ["shop", "Pod/web-1", "oom-killed", "memory 128Mi→256Mi", "healed", "OOM-killed"] {
+        assert!(row.contains(column), "{column} in {row}");
+    }
+    let (code, json, stderr) =
+        as_reader(&stack, &["incidents", "-o", "json", "--namespace", "shop", "--since", "1h"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let item = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["incident"] == incident.as_str()))
+        .expect("listed");
+    assert_eq!(item["result"], "healed");
+    assert_eq!(item["action"]["type"], "increase_memory");
+    assert_eq!(item["failure"]["kind"], "oom-killed");
+    let (_, denied, _) = as_reader(&stack, &["incidents", "--result", "denied"]).await;
+    assert!(!denied.contains(&incident), "filtered out by result: {denied}");
+    let (_, elsewhere, _) = as_reader(&stack, &["incidents", "-n", "payments"]).await;
+    assert!(!elsewhere.contains(&incident), "filtered out by namespace: {elsewhere}");
+
+    // One incident's timeline, from failure to outcome.
+    let (code, shown, stderr) = as_reader(&stack, &["incidents", "show", &incident]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let order: Vec<usize> = ["failed", "detected", "diagnosed", "remediation", "outcome"]
+        .iter()
+        .map(|what| shown.find(&format!("  {what} ")).unwrap_or_else(|| panic!("{what} in\n{shown}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in time order:\n{shown}");
+    assert!(shown.contains("rule oom-increase-memory, confidence 95"), "{shown}");
+    assert!(shown.contains("healed by remediator-0"), "{shown}");
+    let (code, _, stderr) = as_reader(&stack, &["incidents", "show", "inc-000000000000000000000000"]).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no incident"), "{stderr}");
+    stack.stop().await;
+}
