@@ -19,6 +19,8 @@ pub const INTENTS_BUCKET: &str = "kubesent-intents";
 pub const DIAGNOSERS_CONSUMER: &str = "diagnosers";
 /// The remediator's durable pull consumer on [`VERDICTS_STREAM`].
 pub const REMEDIATOR_CONSUMER: &str = "remediator";
+/// The notifier's durable pull consumer on [`OUTCOMES_STREAM`].
+pub const NOTIFIER_CONSUMER: &str = "notifier";
 
 /// Subject filter of [`JOBS_STREAM`].
 pub const JOBS_SUBJECTS: &str = "kubesent.jobs.>";

@@ -252,6 +252,41 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         reader.refused_publish(subject).await;
     }
     reader.refused_subscribe("_INBOX_kubesent_operator.>").await;
+
+    // The notifier reads outcomes through its own durable consumer, acknowledges them, and nothing else.
+    let mut notifier = connect(&server, &users, Role::Notifier).await;
+    let never = tokio_util::sync::CancellationToken::new();
+    let consumer = nats::open_consumer(
+        &notifier.js,
+        proto::OUTCOMES_STREAM,
+        jetstream::consumer::pull::Config {
+            durable_name: Some(proto::NOTIFIER_CONSUMER.to_owned()),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            filter_subject: proto::OUTCOMES_SUBJECTS.to_owned(),
+            ..Default::default()
+        },
+        &never,
+    )
+    .await
+    .expect("its own consumer");
+    let mut outcomes = consumer.messages().await.expect("messages");
+    let outcome = tokio::time::timeout(REFUSAL, outcomes.next())
+        .await
+        .expect("an outcome")
+        .expect("open")
+        .expect("message");
+    outcome.ack().await.expect("acknowledged");
+    notifier.client.flush().await.expect("flushed");
+    notifier.no_violations();
+    for subject in [
+        "kubesent.outcomes.shop.healed",
+        "$JS.API.CONSUMER.CREATE.KUBESENT_OUTCOMES.remediator",
+        "$JS.API.DIRECT.GET.KV_kubesent-intents.$KV.kubesent-intents.inc-1",
+        "$JS.API.STREAM.INFO.KUBESENT_JOBS",
+    ] {
+        notifier.refused_publish(subject).await;
+    }
+    notifier.refused_subscribe("kubesent.>").await;
 }
 
 #[test]

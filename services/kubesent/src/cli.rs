@@ -51,6 +51,8 @@ pub enum Command {
     Incidents(crate::incidents::IncidentsArgs),
     /// Follow every KubeSent subject live (jobs, verdicts, outcomes, dead letters), one line per message.
     Tail(crate::incidents::TailArgs),
+    /// Tell humans what KubeSent did: Slack and a generic JSON webhook, from the audit log.
+    Notifier(crate::notifier::NotifierArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
     Diagnose(crate::diagnose::DiagnoseArgs),
     /// Run the Kubernetes API simulator.
@@ -186,6 +188,7 @@ impl Cli {
             Command::Demo(args) => crate::demo::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::Incidents(args) => crate::incidents::run(args).await,
+            Command::Notifier(args) => run_notifier(args).await,
             Command::Tail(args) => crate::incidents::tail(args).await,
             #[cfg(feature = "sim")]
             Command::KubeSim(args) => crate::sim::run_kube_sim(args).await,
@@ -197,9 +200,19 @@ impl Cli {
     }
 }
 
+async fn run_notifier(args: crate::notifier::NotifierArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let mut ctx = start_service(&args.common, Role::Notifier).await?;
+    let metrics = crate::notifier::NotifierMetrics::register(&mut ctx.registry);
+    ctx.publish_metrics();
+    let deps = crate::notifier::NotifierDeps { js: ctx.js.clone(), metrics, health: ctx.health.clone() };
+    crate::notifier::run(config, deps, ctx.shutdown.clone()).await
+}
+
 /// What every service gets from [`start_service`].
 struct ServiceContext {
-    kube: kube::Client,
+    /// The Kubernetes client (`None` for the notifier, which never talks to Kubernetes).
+    kube: Option<kube::Client>,
     js: jetstream::Context,
     topology: Topology,
     registry: Registry,
@@ -210,6 +223,11 @@ struct ServiceContext {
 }
 
 impl ServiceContext {
+    /// The Kubernetes client of a service that has one.
+    fn kube(&self) -> anyhow::Result<kube::Client> {
+        self.kube.clone().context("this service has no Kubernetes client")
+    }
+
     /// Publishes the registered metrics on `/metrics` (everything must be registered by now).
     fn publish_metrics(&mut self) {
         let _ = self.published_registry.set(std::mem::take(&mut self.registry));
@@ -230,7 +248,10 @@ async fn start_service(common: &CommonArgs, role: Role) -> anyhow::Result<Servic
     let app = admin::router(published_registry.clone(), health.clone());
     tokio::spawn(admin::serve(listener, app, shutdown.clone()));
     info!(listen = %common.admin_listen, "admin endpoint serving /healthz, /readyz and /metrics");
-    let kube = kubesent_common::kube_client(common.kube_api_url.as_deref()).await?;
+    let kube = match role {
+        Role::Notifier => None,
+        _ => Some(kubesent_common::kube_client(common.kube_api_url.as_deref()).await?),
+    };
     let client = nats::connect_as(&common.nats, role, &format!("{service}/{}", common.identity)).await?;
     let js = jetstream::new(client);
     let topology =
@@ -253,7 +274,7 @@ async fn run_detector(args: kubesent_detector::args::DetectorArgs) -> anyhow::Re
     let metrics = kubesent_detector::DetectorMetrics::register(&mut ctx.registry);
     ctx.publish_metrics();
     let deps = kubesent_detector::DetectorDeps {
-        kube: ctx.kube.clone(),
+        kube: ctx.kube()?,
         js: ctx.js.clone(),
         metrics,
         health: ctx.health.clone(),
@@ -279,7 +300,7 @@ async fn run_diagnoser(args: kubesent_diagnoser::args::DiagnoserArgs) -> anyhow:
     ctx.publish_metrics();
     info!(models = ?settings.models, backend = ?settings.backend, "model chain configured");
     let deps = kubesent_diagnoser::DiagnoserDeps {
-        kube: ctx.kube.clone(),
+        kube: ctx.kube()?,
         js: ctx.js.clone(),
         metrics,
         models,
@@ -294,7 +315,7 @@ async fn run_remediator(args: kubesent_remediator::args::RemediatorArgs) -> anyh
     let metrics = kubesent_remediator::RemediatorMetrics::register(&mut ctx.registry);
     ctx.publish_metrics();
     let deps = kubesent_remediator::RemediatorDeps {
-        kube: ctx.kube.clone(),
+        kube: ctx.kube()?,
         js: ctx.js.clone(),
         metrics,
         health: ctx.health.clone(),

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod demo;
 pub mod diagnose;
 pub mod incidents;
+pub mod notifier;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "sim")]

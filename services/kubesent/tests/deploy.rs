@@ -191,7 +191,16 @@ fn each_service_runs_its_role_as_its_own_service_account_with_probes_on_the_admi
 
 #[test]
 fn every_pod_meets_the_restricted_pod_security_standard() {
-    let objects = rendered();
+    for dir in RENDERED {
+        pods_meet_the_restricted_standard(&rendered_from(dir));
+    }
+}
+
+/// The base, and the overlays that add workloads.
+const RENDERED: [&str; 2] = ["deploy/base", "deploy/overlays/notifications"];
+
+fn pods_meet_the_restricted_standard(objects: &[Value]) {
+    let objects = objects.to_vec();
     let namespace = objects.iter().find(|o| o["kind"] == "Namespace").expect("namespace");
     assert_eq!(namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
     for (name, pod) in pod_specs(&objects) {
@@ -212,7 +221,13 @@ fn every_pod_meets_the_restricted_pod_security_standard() {
 
 #[test]
 fn every_setting_given_to_a_service_is_one_the_binary_reads() {
-    let objects = rendered();
+    for dir in RENDERED {
+        settings_are_read(&rendered_from(dir));
+    }
+}
+
+fn settings_are_read(objects: &[Value]) {
+    let objects = objects.to_vec();
     let maps = config_maps(&objects);
     for deployment in of_kind::<Deployment>(&objects, "Deployment") {
         let pod = deployment.spec.and_then(|s| s.template.spec).expect("pod spec");
@@ -273,8 +288,9 @@ fn the_services_point_at_the_broker_and_every_workload_has_a_disruption_budget()
         "the Service selects NATS"
     );
 
-    let budgets = of_kind::<PodDisruptionBudget>(&objects, "PodDisruptionBudget");
-    for (name, _) in pod_specs(&objects) {
+    let with_notifier = rendered_from("deploy/overlays/notifications");
+    let budgets = of_kind::<PodDisruptionBudget>(&with_notifier, "PodDisruptionBudget");
+    for (name, _) in pod_specs(&with_notifier) {
         let covered = budgets.iter().any(|b| {
             b.spec
                 .as_ref()
@@ -505,4 +521,38 @@ fn cert_manager_issues_a_certificate_for_every_name_clients_and_routes_use() {
     }
     let issuer = certificate["spec"]["issuerRef"]["name"].as_str().expect("issuer");
     assert!(objects.iter().any(|o| o["kind"] == "Issuer" && name_of(o) == issuer), "its issuer is deployed");
+}
+
+#[test]
+fn the_notifications_overlay_adds_a_notifier_without_kubernetes_access_reading_its_urls_from_a_secret() {
+    let objects = rendered_from("deploy/overlays/notifications");
+    let notifier = of_kind::<Deployment>(&objects, "Deployment")
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some("kubesent-notifier"))
+        .expect("the notifier");
+    let pod = notifier.spec.and_then(|s| s.template.spec).expect("pod spec");
+    assert_eq!(pod.containers[0].args.as_deref(), Some(&["notifier".to_owned()][..]));
+    assert_eq!(pod.automount_service_account_token, Some(false), "no Kubernetes credential");
+    let from_secret = |name: &str| {
+        pod.containers[0].env.iter().flatten().find(|v| v.name == name).and_then(|v| {
+            v.value_from.as_ref()?.secret_key_ref.as_ref().map(|r| (r.name.clone(), r.optional))
+        })
+    };
+    for variable in ["KUBESENT_SLACK_WEBHOOK_URL", "KUBESENT_WEBHOOK_URL", "KUBESENT_WEBHOOK_SECRET"] {
+        assert_eq!(
+            from_secret(variable),
+            Some(("kubesent-notifications".to_owned(), Some(true))),
+            "{variable} comes from the Secret, and either sink may be left out"
+        );
+    }
+    let bindings = objects.iter().filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding");
+    assert!(
+        bindings.into_iter().all(|b| !b.to_string().contains("kubesent-notifier")),
+        "no Kubernetes role for the notifier"
+    );
+    let base = rendered();
+    assert!(
+        !base.iter().any(|o| name_of(o) == "kubesent-notifier"),
+        "the base installs no notifier: it needs a Secret with the URLs"
+    );
 }

@@ -14,8 +14,10 @@ pub enum Role {
     Remediator,
     /// A human with `kubesent approve|reject|pause|resume|undo`.
     Operator,
-    /// Reads the audit log (notifiers, `kubesent incidents`, dashboards).
+    /// Reads the audit log (`kubesent incidents`, `kubesent tail`, dashboards).
     Reader,
+    /// Sends notifications from the audit log through its own durable consumer.
+    Notifier,
     /// Everything (tests and the in-process stack, which play every role on one connection).
     Admin,
 }
@@ -25,8 +27,8 @@ pub const RATE_LIMIT_BUCKET: &str = "kubesent-ratelimit";
 
 impl Role {
     /// Every role a deployment gives credentials to (all but [`Role::Admin`]).
-    pub const DEPLOYED: [Self; 5] =
-        [Self::Detector, Self::Diagnoser, Self::Remediator, Self::Operator, Self::Reader];
+    pub const DEPLOYED: [Self; 6] =
+        [Self::Detector, Self::Diagnoser, Self::Remediator, Self::Operator, Self::Reader, Self::Notifier];
     /// Whether the role is a long-running service (detector, diagnoser, remediator, and the in-process
     /// observer) rather than a human's command.
     pub const fn is_service(self) -> bool {
@@ -41,6 +43,7 @@ impl Role {
             Self::Remediator => "remediator",
             Self::Operator => "operator",
             Self::Reader => "reader",
+            Self::Notifier => "notifier",
             Self::Admin => "admin",
         }
     }
@@ -53,6 +56,7 @@ impl Role {
             Self::Remediator => "kubesent-remediator",
             Self::Operator => "kubesent-operator",
             Self::Reader => "kubesent-reader",
+            Self::Notifier => "kubesent-notifier",
             Self::Admin => "kubesent-admin",
         }
     }
@@ -87,7 +91,7 @@ impl Role {
             Self::Remediator => {
                 vec![proto::OUTCOMES_STREAM.into(), proto::DLQ_STREAM.into(), kv(proto::INTENTS_BUCKET)]
             }
-            Self::Operator | Self::Reader => Vec::new(),
+            Self::Operator | Self::Reader | Self::Notifier => Vec::new(),
             Self::Admin => [Self::Detector, Self::Diagnoser, Self::Remediator]
                 .iter()
                 .flat_map(|role| role.owned_streams())
