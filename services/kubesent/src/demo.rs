@@ -1,177 +1,483 @@
-//! `kubesent demo`: the whole pipeline on one machine. A bare pod with a 128Mi limit that needs 200Mi
-//! starts OOM-looping; KubeSent detects it, diagnoses it and replaces it with a larger limit. Every step
-//! is printed as it happens, from the messages on the broker and the pod watch.
+//! `kubesent demo`: KubeSent as it is deployed, on one machine. Two detectors, three diagnosers and two
+//! remediators run as separate processes of this binary (each with its own identity, NATS user and
+//! ServiceAccount token, competing for their Leases) against a 3-server JetStream cluster and kube-sim
+//! with `deploy/base`'s RBAC, and play the failures KubeSent is for:
+//!
+//! - an OOM storm: a 5-replica Deployment whose pods all run out of memory, one incident, one fix;
+//! - a bare pod OOM-killed, resized in place;
+//! - a rollout to an image that does not exist, rolled back;
+//! - a crash loop from a missing environment variable: a diagnosis, no change;
+//! - a failure in an excluded namespace (`kube-system`): ignored;
+//! - the leading remediator killed while it verifies a fix: the standby takes the Lease and finishes it.
+//!
+//! A live view shows each incident move through detected → diagnosed → acting → its result, with who
+//! acted and the timings (a redrawn table on a terminal, one line per step otherwise), then a summary
+//! and the commands to look around.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal as _, Write as _},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::PostParams};
-use kube_runtime::{WatchStreamExt as _, watcher};
-use kubesent_proto::{self as proto, FailureJob, Outcome, OutcomeResult, Verdict};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use kubesent_common::nats::Role;
+use kubesent_kube_sim::ImageState;
+use kubesent_loadtest::campaign::topology::{self, Topology, TopologyOptions};
+use kubesent_proto::{self as proto, Action, FailureJob, IncidentId, Outcome, OutcomeResult, Verdict};
+use kubesent_remediator::intent::{Intent, Phase};
 use serde_json::json;
-
-use crate::stack::{Stack, StackOptions};
 
 /// `kubesent demo`
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Wall-clock seconds per simulated kubelet second (0.25 = four times faster than real time).
-    #[arg(long, default_value_t = 0.25)]
+    /// Wall-clock seconds per simulated kubelet second (0.1 = ten times faster than real time).
+    #[arg(long, default_value_t = 0.1)]
     time_scale: f64,
-    /// Seconds the fixed pod must stay healthy to count as healed.
+    /// Seconds a fix must stay healthy to count as healed.
     #[arg(long, default_value_t = 3)]
     verify_seconds: u64,
-    /// Keep the simulators and services running after the demo, for kubectl, until Ctrl-C.
+    /// Keep everything running after the demo, for kubectl and `kubesent incidents`, until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
+    /// Where the services' logs and the kubeconfigs go (a temporary directory when unset).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
-/// How long the demo waits for the outcome before giving up.
+/// How long the scenarios may take before the demo gives up.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(180);
 
-struct Clock(Instant);
+/// The demo's workloads, by `namespace/kind name`, and what each shows.
+const SCENARIOS: [(&str, &str); 4] = [
+    ("shop/Deployment checkout", "OOM storm of a 5-replica Deployment"),
+    ("shop/Pod worker", "bare pod OOM-killed"),
+    ("shop/Deployment web", "rollout to a missing image"),
+    ("shop/Pod api", "crash loop from a missing env var"),
+];
 
-impl Clock {
-    fn say(&self, what: impl AsRef<str>) {
-        println!("[{:>6.2}s] {}", self.0.elapsed().as_secs_f64(), what.as_ref());
+/// One incident as the view shows it.
+#[derive(Debug, Clone)]
+struct Row {
+    workload: String,
+    failure: String,
+    pods: u32,
+    state: String,
+    action: String,
+    by: String,
+    detected: Option<Duration>,
+    diagnosed: Option<Duration>,
+    done: Option<Duration>,
+    result: Option<OutcomeResult>,
+    root_cause: String,
+    detail: String,
+}
+
+fn secs(at: Option<Duration>) -> String {
+    at.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "-".into())
+}
+
+fn action_words(action: &Action) -> String {
+    match action {
+        Action::IncreaseMemory { from, to, .. } => format!("memory {from}→{to}"),
+        Action::RollbackImage { to, .. } => format!("image→{}", to.rsplit('/').next().unwrap_or(to)),
+        Action::RollbackRevision { from, to, .. } => format!("revision {}→{}", from.number, to.number),
+        Action::PauseRollout { revision, .. } => format!("pause at {}", revision.number),
+        Action::None => "diagnosis only".into(),
     }
 }
 
-/// A one-line summary of the pod's first container, like `kubectl get pod` shows it.
-fn summary(pod: &Pod) -> String {
-    let limit = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.resources.as_ref()?.limits.as_ref()?.get("memory").map(|q| q.0.clone()))
-        .unwrap_or_else(|| "-".into());
-    let Some(cs) = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|l| l.first())
-    else {
-        return format!("Pending (limit {limit})");
-    };
-    let state = cs.state.clone().unwrap_or_default();
-    let status = if pod.metadata.deletion_timestamp.is_some() {
-        "Terminating".into()
-    } else if let Some(w) = state.waiting {
-        w.reason.unwrap_or_default()
-    } else if let Some(t) = state.terminated {
-        t.reason.unwrap_or_else(|| format!("exit {}", t.exit_code))
-    } else if cs.ready {
-        "Running, ready".into()
-    } else {
-        "Running".into()
-    };
-    format!("{status} (restarts {}, limit {limit})", cs.restart_count)
+/// What the demo knows so far.
+#[derive(Default)]
+struct View {
+    rows: BTreeMap<IncidentId, Row>,
+    leaders: BTreeMap<&'static str, String>,
+    notes: Vec<String>,
+    jobs_outside_shop: Vec<String>,
+}
+
+impl View {
+    fn row(&mut self, incident: &IncidentId, workload: impl FnOnce() -> String) -> &mut Row {
+        self.rows.entry(incident.clone()).or_insert_with(|| Row {
+            workload: workload(),
+            failure: String::new(),
+            pods: 1,
+            state: "detected".into(),
+            action: "-".into(),
+            by: "-".into(),
+            detected: None,
+            diagnosed: None,
+            done: None,
+            result: None,
+            root_cause: String::new(),
+            detail: String::new(),
+        })
+    }
+
+    /// Takes one message; the line to print for it (plain mode).
+    fn take(&mut self, subject: &str, payload: &[u8], at: Duration) -> Option<String> {
+        if subject.starts_with("kubesent.jobs.") {
+            let job: FailureJob = proto::decode(payload).ok()?;
+            if job.pod.namespace != "shop" {
+                self.jobs_outside_shop.push(format!("{}/{}", job.pod.namespace, job.pod.name));
+            }
+            let workload =
+                format!("{}/{} {}", job.key.namespace, job.key.workload.kind, job.key.workload.name);
+            let row = self.row(&job.incident, || workload.clone());
+            row.failure = job.failure.kind.as_str().to_owned();
+            row.pods = job.affected_pods;
+            row.detected.get_or_insert(at);
+            return Some(format!(
+                "{workload}: detected {} ({} pod{}), incident {}",
+                job.failure.kind.as_str(),
+                job.affected_pods,
+                if job.affected_pods == 1 { "" } else { "s" },
+                job.incident
+            ));
+        }
+        if subject.starts_with("kubesent.verdicts.") {
+            let verdict: Verdict = proto::decode(payload).ok()?;
+            let workload = format!(
+                "{}/{} {}",
+                verdict.key.namespace, verdict.key.workload.kind, verdict.key.workload.name
+            );
+            let row = self.row(&verdict.incident, || workload.clone());
+            row.state = "diagnosed".into();
+            row.action = action_words(&verdict.action);
+            row.root_cause = verdict.root_cause.clone();
+            row.diagnosed.get_or_insert(at);
+            return Some(format!("{workload}: diagnosed ({}%): {}", verdict.confidence, verdict.root_cause));
+        }
+        if subject.starts_with("kubesent.outcomes.") {
+            let outcome: Outcome = proto::decode(payload).ok()?;
+            let workload = outcome
+                .diagnosis
+                .as_ref()
+                .map(|d| format!("{}/{} {}", outcome.pod.namespace, d.workload.kind, d.workload.name))
+                .unwrap_or_else(|| format!("{}/Pod {}", outcome.pod.namespace, outcome.pod.name));
+            let row = self.row(&outcome.incident, || workload.clone());
+            row.state = outcome.result.as_str().to_owned();
+            row.by = outcome.actor.trim_start_matches("kubesent-").to_owned();
+            row.detail = outcome.detail.clone();
+            // The first final outcome counts: a verdict handed back by a killed replica is answered again
+            // on the wire (JetStream keeps one copy in the audit log).
+            if outcome.result != OutcomeResult::AwaitingApproval && row.result.is_none() {
+                row.result = Some(outcome.result);
+                row.done = Some(at);
+            }
+            return Some(format!(
+                "{workload}: {} by {}: {}",
+                outcome.result.as_str(),
+                outcome.actor,
+                outcome.detail
+            ));
+        }
+        None
+    }
+
+    /// The live table.
+    fn table(&self, elapsed: Duration) -> String {
+        let mut out = format!(
+            "KubeSent demo · {:.0}s · leaders: detector {} · remediator {}\n\n",
+            elapsed.as_secs_f64(),
+            self.leaders.get("detector").map(String::as_str).unwrap_or("-"),
+            self.leaders.get("remediator").map(String::as_str).unwrap_or("-"),
+        );
+        out.push_str(&format!(
+            "{:<28} {:<14} {:>4}  {:<14} {:<20} {:<20} {:>8} {:>8} {:>8}\n",
+            "WORKLOAD", "FAILURE", "PODS", "STATE", "ACTION", "BY", "DETECTED", "VERDICT", "DONE"
+        ));
+        for row in self.rows.values() {
+            out.push_str(&format!(
+                "{:<28} {:<14} {:>4}  {:<14} {:<20} {:<20} {:>8} {:>8} {:>8}\n",
+                row.workload,
+                row.failure,
+                row.pods,
+                row.state,
+                row.action,
+                row.by,
+                secs(row.detected),
+                secs(row.diagnosed),
+                secs(row.done)
+            ));
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for note in &self.notes {
+                out.push_str(&format!("  {note}\n"));
+            }
+        }
+        out
+    }
+
+    fn finished(&self, workload: &str) -> Option<&Row> {
+        self.rows.values().find(|r| r.workload == workload && r.result.is_some())
+    }
+}
+
+/// Prints as it goes: a redrawn table on a terminal, plain lines otherwise.
+struct Screen {
+    live: bool,
+    started: Instant,
+}
+
+impl Screen {
+    fn line(&self, text: &str) {
+        if !self.live {
+            println!("[{:>6.2}s] {text}", self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn draw(&self, view: &View) {
+        if self.live {
+            let mut out = std::io::stdout();
+            let _ = write!(out, "\x1b[2J\x1b[H{}", view.table(self.started.elapsed()));
+            let _ = out.flush();
+        }
+    }
+}
+
+fn pod(name: &str, annotations: serde_json::Value, env: serde_json::Value) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": format!("registry.local/shop/{name}:1.0"), "env": env,
+            "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": "128Mi", "cpu": "50m"}}}]}
+    }))?)
+}
+
+fn deployment(name: &str, replicas: i32, annotations: serde_json::Value) -> anyhow::Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": format!("registry.local/shop/{name}:1.0"),
+                    "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": "128Mi", "cpu": "50m"}}}]}}}
+    }))?)
+}
+
+/// Starts the workloads of every scenario.
+async fn create_scenarios(kube: &kube::Client, sim: &kubesent_kube_sim::KubeSim) -> anyhow::Result<()> {
+    let params = PostParams::default();
+    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "shop");
+    let oom = json!({"sim.kubesent.io/memory-need": "200Mi"});
+    deployments.create(&params, &deployment("checkout", 5, oom.clone())?).await.context("checkout")?;
+    pods.create(&params, &pod("worker", oom.clone(), json!([]))?).await.context("worker")?;
+    let crash = json!({"sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "1",
+        "sim.kubesent.io/logs": "starting api 3.2.0\nfatal: missing required environment variable DATABASE_URL"});
+    pods.create(&params, &pod("api", crash, json!([{"name": "LOG_LEVEL", "value": "info"}]))?)
+        .await
+        .context("api")?;
+    let system: Api<Pod> = Api::namespaced(kube.clone(), "kube-system");
+    system.create(&params, &pod("node-agent", oom, json!([]))?).await.context("node-agent")?;
+    // A healthy revision first; its rollout to a missing image follows once it serves.
+    deployments.create(&params, &deployment("web", 3, json!({}))?).await.context("web")?;
+    sim.state().registry.set("registry.local/shop/web:1.1", ImageState::Missing);
+    Ok(())
 }
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let clock = Clock(Instant::now());
+    let live = std::io::stdout().is_terminal();
     println!(
-        "KubeSent demo: nats-server, the Kubernetes API simulator, the Gemini emulator and the three services, in one process.\n"
+        "KubeSent demo: 2 detectors, 3 diagnosers and 2 remediators as separate processes, a 3-server JetStream\ncluster and the Kubernetes API simulator with deploy/base's RBAC. Starting (about 15 s)…"
     );
-    let stack = Stack::start(StackOptions {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut topology = Topology::start(&TopologyOptions {
+        exe,
+        detectors: 2,
+        diagnosers: 3,
+        remediators: 2,
         time_scale: args.time_scale,
-        verify_window: Duration::from_secs(args.verify_seconds),
-        dry_run: false,
-        rbac: true,
-        ..StackOptions::default()
+        kubernetes_minor: 36,
+        overrides: topology::overrides([
+            ("KUBESENT_LEASE_SECONDS", "5".to_owned()),
+            ("KUBESENT_VERIFY_SECONDS", args.verify_seconds.to_string()),
+            ("KUBESENT_LOG_JSON", "false".to_owned()),
+        ]),
+        dir: args.dir.clone(),
     })
-    .await?;
-    clock.say(format!("nats-server (JetStream) at {}", stack.nats.url()));
-    clock.say(format!(
-        "kube-sim at {}   try: kubectl --server {} get pods -A",
-        stack.kube_sim.url(),
-        stack.kube_sim.url()
-    ));
-    clock.say(format!("gemini-sim at {}", stack.gemini_sim.url()));
+    .await
+    .context("starting the services")?;
+    let screen = Screen { live, started: Instant::now() };
+    let mut view = View::default();
+    let client = topology.js.client();
+    let mut messages = client.subscribe("kubesent.>").await.context("subscribing to kubesent.>")?;
+    let intents = topology.js.get_key_value(proto::INTENTS_BUCKET).await.context("the intents bucket")?;
+    create_scenarios(&topology.kube, &topology.sim).await?;
+    screen.line("created: Deployment checkout (5 replicas that need 200Mi, limit 128Mi), pod worker (the same), pod api (exits: DATABASE_URL is not set), pod kube-system/node-agent (OOM, excluded namespace), Deployment web (healthy)");
 
-    let mut messages =
-        stack.nats_client.subscribe("kubesent.>").await.context("subscribing to kubesent.>")?;
-    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
-    let mut pod_events = watcher(pods.clone(), watcher::Config::default()).default_backoff().boxed();
-
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"},
-            "annotations": {"kubesent.io/demo": "true", "sim.kubesent.io/memory-need": "200Mi"}},
-        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
-            "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": "128Mi", "cpu": "100m"}}}]}
-    }))?;
-    pods.create(&PostParams::default(), &pod).await.context("creating the demo pod")?;
-    clock.say("created bare pod shop/web-1: memory limit 128Mi, but the app needs 200Mi");
-
+    let deployments: Api<Deployment> = Api::namespaced(topology.kube.clone(), "shop");
+    let mut web_rolled_out = false;
+    let mut killed: Option<(String, Duration)> = None;
+    let mut took_over: Option<(String, Duration)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let deadline = tokio::time::sleep(DEMO_TIMEOUT);
     tokio::pin!(deadline);
-    let mut last_line = String::new();
-    let outcome = loop {
+    loop {
         tokio::select! {
-            () = &mut deadline => bail!("no outcome within {DEMO_TIMEOUT:?}"),
-            Some(Ok(event)) = pod_events.next() => {
-                let (pod, deleted) = match event {
-                    watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => (pod, false),
-                    watcher::Event::Delete(pod) => (pod, true),
-                    watcher::Event::Init | watcher::Event::InitDone => continue,
-                };
-                let uid = pod.metadata.uid.as_deref().unwrap_or("?").get(..8).unwrap_or("?").to_owned();
-                let state = if deleted { "deleted".to_owned() } else { summary(&pod) };
-                let line = format!("pod shop/web-1 uid {uid}: {state}");
-                if line != last_line {
-                    clock.say(&line);
-                    last_line = line;
-                }
+            () = &mut deadline => {
+                screen.draw(&view);
+                bail!("the scenarios did not finish within {DEMO_TIMEOUT:?} (logs in {})", topology.dir().display());
             }
             Some(message) = messages.next() => {
-                let subject = message.subject.as_str();
-                if subject.starts_with("kubesent.jobs.") {
-                    if let Ok(job) = proto::decode::<FailureJob>(&message.payload) {
-                        clock.say(format!("detector  → job {} on {}: {} {} in container {} (restart {})",
-                            job.incident, subject, job.failure.kind.as_str(), job.failure.reason, job.failure.container, job.failure.restart_count));
+                if let Some(line) = view.take(message.subject.as_str(), &message.payload, screen.started.elapsed()) {
+                    screen.line(&line);
+                }
+            }
+            _ = tick.tick() => {
+                let now = screen.started.elapsed();
+                for restarted in topology.supervise()? {
+                    screen.line(&format!("{restarted} exited and was started again (as its Deployment would)"));
+                }
+                for role in [Role::Detector, Role::Remediator] {
+                    if let Ok(Some((holder, _))) = topology.leader(role).await {
+                        let short = holder.trim_start_matches("kubesent-").to_owned();
+                        let previous = view.leaders.insert(role.as_str(), short.clone());
+                        if previous.as_ref() != Some(&short) {
+                            screen.line(&format!("{} leader: {short}", role.as_str()));
+                            if role == Role::Remediator
+                                && let Some((victim, at)) = &killed
+                                && took_over.is_none()
+                                && holder != *victim
+                            {
+                                took_over = Some((short.clone(), now.saturating_sub(*at)));
+                                // Its pod comes back (as a new one would): a standby again.
+                                if let Some(replica) = topology.replica_mut(victim) {
+                                    replica.held = false;
+                                }
+                                view.notes.push(format!("{short} took the remediator Lease {:.1}s after the kill", now.saturating_sub(*at).as_secs_f64()));
+                            }
+                        }
                     }
-                } else if subject.starts_with("kubesent.verdicts.") {
-                    if let Ok(verdict) = proto::decode::<Verdict>(&message.payload) {
-                        clock.say(format!("diagnoser → verdict: {} | action {} | confidence {}",
-                            verdict.root_cause, serde_json::to_string(&verdict.action)?, verdict.confidence));
+                }
+                // The rollout to a missing image, once revision 1 serves.
+                if !web_rolled_out
+                    && let Ok(web) = deployments.get("web").await
+                    && web.status.as_ref().and_then(|s| s.ready_replicas) == Some(3)
+                {
+                    let update = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.1"}]}}}});
+                    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update)).await?;
+                    web_rolled_out = true;
+                    screen.line("Deployment web: revision 1 serves; rolling out revision 2 with image web:1.1, which does not exist");
+                }
+                // Kill the leading remediator while it verifies the storm's fix.
+                if killed.is_none()
+                    && let Some((incident, _)) = view.rows.iter().find(|(_, r)| r.workload == "shop/Deployment checkout")
+                    && let Ok(Some(value)) = intents.get(incident.as_str()).await
+                    && let Ok(intent) = serde_json::from_slice::<Intent>(&value)
+                    && intent.phase == Phase::Applied
+                    && let Ok(Some((leader, _))) = topology.leader(Role::Remediator).await
+                {
+                    // As a lost pod: not started again until the standby has taken over.
+                    if let Some(replica) = topology.replica_mut(&leader) {
+                        replica.held = true;
                     }
-                } else if subject.starts_with("kubesent.outcomes.") {
-                    let outcome: Outcome = proto::decode(&message.payload)?;
-                    let how = outcome.strategy.map(|s| format!(" by {}", serde_json::to_string(&s).unwrap_or_default().trim_matches('"'))).unwrap_or_default();
-                    clock.say(format!("remediator → outcome {}{how}: {}", outcome.result.as_str(), outcome.detail));
-                    break outcome;
+                    topology.signal(&leader, "KILL")?;
+                    let short = leader.trim_start_matches("kubesent-").to_owned();
+                    view.notes.push(format!("killed {short} (SIGKILL) while it verified checkout's fix"));
+                    screen.line(&format!("SIGKILL to {leader}, the leading remediator, in the middle of verifying checkout's fix"));
+                    killed = Some((leader, now));
+                }
+                screen.draw(&view);
+                let all_done = SCENARIOS.iter().all(|(workload, _)| view.finished(workload).is_some());
+                if all_done && took_over.is_some() {
+                    break;
                 }
             }
         }
-    };
-    let fixed = pods.get("web-1").await?;
-    clock.say(format!("pod shop/web-1 now: {}", summary(&fixed)));
-    let annotations = fixed.metadata.annotations.clone().unwrap_or_default();
-    if let Some(original) = annotations.get("kubesent.io/original-memory-limit.app") {
-        clock.say(format!(
-            "the original limit is recorded on the pod: kubesent.io/original-memory-limit.app={original}"
-        ));
     }
-    let healed = outcome.result == OutcomeResult::Healed;
-    println!(
-        "\n{}",
-        if healed { "Healed: one job, one verdict, one outcome." } else { "The pod was not healed." }
-    );
-    if args.keep_running {
-        println!("\nStill running. kubectl --server {} get pods -A   (Ctrl-C to stop)", stack.kube_sim.url());
-        // NATS runs with deploy/base's users: the operator's, for kubesent pause|approve|reject|undo.
-        let operator = stack.users.env(kubesent_common::nats::Role::Operator);
-        let exports: Vec<String> = operator.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let elapsed = screen.started.elapsed();
+    let system: Api<Pod> = Api::namespaced(topology.kube.clone(), "kube-system");
+    let agent_restarts = system
+        .get("node-agent")
+        .await
+        .ok()
+        .and_then(|p| p.status?.container_statuses?.first().map(|c| c.restart_count))
+        .unwrap_or(0);
+    screen.draw(&view);
+
+    println!("\nSummary ({:.0} s after the services were up)", elapsed.as_secs_f64());
+    let mut all_as_expected = true;
+    for (workload, what) in SCENARIOS {
+        let Some(row) = view.finished(workload) else { continue };
+        let expected = match workload {
+            "shop/Pod api" => row.result == Some(OutcomeResult::DiagnosisOnly),
+            _ => row.result == Some(OutcomeResult::Healed),
+        };
+        all_as_expected &= expected;
         println!(
-            "As an operator: export KUBESENT_NATS_URL={} {}   then e.g. kubesent pause --reason test",
-            stack.nats.url(),
-            exports.join(" ")
+            "  {} {what}: {workload}, {} pod{} → {} → {} in {} (by {})",
+            if expected { "✓" } else { "✗" },
+            row.pods,
+            if row.pods == 1 { "" } else { "s" },
+            row.action,
+            row.state,
+            secs(row.done.zip(row.detected).map(|(d, s)| d.saturating_sub(s))),
+            row.by
         );
+        if workload == "shop/Pod api" {
+            println!("      {}", row.root_cause);
+        }
+    }
+    let ignored = view.jobs_outside_shop.is_empty();
+    all_as_expected &= ignored;
+    println!(
+        "  {} excluded namespace: kube-system/node-agent OOM-killed {agent_restarts} times, {}",
+        if ignored { "✓" } else { "✗" },
+        if ignored {
+            "no incident".to_owned()
+        } else {
+            format!("incidents for {:?}", view.jobs_outside_shop)
+        }
+    );
+    if let (Some((victim, _)), Some((successor, after))) = (&killed, &took_over) {
+        println!(
+            "  ✓ failover: {} killed mid-fix; {successor} led {:.1} s later and finished the fix",
+            victim.trim_start_matches("kubesent-"),
+            after.as_secs_f64()
+        );
+    }
+    let dir = topology.dir().display().to_string();
+    let reader = topology.users.env(Role::Reader);
+    let reader_env: Vec<String> = reader.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let admin = topology.dir().join("admin.kubeconfig");
+    let admin_token = topology.admin_token.clone();
+    std::fs::write(
+        &admin,
+        serde_json::to_vec(&json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kube-sim",
+            "clusters": [{"name": "kube-sim", "cluster": {"server": topology.sim.url()}}],
+            "users": [{"name": "admin", "user": {"token": admin_token}}],
+            "contexts": [{"name": "kube-sim", "context": {"cluster": "kube-sim", "user": "admin", "namespace": "shop"}}]
+        }))?,
+    )?;
+    let look = format!(
+        "\nLook around{}:\n  export KUBECONFIG={}\n  kubectl get deploy,pods -n shop; kubectl describe deploy checkout; kubectl get events -n shop\n  export KUBESENT_NATS_URL={} {}\n  kubesent incidents; kubesent incidents show <incident>; kubesent tail\n  the services' logs: {dir}/kubesent-*.log",
+        if args.keep_running {
+            " (still running; Ctrl-C to stop)"
+        } else {
+            " (run `kubesent demo --keep-running` to keep it up)"
+        },
+        admin.display(),
+        topology.nats.urls(),
+        reader_env.join(" "),
+    );
+    println!("{look}");
+    if args.keep_running {
         kubesent_common::shutdown_on_signal().cancelled().await;
     }
-    stack.stop().await;
-    if !healed {
-        bail!("demo ended with outcome {}", outcome.result.as_str());
+    topology.stop().await;
+    if !all_as_expected {
+        bail!("a scenario did not end as expected (logs in {dir})");
     }
     Ok(())
 }

@@ -107,6 +107,8 @@ pub struct Topology {
     pub sim: KubeSim,
     /// An administrator's client of it.
     pub kube: kube::Client,
+    /// The administrator's token (for a kubeconfig people use to look around).
+    pub admin_token: String,
     /// The NATS cluster.
     pub nats: NatsCluster,
     /// Its users.
@@ -203,6 +205,7 @@ impl Topology {
         sim.apply_yaml(RBAC_YAML)
             .map_err(|e| anyhow::anyhow!("applying deploy/base/rbac.yaml: {}", e.message))?;
         let kube = kubesent_common::kube_client_with_token(Some(&sim.url()), Some(&admin)).await?;
+        let admin_token = admin;
         let users = NatsUsers::generate();
         let nats = NatsCluster::start_with(3, &auth_config_with_observer(), &users.server_env()).await?;
         let observer =
@@ -250,7 +253,7 @@ impl Topology {
                 });
             }
         }
-        let topology = Self { sim, kube, nats, users, js, replicas, settings, dir, _temp: temp };
+        let topology = Self { sim, kube, admin_token, nats, users, js, replicas, settings, dir, _temp: temp };
         let deadline = Duration::from_secs(120);
         for replica in &topology.replicas {
             let started = Instant::now();
