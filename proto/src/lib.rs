@@ -372,6 +372,9 @@ pub struct Verdict {
     /// When the detector saw the failure (the job's `detected_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detected_at: Option<Timestamp>,
+    /// What the diagnosis was made from, in a line (logs, events, revisions, node), for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 /// How the remediator carried out an action.
@@ -503,6 +506,9 @@ pub struct Diagnosis {
     pub detected_at: Option<Timestamp>,
     /// When the verdict was made.
     pub diagnosed_at: Timestamp,
+    /// What the diagnosis was made from, in a line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 impl Diagnosis {
@@ -516,6 +522,7 @@ impl Diagnosis {
             source: verdict.source.clone(),
             detected_at: verdict.detected_at,
             diagnosed_at: verdict.diagnosed_at,
+            evidence: verdict.evidence.clone(),
         }
     }
 }

@@ -310,6 +310,9 @@ impl Validate for Verdict {
     fn validate(&self) -> Result<(), Invalid> {
         incident_agrees(&self.incident, &self.key, &self.pod, &self.failure)?;
         text("root_cause", &self.root_cause, MAX_TEXT_BYTES)?;
+        if let Some(evidence) = &self.evidence {
+            text("evidence", evidence, MAX_TEXT_BYTES)?;
+        }
         if self.confidence > 100 {
             return Err(bad("confidence", format!("{} is not a percentage", self.confidence)));
         }

@@ -52,6 +52,7 @@ fn verdict() -> Verdict {
         source: VerdictSource::Rules { rule: "oom-increase-memory".into() },
         diagnosed_at: "2026-11-30T10:00:00Z".parse().expect("time"),
         detected_at: None,
+        evidence: None,
     }
 }
 

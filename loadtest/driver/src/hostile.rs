@@ -234,6 +234,7 @@ impl Target {
             source: VerdictSource::Model { model: "attacker".into() },
             diagnosed_at: jiff::Timestamp::now(),
             detected_at: None,
+            evidence: None,
         }
     }
 

@@ -387,6 +387,55 @@ pub fn build(
 }
 
 impl Evidence {
+    /// What the evidence holds, in a line for humans (the incident's timeline, notifications).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        match &self.logs {
+            Some(logs) => {
+                let which = if logs.previous { "previous instance" } else { "current instance" };
+                let last = logs.lines.iter().rev().find(|l| !l.trim().is_empty());
+                let last = last
+                    .map(|l| format!(", last: \"{}\"", l.chars().take(120).collect::<String>()))
+                    .unwrap_or_default();
+                parts.push(format!("logs: {} lines of {} ({which}){last}", logs.lines.len(), logs.container));
+            }
+            None => parts.push("logs: none".into()),
+        }
+        if self.events.is_empty() {
+            parts.push("events: none".into());
+        } else {
+            let mut counts: Vec<(String, i32)> = Vec::new();
+            for event in &self.events {
+                match counts.iter_mut().find(|(reason, _)| *reason == event.reason) {
+                    Some((_, count)) => *count += event.count,
+                    None => counts.push((event.reason.clone(), event.count)),
+                }
+            }
+            let listed: Vec<String> =
+                counts.iter().map(|(reason, count)| format!("{reason} ×{count}")).collect();
+            parts.push(format!("events: {}", listed.join(", ")));
+        }
+        if let Some(owner) = self.owners.last() {
+            let revision = self
+                .revision
+                .as_ref()
+                .map(|r| format!(" revision {}{}", r.revision, if r.newest { " (newest)" } else { "" }))
+                .unwrap_or_default();
+            let previous = self
+                .previous_revision
+                .as_ref()
+                .map(|p| format!(", previous revision {} with {} ready", p.revision, p.ready_replicas))
+                .unwrap_or_default();
+            parts.push(format!("owner {owner}{revision}{previous}"));
+        }
+        if let Some(node) = &self.node {
+            let health =
+                if node.conditions.is_empty() { "healthy".to_owned() } else { node.conditions.join(", ") };
+            parts.push(format!("node {}: {health}", node.name));
+        }
+        parts.join("; ")
+    }
+
     /// The container's spec.
     pub fn container(&self, name: &str) -> Option<&ContainerSpec> {
         self.containers.iter().find(|c| c.name == name)

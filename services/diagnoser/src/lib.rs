@@ -360,6 +360,7 @@ impl Worker {
         let gathered = gather::gather(&self.deps.kube, job, &self.redactor, last_delivery)
             .instrument(info_span!("evidence"))
             .await?;
+        let summary = gathered.as_ref().map(|(_, evidence)| evidence.summary());
         let verdict = match gathered {
             None => stale_verdict(job),
             Some((_pod, evidence)) => match self.diagnoser.diagnose(job, &evidence).await {
@@ -373,7 +374,8 @@ impl Worker {
                 }
             },
         };
-        let verdict = publishable(verdict);
+        let mut verdict = publishable(verdict);
+        verdict.evidence = summary.map(|s| proto::validate::clip_text_to(&s, 1024));
         let subject = proto::verdict_subject(&job.pod.namespace, &verdict.action)?;
         let message_id = format!("verdict-{}", job.incident);
         let span = trace::producer_span(
@@ -449,6 +451,7 @@ fn verdict(
         },
         diagnosed_at: jiff::Timestamp::now(),
         detected_at: Some(job.detected_at),
+        evidence: None,
     }
 }
 

@@ -333,10 +333,11 @@ pub fn timeline(incident: &IncidentId, record: &Record) -> String {
             proto::VerdictSource::Model { model } => format!("model {model}"),
             proto::VerdictSource::None => "no diagnosis".into(),
         };
+        let evidence = d.evidence.as_ref().map(|e| format!(" [evidence: {e}]")).unwrap_or_default();
         events.push((
             d.diagnosed_at,
             "diagnosed".into(),
-            format!("{source}, confidence {}: {}", d.confidence, d.root_cause),
+            format!("{source}, confidence {}: {}{evidence}", d.confidence, d.root_cause),
         ));
     }
     let mut last_phase = None;

@@ -1058,6 +1058,7 @@ async fn kubesent_tail_follows_an_incident_live_and_kubesent_incidents_lists_and
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in time order:\n{shown}");
     assert!(shown.contains("rule oom-increase-memory, confidence 95"), "{shown}");
+    assert!(shown.contains("[evidence: logs: "), "the verdict's evidence, summarised: {shown}");
     assert!(shown.contains("healed by remediator-0"), "{shown}");
     let (code, _, stderr) = as_reader(&stack, &["incidents", "show", "inc-000000000000000000000000"]).await;
     assert_ne!(code, 0);

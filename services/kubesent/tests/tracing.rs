@@ -104,10 +104,17 @@ async fn one_incident_is_one_trace_across_the_three_services_and_reaches_the_col
     }
     let trace_id = outcome.trace_id.clone().expect("the outcome names its trace");
     let incident = outcome.incident.to_string();
-    for stage in ["publish_job", "diagnose", "remediate"] {
+    // The detector's job, the diagnoser's and the remediator's processing, the verdict and the outcome.
+    for stage in [
+        "send kubesent.jobs.shop.",
+        "process failure job",
+        "send kubesent.verdicts.shop.",
+        "process verdict",
+        "send kubesent.outcomes.shop.",
+    ] {
         let found: Vec<&ExportedSpan> = spans
             .iter()
-            .filter(|s| s.name == stage && s.incident.as_deref() == Some(incident.as_str()))
+            .filter(|s| s.name.starts_with(stage) && s.incident.as_deref() == Some(incident.as_str()))
             .collect();
         assert!(!found.is_empty(), "a {stage} span for {incident} was exported: {spans:?}");
         assert!(found.iter().all(|s| s.trace_id == trace_id), "{stage} is in trace {trace_id}: {found:?}");

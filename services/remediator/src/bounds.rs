@@ -315,6 +315,7 @@ mod tests {
             source: VerdictSource::Rules { rule: "r".into() },
             diagnosed_at: "2026-11-30T10:00:00Z".parse().expect("time"),
             detected_at: None,
+            evidence: None,
         }
     }
 

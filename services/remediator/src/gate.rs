@@ -309,6 +309,7 @@ mod tests {
             source: VerdictSource::Rules { rule: "oom".into() },
             diagnosed_at: now(),
             detected_at: None,
+            evidence: None,
         }
     }
 

@@ -374,6 +374,7 @@ mod tests {
             source: VerdictSource::Rules { rule: "oom".into() },
             diagnosed_at: "2026-11-30T10:04:30Z".parse().expect("time"),
             detected_at: None,
+            evidence: None,
         }
     }
 

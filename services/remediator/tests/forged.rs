@@ -110,6 +110,7 @@ fn pull_verdict(pod: &Pod, action: Action, workload: (&str, &str), tag: &str) ->
         source: VerdictSource::Model { model: "anyone".into() },
         diagnosed_at: jiff::Timestamp::now(),
         detected_at: None,
+        evidence: None,
     }
 }
 

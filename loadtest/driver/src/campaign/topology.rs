@@ -232,8 +232,11 @@ impl Topology {
                 let identity = format!("kubesent-{}-{index}", role.as_str());
                 let token = sim.service_account_token("kubesent", role.service_name());
                 let config = kubeconfig(&dir, &identity, &sim.url(), &token)?;
+                // As the kubelet expands `$(POD_NAME)` in a Deployment's env values.
+                let expanded: Vec<(String, String)> =
+                    env.iter().map(|(k, v)| (k.clone(), v.replace("$(POD_NAME)", &identity))).collect();
                 let mut spec = ServiceSpec::new(&options.exe, role, &identity, &nats.urls(), "")
-                    .envs(env.clone())
+                    .envs(expanded)
                     .envs(users.env(role))
                     .env("KUBECONFIG", config.display())
                     .env("POD_NAME", &identity);

@@ -192,6 +192,7 @@ pub fn verdict(pod: &Pod, action: Action, confidence: u8) -> Verdict {
         source: VerdictSource::Rules { rule: "oom-increase-memory".into() },
         diagnosed_at: jiff::Timestamp::now(),
         detected_at: None,
+        evidence: None,
     }
 }
 
