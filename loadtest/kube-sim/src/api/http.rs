@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::patch::PatchType,
-    api::table,
     api::{DeleteOptions, Deleted},
+    api::{scale, table},
     api_error::{ApiError, FieldError},
     faults::Decision,
     pods::LogOptions,
@@ -237,6 +237,13 @@ fn dispatch(
                 (Method::POST, None, None) => ctx.create(&ns, &body),
                 (Method::DELETE, None, None) => ctx.delete_collection(&ns),
                 (Method::GET, Some(name), Some("log")) => ctx.logs(&ns, &name),
+                (Method::GET, Some(name), Some("scale")) => {
+                    let object = state.store.get(def, &ns, &name)?;
+                    Ok(json_response(StatusCode::OK, &scale::of(&object.value())))
+                }
+                (Method::PUT | Method::PATCH, Some(name), Some("scale")) => {
+                    ctx.scale(&ns, &name, method == Method::PUT, &body)
+                }
                 (Method::GET, Some(name), _) => {
                     let object = state.store.get(def, &ns, &name)?;
                     if wants_table {
@@ -416,6 +423,46 @@ impl Ctx<'_> {
         Ok(bytes_response(if created { StatusCode::CREATED } else { StatusCode::OK }, stored.json.clone()))
     }
 
+    /// A write of the `scale` subresource (`kubectl scale`): the autoscaling/v1 Scale is patched or
+    /// replaced, and its `spec.replicas` becomes the object's (guarded by a resourceVersion it names).
+    fn scale(&self, ns: &str, name: &str, replace: bool, body: &[u8]) -> Result<Response, ApiError> {
+        let current = scale::of(&self.state.store.get(self.def, ns, name)?.value());
+        let given: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding the Scale: {e}")))?;
+        let wanted = if replace {
+            given
+        } else {
+            let content_type =
+                self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let kind = PatchType::from_content_type(content_type)
+                .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
+            crate::api::patch::apply(kind, &current, &given)?
+        };
+        let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| {
+            ApiError::invalid(self.def, name, &[FieldError::required("spec.replicas", "Required value")])
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                self.def,
+                name,
+                &[FieldError::invalid(
+                    "spec.replicas",
+                    &replicas.to_string(),
+                    "must be greater than or equal to 0",
+                )],
+            ));
+        }
+        let mut change = json!({"spec": {"replicas": replicas}});
+        if let Some(rv) = wanted
+            .pointer("/metadata/resourceVersion")
+            .filter(|rv| rv.as_str().is_some_and(|s| !s.is_empty()))
+        {
+            change["metadata"] = json!({"resourceVersion": rv});
+        }
+        let stored = self.state.patch(self.def, ns, name, None, PatchType::Merge, &change)?;
+        Ok(json_response(StatusCode::OK, &scale::of(&stored.value())))
+    }
+
     fn patch(
         &self,
         ns: &str,
@@ -435,6 +482,9 @@ impl Ctx<'_> {
 
     fn delete(&self, ns: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {
         let mut options = DeleteOptions::parse(body)?;
+        if self.query.get("propagationPolicy").is_some_and(|p| p == "Orphan") {
+            options.orphan = true;
+        }
         if options.grace_period_seconds.is_none()
             && let Some(q) = self.query.get("gracePeriodSeconds")
         {

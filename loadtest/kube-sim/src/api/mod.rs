@@ -4,6 +4,7 @@
 
 pub(crate) mod http;
 mod patch;
+mod scale;
 mod table;
 mod validation;
 
@@ -30,6 +31,9 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     /// `preconditions.resourceVersion`
     pub resource_version: Option<String>,
+    /// `propagationPolicy: Orphan` (or `orphanDependents: true`): the dependents lose their owner
+    /// reference and stay.
+    pub orphan: bool,
 }
 
 impl DeleteOptions {
@@ -53,6 +57,8 @@ impl DeleteOptions {
                 .pointer("/preconditions/resourceVersion")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            orphan: options.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
+                || options.get("orphanDependents").and_then(Value::as_bool) == Some(true),
         })
     }
 }
@@ -261,6 +267,7 @@ impl SimState {
             if def == &JOBS {
                 crate::controllers::job_defaults(&mut value, &name, &uid);
             }
+            workload_defaults(def, &mut value);
             validation::validate_create(def, &name, &value)?;
         }
         if dry_run {
@@ -433,6 +440,9 @@ impl SimState {
         name: &str,
         options: &DeleteOptions,
     ) -> Result<Deleted, ApiError> {
+        if options.orphan {
+            self.orphan_dependents(def, ns, name)?;
+        }
         let mut outcome = None;
         let stored = self.store.mutate(def, ns, name, |current| {
             let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
@@ -516,5 +526,63 @@ impl SimState {
             }
             None => Ok(Deleted::Other(stored)),
         }
+    }
+}
+impl SimState {
+    /// What the garbage collector's orphan finalizer does: removes the owner reference to `name` from
+    /// every object it owns, so none is collected with it.
+    fn orphan_dependents(&self, def: &'static ResourceDef, ns: &str, name: &str) -> Result<(), ApiError> {
+        let owner_uid = self.store.get(def, ns, name)?.uid.clone();
+        for dependents in crate::resources::ALL {
+            if !dependents.namespaced {
+                continue;
+            }
+            let filter = crate::store::Filter { namespace: Some(ns.to_owned()), ..Default::default() };
+            let owned: Vec<String> = self
+                .store
+                .list(dependents, &filter, None, None)?
+                .items
+                .iter()
+                .filter(|o| o.is_owned_by(&owner_uid))
+                .map(|o| o.name.clone())
+                .collect();
+            for dependent in owned {
+                let _ = self.store.mutate(dependents, ns, &dependent, |current| {
+                    let Some(current) = current else {
+                        return Err(ApiError::not_found(dependents, &dependent));
+                    };
+                    let mut value = current.value();
+                    if let Some(refs) =
+                        value.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut)
+                    {
+                        refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid.as_str()));
+                    }
+                    Ok(Mutation::Put(value))
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The defaults the apiserver gives a workload's spec when a field is absent: a Deployment's rolling
+/// update (25 % unavailable, 25 % surge), history of 10 and progress deadline of 600 s; a StatefulSet's
+/// rolling update, OrderedReady pod management and history; a DaemonSet's one-at-a-time rolling update.
+fn workload_defaults(def: &ResourceDef, value: &mut Value) {
+    let defaults = if def == &crate::resources::DEPLOYMENTS {
+        json!({"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
+            "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600})
+    } else if def == &crate::resources::STATEFULSETS {
+        json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+            "podManagementPolicy": "OrderedReady", "revisionHistoryLimit": 10})
+    } else if def == &crate::resources::DAEMONSETS {
+        json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+            "revisionHistoryLimit": 10})
+    } else {
+        return;
+    };
+    let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    for (key, default) in defaults.as_object().into_iter().flatten() {
+        spec.entry(key.clone()).or_insert_with(|| default.clone());
     }
 }

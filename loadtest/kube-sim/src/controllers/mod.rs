@@ -52,9 +52,28 @@ const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// The hash the Deployment controller puts in `pod-template-hash`: FNV-32a of the template, printed in
 /// decimal and mapped onto the apiserver's safe alphabet (`rand.SafeEncodeString`).
 pub fn template_hash(template: &Value) -> String {
-    let canonical = serde_json::to_vec(template).unwrap_or_default();
+    // Hashed as the controllers compare templates: a null is the field's absence (a template read back
+    // from a ReplicaSet by `kubectl rollout undo` carries `creationTimestamp: null`), and the
+    // controllers' own hash labels are not part of it.
+    let mut semantic = without_nulls(template);
+    if let Some(labels) = semantic.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+        labels.remove(POD_TEMPLATE_HASH);
+        labels.remove(CONTROLLER_REVISION_HASH);
+    }
+    let canonical = serde_json::to_vec(&semantic).unwrap_or_default();
     let hash = canonical.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
     hash.to_string().bytes().map(|b| SAFE_ALPHABET[b as usize % SAFE_ALPHABET.len()] as char).collect()
+}
+
+/// `value` without its null members, at any depth.
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), without_nulls(v))).collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
 }
 
 /// What needs reconciling.
@@ -420,6 +439,14 @@ impl Controllers<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_read_back_with_null_fields_and_its_hash_label_hashes_as_the_original() {
+        let original = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}});
+        let read_back = json!({"metadata": {"creationTimestamp": null, "labels": {"app": "web", "pod-template-hash": "x"}},
+            "spec": {"containers": [{"name": "app", "image": "web:1"}]}});
+        assert_eq!(template_hash(&original), template_hash(&read_back));
+    }
 
     #[test]
     fn template_hashes_are_stable_and_use_the_safe_alphabet() {

@@ -92,3 +92,102 @@ async fn kubectl_get_watch_prints_each_change_as_a_row() {
     assert_eq!(statuses.last(), Some(&"Running"), "{statuses:?}");
     assert_eq!(seen.iter().filter(|row| row[0] == "NAME").count(), 1, "one header: {seen:?}");
 }
+
+/// Runs `kubectl --server <sim> -n shop <args>`; (success, stdout, stderr).
+async fn kubectl_in_shop(kubectl: &std::path::Path, sim: &KubeSim, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(kubectl)
+        .args(["--server", &sim.url(), "-n", "shop", "--request-timeout=20s"])
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn kubectl_drives_a_deployment_through_its_life_as_people_do() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client(&sim), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    let ok = |what: &str, (success, stdout, stderr): (bool, String, String)| {
+        assert!(success, "kubectl {what} failed: {stderr}\n{stdout}");
+        stdout
+    };
+    let run = |args: &'static [&'static str]| kubectl_in_shop(&kubectl, &sim, args);
+
+    ok("wait", run(&["wait", "--for=condition=Available", "deployment/web", "--timeout=30s"]).await);
+    let status = ok("rollout status", run(&["rollout", "status", "deployment/web", "--timeout=30s"]).await);
+    assert!(status.contains("successfully rolled out"), "{status}");
+
+    // A new revision, its history, and going back.
+    ok("set image", run(&["set", "image", "deployment/web", "app=registry.local/shop/web:2"]).await);
+    ok("rollout status", run(&["rollout", "status", "deployment/web", "--timeout=30s"]).await);
+    let history = ok("rollout history", run(&["rollout", "history", "deployment/web"]).await);
+    assert!(history.contains("REVISION") && history.lines().any(|l| l.starts_with('2')), "{history}");
+    ok("rollout undo", run(&["rollout", "undo", "deployment/web"]).await);
+    ok("rollout status", run(&["rollout", "status", "deployment/web", "--timeout=30s"]).await);
+    let image = ok(
+        "get",
+        run(&["get", "deployment/web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await,
+    );
+    assert_eq!(image, "registry.local/shop/web:1", "undo restored revision 1's template");
+
+    // Scale, patch, label, annotate.
+    ok("scale", run(&["scale", "deployment/web", "--replicas=3"]).await);
+    ok(
+        "wait",
+        run(&["wait", "--for=jsonpath={.status.readyReplicas}=3", "deployment/web", "--timeout=30s"]).await,
+    );
+    ok("patch", run(&["patch", "deployment/web", "-p", r#"{"spec":{"minReadySeconds":1}}"#]).await);
+    ok("label", run(&["label", "deployment/web", "tier=frontend"]).await);
+    ok("annotate", run(&["annotate", "deployment/web", "owner=shop-team"]).await);
+    let shown = ok(
+        "get",
+        run(&[
+            "get",
+            "deployment/web",
+            "-o",
+            "jsonpath={.spec.minReadySeconds} {.metadata.labels.tier} {.metadata.annotations.owner}",
+        ])
+        .await,
+    );
+    assert_eq!(shown, "1 frontend shop-team");
+
+    // What people read: describe, logs, events.
+    let described = ok("describe", run(&["describe", "deployment/web"]).await);
+    for part in ["Name:", "web", "Replicas:", "3 desired", "StrategyType:", "RollingUpdate", "Events:"] {
+        assert!(described.contains(part), "{part} in describe:\n{described}");
+    }
+    let pods = ok(
+        "get pods",
+        run(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]).await,
+    );
+    let described = ok("describe pod", kubectl_in_shop(&kubectl, &sim, &["describe", "pod", &pods]).await);
+    for part in ["Node:", "Status:", "Containers:", "app:", "Image:", "Conditions:", "Events:"] {
+        assert!(described.contains(part), "{part} in describe pod:\n{described}");
+    }
+    let logs = ok("logs", kubectl_in_shop(&kubectl, &sim, &["logs", &pods, "-c", "app", "--tail=1"]).await);
+    assert_eq!(logs.lines().count(), 1, "--tail=1: {logs}");
+    let events = ok("events", run(&["events"]).await);
+    assert!(events.contains("ScalingReplicaSet") || events.contains("Scheduled"), "{events}");
+    let node = ok("describe node", run(&["describe", "node", "sim-node-1"]).await);
+    for part in ["Capacity:", "Allocatable:", "Non-terminated Pods:"] {
+        assert!(node.contains(part), "{part} in describe node:\n{node}");
+    }
+
+    // Deleting without cascading leaves the ReplicaSets; with it, everything goes.
+    ok("delete", run(&["delete", "deployment/web", "--cascade=orphan"]).await);
+    let sets = ok("get rs", run(&["get", "rs", "-l", "app=web", "-o", "name"]).await);
+    assert!(!sets.trim().is_empty(), "orphaned ReplicaSets stay: {sets}");
+}
