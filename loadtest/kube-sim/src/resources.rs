@@ -148,6 +148,9 @@ pub static DAEMONSETS: ResourceDef = def!("apps", "v1", "daemonsets", "daemonset
 /// Jobs (batch/v1).
 pub static JOBS: ResourceDef = def!("batch", "v1", "jobs", "job", "Job", true, short: &[],
     sub: &["status"], unconditional: true, create_on_update: false, fields: &["status.successful"]);
+/// CronJobs (batch/v1).
+pub static CRONJOBS: ResourceDef = def!("batch", "v1", "cronjobs", "cronjob", "CronJob", true, short: &["cj"],
+    sub: &["status"], unconditional: true, create_on_update: false, fields: &[]);
 /// ControllerRevisions.
 pub static CONTROLLERREVISIONS: ResourceDef = def!("apps", "v1", "controllerrevisions", "controllerrevision",
     "ControllerRevision", true, short: &[], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
@@ -184,6 +187,7 @@ pub static ALL: &[&ResourceDef] = &[
     &DAEMONSETS,
     &CONTROLLERREVISIONS,
     &JOBS,
+    &CRONJOBS,
     &SERVICEACCOUNTS,
     &ROLES,
     &ROLEBINDINGS,

@@ -268,6 +268,9 @@ impl SimState {
                 crate::controllers::job_defaults(&mut value, &name, &uid);
             }
             workload_defaults(def, &mut value);
+            if def == &crate::resources::CRONJOBS {
+                crate::controllers::cron_job_defaults(&mut value);
+            }
             validation::validate_create(def, &name, &value)?;
         }
         if dry_run {

@@ -25,15 +25,17 @@ use crate::{
     api::DeleteOptions,
     api_error::ApiError,
     resources::{
-        ALL, CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PODS, REPLICASETS,
-        ResourceDef, STATEFULSETS,
+        ALL, CONTROLLERREVISIONS, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PODS,
+        REPLICASETS, ResourceDef, STATEFULSETS,
     },
     state::SimState,
     store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
 };
 
+pub(crate) use cron_job::cron_job_defaults;
 pub(crate) use job::job_defaults;
 
+mod cron_job;
 mod daemon_set;
 mod deployment;
 mod job;
@@ -90,6 +92,8 @@ enum Key {
     DaemonSet(String, String),
     /// Every DaemonSet (a node changed).
     AllDaemonSets,
+    /// A CronJob: schedule its Jobs.
+    CronJob(String, String),
 }
 
 struct Queue {
@@ -154,7 +158,9 @@ fn resolve(value: Option<&Value>, total: i32, round_up: bool, default_percent: i
 pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let queue = Arc::new(Queue { pending: Mutex::new(HashSet::new()), tx });
-    for def in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &JOBS, &DAEMONSETS, &PODS, &NAMESPACES, &NODES] {
+    for def in
+        [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &JOBS, &CRONJOBS, &DAEMONSETS, &PODS, &NAMESPACES, &NODES]
+    {
         let feed = state.store.subscribe(def);
         tokio::spawn(route_changes(def, feed, state.clone(), queue.clone(), shutdown.clone()));
     }
@@ -233,7 +239,12 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
     } else if def == &STATEFULSETS {
         queue.push(Key::StatefulSet(ns, name));
     } else if def == &JOBS {
+        if let Some(("CronJob", owner)) = object.controller() {
+            queue.push(Key::CronJob(ns.clone(), owner.to_owned()));
+        }
         queue.push(Key::Job(ns, name));
+    } else if def == &CRONJOBS {
+        queue.push(Key::CronJob(ns, name));
     } else if def == &DAEMONSETS {
         queue.push(Key::DaemonSet(ns, name));
     } else if let Some((kind, owner)) = object.controller() {
@@ -261,6 +272,7 @@ impl Controllers<'_> {
             Key::Collect(ns, uid) => self.collect(ns, uid),
             Key::Namespace(name) => self.namespace(name),
             Key::Job(ns, name) => self.job(ns, name),
+            Key::CronJob(ns, name) => self.cron_job(ns, name),
             Key::DaemonSet(ns, name) => self.daemon_set(ns, name),
             Key::AllDaemonSets => self.all_daemon_sets(),
         }

@@ -99,13 +99,32 @@ mod timing {
 #[derive(Debug, Clone, Copy)]
 pub struct SimClock {
     scale: f64,
+    /// The wall-clock time and instant the simulation started at: simulated time runs from there.
+    origin: (jiff::Timestamp, std::time::Instant),
 }
 
 impl SimClock {
     /// `scale` = wall-clock seconds per simulated second (1.0 = real time, 0.01 = 100× faster).
     pub fn new(scale: f64) -> Self {
         let scale = if scale.is_finite() && scale > 0.0 { scale } else { 1.0 };
-        Self { scale }
+        Self { scale, origin: (jiff::Timestamp::now(), std::time::Instant::now()) }
+    }
+
+    /// The simulated time now (it started as the wall clock and runs `1 / scale` times as fast).
+    pub fn now(&self) -> jiff::Timestamp {
+        self.sim_time_of_elapsed(self.origin.1.elapsed())
+    }
+
+    /// The simulated time of wall-clock time `wall` (a creation timestamp).
+    pub fn sim_time_of(&self, wall: jiff::Timestamp) -> jiff::Timestamp {
+        let elapsed = wall.duration_since(self.origin.0).unsigned_abs();
+        self.sim_time_of_elapsed(elapsed)
+    }
+
+    fn sim_time_of_elapsed(&self, elapsed: Duration) -> jiff::Timestamp {
+        let simulated =
+            jiff::SignedDuration::try_from(elapsed.div_f64(self.scale)).unwrap_or(jiff::SignedDuration::MAX);
+        self.origin.0.checked_add(simulated).unwrap_or(self.origin.0)
     }
 
     /// The wall-clock duration of a simulated one.

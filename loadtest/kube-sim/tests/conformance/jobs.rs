@@ -151,3 +151,59 @@ async fn kubectl_get_jobs_prints_status_and_completions() {
     assert_eq!(rows[0], ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]);
     assert_eq!(&rows[1][..3], ["migrate", "Failed", "0/1"]);
 }
+
+#[tokio::test]
+async fn a_cron_job_runs_a_job_each_scheduled_minute_and_keeps_its_history_limit() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    let sim = sim().await;
+    let cron_jobs: Api<CronJob> = Api::namespaced(client(&sim), "shop");
+    let jobs: Api<Job> = Api::namespaced(client(&sim), "shop");
+    let report: CronJob = serde_json::from_value(json!({
+        "metadata": {"name": "report"},
+        "spec": {"schedule": "*/1 * * * *", "successfulJobsHistoryLimit": 1,
+            "jobTemplate": {"metadata": {"labels": {"app": "report"}},
+                "spec": {"template": {"metadata": {"annotations": {"sim.kubesent.io/exit-code": "0", "sim.kubesent.io/run-seconds": "1"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "registry.local/shop/report:1"}]}}}}}
+    }))
+    .expect("cronjob json");
+    let created = cron_jobs.create(&PostParams::default(), &report).await.expect("created");
+    let defaulted = created.spec;
+    assert_eq!(defaulted.concurrency_policy.as_deref(), Some("Allow"), "defaulted");
+    // A minute of simulated time is 0.6 s here: three runs, each a Job named for its scheduled minute,
+    // and of the finished ones only the newest kept.
+    let ran = tokio::time::timeout(PATIENCE, async {
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            let listed = jobs.list(&ListParams::default()).await.expect("jobs").items;
+            seen.extend(listed.iter().filter_map(|j| j.metadata.name.clone()));
+            let succeeded = listed
+                .iter()
+                .filter(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) >= 1)
+                .count();
+            let status = cron_jobs.get("report").await.expect("cronjob").status.unwrap_or_default();
+            if seen.len() >= 3 && succeeded == 1 && status.last_successful_time.is_some() {
+                return (status, listed);
+            }
+            assert!(
+                succeeded <= 1 || seen.len() < 2,
+                "at most successfulJobsHistoryLimit finished Jobs: {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the CronJob ran three times and kept its history");
+    let (status, listed) = ran;
+    let scheduled = status.last_schedule_time.expect("lastScheduleTime").0;
+    for job in &listed {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let minute: i64 = name.strip_prefix("report-").and_then(|m| m.parse().ok()).expect("report-<minute>");
+        assert!(minute * 60 <= scheduled.as_second(), "{name} is a scheduled minute's run");
+        let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("CronJob", "report"));
+        assert_eq!(
+            job.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str),
+            Some("report")
+        );
+    }
+}
