@@ -131,7 +131,18 @@ impl ApiError {
         )
     }
 
-    /// 415 for an unsupported patch or body content type.
+    /// 415 for a request body in a format the server does not decode for this type.
+    pub fn undecodable_body(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {content_type:?}"
+            ),
+        )
+    }
+
+    /// 415 for an unsupported patch content type.
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(
             415,

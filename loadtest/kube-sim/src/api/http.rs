@@ -94,6 +94,8 @@ fn verb(method: &Method, has_name: bool, watch: bool) -> &'static str {
 #[derive(Debug, PartialEq)]
 enum Route {
     Version,
+    OpenApiIndex,
+    OpenApiDocument(String),
     CoreVersions,
     GroupList,
     ResourceList(String, String),
@@ -109,6 +111,8 @@ fn route(path: &str) -> Option<Route> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["version"] => Some(Route::Version),
+        ["openapi", "v3"] => Some(Route::OpenApiIndex),
+        ["openapi", "v3", rest @ ..] => Some(Route::OpenApiDocument(rest.join("/"))),
         ["api"] => Some(Route::CoreVersions),
         ["apis"] => Some(Route::GroupList),
         ["api", version] => Some(Route::ResourceList(String::new(), (*version).to_owned())),
@@ -192,6 +196,10 @@ fn dispatch(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.split(',').next().is_some_and(|first| first.contains("as=Table")));
     match route {
+        Route::OpenApiIndex => Ok(json_response(StatusCode::OK, &super::openapi::index())),
+        Route::OpenApiDocument(path) => super::openapi::document(&path)
+            .map(|doc| json_response(StatusCode::OK, &doc))
+            .ok_or_else(ApiError::no_route),
         Route::Version => {
             Ok(json_response(StatusCode::OK, &resources::version_info(state.config.kubernetes_minor)))
         }
@@ -261,6 +269,17 @@ fn dispatch(
             }
         }
     }
+}
+
+/// `response` with a `Warning: 299 - "<text>"` header per warning, as the apiserver sends them.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
+        if let Ok(value) = axum::http::HeaderValue::from_str(&text) {
+            response.headers_mut().append("Warning", value);
+        }
+    }
+    response
 }
 
 struct Ctx<'a> {
@@ -401,11 +420,31 @@ impl Ctx<'_> {
         Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
     }
 
+    /// The `fieldValidation` warnings for `value` (a refusal under `Strict`).
+    fn field_warnings(&self, value: &Value) -> Result<Vec<String>, ApiError> {
+        let mode = super::FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
+        super::field_validation(self.def, value, mode)
+    }
+
+    /// Refuses a body in a format kube-sim does not decode (protobuf, CBOR) as an apiserver refuses one
+    /// for a type it cannot decode so: 415, naming the media types it takes. client-go then sends JSON.
+    fn decodable_body(&self) -> Result<(), ApiError> {
+        let content_type =
+            self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        if media.is_empty() || media == "application/json" || media == "application/yaml" || media == "*/*" {
+            return Ok(());
+        }
+        Err(ApiError::undecodable_body(content_type))
+    }
+
     fn create(&self, ns: &str, body: &[u8]) -> Result<Response, ApiError> {
+        self.decodable_body()?;
         let value = parse_body(self.def, body)?;
+        let warnings = self.field_warnings(&value)?;
         let dry_run = self.query.get("dryRun").is_some_and(|d| d == "All");
         let created = self.state.create(self.def, ns, value, dry_run)?;
-        Ok(json_response(StatusCode::CREATED, &created))
+        Ok(with_warnings(json_response(StatusCode::CREATED, &created), &warnings))
     }
 
     fn replace(
@@ -418,9 +457,12 @@ impl Ctx<'_> {
         if subresource == Some("resize") {
             return Err(ApiError::method_not_supported(self.def, "update"));
         }
+        self.decodable_body()?;
         let new = parse_body(self.def, body)?;
+        let warnings = self.field_warnings(&new)?;
         let (stored, created) = self.state.replace(self.def, ns, name, subresource, new)?;
-        Ok(bytes_response(if created { StatusCode::CREATED } else { StatusCode::OK }, stored.json.clone()))
+        let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+        Ok(with_warnings(bytes_response(status, stored.json.clone()), &warnings))
     }
 
     /// A write of the `scale` subresource (`kubectl scale`): the autoscaling/v1 Scale is patched or
@@ -476,8 +518,16 @@ impl Ctx<'_> {
             .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
         let patch_body: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        // Validated as the object the patch makes.
+        let warnings = match self.query.get("fieldValidation").map(String::as_str) {
+            None | Some("" | "Ignore") => Vec::new(),
+            _ => {
+                let current = self.state.store.get(self.def, ns, name)?.value();
+                self.field_warnings(&super::patch::apply(kind, &current, &patch_body)?)?
+            }
+        };
         let stored = self.state.patch(self.def, ns, name, subresource, kind, &patch_body)?;
-        Ok(bytes_response(StatusCode::OK, stored.json.clone()))
+        Ok(with_warnings(bytes_response(StatusCode::OK, stored.json.clone()), &warnings))
     }
 
     fn delete(&self, ns: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {

@@ -3,6 +3,7 @@
 //! controllers, so a ReplicaSet's pods go through the same defaulting and validation as a client's.
 
 pub(crate) mod http;
+pub(crate) mod openapi;
 mod patch;
 mod scale;
 mod table;
@@ -101,22 +102,33 @@ pub fn random_suffix() -> String {
 
 /// Rejects bodies the real apiserver could not decode into the kind's Go type.
 pub fn typed_check(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
+    typed_round_trip(def, value).map(|_| ())
+}
+
+/// The body decoded into the kind's type and encoded again (what the apiserver keeps of it), or why it
+/// does not decode; `None` for a kind without a typed check.
+pub fn typed_round_trip(def: &ResourceDef, value: &Value) -> Result<Option<Value>, ApiError> {
     use k8s_openapi::api::{
-        apps::v1 as apps, coordination::v1 as coordination, core::v1 as core, events::v1 as events,
-        rbac::v1 as rbac,
+        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
+        events::v1 as events, rbac::v1 as rbac,
     };
-    fn check<T: serde::de::DeserializeOwned>(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
-        serde_json::from_value::<T>(value.clone()).map(|_| ()).map_err(|e| {
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(
+        def: &ResourceDef,
+        value: &Value,
+    ) -> Result<Option<Value>, ApiError> {
+        let typed = serde_json::from_value::<T>(value.clone()).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 def.kind, def.version, def.kind
             ))
-        })
+        })?;
+        Ok(serde_json::to_value(typed).ok())
     }
     match (def.group, def.plural) {
         ("", "pods") => check::<core::Pod>(def, value),
         ("", "events") => check::<core::Event>(def, value),
         ("", "namespaces") => check::<core::Namespace>(def, value),
+        ("", "nodes") => check::<core::Node>(def, value),
         ("", "configmaps") => check::<core::ConfigMap>(def, value),
         ("", "secrets") => check::<core::Secret>(def, value),
         ("coordination.k8s.io", _) => check::<coordination::Lease>(def, value),
@@ -126,13 +138,65 @@ pub fn typed_check(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
         ("apps", "statefulsets") => check::<apps::StatefulSet>(def, value),
         ("apps", "daemonsets") => check::<apps::DaemonSet>(def, value),
         ("apps", "controllerrevisions") => check::<apps::ControllerRevision>(def, value),
+        ("batch", "jobs") => check::<batch::Job>(def, value),
+        ("batch", "cronjobs") => check::<batch::CronJob>(def, value),
         ("", "serviceaccounts") => check::<core::ServiceAccount>(def, value),
         ("rbac.authorization.k8s.io", "roles") => check::<rbac::Role>(def, value),
         ("rbac.authorization.k8s.io", "rolebindings") => check::<rbac::RoleBinding>(def, value),
         ("rbac.authorization.k8s.io", "clusterroles") => check::<rbac::ClusterRole>(def, value),
         ("rbac.authorization.k8s.io", "clusterrolebindings") => check::<rbac::ClusterRoleBinding>(def, value),
-        _ => Ok(()),
+        _ => Ok(None),
     }
+}
+
+/// How a write treats fields the kind does not have (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them and say so in a `Warning` header.
+    Warn,
+    /// Refuse the write.
+    Strict,
+}
+
+impl FieldValidation {
+    /// From the query parameter (`Ignore` when absent, as for clients that do not ask).
+    pub fn parse(value: Option<&str>) -> Result<Self, ApiError> {
+        match value {
+            None | Some("" | "Ignore") => Ok(Self::Ignore),
+            Some("Warn") => Ok(Self::Warn),
+            Some("Strict") => Ok(Self::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {other}. Valid values are Ignore, Warn and Strict"
+            ))),
+        }
+    }
+}
+
+/// The warnings (`unknown field "spec.foo"`) a write of `value` gets under `mode`, or the refusal the
+/// apiserver's strict decoding gives.
+pub fn field_validation(
+    def: &ResourceDef,
+    value: &Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    if mode == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let Some(kept) = typed_round_trip(def, value)? else { return Ok(Vec::new()) };
+    let unknown: Vec<String> =
+        openapi::unknown_fields(value, &kept).into_iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    if mode == FieldValidation::Strict && !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            def.kind,
+            def.version,
+            def.kind,
+            unknown.join(", ")
+        )));
+    }
+    Ok(unknown)
 }
 
 /// Checks a body's `kind` and `apiVersion` (when given) and its shape.

@@ -191,3 +191,45 @@ async fn kubectl_drives_a_deployment_through_its_life_as_people_do() {
     let sets = ok("get rs", run(&["get", "rs", "-l", "app=web", "-o", "name"]).await);
     assert!(!sets.trim().is_empty(), "orphaned ReplicaSets stay: {sets}");
 }
+
+#[tokio::test]
+async fn kubectl_apply_validates_on_the_server_and_refuses_unknown_fields_as_the_apiserver_does() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = |name: &str, extra: &str| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n{extra}  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - name: app\n        image: registry.local/shop/{name}:1\n"
+            ),
+        )
+        .expect("written");
+        path.display().to_string()
+    };
+    // Default validation: kubectl reads /openapi/v3, finds fieldValidation and asks the server.
+    let good = manifest("web", "");
+    let (ok, out, err) = kubectl_in_shop(&kubectl, &sim, &["apply", "-f", &good]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    let (ok, out, err) = kubectl_in_shop(&kubectl, &sim, &["apply", "-f", &good]).await;
+    assert!(ok && out.contains("unchanged"), "{out}{err}");
+    assert!(sim.requests().iter().any(|r| r.path == "/openapi/v3"), "kubectl asked for the OpenAPI index");
+
+    // An unknown field: refused with the strict decoding error, by create and by patch.
+    let typo = manifest("api", "  replica: 3\n");
+    let (ok, _, err) = kubectl_in_shop(&kubectl, &sim, &["apply", "-f", &typo]).await;
+    assert!(!ok, "refused");
+    assert!(err.contains(r#"strict decoding error: unknown field "spec.replica""#), "{err}");
+    let patched = manifest("web", "  replica: 3\n");
+    let (ok, _, err) = kubectl_in_shop(&kubectl, &sim, &["apply", "-f", &patched]).await;
+    assert!(!ok && err.contains(r#"unknown field "spec.replica""#), "{err}");
+    // --validate=warn: accepted, with the apiserver's warning.
+    let (ok, _, err) = kubectl_in_shop(&kubectl, &sim, &["apply", "--validate=warn", "-f", &typo]).await;
+    assert!(ok, "{err}");
+    assert!(err.contains(r#"Warning: unknown field "spec.replica""#), "{err}");
+}
