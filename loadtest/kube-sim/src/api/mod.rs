@@ -102,49 +102,58 @@ pub fn random_suffix() -> String {
 
 /// Rejects bodies the real apiserver could not decode into the kind's Go type.
 pub fn typed_check(def: &ResourceDef, value: &Value) -> Result<(), ApiError> {
-    typed_round_trip(def, value).map(|_| ())
+    // Every write comes here: decoding is the check, encoding again is left to field validation.
+    typed_decode(def, value, false).map(|_| ())
 }
 
 /// The body decoded into the kind's type and encoded again (what the apiserver keeps of it), or why it
 /// does not decode; `None` for a kind without a typed check.
 pub fn typed_round_trip(def: &ResourceDef, value: &Value) -> Result<Option<Value>, ApiError> {
+    typed_decode(def, value, true)
+}
+
+/// Decodes `value` as the kind's type; encodes it again when `encode`.
+fn typed_decode(def: &ResourceDef, value: &Value, encode: bool) -> Result<Option<Value>, ApiError> {
     use k8s_openapi::api::{
         apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
         events::v1 as events, rbac::v1 as rbac,
     };
-    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(
+    fn check_as<T: serde::de::DeserializeOwned + serde::Serialize>(
         def: &ResourceDef,
         value: &Value,
+        encode: bool,
     ) -> Result<Option<Value>, ApiError> {
-        let typed = serde_json::from_value::<T>(value.clone()).map_err(|e| {
+        let typed = T::deserialize(value).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 def.kind, def.version, def.kind
             ))
         })?;
-        Ok(serde_json::to_value(typed).ok())
+        Ok(if encode { serde_json::to_value(typed).ok() } else { None })
     }
     match (def.group, def.plural) {
-        ("", "pods") => check::<core::Pod>(def, value),
-        ("", "events") => check::<core::Event>(def, value),
-        ("", "namespaces") => check::<core::Namespace>(def, value),
-        ("", "nodes") => check::<core::Node>(def, value),
-        ("", "configmaps") => check::<core::ConfigMap>(def, value),
-        ("", "secrets") => check::<core::Secret>(def, value),
-        ("coordination.k8s.io", _) => check::<coordination::Lease>(def, value),
-        ("events.k8s.io", _) => check::<events::Event>(def, value),
-        ("apps", "deployments") => check::<apps::Deployment>(def, value),
-        ("apps", "replicasets") => check::<apps::ReplicaSet>(def, value),
-        ("apps", "statefulsets") => check::<apps::StatefulSet>(def, value),
-        ("apps", "daemonsets") => check::<apps::DaemonSet>(def, value),
-        ("apps", "controllerrevisions") => check::<apps::ControllerRevision>(def, value),
-        ("batch", "jobs") => check::<batch::Job>(def, value),
-        ("batch", "cronjobs") => check::<batch::CronJob>(def, value),
-        ("", "serviceaccounts") => check::<core::ServiceAccount>(def, value),
-        ("rbac.authorization.k8s.io", "roles") => check::<rbac::Role>(def, value),
-        ("rbac.authorization.k8s.io", "rolebindings") => check::<rbac::RoleBinding>(def, value),
-        ("rbac.authorization.k8s.io", "clusterroles") => check::<rbac::ClusterRole>(def, value),
-        ("rbac.authorization.k8s.io", "clusterrolebindings") => check::<rbac::ClusterRoleBinding>(def, value),
+        ("", "pods") => check_as::<core::Pod>(def, value, encode),
+        ("", "events") => check_as::<core::Event>(def, value, encode),
+        ("", "namespaces") => check_as::<core::Namespace>(def, value, encode),
+        ("", "nodes") => check_as::<core::Node>(def, value, encode),
+        ("", "configmaps") => check_as::<core::ConfigMap>(def, value, encode),
+        ("", "secrets") => check_as::<core::Secret>(def, value, encode),
+        ("coordination.k8s.io", _) => check_as::<coordination::Lease>(def, value, encode),
+        ("events.k8s.io", _) => check_as::<events::Event>(def, value, encode),
+        ("apps", "deployments") => check_as::<apps::Deployment>(def, value, encode),
+        ("apps", "replicasets") => check_as::<apps::ReplicaSet>(def, value, encode),
+        ("apps", "statefulsets") => check_as::<apps::StatefulSet>(def, value, encode),
+        ("apps", "daemonsets") => check_as::<apps::DaemonSet>(def, value, encode),
+        ("apps", "controllerrevisions") => check_as::<apps::ControllerRevision>(def, value, encode),
+        ("batch", "jobs") => check_as::<batch::Job>(def, value, encode),
+        ("batch", "cronjobs") => check_as::<batch::CronJob>(def, value, encode),
+        ("", "serviceaccounts") => check_as::<core::ServiceAccount>(def, value, encode),
+        ("rbac.authorization.k8s.io", "roles") => check_as::<rbac::Role>(def, value, encode),
+        ("rbac.authorization.k8s.io", "rolebindings") => check_as::<rbac::RoleBinding>(def, value, encode),
+        ("rbac.authorization.k8s.io", "clusterroles") => check_as::<rbac::ClusterRole>(def, value, encode),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            check_as::<rbac::ClusterRoleBinding>(def, value, encode)
+        }
         _ => Ok(None),
     }
 }
