@@ -198,6 +198,10 @@ impl NotifierMetrics {
         Arc::new(metrics)
     }
 
+    fn count_delivery(&self, sink: SinkKind, delivery: Delivery) {
+        self.notifications.get_or_create(&DeliveryLabel { sink, delivery }).inc();
+    }
+
     /// Notifications to `sink` that ended as `delivery`.
     pub fn count(&self, sink: SinkKind, delivery: Delivery) -> u64 {
         self.notifications.get_or_create(&DeliveryLabel { sink, delivery }).get()
@@ -526,12 +530,6 @@ pub async fn run(
         if let Err(error) = message.ack().await {
             warn!(%error, "acknowledging an outcome failed; it may be notified again (deduplicated)");
         }
-    }
-}
-
-impl NotifierMetrics {
-    fn count_delivery(&self, sink: SinkKind, delivery: Delivery) {
-        self.notifications.get_or_create(&DeliveryLabel { sink, delivery }).inc();
     }
 }
 

@@ -91,6 +91,27 @@ fn memory_limit(pod: &Pod) -> String {
     container.resources.as_ref().and_then(|r| r.limits.clone()).expect("limits")["memory"].0.clone()
 }
 
+/// The pods with `labels` that are not terminating.
+async fn live_pods(pods: &Api<Pod>, labels: &str) -> Vec<Pod> {
+    let listed = pods.list(&ListParams::default().labels(labels)).await.expect("pods");
+    listed.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect()
+}
+
+/// Runs `kubesent undo <incident> --by alice` as the operator against `stack` (RBAC off).
+async fn kubesent_undo(stack: &Stack, incident: &proto::IncidentId) -> std::process::Output {
+    let operator = stack.users.env(kubesent_common::nats::Role::Operator);
+    let (incident, nats, kube) = (incident.to_string(), stack.nats.url().to_owned(), stack.kube_sim.url());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+            .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube, "--by", "alice"])
+            .envs(operator)
+            .output()
+            .expect("kubesent runs")
+    })
+    .await
+    .expect("ran")
+}
+
 fn running_ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.container_statuses.clone()).is_some_and(|statuses| {
         statuses.iter().all(|s| s.ready && s.state.as_ref().is_some_and(|s| s.running.is_some()))
@@ -194,14 +215,7 @@ async fn an_oom_killed_deployment_gets_more_memory_in_its_template_and_rolls_out
     let annotations = web.metadata.annotations.clone().expect("annotations");
     assert_eq!(annotations["kubesent.io/original-memory-limit.app"], "128Mi", "reversible");
     assert_eq!(annotations["kubesent.io/incident"], outcome.incident.as_str());
-    let live: Vec<Pod> = pods
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let live = live_pods(&pods, "app=web").await;
     assert_eq!(live.len(), 3, "the rollout replaced every pod");
     for pod in &live {
         assert_eq!(memory_limit(pod), "256Mi");
@@ -256,14 +270,7 @@ async fn an_oom_killed_stateful_set_gets_more_memory_and_its_stuck_pod_is_recrea
     let db = sets.get("db").await.expect("statefulset");
     let annotations = db.metadata.annotations.clone().expect("annotations");
     assert_eq!(annotations["kubesent.io/original-memory-limit.app"], "128Mi", "reversible");
-    let live: Vec<Pod> = pods
-        .list(&ListParams::default().labels("app=db"))
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let live = live_pods(&pods, "app=db").await;
     let mut names: Vec<_> = live.iter().filter_map(|p| p.metadata.name.clone()).collect();
     names.sort();
     assert_eq!(names, ["db-0", "db-1"]);
@@ -372,14 +379,7 @@ async fn a_deployment_updated_to_a_missing_image_is_rolled_back_to_the_previous_
     assert_eq!(template.containers[0].image.as_deref(), Some("registry.local/shop/web:1.4.2"));
     let annotations = web.metadata.annotations.clone().expect("annotations");
     assert_eq!(annotations["kubesent.io/original-image.app"], "registry.local/shop/web:1.5.0", "reversible");
-    let live: Vec<Pod> = pods
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let live = live_pods(&pods, "app=web").await;
     assert_eq!(live.len(), 3);
     for pod in &live {
         assert_eq!(
@@ -429,14 +429,7 @@ async fn a_stateful_set_updated_to_a_missing_image_is_rolled_back_from_its_contr
             to: "registry.local/shop/db:16.4".into()
         }
     );
-    let live: Vec<Pod> = pods
-        .list(&ListParams::default().labels("app=db"))
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let live = live_pods(&pods, "app=db").await;
     assert_eq!(live.len(), 3);
     for pod in &live {
         assert_eq!(
@@ -697,14 +690,7 @@ async fn a_deployment_updated_to_a_crash_looping_revision_is_rolled_back_healed_
     assert_eq!(template, good_template, "the template is revision 1's again");
     let annotations = rolled_back.metadata.annotations.clone().expect("annotations");
     assert_eq!(annotations["kubesent.io/original-revision"], from.name, "reversible");
-    let live: Vec<Pod> = pods
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let live = live_pods(&pods, "app=web").await;
     assert_eq!(live.len(), 3);
     for pod in &live {
         assert!(running_ready(pod), "{:?}", pod.status);
@@ -713,20 +699,7 @@ async fn a_deployment_updated_to_a_crash_looping_revision_is_rolled_back_healed_
     }
     assert_one_of_each_and_least_privilege(&stack).await;
 
-    let output = tokio::task::spawn_blocking({
-        let operator = stack.users.env(kubesent_common::nats::Role::Operator);
-        let (incident, nats, kube) =
-            (outcome.incident.to_string(), stack.nats.url().to_owned(), stack.kube_sim.url());
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
-                .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube, "--by", "alice"])
-                .envs(operator)
-                .output()
-                .expect("kubesent runs")
-        }
-    })
-    .await
-    .expect("ran");
+    let output = kubesent_undo(&stack, &outcome.incident).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let forward = deployments.get("web").await.expect("deployment");
     let annotations = forward.spec.clone().expect("spec").template.metadata.and_then(|m| m.annotations);
@@ -892,20 +865,7 @@ async fn a_failing_rollout_with_nothing_ready_to_go_back_to_is_paused_with_the_r
         "{annotations:?}"
     );
 
-    let output = tokio::task::spawn_blocking({
-        let operator = stack.users.env(kubesent_common::nats::Role::Operator);
-        let (incident, nats, kube) =
-            (outcome.incident.to_string(), stack.nats.url().to_owned(), stack.kube_sim.url());
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
-                .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube, "--by", "alice"])
-                .envs(operator)
-                .output()
-                .expect("kubesent runs")
-        }
-    })
-    .await
-    .expect("ran");
+    let output = kubesent_undo(&stack, &outcome.incident).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let resumed = deployments.get("web").await.expect("deployment");
     assert_eq!(resumed.spec.as_ref().and_then(|s| s.paused), Some(false), "resumed by undo");
@@ -950,14 +910,7 @@ async fn a_stateful_set_updated_to_a_crash_looping_revision_is_rolled_back_from_
     let outcome = next_outcome(&mut outcomes).await;
     assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
     assert_eq!(sets.get("db").await.expect("db").spec.expect("spec").template, good_template);
-    let live: Vec<Pod> = pods
-        .list(&ListParams::default().labels("app=db"))
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let live = live_pods(&pods, "app=db").await;
     assert_eq!(live.len(), 3);
     for pod in &live {
         assert!(running_ready(pod), "{:?}", pod.status);

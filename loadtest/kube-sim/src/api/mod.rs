@@ -341,9 +341,6 @@ impl SimState {
                 crate::controllers::job_defaults(&mut value, &name, &uid);
             }
             workload_defaults(def, &mut value);
-            if def == &crate::resources::CRONJOBS {
-                crate::controllers::cron_job_defaults(&mut value);
-            }
             validation::validate_create(def, &name, &value)?;
         }
         if dry_run {
@@ -643,7 +640,8 @@ impl SimState {
 
 /// The defaults the apiserver gives a workload's spec when a field is absent: a Deployment's rolling
 /// update (25 % unavailable, 25 % surge), history of 10 and progress deadline of 600 s; a StatefulSet's
-/// rolling update, OrderedReady pod management and history; a DaemonSet's one-at-a-time rolling update.
+/// rolling update, OrderedReady pod management and history; a DaemonSet's one-at-a-time rolling update;
+/// a CronJob's `Allow` concurrency, not suspended, history limits 3 and 1.
 fn workload_defaults(def: &ResourceDef, value: &mut Value) {
     let defaults = if def == &crate::resources::DEPLOYMENTS {
         json!({"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
@@ -651,6 +649,9 @@ fn workload_defaults(def: &ResourceDef, value: &mut Value) {
     } else if def == &crate::resources::STATEFULSETS {
         json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
             "podManagementPolicy": "OrderedReady", "revisionHistoryLimit": 10})
+    } else if def == &crate::resources::CRONJOBS {
+        json!({"concurrencyPolicy": "Allow", "suspend": false, "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 1})
     } else if def == &crate::resources::DAEMONSETS {
         json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
             "revisionHistoryLimit": 10})

@@ -247,19 +247,6 @@ impl Controllers<'_> {
     }
 }
 
-/// Defaults the apiserver sets on a new CronJob.
-pub(crate) fn cron_job_defaults(value: &mut Value) {
-    let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    for (key, default) in [
-        ("concurrencyPolicy", json!("Allow")),
-        ("suspend", json!(false)),
-        ("successfulJobsHistoryLimit", json!(3)),
-        ("failedJobsHistoryLimit", json!(1)),
-    ] {
-        spec.entry(key).or_insert(default);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,6 @@ use crate::{
     store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
 };
 
-pub(crate) use cron_job::cron_job_defaults;
 pub(crate) use job::job_defaults;
 
 mod cron_job;
