@@ -473,6 +473,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("{look}");
     if args.keep_running {
+        // kubectl sends no bearer token over plain HTTP, so the kubeconfig above would be refused while
+        // RBAC is on: the scenarios ran under deploy/base's RBAC; looking around needs none.
+        topology.sim.state().rbac.set_enabled(false);
         kubesent_common::shutdown_on_signal().cancelled().await;
     }
     topology.stop().await;
