@@ -26,6 +26,8 @@ pub struct RequestRecord {
     pub status: u16,
     /// The client: its bearer token, else its User-Agent.
     pub client: String,
+    /// The request body's `Content-Type` (empty when none was sent).
+    pub content_type: String,
 }
 
 impl RequestRecord {
@@ -78,7 +80,14 @@ impl SimState {
         self.requests().into_iter().filter(RequestRecord::is_mutating).collect()
     }
 
-    pub(crate) fn log_request(&self, method: &Method, uri: &Uri, status: u16, client: &str) {
+    pub(crate) fn log_request(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        status: u16,
+        client: &str,
+        content_type: &str,
+    ) {
         let mut log = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() == REQUEST_LOG_CAPACITY {
             log.pop_front();
@@ -89,6 +98,7 @@ impl SimState {
             query: uri.query().unwrap_or_default().to_owned(),
             status,
             client: client.to_owned(),
+            content_type: content_type.to_owned(),
         });
     }
 }

@@ -61,7 +61,8 @@ async fn handle(
             }
         }
     };
-    state.log_request(&method, &uri, response.status().as_u16(), &client);
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    state.log_request(&method, &uri, response.status().as_u16(), &client, content_type);
     response
 }
 
@@ -426,21 +427,29 @@ impl Ctx<'_> {
         super::field_validation(self.def, value, mode)
     }
 
-    /// Refuses a body in a format kube-sim does not decode (protobuf, CBOR) as an apiserver refuses one
-    /// for a type it cannot decode so: 415, naming the media types it takes. client-go then sends JSON.
-    fn decodable_body(&self) -> Result<(), ApiError> {
+    /// The request body as JSON: JSON, YAML or the Kubernetes protobuf encoding (what kubectl's typed
+    /// clients send), decoded as the apiserver decodes each; any other media type is refused with the 415
+    /// an apiserver gives a body it has no decoder for.
+    fn body_value(&self, body: &[u8]) -> Result<Value, ApiError> {
         let content_type =
             self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let media = content_type.split(';').next().unwrap_or_default().trim();
-        if media.is_empty() || media == "application/json" || media == "application/yaml" || media == "*/*" {
-            return Ok(());
+        match media {
+            "" | "application/json" | "*/*" => parse_body(self.def, body),
+            "application/yaml" => serde_saphyr::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the object provided is unrecognized (must be of type {}): yaml: {e}",
+                    self.def.kind
+                ))
+            }),
+            super::protobuf::MEDIA_TYPE => super::protobuf::decode(self.def, body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}"))),
+            _ => Err(ApiError::undecodable_body(content_type)),
         }
-        Err(ApiError::undecodable_body(content_type))
     }
 
     fn create(&self, ns: &str, body: &[u8]) -> Result<Response, ApiError> {
-        self.decodable_body()?;
-        let value = parse_body(self.def, body)?;
+        let value = self.body_value(body)?;
         let warnings = self.field_warnings(&value)?;
         let dry_run = self.query.get("dryRun").is_some_and(|d| d == "All");
         let created = self.state.create(self.def, ns, value, dry_run)?;
@@ -457,8 +466,7 @@ impl Ctx<'_> {
         if subresource == Some("resize") {
             return Err(ApiError::method_not_supported(self.def, "update"));
         }
-        self.decodable_body()?;
-        let new = parse_body(self.def, body)?;
+        let new = self.body_value(body)?;
         let warnings = self.field_warnings(&new)?;
         let (stored, created) = self.state.replace(self.def, ns, name, subresource, new)?;
         let status = if created { StatusCode::CREATED } else { StatusCode::OK };

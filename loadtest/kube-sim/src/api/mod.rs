@@ -5,6 +5,7 @@
 pub(crate) mod http;
 pub(crate) mod openapi;
 mod patch;
+pub(crate) mod protobuf;
 mod scale;
 mod table;
 mod validation;
@@ -18,7 +19,7 @@ use self::patch::PatchType;
 use crate::{
     api_error::{ApiError, FieldError},
     pods::{self, PodDeletion},
-    resources::{JOBS, NAMESPACES, PODS, ResourceDef},
+    resources::{JOBS, NAMESPACES, PODS, ResourceDef, SECRETS},
     state::SimState,
     store::{Mutation, StoredObject},
 };
@@ -340,6 +341,9 @@ impl SimState {
             if def == &JOBS {
                 crate::controllers::job_defaults(&mut value, &name, &uid);
             }
+            if def == &SECRETS {
+                secret_defaults(&mut value);
+            }
             workload_defaults(def, &mut value);
             validation::validate_create(def, &name, &value)?;
         }
@@ -469,6 +473,9 @@ impl SimState {
         let old = current.value();
         if !new.is_object() {
             return Err(ApiError::bad_request("object must be a JSON object"));
+        }
+        if def == &SECRETS {
+            secret_defaults(&mut new);
         }
         if subresource == Some("status") {
             // Status updates change only the status.
@@ -642,6 +649,25 @@ impl SimState {
 /// update (25 % unavailable, 25 % surge), history of 10 and progress deadline of 600 s; a StatefulSet's
 /// rolling update, OrderedReady pod management and history; a DaemonSet's one-at-a-time rolling update;
 /// a CronJob's `Allow` concurrency, not suspended, history limits 3 and 1.
+/// A Secret as stored: `type` defaults to `Opaque`, and the write-only `stringData` is merged into
+/// `data` (base64), its keys winning, as the apiserver converts it.
+fn secret_defaults(value: &mut Value) {
+    use base64::Engine as _;
+    if value.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+        value["type"] = json!("Opaque");
+    }
+    let Some(Value::Object(strings)) = value.as_object_mut().and_then(|v| v.remove("stringData")) else {
+        return;
+    };
+    if !value.get("data").is_some_and(Value::is_object) {
+        value["data"] = json!({});
+    }
+    for (key, text) in strings {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_str().unwrap_or_default());
+        value["data"][key] = json!(encoded);
+    }
+}
+
 fn workload_defaults(def: &ResourceDef, value: &mut Value) {
     let defaults = if def == &crate::resources::DEPLOYMENTS {
         json!({"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
@@ -658,8 +684,27 @@ fn workload_defaults(def: &ResourceDef, value: &mut Value) {
     } else {
         return;
     };
-    let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    for (key, default) in defaults.as_object().into_iter().flatten() {
-        spec.entry(key.clone()).or_insert_with(|| default.clone());
+    if let Some(spec) = value.get_mut("spec") {
+        fill_defaults(spec, &defaults);
+    }
+}
+
+/// Fills what `target` leaves unset (absent, or an empty object as a protobuf body gives for a struct
+/// never set) from `defaults`, as the apiserver's defaulting functions do field by field: a strategy's
+/// `rollingUpdate` parameters only for the `RollingUpdate` type.
+fn fill_defaults(target: &mut Value, defaults: &Value) {
+    let (Some(target), Some(defaults)) = (target.as_object_mut(), defaults.as_object()) else { return };
+    // The type first: whether `rollingUpdate` applies depends on it.
+    let (parameters, rest): (Vec<_>, Vec<_>) = defaults.iter().partition(|(key, _)| *key == "rollingUpdate");
+    for (key, default) in rest.into_iter().chain(parameters) {
+        if key == "rollingUpdate" && target.get("type").and_then(Value::as_str) != Some("RollingUpdate") {
+            continue;
+        }
+        match target.get_mut(key) {
+            Some(present) => fill_defaults(present, default),
+            None => {
+                target.insert(key.clone(), default.clone());
+            }
+        }
     }
 }

@@ -278,3 +278,19 @@ async fn rbac_from_the_deployment_yaml_allows_what_is_granted_and_forbids_the_re
     let kube::Error::Api(status) = err else { panic!("expected a Status") };
     assert_eq!((status.code, status.reason.as_str()), (401, "Unauthorized"));
 }
+
+#[tokio::test]
+async fn a_secrets_string_data_is_stored_as_base64_data_and_its_type_defaults_to_opaque() {
+    use k8s_openapi::api::core::v1::Secret;
+    let sim = sim().await;
+    let secrets: Api<Secret> = Api::namespaced(client(&sim), "shop");
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "db"},
+        "data": {"user": "YWRtaW4=", "password": "b2xk"}, "stringData": {"password": "new"}}))
+    .expect("secret json");
+    let stored = secrets.create(&PostParams::default(), &secret).await.expect("created");
+    assert_eq!(stored.type_.as_deref(), Some("Opaque"));
+    assert!(stored.string_data.is_none(), "stringData is write-only");
+    let data = stored.data.expect("data");
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf-8");
+    assert_eq!((text("user"), text("password")), ("admin".to_owned(), "new".to_owned()), "stringData wins");
+}

@@ -233,3 +233,115 @@ async fn kubectl_apply_validates_on_the_server_and_refuses_unknown_fields_as_the
     assert!(ok, "{err}");
     assert!(err.contains(r#"Warning: unknown field "spec.replica""#), "{err}");
 }
+
+#[tokio::test]
+async fn kubectl_create_generators_send_protobuf_and_make_the_same_objects_as_json() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let ok = |what: &str, (success, stdout, stderr): (bool, String, String)| {
+        assert!(success, "kubectl {what} failed: {stderr}\n{stdout}");
+        stdout
+    };
+    let run = |args: &'static [&'static str]| kubectl_in_shop(&kubectl, &sim, args);
+
+    let created = ok("create namespace", run(&["create", "namespace", "payments"]).await);
+    assert!(created.contains("namespace/payments created"), "{created}");
+    let phase = ok("get ns", run(&["get", "ns", "payments", "-o", "jsonpath={.status.phase}"]).await);
+    assert_eq!(phase, "Active");
+
+    ok(
+        "create deployment",
+        run(&[
+            "create",
+            "deployment",
+            "api",
+            "--image=registry.local/shop/api:1",
+            "--replicas=2",
+            "--port=8080",
+        ])
+        .await,
+    );
+    ok("rollout status", run(&["rollout", "status", "deployment/api", "--timeout=30s"]).await);
+    let shown = ok(
+        "get deployment",
+        run(&[
+            "get",
+            "deployment/api",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.selector.matchLabels.app} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.strategy.type} {.status.readyReplicas}",
+        ])
+        .await,
+    );
+    assert_eq!(shown, "2 api 8080 RollingUpdate 2", "defaults applied to the decoded object as to JSON");
+
+    ok(
+        "create configmap",
+        run(&["create", "configmap", "cfg", "--from-literal=mode=fast", "--from-literal=empty="]).await,
+    );
+    let data = ok("get configmap", run(&["get", "configmap", "cfg", "-o", "jsonpath={.data}"]).await);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&data).expect("json"),
+        json!({"mode": "fast", "empty": ""})
+    );
+    ok("create secret", run(&["create", "secret", "generic", "db", "--from-literal=password=s3cr3t"]).await);
+    let secret =
+        ok("get secret", run(&["get", "secret", "db", "-o", "jsonpath={.type} {.data.password}"]).await);
+    assert_eq!(secret, "Opaque czNjcjN0");
+
+    ok(
+        "create job",
+        run(&["create", "job", "once", "--image=registry.local/shop/migrate:1", "--", "migrate", "--all"])
+            .await,
+    );
+    let job = ok(
+        "get job",
+        run(&[
+            "get",
+            "job",
+            "once",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].command} {.spec.template.spec.restartPolicy}",
+        ])
+        .await,
+    );
+    assert_eq!(job, r#"["migrate","--all"] Never"#);
+    ok(
+        "create cronjob",
+        run(&[
+            "create",
+            "cronjob",
+            "nightly",
+            "--image=registry.local/shop/migrate:1",
+            "--schedule=0 3 * * *",
+        ])
+        .await,
+    );
+    ok("create job --from", run(&["create", "job", "nightly-now", "--from=cronjob/nightly"]).await);
+    let owner = ok(
+        "get job",
+        run(&[
+            "get",
+            "job",
+            "nightly-now",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+        ])
+        .await,
+    );
+    assert_eq!(owner, "CronJob/nightly");
+
+    let protobuf_creates = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.content_type.starts_with("application/vnd.kubernetes.protobuf"))
+        .count();
+    assert!(protobuf_creates >= 6, "kubectl sent its creates as protobuf ({protobuf_creates} seen)");
+
+    // A namespace that does not exist is refused as the real server refuses it, protobuf or not.
+    let (success, _, err) =
+        kubectl_in_shop(&kubectl, &sim, &["-n", "nowhere", "create", "configmap", "x"]).await;
+    assert!(!success && err.contains(r#"namespaces "nowhere" not found"#), "{err}");
+}
