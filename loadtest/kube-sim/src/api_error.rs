@@ -131,6 +131,15 @@ impl ApiError {
         )
     }
 
+    /// 406 for a request that accepts no encoding the server writes (kube-sim writes JSON only).
+    pub fn not_acceptable() -> Self {
+        Self::new(
+            406,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json, application/json;stream=watch",
+        )
+    }
+
     /// 415 for a request body in a format the server does not decode for this type.
     pub fn undecodable_body(content_type: &str) -> Self {
         Self::new(

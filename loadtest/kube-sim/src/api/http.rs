@@ -66,6 +66,17 @@ async fn handle(
     response
 }
 
+/// Whether a client with this `Accept` takes JSON, the one encoding kube-sim writes. A client that asks
+/// for protobuf only (an OpenAPI v2 client asks for its protobuf form first) gets the 406 the apiserver
+/// gives for a type it has no protobuf for, and client-go asks again for JSON.
+fn answers_in_json(accept: &str) -> bool {
+    accept.trim().is_empty()
+        || accept.split(',').any(|range| {
+            let media = range.split(';').next().unwrap_or_default().trim();
+            matches!(media, "application/json" | "application/*" | "*/*" | "")
+        })
+}
+
 /// Who is asking: the bearer token, else the User-Agent.
 fn client_key(headers: &HeaderMap) -> String {
     let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
@@ -192,10 +203,11 @@ fn dispatch(
         };
         state.rbac.authorize(&state.store, user, &attributes)?;
     }
-    let wants_table = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.split(',').next().is_some_and(|first| first.contains("as=Table")));
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !answers_in_json(accept) {
+        return Err(ApiError::not_acceptable());
+    }
+    let wants_table = accept.split(',').next().is_some_and(|first| first.contains("as=Table"));
     match route {
         Route::OpenApiIndex => Ok(json_response(StatusCode::OK, &super::openapi::index())),
         Route::OpenApiDocument(path) => super::openapi::document(&path)

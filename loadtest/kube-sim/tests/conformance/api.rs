@@ -294,3 +294,27 @@ async fn a_secrets_string_data_is_stored_as_base64_data_and_its_type_defaults_to
     let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("utf-8");
     assert_eq!((text("user"), text("password")), ("admin".to_owned(), "new".to_owned()), "stringData wins");
 }
+
+#[tokio::test]
+async fn a_client_that_takes_only_protobuf_answers_gets_406_and_one_that_also_takes_json_gets_json() {
+    use axum::http;
+    let sim = sim().await;
+    let client = client(&sim);
+    let get = |accept: &'static str| {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get("/api/v1/namespaces/shop/pods")
+                .header(http::header::ACCEPT, accept)
+                .body(kube::client::Body::empty())
+                .expect("request");
+            let response = client.send(request).await.expect("sent");
+            let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
+            (response.status().as_u16(), content_type)
+        }
+    };
+    let (status, _) = get("application/vnd.kubernetes.protobuf").await;
+    assert_eq!(status, 406);
+    let (status, content_type) = get("application/vnd.kubernetes.protobuf, application/json").await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type.as_ref().and_then(|v| v.to_str().ok()), Some("application/json"));
+}
