@@ -108,6 +108,7 @@ enum Route {
     Version,
     OpenApiIndex,
     OpenApiDocument(String),
+    OpenApiV2,
     CoreVersions,
     GroupList,
     ResourceList(String, String),
@@ -124,6 +125,7 @@ fn route(path: &str) -> Option<Route> {
     match segments.as_slice() {
         ["version"] => Some(Route::Version),
         ["openapi", "v3"] => Some(Route::OpenApiIndex),
+        ["openapi", "v2"] => Some(Route::OpenApiV2),
         ["openapi", "v3", rest @ ..] => Some(Route::OpenApiDocument(rest.join("/"))),
         ["api"] => Some(Route::CoreVersions),
         ["apis"] => Some(Route::GroupList),
@@ -204,13 +206,23 @@ fn dispatch(
         state.rbac.authorize(&state.store, user, &attributes)?;
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if matches!(route, Route::OpenApiV2) && super::openapi::wants_v2_protobuf(accept) {
+        // What kubectl asks for, and all it takes.
+        let body = super::openapi::document_v2_protobuf(state.config.kubernetes_minor);
+        return Ok(
+            (StatusCode::OK, [(header::CONTENT_TYPE, super::openapi::V2_PROTOBUF)], body).into_response()
+        );
+    }
     if !answers_in_json(accept) {
         return Err(ApiError::not_acceptable());
     }
     let wants_table = accept.split(',').next().is_some_and(|first| first.contains("as=Table"));
     match route {
         Route::OpenApiIndex => Ok(json_response(StatusCode::OK, &super::openapi::index())),
-        Route::OpenApiDocument(path) => super::openapi::document(&path)
+        Route::OpenApiV2 => {
+            Ok(json_response(StatusCode::OK, &super::openapi::document_v2(state.config.kubernetes_minor)))
+        }
+        Route::OpenApiDocument(path) => super::openapi::document(&path, state.config.kubernetes_minor)
             .map(|doc| json_response(StatusCode::OK, &doc))
             .ok_or_else(ApiError::no_route),
         Route::Version => {
@@ -435,6 +447,9 @@ impl Ctx<'_> {
 
     /// The `fieldValidation` warnings for `value` (a refusal under `Strict`).
     fn field_warnings(&self, value: &Value) -> Result<Vec<String>, ApiError> {
+        if self.state.config.kubernetes_minor < super::openapi::FIELD_VALIDATION_SINCE_MINOR {
+            return Ok(Vec::new());
+        }
         let mode = super::FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
         super::field_validation(self.def, value, mode)
     }

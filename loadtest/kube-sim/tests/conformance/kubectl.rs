@@ -345,3 +345,50 @@ async fn kubectl_create_generators_send_protobuf_and_make_the_same_objects_as_js
         kubectl_in_shop(&kubectl, &sim, &["-n", "nowhere", "create", "configmap", "x"]).await;
     assert!(!success && err.contains(r#"namespaces "nowhere" not found"#), "{err}");
 }
+
+#[tokio::test]
+async fn kubectl_explain_reads_field_types_from_openapi_v3_and_v2() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let (ok, out, err) = kubectl_in_shop(&kubectl, &sim, &["explain", "deployment.spec.replicas"]).await;
+    assert!(ok, "{err} {:?}", sim.requests().iter().filter(|r| r.status >= 400).collect::<Vec<_>>());
+    assert!(out.contains("Deployment") && out.contains("replicas") && out.contains("<integer>"), "{out}");
+    let (ok, out, err) =
+        kubectl_in_shop(&kubectl, &sim, &["explain", "pod.spec.containers", "--output=plaintext-openapiv2"])
+            .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("containers") && out.contains("<[]Object>"), "{out}");
+    for field in ["image", "resources", "livenessProbe"] {
+        assert!(out.contains(field), "{field} among the container's fields:\n{out}");
+    }
+    assert!(sim.requests().iter().any(|r| r.path == "/openapi/v2" && r.status == 200), "kubectl read v2");
+}
+
+#[tokio::test]
+async fn kubectl_validates_on_its_own_side_with_the_served_schemas_against_a_server_that_does_not() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    // 1.24 neither advertises nor honours fieldValidation: kubectl downloads the schemas and validates.
+    let sim = KubeSim::start(SimConfig { time_scale: FAST, kubernetes_minor: 24, ..SimConfig::default() })
+        .await
+        .expect("kube-sim starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("typo.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  mode: fast\nimmutabel: true\n",
+    )
+    .expect("written");
+    let file = path.display().to_string();
+    let (ok, out, err) =
+        kubectl_in_shop(&kubectl, &sim, &["create", "--dry-run=client", "--validate=strict", "-f", &file])
+            .await;
+    assert!(!ok, "refused on the client: {out}");
+    assert!(err.contains("immutabel"), "{err}");
+    assert!(sim.requests().iter().all(|r| r.method == "GET"), "nothing was written");
+}

@@ -23,21 +23,26 @@ const MAGIC: &[u8] = b"k8s\0";
 const GO_ZERO_TIME_SECONDS: i64 = -62_135_596_800;
 
 /// A message of the table: its full proto name (without `io.k8s.`) and fields.
-pub(super) struct Message {
-    name: &'static str,
-    fields: &'static [Field],
+pub(crate) struct Message {
+    pub(crate) name: &'static str,
+    pub(crate) fields: &'static [Field],
 }
 
 /// One field of a message.
-pub(super) struct Field {
+pub(crate) struct Field {
     tag: u32,
-    json: &'static str,
-    shape: Shape,
-    ty: Type,
+    pub(crate) json: &'static str,
+    pub(crate) shape: Shape,
+    pub(crate) ty: Type,
+    /// The Go struct tags for patches and lists, comma-separated (`patchMergeKey=name,listType=map`).
+    pub(crate) ext: &'static str,
 }
 
+/// A field with no struct tags, for the table's `..F`.
+const F: Field = Field { tag: 0, json: "", shape: Shape::One, ty: Type::String, ext: "" };
+
 /// How a field's values are laid out.
-pub(super) enum Shape {
+pub(crate) enum Shape {
     /// One value.
     One,
     /// A repeated field: a JSON array.
@@ -49,7 +54,7 @@ pub(super) enum Shape {
 }
 
 /// What a field holds.
-pub(super) enum Type {
+pub(crate) enum Type {
     String,
     Bool,
     Int,
@@ -84,12 +89,13 @@ fn error(message: impl Into<String>) -> DecodeError {
 }
 
 /// The proto message of a served kind: `api.<group>.<version>.<Kind>`.
-fn message_name(def: &ResourceDef) -> String {
+pub(crate) fn message_name(def: &ResourceDef) -> String {
     let group = if def.group.is_empty() { "core" } else { def.group.split('.').next().unwrap_or(def.group) };
     format!("api.{group}.{}.{}", def.version, def.kind)
 }
 
-fn message(name: &str) -> Result<&'static Message, DecodeError> {
+/// The message of the table with this proto name.
+pub(crate) fn message(name: &str) -> Result<&'static Message, DecodeError> {
     schema::MESSAGES
         .binary_search_by(|m| m.name.cmp(name))
         .map(|i| &schema::MESSAGES[i])
