@@ -50,7 +50,8 @@ impl Taint {
         taint
     }
 
-    fn from_json(value: &Value) -> Option<Self> {
+    /// A taint of a Node object's `spec.taints`.
+    pub fn from_json(value: &Value) -> Option<Self> {
         Some(Self {
             key: value.get("key")?.as_str()?.to_owned(),
             value: value.get("value").and_then(Value::as_str).unwrap_or_default().to_owned(),
@@ -281,7 +282,8 @@ impl NodeView {
     }
 }
 
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+/// Whether `toleration` tolerates `taint` (key, value by operator, and effect).
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     let effect_matches = toleration.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
     let key = toleration.key.as_deref().unwrap_or_default();
     let key_matches = match toleration.operator.as_deref() {
@@ -560,7 +562,10 @@ impl Nodes {
                     "container runtime status check may not have completed yet",
                 );
             }
+            // The kubelet's NoSchedule taint, and the node lifecycle controller's NoExecute one that the
+            // taint eviction controller acts on.
             set_node_taint(node, NOT_READY_TAINT, !ready);
+            set_no_execute_taint(node, NOT_READY_TAINT, !ready);
         })
     }
 }
@@ -585,11 +590,29 @@ pub fn set_node_condition(node: &mut Value, kind: &str, status: &str, reason: &s
 
 /// Adds (or, with `present` false, removes) the `NoSchedule` taint `key` of a Node object.
 pub fn set_node_taint(node: &mut Value, key: &str, present: bool) {
+    set_taint(node, key, "NoSchedule", present);
+}
+
+/// Adds (or removes) the `NoExecute` taint `key`, stamped with its `timeAdded` (from which pods'
+/// `tolerationSeconds` count); an existing one keeps its time.
+pub fn set_no_execute_taint(node: &mut Value, key: &str, present: bool) {
+    set_taint(node, key, "NoExecute", present);
+}
+
+fn set_taint(node: &mut Value, key: &str, effect: &str, present: bool) {
     let mut taints: Vec<Value> =
         node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
-    taints.retain(|t| t.get("key") != Some(&json!(key)));
+    let same = |t: &Value| t.get("key") == Some(&json!(key)) && t.get("effect") == Some(&json!(effect));
+    if present && taints.iter().any(same) {
+        return;
+    }
+    taints.retain(|t| !same(t));
     if present {
-        taints.push(json!({"key": key, "effect": "NoSchedule"}));
+        let mut taint = json!({"key": key, "effect": effect});
+        if effect == "NoExecute" {
+            taint["timeAdded"] = json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        }
+        taints.push(taint);
     }
     if taints.is_empty() {
         if let Some(spec) = node["spec"].as_object_mut() {

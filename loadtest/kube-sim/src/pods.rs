@@ -130,6 +130,31 @@ pub fn parse_cpu_millis(text: &str) -> Option<u64> {
     text.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| (v * 1000.0).ceil() as u64)
 }
 
+/// The `DefaultTolerationSeconds` admission plugin: a pod that does not already tolerate them tolerates
+/// the `not-ready` and `unreachable` NoExecute taints for 300 s, after which the taint eviction
+/// controller deletes it from a node that stays down.
+fn default_toleration_seconds(spec: &mut PodSpec) {
+    const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let covered = tolerations.iter().any(|t| {
+            let effect_covers = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "NoExecute");
+            let key_covers = t.key.as_deref() == Some(key)
+                || (t.key.as_deref().is_none_or(str::is_empty) && t.operator.as_deref() == Some("Exists"));
+            effect_covers && key_covers
+        });
+        if !covered {
+            tolerations.push(k8s_openapi::api::core::v1::Toleration {
+                key: Some(key.to_owned()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(DEFAULT_TOLERATION_SECONDS),
+                ..Default::default()
+            });
+        }
+    }
+}
+
 /// Applies the apiserver's defaults to a new pod and resets its status (`PrepareForCreate`).
 pub fn default_for_create(pod: &mut Pod, namespace: &str, uid: String, now: jiff::Timestamp) {
     let meta = &mut pod.metadata;
@@ -148,6 +173,7 @@ pub fn default_for_create(pod: &mut Pod, namespace: &str, uid: String, now: jiff
     spec.service_account_name.get_or_insert_with(|| "default".into());
     spec.enable_service_links.get_or_insert(true);
     spec.priority.get_or_insert(0);
+    default_toleration_seconds(spec);
     for container in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
         container.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
         container.termination_message_policy.get_or_insert_with(|| "File".into());

@@ -40,6 +40,7 @@ mod deployment;
 mod job;
 mod replica_set;
 mod stateful_set;
+mod taint_eviction;
 
 /// Label carrying the template hash on ReplicaSets and their pods.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -93,6 +94,8 @@ enum Key {
     AllDaemonSets,
     /// A CronJob: schedule its Jobs.
     CronJob(String, String),
+    /// A node's `NoExecute` taints: evict the pods that do not tolerate them (any longer).
+    TaintEviction(String),
 }
 
 struct Queue {
@@ -219,6 +222,7 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
     }
     if def == &NODES {
         queue.push(Key::AllDaemonSets);
+        queue.push(Key::TaintEviction(name));
         return;
     }
     if record.event == EventType::Deleted && def != &PODS {
@@ -274,6 +278,7 @@ impl Controllers<'_> {
             Key::CronJob(ns, name) => self.cron_job(ns, name),
             Key::DaemonSet(ns, name) => self.daemon_set(ns, name),
             Key::AllDaemonSets => self.all_daemon_sets(),
+            Key::TaintEviction(node) => self.taint_eviction(node),
         }
     }
 

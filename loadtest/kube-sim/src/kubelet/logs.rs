@@ -70,8 +70,9 @@ impl Kubelet {
         Ok(render_logs(&lines, options))
     }
 
-    /// Writes (or aggregates) a core/v1 event about the pod, as the kubelet does.
-    pub(super) fn event(&self, pod: &Pod, container: &str, type_: &str, reason: &str, message: String) {
+    /// Writes (or aggregates) a core/v1 event about the pod, as the kubelet (or, by reason, the
+    /// scheduler or the taint eviction controller) does.
+    pub(crate) fn event(&self, pod: &Pod, container: &str, type_: &str, reason: &str, message: String) {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -86,8 +87,11 @@ impl Kubelet {
         }
         let name = existing.clone().unwrap_or_else(|| format!("{pod_name}.{:x}", now.as_nanosecond()));
         let field_path = (!container.is_empty()).then(|| format!("spec.containers{{{container}}}"));
-        let component =
-            if matches!(reason, "Scheduled" | "FailedScheduling") { "default-scheduler" } else { "kubelet" };
+        let component = match reason {
+            "Scheduled" | "FailedScheduling" => "default-scheduler",
+            "TaintManagerEviction" => "taint-eviction-controller",
+            _ => "kubelet",
+        };
         let node = if component == "kubelet" {
             pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()
         } else {

@@ -255,3 +255,103 @@ async fn a_node_short_of_memory_reports_pressure_and_evicts_the_pod_furthest_ove
         assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Running"), "{name} kept running");
     }
 }
+
+#[tokio::test]
+async fn pods_leave_a_node_that_stays_not_ready_after_their_default_toleration_and_are_replaced_elsewhere() {
+    use futures::StreamExt as _;
+    let sim = cluster(2, 4).await;
+    let client = client(&sim);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 1, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let running = |pods: Api<Pod>| async move {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let list = pods.list(&ListParams::default().labels("app=web")).await.expect("pods");
+                if let Some(pod) = list.items.into_iter().find(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                }) {
+                    return pod;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a web pod runs")
+    };
+    let first = running(pods.clone()).await;
+    let tolerations = first.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    assert!(
+        tolerations.iter().any(|t| t.key.as_deref() == Some("node.kubernetes.io/not-ready")
+            && t.effect.as_deref() == Some("NoExecute")
+            && t.toleration_seconds == Some(300)),
+        "DefaultTolerationSeconds: {tolerations:?}"
+    );
+    let node = first.spec.as_ref().and_then(|s| s.node_name.clone()).expect("bound");
+    // A pod that tolerates not-ready for ever stays on the node.
+    let stayer: Pod = serde_json::from_value(json!({"metadata": {"name": "agent"},
+        "spec": {"nodeName": node, "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+            "effect": "NoExecute"}],
+            "containers": [{"name": "agent", "image": "registry.local/shop/agent:1"}]}}))
+    .expect("pod json");
+    pods.create(&PostParams::default(), &stayer).await.expect("created");
+    wait_for(&pods, "agent", conditions::is_pod_running()).await;
+
+    let mut watch = kube_runtime::watcher(pods.clone(), kube_runtime::watcher::Config::default()).boxed();
+    let body = format!(r#"{{"node": "{node}", "ready": false}}"#);
+    assert_eq!(reqwest_like_post(&sim, "/_sim/nodes/ready", &body).await.0, 204);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let taints = nodes.get(&node).await.expect("node").spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints.iter().any(|t| t.key == "node.kubernetes.io/not-ready"
+            && t.effect == "NoExecute"
+            && t.time_added.is_some()),
+        "{taints:?}"
+    );
+    // 300 simulated seconds later the web pod is marked and deleted.
+    let marked = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = watch.next().await {
+            if let Ok(kube_runtime::watcher::Event::Apply(pod)) = event
+                && pod.metadata.name == first.metadata.name
+                && let Some(c) = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "DisruptionTarget").cloned())
+            {
+                return c;
+            }
+        }
+        panic!("watch ended");
+    })
+    .await
+    .expect("evicted in time");
+    assert_eq!((marked.status.as_str(), marked.reason.as_deref()), ("True", Some("DeletionByTaintManager")));
+    let replacement = running(pods.clone()).await;
+    assert_ne!(replacement.metadata.name, first.metadata.name);
+    assert_ne!(
+        replacement.spec.and_then(|s| s.node_name).as_deref(),
+        Some(node.as_str()),
+        "placed on the ready node"
+    );
+    let events: Api<Event> = Api::namespaced(client, "shop");
+    let name = first.metadata.name.clone().unwrap_or_default();
+    let evictions = events
+        .list(
+            &ListParams::default().fields(&format!("involvedObject.name={name},reason=TaintManagerEviction")),
+        )
+        .await
+        .expect("events")
+        .items;
+    assert_eq!(evictions.len(), 1);
+    assert_eq!(
+        evictions[0].message.as_deref(),
+        Some(format!("Marking for deletion Pod shop/{name}").as_str())
+    );
+    let agent = pods.get("agent").await.expect("the tolerating pod stays");
+    assert!(agent.metadata.deletion_timestamp.is_none());
+}
