@@ -125,6 +125,7 @@ impl KubeSim {
             shutdown: shutdown.clone(),
             requests: Mutex::new(VecDeque::new()),
             server_address: Mutex::new(addr.to_string()),
+            job_failures: Mutex::default(),
         });
         for namespace in SYSTEM_NAMESPACES.iter().copied().chain(config.namespaces.iter().map(String::as_str))
         {

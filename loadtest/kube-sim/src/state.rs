@@ -67,6 +67,10 @@ pub struct SimState {
     pub shutdown: CancellationToken,
     pub(crate) requests: Mutex<VecDeque<RequestRecord>>,
     pub(crate) server_address: Mutex<String>,
+    /// Per Job uid: how many of its pods had failed when the Job controller last saw the count grow,
+    /// and when (its back-off counts from there; pod timestamps have whole seconds only, too coarse
+    /// for a scaled clock).
+    pub(crate) job_failures: Mutex<std::collections::HashMap<String, (usize, std::time::Instant)>>,
 }
 
 impl SimState {

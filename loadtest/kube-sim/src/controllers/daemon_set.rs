@@ -63,6 +63,66 @@ fn node_of(pod: &Pod) -> Option<String> {
 }
 
 impl Controllers<'_> {
+    /// One step of a DaemonSet's rolling update, as the real controller takes it. With `maxSurge`, a
+    /// node's new pod starts beside its old one and the old one goes once the new one is ready, at most
+    /// `maxSurge` nodes at a time; without, old pods are deleted while fewer than `maxUnavailable` nodes
+    /// are without a ready pod. An old pod that is not ready is replaced at once either way.
+    fn roll_daemon_pods(
+        &self,
+        ns: &str,
+        placed: &BTreeMap<&str, (Vec<&Pod>, Vec<&Pod>)>,
+        max_surge: i32,
+        max_unavailable: i32,
+        create_on: &dyn Fn(&str) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        if max_surge > 0 {
+            let mut surging =
+                placed.values().filter(|(current, old)| !current.is_empty() && !old.is_empty()).count();
+            for (node, (current, old)) in placed {
+                match current.first() {
+                    Some(new) if is_ready(new) => {
+                        for pod in old {
+                            self.delete_pod(ns, pod)?;
+                        }
+                    }
+                    Some(_) => {}
+                    None if old.iter().any(|p| !is_ready(p)) => {
+                        for pod in old {
+                            self.delete_pod(ns, pod)?;
+                        }
+                    }
+                    None if !old.is_empty() && surging < usize::try_from(max_surge).unwrap_or(0) => {
+                        create_on(node)?;
+                        surging += 1;
+                    }
+                    None => {}
+                }
+            }
+            return Ok(());
+        }
+        let mut unavailable = placed
+            .values()
+            .filter(|(current, old)| !current.iter().chain(old.iter()).any(|p| is_ready(p)))
+            .count();
+        for (current, old) in placed.values() {
+            if !current.is_empty() {
+                for pod in old {
+                    self.delete_pod(ns, pod)?;
+                }
+                continue;
+            }
+            for pod in old {
+                if !is_ready(pod) {
+                    self.delete_pod(ns, pod)?;
+                } else if unavailable < usize::try_from(max_unavailable).unwrap_or(0) {
+                    self.delete_pod(ns, pod)?;
+                    unavailable += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reconciles every DaemonSet (a node came, went or changed).
     pub(super) fn all_daemon_sets(&self) -> Result<(), ApiError> {
         for object in self.state.store.all(&DAEMONSETS) {
@@ -109,35 +169,43 @@ impl Controllers<'_> {
                 by_node.entry(node).or_default().push(pod);
             }
         }
+        let labels = BTreeMap::from([(CONTROLLER_REVISION_HASH.to_owned(), hash.clone())]);
+        let create_on = |node: &str| {
+            self.create_pod(
+                ns,
+                &pod_for(&template, node)?,
+                None,
+                &format!("{name}-"),
+                &labels,
+                owner_ref("DaemonSet", name, &object.uid),
+            )
+        };
+        let finished = |p: &Pod| {
+            matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded"))
+        };
+        // Each node's pods of the current revision and of older ones, finished pods deleted, and a pod
+        // made where there is none; more than one of the current revision on a node: the oldest stays.
+        let mut placed: BTreeMap<&str, (Vec<&Pod>, Vec<&Pod>)> = BTreeMap::new();
         for node in &nodes {
-            match by_node.get(&node.name).map(Vec::as_slice) {
-                None | Some([]) => {
-                    let labels = BTreeMap::from([(CONTROLLER_REVISION_HASH.to_owned(), hash.clone())]);
-                    self.create_pod(
-                        ns,
-                        &pod_for(&template, &node.name)?,
-                        None,
-                        &format!("{name}-"),
-                        &labels,
-                        owner_ref("DaemonSet", name, &object.uid),
-                    )?;
-                }
-                Some([pod])
-                    if matches!(
-                        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                        Some("Failed" | "Succeeded")
-                    ) =>
-                {
+            let mut current = Vec::new();
+            let mut old = Vec::new();
+            for pod in by_node.get(&node.name).into_iter().flatten() {
+                if finished(pod) {
                     self.delete_pod(ns, pod)?;
-                }
-                Some([_]) => {}
-                // More than one on a node: keep the oldest.
-                Some([_, extra @ ..]) => {
-                    for pod in extra {
-                        self.delete_pod(ns, pod)?;
-                    }
+                } else if revision_of(pod).as_deref() == Some(hash.as_str()) {
+                    current.push(*pod);
+                } else {
+                    old.push(*pod);
                 }
             }
+            for extra in current.iter().skip(1) {
+                self.delete_pod(ns, extra)?;
+            }
+            current.truncate(1);
+            if current.is_empty() && old.is_empty() {
+                create_on(&node.name)?;
+            }
+            placed.insert(node.name.as_str(), (current, old));
         }
         // Pods on nodes that no longer admit them go.
         for (node, pods) in &by_node {
@@ -147,14 +215,13 @@ impl Controllers<'_> {
                 }
             }
         }
-        // Rolling update: with every pod ready, replace one on an old revision.
-        let live: Vec<&Pod> = by_node.values().flatten().copied().collect();
         let on_delete = spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("OnDelete");
-        if !on_delete
-            && live.iter().all(|p| is_ready(p))
-            && let Some(outdated) = live.iter().find(|p| revision_of(p).as_deref() != Some(hash.as_str()))
-        {
-            self.delete_pod(ns, outdated)?;
+        if !on_delete {
+            let rolling = value.pointer("/spec/updateStrategy/rollingUpdate");
+            let desired = i32::try_from(nodes.len()).unwrap_or(i32::MAX);
+            let max_surge = resolve(rolling.and_then(|r| r.get("maxSurge")), desired, true, 0);
+            let max_unavailable = resolve(rolling.and_then(|r| r.get("maxUnavailable")), desired, true, 0);
+            self.roll_daemon_pods(ns, &placed, max_surge, max_unavailable, &create_on)?;
         }
         let pods = self.owned_pods(ns, &object.uid)?;
         let scheduled: Vec<&Pod> = pods
@@ -162,11 +229,20 @@ impl Controllers<'_> {
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
             .collect();
-        let ready = scheduled.iter().filter(|p| is_ready(p)).count();
-        let updated = scheduled.iter().filter(|p| revision_of(p).as_deref() == Some(hash.as_str())).count();
+        // Counted by node: a node surging has two pods and counts once.
+        let count_nodes = |keep: &dyn Fn(&Pod) -> bool| {
+            scheduled
+                .iter()
+                .filter(|p| keep(p))
+                .filter_map(|p| node_of(p))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        };
+        let ready = count_nodes(&|p| is_ready(p));
+        let updated = count_nodes(&|p| revision_of(p).as_deref() == Some(hash.as_str()));
         let status = json!({
             "observedGeneration": ds.metadata.generation.unwrap_or(1),
-            "desiredNumberScheduled": nodes.len(), "currentNumberScheduled": scheduled.len(),
+            "desiredNumberScheduled": nodes.len(), "currentNumberScheduled": count_nodes(&|_| true),
             "numberReady": ready, "numberAvailable": ready, "numberUnavailable": nodes.len().saturating_sub(ready),
             "updatedNumberScheduled": updated, "numberMisscheduled": 0,
         });

@@ -3,7 +3,8 @@
 //! `backoffLimit` and fails the Job `BackoffLimitExceeded` beyond it; fails it `DeadlineExceeded` once it
 //! has been active `activeDeadlineSeconds`; deletes the active pods of a failed Job. Conditions as
 //! Kubernetes 1.31+ writes them (`FailureTarget` then `Failed`, `SuccessCriteriaMet` then `Complete`).
-//! Not modelled: the back-off between pod re-creations, indexed completion, pod failure policies.
+//! A failed pod is replaced after the controller's back-off (10 s doubling per failure, at most six
+//! minutes, on the simulated clock). Not modelled: indexed completion, pod failure policies.
 
 use k8s_openapi::api::batch::v1::Job;
 
@@ -33,6 +34,18 @@ fn restarts(pod: &Pod) -> i32 {
         .map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
 }
 
+/// The Job controller's wait before re-creating a pod after `failures` failed ones: 10 s, doubling per
+/// failure, at most six minutes (simulated time).
+pub(crate) fn recreation_backoff(failures: usize) -> std::time::Duration {
+    const BASE: std::time::Duration = std::time::Duration::from_secs(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(360);
+    if failures == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(u32::try_from(failures - 1).unwrap_or(u32::MAX)).unwrap_or(u32::MAX);
+    BASE.saturating_mul(factor).min(MAX)
+}
+
 fn condition(kind: &str, reason: &str, message: &str, now: &str) -> Value {
     json!({"type": kind, "status": "True", "reason": reason, "message": message,
         "lastProbeTime": now, "lastTransitionTime": now})
@@ -57,6 +70,9 @@ impl Controllers<'_> {
             matches!(c.get("type").and_then(Value::as_str), Some("Complete" | "Failed"))
                 && c.get("status") == Some(&json!("True"))
         });
+        if finished {
+            self.state.job_failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&object.uid);
+        }
         let pods = self.owned_pods(ns, &object.uid)?;
         let active: Vec<&Pod> = pods.iter().filter(|p| is_active(p)).collect();
         let succeeded = pods.iter().filter(|p| phase(p) == Some("Succeeded")).count();
@@ -102,7 +118,24 @@ impl Controllers<'_> {
             } else {
                 let wanted = parallelism.min(completions - succeeded);
                 let template = spec.template.clone();
-                for _ in active.len()..wanted {
+                let backoff = clock.scaled(recreation_backoff(failed));
+                let last_failure = {
+                    let mut seen = self.state.job_failures.lock().unwrap_or_else(PoisonError::into_inner);
+                    let entry = seen.entry(object.uid.clone()).or_insert((0, std::time::Instant::now()));
+                    if failed > entry.0 {
+                        *entry = (failed, std::time::Instant::now());
+                    }
+                    entry.1
+                };
+                let waiting = (failed > 0)
+                    .then(|| backoff.checked_sub(last_failure.elapsed()))
+                    .flatten()
+                    .filter(|left| !left.is_zero());
+                if let Some(left) = waiting {
+                    self.requeue_after(Key::Job(ns.to_owned(), name.to_owned()), left);
+                }
+                let creating = if waiting.is_some() { active.len() } else { wanted };
+                for _ in active.len()..creating {
                     self.create_pod(
                         ns,
                         &template,
@@ -166,5 +199,17 @@ pub(crate) fn job_defaults(value: &mut Value, name: &str, uid: &str) {
     }
     for (key, value) in labels {
         template_labels[key] = json!(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_pod_is_replaced_after_ten_seconds_doubling_to_six_minutes() {
+        let waits: Vec<u64> = (0..8).map(|f| recreation_backoff(f).as_secs()).collect();
+        assert_eq!(waits, [0, 10, 20, 40, 80, 160, 320, 360]);
+        assert_eq!(recreation_backoff(usize::MAX).as_secs(), 360);
     }
 }

@@ -115,3 +115,79 @@ async fn kubectl_get_daemonsets_prints_desired_current_ready_and_up_to_date() {
     );
     assert_eq!(&rows[1][..7], ["agent", "3", "3", "3", "3", "3", "<none>"]);
 }
+
+#[tokio::test]
+async fn with_max_surge_each_node_keeps_a_ready_pod_while_its_new_one_starts_beside_it() {
+    use std::collections::BTreeMap;
+    let sim = sim().await;
+    let client = client(&sim);
+    let sets: Api<DaemonSet> = Api::namespaced(client.clone(), "shop");
+    let mut set = daemon_set("registry.local/ops/agent:1");
+    set.spec.as_mut().expect("spec").update_strategy = Some(
+        serde_json::from_value(
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+        )
+        .expect("strategy"),
+    );
+    sets.create(&PostParams::default(), &set).await.expect("created");
+    until_ds(&sets, |s| s.number_ready == 3).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let mut watch = kube_runtime::watcher(pods, kube_runtime::watcher::Config::default().labels("app=agent"))
+        .default_backoff()
+        .boxed();
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "registry.local/ops/agent:2"}]}}}});
+    sets.patch("agent", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&image))
+        .await
+        .expect("patched");
+    // Follow every pod until all three nodes run a ready agent:2, checking each state on the way.
+    let (fewest_ready_nodes, most_on_a_node) = tokio::time::timeout(PATIENCE, async {
+        let mut live: BTreeMap<String, Pod> = BTreeMap::new();
+        let (mut fewest, mut most, mut listed) = (usize::MAX, 0, false);
+        while let Some(event) = watch.next().await {
+            match event.expect("watch works") {
+                kube_runtime::watcher::Event::InitDone => listed = true,
+                kube_runtime::watcher::Event::Apply(pod) | kube_runtime::watcher::Event::InitApply(pod) => {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        live.remove(&name);
+                    } else {
+                        live.insert(name, pod);
+                    }
+                }
+                kube_runtime::watcher::Event::Delete(pod) => {
+                    live.remove(&pod.metadata.name.clone().unwrap_or_default());
+                }
+                kube_runtime::watcher::Event::Init => {}
+            }
+            if !listed {
+                continue;
+            }
+            let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+            let ready = |p: &Pod| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            };
+            let image =
+                |p: &Pod| p.spec.as_ref().and_then(|s| s.containers[0].image.clone()).unwrap_or_default();
+            let ready_nodes: std::collections::BTreeSet<String> =
+                live.values().filter(|p| ready(p)).map(node).collect();
+            fewest = fewest.min(ready_nodes.len());
+            let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+            for pod in live.values() {
+                *per_node.entry(node(pod)).or_default() += 1;
+            }
+            most = most.max(per_node.values().copied().max().unwrap_or(0));
+            if live.len() == 3 && live.values().all(|p| ready(p) && image(p) == "registry.local/ops/agent:2")
+            {
+                return (fewest, most);
+            }
+        }
+        panic!("watch ended");
+    })
+    .await
+    .expect("rolled out in time");
+    assert_eq!(fewest_ready_nodes, 3, "maxUnavailable 0: no node was ever without a ready agent");
+    assert_eq!(most_on_a_node, 2, "the new pod started beside the old one");
+}

@@ -207,3 +207,41 @@ async fn a_cron_job_runs_a_job_each_scheduled_minute_and_keeps_its_history_limit
         );
     }
 }
+
+#[tokio::test]
+async fn a_failed_jobs_pods_are_recreated_after_a_growing_back_off() {
+    // A tenth of real time, so the back-off (10 s, 20 s: 1 s, 2 s here) shows in whole-second timestamps.
+    let sim =
+        KubeSim::start(SimConfig { time_scale: 0.1, ..SimConfig::default() }).await.expect("kube-sim starts");
+    let jobs: Api<Job> = Api::namespaced(client(&sim), "shop");
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "flaky",
+            json!({"backoffLimit": 2}),
+            json!({"sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "0"}),
+        ),
+    )
+    .await
+    .expect("created");
+    until_job(&jobs, "flaky", |j| condition(j, "Failed").is_some()).await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let mut owned = pods.list(&ListParams::default().labels("job-name=flaky")).await.expect("pods").items;
+    owned.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+    assert_eq!(owned.len(), 3);
+    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().expect("created").0;
+    let finished = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c[0].state.clone())
+            .and_then(|s| s.terminated)
+            .and_then(|t| t.finished_at)
+            .expect("finished")
+            .0
+    };
+    // The third pod came at least 10 s + 20 s (simulated) after the first one failed; whole-second
+    // timestamps can hide up to a second of it.
+    let span = created(&owned[2]).duration_since(finished(&owned[0]));
+    assert!(span >= jiff::SignedDuration::from_secs(2), "third pod {span:?} after the first failure");
+}
