@@ -364,7 +364,8 @@ fn printer(def: &ResourceDef) -> Printer {
                 col("Message", "A human-readable description of the status of this operation."),
                 wide("First Seen", "The time at which the event was first recorded."),
                 wide("Count", "The number of times this event has occurred."),
-                NAME,
+                // Shown with `-o wide` only, as the apiserver's event printer has it.
+                Column { wide: true, ..NAME },
             ],
             cells: |v| {
                 let last = ["/lastTimestamp", "/eventTime", "/metadata/creationTimestamp"]

@@ -163,6 +163,21 @@ async fn a_stateful_set_creates_ordinal_pods_in_order() {
     let owner = pods[0].metadata.owner_references.as_ref().expect("owner")[0].clone();
     assert_eq!((owner.kind.as_str(), owner.controller), ("StatefulSet", Some(true)));
     assert_eq!(created.len(), 3);
+
+    // As kubectl shows them: the StatefulSet's columns, and the events of its pods.
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("kubectl columns skipped: kubectl is not installed");
+        return;
+    };
+    let rows = kubectl_rows(&kubectl, &sim, &["-n", "shop", "get", "statefulsets", "-o", "wide"]).await;
+    assert_eq!(rows[0], ["NAME", "READY", "AGE", "CONTAINERS", "IMAGES"], "{rows:?}");
+    assert_eq!([&rows[1][..2], &rows[1][3..]].concat(), ["db", "3/3", "db", "registry.local/db:1"]);
+    let events = kubectl_rows(&kubectl, &sim, &["-n", "shop", "get", "events"]).await;
+    assert_eq!(events[0], ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], "{events:?}");
+    assert!(
+        events[1..].iter().any(|row| row[1] == "Normal" && row[2] == "Scheduled" && row[3] == "pod/db-0"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
