@@ -569,6 +569,13 @@ async fn a_leader_stopped_mid_verification_stops_acting_and_its_successor_finish
     let outcome = next_outcome(&mut outcomes).await;
     assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
     assert_eq!(outcome.actor, "remediator-b", "the successor finished it");
+    let entry = world.bucket.entry(verdict.incident.as_str()).await.expect("read").expect("the intent");
+    let done: Intent = serde_json::from_slice(&entry.value).expect("an intent");
+    assert_eq!(
+        (done.phase, done.actor.as_str()),
+        (Phase::Done, "remediator-b"),
+        "the intent names who finished it"
+    );
     let resizes: Vec<_> = changes(&world).into_iter().filter(|c| c.contains("/resize")).collect();
     assert_eq!(resizes.len(), 1, "applied once: {resizes:?}");
     second.stop().await;

@@ -124,6 +124,8 @@ impl Remediator {
         intent.phase = Phase::Done;
         intent.result = Some(result);
         intent.detail = Some(detail);
+        // The replica that finished it (after a takeover, not the one that wrote the step before).
+        intent.actor = self.config.identity.clone();
         intent.replacement_uid = replacement_uid.or(intent.replacement_uid.clone());
         intent.updated_at = jiff::Timestamp::now();
         let mut finished = intent.finished();
