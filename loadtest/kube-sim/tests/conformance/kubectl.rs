@@ -340,6 +340,16 @@ async fn kubectl_create_generators_send_protobuf_and_make_the_same_objects_as_js
         .count();
     assert!(protobuf_creates >= 6, "kubectl sent its creates as protobuf ({protobuf_creates} seen)");
 
+    // Deleting a namespace removes what is in it; kubectl waits until it is gone.
+    ok(
+        "create in payments",
+        run(&["-n", "payments", "create", "configmap", "ledger", "--from-literal=a=1"]).await,
+    );
+    let deleted = ok("delete namespace", run(&["delete", "namespace", "payments", "--timeout=30s"]).await);
+    assert!(deleted.contains(r#"namespace "payments" deleted"#), "{deleted}");
+    let (success, _, err) = run(&["get", "namespace", "payments"]).await;
+    assert!(!success && err.contains(r#"namespaces "payments" not found"#), "{err}");
+
     // A namespace that does not exist is refused as the real server refuses it, protobuf or not.
     let (success, _, err) =
         kubectl_in_shop(&kubectl, &sim, &["-n", "nowhere", "create", "configmap", "x"]).await;
