@@ -451,10 +451,9 @@ mod tests {
 
     #[test]
     fn a_namespace_as_kubectl_create_sends_it_decodes_without_the_go_zero_values() {
-        let mut spec = Writer::default();
-        spec.0.clear();
         let mut ns = Writer::default();
-        ns.msg(1, &metadata("shop")).msg(2, &spec).msg(3, &Writer::default());
+        // An empty spec and status, as Go writes structs never set.
+        ns.msg(1, &metadata("shop")).msg(2, &Writer::default()).msg(3, &Writer::default());
         let value = decode(&NAMESPACES, &envelope("v1", "Namespace", &ns)).expect("decodes");
         assert_eq!(
             value,
@@ -491,10 +490,8 @@ mod tests {
         pod_spec.msg(2, &container);
         let mut template = Writer::default();
         template.msg(1, &meta).msg(2, &pod_spec);
-        let mut strategy = Writer::default();
-        strategy.0.clear();
         let mut spec = Writer::default();
-        spec.int(1, 3).msg(2, &selector).msg(3, &template).msg(4, &strategy);
+        spec.int(1, 3).msg(2, &selector).msg(3, &template).msg(4, &Writer::default());
         let mut deployment = Writer::default();
         deployment.msg(1, &meta).msg(2, &spec);
         let value = decode(&DEPLOYMENTS, &envelope("apps/v1", "Deployment", &deployment)).expect("decodes");
