@@ -130,6 +130,22 @@ pub fn parse_cpu_millis(text: &str) -> Option<u64> {
     text.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| (v * 1000.0).ceil() as u64)
 }
 
+/// Sets a pod object's `DisruptionTarget=True` condition (`reason`, `message`), as the control plane does
+/// before it deletes a pod it evicts (the taint eviction controller, the Eviction API).
+pub fn mark_disruption_target(pod: &mut serde_json::Value, reason: &str, message: &str) {
+    use serde_json::{Value, json};
+    let stamp = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let condition = json!({"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message,
+        "lastTransitionTime": stamp});
+    match pod.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+        Some(conditions) => {
+            conditions.retain(|c| c.get("type") != Some(&json!("DisruptionTarget")));
+            conditions.push(condition);
+        }
+        None => pod["status"]["conditions"] = json!([condition]),
+    }
+}
+
 /// The `DefaultTolerationSeconds` admission plugin: a pod that does not already tolerate them tolerates
 /// the `not-ready` and `unreachable` NoExecute taints for 300 s, after which the taint eviction
 /// controller deletes it from a node that stays down.

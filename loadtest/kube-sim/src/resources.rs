@@ -111,7 +111,7 @@ macro_rules! def {
 
 /// Pods.
 pub static PODS: ResourceDef = def!("", "v1", "pods", "pod", "Pod", true, short: &["po"],
-    sub: &["status", "log", "resize"], unconditional: true, create_on_update: false, fields: POD_FIELDS);
+    sub: &["status", "log", "resize", "eviction"], unconditional: true, create_on_update: false, fields: POD_FIELDS);
 /// core/v1 Events (written by the kubelet model).
 pub static EVENTS: ResourceDef = def!("", "v1", "events", "event", "Event", true, short: &["ev"],
     sub: &[], unconditional: true, create_on_update: true, fields: EVENT_FIELDS);
@@ -260,16 +260,24 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             let verbs: &[&str] = match *sub {
                 "log" => &["get"],
                 "resize" | "status" | "scale" => &["get", "patch", "update"],
+                "eviction" => &["create"],
                 _ => &["get"],
             };
             let kind = match *sub {
                 "scale" => "Scale",
+                "eviction" => "Eviction",
                 _ => def.kind,
             };
-            resources.push(json!({
+            let mut entry = json!({
                 "name": format!("{}/{sub}", def.plural), "singularName": "", "namespaced": def.namespaced,
                 "kind": kind, "verbs": verbs,
-            }));
+            });
+            if *sub == "eviction" {
+                // kubectl drain reads which Eviction version to send from here.
+                entry["group"] = json!("policy");
+                entry["version"] = json!("v1");
+            }
+            resources.push(entry);
         }
     }
     let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };

@@ -268,6 +268,7 @@ fn dispatch(
                     }
                 }
                 (Method::POST, None, None) => ctx.create(&ns, &body),
+                (Method::POST, Some(name), Some("eviction")) => ctx.evict(&ns, &name, &body),
                 (Method::DELETE, None, None) => ctx.delete_collection(&ns),
                 (Method::GET, Some(name), Some("log")) => ctx.logs(&ns, &name),
                 (Method::GET, Some(name), Some("scale")) => {
@@ -563,6 +564,33 @@ impl Ctx<'_> {
         };
         let stored = self.state.patch(self.def, ns, name, subresource, kind, &patch_body)?;
         Ok(with_warnings(bytes_response(StatusCode::OK, stored.json.clone()), &warnings))
+    }
+
+    /// `POST pods/<name>/eviction`: 201 with a Success Status, as the apiserver answers an allowed eviction.
+    fn evict(&self, ns: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let content_type =
+            self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let eviction: Value = if content_type.starts_with(super::protobuf::MEDIA_TYPE) {
+            super::protobuf::decode_eviction(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}")))?
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding Eviction: {e}")))?
+        };
+        if let Some(given) = eviction.pointer("/metadata/name").and_then(Value::as_str)
+            && given != name
+        {
+            return Err(ApiError::bad_request("name in URL does not match name in Eviction object"));
+        }
+        let options = match eviction.get("deleteOptions") {
+            Some(options) if !options.is_null() => DeleteOptions::from_value(options)?,
+            _ => DeleteOptions::default(),
+        };
+        self.state.evict(ns, name, &options)?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
     }
 
     fn delete(&self, ns: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {

@@ -46,6 +46,11 @@ impl DeleteOptions {
         }
         let options: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        Self::from_value(&options)
+    }
+
+    /// DeleteOptions given as a JSON value (an Eviction's `deleteOptions`).
+    pub fn from_value(options: &Value) -> Result<Self, ApiError> {
         let grace = match options.get("gracePeriodSeconds") {
             Some(v) if !v.is_null() => Some(
                 v.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
@@ -510,6 +515,30 @@ impl SimState {
         }
         let spec_changed = old.get("spec") != new.get("spec");
         Ok((Mutation::Put(new), spec_changed))
+    }
+
+    /// Evicts a pod through the Eviction API (`POST pods/<name>/eviction`, what `kubectl drain` sends):
+    /// no PodDisruptionBudgets are modelled, so every eviction is allowed; the pod is marked
+    /// `DisruptionTarget` (`EvictionByEvictionAPI`) and deleted gracefully with the eviction's options.
+    pub fn evict(&self, ns: &str, name: &str, options: &DeleteOptions) -> Result<(), ApiError> {
+        let marked = self.store.mutate(&PODS, ns, name, |current| {
+            let Some(current) = current else { return Err(ApiError::not_found(&PODS, name)) };
+            if let Some(uid) = &options.uid
+                && *uid != current.uid
+            {
+                return Err(ApiError::conflict(&PODS, name));
+            }
+            let mut value = current.value();
+            if value.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+                return Ok(Mutation::Unchanged);
+            }
+            pods::mark_disruption_target(&mut value, "EvictionByEvictionAPI", "Eviction API: evicting");
+            Ok(Mutation::Put(value))
+        })?;
+        if marked.is_none() {
+            return Err(ApiError::not_found(&PODS, name));
+        }
+        self.delete(&PODS, ns, name, options).map(drop)
     }
 
     /// Deletes an object (`DELETE`), with pods' graceful deletion and preconditions.

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Toleration};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Controllers, Key};
 use crate::{
@@ -92,20 +92,14 @@ impl Controllers<'_> {
     fn evict_for_taint(&self, pod: &Pod) -> Result<(), ApiError> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let stamp = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let marked = self.state.store.mutate(&PODS, &ns, &name, |current| {
             let Some(current) = current else { return Err(ApiError::not_found(&PODS, &name)) };
             let mut value = current.value();
-            let condition = json!({"type": "DisruptionTarget", "status": "True",
-                "reason": "DeletionByTaintManager", "message": "Taint manager: deleting due to NoExecute taint",
-                "lastTransitionTime": stamp});
-            match value.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
-                Some(conditions) => {
-                    conditions.retain(|c| c.get("type") != Some(&json!("DisruptionTarget")));
-                    conditions.push(condition);
-                }
-                None => value["status"]["conditions"] = json!([condition]),
-            }
+            crate::pods::mark_disruption_target(
+                &mut value,
+                "DeletionByTaintManager",
+                "Taint manager: deleting due to NoExecute taint",
+            );
             Ok(Mutation::Put(value))
         });
         match marked {

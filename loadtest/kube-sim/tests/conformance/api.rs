@@ -318,3 +318,29 @@ async fn a_client_that_takes_only_protobuf_answers_gets_406_and_one_that_also_ta
     assert_eq!(status, 200);
     assert_eq!(content_type.as_ref().and_then(|v| v.to_str().ok()), Some("application/json"));
 }
+
+#[tokio::test]
+async fn the_eviction_api_marks_the_pod_and_deletes_it_gracefully_and_a_missing_pod_is_404() {
+    let sim = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    pods.create(&PostParams::default(), &pod("web-7", "256Mi", "1Mi")).await.expect("created");
+    wait_for(&pods, "web-7", conditions::is_pod_running()).await;
+    let answer = pods.evict("web-7", &kube::api::EvictParams::default()).await.expect("evicted");
+    assert_eq!((answer.status, answer.code), (Some(kube::core::response::StatusSummary::Success), 201));
+    let evicted = pods.get("web-7").await.expect("terminating, not gone yet");
+    assert!(evicted.metadata.deletion_timestamp.is_some());
+    let condition = evicted
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .expect("DisruptionTarget");
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_deref()),
+        ("True", Some("EvictionByEvictionAPI"))
+    );
+    let err = pods.evict("nobody", &kube::api::EvictParams::default()).await.expect_err("no such pod");
+    let kube::Error::Api(status) = err else { panic!("expected a Status") };
+    assert_eq!(status.code, 404);
+}

@@ -355,3 +355,76 @@ async fn pods_leave_a_node_that_stays_not_ready_after_their_default_toleration_a
     let agent = pods.get("agent").await.expect("the tolerating pod stays");
     assert!(agent.metadata.deletion_timestamp.is_none());
 }
+
+#[tokio::test]
+async fn kubectl_drain_cordons_the_node_and_evicts_its_pods_through_the_eviction_api() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = cluster(2, 4).await;
+    let client = client(&sim);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let running_web = || async {
+        pods.list(&ListParams::default().labels("app=web"))
+            .await
+            .expect("pods")
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect::<Vec<_>>()
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while running_web().await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("two web pods run");
+    let on_node_1: Vec<String> = running_web()
+        .await
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("node-1"))
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(on_node_1.len(), 1, "the scheduler spreads the two pods over the two nodes");
+
+    let out = tokio::process::Command::new(&kubectl)
+        .args(["--server", &sim.url(), "drain", "node-1", "--ignore-daemonsets", "--timeout=30s"])
+        .output()
+        .await
+        .expect("kubectl runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubectl drain failed: {stderr}\n{stdout}");
+    assert!(stdout.contains("node/node-1 cordoned") && stdout.contains("node/node-1 drained"), "{stdout}");
+    for name in &on_node_1 {
+        assert!(stdout.contains(&format!("pod/{name} evicted")), "{name} evicted:\n{stdout}");
+    }
+    let evictions =
+        sim.requests().into_iter().filter(|r| r.path.ends_with("/eviction") && r.status == 201).count();
+    assert_eq!(evictions, on_node_1.len(), "one Eviction per pod that was on the node");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get("node-1").await.expect("node");
+    assert_eq!(node.spec.and_then(|s| s.unschedulable), Some(true));
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let running = running_web().await;
+            if running.len() == 2
+                && running
+                    .iter()
+                    .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("node-2"))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the Deployment runs both pods on the other node");
+}

@@ -105,6 +105,20 @@ pub(crate) fn message(name: &str) -> Result<&'static Message, DecodeError> {
 /// Decodes a protobuf request body for `def` to its JSON form, with `apiVersion` and `kind` set from the
 /// envelope (which must name `def`'s kind).
 pub fn decode(def: &ResourceDef, body: &[u8]) -> Result<Value, DecodeError> {
+    decode_as(&def.api_version(), def.kind, &message_name(def), body)
+}
+
+/// Decodes a `policy/v1` Eviction (the body of `pods/eviction`, which `kubectl drain` sends).
+pub fn decode_eviction(body: &[u8]) -> Result<Value, DecodeError> {
+    decode_as("policy/v1", "Eviction", "api.policy.v1.Eviction", body)
+}
+
+fn decode_as(
+    want_version: &str,
+    want_kind: &str,
+    message_name: &str,
+    body: &[u8],
+) -> Result<Value, DecodeError> {
     let envelope = body.strip_prefix(MAGIC).ok_or_else(|| error("provided object is not protobuf"))?;
     let (mut api_version, mut kind, mut raw, mut encoding) =
         (String::new(), String::new(), None, String::new());
@@ -129,14 +143,12 @@ pub fn decode(def: &ResourceDef, body: &[u8]) -> Result<Value, DecodeError> {
     if !encoding.is_empty() {
         return Err(error(format!("unsupported content encoding {encoding:?}")));
     }
-    let want_version = def.api_version();
-    if api_version != want_version || kind != def.kind {
+    if api_version != want_version || kind != want_kind {
         return Err(error(format!(
-            "the object provided is unrecognized (must be of type {}): {api_version}, Kind={kind}",
-            def.kind
+            "the object provided is unrecognized (must be of type {want_kind}): {api_version}, Kind={kind}"
         )));
     }
-    let mut object = decode_message(raw.unwrap_or_default(), message(&message_name(def))?)?;
+    let mut object = decode_message(raw.unwrap_or_default(), message(message_name)?)?;
     object.insert("apiVersion".into(), Value::String(api_version));
     object.insert("kind".into(), Value::String(kind));
     Ok(Value::Object(object))

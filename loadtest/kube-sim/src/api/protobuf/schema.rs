@@ -1277,6 +1277,10 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 1, json: "count", shape: One, ty: Int, ..F },
         Field { tag: 2, json: "lastObservedTime", shape: One, ty: MicroTime, ..F },
     ] },
+    Message { name: "api.policy.v1.Eviction", fields: &[
+        Field { tag: 1, json: "metadata", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), ..F },
+        Field { tag: 2, json: "deleteOptions", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.DeleteOptions"), ..F },
+    ] },
     Message { name: "api.rbac.v1.AggregationRule", fields: &[
         Field { tag: 1, json: "clusterRoleSelectors", shape: List, ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"), ext: "listType=atomic" },
     ] },
@@ -1316,6 +1320,14 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 2, json: "apiGroup", shape: One, ty: String, ..F },
         Field { tag: 3, json: "name", shape: One, ty: String, ..F },
         Field { tag: 4, json: "namespace", shape: One, ty: String, ..F },
+    ] },
+    Message { name: "apimachinery.pkg.apis.meta.v1.DeleteOptions", fields: &[
+        Field { tag: 1, json: "gracePeriodSeconds", shape: One, ty: Int, ..F },
+        Field { tag: 2, json: "preconditions", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.Preconditions"), ..F },
+        Field { tag: 3, json: "orphanDependents", shape: One, ty: Bool, ..F },
+        Field { tag: 4, json: "propagationPolicy", shape: One, ty: String, ..F },
+        Field { tag: 5, json: "dryRun", shape: List, ty: String, ext: "listType=atomic" },
+        Field { tag: 6, json: "ignoreStoreReadErrorWithClusterBreakingPotential", shape: One, ty: Bool, ..F },
     ] },
     Message { name: "apimachinery.pkg.apis.meta.v1.LabelSelector", fields: &[
         Field { tag: 1, json: "matchLabels", shape: Map, ty: String, ..F },
@@ -1359,5 +1371,9 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 5, json: "apiVersion", shape: One, ty: String, ..F },
         Field { tag: 6, json: "controller", shape: One, ty: Bool, ..F },
         Field { tag: 7, json: "blockOwnerDeletion", shape: One, ty: Bool, ..F },
+    ] },
+    Message { name: "apimachinery.pkg.apis.meta.v1.Preconditions", fields: &[
+        Field { tag: 1, json: "uid", shape: One, ty: String, ..F },
+        Field { tag: 2, json: "resourceVersion", shape: One, ty: String, ..F },
     ] },
 ];
