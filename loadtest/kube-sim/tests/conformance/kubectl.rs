@@ -333,12 +333,39 @@ async fn kubectl_create_generators_send_protobuf_and_make_the_same_objects_as_js
     );
     assert_eq!(owner, "CronJob/nightly");
 
+    // `kubectl run`: a bare pod, the largest message kubectl sends as protobuf.
+    ok(
+        "run",
+        run(&[
+            "run",
+            "tool",
+            "--image=registry.local/shop/tool:1",
+            "--labels=app=tool",
+            "--env=MODE=fast",
+            "--port=9090",
+        ])
+        .await,
+    );
+    ok("wait", run(&["wait", "--for=condition=Ready", "pod/tool", "--timeout=30s"]).await);
+    let pod = ok(
+        "get pod",
+        run(&[
+            "get",
+            "pod",
+            "tool",
+            "-o",
+            "jsonpath={.metadata.labels.app} {.spec.containers[0].env[0].value} {.spec.containers[0].ports[0].containerPort} {.spec.restartPolicy}",
+        ])
+        .await,
+    );
+    assert_eq!(pod, "tool fast 9090 Always");
+
     let protobuf_creates = sim
         .requests()
         .into_iter()
         .filter(|r| r.method == "POST" && r.content_type.starts_with("application/vnd.kubernetes.protobuf"))
         .count();
-    assert!(protobuf_creates >= 6, "kubectl sent its creates as protobuf ({protobuf_creates} seen)");
+    assert!(protobuf_creates >= 7, "kubectl sent its creates as protobuf ({protobuf_creates} seen)");
 
     // Deleting a namespace removes what is in it; kubectl waits until it is gone.
     ok(
