@@ -34,6 +34,9 @@ struct Partition {
 struct NodeReadiness {
     node: String,
     ready: bool,
+    /// With `ready: false`: the kubelet stops posting status (conditions `Unknown`), not just NotReady.
+    #[serde(default)]
+    unreachable: bool,
 }
 
 fn bad(error: serde_json::Error) -> Response {
@@ -81,7 +84,11 @@ pub fn handle(state: &SimState, method: &Method, path: &str, body: &[u8]) -> Res
             Err(e) => bad(e),
         },
         ("POST", "/_sim/nodes/ready") => match serde_json::from_slice::<NodeReadiness>(body) {
-            Ok(setting) => match state.kubelet.nodes().set_ready(&setting.node, setting.ready) {
+            Ok(setting) => match if setting.unreachable && !setting.ready {
+                state.kubelet.nodes().set_unreachable(&setting.node)
+            } else {
+                state.kubelet.nodes().set_ready(&setting.node, setting.ready)
+            } {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
                 Err(error) => (StatusCode::NOT_FOUND, error.message).into_response(),
             },

@@ -27,6 +27,8 @@ use crate::{
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 /// The taint the node lifecycle controller puts on a node that is not ready.
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+/// The taint the node lifecycle controller puts on a node whose kubelet stopped posting its status.
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 /// The taint a node under memory pressure carries.
 pub const MEMORY_PRESSURE_TAINT: &str = "node.kubernetes.io/memory-pressure";
 
@@ -566,6 +568,41 @@ impl Nodes {
             // taint eviction controller acts on.
             set_node_taint(node, NOT_READY_TAINT, !ready);
             set_no_execute_taint(node, NOT_READY_TAINT, !ready);
+            set_node_taint(node, UNREACHABLE_TAINT, false);
+            set_no_execute_taint(node, UNREACHABLE_TAINT, false);
+        })
+    }
+
+    /// Makes node `name` unreachable, as when its kubelet stops posting status (the machine is gone or
+    /// cut off): every condition `Unknown` and the `node.kubernetes.io/unreachable` taints. Its pods stay
+    /// `Terminating` once deleted until it is ready again (nobody confirms they stopped), unless force
+    /// deleted. [`Nodes::set_ready`] brings it back.
+    pub fn set_unreachable(&self, name: &str) -> Result<(), ApiError> {
+        self.update(name, |node| {
+            for kind in ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"] {
+                set_node_condition(
+                    node,
+                    kind,
+                    "Unknown",
+                    "NodeStatusUnknown",
+                    "Kubelet stopped posting node status.",
+                );
+            }
+            set_node_taint(node, NOT_READY_TAINT, false);
+            set_no_execute_taint(node, NOT_READY_TAINT, false);
+            set_node_taint(node, UNREACHABLE_TAINT, true);
+            set_no_execute_taint(node, UNREACHABLE_TAINT, true);
+        })
+    }
+
+    /// Whether node `name` is unreachable (its `Ready` condition `Unknown`).
+    pub fn is_unreachable(&self, name: &str) -> bool {
+        self.store.get(&NODES, "", name).is_ok_and(|node| {
+            node.value()
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
+                .is_some_and(|c| c.get("status") == Some(&json!("Unknown")))
         })
     }
 }

@@ -363,6 +363,17 @@ impl Kubelet {
             }
             let stop = timing::SHUTDOWN.min(Duration::from_secs(grace.max(0).unsigned_abs()));
             tokio::time::sleep(kubelet.clock.scaled(stop)).await;
+            // On an unreachable node nobody confirms the containers stopped: the pod stays Terminating
+            // until the node is back (or someone force-deletes it, which does not wait for this).
+            let node = kubelet.get_pod(&namespace, &name).ok().and_then(|p| p.spec?.node_name);
+            if let Some(node) = node {
+                let mut changes = kubelet.nodes.subscribe();
+                while kubelet.nodes.is_unreachable(&node) {
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
             let now = Timestamp::now();
             kubelet.update_pod(&namespace, &name, &uid, |pod| {
                 if let Some(status) = pod.status.as_mut() {

@@ -428,3 +428,49 @@ async fn kubectl_drain_cordons_the_node_and_evicts_its_pods_through_the_eviction
     .await
     .expect("the Deployment runs both pods on the other node");
 }
+
+#[tokio::test]
+async fn a_pod_deleted_on_an_unreachable_node_stays_terminating_until_the_node_is_back() {
+    let sim = cluster(2, 4).await;
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let pinned: Pod = serde_json::from_value(json!({"metadata": {"name": "db-0"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "db", "image": "registry.local/shop/db:1"}]}}))
+    .expect("pod json");
+    pods.create(&PostParams::default(), &pinned).await.expect("created");
+    wait_for(&pods, "db-0", conditions::is_pod_running()).await;
+    let body = r#"{"node": "node-1", "ready": false, "unreachable": true}"#;
+    assert_eq!(reqwest_like_post(&sim, "/_sim/nodes/ready", body).await.0, 204);
+    let node = Api::<Node>::all(client.clone()).get("node-1").await.expect("node");
+    let ready =
+        node.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Ready");
+    assert_eq!(
+        ready.map(|c| (c.status, c.reason)),
+        Some(("Unknown".into(), Some("NodeStatusUnknown".into())))
+    );
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"),
+        "{taints:?}"
+    );
+
+    pods.delete("db-0", &DeleteParams::default()).await.expect("deleting");
+    // Well past the grace period (30 simulated seconds, 0.3 s here): nobody confirms the pod stopped.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stuck = pods.get("db-0").await.expect("still there");
+    assert!(stuck.metadata.deletion_timestamp.is_some(), "Terminating");
+
+    let back = r#"{"node": "node-1", "ready": true}"#;
+    assert_eq!(reqwest_like_post(&sim, "/_sim/nodes/ready", back).await.0, 204);
+    tokio::time::timeout(
+        PATIENCE,
+        await_condition(
+            pods.clone(),
+            "db-0",
+            conditions::is_deleted(&stuck.metadata.uid.clone().unwrap_or_default()),
+        ),
+    )
+    .await
+    .expect("gone once the node is back")
+    .expect("watch works");
+}
