@@ -469,6 +469,20 @@ async fn an_approved_fix_whose_target_changed_while_it_waited_is_not_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_patch_a_crashed_leader_made_is_not_made_again_by_the_next() {
+    let done = finish_a_crashed_leaders_template_patch(Phase::Pending).await;
+    assert_eq!(done.result, Some(OutcomeResult::Healed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_a_crashed_leader_applied_is_verified_by_the_next_whose_name_is_on_the_done_intent() {
+    let done = finish_a_crashed_leaders_template_patch(Phase::Applied).await;
+    assert_eq!(done.result, Some(OutcomeResult::Healed));
+    assert_eq!(done.actor, config().identity, "the replica that finished it, not the one that crashed");
+}
+
+/// A Deployment whose template a leader patched before it crashed, its intent left at `phase`: the next
+/// leader finishes it without patching again. Returns the intent as marked done.
+async fn finish_a_crashed_leaders_template_patch(phase: Phase) -> Intent {
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::api::{ListParams, Patch, PatchParams};
     let world = world(36).await;
@@ -505,12 +519,13 @@ async fn a_template_patch_a_crashed_leader_made_is_not_made_again_by_the_next() 
         workload: Some(WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() }),
         lock: intent::workload_lock_key("shop", "Deployment", "web"),
         old_revision: failing.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned(),
-        ..stored_intent(&verdict, Phase::Pending, Strategy::OwnerPatch)
+        ..stored_intent(&verdict, phase, Strategy::OwnerPatch)
     };
     assert!(world.intents.lock(&record.lock, &record.incident).await.expect("lock"));
     assert!(matches!(world.intents.claim(&record).await.expect("stored"), Claim::Fresh(_)));
     let before = world.sim.requests().len();
     let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let mut entries = world.bucket.watch(record.incident.as_str()).await.expect("watch");
 
     let remediator = start(&world, Policy::default());
     let outcome = next_outcome(&mut outcomes).await;
@@ -526,7 +541,9 @@ async fn a_template_patch_a_crashed_leader_made_is_not_made_again_by_the_next() 
         .map(|r| format!("{} {} {}", r.method, r.path, r.status))
         .collect();
     assert!(patches.is_empty(), "the template was not patched again: {patches:?}");
+    let done = until_done(&mut entries).await;
     remediator.stop().await;
+    done
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,13 +586,9 @@ async fn a_leader_stopped_mid_verification_stops_acting_and_its_successor_finish
     let outcome = next_outcome(&mut outcomes).await;
     assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
     assert_eq!(outcome.actor, "remediator-b", "the successor finished it");
-    let entry = world.bucket.entry(verdict.incident.as_str()).await.expect("read").expect("the intent");
-    let done: Intent = serde_json::from_slice(&entry.value).expect("an intent");
-    assert_eq!(
-        (done.phase, done.actor.as_str()),
-        (Phase::Done, "remediator-b"),
-        "the intent names who finished it"
-    );
+    // The outcome is recorded before the done mark: follow the intent until it is marked.
+    let done = until_done(&mut entries).await;
+    assert_eq!(done.actor, "remediator-b", "the intent names who finished it");
     let resizes: Vec<_> = changes(&world).into_iter().filter(|c| c.contains("/resize")).collect();
     assert_eq!(resizes.len(), 1, "applied once: {resizes:?}");
     second.stop().await;
