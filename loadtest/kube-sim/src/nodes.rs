@@ -647,7 +647,7 @@ fn set_taint(node: &mut Value, key: &str, effect: &str, present: bool) {
     if present {
         let mut taint = json!({"key": key, "effect": effect});
         if effect == "NoExecute" {
-            taint["timeAdded"] = json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            taint["timeAdded"] = crate::api::now_time();
         }
         taints.push(taint);
     }

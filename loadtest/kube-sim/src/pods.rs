@@ -134,9 +134,8 @@ pub fn parse_cpu_millis(text: &str) -> Option<u64> {
 /// before it deletes a pod it evicts (the taint eviction controller, the Eviction API).
 pub fn mark_disruption_target(pod: &mut serde_json::Value, reason: &str, message: &str) {
     use serde_json::{Value, json};
-    let stamp = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let condition = json!({"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message,
-        "lastTransitionTime": stamp});
+        "lastTransitionTime": crate::api::now_time()});
     match pod.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
         Some(conditions) => {
             conditions.retain(|c| c.get("type") != Some(&json!("DisruptionTarget")));

@@ -303,20 +303,8 @@ async fn kubesent_undo_restores_the_template_records_the_reversal_and_refuses_a_
     deployments.create(&PostParams::default(), &web).await.expect("deployment created");
     let healed = next_outcome(&mut outcomes).await;
     assert_eq!(healed.result, OutcomeResult::Healed, "{}", healed.detail);
-    let operator = stack.users.env(kubesent_common::nats::Role::Operator);
-    let undo = |incident: String, nats: String, kube: String| {
-        let operator = operator.clone();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
-                .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube, "--by", "alice"])
-                .envs(operator)
-                .output()
-                .expect("kubesent runs")
-        })
-    };
-    let (incident, nats, kube) =
-        (healed.incident.to_string(), stack.nats.url().to_owned(), stack.kube_sim.url());
-    let output = undo(incident.clone(), nats.clone(), kube.clone()).await.expect("ran");
+    let incident = healed.incident.to_string();
+    let output = kubesent_undo(&stack, &healed.incident).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("reverted Deployment web"));
 
@@ -337,7 +325,7 @@ async fn kubesent_undo_restores_the_template_records_the_reversal_and_refuses_a_
         "KubeSent leaves it to the human now"
     );
 
-    let again = undo(incident, nats, kube).await.expect("ran");
+    let again = kubesent_undo(&stack, &healed.incident).await;
     assert!(!again.status.success(), "nothing to reverse the second time");
     assert!(String::from_utf8_lossy(&again.stderr).contains("no longer holds KubeSent's value"));
     stack.stop().await;

@@ -271,49 +271,37 @@ pub fn document_v2_protobuf(kubernetes_minor: u32) -> Vec<u8> {
 mod gnostic {
     use serde_json::Value;
 
-    #[derive(Default)]
-    struct Writer(Vec<u8>);
+    use super::protobuf::Writer;
 
-    impl Writer {
-        fn varint(&mut self, mut value: u64) {
-            while value >= 0x80 {
-                self.0.push((value as u8) | 0x80);
-                value >>= 7;
-            }
-            self.0.push(value as u8);
-        }
+    /// What gnostic's messages need beyond plain fields.
+    trait GnosticFields {
+        /// A string field taken from a JSON value, when it holds one.
+        fn string(&mut self, tag: u32, value: Option<&Value>) -> &mut Self;
+        /// A `NamedX { name = 1; value = 2 }` entry.
+        fn named(&mut self, tag: u32, name: &str, value: Writer) -> &mut Self;
+        /// `x-…` keys of `object` as `NamedAny { name, value: Any { yaml = 2 } }`.
+        fn extensions(&mut self, tag: u32, object: &Value) -> &mut Self;
+    }
 
-        fn bytes(&mut self, tag: u32, bytes: &[u8]) -> &mut Self {
-            self.varint(u64::from(tag) << 3 | 2);
-            self.varint(bytes.len() as u64);
-            self.0.extend_from_slice(bytes);
-            self
-        }
-
+    impl GnosticFields for Writer {
         fn string(&mut self, tag: u32, value: Option<&Value>) -> &mut Self {
             if let Some(text) = value.and_then(Value::as_str) {
-                self.bytes(tag, text.as_bytes());
+                self.str(tag, text);
             }
             self
         }
 
-        fn message(&mut self, tag: u32, inner: Writer) -> &mut Self {
-            self.bytes(tag, &inner.0)
-        }
-
-        /// A `NamedX { name = 1; value = 2 }` entry.
         fn named(&mut self, tag: u32, name: &str, value: Writer) -> &mut Self {
             let mut entry = Writer::default();
-            entry.bytes(1, name.as_bytes()).message(2, value);
-            self.message(tag, entry)
+            entry.str(1, name).msg(2, &value);
+            self.msg(tag, &entry)
         }
 
-        /// `x-…` keys of `object` as `NamedAny { name, value: Any { yaml = 2 } }`.
         fn extensions(&mut self, tag: u32, object: &Value) -> &mut Self {
             for (key, value) in object.as_object().into_iter().flatten().filter(|(k, _)| k.starts_with("x-"))
             {
                 let mut any = Writer::default();
-                any.bytes(2, value.to_string().as_bytes());
+                any.str(2, &value.to_string());
                 self.named(tag, key, any);
             }
             self
@@ -325,25 +313,25 @@ mod gnostic {
         out.string(1, value.get("$ref")).string(2, value.get("format"));
         if let Some(additional) = value.get("additionalProperties") {
             let mut item = Writer::default();
-            item.message(1, schema(additional));
-            out.message(21, item);
+            item.msg(1, &schema(additional));
+            out.msg(21, &item);
         }
         if let Some(kind) = value.get("type") {
             let mut item = Writer::default();
             item.string(1, Some(kind));
-            out.message(22, item);
+            out.msg(22, &item);
         }
         if let Some(items) = value.get("items") {
             let mut item = Writer::default();
-            item.message(1, schema(items));
-            out.message(23, item);
+            item.msg(1, &schema(items));
+            out.msg(23, &item);
         }
         if let Some(properties) = value.get("properties").and_then(Value::as_object) {
             let mut named = Writer::default();
             for (name, property) in properties {
                 named.named(1, name, schema(property));
             }
-            out.message(25, named);
+            out.msg(25, &named);
         }
         out.extensions(31, value);
         out
@@ -360,10 +348,10 @@ mod gnostic {
                 .string(6, parameter.get("type"));
             let (mut non_body, mut param, mut item) =
                 (Writer::default(), Writer::default(), Writer::default());
-            non_body.message(3, query);
-            param.message(2, non_body);
-            item.message(1, param);
-            out.message(8, item);
+            non_body.msg(3, &query);
+            param.msg(2, &non_body);
+            item.msg(1, &param);
+            out.msg(8, &item);
         }
         let mut responses = Writer::default();
         for (code, answer) in value.get("responses").and_then(Value::as_object).into_iter().flatten() {
@@ -371,14 +359,14 @@ mod gnostic {
             response.string(1, answer.get("description"));
             if let Some(body) = answer.get("schema") {
                 let mut item = Writer::default();
-                item.message(1, schema(body));
-                response.message(2, item);
+                item.msg(1, &schema(body));
+                response.msg(2, &item);
             }
             let mut value = Writer::default();
-            value.message(1, response);
+            value.msg(1, &response);
             responses.named(1, code, value);
         }
-        out.message(9, responses);
+        out.msg(9, &responses);
         out.extensions(13, value);
         out
     }
@@ -389,23 +377,23 @@ mod gnostic {
         out.string(1, doc.get("swagger"));
         let mut info = Writer::default();
         info.string(1, doc.pointer("/info/title")).string(2, doc.pointer("/info/version"));
-        out.message(2, info);
+        out.msg(2, &info);
         let mut paths = Writer::default();
         for (path, item) in doc.get("paths").and_then(Value::as_object).into_iter().flatten() {
             let mut path_item = Writer::default();
             for (verb, tag) in [("get", 2), ("put", 3), ("post", 4), ("delete", 5), ("patch", 8)] {
                 if let Some(op) = item.get(verb) {
-                    path_item.message(tag, operation(op));
+                    path_item.msg(tag, &operation(op));
                 }
             }
             paths.named(2, path, path_item);
         }
-        out.message(8, paths);
+        out.msg(8, &paths);
         let mut definitions = Writer::default();
         for (name, definition) in doc.get("definitions").and_then(Value::as_object).into_iter().flatten() {
             definitions.named(1, name, schema(definition));
         }
-        out.message(9, definitions);
+        out.msg(9, &definitions);
         out.0
     }
 }

@@ -119,17 +119,16 @@ impl Controllers<'_> {
                 let wanted = parallelism.min(completions - succeeded);
                 let template = spec.template.clone();
                 let backoff = clock.scaled(recreation_backoff(failed));
-                let last_failure = {
+                let last_failure = (failed > 0).then(|| {
                     let mut seen = self.state.job_failures.lock().unwrap_or_else(PoisonError::into_inner);
                     let entry = seen.entry(object.uid.clone()).or_insert((0, std::time::Instant::now()));
                     if failed > entry.0 {
                         *entry = (failed, std::time::Instant::now());
                     }
                     entry.1
-                };
-                let waiting = (failed > 0)
-                    .then(|| backoff.checked_sub(last_failure.elapsed()))
-                    .flatten()
+                });
+                let waiting = last_failure
+                    .and_then(|at| backoff.checked_sub(at.elapsed()))
                     .filter(|left| !left.is_zero());
                 if let Some(left) = waiting {
                     self.requeue_after(Key::Job(ns.to_owned(), name.to_owned()), left);

@@ -350,7 +350,9 @@ impl Kubelet {
         tokio::spawn(async move {
             let runtime = kubelet.runtime(&uid);
             runtime.cancel.cancel();
+            let mut node = None;
             if let Ok(pod) = kubelet.get_pod(&namespace, &name) {
+                node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
                 for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
                     kubelet.event(
                         &pod,
@@ -365,7 +367,6 @@ impl Kubelet {
             tokio::time::sleep(kubelet.clock.scaled(stop)).await;
             // On an unreachable node nobody confirms the containers stopped: the pod stays Terminating
             // until the node is back (or someone force-deletes it, which does not wait for this).
-            let node = kubelet.get_pod(&namespace, &name).ok().and_then(|p| p.spec?.node_name);
             if let Some(node) = node {
                 let mut changes = kubelet.nodes.subscribe();
                 while kubelet.nodes.is_unreachable(&node) {

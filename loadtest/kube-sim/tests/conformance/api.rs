@@ -329,13 +329,7 @@ async fn the_eviction_api_marks_the_pod_and_deletes_it_gracefully_and_a_missing_
     assert_eq!((answer.status, answer.code), (Some(kube::core::response::StatusSummary::Success), 201));
     let evicted = pods.get("web-7").await.expect("terminating, not gone yet");
     assert!(evicted.metadata.deletion_timestamp.is_some());
-    let condition = evicted
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "DisruptionTarget")
-        .expect("DisruptionTarget");
+    let condition = pod_condition(&evicted, "DisruptionTarget").expect("DisruptionTarget");
     assert_eq!(
         (condition.status.as_str(), condition.reason.as_deref()),
         ("True", Some("EvictionByEvictionAPI"))

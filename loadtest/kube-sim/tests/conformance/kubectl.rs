@@ -93,6 +93,12 @@ async fn kubectl_get_watch_prints_each_change_as_a_row() {
     assert_eq!(seen.iter().filter(|row| row[0] == "NAME").count(), 1, "one header: {seen:?}");
 }
 
+/// The stdout of a kubectl run that must have succeeded.
+fn ok(what: &str, (success, stdout, stderr): (bool, String, String)) -> String {
+    assert!(success, "kubectl {what} failed: {stderr}\n{stdout}");
+    stdout
+}
+
 /// Runs `kubectl --server <sim> -n shop <args>`; (success, stdout, stderr).
 async fn kubectl_in_shop(kubectl: &std::path::Path, sim: &KubeSim, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(kubectl)
@@ -120,10 +126,6 @@ async fn kubectl_drives_a_deployment_through_its_life_as_people_do() {
         .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
         .await
         .expect("created");
-    let ok = |what: &str, (success, stdout, stderr): (bool, String, String)| {
-        assert!(success, "kubectl {what} failed: {stderr}\n{stdout}");
-        stdout
-    };
     let run = |args: &'static [&'static str]| kubectl_in_shop(&kubectl, &sim, args);
 
     ok("wait", run(&["wait", "--for=condition=Available", "deployment/web", "--timeout=30s"]).await);
@@ -241,10 +243,6 @@ async fn kubectl_create_generators_send_protobuf_and_make_the_same_objects_as_js
         return;
     };
     let sim = sim().await;
-    let ok = |what: &str, (success, stdout, stderr): (bool, String, String)| {
-        assert!(success, "kubectl {what} failed: {stderr}\n{stdout}");
-        stdout
-    };
     let run = |args: &'static [&'static str]| kubectl_in_shop(&kubectl, &sim, args);
 
     let created = ok("create namespace", run(&["create", "namespace", "payments"]).await);

@@ -25,6 +25,11 @@ async fn sim() -> KubeSim {
     KubeSim::start(SimConfig { time_scale: FAST, ..SimConfig::default() }).await.expect("kube-sim starts")
 }
 
+/// The pod's condition of type `kind`, if it has one.
+fn pod_condition(pod: &Pod, kind: &str) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == kind).cloned()
+}
+
 fn client(sim: &KubeSim) -> Client {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut config = kube::Config::new(sim.url().parse().expect("url"));

@@ -30,7 +30,7 @@ fn requesting(name: &str, memory: &str) -> Pod {
 }
 
 fn scheduled_condition(pod: &Pod) -> Option<k8s_openapi::api::core::v1::PodCondition> {
-    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled").cloned()
+    pod_condition(pod, "PodScheduled")
 }
 
 #[tokio::test]
@@ -150,6 +150,17 @@ async fn kubectl_get_nodes_prints_status_roles_and_version() {
     assert_eq!(&rows[2][..2], ["node-2", "NotReady"]);
 }
 
+/// The pods with `labels` that run and are not terminating.
+async fn running_pods(pods: &Api<Pod>, labels: &str) -> Vec<Pod> {
+    let listed = pods.list(&ListParams::default().labels(labels)).await.expect("pods");
+    listed
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .collect()
+}
+
 fn status_of_pod(pod: &Pod) -> (Option<String>, Option<String>, Option<String>) {
     let status = pod.status.clone().unwrap_or_default();
     (status.phase, status.reason, status.message)
@@ -224,13 +235,7 @@ async fn a_node_short_of_memory_reports_pressure_and_evicts_the_pod_furthest_ove
             ),
         "{message}"
     );
-    let disruption = evicted
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "DisruptionTarget")
-        .expect("DisruptionTarget");
+    let disruption = pod_condition(&evicted, "DisruptionTarget").expect("DisruptionTarget");
     assert_eq!(
         (disruption.status.as_str(), disruption.reason.as_deref()),
         ("True", Some("TerminationByKubelet"))
@@ -270,11 +275,7 @@ async fn pods_leave_a_node_that_stays_not_ready_after_their_default_toleration_a
     let running = |pods: Api<Pod>| async move {
         tokio::time::timeout(PATIENCE, async {
             loop {
-                let list = pods.list(&ListParams::default().labels("app=web")).await.expect("pods");
-                if let Some(pod) = list.items.into_iter().find(|p| {
-                    p.metadata.deletion_timestamp.is_none()
-                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                }) {
+                if let Some(pod) = running_pods(&pods, "app=web").await.into_iter().next() {
                     return pod;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -317,11 +318,7 @@ async fn pods_leave_a_node_that_stays_not_ready_after_their_default_toleration_a
         while let Some(event) = watch.next().await {
             if let Ok(kube_runtime::watcher::Event::Apply(pod)) = event
                 && pod.metadata.name == first.metadata.name
-                && let Some(c) = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .and_then(|c| c.iter().find(|c| c.type_ == "DisruptionTarget").cloned())
+                && let Some(c) = pod_condition(&pod, "DisruptionTarget")
             {
                 return c;
             }
@@ -370,16 +367,7 @@ async fn kubectl_drain_cordons_the_node_and_evicts_its_pods_through_the_eviction
         .await
         .expect("created");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let running_web = || async {
-        pods.list(&ListParams::default().labels("app=web"))
-            .await
-            .expect("pods")
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .collect::<Vec<_>>()
-    };
+    let running_web = || running_pods(&pods, "app=web");
     tokio::time::timeout(PATIENCE, async {
         while running_web().await.len() < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -312,6 +312,44 @@ fn time(seconds: i64, nanos: i64, micro: bool) -> Result<Option<String>, DecodeE
     Ok(Some(if micro { format!("{whole}.{:06}Z", nanos / 1000) } else { format!("{whole}Z") }))
 }
 
+/// Writes protobuf wire data (for kube-sim's own protobuf answers and the tests' bodies).
+#[derive(Default)]
+pub(crate) struct Writer(pub(crate) Vec<u8>);
+
+impl Writer {
+    fn varint(&mut self, mut value: u64) -> &mut Self {
+        while value >= 0x80 {
+            self.0.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.0.push(value as u8);
+        self
+    }
+
+    /// Field `tag` as a varint (a negative value sign-extended, as Go writes int32 and int64).
+    #[cfg(test)]
+    pub(crate) fn int(&mut self, tag: u32, value: i64) -> &mut Self {
+        self.varint(u64::from(tag) << 3).varint(value as u64)
+    }
+
+    /// Field `tag` as length-delimited bytes.
+    pub(crate) fn bytes(&mut self, tag: u32, bytes: &[u8]) -> &mut Self {
+        self.varint(u64::from(tag) << 3 | u64::from(WIRE_LEN)).varint(bytes.len() as u64);
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    /// Field `tag` as a string.
+    pub(crate) fn str(&mut self, tag: u32, text: &str) -> &mut Self {
+        self.bytes(tag, text.as_bytes())
+    }
+
+    /// Field `tag` as an embedded message.
+    pub(crate) fn msg(&mut self, tag: u32, message: &Writer) -> &mut Self {
+        self.bytes(tag, &message.0)
+    }
+}
+
 const WIRE_VARINT: u8 = 0;
 const WIRE_FIXED64: u8 = 1;
 const WIRE_LEN: u8 = 2;
@@ -400,38 +438,6 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::resources::{CONFIGMAPS, DEPLOYMENTS, NAMESPACES, SECRETS};
-
-    /// A minimal protobuf writer for the tests.
-    #[derive(Default)]
-    struct Writer(Vec<u8>);
-
-    impl Writer {
-        fn varint(&mut self, mut v: u64) -> &mut Self {
-            loop {
-                let byte = (v & 0x7f) as u8;
-                v >>= 7;
-                if v == 0 {
-                    self.0.push(byte);
-                    return self;
-                }
-                self.0.push(byte | 0x80);
-            }
-        }
-        fn int(&mut self, tag: u32, v: i64) -> &mut Self {
-            self.varint(u64::from(tag) << 3).varint(v as u64)
-        }
-        fn bytes(&mut self, tag: u32, b: &[u8]) -> &mut Self {
-            self.varint(u64::from(tag) << 3 | 2).varint(b.len() as u64);
-            self.0.extend_from_slice(b);
-            self
-        }
-        fn str(&mut self, tag: u32, s: &str) -> &mut Self {
-            self.bytes(tag, s.as_bytes())
-        }
-        fn msg(&mut self, tag: u32, m: &Writer) -> &mut Self {
-            self.bytes(tag, &m.0)
-        }
-    }
 
     fn envelope(api_version: &str, kind: &str, raw: &Writer) -> Vec<u8> {
         let mut type_meta = Writer::default();
