@@ -204,12 +204,29 @@ pub fn cpu_millis(quantity: &str) -> Option<u64> {
 /// What a pod requests, as the scheduler counts it: its containers' requests summed, or its largest init
 /// container's when that is more.
 pub fn requests(pod: &Pod) -> Resources {
+    requests_with(pod, |r| r)
+}
+
+/// What the scheduler counts for a pod when it scores nodes: a container that requests no CPU or memory
+/// counts as 100m and 200Mi (`DefaultMilliCPURequest`, `DefaultMemoryRequest`), so pods without requests
+/// still spread over the nodes instead of piling onto the first.
+fn scoring_requests(pod: &Pod) -> Resources {
+    requests_with(pod, |r| Resources {
+        cpu_millis: if r.cpu_millis == 0 { 100 } else { r.cpu_millis },
+        memory: if r.memory == 0 { 200 << 20 } else { r.memory },
+        ..r
+    })
+}
+
+/// A pod's requests, each container's passed through `per_container`: its containers' sum, or its
+/// largest init container's, whichever is more.
+fn requests_with(pod: &Pod, per_container: impl Fn(Resources) -> Resources) -> Resources {
     let Some(spec) = pod.spec.as_ref() else { return Resources::default() };
     let of = |c: &k8s_openapi::api::core::v1::Container| {
         let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
         let value = requests
             .map(|r| Value::Object(r.iter().map(|(k, q)| (k.clone(), Value::String(q.0.clone()))).collect()));
-        Resources::from_map(value.as_ref())
+        per_container(Resources::from_map(value.as_ref()))
     };
     let regular = spec.containers.iter().map(of).fold(Resources::default(), Resources::add);
     let init = spec.init_containers.iter().flatten().map(of).fold(Resources::default(), Resources::max);
@@ -231,6 +248,8 @@ pub struct NodeView {
     pub max_pods: u64,
     /// Requested by the pods bound to it.
     pub requested: Resources,
+    /// The same as the scheduler scores it (see [`scoring_requests`]).
+    pub scored: Resources,
     /// Pods bound to it.
     pub pods: u64,
     /// Its InternalIP.
@@ -278,6 +297,7 @@ impl NodeView {
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(110),
             requested: Resources::default(),
+            scored: Resources::default(),
             pods: 0,
             address,
         })
@@ -378,6 +398,7 @@ fn misfits(pod: &Pod, wants: Resources, node: &NodeView) -> Vec<String> {
 /// saying why it fits none.
 pub fn place(pod: &Pod, nodes: &[NodeView]) -> Result<String, String> {
     let wants = requests(pod);
+    let scored = scoring_requests(pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let (mut no_victims, mut not_helpful) = (0, 0);
     let mut best: Option<(u64, &str)> = None;
@@ -385,7 +406,7 @@ pub fn place(pod: &Pod, nodes: &[NodeView]) -> Result<String, String> {
         let misfit = misfits(pod, wants, node);
         if misfit.is_empty() {
             let share = |used: u64, total: u64| used.saturating_mul(1000).checked_div(total).unwrap_or(0);
-            let after = node.requested.add(wants);
+            let after = node.scored.add(scored);
             let load = share(after.cpu_millis, node.allocatable.cpu_millis)
                 + share(after.memory, node.allocatable.memory);
             if best.is_none_or(|(b, _)| load < b) {
@@ -440,6 +461,8 @@ pub struct Binding {
     pub main_container: String,
     /// What it requests.
     pub requests: Resources,
+    /// What it requests as the scheduler scores it.
+    pub scored: Resources,
     /// Memory its containers use (their simulated need, where it is within their limit).
     pub memory_use: u64,
 }
@@ -451,6 +474,7 @@ fn binding(node: &str, pod: &Pod, (memory_use, main_container): (u64, String)) -
         name: pod.metadata.name.clone().unwrap_or_default(),
         main_container,
         requests: requests(pod),
+        scored: scoring_requests(pod),
         memory_use,
     }
 }
@@ -484,6 +508,7 @@ impl Nodes {
         for binding in bound.values() {
             if let Some(view) = views.iter_mut().find(|v| v.name == binding.node) {
                 view.requested = view.requested.add(binding.requests);
+                view.scored = view.scored.add(binding.scored);
                 view.pods += 1;
             }
         }
@@ -683,8 +708,20 @@ mod tests {
     fn a_pod_goes_to_the_least_allocated_node_where_it_fits() {
         let mut busy = node("a", 8);
         busy.requested.memory = 6 << 30;
+        busy.scored.memory = 6 << 30;
         let nodes = [busy, node("b", 8)];
         assert_eq!(place(&memory_pod("1Gi"), &nodes), Ok("b".to_owned()));
+    }
+
+    #[test]
+    fn pods_without_requests_count_as_100m_and_200mi_when_nodes_are_scored_so_they_spread() {
+        let no_requests = pod(json!({"containers": [{"name": "app"}]}));
+        let mut first = node("a", 8);
+        let bound = scoring_requests(&no_requests);
+        assert_eq!((bound.cpu_millis, bound.memory), (100, 200 << 20));
+        first.scored = bound;
+        assert_eq!(requests(&no_requests), Resources::default(), "fit still uses what is requested");
+        assert_eq!(place(&no_requests, &[first, node("b", 8)]), Ok("b".to_owned()));
     }
 
     #[test]

@@ -203,6 +203,7 @@ mod tests {
                 name: name.into(),
                 main_container: "app".into(),
                 requests: Resources { memory: request_mib << 20, ..Resources::default() },
+                scored: Resources { memory: request_mib << 20, ..Resources::default() },
                 memory_use: use_mib << 20,
             },
         )
