@@ -29,13 +29,27 @@ impl Dialect {
     }
 }
 
+/// The definitions the apiserver names for its two scalar types written as strings; fields refer to
+/// them, and `kubectl explain` prints a field's type from the name (`<IntOrString>`,
+/// `<map[string]Quantity>`).
+const QUANTITY: &str = "apimachinery.pkg.api.resource.Quantity";
+const INT_OR_STRING: &str = "apimachinery.pkg.util.intstr.IntOrString";
+
+/// The schema of a definition that is no message of the table. Version 3 says both as a choice of
+/// types with no `type` of their own, so kubectl prints the definition's name.
+fn scalar_definition(name: &str, dialect: Dialect) -> Option<Value> {
+    match (name, dialect) {
+        (QUANTITY, Dialect::V2) => Some(json!({"type": "string"})),
+        (QUANTITY, Dialect::V3) => Some(json!({"oneOf": [{"type": "string"}, {"type": "number"}]})),
+        (INT_OR_STRING, Dialect::V2) => Some(json!({"type": "string", "format": "int-or-string"})),
+        (INT_OR_STRING, Dialect::V3) => Some(
+            json!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+        ),
+        _ => None,
+    }
+}
+
 fn type_schema(ty: &Type, dialect: Dialect) -> Value {
-    let int_or_string = || match dialect {
-        Dialect::V2 => json!({"type": "string", "format": "int-or-string"}),
-        Dialect::V3 => {
-            json!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]})
-        }
-    };
     match ty {
         Type::String => json!({"type": "string"}),
         Type::Bool => json!({"type": "boolean"}),
@@ -44,8 +58,8 @@ fn type_schema(ty: &Type, dialect: Dialect) -> Value {
         Type::Msg(name) => dialect.reference(name),
         Type::Time | Type::MicroTime => json!({"type": "string", "format": "date-time"}),
         Type::RawJson => json!({"type": "object"}),
-        Type::Quantity if dialect == Dialect::V2 => json!({"type": "string"}),
-        Type::Quantity | Type::IntOrString => int_or_string(),
+        Type::Quantity => dialect.reference(QUANTITY),
+        Type::IntOrString => dialect.reference(INT_OR_STRING),
     }
 }
 
@@ -95,6 +109,10 @@ fn schemas<'a>(kinds: impl IntoIterator<Item = &'a ResourceDef>, dialect: Dialec
         if out.contains_key(&key) {
             continue;
         }
+        if let Some(schema) = scalar_definition(&name, dialect) {
+            out.insert(key, schema);
+            continue;
+        }
         let Ok(message) = protobuf::message(&name) else { continue };
         let mut props = Map::new();
         properties(message, dialect, &mut props);
@@ -116,15 +134,16 @@ fn schemas<'a>(kinds: impl IntoIterator<Item = &'a ResourceDef>, dialect: Dialec
 
 fn reachable(message: &Message, into: &mut Vec<&'static str>) {
     for field in message.fields {
-        if let Type::Msg(name) = field.ty {
-            match field.shape {
-                Shape::Inline => {
-                    if let Ok(inner) = protobuf::message(name) {
-                        reachable(inner, into);
-                    }
+        match (&field.ty, &field.shape) {
+            (Type::Msg(name), Shape::Inline) => {
+                if let Ok(inner) = protobuf::message(name) {
+                    reachable(inner, into);
                 }
-                _ => into.push(name),
             }
+            (Type::Msg(name), _) => into.push(name),
+            (Type::Quantity, _) => into.push(QUANTITY),
+            (Type::IntOrString, _) => into.push(INT_OR_STRING),
+            _ => {}
         }
     }
 }

@@ -392,6 +392,11 @@ async fn kubectl_explain_reads_field_types_from_openapi_v3_and_v2() {
     assert!(ok, "{err} {:?}", sim.requests().iter().filter(|r| r.status >= 400).collect::<Vec<_>>());
     assert!(out.contains("Deployment") && out.contains("replicas") && out.contains("<integer>"), "{out}");
     let (ok, out, err) =
+        kubectl_in_shop(&kubectl, &sim, &["explain", "deployment.spec.strategy.rollingUpdate"]).await;
+    assert!(ok && out.contains("maxSurge\t<IntOrString>"), "{err}{out}");
+    let (ok, out, err) = kubectl_in_shop(&kubectl, &sim, &["explain", "pod.spec.containers.resources"]).await;
+    assert!(ok && out.contains("limits\t<map[string]Quantity>"), "{err}{out}");
+    let (ok, out, err) =
         kubectl_in_shop(&kubectl, &sim, &["explain", "pod.spec.containers", "--output=plaintext-openapiv2"])
             .await;
     assert!(ok, "{err}");
