@@ -179,6 +179,13 @@ pub struct WorkloadRef {
     pub name: String,
 }
 
+impl std::fmt::Display for WorkloadRef {
+    /// `Deployment web`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.name)
+    }
+}
+
 /// The observed failure of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

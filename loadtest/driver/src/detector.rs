@@ -19,10 +19,7 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
-use kubesent_common::{
-    nats::{self, Topology},
-    nats_server::NatsServer,
-};
+use kubesent_common::nats::{self, Topology};
 use kubesent_kube_sim::{
     KubeSim, SimConfig, StoreConfig,
     realistic::{AppState, RealisticPod},
@@ -30,6 +27,7 @@ use kubesent_kube_sim::{
     store::{Mutation, PreparedObject},
 };
 use kubesent_proto::{self as proto, FailureJob};
+use kubesent_testkit::nats_server::NatsServer;
 
 use crate::campaign::topology::usage;
 use serde_json::{Value, json};

@@ -21,10 +21,7 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use k8s_openapi::api::core::v1::Pod;
-use kubesent_common::{
-    nats::{self, PullOptions, Topology},
-    nats_server::NatsServer,
-};
+use kubesent_common::nats::{self, PullOptions, Topology};
 use kubesent_detector::{classify::classify, lean::LeanPod, tracker::Transition};
 use kubesent_diagnoser::{
     DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics,
@@ -37,6 +34,7 @@ use kubesent_diagnoser::{
 use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig, Reply};
 use kubesent_kube_sim::{KubeSim, SimConfig, resources::PODS, store::Mutation};
 use kubesent_proto::{self as proto, FailureJob};
+use kubesent_testkit::nats_server::NatsServer;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

@@ -29,15 +29,13 @@ use kube::{
     Api,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use kubesent_common::{
-    nats::{self, Role},
-    nats_server::{NatsServer, NatsUsers},
-};
+use kubesent_common::nats::{self, Role};
 use kubesent_kube_sim::{ImageState, KubeSim, SimConfig};
 use kubesent_proto::{
     self as proto, Action, Failure, FailureJob, FailureKind, IncidentKey, MemoryQuantity, OutcomeResult,
     PodRef, Verdict, VerdictSource, VerdictStatus, WorkloadRef,
 };
+use kubesent_testkit::nats_server::{NatsServer, NatsUsers};
 use serde_json::{Value, json};
 
 use crate::processes::{ServiceProcess, ServiceSpec};

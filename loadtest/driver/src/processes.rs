@@ -53,7 +53,7 @@ impl ServiceSpec {
         self.args.push((flag.to_owned(), value.to_string()));
         self
     }
-    /// Adds environment variables (credentials: [`kubesent_common::nats_server::NatsUsers::env`]).
+    /// Adds environment variables (credentials: [`kubesent_testkit::nats_server::NatsUsers::env`]).
     pub fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
         self.env.extend(vars);
         self

@@ -6,7 +6,6 @@ pub mod headers;
 pub mod leader;
 pub mod metrics;
 pub mod nats;
-pub mod nats_server;
 pub mod owner;
 pub mod pod;
 pub mod revisions;
@@ -61,15 +60,6 @@ pub enum Error {
         #[source]
         source: async_nats::jetstream::context::KeyValueError,
     },
-    /// A local nats-server (tests, the demo, the campaigns) could not be started.
-    #[error("local nats-server: {what}")]
-    LocalServer {
-        /// What failed.
-        what: String,
-        /// The I/O error, when there is one.
-        #[source]
-        source: Option<std::io::Error>,
-    },
     /// The Kubernetes API URL is invalid.
     #[error("kubernetes API URL {url:?} is invalid")]
     KubeUrl {
@@ -96,21 +86,10 @@ impl Error {
         match self {
             Self::Nats(_) => "nats",
             Self::Publish { .. } | Self::Subject(_) => "publish",
-            Self::Unfixable { .. }
-            | Self::ShutDown { .. }
-            | Self::MissingBucket { .. }
-            | Self::LocalServer { .. } => "setup",
+            Self::Unfixable { .. } | Self::ShutDown { .. } | Self::MissingBucket { .. } => "setup",
             Self::KubeUrl { .. } | Self::KubeConfig(_) | Self::KubeClient(_) => "kube",
             Self::Config(_) => "config",
         }
-    }
-
-    pub(crate) fn local_server(what: impl Into<String>) -> Self {
-        Self::LocalServer { what: what.into(), source: None }
-    }
-
-    pub(crate) fn local_io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Self::LocalServer { what: what.into(), source: Some(source) }
     }
 }
 

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet},
-        core::v1::Pod,
+        core::v1::{Pod, PodTemplateSpec},
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
 use kube::{Api, api::ListParams};
+use kubesent_proto::{WorkloadKind, WorkloadRef};
 
 use crate::owner::Resolved;
 
@@ -20,7 +21,7 @@ use crate::owner::Resolved;
 pub const DEPLOYMENT_REVISION: &str = "deployment.kubernetes.io/revision";
 
 /// One revision of a workload's pod template.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Revision {
     /// Its number (increasing with every template change).
     pub number: i64,
@@ -32,19 +33,20 @@ pub struct Revision {
     pub ready_replicas: i32,
     /// How many pods of it the controller wants now (0: scaled down, e.g. by a finished rollout).
     pub replicas: i32,
-    /// Its pod template as `kubectl rollout undo` would restore it (without the controller's hash label
-    /// or patch directive).
-    pub template: Option<serde_json::Value>,
+    /// Its pod template as `kubectl rollout undo` would restore it (without the controller's hash label;
+    /// read through the typed template, so a ControllerRevision's `$patch` directive and Go's
+    /// `creationTimestamp: null` are gone as they are from a workload read through the API).
+    pub template: Option<PodTemplateSpec>,
     /// Whether the revision holds nothing but the pod template (a StatefulSet's ControllerRevision could
     /// hold more; rolling the template back would not restore the rest).
     pub only_template: bool,
 }
 
 /// The revision a pod runs and the one before it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct History {
-    /// The workload (`Deployment/web`), when the pod has one with a revision history.
-    pub owner: Option<(String, String)>,
+    /// The workload, when the pod has one with a revision history (a Deployment or a StatefulSet).
+    pub owner: Option<WorkloadRef>,
     /// The pod's own revision.
     pub current: Option<Revision>,
     /// The newest revision older than the pod's.
@@ -90,11 +92,12 @@ async fn deployment_history(
     let deployment_name = deployment.metadata.name.clone().unwrap_or_default();
     let current = replica_set_revision(rs);
     let owned = deployment_revisions(kube, namespace, deployment).await?;
-    Ok(history_of(("Deployment".into(), deployment_name), current, &owned))
+    let owner = WorkloadRef { kind: WorkloadKind::Deployment, name: deployment_name };
+    Ok(history_of(owner, current, &owned))
 }
 
 /// The pod's revision, the newest older one and the newest of all.
-fn history_of(owner: (String, String), current: Option<Revision>, owned: &[Revision]) -> History {
+fn history_of(owner: WorkloadRef, current: Option<Revision>, owned: &[Revision]) -> History {
     let previous = current.as_ref().and_then(|current| {
         owned.iter().filter(|r| r.number < current.number).max_by_key(|r| r.number).cloned()
     });
@@ -103,12 +106,9 @@ fn history_of(owner: (String, String), current: Option<Revision>, owned: &[Revis
 }
 
 /// A pod template as a rollback restores it: without the label a controller adds to tell its revisions
-/// apart, and without a patch directive.
-fn restorable(mut template: serde_json::Value, hash_label: &str) -> serde_json::Value {
-    if let Some(object) = template.as_object_mut() {
-        object.remove("$patch");
-    }
-    if let Some(labels) = template.pointer_mut("/metadata/labels").and_then(|l| l.as_object_mut()) {
+/// apart.
+fn restorable(mut template: PodTemplateSpec, hash_label: &str) -> PodTemplateSpec {
+    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         labels.remove(hash_label);
     }
     template
@@ -122,12 +122,8 @@ fn replica_set_revision(set: &ReplicaSet) -> Option<Revision> {
         .as_ref()
         .and_then(|a| a.get(DEPLOYMENT_REVISION))
         .and_then(|r| r.parse::<i64>().ok())?;
-    let template = set
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.as_ref())
-        .and_then(|t| serde_json::to_value(t).ok())
-        .map(|t| restorable(t, "pod-template-hash"));
+    let template =
+        set.spec.as_ref().and_then(|s| s.template.clone()).map(|t| restorable(t, "pod-template-hash"));
     Some(Revision {
         number,
         name: set.metadata.name.clone().unwrap_or_default(),
@@ -172,7 +168,10 @@ pub async fn stateful_set_revisions(
     let revision = |r: &ControllerRevision| {
         let serving = status.current_revision.as_deref() == r.metadata.name.as_deref();
         let data = r.data.as_ref().map(|d| &d.0);
-        let template = data.and_then(|d| d.pointer("/spec/template")).cloned();
+        // A template that does not decode is no template: nothing is rolled back to it.
+        let template = data
+            .and_then(|d| d.pointer("/spec/template"))
+            .and_then(|t| serde_json::from_value::<PodTemplateSpec>(t.clone()).ok());
         let only_template = data.is_some_and(|d| {
             d.as_object().is_some_and(|o| o.keys().all(|k| k == "spec"))
                 && d.get("spec")
@@ -203,50 +202,29 @@ pub async fn stateful_set_revisions(
     Ok(owned)
 }
 
-/// Every revision of the workload `kind` (`Deployment` or `StatefulSet`) given as JSON, oldest first;
-/// empty for any other kind.
-pub async fn of_workload(
-    kube: &kube::Client,
-    namespace: &str,
-    kind: &str,
-    object: &serde_json::Value,
-) -> Result<Vec<Revision>, kube::Error> {
-    match kind {
-        "Deployment" => {
-            let deployment: Deployment =
-                serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
-            deployment_revisions(kube, namespace, &deployment).await
-        }
-        "StatefulSet" => {
-            let set: StatefulSet = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
-            stateful_set_revisions(kube, namespace, &set).await
-        }
-        _ => Ok(Vec::new()),
-    }
-}
-
 /// Whether two pod templates are the same revision: equal once the controllers' hash labels are
-/// ignored (as the Deployment controller compares them).
-pub fn same_template(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    let strip = |t: &serde_json::Value| {
-        restorable(restorable(t.clone(), "pod-template-hash"), "controller-revision-hash")
+/// ignored (as the Deployment controller compares them). An empty label map is no label map.
+pub fn same_template(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
+    let strip = |t: &PodTemplateSpec| {
+        let mut t = restorable(restorable(t.clone(), "pod-template-hash"), "controller-revision-hash");
+        if let Some(meta) = t.metadata.as_mut()
+            && meta.labels.as_ref().is_some_and(BTreeMap::is_empty)
+        {
+            meta.labels = None;
+        }
+        if t.metadata.as_ref().is_some_and(|m| *m == ObjectMeta::default()) {
+            t.metadata = None;
+        }
+        t
     };
     strip(a) == strip(b)
 }
 
-/// Image per container of a pod template given as JSON (a ControllerRevision's data).
-fn template_images(template: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+/// Image per container of a pod template.
+fn template_images(template: Option<&PodTemplateSpec>) -> BTreeMap<String, String> {
     template
-        .and_then(|t| t.pointer("/spec/containers"))
-        .and_then(serde_json::Value::as_array)
-        .map(|containers| {
-            containers
-                .iter()
-                .filter_map(|c| {
-                    Some((c.get("name")?.as_str()?.to_owned(), c.get("image")?.as_str()?.to_owned()))
-                })
-                .collect()
-        })
+        .and_then(|t| t.spec.as_ref())
+        .map(|spec| spec.containers.iter().filter_map(|c| Some((c.name.clone(), c.image.clone()?))).collect())
         .unwrap_or_default()
 }
 
@@ -258,7 +236,8 @@ async fn stateful_set_history(
     pod: &Pod,
     set: &StatefulSet,
 ) -> Result<History, kube::Error> {
-    let owner = ("StatefulSet".to_owned(), set.metadata.name.clone().unwrap_or_default());
+    let owner =
+        WorkloadRef { kind: WorkloadKind::StatefulSet, name: set.metadata.name.clone().unwrap_or_default() };
     let Some(pod_revision) = pod.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash"))
     else {
         return Ok(History { owner: Some(owner), ..History::default() });
@@ -266,4 +245,33 @@ async fn stateful_set_history(
     let owned = stateful_set_revisions(kube, namespace, set).await?;
     let current = owned.iter().find(|r| r.name == *pod_revision).cloned();
     Ok(history_of(owner, current, &owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(value: serde_json::Value) -> PodTemplateSpec {
+        serde_json::from_value(value).expect("a pod template")
+    }
+
+    #[test]
+    fn a_controller_revisions_template_is_the_same_revision_as_the_workloads_it_was_made_from() {
+        // As the StatefulSet controller stores it: Go's zero creationTimestamp as null, `$patch: replace`,
+        // the revision's hash label.
+        let stored = serde_json::json!({"$patch": "replace",
+            "metadata": {"creationTimestamp": null, "labels": {"app": "db", "controller-revision-hash": "db-7c5"}},
+            "spec": {"containers": [{"name": "db", "image": "postgres:16"}]}});
+        let from_revision = template(stored);
+        let workload = template(serde_json::json!({"metadata": {"labels": {"app": "db"}},
+            "spec": {"containers": [{"name": "db", "image": "postgres:16"}]}}));
+        assert!(same_template(&from_revision, &workload));
+        let changed = template(serde_json::json!({"metadata": {"labels": {"app": "db"}},
+            "spec": {"containers": [{"name": "db", "image": "postgres:17"}]}}));
+        assert!(!same_template(&from_revision, &changed));
+        assert_eq!(
+            template_images(Some(&from_revision)),
+            BTreeMap::from([("db".to_owned(), "postgres:16".to_owned())])
+        );
+    }
 }

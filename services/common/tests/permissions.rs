@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use async_nats::{Event, ServerError, jetstream};
 use futures::StreamExt as _;
-use kubesent_common::{
-    nats::{self, NatsArgs, Role, Topology},
-    nats_server::{NatsServer, NatsUsers},
-};
+use kubesent_common::nats::{self, NatsArgs, Role, Topology};
 use kubesent_proto as proto;
+use kubesent_testkit::nats_server::{NatsServer, NatsUsers};
 use tokio::sync::mpsc;
 
 /// How long a refusal may take to come back from the server.
@@ -291,7 +289,7 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
 
 #[test]
 fn the_deployed_layout_names_a_password_variable_for_every_role() {
-    let layout = kubesent_common::nats_server::DEPLOY_AUTH_CONFIG;
+    let layout = kubesent_testkit::nats_server::DEPLOY_AUTH_CONFIG;
     for role in Role::DEPLOYED {
         assert!(layout.contains(&format!("user: {}", role.service_name())), "{role:?} has a user");
         assert!(

@@ -9,10 +9,8 @@ use std::{
 };
 
 use async_nats::jetstream::{self, consumer::pull};
-use kubesent_common::{
-    nats::{self, PullOptions},
-    nats_server::NatsServer,
-};
+use kubesent_common::nats::{self, PullOptions};
+use kubesent_testkit::nats_server::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,8 @@
 
 use std::path::Path;
 
-use kubesent_common::{
-    nats::{self, Role, Topology},
-    nats_server::{DEPLOY_AUTH_CONFIG, NatsServer, NatsUsers},
-};
+use kubesent_common::nats::{self, Role, Topology};
+use kubesent_testkit::nats_server::{DEPLOY_AUTH_CONFIG, NatsServer, NatsUsers};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.

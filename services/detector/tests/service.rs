@@ -9,11 +9,11 @@ use kube::{Api, api::PostParams};
 use kubesent_common::{
     leader::LeaderConfig,
     nats::{self, Topology},
-    nats_server::NatsServer,
 };
 use kubesent_detector::{DetectorConfig, DetectorDeps, DetectorMetrics};
 use kubesent_kube_sim::{KubeSim, SimConfig};
 use kubesent_proto::{self as proto, FailureJob};
+use kubesent_testkit::nats_server::NatsServer;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

@@ -148,10 +148,10 @@ pub async fn owners(
         }
         Err(error) => return Err(error),
     };
-    if let Some((owner_kind, owner_name)) = &history.owner
-        && *owner_kind != kind
+    if let Some(owner) = &history.owner
+        && owner.kind.as_str() != kind
     {
-        chain.push(format!("{owner_kind}/{owner_name}"));
+        chain.push(format!("{}/{}", owner.kind, owner.name));
     }
     let previous = history.previous.map(|p| PreviousRevision {
         revision: p.number.to_string(),

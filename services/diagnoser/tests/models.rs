@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use kubesent_common::{nats, nats_server::NatsServer};
+use kubesent_common::nats;
 use kubesent_diagnoser::{
     llm::{
         self, LlmError, ModelReply, Prompt,
@@ -13,6 +13,7 @@ use kubesent_diagnoser::{
     ratelimit::{self, Limits, Reservation, SharedLimiter},
 };
 use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig, Reply};
+use kubesent_testkit::nats_server::NatsServer;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const ANSWER: &str = r#"{"root_cause":"the cache grows without bound","action":"none","confidence":0.6}"#;

@@ -6,10 +6,7 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::{Api, api::PostParams};
-use kubesent_common::{
-    nats::{self, PullOptions, Topology},
-    nats_server::NatsServer,
-};
+use kubesent_common::nats::{self, PullOptions, Topology};
 use kubesent_detector::{classify::classify, lean::LeanPod, tracker::Transition};
 use kubesent_diagnoser::{
     DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics, JobOutcome,
@@ -22,6 +19,7 @@ use kubesent_diagnoser::{
 use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig, Reply};
 use kubesent_kube_sim::{KubeSim, SimConfig};
 use kubesent_proto::{self as proto, Verdict, VerdictSource};
+use kubesent_testkit::nats_server::NatsServer;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

@@ -8,13 +8,13 @@ use async_nats::jetstream;
 use kubesent_common::{
     admin::Health,
     nats::{self, Role, Topology},
-    nats_server::{NatsServer, NatsUsers},
 };
 use kubesent_detector::{DetectorConfig, DetectorDeps, DetectorMetrics};
 use kubesent_diagnoser::{DiagnoserConfig, DiagnoserDeps, DiagnoserMetrics};
 use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig};
 use kubesent_kube_sim::{KubeSim, SimConfig};
 use kubesent_remediator::{RemediatorConfig, RemediatorDeps, RemediatorMetrics};
+use kubesent_testkit::nats_server::{NatsServer, NatsUsers};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

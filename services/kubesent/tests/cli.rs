@@ -337,8 +337,9 @@ fn kubesent(args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_resume_set_and_clear_the_kill_switch_and_unknown_incidents_are_refused() {
-    use kubesent_common::{nats, nats_server::NatsServer};
+    use kubesent_common::nats;
     use kubesent_remediator::guardrails::{Guardrails, Limits};
+    use kubesent_testkit::nats_server::NatsServer;
 
     let server = NatsServer::start().await.expect("nats-server");
     let url = server.url().to_owned();

@@ -9,13 +9,11 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
-use kubesent_common::{
-    nats::{self, Role},
-    nats_server::{NatsCluster, NatsUsers, auth_config_with_observer},
-};
+use kubesent_common::nats::{self, Role};
 use kubesent_kube_sim::{KubeSim, SimConfig};
 use kubesent_loadtest::processes::{ServiceProcess, ServiceSpec};
 use kubesent_proto::{self as proto, Outcome, OutcomeResult};
+use kubesent_testkit::nats_server::{NatsCluster, NatsUsers, auth_config_with_observer};
 use support::oom_pod;
 
 mod support;
@@ -186,7 +184,7 @@ async fn after_the_whole_cluster_restarts_every_service_recovers_and_no_job_is_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_before_nats_stays_alive_and_unready_until_nats_is_up() {
-    use kubesent_common::nats_server::NatsServer;
+    use kubesent_testkit::nats_server::NatsServer;
     let (mut nats, users) = NatsServer::start_secured().await.expect("nats-server");
     let url = nats.url().to_owned();
     nats.kill().await;
@@ -212,7 +210,7 @@ async fn a_service_started_before_nats_stays_alive_and_unready_until_nats_is_up(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_exists_with_other_settings_is_an_immediate_clear_error() {
     use async_nats::jetstream::stream;
-    use kubesent_common::nats_server::NatsServer;
+    use kubesent_testkit::nats_server::NatsServer;
     let (nats, users) = NatsServer::start_secured().await.expect("nats-server");
     let observer =
         nats::connect_as(&users.args(nats.url(), Role::Admin), Role::Admin, "test").await.expect("nats");

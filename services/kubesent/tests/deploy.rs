@@ -384,7 +384,7 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
         maps.iter().find(|(name, _)| name.starts_with("kubesent-nats")).expect("the NATS ConfigMap");
     let nats_conf = &nats_files["nats.conf"];
     let auth_conf = &nats_files["auth.conf"];
-    assert_eq!(auth_conf, kubesent_common::nats_server::DEPLOY_AUTH_CONFIG, "the layout the tests load");
+    assert_eq!(auth_conf, kubesent_testkit::nats_server::DEPLOY_AUTH_CONFIG, "the layout the tests load");
 
     // One password per key of the Secret kubesent-nats-users, as an installer creates it.
     let set = of_kind::<StatefulSet>(&objects, "StatefulSet").remove(0);
@@ -442,7 +442,7 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
             .collect();
         env.push(("SERVER_NAME".into(), format!("kubesent-nats-{index}")));
         servers.push(async move {
-            kubesent_common::nats_server::NatsServer::start_with_full_config(&node, &local, &env).await
+            kubesent_testkit::nats_server::NatsServer::start_with_full_config(&node, &local, &env).await
         });
     }
     let _servers: Vec<_> = futures::future::join_all(servers)

@@ -4,6 +4,8 @@
 use k8s_openapi::api::core::v1::Pod;
 use kubesent_proto::{Action, FailureKind, MemoryQuantity, Verdict, VerdictStatus};
 
+use crate::refusal::Refusal;
+
 /// Per-workload opt-out: `kubesent.io/remediate: "false"` on the pod (or its template).
 pub const OPT_OUT_ANNOTATION: &str = "kubesent.io/remediate";
 
@@ -36,19 +38,127 @@ impl Default for Policy {
     }
 }
 
-/// The gate's decision.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// Apply the action.
-    Apply,
-    /// Apply nothing, only record the suggestion (dry-run).
-    Suggest(String),
-    /// The target is gone, replaced or healthy.
-    Stale(String),
-    /// The verdict carries no action.
-    DiagnosisOnly,
-    /// Refused.
-    Deny(String),
+/// Why the verdict's target no longer needs it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stale {
+    /// The diagnoser already found the target gone.
+    #[error("the diagnoser found the target gone")]
+    GoneWhenDiagnosed,
+    /// The pod (with that uid) no longer exists.
+    #[error("pod {namespace}/{name} with uid {uid} no longer exists")]
+    PodGone {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The uid the verdict names.
+        uid: String,
+    },
+    /// The pod is being deleted.
+    #[error("the pod is being deleted")]
+    Deleting,
+    /// The container no longer shows the failure.
+    #[error("container {container} no longer shows {kind}")]
+    Recovered {
+        /// The container.
+        container: String,
+        /// The failure it showed.
+        kind: &'static str,
+    },
+}
+
+/// Why policy or the evidence refuses the action.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Denial {
+    /// A Job that gave up stays failed; it gets a diagnosis, never a change.
+    #[error("a Job that gave up gets a diagnosis, never a change")]
+    JobGaveUp,
+    /// The confidence is below the threshold.
+    #[error("confidence {confidence} is below the threshold {threshold}")]
+    LowConfidence {
+        /// The verdict's confidence.
+        confidence: u8,
+        /// The policy's threshold.
+        threshold: u8,
+    },
+    /// The action does not fit the evidence.
+    #[error(transparent)]
+    Disagrees(#[from] Disagreement),
+    /// The namespace is excluded.
+    #[error("namespace {0} is excluded from remediation")]
+    ExcludedNamespace(String),
+    /// The pod opted out.
+    #[error("the workload opted out ({OPT_OUT_ANNOTATION}=false)")]
+    OptedOut,
+    /// The new memory limit is over the cap.
+    #[error("{to} exceeds the memory cap of {cap}")]
+    OverMemoryCap {
+        /// The new limit.
+        to: MemoryQuantity,
+        /// The cap.
+        cap: MemoryQuantity,
+    },
+    /// The new memory limit raises the old one by more than the maximum factor.
+    #[error("{from} -> {to} exceeds the maximum factor of {factor}")]
+    OverMemoryFactor {
+        /// The old limit.
+        from: MemoryQuantity,
+        /// The new limit.
+        to: MemoryQuantity,
+        /// The maximum factor.
+        factor: f64,
+    },
+}
+
+/// Why an action does not fit the evidence of the live pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Disagreement {
+    /// The action does not answer this kind of failure.
+    #[error("{action} does not fit a {failure} failure")]
+    WrongFailure {
+        /// The action, in words.
+        action: &'static str,
+        /// The failure kind.
+        failure: &'static str,
+    },
+    /// The action targets another container than the failing one.
+    #[error("the action targets container {action} but {failing} is failing")]
+    WrongContainer {
+        /// The action's container.
+        action: String,
+        /// The failing container.
+        failing: String,
+    },
+    /// A memory "increase" that is none.
+    #[error("{from} -> {to} is not an increase")]
+    NotAnIncrease {
+        /// The old limit.
+        from: MemoryQuantity,
+        /// The new limit.
+        to: MemoryQuantity,
+    },
+    /// The live memory limit is not what the action changes from.
+    #[error("the live limit is {current}, not {from}")]
+    LiveLimit {
+        /// What the pod has.
+        current: MemoryQuantity,
+        /// What the action changes from.
+        from: MemoryQuantity,
+    },
+    /// The container has no memory limit.
+    #[error("container {0} has no memory limit to raise")]
+    NoMemoryLimit(String),
+    /// The live image is not what the action changes from.
+    #[error("the live image is {current}, not {from}")]
+    LiveImage {
+        /// What the pod runs.
+        current: String,
+        /// What the action changes from.
+        from: String,
+    },
+    /// The pod has no such container.
+    #[error("container {0} does not exist")]
+    NoContainer(String),
 }
 
 /// How long after an OOM kill a running container still counts as failing.
@@ -116,92 +226,101 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
     }
 }
 
-/// Decides what to do with `verdict` given the live pod (`None` when it no longer exists).
-pub fn decide(verdict: &Verdict, live: Option<&Pod>, policy: &Policy, now: jiff::Timestamp) -> Decision {
+/// Checks `verdict` against the live pod (`None` when it no longer exists) and the policy: `Ok` lets the
+/// plan go on, a [`Refusal`] ends the verdict.
+pub fn check(
+    verdict: &Verdict,
+    live: Option<&Pod>,
+    policy: &Policy,
+    now: jiff::Timestamp,
+) -> Result<(), Refusal> {
     if verdict.status == VerdictStatus::Stale {
-        return Decision::Stale("the diagnoser found the target gone".into());
+        return Err(Stale::GoneWhenDiagnosed.into());
     }
     if verdict.failure.kind == FailureKind::JobFailed {
         // A Job that gave up stays failed (its pods may be gone); nothing of it is changed.
         return match verdict.action {
-            Action::None => Decision::DiagnosisOnly,
-            _ => Decision::Deny("a Job that gave up gets a diagnosis, never a change".into()),
+            Action::None => Err(Refusal::DiagnosisOnly(verdict.root_cause.clone())),
+            _ => Err(Denial::JobGaveUp.into()),
         };
     }
     let Some(pod) = live.filter(|p| p.metadata.uid.as_deref() == Some(verdict.pod.uid.as_str())) else {
-        return Decision::Stale(format!(
-            "pod {}/{} with uid {} no longer exists",
-            verdict.pod.namespace, verdict.pod.name, verdict.pod.uid
-        ));
+        return Err(Stale::PodGone {
+            namespace: verdict.pod.namespace.clone(),
+            name: verdict.pod.name.clone(),
+            uid: verdict.pod.uid.clone(),
+        }
+        .into());
     };
     if pod.metadata.deletion_timestamp.is_some() {
-        return Decision::Stale("the pod is being deleted".into());
+        return Err(Stale::Deleting.into());
     }
     if !still_failing(pod, &verdict.failure.container, verdict.failure.kind, now) {
-        return Decision::Stale(format!(
-            "container {} no longer shows {}",
-            verdict.failure.container,
-            verdict.failure.kind.as_str()
-        ));
+        return Err(Stale::Recovered {
+            container: verdict.failure.container.clone(),
+            kind: verdict.failure.kind.as_str(),
+        }
+        .into());
     }
     if verdict.action == Action::None {
-        return Decision::DiagnosisOnly;
+        return Err(Refusal::DiagnosisOnly(verdict.root_cause.clone()));
     }
     if verdict.confidence < policy.confidence_threshold {
-        return Decision::Deny(format!(
-            "confidence {} is below the threshold {}",
-            verdict.confidence, policy.confidence_threshold
-        ));
+        return Err(Denial::LowConfidence {
+            confidence: verdict.confidence,
+            threshold: policy.confidence_threshold,
+        }
+        .into());
     }
-    if let Some(reason) = disagreement(verdict, pod) {
-        return Decision::Deny(reason);
-    }
+    disagreement(verdict, pod).map_or(Ok(()), |d| Err(Denial::Disagrees(d)))?;
     let namespace = &verdict.pod.namespace;
     if policy.excluded_namespaces.iter().any(|ns| ns == namespace) {
-        return Decision::Deny(format!("namespace {namespace} is excluded from remediation"));
+        return Err(Denial::ExcludedNamespace(namespace.clone()).into());
     }
     if pod.metadata.annotations.as_ref().and_then(|a| a.get(OPT_OUT_ANNOTATION)).is_some_and(|v| v == "false")
     {
-        return Decision::Deny(format!("the workload opted out ({OPT_OUT_ANNOTATION}=false)"));
+        return Err(Denial::OptedOut.into());
     }
     if let Action::IncreaseMemory { from, to, .. } = &verdict.action {
         if *to > policy.max_memory {
-            return Decision::Deny(format!("{to} exceeds the memory cap of {}", policy.max_memory));
+            return Err(Denial::OverMemoryCap { to: *to, cap: policy.max_memory }.into());
         }
         if to.bytes() as f64 > from.bytes() as f64 * policy.max_memory_factor {
-            return Decision::Deny(format!(
-                "{from} -> {to} exceeds the maximum factor of {}",
-                policy.max_memory_factor
-            ));
+            return Err(
+                Denial::OverMemoryFactor { from: *from, to: *to, factor: policy.max_memory_factor }.into()
+            );
         }
     }
     if policy.dry_run {
-        return Decision::Suggest("dry-run: nothing was changed".into());
+        return Err(Refusal::DryRun);
     }
-    Decision::Apply
+    Ok(())
 }
 
 /// Why the action does not fit the evidence, if it does not.
-fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
+fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<Disagreement> {
     let failing = &verdict.failure.container;
+    let wrong_failure =
+        |action| Some(Disagreement::WrongFailure { action, failure: verdict.failure.kind.as_str() });
+    let wrong_container = |container: &String| {
+        (container != failing)
+            .then(|| Disagreement::WrongContainer { action: container.clone(), failing: failing.clone() })
+    };
     match &verdict.action {
         Action::IncreaseMemory { container, from, to } => {
             if verdict.failure.kind != FailureKind::OomKilled {
-                return Some(format!(
-                    "a memory increase does not fit a {} failure",
-                    verdict.failure.kind.as_str()
-                ));
+                return wrong_failure("a memory increase");
             }
-            if container != failing {
-                return Some(format!("the action targets container {container} but {failing} is failing"));
+            if let Some(wrong) = wrong_container(container) {
+                return Some(wrong);
             }
             if to <= from {
-                return Some(format!("{from} -> {to} is not an increase"));
+                return Some(Disagreement::NotAnIncrease { from: *from, to: *to });
             }
             match kubesent_common::pod::memory_limit(pod, container) {
                 Some(current) if current == *from => None,
-                Some(current) => Some(format!("the live limit is {current}, not {from}")),
-                None => Some(format!("container {container} has no memory limit to raise")),
+                Some(current) => Some(Disagreement::LiveLimit { current, from: *from }),
+                None => Some(Disagreement::NoMemoryLimit(container.clone())),
             }
         }
         Action::RollbackImage { container, from, .. } => {
@@ -210,18 +329,15 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
                 FailureKind::ImagePullBackOff | FailureKind::ErrImagePull | FailureKind::InvalidImageName
             );
             if !pull_failure {
-                return Some(format!(
-                    "an image rollback does not fit a {} failure",
-                    verdict.failure.kind.as_str()
-                ));
+                return wrong_failure("an image rollback");
             }
-            if container != failing {
-                return Some(format!("the action targets container {container} but {failing} is failing"));
+            if let Some(wrong) = wrong_container(container) {
+                return Some(wrong);
             }
             match kubesent_common::pod::container(pod, container).and_then(|c| c.image.clone()) {
                 Some(current) if current == *from => None,
-                Some(current) => Some(format!("the live image is {current}, not {from}")),
-                None => Some(format!("container {container} does not exist")),
+                Some(current) => Some(Disagreement::LiveImage { current, from: from.clone() }),
+                None => Some(Disagreement::NoContainer(container.clone())),
             }
         }
         Action::RollbackRevision { container, .. } | Action::PauseRollout { container, .. } => {
@@ -234,15 +350,9 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
                     | FailureKind::NotReady
             );
             if !revision_failure {
-                return Some(format!(
-                    "a revision rollback does not fit a {} failure",
-                    verdict.failure.kind.as_str()
-                ));
+                return wrong_failure("a revision rollback");
             }
-            if container != failing {
-                return Some(format!("the action targets container {container} but {failing} is failing"));
-            }
-            None
+            wrong_container(container)
         }
         Action::None => None,
     }
@@ -250,88 +360,43 @@ fn disagreement(verdict: &Verdict, pod: &Pod) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use kubesent_proto::{Failure, IncidentKey, PodRef, VerdictSource, WorkloadRef};
+    use kubesent_testkit::fixtures;
     use serde_json::json;
+
+    use super::*;
 
     fn now() -> jiff::Timestamp {
         "2026-11-01T10:00:00Z".parse().expect("time")
     }
 
     fn live_pod(limit: &str) -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u1"},
-            "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": limit}}}]},
-            "status": {"containerStatuses": [{"name": "app", "image": "web:1", "imageID": "", "ready": false, "restartCount": 2,
-                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-11-01T09:59:50Z"}}}]}
-        }))
-        .expect("pod")
+        fixtures::oom_killed_pod("web-1", limit)
     }
 
     fn verdict(from: u64, to: u64, confidence: u8) -> Verdict {
-        let key = IncidentKey {
-            namespace: "shop".into(),
-            workload: WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: "web-1".into() },
-            container: "app".into(),
-            kind: FailureKind::OomKilled,
-            template_hash: "h".into(),
-        };
-        Verdict {
-            schema: 1,
-            incident: key.fingerprint(),
-            key,
-            pod: PodRef {
-                namespace: "shop".into(),
-                name: "web-1".into(),
-                uid: "u1".into(),
-                resource_version: "1".into(),
-            },
-            failure: Failure {
-                kind: FailureKind::OomKilled,
-                container: "app".into(),
-                init_container: false,
-                reason: "OOMKilled".into(),
-                message: None,
-                exit_code: Some(137),
-                restart_count: 2,
-                image: "web:1".into(),
-                failed_at: None,
-            },
-            status: VerdictStatus::Diagnosed,
-            root_cause: "oom".into(),
-            action: Action::IncreaseMemory {
-                container: "app".into(),
-                from: MemoryQuantity::from_mib(from),
-                to: MemoryQuantity::from_mib(to),
-            },
-            confidence,
-            source: VerdictSource::Rules { rule: "oom".into() },
-            diagnosed_at: now(),
-            detected_at: None,
-            evidence: None,
-        }
+        let pod = live_pod(&format!("{from}Mi"));
+        Verdict { confidence, ..fixtures::verdict(&pod, fixtures::increase(from, to)) }
     }
 
     #[test]
     fn a_confident_bounded_memory_increase_for_a_failing_pod_is_applied() {
         assert_eq!(
-            decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &Policy::default(), now()),
-            Decision::Apply
+            check(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &Policy::default(), now()),
+            Ok(())
         );
     }
 
     #[test]
     fn a_missing_or_replaced_pod_makes_the_verdict_stale() {
         assert!(matches!(
-            decide(&verdict(128, 256, 95), None, &Policy::default(), now()),
-            Decision::Stale(_)
+            check(&verdict(128, 256, 95), None, &Policy::default(), now()),
+            Err(Refusal::Stale(Stale::PodGone { .. }))
         ));
         let mut replaced = live_pod("128Mi");
         replaced.metadata.uid = Some("u2".into());
         assert!(matches!(
-            decide(&verdict(128, 256, 95), Some(&replaced), &Policy::default(), now()),
-            Decision::Stale(_)
+            check(&verdict(128, 256, 95), Some(&replaced), &Policy::default(), now()),
+            Err(Refusal::Stale(Stale::PodGone { .. }))
         ));
     }
 
@@ -339,46 +404,72 @@ mod tests {
     fn low_confidence_caps_and_mismatched_evidence_are_denied() {
         let policy = Policy::default();
         let pod = live_pod("128Mi");
-        assert!(matches!(decide(&verdict(128, 256, 89), Some(&pod), &policy, now()), Decision::Deny(_)));
+        let denied = |verdict: Verdict, pod: &Pod| match check(&verdict, Some(pod), &policy, now()) {
+            Err(Refusal::Denied(denial)) => denial,
+            other => panic!("expected a denial, got {other:?}"),
+        };
         assert!(matches!(
-            decide(&verdict(128, 16 * 1024, 95), Some(&pod), &policy, now()),
-            Decision::Deny(_)
+            denied(verdict(128, 256, 89), &pod),
+            Denial::LowConfidence { confidence: 89, threshold: 90 }
         ));
+        assert!(matches!(denied(verdict(128, 16 * 1024, 95), &pod), Denial::OverMemoryCap { .. }));
         assert!(
-            matches!(decide(&verdict(128, 1024, 95), Some(&pod), &policy, now()), Decision::Deny(_)),
+            matches!(denied(verdict(128, 1024, 95), &pod), Denial::OverMemoryFactor { .. }),
             "factor 8 > 4"
         );
-        assert!(
-            matches!(decide(&verdict(64, 128, 95), Some(&pod), &policy, now()), Decision::Deny(_)),
-            "live limit differs"
-        );
-        assert!(
-            matches!(
-                decide(&verdict(256, 128, 95), Some(&live_pod("256Mi")), &policy, now()),
-                Decision::Deny(_)
-            ),
-            "a decrease"
-        );
+        assert!(matches!(
+            denied(verdict(64, 128, 95), &pod),
+            Denial::Disagrees(Disagreement::LiveLimit { .. })
+        ));
+        assert!(matches!(
+            denied(verdict(256, 128, 95), &live_pod("256Mi")),
+            Denial::Disagrees(Disagreement::NotAnIncrease { .. })
+        ));
+        let mut other_container = verdict(128, 256, 95);
+        other_container.action = Action::IncreaseMemory {
+            container: "sidecar".into(),
+            from: MemoryQuantity::from_mib(128),
+            to: MemoryQuantity::from_mib(256),
+        };
+        assert!(matches!(
+            denied(other_container, &pod),
+            Denial::Disagrees(Disagreement::WrongContainer { .. })
+        ));
+        let mut wrong_kind = verdict(128, 256, 95);
+        wrong_kind.failure.kind = FailureKind::CrashLoop;
+        assert!(matches!(
+            denied(wrong_kind, &pod),
+            Denial::Disagrees(Disagreement::WrongFailure { action: "a memory increase", .. })
+        ));
     }
 
     #[test]
     fn excluded_namespaces_opt_outs_and_dry_run_are_honoured() {
         let excluded = Policy { excluded_namespaces: vec!["shop".into()], ..Policy::default() };
         assert!(matches!(
-            decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &excluded, now()),
-            Decision::Deny(_)
+            check(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &excluded, now()),
+            Err(Refusal::Denied(Denial::ExcludedNamespace(_)))
         ));
         let mut opted_out = live_pod("128Mi");
         opted_out.metadata.annotations = Some([(OPT_OUT_ANNOTATION.to_owned(), "false".to_owned())].into());
         assert!(matches!(
-            decide(&verdict(128, 256, 95), Some(&opted_out), &Policy::default(), now()),
-            Decision::Deny(_)
+            check(&verdict(128, 256, 95), Some(&opted_out), &Policy::default(), now()),
+            Err(Refusal::Denied(Denial::OptedOut))
         ));
         let dry = Policy { dry_run: true, ..Policy::default() };
-        assert!(matches!(
-            decide(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &dry, now()),
-            Decision::Suggest(_)
-        ));
+        assert_eq!(
+            check(&verdict(128, 256, 95), Some(&live_pod("128Mi")), &dry, now()),
+            Err(Refusal::DryRun)
+        );
+    }
+
+    #[test]
+    fn a_job_that_gave_up_gets_a_diagnosis_and_never_a_change() {
+        let mut job = verdict(128, 256, 95);
+        job.failure.kind = FailureKind::JobFailed;
+        assert_eq!(check(&job, None, &Policy::default(), now()), Err(Refusal::Denied(Denial::JobGaveUp)));
+        job.action = Action::None;
+        assert!(matches!(check(&job, None, &Policy::default(), now()), Err(Refusal::DiagnosisOnly(_))));
     }
 
     #[test]

@@ -11,104 +11,18 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
-use kubesent_proto::{Action, IncidentId, MemoryQuantity};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodTemplateSpec};
+use kubesent_common::revisions::{Revision, same_template};
+use kubesent_proto::{Action, IncidentId, MemoryQuantity, RevisionRef, WorkloadRef};
 use serde_json::{Value, json};
 
-use crate::replace::INCIDENT_ANNOTATION;
+use crate::{
+    replace::INCIDENT_ANNOTATION,
+    workload::{Workload, WorkloadPatch},
+};
 
 /// Annotation prefix recording a container's image before KubeSent rolled it back.
 pub const ORIGINAL_IMAGE_ANNOTATION: &str = "kubesent.io/original-image";
-
-/// A workload KubeSent changes through its pod template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkloadKind {
-    /// apps/v1 Deployment.
-    Deployment,
-    /// apps/v1 StatefulSet.
-    StatefulSet,
-}
-
-impl From<WorkloadKind> for kubesent_proto::WorkloadKind {
-    fn from(kind: WorkloadKind) -> Self {
-        match kind {
-            WorkloadKind::Deployment => Self::Deployment,
-            WorkloadKind::StatefulSet => Self::StatefulSet,
-        }
-    }
-}
-
-impl WorkloadKind {
-    /// The Kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Deployment => "Deployment",
-            Self::StatefulSet => "StatefulSet",
-        }
-    }
-}
-
-/// The controlling workload of a failing pod, as read from the API.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Workload {
-    /// Deployment or StatefulSet.
-    pub kind: WorkloadKind,
-    /// Its name.
-    pub name: String,
-    /// The object as JSON (template, selector, replicas, annotations, resourceVersion).
-    pub object: Value,
-}
-
-impl Workload {
-    /// `metadata.resourceVersion`.
-    pub fn resource_version(&self) -> Option<&str> {
-        self.object.pointer("/metadata/resourceVersion").and_then(Value::as_str)
-    }
-
-    /// `metadata.uid`.
-    pub fn uid(&self) -> Option<&str> {
-        self.object.pointer("/metadata/uid").and_then(Value::as_str)
-    }
-
-    /// Desired replicas.
-    pub fn replicas(&self) -> i64 {
-        self.object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
-    }
-
-    /// The label selector as `k=v,k=v`.
-    pub fn selector(&self) -> String {
-        self.object
-            .pointer("/spec/selector/matchLabels")
-            .and_then(Value::as_object)
-            .map(|labels| {
-                labels
-                    .iter()
-                    .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default()
-    }
-
-    /// The template's container `name`.
-    pub fn template_container(&self, name: &str) -> Option<Container> {
-        let containers = self.object.pointer("/spec/template/spec/containers")?.as_array()?;
-        let found = containers.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(name))?;
-        serde_json::from_value(found.clone()).ok()
-    }
-
-    /// The object's labels and annotations (for the GitOps check).
-    pub fn metadata_maps(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-        let map = |pointer: &str| -> BTreeMap<String, String> {
-            self.object
-                .pointer(pointer)
-                .and_then(Value::as_object)
-                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-                .unwrap_or_default()
-        };
-        (map("/metadata/labels"), map("/metadata/annotations"))
-    }
-}
 
 /// What owns a failing pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,9 +37,9 @@ pub enum Owner {
     Missing(String, String),
 }
 
-/// How an action is applied.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Plan {
+/// The rung of the ladder an action is applied by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rung {
     /// Patch the owner's pod template.
     PatchOwner,
     /// Resize the bare pod in place (force replace when the server or node cannot).
@@ -159,38 +73,26 @@ pub enum NoRung {
         name: String,
     },
     /// The workload is paused: a template change would not roll out.
-    #[error("{kind} {name} is paused: a template change would not roll out until someone resumes it")]
-    Paused {
-        /// Its kind.
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
+    #[error("{0} is paused: a template change would not roll out until someone resumes it")]
+    Paused(WorkloadRef),
     /// A bare pod has no revisions to roll back.
-    #[error("pod {0} has no owner with revisions: only a Deployment or a StatefulSet is rolled back")]
-    NoRevisions(String),
+    #[error("a bare pod has no owner with revisions: only a Deployment or a StatefulSet is rolled back")]
+    NoRevisions,
     /// The workload replaces its pods only when someone deletes them.
     #[error(
-        "{kind} {name} updates its pods only when someone deletes them (OnDelete); KubeSent leaves that to its owner"
+        "{0} updates its pods only when someone deletes them (OnDelete); KubeSent leaves that to its owner"
     )]
-    OnDelete {
-        /// Its kind.
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
+    OnDelete(WorkloadRef),
 }
 
 /// Why a template or a pod does not hold what an action changes from, or cannot take the change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Mismatch {
     /// The action names a container the template does not have.
-    #[error("{kind} {name} has no container {container}")]
+    #[error("{workload} has no container {container}")]
     NoTemplateContainer {
-        /// The workload's kind.
-        kind: &'static str,
-        /// The workload's name.
-        name: String,
+        /// The workload.
+        workload: WorkloadRef,
         /// The container.
         container: String,
     },
@@ -217,24 +119,20 @@ pub enum Mismatch {
         from: String,
     },
     /// The workload's template is no longer the revision the rollback goes from.
-    #[error("{kind} {name} no longer runs {from}: its template changed since the failure")]
+    #[error("{workload} no longer runs {from}: its template changed since the failure")]
     RevisionMoved {
-        /// The workload's kind.
-        kind: &'static str,
-        /// The workload's name.
-        name: String,
+        /// The workload.
+        workload: WorkloadRef,
         /// The revision the rollback goes from.
-        from: kubesent_proto::RevisionRef,
+        from: RevisionRef,
     },
     /// A revision the rollback needs is not in the workload's history.
-    #[error("{kind} {name} has no {revision} in its history")]
+    #[error("{workload} has no {revision} in its history")]
     RevisionGone {
-        /// The workload's kind.
-        kind: &'static str,
-        /// The workload's name.
-        name: String,
+        /// The workload.
+        workload: WorkloadRef,
         /// The missing revision.
-        revision: kubesent_proto::RevisionRef,
+        revision: RevisionRef,
     },
     /// The action changes nothing.
     #[error("nothing to apply")]
@@ -242,26 +140,20 @@ pub enum Mismatch {
 }
 
 /// Chooses the rung of the ladder, or says why the action cannot be applied.
-pub fn plan(action: &Action, owner: &Owner) -> Result<Plan, NoRung> {
+pub fn rung(action: &Action, owner: &Owner) -> Result<Rung, NoRung> {
     match (action, owner) {
         (Action::None, _) => Err(NoRung::NoAction),
         (_, Owner::Missing(kind, name)) => Err(NoRung::OwnerGone { kind: kind.clone(), name: name.clone() }),
         (_, Owner::Unsupported(kind, name)) => {
             Err(NoRung::Unsupported { kind: kind.clone(), name: name.clone() })
         }
-        (_, Owner::Workload(w)) if w.object.pointer("/spec/paused") == Some(&Value::Bool(true)) => {
-            Err(NoRung::Paused { kind: w.kind.as_str(), name: w.name.clone() })
-        }
-        (_, Owner::Workload(w))
-            if w.object.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("OnDelete") =>
-        {
-            Err(NoRung::OnDelete { kind: w.kind.as_str(), name: w.name.clone() })
-        }
-        (_, Owner::Workload(_)) => Ok(Plan::PatchOwner),
-        (Action::IncreaseMemory { .. }, Owner::Bare) => Ok(Plan::ResizeInPlace),
-        (Action::RollbackImage { .. }, Owner::Bare) => Ok(Plan::PatchPodImage),
+        (_, Owner::Workload(w)) if w.paused() => Err(NoRung::Paused(w.reference())),
+        (_, Owner::Workload(w)) if w.updates_on_delete() => Err(NoRung::OnDelete(w.reference())),
+        (_, Owner::Workload(_)) => Ok(Rung::PatchOwner),
+        (Action::IncreaseMemory { .. }, Owner::Bare) => Ok(Rung::ResizeInPlace),
+        (Action::RollbackImage { .. }, Owner::Bare) => Ok(Rung::PatchPodImage),
         (Action::RollbackRevision { .. } | Action::PauseRollout { .. }, Owner::Bare) => {
-            Err(NoRung::NoRevisions(String::new()))
+            Err(NoRung::NoRevisions)
         }
     }
 }
@@ -287,21 +179,21 @@ pub fn gitops_manager(
 }
 
 fn memory_of(
-    values: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    values: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
 ) -> Option<MemoryQuantity> {
-    values.as_ref()?.get("memory").and_then(|q| MemoryQuantity::parse(&q.0).ok())
+    values?.get("memory").and_then(|q| MemoryQuantity::parse(&q.0).ok())
 }
 
 /// A container's memory limit.
 pub fn memory_limit_of(container: &Container) -> Option<MemoryQuantity> {
-    memory_of(&container.resources.as_ref().and_then(|r| r.limits.clone()))
+    memory_of(container.resources.as_ref().and_then(|r| r.limits.as_ref()))
 }
 
 /// The resources of `container` after raising its memory limit to `to` (a request equal to the old
 /// limit moves with it, so a Guaranteed pod stays Guaranteed).
 fn raised_resources(container: &Container, from: MemoryQuantity, to: MemoryQuantity) -> Value {
     let request_moves =
-        memory_of(&container.resources.as_ref().and_then(|r| r.requests.clone())) == Some(from);
+        memory_of(container.resources.as_ref().and_then(|r| r.requests.as_ref())) == Some(from);
     let mut resources = json!({"limits": {"memory": to.to_string()}});
     if request_moves {
         resources["requests"] = json!({"memory": to.to_string()});
@@ -311,22 +203,13 @@ fn raised_resources(container: &Container, from: MemoryQuantity, to: MemoryQuant
 
 /// Checks that the owner's template still has the value the action changes from.
 pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), Mismatch> {
-    if let Action::RollbackRevision { .. } | Action::PauseRollout { .. } = action {
-        // Its template is held to the revision it goes from by [`revision_patch`], which the executor
-        // computes from the revisions it reads.
-        template_container_for(workload, action)?;
-        return Ok(());
-    }
     let container = template_container_for(workload, action)?;
     match action {
-        Action::IncreaseMemory { from, to, .. } => {
-            match memory_of(&container.resources.as_ref().and_then(|r| r.limits.clone())) {
-                Some(current) if current == *from => Ok(()),
-                Some(current) if current == *to => Ok(()),
-                Some(current) => Err(Mismatch::MemoryMoved { current, from: *from }),
-                None => Err(Mismatch::NoMemoryLimit),
-            }
-        }
+        Action::IncreaseMemory { from, to, .. } => match memory_limit_of(container) {
+            Some(current) if current == *from || current == *to => Ok(()),
+            Some(current) => Err(Mismatch::MemoryMoved { current, from: *from }),
+            None => Err(Mismatch::NoMemoryLimit),
+        },
         Action::RollbackImage { from, to, .. } => match container.image.as_deref() {
             Some(image) if image == from || image == to => Ok(()),
             other => Err(Mismatch::ImageMoved {
@@ -334,17 +217,17 @@ pub fn template_matches(workload: &Workload, action: &Action) -> Result<(), Mism
                 from: from.clone(),
             }),
         },
-        Action::RollbackRevision { .. } | Action::PauseRollout { .. } | Action::None => {
-            Err(Mismatch::NothingToApply)
-        }
+        // Its template is held to the revision it goes from by [`revision_patch`] and [`pause_patch`],
+        // which the executor computes from the revisions it reads.
+        Action::RollbackRevision { .. } | Action::PauseRollout { .. } => Ok(()),
+        Action::None => Err(Mismatch::NothingToApply),
     }
 }
 
-fn template_container_for(workload: &Workload, action: &Action) -> Result<Container, Mismatch> {
+fn template_container_for<'a>(workload: &'a Workload, action: &Action) -> Result<&'a Container, Mismatch> {
     let name = action.container().unwrap_or_default();
     workload.template_container(name).ok_or_else(|| Mismatch::NoTemplateContainer {
-        kind: workload.kind.as_str(),
-        name: workload.name.clone(),
+        workload: workload.reference(),
         container: name.to_owned(),
     })
 }
@@ -352,19 +235,14 @@ fn template_container_for(workload: &Workload, action: &Action) -> Result<Contai
 /// Whether the owner's template already holds `action`'s new value, written for `incident` (a takeover
 /// that re-runs the step after a crash between the patch and its record then writes nothing again).
 pub fn already_applied(workload: &Workload, action: &Action, incident: &IncidentId) -> bool {
-    let ours = workload
-        .object
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(INCIDENT_ANNOTATION))
-        .and_then(Value::as_str)
-        == Some(incident.as_str());
+    let ours = workload.annotation(INCIDENT_ANNOTATION) == Some(incident.as_str());
     let name = action.container().unwrap_or_default();
     let holds = workload.template_container(name).is_some_and(|container| match action {
-        Action::IncreaseMemory { to, .. } => memory_limit_of(&container) == Some(*to),
+        Action::IncreaseMemory { to, .. } => memory_limit_of(container) == Some(*to),
         Action::RollbackImage { to, .. } => container.image.as_deref() == Some(to.as_str()),
         // Its template is compared with the revision by [`revision_patch`].
         Action::RollbackRevision { .. } => true,
-        Action::PauseRollout { .. } => workload.object.pointer("/spec/paused") == Some(&Value::Bool(true)),
+        Action::PauseRollout { .. } => workload.paused(),
         Action::None => false,
     });
     ours && holds
@@ -377,42 +255,47 @@ pub const ORIGINAL_REVISION_ANNOTATION: &str = "kubesent.io/original-revision";
 /// Annotation carrying why KubeSent paused a rollout.
 pub const PAUSED_REASON_ANNOTATION: &str = "kubesent.io/paused-reason";
 
-/// The merge patch that pauses `workload`'s rollout at `revision`, recording the incident and why,
-/// guarded by the resourceVersion read. `Ok(None)`: this incident's pause is in place. Refused when the
-/// template is no longer the failing revision's (someone changed it since).
+/// The revision `revision` names in `history`, and its template.
+fn template_in<'a>(
+    workload: &Workload,
+    history: &'a [Revision],
+    revision: &RevisionRef,
+) -> Result<&'a PodTemplateSpec, Mismatch> {
+    history
+        .iter()
+        .find(|r| r.name == revision.name)
+        .and_then(|r| r.template.as_ref())
+        .ok_or_else(|| Mismatch::RevisionGone { workload: workload.reference(), revision: revision.clone() })
+}
+
+/// Holds `workload`'s template to revision `from`'s: someone who changed it since wins.
+fn still_runs(workload: &Workload, failing: &PodTemplateSpec, from: &RevisionRef) -> Result<(), Mismatch> {
+    match workload.template() {
+        Some(current) if same_template(current, failing) => Ok(()),
+        _ => Err(Mismatch::RevisionMoved { workload: workload.reference(), from: from.clone() }),
+    }
+}
+
+/// The merge patch that pauses `workload`'s rollout at `revision`, recording the incident and why.
+/// `Ok(None)`: this incident's pause is in place. Refused when the template is no longer the failing
+/// revision's (someone changed it since).
 pub fn pause_patch(
     workload: &Workload,
-    history: &[kubesent_common::revisions::Revision],
+    history: &[Revision],
     action: &Action,
     incident: &IncidentId,
     reason: &str,
-) -> Result<Option<Value>, Mismatch> {
+) -> Result<Option<WorkloadPatch>, Mismatch> {
     let Action::PauseRollout { revision, .. } = action else { return Err(Mismatch::NothingToApply) };
     if already_applied(workload, action, incident) {
         return Ok(None);
     }
-    let failing =
-        history.iter().find(|r| r.name == revision.name).and_then(|r| r.template.clone()).ok_or_else(
-            || Mismatch::RevisionGone {
-                kind: workload.kind.as_str(),
-                name: workload.name.clone(),
-                revision: revision.clone(),
-            },
-        )?;
-    let current = workload.object.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-    if !kubesent_common::revisions::same_template(&current, &failing) {
-        return Err(Mismatch::RevisionMoved {
-            kind: workload.kind.as_str(),
-            name: workload.name.clone(),
-            from: revision.clone(),
-        });
-    }
+    still_runs(workload, template_in(workload, history, revision)?, revision)?;
     let reason = kubesent_proto::validate::clip_text_to(reason, 1024);
-    Ok(Some(json!({
-        "metadata": {"resourceVersion": workload.resource_version(), "annotations": {
-            INCIDENT_ANNOTATION: incident.to_string(), PAUSED_REASON_ANNOTATION: reason}},
+    Ok(Some(WorkloadPatch::Merge(json!({
+        "metadata": {"annotations": {INCIDENT_ANNOTATION: incident.to_string(), PAUSED_REASON_ANNOTATION: reason}},
         "spec": {"paused": true}
-    })))
+    }))))
 }
 
 /// The JSON merge patch (RFC 7386) that turns `from` into `to`: changed members set, removed members
@@ -441,47 +324,35 @@ pub fn merge_diff(from: &Value, to: &Value) -> Value {
     }
 }
 
+/// The merge patch of a workload's template that turns `current` into `target`.
+pub fn template_diff(current: &PodTemplateSpec, target: &PodTemplateSpec) -> Value {
+    // Both serialise (they were read as JSON); an empty object changes nothing if one ever did not.
+    let json = |t: &PodTemplateSpec| serde_json::to_value(t).unwrap_or_else(|_| json!({}));
+    merge_diff(&json(current), &json(target))
+}
+
 /// The merge patch that rolls `workload` back from revision `from` to revision `to` of its own
 /// `history` (as `kubectl rollout undo --to-revision` does: the template becomes the revision's),
-/// recording the incident and the revision rolled back from, guarded by the resourceVersion read.
-/// `Ok(None)`: this incident's rollback is already in place. Refused when the template no longer is
-/// revision `from`'s or revision `to` is gone.
+/// recording the incident and the revision rolled back from. `Ok(None)`: this incident's rollback is
+/// already in place. Refused when the template no longer is revision `from`'s or revision `to` is gone.
 pub fn revision_patch(
     workload: &Workload,
-    history: &[kubesent_common::revisions::Revision],
+    history: &[Revision],
     action: &Action,
     incident: &IncidentId,
-) -> Result<Option<Value>, Mismatch> {
+) -> Result<Option<WorkloadPatch>, Mismatch> {
     let Action::RollbackRevision { from, to, .. } = action else { return Err(Mismatch::NothingToApply) };
-    let gone = |revision: &kubesent_proto::RevisionRef| Mismatch::RevisionGone {
-        kind: workload.kind.as_str(),
-        name: workload.name.clone(),
-        revision: revision.clone(),
-    };
-    let template_of = |revision: &kubesent_proto::RevisionRef| {
-        history.iter().find(|r| r.name == revision.name).and_then(|r| r.template.clone())
-    };
-    let target = template_of(to).ok_or_else(|| gone(to))?;
-    let current = workload.object.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-    let same = kubesent_common::revisions::same_template;
-    if same(&current, &target) && already_applied(workload, action, incident) {
+    let target = template_in(workload, history, to)?;
+    let current = workload.template();
+    if current.is_some_and(|c| same_template(c, target)) && already_applied(workload, action, incident) {
         return Ok(None);
     }
-    let failing = template_of(from).ok_or_else(|| gone(from))?;
-    if !same(&current, &failing) {
-        return Err(Mismatch::RevisionMoved {
-            kind: workload.kind.as_str(),
-            name: workload.name.clone(),
-            from: from.clone(),
-        });
-    }
-    let mut annotations = serde_json::Map::new();
-    annotations.insert(ORIGINAL_REVISION_ANNOTATION.into(), json!(from.name));
-    annotations.insert(INCIDENT_ANNOTATION.into(), json!(incident.to_string()));
-    Ok(Some(json!({
-        "metadata": {"resourceVersion": workload.resource_version(), "annotations": annotations},
-        "spec": {"template": merge_diff(&current, &target)}
-    })))
+    still_runs(workload, template_in(workload, history, from)?, from)?;
+    let current = current.cloned().unwrap_or_default();
+    Ok(Some(WorkloadPatch::Merge(json!({
+        "metadata": {"annotations": {ORIGINAL_REVISION_ANNOTATION: from.name, INCIDENT_ANNOTATION: incident.to_string()}},
+        "spec": {"template": template_diff(&current, target)}
+    }))))
 }
 
 /// Whether `pod` already carries KubeSent's record for `incident`: the incident and the original value
@@ -499,14 +370,18 @@ pub fn pod_has_record(
     })
 }
 
-/// The strategic merge patch of the owner: the template change, the original value and the incident as
-/// annotations (so the change can be reversed), and the resourceVersion it was computed from.
-pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) -> Result<Value, Mismatch> {
+/// The strategic merge patch of the owner: the template change, and the original value and the incident
+/// as annotations (so the change can be reversed).
+pub fn owner_patch(
+    workload: &Workload,
+    action: &Action,
+    incident: &IncidentId,
+) -> Result<WorkloadPatch, Mismatch> {
     let name = action.container().unwrap_or_default();
     let container = template_container_for(workload, action)?;
     let (change, annotation, original) = match action {
         Action::IncreaseMemory { from, to, .. } => (
-            json!({"name": name, "resources": raised_resources(&container, *from, *to)}),
+            json!({"name": name, "resources": raised_resources(container, *from, *to)}),
             format!("{}.{name}", crate::replace::ORIGINAL_MEMORY_ANNOTATION),
             from.to_string(),
         ),
@@ -519,15 +394,14 @@ pub fn owner_patch(workload: &Workload, action: &Action, incident: &IncidentId) 
     };
     let mut annotations = serde_json::Map::new();
     // The first original is kept if KubeSent already changed this container.
-    let existing = workload.object.pointer("/metadata/annotations").and_then(|a| a.get(&annotation));
-    if existing.is_none() {
+    if workload.annotation(&annotation).is_none() {
         annotations.insert(annotation, json!(original));
     }
     annotations.insert(INCIDENT_ANNOTATION.into(), json!(incident.to_string()));
-    Ok(json!({
-        "metadata": {"resourceVersion": workload.resource_version(), "annotations": annotations},
+    Ok(WorkloadPatch::Strategic(json!({
+        "metadata": {"annotations": annotations},
         "spec": {"template": {"spec": {"containers": [change]}}}
-    }))
+    })))
 }
 
 /// The `pods/resize` patch raising `container`'s memory limit.
@@ -598,7 +472,7 @@ pub fn rollout_progress(
     pods: &[Pod],
     container: &str,
     is_old: impl Fn(&Pod) -> bool,
-    desired: i64,
+    desired: i32,
 ) -> Progress {
     let new: Vec<&Pod> =
         pods.iter().filter(|p| !is_old(p) && p.metadata.deletion_timestamp.is_none()).collect();
@@ -612,7 +486,7 @@ pub fn rollout_progress(
     }
     let healthy = new.iter().filter(|p| container_progress(p, container, None) == Progress::Healthy).count();
     let old_left = pods.iter().filter(|p| is_old(p) && p.metadata.deletion_timestamp.is_none()).count();
-    if i64::try_from(healthy).unwrap_or(0) >= desired.max(1) && old_left == 0 {
+    if i32::try_from(healthy).unwrap_or(i32::MAX) >= desired.max(1) && old_left == 0 {
         Progress::Healthy
     } else {
         Progress::Waiting
@@ -646,23 +520,29 @@ pub fn resize_state(pod: &Pod, container: &str, to: MemoryQuantity) -> Result<bo
     }
     let in_progress = conditions.iter().any(|c| c.type_ == "PodResizeInProgress" && c.status == "True");
     let actual = status_of(pod, container)
-        .and_then(|cs| memory_of(&cs.resources.as_ref().and_then(|r| r.limits.clone())));
+        .and_then(|cs| memory_of(cs.resources.as_ref().and_then(|r| r.limits.as_ref())));
     Ok(!in_progress && actual == Some(to))
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+
     use super::*;
 
+    fn deployment_json(limit: &str, request: &str) -> Value {
+        json!({"metadata": {"name": "web", "resourceVersion": "42", "uid": "d1", "annotations": {}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {"containers": [{"name": "app", "image": "web:2",
+                    "resources": {"limits": {"memory": limit}, "requests": {"memory": request, "cpu": "100m"}}}]}}}})
+    }
+
+    fn typed(object: Value) -> Workload {
+        Workload::Deployment(Box::new(serde_json::from_value::<Deployment>(object).expect("deployment")))
+    }
+
     fn deployment(limit: &str, request: &str) -> Workload {
-        Workload {
-            kind: WorkloadKind::Deployment,
-            name: "web".into(),
-            object: json!({"metadata": {"name": "web", "resourceVersion": "42", "uid": "d1", "annotations": {}},
-                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
-                    "template": {"spec": {"containers": [{"name": "app", "image": "web:2",
-                        "resources": {"limits": {"memory": limit}, "requests": {"memory": request, "cpu": "100m"}}}]}}}}),
-        }
+        typed(deployment_json(limit, request))
     }
 
     fn increase(from: u64, to: u64) -> Action {
@@ -678,27 +558,27 @@ mod tests {
         let rollback =
             Action::RollbackImage { container: "app".into(), from: "web:2".into(), to: "web:1".into() };
         assert_eq!(
-            plan(&increase(128, 256), &Owner::Workload(deployment("128Mi", "64Mi"))),
-            Ok(Plan::PatchOwner)
+            rung(&increase(128, 256), &Owner::Workload(deployment("128Mi", "64Mi"))),
+            Ok(Rung::PatchOwner)
         );
-        assert_eq!(plan(&rollback, &Owner::Workload(deployment("128Mi", "64Mi"))), Ok(Plan::PatchOwner));
-        assert_eq!(plan(&increase(128, 256), &Owner::Bare), Ok(Plan::ResizeInPlace));
-        assert_eq!(plan(&rollback, &Owner::Bare), Ok(Plan::PatchPodImage));
-        assert!(plan(&increase(128, 256), &Owner::Unsupported("DaemonSet".into(), "agent".into())).is_err());
-        assert!(plan(&Action::None, &Owner::Bare).is_err());
-        let mut paused = deployment("128Mi", "64Mi");
-        paused.object["spec"]["paused"] = json!(true);
-        assert!(
-            plan(&increase(128, 256), &Owner::Workload(paused))
-                .is_err_and(|why| matches!(why, NoRung::Paused { .. }))
-        );
-        let mut on_delete = deployment("128Mi", "64Mi");
-        on_delete.kind = WorkloadKind::StatefulSet;
-        on_delete.object["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
-        assert!(
-            plan(&increase(128, 256), &Owner::Workload(on_delete))
-                .is_err_and(|why| matches!(why, NoRung::OnDelete { .. }))
-        );
+        assert_eq!(rung(&rollback, &Owner::Workload(deployment("128Mi", "64Mi"))), Ok(Rung::PatchOwner));
+        assert_eq!(rung(&increase(128, 256), &Owner::Bare), Ok(Rung::ResizeInPlace));
+        assert_eq!(rung(&rollback, &Owner::Bare), Ok(Rung::PatchPodImage));
+        assert!(matches!(
+            rung(&increase(128, 256), &Owner::Unsupported("DaemonSet".into(), "agent".into())),
+            Err(NoRung::Unsupported { .. })
+        ));
+        assert_eq!(rung(&Action::None, &Owner::Bare), Err(NoRung::NoAction));
+        let mut paused = deployment_json("128Mi", "64Mi");
+        paused["spec"]["paused"] = json!(true);
+        assert!(matches!(rung(&increase(128, 256), &Owner::Workload(typed(paused))), Err(NoRung::Paused(_))));
+        let mut on_delete = deployment_json("128Mi", "64Mi");
+        on_delete["spec"]["serviceName"] = json!("web");
+        on_delete["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+        let on_delete = Workload::StatefulSet(Box::new(
+            serde_json::from_value::<StatefulSet>(on_delete).expect("statefulset"),
+        ));
+        assert!(matches!(rung(&increase(128, 256), &Owner::Workload(on_delete)), Err(NoRung::OnDelete(_))));
     }
 
     #[test]
@@ -735,42 +615,50 @@ mod tests {
         assert_eq!(applied, to);
     }
 
-    fn revision(number: i64, name: &str, template: Value) -> kubesent_common::revisions::Revision {
-        kubesent_common::revisions::Revision {
+    fn revision(number: i64, name: &str, template: &Value) -> Revision {
+        Revision {
             number,
             name: name.into(),
             images: BTreeMap::new(),
             ready_replicas: 0,
             replicas: 0,
-            template: Some(template),
+            template: Some(serde_json::from_value(template.clone()).expect("template")),
             only_template: true,
         }
     }
 
     #[test]
     fn a_revision_rollback_patches_the_template_from_the_history_and_only_from_the_failing_revision() {
-        let mut workload = deployment("128Mi", "64Mi");
-        let failing = workload.object["spec"]["template"].clone();
+        let mut object = deployment_json("128Mi", "64Mi");
+        let failing = object["spec"]["template"].clone();
         let mut good = failing.clone();
         good["spec"]["containers"][0]["image"] = json!("web:1");
-        let history = vec![revision(1, "web-aaa", good.clone()), revision(2, "web-bbb", failing.clone())];
+        let history = vec![revision(1, "web-aaa", &good), revision(2, "web-bbb", &failing)];
         let action = Action::RollbackRevision {
             container: "app".into(),
             from: kubesent_proto::RevisionRef { number: 2, name: "web-bbb".into() },
             to: kubesent_proto::RevisionRef { number: 1, name: "web-aaa".into() },
         };
         let incident = IncidentId("i-1".into());
-        let patch = revision_patch(&workload, &history, &action, &incident).expect("patch").expect("some");
-        assert_eq!(patch["metadata"]["resourceVersion"], json!("42"), "guarded");
+        let patch = revision_patch(&typed(object.clone()), &history, &action, &incident)
+            .expect("patch")
+            .expect("some");
+        assert!(matches!(patch, WorkloadPatch::Merge(_)));
+        let patch = patch.body();
         assert_eq!(patch["metadata"]["annotations"][ORIGINAL_REVISION_ANNOTATION], json!("web-bbb"));
-        assert_eq!(patch["spec"]["template"], json!({"spec": {"containers": good["spec"]["containers"]}}));
+        assert_eq!(
+            patch["spec"]["template"],
+            json!({"spec": {"containers": [{"image": "web:1", "name": "app",
+            "resources": {"limits": {"memory": "128Mi"}, "requests": {"cpu": "100m", "memory": "64Mi"}}}]}})
+        );
 
         // Once applied by this incident, nothing is written again.
-        workload.object["spec"]["template"] = good.clone();
-        workload.object["metadata"]["annotations"][INCIDENT_ANNOTATION] = json!("i-1");
-        assert_eq!(revision_patch(&workload, &history, &action, &incident), Ok(None));
+        object["spec"]["template"] = good.clone();
+        object["metadata"]["annotations"][INCIDENT_ANNOTATION] = json!("i-1");
+        assert_eq!(revision_patch(&typed(object.clone()), &history, &action, &incident), Ok(None));
         // Someone moved the template on to something else: refused.
-        workload.object["spec"]["template"]["spec"]["containers"][0]["image"] = json!("web:3");
+        object["spec"]["template"]["spec"]["containers"][0]["image"] = json!("web:3");
+        let workload = typed(object);
         assert!(matches!(
             revision_patch(&workload, &history, &action, &incident),
             Err(Mismatch::RevisionMoved { .. })
@@ -808,10 +696,11 @@ mod tests {
     }
 
     #[test]
-    fn the_owner_patch_is_guarded_records_the_original_and_moves_an_equal_request() {
+    fn the_owner_patch_records_the_original_and_moves_an_equal_request() {
         let workload = deployment("128Mi", "128Mi");
         let patch = owner_patch(&workload, &increase(128, 256), &IncidentId("inc-1".into())).expect("patch");
-        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert!(matches!(patch, WorkloadPatch::Strategic(_)));
+        let patch = patch.body();
         assert_eq!(patch["metadata"]["annotations"]["kubesent.io/original-memory-limit.app"], "128Mi");
         assert_eq!(patch["metadata"]["annotations"]["kubesent.io/incident"], "inc-1");
         let container = &patch["spec"]["template"]["spec"]["containers"][0];
@@ -823,7 +712,7 @@ mod tests {
             owner_patch(&deployment("128Mi", "64Mi"), &increase(128, 256), &IncidentId("inc-1".into()))
                 .expect("patch");
         assert_eq!(
-            burstable["spec"]["template"]["spec"]["containers"][0]["resources"],
+            burstable.body()["spec"]["template"]["spec"]["containers"][0]["resources"],
             json!({"limits": {"memory": "256Mi"}})
         );
     }
@@ -841,9 +730,10 @@ mod tests {
     #[test]
     fn a_step_a_crashed_leader_completed_is_recognised_and_not_written_again() {
         let incident = IncidentId("inc-1".into());
-        let mut workload = deployment("256Mi", "64Mi");
-        assert!(!already_applied(&workload, &increase(128, 256), &incident), "not ours");
-        workload.object["metadata"]["annotations"]["kubesent.io/incident"] = json!("inc-1");
+        let mut object = deployment_json("256Mi", "64Mi");
+        assert!(!already_applied(&typed(object.clone()), &increase(128, 256), &incident), "not ours");
+        object["metadata"]["annotations"]["kubesent.io/incident"] = json!("inc-1");
+        let workload = typed(object);
         assert!(already_applied(&workload, &increase(128, 256), &incident));
         assert!(!already_applied(&workload, &increase(128, 256), &IncidentId("inc-2".into())));
         assert!(!already_applied(&deployment("128Mi", "64Mi"), &increase(128, 256), &incident), "not yet");

@@ -18,8 +18,10 @@ pub mod intent;
 pub mod ladder;
 pub mod operator;
 pub mod plan;
+pub mod refusal;
 pub mod replace;
 pub mod undo;
+pub mod workload;
 
 mod executors;
 mod fence;
@@ -29,10 +31,7 @@ mod verify;
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream;
-use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
-    core::v1::{ObjectReference, Pod},
-};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::{Api, Resource as _};
 use kube_runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kubesent_common::{
@@ -55,7 +54,8 @@ use crate::{
     gate::Policy,
     guardrails::{Guard, Guardrails},
     intent::{Claim, Intent, IntentError, Intents, Phase},
-    ladder::{Owner, WorkloadKind},
+    ladder::Owner,
+    workload::{Workload, WorkloadError},
 };
 
 /// Settings of a remediator replica.
@@ -137,9 +137,9 @@ enum StepError {
     /// Every attempt met a conflict: the object changed under each.
     #[error("{what} kept changing during {attempts} attempts")]
     KeptChanging { what: String, attempts: usize },
-    /// An intent names a workload kind KubeSent does not change.
-    #[error("KubeSent changes Deployments and StatefulSets, not {0}")]
-    UnsupportedKind(proto::WorkloadKind),
+    /// A workload could not be read or written.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
     /// The patch cannot be built from the live object (a container or a limit is missing).
     #[error("no patch")]
     NoPatch(#[source] ladder::Mismatch),
@@ -488,14 +488,7 @@ impl Remediator {
         self.event(&pod.object_ref(&()), EventType::Normal, reason, verdict.action.kind_str(), note.clone())
             .await;
         if let Owner::Workload(w) = &owner {
-            self.event(
-                &workload_ref(&verdict.pod.namespace, w),
-                EventType::Normal,
-                reason,
-                verdict.action.kind_str(),
-                note,
-            )
-            .await;
+            self.event(&w.object_ref(), EventType::Normal, reason, verdict.action.kind_str(), note).await;
         }
         self.drive(intent, revision).await
     }
@@ -505,19 +498,23 @@ impl Remediator {
     /// GitOps, the ladder's rung and the intent to write. Changes nothing, so it runs again, against the
     /// cluster as it is then, before an approved remediation is carried out.
     async fn prepare(&self, verdict: &Verdict) -> Result<Prepared, StepError> {
-        let refused = |refusal: plan::Refusal| {
+        let refused = |refusal: refusal::Refusal| {
             Ok(Prepared::Finished(Finished::plain(refusal.result(), refusal.to_string())))
         };
         let now = jiff::Timestamp::now();
         let pods: Api<Pod> = Api::namespaced(self.deps.kube.clone(), &verdict.pod.namespace);
         let live = pods.get_opt(&verdict.pod.name).await?;
         // The gate first: a verdict it ends costs no further reads.
-        let gate = plan::gate(verdict, live.as_ref(), &self.config.policy, now);
+        let gate = gate::check(verdict, live.as_ref(), &self.config.policy, now);
         info!(?gate, action = verdict.action.kind_str(), confidence = verdict.confidence, "gate decided");
         let pod = match (gate, live) {
             (Err(refusal), _) => return refused(refusal),
             (Ok(()), Some(pod)) => pod,
-            (Ok(()), None) => return refused(plan::Refusal::Stale("the pod is gone".into())),
+            (Ok(()), None) => {
+                let uid = verdict.pod.uid.clone();
+                let (namespace, name) = (verdict.pod.namespace.clone(), verdict.pod.name.clone());
+                return refused(gate::Stale::PodGone { namespace, name, uid }.into());
+            }
         };
         let owner = self.resolve_owner(&pod).await?;
         // The bounds come from the cluster, never from the message: a rollback's target from the owner's
@@ -539,12 +536,12 @@ impl Remediator {
             approval_required: self.config.approval_required,
             identity: &self.config.identity,
         };
-        match plan::plan(verdict, seen, settings, now) {
+        match plan::decide(verdict, seen, settings, now) {
             Ok(plan::Planned { intent, what, workload_key }) => {
                 Ok(Prepared::Act(Box::new(Act { pod, owner, intent, what, workload_key })))
             }
             Err(refusal) => {
-                if let plan::Refusal::OutOfBounds(why) = &refusal {
+                if let refusal::Refusal::OutOfBounds(why) = &refusal {
                     warn!(%why, "the action is outside what the cluster vouches for; denied");
                 }
                 refused(refusal)
@@ -609,52 +606,13 @@ impl Remediator {
     async fn resolve_owner(&self, pod: &Pod) -> Result<Owner, StepError> {
         use kubesent_common::owner::{self, Resolved};
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let workload = |kind, name: Option<String>, object: Result<serde_json::Value, _>| {
-            Owner::Workload(ladder::Workload {
-                kind,
-                name: name.unwrap_or_default(),
-                object: object.unwrap_or_default(),
-            })
-        };
         Ok(match owner::resolve(&self.deps.kube, &namespace, &pod.metadata).await? {
             Resolved::Bare => Owner::Bare,
-            Resolved::Deployment { deployment, .. } => workload(
-                WorkloadKind::Deployment,
-                deployment.metadata.name.clone(),
-                serde_json::to_value(&*deployment),
-            ),
-            Resolved::StatefulSet(set) => {
-                workload(WorkloadKind::StatefulSet, set.metadata.name.clone(), serde_json::to_value(&*set))
-            }
+            Resolved::Deployment { deployment, .. } => Owner::Workload(Workload::Deployment(deployment)),
+            Resolved::StatefulSet(set) => Owner::Workload(Workload::StatefulSet(set)),
             Resolved::Other { kind, name } => Owner::Unsupported(kind, name),
             Resolved::Missing { kind, name } => Owner::Missing(kind, name),
         })
-    }
-
-    async fn workload(
-        &self,
-        namespace: &str,
-        reference: &proto::WorkloadRef,
-    ) -> Result<ladder::Workload, StepError> {
-        let kube = self.deps.kube.clone();
-        let (kind, object) = match reference.kind {
-            proto::WorkloadKind::StatefulSet => (
-                WorkloadKind::StatefulSet,
-                serde_json::to_value(
-                    Api::<StatefulSet>::namespaced(kube, namespace).get(&reference.name).await?,
-                ),
-            ),
-            proto::WorkloadKind::Deployment => (
-                WorkloadKind::Deployment,
-                serde_json::to_value(
-                    Api::<Deployment>::namespaced(kube, namespace).get(&reference.name).await?,
-                ),
-            ),
-            // An intent is only written for these two; anything else is a forged or corrupted intent,
-            // refused rather than read as a Deployment of the same name.
-            other => return Err(StepError::UnsupportedKind(other)),
-        };
-        Ok(ladder::Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() })
     }
 
     /// The intent of the fix KubeSent made before under `marker`, if it still has it.
@@ -798,17 +756,5 @@ fn describe(action: &Action) -> String {
         Action::RollbackRevision { from, to, .. } => format!("template: {from} -> {to}"),
         Action::PauseRollout { revision, .. } => format!("rollout paused at {revision}"),
         Action::None => String::new(),
-    }
-}
-
-/// An ObjectReference to a workload, for events.
-fn workload_ref(namespace: &str, workload: &ladder::Workload) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("apps/v1".into()),
-        kind: Some(workload.kind.as_str().into()),
-        name: Some(workload.name.clone()),
-        namespace: Some(namespace.into()),
-        uid: workload.uid().map(str::to_owned),
-        ..ObjectReference::default()
     }
 }

@@ -15,9 +15,10 @@ use kubesent_proto::{self as proto, Action, IncidentId, OutcomeResult, Strategy,
 
 use crate::{
     bounds,
-    gate::{self, Decision, Policy},
+    gate::{self, Policy},
     intent::{self, Intent, Phase},
-    ladder::{self, Owner, Plan},
+    ladder::{self, Owner, Rung},
+    refusal::Refusal,
     replace, undo,
 };
 
@@ -65,98 +66,7 @@ pub struct Planned {
     pub workload_key: String,
 }
 
-/// Why a verdict ends without a change, and with which result.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Refusal {
-    /// The gate only suggests (dry run, confidence, policy).
-    #[error("{0}")]
-    Suggested(String),
-    /// The gate found the target gone, replaced or healthy.
-    #[error("{0}")]
-    Stale(String),
-    /// The verdict carries no action; the detail is its root cause.
-    #[error("{0}")]
-    DiagnosisOnly(String),
-    /// The gate refused.
-    #[error("{0}")]
-    Denied(String),
-    /// The pod's controller no longer exists (it is being deleted, or orphaned).
-    #[error("the pod's controller {kind} {name} no longer exists")]
-    OwnerGone {
-        /// Controller kind.
-        kind: String,
-        /// Controller name.
-        name: String,
-    },
-    /// The action is outside what the cluster vouches for.
-    #[error("{0}")]
-    OutOfBounds(String),
-    /// A human reverted an earlier change of KubeSent's to this container.
-    #[error(
-        "a human reverted KubeSent's change to container {container} (incident {incident}); further changes are only suggested"
-    )]
-    RevertedByHuman {
-        /// The container.
-        container: String,
-        /// The incident whose change was reverted.
-        incident: String,
-    },
-    /// KubeSent changed this target before and it did not heal.
-    #[error(
-        "KubeSent already changed this for incident {0} and it did not heal; escalated to a human instead of trying again"
-    )]
-    PreviousFixIneffective(IncidentId),
-    /// No rung of the ladder applies the action to this target.
-    #[error(transparent)]
-    NoRung(#[from] ladder::NoRung),
-    /// The target is managed by a GitOps tool: the change belongs in Git.
-    #[error("{what} is managed by {tool}: change it in Git ({action}); KubeSent only suggests")]
-    GitOps {
-        /// The target in words.
-        what: String,
-        /// The tool.
-        tool: String,
-        /// The action, as JSON.
-        action: String,
-    },
-    /// The owner's template no longer holds what the verdict was made from.
-    #[error(transparent)]
-    TemplateMoved(ladder::Mismatch),
-}
-
-impl Refusal {
-    /// The outcome this refusal is recorded as.
-    pub fn result(&self) -> OutcomeResult {
-        match self {
-            Self::Suggested(_) | Self::RevertedByHuman { .. } | Self::GitOps { .. } => {
-                OutcomeResult::Suggested
-            }
-            Self::Stale(_) | Self::OwnerGone { .. } | Self::TemplateMoved(_) => OutcomeResult::Stale,
-            Self::DiagnosisOnly(_) => OutcomeResult::DiagnosisOnly,
-            Self::Denied(_) | Self::OutOfBounds(_) | Self::PreviousFixIneffective(_) | Self::NoRung(_) => {
-                OutcomeResult::Denied
-            }
-        }
-    }
-}
-
-/// The gate alone: the shell asks it first, so a verdict it ends costs no further reads.
-pub fn gate(
-    verdict: &Verdict,
-    live: Option<&Pod>,
-    policy: &Policy,
-    now: jiff::Timestamp,
-) -> Result<(), Refusal> {
-    match gate::decide(verdict, live, policy, now) {
-        Decision::Apply => Ok(()),
-        Decision::Suggest(detail) => Err(Refusal::Suggested(detail)),
-        Decision::Stale(detail) => Err(Refusal::Stale(detail)),
-        Decision::DiagnosisOnly => Err(Refusal::DiagnosisOnly(verdict.root_cause.clone())),
-        Decision::Deny(detail) => Err(Refusal::Denied(detail)),
-    }
-}
-
-/// Whether [`plan`] needs the owner's revision history for this action and owner.
+/// Whether [`decide`] needs the owner's revision history for this action and owner.
 pub fn needs_history(action: &Action, owner: &Owner) -> bool {
     matches!(
         (action, owner),
@@ -173,24 +83,30 @@ pub fn fix_marker(pod: &Pod, owner: &Owner) -> Option<IncidentId> {
     annotations_of_target(pod, owner).get(replace::INCIDENT_ANNOTATION).cloned().map(IncidentId)
 }
 
-fn annotations_of_target(pod: &Pod, owner: &Owner) -> BTreeMap<String, String> {
+fn annotations_of_target<'a>(pod: &'a Pod, owner: &'a Owner) -> &'a BTreeMap<String, String> {
+    static NONE: BTreeMap<String, String> = BTreeMap::new();
     match owner {
-        Owner::Workload(w) => w.metadata_maps().1,
-        _ => pod.metadata.annotations.clone().unwrap_or_default(),
+        Owner::Workload(w) => w.annotations(),
+        _ => pod.metadata.annotations.as_ref().unwrap_or(&NONE),
     }
 }
 
 /// Decides what to do with `verdict` given what the cluster holds: the intent to carry out, or why not.
-pub fn plan(
+pub fn decide(
     verdict: &Verdict,
     seen: Observed<'_>,
     settings: Settings<'_>,
     now: jiff::Timestamp,
 ) -> Result<Planned, Refusal> {
-    gate(verdict, seen.live, settings.policy, now)?;
+    gate::check(verdict, seen.live, settings.policy, now)?;
     let Some(pod) = seen.live else {
         // The gate applies nothing to a pod that is gone; kept total for a caller that skips it.
-        return Err(Refusal::Stale("the pod is gone".into()));
+        return Err(gate::Stale::PodGone {
+            namespace: verdict.pod.namespace.clone(),
+            name: verdict.pod.name.clone(),
+            uid: verdict.pod.uid.clone(),
+        }
+        .into());
     };
     let owner = seen.owner;
     if let Owner::Missing(kind, name) = owner {
@@ -198,8 +114,7 @@ pub fn plan(
     }
     // The bounds come from the cluster, never from the message: a rollback's target from the owner's
     // own revision history.
-    bounds::check(verdict, bounds::Observed { pod, owner, history: seen.history })
-        .map_err(Refusal::OutOfBounds)?;
+    bounds::check(verdict, bounds::Observed { pod, owner, history: seen.history })?;
     if let Some(container) = verdict.action.container()
         && let Some(reverted) =
             annotations_of_target(pod, owner).get(&format!("{}.{container}", undo::REVERTED_ANNOTATION))
@@ -211,12 +126,9 @@ pub fn plan(
     {
         return Err(Refusal::PreviousFixIneffective(previous.incident.clone()));
     }
-    let rung = ladder::plan(&verdict.action, owner).map_err(Refusal::NoRung)?;
+    let rung = ladder::rung(&verdict.action, owner)?;
     let (labels, annotations, what) = match owner {
-        Owner::Workload(w) => {
-            let (l, a) = w.metadata_maps();
-            (l, a, format!("{} {}", w.kind.as_str(), w.name))
-        }
+        Owner::Workload(w) => (w.labels().clone(), w.annotations().clone(), w.to_string()),
         _ => (
             pod.metadata.labels.clone().unwrap_or_default(),
             pod.metadata.annotations.clone().unwrap_or_default(),
@@ -226,24 +138,24 @@ pub fn plan(
     if let Some(tool) = ladder::gitops_manager(&labels, &annotations) {
         return Err(Refusal::GitOps {
             what,
-            tool: tool.to_string(),
+            tool,
             action: serde_json::to_string(&verdict.action).unwrap_or_default(),
         });
     }
     if let Owner::Workload(w) = owner {
-        ladder::template_matches(w, &verdict.action).map_err(Refusal::TemplateMoved)?;
+        ladder::template_matches(w, &verdict.action)?;
     }
     let target = proto::PodRef {
         resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
         ..verdict.pod.clone()
     };
-    let (strategy, workload, lock) = match (&rung, owner) {
-        (Plan::PatchOwner, Owner::Workload(w)) => (
+    let (strategy, workload, lock) = match (rung, owner) {
+        (Rung::PatchOwner, Owner::Workload(w)) => (
             Strategy::OwnerPatch,
-            Some(proto::WorkloadRef { kind: w.kind.into(), name: w.name.clone() }),
-            intent::workload_lock_key(&verdict.pod.namespace, w.kind.as_str(), &w.name),
+            Some(w.reference()),
+            intent::workload_lock_key(&verdict.pod.namespace, w.kind().as_str(), w.name()),
         ),
-        (Plan::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
+        (Rung::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
         _ => (Strategy::PodPatch, None, intent::lock_key(&target)),
     };
     let replacement = match &verdict.action {
@@ -259,7 +171,7 @@ pub fn plan(
         .and_then(|l| l.get("pod-template-hash").or_else(|| l.get("controller-revision-hash")))
         .cloned();
     let workload_key = match owner {
-        Owner::Workload(w) => format!("{}/{}/{}", verdict.pod.namespace, w.kind.as_str(), w.name),
+        Owner::Workload(w) => format!("{}/{}/{}", verdict.pod.namespace, w.kind(), w.name()),
         _ => format!("{}/Pod/{}", verdict.pod.namespace, verdict.pod.name),
     };
     let intent = Intent {
@@ -289,93 +201,92 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
-    use kubesent_proto::{
-        Failure, FailureKind, IncidentKey, MemoryQuantity, PodRef, VerdictSource, VerdictStatus, WorkloadRef,
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use kubesent_common::revisions::Revision;
+    use kubesent_proto::{FailureKind, WorkloadKind, WorkloadRef};
+    use kubesent_testkit::fixtures::{
+        self, increase, naming, oom_killed_pod, owned_by, pause, rollback_image, rollback_revision, waiting,
     };
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::ladder::{Workload, WorkloadKind};
+    use crate::{
+        bounds::OutOfBounds,
+        gate::{Denial, Disagreement, Stale},
+        ladder::{Mismatch, NoRung},
+        workload::Workload,
+    };
+
+    const GOOD: &str = "registry.local/shop/web:1.4.1";
+    const BAD: &str = "registry.local/shop/web:1.4.2";
 
     fn now() -> jiff::Timestamp {
-        "2026-11-30T10:05:00Z".parse().expect("time")
+        jiff::Timestamp::now()
     }
 
-    /// A pod of `owner` whose container `app` (limit 256Mi) was OOM-killed a minute ago.
-    fn oom_pod(owner: Option<(&str, &str)>) -> Pod {
-        let mut pod = json!({
-            "metadata": {"name": "web-7d9-x", "namespace": "shop", "uid": "u1", "resourceVersion": "42",
-                "labels": {"pod-template-hash": "7d9"}},
-            "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:2.0.0",
-                "resources": {"limits": {"memory": "256Mi"}}}]},
-            "status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": "registry.local/shop/web:2.0.0",
-                "imageID": "", "ready": false, "restartCount": 3,
-                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
-                    "finishedAt": "2026-11-30T10:04:00Z"}}}]}
-        });
-        if let Some((kind, name)) = owner {
-            pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "o1", "controller": true}]);
-        }
-        serde_json::from_value(pod).expect("pod")
-    }
-
-    fn deployment(template_memory: &str, metadata: Value) -> Owner {
-        let mut object = json!({"metadata": {"name": "web", "resourceVersion": "7"},
-            "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "app",
-                "resources": {"limits": {"memory": template_memory}}}]}}}});
+    /// The Deployment `web` with `metadata` merged into its metadata and container `app` at
+    /// `template_memory`.
+    fn deployment_json(template_memory: &str, metadata: Value) -> Value {
+        let mut object = json!({"metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": BAD,
+                    "resources": {"limits": {"memory": template_memory}}}]}}}});
         if let (Some(meta), Some(extra)) = (object["metadata"].as_object_mut(), metadata.as_object()) {
             meta.extend(extra.clone());
         }
-        Owner::Workload(Workload { kind: WorkloadKind::Deployment, name: "web".into(), object })
+        object
     }
 
-    fn raise_memory(workload: (&str, &str), confidence: u8) -> Verdict {
-        let key = IncidentKey {
-            namespace: "shop".into(),
-            workload: WorkloadRef {
-                kind: kubesent_proto::WorkloadKind::parse(workload.0).expect("a workload kind"),
-                name: workload.1.into(),
-            },
-            container: "app".into(),
-            kind: FailureKind::OomKilled,
-            template_hash: "7d9".into(),
+    fn deployment(template_memory: &str, metadata: Value) -> Owner {
+        typed(deployment_json(template_memory, metadata))
+    }
+
+    fn typed(object: Value) -> Owner {
+        Owner::Workload(Workload::Deployment(Box::new(
+            serde_json::from_value::<Deployment>(object).expect("deployment"),
+        )))
+    }
+
+    /// Revision 4 (`web-7d9`, the failing pod's, running [`BAD`]) and revision 3 (`web-5c6`, [`GOOD`],
+    /// with `ready` ready pods of 2) of Deployment `web`.
+    fn history(ready: i32) -> History {
+        let revision = |number: i64, name: &str, image: &str, ready_replicas: i32| Revision {
+            number,
+            name: name.into(),
+            images: [("app".to_owned(), image.to_owned())].into(),
+            ready_replicas,
+            replicas: 2,
+            template: Some(
+                serde_json::from_value(json!({"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "app", "image": image,
+                        "resources": {"limits": {"memory": "256Mi"}}}]}}))
+                .expect("template"),
+            ),
+            only_template: true,
         };
-        let memory = |q: &str| MemoryQuantity::parse(q).expect("quantity");
-        Verdict {
-            schema: proto::SCHEMA_VERSION,
-            incident: key.fingerprint(),
-            key,
-            pod: PodRef {
-                namespace: "shop".into(),
-                name: "web-7d9-x".into(),
-                uid: "u1".into(),
-                resource_version: "40".into(),
-            },
-            failure: Failure {
-                kind: FailureKind::OomKilled,
-                container: "app".into(),
-                init_container: false,
-                reason: "OOMKilled".into(),
-                message: None,
-                exit_code: Some(137),
-                restart_count: 3,
-                image: "registry.local/shop/web:2.0.0".into(),
-                failed_at: None,
-            },
-            status: VerdictStatus::Diagnosed,
-            root_cause: "the container needs more than 256Mi".into(),
-            action: Action::IncreaseMemory {
-                container: "app".into(),
-                from: memory("256Mi"),
-                to: memory("512Mi"),
-            },
-            confidence,
-            source: VerdictSource::Rules { rule: "oom".into() },
-            diagnosed_at: "2026-11-30T10:04:30Z".parse().expect("time"),
-            detected_at: None,
-            evidence: None,
+        History {
+            owner: Some(WorkloadRef { kind: WorkloadKind::Deployment, name: "web".into() }),
+            current: Some(revision(4, "web-7d9", BAD, 0)),
+            previous: Some(revision(3, "web-5c6", GOOD, ready)),
+            newest: Some(4),
         }
+    }
+
+    fn of_deployment(pod: Pod) -> Pod {
+        owned_by(pod, "ReplicaSet", "web-7d9")
+    }
+
+    /// The pod of Deployment `web` crash-looping on revision 4.
+    fn crashing() -> Pod {
+        of_deployment(waiting(oom_killed_pod("web-7d9-x", "256Mi"), "CrashLoopBackOff", BAD))
+    }
+
+    /// How a row must end.
+    enum Expect {
+        /// The intent: its strategy, phase and guardrails key.
+        Planned(Strategy, Phase, &'static str),
+        /// This refusal, recorded with this result.
+        Refused(OutcomeResult, fn(&Refusal) -> bool),
     }
 
     /// One row: the verdict, what the shell read, the settings, and how the plan must end.
@@ -384,120 +295,270 @@ mod tests {
         verdict: Verdict,
         live: Option<Pod>,
         owner: Owner,
+        history: Option<History>,
         previous_fix: Option<PreviousFix>,
         policy: Policy,
         approval_required: bool,
-        expect: Result<(Strategy, Phase, &'static str), OutcomeResult>,
+        expect: Expect,
     }
 
     fn bare_row(case: &'static str) -> Row {
+        let pod = oom_killed_pod("web-1", "256Mi");
         Row {
             case,
-            verdict: raise_memory(("Pod", "web-7d9-x"), 95),
-            live: Some(oom_pod(None)),
+            verdict: fixtures::verdict(&pod, increase(256, 512)),
+            live: Some(pod),
             owner: Owner::Bare,
+            history: None,
             previous_fix: None,
             policy: Policy::default(),
             approval_required: false,
-            expect: Ok((Strategy::InPlaceResize, Phase::Pending, "shop/Pod/web-7d9-x")),
+            expect: Expect::Planned(Strategy::InPlaceResize, Phase::Pending, "shop/Pod/web-1"),
         }
     }
 
     fn deployment_row(case: &'static str, owner: Owner) -> Row {
+        let pod = of_deployment(oom_killed_pod("web-7d9-x", "256Mi"));
         Row {
-            verdict: raise_memory(("Deployment", "web"), 95),
-            live: Some(oom_pod(Some(("ReplicaSet", "web-7d9")))),
+            verdict: fixtures::verdict(&pod, increase(256, 512)),
+            live: Some(pod),
             owner,
-            expect: Ok((Strategy::OwnerPatch, Phase::Pending, "shop/Deployment/web")),
+            expect: Expect::Planned(Strategy::OwnerPatch, Phase::Pending, "shop/Deployment/web"),
             ..bare_row(case)
         }
     }
 
+    /// A row for a revision-level action on the crash-looping pod of Deployment `web`.
+    fn rollout_row(case: &'static str, action: Action, ready_before: i32) -> Row {
+        let pod = crashing();
+        Row {
+            verdict: fixtures::verdict(&pod, action),
+            live: Some(pod),
+            history: Some(history(ready_before)),
+            ..deployment_row(case, deployment("256Mi", json!({})))
+        }
+    }
+
+    /// A row for an image rollback of the pod of Deployment `web` that cannot pull [`BAD`].
+    fn pull_row(case: &'static str, to: &str) -> Row {
+        let pod = of_deployment(waiting(oom_killed_pod("web-7d9-x", "256Mi"), "ErrImagePull", BAD));
+        Row {
+            verdict: fixtures::verdict(&pod, rollback_image(BAD, to)),
+            live: Some(pod),
+            history: Some(history(2)),
+            ..deployment_row(case, deployment("256Mi", json!({})))
+        }
+    }
+
+    fn refused(result: OutcomeResult, variant: fn(&Refusal) -> bool) -> Expect {
+        Expect::Refused(result, variant)
+    }
+
     fn rows() -> Vec<Row> {
-        let ineffective =
-            |result| PreviousFix { incident: IncidentId("inc-before".into()), result: Some(result) };
+        let before = |result| PreviousFix { incident: IncidentId("inc-before".into()), result: Some(result) };
+        let on_delete = {
+            let mut object = deployment_json("256Mi", json!({}));
+            object["spec"]["serviceName"] = json!("web");
+            object["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+            Owner::Workload(Workload::StatefulSet(Box::new(
+                serde_json::from_value::<StatefulSet>(object).expect("statefulset"),
+            )))
+        };
+        let mut paused = deployment_json("256Mi", json!({}));
+        paused["spec"]["paused"] = json!(true);
         vec![
             bare_row("a bare pod's OOM is resized in place"),
             deployment_row("a Deployment's OOM patches its template", deployment("256Mi", json!({}))),
             Row {
                 approval_required: true,
-                expect: Ok((Strategy::InPlaceResize, Phase::AwaitingApproval, "shop/Pod/web-7d9-x")),
+                expect: Expect::Planned(Strategy::InPlaceResize, Phase::AwaitingApproval, "shop/Pod/web-1"),
                 ..bare_row("with approvals on, the intent waits for a human")
             },
-            Row { live: None, expect: Err(OutcomeResult::Stale), ..bare_row("a pod that is gone is stale") },
             Row {
-                verdict: Verdict { action: Action::None, ..raise_memory(("Pod", "web-7d9-x"), 95) },
-                expect: Err(OutcomeResult::DiagnosisOnly),
+                live: None,
+                expect: refused(OutcomeResult::Stale, |r| matches!(r, Refusal::Stale(Stale::PodGone { .. }))),
+                ..bare_row("a pod that is gone is stale")
+            },
+            Row {
+                verdict: Verdict { action: Action::None, ..bare_row("").verdict },
+                expect: refused(OutcomeResult::DiagnosisOnly, |r| matches!(r, Refusal::DiagnosisOnly(_))),
                 ..bare_row("a verdict without an action is a diagnosis")
             },
             Row {
-                verdict: raise_memory(("Pod", "web-7d9-x"), 40),
-                expect: Err(OutcomeResult::Denied),
+                verdict: Verdict { confidence: 40, ..bare_row("").verdict },
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::Denied(Denial::LowConfidence { confidence: 40, .. }))
+                }),
                 ..bare_row("low confidence is denied")
             },
             Row {
+                verdict: Verdict { action: increase(128, 512), ..bare_row("").verdict },
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::Denied(Denial::Disagrees(Disagreement::LiveLimit { .. })))
+                }),
+                ..bare_row("a memory increase from another limit than the live one is denied")
+            },
+            Row {
                 policy: Policy { dry_run: true, ..Policy::default() },
-                expect: Err(OutcomeResult::Suggested),
+                expect: refused(OutcomeResult::Suggested, |r| matches!(r, Refusal::DryRun)),
                 ..bare_row("a dry run only suggests")
             },
             Row {
                 owner: Owner::Missing("ReplicaSet".into(), "web-7d9".into()),
-                expect: Err(OutcomeResult::Stale),
+                expect: refused(OutcomeResult::Stale, |r| matches!(r, Refusal::OwnerGone { .. })),
                 ..deployment_row("an owner that is gone is stale", deployment("256Mi", json!({})))
             },
             Row {
-                verdict: raise_memory(("Deployment", "api"), 95),
-                expect: Err(OutcomeResult::Denied),
+                verdict: naming(deployment_row("", Owner::Bare).verdict, WorkloadKind::Deployment, "api"),
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::OutOfBounds(OutOfBounds::NotThePodsWorkload { .. }))
+                }),
                 ..deployment_row(
                     "a verdict naming another workload is out of bounds",
                     deployment("256Mi", json!({})),
                 )
             },
             Row {
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::OutOfBounds(OutOfBounds::OptedOut(_)))
+                }),
+                ..deployment_row(
+                    "an owner that opted out is out of bounds",
+                    deployment("256Mi", json!({"annotations": {"kubesent.io/remediate": "false"}})),
+                )
+            },
+            Row {
                 owner: Owner::Unsupported("DaemonSet".into(), "agent".into()),
-                expect: Err(OutcomeResult::Denied),
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::NoRung(NoRung::Unsupported { .. }))
+                }),
                 ..deployment_row("a DaemonSet is not changed", deployment("256Mi", json!({})))
             },
             Row {
-                expect: Err(OutcomeResult::Suggested),
+                expect: refused(OutcomeResult::Suggested, |r| matches!(r, Refusal::RevertedByHuman { .. })),
                 ..deployment_row(
                     "a human's revert of this container stops further changes",
                     deployment("256Mi", json!({"annotations": {"kubesent.io/reverted.app": "inc-before"}})),
                 )
             },
             Row {
-                previous_fix: Some(ineffective(OutcomeResult::Ineffective)),
-                expect: Err(OutcomeResult::Denied),
+                previous_fix: Some(before(OutcomeResult::Ineffective)),
+                expect: refused(OutcomeResult::Denied, |r| matches!(r, Refusal::PreviousFixIneffective(_))),
                 ..bare_row("a fix that did not heal before escalates to a human")
             },
             Row {
-                previous_fix: Some(ineffective(OutcomeResult::Applied)),
+                previous_fix: Some(before(OutcomeResult::Applied)),
                 ..bare_row("a fix that healed before does not stop a new one")
             },
             Row {
-                expect: Err(OutcomeResult::Suggested),
+                expect: refused(OutcomeResult::Suggested, |r| {
+                    matches!(r, Refusal::GitOps { tool: "Argo CD", .. })
+                }),
                 ..deployment_row(
                     "an Argo CD application only gets a suggestion",
                     deployment("256Mi", json!({"labels": {"argocd.argoproj.io/instance": "shop"}})),
                 )
             },
             Row {
-                expect: Err(OutcomeResult::Stale),
+                expect: refused(OutcomeResult::Stale, |r| {
+                    matches!(r, Refusal::TemplateMoved(Mismatch::MemoryMoved { .. }))
+                }),
                 ..deployment_row(
                     "a template changed since the failure is stale",
                     deployment("1Gi", json!({})),
                 )
             },
             Row {
-                expect: Err(OutcomeResult::Denied),
-                ..deployment_row(
-                    "a paused Deployment is not patched",
-                    Owner::Workload(Workload {
-                        kind: WorkloadKind::Deployment,
-                        name: "web".into(),
-                        object: json!({"metadata": {"name": "web"}, "spec": {"paused": true, "template": {"spec": {
-                            "containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}}}}),
+                expect: refused(OutcomeResult::Denied, |r| matches!(r, Refusal::NoRung(NoRung::Paused(_)))),
+                ..deployment_row("a paused Deployment is not patched", typed(paused))
+            },
+            Row {
+                verdict: naming(deployment_row("", Owner::Bare).verdict, WorkloadKind::StatefulSet, "web"),
+                expect: refused(OutcomeResult::Denied, |r| matches!(r, Refusal::NoRung(NoRung::OnDelete(_)))),
+                ..deployment_row("an OnDelete StatefulSet is left to its owner", on_delete)
+            },
+            pull_row("an image rollback to the serving previous revision patches the template", GOOD),
+            Row {
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::OutOfBounds(OutOfBounds::NotThePreviousImage { .. }))
+                }),
+                ..pull_row("an image rollback to any other image is out of bounds", "evil.example/miner:1")
+            },
+            Row {
+                history: None,
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::OutOfBounds(OutOfBounds::HistoryNotRead(_)))
+                }),
+                ..pull_row("an image rollback without the history read is out of bounds", GOOD)
+            },
+            {
+                let pod = waiting(oom_killed_pod("web-1", "256Mi"), "ErrImagePull", BAD);
+                Row {
+                    verdict: fixtures::verdict(&pod, rollback_image(BAD, GOOD)),
+                    live: Some(pod),
+                    expect: refused(OutcomeResult::Denied, |r| {
+                        matches!(r, Refusal::OutOfBounds(OutOfBounds::NotRecordedOnThePod { .. }))
                     }),
+                    ..bare_row(
+                        "a bare pod's image rollback to an image KubeSent did not record is out of bounds",
+                    )
+                }
+            },
+            Row {
+                verdict: fixtures::failing_with(
+                    fixtures::verdict(&crashing(), rollback_image(BAD, GOOD)),
+                    FailureKind::CrashLoop,
+                ),
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::Denied(Denial::Disagrees(Disagreement::WrongFailure { .. })))
+                }),
+                ..rollout_row("an image rollback does not answer a crash loop", Action::None, 2)
+            },
+            rollout_row(
+                "a revision rollback to the serving revision before patches the template",
+                rollback_revision((4, "web-7d9"), (3, "web-5c6")),
+                2,
+            ),
+            Row {
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::OutOfBounds(OutOfBounds::NotKnownToWork { revision: 3, .. }))
+                }),
+                ..rollout_row(
+                    "a revision rollback to a revision with nothing ready is out of bounds",
+                    rollback_revision((4, "web-7d9"), (3, "web-5c6")),
+                    0,
+                )
+            },
+            Row {
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::OutOfBounds(OutOfBounds::NotTheRevisionBefore { .. }))
+                }),
+                ..rollout_row(
+                    "a revision rollback to an older revision is out of bounds",
+                    rollback_revision((4, "web-7d9"), (2, "web-111")),
+                    2,
+                )
+            },
+            rollout_row("a failing rollout with nothing ready before it is paused", pause((4, "web-7d9")), 0),
+            Row {
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::OutOfBounds(OutOfBounds::RollBackInstead { .. }))
+                }),
+                ..rollout_row(
+                    "a rollout is not paused while the revision before it serves",
+                    pause((4, "web-7d9")),
+                    2,
+                )
+            },
+            Row {
+                live: Some(waiting(crashing(), "ErrImagePull", BAD)),
+                expect: refused(OutcomeResult::Stale, |r| {
+                    matches!(r, Refusal::Stale(Stale::Recovered { .. }))
+                }),
+                ..rollout_row(
+                    "a pause for a crash loop the pod no longer shows is stale",
+                    pause((4, "web-7d9")),
+                    0,
                 )
             },
         ]
@@ -509,7 +570,7 @@ mod tests {
             let seen = Observed {
                 live: row.live.as_ref(),
                 owner: &row.owner,
-                history: None,
+                history: row.history.as_ref(),
                 previous_fix: row.previous_fix.as_ref(),
             };
             let settings = Settings {
@@ -517,23 +578,25 @@ mod tests {
                 approval_required: row.approval_required,
                 identity: "remediator-0",
             };
-            let planned = plan(&row.verdict, seen, settings, now());
+            let planned = decide(&row.verdict, seen, settings, now());
             match (&planned, row.expect) {
-                (Ok(planned), Ok((strategy, phase, workload_key))) => {
+                (Ok(planned), Expect::Planned(strategy, phase, workload_key)) => {
                     assert_eq!(planned.intent.strategy, strategy, "{}", row.case);
                     assert_eq!(planned.intent.phase, phase, "{}", row.case);
                     assert_eq!(planned.workload_key, workload_key, "{}", row.case);
                     assert_eq!(planned.intent.actor, "remediator-0", "{}", row.case);
+                    assert_eq!(planned.intent.action, row.verdict.action, "{}", row.case);
                     assert_eq!(
                         planned.intent.target.resource_version, "42",
                         "the live pod's, not the message's: {}",
                         row.case
                     );
                 }
-                (Err(refusal), Err(result)) => {
-                    assert_eq!(refusal.result(), result, "{}: {refusal}", row.case)
+                (Err(refusal), Expect::Refused(result, variant)) => {
+                    assert!(variant(refusal), "{}: refused for another reason: {refusal:?}", row.case);
+                    assert_eq!(refusal.result(), result, "{}: {refusal}", row.case);
                 }
-                (got, want) => panic!("{}: planned {got:?}, expected {want:?}", row.case),
+                (got, _) => panic!("{}: planned {got:?}", row.case),
             }
         }
     }
@@ -541,9 +604,19 @@ mod tests {
     #[test]
     fn the_fix_marker_is_read_from_the_owner_for_a_workload_and_from_the_pod_otherwise() {
         let owner = deployment("256Mi", json!({"annotations": {"kubesent.io/incident": "inc-owner"}}));
-        let mut pod = oom_pod(Some(("ReplicaSet", "web-7d9")));
+        let mut pod = of_deployment(oom_killed_pod("web-7d9-x", "256Mi"));
         pod.metadata.annotations = Some(BTreeMap::from([("kubesent.io/incident".into(), "inc-pod".into())]));
         assert_eq!(fix_marker(&pod, &owner), Some(IncidentId("inc-owner".into())));
         assert_eq!(fix_marker(&pod, &Owner::Bare), Some(IncidentId("inc-pod".into())));
+    }
+
+    #[test]
+    fn only_rollbacks_and_pauses_of_a_workload_read_its_history() {
+        let owner = deployment("256Mi", json!({}));
+        assert!(needs_history(&rollback_image(BAD, GOOD), &owner));
+        assert!(needs_history(&rollback_revision((4, "a"), (3, "b")), &owner));
+        assert!(needs_history(&pause((4, "a")), &owner));
+        assert!(!needs_history(&increase(128, 256), &owner));
+        assert!(!needs_history(&rollback_image(BAD, GOOD), &Owner::Bare));
     }
 }

@@ -6,23 +6,20 @@
 //! annotation `kubesent.io/reverted.<container>` behind, and KubeSent only suggests further changes to that
 //! container, so it never fights the human who reverted it.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
-    core::v1::Pod,
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
     api::{Patch, PatchParams},
 };
-use kubesent_proto::{Action, IncidentId, Strategy};
+use kubesent_common::revisions::{Revision, same_template};
+use kubesent_proto::{Action, IncidentId, Strategy, WorkloadKind, WorkloadRef};
 use serde_json::{Value, json};
 
 use crate::{
-    intent::{IntentError, Intents, Phase},
-    ladder::{self, ORIGINAL_IMAGE_ANNOTATION, ORIGINAL_REVISION_ANNOTATION, Workload, WorkloadKind},
+    intent::{Intent, IntentError, Intents, Phase},
+    ladder::{self, ORIGINAL_IMAGE_ANNOTATION, ORIGINAL_REVISION_ANNOTATION},
     replace::{INCIDENT_ANNOTATION, ORIGINAL_MEMORY_ANNOTATION},
+    workload::{Workload, WorkloadApi, WorkloadError, WorkloadPatch},
 };
 
 /// Annotation prefix marking a container whose KubeSent change a human reverted
@@ -44,6 +41,9 @@ pub enum UndoError {
     /// The API refused or failed.
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
+    /// The workload could not be read or written.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
     /// The intents bucket failed.
     #[error(transparent)]
     Intent(#[from] IntentError),
@@ -99,14 +99,23 @@ fn value_and_annotation(action: &Action) -> Option<(String, String, String)> {
     }
 }
 
-/// The strategic merge patch that reverses `action` on a workload's template: guarded by the
-/// resourceVersion read, dropping the original-value and incident annotations, marking the container as
-/// reverted. Refused when the template no longer holds KubeSent's value.
+/// The annotations that drop KubeSent's records of a change and mark `container` as reverted by a human.
+fn reverted_annotations(records: &[&str], container: &str, incident: &IncidentId) -> Value {
+    let mut annotations: serde_json::Map<String, Value> =
+        records.iter().map(|r| ((*r).to_owned(), Value::Null)).collect();
+    annotations.insert(INCIDENT_ANNOTATION.into(), Value::Null);
+    annotations.insert(format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string()));
+    Value::Object(annotations)
+}
+
+/// The strategic merge patch that reverses `action` on a workload's template, dropping the
+/// original-value and incident annotations and marking the container as reverted. Refused when the
+/// template no longer holds KubeSent's value.
 pub fn undo_owner_patch(
     workload: &Workload,
     action: &Action,
     incident: &IncidentId,
-) -> Result<Value, UndoError> {
+) -> Result<WorkloadPatch, UndoError> {
     let back =
         reverse(action).ok_or_else(|| UndoError::NotReversible("the remediation had no action".into()))?;
     let (container, kubesent_value, original_annotation) =
@@ -116,25 +125,20 @@ pub fn undo_owner_patch(
         .ok_or_else(|| UndoError::Changed(format!("the template has no container {container} any more")))?;
     let holds = match action {
         Action::IncreaseMemory { to, .. } => {
-            ladder::memory_limit_of(&current).is_some_and(|limit| limit == *to)
+            ladder::memory_limit_of(current).is_some_and(|limit| limit == *to)
         }
         Action::RollbackImage { to, .. } => current.image.as_deref() == Some(to.as_str()),
         Action::RollbackRevision { .. } | Action::PauseRollout { .. } | Action::None => false,
     };
     if !holds {
         return Err(UndoError::Changed(format!(
-            "{} {} no longer holds KubeSent's value {kubesent_value} for {container}: it was changed since, and that change is kept",
-            workload.kind.as_str(),
-            workload.name
+            "{workload} no longer holds KubeSent's value {kubesent_value} for {container}: it was changed since, and that change is kept"
         )));
     }
     let mut patch = ladder::owner_patch(workload, &back, incident)
         .map_err(|e| UndoError::NotReversible(e.to_string()))?;
-    let mut annotations = serde_json::Map::new();
-    annotations.insert(original_annotation, Value::Null);
-    annotations.insert(INCIDENT_ANNOTATION.into(), Value::Null);
-    annotations.insert(format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string()));
-    patch["metadata"]["annotations"] = Value::Object(annotations);
+    patch.body_mut()["metadata"]["annotations"] =
+        reverted_annotations(&[&original_annotation], &container, incident);
     Ok(patch)
 }
 
@@ -143,37 +147,31 @@ pub fn undo_owner_patch(
 /// later change is kept); the records are dropped and the container marked as reverted.
 pub fn undo_revision_patch(
     workload: &Workload,
-    history: &[kubesent_common::revisions::Revision],
+    history: &[Revision],
     action: &Action,
     incident: &IncidentId,
-) -> Result<Value, UndoError> {
+) -> Result<WorkloadPatch, UndoError> {
     let Action::RollbackRevision { container, from, to } = action else {
         return Err(UndoError::NotReversible("not a revision rollback".into()));
     };
-    let template_of = |name: &str| history.iter().find(|r| r.name == name).and_then(|r| r.template.clone());
-    let what = format!("{} {}", workload.kind.as_str(), workload.name);
+    let template_of = |name: &str| history.iter().find(|r| r.name == name).and_then(|r| r.template.as_ref());
     let restored = template_of(&to.name).ok_or_else(|| {
         UndoError::Changed(format!(
-            "{what} no longer has {to} in its history: it was changed since, and that change is kept"
+            "{workload} no longer has {to} in its history: it was changed since, and that change is kept"
         ))
     })?;
-    let current = workload.object.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-    if !kubesent_common::revisions::same_template(&current, &restored) {
-        return Err(UndoError::Changed(format!(
-            "{what} no longer runs the template of {to} KubeSent restored: it was changed since, and that change is kept"
-        )));
-    }
-    let forward = template_of(&from.name).ok_or_else(|| {
-        UndoError::NotReversible(format!("{what} no longer has {from} in its history to go forward to"))
+    let current = workload.template().filter(|current| same_template(current, restored)).ok_or_else(|| {
+        UndoError::Changed(format!(
+            "{workload} no longer runs the template of {to} KubeSent restored: it was changed since, and that change is kept"
+        ))
     })?;
-    let mut annotations = serde_json::Map::new();
-    annotations.insert(ladder::ORIGINAL_REVISION_ANNOTATION.into(), Value::Null);
-    annotations.insert(INCIDENT_ANNOTATION.into(), Value::Null);
-    annotations.insert(format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string()));
-    Ok(json!({
-        "metadata": {"resourceVersion": workload.resource_version(), "annotations": annotations},
-        "spec": {"template": ladder::merge_diff(&current, &forward)}
-    }))
+    let forward = template_of(&from.name).ok_or_else(|| {
+        UndoError::NotReversible(format!("{workload} no longer has {from} in its history to go forward to"))
+    })?;
+    Ok(WorkloadPatch::Merge(json!({
+        "metadata": {"annotations": reverted_annotations(&[ORIGINAL_REVISION_ANNOTATION], container, incident)},
+        "spec": {"template": ladder::template_diff(current, forward)}
+    })))
 }
 
 /// The merge patch that lifts a pause KubeSent put on a rollout, while the Deployment is still paused by
@@ -183,23 +181,64 @@ pub fn undo_pause_patch(
     workload: &Workload,
     action: &Action,
     incident: &IncidentId,
-) -> Result<Value, UndoError> {
+) -> Result<WorkloadPatch, UndoError> {
     let Action::PauseRollout { container, .. } = action else {
         return Err(UndoError::NotReversible("not a paused rollout".into()));
     };
     if !ladder::already_applied(workload, action, incident) {
         return Err(UndoError::Changed(format!(
-            "{} {} is no longer paused by KubeSent for {incident}: it was changed since, and that change is kept",
-            workload.kind.as_str(),
-            workload.name
+            "{workload} is no longer paused by KubeSent for {incident}: it was changed since, and that change is kept"
         )));
     }
-    Ok(json!({
-        "metadata": {"resourceVersion": workload.resource_version(), "annotations": {
-            INCIDENT_ANNOTATION: null, ladder::PAUSED_REASON_ANNOTATION: null,
-            format!("{REVERTED_ANNOTATION}.{container}"): incident.to_string()}},
+    Ok(WorkloadPatch::Merge(json!({
+        "metadata": {"annotations": reverted_annotations(&[ladder::PAUSED_REASON_ANNOTATION], container, incident)},
         "spec": {"paused": false}
-    }))
+    })))
+}
+
+/// What a finished remediation's undo changes: the workload whose template KubeSent patched, or the
+/// pod it changed in place.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UndoTarget {
+    /// A Deployment's or StatefulSet's template (or pause).
+    Workload(WorkloadRef),
+    /// A pod patched or resized in place.
+    Pod,
+}
+
+/// Decides from the intent alone whether its remediation can be reversed, and what that changes: it
+/// must be finished, have an action, and have changed a Deployment, a StatefulSet or a pod in place. A
+/// workload of any other kind is refused (the intent was forged or corrupted; nothing is read).
+pub fn undo_target(intent: &Intent) -> Result<UndoTarget, UndoError> {
+    let incident = &intent.incident;
+    if intent.phase != Phase::Done {
+        return Err(UndoError::NotReversible(format!(
+            "the remediation of {incident} is still in progress ({:?}); wait for its outcome",
+            intent.phase
+        )));
+    }
+    if reverse(&intent.action).is_none() {
+        return Err(UndoError::NotReversible(format!("incident {incident} had no action to reverse")));
+    }
+    match intent.strategy {
+        Strategy::OwnerPatch => match &intent.workload {
+            None => Err(UndoError::NotReversible("the intent names no workload".into())),
+            Some(workload)
+                if matches!(workload.kind, WorkloadKind::Deployment | WorkloadKind::StatefulSet) =>
+            {
+                Ok(UndoTarget::Workload(workload.clone()))
+            }
+            Some(workload) => Err(UndoError::NotReversible(format!(
+                "the intent of {incident} names {workload}: KubeSent changes only Deployments and StatefulSets, so it has nothing of that to reverse"
+            ))),
+        },
+        Strategy::PodPatch | Strategy::InPlaceResize => Ok(UndoTarget::Pod),
+        Strategy::ForceReplace => Err(UndoError::NotReversible(format!(
+            "pod {} was replaced; KubeSent does not replace it again on its own. The original pod is in the intent (nats kv get {} {incident})",
+            intent.target.name,
+            kubesent_proto::INTENTS_BUCKET
+        ))),
+    }
 }
 
 /// Reverses the remediation of `incident`: the owner's template for an owner patch, the pod's image for a
@@ -211,71 +250,31 @@ pub async fn undo(
     incident: &IncidentId,
 ) -> Result<Undone, UndoError> {
     let (intent, _) = intents.get(incident).await?.ok_or_else(|| UndoError::Unknown(incident.clone()))?;
-    if intent.phase != Phase::Done {
-        return Err(UndoError::NotReversible(format!(
-            "the remediation of {incident} is still in progress ({:?}); wait for its outcome",
-            intent.phase
-        )));
-    }
+    let target = undo_target(&intent)?;
     let back = reverse(&intent.action)
         .ok_or_else(|| UndoError::NotReversible(format!("incident {incident} had no action to reverse")))?;
     let namespace = intent.target.namespace.clone();
-    let params = PatchParams::default();
-    match intent.strategy {
-        Strategy::OwnerPatch => {
-            let reference = intent
-                .workload
-                .clone()
-                .ok_or_else(|| UndoError::NotReversible("the intent names no workload".into()))?;
-            let (kind, object) = match reference.kind.as_str() {
-                "StatefulSet" => (
-                    WorkloadKind::StatefulSet,
-                    serde_json::to_value(
-                        Api::<StatefulSet>::namespaced(kube.clone(), &namespace).get(&reference.name).await?,
-                    ),
-                ),
-                _ => (
-                    WorkloadKind::Deployment,
-                    serde_json::to_value(
-                        Api::<Deployment>::namespaced(kube.clone(), &namespace).get(&reference.name).await?,
-                    ),
-                ),
-            };
-            let workload =
-                Workload { kind, name: reference.name.clone(), object: object.unwrap_or_default() };
-            let patch = if let Action::PauseRollout { .. } = &intent.action {
-                Patch::Merge(undo_pause_patch(&workload, &intent.action, incident)?)
-            } else if let Action::RollbackRevision { .. } = &intent.action {
-                let history = kubesent_common::revisions::of_workload(
-                    kube,
-                    &namespace,
-                    kind.as_str(),
-                    &workload.object,
-                )
-                .await?;
-                Patch::Merge(undo_revision_patch(&workload, &history, &intent.action, incident)?)
-            } else {
-                Patch::Strategic(undo_owner_patch(&workload, &intent.action, incident)?)
-            };
-            match kind {
-                WorkloadKind::Deployment => {
-                    Api::<Deployment>::namespaced(kube.clone(), &namespace)
-                        .patch(&reference.name, &params, &patch)
-                        .await?;
+    match target {
+        UndoTarget::Workload(reference) => {
+            let api = WorkloadApi::new(kube.clone(), &namespace);
+            let workload = api.get(&reference).await?;
+            let patch = match &intent.action {
+                Action::PauseRollout { .. } => undo_pause_patch(&workload, &intent.action, incident)?,
+                Action::RollbackRevision { .. } => {
+                    let history = api.revisions(&workload).await?;
+                    undo_revision_patch(&workload, &history, &intent.action, incident)?
                 }
-                WorkloadKind::StatefulSet => {
-                    Api::<StatefulSet>::namespaced(kube.clone(), &namespace)
-                        .patch(&reference.name, &params, &patch)
-                        .await?;
-                }
-            }
+                _ => undo_owner_patch(&workload, &intent.action, incident)?,
+            };
+            api.patch(&workload, patch).await?;
             Ok(Undone {
-                target: format!("{} {}", kind.as_str(), reference.name),
+                target: workload.to_string(),
                 detail: format!("template restored: {}", describe(&back)),
                 reverse: back,
             })
         }
-        Strategy::PodPatch | Strategy::InPlaceResize => {
+        UndoTarget::Pod => {
+            let params = PatchParams::default();
             let pods: Api<Pod> = Api::namespaced(kube.clone(), &namespace);
             let pod = pods
                 .get_opt(&intent.target.name)
@@ -301,12 +300,7 @@ pub async fn undo(
                     intent.target.name
                 )));
             }
-            let annotations: BTreeMap<String, Value> = [
-                (original_annotation, Value::Null),
-                (INCIDENT_ANNOTATION.to_owned(), Value::Null),
-                (format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string())),
-            ]
-            .into();
+            let annotations = reverted_annotations(&[&original_annotation], &container, incident);
             match &back {
                 Action::RollbackImage { to, .. } => {
                     let patch = json!({"metadata": {"annotations": annotations},
@@ -330,11 +324,6 @@ pub async fn undo(
                 reverse: back,
             })
         }
-        Strategy::ForceReplace => Err(UndoError::NotReversible(format!(
-            "pod {} was replaced; KubeSent does not replace it again on its own. The original pod is in the intent (nats kv get {} {incident})",
-            intent.target.name,
-            kubesent_proto::INTENTS_BUCKET
-        ))),
     }
 }
 
@@ -352,19 +341,17 @@ fn describe(action: &Action) -> String {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::apps::v1::Deployment;
     use kubesent_proto::MemoryQuantity;
 
     use super::*;
 
     fn deployment(limit: &str, image: &str) -> Workload {
-        Workload {
-            kind: WorkloadKind::Deployment,
-            name: "web".into(),
-            object: json!({"metadata": {"name": "web", "resourceVersion": "77", "annotations": {
-                    "kubesent.io/original-memory-limit.app": "128Mi", "kubesent.io/incident": "inc-1"}},
-                "spec": {"template": {"spec": {"containers": [{"name": "app", "image": image,
-                    "resources": {"limits": {"memory": limit}, "requests": {"memory": limit}}}]}}}}),
-        }
+        let object = json!({"metadata": {"name": "web", "resourceVersion": "77", "annotations": {
+                "kubesent.io/original-memory-limit.app": "128Mi", "kubesent.io/incident": "inc-1"}},
+            "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "app", "image": image,
+                "resources": {"limits": {"memory": limit}, "requests": {"memory": limit}}}]}}}});
+        Workload::Deployment(Box::new(serde_json::from_value::<Deployment>(object).expect("deployment")))
     }
 
     fn raised() -> Action {
@@ -392,7 +379,8 @@ mod tests {
     fn the_undo_patch_restores_the_template_clears_the_record_and_marks_the_container() {
         let patch = undo_owner_patch(&deployment("256Mi", "web:2"), &raised(), &IncidentId("inc-1".into()))
             .expect("reversible");
-        assert_eq!(patch["metadata"]["resourceVersion"], "77", "guarded by what was read");
+        assert!(matches!(patch, WorkloadPatch::Strategic(_)));
+        let patch = patch.body();
         let container = &patch["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["resources"]["limits"]["memory"], "128Mi");
         assert_eq!(container["resources"]["requests"]["memory"], "128Mi", "an equal request moves back too");
@@ -407,5 +395,73 @@ mod tests {
         let error = undo_owner_patch(&deployment("512Mi", "web:2"), &raised(), &IncidentId("inc-1".into()))
             .expect_err("someone changed it");
         assert!(matches!(error, UndoError::Changed(ref why) if why.contains("changed since")), "{error}");
+    }
+
+    fn finished_intent(strategy: Strategy, workload: Option<WorkloadRef>) -> Intent {
+        let pod = kubesent_proto::PodRef {
+            namespace: "shop".into(),
+            name: "web-7d9-x".into(),
+            uid: "u1".into(),
+            resource_version: "1".into(),
+        };
+        Intent {
+            schema: kubesent_proto::SCHEMA_VERSION,
+            incident: IncidentId("inc-1".into()),
+            phase: Phase::Done,
+            strategy,
+            target: pod.clone(),
+            workload,
+            lock: crate::intent::lock_key(&pod),
+            action: raised(),
+            original: None,
+            replacement: None,
+            old_revision: None,
+            approved_by: None,
+            baseline_restarts: None,
+            actor: "remediator-0".into(),
+            replacement_uid: None,
+            result: Some(kubesent_proto::OutcomeResult::Healed),
+            detail: None,
+            verdict: None,
+            updated_at: jiff::Timestamp::now(),
+            applied_at: None,
+        }
+    }
+
+    #[test]
+    fn an_undo_of_a_workload_kind_kubesent_never_changes_is_refused_without_reading_it() {
+        let deployment = WorkloadRef { kind: WorkloadKind::Deployment, name: "web".into() };
+        assert_eq!(
+            undo_target(&finished_intent(Strategy::OwnerPatch, Some(deployment.clone())))
+                .expect("reversible"),
+            UndoTarget::Workload(deployment)
+        );
+        // Before the typed workload, an unknown kind fell through to "Deployment of the same name".
+        for kind in [WorkloadKind::DaemonSet, WorkloadKind::Job, WorkloadKind::ReplicaSet, WorkloadKind::Pod]
+        {
+            let forged =
+                finished_intent(Strategy::OwnerPatch, Some(WorkloadRef { kind, name: "web".into() }));
+            assert!(
+                matches!(undo_target(&forged), Err(UndoError::NotReversible(ref why)) if why.contains("only Deployments and StatefulSets")),
+                "{kind}"
+            );
+        }
+        assert!(matches!(
+            undo_target(&finished_intent(Strategy::OwnerPatch, None)),
+            Err(UndoError::NotReversible(_))
+        ));
+        assert_eq!(
+            undo_target(&finished_intent(Strategy::InPlaceResize, None)).expect("in place"),
+            UndoTarget::Pod
+        );
+        assert!(matches!(
+            undo_target(&finished_intent(Strategy::ForceReplace, None)),
+            Err(UndoError::NotReversible(_))
+        ));
+        let mut running = finished_intent(Strategy::InPlaceResize, None);
+        running.phase = Phase::Applied;
+        assert!(
+            matches!(undo_target(&running), Err(UndoError::NotReversible(ref why)) if why.contains("in progress"))
+        );
     }
 }

@@ -15,11 +15,9 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kubesent_common::{
-    nats::{self, Role},
-    nats_server::{NatsCluster, NatsUsers, auth_config_with_observer},
-};
+use kubesent_common::nats::{self, Role};
 use kubesent_kube_sim::{KubeSim, SimConfig};
+use kubesent_testkit::nats_server::{NatsCluster, NatsUsers, auth_config_with_observer};
 use serde_json::{Value, json};
 
 use crate::processes::{ServiceProcess, ServiceSpec};

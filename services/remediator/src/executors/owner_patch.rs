@@ -1,25 +1,21 @@
 //! Owner patch: the owning Deployment's or StatefulSet's pod template is patched (guarded by its
 //! resourceVersion, re-checked on every conflict), then the rollout is verified.
 
-use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
-    core::v1::Pod,
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, ListParams, Preconditions},
 };
 use kube_runtime::watcher;
-use kubesent_common::revisions;
-use kubesent_proto::{Action, OutcomeResult};
+use kubesent_proto::{Action, OutcomeResult, WorkloadKind};
 use tracing::info;
 
 use super::{Executor, Step};
 use crate::{
     Remediator, StepError,
     intent::{Intent, Phase},
-    ladder::{self, WorkloadKind},
-    workload_ref,
+    ladder,
+    workload::{Workload, WorkloadApi, WorkloadError},
 };
 
 /// Patch attempts before a workload that keeps changing is given up on.
@@ -34,126 +30,97 @@ impl Executor for OwnerPatch {
         let Some(reference) = intent.workload.clone() else {
             return Ok(Step::finish(OutcomeResult::Failed, "the intent names no workload"));
         };
-        if !matches!(
-            reference.kind,
-            kubesent_proto::WorkloadKind::Deployment | kubesent_proto::WorkloadKind::StatefulSet
-        ) {
+        if !matches!(reference.kind, WorkloadKind::Deployment | WorkloadKind::StatefulSet) {
             // Only written for these two: a forged or corrupted intent ends here, without a change.
             return Ok(Step::finish(
                 OutcomeResult::Failed,
-                StepError::UnsupportedKind(reference.kind).to_string(),
+                WorkloadError::Unsupported(reference.kind).to_string(),
             ));
         }
+        let api = WorkloadApi::new(r.deps.kube.clone(), &namespace);
         if intent.phase == Phase::Pending {
             for _ in 0..ATTEMPTS {
-                let workload = r.workload(&namespace, &reference).await?;
+                let workload = api.get(&reference).await?;
                 if let Err(why) = ladder::template_matches(&workload, &intent.action) {
                     return Ok(Step::finish(OutcomeResult::Stale, why.to_string()));
                 }
                 // (Patched before a crash and not yet recorded: nothing to write again.)
-                let patch = if let Action::PauseRollout { revision, .. } = &intent.action {
-                    let history = revisions::of_workload(
-                        &r.deps.kube,
-                        &namespace,
-                        workload.kind.as_str(),
-                        &workload.object,
-                    )
-                    .await?;
-                    let reason = format!(
-                        "{revision} fails (KubeSent incident {}) and the revision before it has no ready pods to go back to; fix the template, then: kubectl rollout resume deployment/{}",
-                        intent.incident, workload.name
-                    );
-                    match ladder::pause_patch(&workload, &history, &intent.action, &intent.incident, &reason)
-                    {
-                        Ok(patch) => patch.map(Patch::Merge),
-                        Err(why) => return Ok(Step::finish(OutcomeResult::Stale, why.to_string())),
+                let patch = match &intent.action {
+                    Action::PauseRollout { revision, .. } => {
+                        let history = api.revisions(&workload).await?;
+                        let reason = format!(
+                            "{revision} fails (KubeSent incident {}) and the revision before it has no ready pods to go back to; fix the template, then: kubectl rollout resume deployment/{}",
+                            intent.incident,
+                            workload.name()
+                        );
+                        match ladder::pause_patch(
+                            &workload,
+                            &history,
+                            &intent.action,
+                            &intent.incident,
+                            &reason,
+                        ) {
+                            Ok(patch) => patch,
+                            Err(why) => return Ok(Step::finish(OutcomeResult::Stale, why.to_string())),
+                        }
                     }
-                } else if let Action::RollbackRevision { .. } = &intent.action {
                     // The template comes from the workload's own history, read now.
-                    let history = revisions::of_workload(
-                        &r.deps.kube,
-                        &namespace,
-                        workload.kind.as_str(),
-                        &workload.object,
-                    )
-                    .await?;
-                    match ladder::revision_patch(&workload, &history, &intent.action, &intent.incident) {
-                        Ok(patch) => patch.map(Patch::Merge),
-                        Err(why) => return Ok(Step::finish(OutcomeResult::Stale, why.to_string())),
+                    Action::RollbackRevision { .. } => {
+                        let history = api.revisions(&workload).await?;
+                        match ladder::revision_patch(&workload, &history, &intent.action, &intent.incident) {
+                            Ok(patch) => patch,
+                            Err(why) => return Ok(Step::finish(OutcomeResult::Stale, why.to_string())),
+                        }
                     }
-                } else if ladder::already_applied(&workload, &intent.action, &intent.incident) {
-                    None
-                } else {
-                    let patch = ladder::owner_patch(&workload, &intent.action, &intent.incident)
-                        .map_err(StepError::NoPatch)?;
-                    Some(Patch::Strategic(patch))
+                    _ if ladder::already_applied(&workload, &intent.action, &intent.incident) => None,
+                    _ => Some(
+                        ladder::owner_patch(&workload, &intent.action, &intent.incident)
+                            .map_err(StepError::NoPatch)?,
+                    ),
                 };
                 if let Some(patch) = patch {
-                    let params = PatchParams::default();
-                    let result = match workload.kind {
-                        WorkloadKind::Deployment => {
-                            Api::<Deployment>::namespaced(r.deps.kube.clone(), &namespace)
-                                .patch(&workload.name, &params, &patch)
-                                .await
-                                .map(|_| ())
-                        }
-                        WorkloadKind::StatefulSet => {
-                            Api::<StatefulSet>::namespaced(r.deps.kube.clone(), &namespace)
-                                .patch(&workload.name, &params, &patch)
-                                .await
-                                .map(|_| ())
-                        }
-                    };
-                    match result {
+                    match api.patch(&workload, patch).await {
                         Ok(()) => {}
                         // Changed since it was read: read it again and re-check.
-                        Err(kube::Error::Api(status)) if status.is_conflict() => continue,
+                        Err(WorkloadError::Kube(kube::Error::Api(status))) if status.is_conflict() => {
+                            continue;
+                        }
                         Err(error) => return Err(error.into()),
                     }
                 }
                 if let Action::PauseRollout { revision, .. } = &intent.action {
                     // Nothing heals by a pause: it stops the rollout where it is, and a human takes over.
                     let detail = format!(
-                        "the rollout of Deployment {} is paused at {revision}, which fails; fix the template, then `kubectl rollout resume deployment/{}`",
-                        reference.name, reference.name
+                        "the rollout of {workload} is paused at {revision}, which fails; fix the template, then `kubectl rollout resume deployment/{}`",
+                        workload.name()
                     );
                     info!(workload = %reference.name, "rollout paused");
-                    r.announce(&workload_ref(&namespace, &workload), OutcomeResult::Applied, intent, &detail)
-                        .await;
+                    r.announce(&workload.object_ref(), OutcomeResult::Applied, intent, &detail).await;
                     return Ok(Step::finish(OutcomeResult::Applied, detail));
                 }
                 info!(workload = %reference.name, kind = %reference.kind, "owner's pod template patched");
                 intent.phase = Phase::Applied;
                 return Ok(Step::Advanced);
             }
-            return Err(StepError::KeptChanging {
-                what: format!("{} {}", reference.kind, reference.name),
-                attempts: ATTEMPTS,
-            });
+            return Err(StepError::KeptChanging { what: reference.to_string(), attempts: ATTEMPTS });
         }
         // Applied (or a phase another strategy left): verify the rollout.
-        let workload = r.workload(&namespace, &reference).await?;
+        let workload = api.get(&reference).await?;
         let container = intent.action.container().unwrap_or_default().to_owned();
         let old = intent.old_revision.clone().unwrap_or_default();
         let desired = workload.replicas();
-        let label = if workload.kind == WorkloadKind::Deployment {
-            "pod-template-hash"
-        } else {
-            "controller-revision-hash"
-        };
+        let label = workload.revision_label();
         let is_old = move |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(label)) == Some(&old);
         let pods: Api<Pod> = Api::namespaced(r.deps.kube.clone(), &namespace);
-        if workload.kind == WorkloadKind::StatefulSet {
+        if workload.kind() == WorkloadKind::StatefulSet {
             delete_stuck_pods(&pods, &workload, &is_old).await?;
         }
         let config = watcher::Config::default().labels(&workload.selector());
         let verdict =
             r.verify(pods, config, |pods| ladder::rollout_progress(pods, &container, &is_old, desired)).await;
-        let (result, detail) = verdict.describe(
-            &format!("the rollout of {} {}", reference.kind, reference.name),
-            r.config.verify_window,
-        );
-        r.announce(&workload_ref(&namespace, &workload), result, intent, &detail).await;
+        let (result, detail) =
+            verdict.describe(&format!("the rollout of {workload}"), r.config.verify_window);
+        r.announce(&workload.object_ref(), result, intent, &detail).await;
         Ok(Step::finish(result, detail))
     }
 }
@@ -162,7 +129,7 @@ impl Executor for OwnerPatch {
 /// controller creates them again from the fixed template (see [`ladder::stuck_pods`]).
 async fn delete_stuck_pods(
     pods: &Api<Pod>,
-    workload: &ladder::Workload,
+    workload: &Workload,
     is_old: &impl Fn(&Pod) -> bool,
 ) -> Result<(), StepError> {
     let listed = pods.list(&ListParams::default().labels(&workload.selector())).await?;

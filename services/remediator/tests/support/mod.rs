@@ -10,10 +10,7 @@ pub use futures::StreamExt as _;
 pub use k8s_openapi::api::core::v1::Pod;
 pub use kube::{Api, api::PostParams};
 pub use kube_runtime::wait::await_condition;
-pub use kubesent_common::{
-    nats::{self, Topology},
-    nats_server::NatsServer,
-};
+pub use kubesent_common::nats::{self, Topology};
 pub use kubesent_kube_sim::{KubeSim, SimConfig};
 pub use kubesent_proto::{
     self as proto, Action, Failure, FailureKind, IncidentKey, MemoryQuantity, Outcome, PodRef, Strategy,
@@ -25,6 +22,7 @@ pub use kubesent_remediator::{
     guardrails::{Guardrails, Limits},
     intent::{self, Intent, Intents, Phase},
 };
+use kubesent_testkit::nats_server::NatsServer;
 pub use prometheus_client::registry::Registry;
 pub use serde_json::json;
 pub use tokio_util::sync::CancellationToken;

@@ -17,10 +17,26 @@ use tokio::{
     process::{Child, Command},
 };
 
-use crate::{
-    Error,
-    nats::{NatsArgs, Role},
-};
+use kubesent_common::nats::{NatsArgs, Role};
+
+/// Why a local nats-server could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("local nats-server: {what}")]
+pub struct Error {
+    what: String,
+    #[source]
+    source: Option<std::io::Error>,
+}
+
+impl Error {
+    fn local_server(what: impl Into<String>) -> Self {
+        Self { what: what.into(), source: None }
+    }
+
+    fn local_io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self { what: what.into(), source: Some(source) }
+    }
+}
 
 /// How long a starting server may take to report that it is ready.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);

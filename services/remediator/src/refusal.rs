@@ -1,0 +1,84 @@
+//! Why a verdict ends without a change: one typed [`Refusal`] for every check before a change (the gate,
+//! the bounds, the markers KubeSent and humans leave, the ladder, GitOps, the template), each mapped to
+//! the outcome it is recorded as.
+
+use kubesent_proto::{IncidentId, OutcomeResult};
+
+use crate::{
+    bounds::OutOfBounds,
+    gate::{Denial, Stale},
+    ladder::{Mismatch, NoRung},
+};
+
+/// Why a verdict ends without a change, and with which result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// The target is gone, replaced or healthy.
+    #[error(transparent)]
+    Stale(#[from] Stale),
+    /// The verdict carries no action; the detail is its root cause.
+    #[error("{0}")]
+    DiagnosisOnly(String),
+    /// A dry run: decided and recorded, nothing changed.
+    #[error("dry-run: nothing was changed")]
+    DryRun,
+    /// Policy or the evidence refuses the action.
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    /// The pod's controller no longer exists (it is being deleted, or orphaned).
+    #[error("the pod's controller {kind} {name} no longer exists")]
+    OwnerGone {
+        /// Controller kind.
+        kind: String,
+        /// Controller name.
+        name: String,
+    },
+    /// The action is outside what the cluster vouches for.
+    #[error(transparent)]
+    OutOfBounds(#[from] OutOfBounds),
+    /// A human reverted an earlier change of KubeSent's to this container.
+    #[error(
+        "a human reverted KubeSent's change to container {container} (incident {incident}); further changes are only suggested"
+    )]
+    RevertedByHuman {
+        /// The container.
+        container: String,
+        /// The incident whose change was reverted.
+        incident: String,
+    },
+    /// KubeSent changed this target before and it did not heal.
+    #[error(
+        "KubeSent already changed this for incident {0} and it did not heal; escalated to a human instead of trying again"
+    )]
+    PreviousFixIneffective(IncidentId),
+    /// No rung of the ladder applies the action to this target.
+    #[error(transparent)]
+    NoRung(#[from] NoRung),
+    /// The target is managed by a GitOps tool: the change belongs in Git.
+    #[error("{what} is managed by {tool}: change it in Git ({action}); KubeSent only suggests")]
+    GitOps {
+        /// The target in words.
+        what: String,
+        /// The tool.
+        tool: &'static str,
+        /// The action, as JSON.
+        action: String,
+    },
+    /// The owner's template no longer holds what the verdict was made from.
+    #[error(transparent)]
+    TemplateMoved(#[from] Mismatch),
+}
+
+impl Refusal {
+    /// The outcome this refusal is recorded as.
+    pub fn result(&self) -> OutcomeResult {
+        match self {
+            Self::DryRun | Self::RevertedByHuman { .. } | Self::GitOps { .. } => OutcomeResult::Suggested,
+            Self::Stale(_) | Self::OwnerGone { .. } | Self::TemplateMoved(_) => OutcomeResult::Stale,
+            Self::DiagnosisOnly(_) => OutcomeResult::DiagnosisOnly,
+            Self::Denied(_) | Self::OutOfBounds(_) | Self::PreviousFixIneffective(_) | Self::NoRung(_) => {
+                OutcomeResult::Denied
+            }
+        }
+    }
+}
