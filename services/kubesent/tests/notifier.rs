@@ -16,11 +16,9 @@ use axum::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
-use kubesent::{
-    notifier::{self, Delivery, NotifierConfig, NotifierDeps, NotifierMetrics, Sink, SinkKind},
-    stack::{Stack, StackOptions},
-};
+use kubesent::notifier::{self, Delivery, NotifierConfig, NotifierDeps, NotifierMetrics, Sink, SinkKind};
 use kubesent_common::nats::{self, Role};
+use kubesent_loadtest::stack::{Stack, StackOptions};
 use kubesent_proto::{self as proto, Outcome, OutcomeResult};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

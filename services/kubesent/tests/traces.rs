@@ -15,8 +15,8 @@ use std::{
 use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
-use kubesent::stack::{Stack, StackOptions};
 use kubesent_common::telemetry::{SpanExport, TelemetryOptions};
+use kubesent_loadtest::stack::{Stack, StackOptions};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, any_value},

@@ -1,5 +1,5 @@
 //! A whole KubeSent installation in one process: a local nats-server, the Kubernetes API simulator, the
-//! Gemini emulator and the three services. Used by `kubesent demo` and by the end-to-end tests.
+//! Gemini emulator and the three services as libraries. Used by the end-to-end tests.
 
 use std::{sync::Arc, time::Duration};
 

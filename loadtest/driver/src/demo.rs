@@ -1,5 +1,6 @@
-//! `kubesent demo`: KubeSent as it is deployed, on one machine. Two detectors, three diagnosers and two
-//! remediators run as separate processes of this binary (each with its own identity, NATS user and
+//! The demo (`make demo`, `kubesent-dev demo`): KubeSent as it is deployed, on one machine. Two detectors,
+//! three diagnosers and two remediators run as separate processes of the product binary, `kubesent` (each
+//! with its own identity, NATS user and
 //! ServiceAccount token, competing for their Leases) against a 3-server JetStream cluster and kube-sim
 //! with `deploy/base`'s RBAC, and play the failures KubeSent is for:
 //!
@@ -16,13 +17,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::{IsTerminal as _, Write as _},
+    io::Write,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
+use crate::campaign::topology::{self, Topology, TopologyOptions};
 use anyhow::{Context as _, bail};
-use clap::Args;
 use futures::StreamExt as _;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
@@ -31,26 +32,25 @@ use kube::{
 };
 use kubesent_common::nats::Role;
 use kubesent_kube_sim::ImageState;
-use kubesent_loadtest::campaign::topology::{self, Topology, TopologyOptions};
 use kubesent_proto::{self as proto, Action, FailureJob, IncidentId, Outcome, OutcomeResult, Verdict};
 use kubesent_remediator::intent::{Intent, Phase};
 use serde_json::json;
 
-/// `kubesent demo`
-#[derive(Debug, Args)]
-pub struct DemoArgs {
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The product binary, `kubesent`, whose processes the demo runs.
+    pub exe: PathBuf,
     /// Wall-clock seconds per simulated kubelet second (0.1 = ten times faster than real time).
-    #[arg(long, default_value_t = 0.1)]
-    time_scale: f64,
+    pub time_scale: f64,
     /// Seconds a fix must stay healthy to count as healed.
-    #[arg(long, default_value_t = 3)]
-    verify_seconds: u64,
+    pub verify_seconds: u64,
     /// Keep everything running after the demo, for kubectl and `kubesent incidents`, until Ctrl-C.
-    #[arg(long)]
-    keep_running: bool,
+    pub keep_running: bool,
     /// Where the services' logs and the kubeconfigs go (a temporary directory when unset).
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+    /// Redraw a table (a terminal) instead of writing one line per step.
+    pub live: bool,
 }
 
 /// How long the scenarios may take before the demo gives up.
@@ -223,24 +223,24 @@ impl View {
     }
 }
 
-/// Prints as it goes: a redrawn table on a terminal, plain lines otherwise.
-struct Screen {
+/// Writes as it goes: a redrawn table on a terminal, plain lines otherwise.
+struct Screen<W> {
     live: bool,
     started: Instant,
+    out: W,
 }
 
-impl Screen {
-    fn line(&self, text: &str) {
+impl<W: Write> Screen<W> {
+    fn line(&mut self, text: &str) {
         if !self.live {
-            println!("[{:>6.2}s] {text}", self.started.elapsed().as_secs_f64());
+            let _ = writeln!(self.out, "[{:>6.2}s] {text}", self.started.elapsed().as_secs_f64());
         }
     }
 
-    fn draw(&self, view: &View) {
+    fn draw(&mut self, view: &View) {
         if self.live {
-            let mut out = std::io::stdout();
-            let _ = write!(out, "\x1b[2J\x1b[H{}", view.table(self.started.elapsed()));
-            let _ = out.flush();
+            let _ = write!(self.out, "\x1b[2J\x1b[H{}", view.table(self.started.elapsed()));
+            let _ = self.out.flush();
         }
     }
 }
@@ -284,15 +284,15 @@ async fn create_scenarios(kube: &kube::Client, sim: &kubesent_kube_sim::KubeSim)
     Ok(())
 }
 
-/// Runs the demo.
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let live = std::io::stdout().is_terminal();
-    println!(
+/// Runs the demo, writing what happens to `out`.
+pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
+    let mut screen = Screen { live: args.live, started: Instant::now(), out };
+    writeln!(
+        screen.out,
         "KubeSent demo: 2 detectors, 3 diagnosers and 2 remediators as separate processes, a 3-server JetStream\ncluster and the Kubernetes API simulator with deploy/base's RBAC. Starting (about 15 s)…"
-    );
-    let exe = std::env::current_exe().context("finding this executable")?;
+    )?;
     let mut topology = Topology::start(&TopologyOptions {
-        exe,
+        exe: args.exe.clone(),
         detectors: 2,
         diagnosers: 3,
         remediators: 2,
@@ -307,7 +307,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting the services")?;
-    let screen = Screen { live, started: Instant::now() };
+    screen.started = Instant::now();
     let mut view = View::default();
     let client = topology.js.client();
     let mut messages = client.subscribe("kubesent.>").await.context("subscribing to kubesent.>")?;
@@ -405,7 +405,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     screen.draw(&view);
 
-    println!("\nSummary ({:.0} s after the services were up)", elapsed.as_secs_f64());
+    let out = &mut screen.out;
+    writeln!(out, "\nSummary ({:.0} s after the services were up)", elapsed.as_secs_f64())?;
     let mut all_as_expected = true;
     for (workload, what) in SCENARIOS {
         let Some(row) = view.finished(workload) else { continue };
@@ -414,7 +415,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             _ => row.result == Some(OutcomeResult::Healed),
         };
         all_as_expected &= expected;
-        println!(
+        writeln!(
+            out,
             "  {} {what}: {workload}, {} pod{} → {} → {} in {} (by {})",
             if expected { "✓" } else { "✗" },
             row.pods,
@@ -423,14 +425,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             row.state,
             secs(row.done.zip(row.detected).map(|(d, s)| d.saturating_sub(s))),
             row.by
-        );
+        )?;
         if workload == "shop/Pod api" {
-            println!("      {}", row.root_cause);
+            writeln!(out, "      {}", row.root_cause)?;
         }
     }
     let ignored = view.jobs_outside_shop.is_empty();
     all_as_expected &= ignored;
-    println!(
+    writeln!(
+        out,
         "  {} excluded namespace: kube-system/node-agent OOM-killed {agent_restarts} times, {}",
         if ignored { "✓" } else { "✗" },
         if ignored {
@@ -438,13 +441,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         } else {
             format!("incidents for {:?}", view.jobs_outside_shop)
         }
-    );
+    )?;
     if let (Some((victim, _)), Some((successor, after))) = (&killed, &took_over) {
-        println!(
+        writeln!(
+            out,
             "  ✓ failover: {} killed mid-fix; {successor} led {:.1} s later and finished the fix",
             victim.trim_start_matches("kubesent-"),
             after.as_secs_f64()
-        );
+        )?;
     }
     let dir = topology.dir().display().to_string();
     let reader = topology.users.env(Role::Reader);
@@ -461,17 +465,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }))?,
     )?;
     let look = format!(
-        "\nLook around{}:\n  export KUBECONFIG={}\n  kubectl get deploy,pods -n shop; kubectl describe deploy checkout; kubectl get events -n shop\n  export KUBESENT_NATS_URL={} {}\n  kubesent incidents; kubesent incidents show <incident>; kubesent tail\n  the services' logs: {dir}/kubesent-*.log",
+        "\nLook around{}:\n  export KUBECONFIG={}\n  kubectl get deploy,pods -n shop; kubectl describe deploy checkout; kubectl get events -n shop\n  export KUBESENT_NATS_URL={} {}\n  alias kubesent={}\n  kubesent incidents; kubesent incidents show <incident>; kubesent tail\n  the services' logs: {dir}/kubesent-*.log",
         if args.keep_running {
             " (still running; Ctrl-C to stop)"
         } else {
-            " (run `kubesent demo --keep-running` to keep it up)"
+            " (`make demo DEMO_ARGS=--keep-running` keeps it up)"
         },
         admin.display(),
         topology.nats.urls(),
         reader_env.join(" "),
+        args.exe.display(),
     );
-    println!("{look}");
+    writeln!(out, "{look}")?;
+    out.flush()?;
     if args.keep_running {
         // kubectl sends no bearer token over plain HTTP, so the kubeconfig above would be refused while
         // RBAC is on: the scenarios ran under deploy/base's RBAC; looking around needs none.

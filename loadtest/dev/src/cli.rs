@@ -1,14 +1,103 @@
-//! The simulators, the load-test driver and their subcommands (`kube-sim`, `gemini-sim`, `loadtest`),
-//! built only with the `sim` feature: the production binary holds the product alone.
+//! The developers' commands: the demo, the simulators as servers, the load tests and campaigns. Each
+//! runs the product as it ships, as processes of the `kubesent` binary (found beside this one, or named by
+//! `--kubesent`); none of this is in that binary.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::IsTerminal as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::Context as _;
-use clap::{Args, Subcommand};
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+/// KubeSent's developer tools: the demo, the Kubernetes and Gemini simulators, load tests and campaigns.
+#[derive(Debug, Parser)]
+#[command(name = "kubesent-dev", version, about, long_about = None)]
+pub struct Cli {
+    /// The product binary the demo and the campaigns run as processes (default: `kubesent` beside this
+    /// executable, where `cargo build -p kubesent -p kubesent-dev` puts both).
+    #[arg(long, env = "KUBESENT_BIN", global = true)]
+    kubesent: Option<PathBuf>,
+    /// What to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The developers' commands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run KubeSent as deployed, on this machine, against the simulators, and play its failures.
+    Demo(DemoArgs),
+    /// Run the Kubernetes API simulator.
+    KubeSim(KubeSimArgs),
+    /// Run the Gemini API emulator.
+    GeminiSim(GeminiSimArgs),
+    /// Run a load-test scenario or campaign against the simulators and print its figures.
+    #[command(subcommand)]
+    Loadtest(Scenario),
+}
+
+/// `kubesent-dev demo`
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Wall-clock seconds per simulated kubelet second (0.1 = ten times faster than real time).
+    #[arg(long, default_value_t = 0.1)]
+    time_scale: f64,
+    /// Seconds a fix must stay healthy to count as healed.
+    #[arg(long, default_value_t = 3)]
+    verify_seconds: u64,
+    /// Keep everything running after the demo, for kubectl and `kubesent incidents`, until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+    /// Where the services' logs and the kubeconfigs go (a temporary directory when unset).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Runs the chosen command to completion.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Demo(args) => {
+                let options = kubesent_loadtest::demo::DemoOptions {
+                    exe: product_binary(self.kubesent.as_deref())?,
+                    time_scale: args.time_scale,
+                    verify_seconds: args.verify_seconds,
+                    keep_running: args.keep_running,
+                    dir: args.dir,
+                    live: std::io::stdout().is_terminal(),
+                };
+                kubesent_loadtest::demo::run(options, std::io::stdout().lock()).await
+            }
+            Command::KubeSim(args) => run_kube_sim(args).await,
+            Command::GeminiSim(args) => run_gemini_sim(args).await,
+            Command::Loadtest(scenario) => run_loadtest(scenario, self.kubesent.as_deref()).await,
+        }
+    }
+}
+
+/// The product binary: `explicit`, else `kubesent` beside this executable.
+pub fn product_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()
+            .context("finding this executable")?
+            .with_file_name(format!("kubesent{}", std::env::consts::EXE_SUFFIX)),
+    };
+    if !path.is_file() {
+        bail!(
+            "the product binary {} does not exist: build it beside this one (cargo build -p kubesent -p kubesent-dev, as make demo does) or name it with --kubesent PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
 
 /// Load-test scenarios.
 #[derive(Debug, Subcommand)]
-pub enum Scenario {
+enum Scenario {
     /// Detector: watch-event → JetStream latency at several event rates, and RSS per tracked pod.
     Detector {
         /// Event rates to measure (events per second).
@@ -100,9 +189,9 @@ pub enum Scenario {
     },
 }
 
-/// `kubesent kube-sim`
+/// `kubesent-dev kube-sim`
 #[derive(Debug, Args)]
-pub struct KubeSimArgs {
+struct KubeSimArgs {
     /// Address to listen on.
     #[arg(long, env = "KUBE_SIM_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -127,9 +216,9 @@ fn parse_quantity(text: &str) -> Result<kubesent_proto::MemoryQuantity, String> 
     kubesent_proto::MemoryQuantity::parse(text).map_err(|e| e.to_string())
 }
 
-/// `kubesent gemini-sim`
+/// `kubesent-dev gemini-sim`
 #[derive(Debug, Args)]
-pub struct GeminiSimArgs {
+struct GeminiSimArgs {
     /// Address to listen on.
     #[arg(long, env = "GEMINI_SIM_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
@@ -141,8 +230,8 @@ pub struct GeminiSimArgs {
     rpm: Option<u32>,
 }
 
-/// `kubesent kube-sim`: serves until a signal.
-pub async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {
+/// `kubesent-dev kube-sim`: serves until a signal.
+async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {
     let _telemetry = kubesent_common::telemetry::init("kube-sim", false);
     let nodes = (1..=args.nodes.max(1))
         .map(|i| kubesent_kube_sim::nodes::NodeConfig {
@@ -167,8 +256,8 @@ pub async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubesent gemini-sim`: serves until a signal.
-pub async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
+/// `kubesent-dev gemini-sim`: serves until a signal.
+async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
     let _telemetry = kubesent_common::telemetry::init("gemini-sim", false);
     let config = kubesent_gemini_sim::GeminiSimConfig {
         listen: args.listen,
@@ -185,8 +274,8 @@ pub async fn run_gemini_sim(args: GeminiSimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubesent loadtest <scenario>`: runs it and prints its report.
-pub async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
+/// `kubesent-dev loadtest <scenario>`: runs it and prints its report.
+async fn run_loadtest(scenario: Scenario, kubesent: Option<&Path>) -> anyhow::Result<()> {
     // The campaigns' own clients are refused and answered with errors on purpose (hostile messages,
     // injected apiserver faults); their refusals are counted in the report, not logged line by line.
     let filter = match scenario {
@@ -199,13 +288,14 @@ pub async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
         _ => "warn",
     };
     let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-loadtest", false, filter);
+    let exe = product_binary(kubesent)?;
     match scenario {
         Scenario::Detector { rates, failure_percents, seconds, rss_pods, no_rss, pod_kib } => {
             let options = kubesent_loadtest::detector::Options {
                 rates,
                 failure_percents,
                 seconds,
-                exe: std::env::current_exe()?,
+                exe: exe.clone(),
                 rss_pods: if no_rss { Vec::new() } else { rss_pods },
                 pod_kib,
             };
@@ -214,7 +304,7 @@ pub async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
         }
         Scenario::ModelBound { jobs, diagnosers, report_dir } => {
             let options = kubesent_loadtest::campaign::model_bound::ModelBoundOptions {
-                exe: std::env::current_exe()?,
+                exe: exe.clone(),
                 jobs,
                 diagnosers,
                 report_dir: Some(report_dir),
@@ -229,8 +319,7 @@ pub async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
             }
         }
         Scenario::Storm { workloads, storm_scale, report_dir } => {
-            let mut options =
-                kubesent_loadtest::campaign::storm::StormOptions::large(std::env::current_exe()?);
+            let mut options = kubesent_loadtest::campaign::storm::StormOptions::large(exe.clone());
             let scale = |n: usize| ((n as f64) * storm_scale.clamp(0.0, 100.0)).round() as usize;
             options.background_workloads = workloads;
             options.oom_deployments = scale(options.oom_deployments);
@@ -246,7 +335,7 @@ pub async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
         }
         Scenario::Chaos { faults, seed, report_dir, only } => {
             let options = kubesent_loadtest::campaign::chaos::ChaosOptions {
-                exe: std::env::current_exe()?,
+                exe: exe.clone(),
                 faults,
                 seed,
                 report_dir: Some(report_dir),
@@ -262,8 +351,7 @@ pub async fn run_loadtest(scenario: Scenario) -> anyhow::Result<()> {
             }
         }
         Scenario::Hostile { messages, seed } => {
-            let options =
-                kubesent_loadtest::hostile::Options { exe: std::env::current_exe()?, messages, seed };
+            let options = kubesent_loadtest::hostile::Options { exe: exe.clone(), messages, seed };
             let report = kubesent_loadtest::hostile::run(&options).await?;
             print!("{report}");
             if !report.passed() {
