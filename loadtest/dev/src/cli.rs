@@ -333,13 +333,15 @@ async fn run_loadtest(scenario: Scenario, kubesent: Option<&Path>) -> anyhow::Re
                 println!("\nreport: {}", path.display());
             }
         }
-        Scenario::Chaos { faults, seed, report_dir, only } => {
+        Scenario::Chaos { faults, seed, report_dir, only, logs } => {
             let options = kubesent_loadtest::campaign::chaos::ChaosOptions {
                 exe: exe.clone(),
                 faults,
                 seed,
                 report_dir: Some(report_dir),
                 only,
+                every_kind_first: false,
+                dir: logs,
             };
             let report = kubesent_loadtest::campaign::chaos::run(&options).await?;
             print!("{report}");

@@ -219,8 +219,8 @@ async fn a_live_pod_is_read_through_the_current_kubeconfig() {
     pods.create(&PostParams::default(), &pod).await.expect("created");
     let oom = |p: Option<&Pod>| {
         p.and_then(|p| p.status.as_ref()?.container_statuses.as_ref()?.first().cloned()).is_some_and(|c| {
-            let backing_off = c.state.and_then(|s| s.waiting).and_then(|w| w.reason).as_deref()
-                == Some("CrashLoopBackOff");
+            let backing_off =
+                c.state.and_then(|s| s.waiting).and_then(|w| w.reason).as_deref() == Some("CrashLoopBackOff");
             let oom_killed = c.last_state.and_then(|s| s.terminated).and_then(|t| t.reason).as_deref()
                 == Some("OOMKilled");
             backing_off && oom_killed && c.restart_count >= 3

@@ -61,6 +61,16 @@ pub struct ChaosOptions {
     /// Only the faults whose name contains this (every fault when `None`): to repeat one kind of fault
     /// many times, e.g. `remediator leader`.
     pub only: Option<String>,
+    /// Inject every kind of fault once, in a seeded order, before any is repeated (the short campaign
+    /// CI runs); otherwise kinds are drawn by weight.
+    pub every_kind_first: bool,
+    /// Where the services' logs go and stay (a temporary directory, removed at the end, when `None`).
+    pub dir: Option<PathBuf>,
+}
+
+/// Every kind of fault the campaign injects.
+pub fn fault_kinds() -> Vec<&'static str> {
+    FAULTS.iter().map(|(name, _)| *name).chain([STALL]).collect()
 }
 
 /// One leader failover.
@@ -412,6 +422,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         exe: options.exe.clone(),
         kubernetes_minor: 32,
         overrides: overrides.clone(),
+        dir: options.dir.clone(),
         ..TopologyOptions::default()
     })
     .await
@@ -434,10 +445,25 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let total_weight: u64 = faults.iter().map(|(_, w)| w).sum();
     let mut progress = Progress::new("faults", options.faults);
     let lease = Duration::from_secs(LEASE_SECONDS);
+    // Every kind once first, when asked, in a seeded order.
+    let mut first_round: Vec<&str> = if options.every_kind_first {
+        let mut kinds: Vec<&str> = faults.iter().map(|(name, _)| *name).collect();
+        if stall {
+            kinds.push(STALL);
+        }
+        for i in (1..kinds.len()).rev() {
+            kinds.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        kinds
+    } else {
+        Vec::new()
+    };
     for done in 0..options.faults {
         topology.supervise()?;
-        // A stall every 50 faults; otherwise by weight.
-        let fault = if stall && done % 50 == 49 {
+        // Every kind once first (when asked), then a stall every 50 faults; otherwise by weight.
+        let fault = if let Some(next) = first_round.pop() {
+            next
+        } else if stall && done % 50 == 49 {
             STALL
         } else {
             let mut pick = rng.below(total_weight);
@@ -488,7 +514,17 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         topology.replicas.iter().filter(|r| r.role == Role::Remediator).map(|r| r.token.clone()).collect();
     let world = loop {
         topology.supervise()?;
-        let world = World::read(&topology.js, &topology.kube, topology.sim.requests()).await?;
+        // JetStream may still be electing leaders after the last fault (a server restarted): reading
+        // the world is tried again until the deadline.
+        let world = match World::read(&topology.js, &topology.kube, topology.sim.requests()).await {
+            Ok(world) => world,
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(%error, "reading the outside world failed; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => return Err(error.context("reading the outside world after the faults")),
+        };
         let missing = invariants::check(&world, &expectations, &tokens, &tap)
             .iter()
             .any(|v| v.invariant == "no job lost");

@@ -254,16 +254,12 @@ impl Topology {
                 });
             }
         }
-        let topology = Self { sim, kube, admin_token, nats, users, js, replicas, settings, dir, _temp: temp };
-        let deadline = Duration::from_secs(120);
-        for replica in &topology.replicas {
-            let started = Instant::now();
-            while !replica.process.is_ready().await {
-                if started.elapsed() > deadline {
-                    bail!("{} was not ready within {deadline:?}", replica.identity);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        let mut topology =
+            Self { sim, kube, admin_token, nats, users, js, replicas, settings, dir, _temp: temp };
+        // Started together on a fresh cluster, every replica must get ready without exiting once (a
+        // crash-looping start is an error here, not something to restart).
+        for replica in &mut topology.replicas {
+            replica.process.wait_ready(Duration::from_secs(120)).await?;
         }
         Ok(topology)
     }

@@ -125,7 +125,9 @@ impl Topology {
             durable_name: Some(proto::REMEDIATOR_CONSUMER.to_owned()),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(120),
+            // Three of the handler's progress acks (every 20 s): a verdict delivered to a leader that
+            // then stalled or crashed before it acknowledged anything comes back within a minute.
+            ack_wait: Duration::from_secs(60),
             // Unlimited here: a verdict handed back because its leader stopped leading is delivered
             // again, and the remediator itself dead-letters one that failed on its `4 × max_deliver`th
             // delivery (times four: hand-overs count). A server-side limit would drop a verdict
@@ -157,14 +159,28 @@ pub async fn prepare(
     role: Role,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
+    let quick = setup_context(js);
     for config in topology.streams().into_iter().filter(|c| role.owns_stream(&c.name)) {
         let name = config.name.clone();
-        retry(&format!("stream {name}"), shutdown, || js.create_or_update_stream(config.clone())).await?;
+        retry(&format!("stream {name}"), shutdown, || quick.create_or_update_stream(config.clone())).await?;
     }
     if role.owns_stream(&format!("KV_{}", proto::INTENTS_BUCKET)) {
         open_intents(js, topology, shutdown).await?;
     }
     Ok(())
+}
+
+/// How long one set-up request may wait for JetStream's answer. A cluster still electing its meta leader
+/// answers nothing: the client's default (10 s) would idle through two or three elections before the
+/// retry. Set-up requests are idempotent and retried, so a short wait loses nothing; the handles a
+/// service keeps are opened with its own context, not this one.
+const SETUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `js` with the set-up request timeout.
+fn setup_context(js: &Context) -> Context {
+    let mut quick = js.clone();
+    quick.set_timeout(SETUP_REQUEST_TIMEOUT);
+    quick
 }
 
 /// Creates or updates every stream and the intents bucket (tests, the in-process stack and load tests,
@@ -194,12 +210,13 @@ pub async fn open_intents(
     // replica that lags behind (one just restarted) would hide a fresh intent from a remediator taking
     // over. Turning that off makes every get go through the leader.
     let stream_name = format!("KV_{}", proto::INTENTS_BUCKET);
+    let quick = setup_context(js);
     retry("consistent reads of the intents bucket", shutdown, || async {
-        let mut stream = js.get_stream(&stream_name).await.map_err(BoxError::from)?;
+        let mut stream = quick.get_stream(&stream_name).await.map_err(BoxError::from)?;
         let info = stream.info().await.map_err(BoxError::from)?;
         if info.config.allow_direct {
             let config = stream::Config { allow_direct: false, ..info.config.clone() };
-            js.update_stream(config).await.map_err(BoxError::from)?;
+            quick.update_stream(config).await.map_err(BoxError::from)?;
         }
         js.get_key_value(proto::INTENTS_BUCKET).await.map_err(BoxError::from)
     })
@@ -213,11 +230,12 @@ pub async fn open_bucket(
     shutdown: &CancellationToken,
 ) -> Result<kv::Store, Error> {
     let name = config.bucket.clone();
+    let quick = setup_context(js);
     retry(&format!("bucket {name}"), shutdown, || async {
-        match js.get_key_value(&name).await {
-            Ok(store) => Ok(store),
-            Err(_) => js.create_key_value(config.clone()).await,
+        if quick.get_key_value(&name).await.is_err() {
+            quick.create_key_value(config.clone()).await.map_err(BoxError::from)?;
         }
+        js.get_key_value(&name).await.map_err(BoxError::from)
     })
     .await
 }
@@ -246,9 +264,11 @@ pub async fn open_consumer(
     shutdown: &CancellationToken,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
     let name = config.durable_name.clone().unwrap_or_default();
+    let quick = setup_context(js);
     retry(&format!("consumer {name} on stream {stream}"), shutdown, || async {
-        let stream = js.get_stream(stream).await.map_err(BoxError::from)?;
-        stream.get_or_create_consumer(&name, config.clone()).await.map_err(BoxError::from)
+        let created = quick.get_stream(stream).await.map_err(BoxError::from)?;
+        created.get_or_create_consumer(&name, config.clone()).await.map_err(BoxError::from)?;
+        js.get_stream(stream).await.map_err(BoxError::from)?.get_consumer(&name).await.map_err(BoxError::from)
     })
     .await
 }
