@@ -268,7 +268,7 @@ pub async fn open_consumer(
     retry(&format!("consumer {name} on stream {stream}"), shutdown, || async {
         let created = quick.get_stream(stream).await.map_err(BoxError::from)?;
         created.get_or_create_consumer(&name, config.clone()).await.map_err(BoxError::from)?;
-        js.get_stream(stream).await.map_err(BoxError::from)?.get_consumer(&name).await.map_err(BoxError::from)
+        js.get_stream(stream).await.map_err(BoxError::from)?.get_consumer(&name).await
     })
     .await
 }
