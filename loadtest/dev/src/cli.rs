@@ -163,6 +163,9 @@ enum Scenario {
         /// Only the faults whose name contains this text (e.g. `remediator leader`), to repeat one kind.
         #[arg(long)]
         only: Option<String>,
+        /// Where the services' logs go and stay (a temporary directory, removed at the end, when unset).
+        #[arg(long)]
+        logs: Option<std::path::PathBuf>,
     },
     /// Hostile messages: forged, replayed, mutated and malformed jobs, verdicts and KV writes from
     /// unprivileged and wrongly privileged clients against the services as processes; fails unless
