@@ -4,14 +4,14 @@
 //! never relies on it for safety: JetStream dedup, KV compare-and-set locks and API preconditions do.
 //! Leadership only decides who does the work.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
 use kube::api::{Patch, PatchParams};
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use kube_runtime::{WatchStreamExt as _, watcher};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -62,65 +62,50 @@ pub fn spawn(
                 lease_ttl: config.ttl,
             },
         );
-        let renew_every = config.ttl / 3;
-        let renew_deadline = config.ttl * 2 / 3;
+        let timing = Timing::of(&config);
         let mut watching = true;
-        let mut last_renewal: Option<Instant> = None;
+        let mut term = Term::default();
         let mut ask = true;
         loop {
-            // A renewal that hangs (an apiserver partition) must not keep a leader leading past its
-            // deadline: the request gets only the time left until then.
-            // A standby's request gets the whole deadline.
-            let left = match last_renewal {
-                Some(t) if *tx.borrow() => renew_deadline.saturating_sub(t.elapsed()),
-                _ => renew_deadline,
-            };
             let asked = if ask {
-                Some(
-                    tokio::time::timeout(left.max(Duration::from_millis(100)), lock.try_acquire_or_renew())
-                        .await,
-                )
+                let timeout = timing.request_timeout(term, Instant::now());
+                Some(match tokio::time::timeout(timeout, lock.try_acquire_or_renew()).await {
+                    Err(_elapsed) => {
+                        warn!(lease = %config.lease_name, waited = ?timeout, "lease renewal got no answer in time");
+                        Answer::TimedOut
+                    }
+                    Ok(Ok(LeaseLockResult::Acquired(_))) => Answer::Acquired,
+                    Ok(Ok(LeaseLockResult::NotAcquired(_))) => Answer::NotAcquired,
+                    Ok(Err(error)) => {
+                        warn!(lease = %config.lease_name, %error, "lease renewal failed");
+                        Answer::Failed
+                    }
+                })
             } else {
                 None
             };
             ask = true;
-            match asked {
-                None => {}
-                Some(Err(_elapsed)) => {
-                    warn!(lease = %config.lease_name, waited = ?left, "lease renewal got no answer in time");
-                    if last_renewal.is_none_or(|t| t.elapsed() >= renew_deadline) {
-                        last_renewal = None;
-                        if tx.send_if_modified(|leading| std::mem::replace(leading, false)) {
-                            warn!(lease = %config.lease_name, "stepping down: lease not renewed within the deadline");
-                        }
+            if let Some(answer) = asked {
+                let next = timing.after(term, answer, Instant::now());
+                match (term.leading, next.leading) {
+                    (false, true) => {
+                        info!(lease = %config.lease_name, identity = %config.identity, "acquired leadership")
                     }
-                }
-                Some(Ok(Ok(LeaseLockResult::Acquired(_)))) => {
-                    last_renewal = Some(Instant::now());
-                    if tx.send_if_modified(|leading| !std::mem::replace(leading, true)) {
-                        info!(lease = %config.lease_name, identity = %config.identity, "acquired leadership");
+                    (true, false) if answer == Answer::NotAcquired => {
+                        warn!(lease = %config.lease_name, "lost leadership")
                     }
-                }
-                Some(Ok(Ok(LeaseLockResult::NotAcquired(_)))) => {
-                    last_renewal = None;
-                    if tx.send_if_modified(|leading| std::mem::replace(leading, false)) {
-                        warn!(lease = %config.lease_name, "lost leadership");
+                    (true, false) => {
+                        warn!(lease = %config.lease_name, "stepping down: lease not renewed within the deadline")
                     }
+                    _ => {}
                 }
-                Some(Ok(Err(error))) => {
-                    warn!(lease = %config.lease_name, %error, "lease renewal failed");
-                    if last_renewal.is_none_or(|t| t.elapsed() >= renew_deadline)
-                        && tx.send_if_modified(|leading| std::mem::replace(leading, false))
-                    {
-                        warn!(lease = %config.lease_name, "stepping down: lease not renewed within the deadline");
-                    }
-                }
+                term = next;
+                tx.send_if_modified(|leading| std::mem::replace(leading, term.leading) != term.leading);
             }
             // A leader renews every third of the lease; a standby asks every second (at most) and
             // whenever the Lease changes (released, taken, renewed).
-            let leading = *tx.borrow();
-            let next_try = tokio::time::Instant::now()
-                + if leading { renew_every } else { renew_every.min(config.standby_poll) };
+            let leading = term.leading;
+            let next_try = timing.next_ask(term, Instant::now());
             let wake = loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(next_try) => break Wake::Ask,
@@ -145,7 +130,7 @@ pub fn spawn(
                     // duration, and acquires only expired leases: without this, every graceful hand-over
                     // would wait out that second and the next poll.
                     if take_released(&leases, &lease, &config).await {
-                        last_renewal = Some(Instant::now());
+                        term = Term { leading: true, last_renewal: Some(Instant::now()) };
                         tx.send_replace(true);
                         info!(lease = %config.lease_name, identity = %config.identity, "acquired leadership (the lease was released)");
                         ask = false;
@@ -162,6 +147,85 @@ pub fn spawn(
         }
     });
     (rx, task)
+}
+
+/// What a lease request came back with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// This replica holds the lease (acquired or renewed).
+    Acquired,
+    /// Another replica holds it.
+    NotAcquired,
+    /// The request failed (an API error).
+    Failed,
+    /// No answer within the request's timeout.
+    TimedOut,
+}
+
+/// An election's memory between requests: whether this replica leads, and when it last renewed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Term {
+    /// Whether it leads.
+    pub leading: bool,
+    /// Its last successful renewal, while it leads.
+    pub last_renewal: Option<Instant>,
+}
+
+/// The timing of an election, from the lease duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// A leader renews every third of the lease.
+    pub renew_every: Duration,
+    /// A leader that could not renew for two thirds of the lease steps down (before it expires for the
+    /// others).
+    pub renew_deadline: Duration,
+    /// A standby asks this often without seeing the Lease change.
+    pub standby_poll: Duration,
+}
+
+impl Timing {
+    /// The timing of `config`'s lease.
+    pub fn of(config: &LeaderConfig) -> Self {
+        Self {
+            renew_every: config.ttl / 3,
+            renew_deadline: config.ttl * 2 / 3,
+            standby_poll: config.standby_poll.min(config.ttl / 3),
+        }
+    }
+
+    /// How long the next request may wait for its answer: a leader gets only what is left until its
+    /// renewal deadline (a renewal that hangs on a partitioned apiserver must not keep it leading past
+    /// it), at least 100 ms; a standby gets the whole deadline.
+    pub fn request_timeout(&self, term: Term, now: Instant) -> Duration {
+        let left = match term.last_renewal {
+            Some(renewed) if term.leading => {
+                self.renew_deadline.saturating_sub(now.saturating_duration_since(renewed))
+            }
+            _ => self.renew_deadline,
+        };
+        left.max(Duration::from_millis(100))
+    }
+
+    /// When to ask again after a request at `now`.
+    pub fn next_ask(&self, term: Term, now: Instant) -> Instant {
+        now + if term.leading { self.renew_every } else { self.standby_poll }
+    }
+
+    /// The term after a request answered `answer` at `now`: leading on an acquisition; a standby at once
+    /// when another replica holds the lease; after a failed or unanswered request, a leader keeps leading
+    /// until its last renewal is older than the deadline, then steps down (fail closed).
+    pub fn after(&self, term: Term, answer: Answer, now: Instant) -> Term {
+        match answer {
+            Answer::Acquired => Term { leading: true, last_renewal: Some(now) },
+            Answer::NotAcquired => Term::default(),
+            Answer::Failed | Answer::TimedOut => {
+                let overdue = term
+                    .last_renewal
+                    .is_none_or(|renewed| now.saturating_duration_since(renewed) >= self.renew_deadline);
+                if overdue { Term::default() } else { term }
+            }
+        }
+    }
 }
 
 /// What woke an election waiting between requests.
@@ -268,5 +332,91 @@ impl LeaderArgs {
             ttl: Duration::from_secs(self.lease_seconds.clamp(3, 3600)),
             standby_poll: STANDBY_POLL,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        let config = LeaderConfig {
+            namespace: "kubesent".into(),
+            lease_name: "kubesent-remediator".into(),
+            identity: "remediator-0".into(),
+            ttl: Duration::from_secs(15),
+            standby_poll: STANDBY_POLL,
+        };
+        Timing::of(&config)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_keeps_leading_until_its_deadline_then_steps_down() {
+        let timing = timing();
+        assert_eq!(timing.renew_every, Duration::from_secs(5));
+        assert_eq!(timing.renew_deadline, Duration::from_secs(10));
+        let term = timing.after(Term::default(), Answer::Acquired, Instant::now());
+        assert!(term.leading);
+        assert_eq!(timing.request_timeout(term, Instant::now()), Duration::from_secs(10));
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let term = timing.after(term, Answer::Failed, Instant::now());
+        assert!(term.leading, "5 s after its renewal a failed renewal is no reason to step down");
+        assert_eq!(
+            timing.request_timeout(term, Instant::now()),
+            Duration::from_secs(5),
+            "the next renewal may wait only what is left of the deadline"
+        );
+
+        tokio::time::advance(Duration::from_millis(4_999)).await;
+        let still = timing.after(term, Answer::TimedOut, Instant::now());
+        assert!(still.leading, "1 ms before the deadline");
+        assert_eq!(
+            timing.request_timeout(still, Instant::now()),
+            Duration::from_millis(100),
+            "at least 100 ms"
+        );
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let stepped_down = timing.after(still, Answer::TimedOut, Instant::now());
+        assert_eq!(stepped_down, Term::default(), "at the deadline, before the lease expires for the others");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_resets_the_deadline_and_another_holder_ends_the_term_at_once() {
+        let timing = timing();
+        let term = timing.after(Term::default(), Answer::Acquired, Instant::now());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let renewed = timing.after(term, Answer::Acquired, Instant::now());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(timing.after(renewed, Answer::Failed, Instant::now()).leading, "9 s after the renewal");
+        assert_eq!(timing.after(renewed, Answer::NotAcquired, Instant::now()), Term::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_renews_every_third_of_the_lease_and_a_standby_asks_every_second() {
+        let timing = timing();
+        let now = Instant::now();
+        let leader = Term { leading: true, last_renewal: Some(now) };
+        assert_eq!(timing.next_ask(leader, now), now + Duration::from_secs(5));
+        assert_eq!(timing.next_ask(Term::default(), now), now + STANDBY_POLL);
+        assert_eq!(
+            timing.request_timeout(Term::default(), now),
+            Duration::from_secs(10),
+            "a standby waits the deadline"
+        );
+        assert_eq!(
+            timing.after(Term::default(), Answer::Failed, now),
+            Term::default(),
+            "a standby stays one"
+        );
+        let short = Timing::of(&LeaderConfig {
+            namespace: "kubesent".into(),
+            lease_name: "l".into(),
+            identity: "i".into(),
+            ttl: Duration::from_secs(3),
+            standby_poll: Duration::from_secs(5),
+        });
+        assert_eq!(short.standby_poll, Duration::from_secs(1), "capped at a third of the lease");
     }
 }

@@ -292,31 +292,40 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_unschedulable_pod_waits_for_the_threshold_and_one_placed_meanwhile_is_never_published() {
+    #[tokio::test(start_paused = true)]
+    async fn an_unschedulable_pod_waits_for_the_threshold_and_one_placed_meanwhile_is_never_published() {
         let mut book = IncidentBook::with_holds(Holds {
             unschedulable: Duration::from_secs(120),
             not_ready: Duration::from_secs(300),
         });
-        let now = Instant::now();
+        let group_wait = Duration::from_secs(2);
+        let opened = Instant::now();
         let mut pending = job("Deployment", "web-1");
         pending.failure.kind = kubesent_proto::FailureKind::Unschedulable;
         let id = pending.incident.clone();
-        book.apply(Update::Open(pending.clone()), now, Duration::from_secs(2));
-        assert!(book.take_due(now + Duration::from_secs(60)).is_none(), "not before the threshold");
+        book.apply(Update::Open(pending.clone()), opened, group_wait);
+        assert_eq!(
+            book.next_due(),
+            Some(opened + Duration::from_secs(120)),
+            "the publisher sleeps until the threshold, not the grouping window"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(book.take_due(Instant::now()).is_none(), "not before the threshold");
         book.apply(
             Update::Cleared { pod_uid: pending.pod.uid.clone(), incident: id.clone() },
-            now,
-            Duration::from_secs(2),
+            Instant::now(),
+            group_wait,
         );
         assert_eq!(book.open(), 0);
-        assert!(book.take_due(now + Duration::from_secs(121)).is_none(), "placed in time: never published");
-        book.apply(Update::Open(pending), now, Duration::from_secs(2));
-        assert_eq!(
-            book.take_due(now + Duration::from_secs(121)).map(|j| j.incident),
-            Some(id),
-            "still pending: published"
-        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(book.take_due(Instant::now()).is_none(), "placed in time: never published");
+
+        let reopened = Instant::now();
+        book.apply(Update::Open(pending), reopened, group_wait);
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert!(book.take_due(Instant::now()).is_none(), "a new hold from when it was seen pending again");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(book.take_due(Instant::now()).map(|j| j.incident), Some(id), "still pending: published");
     }
 
     #[test]

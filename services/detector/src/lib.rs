@@ -306,13 +306,108 @@ fn job_events(
 }
 
 /// What the watch side reads: a pod's or a Job's change.
-enum Watched {
+#[derive(Debug)]
+pub enum Watched {
+    /// A pod watch event.
     Pod(watcher::Event<LeanPod>),
+    /// A Job watch event.
     Job(watcher::Event<LeanJob>),
 }
 
-/// The watch side: classification, transitions and grouping of pods, and Jobs that give up. Hands every
-/// new or changed incident to the publisher; never blocks on NATS.
+/// The watch side's memory: what each pod's and Job's containers showed last, and which pods the relist
+/// under way has seen. Turns each watch event into the updates the incident book needs, without I/O.
+#[derive(Debug, Default)]
+pub struct WatchState {
+    tracker: PodTracker,
+    jobs: JobTracker,
+    relisted: BTreeSet<String>,
+    excluded_namespaces: Vec<String>,
+    incident_ttl: Duration,
+}
+
+/// What one watch event changed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Observed {
+    /// For the incident book, in order.
+    pub updates: Vec<Update>,
+    /// Transitions into a failure seen.
+    pub transitions: u64,
+}
+
+impl WatchState {
+    /// A fresh memory that ignores `excluded_namespaces` and Job failures older than `incident_ttl`.
+    pub fn new(excluded_namespaces: Vec<String>, incident_ttl: Duration) -> Self {
+        Self { excluded_namespaces, incident_ttl, ..Self::default() }
+    }
+
+    fn excluded(&self, namespace: Option<&String>) -> bool {
+        self.excluded_namespaces.iter().any(|ns| Some(ns) == namespace)
+    }
+
+    /// Pods tracked now.
+    pub fn tracked_pods(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// What `event`, seen at `now`, changes.
+    pub fn observe(&mut self, event: Watched, now: jiff::Timestamp) -> Observed {
+        let mut observed = Observed::default();
+        match event {
+            Watched::Pod(watcher::Event::Init) => self.relisted.clear(),
+            Watched::Pod(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    self.relisted.insert(uid.clone());
+                }
+                if self.excluded(pod.metadata.namespace.as_ref()) {
+                    return observed;
+                }
+                self.jobs.observe_pod(&pod);
+                let (transitions, cleared) = self.tracker.observe_all(&pod);
+                observed.transitions = transitions.len() as u64;
+                for transition in transitions {
+                    observed.updates.push(Update::Open(Box::new(build_job(&pod, &transition))));
+                }
+                for (container, kind) in cleared {
+                    let incident = incident::incident_key(&pod, &container, kind).fingerprint();
+                    let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+                    observed.updates.push(Update::Cleared { pod_uid, incident });
+                }
+            }
+            Watched::Pod(watcher::Event::InitDone) => {
+                // Pods that vanished while the watch was down are forgotten.
+                let relisted = &self.relisted;
+                self.tracker.retain(|uid| relisted.contains(uid));
+                observed.updates.push(Update::Resync(self.relisted.clone()));
+            }
+            Watched::Pod(watcher::Event::Delete(pod)) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    self.tracker.forget(uid);
+                    observed.updates.push(Update::Gone { pod_uid: uid.clone() });
+                }
+            }
+            Watched::Job(watcher::Event::InitApply(job) | watcher::Event::Apply(job)) => {
+                if self.excluded(job.metadata.namespace.as_ref()) {
+                    return observed;
+                }
+                if let Some(failure) = self.jobs.observe_job(&job, now, self.incident_ttl) {
+                    observed.transitions = 1;
+                    observed.updates.push(Update::Open(Box::new(failure)));
+                }
+            }
+            Watched::Job(watcher::Event::Delete(job)) => {
+                if let Some(uid) = &job.metadata.uid {
+                    self.jobs.forget_job(uid);
+                    observed.updates.push(Update::Gone { pod_uid: jobs::holder(uid) });
+                }
+            }
+            Watched::Job(watcher::Event::Init | watcher::Event::InitDone) => {}
+        }
+        observed
+    }
+}
+
+/// The watch side: reads pod and Job watch events, turns each into updates ([`WatchState::observe`]) and
+/// hands them to the publisher; never blocks on NATS.
 async fn watch_pods(
     config: &DetectorConfig,
     deps: &DetectorDeps,
@@ -321,11 +416,7 @@ async fn watch_pods(
 ) {
     let mut events = pod_events(config, &deps.kube);
     let mut job_events = job_events(config, &deps.kube);
-    let mut tracker = PodTracker::default();
-    let mut job_tracker = JobTracker::default();
-    let mut relisted: BTreeSet<String> = BTreeSet::new();
-    let excluded =
-        |namespace: Option<&String>| config.excluded_namespaces.iter().any(|ns| Some(ns) == namespace);
+    let mut state = WatchState::new(config.excluded_namespaces.clone(), config.incident_ttl);
     loop {
         let event = tokio::select! {
             event = events.next() => match event {
@@ -349,60 +440,10 @@ async fn watch_pods(
             () = shutdown.cancelled() => return,
         };
         deps.metrics.watch_events.inc();
-        let mut updates = Vec::new();
-        match event {
-            Watched::Pod(watcher::Event::Init) => relisted.clear(),
-            Watched::Pod(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
-                if let Some(uid) = &pod.metadata.uid {
-                    relisted.insert(uid.clone());
-                }
-                if excluded(pod.metadata.namespace.as_ref()) {
-                    continue;
-                }
-                job_tracker.observe_pod(&pod);
-                let (transitions, cleared) = tracker.observe_all(&pod);
-                deps.metrics.transitions.inc_by(transitions.len() as u64);
-                for transition in transitions {
-                    updates.push(Update::Open(Box::new(build_job(&pod, &transition))));
-                }
-                for (container, kind) in cleared {
-                    let incident = incident::incident_key(&pod, &container, kind).fingerprint();
-                    let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
-                    updates.push(Update::Cleared { pod_uid, incident });
-                }
-            }
-            Watched::Pod(watcher::Event::InitDone) => {
-                // Pods that vanished while the watch was down are forgotten.
-                tracker.retain(|uid| relisted.contains(uid));
-                updates.push(Update::Resync(relisted.clone()));
-            }
-            Watched::Pod(watcher::Event::Delete(pod)) => {
-                if let Some(uid) = &pod.metadata.uid {
-                    tracker.forget(uid);
-                    updates.push(Update::Gone { pod_uid: uid.clone() });
-                }
-            }
-            Watched::Job(watcher::Event::InitApply(job) | watcher::Event::Apply(job)) => {
-                if excluded(job.metadata.namespace.as_ref()) {
-                    continue;
-                }
-                if let Some(failure) =
-                    job_tracker.observe_job(&job, jiff::Timestamp::now(), config.incident_ttl)
-                {
-                    deps.metrics.transitions.inc();
-                    updates.push(Update::Open(Box::new(failure)));
-                }
-            }
-            Watched::Job(watcher::Event::Delete(job)) => {
-                if let Some(uid) = &job.metadata.uid {
-                    job_tracker.forget_job(uid);
-                    updates.push(Update::Gone { pod_uid: jobs::holder(uid) });
-                }
-            }
-            Watched::Job(watcher::Event::Init | watcher::Event::InitDone) => {}
-        }
-        deps.metrics.tracked_pods.set(tracker.len() as i64);
-        for update in updates {
+        let observed = state.observe(event, jiff::Timestamp::now());
+        deps.metrics.transitions.inc_by(observed.transitions);
+        deps.metrics.tracked_pods.set(state.tracked_pods() as i64);
+        for update in observed.updates {
             if jobs.send(update).await.is_err() {
                 return;
             }
@@ -552,4 +593,103 @@ async fn publish_job(
     .instrument(span)
     .await;
     (job, result)
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn pod(uid: &str, namespace: &str, restarts: i32, state: Value, last: Value) -> LeanPod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("web-{uid}"), "namespace": namespace, "uid": uid},
+            "spec": {"containers": [{"name": "app", "image": "web:1"}]},
+            "status": {"containerStatuses": [{"name": "app", "image": "web:1", "imageID": "", "ready": false,
+                "restartCount": restarts, "state": state, "lastState": last}]}
+        }))
+        .expect("pod")
+    }
+
+    fn oom_killed(uid: &str, namespace: &str) -> LeanPod {
+        pod(
+            uid,
+            namespace,
+            1,
+            json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
+        )
+    }
+
+    fn running(uid: &str) -> LeanPod {
+        pod(uid, "shop", 0, json!({"running": {"startedAt": "2026-11-01T09:00:00Z"}}), json!({}))
+    }
+
+    fn job(uid: &str) -> LeanJob {
+        serde_json::from_value(json!({"metadata": {"name": "report", "namespace": "shop", "uid": uid},
+            "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "report:1"}]}}},
+            "status": {"failed": 1}}))
+        .expect("job")
+    }
+
+    /// What an event turned into, in words, for the table.
+    fn shape(observed: &Observed) -> Vec<String> {
+        observed
+            .updates
+            .iter()
+            .map(|u| match u {
+                Update::Open(job) => format!("open {} {}", job.pod.name, job.failure.kind.as_str()),
+                Update::Gone { pod_uid } => format!("gone {pod_uid}"),
+                Update::Resync(uids) => format!("resync {uids:?}"),
+                Update::Cleared { pod_uid, .. } => format!("cleared {pod_uid}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_watch_event_becomes_the_updates_the_incident_book_needs() {
+        let now: jiff::Timestamp = "2026-11-01T10:00:00Z".parse().expect("time");
+        let mut state = WatchState::new(vec!["kube-system".into()], Duration::from_secs(900));
+        let steps: Vec<(&str, Watched, Vec<&str>, u64)> = vec![
+            ("a relist starts", Watched::Pod(watcher::Event::Init), vec![], 0),
+            ("a healthy pod listed", Watched::Pod(watcher::Event::InitApply(running("a"))), vec![], 0),
+            (
+                "a pod listed already failing",
+                Watched::Pod(watcher::Event::InitApply(oom_killed("b", "shop"))),
+                vec!["open web-b oom-killed"],
+                1,
+            ),
+            ("the relist ends", Watched::Pod(watcher::Event::InitDone), vec![r#"resync {"a", "b"}"#], 0),
+            (
+                "the same failure again is no transition",
+                Watched::Pod(watcher::Event::Apply(oom_killed("b", "shop"))),
+                vec![],
+                0,
+            ),
+            (
+                "a pod that starts failing",
+                Watched::Pod(watcher::Event::Apply(oom_killed("a", "shop"))),
+                vec!["open web-a oom-killed"],
+                1,
+            ),
+            (
+                "a failing pod in an excluded namespace",
+                Watched::Pod(watcher::Event::Apply(oom_killed("c", "kube-system"))),
+                vec![],
+                0,
+            ),
+            ("a deleted pod", Watched::Pod(watcher::Event::Delete(running("a"))), vec!["gone a"], 0),
+            ("a running Job", Watched::Job(watcher::Event::Apply(job("j1"))), vec![], 0),
+            ("a deleted Job", Watched::Job(watcher::Event::Delete(job("j1"))), vec!["gone job/j1"], 0),
+            ("a second relist forgets a vanished pod", Watched::Pod(watcher::Event::Init), vec![], 0),
+            ("only b is listed", Watched::Pod(watcher::Event::InitApply(oom_killed("b", "shop"))), vec![], 0),
+            ("the second relist ends", Watched::Pod(watcher::Event::InitDone), vec![r#"resync {"b"}"#], 0),
+        ];
+        for (case, event, updates, transitions) in steps {
+            let observed = state.observe(event, now);
+            assert_eq!(shape(&observed), updates, "{case}");
+            assert_eq!(observed.transitions, transitions, "{case}");
+        }
+        assert_eq!(state.tracked_pods(), 1, "only b is tracked after the relist");
+    }
 }

@@ -18,10 +18,13 @@ pub mod rules;
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use kubesent_common::{
     admin::Health,
-    nats::{self, ProgressAcker, PullOptions, Role, Topology},
+    nats::{
+        self, ProgressAcker, PullOptions, Role, Topology,
+        disposition::{self, Disposition, Handled},
+    },
     trace,
 };
 use kubesent_proto::{self as proto, Action, FailureJob, Verdict, VerdictSource, VerdictStatus};
@@ -308,55 +311,59 @@ impl Worker {
     }
 
     async fn handle_in_span(&self, message: jetstream::Message, span: &tracing::Span) {
-        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
-        let job: FailureJob = match proto::validate::receive_job(message.subject.as_str(), &message.payload) {
-            Ok(job) => job,
+        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1).max(1).unsigned_abs();
+        let max_deliveries = self.config.topology.max_deliver.max(1).unsigned_abs();
+        let handled = match proto::validate::receive_job(message.subject.as_str(), &message.payload) {
             Err(error) => {
                 warn!(%error, subject = %message.subject, "invalid job; dead-lettering it");
                 self.deps.metrics.rejected.get_or_create(&ReasonLabel { reason: error.label() }).inc();
-                self.dead_letter(&message, &format!("invalid job: {error}")).await;
-                return;
+                Handled::Invalid(format!("invalid job: {error}"))
+            }
+            Ok(job) => {
+                trace::record_target(span, job.incident.as_str(), &job.pod.namespace, &job.pod.name);
+                let _progress = ProgressAcker::start(&message, self.config.progress_interval);
+                match self.diagnose_and_publish(&job, deliveries >= max_deliveries).await {
+                    Ok(Diagnosed::Published(status)) => {
+                        self.deps.metrics.count(status);
+                        Handled::Done
+                    }
+                    Ok(Diagnosed::Deferred(delay)) => {
+                        info!(retry_in = ?delay, "no model can answer now; handing the job back");
+                        self.deps.metrics.count(JobOutcome::Deferred);
+                        Handled::Deferred(delay)
+                    }
+                    Err(error) => Handled::Failed(error.to_string()),
+                }
             }
         };
-        trace::record_target(span, job.incident.as_str(), &job.pod.namespace, &job.pod.name);
-        let _progress = ProgressAcker::start(&message, self.config.progress_interval);
-        let last_delivery = deliveries >= self.config.topology.max_deliver;
-        match self.diagnose_and_publish(&job, last_delivery).await {
-            Ok(Handled::Published(status)) => {
-                if let Err(error) = message.double_ack().await {
-                    warn!(%error, "acknowledging the job failed; it will be redelivered and deduplicated");
-                }
-                self.deps.metrics.count(status);
-            }
-            Ok(Handled::Deferred(delay)) => {
-                info!(retry_in = ?delay, "no model can answer now; handing the job back");
-                self.deps.metrics.count(JobOutcome::Deferred);
-                let _ = message.ack_with(AckKind::Nak(Some(delay.max(Duration::from_secs(1))))).await;
-            }
-            Err(error) if deliveries >= self.config.topology.max_deliver => {
-                warn!(%error, deliveries, "job failed on its last delivery; dead-lettering it");
-                self.dead_letter(&message, &format!("failed after {deliveries} deliveries: {error}")).await;
-            }
-            Err(error) => {
-                let delay =
-                    Duration::from_secs(2u64.saturating_pow(u32::try_from(deliveries).unwrap_or(8).min(8)));
-                warn!(%error, deliveries, retry_in = ?delay, "diagnosis failed; the job will be redelivered");
+        let failed = matches!(handled, Handled::Failed(_));
+        let disposition = disposition::dispose(handled, deliveries, max_deliveries);
+        match &disposition {
+            Disposition::DeadLetter(reason) => warn!(%reason, deliveries, "dead-lettering the job"),
+            Disposition::RetryAfter(delay) if failed => {
+                warn!(deliveries, retry_in = ?delay, "diagnosis failed; the job will be redelivered");
                 self.deps.metrics.count(JobOutcome::Retried);
-                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             }
+            Disposition::Ack | Disposition::RetryAfter(_) => {}
         }
-    }
-
-    async fn dead_letter(&self, message: &jetstream::Message, reason: &str) {
-        match nats::dead_letter(&self.deps.js, "diagnoser", message, reason).await {
-            Ok(()) => self.deps.metrics.count(JobOutcome::DeadLettered),
-            Err(error) => warn!(%error, "dead-lettering failed; the job stays on the stream"),
+        match disposition::settle(&self.deps.js, "diagnoser", &message, &disposition).await {
+            Ok(()) if matches!(disposition, Disposition::DeadLetter(_)) => {
+                self.deps.metrics.count(JobOutcome::DeadLettered);
+            }
+            Ok(()) => {}
+            Err(error) => {
+                warn!(%error, ?disposition, "settling the job failed; the server delivers it again after its ack wait")
+            }
         }
     }
 
     /// Diagnoses `job` and publishes the verdict; returns the metric outcome, or the delay after which
     /// the job should come back because no model could answer.
-    async fn diagnose_and_publish(&self, job: &FailureJob, last_delivery: bool) -> Result<Handled, JobError> {
+    async fn diagnose_and_publish(
+        &self,
+        job: &FailureJob,
+        last_delivery: bool,
+    ) -> Result<Diagnosed, JobError> {
         let gathered = gather::gather(&self.deps.kube, job, &self.redactor, last_delivery)
             .instrument(info_span!("evidence"))
             .await?;
@@ -368,7 +375,7 @@ impl Worker {
                 // A job that cannot be handed back again gets the rules' verdict rather than a dead letter.
                 Diagnosis::Deferred { fallback, .. } if last_delivery => *fallback,
                 Diagnosis::Deferred { until, .. } => {
-                    return Ok(Handled::Deferred(
+                    return Ok(Diagnosed::Deferred(
                         until.saturating_duration_since(tokio::time::Instant::now()),
                     ));
                 }
@@ -412,7 +419,7 @@ impl Worker {
             root_cause = %verdict.root_cause,
             "verdict published"
         );
-        Ok(Handled::Published(match verdict.status {
+        Ok(Diagnosed::Published(match verdict.status {
             VerdictStatus::Diagnosed => JobOutcome::Diagnosed,
             VerdictStatus::Stale => JobOutcome::Stale,
         }))
@@ -420,7 +427,7 @@ impl Worker {
 }
 
 /// How a job was handled.
-enum Handled {
+enum Diagnosed {
     /// A verdict was published (the metric outcome).
     Published(JobOutcome),
     /// No model could answer: hand the job back after this delay.

@@ -37,7 +37,10 @@ use kube_runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kubesent_common::{
     admin::Health,
     leader::LeaderConfig,
-    nats::{self, PullOptions, Role, Topology},
+    nats::{
+        self, PullOptions, Role, Topology,
+        disposition::{self, Disposition, Handled},
+    },
     trace,
 };
 use kubesent_proto::{self as proto, Action, Outcome, OutcomeResult, Strategy, Verdict};
@@ -381,64 +384,63 @@ impl Remediator {
     }
 
     async fn handle_in_span(&self, message: jetstream::Message, span: &tracing::Span) {
-        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1);
+        let deliveries = message.info().map(|i| i.delivered).unwrap_or(1).max(1).unsigned_abs();
+        // Hand-overs between leaders count as deliveries too, so the limit is four times the
+        // pipeline's (with the back-off, over an hour of retries).
+        let max_deliveries = self.config.topology.max_deliver.max(1).unsigned_abs().saturating_mul(4);
         // A verdict is a request, never an authority: first its shape and bounds, then (in `remediate`)
         // every bound of its action again from the cluster itself.
-        let verdict: Verdict =
-            match proto::validate::receive_verdict(message.subject.as_str(), &message.payload) {
-                Ok(verdict) => verdict,
-                Err(error) => {
-                    warn!(%error, subject = %message.subject, "invalid verdict; dead-lettering it");
-                    self.deps.metrics.rejected.get_or_create(&ReasonLabel { reason: error.label() }).inc();
-                    let reason = format!("invalid verdict: {error}");
-                    if let Err(error) =
-                        nats::dead_letter(&self.deps.js, "remediator", &message, &reason).await
-                    {
-                        warn!(%error, "dead-lettering failed");
-                    }
-                    return;
+        let handled = match proto::validate::receive_verdict(message.subject.as_str(), &message.payload) {
+            Err(error) => {
+                warn!(%error, subject = %message.subject, "invalid verdict; dead-lettering it");
+                self.deps.metrics.rejected.get_or_create(&ReasonLabel { reason: error.label() }).inc();
+                Handled::Invalid(format!("invalid verdict: {error}"))
+            }
+            Ok(verdict) => {
+                trace::record_target(
+                    span,
+                    verdict.incident.as_str(),
+                    &verdict.pod.namespace,
+                    &verdict.pod.name,
+                );
+                let _progress = nats::ProgressAcker::start(&message, Duration::from_secs(20));
+                match self.remediate_and_record(&verdict).await {
+                    Ok(()) => Handled::Done,
+                    Err(error) => Handled::Failed(error.to_string()),
                 }
-            };
-        trace::record_target(span, verdict.incident.as_str(), &verdict.pod.namespace, &verdict.pod.name);
-        let _progress = nats::ProgressAcker::start(&message, Duration::from_secs(20));
-        let result = match self.remediate(&verdict).await {
-            Ok(finished) => self.record(&verdict, finished).await,
+            }
+        };
+        let failed = matches!(handled, Handled::Failed(_));
+        let disposition = disposition::dispose(handled, deliveries, max_deliveries);
+        match &disposition {
+            Disposition::DeadLetter(reason) => warn!(%reason, deliveries, "dead-lettering the verdict"),
+            Disposition::RetryAfter(delay) if failed => {
+                self.deps.metrics.retries.inc();
+                warn!(deliveries, retry_in = ?delay, "remediation step failed; the verdict will be redelivered");
+            }
+            Disposition::Ack | Disposition::RetryAfter(_) => {}
+        }
+        if let Err(error) = disposition::settle(&self.deps.js, "remediator", &message, &disposition).await {
+            warn!(%error, ?disposition, "settling the verdict failed; a redelivery will find the outcome recorded");
+        }
+    }
+
+    /// Remediates `verdict` and records its outcome. A refusal by the API's authorization cannot be
+    /// retried away: a remediation that changed nothing yet ends as failed, loudly.
+    async fn remediate_and_record(&self, verdict: &Verdict) -> Result<(), StepError> {
+        match self.remediate(verdict).await {
+            Ok(finished) => self.record(verdict, finished).await,
             Err(StepError::Kube(kube::Error::Api(status))) if matches!(status.code, 401 | 403) => {
-                // Retrying cannot help; a remediation that changed nothing yet ends as failed, loudly.
                 let detail = format!(
                     "the remediator may not do this ({}): grant it the rules in deploy/base/rbac.yaml",
                     status.message
                 );
-                match self.give_up_if_unchanged(&verdict.incident, &detail).await {
-                    Ok(Some(finished)) => self.record(&verdict, finished).await,
-                    Ok(None) => Err(StepError::Kube(kube::Error::Api(status))),
-                    Err(error) => Err(error),
+                match self.give_up_if_unchanged(&verdict.incident, &detail).await? {
+                    Some(finished) => self.record(verdict, finished).await,
+                    None => Err(StepError::Kube(kube::Error::Api(status))),
                 }
             }
             Err(error) => Err(error),
-        };
-        match result {
-            Ok(()) => {
-                if let Err(error) = message.double_ack().await {
-                    warn!(%error, "acknowledging the verdict failed; a redelivery will find the outcome recorded");
-                }
-            }
-            // Hand-overs between leaders count as deliveries too, so the limit is four times the
-            // pipeline's (with the back-off below, over an hour of retries).
-            Err(error) if deliveries >= self.config.topology.max_deliver.saturating_mul(4) => {
-                warn!(%error, deliveries, "verdict failed on its last delivery; dead-lettering it");
-                let reason = format!("failed after {deliveries} deliveries: {error}");
-                if let Err(error) = nats::dead_letter(&self.deps.js, "remediator", &message, &reason).await {
-                    warn!(%error, "dead-lettering failed");
-                }
-            }
-            Err(error) => {
-                self.deps.metrics.retries.inc();
-                let delay =
-                    Duration::from_secs(2u64.saturating_pow(u32::try_from(deliveries).unwrap_or(8).min(8)));
-                warn!(%error, deliveries, retry_in = ?delay, "remediation step failed; the verdict will be redelivered");
-                let _ = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
-            }
         }
     }
 

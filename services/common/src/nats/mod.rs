@@ -3,6 +3,7 @@
 //! deterministic `Nats-Msg-Id` and trace context, pulling, and dead-lettering.
 
 pub mod connect;
+pub mod disposition;
 pub mod roles;
 pub mod setup;
 

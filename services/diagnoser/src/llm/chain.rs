@@ -45,6 +45,16 @@ pub enum Backend {
     OpenAi(OpenAiClient),
 }
 
+impl Backend {
+    /// The provider as OpenTelemetry's GenAI conventions name it (`gen_ai.provider.name`).
+    pub fn provider(&self) -> &'static str {
+        match self {
+            Self::Gemini(..) => "gcp.gemini",
+            Self::OpenAi(_) => "openai",
+        }
+    }
+}
+
 /// One model of the chain.
 pub struct Model {
     /// The model id.
@@ -298,7 +308,7 @@ impl ModelChain {
                     "llm_attempt",
                     otel.name = %format_args!("generate_content {}", model.name),
                     otel.kind = "client",
-                    gen_ai.provider.name = "gcp.gemini",
+                    gen_ai.provider.name = model.backend.provider(),
                     gen_ai.operation.name = "generate_content",
                     gen_ai.request.model = %model.name,
                     model = %model.name,
@@ -323,51 +333,42 @@ impl ModelChain {
                         Err(e) => e.to_string(),
                     },
                 );
-                self.metrics.count(
-                    &model.name,
-                    match &result {
-                        Ok(_) => CallResult::Ok,
-                        Err(LlmError::RateLimited { .. }) => CallResult::RateLimited,
-                        Err(LlmError::NotFound(_)) => CallResult::NotFound,
-                        Err(LlmError::Fatal(_)) => CallResult::Refused,
-                        Err(LlmError::Transient(_)) => CallResult::Transient,
-                        Err(LlmError::Unusable(_)) => CallResult::Unusable,
-                    },
-                );
-                match result {
+                self.metrics.count(&model.name, call_result(&result));
+                let error = match result {
                     Ok((value, model_version)) => {
                         self.set(index, Health::Ready);
                         return Ok(Answered { value, model: model.name.clone(), model_version });
                     }
-                    Err(LlmError::RateLimited { retry_after, daily }) => {
-                        let cool = retry_after
-                            .unwrap_or(if daily { DAILY_COOL_DOWN } else { DEFAULT_COOL_DOWN })
-                            .min(MAX_COOL_DOWN);
-                        warn!(model = %model.name, ?cool, daily, "model rate-limited; cooling it down");
-                        let until = Instant::now() + cool;
-                        self.set(index, Health::CoolingUntil(until));
-                        later(until);
-                        break;
+                    Err(error) => error,
+                };
+                let next = after_error(&error, attempt, Instant::now());
+                match &next {
+                    AfterError::Retry => warn!(model = %model.name, %error, attempt, "model call failed"),
+                    AfterError::CoolUntil(until) => {
+                        let cool = until.saturating_duration_since(Instant::now());
+                        warn!(model = %model.name, ?cool, %error, "model rate-limited; cooling it down");
                     }
-                    Err(LlmError::NotFound(message)) => {
-                        warn!(model = %model.name, %message, "model not found; retiring it");
-                        self.set(index, Health::Retired);
-                        break;
+                    AfterError::Retire => {
+                        warn!(model = %model.name, %error, "model refused the request; retiring it")
                     }
-                    Err(LlmError::Fatal(message)) => {
-                        warn!(model = %model.name, %message, "model refused the request; retiring it");
-                        self.set(index, Health::Retired);
-                        break;
+                    AfterError::NextModel => {
+                        warn!(model = %model.name, %error, attempt, "model call failed; trying the next model")
                     }
-                    Err(LlmError::Transient(message)) => {
-                        warn!(model = %model.name, %message, attempt, "model call failed");
-                    }
-                    Err(LlmError::Unusable(message)) => {
-                        warn!(model = %model.name, %message, "unusable answer; trying the next model");
-                        unusable = Some(message);
-                        break;
+                    AfterError::Unusable(_) => {
+                        warn!(model = %model.name, %error, "unusable answer; trying the next model")
                     }
                 }
+                match next {
+                    AfterError::Retry => continue,
+                    AfterError::CoolUntil(until) => {
+                        self.set(index, Health::CoolingUntil(until));
+                        later(until);
+                    }
+                    AfterError::Retire => self.set(index, Health::Retired),
+                    AfterError::NextModel => {}
+                    AfterError::Unusable(message) => unusable = Some(message),
+                }
+                break;
             }
         }
         if let Some(message) = unusable {
@@ -380,5 +381,120 @@ impl ModelChain {
         let until = earliest.unwrap_or_else(|| Instant::now() + Duration::from_secs(10));
         self.pause(until);
         Err(ChainError::Unavailable { until })
+    }
+}
+
+/// What the chain does with a model after a call that failed with `error` on attempt `attempt` (of 2).
+#[derive(Debug, Clone, PartialEq)]
+enum AfterError {
+    /// Ask it once more (a transient failure on the first attempt).
+    Retry,
+    /// Cool it down until then (429: rationed), and try the next model.
+    CoolUntil(Instant),
+    /// Retire it (404: it does not exist; 400/401/403: refused for good), and try the next model.
+    Retire,
+    /// Try the next model (a transient failure again).
+    NextModel,
+    /// Remember its answer was unusable, and try the next model.
+    Unusable(String),
+}
+
+/// The model's next step after `error` at `now` (pure: the chain applies it).
+fn after_error(error: &LlmError, attempt: u32, now: Instant) -> AfterError {
+    match error {
+        LlmError::RateLimited { retry_after, daily } => {
+            let cool = retry_after.unwrap_or(if *daily { DAILY_COOL_DOWN } else { DEFAULT_COOL_DOWN });
+            AfterError::CoolUntil(now + cool.min(MAX_COOL_DOWN))
+        }
+        LlmError::NotFound(_) | LlmError::Fatal(_) => AfterError::Retire,
+        LlmError::Transient(_) if attempt < 2 => AfterError::Retry,
+        LlmError::Transient(_) => AfterError::NextModel,
+        LlmError::Unusable(message) => AfterError::Unusable(message.clone()),
+    }
+}
+
+/// How one call ended, for the call metrics.
+fn call_result<T>(result: &Result<T, LlmError>) -> CallResult {
+    match result {
+        Ok(_) => CallResult::Ok,
+        Err(LlmError::RateLimited { .. }) => CallResult::RateLimited,
+        Err(LlmError::NotFound(_)) => CallResult::NotFound,
+        Err(LlmError::Fatal(_)) => CallResult::Refused,
+        Err(LlmError::Transient(_)) => CallResult::Transient,
+        Err(LlmError::Unusable(_)) => CallResult::Unusable,
+    }
+}
+
+#[cfg(test)]
+mod decision_tests {
+    use super::*;
+
+    #[test]
+    fn each_model_error_moves_the_chain_on_as_the_fallback_rules_say() {
+        let now = Instant::now();
+        let rows: [(&str, LlmError, u32, AfterError); 9] = [
+            (
+                "429 with a retry delay",
+                LlmError::RateLimited { retry_after: Some(Duration::from_secs(17)), daily: false },
+                1,
+                AfterError::CoolUntil(now + Duration::from_secs(17)),
+            ),
+            (
+                "429 without one",
+                LlmError::RateLimited { retry_after: None, daily: false },
+                1,
+                AfterError::CoolUntil(now + DEFAULT_COOL_DOWN),
+            ),
+            (
+                "the daily quota spent",
+                LlmError::RateLimited { retry_after: None, daily: true },
+                1,
+                AfterError::CoolUntil(now + DAILY_COOL_DOWN),
+            ),
+            (
+                "an absurd retry delay",
+                LlmError::RateLimited { retry_after: Some(Duration::from_secs(10_000_000)), daily: false },
+                1,
+                AfterError::CoolUntil(now + MAX_COOL_DOWN),
+            ),
+            ("404", LlmError::NotFound("models/gone".into()), 1, AfterError::Retire),
+            ("403", LlmError::Fatal("API key invalid".into()), 1, AfterError::Retire),
+            ("a first 503", LlmError::Transient("503".into()), 1, AfterError::Retry),
+            ("a second 503", LlmError::Transient("503".into()), 2, AfterError::NextModel),
+            (
+                "an answer out of schema",
+                LlmError::Unusable("not the schema".into()),
+                1,
+                AfterError::Unusable("not the schema".into()),
+            ),
+        ];
+        for (case, error, attempt, expected) in rows {
+            assert_eq!(after_error(&error, attempt, now), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn every_error_is_counted_under_its_own_call_result() {
+        assert_eq!(call_result::<()>(&Ok(())), CallResult::Ok);
+        let counted: Vec<CallResult> = [
+            LlmError::RateLimited { retry_after: None, daily: false },
+            LlmError::NotFound(String::new()),
+            LlmError::Fatal(String::new()),
+            LlmError::Transient(String::new()),
+            LlmError::Unusable(String::new()),
+        ]
+        .into_iter()
+        .map(|e| call_result::<()>(&Err(e)))
+        .collect();
+        assert_eq!(
+            counted,
+            [
+                CallResult::RateLimited,
+                CallResult::NotFound,
+                CallResult::Refused,
+                CallResult::Transient,
+                CallResult::Unusable
+            ]
+        );
     }
 }
