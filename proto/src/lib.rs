@@ -4,7 +4,9 @@
 //! Every payload is JSON with a `schema` field; [`decode`] refuses a schema version it does not know
 //! instead of guessing. The JSON Schemas of these types are checked in under `proto/schema/`.
 
+pub mod approval;
 mod fingerprint;
+pub mod intent;
 mod names;
 mod quantity;
 pub mod validate;
@@ -579,6 +581,8 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("verdict.json", schema::<Verdict>()),
         ("action.json", schema::<Action>()),
         ("outcome.json", schema::<Outcome>()),
+        ("intent.json", schema::<intent::Intent>()),
+        ("decision.json", schema::<approval::Decision>()),
     ]
 }
 

@@ -63,7 +63,7 @@ impl Invalid {
     pub const LABELS: [&'static str; 5] = ["oversized", "schema", "malformed", "invalid", "wrong_subject"];
 }
 
-fn bad(field: &'static str, problem: impl Into<String>) -> Invalid {
+pub(crate) fn bad(field: &'static str, problem: impl Into<String>) -> Invalid {
     Invalid::Field { field, problem: problem.into() }
 }
 
@@ -124,7 +124,7 @@ pub fn is_dns_subdomain(text: &str) -> bool {
 }
 
 /// Free text within `max` bytes, without control characters other than newline and tab.
-fn text(field: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
+pub(crate) fn text(field: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.len() > max {
         return Err(bad(field, format!("{} bytes exceed the limit of {max}", value.len())));
     }
@@ -157,7 +157,7 @@ pub fn clip_text_to(text: &str, max: usize) -> String {
 }
 
 /// A short token (uid, resourceVersion, hash, rule or model name): printable ASCII without spaces.
-fn token(field: &'static str, value: &str, max: usize, may_be_empty: bool) -> Result<(), Invalid> {
+pub(crate) fn token(field: &'static str, value: &str, max: usize, may_be_empty: bool) -> Result<(), Invalid> {
     if value.is_empty() && !may_be_empty {
         return Err(bad(field, "is empty"));
     }
@@ -178,6 +178,16 @@ fn namespace(field: &'static str, value: &str) -> Result<(), Invalid> {
 
 fn container(field: &'static str, value: &str) -> Result<(), Invalid> {
     if is_dns_label(value) { Ok(()) } else { Err(bad(field, format!("{value:?} is not a container name"))) }
+}
+
+/// An incident id as the fingerprint makes them: `inc-` and 24 lowercase hex digits.
+pub(crate) fn incident(field: &'static str, value: &crate::IncidentId) -> Result<(), Invalid> {
+    let hex = value.as_str().strip_prefix("inc-").unwrap_or_default();
+    if hex.len() == 24 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(bad(field, format!("{value} is not an incident id")))
+    }
 }
 
 impl Validate for PodRef {

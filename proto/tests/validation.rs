@@ -2,58 +2,19 @@
 //! every bound, self-consistent and on the subject its content belongs on.
 
 use kubesent_proto::{
-    self as proto, Action, Failure, FailureJob, FailureKind, IncidentKey, MemoryQuantity, PodRef, Verdict,
-    VerdictSource, VerdictStatus, WorkloadRef,
+    self as proto, FailureJob, Strategy, Verdict, WorkloadKind, WorkloadRef,
+    approval::{self, Choice, Decision},
+    intent::{self, Intent, Phase},
     validate::{self, Invalid},
 };
+use kubesent_testkit::fixtures;
 use serde_json::{Value, json};
 
-fn key() -> IncidentKey {
-    IncidentKey {
-        namespace: "shop".into(),
-        workload: WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() },
-        container: "app".into(),
-        kind: FailureKind::OomKilled,
-        template_hash: "5d8f".into(),
-    }
-}
-
+/// A verdict raising the memory of Deployment `web`'s container `app` from 128Mi to 256Mi.
 fn verdict() -> Verdict {
-    let key = key();
-    Verdict {
-        schema: proto::SCHEMA_VERSION,
-        incident: key.fingerprint(),
-        key,
-        pod: PodRef {
-            namespace: "shop".into(),
-            name: "web-5d8f-abcde".into(),
-            uid: "0b6e3c1a-2f4d-4d55-9a3e-1f2c3d4e5f60".into(),
-            resource_version: "4242".into(),
-        },
-        failure: Failure {
-            kind: FailureKind::OomKilled,
-            container: "app".into(),
-            init_container: false,
-            reason: "OOMKilled".into(),
-            message: None,
-            exit_code: Some(137),
-            restart_count: 3,
-            image: "registry.local/shop/web:1.4.2".into(),
-            failed_at: None,
-        },
-        status: VerdictStatus::Diagnosed,
-        root_cause: "container app was OOM-killed at its limit of 128Mi".into(),
-        action: Action::IncreaseMemory {
-            container: "app".into(),
-            from: MemoryQuantity::from_mib(128),
-            to: MemoryQuantity::from_mib(256),
-        },
-        confidence: 95,
-        source: VerdictSource::Rules { rule: "oom-increase-memory".into() },
-        diagnosed_at: "2026-11-30T10:00:00Z".parse().expect("time"),
-        detected_at: None,
-        evidence: None,
-    }
+    let pod =
+        fixtures::owned_by(fixtures::oom_killed_pod("web-5d8f-abcde", "128Mi"), "ReplicaSet", "web-5d8f");
+    fixtures::verdict(&pod, fixtures::increase(128, 256))
 }
 
 fn job() -> FailureJob {
@@ -179,4 +140,86 @@ fn arbitrary_bytes_never_panic_and_are_refused() {
         assert!(validate::receive_verdict(VERDICT_SUBJECT, payload).is_err());
         assert!(validate::receive_job("kubesent.jobs.shop.oom-killed", payload).is_err());
     }
+}
+
+/// The intent of an owner patch carrying out [`verdict`], as the remediator writes it.
+fn intent() -> Intent {
+    let verdict = verdict();
+    Intent {
+        schema: proto::SCHEMA_VERSION,
+        incident: verdict.incident.clone(),
+        phase: Phase::Applied,
+        strategy: Strategy::OwnerPatch,
+        target: verdict.pod.clone(),
+        workload: Some(WorkloadRef { kind: WorkloadKind::Deployment, name: "web".into() }),
+        lock: "lock-0123456789abcdef".into(),
+        action: verdict.action.clone(),
+        original: None,
+        replacement: None,
+        old_revision: Some("5d8f".into()),
+        approved_by: None,
+        baseline_restarts: None,
+        actor: "kubesent-remediator-0".into(),
+        replacement_uid: None,
+        result: None,
+        detail: None,
+        verdict: Some(Box::new(verdict)),
+        updated_at: "2026-11-30T10:00:00Z".parse().expect("time"),
+        applied_at: None,
+    }
+}
+
+fn read_intent(mutate: impl FnOnce(&mut Value)) -> Result<Intent, Invalid> {
+    let mut value = serde_json::to_value(intent()).expect("json");
+    mutate(&mut value);
+    intent::decode(&serde_json::to_vec(&value).expect("bytes"))
+}
+
+#[test]
+fn an_intent_is_read_back_as_written_and_a_newer_writers_extra_fields_do_not_stop_a_reader() {
+    let written = intent();
+    assert_eq!(intent::decode(&proto::encode(&written)).expect("valid"), written);
+    assert!(read_intent(|v| v["written_by_a_newer_remediator"] = json!({"x": 1})).is_ok());
+}
+
+#[test]
+fn an_intent_out_of_bounds_is_refused() {
+    type Mutation = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("a newer schema", Box::new(|v| v["schema"] = json!(2))),
+        ("an incident that is no incident id", Box::new(|v| v["incident"] = json!("inc-../../x"))),
+        ("a workload kind there is none of", Box::new(|v| v["workload"]["kind"] = json!("ClusterRole"))),
+        ("a workload name with a slash", Box::new(|v| v["workload"]["name"] = json!("../web"))),
+        ("an action out of bounds", Box::new(|v| v["action"]["to"] = json!("0"))),
+        ("a verdict out of bounds", Box::new(|v| v["verdict"]["confidence"] = json!(250))),
+        ("a target in no namespace", Box::new(|v| v["target"]["namespace"] = json!("Shop!"))),
+        ("control characters in the detail", Box::new(|v| v["detail"] = json!("ok\u{1b}[2J"))),
+    ];
+    for (case, mutate) in cases {
+        assert!(read_intent(mutate).is_err(), "{case}");
+    }
+    assert!(matches!(intent::decode(&vec![b' '; intent::MAX_INTENT_BYTES + 1]), Err(Invalid::Oversized(_))));
+}
+
+#[test]
+fn a_decision_is_read_only_for_the_incident_and_user_its_key_names() {
+    let incident = verdict().incident;
+    let decision = Decision {
+        schema: proto::SCHEMA_VERSION,
+        incident: incident.clone(),
+        decision: Choice::Approve,
+        by: "alice".into(),
+        reason: None,
+        at: "2026-11-30T10:00:00Z".parse().expect("time"),
+    };
+    let key = approval::key("kubesent-operator", &incident).expect("key");
+    let taken = approval::read(&key, &proto::encode(&decision)).expect("read");
+    assert_eq!(taken.user, "kubesent-operator");
+    assert_eq!(taken.decision, decision);
+    let other = approval::key("kubesent-operator", &verdict_of_another_incident()).expect("key");
+    assert!(approval::read(&other, &proto::encode(&decision)).is_err(), "under another incident's key");
+}
+
+fn verdict_of_another_incident() -> proto::IncidentId {
+    fixtures::naming(verdict(), WorkloadKind::Deployment, "api").incident
 }

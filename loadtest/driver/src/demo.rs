@@ -32,8 +32,8 @@ use kube::{
 };
 use kubesent_common::nats::Role;
 use kubesent_kube_sim::ImageState;
+use kubesent_proto::intent::{Intent, Phase};
 use kubesent_proto::{self as proto, Action, FailureJob, IncidentId, Outcome, OutcomeResult, Verdict};
-use kubesent_remediator::intent::{Intent, Phase};
 use serde_json::json;
 
 /// How the demo runs.

@@ -23,19 +23,22 @@ fn pod_from(value: serde_json::Value) -> Pod {
 }
 
 /// A pod to create in kube-sim: container `app` with `limit` as its memory limit and request, needing
-/// `need` (kube-sim's kubelet OOM-kills it when `need` is over `limit`).
+/// `need` (kube-sim's kubelet OOM-kills it when `need` is over `limit`). No labels: no workload's selector
+/// takes it for one of its pods.
 pub fn sim_pod(name: &str, limit: &str, need: &str) -> Pod {
     pod_from(json!({
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "web"},
+        "metadata": {"name": name, "namespace": NAMESPACE,
             "annotations": {"sim.kubesent.io/memory-need": need}},
         "spec": {"containers": [{"name": "app", "image": IMAGE,
             "resources": {"limits": {"memory": limit}, "requests": {"memory": limit}}}]}
     }))
 }
 
-/// A bare pod kube-sim OOM-kills: 200Mi needed under a 128Mi limit.
+/// A bare pod labelled `app: web` that kube-sim OOM-kills: 200Mi needed under a 128Mi limit.
 pub fn oom_pod(name: &str) -> Pod {
-    sim_pod(name, "128Mi", "200Mi")
+    let mut pod = sim_pod(name, "128Mi", "200Mi");
+    pod.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+    pod
 }
 
 /// A pod as the API shows it once its container `app` (memory limit `limit`) was OOM-killed three times
@@ -132,6 +135,16 @@ fn failure_for(action: &Action) -> FailureKind {
     }
 }
 
+/// The kubelet's reason and the exit code the detector reports for a `kind` failure.
+fn reason_of(kind: FailureKind) -> (&'static str, Option<i32>) {
+    match kind {
+        FailureKind::OomKilled => ("OOMKilled", Some(137)),
+        FailureKind::ErrImagePull => ("ErrImagePull", None),
+        FailureKind::CrashLoop => ("CrashLoopBackOff", Some(1)),
+        other => (other.as_str(), None),
+    }
+}
+
 /// The failure of `pod`'s container `container` as the detector reports it.
 fn failure(pod: &Pod, container: &str, kind: FailureKind) -> Failure {
     let status = pod
@@ -145,12 +158,7 @@ fn failure(pod: &Pod, container: &str, kind: FailureKind) -> Failure {
         .and_then(|s| s.containers.iter().find(|c| c.name == container))
         .and_then(|c| c.image.clone())
         .unwrap_or_else(|| IMAGE.to_owned());
-    let (reason, exit_code) = match kind {
-        FailureKind::OomKilled => ("OOMKilled", Some(137)),
-        FailureKind::ErrImagePull => ("ErrImagePull", None),
-        FailureKind::CrashLoop => ("CrashLoopBackOff", Some(1)),
-        other => (other.as_str(), None),
-    };
+    let (reason, exit_code) = reason_of(kind);
     Failure {
         kind,
         container: container.to_owned(),
@@ -229,20 +237,25 @@ pub fn verdict(pod: &Pod, action: Action) -> Verdict {
     }
 }
 
-/// `verdict` naming the workload `kind` `name` instead (its incident follows the key, as a forger's
-/// would).
-pub fn naming(mut verdict: Verdict, kind: WorkloadKind, name: &str) -> Verdict {
-    verdict.key.workload = WorkloadRef { kind, name: name.into() };
+/// `verdict` with its key changed by `change`, and its incident following the key (as a forger's would).
+pub fn rekeyed(mut verdict: Verdict, change: impl FnOnce(&mut IncidentKey)) -> Verdict {
+    change(&mut verdict.key);
     verdict.incident = verdict.key.fingerprint();
     verdict
 }
 
-/// `verdict` reporting a `kind` failure instead (its incident follows the key).
+/// `verdict` naming the workload `kind` `name` instead.
+pub fn naming(verdict: Verdict, kind: WorkloadKind, name: &str) -> Verdict {
+    rekeyed(verdict, |key| key.workload = WorkloadRef { kind, name: name.into() })
+}
+
+/// `verdict` reporting a `kind` failure instead.
 pub fn failing_with(mut verdict: Verdict, kind: FailureKind) -> Verdict {
-    verdict.key.kind = kind;
+    let (reason, exit_code) = reason_of(kind);
     verdict.failure.kind = kind;
-    verdict.incident = verdict.key.fingerprint();
-    verdict
+    verdict.failure.reason = reason.into();
+    verdict.failure.exit_code = exit_code;
+    rekeyed(verdict, |key| key.kind = kind)
 }
 
 #[cfg(test)]

@@ -13,9 +13,8 @@ use kubesent_common::{
 use kubesent_detector::{DetectorConfig, DetectorDeps, DetectorMetrics};
 use kubesent_kube_sim::{KubeSim, SimConfig};
 use kubesent_proto::{self as proto, FailureJob};
-use kubesent_testkit::nats_server::NatsServer;
+use kubesent_testkit::{fixtures::oom_pod, nats_server::NatsServer};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -72,12 +71,6 @@ fn detector(
         async move { kubesent_detector::run(config, deps, token).await.expect("detector runs") },
         shutdown,
     )
-}
-
-fn oom_pod(name: &str) -> Pod {
-    serde_json::from_value(json!({"metadata": {"name": name, "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
-        "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": "128Mi"}}}]}}))
-    .expect("pod")
 }
 
 async fn stored_jobs(js: &jetstream::Context) -> Vec<FailureJob> {

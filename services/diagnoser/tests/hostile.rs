@@ -10,46 +10,17 @@ use kubesent_diagnoser::{
     redact::{Redactor, sanitize},
     rules::{self, SURE},
 };
-use kubesent_proto::{
-    Action, Failure, FailureJob, FailureKind, IncidentKey, MemoryQuantity, PodRef, WorkloadRef,
-};
+use kubesent_proto::{Action, FailureJob, FailureKind, MemoryQuantity};
+use kubesent_testkit::fixtures;
 use proptest::prelude::*;
 
 const ESC: char = '\u{1b}';
 use serde_json::json;
 
+/// A job for Deployment `web`'s pod `web-1` failing with `kind`.
 fn job(kind: FailureKind) -> FailureJob {
-    let key = IncidentKey {
-        namespace: "shop".into(),
-        workload: WorkloadRef { kind: kubesent_proto::WorkloadKind::Deployment, name: "web".into() },
-        container: "app".into(),
-        kind,
-        template_hash: "h".into(),
-    };
-    FailureJob {
-        schema: 1,
-        incident: key.fingerprint(),
-        key,
-        pod: PodRef {
-            namespace: "shop".into(),
-            name: "web-1".into(),
-            uid: "u".into(),
-            resource_version: "1".into(),
-        },
-        failure: Failure {
-            kind,
-            container: "app".into(),
-            init_container: false,
-            reason: "CrashLoopBackOff".into(),
-            message: None,
-            exit_code: Some(137),
-            restart_count: 3,
-            image: "web:2".into(),
-            failed_at: None,
-        },
-        affected_pods: 1,
-        detected_at: jiff::Timestamp::UNIX_EPOCH,
-    }
+    let pod = fixtures::owned_by(fixtures::oom_killed_pod("web-1", "256Mi"), "ReplicaSet", "web-5d8f");
+    fixtures::job(&pod, kind)
 }
 
 fn hostile_pod(env_name: &str) -> Pod {

@@ -18,7 +18,8 @@ use kubesent_diagnoser::{
 };
 use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig, Reply};
 use kubesent_kube_sim::{KubeSim, SimConfig};
-use kubesent_proto::{self as proto, Verdict, VerdictSource};
+use kubesent_proto::{self as proto, VerdictSource};
+use kubesent_testkit::bus::next_verdict;
 use kubesent_testkit::nats_server::NatsServer;
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -139,14 +140,6 @@ async fn publish(world: &World, job: &proto::FailureJob) {
     nats::publish(&world.js, subject, job.incident.as_str(), proto::encode(job), &[])
         .await
         .expect("published");
-}
-
-async fn next_verdict(subscription: &mut async_nats::Subscriber) -> Verdict {
-    let message = tokio::time::timeout(PATIENCE, subscription.next())
-        .await
-        .expect("a verdict in time")
-        .expect("subscription open");
-    proto::decode(&message.payload).expect("verdict decodes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

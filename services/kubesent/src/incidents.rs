@@ -13,8 +13,8 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy, kv};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt as _;
 use kubesent_common::nats::{self, NatsArgs, Role};
+use kubesent_proto::intent::{Intent, Phase};
 use kubesent_proto::{self as proto, Action, FailureJob, IncidentId, Outcome, Verdict};
-use kubesent_remediator::intent::{Intent, Phase};
 use serde_json::{Value, json};
 
 /// `kubesent incidents`

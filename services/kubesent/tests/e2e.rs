@@ -16,7 +16,8 @@ use kube::{
 use kube_runtime::wait::await_condition;
 use kubesent_kube_sim::ImageState;
 use kubesent_loadtest::stack::{Stack, StackOptions};
-use kubesent_proto::{self as proto, Action, MemoryQuantity, Outcome, OutcomeResult, Strategy};
+use kubesent_proto::{self as proto, Action, MemoryQuantity, OutcomeResult, Strategy};
+use kubesent_testkit::bus::{next_outcome, next_verdict};
 use serde_json::json;
 use support::oom_pod;
 
@@ -61,14 +62,6 @@ async fn stack(minor: u32) -> Stack {
     })
     .await
     .expect("stack starts")
-}
-
-async fn next_outcome(outcomes: &mut async_nats::Subscriber) -> Outcome {
-    let message = tokio::time::timeout(PATIENCE, outcomes.next())
-        .await
-        .expect("an outcome in time")
-        .expect("subscription open");
-    proto::decode(&message.payload).expect("outcome decodes")
 }
 
 async fn last_sequence(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
@@ -536,14 +529,6 @@ async fn an_unparsable_job_is_dead_lettered_with_the_reason() {
     assert_eq!(jobs, 0, "the poison job was removed from the work queue");
     assert_eq!(stack.metrics.diagnoser.jobs(kubesent_diagnoser::JobOutcome::DeadLettered), 1);
     stack.stop().await;
-}
-
-async fn next_verdict(verdicts: &mut async_nats::Subscriber) -> proto::Verdict {
-    let message = tokio::time::timeout(PATIENCE, verdicts.next())
-        .await
-        .expect("a verdict in time")
-        .expect("subscription open");
-    proto::decode(&message.payload).expect("verdict decodes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

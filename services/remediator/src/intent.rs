@@ -6,94 +6,10 @@
 
 use async_nats::jetstream::kv;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
-use kubesent_proto::{Action, IncidentId, OutcomeResult, PodRef, Strategy, WorkloadRef};
-use serde::{Deserialize, Serialize};
-
-/// How far a remediation got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Manual-approval mode: decided and locked, waiting for `kubesent approve` or `reject`.
-    AwaitingApproval,
-    /// Approved by a human; the leader carries it out.
-    Approved,
-    /// Written; nothing has changed yet (a force replace: the old pod may still exist).
-    Pending,
-    /// The change was made (template patched, pod resized or patched); it is being verified.
-    Applied,
-    /// The old pod was deleted (or is terminating); the replacement must be created.
-    Deleted,
-    /// The replacement exists; it is being verified.
-    Created,
-    /// Finished; `result` says how.
-    Done,
-}
-
-/// One remediation, as stored in the bucket under its incident id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Intent {
-    /// Payload schema version.
-    pub schema: u32,
-    /// The incident.
-    pub incident: IncidentId,
-    /// Where it is.
-    pub phase: Phase,
-    /// The rung of the action ladder being carried out.
-    #[serde(default = "force_replace")]
-    pub strategy: Strategy,
-    /// The failing pod (uid and resourceVersion as the gate saw them).
-    pub target: PodRef,
-    /// The workload whose template is patched, for [`Strategy::OwnerPatch`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<WorkloadRef>,
-    /// The lock key this intent holds (per pod, or per workload).
-    #[serde(default)]
-    pub lock: String,
-    /// The action.
-    pub action: Action,
-    /// The original pod, sanitized: enough to create it again if anything goes wrong.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub original: Option<Pod>,
-    /// The pod to create, for a force replace (also kept for a resize, which may fall back to one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replacement: Option<Pod>,
-    /// The failing pods' `pod-template-hash` or `controller-revision-hash`: a rollout is done when no
-    /// pod of this revision is left.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub old_revision: Option<String>,
-    /// Who approved it, in manual-approval mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approved_by: Option<String>,
-    /// The container's restart count once a change made in place took effect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline_restarts: Option<i32>,
-    /// The remediator replica that wrote the last step.
-    pub actor: String,
-    /// The replacement's uid once created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replacement_uid: Option<String>,
-    /// How it ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<OutcomeResult>,
-    /// Why it ended so.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The verdict it carries out: an approved remediation is checked against the cluster again with it
-    /// before anything changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Box<kubesent_proto::Verdict>>,
-    /// Last change.
-    pub updated_at: jiff::Timestamp,
-    /// When the fix was applied (the intent reached `Applied`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub applied_at: Option<jiff::Timestamp>,
-}
-
-fn force_replace() -> Strategy {
-    // Intents written before the ladder existed were all force replaces.
-    Strategy::ForceReplace
-}
+use kubesent_proto::{
+    IncidentId, OutcomeResult, PodRef,
+    intent::{Intent, Phase},
+};
 
 /// Errors of the intent log.
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +31,13 @@ pub enum IntentError {
     /// No intent exists for the incident.
     #[error("no remediation is recorded for incident {0}")]
     Unknown(String),
-    /// A stored entry is not an intent.
+    /// A stored entry is not an intent, or not one within bounds.
     #[error("intent {key} is unreadable: {error}")]
     Corrupt {
         /// The key.
         key: String,
-        /// The decode error.
-        error: serde_json::Error,
+        /// What is wrong with it.
+        error: kubesent_proto::validate::Invalid,
     },
 }
 
@@ -168,7 +84,7 @@ impl Intents {
         let entry = self.kv.entry(incident.as_str()).await.map_err(|e| IntentError::Store(e.to_string()))?;
         match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let intent = serde_json::from_slice(&entry.value)
+                let intent = kubesent_proto::intent::decode(&entry.value)
                     .map_err(|error| IntentError::Corrupt { key: incident.to_string(), error })?;
                 Ok(Some((intent, entry.revision)))
             }
@@ -280,7 +196,7 @@ impl Intents {
     {
         let updates = self
             .kv
-            .watch(format!("{}.>", crate::approvals::DECISION_PREFIX))
+            .watch(format!("{}.>", kubesent_proto::approval::DECISION_PREFIX))
             .await
             .map_err(|e| IntentError::Store(e.to_string()))?;
         Ok(updates.filter_map(|entry| async move {
@@ -294,7 +210,7 @@ impl Intents {
 
     /// Decisions written while no remediator was taking them.
     pub async fn pending_decisions(&self) -> Result<Vec<(String, bytes::Bytes)>, IntentError> {
-        let prefix = format!("{}.", crate::approvals::DECISION_PREFIX);
+        let prefix = format!("{}.", kubesent_proto::approval::DECISION_PREFIX);
         let mut keys = self.kv.keys().await.map_err(|e| IntentError::Store(e.to_string()))?;
         let mut pending = Vec::new();
         while let Some(key) = keys.next().await {
@@ -321,7 +237,7 @@ impl Intents {
         Ok(updates.filter_map(|entry| async move {
             match entry {
                 Ok(entry) if entry.operation == kv::Operation::Put && entry.key.starts_with("inc-") => Some(
-                    serde_json::from_slice(&entry.value)
+                    kubesent_proto::intent::decode(&entry.value)
                         .map(|intent| (intent, entry.revision))
                         .map_err(|error| IntentError::Corrupt { key: entry.key.clone(), error }),
                 ),
@@ -367,10 +283,14 @@ impl Intents {
             if !key.starts_with("inc-") {
                 continue;
             }
-            if let Some((intent, revision)) = self.get(&IncidentId(key)).await?
-                && intent.phase != Phase::Done
-            {
-                open.push((intent, revision));
+            match self.get(&IncidentId(key)).await {
+                Ok(Some((intent, revision))) if intent.phase != Phase::Done => open.push((intent, revision)),
+                Ok(_) => {}
+                // Never acted on; one unreadable entry does not stop the others from being finished.
+                Err(error @ IntentError::Corrupt { .. }) => {
+                    tracing::warn!(%error, "skipping an unreadable intent (nothing is done for it; delete it with `nats kv del`)");
+                }
+                Err(error) => return Err(error),
             }
         }
         Ok(open)

@@ -9,7 +9,6 @@
 //! replicas that both believe they lead (a stalled one waking up) from acting twice.
 //! Changes are reversible with [`undo`].
 
-pub mod approvals;
 pub mod args;
 pub mod bounds;
 pub mod gate;
@@ -56,10 +55,11 @@ use tracing::{Instrument as _, info, warn};
 use crate::{
     gate::Policy,
     guardrails::{Guard, Guardrails},
-    intent::{Claim, Intent, IntentError, Intents, Phase},
+    intent::{Claim, IntentError, Intents},
     ladder::Owner,
     workload::{Workload, WorkloadError},
 };
+use kubesent_proto::intent::{Intent, Phase};
 
 /// Settings of a remediator replica.
 #[derive(Debug, Clone)]
@@ -358,15 +358,15 @@ impl Finished {
     }
 }
 
-impl Intent {
+impl Finished {
     /// How a finished intent ended, for its outcome.
-    fn finished(&self) -> Finished {
-        Finished {
-            result: self.result.unwrap_or(OutcomeResult::Applied),
-            strategy: Some(self.strategy),
-            detail: self.detail.clone().unwrap_or_default(),
-            replacement_uid: self.replacement_uid.clone(),
-            decided_by: self.approved_by.clone(),
+    fn of(intent: &Intent) -> Self {
+        Self {
+            result: intent.result.unwrap_or(OutcomeResult::Applied),
+            strategy: Some(intent.strategy),
+            detail: intent.detail.clone().unwrap_or_default(),
+            replacement_uid: intent.replacement_uid.clone(),
+            decided_by: intent.approved_by.clone(),
             recorded: false,
         }
     }
@@ -634,7 +634,7 @@ impl Remediator {
     async fn advance(&self, intent: &mut Intent, revision: u64) -> Result<u64, StepError> {
         intent.actor = self.config.identity.clone();
         intent.updated_at = jiff::Timestamp::now();
-        if intent.phase == intent::Phase::Applied && intent.applied_at.is_none() {
+        if intent.phase == Phase::Applied && intent.applied_at.is_none() {
             intent.applied_at = Some(intent.updated_at);
             if let Some(verdict) = intent.verdict.as_deref() {
                 kubesent_common::metrics::observe_since(

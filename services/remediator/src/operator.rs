@@ -9,14 +9,17 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt as _;
 use kubesent_common::nats::{self, NatsArgs, Role};
-use kubesent_proto::{self as proto, IncidentId, Outcome, OutcomeResult};
+use kubesent_proto::{
+    self as proto, IncidentId, Outcome, OutcomeResult,
+    approval::{self, Choice, Decision, DecisionError},
+};
 
 use crate::{
-    approvals::{self, Decision, DecisionError},
     guardrails::{Guardrails, GuardrailsError, Limits},
-    intent::{IntentError, Intents, Phase},
+    intent::{IntentError, Intents},
     undo::{self, UndoError, Undone},
 };
+use kubesent_proto::intent::{Intent, Phase};
 
 /// The NATS user an operator is assumed to be when the settings name none (a credentials file).
 pub const DEFAULT_OPERATOR_USER: &str = "kubesent-operator";
@@ -90,7 +93,7 @@ impl Operator {
     }
 
     /// The remediation recorded for `incident`.
-    pub async fn remediation(&self, incident: &IncidentId) -> Result<crate::intent::Intent, OperatorError> {
+    pub async fn remediation(&self, incident: &IncidentId) -> Result<Intent, OperatorError> {
         let (intent, _) =
             self.intents().get(incident).await?.ok_or_else(|| OperatorError::Unknown(incident.clone()))?;
         Ok(intent)
@@ -99,7 +102,7 @@ impl Operator {
     /// Approves a remediation waiting for approval. The leading remediator decides it again against the
     /// cluster and carries it out; its outcome follows in the audit log.
     pub async fn approve(&self, incident: &IncidentId, wait: Duration) -> Result<Taken, OperatorError> {
-        self.decide(incident, approvals::Verdict::Approve, None, wait).await
+        self.decide(incident, Choice::Approve, None, wait).await
     }
 
     /// Rejects a remediation waiting for approval: it is recorded as denied and its target freed.
@@ -109,13 +112,13 @@ impl Operator {
         reason: &str,
         wait: Duration,
     ) -> Result<Taken, OperatorError> {
-        self.decide(incident, approvals::Verdict::Reject, Some(reason.to_owned()), wait).await
+        self.decide(incident, Choice::Reject, Some(reason.to_owned()), wait).await
     }
 
     async fn decide(
         &self,
         incident: &IncidentId,
-        verdict: approvals::Verdict,
+        verdict: Choice,
         reason: Option<String>,
         wait: Duration,
     ) -> Result<Taken, OperatorError> {
@@ -145,8 +148,9 @@ impl Operator {
             reason,
             at: jiff::Timestamp::now(),
         };
-        approvals::submit(&self.bucket, &self.user, &decision).await?;
-        let key = approvals::key(&self.user, incident)?;
+        let key = approval::key(&self.user, incident)?;
+        let payload = serde_json::to_vec(&decision).map_err(|e| IntentError::Store(e.to_string()))?;
+        self.bucket.put(key.as_str(), payload.into()).await.map_err(|e| IntentError::Store(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // A rejection ends in an outcome at once; an approval is taken when its decision is removed.
@@ -159,7 +163,7 @@ impl Operator {
                 return Ok(Taken::Taken(Some(Box::new(outcome))));
             }
             let still_there = self.bucket.get(&key).await.map_err(|e| IntentError::Store(e.to_string()))?;
-            if still_there.is_none() && verdict == approvals::Verdict::Approve {
+            if still_there.is_none() && verdict == Choice::Approve {
                 return Ok(Taken::Taken(None));
             }
             if tokio::time::Instant::now() >= deadline {

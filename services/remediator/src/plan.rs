@@ -16,11 +16,12 @@ use kubesent_proto::{self as proto, Action, IncidentId, OutcomeResult, Strategy,
 use crate::{
     bounds,
     gate::{self, Policy},
-    intent::{self, Intent, Phase},
+    intent,
     ladder::{self, Owner, Rung},
     refusal::Refusal,
     replace, undo,
 };
+use kubesent_proto::intent::{Intent, Phase};
 
 /// What the shell read from the cluster and from KubeSent's own records for one verdict.
 #[derive(Debug, Clone, Copy)]

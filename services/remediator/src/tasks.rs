@@ -14,10 +14,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::{
-    Finished, Remediator, approvals, fence,
-    intent::{Intent, IntentError, Phase},
+use kubesent_proto::{
+    approval::{self, Choice},
+    intent::{Intent, Phase},
 };
+
+use crate::{Finished, Remediator, fence, intent::IntentError};
 use kubesent_common::nats::Role as NatsRole;
 
 /// How often a leader looks for unfinished intents nobody here is driving.
@@ -206,7 +208,7 @@ impl Remediator {
         value: &[u8],
         in_flight: &Arc<Mutex<HashSet<proto::IncidentId>>>,
     ) {
-        let taken = match approvals::read(key, value) {
+        let taken = match approval::read(key, value) {
             Ok(taken) => taken,
             Err(error) => {
                 warn!(%error, "dropping an unreadable decision");
@@ -226,21 +228,19 @@ impl Remediator {
         let by = taken.attribution();
         let span = info_span!(parent: None, "decision", %incident, %by);
         let result = match taken.decision.decision {
-            approvals::Verdict::Approve => {
-                match self.intents.approve(&incident, &by).instrument(span.clone()).await {
-                    Ok((intent, revision)) => {
-                        info!(parent: &span, "approved; carrying it out");
-                        self.clone().carry_out(intent, revision, in_flight);
-                        Ok(())
-                    }
-                    Err(error) => Err(error),
+            Choice::Approve => match self.intents.approve(&incident, &by).instrument(span.clone()).await {
+                Ok((intent, revision)) => {
+                    info!(parent: &span, "approved; carrying it out");
+                    self.clone().carry_out(intent, revision, in_flight);
+                    Ok(())
                 }
-            }
-            approvals::Verdict::Reject => {
+                Err(error) => Err(error),
+            },
+            Choice::Reject => {
                 let reason = taken.decision.reason.clone().unwrap_or_else(|| "rejected".into());
                 match self.intents.reject(&incident, &by, &reason).instrument(span.clone()).await {
                     Ok(intent) => {
-                        let finished = Finished { decided_by: Some(by.clone()), ..intent.finished() };
+                        let finished = Finished { decided_by: Some(by.clone()), ..Finished::of(&intent) };
                         if let Err(error) = self
                             .record_for(
                                 &incident,

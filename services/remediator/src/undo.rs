@@ -16,11 +16,12 @@ use kubesent_proto::{Action, IncidentId, Strategy, WorkloadKind, WorkloadRef};
 use serde_json::{Value, json};
 
 use crate::{
-    intent::{Intent, IntentError, Intents, Phase},
+    intent::{IntentError, Intents},
     ladder::{self, ORIGINAL_IMAGE_ANNOTATION, ORIGINAL_REVISION_ANNOTATION},
     replace::{INCIDENT_ANNOTATION, ORIGINAL_MEMORY_ANNOTATION},
     workload::{Workload, WorkloadApi, WorkloadError, WorkloadPatch},
 };
+use kubesent_proto::intent::{Intent, Phase};
 
 /// Annotation prefix marking a container whose KubeSent change a human reverted
 /// (`kubesent.io/reverted.<container>`, valued with the incident).

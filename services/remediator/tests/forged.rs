@@ -69,48 +69,20 @@ async fn broken_rollout(world: &World) -> Pod {
     }
 }
 
-/// The verdict the diagnoser would publish for `pod`'s failed pull, with `action`.
+/// The verdict a forger would publish for `pod`'s failed pull, with `action`, naming `workload`, made a
+/// new incident by `tag`, and sure of itself.
 fn pull_verdict(pod: &Pod, action: Action, workload: (&str, &str), tag: &str) -> Verdict {
-    let name = pod.metadata.name.clone().expect("name");
-    let key = IncidentKey {
-        namespace: pod.metadata.namespace.clone().expect("namespace"),
-        workload: WorkloadRef {
-            kind: kubesent_proto::WorkloadKind::parse(workload.0).expect("a workload kind"),
-            name: workload.1.into(),
-        },
-        container: action.container().unwrap_or("app").into(),
-        kind: FailureKind::ErrImagePull,
-        template_hash: tag.into(),
-    };
+    let kind = proto::WorkloadKind::parse(workload.0).expect("a workload kind");
+    let verdict = fixtures::failing_with(fixtures::verdict(pod, action), FailureKind::ErrImagePull);
+    let verdict = fixtures::rekeyed(verdict, |key| {
+        key.workload = WorkloadRef { kind, name: workload.1.into() };
+        key.template_hash = tag.into();
+    });
     Verdict {
-        schema: proto::SCHEMA_VERSION,
-        incident: key.fingerprint(),
-        key: key.clone(),
-        pod: PodRef {
-            namespace: key.namespace.clone(),
-            name,
-            uid: pod.metadata.uid.clone().expect("uid"),
-            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
-        },
-        failure: Failure {
-            kind: FailureKind::ErrImagePull,
-            container: key.container.clone(),
-            init_container: false,
-            reason: "ErrImagePull".into(),
-            message: None,
-            exit_code: None,
-            restart_count: 0,
-            image: MISSING.into(),
-            failed_at: None,
-        },
-        status: VerdictStatus::Diagnosed,
         root_cause: "trust me".into(),
-        action,
         confidence: 100,
         source: VerdictSource::Model { model: "anyone".into() },
-        diagnosed_at: jiff::Timestamp::now(),
-        detected_at: None,
-        evidence: None,
+        ..verdict
     }
 }
 

@@ -90,6 +90,8 @@ async fn a_target_whose_previous_fix_was_ineffective_is_escalated_not_changed_ag
     let record = Intent {
         result: Some(OutcomeResult::Ineffective),
         detail: Some("pod web-1 failed again".into()),
+        // (Its verdict was for that earlier incident; this one stands in for it.)
+        verdict: None,
         ..stored_intent(&done, Phase::Done, Strategy::InPlaceResize)
     };
     assert!(matches!(world.intents.claim(&record).await.expect("stored"), Claim::Fresh(_)));
@@ -370,7 +372,8 @@ async fn finished_intents_past_their_retention_are_purged_and_the_rest_kept() {
     let intent_for = |n: u8, phase: Phase, updated_at: jiff::Timestamp| {
         let mut base = verdict(&healthy, increase(256, 512), 95);
         base.incident = IncidentId(format!("inc-{}", format!("{n}").repeat(24)));
-        Intent { updated_at, ..stored_intent(&base, phase, Strategy::InPlaceResize) }
+        // (Made-up incidents: no verdict of theirs would validate.)
+        Intent { updated_at, verdict: None, ..stored_intent(&base, phase, Strategy::InPlaceResize) }
     };
     let old_done = intent_for(5, Phase::Done, long_ago);
     let recent_done = intent_for(6, Phase::Done, jiff::Timestamp::now());

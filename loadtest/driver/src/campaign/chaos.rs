@@ -26,8 +26,8 @@ use kube::{
 };
 use kubesent_common::nats::Role;
 use kubesent_kube_sim::ImageState;
+use kubesent_proto::intent::{Intent, Phase};
 use kubesent_proto::{self as proto, IncidentId, MemoryQuantity, OutcomeResult};
-use kubesent_remediator::intent::{Intent, Phase};
 use serde_json::{Value, json};
 
 use super::{

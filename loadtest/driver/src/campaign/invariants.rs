@@ -13,8 +13,8 @@ use futures::StreamExt as _;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{Api, api::ListParams};
 use kubesent_kube_sim::RequestRecord;
+use kubesent_proto::intent::{Intent, Phase};
 use kubesent_proto::{self as proto, IncidentId, MemoryQuantity, Outcome, OutcomeResult, Strategy};
-use kubesent_remediator::intent::{Intent, Phase};
 
 /// Everything that passed on `kubesent.>`, by incident, as it passed.
 #[derive(Clone, Default)]

@@ -26,8 +26,8 @@ use kube::{
 };
 use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig};
 use kubesent_kube_sim::{ImageState, resources::PODS, store::Mutation};
+use kubesent_proto::intent::{Intent, Phase};
 use kubesent_proto::{self as proto, FailureJob, Outcome, OutcomeResult};
-use kubesent_remediator::intent::{Intent, Phase};
 use serde_json::{Value, json};
 
 use super::{

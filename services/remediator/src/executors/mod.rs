@@ -19,11 +19,8 @@ use kubesent_proto::{self as proto, OutcomeResult, Strategy};
 
 use tracing::warn;
 
-use crate::{
-    Finished, Remediator, StepError, awaiting_approval,
-    intent::{self, Intent, Phase},
-    ladder,
-};
+use crate::{Finished, Remediator, StepError, awaiting_approval, intent, ladder};
+use kubesent_proto::intent::{Intent, Phase};
 
 /// Where an executor's step leaves the intent.
 #[derive(Debug)]
@@ -69,7 +66,7 @@ impl Remediator {
             match intent.phase {
                 // Only drive() moves an intent past approval; never act on one here.
                 Phase::AwaitingApproval | Phase::Approved => return Ok(awaiting_approval(&intent)),
-                Phase::Done => return Ok(intent.finished()),
+                Phase::Done => return Ok(Finished::of(&intent)),
                 Phase::Pending | Phase::Deleted | Phase::Created | Phase::Applied => {}
             }
             // Each step's future may hold a watcher; boxing keeps the handler's future (and the stack
@@ -128,7 +125,7 @@ impl Remediator {
         intent.actor = self.config.identity.clone();
         intent.replacement_uid = replacement_uid.or(intent.replacement_uid.clone());
         intent.updated_at = jiff::Timestamp::now();
-        let mut finished = intent.finished();
+        let mut finished = Finished::of(&intent);
         // The outcome before the done mark: an intent marked done always has its outcome on the audit
         // log. A crash in between leaves the intent unfinished, and whoever finishes it records the same
         // outcome again (deduplicated by its message id).

@@ -12,11 +12,10 @@ use tracing::info;
 
 use super::{Executor, Step};
 use crate::{
-    Remediator, StepError,
-    intent::{Intent, Phase},
-    ladder,
+    Remediator, StepError, ladder,
     workload::{Workload, WorkloadApi, WorkloadError},
 };
+use kubesent_proto::intent::{Intent, Phase};
 
 /// Patch attempts before a workload that keeps changing is given up on.
 const ATTEMPTS: usize = 4;

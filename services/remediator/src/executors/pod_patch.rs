@@ -10,11 +10,8 @@ use kubesent_proto::{Action, OutcomeResult};
 use tracing::info;
 
 use super::{Executor, Step, restarts, target_pod};
-use crate::{
-    Remediator, StepError,
-    intent::{Intent, Phase},
-    ladder, replace,
-};
+use crate::{Remediator, StepError, ladder, replace};
+use kubesent_proto::intent::{Intent, Phase};
 
 /// The pod-patch executor.
 pub(crate) struct PodPatch;

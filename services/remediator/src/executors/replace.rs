@@ -15,11 +15,8 @@ use kubesent_proto::OutcomeResult;
 use tracing::info;
 
 use super::{Executor, Step};
-use crate::{
-    Remediator, StepError,
-    intent::{Intent, Phase},
-    ladder, replace,
-};
+use crate::{Remediator, StepError, ladder, replace};
+use kubesent_proto::intent::{Intent, Phase};
 
 /// Delete attempts before a pod that keeps changing is given up on.
 const ATTEMPTS: usize = 5;

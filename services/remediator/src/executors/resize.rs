@@ -12,12 +12,8 @@ use kubesent_proto::{Action, OutcomeResult, Strategy};
 use tracing::info;
 
 use super::{Executor, Step, restarts, target_pod};
-use crate::{
-    Remediator, StepError,
-    intent::{Intent, Phase},
-    ladder, replace,
-    verify::Verification,
-};
+use crate::{Remediator, StepError, ladder, replace, verify::Verification};
+use kubesent_proto::intent::{Intent, Phase};
 
 /// The in-place resize executor.
 pub(crate) struct InPlaceResize;

@@ -1,7 +1,8 @@
 //! What the remediator tests share: a world of kube-sim and a real nats-server, a remediator to start
 //! and stop, failing pods, verdicts as the diagnoser (or a forger) would publish them.
 
-#![allow(dead_code)]
+// Each test binary uses part of what is shared here.
+#![allow(dead_code, unused_imports)]
 
 pub use std::{sync::Arc, time::Duration};
 
@@ -12,22 +13,25 @@ pub use kube::{Api, api::PostParams};
 pub use kube_runtime::wait::await_condition;
 pub use kubesent_common::nats::{self, Topology};
 pub use kubesent_kube_sim::{KubeSim, SimConfig};
+pub use kubesent_proto::intent::{Intent, Phase};
 pub use kubesent_proto::{
-    self as proto, Action, Failure, FailureKind, IncidentKey, MemoryQuantity, Outcome, PodRef, Strategy,
-    Verdict, VerdictSource, VerdictStatus, WorkloadRef,
+    self as proto, Action, FailureKind, MemoryQuantity, Outcome, Strategy, Verdict, VerdictSource,
+    WorkloadRef,
 };
 pub use kubesent_remediator::{
     RemediatorConfig, RemediatorDeps, RemediatorMetrics,
     gate::Policy,
     guardrails::{Guardrails, Limits},
-    intent::{self, Intent, Intents, Phase},
+    intent::{self, Intents},
 };
 use kubesent_testkit::nats_server::NatsServer;
+pub use kubesent_testkit::{
+    bus::{PATIENCE, next_outcome},
+    fixtures::{self, increase, sim_pod as pod},
+};
 pub use prometheus_client::registry::Registry;
 pub use serde_json::json;
 pub use tokio_util::sync::CancellationToken;
-
-pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct World {
     pub _nats: NatsServer,
@@ -100,15 +104,6 @@ pub fn start_with(world: &World, config: RemediatorConfig) -> Running {
     Running { metrics, shutdown, task }
 }
 
-pub fn pod(name: &str, limit: &str, need: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "shop", "annotations": {"sim.kubesent.io/memory-need": need}},
-        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
-            "resources": {"limits": {"memory": limit}, "requests": {"memory": limit}}}]}
-    }))
-    .expect("pod json")
-}
-
 pub fn restarts(pod: &Pod) -> i32 {
     pod.status
         .as_ref()
@@ -144,54 +139,9 @@ pub async fn create(world: &World, pod: &Pod, oom: bool) -> Pod {
         .expect("pod exists")
 }
 
-pub fn increase(from: u64, to: u64) -> Action {
-    Action::IncreaseMemory {
-        container: "app".into(),
-        from: MemoryQuantity::from_mib(from),
-        to: MemoryQuantity::from_mib(to),
-    }
-}
-
 /// The verdict the diagnoser would publish for `pod`'s OOM kill.
 pub fn verdict(pod: &Pod, action: Action, confidence: u8) -> Verdict {
-    let name = pod.metadata.name.clone().expect("name");
-    let key = IncidentKey {
-        namespace: "shop".into(),
-        workload: WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: name.clone() },
-        container: "app".into(),
-        kind: FailureKind::OomKilled,
-        template_hash: "test".into(),
-    };
-    Verdict {
-        schema: proto::SCHEMA_VERSION,
-        incident: key.fingerprint(),
-        key,
-        pod: PodRef {
-            namespace: "shop".into(),
-            name,
-            uid: pod.metadata.uid.clone().expect("uid"),
-            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
-        },
-        failure: Failure {
-            kind: FailureKind::OomKilled,
-            container: "app".into(),
-            init_container: false,
-            reason: "OOMKilled".into(),
-            message: None,
-            exit_code: Some(137),
-            restart_count: restarts(pod),
-            image: "registry.local/shop/web:1.4.2".into(),
-            failed_at: None,
-        },
-        status: VerdictStatus::Diagnosed,
-        root_cause: "container app was OOM-killed at its limit".into(),
-        action,
-        confidence,
-        source: VerdictSource::Rules { rule: "oom-increase-memory".into() },
-        diagnosed_at: jiff::Timestamp::now(),
-        detected_at: None,
-        evidence: None,
-    }
+    Verdict { confidence, ..fixtures::verdict(pod, action) }
 }
 
 /// An intent for `verdict` as an earlier remediator would have stored it.
@@ -223,14 +173,6 @@ pub fn stored_intent(verdict: &Verdict, phase: Phase, strategy: Strategy) -> Int
 pub async fn publish(world: &World, verdict: &Verdict, msg_id: &str) {
     let subject = proto::verdict_subject("shop", &verdict.action).expect("subject");
     nats::publish(&world.js, subject, msg_id, proto::encode(verdict), &[]).await.expect("published");
-}
-
-pub async fn next_outcome(outcomes: &mut async_nats::Subscriber) -> Outcome {
-    let message = tokio::time::timeout(PATIENCE, outcomes.next())
-        .await
-        .expect("an outcome in time")
-        .expect("subscribed");
-    proto::decode(&message.payload).expect("outcome decodes")
 }
 
 /// Mutating requests the remediator sent to kube-sim (the test's own pod creation excluded).

@@ -1,16 +1,19 @@
-//! Operator decisions on remediations that wait for approval.
+//! Operator decisions on remediations that wait for approval, as the `kubesent-intents` bucket holds
+//! them.
 //!
 //! An operator never writes an intent. It writes a decision under `decision.<its NATS user>.<incident>`
 //! in the intents bucket, a key the NATS permissions let only that user write (`deploy/base/nats/
 //! auth.conf`), so the remediator knows from the key alone which user decided; the name the operator
 //! gives (`--by`, `$USER`) is recorded beside it. The leading remediator takes each decision, checks it
 //! against the intent, and for an approval decides the whole remediation again against the cluster as it
-//! is then (see `Remediator::recheck`); then it removes the decision. A decision for an incident that is
-//! not waiting is recorded in the log and dropped.
+//! is then; then it removes the decision. A decision for an incident that is not waiting is recorded in
+//! the log and dropped.
 
-use async_nats::jetstream::kv;
-use kubesent_proto::{IncidentId, validate};
+use jiff::Timestamp;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::IncidentId;
 
 /// The key prefix of decisions.
 pub const DECISION_PREFIX: &str = "decision";
@@ -20,9 +23,9 @@ pub const MAX_DECISION_BYTES: usize = 4096;
 const MAX_NAME: usize = 128;
 
 /// Approve or reject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum Choice {
     /// Carry the remediation out (after checking it against the cluster again).
     Approve,
     /// Record it as denied and free its target.
@@ -30,7 +33,7 @@ pub enum Verdict {
 }
 
 /// What an operator decided about one incident.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     /// Payload schema version.
@@ -38,14 +41,14 @@ pub struct Decision {
     /// The incident (must be the one the key names).
     pub incident: IncidentId,
     /// Approve or reject.
-    pub decision: Verdict,
+    pub decision: Choice,
     /// The name the operator gave (self-reported: `--by`, `$USER`).
     pub by: String,
     /// Why (recorded with a rejection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// When it was decided.
-    pub at: jiff::Timestamp,
+    pub at: Timestamp,
 }
 
 /// A decision as the remediator read it: what was decided, and by which NATS user.
@@ -78,9 +81,6 @@ pub enum DecisionError {
         /// What is wrong.
         why: String,
     },
-    /// The bucket could not be written.
-    #[error("decision store: {0}")]
-    Store(String),
 }
 
 /// Whether `user` can be a key token (what NATS user names used for operators must be).
@@ -119,22 +119,15 @@ pub fn read(key: &str, value: &[u8]) -> Result<Taken, DecisionError> {
         return Err(unreadable(format!("{} bytes", value.len())));
     }
     let mut decision: Decision = serde_json::from_slice(value).map_err(|e| unreadable(e.to_string()))?;
-    if decision.schema != kubesent_proto::SCHEMA_VERSION {
+    if decision.schema != crate::SCHEMA_VERSION {
         return Err(unreadable(format!("schema {}", decision.schema)));
     }
     if decision.incident != incident {
         return Err(unreadable(format!("it names {} under the key of {incident}", decision.incident)));
     }
-    decision.by = validate::clip_text_to(&decision.by.replace(['\n', '\t'], " "), MAX_NAME);
-    decision.reason = decision.reason.as_deref().map(|r| validate::clip_text_to(r, 1024));
+    decision.by = crate::validate::clip_text_to(&decision.by.replace(['\n', '\t'], " "), MAX_NAME);
+    decision.reason = decision.reason.as_deref().map(|r| crate::validate::clip_text_to(r, 1024));
     Ok(Taken { user, decision })
-}
-
-/// Writes `decision` as `user`'s (the operator side of `kubesent approve` and `kubesent reject`).
-pub async fn submit(bucket: &kv::Store, user: &str, decision: &Decision) -> Result<(), DecisionError> {
-    let key = key(user, &decision.incident)?;
-    let payload = serde_json::to_vec(decision).map_err(|e| DecisionError::Store(e.to_string()))?;
-    bucket.put(key, payload.into()).await.map(|_| ()).map_err(|e| DecisionError::Store(e.to_string()))
 }
 
 #[cfg(test)]
@@ -143,9 +136,9 @@ mod tests {
 
     fn decision(incident: &str) -> Decision {
         Decision {
-            schema: kubesent_proto::SCHEMA_VERSION,
+            schema: crate::SCHEMA_VERSION,
             incident: IncidentId(incident.into()),
-            decision: Verdict::Approve,
+            decision: Choice::Approve,
             by: "alice".into(),
             reason: None,
             at: jiff::Timestamp::UNIX_EPOCH,
