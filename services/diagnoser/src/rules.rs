@@ -2,12 +2,15 @@
 //! of; anything else is left to a model (or stays a diagnosis without an action).
 //!
 //! Confidence is calibrated against the evaluation set (`tests/eval/`): a rule's confidence is how
-//! often its verdict is right there, rounded down. Only three rules propose actions:
+//! often its verdict is right there, rounded down. Only four rules propose actions:
 //! - OOM kill with a memory limit → `IncreaseMemory` to `min(ceil_mib(limit × factor), cap)` (95);
 //! - image `not found` / `manifest unknown` while the owner's previous revision, with another image,
 //!   still has ready pods → `RollbackImage` to that image (92);
-//! - a crash loop, a liveness kill loop, a start error or a config error of a pod on its owner's newest
-//!   revision while the previous revision still has ready pods → `RollbackRevision` to it (90).
+//! - a crash loop, a liveness kill loop, a start error, a config error or readiness that never passes of
+//!   a pod on its owner's newest revision while the previous revision still has ready pods →
+//!   `RollbackRevision` to it (90);
+//! - the same on a Deployment whose previous revision has pods but none ready (nothing known to work to
+//!   go back to) → `PauseRollout` at the failing revision (90).
 
 use kubesent_proto::{Action, FailureJob, FailureKind, MemoryQuantity};
 

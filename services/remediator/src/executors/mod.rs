@@ -2,8 +2,11 @@
 //! a time. The phase loop around them is shared ([`Remediator::execute`]): it stops at approval, stores
 //! every phase an executor reaches before going on (so a replica that takes over continues from there),
 //! records how the intent ends and releases its lock, and switches strategy when an executor hands the
-//! intent over (an in-place resize the node cannot fit becomes a force replace). Adding a strategy is a
-//! new file here and one arm in [`Remediator::execute`].
+//! intent over (an in-place resize the node cannot fit becomes a force replace). Adding a strategy
+//! takes: its `Strategy` (and, for a new kind of change, its `Action`) in `kubesent-proto`; the rung
+//! that chooses it in [`crate::ladder::rung`] and its bounds in [`crate::bounds`]; the intent it writes in
+//! [`crate::plan::decide`]; a file here and one arm in [`Remediator::execute`]; and its reversal in
+//! [`crate::undo`].
 
 mod owner_patch;
 mod pod_patch;
