@@ -177,6 +177,9 @@ enum Scenario {
         /// Seed of the mutations (the same seed repeats the campaign).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Where the JSON and markdown reports go.
+        #[arg(long, default_value = "loadtest/reports")]
+        report_dir: std::path::PathBuf,
     },
     /// Diagnoser: rules-path throughput and per-job time, and the pool-wide model quota over replicas.
     Diagnoser {
@@ -355,10 +358,18 @@ async fn run_loadtest(scenario: Scenario, kubesent: Option<&Path>) -> anyhow::Re
                 anyhow::bail!("the chaos campaign found {} invariant violation(s)", report.violations.len());
             }
         }
-        Scenario::Hostile { messages, seed } => {
-            let options = kubesent_loadtest::hostile::Options { exe: exe.clone(), messages, seed };
+        Scenario::Hostile { messages, seed, report_dir } => {
+            let options = kubesent_loadtest::hostile::Options {
+                exe: exe.clone(),
+                messages,
+                seed,
+                report_dir: Some(report_dir),
+            };
             let report = kubesent_loadtest::hostile::run(&options).await?;
             print!("{report}");
+            if let Some(path) = &report.written {
+                println!("\nreport: {}", path.display());
+            }
             if !report.passed() {
                 anyhow::bail!("the hostile campaign broke {} invariant(s)", report.violations.len());
             }

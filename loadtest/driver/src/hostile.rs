@@ -52,6 +52,8 @@ pub struct Options {
     pub messages: usize,
     /// Seed of the mutations (the same seed sends the same campaign).
     pub seed: u64,
+    /// Where the JSON and markdown reports go (none when `None`).
+    pub report_dir: Option<PathBuf>,
 }
 
 /// What the campaign sent and what became of it.
@@ -75,6 +77,8 @@ pub struct Report {
     pub violations: Vec<String>,
     /// How long the attack and the drain took.
     pub elapsed: Duration,
+    /// Where the markdown report was written.
+    pub written: Option<PathBuf>,
 }
 
 impl Report {
@@ -661,6 +665,22 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     }
     drop(server);
     sim.shutdown().await;
+    if let Some(dir) = &options.report_dir {
+        let machine = crate::campaign::report::machine();
+        let json = serde_json::json!({
+            "machine": machine, "seed": options.seed, "messages": report.total(), "sent": report.sent,
+            "refused_by_nats": report.refused_by_nats, "dead_lettered": report.dead_lettered,
+            "outcomes": report.outcomes, "jobs": report.jobs, "remediator_writes": report.remediator_writes,
+            "genuine": report.genuine, "violations": report.violations,
+            "elapsed_seconds": report.elapsed.as_secs_f64(),
+        });
+        let markdown = format!(
+            "# Hostile-message campaign\n\nMachine: {}. Seed {}.\n\n```\n{report}```\n",
+            crate::campaign::report::machine_line(&machine),
+            options.seed
+        );
+        report.written = Some(crate::campaign::report::write(dir, "hostile", &json, &markdown)?);
+    }
     Ok(report)
 }
 

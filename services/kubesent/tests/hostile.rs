@@ -7,7 +7,8 @@ use kubesent_loadtest::hostile::{Options, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_barrage_of_hostile_messages_changes_nothing_outside_policy_and_crashes_nothing() {
-    let options = Options { exe: env!("CARGO_BIN_EXE_kubesent").into(), messages: 150, seed: 7 };
+    let options =
+        Options { exe: env!("CARGO_BIN_EXE_kubesent").into(), messages: 150, seed: 7, report_dir: None };
     let report = run(&options).await.expect("the campaign runs");
     println!("{report}");
     assert!(report.passed(), "{report}");
