@@ -232,8 +232,18 @@ pub async fn open_bucket(
     let name = config.bucket.clone();
     let quick = setup_context(js);
     retry(&format!("bucket {name}"), shutdown, || async {
-        if quick.get_key_value(&name).await.is_err() {
-            quick.create_key_value(config.clone()).await.map_err(BoxError::from)?;
+        // Created only when JetStream says it does not exist: after a get that timed out, a create
+        // would race the replica that made it (and whose settings, e.g. direct gets off, now differ).
+        if let Err(error) = quick.get_key_value(&name).await {
+            if !stream_not_found(&error) {
+                return Err(BoxError::from(error));
+            }
+            match quick.create_key_value(config.clone()).await {
+                Ok(_) => {}
+                // Another replica created it meanwhile: read it as it is.
+                Err(error) if api_error(&error).is_some_and(|api| api.error_code().0 == 10058) => {}
+                Err(error) => return Err(BoxError::from(error)),
+            }
         }
         js.get_key_value(&name).await.map_err(BoxError::from)
     })
@@ -325,6 +335,11 @@ fn unfixable(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     configuration.then(|| format!("JetStream error {}: fix the configuration; retrying cannot", code.0))
 }
 
+/// Whether `error` says the stream does not exist (JetStream error 10059).
+fn stream_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
+    api_error(error).is_some_and(|api| api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// The JetStream API error somewhere in `error`'s chain, if any.
 fn api_error(error: &(dyn std::error::Error + 'static)) -> Option<jetstream::Error> {
     use jetstream::{
@@ -382,5 +397,20 @@ mod tests {
         assert!(unfixable(&wrapped).is_some());
         let timed_out = CreateStreamError::new(CreateStreamErrorKind::TimedOut);
         assert!(unfixable(&timed_out).is_none(), "a timeout is waited out");
+    }
+
+    #[test]
+    fn only_a_bucket_that_is_not_there_is_created_not_one_that_did_not_answer_in_time() {
+        use jetstream::context::{GetStreamError, GetStreamErrorKind, KeyValueError, KeyValueErrorKind};
+        let missing = KeyValueError::with_source(
+            KeyValueErrorKind::GetBucket,
+            GetStreamError::new(GetStreamErrorKind::JetStream(api(404, 10059))),
+        );
+        assert!(stream_not_found(&missing));
+        let timed_out = KeyValueError::with_source(
+            KeyValueErrorKind::GetBucket,
+            GetStreamError::new(GetStreamErrorKind::Request),
+        );
+        assert!(!stream_not_found(&timed_out), "a get that timed out says nothing about the bucket");
     }
 }
