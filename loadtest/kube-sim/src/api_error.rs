@@ -39,6 +39,13 @@ impl ApiError {
             .with_details(def.error_details(name))
     }
 
+    /// 403 from an admission plugin: `pods "web-1" is forbidden: <why>` (for an object named by
+    /// `generateName`, the prefix: admission sees it before the name is made).
+    pub fn admission_forbidden(def: &ResourceDef, name: &str, why: &str) -> Self {
+        Self::new(403, "Forbidden", format!("{} \"{name}\" is forbidden: {why}", def.qualified_plural()))
+            .with_details(def.error_details(name))
+    }
+
     /// 403 for new content in a namespace being deleted, as the NamespaceLifecycle admission plugin
     /// refuses it.
     pub fn namespace_terminating(def: &ResourceDef, name: &str, namespace: &str) -> Self {

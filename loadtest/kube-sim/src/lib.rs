@@ -11,9 +11,11 @@
 //! ```
 
 mod admin;
+pub mod admission;
 mod api;
 mod api_error;
 pub mod controllers;
+mod events;
 pub mod faults;
 pub mod kubelet;
 pub mod nodes;

@@ -155,6 +155,12 @@ pub static CRONJOBS: ResourceDef = def!("batch", "v1", "cronjobs", "cronjob", "C
 pub static CONTROLLERREVISIONS: ResourceDef = def!("apps", "v1", "controllerrevisions", "controllerrevision",
     "ControllerRevision", true, short: &[], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
 
+/// LimitRanges (admission defaults and limits pods' resources by them).
+pub static LIMITRANGES: ResourceDef = def!("", "v1", "limitranges", "limitrange", "LimitRange", true, short: &["limits"],
+    sub: &[], unconditional: true, create_on_update: false, fields: &[]);
+/// ResourceQuotas (admission counts pods against them; the quota controller fills their status).
+pub static RESOURCEQUOTAS: ResourceDef = def!("", "v1", "resourcequotas", "resourcequota", "ResourceQuota", true,
+    short: &["quota"], sub: &["status"], unconditional: true, create_on_update: false, fields: &[]);
 /// ServiceAccounts.
 pub static SERVICEACCOUNTS: ResourceDef = def!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true,
     short: &["sa"], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
@@ -189,6 +195,8 @@ pub static ALL: &[&ResourceDef] = &[
     &JOBS,
     &CRONJOBS,
     &SERVICEACCOUNTS,
+    &LIMITRANGES,
+    &RESOURCEQUOTAS,
     &ROLES,
     &ROLEBINDINGS,
     &CLUSTERROLES,

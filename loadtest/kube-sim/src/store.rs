@@ -439,6 +439,17 @@ impl Store {
         self.collection(def).live.subscribe()
     }
 
+    /// The objects of a resource in one namespace, without paging (for in-process use).
+    pub fn in_namespace(&self, def: &ResourceDef, namespace: &str) -> Vec<Arc<StoredObject>> {
+        let collection = self.collection(def);
+        collection
+            .objects
+            .range::<ObjectKey, _>((namespace.to_owned(), String::new())..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
     /// All objects of a resource, without paging (for in-process use).
     pub fn all(&self, def: &ResourceDef) -> Vec<Arc<StoredObject>> {
         self.collection(def).objects.values().cloned().collect()

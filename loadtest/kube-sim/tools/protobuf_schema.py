@@ -20,6 +20,7 @@ import sys
 ROOTS = [
     "api.core.v1.Pod", "api.core.v1.Event", "api.core.v1.Namespace", "api.core.v1.Node",
     "api.core.v1.ConfigMap", "api.core.v1.Secret", "api.core.v1.ServiceAccount",
+    "api.core.v1.LimitRange", "api.core.v1.ResourceQuota",
     "api.coordination.v1.Lease", "api.events.v1.Event",
     "api.apps.v1.Deployment", "api.apps.v1.ReplicaSet", "api.apps.v1.StatefulSet",
     "api.apps.v1.DaemonSet", "api.apps.v1.ControllerRevision",

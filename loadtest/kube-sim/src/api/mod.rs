@@ -17,9 +17,10 @@ use serde_json::{Value, json};
 
 use self::patch::PatchType;
 use crate::{
+    admission,
     api_error::{ApiError, FieldError},
     pods::{self, PodDeletion},
-    resources::{JOBS, NAMESPACES, PODS, ResourceDef, SECRETS},
+    resources::{JOBS, LIMITRANGES, NAMESPACES, PODS, RESOURCEQUOTAS, ResourceDef, SECRETS},
     state::SimState,
     store::{Mutation, StoredObject},
 };
@@ -277,6 +278,36 @@ impl SimState {
         }
     }
 
+    /// The namespace's objects of `def`, typed (those that do not decode are left out).
+    fn typed_in<T: serde::de::DeserializeOwned>(&self, def: &ResourceDef, ns: &str) -> Vec<T> {
+        self.store.in_namespace(def, ns).iter().filter_map(|o| o.typed().ok()).collect()
+    }
+
+    /// The `LimitRanger` and `ResourceQuota` admission plugins on a new pod (see [`crate::admission`]):
+    /// defaults set, then a 403 with the plugins' message for what a LimitRange or a quota refuses.
+    fn admit_pod(&self, ns: &str, name: &str, pod: &mut Pod) -> Result<(), ApiError> {
+        let ranges: Vec<k8s_openapi::api::core::v1::LimitRange> = self.typed_in(&LIMITRANGES, ns);
+        if !ranges.is_empty() {
+            admission::apply_limit_range_defaults(pod, &ranges);
+            let violations = admission::limit_range_violations(pod, &ranges);
+            if !violations.is_empty() {
+                return Err(ApiError::admission_forbidden(&PODS, name, &admission::aggregate(&violations)));
+            }
+        }
+        let quotas: Vec<k8s_openapi::api::core::v1::ResourceQuota> = self.typed_in(&RESOURCEQUOTAS, ns);
+        if !quotas.is_empty() {
+            let mut used = std::collections::BTreeMap::<String, i128>::new();
+            for existing in self.typed_in::<Pod>(&PODS, ns) {
+                for (resource, value) in admission::pod_usage(&existing) {
+                    *used.entry(resource).or_default() += value;
+                }
+            }
+            admission::charge_quotas(pod, &quotas, &used)
+                .map_err(|why| ApiError::admission_forbidden(&PODS, name, &why))?;
+        }
+        Ok(())
+    }
+
     /// Creates an object (`POST`). With `dry_run` nothing is stored and the would-be object is returned.
     pub fn create(
         &self,
@@ -295,6 +326,14 @@ impl SimState {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
+        // What admission calls the object: its name, or for a generated one the prefix it is made from.
+        let admission_name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .or_else(|| value.pointer("/metadata/generateName").and_then(Value::as_str))
+            .unwrap_or_default()
+            .to_owned();
         let name = match value.pointer("/metadata/name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             Some(name) => name.to_owned(),
             None => match value
@@ -325,6 +364,7 @@ impl SimState {
                 return Err(ApiError::invalid(&PODS, &name, &errors));
             }
             pods::default_for_create(&mut pod, ns, uid.clone(), jiff::Timestamp::now());
+            self.admit_pod(ns, &admission_name, &mut pod)?;
             value = serde_json::to_value(&pod).map_err(ApiError::internal)?;
         } else {
             let meta = value["metadata"]

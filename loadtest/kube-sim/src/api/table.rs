@@ -444,6 +444,48 @@ fn printer(def: &ResourceDef) -> Printer {
             columns: vec![NAME, col("Holder", "Holder identity"), AGE],
             cells: |v| vec![json!(name(v)), json!(text(v, "/spec/holderIdentity")), json!(age(v))],
         },
+        ("", "LimitRange") => Printer {
+            columns: vec![
+                NAME,
+                Column {
+                    name: "Created At",
+                    format: "date",
+                    description: "CreationTimestamp is a timestamp representing the server time when this object was created.",
+                    wide: false,
+                },
+            ],
+            cells: |v| vec![json!(name(v)), json!(text(v, "/metadata/creationTimestamp"))],
+        },
+        ("", "ResourceQuota") => Printer {
+            columns: vec![
+                NAME,
+                AGE,
+                col(
+                    "Request",
+                    "Request represents a minimum amount of cpu/memory that a container may consume.",
+                ),
+                col(
+                    "Limit",
+                    "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node.",
+                ),
+            ],
+            cells: |v| {
+                // `resource: used/hard`, requests and counts in one column, limits in the other.
+                let (mut requests, mut limits) = (Vec::new(), Vec::new());
+                for (resource, hard) in
+                    v.pointer("/status/hard").and_then(Value::as_object).into_iter().flatten()
+                {
+                    let used = v
+                        .pointer("/status/used")
+                        .and_then(|u| u.get(resource))
+                        .and_then(Value::as_str)
+                        .unwrap_or("0");
+                    let cell = format!("{resource}: {used}/{}", hard.as_str().unwrap_or_default());
+                    if resource.starts_with("limits.") { limits.push(cell) } else { requests.push(cell) }
+                }
+                vec![json!(name(v)), json!(age(v)), json!(requests.join(", ")), json!(limits.join(", "))]
+            },
+        },
         _ => Printer { columns: vec![NAME, AGE], cells: |v| vec![json!(name(v)), json!(age(v))] },
     }
 }

@@ -229,17 +229,35 @@ impl Controllers<'_> {
             json!({"type": "Progressing", "status": "Unknown", "reason": "DeploymentPaused",
              "message": "Deployment is paused",
              "lastTransitionTime": keep_time("Progressing", "Unknown").unwrap_or(now.clone()),
-             "lastUpdateTime": keep_time("Progressing", "Unknown").unwrap_or(now)})
+             "lastUpdateTime": keep_time("Progressing", "Unknown").unwrap_or(now.clone())})
         } else {
             json!({"type": "Progressing", "status": "True",
              "reason": if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
              "message": if complete { format!("ReplicaSet \"{rs_name}\" has successfully progressed.") } else { format!("ReplicaSet \"{rs_name}\" is progressing.") },
              "lastTransitionTime": keep_time("Progressing", "True").unwrap_or(now.clone()),
-             "lastUpdateTime": keep_time("Progressing", "True").unwrap_or(now)})
+             "lastUpdateTime": keep_time("Progressing", "True").unwrap_or(now.clone())})
         };
         let mut conditions = conditions;
         if let Some(list) = conditions.as_array_mut() {
             list.push(progressing);
+            // A ReplicaSet that cannot create its pods (admission refused them) is the Deployment's
+            // `ReplicaFailure`, as the Deployment controller copies it.
+            let failure = all.iter().find_map(|rs| {
+                rs.status
+                    .as_ref()?
+                    .conditions
+                    .as_ref()?
+                    .iter()
+                    .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                    .cloned()
+            });
+            if let Some(failure) = failure {
+                list.push(json!({"type": "ReplicaFailure", "status": "True",
+                    "reason": failure.reason.unwrap_or_else(|| "FailedCreate".into()),
+                    "message": failure.message.unwrap_or_default(),
+                    "lastTransitionTime": keep_time("ReplicaFailure", "True").unwrap_or(now.clone()),
+                    "lastUpdateTime": keep_time("ReplicaFailure", "True").unwrap_or(now.clone())}));
+            }
         }
         let status = json!({
             "observedGeneration": deployment.metadata.generation.unwrap_or(1), "replicas": replicas,

@@ -26,7 +26,7 @@ use crate::{
     api_error::ApiError,
     resources::{
         ALL, CONTROLLERREVISIONS, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PODS,
-        REPLICASETS, ResourceDef, STATEFULSETS,
+        REPLICASETS, RESOURCEQUOTAS, ResourceDef, STATEFULSETS,
     },
     state::SimState,
     store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
@@ -96,11 +96,15 @@ enum Key {
     CronJob(String, String),
     /// A node's `NoExecute` taints: evict the pods that do not tolerate them (any longer).
     TaintEviction(String),
+    /// A namespace's ResourceQuotas: their `status.hard` and `status.used`.
+    Quotas(String),
 }
 
 struct Queue {
     pending: Mutex<HashSet<Key>>,
     tx: mpsc::UnboundedSender<Key>,
+    /// Per key, how many reconciles in a row admission refused: the next waits longer.
+    refusals: Mutex<std::collections::HashMap<Key, u32>>,
 }
 
 impl Queue {
@@ -112,6 +116,24 @@ impl Queue {
 
     fn take(&self, key: &Key) {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+    }
+
+    /// How long to wait before reconciling `key` again after admission refused what it created: half a
+    /// second, doubling to half a minute, as the controllers' rate-limited queues back off.
+    fn refused(&self, key: &Key) -> std::time::Duration {
+        let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = refusals.entry(key.clone()).or_default();
+        *count = count.saturating_add(1);
+        std::time::Duration::from_millis(500u64.saturating_mul(1 << (*count - 1).min(6)))
+            .min(std::time::Duration::from_secs(30))
+    }
+
+    /// `key` reconciled: its back-off starts over.
+    fn succeeded(&self, key: &Key) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        if !refusals.is_empty() {
+            refusals.remove(key);
+        }
     }
 }
 
@@ -159,10 +181,23 @@ fn resolve(value: Option<&Value>, total: i32, round_up: bool, default_percent: i
 /// Starts the controllers; they stop with `shutdown`.
 pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let queue = Arc::new(Queue { pending: Mutex::new(HashSet::new()), tx });
-    for def in
-        [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS, &JOBS, &CRONJOBS, &DAEMONSETS, &PODS, &NAMESPACES, &NODES]
-    {
+    let queue = Arc::new(Queue {
+        pending: Mutex::new(HashSet::new()),
+        tx,
+        refusals: Mutex::new(std::collections::HashMap::new()),
+    });
+    for def in [
+        &DEPLOYMENTS,
+        &REPLICASETS,
+        &STATEFULSETS,
+        &JOBS,
+        &CRONJOBS,
+        &DAEMONSETS,
+        &PODS,
+        &NAMESPACES,
+        &NODES,
+        &RESOURCEQUOTAS,
+    ] {
         let feed = state.store.subscribe(def);
         tokio::spawn(route_changes(def, feed, state.clone(), queue.clone(), shutdown.clone()));
     }
@@ -174,13 +209,21 @@ pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
             };
             queue.take(&key);
             let controllers = Controllers { state: &state, queue: &queue };
-            if let Err(error) = controllers.reconcile(&key) {
-                tracing::debug!(?key, %error.message, "reconcile failed; retrying");
-                let queue = queue.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    queue.push(key);
-                });
+            match controllers.reconcile(&key) {
+                Ok(()) => queue.succeeded(&key),
+                Err(error) => {
+                    tracing::debug!(?key, %error.message, "reconcile failed; retrying");
+                    let delay = if error.code == 403 {
+                        queue.refused(&key)
+                    } else {
+                        std::time::Duration::from_millis(50)
+                    };
+                    let queue = queue.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        queue.push(key);
+                    });
+                }
             }
         }
     });
@@ -200,7 +243,15 @@ async fn route_changes(
             () = shutdown.cancelled() => return,
         };
         match record {
-            Ok(record) => route(def, &record, &queue),
+            Ok(record) => {
+                route(def, &record, &queue);
+                // A pod's change moves its namespace's quota usage, where there is a quota.
+                if def == &PODS
+                    && !state.store.in_namespace(&RESOURCEQUOTAS, &record.object.namespace).is_empty()
+                {
+                    queue.push(Key::Quotas(record.object.namespace.clone()));
+                }
+            }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Missed changes: reconcile everything of this kind.
                 for object in state.store.all(def) {
@@ -223,6 +274,10 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
     if def == &NODES {
         queue.push(Key::AllDaemonSets);
         queue.push(Key::TaintEviction(name));
+        return;
+    }
+    if def == &RESOURCEQUOTAS {
+        queue.push(Key::Quotas(ns));
         return;
     }
     if record.event == EventType::Deleted && def != &PODS {
@@ -279,7 +334,41 @@ impl Controllers<'_> {
             Key::DaemonSet(ns, name) => self.daemon_set(ns, name),
             Key::AllDaemonSets => self.all_daemon_sets(),
             Key::TaintEviction(node) => self.taint_eviction(node),
+            Key::Quotas(ns) => self.quotas(ns),
         }
+    }
+
+    /// The quota controller: each ResourceQuota's `status.hard` (its spec's) and `status.used` (what the
+    /// namespace's pods count against it), written when they change.
+    fn quotas(&self, ns: &str) -> Result<(), ApiError> {
+        let quotas = self.state.store.in_namespace(&RESOURCEQUOTAS, ns);
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        let mut used = BTreeMap::<String, i128>::new();
+        for pod in self.state.store.in_namespace(&PODS, ns) {
+            let Ok(pod) = pod.typed::<Pod>() else { continue };
+            for (resource, value) in crate::admission::pod_usage(&pod) {
+                *used.entry(resource).or_default() += value;
+            }
+        }
+        for quota in quotas {
+            let value = quota.value();
+            let hard = value.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({}));
+            let counted: serde_json::Map<String, Value> = hard
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(resource, _)| {
+                    let total = used.get(resource).copied().unwrap_or(0);
+                    let bytes = resource.ends_with("memory") || resource.ends_with("storage");
+                    (resource.clone(), json!(crate::admission::format_quantity(total, bytes)))
+                })
+                .collect();
+            let status = json!({"hard": hard, "used": counted});
+            self.write_status(&RESOURCEQUOTAS, ns, &quota.name, &quota.uid, status)?;
+        }
+        Ok(())
     }
 
     /// Reconciles `key` again after `delay` (a Job's deadline).
@@ -406,10 +495,24 @@ impl Controllers<'_> {
         metadata.name = name;
         metadata.generate_name = Some(generate.to_owned());
         metadata.namespace = Some(ns.to_owned());
-        metadata.owner_references = Some(vec![owner]);
+        metadata.owner_references = Some(vec![owner.clone()]);
+        let pod_name = metadata.name.clone().unwrap_or_else(|| generate.to_owned());
         let pod = Pod { metadata, spec: template.spec.clone(), status: None };
         let value = serde_json::to_value(&pod).map_err(ApiError::internal)?;
-        self.state.create(&PODS, ns, value, false).map(|_| ())
+        let created = self.state.create(&PODS, ns, value, false).map(|_| ());
+        if let Err(error) = &created
+            && error.code == 403
+        {
+            // Admission refused it: the controller says so on its object, as the real ones do.
+            let message = if owner.kind == "StatefulSet" {
+                format!("create Pod {pod_name} in StatefulSet {} failed error: {}", owner.name, error.message)
+            } else {
+                format!("Error creating: {}", error.message)
+            };
+            let component = format!("{}-controller", owner.kind.to_ascii_lowercase());
+            self.state.record_event(ns, &owner, "Warning", "FailedCreate", &message, &component);
+        }
+        created
     }
 
     /// The ControllerRevision `<name>-<hash of template>` of a StatefulSet or DaemonSet (`kind`, uid

@@ -13,17 +13,28 @@ impl Controllers<'_> {
         let desired = spec.replicas.unwrap_or(1).max(0) as usize;
         let pods = self.owned_pods(ns, &object.uid)?;
         let mut active: Vec<&Pod> = pods.iter().filter(|p| is_active(p)).collect();
+        // A create admission refused: the status says so (`ReplicaFailure`), then the error is returned
+        // so the controller tries again after its back-off.
+        let mut refused: Option<ApiError> = None;
         if active.len() < desired {
             let template = spec.template.clone().unwrap_or_default();
             for _ in active.len()..desired {
-                self.create_pod(
+                let created = self.create_pod(
                     ns,
                     &template,
                     None,
                     &format!("{name}-"),
                     &BTreeMap::new(),
                     owner_ref("ReplicaSet", name, &object.uid),
-                )?;
+                );
+                match created {
+                    Ok(()) => {}
+                    Err(error) if error.code == 403 => {
+                        refused = Some(error);
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
         } else if active.len() > desired {
             // Delete the least valuable first: not ready, then the newest.
@@ -37,10 +48,22 @@ impl Controllers<'_> {
         let pods = self.owned_pods(ns, &object.uid)?;
         let counted: Vec<&Pod> = pods.iter().filter(|p| is_active(p)).collect();
         let ready = counted.iter().filter(|p| is_ready(p)).count();
-        let status = json!({
+        let mut status = json!({
             "replicas": counted.len(), "fullyLabeledReplicas": counted.len(), "readyReplicas": ready,
             "availableReplicas": ready, "observedGeneration": rs.metadata.generation.unwrap_or(1),
         });
-        self.write_status(&REPLICASETS, ns, name, &object.uid, status)
+        if let Some(error) = &refused {
+            let since = rs
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "ReplicaFailure"))
+                .and_then(|c| c.last_transition_time.clone())
+                .map_or_else(crate::api::now_time, |t| json!(t));
+            status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                "message": error.message, "lastTransitionTime": since}]);
+        }
+        self.write_status(&REPLICASETS, ns, name, &object.uid, status)?;
+        refused.map_or(Ok(()), Err)
     }
 }

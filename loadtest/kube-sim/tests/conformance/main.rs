@@ -253,6 +253,7 @@ fn ready(pod: &Pod) -> bool {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+mod admission;
 mod api;
 mod controllers;
 mod daemon_sets;

@@ -649,6 +649,21 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 3, json: "tcpSocket", shape: One, ty: Msg("api.core.v1.TcpSocketAction"), ..F },
         Field { tag: 4, json: "sleep", shape: One, ty: Msg("api.core.v1.SleepAction"), ..F },
     ] },
+    Message { name: "api.core.v1.LimitRange", fields: &[
+        Field { tag: 1, json: "metadata", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), ..F },
+        Field { tag: 2, json: "spec", shape: One, ty: Msg("api.core.v1.LimitRangeSpec"), ..F },
+    ] },
+    Message { name: "api.core.v1.LimitRangeItem", fields: &[
+        Field { tag: 1, json: "type", shape: One, ty: String, ..F },
+        Field { tag: 2, json: "max", shape: Map, ty: Quantity, ..F },
+        Field { tag: 3, json: "min", shape: Map, ty: Quantity, ..F },
+        Field { tag: 4, json: "default", shape: Map, ty: Quantity, ..F },
+        Field { tag: 5, json: "defaultRequest", shape: Map, ty: Quantity, ..F },
+        Field { tag: 6, json: "maxLimitRequestRatio", shape: Map, ty: Quantity, ..F },
+    ] },
+    Message { name: "api.core.v1.LimitRangeSpec", fields: &[
+        Field { tag: 1, json: "limits", shape: List, ty: Msg("api.core.v1.LimitRangeItem"), ext: "listType=atomic" },
+    ] },
     Message { name: "api.core.v1.LinuxContainerUser", fields: &[
         Field { tag: 1, json: "uid", shape: One, ty: Int, ..F },
         Field { tag: 2, json: "gid", shape: One, ty: Int, ..F },
@@ -1039,6 +1054,20 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 1, json: "resourceID", shape: One, ty: String, ..F },
         Field { tag: 2, json: "health", shape: One, ty: String, ..F },
     ] },
+    Message { name: "api.core.v1.ResourceQuota", fields: &[
+        Field { tag: 1, json: "metadata", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), ..F },
+        Field { tag: 2, json: "spec", shape: One, ty: Msg("api.core.v1.ResourceQuotaSpec"), ..F },
+        Field { tag: 3, json: "status", shape: One, ty: Msg("api.core.v1.ResourceQuotaStatus"), ..F },
+    ] },
+    Message { name: "api.core.v1.ResourceQuotaSpec", fields: &[
+        Field { tag: 1, json: "hard", shape: Map, ty: Quantity, ..F },
+        Field { tag: 2, json: "scopes", shape: List, ty: String, ext: "listType=atomic" },
+        Field { tag: 3, json: "scopeSelector", shape: One, ty: Msg("api.core.v1.ScopeSelector"), ..F },
+    ] },
+    Message { name: "api.core.v1.ResourceQuotaStatus", fields: &[
+        Field { tag: 1, json: "hard", shape: Map, ty: Quantity, ..F },
+        Field { tag: 2, json: "used", shape: Map, ty: Quantity, ..F },
+    ] },
     Message { name: "api.core.v1.ResourceRequirements", fields: &[
         Field { tag: 1, json: "limits", shape: Map, ty: Quantity, ..F },
         Field { tag: 2, json: "requests", shape: Map, ty: Quantity, ..F },
@@ -1059,6 +1088,14 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 8, json: "volumeName", shape: One, ty: String, ..F },
         Field { tag: 9, json: "fsType", shape: One, ty: String, ..F },
         Field { tag: 10, json: "readOnly", shape: One, ty: Bool, ..F },
+    ] },
+    Message { name: "api.core.v1.ScopeSelector", fields: &[
+        Field { tag: 1, json: "matchExpressions", shape: List, ty: Msg("api.core.v1.ScopedResourceSelectorRequirement"), ext: "listType=atomic" },
+    ] },
+    Message { name: "api.core.v1.ScopedResourceSelectorRequirement", fields: &[
+        Field { tag: 1, json: "scopeName", shape: One, ty: String, ..F },
+        Field { tag: 2, json: "operator", shape: One, ty: String, ..F },
+        Field { tag: 3, json: "values", shape: List, ty: String, ext: "listType=atomic" },
     ] },
     Message { name: "api.core.v1.SeLinuxOptions", fields: &[
         Field { tag: 1, json: "user", shape: One, ty: String, ..F },

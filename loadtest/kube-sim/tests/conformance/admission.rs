@@ -1,0 +1,196 @@
+//! The cluster's other actors at admission: LimitRanges default and bound a pod's resources, quotas
+//! count them and refuse what would not fit, each with the apiserver's own 403 message; the controllers
+//! say so in `FailedCreate` events and keep trying, and succeed once room is made.
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::{Event, LimitRange, ResourceQuota},
+};
+use kube::api::{Patch, PatchParams};
+
+use super::*;
+
+/// The first object of `api` (as listed, then as it changes) that `done` holds for, within [`PATIENCE`].
+async fn first_that<K>(api: Api<K>, what: &str, done: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let stream = watcher(api, watcher::Config::default()).applied_objects();
+    let found = async {
+        futures::pin_mut!(stream);
+        while let Some(object) = stream.try_next().await.expect("watch") {
+            if done(&object) {
+                return object;
+            }
+        }
+        panic!("the watch of {what} ended");
+    };
+    tokio::time::timeout(PATIENCE, found).await.unwrap_or_else(|_| panic!("{what} in time"))
+}
+
+#[tokio::test]
+async fn a_quota_refuses_a_pod_that_would_not_fit_and_the_replica_set_says_so_until_there_is_room() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let client = client(&sim);
+    // `kubectl create quota` sends the quota as protobuf.
+    let out = tokio::process::Command::new(&kubectl)
+        .args([
+            "--server",
+            &sim.url(),
+            "-n",
+            "shop",
+            "create",
+            "quota",
+            "team",
+            "--hard=pods=3,limits.memory=512Mi",
+        ])
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Three replicas of 256Mi: two fit, the third does not.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 3, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "shop");
+    let set = first_that(sets, "the ReplicaSet", |_| true).await;
+    let set_name = set.metadata.name.clone().expect("name");
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    let failed = first_that(events, "a FailedCreate event", |e| {
+        e.reason.as_deref() == Some("FailedCreate")
+            && e.involved_object.name.as_deref() == Some(set_name.as_str())
+    })
+    .await;
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    assert_eq!(failed.source.and_then(|s| s.component).as_deref(), Some("replicaset-controller"));
+    assert_eq!(
+        failed.message.as_deref(),
+        Some(format!(
+            "Error creating: pods \"{set_name}-\" is forbidden: exceeded quota: team, requested: limits.memory=256Mi, used: limits.memory=512Mi, limited: limits.memory=512Mi"
+        ))
+        .as_deref()
+    );
+    let has_failure = |d: Option<&Deployment>| {
+        d.and_then(|d| d.status.as_ref()?.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "ReplicaFailure" && c.status == "True"))
+    };
+    let web = tokio::time::timeout(PATIENCE, await_condition(deployments.clone(), "web", has_failure))
+        .await
+        .expect("the Deployment's ReplicaFailure in time")
+        .expect("watch")
+        .expect("web");
+    let failure = web
+        .status
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "ReplicaFailure")
+        .expect("condition");
+    assert_eq!(failure.reason.as_deref(), Some("FailedCreate"));
+
+    // The quota's status counts what runs; kubectl prints it as the apiserver's printer does.
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "shop");
+    let two_pods = |q: Option<&ResourceQuota>| {
+        q.and_then(|q| q.status.as_ref()?.used.as_ref()?.get("pods")).is_some_and(|p| p.0 == "2")
+    };
+    let team = tokio::time::timeout(PATIENCE, await_condition(quotas.clone(), "team", two_pods))
+        .await
+        .expect("the quota's usage in time")
+        .expect("watch")
+        .expect("team");
+    assert_eq!(team.status.and_then(|s| s.used).expect("used")["limits.memory"].0, "512Mi");
+    let rows = kubectl_rows(&kubectl, &sim, &["get", "quota", "-n", "shop"]).await;
+    assert_eq!(rows[0], ["NAME", "AGE", "REQUEST", "LIMIT"]);
+    assert_eq!(rows[1][0], "team");
+    assert_eq!(rows[1][2..], ["pods:", "2/3", "limits.memory:", "512Mi/512Mi"]);
+
+    // A pod that does not state what the quota counts is refused for that.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let unstated = plain_pod("unstated", "registry.local/shop/web:1");
+    let refusal = pods.create(&PostParams::default(), &unstated).await.expect_err("refused");
+    let kube::Error::Api(status) = refusal else { panic!("{refusal}") };
+    assert_eq!(status.code, 403);
+    assert_eq!(
+        status.message,
+        "pods \"unstated\" is forbidden: failed quota: team: must specify limits.memory for: app"
+    );
+
+    // Room is made: the ReplicaSet's next try succeeds.
+    let more = Patch::Merge(json!({"spec": {"hard": {"limits.memory": "1Gi"}}}));
+    quotas.patch("team", &PatchParams::default(), &more).await.expect("patched");
+    let three =
+        |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()).is_some_and(|s| s.replicas == Some(3));
+    tokio::time::timeout(PATIENCE, await_condition(deployments, "web", three))
+        .await
+        .expect("the third replica in time")
+        .expect("watch");
+}
+
+#[tokio::test]
+async fn a_limit_range_fills_in_what_a_pod_leaves_out_and_refuses_what_is_outside_its_bounds() {
+    let sim = sim().await;
+    let client = client(&sim);
+    let ranges: Api<LimitRange> = Api::namespaced(client.clone(), "shop");
+    let range: LimitRange = serde_json::from_value(json!({"metadata": {"name": "memory"},
+        "spec": {"limits": [{"type": "Container", "default": {"memory": "256Mi"}, "defaultRequest": {"memory": "128Mi"},
+            "max": {"memory": "512Mi"}}]}}))
+    .expect("range");
+    ranges.create(&PostParams::default(), &range).await.expect("created");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+
+    let defaulted = pods
+        .create(&PostParams::default(), &plain_pod("plain", "registry.local/shop/web:1"))
+        .await
+        .expect("admitted");
+    let resources = defaulted.spec.expect("spec").containers[0].resources.clone().expect("resources");
+    assert_eq!(resources.limits.expect("limits")["memory"].0, "256Mi");
+    assert_eq!(resources.requests.expect("requests")["memory"].0, "128Mi");
+    assert_eq!(
+        defaulted.metadata.annotations.expect("annotations")["kubernetes.io/limit-ranger"],
+        "LimitRanger plugin set: memory request for container app; memory limit for container app"
+    );
+
+    let refusal = pods.create(&PostParams::default(), &pod("big", "1Gi", "10Mi")).await.expect_err("refused");
+    let kube::Error::Api(status) = refusal else { panic!("{refusal}") };
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        "pods \"big\" is forbidden: maximum memory usage per Container is 512Mi, but limit is 1Gi"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_lists_limit_ranges_with_their_creation_time() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let manifest = r#"{"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "memory", "namespace": "shop"},
+        "spec": {"limits": [{"type": "Container", "max": {"memory": "1Gi"}}]}}"#;
+    let mut apply = tokio::process::Command::new(&kubectl)
+        .args(["--server", &sim.url(), "apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = apply.stdin.take().expect("stdin");
+        stdin.write_all(manifest.as_bytes()).await.expect("written");
+    }
+    let out = apply.wait_with_output().await.expect("kubectl ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = kubectl_rows(&kubectl, &sim, &["get", "limits", "-n", "shop"]).await;
+    assert_eq!(rows[0], ["NAME", "CREATED", "AT"]);
+    assert_eq!(rows[1][0], "memory");
+    assert!(rows[1][1].ends_with('Z'), "{:?}", rows[1]);
+}
