@@ -46,6 +46,19 @@ impl ApiError {
             .with_details(def.error_details(name))
     }
 
+    /// The Eviction API's refusal: 429 when a PodDisruptionBudget does not allow it (`cause`: why, as a
+    /// `DisruptionBudget` cause), 500 when several budgets select the pod.
+    pub fn eviction_refused(code: u16, message: String, cause: Option<String>) -> Self {
+        let reason = if code == 429 { "TooManyRequests" } else { "InternalError" };
+        let error = Self::new(code, reason, message);
+        match cause {
+            Some(cause) => {
+                error.with_details(json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]}))
+            }
+            None => error,
+        }
+    }
+
     /// 403 for new content in a namespace being deleted, as the NamespaceLifecycle admission plugin
     /// refuses it.
     pub fn namespace_terminating(def: &ResourceDef, name: &str, namespace: &str) -> Self {

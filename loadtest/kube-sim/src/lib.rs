@@ -15,6 +15,7 @@ pub mod admission;
 mod api;
 mod api_error;
 pub mod controllers;
+pub mod disruption;
 mod events;
 pub mod faults;
 pub mod kubelet;

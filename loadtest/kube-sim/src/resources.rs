@@ -161,6 +161,9 @@ pub static LIMITRANGES: ResourceDef = def!("", "v1", "limitranges", "limitrange"
 /// ResourceQuotas (admission counts pods against them; the quota controller fills their status).
 pub static RESOURCEQUOTAS: ResourceDef = def!("", "v1", "resourcequotas", "resourcequota", "ResourceQuota", true,
     short: &["quota"], sub: &["status"], unconditional: true, create_on_update: false, fields: &[]);
+/// PodDisruptionBudgets (the Eviction API honours them; the disruption controller fills their status).
+pub static PODDISRUPTIONBUDGETS: ResourceDef = def!("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget",
+    "PodDisruptionBudget", true, short: &["pdb"], sub: &["status"], unconditional: true, create_on_update: false, fields: &[]);
 /// ServiceAccounts.
 pub static SERVICEACCOUNTS: ResourceDef = def!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true,
     short: &["sa"], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
@@ -197,6 +200,7 @@ pub static ALL: &[&ResourceDef] = &[
     &SERVICEACCOUNTS,
     &LIMITRANGES,
     &RESOURCEQUOTAS,
+    &PODDISRUPTIONBUDGETS,
     &ROLES,
     &ROLEBINDINGS,
     &CLUSTERROLES,

@@ -26,8 +26,8 @@ ROOTS = [
     "api.apps.v1.DaemonSet", "api.apps.v1.ControllerRevision",
     "api.batch.v1.Job", "api.batch.v1.CronJob",
     "api.rbac.v1.Role", "api.rbac.v1.RoleBinding", "api.rbac.v1.ClusterRole", "api.rbac.v1.ClusterRoleBinding",
-    # The body of `pods/eviction` (kubectl drain).
-    "api.policy.v1.Eviction",
+    # The body of `pods/eviction` (kubectl drain), and the budgets it honours.
+    "api.policy.v1.Eviction", "api.policy.v1.PodDisruptionBudget",
 ]
 
 # Messages whose JSON form is not an object of their fields; the decoder knows each by name.

@@ -20,7 +20,9 @@ use crate::{
     admission,
     api_error::{ApiError, FieldError},
     pods::{self, PodDeletion},
-    resources::{JOBS, LIMITRANGES, NAMESPACES, PODS, RESOURCEQUOTAS, ResourceDef, SECRETS},
+    resources::{
+        JOBS, LIMITRANGES, NAMESPACES, PODDISRUPTIONBUDGETS, PODS, RESOURCEQUOTAS, ResourceDef, SECRETS,
+    },
     state::SimState,
     store::{Mutation, StoredObject},
 };
@@ -558,9 +560,22 @@ impl SimState {
     }
 
     /// Evicts a pod through the Eviction API (`POST pods/<name>/eviction`, what `kubectl drain` sends):
-    /// no PodDisruptionBudgets are modelled, so every eviction is allowed; the pod is marked
-    /// `DisruptionTarget` (`EvictionByEvictionAPI`) and deleted gracefully with the eviction's options.
+    /// refused (429) when the PodDisruptionBudget that selects it does not allow a disruption now;
+    /// otherwise the pod is marked `DisruptionTarget` (`EvictionByEvictionAPI`) and deleted gracefully
+    /// with the eviction's options.
     pub fn evict(&self, ns: &str, name: &str, options: &DeleteOptions) -> Result<(), ApiError> {
+        let budgets: Vec<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+            self.typed_in(&PODDISRUPTIONBUDGETS, ns);
+        if !budgets.is_empty() {
+            let pods: Vec<Pod> = self.typed_in(&PODS, ns);
+            let pod = pods
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name))
+                .ok_or_else(|| ApiError::not_found(&PODS, name))?;
+            if let Some((code, message, cause)) = crate::disruption::eviction_refusal(&budgets, pod, &pods) {
+                return Err(ApiError::eviction_refused(code, message, cause));
+            }
+        }
         let marked = self.store.mutate(&PODS, ns, name, |current| {
             let Some(current) = current else { return Err(ApiError::not_found(&PODS, name)) };
             if let Some(uid) = &options.uid

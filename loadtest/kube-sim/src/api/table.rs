@@ -486,6 +486,30 @@ fn printer(def: &ResourceDef) -> Printer {
                 vec![json!(name(v)), json!(age(v)), json!(requests.join(", ")), json!(limits.join(", "))]
             },
         },
+        ("policy", "PodDisruptionBudget") => Printer {
+            columns: vec![
+                NAME,
+                col("Min Available", "The minimum number of pods that must be available simultaneously"),
+                col("Max Unavailable", "The maximum number of pods that may be unavailable simultaneously"),
+                col("Allowed Disruptions", "Calculated number of pods that may be disrupted at this time"),
+                AGE,
+            ],
+            cells: |v| {
+                let bound = |pointer: &str| match v.pointer(pointer) {
+                    Some(Value::Number(n)) => n.to_string(),
+                    Some(Value::String(s)) => s.clone(),
+                    _ => "N/A".to_owned(),
+                };
+                let allowed = v.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+                vec![
+                    json!(name(v)),
+                    json!(bound("/spec/minAvailable")),
+                    json!(bound("/spec/maxUnavailable")),
+                    json!(allowed),
+                    json!(age(v)),
+                ]
+            },
+        },
         _ => Printer { columns: vec![NAME, AGE], cells: |v| vec![json!(name(v)), json!(age(v))] },
     }
 }

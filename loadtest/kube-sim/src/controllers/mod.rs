@@ -25,8 +25,8 @@ use crate::{
     api::DeleteOptions,
     api_error::ApiError,
     resources::{
-        ALL, CONTROLLERREVISIONS, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PODS,
-        REPLICASETS, RESOURCEQUOTAS, ResourceDef, STATEFULSETS,
+        ALL, CONTROLLERREVISIONS, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES,
+        PODDISRUPTIONBUDGETS, PODS, REPLICASETS, RESOURCEQUOTAS, ResourceDef, STATEFULSETS,
     },
     state::SimState,
     store::{EventType, Filter, Mutation, StoredObject, WatchRecord},
@@ -98,6 +98,8 @@ enum Key {
     TaintEviction(String),
     /// A namespace's ResourceQuotas: their `status.hard` and `status.used`.
     Quotas(String),
+    /// A namespace's PodDisruptionBudgets: their status.
+    Disruption(String),
 }
 
 struct Queue {
@@ -197,6 +199,7 @@ pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
         &NAMESPACES,
         &NODES,
         &RESOURCEQUOTAS,
+        &PODDISRUPTIONBUDGETS,
     ] {
         let feed = state.store.subscribe(def);
         tokio::spawn(route_changes(def, feed, state.clone(), queue.clone(), shutdown.clone()));
@@ -280,6 +283,10 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
         queue.push(Key::Quotas(ns));
         return;
     }
+    if def == &PODDISRUPTIONBUDGETS {
+        queue.push(Key::Disruption(ns));
+        return;
+    }
     if record.event == EventType::Deleted && def != &PODS {
         queue.push(Key::Collect(ns.clone(), object.uid.clone()));
     }
@@ -335,7 +342,28 @@ impl Controllers<'_> {
             Key::AllDaemonSets => self.all_daemon_sets(),
             Key::TaintEviction(node) => self.taint_eviction(node),
             Key::Quotas(ns) => self.quotas(ns),
+            Key::Disruption(ns) => self.disruption(ns),
         }
+    }
+
+    /// The disruption controller: each PodDisruptionBudget's status from the pods it selects.
+    fn disruption(&self, ns: &str) -> Result<(), ApiError> {
+        let budgets = self.state.store.in_namespace(&PODDISRUPTIONBUDGETS, ns);
+        if budgets.is_empty() {
+            return Ok(());
+        }
+        let pods: Vec<Pod> =
+            self.state.store.in_namespace(&PODS, ns).iter().filter_map(|p| p.typed().ok()).collect();
+        let now = crate::api::now_time();
+        for stored in budgets {
+            let Ok(budget) = stored.typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>() else {
+                continue;
+            };
+            let state = crate::disruption::budget_state(&budget, &pods);
+            let status = crate::disruption::status(&budget, state, &now);
+            self.write_status(&PODDISRUPTIONBUDGETS, ns, &stored.name, &stored.uid, status)?;
+        }
+        Ok(())
     }
 
     /// The quota controller: each ResourceQuota's `status.hard` (its spec's) and `status.used` (what the

@@ -194,3 +194,74 @@ async fn kubectl_lists_limit_ranges_with_their_creation_time() {
     assert_eq!(rows[1][0], "memory");
     assert!(rows[1][1].ends_with('Z'), "{:?}", rows[1]);
 }
+
+#[tokio::test]
+async fn an_eviction_that_would_break_a_disruption_budget_is_refused_until_the_budget_allows_it() {
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let client = client(&sim);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    wait_deployment(&deployments, "web", |d| status_of(d).2 == 2).await;
+    // `kubectl create pdb` sends the budget as protobuf.
+    let out = tokio::process::Command::new(&kubectl)
+        .args([
+            "--server",
+            &sim.url(),
+            "-n",
+            "shop",
+            "create",
+            "pdb",
+            "web",
+            "--selector=app=web",
+            "--min-available=2",
+        ])
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), "shop");
+    let counted = |b: Option<&k8s_openapi::api::policy::v1::PodDisruptionBudget>| {
+        b.and_then(|b| b.status.as_ref())
+            .is_some_and(|s| s.current_healthy == Some(2) && s.expected_pods == Some(2))
+    };
+    let web = tokio::time::timeout(PATIENCE, await_condition(budgets.clone(), "web", counted))
+        .await
+        .expect("the budget's status in time")
+        .expect("watch")
+        .expect("web");
+    let status = web.status.expect("status");
+    assert_eq!((status.desired_healthy, status.disruptions_allowed), (Some(2), Some(0)));
+    let rows = kubectl_rows(&kubectl, &sim, &["get", "pdb", "-n", "shop"]).await;
+    assert_eq!(rows[0], ["NAME", "MIN", "AVAILABLE", "MAX", "UNAVAILABLE", "ALLOWED", "DISRUPTIONS", "AGE"]);
+    assert_eq!(rows[1][..4], ["web", "2", "N/A", "0"]);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let victim = pods.list(&ListParams::default().labels("app=web")).await.expect("pods").items[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    let refusal = pods.evict(&victim, &kube::api::EvictParams::default()).await.expect_err("refused");
+    let kube::Error::Api(answer) = refusal else { panic!("{refusal}") };
+    assert_eq!((answer.code, answer.reason.as_str()), (429, "TooManyRequests"));
+    assert_eq!(answer.message, "Cannot evict pod as it would violate the pod's disruption budget.");
+    assert!(
+        pods.get_opt(&victim).await.expect("read").is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
+        "not evicted"
+    );
+
+    // A budget that allows one disruption lets one eviction through.
+    budgets
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"minAvailable": 1}})))
+        .await
+        .expect("patched");
+    pods.evict(&victim, &kube::api::EvictParams::default()).await.expect("evicted");
+}

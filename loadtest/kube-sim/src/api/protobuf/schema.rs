@@ -1318,6 +1318,26 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 1, json: "metadata", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), ..F },
         Field { tag: 2, json: "deleteOptions", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.DeleteOptions"), ..F },
     ] },
+    Message { name: "api.policy.v1.PodDisruptionBudget", fields: &[
+        Field { tag: 1, json: "metadata", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), ..F },
+        Field { tag: 2, json: "spec", shape: One, ty: Msg("api.policy.v1.PodDisruptionBudgetSpec"), ..F },
+        Field { tag: 3, json: "status", shape: One, ty: Msg("api.policy.v1.PodDisruptionBudgetStatus"), ..F },
+    ] },
+    Message { name: "api.policy.v1.PodDisruptionBudgetSpec", fields: &[
+        Field { tag: 1, json: "minAvailable", shape: One, ty: IntOrString, ..F },
+        Field { tag: 2, json: "selector", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"), ext: "patchStrategy=replace" },
+        Field { tag: 3, json: "maxUnavailable", shape: One, ty: IntOrString, ..F },
+        Field { tag: 4, json: "unhealthyPodEvictionPolicy", shape: One, ty: String, ..F },
+    ] },
+    Message { name: "api.policy.v1.PodDisruptionBudgetStatus", fields: &[
+        Field { tag: 1, json: "observedGeneration", shape: One, ty: Int, ..F },
+        Field { tag: 2, json: "disruptedPods", shape: Map, ty: Time, ..F },
+        Field { tag: 3, json: "disruptionsAllowed", shape: One, ty: Int, ..F },
+        Field { tag: 4, json: "currentHealthy", shape: One, ty: Int, ..F },
+        Field { tag: 5, json: "desiredHealthy", shape: One, ty: Int, ..F },
+        Field { tag: 6, json: "expectedPods", shape: One, ty: Int, ..F },
+        Field { tag: 7, json: "conditions", shape: List, ty: Msg("apimachinery.pkg.apis.meta.v1.Condition"), ext: "patchMergeKey=type,patchStrategy=merge,listType=map,listMapKey=type" },
+    ] },
     Message { name: "api.rbac.v1.AggregationRule", fields: &[
         Field { tag: 1, json: "clusterRoleSelectors", shape: List, ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"), ext: "listType=atomic" },
     ] },
@@ -1357,6 +1377,14 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 2, json: "apiGroup", shape: One, ty: String, ..F },
         Field { tag: 3, json: "name", shape: One, ty: String, ..F },
         Field { tag: 4, json: "namespace", shape: One, ty: String, ..F },
+    ] },
+    Message { name: "apimachinery.pkg.apis.meta.v1.Condition", fields: &[
+        Field { tag: 1, json: "type", shape: One, ty: String, ..F },
+        Field { tag: 2, json: "status", shape: One, ty: String, ..F },
+        Field { tag: 3, json: "observedGeneration", shape: One, ty: Int, ..F },
+        Field { tag: 4, json: "lastTransitionTime", shape: One, ty: Time, ..F },
+        Field { tag: 5, json: "reason", shape: One, ty: String, ..F },
+        Field { tag: 6, json: "message", shape: One, ty: String, ..F },
     ] },
     Message { name: "apimachinery.pkg.apis.meta.v1.DeleteOptions", fields: &[
         Field { tag: 1, json: "gracePeriodSeconds", shape: One, ty: Int, ..F },
