@@ -114,20 +114,36 @@ impl ServiceProcess {
         loop {
             if let Some(status) = self.exited()? {
                 bail!(
-                    "{} {} exited with {status} before it was ready",
+                    "{} {} exited with {status} before it was ready{}",
                     self.spec.role.as_str(),
-                    self.spec.identity
+                    self.spec.identity,
+                    self.log_tail(20)
                 );
             }
             if self.is_ready().await {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{} {} was not ready within {timeout:?}", self.spec.role.as_str(), self.spec.identity);
+                bail!(
+                    "{} {} was not ready within {timeout:?}{}",
+                    self.spec.role.as_str(),
+                    self.spec.identity,
+                    self.log_tail(20)
+                );
             }
             // The admin endpoint has no push notification of readiness: ask again shortly.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The last `lines` lines of the process's log file (when it has one), to explain a failure.
+    fn log_tail(&self, lines: usize) -> String {
+        let Some(text) = self.spec.log.as_ref().and_then(|path| std::fs::read_to_string(path).ok()) else {
+            return String::new();
+        };
+        let all: Vec<&str> = text.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        format!("; the end of its log:\n{tail}")
     }
 
     /// Whether `/readyz` answers 200 now.

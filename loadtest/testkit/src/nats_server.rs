@@ -178,6 +178,10 @@ impl NatsServer {
 /// A JetStream cluster of local servers (random ports, one temporary store each), as `deploy/base` runs
 /// three. Nodes can be killed and started again on the same ports and stores; all are killed on drop.
 pub struct NatsCluster {
+    /// Unique per cluster: the port of a node that is down can be taken by another test's cluster, and
+    /// the nodes still up, which route to that port, must not merge the two (nats-server refuses a
+    /// route from a cluster of another name).
+    name: String,
     nodes: Vec<ClusterNode>,
     extra_config: String,
     env: Vec<(String, String)>,
@@ -192,7 +196,7 @@ struct ClusterNode {
 }
 
 impl NatsCluster {
-    /// Starts `size` servers that route to each other as one JetStream cluster named `kubesent`, with
+    /// Starts `size` servers that route to each other as one JetStream cluster named `kubesent-<id>`, with
     /// `extra_config` appended to each one's configuration. Returns once every server reports ready
     /// (JetStream may still be electing its meta leader: clients must wait for it).
     pub async fn start(size: usize, extra_config: &str) -> Result<Self, Error> {
@@ -229,7 +233,8 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = Self { nodes, extra_config: extra_config.to_owned(), env: env.to_vec() };
+        let name = format!("kubesent-{}", uuid::Uuid::new_v4().simple());
+        let mut cluster = Self { name, nodes, extra_config: extra_config.to_owned(), env: env.to_vec() };
         // Started together, as a StatefulSet with parallel pod management starts them.
         let starts: Vec<_> = (0..size).map(|index| cluster.spawn_node(index)).collect();
         let children = futures::future::join_all(starts).await;
@@ -297,7 +302,7 @@ impl NatsCluster {
             name: Some(&node.name),
             port: node.port,
             store: node.store.path(),
-            cluster: Some((node.cluster_port, &routes)),
+            cluster: Some((&self.name, node.cluster_port, &routes)),
         };
         let (child, _) =
             spawn(node.store.path(), &server_config(&config, &self.extra_config), &self.env).await?;
@@ -309,8 +314,8 @@ struct NodeConfig<'a> {
     name: Option<&'a str>,
     port: u16,
     store: &'a Path,
-    /// This node's cluster port and every node's cluster port.
-    cluster: Option<(u16, &'a [u16])>,
+    /// The cluster's name, this node's cluster port and every node's cluster port.
+    cluster: Option<(&'a str, u16, &'a [u16])>,
 }
 
 /// A nats-server configuration file for `node`.
@@ -323,11 +328,11 @@ fn server_config(node: &NodeConfig<'_>, extra: &str) -> String {
     // The default fsync interval (2 min): tests kill processes, not machines, and page-cache writes
     // survive a process kill (see docs/design-notes.md on durability).
     let _ = writeln!(config, "jetstream {{ store_dir: {:?} }}", node.store.join("js").display().to_string());
-    if let Some((port, routes)) = node.cluster {
+    if let Some((name, port, routes)) = node.cluster {
         let routes: Vec<String> = routes.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
         let _ = writeln!(
             config,
-            "cluster {{ name: kubesent, listen: \"127.0.0.1:{port}\", routes: [{}] }}",
+            "cluster {{ name: {name}, listen: \"127.0.0.1:{port}\", routes: [{}] }}",
             routes.join(", ")
         );
     }
