@@ -196,6 +196,12 @@ impl ApiError {
         Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
     }
 
+    /// An admission webhook's refusal: its code (at least 400), the reason it gave if it is one the
+    /// apiserver uses, and the `admission webhook "x" denied the request: …` message.
+    pub fn webhook_denied(code: u16, reason: &'static str, message: String) -> Self {
+        Self::new(code, reason, message)
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(500, "InternalError", format!("Internal error occurred: {message}"))
@@ -207,6 +213,19 @@ impl ApiError {
             .with_details(json!({"retryAfterSeconds": retry_after}));
         e.retry_after = Some(retry_after);
         e
+    }
+
+    /// Whether a controller's create failed for a reason it reports (`FailedCreate`) and backs off from:
+    /// admission refused it (a LimitRange, a quota, a webhook's refusal or failure) or the write was
+    /// invalid. Races (404, 409) and a namespace being deleted are not reported, as the real
+    /// controllers do not.
+    pub fn refuses_creation(&self) -> bool {
+        let terminating = self
+            .details
+            .as_ref()
+            .and_then(|d| d.pointer("/causes/0/reason"))
+            .is_some_and(|r| r == "NamespaceTerminating");
+        !matches!(self.code, 404 | 409) && !terminating
     }
 
     /// The `Status` body.

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod actor;
 mod admin;
 pub mod admission;
 mod api;
@@ -29,6 +30,7 @@ pub mod resources;
 mod selectors;
 mod state;
 pub mod store;
+pub mod webhooks;
 
 use std::{
     collections::VecDeque,
@@ -134,7 +136,13 @@ impl KubeSim {
         {
             let object =
                 serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
-            match state.create(&resources::NAMESPACES, "", object, false) {
+            match state.create(
+                &resources::NAMESPACES,
+                "",
+                object,
+                false,
+                &actor::Actor::admin("kube-apiserver"),
+            ) {
                 Ok(_) => {}
                 Err(error) if error.code == 409 => {}
                 Err(error) => {
@@ -228,14 +236,27 @@ impl KubeSim {
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            match self.state.create(def, &namespace, document.clone(), false) {
+            match self.state.create(
+                def,
+                &namespace,
+                document.clone(),
+                false,
+                &actor::Actor::admin("kube-sim"),
+            ) {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {
                     let mut replacement = document;
                     let current = self.state.store.get(def, &namespace, &name)?;
                     replacement["metadata"]["resourceVersion"] =
                         serde_json::json!(current.resource_version.to_string());
-                    self.state.replace(def, &namespace, &name, None, replacement)?;
+                    self.state.replace(
+                        def,
+                        &namespace,
+                        &name,
+                        None,
+                        replacement,
+                        &actor::Actor::admin("kube-sim"),
+                    )?;
                 }
                 Err(e) => return Err(e),
             }

@@ -164,6 +164,14 @@ pub static RESOURCEQUOTAS: ResourceDef = def!("", "v1", "resourcequotas", "resou
 /// PodDisruptionBudgets (the Eviction API honours them; the disruption controller fills their status).
 pub static PODDISRUPTIONBUDGETS: ResourceDef = def!("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget",
     "PodDisruptionBudget", true, short: &["pdb"], sub: &["status"], unconditional: true, create_on_update: false, fields: &[]);
+/// MutatingWebhookConfigurations (admission calls their webhooks, which may patch what is written).
+pub static MUTATINGWEBHOOKCONFIGURATIONS: ResourceDef = def!("admissionregistration.k8s.io", "v1",
+    "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", "MutatingWebhookConfiguration", false,
+    short: &[], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
+/// ValidatingWebhookConfigurations (admission calls their webhooks, which may refuse what is written).
+pub static VALIDATINGWEBHOOKCONFIGURATIONS: ResourceDef = def!("admissionregistration.k8s.io", "v1",
+    "validatingwebhookconfigurations", "validatingwebhookconfiguration", "ValidatingWebhookConfiguration", false,
+    short: &[], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
 /// ServiceAccounts.
 pub static SERVICEACCOUNTS: ResourceDef = def!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true,
     short: &["sa"], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
@@ -201,6 +209,8 @@ pub static ALL: &[&ResourceDef] = &[
     &LIMITRANGES,
     &RESOURCEQUOTAS,
     &PODDISRUPTIONBUDGETS,
+    &MUTATINGWEBHOOKCONFIGURATIONS,
+    &VALIDATINGWEBHOOKCONFIGURATIONS,
     &ROLES,
     &ROLEBINDINGS,
     &CLUSTERROLES,

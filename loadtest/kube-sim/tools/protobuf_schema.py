@@ -28,6 +28,8 @@ ROOTS = [
     "api.rbac.v1.Role", "api.rbac.v1.RoleBinding", "api.rbac.v1.ClusterRole", "api.rbac.v1.ClusterRoleBinding",
     # The body of `pods/eviction` (kubectl drain), and the budgets it honours.
     "api.policy.v1.Eviction", "api.policy.v1.PodDisruptionBudget",
+    "api.admissionregistration.v1.MutatingWebhookConfiguration",
+    "api.admissionregistration.v1.ValidatingWebhookConfiguration",
 ]
 
 # Messages whose JSON form is not an object of their fields; the decoder knows each by name.

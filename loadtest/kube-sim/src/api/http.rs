@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    actor::Actor,
     api::patch::PatchType,
     api::{DeleteOptions, Deleted},
     api::{scale, table},
@@ -258,7 +259,11 @@ fn dispatch(
                 ));
             }
             let ns = namespace.clone().unwrap_or_default();
-            let ctx = Ctx { state, def, namespace, query: &query, headers, wants_table, client };
+            let user_agent =
+                headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let actor =
+                Actor::of_request(user.as_ref(), query.get("fieldManager").map(String::as_str), user_agent);
+            let ctx = Ctx { state, def, namespace, query: &query, headers, wants_table, client, actor };
             match (method.clone(), name, subresource.as_deref()) {
                 (Method::GET, None, None) => {
                     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
@@ -316,6 +321,8 @@ struct Ctx<'a> {
     headers: &'a HeaderMap,
     wants_table: bool,
     client: &'a str,
+    /// Who writes (the user and the field manager).
+    actor: Actor,
 }
 
 fn parse_body(def: &ResourceDef, body: &[u8]) -> Result<Value, ApiError> {
@@ -480,7 +487,7 @@ impl Ctx<'_> {
         let value = self.body_value(body)?;
         let warnings = self.field_warnings(&value)?;
         let dry_run = self.query.get("dryRun").is_some_and(|d| d == "All");
-        let created = self.state.create(self.def, ns, value, dry_run)?;
+        let created = self.state.create(self.def, ns, value, dry_run, &self.actor)?;
         Ok(with_warnings(json_response(StatusCode::CREATED, &created), &warnings))
     }
 
@@ -496,7 +503,7 @@ impl Ctx<'_> {
         }
         let new = self.body_value(body)?;
         let warnings = self.field_warnings(&new)?;
-        let (stored, created) = self.state.replace(self.def, ns, name, subresource, new)?;
+        let (stored, created) = self.state.replace(self.def, ns, name, subresource, new, &self.actor)?;
         let status = if created { StatusCode::CREATED } else { StatusCode::OK };
         Ok(with_warnings(bytes_response(status, stored.json.clone()), &warnings))
     }
@@ -537,7 +544,7 @@ impl Ctx<'_> {
         {
             change["metadata"] = json!({"resourceVersion": rv});
         }
-        let stored = self.state.patch(self.def, ns, name, None, PatchType::Merge, &change)?;
+        let stored = self.state.patch(self.def, ns, name, None, PatchType::Merge, &change, &self.actor)?;
         Ok(json_response(StatusCode::OK, &scale::of(&stored.value())))
     }
 
@@ -562,7 +569,7 @@ impl Ctx<'_> {
                 self.field_warnings(&super::patch::apply(kind, &current, &patch_body)?)?
             }
         };
-        let stored = self.state.patch(self.def, ns, name, subresource, kind, &patch_body)?;
+        let stored = self.state.patch(self.def, ns, name, subresource, kind, &patch_body, &self.actor)?;
         Ok(with_warnings(bytes_response(StatusCode::OK, stored.json.clone()), &warnings))
     }
 
@@ -586,7 +593,7 @@ impl Ctx<'_> {
             Some(options) if !options.is_null() => DeleteOptions::from_value(options)?,
             _ => DeleteOptions::default(),
         };
-        self.state.evict(ns, name, &options)?;
+        self.state.evict(ns, name, &options, &self.actor)?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -604,7 +611,7 @@ impl Ctx<'_> {
             options.grace_period_seconds =
                 Some(q.parse().map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
         }
-        match self.state.delete(self.def, ns, name, &options)? {
+        match self.state.delete(self.def, ns, name, &options, &self.actor)? {
             // Pods return the object (ReturnDeletedObject), never a Status.
             Deleted::Pod(stored) => Ok(bytes_response(StatusCode::OK, stored.json.clone())),
             Deleted::Other(stored) => {
@@ -622,7 +629,13 @@ impl Ctx<'_> {
         let filter = self.filter()?;
         let page = self.state.store.list(self.def, &filter, None, None)?;
         for object in &page.items {
-            match self.state.delete(self.def, &object.namespace, &object.name, &DeleteOptions::default()) {
+            match self.state.delete(
+                self.def,
+                &object.namespace,
+                &object.name,
+                &DeleteOptions::default(),
+                &self.actor,
+            ) {
                 Ok(_) => {}
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),

@@ -2,6 +2,7 @@
 //! paths (create, update, patch, delete, resize) below, shared by the HTTP front and the in-process
 //! controllers, so a ReplicaSet's pods go through the same defaulting and validation as a client's.
 
+mod admit;
 pub(crate) mod http;
 pub(crate) mod openapi;
 mod patch;
@@ -15,8 +16,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-use self::patch::PatchType;
+use self::{admit::Write, patch::PatchType};
 use crate::{
+    actor::Actor,
     admission,
     api_error::{ApiError, FieldError},
     pods::{self, PodDeletion},
@@ -25,6 +27,7 @@ use crate::{
     },
     state::SimState,
     store::{Mutation, StoredObject},
+    webhooks,
 };
 
 /// What a DELETE asked for.
@@ -124,8 +127,8 @@ pub fn typed_round_trip(def: &ResourceDef, value: &Value) -> Result<Option<Value
 /// Decodes `value` as the kind's type; encodes it again when `encode`.
 fn typed_decode(def: &ResourceDef, value: &Value, encode: bool) -> Result<Option<Value>, ApiError> {
     use k8s_openapi::api::{
-        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-        events::v1 as events, rbac::v1 as rbac,
+        admissionregistration::v1 as admissionregistration, apps::v1 as apps, batch::v1 as batch,
+        coordination::v1 as coordination, core::v1 as core, events::v1 as events, rbac::v1 as rbac,
     };
     fn check_as<T: serde::de::DeserializeOwned + serde::Serialize>(
         def: &ResourceDef,
@@ -157,6 +160,17 @@ fn typed_decode(def: &ResourceDef, value: &Value, encode: bool) -> Result<Option
         ("batch", "jobs") => check_as::<batch::Job>(def, value, encode),
         ("batch", "cronjobs") => check_as::<batch::CronJob>(def, value, encode),
         ("", "serviceaccounts") => check_as::<core::ServiceAccount>(def, value, encode),
+        ("", "limitranges") => check_as::<core::LimitRange>(def, value, encode),
+        ("", "resourcequotas") => check_as::<core::ResourceQuota>(def, value, encode),
+        ("policy", "poddisruptionbudgets") => {
+            check_as::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(def, value, encode)
+        }
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations") => {
+            check_as::<admissionregistration::MutatingWebhookConfiguration>(def, value, encode)
+        }
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations") => {
+            check_as::<admissionregistration::ValidatingWebhookConfiguration>(def, value, encode)
+        }
         ("rbac.authorization.k8s.io", "roles") => check_as::<rbac::Role>(def, value, encode),
         ("rbac.authorization.k8s.io", "rolebindings") => check_as::<rbac::RoleBinding>(def, value, encode),
         ("rbac.authorization.k8s.io", "clusterroles") => check_as::<rbac::ClusterRole>(def, value, encode),
@@ -285,17 +299,29 @@ impl SimState {
         self.store.in_namespace(def, ns).iter().filter_map(|o| o.typed().ok()).collect()
     }
 
-    /// The `LimitRanger` and `ResourceQuota` admission plugins on a new pod (see [`crate::admission`]):
-    /// defaults set, then a 403 with the plugins' message for what a LimitRange or a quota refuses.
-    fn admit_pod(&self, ns: &str, name: &str, pod: &mut Pod) -> Result<(), ApiError> {
+    /// The mutating half of the `LimitRanger` plugin on a new pod: the namespace's defaults set.
+    fn default_pod_resources(&self, ns: &str, pod: &mut Pod) {
         let ranges: Vec<k8s_openapi::api::core::v1::LimitRange> = self.typed_in(&LIMITRANGES, ns);
         if !ranges.is_empty() {
             admission::apply_limit_range_defaults(pod, &ranges);
-            let violations = admission::limit_range_violations(pod, &ranges);
-            if !violations.is_empty() {
-                return Err(ApiError::admission_forbidden(&PODS, name, &admission::aggregate(&violations)));
-            }
         }
+    }
+
+    /// The validating half of the `LimitRanger` plugin on a new pod: a 403 with the plugin's message
+    /// for what a LimitRange refuses.
+    fn check_pod_limit_ranges(&self, ns: &str, name: &str, pod: &Pod) -> Result<(), ApiError> {
+        let ranges: Vec<k8s_openapi::api::core::v1::LimitRange> = self.typed_in(&LIMITRANGES, ns);
+        let violations = admission::limit_range_violations(pod, &ranges);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::admission_forbidden(&PODS, name, &admission::aggregate(&violations)))
+        }
+    }
+
+    /// The `ResourceQuota` plugin on a new pod (see [`crate::admission`]), the last of admission: a
+    /// 403 with the plugin's message for what a quota refuses.
+    fn charge_pod_to_quotas(&self, ns: &str, name: &str, pod: &Pod) -> Result<(), ApiError> {
         let quotas: Vec<k8s_openapi::api::core::v1::ResourceQuota> = self.typed_in(&RESOURCEQUOTAS, ns);
         if !quotas.is_empty() {
             let mut used = std::collections::BTreeMap::<String, i128>::new();
@@ -310,13 +336,15 @@ impl SimState {
         Ok(())
     }
 
-    /// Creates an object (`POST`). With `dry_run` nothing is stored and the would-be object is returned.
+    /// Creates an object (`POST`) as `actor`, through admission (LimitRanger, the webhooks,
+    /// ResourceQuota). With `dry_run` nothing is stored and the would-be object is returned.
     pub fn create(
         &self,
         def: &'static ResourceDef,
         ns: &str,
         mut value: Value,
         dry_run: bool,
+        actor: &Actor,
     ) -> Result<Value, ApiError> {
         check_body(def, &value)?;
         if let Some(body_ns) =
@@ -359,6 +387,18 @@ impl SimState {
         }
         value["metadata"]["name"] = json!(name);
         let uid = uuid::Uuid::new_v4().to_string();
+        let webhooks = self.has_webhooks();
+        // A generated name is not known to admission yet: the review names none.
+        let given_name = if admission_name == name { name.as_str() } else { "" };
+        let write = Write {
+            def,
+            subresource: None,
+            operation: webhooks::Operation::Create,
+            namespace: ns,
+            name: given_name,
+            actor,
+            dry_run,
+        };
         if def == &PODS {
             let mut pod: Pod = serde_json::from_value(value).map_err(ApiError::internal)?;
             let errors = pods::validate_create(&pod);
@@ -366,8 +406,28 @@ impl SimState {
                 return Err(ApiError::invalid(&PODS, &name, &errors));
             }
             pods::default_for_create(&mut pod, ns, uid.clone(), jiff::Timestamp::now());
-            self.admit_pod(ns, &admission_name, &mut pod)?;
+            self.default_pod_resources(ns, &mut pod);
+            if webhooks {
+                let given = serde_json::to_value(&pod).map_err(ApiError::internal)?;
+                let mutated = self.mutate_by_webhooks(&write, given.clone(), None)?;
+                if mutated != given {
+                    pod = serde_json::from_value(mutated).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "Pod in version \"v1\" cannot be handled as a Pod: {e}"
+                        ))
+                    })?;
+                    let errors = pods::validate_create(&pod);
+                    if !errors.is_empty() {
+                        return Err(ApiError::invalid(&PODS, &name, &errors));
+                    }
+                }
+            }
+            self.check_pod_limit_ranges(ns, &admission_name, &pod)?;
             value = serde_json::to_value(&pod).map_err(ApiError::internal)?;
+            if webhooks {
+                self.validate_by_webhooks(&write, Some(&value), None)?;
+            }
+            self.charge_pod_to_quotas(ns, &admission_name, &pod)?;
         } else {
             let meta = value["metadata"]
                 .as_object_mut()
@@ -392,7 +452,15 @@ impl SimState {
                 secret_defaults(&mut value);
             }
             workload_defaults(def, &mut value);
+            webhook_defaults(def, &mut value);
+            if webhooks {
+                value = self.mutate_by_webhooks(&write, value, None)?;
+                typed_check(def, &value)?;
+            }
             validation::validate_create(def, &name, &value)?;
+            if webhooks {
+                self.validate_by_webhooks(&write, Some(&value), None)?;
+            }
         }
         if dry_run {
             return Ok(value);
@@ -411,7 +479,8 @@ impl SimState {
         Ok(stored.value())
     }
 
-    /// Replaces an object or its status (`PUT`). Returns the stored object and whether it was created.
+    /// Replaces an object or its status (`PUT`) as `actor`. Returns the stored object and whether it
+    /// was created.
     pub fn replace(
         &self,
         def: &'static ResourceDef,
@@ -419,6 +488,7 @@ impl SimState {
         name: &str,
         subresource: Option<&str>,
         new: Value,
+        actor: &Actor,
     ) -> Result<(Arc<StoredObject>, bool), ApiError> {
         check_body(def, &new)?;
         if let Some(body_name) = new.pointer("/metadata/name").and_then(Value::as_str)
@@ -440,6 +510,19 @@ impl SimState {
                 )],
             ));
         }
+        let proposed = |current: &Arc<StoredObject>| -> Result<Value, ApiError> {
+            if let Some(rv) = &body_rv
+                && *rv != current.resource_version.to_string()
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            Ok(new.clone())
+        };
+        if self.has_webhooks() && self.store.get(def, ns, name).is_ok() {
+            return self
+                .update_through_webhooks(def, ns, name, subresource, actor, &proposed)
+                .map(|s| (s, false));
+        }
         let mut created = false;
         let mut spec_changed = false;
         let admission = if def.create_on_update { self.admit_namespace(def, name, ns) } else { Ok(()) };
@@ -456,12 +539,7 @@ impl SimState {
                 }
                 return Err(ApiError::not_found(def, name));
             };
-            if let Some(rv) = &body_rv
-                && *rv != current.resource_version.to_string()
-            {
-                return Err(ApiError::conflict(def, name));
-            }
-            let (mutation, changed) = self.updated(def, current, new.clone(), subresource)?;
+            let (mutation, changed) = self.next_state(def, current, proposed(current)?, subresource)?;
             spec_changed = changed;
             Ok(mutation)
         })?;
@@ -472,7 +550,8 @@ impl SimState {
         Ok((stored, created))
     }
 
-    /// Patches an object, its status, or (for pods) its resources through `resize`.
+    /// Patches an object, its status, or (for pods) its resources through `resize`, as `actor`.
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &self,
         def: &'static ResourceDef,
@@ -481,12 +560,10 @@ impl SimState {
         subresource: Option<&str>,
         kind: PatchType,
         patch_body: &Value,
+        actor: &Actor,
     ) -> Result<Arc<StoredObject>, ApiError> {
-        let mut spec_changed = false;
-        let stored = self.store.mutate(def, ns, name, |current| {
-            let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
-            let old = current.value();
-            let new = patch::apply(kind, &old, patch_body)?;
+        let proposed = |current: &Arc<StoredObject>| -> Result<Value, ApiError> {
+            let new = patch::apply(kind, &current.value(), patch_body)?;
             // A patch that names a resourceVersion is an optimistic-lock precondition.
             if let Some(rv) = resource_version_of(&new)
                 && rv != current.resource_version.to_string()
@@ -494,11 +571,15 @@ impl SimState {
                 return Err(ApiError::conflict(def, name));
             }
             typed_check(def, &new)?;
-            if subresource == Some("resize") {
-                spec_changed = true;
-                return crate::resize::resized(&old, new, self.config.kubernetes_minor);
-            }
-            let (mutation, changed) = self.updated(def, current, new, subresource)?;
+            Ok(new)
+        };
+        if self.has_webhooks() {
+            return self.update_through_webhooks(def, ns, name, subresource, actor, &proposed);
+        }
+        let mut spec_changed = false;
+        let stored = self.store.mutate(def, ns, name, |current| {
+            let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
+            let (mutation, changed) = self.next_state(def, current, proposed(current)?, subresource)?;
             spec_changed = changed;
             Ok(mutation)
         })?;
@@ -507,6 +588,78 @@ impl SimState {
             self.kubelet.spec_changed(&stored.uid);
         }
         Ok(stored)
+    }
+
+    /// The stored object after `new` is written over `current` (through `resize` for that
+    /// subresource), and whether the spec changed.
+    fn next_state(
+        &self,
+        def: &ResourceDef,
+        current: &Arc<StoredObject>,
+        new: Value,
+        subresource: Option<&str>,
+    ) -> Result<(Mutation, bool), ApiError> {
+        if subresource == Some("resize") {
+            return Ok((crate::resize::resized(&current.value(), new, self.config.kubernetes_minor)?, true));
+        }
+        self.updated(def, current, new, subresource)
+    }
+
+    /// An update with webhooks configured: the change is worked out on the current object, admitted by
+    /// the webhooks outside the store's lock (a webhook may read the cluster), then written if the
+    /// object has not changed meanwhile; otherwise all again, as the apiserver's `GuaranteedUpdate`
+    /// retries with admission.
+    fn update_through_webhooks(
+        &self,
+        def: &'static ResourceDef,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+        actor: &Actor,
+        proposed: &dyn Fn(&Arc<StoredObject>) -> Result<Value, ApiError>,
+    ) -> Result<Arc<StoredObject>, ApiError> {
+        const ATTEMPTS: usize = 5;
+        let write = Write {
+            def,
+            subresource,
+            operation: webhooks::Operation::Update,
+            namespace: ns,
+            name,
+            actor,
+            dry_run: false,
+        };
+        for _ in 0..ATTEMPTS {
+            let current = self.store.get(def, ns, name)?;
+            let old = current.value();
+            let candidate = match self.next_state(def, &current, proposed(&current)?, subresource)? {
+                (Mutation::Put(value), _) => value,
+                _ => return Ok(current),
+            };
+            let admitted = self.mutate_by_webhooks(&write, candidate, Some(&old))?;
+            typed_check(def, &admitted)?;
+            self.validate_by_webhooks(&write, Some(&admitted), Some(&old))?;
+            let mut raced = false;
+            let mut spec_changed = false;
+            let stored = self.store.mutate(def, ns, name, |now| {
+                let Some(now) = now else { return Err(ApiError::not_found(def, name)) };
+                if now.resource_version != current.resource_version {
+                    raced = true;
+                    return Ok(Mutation::Unchanged);
+                }
+                let (mutation, changed) = self.next_state(def, now, admitted, subresource)?;
+                spec_changed = changed;
+                Ok(mutation)
+            })?;
+            if raced {
+                continue;
+            }
+            let stored = stored.ok_or_else(|| ApiError::not_found(def, name))?;
+            if spec_changed && def == &PODS {
+                self.kubelet.spec_changed(&stored.uid);
+            }
+            return Ok(stored);
+        }
+        Err(ApiError::conflict(def, name))
     }
 
     /// The stored object after an update of the main resource or its status, and whether the spec changed.
@@ -563,7 +716,13 @@ impl SimState {
     /// refused (429) when the PodDisruptionBudget that selects it does not allow a disruption now;
     /// otherwise the pod is marked `DisruptionTarget` (`EvictionByEvictionAPI`) and deleted gracefully
     /// with the eviction's options.
-    pub fn evict(&self, ns: &str, name: &str, options: &DeleteOptions) -> Result<(), ApiError> {
+    pub fn evict(
+        &self,
+        ns: &str,
+        name: &str,
+        options: &DeleteOptions,
+        actor: &Actor,
+    ) -> Result<(), ApiError> {
         let budgets: Vec<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
             self.typed_in(&PODDISRUPTIONBUDGETS, ns);
         if !budgets.is_empty() {
@@ -593,17 +752,31 @@ impl SimState {
         if marked.is_none() {
             return Err(ApiError::not_found(&PODS, name));
         }
-        self.delete(&PODS, ns, name, options).map(drop)
+        self.delete(&PODS, ns, name, options, actor).map(drop)
     }
 
-    /// Deletes an object (`DELETE`), with pods' graceful deletion and preconditions.
+    /// Deletes an object (`DELETE`) as `actor`, with pods' graceful deletion and preconditions.
     pub fn delete(
         &self,
         def: &'static ResourceDef,
         ns: &str,
         name: &str,
         options: &DeleteOptions,
+        actor: &Actor,
     ) -> Result<Deleted, ApiError> {
+        if self.has_webhooks() {
+            let old = self.store.get(def, ns, name)?.value();
+            let write = Write {
+                def,
+                subresource: None,
+                operation: webhooks::Operation::Delete,
+                namespace: ns,
+                name,
+                actor,
+                dry_run: false,
+            };
+            self.validate_by_webhooks(&write, None, Some(&old))?;
+        }
         if options.orphan {
             self.orphan_dependents(def, ns, name)?;
         }
@@ -749,6 +922,25 @@ fn secret_defaults(value: &mut Value) {
     for (key, text) in strings {
         let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_str().unwrap_or_default());
         value["data"][key] = json!(encoded);
+    }
+}
+
+/// The admissionregistration/v1 defaults of each webhook of a configuration.
+fn webhook_defaults(def: &ResourceDef, value: &mut Value) {
+    let mutating = def == &crate::resources::MUTATINGWEBHOOKCONFIGURATIONS;
+    if !mutating && def != &crate::resources::VALIDATINGWEBHOOKCONFIGURATIONS {
+        return;
+    }
+    let mut defaults = json!({"failurePolicy": "Fail", "matchPolicy": "Equivalent", "namespaceSelector": {},
+        "objectSelector": {}, "timeoutSeconds": 10});
+    if mutating {
+        defaults["reinvocationPolicy"] = json!("Never");
+    }
+    for webhook in value.get_mut("webhooks").and_then(Value::as_array_mut).into_iter().flatten() {
+        fill_defaults(webhook, &defaults);
+        for rule in webhook.get_mut("rules").and_then(Value::as_array_mut).into_iter().flatten() {
+            fill_defaults(rule, &json!({"scope": "*"}));
+        }
     }
 }
 

@@ -64,7 +64,7 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
     }
 }
 
-/// The merge key of a list field in the core/apps types, by field name.
+/// The merge key of a list field in the core/apps/admissionregistration types, by field name.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "containers"
@@ -74,7 +74,8 @@ fn merge_key(field: &str) -> Option<&'static str> {
         | "env"
         | "imagePullSecrets"
         | "hostAliases"
-        | "readinessGates" => match field {
+        | "readinessGates"
+        | "webhooks" => match field {
             "hostAliases" => "ip",
             "readinessGates" => "conditionType",
             _ => "name",

@@ -510,6 +510,20 @@ fn printer(def: &ResourceDef) -> Printer {
                 ]
             },
         },
+        (
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",
+        ) => Printer {
+            columns: vec![
+                NAME,
+                col("Webhooks", "Webhooks indicates the number of webhooks in the configuration"),
+                AGE,
+            ],
+            cells: |v| {
+                let count = v.get("webhooks").and_then(Value::as_array).map_or(0, Vec::len);
+                vec![json!(name(v)), json!(count), json!(age(v))]
+            },
+        },
         _ => Printer { columns: vec![NAME, AGE], cells: |v| vec![json!(name(v)), json!(age(v))] },
     }
 }

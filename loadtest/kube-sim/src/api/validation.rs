@@ -5,7 +5,10 @@ use serde_json::Value;
 
 use crate::{
     api_error::{ApiError, FieldError},
-    resources::{DEPLOYMENTS, EVENTS_V1, JOBS, REPLICASETS, ResourceDef, STATEFULSETS},
+    resources::{
+        DEPLOYMENTS, EVENTS_V1, JOBS, MUTATINGWEBHOOKCONFIGURATIONS, REPLICASETS, ResourceDef, STATEFULSETS,
+        VALIDATINGWEBHOOKCONFIGURATIONS,
+    },
 };
 
 fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -114,10 +117,84 @@ pub fn validate_create(def: &ResourceDef, name: &str, value: &Value) -> Result<(
         selector_errors(value)
     } else if def == &JOBS {
         job_errors(value)
+    } else if def == &MUTATINGWEBHOOKCONFIGURATIONS || def == &VALIDATINGWEBHOOKCONFIGURATIONS {
+        webhook_errors(value)
     } else {
         Vec::new()
     };
     if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(def, name, &errors)) }
+}
+
+/// The admissionregistration/v1 checks of a webhook configuration (`ValidateMutatingWebhookConfiguration`):
+/// unique names of at least three dot-separated segments, exactly one of `url` and `service`, and
+/// `sideEffects` and `admissionReviewVersions` that v1 requires.
+fn webhook_errors(value: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut seen = Vec::new();
+    for (i, webhook) in value.get("webhooks").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let at = |field: &str| format!("webhooks[{i}].{field}");
+        match text(webhook, "/name") {
+            None => errors.push(FieldError::required(at("name"), "")),
+            Some(name) if seen.contains(&name) => errors.push(FieldError::duplicate(at("name"), name)),
+            Some(name)
+                if name.split('.').count() < 3 || !name.split('.').all(kubesent_proto::is_dns_label) =>
+            {
+                errors.push(FieldError::invalid(
+                    at("name"),
+                    name,
+                    "should be a domain with at least three segments separated by dots",
+                ));
+            }
+            Some(name) => seen.push(name),
+        }
+        let url = text(webhook, "/clientConfig/url");
+        let service = webhook.pointer("/clientConfig/service").filter(|s| s.is_object());
+        match (url, service) {
+            (Some(_), Some(_)) | (None, None) => {
+                errors.push(FieldError::required(
+                    at("clientConfig"),
+                    "exactly one of url or service is required",
+                ));
+            }
+            (Some(url), None) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                errors.push(FieldError::invalid(
+                    at("clientConfig.url"),
+                    url,
+                    "'https' is the only allowed URL scheme",
+                ));
+            }
+            _ => {}
+        }
+        match text(webhook, "/sideEffects") {
+            Some("None" | "NoneOnDryRun") => {}
+            Some(other) => {
+                errors.push(FieldError::not_supported(at("sideEffects"), other, &["None", "NoneOnDryRun"]))
+            }
+            None => {
+                errors.push(FieldError::required(at("sideEffects"), "must specify one of None, NoneOnDryRun"))
+            }
+        }
+        let versions = webhook.get("admissionReviewVersions").and_then(Value::as_array);
+        if !versions.is_some_and(|v| v.iter().any(|v| v == "v1" || v == "v1beta1")) {
+            errors
+                .push(FieldError::required(at("admissionReviewVersions"), "must specify one of v1, v1beta1"));
+        }
+        if let Some(policy) = text(webhook, "/failurePolicy")
+            && !matches!(policy, "Fail" | "Ignore")
+        {
+            errors.push(FieldError::not_supported(at("failurePolicy"), policy, &["Fail", "Ignore"]));
+        }
+        if let Some(seconds) = webhook.get("timeoutSeconds").and_then(Value::as_i64)
+            && !(1..=30).contains(&seconds)
+        {
+            errors.push(FieldError::invalid_raw(
+                at("timeoutSeconds"),
+                seconds.to_string(),
+                "the timeout value must be between 1 and 30 seconds",
+            ));
+        }
+    }
+    errors
 }
 
 /// A Job's pods may not restart forever: `restartPolicy` is `OnFailure` or `Never`.
@@ -163,9 +240,42 @@ pub fn validate_update(def: &ResourceDef, name: &str, old: &Value, new: &Value) 
             ));
         }
         errors
+    } else if def == &MUTATINGWEBHOOKCONFIGURATIONS || def == &VALIDATINGWEBHOOKCONFIGURATIONS {
+        webhook_errors(new)
     } else {
         Vec::new()
     };
     errors.dedup();
     if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(def, name, &errors)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_webhook_configuration_needs_a_dotted_name_one_client_and_what_v1_requires() {
+        let config = json!({"webhooks": [
+            {"name": "clamp", "clientConfig": {}, "rules": []},
+            {"name": "ok.policy.example.com", "clientConfig": {"url": "http://127.0.0.1:1/"},
+                "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 31},
+        ]});
+        let error = validate_create(&MUTATINGWEBHOOKCONFIGURATIONS, "clamp", &config).expect_err("invalid");
+        assert_eq!(error.code, 422);
+        for expected in [
+            "webhooks[0].name: Invalid value: \"clamp\": should be a domain with at least three segments separated by dots",
+            "webhooks[0].clientConfig: Required value: exactly one of url or service is required",
+            "webhooks[0].sideEffects: Required value: must specify one of None, NoneOnDryRun",
+            "webhooks[0].admissionReviewVersions: Required value: must specify one of v1, v1beta1",
+            "webhooks[1].timeoutSeconds: Invalid value: 31: the timeout value must be between 1 and 30 seconds",
+        ] {
+            assert!(error.message.contains(expected), "{expected:?} in {}", error.message);
+        }
+        let valid = json!({"webhooks": [config["webhooks"][1].clone()]});
+        let mut valid = valid;
+        valid["webhooks"][0]["timeoutSeconds"] = json!(5);
+        assert!(validate_create(&VALIDATINGWEBHOOKCONFIGURATIONS, "ok", &valid).is_ok());
+    }
 }

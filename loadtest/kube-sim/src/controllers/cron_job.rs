@@ -170,6 +170,7 @@ impl Controllers<'_> {
                         ns,
                         job.metadata.name.as_deref().unwrap_or_default(),
                         &options,
+                        &Actor::controller("cronjob-controller"),
                     );
                 }
             }
@@ -186,7 +187,7 @@ impl Controllers<'_> {
                 });
                 job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] =
                     json!(at.to_string());
-                match self.state.create(&JOBS, ns, job, false) {
+                match self.state.create(&JOBS, ns, job, false, &Actor::controller("cronjob-controller")) {
                     Ok(created) => jobs.push(serde_json::from_value(created).map_err(ApiError::internal)?),
                     Err(e) if e.code == 409 => {}
                     Err(e) => return Err(e),
@@ -212,6 +213,7 @@ impl Controllers<'_> {
                         ns,
                         job.metadata.name.as_deref().unwrap_or_default(),
                         &options,
+                        &Actor::controller("cronjob-controller"),
                     );
                 }
             }

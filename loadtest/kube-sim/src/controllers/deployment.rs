@@ -91,7 +91,13 @@ impl Controllers<'_> {
                     "spec": {"replicas": initial, "selector": selector, "template": template,
                         "minReadySeconds": spec.min_ready_seconds.unwrap_or(0)},
                 });
-                let created = self.state.create(&REPLICASETS, ns, rs, false)?;
+                let created = self.state.create(
+                    &REPLICASETS,
+                    ns,
+                    rs,
+                    false,
+                    &Actor::controller("deployment-controller"),
+                )?;
                 serde_json::from_value(created).map_err(ApiError::internal)?
             }
         };
@@ -161,6 +167,7 @@ impl Controllers<'_> {
                     ns,
                     rs.metadata.name.as_deref().unwrap_or_default(),
                     &options,
+                    &Actor::controller("deployment-controller"),
                 );
             }
         }

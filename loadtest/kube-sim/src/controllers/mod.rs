@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    actor::Actor,
     api::DeleteOptions,
     api_error::ApiError,
     resources::{
@@ -216,7 +217,7 @@ pub fn spawn(state: Arc<SimState>, shutdown: CancellationToken) {
                 Ok(()) => queue.succeeded(&key),
                 Err(error) => {
                     tracing::debug!(?key, %error.message, "reconcile failed; retrying");
-                    let delay = if error.code == 403 {
+                    let delay = if error.refuses_creation() {
                         queue.refused(&key)
                     } else {
                         std::time::Duration::from_millis(50)
@@ -420,7 +421,13 @@ impl Controllers<'_> {
         for def in ALL.iter().copied().filter(|d| d.namespaced) {
             for object in self.objects(def, name)? {
                 let options = DeleteOptions { uid: Some(object.uid.clone()), ..DeleteOptions::default() };
-                match self.state.delete(def, name, &object.name, &options) {
+                match self.state.delete(
+                    def,
+                    name,
+                    &object.name,
+                    &options,
+                    &Actor::controller("namespace-controller"),
+                ) {
                     Ok(crate::api::Deleted::Pod(_)) => left += 1,
                     Ok(crate::api::Deleted::Other(_)) => {}
                     Err(e) if e.code == 404 || e.code == 409 => {}
@@ -501,7 +508,7 @@ impl Controllers<'_> {
     fn delete_pod(&self, ns: &str, pod: &Pod) -> Result<(), ApiError> {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let options = DeleteOptions { uid: pod.metadata.uid.clone(), ..DeleteOptions::default() };
-        match self.state.delete(&PODS, ns, &name, &options) {
+        match self.state.delete(&PODS, ns, &name, &options, &Actor::controller("replicaset-controller")) {
             Ok(_) => Ok(()),
             Err(e) if e.code == 404 || e.code == 409 => Ok(()),
             Err(e) => Err(e),
@@ -527,9 +534,10 @@ impl Controllers<'_> {
         let pod_name = metadata.name.clone().unwrap_or_else(|| generate.to_owned());
         let pod = Pod { metadata, spec: template.spec.clone(), status: None };
         let value = serde_json::to_value(&pod).map_err(ApiError::internal)?;
-        let created = self.state.create(&PODS, ns, value, false).map(|_| ());
+        let actor = Actor::controller(&format!("{}-controller", owner.kind.to_ascii_lowercase()));
+        let created = self.state.create(&PODS, ns, value, false, &actor).map(|_| ());
         if let Err(error) = &created
-            && error.code == 403
+            && error.refuses_creation()
         {
             // Admission refused it: the controller says so on its object, as the real ones do.
             let message = if owner.kind == "StatefulSet" {
@@ -537,8 +545,8 @@ impl Controllers<'_> {
             } else {
                 format!("Error creating: {}", error.message)
             };
-            let component = format!("{}-controller", owner.kind.to_ascii_lowercase());
-            self.state.record_event(ns, &owner, "Warning", "FailedCreate", &message, &component);
+            let component = actor.user.name.rsplit(':').next().unwrap_or_default();
+            self.state.record_event(ns, &owner, "Warning", "FailedCreate", &message, component);
         }
         created
     }
@@ -562,7 +570,8 @@ impl Controllers<'_> {
             let cr = json!({"metadata": {"name": revision, "namespace": ns, "labels": labels,
                 "ownerReferences": [owner_ref(kind, name, uid)]},
                 "data": {"spec": {"template": template}}, "revision": number});
-            self.state.create(&CONTROLLERREVISIONS, ns, cr, false)?;
+            let actor = Actor::controller(&format!("{}-controller", kind.to_ascii_lowercase()));
+            self.state.create(&CONTROLLERREVISIONS, ns, cr, false, &actor)?;
         }
         Ok(hash)
     }
@@ -572,7 +581,13 @@ impl Controllers<'_> {
         for def in [&REPLICASETS, &PODS, &CONTROLLERREVISIONS] {
             for object in self.objects(def, ns)?.iter().filter(|o| o.is_owned_by(owner_uid)) {
                 let options = DeleteOptions { uid: Some(object.uid.clone()), ..DeleteOptions::default() };
-                match self.state.delete(def, ns, &object.name, &options) {
+                match self.state.delete(
+                    def,
+                    ns,
+                    &object.name,
+                    &options,
+                    &Actor::controller("generic-garbage-collector"),
+                ) {
                     Ok(_) => {}
                     Err(e) if e.code == 404 || e.code == 409 => {}
                     Err(e) => return Err(e),

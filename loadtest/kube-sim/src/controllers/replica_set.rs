@@ -29,7 +29,7 @@ impl Controllers<'_> {
                 );
                 match created {
                     Ok(()) => {}
-                    Err(error) if error.code == 403 => {
+                    Err(error) if error.refuses_creation() => {
                         refused = Some(error);
                         break;
                     }

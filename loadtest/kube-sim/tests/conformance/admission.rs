@@ -10,24 +10,6 @@ use kube::api::{Patch, PatchParams};
 
 use super::*;
 
-/// The first object of `api` (as listed, then as it changes) that `done` holds for, within [`PATIENCE`].
-async fn first_that<K>(api: Api<K>, what: &str, done: impl Fn(&K) -> bool) -> K
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-{
-    let stream = watcher(api, watcher::Config::default()).applied_objects();
-    let found = async {
-        futures::pin_mut!(stream);
-        while let Some(object) = stream.try_next().await.expect("watch") {
-            if done(&object) {
-                return object;
-            }
-        }
-        panic!("the watch of {what} ended");
-    };
-    tokio::time::timeout(PATIENCE, found).await.unwrap_or_else(|_| panic!("{what} in time"))
-}
-
 #[tokio::test]
 async fn a_quota_refuses_a_pod_that_would_not_fit_and_the_replica_set_says_so_until_there_is_room() {
     let Ok(kubectl) = which_kubectl() else {
@@ -175,19 +157,7 @@ async fn kubectl_lists_limit_ranges_with_their_creation_time() {
     let sim = sim().await;
     let manifest = r#"{"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "memory", "namespace": "shop"},
         "spec": {"limits": [{"type": "Container", "max": {"memory": "1Gi"}}]}}"#;
-    let mut apply = tokio::process::Command::new(&kubectl)
-        .args(["--server", &sim.url(), "apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    {
-        use tokio::io::AsyncWriteExt as _;
-        let mut stdin = apply.stdin.take().expect("stdin");
-        stdin.write_all(manifest.as_bytes()).await.expect("written");
-    }
-    let out = apply.wait_with_output().await.expect("kubectl ends");
+    let out = kubectl_with_input(&kubectl, &sim, &["apply", "-f", "-"], manifest).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows = kubectl_rows(&kubectl, &sim, &["get", "limits", "-n", "shop"]).await;
     assert_eq!(rows[0], ["NAME", "CREATED", "AT"]);

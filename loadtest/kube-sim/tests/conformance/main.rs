@@ -119,6 +119,48 @@ async fn kubectl_rows(kubectl: &std::path::Path, sim: &KubeSim, args: &[&str]) -
         .collect()
 }
 
+/// Runs `kubectl --server <sim> <args>` with `input` on its standard input.
+async fn kubectl_with_input(
+    kubectl: &std::path::Path,
+    sim: &KubeSim,
+    args: &[&str],
+    input: &str,
+) -> std::process::Output {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(kubectl)
+        .arg("--server")
+        .arg(sim.url())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).await.expect("written");
+    }
+    child.wait_with_output().await.expect("kubectl ends")
+}
+
+/// The first object of `api` (as listed, then as it changes) that `done` holds for, within [`PATIENCE`].
+async fn first_that<K>(api: Api<K>, what: &str, done: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let stream = watcher(api, watcher::Config::default()).applied_objects();
+    let found = async {
+        futures::pin_mut!(stream);
+        while let Some(object) = stream.try_next().await.expect("watch") {
+            if done(&object) {
+                return object;
+            }
+        }
+        panic!("the watch of {what} ended");
+    };
+    tokio::time::timeout(PATIENCE, found).await.unwrap_or_else(|_| panic!("{what} in time"))
+}
+
 fn deployment(name: &str, replicas: i32, image: &str) -> k8s_openapi::api::apps::v1::Deployment {
     serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -263,3 +305,4 @@ mod kubelet;
 mod namespaces;
 mod nodes;
 mod watch;
+mod webhooks;

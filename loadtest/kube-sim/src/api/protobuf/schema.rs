@@ -6,6 +6,66 @@ use super::{F, Field, Message, Shape::*, Type::*};
 /// The messages reachable from the kinds kube-sim serves, sorted by name.
 #[rustfmt::skip]
 pub(super) static MESSAGES: &[Message] = &[
+    Message { name: "api.admissionregistration.v1.MatchCondition", fields: &[
+        Field { tag: 1, json: "name", shape: One, ty: String, ..F },
+        Field { tag: 2, json: "expression", shape: One, ty: String, ..F },
+    ] },
+    Message { name: "api.admissionregistration.v1.MutatingWebhook", fields: &[
+        Field { tag: 1, json: "name", shape: One, ty: String, ..F },
+        Field { tag: 2, json: "clientConfig", shape: One, ty: Msg("api.admissionregistration.v1.WebhookClientConfig"), ..F },
+        Field { tag: 3, json: "rules", shape: List, ty: Msg("api.admissionregistration.v1.RuleWithOperations"), ext: "listType=atomic" },
+        Field { tag: 4, json: "failurePolicy", shape: One, ty: String, ..F },
+        Field { tag: 5, json: "namespaceSelector", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"), ..F },
+        Field { tag: 6, json: "sideEffects", shape: One, ty: String, ..F },
+        Field { tag: 7, json: "timeoutSeconds", shape: One, ty: Int, ..F },
+        Field { tag: 8, json: "admissionReviewVersions", shape: List, ty: String, ext: "listType=atomic" },
+        Field { tag: 9, json: "matchPolicy", shape: One, ty: String, ..F },
+        Field { tag: 10, json: "reinvocationPolicy", shape: One, ty: String, ..F },
+        Field { tag: 11, json: "objectSelector", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"), ..F },
+        Field { tag: 12, json: "matchConditions", shape: List, ty: Msg("api.admissionregistration.v1.MatchCondition"), ext: "patchMergeKey=name,patchStrategy=merge,listType=map,listMapKey=name" },
+    ] },
+    Message { name: "api.admissionregistration.v1.MutatingWebhookConfiguration", fields: &[
+        Field { tag: 1, json: "metadata", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), ..F },
+        Field { tag: 2, json: "webhooks", shape: List, ty: Msg("api.admissionregistration.v1.MutatingWebhook"), ext: "patchMergeKey=name,patchStrategy=merge,listType=map,listMapKey=name" },
+    ] },
+    Message { name: "api.admissionregistration.v1.Rule", fields: &[
+        Field { tag: 1, json: "apiGroups", shape: List, ty: String, ext: "listType=atomic" },
+        Field { tag: 2, json: "apiVersions", shape: List, ty: String, ext: "listType=atomic" },
+        Field { tag: 3, json: "resources", shape: List, ty: String, ext: "listType=atomic" },
+        Field { tag: 4, json: "scope", shape: One, ty: String, ..F },
+    ] },
+    Message { name: "api.admissionregistration.v1.RuleWithOperations", fields: &[
+        Field { tag: 1, json: "operations", shape: List, ty: String, ext: "listType=atomic" },
+        Field { tag: 2, json: "rule", shape: Inline, ty: Msg("api.admissionregistration.v1.Rule"), ..F },
+    ] },
+    Message { name: "api.admissionregistration.v1.ServiceReference", fields: &[
+        Field { tag: 1, json: "namespace", shape: One, ty: String, ..F },
+        Field { tag: 2, json: "name", shape: One, ty: String, ..F },
+        Field { tag: 3, json: "path", shape: One, ty: String, ..F },
+        Field { tag: 4, json: "port", shape: One, ty: Int, ..F },
+    ] },
+    Message { name: "api.admissionregistration.v1.ValidatingWebhook", fields: &[
+        Field { tag: 1, json: "name", shape: One, ty: String, ..F },
+        Field { tag: 2, json: "clientConfig", shape: One, ty: Msg("api.admissionregistration.v1.WebhookClientConfig"), ..F },
+        Field { tag: 3, json: "rules", shape: List, ty: Msg("api.admissionregistration.v1.RuleWithOperations"), ext: "listType=atomic" },
+        Field { tag: 4, json: "failurePolicy", shape: One, ty: String, ..F },
+        Field { tag: 5, json: "namespaceSelector", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"), ..F },
+        Field { tag: 6, json: "sideEffects", shape: One, ty: String, ..F },
+        Field { tag: 7, json: "timeoutSeconds", shape: One, ty: Int, ..F },
+        Field { tag: 8, json: "admissionReviewVersions", shape: List, ty: String, ext: "listType=atomic" },
+        Field { tag: 9, json: "matchPolicy", shape: One, ty: String, ..F },
+        Field { tag: 10, json: "objectSelector", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.LabelSelector"), ..F },
+        Field { tag: 11, json: "matchConditions", shape: List, ty: Msg("api.admissionregistration.v1.MatchCondition"), ext: "patchMergeKey=name,patchStrategy=merge,listType=map,listMapKey=name" },
+    ] },
+    Message { name: "api.admissionregistration.v1.ValidatingWebhookConfiguration", fields: &[
+        Field { tag: 1, json: "metadata", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), ..F },
+        Field { tag: 2, json: "webhooks", shape: List, ty: Msg("api.admissionregistration.v1.ValidatingWebhook"), ext: "patchMergeKey=name,patchStrategy=merge,listType=map,listMapKey=name" },
+    ] },
+    Message { name: "api.admissionregistration.v1.WebhookClientConfig", fields: &[
+        Field { tag: 1, json: "service", shape: One, ty: Msg("api.admissionregistration.v1.ServiceReference"), ..F },
+        Field { tag: 2, json: "caBundle", shape: One, ty: Bytes, ..F },
+        Field { tag: 3, json: "url", shape: One, ty: String, ..F },
+    ] },
     Message { name: "api.apps.v1.ControllerRevision", fields: &[
         Field { tag: 1, json: "metadata", shape: One, ty: Msg("apimachinery.pkg.apis.meta.v1.ObjectMeta"), ..F },
         Field { tag: 2, json: "data", shape: One, ty: RawJson, ..F },
