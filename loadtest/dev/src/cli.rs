@@ -37,6 +37,26 @@ enum Command {
     /// Run a load-test scenario or campaign against the simulators and print its figures.
     #[command(subcommand)]
     Loadtest(Scenario),
+    /// Act as a GitOps controller next to KubeSent: apply a manifest again whenever the live object
+    /// drifts from it (server-side apply, forced, under its own field manager), until Ctrl-C.
+    Gitops(GitopsArgs),
+}
+
+/// `kubesent-dev gitops`
+#[derive(Debug, Args)]
+struct GitopsArgs {
+    /// The manifest (YAML or JSON, one object with its namespace) that Git holds.
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Seconds a drift is left before the manifest is applied again (0: on every change).
+    #[arg(long, default_value_t = 0.0)]
+    delay_seconds: f64,
+    /// The field manager of its applies.
+    #[arg(long, default_value = kubesent_loadtest::gitops::DEFAULT_FIELD_MANAGER)]
+    field_manager: String,
+    /// The API server (default: the kubeconfig's).
+    #[arg(long)]
+    kube_api_url: Option<String>,
 }
 
 /// `kubesent-dev demo`
@@ -74,6 +94,7 @@ impl Cli {
             Command::KubeSim(args) => run_kube_sim(args).await,
             Command::GeminiSim(args) => run_gemini_sim(args).await,
             Command::Loadtest(scenario) => run_loadtest(scenario, self.kubesent.as_deref()).await,
+            Command::Gitops(args) => run_gitops(args).await,
         }
     }
 }
@@ -259,6 +280,27 @@ async fn run_kube_sim(args: KubeSimArgs) -> anyhow::Result<()> {
     println!("kube-sim serving on {}  (try: kubectl --server {} get pods -A)", sim.url(), sim.url());
     kubesent_common::shutdown_on_signal().cancelled().await;
     sim.shutdown().await;
+    Ok(())
+}
+
+/// `kubesent-dev gitops`: reconciles until a signal.
+async fn run_gitops(args: GitopsArgs) -> anyhow::Result<()> {
+    use kubesent_loadtest::gitops::{Reconciler, ReconcilerOptions, read_manifest};
+    let _telemetry = kubesent_common::telemetry::init("gitops", false);
+    kubesent_common::install_crypto_provider();
+    let text = std::fs::read_to_string(&args.manifest)
+        .with_context(|| format!("reading {}", args.manifest.display()))?;
+    let manifest = read_manifest(&text).with_context(|| format!("reading {}", args.manifest.display()))?;
+    let client = kubesent_common::kube_client(args.kube_api_url.as_deref()).await?;
+    let options = ReconcilerOptions {
+        delay: Duration::try_from_secs_f64(args.delay_seconds).context("--delay-seconds")?,
+        field_manager: args.field_manager,
+    };
+    let reconciler = Reconciler::start(client, manifest, options)?;
+    println!("reconciling {} (Ctrl-C to stop)", args.manifest.display());
+    kubesent_common::shutdown_on_signal().cancelled().await;
+    println!("applied {} times", reconciler.applies());
+    reconciler.stop().await;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod campaign;
 pub mod demo;
 pub mod detector;
 pub mod diagnoser;
+pub mod gitops;
 pub mod hostile;
 pub mod processes;
 pub mod stack;

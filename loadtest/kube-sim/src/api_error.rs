@@ -100,6 +100,12 @@ impl ApiError {
         .with_details(def.error_details(name))
     }
 
+    /// 409 of a server-side apply that would change fields other managers set, with a
+    /// `FieldManagerConflict` cause per field.
+    pub fn apply_conflict(message: String, causes: Vec<Value>) -> Self {
+        Self::new(409, "Conflict", message).with_details(json!({"causes": causes}))
+    }
+
     /// 409 failed delete precondition, worded as the storage layer words it.
     pub fn precondition_failed(def: &ResourceDef, namespace: &str, name: &str, detail: String) -> Self {
         let key = if namespace.is_empty() {

@@ -172,6 +172,11 @@ pub static MUTATINGWEBHOOKCONFIGURATIONS: ResourceDef = def!("admissionregistrat
 pub static VALIDATINGWEBHOOKCONFIGURATIONS: ResourceDef = def!("admissionregistration.k8s.io", "v1",
     "validatingwebhookconfigurations", "validatingwebhookconfiguration", "ValidatingWebhookConfiguration", false,
     short: &[], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
+/// VerticalPodAutoscalers (autoscaling.k8s.io/v1), served as the VPA's CustomResourceDefinition
+/// serves them (no recommender or updater runs: a test or campaign writes their recommendations).
+pub static VERTICALPODAUTOSCALERS: ResourceDef = def!("autoscaling.k8s.io", "v1", "verticalpodautoscalers",
+    "verticalpodautoscaler", "VerticalPodAutoscaler", true, short: &["vpa"], sub: &["status"], unconditional: false,
+    create_on_update: false, fields: &[]);
 /// ServiceAccounts.
 pub static SERVICEACCOUNTS: ResourceDef = def!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true,
     short: &["sa"], sub: &[], unconditional: true, create_on_update: false, fields: &[]);
@@ -211,11 +216,23 @@ pub static ALL: &[&ResourceDef] = &[
     &PODDISRUPTIONBUDGETS,
     &MUTATINGWEBHOOKCONFIGURATIONS,
     &VALIDATINGWEBHOOKCONFIGURATIONS,
+    &VERTICALPODAUTOSCALERS,
     &ROLES,
     &ROLEBINDINGS,
     &CLUSTERROLES,
     &CLUSTERROLEBINDINGS,
 ];
+
+/// The served resources that are custom resources on a real cluster (defined by a
+/// CustomResourceDefinition): JSON only, no protobuf message, a schema that keeps unknown fields.
+pub static CUSTOM_RESOURCES: &[&ResourceDef] = &[&VERTICALPODAUTOSCALERS];
+
+impl ResourceDef {
+    /// Whether a CustomResourceDefinition serves this resource on a real cluster.
+    pub fn is_custom(&self) -> bool {
+        CUSTOM_RESOURCES.iter().any(|custom| std::ptr::eq(*custom, self))
+    }
+}
 
 /// The resource served at `group/version/plural`, if any.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {

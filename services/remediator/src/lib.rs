@@ -9,6 +9,18 @@
 //! replicas that both believe they lead (a stalled one waking up) from acting twice.
 //! Changes are reversible with [`undo`].
 
+/// The field manager every KubeSent write is recorded under in `metadata.managedFields`, so that a
+/// reader (and KubeSent itself) can tell its changes from other actors'.
+pub const FIELD_MANAGER: &str = "kubesent-remediator";
+
+/// Patch parameters of every KubeSent write: its own field manager.
+pub fn patch_params() -> kube::api::PatchParams {
+    kube::api::PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..kube::api::PatchParams::default()
+    }
+}
+
 pub mod args;
 pub mod bounds;
 pub mod gate;

@@ -7,10 +7,7 @@
 //! container, so it never fights the human who reverted it.
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::{Api, api::Patch};
 use kubesent_common::revisions::{Revision, same_template};
 use kubesent_proto::{Action, IncidentId, Strategy, WorkloadKind, WorkloadRef};
 use serde_json::{Value, json};
@@ -275,7 +272,7 @@ pub async fn undo(
             })
         }
         UndoTarget::Pod => {
-            let params = PatchParams::default();
+            let params = crate::patch_params();
             let pods: Api<Pod> = Api::namespaced(kube.clone(), &namespace);
             let pod = pods
                 .get_opt(&intent.target.name)

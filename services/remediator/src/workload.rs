@@ -14,10 +14,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::{Api, api::Patch};
 use kubesent_common::revisions::{self, Revision};
 use kubesent_proto::{WorkloadKind, WorkloadRef};
 use serde_json::{Value, json};
@@ -251,7 +248,7 @@ impl WorkloadApi {
             WorkloadPatch::Strategic(body) => Patch::Strategic(guarded(body, version)),
             WorkloadPatch::Merge(body) => Patch::Merge(guarded(body, version)),
         };
-        let params = PatchParams::default();
+        let params = crate::patch_params();
         let kube = self.kube.clone();
         match read {
             Workload::Deployment(_) => {

@@ -279,7 +279,16 @@ async fn in_approval_mode_a_fix_waits_for_a_human_and_is_carried_out_once_approv
     let (intent, _) = world.intents.get(&verdict.incident).await.expect("read").expect("intent");
     assert_eq!(intent.approved_by.as_deref(), Some("alice (NATS user kubesent-operator)"));
     let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
-    assert_eq!(memory_limit(&pods.get("web-1").await.expect("pod")), "256Mi");
+    let resized = pods.get("web-1").await.expect("pod");
+    assert_eq!(memory_limit(&resized), "256Mi");
+    assert!(
+        resized.metadata.managed_fields.iter().flatten().any(|entry| {
+            entry.manager.as_deref() == Some(kubesent_remediator::FIELD_MANAGER)
+                && entry.subresource.as_deref() == Some("resize")
+        }),
+        "the resize is recorded under KubeSent's field manager: {:?}",
+        resized.metadata.managed_fields
+    );
     let again = operator.approve(&verdict.incident, PATIENCE).await.expect_err("already done");
     assert!(again.to_string().contains("not waiting for approval"), "{again}");
     remediator.stop().await;

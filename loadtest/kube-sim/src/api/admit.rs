@@ -25,6 +25,19 @@ pub(crate) struct Write<'a> {
     pub dry_run: bool,
 }
 
+impl<'a> Write<'a> {
+    /// An update (not a dry run) of `def` `namespace/name` or its `subresource` by `actor`.
+    pub(super) fn update(
+        def: &'a ResourceDef,
+        namespace: &'a str,
+        name: &'a str,
+        subresource: Option<&'a str>,
+        actor: &'a Actor,
+    ) -> Self {
+        Self { def, subresource, operation: Operation::Update, namespace, name, actor, dry_run: false }
+    }
+}
+
 impl SimState {
     /// Whether any webhook is configured at all (the write paths skip admission's extra work otherwise).
     pub(crate) fn has_webhooks(&self) -> bool {

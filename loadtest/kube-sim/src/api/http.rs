@@ -544,7 +544,8 @@ impl Ctx<'_> {
         {
             change["metadata"] = json!({"resourceVersion": rv});
         }
-        let stored = self.state.patch(self.def, ns, name, None, PatchType::Merge, &change, &self.actor)?;
+        let stored =
+            self.state.patch(self.def, ns, name, None, PatchType::Merge, &change, false, &self.actor)?;
         Ok(json_response(StatusCode::OK, &scale::of(&stored.value())))
     }
 
@@ -561,6 +562,8 @@ impl Ctx<'_> {
             .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
         let patch_body: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        let force = self.patch_options(kind)?;
+        let exists = kind != PatchType::Apply || self.state.store.get(self.def, ns, name).is_ok();
         // Validated as the object the patch makes.
         let warnings = match self.query.get("fieldValidation").map(String::as_str) {
             None | Some("" | "Ignore") => Vec::new(),
@@ -569,8 +572,39 @@ impl Ctx<'_> {
                 self.field_warnings(&super::patch::apply(kind, &current, &patch_body)?)?
             }
         };
-        let stored = self.state.patch(self.def, ns, name, subresource, kind, &patch_body, &self.actor)?;
-        Ok(with_warnings(bytes_response(StatusCode::OK, stored.json.clone()), &warnings))
+        let stored =
+            self.state.patch(self.def, ns, name, subresource, kind, &patch_body, force, &self.actor)?;
+        let status = if exists { StatusCode::OK } else { StatusCode::CREATED };
+        Ok(with_warnings(bytes_response(status, stored.json.clone()), &warnings))
+    }
+
+    /// The PatchOptions checks of the apiserver: an apply names its field manager, and only an apply
+    /// may be forced. Returns whether it is forced.
+    fn patch_options(&self, kind: PatchType) -> Result<bool, ApiError> {
+        let force = self.query.get("force");
+        // Refused as `PatchOptions.meta.k8s.io "" is invalid: …`.
+        const PATCH_OPTIONS: ResourceDef = ResourceDef {
+            group: "meta.k8s.io",
+            version: "v1",
+            plural: "patchoptions",
+            singular: "patchoptions",
+            kind: "PatchOptions",
+            namespaced: false,
+            short_names: &[],
+            subresources: &[],
+            unconditional_update: false,
+            create_on_update: false,
+            field_labels: &[],
+        };
+        let fail = |cause: FieldError| ApiError::invalid(&PATCH_OPTIONS, "", &[cause]);
+        if kind == PatchType::Apply {
+            if self.query.get("fieldManager").is_none_or(String::is_empty) {
+                return Err(fail(FieldError::required("fieldManager", "is required for apply patch")));
+            }
+        } else if force.is_some() {
+            return Err(fail(FieldError::forbidden("force", "may not be specified for non-apply patch")));
+        }
+        Ok(force.is_some_and(|f| f == "true" || f == "1"))
     }
 
     /// `POST pods/<name>/eviction`: 201 with a Success Status, as the apiserver answers an allowed eviction.

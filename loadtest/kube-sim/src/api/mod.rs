@@ -4,6 +4,7 @@
 
 mod admit;
 pub(crate) mod http;
+mod managed_fields;
 pub(crate) mod openapi;
 mod patch;
 pub(crate) mod protobuf;
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-use self::{admit::Write, patch::PatchType};
+pub(crate) use self::managed_fields::record as record_managed_fields;
+use self::{admit::Write, managed_fields::Operation, patch::PatchType};
 use crate::{
     actor::Actor,
     admission,
@@ -78,7 +80,7 @@ impl DeleteOptions {
 
 /// `Time` as the apiserver writes it (second precision).
 pub fn now_time() -> Value {
-    json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    json!(now_string())
 }
 
 fn resource_version_of(value: &Value) -> Option<&str> {
@@ -103,6 +105,30 @@ fn carry_metadata(old: &Value, new: &mut Value) {
         let bumped = if old.get("spec") != new.get("spec") { generation + 1 } else { generation };
         new["metadata"]["generation"] = json!(bumped);
     }
+}
+
+/// Now, as `managedFields` times are written.
+fn now_string() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// An apply configuration names its object's kind and name, as the apiserver requires.
+fn check_applied(def: &ResourceDef, name: &str, config: &Value) -> Result<(), ApiError> {
+    let api_version = def.api_version();
+    let given_version = config.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let given_kind = config.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if given_version != api_version || given_kind != def.kind {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({given_version}) does not match the expected API version ({api_version})"
+        )));
+    }
+    if config.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
+        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+    }
+    if config.pointer("/metadata/managedFields").is_some_and(|m| !m.is_null()) {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    Ok(())
 }
 
 /// A random 5-character suffix from the apiserver's `generateName` alphabet.
@@ -342,9 +368,23 @@ impl SimState {
         &self,
         def: &'static ResourceDef,
         ns: &str,
+        value: Value,
+        dry_run: bool,
+        actor: &Actor,
+    ) -> Result<Value, ApiError> {
+        self.create_as(def, ns, value, dry_run, actor, Operation::Update)
+    }
+
+    /// [`SimState::create`], recorded in `managedFields` as an update by `actor`, or (for an apply that
+    /// creates the object) as given.
+    fn create_as(
+        &self,
+        def: &'static ResourceDef,
+        ns: &str,
         mut value: Value,
         dry_run: bool,
         actor: &Actor,
+        operation: Operation,
     ) -> Result<Value, ApiError> {
         check_body(def, &value)?;
         if let Some(body_ns) =
@@ -462,6 +502,9 @@ impl SimState {
                 self.validate_by_webhooks(&write, Some(&value), None)?;
             }
         }
+        if operation == Operation::Update {
+            managed_fields::record(def, None, &mut value, &actor.manager, None);
+        }
         if dry_run {
             return Ok(value);
         }
@@ -520,7 +563,11 @@ impl SimState {
         };
         if self.has_webhooks() && self.store.get(def, ns, name).is_ok() {
             return self
-                .update_through_webhooks(def, ns, name, subresource, actor, &proposed)
+                .update_through_webhooks(
+                    &Write::update(def, ns, name, subresource, actor),
+                    &actor.manager,
+                    &proposed,
+                )
                 .map(|s| (s, false));
         }
         let mut created = false;
@@ -535,11 +582,13 @@ impl SimState {
                     fresh["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
                     fresh["metadata"]["creationTimestamp"] = now_time();
                     fresh["metadata"]["namespace"] = json!(ns);
+                    managed_fields::record(def, None, &mut fresh, &actor.manager, None);
                     return Ok(Mutation::Put(fresh));
                 }
                 return Err(ApiError::not_found(def, name));
             };
-            let (mutation, changed) = self.next_state(def, current, proposed(current)?, subresource)?;
+            let (mutation, changed) =
+                self.next_state(def, current, proposed(current)?, subresource, &actor.manager)?;
             spec_changed = changed;
             Ok(mutation)
         })?;
@@ -550,7 +599,9 @@ impl SimState {
         Ok((stored, created))
     }
 
-    /// Patches an object, its status, or (for pods) its resources through `resize`, as `actor`.
+    /// Patches an object, its status, or (for pods) its resources through `resize`, as `actor`. A
+    /// server-side apply (`force` only there) creates a missing object and records field ownership as
+    /// [`managed_fields::apply`] does.
     #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &self,
@@ -560,10 +611,31 @@ impl SimState {
         subresource: Option<&str>,
         kind: PatchType,
         patch_body: &Value,
+        force: bool,
         actor: &Actor,
     ) -> Result<Arc<StoredObject>, ApiError> {
+        let api_version = def.api_version();
+        let applier = managed_fields::Writer {
+            manager: &actor.manager,
+            operation: Operation::Apply,
+            subresource,
+            api_version: &api_version,
+        };
+        if kind == PatchType::Apply {
+            check_applied(def, name, patch_body)?;
+            if subresource.is_none() && self.store.get(def, ns, name).is_err_and(|e| e.code == 404) {
+                let object = managed_fields::apply(None, patch_body, &applier, force, &now_string())?;
+                self.create_as(def, ns, object, false, actor, Operation::Apply)?;
+                return self.store.get(def, ns, name);
+            }
+        }
         let proposed = |current: &Arc<StoredObject>| -> Result<Value, ApiError> {
-            let new = patch::apply(kind, &current.value(), patch_body)?;
+            let new = match kind {
+                PatchType::Apply => {
+                    managed_fields::apply(Some(&current.value()), patch_body, &applier, force, &now_string())?
+                }
+                _ => patch::apply(kind, &current.value(), patch_body)?,
+            };
             // A patch that names a resourceVersion is an optimistic-lock precondition.
             if let Some(rv) = resource_version_of(&new)
                 && rv != current.resource_version.to_string()
@@ -573,13 +645,17 @@ impl SimState {
             typed_check(def, &new)?;
             Ok(new)
         };
+        // An apply has recorded its fields already.
+        let manager = if kind == PatchType::Apply { "" } else { actor.manager.as_str() };
         if self.has_webhooks() {
-            return self.update_through_webhooks(def, ns, name, subresource, actor, &proposed);
+            let write = Write::update(def, ns, name, subresource, actor);
+            return self.update_through_webhooks(&write, manager, &proposed);
         }
         let mut spec_changed = false;
         let stored = self.store.mutate(def, ns, name, |current| {
             let Some(current) = current else { return Err(ApiError::not_found(def, name)) };
-            let (mutation, changed) = self.next_state(def, current, proposed(current)?, subresource)?;
+            let (mutation, changed) =
+                self.next_state(def, current, proposed(current)?, subresource, manager)?;
             spec_changed = changed;
             Ok(mutation)
         })?;
@@ -592,17 +668,28 @@ impl SimState {
 
     /// The stored object after `new` is written over `current` (through `resize` for that
     /// subresource), and whether the spec changed.
+    /// `manager` names the writer `managedFields` records (none for a server-side apply, whose
+    /// [`managed_fields::apply`] has recorded it).
     fn next_state(
         &self,
         def: &ResourceDef,
         current: &Arc<StoredObject>,
         new: Value,
         subresource: Option<&str>,
+        manager: &str,
     ) -> Result<(Mutation, bool), ApiError> {
         if subresource == Some("resize") {
-            return Ok((crate::resize::resized(&current.value(), new, self.config.kubernetes_minor)?, true));
+            let old = current.value();
+            let mutation = match crate::resize::resized(&old, new, self.config.kubernetes_minor)? {
+                Mutation::Put(mut value) => {
+                    managed_fields::record(def, Some(&old), &mut value, manager, subresource);
+                    Mutation::Put(value)
+                }
+                other => other,
+            };
+            return Ok((mutation, true));
         }
-        self.updated(def, current, new, subresource)
+        self.updated(def, current, new, subresource, manager)
     }
 
     /// An update with webhooks configured: the change is worked out on the current object, admitted by
@@ -611,33 +698,22 @@ impl SimState {
     /// retries with admission.
     fn update_through_webhooks(
         &self,
-        def: &'static ResourceDef,
-        ns: &str,
-        name: &str,
-        subresource: Option<&str>,
-        actor: &Actor,
+        write: &Write<'_>,
+        manager: &str,
         proposed: &dyn Fn(&Arc<StoredObject>) -> Result<Value, ApiError>,
     ) -> Result<Arc<StoredObject>, ApiError> {
         const ATTEMPTS: usize = 5;
-        let write = Write {
-            def,
-            subresource,
-            operation: webhooks::Operation::Update,
-            namespace: ns,
-            name,
-            actor,
-            dry_run: false,
-        };
+        let (def, ns, name, subresource) = (write.def, write.namespace, write.name, write.subresource);
         for _ in 0..ATTEMPTS {
             let current = self.store.get(def, ns, name)?;
             let old = current.value();
-            let candidate = match self.next_state(def, &current, proposed(&current)?, subresource)? {
+            let candidate = match self.next_state(def, &current, proposed(&current)?, subresource, manager)? {
                 (Mutation::Put(value), _) => value,
                 _ => return Ok(current),
             };
-            let admitted = self.mutate_by_webhooks(&write, candidate, Some(&old))?;
+            let admitted = self.mutate_by_webhooks(write, candidate, Some(&old))?;
             typed_check(def, &admitted)?;
-            self.validate_by_webhooks(&write, Some(&admitted), Some(&old))?;
+            self.validate_by_webhooks(write, Some(&admitted), Some(&old))?;
             let mut raced = false;
             let mut spec_changed = false;
             let stored = self.store.mutate(def, ns, name, |now| {
@@ -646,7 +722,7 @@ impl SimState {
                     raced = true;
                     return Ok(Mutation::Unchanged);
                 }
-                let (mutation, changed) = self.next_state(def, now, admitted, subresource)?;
+                let (mutation, changed) = self.next_state(def, now, admitted, subresource, manager)?;
                 spec_changed = changed;
                 Ok(mutation)
             })?;
@@ -669,6 +745,7 @@ impl SimState {
         current: &Arc<StoredObject>,
         mut new: Value,
         subresource: Option<&str>,
+        manager: &str,
     ) -> Result<(Mutation, bool), ApiError> {
         let old = current.value();
         if !new.is_object() {
@@ -709,6 +786,7 @@ impl SimState {
             return Ok((Mutation::Unchanged, false));
         }
         let spec_changed = old.get("spec") != new.get("spec");
+        managed_fields::record(def, Some(&old), &mut new, manager, subresource);
         Ok((Mutation::Put(new), spec_changed))
     }
 

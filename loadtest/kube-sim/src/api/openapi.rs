@@ -113,7 +113,19 @@ fn schemas<'a>(kinds: impl IntoIterator<Item = &'a ResourceDef>, dialect: Dialec
             out.insert(key, schema);
             continue;
         }
-        let Ok(message) = protobuf::message(&name) else { continue };
+        let Ok(message) = protobuf::message(&name) else {
+            // A custom resource (the VerticalPodAutoscaler): no message of the table; its definition
+            // keeps every field, as a CustomResourceDefinition's structural schema with
+            // x-kubernetes-preserve-unknown-fields does.
+            if let Some(def) = kind {
+                out.insert(
+                    key,
+                    json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                        "x-kubernetes-group-version-kind": [{"group": def.group, "version": def.version, "kind": def.kind}]}),
+                );
+            }
+            continue;
+        };
         let mut props = Map::new();
         properties(message, dialect, &mut props);
         let mut schema = json!({"type": "object"});

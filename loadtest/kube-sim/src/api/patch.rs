@@ -65,7 +65,7 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
 }
 
 /// The merge key of a list field in the core/apps/admissionregistration types, by field name.
-fn merge_key(field: &str) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"

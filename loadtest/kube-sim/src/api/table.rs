@@ -510,6 +510,28 @@ fn printer(def: &ResourceDef) -> Printer {
                 ]
             },
         },
+        // The CustomResourceDefinition's additionalPrinterColumns; a value that is not there is a null
+        // cell, which kubectl prints as <none>.
+        ("autoscaling.k8s.io", "VerticalPodAutoscaler") => Printer {
+            columns: vec![NAME, col("Mode", ""), col("CPU", ""), col("Mem", ""), col("Provided", ""), AGE],
+            cells: |v| {
+                let at = |pointer: &str| v.pointer(pointer).cloned().unwrap_or(Value::Null);
+                let target = "/status/recommendation/containerRecommendations/0/target";
+                let provided = v
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|c| c.iter().find(|c| c["type"] == "RecommendationProvided"))
+                    .map_or(Value::Null, |c| c["status"].clone());
+                vec![
+                    json!(name(v)),
+                    at("/spec/updatePolicy/updateMode"),
+                    at(&format!("{target}/cpu")),
+                    at(&format!("{target}/memory")),
+                    provided,
+                    json!(age(v)),
+                ]
+            },
+        },
         (
             "admissionregistration.k8s.io",
             "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",

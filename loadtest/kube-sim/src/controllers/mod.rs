@@ -50,6 +50,8 @@ pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 /// Revision annotation on Deployments and ReplicaSets.
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 
+/// The field manager the controllers of kube-controller-manager write under.
+const MANAGER: &str = "kube-controller-manager";
 const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// The hash the Deployment controller puts in `pod-template-hash`: FNV-32a of the template, printed in
@@ -458,7 +460,7 @@ impl Controllers<'_> {
         self.objects(&PODS, ns)?.iter().filter(|o| o.is_owned_by(owner_uid)).map(|o| o.typed()).collect()
     }
 
-    /// Writes `status` on the object if it changed (and only the status).
+    /// Writes `status` on the object if it changed (and only the status), as kube-controller-manager.
     fn write_status(
         &self,
         def: &ResourceDef,
@@ -469,11 +471,13 @@ impl Controllers<'_> {
     ) -> Result<(), ApiError> {
         self.state.store.mutate(def, ns, name, |current| {
             let Some(current) = current.filter(|c| c.uid == uid) else { return Ok(Mutation::Unchanged) };
-            let mut value = current.value();
-            if value.get("status") == Some(&status) {
+            let old = current.value();
+            if old.get("status") == Some(&status) {
                 return Ok(Mutation::Unchanged);
             }
+            let mut value = old.clone();
             value["status"] = status;
+            crate::api::record_managed_fields(def, Some(&old), &mut value, MANAGER, Some("status"));
             Ok(Mutation::Put(value))
         })?;
         Ok(())
@@ -500,6 +504,7 @@ impl Controllers<'_> {
                 let generation = before.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
                 after["metadata"]["generation"] = json!(generation + 1);
             }
+            crate::api::record_managed_fields(def, Some(&before), &mut after, MANAGER, None);
             Ok(Mutation::Put(after))
         })?;
         Ok(())

@@ -297,8 +297,10 @@ fn ready(pod: &Pod) -> bool {
 
 mod admission;
 mod api;
+mod autoscalers;
 mod controllers;
 mod daemon_sets;
+mod field_managers;
 mod jobs;
 mod kubectl;
 mod kubelet;

@@ -2,10 +2,7 @@
 //! original recorded on the pod so it can be reversed, then verified.
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::{Api, api::Patch};
 use kubesent_proto::{Action, OutcomeResult};
 use tracing::info;
 
@@ -45,7 +42,7 @@ impl Executor for PodPatch {
                     replace::INCIDENT_ANNOTATION: intent.incident.to_string()}},
                 "spec": {"containers": [{"name": container, "image": to}]}
             });
-            pods.patch(&intent.target.name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+            pods.patch(&intent.target.name, &crate::patch_params(), &Patch::Strategic(&patch)).await?;
             info!(%container, %to, "pod image rolled back");
         }
         intent.phase = Phase::Applied;

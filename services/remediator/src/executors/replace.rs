@@ -46,7 +46,16 @@ impl Executor for ForceReplace {
                         after: r.config.delete_timeout,
                     })?
                     .map_err(StepError::Wait)?;
-                let created = match pods.create(&PostParams::default(), &replacement).await {
+                let created = match pods
+                    .create(
+                        &PostParams {
+                            field_manager: Some(crate::FIELD_MANAGER.to_owned()),
+                            ..PostParams::default()
+                        },
+                        &replacement,
+                    )
+                    .await
+                {
                     Ok(pod) => pod,
                     Err(kube::Error::Api(status)) if status.is_already_exists() => {
                         let existing = pods.get(&name).await?;

@@ -3,10 +3,7 @@
 //! the node cannot fit the new size, the intent is handed over to a force replace.
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::{Api, api::Patch};
 use kube_runtime::watcher;
 use kubesent_proto::{Action, OutcomeResult, Strategy};
 use tracing::info;
@@ -43,9 +40,9 @@ impl Executor for InPlaceResize {
                 let record = serde_json::json!({"metadata": {"annotations": {
                     format!("{}.{container}", replace::ORIGINAL_MEMORY_ANNOTATION): from.to_string(),
                     replace::INCIDENT_ANNOTATION: intent.incident.to_string()}}});
-                pods.patch(&name, &PatchParams::default(), &Patch::Merge(&record)).await?;
+                pods.patch(&name, &crate::patch_params(), &Patch::Merge(&record)).await?;
             }
-            return match pods.patch_resize(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+            return match pods.patch_resize(&name, &crate::patch_params(), &Patch::Strategic(&patch)).await {
                 Ok(_) => {
                     info!(%container, %to, "resized in place");
                     intent.phase = Phase::Applied;
