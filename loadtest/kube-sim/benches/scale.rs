@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 const NAMESPACES: usize = 50;
 const WATCHERS: usize = 5;
 const MODIFICATIONS: usize = 20_000;
+/// Pods created through the API per namespace kind.
+const API_CREATES: usize = 10_000;
+/// Creates in flight at once.
+const API_CONCURRENCY: usize = 16;
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -155,4 +159,76 @@ async fn main() {
         delivered as f64 / fan_out.as_secs_f64()
     );
     sim.shutdown().await;
+
+    api_creates().await;
+}
+
+/// Pods created through the API write path (kube-rs over HTTP, as clients and controllers' creates go):
+/// in a namespace with no LimitRange, quota or webhook, and in one with a LimitRange and a quota, so the
+/// cost of admission can be read off. Uses only the HTTP API, so the same code measures an older kube-sim.
+async fn api_creates() {
+    for ns in ["plain", "admitted"] {
+        // A fresh cluster each, with room for every pod (25 nodes of 512 pods of 256Mi).
+        let nodes = (1..=25)
+            .map(|i| kubesent_kube_sim::nodes::NodeConfig::worker(&format!("sim-node-{i}")))
+            .collect();
+        let sim = KubeSim::start(SimConfig { nodes, ..SimConfig::default() }).await.expect("kube-sim starts");
+        let client = client(&sim);
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+        namespaces.create(&Default::default(), &namespace).await.expect("namespace created");
+        if ns == "admitted" && !admission_objects(&client, ns).await {
+            println!(
+                "  (this kube-sim has no LimitRanges or quotas: the admitted namespace is not measured)"
+            );
+            sim.shutdown().await;
+            continue;
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let started = Instant::now();
+        futures::stream::iter(0..API_CREATES)
+            .map(|i| {
+                let pods = pods.clone();
+                async move {
+                    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": format!("web-{i:05}"),
+                        "labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+                            "resources": {"limits": {"memory": "256Mi"}}}]}}))
+                    .expect("pod");
+                    pods.create(&Default::default(), &pod).await.expect("created");
+                }
+            })
+            .buffer_unordered(API_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+        let took = started.elapsed();
+        println!(
+            "  API creates in namespace {ns:?}: {API_CREATES} pods via kube-rs, {API_CONCURRENCY} at a time, in {:.2}s ({:.0} creates/s)",
+            took.as_secs_f64(),
+            API_CREATES as f64 / took.as_secs_f64()
+        );
+        sim.shutdown().await;
+    }
+}
+
+/// Creates a LimitRange and a ResourceQuota in `ns`; false when this kube-sim does not serve them.
+async fn admission_objects(client: &Client, ns: &str) -> bool {
+    let dynamic = |kind: &str, plural: &str| {
+        let gvk = kube::api::GroupVersionKind::gvk("", "v1", kind);
+        let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+    };
+    let limit_range = json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "defaults"},
+        "spec": {"limits": [{"type": "Container", "default": {"memory": "256Mi"}, "defaultRequest": {"memory": "128Mi"},
+            "max": {"memory": "4Gi"}}]}});
+    let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "team"},
+        "spec": {"hard": {"pods": "100000", "limits.memory": "10000Gi"}}});
+    dynamic("LimitRange", "limitranges")
+        .create(&Default::default(), &serde_json::from_value(limit_range).expect("limit range"))
+        .await
+        .is_ok()
+        && dynamic("ResourceQuota", "resourcequotas")
+            .create(&Default::default(), &serde_json::from_value(quota).expect("quota"))
+            .await
+            .is_ok()
 }
