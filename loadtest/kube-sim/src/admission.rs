@@ -397,6 +397,28 @@ fn pretty(list: &BTreeMap<String, i128>, keys: &[String], originals: &BTreeMap<S
         .join(",")
 }
 
+/// A quota's recorded use (`status.used`) of every resource its spec limits, in milli-units; `None` while
+/// the quota controller has not recorded one of them yet.
+pub fn recorded_use(quota: &ResourceQuota) -> Option<BTreeMap<String, i128>> {
+    let hard = quota.spec.as_ref()?.hard.as_ref()?;
+    let used = quota.status.as_ref()?.used.as_ref()?;
+    hard.keys().map(|resource| Some((resource.clone(), milli_value(&used.get(resource)?.0)?))).collect()
+}
+
+/// A quota's `status.used` for the resources of its `hard` limits, given what is used (milli-units).
+pub fn format_use(hard: &serde_json::Value, used: &BTreeMap<String, i128>) -> serde_json::Value {
+    let counted: serde_json::Map<String, serde_json::Value> = hard
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(resource, _)| {
+            let total = used.get(resource).copied().unwrap_or(0);
+            (resource.clone(), serde_json::Value::String(format_quantity(total, is_bytes(resource))))
+        })
+        .collect();
+    serde_json::Value::Object(counted)
+}
+
 /// A quota's new `status.used` once a pod is admitted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuotaCharge {
@@ -559,6 +581,23 @@ mod tests {
         );
         assert_eq!(aggregate(&["a".into()]), "a");
         assert_eq!(aggregate(&["a".into(), "b".into()]), "[a, b]");
+    }
+
+    #[test]
+    fn a_quotas_recorded_use_counts_only_when_every_limited_resource_is_recorded() {
+        let mut recorded = quota(json!({"pods": "10", "limits.memory": "1Gi"}));
+        assert_eq!(recorded_use(&recorded), None, "no status yet");
+        recorded.status = serde_json::from_value(json!({"used": {"pods": "2"}})).expect("status");
+        assert_eq!(recorded_use(&recorded), None, "limits.memory not recorded");
+        recorded.status =
+            serde_json::from_value(json!({"used": {"pods": "2", "limits.memory": "512Mi"}})).expect("status");
+        let used = recorded_use(&recorded).expect("recorded");
+        assert_eq!(used["pods"], 2000);
+        assert_eq!(used["limits.memory"], 512 * 1024 * 1024 * 1000);
+        assert_eq!(
+            format_use(&json!({"pods": "10", "limits.memory": "1Gi"}), &used),
+            json!({"pods": "2", "limits.memory": "512Mi"})
+        );
     }
 
     #[test]

@@ -346,20 +346,68 @@ impl SimState {
     }
 
     /// The `ResourceQuota` plugin on a new pod (see [`crate::admission`]), the last of admission: a
-    /// 403 with the plugin's message for what a quota refuses.
-    fn charge_pod_to_quotas(&self, ns: &str, name: &str, pod: &Pod) -> Result<(), ApiError> {
-        let quotas: Vec<k8s_openapi::api::core::v1::ResourceQuota> = self.typed_in(&RESOURCEQUOTAS, ns);
-        if !quotas.is_empty() {
-            let mut used = std::collections::BTreeMap::<String, i128>::new();
-            for existing in self.typed_in::<Pod>(&PODS, ns) {
-                for (resource, value) in admission::pod_usage(&existing) {
-                    *used.entry(resource).or_default() += value;
-                }
+    /// 403 with the plugin's message for what a quota refuses. As the apiserver's plugin, it charges the
+    /// pod to each quota's recorded use (`status.used`), checked and written back in one step, so
+    /// admission costs the same however many pods the namespace holds; the quota controller counts the
+    /// pods again when one ends or goes. A quota whose use is not recorded yet (just created) is counted
+    /// from the pods here. Nothing is written for a dry run.
+    fn charge_pod_to_quotas(&self, ns: &str, name: &str, pod: &Pod, dry_run: bool) -> Result<(), ApiError> {
+        let quotas = self.store.in_namespace(&RESOURCEQUOTAS, ns);
+        let mut counted: Option<std::collections::BTreeMap<String, i128>> = None;
+        for stored in quotas {
+            let quota: k8s_openapi::api::core::v1::ResourceQuota = stored.typed()?;
+            if admission::recorded_use(&quota).is_none() && counted.is_none() {
+                counted = Some(self.namespace_quota_usage(ns));
             }
-            admission::charge_quotas(pod, &quotas, &used)
-                .map_err(|why| ApiError::admission_forbidden(&PODS, name, &why))?;
+            self.store.mutate(&RESOURCEQUOTAS, ns, &stored.name, |current| {
+                let Some(current) = current.filter(|c| c.uid == stored.uid) else {
+                    return Ok(Mutation::Unchanged);
+                };
+                let quota: k8s_openapi::api::core::v1::ResourceQuota = current.typed()?;
+                let used = admission::recorded_use(&quota).or_else(|| counted.clone()).unwrap_or_default();
+                let charges = admission::charge_quotas(pod, std::slice::from_ref(&quota), &used)
+                    .map_err(|why| ApiError::admission_forbidden(&PODS, name, &why))?;
+                let Some(charge) = charges.into_iter().next().filter(|_| !dry_run) else {
+                    return Ok(Mutation::Unchanged);
+                };
+                let mut value = current.value();
+                let hard = value.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({}));
+                value["status"] = json!({"hard": hard, "used": charge.used});
+                Ok(Mutation::Put(value))
+            })?;
         }
         Ok(())
+    }
+
+    /// Writes each quota's use as the namespace's pods count it.
+    fn recount_quotas(&self, ns: &str) {
+        let quotas = self.store.in_namespace(&RESOURCEQUOTAS, ns);
+        if quotas.is_empty() {
+            return;
+        }
+        let used = self.namespace_quota_usage(ns);
+        for quota in quotas {
+            let _ = self.store.mutate(&RESOURCEQUOTAS, ns, &quota.name, |current| {
+                let Some(current) = current.filter(|c| c.uid == quota.uid) else {
+                    return Ok(Mutation::Unchanged);
+                };
+                let mut value = current.value();
+                let hard = value.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({}));
+                value["status"] = json!({"hard": hard, "used": admission::format_use(&hard, &used)});
+                Ok(Mutation::Put(value))
+            });
+        }
+    }
+
+    /// What the namespace's pods count against a quota (the sum of [`admission::pod_usage`]).
+    pub(crate) fn namespace_quota_usage(&self, ns: &str) -> std::collections::BTreeMap<String, i128> {
+        let mut used = std::collections::BTreeMap::<String, i128>::new();
+        for existing in self.typed_in::<Pod>(&PODS, ns) {
+            for (resource, value) in admission::pod_usage(&existing) {
+                *used.entry(resource).or_default() += value;
+            }
+        }
+        used
     }
 
     /// Creates an object (`POST`) as `actor`, through admission (LimitRanger, the webhooks,
@@ -467,7 +515,7 @@ impl SimState {
             if webhooks {
                 self.validate_by_webhooks(&write, Some(&value), None)?;
             }
-            self.charge_pod_to_quotas(ns, &admission_name, &pod)?;
+            self.charge_pod_to_quotas(ns, &admission_name, &pod, dry_run)?;
         } else {
             let meta = value["metadata"]
                 .as_object_mut()
@@ -514,6 +562,12 @@ impl SimState {
                 // NB: a pod that is still terminating holds its name: AlreadyExists until it is gone.
                 Some(_) => Err(ApiError::already_exists(def, &name)),
                 None => Ok(Mutation::Put(value)),
+            })
+            .inspect_err(|_| {
+                if def == &PODS {
+                    // Charged to the quotas but not stored: count the namespace's pods again.
+                    self.recount_quotas(ns);
+                }
             })?
             .ok_or_else(|| ApiError::internal("object vanished after create"))?;
         if def == &PODS {

@@ -251,8 +251,10 @@ async fn route_changes(
         match record {
             Ok(record) => {
                 route(def, &record, &queue);
-                // A pod's change moves its namespace's quota usage, where there is a quota.
+                // Admission charges a new pod to the quotas; a pod that goes or finishes frees its share,
+                // and the controller counts the namespace's pods again (as its replenishment does).
                 if def == &PODS
+                    && releases_quota(&record)
                     && !state.store.in_namespace(&RESOURCEQUOTAS, &record.object.namespace).is_empty()
                 {
                     queue.push(Key::Quotas(record.object.namespace.clone()));
@@ -270,6 +272,16 @@ async fn route_changes(
     }
 }
 
+/// Whether a pod's change frees quota: it was deleted, or it has just finished (`Succeeded`/`Failed`
+/// count only as `count/pods`).
+fn releases_quota(record: &WatchRecord) -> bool {
+    let finished = |object: &StoredObject| {
+        matches!(object.field("status.phase").as_deref(), Some("Succeeded" | "Failed"))
+    };
+    record.event == EventType::Deleted
+        || (finished(&record.object) && !record.previous.as_deref().is_some_and(finished))
+}
+
 fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
     let object = &record.object;
     let (ns, name) = (object.namespace.clone(), object.name.clone());
@@ -283,7 +295,12 @@ fn route(def: &ResourceDef, record: &WatchRecord, queue: &Queue) {
         return;
     }
     if def == &RESOURCEQUOTAS {
-        queue.push(Key::Quotas(ns));
+        // Its use written by admission or the controller itself is no reason to count again.
+        let spec_changed =
+            record.previous.as_ref().is_none_or(|p| p.value().get("spec") != object.value().get("spec"));
+        if spec_changed && record.event != EventType::Deleted {
+            queue.push(Key::Quotas(ns));
+        }
         return;
     }
     if def == &PODDISRUPTIONBUDGETS {
@@ -376,27 +393,11 @@ impl Controllers<'_> {
         if quotas.is_empty() {
             return Ok(());
         }
-        let mut used = BTreeMap::<String, i128>::new();
-        for pod in self.state.store.in_namespace(&PODS, ns) {
-            let Ok(pod) = pod.typed::<Pod>() else { continue };
-            for (resource, value) in crate::admission::pod_usage(&pod) {
-                *used.entry(resource).or_default() += value;
-            }
-        }
+        let used = self.state.namespace_quota_usage(ns);
         for quota in quotas {
             let value = quota.value();
             let hard = value.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({}));
-            let counted: serde_json::Map<String, Value> = hard
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(resource, _)| {
-                    let total = used.get(resource).copied().unwrap_or(0);
-                    let bytes = resource.ends_with("memory") || resource.ends_with("storage");
-                    (resource.clone(), json!(crate::admission::format_quantity(total, bytes)))
-                })
-                .collect();
-            let status = json!({"hard": hard, "used": counted});
+            let status = json!({"hard": hard, "used": crate::admission::format_use(&hard, &used)});
             self.write_status(&RESOURCEQUOTAS, ns, &quota.name, &quota.uid, status)?;
         }
         Ok(())
