@@ -259,6 +259,12 @@ async fn route_changes(
                 {
                     queue.push(Key::Quotas(record.object.namespace.clone()));
                 }
+                // A pod's change (readiness, labels, its end) moves the budgets that may select it.
+                if def == &PODS
+                    && !state.store.in_namespace(&PODDISRUPTIONBUDGETS, &record.object.namespace).is_empty()
+                {
+                    queue.push(Key::Disruption(record.object.namespace.clone()));
+                }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Missed changes: reconcile everything of this kind.

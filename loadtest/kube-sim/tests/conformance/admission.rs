@@ -235,3 +235,42 @@ async fn an_eviction_that_would_break_a_disruption_budget_is_refused_until_the_b
         .expect("patched");
     pods.evict(&victim, &kube::api::EvictParams::default()).await.expect("evicted");
 }
+
+#[tokio::test]
+async fn a_budget_made_before_its_pods_follows_them_as_they_come_and_go() {
+    let sim = sim().await;
+    let client = client(&sim);
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), "shop");
+    let budget = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}))
+    .expect("budget");
+    budgets.create(&PostParams::default(), &budget).await.expect("created");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(&PostParams::default(), &deployment("web", 2, "registry.local/shop/web:1"))
+        .await
+        .expect("created");
+    let status = |healthy: i32, allowed: i32| {
+        move |b: Option<&k8s_openapi::api::policy::v1::PodDisruptionBudget>| {
+            b.and_then(|b| b.status.as_ref()).is_some_and(|s| {
+                s.current_healthy == Some(healthy)
+                    && s.expected_pods == Some(healthy)
+                    && s.disruptions_allowed == Some(allowed)
+            })
+        }
+    };
+    tokio::time::timeout(PATIENCE, await_condition(budgets.clone(), "web", status(2, 1)))
+        .await
+        .expect("the budget counts the pods that came after it")
+        .expect("watch");
+    // Scaled down to one pod, the budget allows no disruption any more.
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
+        .await
+        .expect("scaled");
+    tokio::time::timeout(PATIENCE, await_condition(budgets.clone(), "web", status(1, 0)))
+        .await
+        .expect("the budget follows the pods that went")
+        .expect("watch");
+}
