@@ -20,7 +20,9 @@ fn label<'a>(pod: &'a LeanPod, key: &str) -> Option<&'a str> {
 }
 
 /// The pod template revision: the controller's hash label, or for a bare pod a hash of the
-/// container's image and resources, so a pod changed by a fix is a new incident.
+/// container's image and resources, so a pod changed by a fix is a new incident. The resources are those
+/// the container runs with where the kubelet reports them: after an in-place resize the spec changes at
+/// once, but a kill that comes before the kubelet actuates it is still the old incident's.
 pub fn template_hash(pod: &LeanPod, container: &str) -> String {
     // Every run of a CronJob is a new Job with a new uid; its template is what tells runs apart.
     let cron_job_run = workload_of(pod).kind == WorkloadKind::CronJob;
@@ -35,8 +37,13 @@ pub fn template_hash(pod: &LeanPod, container: &str) -> String {
     let spec = pod.spec.as_ref().and_then(|s| {
         s.containers.iter().chain(s.init_containers.iter().flatten()).find(|c| c.name == container)
     });
+    let running = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.iter().flatten().find(|c| c.name == container))
+        .and_then(|c| c.resources.as_ref());
     let fingerprint = spec
-        .map(|c| serde_json::to_string(&(&c.image, &c.resources)).unwrap_or_default())
+        .map(|c| serde_json::to_string(&(&c.image, running.or(c.resources.as_ref()))).unwrap_or_default())
         .unwrap_or_default();
     format!("{:016x}", fnv1a(fingerprint.as_bytes()))
 }
@@ -118,5 +125,24 @@ mod tests {
             WorkloadRef { kind: kubesent_proto::WorkloadKind::Pod, name: "solo".into() }
         );
         assert_ne!(before.fingerprint(), after.fingerprint());
+    }
+
+    #[test]
+    fn a_kill_before_the_kubelet_actuates_a_resize_is_still_the_old_incident() {
+        let resized = |running: &str| -> LeanPod {
+            serde_json::from_value(json!({"metadata": {"name": "solo", "namespace": "shop", "uid": "u"},
+                "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": "256Mi"}}}]},
+                "status": {"containerStatuses": [{"name": "app", "image": "web:1",
+                    "resources": {"limits": {"memory": running}}}]}}))
+            .expect("pod")
+        };
+        let before: LeanPod = serde_json::from_value(json!({"metadata": {"name": "solo", "namespace": "shop", "uid": "u"},
+            "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": "128Mi"}}}]}}))
+        .expect("pod");
+        let old = incident_key(&before, "app", FailureKind::OomKilled);
+        let not_yet = incident_key(&resized("128Mi"), "app", FailureKind::OomKilled);
+        let actuated = incident_key(&resized("256Mi"), "app", FailureKind::OomKilled);
+        assert_eq!(old.fingerprint(), not_yet.fingerprint(), "the spec changed, the container did not yet");
+        assert_ne!(old.fingerprint(), actuated.fingerprint(), "killed at the new size: a new incident");
     }
 }

@@ -133,6 +133,10 @@ pub struct LeanContainerStatus {
     /// The last termination, if any.
     #[serde(default)]
     pub last_state: Option<LeanContainerState>,
+    /// The resources the container runs with (Kubernetes 1.33+ reports them; an in-place resize shows
+    /// here once the kubelet has actuated it).
+    #[serde(default)]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// A container state: waiting, running (whose details nobody reads) or terminated.
@@ -386,6 +390,7 @@ impl From<&ContainerStatus> for LeanContainerStatus {
             ready: status.ready,
             state: status.state.as_ref().map(LeanContainerState::from),
             last_state: status.last_state.as_ref().map(LeanContainerState::from),
+            resources: status.resources.clone(),
         }
     }
 }
