@@ -45,6 +45,8 @@ pub struct StackOptions {
     pub unready_threshold: Duration,
     /// Ask gemini-sim when the rules are unsure (else rules only).
     pub model: bool,
+    /// kube-sim's nodes (its three large workers by default).
+    pub nodes: Vec<kubesent_kube_sim::nodes::NodeConfig>,
 }
 
 impl Default for StackOptions {
@@ -58,6 +60,7 @@ impl Default for StackOptions {
             pending_threshold: Duration::from_secs(1),
             unready_threshold: Duration::from_secs(2),
             model: false,
+            nodes: SimConfig::default().nodes,
         }
     }
 }
@@ -113,6 +116,7 @@ impl Stack {
         let kube_sim = KubeSim::start(SimConfig {
             time_scale: options.time_scale,
             kubernetes_minor: options.kubernetes_minor,
+            nodes: options.nodes.clone(),
             ..SimConfig::default()
         })
         .await

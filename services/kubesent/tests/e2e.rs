@@ -451,6 +451,99 @@ async fn a_deployment_managed_by_argo_cd_gets_a_suggestion_and_is_left_unchanged
     stack.stop().await;
 }
 
+/// Nothing but GETs, lists and watches reached the Deployment `web` (and no pod was written by KubeSent).
+fn nothing_written_to_web(stack: &Stack) {
+    let written: Vec<_> = stack
+        .kube_sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/web"))
+        .collect();
+    assert!(written.is_empty(), "nothing was written to the deployment: {written:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raise_no_node_has_room_for_is_denied_before_anything_changes() {
+    // Two nodes of 1Gi; the Deployment's containers state only a limit, so the request is the limit.
+    let nodes = (1..=2)
+        .map(|i| kubesent_kube_sim::nodes::NodeConfig {
+            memory: MemoryQuantity::from_mib(1024),
+            ..kubesent_kube_sim::nodes::NodeConfig::worker(&format!("sim-node-{i}"))
+        })
+        .collect();
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        rbac: true,
+        nodes,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let web: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}, "annotations": {"sim.kubesent.io/memory-need": "600Mi"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+                    "resources": {"limits": {"memory": "384Mi"}}}]}}}
+    }))
+    .expect("deployment json");
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Denied, "{}", outcome.detail);
+    assert!(
+        outcome.detail.contains("the fix would not land: no node has room for the new pod"),
+        "{}",
+        outcome.detail
+    );
+    assert!(
+        outcome.detail.contains("a raise of the limit alone would fit if the request stayed at 384Mi"),
+        "says what a human can change: {}",
+        outcome.detail
+    );
+    nothing_written_to_web(&stack);
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raise_the_namespaces_quota_cannot_hold_is_denied_naming_the_quota() {
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = Api::namespaced(stack.kube.clone(), "shop");
+    let quota = serde_json::from_value(
+        json!({"metadata": {"name": "shop-quota"}, "spec": {"hard": {"limits.memory": "400Mi"}}}),
+    )
+    .expect("quota json");
+    quotas.create(&PostParams::default(), &quota).await.expect("quota created");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(
+        2,
+        "registry.local/shop/web:1.4.2",
+        json!({}),
+        json!({"sim.kubesent.io/memory-need": "200Mi"}),
+    );
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+
+    // Two pods of 128Mi use 256Mi of 400Mi: a new pod of 256Mi does not fit beside them.
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Denied, "{}", outcome.detail);
+    assert_eq!(outcome.action, increase_128_to_256());
+    assert!(
+        outcome.detail.contains(
+            "ResourceQuota shop-quota allows 144Mi more limits.memory; the fix needs 256Mi (raise the quota or free room in the namespace)"
+        ),
+        "{}",
+        outcome.detail
+    );
+    nothing_written_to_web(&stack);
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remediator_without_permission_records_a_failure_and_changes_nothing() {
     let mut stack = stack(36).await;

@@ -18,6 +18,7 @@ use crate::{
     gate::{self, Policy},
     intent,
     ladder::{self, Owner, Rung},
+    preflight,
     refusal::Refusal,
     replace, undo,
 };
@@ -34,6 +35,9 @@ pub struct Observed<'a> {
     pub history: Option<&'a History>,
     /// A fix KubeSent made to the same target before (named by the target's [`fix_marker`]).
     pub previous_fix: Option<&'a PreviousFix>,
+    /// What bounds a memory raise: the namespace's LimitRanges and quotas, the nodes' room (read for a
+    /// raise only; see [`needs_room`]). `None`: not read, not checked.
+    pub room: Option<&'a preflight::Room>,
 }
 
 /// A fix KubeSent made before, as its intent records it.
@@ -76,6 +80,11 @@ pub fn needs_history(action: &Action, owner: &Owner) -> bool {
             Owner::Workload(_)
         )
     )
+}
+
+/// Whether [`decide`] needs the admission and node room for this action (a memory raise).
+pub fn needs_room(action: &Action) -> bool {
+    matches!(action, Action::IncreaseMemory { .. })
 }
 
 /// The incident of the fix KubeSent last made to the target (the owner for a workload, else the pod),
@@ -159,6 +168,24 @@ pub fn decide(
         (Rung::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
         _ => (Strategy::PodPatch, None, intent::lock_key(&target)),
     };
+    // Admission and the scheduler must be able to take a raise before it is made.
+    if let (Action::IncreaseMemory { container, to, .. }, Some(room)) = (&verdict.action, seen.room) {
+        let (spec, landing) = match owner {
+            Owner::Workload(w) if strategy == Strategy::OwnerPatch => (
+                w.template().and_then(|t| t.spec.as_ref()),
+                preflight::Landing::NewPods { frees_first: w.removes_a_pod_first(), old_node: None },
+            ),
+            _ => (
+                pod.spec.as_ref(),
+                preflight::Landing::InPlace {
+                    node: pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                },
+            ),
+        };
+        if let Some(spec) = spec {
+            preflight::check(preflight::Raise { spec, container, to: *to }, &landing, room)?;
+        }
+    }
     let replacement = match &verdict.action {
         Action::IncreaseMemory { container, from, to } if strategy == Strategy::InPlaceResize => {
             Some(replace::with_memory_limit(pod, container, *from, *to, &verdict.incident))
@@ -298,6 +325,7 @@ mod tests {
         owner: Owner,
         history: Option<History>,
         previous_fix: Option<PreviousFix>,
+        room: Option<preflight::Room>,
         policy: Policy,
         approval_required: bool,
         expect: Expect,
@@ -312,6 +340,7 @@ mod tests {
             owner: Owner::Bare,
             history: None,
             previous_fix: None,
+            room: None,
             policy: Policy::default(),
             approval_required: false,
             expect: Expect::Planned(Strategy::InPlaceResize, Phase::Pending, "shop/Pod/web-1"),
@@ -367,7 +396,43 @@ mod tests {
         };
         let mut paused = deployment_json("256Mi", json!({}));
         paused["spec"]["paused"] = json!(true);
+        let full_quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(json!({
+            "metadata": {"name": "shop-quota"}, "spec": {"hard": {"limits.memory": "1Gi"}},
+            "status": {"used": {"limits.memory": "768Mi"}}}))
+        .expect("quota");
+        let small_nodes = preflight::Room {
+            nodes: vec![preflight::NodeRoom {
+                name: "sim-node-1".into(),
+                allocatable: 1 << 30,
+                requested: 900 << 20,
+            }],
+            ..preflight::Room::default()
+        };
         vec![
+            Row {
+                room: Some(preflight::Room { quotas: vec![full_quota], ..preflight::Room::default() }),
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::WouldNotLand(preflight::Blocked::Quota { .. }))
+                }),
+                ..deployment_row(
+                    "a raise the namespace's quota has no room for is denied before it is made",
+                    deployment("256Mi", json!({})),
+                )
+            },
+            Row {
+                room: Some(small_nodes),
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::WouldNotLand(preflight::Blocked::NoNode(_)))
+                }),
+                ..deployment_row(
+                    "a raise no node has room for is denied before it is made",
+                    deployment("256Mi", json!({})),
+                )
+            },
+            Row {
+                room: Some(preflight::Room::default()),
+                ..deployment_row("a raise with nothing in its way is planned", deployment("256Mi", json!({})))
+            },
             bare_row("a bare pod's OOM is resized in place"),
             deployment_row("a Deployment's OOM patches its template", deployment("256Mi", json!({}))),
             Row {
@@ -573,6 +638,7 @@ mod tests {
                 owner: &row.owner,
                 history: row.history.as_ref(),
                 previous_fix: row.previous_fix.as_ref(),
+                room: row.room.as_ref(),
             };
             let settings = Settings {
                 policy: &row.policy,

@@ -8,6 +8,7 @@ use crate::{
     bounds::OutOfBounds,
     gate::{Denial, Stale},
     ladder::{Mismatch, NoRung},
+    preflight::Blocked,
 };
 
 /// Why a verdict ends without a change, and with which result.
@@ -67,6 +68,9 @@ pub enum Refusal {
     /// The owner's template no longer holds what the verdict was made from.
     #[error(transparent)]
     TemplateMoved(#[from] Mismatch),
+    /// Admission or the scheduler would not take the change (see [`crate::preflight`]).
+    #[error("the fix would not land: {0}")]
+    WouldNotLand(#[from] Blocked),
 }
 
 impl Refusal {
@@ -76,9 +80,11 @@ impl Refusal {
             Self::DryRun | Self::RevertedByHuman { .. } | Self::GitOps { .. } => OutcomeResult::Suggested,
             Self::Stale(_) | Self::OwnerGone { .. } | Self::TemplateMoved(_) => OutcomeResult::Stale,
             Self::DiagnosisOnly(_) => OutcomeResult::DiagnosisOnly,
-            Self::Denied(_) | Self::OutOfBounds(_) | Self::PreviousFixIneffective(_) | Self::NoRung(_) => {
-                OutcomeResult::Denied
-            }
+            Self::Denied(_)
+            | Self::OutOfBounds(_)
+            | Self::PreviousFixIneffective(_)
+            | Self::NoRung(_)
+            | Self::WouldNotLand(_) => OutcomeResult::Denied,
         }
     }
 }

@@ -139,6 +139,31 @@ impl Workload {
         }
     }
 
+    /// Whether its controller can take an old pod down before it creates a new one during a rollout: a
+    /// StatefulSet always (it replaces pods one by one), a Deployment under `Recreate` or with a
+    /// `maxUnavailable` of at least one pod (rounded down against its replicas, as the controller
+    /// does). Otherwise a whole new pod must fit beside the old ones.
+    pub fn removes_a_pod_first(&self) -> bool {
+        let Self::Deployment(d) = self else { return true };
+        let Some(strategy) = d.spec.as_ref().and_then(|s| s.strategy.as_ref()) else {
+            // The API's default: RollingUpdate with 25 % unavailable.
+            return self.replicas() / 4 >= 1;
+        };
+        if strategy.type_.as_deref() == Some("Recreate") {
+            return true;
+        }
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let unavailable = strategy.rolling_update.as_ref().and_then(|r| r.max_unavailable.clone());
+        match unavailable {
+            Some(IntOrString::Int(n)) => n >= 1,
+            Some(IntOrString::String(percent)) => percent
+                .trim_end_matches('%')
+                .parse::<i64>()
+                .is_ok_and(|p| i64::from(self.replicas()) * p / 100 >= 1),
+            None => self.replicas() / 4 >= 1,
+        }
+    }
+
     /// The label its controller puts on each pod to name the revision the pod runs.
     pub fn revision_label(&self) -> &'static str {
         match self {
