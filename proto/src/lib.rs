@@ -425,11 +425,14 @@ pub enum OutcomeResult {
     /// Manual-approval mode: the fix waits for `kubesent approve` (or `reject`). Not final: the incident's
     /// final outcome follows.
     AwaitingApproval,
+    /// Another manager (a GitOps tool, `kubectl edit`, an autoscaler) changed what KubeSent changed while
+    /// it verified: KubeSent stopped, wrote nothing more, and only suggests for that container after.
+    Overridden,
 }
 
 impl OutcomeResult {
     /// Every result, for metrics that start at zero.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Applied,
         Self::Healed,
         Self::Ineffective,
@@ -440,6 +443,7 @@ impl OutcomeResult {
         Self::Failed,
         Self::Reverted,
         Self::AwaitingApproval,
+        Self::Overridden,
     ];
 
     /// The snake_case name, also used as a subject token.
@@ -455,6 +459,7 @@ impl OutcomeResult {
             Self::Failed => "failed",
             Self::Reverted => "reverted",
             Self::AwaitingApproval => "awaiting_approval",
+            Self::Overridden => "overridden",
         }
     }
 }

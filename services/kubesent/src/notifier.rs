@@ -214,6 +214,7 @@ fn emoji(result: OutcomeResult) -> &'static str {
         OutcomeResult::Applied => ":wrench:",
         OutcomeResult::AwaitingApproval => ":raised_hand:",
         OutcomeResult::Reverted => ":leftwards_arrow_with_hook:",
+        OutcomeResult::Overridden => ":twisted_rightwards_arrows:",
         OutcomeResult::DiagnosisOnly | OutcomeResult::Suggested => ":mag:",
         OutcomeResult::Stale => ":zzz:",
         OutcomeResult::Ineffective | OutcomeResult::Failed | OutcomeResult::Denied => ":warning:",

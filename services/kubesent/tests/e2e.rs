@@ -545,6 +545,91 @@ async fn a_raise_the_namespaces_quota_cannot_hold_is_denied_naming_the_quota() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_a_vertical_pod_autoscaler_manages_gets_a_suggestion_naming_it() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let gvk = GroupVersionKind::gvk("autoscaling.k8s.io", "v1", "VerticalPodAutoscaler");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "verticalpodautoscalers");
+    let vpas: Api<DynamicObject> = Api::namespaced_with(stack.kube.clone(), "shop", &resource);
+    let vpa: DynamicObject = serde_json::from_value(json!({"apiVersion": "autoscaling.k8s.io/v1",
+        "kind": "VerticalPodAutoscaler", "metadata": {"name": "web-vpa"},
+        "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "updatePolicy": {"updateMode": "Auto"},
+            "resourcePolicy": {"containerPolicies": [{"containerName": "*", "maxAllowed": {"memory": "192Mi"}}]}}}))
+    .expect("vpa json");
+    vpas.create(&PostParams::default(), &vpa).await.expect("vpa created");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(
+        1,
+        "registry.local/shop/web:1.4.2",
+        json!({}),
+        json!({"sim.kubesent.io/memory-need": "200Mi"}),
+    );
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Suggested, "{}", outcome.detail);
+    assert_eq!(outcome.action, increase_128_to_256(), "the suggestion names the fix");
+    assert!(
+        outcome
+            .detail
+            .contains("managed by VerticalPodAutoscaler web-vpa (updateMode Auto, maxAllowed memory 192Mi)"),
+        "{}",
+        outcome.detail
+    );
+    nothing_written_to_web(&stack);
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_a_gitops_tool_puts_back_ends_overridden_naming_it_and_is_never_fought() {
+    use kubesent_loadtest::gitops::{Reconciler, ReconcilerOptions};
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    // Git holds the Deployment as it is: the reconciler creates it, and applies it again on every drift.
+    let mut manifest = serde_json::to_value(deployment(
+        1,
+        "registry.local/shop/web:1.4.2",
+        json!({}),
+        json!({"sim.kubesent.io/memory-need": "200Mi"}),
+    ))
+    .expect("manifest");
+    manifest["apiVersion"] = json!("apps/v1");
+    manifest["kind"] = json!("Deployment");
+    let reconciler = Reconciler::start(stack.kube.clone(), manifest, ReconcilerOptions::default())
+        .expect("reconciler starts");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Overridden, "{}", outcome.detail);
+    assert!(
+        outcome.detail.contains("the memory limit of app is 128Mi again, not 256Mi"),
+        "{}",
+        outcome.detail
+    );
+    assert!(
+        outcome.detail.contains("field manager \"gitops-reconciler\""),
+        "names the manager: {}",
+        outcome.detail
+    );
+    assert!(reconciler.applies() >= 2, "the reconciler put its manifest back");
+    let ours: Vec<_> = stack
+        .kube_sim
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.path.ends_with("/deployments/web")
+                && r.query.contains("fieldManager=kubesent-remediator")
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "KubeSent wrote once and did not fight: {ours:?}");
+    reconciler.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remediator_without_permission_records_a_failure_and_changes_nothing() {
     let mut stack = stack(36).await;
     // An installation whose remediator role lacks pod patch and resize.

@@ -248,6 +248,55 @@ pub fn already_applied(workload: &Workload, action: &Action, incident: &Incident
     ours && holds
 }
 
+/// What another writer changed of KubeSent's change to `workload` (a memory limit or an image in the
+/// template), in words, if the template no longer holds it; `None` while it does, and for actions whose
+/// change is not one field (a revision rollback, a pause).
+pub fn overridden(workload: &Workload, action: &Action) -> Option<String> {
+    let name = action.container()?;
+    let Some(container) = workload.template_container(name) else {
+        return Some(format!("container {name} is no longer in the template"));
+    };
+    match action {
+        Action::IncreaseMemory { to, .. } => {
+            let now = memory_limit_of(container);
+            (now != Some(*to)).then(|| match now {
+                Some(now) => format!("the memory limit of {name} is {now} again, not {to}"),
+                None => format!("the memory limit of {name} was removed"),
+            })
+        }
+        Action::RollbackImage { to, .. } => {
+            let now = container.image.clone().unwrap_or_default();
+            (now != *to).then(|| format!("the image of {name} is {now}, not {to}"))
+        }
+        _ => None,
+    }
+}
+
+/// The field manager that last set the field of `action` (a container's memory limit or image) in
+/// `workload`'s template, other than `ours`, from its `managedFields`.
+pub fn field_manager(workload: &Workload, action: &Action, ours: &str) -> Option<String> {
+    let container = action.container()?;
+    let leaf: &[&str] = match action {
+        Action::IncreaseMemory { .. } => &["f:resources", "f:limits", "f:memory"],
+        Action::RollbackImage { .. } => &["f:image"],
+        _ => return None,
+    };
+    let key = format!("k:{}", serde_json::json!({"name": container}));
+    let path: Vec<&str> = ["f:spec", "f:template", "f:spec", "f:containers", key.as_str()]
+        .into_iter()
+        .chain(leaf.iter().copied())
+        .collect();
+    workload.managed_fields().iter().filter(|entry| entry.manager.as_deref() != Some(ours)).find_map(
+        |entry| {
+            let mut node = &entry.fields_v1.as_ref()?.0;
+            for element in &path {
+                node = node.get(*element)?;
+            }
+            entry.manager.clone()
+        },
+    )
+}
+
 /// Annotation recording the revision KubeSent rolled a workload back from (its ReplicaSet or
 /// ControllerRevision name), so `kubesent undo` can go forward again.
 pub const ORIGINAL_REVISION_ANNOTATION: &str = "kubesent.io/original-revision";
@@ -791,5 +840,39 @@ mod tests {
             "a pod created with the fix must not fail at all"
         );
         assert!(matches!(container_progress(&pod(1, running), "app", None), Progress::Failing(_)));
+    }
+    #[test]
+    fn a_change_another_manager_put_back_is_seen_with_that_managers_name() {
+        let with = |memory: &str, managed: serde_json::Value| -> Workload {
+            Workload::Deployment(Box::new(
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "web", "managedFields": managed},
+                    "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "app", "image": "web:1",
+                        "resources": {"limits": {"memory": memory}}}]}}}}))
+                .expect("deployment"),
+            ))
+        };
+        let memory_owner = |manager: &str| {
+            serde_json::json!({"manager": manager, "operation": "Apply", "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {
+                    ".": {}, "f:resources": {"f:limits": {"f:memory": {}}}}}}}}}})
+        };
+        let raise = Action::IncreaseMemory {
+            container: "app".into(),
+            from: MemoryQuantity::from_mib(128),
+            to: MemoryQuantity::from_mib(256),
+        };
+        let ours = with("256Mi", serde_json::json!([memory_owner("kubesent-remediator")]));
+        assert_eq!(overridden(&ours, &raise), None, "still holds");
+        let back = with("128Mi", serde_json::json!([memory_owner("gitops-reconciler")]));
+        assert_eq!(
+            overridden(&back, &raise).as_deref(),
+            Some("the memory limit of app is 128Mi again, not 256Mi")
+        );
+        assert_eq!(field_manager(&back, &raise, "kubesent-remediator").as_deref(), Some("gitops-reconciler"));
+        assert_eq!(
+            field_manager(&ours, &raise, "kubesent-remediator"),
+            None,
+            "KubeSent's own write names nobody"
+        );
     }
 }

@@ -651,7 +651,29 @@ impl Remediator {
             Ok(nodes) => room.nodes = nodes,
             Err(error) => warn!(%error, "could not read the nodes' room; the pre-flight goes without it"),
         }
+        room.autoscalers = self.vertical_autoscalers(namespace).await;
         room
+    }
+
+    /// The namespace's VerticalPodAutoscalers; none where the VPA is not installed (the API answers 404).
+    async fn vertical_autoscalers(&self, namespace: &str) -> Vec<preflight::VerticalAutoscaler> {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+        let gvk = GroupVersionKind::gvk("autoscaling.k8s.io", "v1", "VerticalPodAutoscaler");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "verticalpodautoscalers");
+        let api = Api::<DynamicObject>::namespaced_with(self.deps.kube.clone(), namespace, &resource);
+        match api.list(&kube::api::ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter_map(|object| serde_json::to_value(object).ok())
+                .filter_map(|value| preflight::VerticalAutoscaler::from_json(&value))
+                .collect(),
+            Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+            Err(error) => {
+                warn!(%error, namespace, "could not read the VerticalPodAutoscalers; the pre-flight goes without them");
+                Vec::new()
+            }
+        }
     }
 
     /// Every schedulable node's allocatable memory and the requests of the pods bound to it that have

@@ -136,6 +136,11 @@ pub fn decide(
     {
         return Err(Refusal::PreviousFixIneffective(previous.incident.clone()));
     }
+    if let Some(previous) = seen.previous_fix
+        && previous.result == Some(OutcomeResult::Overridden)
+    {
+        return Err(Refusal::OverriddenBefore(previous.incident.clone()));
+    }
     let rung = ladder::rung(&verdict.action, owner)?;
     let (labels, annotations, what) = match owner {
         Owner::Workload(w) => (w.labels().clone(), w.annotations().clone(), w.to_string()),
@@ -168,7 +173,13 @@ pub fn decide(
         (Rung::ResizeInPlace, _) => (Strategy::InPlaceResize, None, intent::lock_key(&target)),
         _ => (Strategy::PodPatch, None, intent::lock_key(&target)),
     };
-    // Admission and the scheduler must be able to take a raise before it is made.
+    // A VPA that acts on the container owns its resources; then admission and the scheduler must be able
+    // to take a raise before it is made.
+    if let (Action::IncreaseMemory { container, .. }, Some(room), Owner::Workload(w)) =
+        (&verdict.action, seen.room, owner)
+    {
+        preflight::autoscaler_of(room, w.kind().as_str(), w.name(), container)?;
+    }
     if let (Action::IncreaseMemory { container, to, .. }, Some(room)) = (&verdict.action, seen.room) {
         let (spec, landing) = match owner {
             Owner::Workload(w) if strategy == Strategy::OwnerPatch => (
@@ -433,6 +444,22 @@ mod tests {
                 room: Some(preflight::Room::default()),
                 ..deployment_row("a raise with nothing in its way is planned", deployment("256Mi", json!({})))
             },
+            Row {
+                room: Some(preflight::Room {
+                    autoscalers: vec![preflight::VerticalAutoscaler {
+                        name: "web".into(),
+                        target: ("Deployment".into(), "web".into()),
+                        update_mode: "Auto".into(),
+                        containers: Vec::new(),
+                    }],
+                    ..preflight::Room::default()
+                }),
+                expect: refused(OutcomeResult::Suggested, |r| matches!(r, Refusal::ManagedByAutoscaler(_))),
+                ..deployment_row(
+                    "a container a VPA acts on gets a suggestion naming it",
+                    deployment("256Mi", json!({})),
+                )
+            },
             bare_row("a bare pod's OOM is resized in place"),
             deployment_row("a Deployment's OOM patches its template", deployment("256Mi", json!({}))),
             Row {
@@ -515,6 +542,14 @@ mod tests {
             Row {
                 previous_fix: Some(before(OutcomeResult::Applied)),
                 ..bare_row("a fix that healed before does not stop a new one")
+            },
+            Row {
+                previous_fix: Some(before(OutcomeResult::Overridden)),
+                expect: refused(OutcomeResult::Suggested, |r| matches!(r, Refusal::OverriddenBefore(_))),
+                ..deployment_row(
+                    "after another manager overrode a fix, KubeSent only suggests",
+                    deployment("256Mi", json!({})),
+                )
             },
             Row {
                 expect: refused(OutcomeResult::Suggested, |r| {

@@ -24,6 +24,111 @@ pub struct Room {
     pub quotas: Vec<ResourceQuota>,
     /// The schedulable nodes and the memory their pods request.
     pub nodes: Vec<NodeRoom>,
+    /// The namespace's VerticalPodAutoscalers (none where the VPA is not installed).
+    pub autoscalers: Vec<VerticalAutoscaler>,
+}
+
+/// A VerticalPodAutoscaler (autoscaling.k8s.io/v1), as far as the pre-flight reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerticalAutoscaler {
+    /// Its name.
+    pub name: String,
+    /// `spec.targetRef.kind` and `.name`.
+    pub target: (String, String),
+    /// `spec.updatePolicy.updateMode` (`Auto` when unset, as the VPA defaults it).
+    pub update_mode: String,
+    /// Per container (`*` for all): its `resourcePolicy.containerPolicies[].mode` and memory `maxAllowed`.
+    pub containers: Vec<(String, Option<String>, Option<String>)>,
+}
+
+impl VerticalAutoscaler {
+    /// Reads one from its JSON; `None` when it names no target.
+    pub fn from_json(object: &serde_json::Value) -> Option<Self> {
+        let text =
+            |pointer: &str| object.pointer(pointer).and_then(serde_json::Value::as_str).map(str::to_owned);
+        let containers = object
+            .pointer("/spec/resourcePolicy/containerPolicies")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|policy| {
+                let name = policy.get("containerName")?.as_str()?.to_owned();
+                let mode = policy.get("mode").and_then(serde_json::Value::as_str).map(str::to_owned);
+                let max = policy
+                    .pointer("/maxAllowed/memory")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned);
+                Some((name, mode, max))
+            })
+            .collect();
+        Some(Self {
+            name: text("/metadata/name")?,
+            target: (text("/spec/targetRef/kind")?, text("/spec/targetRef/name")?),
+            update_mode: text("/spec/updatePolicy/updateMode").unwrap_or_else(|| "Auto".to_owned()),
+            containers,
+        })
+    }
+
+    /// Whether it changes the resources of container `container` of workload `kind`/`name`: it targets
+    /// the workload, acts (any mode but `Off`), and its policy for the container is not `Off`.
+    fn manages(&self, kind: &str, name: &str, container: &str) -> bool {
+        if self.target.0 != kind || self.target.1 != name || self.update_mode == "Off" {
+            return false;
+        }
+        let policy = self
+            .containers
+            .iter()
+            .find(|(c, _, _)| c == container)
+            .or_else(|| self.containers.iter().find(|(c, _, _)| c == "*"));
+        policy.is_none_or(|(_, mode, _)| mode.as_deref() != Some("Off"))
+    }
+
+    fn max_allowed(&self, container: &str) -> Option<&str> {
+        let policy = self
+            .containers
+            .iter()
+            .find(|(c, _, _)| c == container)
+            .or_else(|| self.containers.iter().find(|(c, _, _)| c == "*"));
+        policy.and_then(|(_, _, max)| max.as_deref())
+    }
+}
+
+/// A container whose memory a VerticalPodAutoscaler manages: the raise is the VPA's to make.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "container {container} of {kind} {workload} is managed by VerticalPodAutoscaler {vpa} (updateMode {mode}{max}): a direct change would be undone by it; raise its maxAllowed memory or let it act. KubeSent only suggests"
+)]
+pub struct ManagedByAutoscaler {
+    /// The VPA.
+    pub vpa: String,
+    /// Its update mode.
+    pub mode: String,
+    /// `, maxAllowed memory 512Mi` when it caps the container.
+    pub max: String,
+    /// The workload kind.
+    pub kind: String,
+    /// The workload.
+    pub workload: String,
+    /// The container.
+    pub container: String,
+}
+
+/// The VPA that manages `container` of workload `kind`/`name`, if one does.
+pub fn autoscaler_of(
+    room: &Room,
+    kind: &str,
+    name: &str,
+    container: &str,
+) -> Result<(), Box<ManagedByAutoscaler>> {
+    let Some(vpa) = room.autoscalers.iter().find(|v| v.manages(kind, name, container)) else { return Ok(()) };
+    Err(Box::new(ManagedByAutoscaler {
+        vpa: vpa.name.clone(),
+        mode: vpa.update_mode.clone(),
+        max: vpa.max_allowed(container).map(|m| format!(", maxAllowed memory {m}")).unwrap_or_default(),
+        kind: kind.to_owned(),
+        workload: name.to_owned(),
+        container: container.to_owned(),
+    }))
 }
 
 /// One schedulable node's memory.
@@ -387,12 +492,55 @@ mod tests {
     }
 
     #[test]
+    fn a_container_a_vpa_acts_on_is_its_to_change_unless_the_vpa_or_its_policy_is_off() {
+        let vpa = |mode: &str, policy: serde_json::Value| {
+            VerticalAutoscaler::from_json(&json!({"metadata": {"name": "web-vpa"},
+                "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                    "updatePolicy": {"updateMode": mode}, "resourcePolicy": {"containerPolicies": policy}}}))
+            .expect("vpa")
+        };
+        let room = |v| Room { autoscalers: vec![v], ..Room::default() };
+        let managed = autoscaler_of(
+            &room(vpa("Auto", json!([{"containerName": "*", "maxAllowed": {"memory": "512Mi"}}]))),
+            "Deployment",
+            "web",
+            "app",
+        )
+        .expect_err("managed");
+        assert_eq!(
+            managed.to_string(),
+            "container app of Deployment web is managed by VerticalPodAutoscaler web-vpa (updateMode Auto, maxAllowed memory 512Mi): a direct change would be undone by it; raise its maxAllowed memory or let it act. KubeSent only suggests"
+        );
+        assert_eq!(
+            autoscaler_of(&room(vpa("Off", json!([]))), "Deployment", "web", "app"),
+            Ok(()),
+            "recommends only"
+        );
+        let opted_out = vpa("Auto", json!([{"containerName": "app", "mode": "Off"}]));
+        assert_eq!(
+            autoscaler_of(&room(opted_out), "Deployment", "web", "app"),
+            Ok(()),
+            "this container is left alone"
+        );
+        assert_eq!(
+            autoscaler_of(&room(vpa("Auto", json!([]))), "Deployment", "api", "app"),
+            Ok(()),
+            "another workload"
+        );
+        assert!(
+            VerticalAutoscaler::from_json(&json!({"metadata": {"name": "x"}, "spec": {}})).is_none(),
+            "no target"
+        );
+    }
+
+    #[test]
     fn a_raise_the_cluster_can_take_passes() {
         let spec = spec(json!({"limits": {"memory": "384Mi"}}));
         let room = Room {
             limit_ranges: vec![limit_range(json!([{"type": "Container", "max": {"memory": "1Gi"}}]))],
             quotas: vec![quota(json!({"limits.memory": "4Gi"}), json!({"limits.memory": "768Mi"}))],
             nodes: vec![node("n1", "4Gi", "1Gi")],
+            autoscalers: Vec::new(),
         };
         assert_eq!(check(raise(&spec, "768Mi"), &rollout(), &room), Ok(()));
         assert_eq!(

@@ -8,7 +8,7 @@ use crate::{
     bounds::OutOfBounds,
     gate::{Denial, Stale},
     ladder::{Mismatch, NoRung},
-    preflight::Blocked,
+    preflight::{Blocked, ManagedByAutoscaler},
 };
 
 /// Why a verdict ends without a change, and with which result.
@@ -52,6 +52,11 @@ pub enum Refusal {
         "KubeSent already changed this for incident {0} and it did not heal; escalated to a human instead of trying again"
     )]
     PreviousFixIneffective(IncidentId),
+    /// Another manager overrode KubeSent's earlier change to this target: KubeSent does not fight it.
+    #[error(
+        "another manager overrode KubeSent's change for incident {0}; KubeSent does not change it again and only suggests"
+    )]
+    OverriddenBefore(IncidentId),
     /// No rung of the ladder applies the action to this target.
     #[error(transparent)]
     NoRung(#[from] NoRung),
@@ -71,13 +76,20 @@ pub enum Refusal {
     /// Admission or the scheduler would not take the change (see [`crate::preflight`]).
     #[error("the fix would not land: {0}")]
     WouldNotLand(#[from] Blocked),
+    /// A VerticalPodAutoscaler manages the container's resources.
+    #[error(transparent)]
+    ManagedByAutoscaler(#[from] Box<ManagedByAutoscaler>),
 }
 
 impl Refusal {
     /// The outcome this refusal is recorded as.
     pub fn result(&self) -> OutcomeResult {
         match self {
-            Self::DryRun | Self::RevertedByHuman { .. } | Self::GitOps { .. } => OutcomeResult::Suggested,
+            Self::DryRun
+            | Self::RevertedByHuman { .. }
+            | Self::GitOps { .. }
+            | Self::ManagedByAutoscaler(_)
+            | Self::OverriddenBefore(_) => OutcomeResult::Suggested,
             Self::Stale(_) | Self::OwnerGone { .. } | Self::TemplateMoved(_) => OutcomeResult::Stale,
             Self::DiagnosisOnly(_) => OutcomeResult::DiagnosisOnly,
             Self::Denied(_)

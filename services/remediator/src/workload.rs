@@ -76,6 +76,11 @@ impl Workload {
         self.metadata().annotations.as_ref().unwrap_or(&NO_LABELS)
     }
 
+    /// Its `metadata.managedFields`: who wrote which field.
+    pub fn managed_fields(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry] {
+        self.metadata().managed_fields.as_deref().unwrap_or_default()
+    }
+
     /// Its annotation `key`.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations().get(key).map(String::as_str)

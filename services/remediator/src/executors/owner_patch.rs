@@ -7,7 +7,7 @@ use kube::{
     api::{DeleteParams, ListParams, Preconditions},
 };
 use kube_runtime::watcher;
-use kubesent_proto::{Action, OutcomeResult, WorkloadKind};
+use kubesent_proto::{Action, OutcomeResult, WorkloadKind, WorkloadRef};
 use tracing::info;
 
 use super::{Executor, Step};
@@ -115,13 +115,65 @@ impl Executor for OwnerPatch {
             delete_stuck_pods(&pods, &workload, &is_old).await?;
         }
         let config = watcher::Config::default().labels(&workload.selector());
-        let verdict =
-            r.verify(pods, config, |pods| ladder::rollout_progress(pods, &container, &is_old, desired)).await;
-        let (result, detail) =
-            verdict.describe(&format!("the rollout of {workload}"), r.config.verify_window);
+        let verification =
+            r.verify(pods, config, |pods| ladder::rollout_progress(pods, &container, &is_old, desired));
+        // Another writer that changes KubeSent's change back ends the verification at once: KubeSent
+        // never fights it.
+        let overridden = watch_for_override(&r.deps.kube, &namespace, &reference, &intent.action);
+        let (result, detail) = tokio::select! {
+            verdict = verification => verdict.describe(&format!("the rollout of {workload}"), r.config.verify_window),
+            (manager, what) = overridden => {
+                info!(workload = %reference.name, %manager, "KubeSent's change was overridden");
+                (
+                    OutcomeResult::Overridden,
+                    format!(
+                        "{what}: {manager} changed {workload} while KubeSent verified its fix; KubeSent stopped, wrote nothing more, and only suggests for container {container} from now on"
+                    ),
+                )
+            }
+        };
         r.announce(&workload.object_ref(), result, intent, &detail).await;
         Ok(Step::finish(result, detail))
     }
+}
+
+/// Resolves once the workload's template no longer holds KubeSent's change (see
+/// [`ladder::overridden`]), with the field manager that changed it and what it holds now; never for an
+/// action whose change is not one field.
+async fn watch_for_override(
+    kube: &kube::Client,
+    namespace: &str,
+    reference: &WorkloadRef,
+    action: &Action,
+) -> (String, String) {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use kube_runtime::WatchStreamExt as _;
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", reference.name));
+    let mut workloads = match reference.kind {
+        WorkloadKind::StatefulSet => watcher(Api::<StatefulSet>::namespaced(kube.clone(), namespace), config)
+            .default_backoff()
+            .applied_objects()
+            .filter_map(|set| async move { set.ok().map(|s| Workload::StatefulSet(Box::new(s))) })
+            .boxed(),
+        _ => watcher(Api::<Deployment>::namespaced(kube.clone(), namespace), config)
+            .default_backoff()
+            .applied_objects()
+            .filter_map(
+                |deployment| async move { deployment.ok().map(|d| Workload::Deployment(Box::new(d))) },
+            )
+            .boxed(),
+    };
+    while let Some(workload) = workloads.next().await {
+        if let Some(what) = ladder::overridden(&workload, action) {
+            let manager = ladder::field_manager(&workload, action, crate::FIELD_MANAGER).map_or_else(
+                || "a writer that left no field manager".to_owned(),
+                |m| format!("field manager {m:?}"),
+            );
+            return (manager, what);
+        }
+    }
+    std::future::pending().await
 }
 
 /// Deletes (uid-guarded) the StatefulSet's pods that the failing template left unready, so the
