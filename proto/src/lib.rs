@@ -428,11 +428,14 @@ pub enum OutcomeResult {
     /// Another manager (a GitOps tool, `kubectl edit`, an autoscaler) changed what KubeSent changed while
     /// it verified: KubeSent stopped, wrote nothing more, and only suggests for that container after.
     Overridden,
+    /// The change was written but the cluster does not run it (admission altered or refused the new pods):
+    /// KubeSent takes it back.
+    NotLanded,
 }
 
 impl OutcomeResult {
     /// Every result, for metrics that start at zero.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Applied,
         Self::Healed,
         Self::Ineffective,
@@ -444,6 +447,7 @@ impl OutcomeResult {
         Self::Reverted,
         Self::AwaitingApproval,
         Self::Overridden,
+        Self::NotLanded,
     ];
 
     /// The snake_case name, also used as a subject token.
@@ -460,6 +464,7 @@ impl OutcomeResult {
             Self::Reverted => "reverted",
             Self::AwaitingApproval => "awaiting_approval",
             Self::Overridden => "overridden",
+            Self::NotLanded => "not_landed",
         }
     }
 }

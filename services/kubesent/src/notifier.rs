@@ -217,7 +217,10 @@ fn emoji(result: OutcomeResult) -> &'static str {
         OutcomeResult::Overridden => ":twisted_rightwards_arrows:",
         OutcomeResult::DiagnosisOnly | OutcomeResult::Suggested => ":mag:",
         OutcomeResult::Stale => ":zzz:",
-        OutcomeResult::Ineffective | OutcomeResult::Failed | OutcomeResult::Denied => ":warning:",
+        OutcomeResult::Ineffective
+        | OutcomeResult::Failed
+        | OutcomeResult::Denied
+        | OutcomeResult::NotLanded => ":warning:",
     }
 }
 

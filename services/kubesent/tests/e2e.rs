@@ -43,6 +43,19 @@ fn deployment(
     .expect("deployment json")
 }
 
+/// Creates Deployment `web` of `replicas` pods of 128Mi that need 200Mi (OOM-killed), as the admin.
+async fn create_oom_deployment(stack: &Stack, replicas: i32) -> Api<Deployment> {
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(
+        replicas,
+        "registry.local/shop/web:1.4.2",
+        json!({}),
+        json!({"sim.kubesent.io/memory-need": "200Mi"}),
+    );
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    deployments
+}
+
 fn increase_128_to_256() -> Action {
     Action::IncreaseMemory {
         container: "app".into(),
@@ -286,14 +299,7 @@ async fn kubesent_undo_restores_the_template_records_the_reversal_and_refuses_a_
     .await
     .expect("stack starts");
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
-    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
-    let web = deployment(
-        2,
-        "registry.local/shop/web:1.4.2",
-        json!({}),
-        json!({"sim.kubesent.io/memory-need": "200Mi"}),
-    );
-    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    let deployments = create_oom_deployment(&stack, 2).await;
     let healed = next_outcome(&mut outcomes).await;
     assert_eq!(healed.result, OutcomeResult::Healed, "{}", healed.detail);
     let incident = healed.incident.to_string();
@@ -451,6 +457,21 @@ async fn a_deployment_managed_by_argo_cd_gets_a_suggestion_and_is_left_unchanged
     stack.stop().await;
 }
 
+/// The writes KubeSent made to Deployment `web` that the API took.
+fn kubesent_writes_to_web(stack: &Stack) -> usize {
+    stack
+        .kube_sim
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.status < 300
+                && r.path.ends_with("/deployments/web")
+                && r.query.contains("fieldManager=kubesent-remediator")
+        })
+        .count()
+}
+
 /// Nothing but GETs, lists and watches reached the Deployment `web` (and no pod was written by KubeSent).
 fn nothing_written_to_web(stack: &Stack) {
     let written: Vec<_> = stack
@@ -519,14 +540,7 @@ async fn a_raise_the_namespaces_quota_cannot_hold_is_denied_naming_the_quota() {
     )
     .expect("quota json");
     quotas.create(&PostParams::default(), &quota).await.expect("quota created");
-    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
-    let web = deployment(
-        2,
-        "registry.local/shop/web:1.4.2",
-        json!({}),
-        json!({"sim.kubesent.io/memory-need": "200Mi"}),
-    );
-    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    create_oom_deployment(&stack, 2).await;
 
     // Two pods of 128Mi use 256Mi of 400Mi: a new pod of 256Mi does not fit beside them.
     let outcome = next_outcome(&mut outcomes).await;
@@ -559,14 +573,7 @@ async fn a_container_a_vertical_pod_autoscaler_manages_gets_a_suggestion_naming_
             "resourcePolicy": {"containerPolicies": [{"containerName": "*", "maxAllowed": {"memory": "192Mi"}}]}}}))
     .expect("vpa json");
     vpas.create(&PostParams::default(), &vpa).await.expect("vpa created");
-    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
-    let web = deployment(
-        1,
-        "registry.local/shop/web:1.4.2",
-        json!({}),
-        json!({"sim.kubesent.io/memory-need": "200Mi"}),
-    );
-    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    create_oom_deployment(&stack, 1).await;
 
     let outcome = next_outcome(&mut outcomes).await;
     assert_eq!(outcome.result, OutcomeResult::Suggested, "{}", outcome.detail);
@@ -614,18 +621,64 @@ async fn a_fix_a_gitops_tool_puts_back_ends_overridden_naming_it_and_is_never_fo
         outcome.detail
     );
     assert!(reconciler.applies() >= 2, "the reconciler put its manifest back");
-    let ours: Vec<_> = stack
-        .kube_sim
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r.method == "PATCH"
-                && r.path.ends_with("/deployments/web")
-                && r.query.contains("fieldManager=kubesent-remediator")
-        })
-        .collect();
-    assert_eq!(ours.len(), 1, "KubeSent wrote once and did not fight: {ours:?}");
+    assert_eq!(kubesent_writes_to_web(&stack), 1, "KubeSent wrote once and did not fight");
     reconciler.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raise_a_webhook_clamps_on_the_way_in_ends_not_landed_and_is_taken_back() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use kubesent_testkit::webhook::{WebhookServer, answer, configuration, pod_rule};
+    // A mutating webhook that caps every new pod's memory at 192Mi (the SREGym trap, gentler).
+    let cap = MemoryQuantity::from_mib(192);
+    let server = WebhookServer::start(move |review| {
+        let limit = review
+            .pointer("/request/object/spec/containers/0/resources/limits/memory")
+            .and_then(|m| m.as_str())
+            .and_then(|m| MemoryQuantity::parse(m).ok());
+        let clamp = limit.filter(|l| *l > cap).map(|_| {
+            json!([{"op": "replace", "path": "/spec/containers/0/resources/limits/memory", "value": "192Mi"},
+                {"op": "replace", "path": "/spec/containers/0/resources/requests/memory", "value": "192Mi"}])
+        });
+        answer(review, true, json!({}), clamp)
+    });
+    let stack = stack(36).await;
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(stack.kube.clone());
+    let config = serde_json::from_value(configuration(
+        "MutatingWebhookConfiguration",
+        "memory-cap.policy.example.com",
+        &server.url(),
+        pod_rule(&["CREATE"]),
+        json!({"failurePolicy": "Fail"}),
+    ))
+    .expect("configuration");
+    webhooks.create(&PostParams::default(), &config).await.expect("webhook configured");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments = create_oom_deployment(&stack, 1).await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::NotLanded, "{}", outcome.detail);
+    assert!(
+        outcome.detail.contains(
+            "was admitted with memory limit 192Mi for app, not the 256Mi KubeSent wrote into the template"
+        ),
+        "{}",
+        outcome.detail
+    );
+    assert!(outcome.detail.contains("KubeSent took its change back"), "{}", outcome.detail);
+    let web = deployments.get("web").await.expect("deployment");
+    let template = web.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("template");
+    let limits = template.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
+    assert_eq!(limits["memory"].0, "128Mi", "the template is back where it was");
+    let annotations = web.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("kubesent.io/reverted.app"),
+        Some(&outcome.incident.to_string()),
+        "only suggested after"
+    );
+    assert_eq!(kubesent_writes_to_web(&stack), 2, "the raise and its taking back, nothing more");
+    assert!(!server.reviews().is_empty(), "kube-sim asked the webhook");
     stack.stop().await;
 }
 

@@ -474,6 +474,8 @@ pub enum Progress {
     Waiting,
     /// It failed again (why).
     Failing(String),
+    /// What the cluster runs is not what was written: admission changed or refused it (why).
+    NotLanded(String),
 }
 
 fn status_of<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStatus> {
@@ -540,6 +542,66 @@ pub fn rollout_progress(
     } else {
         Progress::Waiting
     }
+}
+
+/// Whether the new pods run what KubeSent wrote into the template: a new pod (not of the failing
+/// revision, not terminating) whose container has another memory limit or image than `action` set was
+/// changed by admission (a mutating webhook, a LimitRange) on its way in. `Err` says which and how.
+pub fn landed(pods: &[Pod], action: &Action, is_old: impl Fn(&Pod) -> bool) -> Result<(), String> {
+    let Some(name) = action.container() else { return Ok(()) };
+    for pod in pods.iter().filter(|p| !is_old(p) && p.metadata.deletion_timestamp.is_none()) {
+        let Some(container) = pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == name))
+        else {
+            continue;
+        };
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        match action {
+            Action::IncreaseMemory { to, .. } if memory_limit_of(container) != Some(*to) => {
+                let runs = memory_limit_of(container)
+                    .map_or_else(|| "no memory limit".to_owned(), |m| format!("memory limit {m}"));
+                return Err(format!(
+                    "pod {pod_name} was admitted with {runs} for {name}, not the {to} KubeSent wrote into the template: a mutating admission webhook or a LimitRange changed it"
+                ));
+            }
+            Action::RollbackImage { to, .. } if container.image.as_deref() != Some(to.as_str()) => {
+                return Err(format!(
+                    "pod {pod_name} was admitted with image {} for {name}, not {to}: a mutating admission webhook changed it",
+                    container.image.clone().unwrap_or_default()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Why the workload's controller cannot roll the change out, as its status says: a `ReplicaFailure`
+/// (pods refused by admission or quota: `FailedCreate`) or a rollout past its progress deadline, reported
+/// at or after `since` (the change; a condition older than it is about something else).
+pub fn rollout_blocked(workload: &Workload, since: Option<jiff::Timestamp>) -> Option<String> {
+    let conditions = match workload {
+        Workload::Deployment(d) => d.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default(),
+        Workload::StatefulSet(_) => return None,
+    };
+    let recent = |c: &k8s_openapi::api::apps::v1::DeploymentCondition| {
+        let at = c.last_update_time.as_ref().or(c.last_transition_time.as_ref()).map(|t| t.0);
+        match (since, at) {
+            // Condition times are whole seconds.
+            (Some(since), Some(at)) => at.as_second() >= since.as_second(),
+            _ => true,
+        }
+    };
+    conditions.iter().filter(|c| recent(c)).find_map(|c| {
+        match (c.type_.as_str(), c.status.as_str(), c.reason.as_deref()) {
+            ("ReplicaFailure", "True", _) => {
+                Some(format!("its new pods are refused: {}", c.message.clone().unwrap_or_default()))
+            }
+            ("Progressing", "False", Some("ProgressDeadlineExceeded")) => {
+                Some(format!("its rollout stopped: {}", c.message.clone().unwrap_or_default()))
+            }
+            _ => None,
+        }
+    })
 }
 
 /// The pods a StatefulSet rollout cannot get past: of the failing revision, not terminating, not ready.
@@ -874,5 +936,52 @@ mod tests {
             None,
             "KubeSent's own write names nobody"
         );
+    }
+    #[test]
+    fn new_pods_admitted_with_another_limit_did_not_land_and_a_refused_rollout_is_blocked() {
+        let pod = |name: &str, hash: &str, memory: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"pod-template-hash": hash}},
+                "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": memory}}}]}}))
+            .expect("pod")
+        };
+        let raise = Action::IncreaseMemory {
+            container: "app".into(),
+            from: MemoryQuantity::from_mib(128),
+            to: MemoryQuantity::from_mib(256),
+        };
+        let is_old = |p: &Pod| {
+            p.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).map(String::as_str)
+                == Some("old")
+        };
+        let landed_ok = [pod("a", "old", "128Mi"), pod("b", "new", "256Mi")];
+        assert_eq!(landed(&landed_ok, &raise, is_old), Ok(()), "old pods keep their limit");
+        let clamped = [pod("a", "old", "128Mi"), pod("b", "new", "16Mi")];
+        let why = landed(&clamped, &raise, is_old).expect_err("clamped");
+        assert!(why.starts_with("pod b was admitted with memory limit 16Mi for app, not the 256Mi"), "{why}");
+
+        let deployment = |conditions: serde_json::Value| {
+            Workload::Deployment(Box::new(
+                serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": "web"}, "spec": {"selector": {}, "template": {}},
+                    "status": {"conditions": conditions}}),
+                )
+                .expect("deployment"),
+            ))
+        };
+        let refused = deployment(
+            serde_json::json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": "pods \"web-1\" is forbidden: exceeded quota: team", "lastUpdateTime": "2026-12-05T10:00:05Z"}]),
+        );
+        let at = |t: &str| t.parse::<jiff::Timestamp>().expect("time");
+        assert_eq!(
+            rollout_blocked(&refused, Some(at("2026-12-05T10:00:00Z"))).as_deref(),
+            Some("its new pods are refused: pods \"web-1\" is forbidden: exceeded quota: team")
+        );
+        assert_eq!(
+            rollout_blocked(&refused, Some(at("2026-12-05T10:01:00Z"))),
+            None,
+            "from before the change"
+        );
+        assert_eq!(rollout_blocked(&deployment(serde_json::json!([])), None), None);
     }
 }

@@ -20,7 +20,8 @@ use crate::{
 };
 use kubesent_proto::intent::{Intent, Phase};
 
-/// Annotation prefix marking a container whose KubeSent change a human reverted
+/// Annotation prefix marking a container whose KubeSent change was taken back (by a human with
+/// `kubesent undo`, or by KubeSent when it did not land)
 /// (`kubesent.io/reverted.<container>`, valued with the incident).
 pub const REVERTED_ANNOTATION: &str = "kubesent.io/reverted";
 
@@ -325,7 +326,8 @@ pub async fn undo(
     }
 }
 
-fn describe(action: &Action) -> String {
+/// An action in words (`memory limit of app 256Mi -> 128Mi`).
+pub(crate) fn describe(action: &Action) -> String {
     match action {
         Action::IncreaseMemory { container, from, to } => {
             format!("memory limit of {container} {from} -> {to}")

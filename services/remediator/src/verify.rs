@@ -78,6 +78,7 @@ impl Remediator {
                     let pods: Vec<Pod> = current.values().cloned().collect();
                     match evaluate(&pods) {
                         ladder::Progress::Failing(why) => return Verification::Failed(why),
+                        ladder::Progress::NotLanded(why) => return Verification::NotLanded(why),
                         ladder::Progress::Healthy => {
                             let since = *healthy_since.get_or_insert_with(tokio::time::Instant::now);
                             if window.is_zero() && since <= tokio::time::Instant::now() {
@@ -98,6 +99,7 @@ pub(crate) enum Verification {
     Healed,
     Failed(String),
     TimedOut(Duration),
+    NotLanded(String),
 }
 
 impl Verification {
@@ -109,6 +111,7 @@ impl Verification {
             Self::TimedOut(timeout) => {
                 (OutcomeResult::Ineffective, format!("{what} did not stay healthy within {timeout:?}"))
             }
+            Self::NotLanded(why) => (OutcomeResult::NotLanded, format!("{what} did not land: {why}")),
         }
     }
 }

@@ -3,12 +3,6 @@
 //! kubectl: JSONPatch mutations (the SREGym trap that clamps memory limits), refusals with the
 //! webhook's message, `FailedCreate` events, and the failure policy of a webhook that is down or slow.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
-
-use base64::Engine as _;
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
     core::v1::Event,
@@ -18,88 +12,16 @@ use serde_json::Value;
 
 use super::*;
 
-type Answerer = dyn Fn(&Value) -> Value + Send + Sync;
-
-/// A webhook server on a thread and runtime of its own: kube-sim calls webhooks from its write path,
-/// which in these tests runs on the test's own single-threaded runtime. Keeps every review it gets.
-struct WebhookServer {
-    addr: SocketAddr,
-    reviews: Arc<Mutex<Vec<Value>>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl WebhookServer {
-    fn start(answer: impl Fn(&Value) -> Value + Send + Sync + 'static) -> Self {
-        let reviews = Arc::new(Mutex::new(Vec::new()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready, addr) = std::sync::mpsc::channel();
-        let answer: Arc<Answerer> = Arc::new(answer);
-        let kept = reviews.clone();
-        std::thread::spawn(move || {
-            let runtime =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                ready.send(listener.local_addr().expect("addr")).expect("test waits");
-                let app = axum::Router::new().fallback(axum::routing::post(
-                    move |axum::Json(review): axum::Json<Value>| {
-                        let answer = answer.clone();
-                        let kept = kept.clone();
-                        async move {
-                            kept.lock().expect("reviews").push(review.clone());
-                            axum::Json(answer(&review))
-                        }
-                    },
-                ));
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serve");
-            });
-        });
-        Self { addr: addr.recv().expect("server address"), reviews, _stop: stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
-
-    fn reviews(&self) -> Vec<Value> {
-        self.reviews.lock().expect("reviews").clone()
-    }
-}
-
-/// The answer to `review`: allowed or refused, with an optional JSONPatch.
-fn answer(review: &Value, allowed: bool, status: Value, patch: Option<Value>) -> Value {
-    let mut response = json!({"uid": review["request"]["uid"], "allowed": allowed, "status": status});
-    if let Some(patch) = patch {
-        response["patchType"] = json!("JSONPatch");
-        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch.to_string()));
-    }
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
-}
+use kubesent_testkit::webhook::{WebhookServer, answer, pod_rule};
 
 /// A webhook configuration of one webhook, as a manifest for `kubectl apply`.
 fn configuration(kind: &str, name: &str, url: &str, rule: Value, extra: Value) -> String {
-    let mut webhook = json!({"name": name, "clientConfig": {"url": url}, "rules": [rule],
-        "sideEffects": "None", "admissionReviewVersions": ["v1"]});
-    if let (Some(webhook), Some(extra)) = (webhook.as_object_mut(), extra.as_object()) {
-        webhook.extend(extra.clone());
-    }
-    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
-        "metadata": {"name": name.split('.').next().unwrap_or(name)}, "webhooks": [webhook]})
-    .to_string()
+    kubesent_testkit::webhook::configuration(kind, name, url, rule, extra).to_string()
 }
 
 async fn kubectl_apply(kubectl: &std::path::Path, sim: &KubeSim, manifest: &str) {
     let out = kubectl_with_input(kubectl, sim, &["apply", "-f", "-"], manifest).await;
     assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn pod_rule(operations: &[&str]) -> Value {
-    json!({"operations": operations, "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]})
 }
 
 #[tokio::test]

@@ -115,37 +115,86 @@ impl Executor for OwnerPatch {
             delete_stuck_pods(&pods, &workload, &is_old).await?;
         }
         let config = watcher::Config::default().labels(&workload.selector());
-        let verification =
-            r.verify(pods, config, |pods| ladder::rollout_progress(pods, &container, &is_old, desired));
-        // Another writer that changes KubeSent's change back ends the verification at once: KubeSent
-        // never fights it.
-        let overridden = watch_for_override(&r.deps.kube, &namespace, &reference, &intent.action);
-        let (result, detail) = tokio::select! {
+        let action = intent.action.clone();
+        let verification = r.verify(pods, config, |pods| match ladder::landed(pods, &action, &is_old) {
+            Err(why) => ladder::Progress::NotLanded(why),
+            Ok(()) => ladder::rollout_progress(pods, &container, &is_old, desired),
+        });
+        // The workload itself is watched too: another writer that changes KubeSent's change back ends the
+        // verification at once (KubeSent never fights it), and so does a rollout its controller reports
+        // it cannot make.
+        let signal = watch_workload(&r.deps.kube, &namespace, &reference, &intent.action, intent.applied_at);
+        let (result, mut detail) = tokio::select! {
             verdict = verification => verdict.describe(&format!("the rollout of {workload}"), r.config.verify_window),
-            (manager, what) = overridden => {
-                info!(workload = %reference.name, %manager, "KubeSent's change was overridden");
-                (
-                    OutcomeResult::Overridden,
-                    format!(
-                        "{what}: {manager} changed {workload} while KubeSent verified its fix; KubeSent stopped, wrote nothing more, and only suggests for container {container} from now on"
-                    ),
-                )
-            }
+            signal = signal => match signal {
+                Signal::Overridden { manager, what } => {
+                    info!(workload = %reference.name, %manager, "KubeSent's change was overridden");
+                    (
+                        OutcomeResult::Overridden,
+                        format!(
+                            "{what}: {manager} changed {workload} while KubeSent verified its fix; KubeSent stopped, wrote nothing more, and only suggests for container {container} from now on"
+                        ),
+                    )
+                }
+                Signal::Blocked(why) => (OutcomeResult::NotLanded, format!("the rollout of {workload} did not land: {why}")),
+            },
         };
+        if result == OutcomeResult::NotLanded {
+            // What did not land is taken back, unless someone changed it meanwhile.
+            detail = match take_back(&api, &reference, intent).await {
+                Ok(restored) => format!("{detail}; KubeSent took its change back ({restored})"),
+                Err(why) => format!("{detail}; taking the change back failed: {why}"),
+            };
+        }
         r.announce(&workload.object_ref(), result, intent, &detail).await;
         Ok(Step::finish(result, detail))
     }
 }
 
+/// Restores what the intent changed in the workload's template, as `kubesent undo` does (only while the
+/// template still holds KubeSent's value). Returns what was restored.
+async fn take_back(api: &WorkloadApi, reference: &WorkloadRef, intent: &Intent) -> Result<String, String> {
+    for _ in 0..ATTEMPTS {
+        let workload = api.get(reference).await.map_err(|e| e.to_string())?;
+        let patch = crate::undo::undo_owner_patch(&workload, &intent.action, &intent.incident)
+            .map_err(|e| e.to_string())?;
+        match api.patch(&workload, patch).await {
+            Ok(()) => {
+                return Ok(crate::undo::reverse(&intent.action)
+                    .map(|back| crate::undo::describe(&back))
+                    .unwrap_or_default());
+            }
+            // The controller wrote its status meanwhile: read it again and re-check.
+            Err(WorkloadError::Kube(kube::Error::Api(status))) if status.is_conflict() => continue,
+            Err(WorkloadError::Kube(kube::Error::Api(status))) => return Err(status.message),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Err(format!("{reference} kept changing ({ATTEMPTS} attempts)"))
+}
+
+/// What the workload's watch says about a change under verification.
+enum Signal {
+    /// Another manager changed it back.
+    Overridden {
+        /// The field manager, in words.
+        manager: String,
+        /// What the template holds now.
+        what: String,
+    },
+    /// Its controller cannot roll it out (why).
+    Blocked(String),
+}
+
 /// Resolves once the workload's template no longer holds KubeSent's change (see
-/// [`ladder::overridden`]), with the field manager that changed it and what it holds now; never for an
-/// action whose change is not one field.
-async fn watch_for_override(
+/// [`ladder::overridden`]) or its controller reports the rollout blocked (see [`ladder::rollout_blocked`]).
+async fn watch_workload(
     kube: &kube::Client,
     namespace: &str,
     reference: &WorkloadRef,
     action: &Action,
-) -> (String, String) {
+    since: Option<jiff::Timestamp>,
+) -> Signal {
     use futures::StreamExt as _;
     use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     use kube_runtime::WatchStreamExt as _;
@@ -170,7 +219,10 @@ async fn watch_for_override(
                 || "a writer that left no field manager".to_owned(),
                 |m| format!("field manager {m:?}"),
             );
-            return (manager, what);
+            return Signal::Overridden { manager, what };
+        }
+        if let Some(why) = ladder::rollout_blocked(&workload, since) {
+            return Signal::Blocked(why);
         }
     }
     std::future::pending().await
