@@ -1084,27 +1084,7 @@ async fn a_stateful_set_updated_to_a_crash_looping_revision_is_rolled_back_from_
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
     let sets: Api<StatefulSet> = Api::namespaced(stack.kube.clone(), "shop");
     let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
-    let db: StatefulSet = serde_json::from_value(json!({
-        "metadata": {"name": "db", "namespace": "shop"},
-        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
-            "template": {"metadata": {"labels": {"app": "db"}},
-                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/db:16.4",
-                    "readinessProbe": {"tcpSocket": {"port": 5432}, "initialDelaySeconds": 5}}]}}}
-    }))
-    .expect("statefulset json");
-    sets.create(&PostParams::default(), &db).await.expect("statefulset created");
-    let ready =
-        |s: Option<&StatefulSet>| s.and_then(|s| s.status.as_ref()).and_then(|s| s.ready_replicas) == Some(3);
-    tokio::time::timeout(PATIENCE, await_condition(sets.clone(), "db", ready))
-        .await
-        .expect("revision 1 ready in time")
-        .expect("watch");
-    let good_template = sets.get("db").await.expect("db").spec.expect("spec").template;
-
-    let update = json!({"spec": {"template": {"metadata": {"annotations": {
-        "sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "1",
-        "sim.kubesent.io/logs": "FATAL: could not load server certificate file \"server.crt\": No such file or directory"}}}}});
-    sets.patch("db", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+    let good_template = stateful_set_updated_to_a_crash_loop(&stack, None).await;
 
     let verdict = next_verdict(&mut verdicts).await;
     let Action::RollbackRevision { from, to, .. } = verdict.action.clone() else {
@@ -1121,6 +1101,67 @@ async fn a_stateful_set_updated_to_a_crash_looping_revision_is_rolled_back_from_
         let revision = pod.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash"));
         assert_eq!(revision, Some(&to.name), "pod {:?} runs revision 1", pod.metadata.name);
     }
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+/// StatefulSet `db` of 3 pods, ready at revision 1 (with a PodDisruptionBudget requiring
+/// `min_available` of its pods, when given), then updated to a revision whose container exits at once.
+/// Returns revision 1's template.
+async fn stateful_set_updated_to_a_crash_loop(
+    stack: &Stack,
+    min_available: Option<i32>,
+) -> k8s_openapi::api::core::v1::PodTemplateSpec {
+    let sets: Api<StatefulSet> = Api::namespaced(stack.kube.clone(), "shop");
+    let db: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "shop"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/shop/db:16.4",
+                    "readinessProbe": {"tcpSocket": {"port": 5432}, "initialDelaySeconds": 5}}]}}}
+    }))
+    .expect("statefulset json");
+    sets.create(&PostParams::default(), &db).await.expect("statefulset created");
+    let ready =
+        |s: Option<&StatefulSet>| s.and_then(|s| s.status.as_ref()).and_then(|s| s.ready_replicas) == Some(3);
+    tokio::time::timeout(PATIENCE, await_condition(sets.clone(), "db", ready))
+        .await
+        .expect("revision 1 ready in time")
+        .expect("watch");
+    if let Some(min_available) = min_available {
+        let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+            Api::namespaced(stack.kube.clone(), "shop");
+        let budget = serde_json::from_value(json!({"metadata": {"name": "db"},
+            "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": "db"}}}}))
+        .expect("budget json");
+        budgets.create(&PostParams::default(), &budget).await.expect("budget created");
+    }
+    let good_template = sets.get("db").await.expect("db").spec.expect("spec").template;
+    let update = json!({"spec": {"template": {"metadata": {"annotations": {
+        "sim.kubesent.io/exit-code": "1", "sim.kubesent.io/run-seconds": "1",
+        "sim.kubesent.io/logs": "FATAL: could not load server certificate file \"server.crt\": No such file or directory"}}}}});
+    sets.patch("db", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+    good_template
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_pod_a_disruption_budget_protects_is_not_forced_out_and_the_fix_escalates() {
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    // Every pod must stay: the budget allows no disruption, not even of the pod stuck unready.
+    stateful_set_updated_to_a_crash_loop(&stack, Some(3)).await;
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Ineffective, "{}", outcome.detail);
+    assert!(
+        outcome.detail.contains("may not be evicted: PodDisruptionBudget db needs 3 healthy pods and has 2"),
+        "{}",
+        outcome.detail
+    );
+    assert!(outcome.detail.contains("KubeSent does not force an eviction"), "{}", outcome.detail);
+    let deleted =
+        stack.kube_sim.requests().into_iter().any(|r| r.method == "DELETE" && r.path.contains("/pods/"));
+    assert!(!deleted, "no pod was deleted around the budget");
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
 }

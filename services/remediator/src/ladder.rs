@@ -620,6 +620,46 @@ pub fn stuck_pods(pods: &[Pod], is_old: impl Fn(&Pod) -> bool) -> Vec<&Pod> {
         .collect()
 }
 
+/// Why a PodDisruptionBudget of `budgets` that selects `pod` (by `matchLabels`) refuses its eviction now,
+/// as the Eviction API would: a ready pod needs `disruptionsAllowed` above zero; an unready one may go
+/// while the budget is met (`currentHealthy ≥ desiredHealthy`, the default `IfHealthyBudget`), or always
+/// under `AlwaysAllow`.
+pub fn budget_refuses(
+    pod: &Pod,
+    budgets: &[k8s_openapi::api::policy::v1::PodDisruptionBudget],
+) -> Option<String> {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    budgets.iter().find_map(|budget| {
+        let spec = budget.spec.as_ref()?;
+        let selector = spec.selector.as_ref()?.match_labels.as_ref()?;
+        if selector.is_empty() || !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            return None;
+        }
+        let status = budget.status.as_ref()?;
+        let always = spec.unhealthy_pod_eviction_policy.as_deref() == Some("AlwaysAllow");
+        let (allowed_now, healthy, desired) = (
+            status.disruptions_allowed.unwrap_or(0),
+            status.current_healthy.unwrap_or(0),
+            status.desired_healthy.unwrap_or(0),
+        );
+        let allowed = if ready { allowed_now > 0 } else { always || healthy >= desired };
+        (!allowed).then(|| {
+            format!(
+                "PodDisruptionBudget {} needs {} healthy pods and has {} ({} disruptions allowed)",
+                budget.metadata.name.clone().unwrap_or_default(),
+                desired,
+                healthy,
+                allowed_now
+            )
+        })
+    })
+}
+
 /// Whether an in-place resize has been actuated, or the node cannot fit it.
 pub fn resize_state(pod: &Pod, container: &str, to: MemoryQuantity) -> Result<bool, String> {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
@@ -983,5 +1023,36 @@ mod tests {
             "from before the change"
         );
         assert_eq!(rollout_blocked(&deployment(serde_json::json!([])), None), None);
+    }
+    #[test]
+    fn a_budget_refuses_a_ready_pod_without_allowed_disruptions_and_an_unready_one_while_it_is_short() {
+        let pod = |ready: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "db-2", "labels": {"app": "db"}},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}}))
+            .expect("pod")
+        };
+        let budget = |healthy: i32, desired: i32, allowed: i32, policy: Option<&str>| {
+            serde_json::from_value::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(serde_json::json!({
+                "metadata": {"name": "db"},
+                "spec": {"selector": {"matchLabels": {"app": "db"}}, "unhealthyPodEvictionPolicy": policy},
+                "status": {"currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed, "expectedPods": 3}}))
+            .expect("budget")
+        };
+        let short = [budget(2, 3, 0, None)];
+        assert_eq!(
+            budget_refuses(&pod("False"), &short).as_deref(),
+            Some("PodDisruptionBudget db needs 3 healthy pods and has 2 (0 disruptions allowed)")
+        );
+        assert_eq!(budget_refuses(&pod("False"), &[budget(2, 3, 0, Some("AlwaysAllow"))]), None);
+        assert_eq!(
+            budget_refuses(&pod("False"), &[budget(2, 2, 0, None)]),
+            None,
+            "met: an unready pod may go"
+        );
+        assert!(
+            budget_refuses(&pod("True"), &[budget(2, 2, 0, None)]).is_some(),
+            "a ready pod needs an allowed disruption"
+        );
+        assert_eq!(budget_refuses(&pod("True"), &[budget(3, 2, 1, None)]), None);
     }
 }

@@ -1,10 +1,10 @@
 //! Owner patch: the owning Deployment's or StatefulSet's pod template is patched (guarded by its
 //! resourceVersion, re-checked on every conflict), then the rollout is verified.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{core::v1::Pod, policy::v1::PodDisruptionBudget};
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Preconditions},
+    api::{DeleteParams, EvictParams, ListParams, Preconditions},
 };
 use kube_runtime::watcher;
 use kubesent_proto::{Action, OutcomeResult, WorkloadKind, WorkloadRef};
@@ -111,8 +111,16 @@ impl Executor for OwnerPatch {
         let label = workload.revision_label();
         let is_old = move |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(label)) == Some(&old);
         let pods: Api<Pod> = Api::namespaced(r.deps.kube.clone(), &namespace);
-        if workload.kind() == WorkloadKind::StatefulSet {
-            delete_stuck_pods(&pods, &workload, &is_old).await?;
+        if workload.kind() == WorkloadKind::StatefulSet
+            && let Some(refused) =
+                evict_stuck_pods(&r.deps.kube, &namespace, &pods, &workload, &is_old).await?
+        {
+            // A disruption budget is not KubeSent's to override: a human decides.
+            let detail = format!(
+                "the template of {workload} is fixed, but {refused}; KubeSent does not force an eviction, so the fix cannot roll out until a human decides"
+            );
+            r.announce(&workload.object_ref(), OutcomeResult::Ineffective, intent, &detail).await;
+            return Ok(Step::finish(OutcomeResult::Ineffective, detail));
         }
         let config = watcher::Config::default().labels(&workload.selector());
         let action = intent.action.clone();
@@ -228,13 +236,16 @@ async fn watch_workload(
     std::future::pending().await
 }
 
-/// Deletes (uid-guarded) the StatefulSet's pods that the failing template left unready, so the
-/// controller creates them again from the fixed template (see [`ladder::stuck_pods`]).
-async fn delete_stuck_pods(
+/// Evicts (uid-guarded, through the Eviction API, so PodDisruptionBudgets are honoured) the StatefulSet's
+/// pods that the failing template left unready, so the controller creates them again from the fixed
+/// template (see [`ladder::stuck_pods`]). Returns why an eviction was refused, when a budget refused one.
+async fn evict_stuck_pods(
+    kube: &kube::Client,
+    namespace: &str,
     pods: &Api<Pod>,
     workload: &Workload,
     is_old: &impl Fn(&Pod) -> bool,
-) -> Result<(), StepError> {
+) -> Result<Option<String>, StepError> {
     let listed = pods.list(&ListParams::default().labels(&workload.selector())).await?;
     let owned: Vec<Pod> = listed
         .items
@@ -243,19 +254,46 @@ async fn delete_stuck_pods(
             p.metadata.owner_references.iter().flatten().any(|o| Some(o.uid.as_str()) == workload.uid())
         })
         .collect();
+    let budgets = Api::<PodDisruptionBudget>::namespaced(kube.clone(), namespace)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let budgets = budgets.as_slice();
     for pod in ladder::stuck_pods(&owned, is_old) {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let params = DeleteParams {
-            preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
-            ..DeleteParams::default()
+        let params = EvictParams {
+            delete_options: Some(DeleteParams {
+                preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                ..DeleteParams::default()
+            }),
+            ..EvictParams::default()
         };
-        match pods.delete(&name, &params).await {
+        // A budget that says no is read first: the API's 429 is retried by the client as if it were
+        // throttling.
+        if let Some(refused) = ladder::budget_refuses(pod, budgets) {
+            return Ok(Some(format!(
+                "pod {name}, stuck on the failing revision, may not be evicted: {refused}"
+            )));
+        }
+        match pods.evict(&name, &params).await {
             Ok(_) => {
-                info!(pod = %name, "deleted a pod stuck on the failing revision; the StatefulSet recreates it")
+                info!(pod = %name, "evicted a pod stuck on the failing revision; the StatefulSet recreates it")
             }
             Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {}
+            Err(kube::Error::Api(status)) if status.code == 429 => {
+                let budget = status
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.causes.first())
+                    .map(|c| format!(" ({})", c.message))
+                    .unwrap_or_default();
+                return Ok(Some(format!(
+                    "pod {name}, stuck on the failing revision, may not be evicted: {}{budget}",
+                    status.message
+                )));
+            }
             Err(error) => return Err(error.into()),
         }
     }
-    Ok(())
+    Ok(None)
 }
