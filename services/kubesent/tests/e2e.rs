@@ -622,6 +622,11 @@ async fn a_fix_a_gitops_tool_puts_back_ends_overridden_naming_it_and_is_never_fo
     );
     assert!(reconciler.applies() >= 2, "the reconciler put its manifest back");
     assert_eq!(kubesent_writes_to_web(&stack), 1, "KubeSent wrote once and did not fight");
+    assert_eq!(
+        stack.metrics.remediator.fixes_undone(OutcomeResult::Overridden),
+        1,
+        "the detection time was observed"
+    );
     reconciler.stop().await;
     stack.stop().await;
 }
@@ -678,6 +683,11 @@ async fn a_raise_a_webhook_clamps_on_the_way_in_ends_not_landed_and_is_taken_bac
         "only suggested after"
     );
     assert_eq!(kubesent_writes_to_web(&stack), 2, "the raise and its taking back, nothing more");
+    assert_eq!(
+        stack.metrics.remediator.fixes_undone(OutcomeResult::NotLanded),
+        1,
+        "the detection time was observed"
+    );
     assert!(!server.reviews().is_empty(), "kube-sim asked the webhook");
     stack.stop().await;
 }

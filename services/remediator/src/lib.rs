@@ -186,6 +186,19 @@ pub struct RemediatorMetrics {
     leader: Gauge,
     verdict_to_fix: kubesent_common::metrics::SliHistograms,
     failure_to_healed: kubesent_common::metrics::SliHistograms,
+    /// From the fix applied to KubeSent seeing that it did not land or was overridden, by result.
+    fix_undone: Family<
+        ResultLabel,
+        prometheus_client::metrics::histogram::Histogram,
+        fn() -> prometheus_client::metrics::histogram::Histogram,
+    >,
+}
+
+/// 50 ms to about half an hour: a refusal or an override shows in seconds.
+fn fix_undone_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.05, 2.0, 16),
+    )
 }
 
 impl Default for RemediatorMetrics {
@@ -197,6 +210,7 @@ impl Default for RemediatorMetrics {
             leader: Gauge::default(),
             verdict_to_fix: kubesent_common::metrics::sli_histograms(),
             failure_to_healed: kubesent_common::metrics::sli_histograms(),
+            fix_undone: Family::new_with_constructor(fix_undone_histogram),
         }
     }
 }
@@ -227,11 +241,44 @@ impl RemediatorMetrics {
             "From the failure (the container's termination or the condition's change, else its detection) to the fix verified healthy, by failure kind",
             metrics.failure_to_healed.clone(),
         );
+        r.register(
+            "fix_undone_detection_seconds",
+            "From a fix applied to KubeSent seeing that it did not land (not_landed) or another manager changed it back (overridden), by result",
+            metrics.fix_undone.clone(),
+        );
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
         for result in OutcomeResult::ALL {
             let _ = metrics.outcomes.get_or_create(&ResultLabel { result: result.as_str() });
         }
+        for result in [OutcomeResult::NotLanded, OutcomeResult::Overridden] {
+            let _ = metrics.fix_undone.get_or_create(&ResultLabel { result: result.as_str() });
+        }
         Arc::new(metrics)
+    }
+
+    /// Observes how long after `applied_at` a fix was seen not to land or to be overridden.
+    fn observe_fix_undone(&self, result: OutcomeResult, applied_at: jiff::Timestamp) {
+        let seconds = jiff::Timestamp::now().duration_since(applied_at).as_secs_f64();
+        if seconds >= 0.0 {
+            self.fix_undone.get_or_create(&ResultLabel { result: result.as_str() }).observe(seconds);
+        }
+    }
+
+    /// How many fixes were seen not to land (`NotLanded`) or to be overridden (`Overridden`).
+    pub fn fixes_undone(&self, result: OutcomeResult) -> u64 {
+        // A histogram keeps its count for the exposition only: read it from there.
+        let mut registry = Registry::default();
+        registry.register("undone", "", self.fix_undone.clone());
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            return 0;
+        }
+        let series = format!("result=\"{}\"", result.as_str());
+        text.lines()
+            .find(|line| line.starts_with("undone_count") && line.contains(&series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Outcomes recorded with `result`.

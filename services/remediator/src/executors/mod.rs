@@ -141,6 +141,11 @@ impl Remediator {
         )
         .await?;
         finished.recorded = true;
+        if let (OutcomeResult::NotLanded | OutcomeResult::Overridden, Some(applied_at)) =
+            (result, intent.applied_at)
+        {
+            self.deps.metrics.observe_fix_undone(result, applied_at);
+        }
         self.intents.advance(&intent, revision).await?;
         let lock =
             if intent.lock.is_empty() { intent::lock_key(&intent.target) } else { intent.lock.clone() };
