@@ -129,6 +129,12 @@ impl Remediator {
         intent.replacement_uid = replacement_uid.or(intent.replacement_uid.clone());
         intent.updated_at = jiff::Timestamp::now();
         let mut finished = Finished::of(&intent);
+        // Observed before the outcome is on the audit log, so a reader of both sees them agree.
+        if let (OutcomeResult::NotLanded | OutcomeResult::Overridden, Some(applied_at)) =
+            (result, intent.applied_at)
+        {
+            self.deps.metrics.observe_fix_undone(result, applied_at);
+        }
         // The outcome before the done mark: an intent marked done always has its outcome on the audit
         // log. A crash in between leaves the intent unfinished, and whoever finishes it records the same
         // outcome again (deduplicated by its message id).
@@ -141,11 +147,6 @@ impl Remediator {
         )
         .await?;
         finished.recorded = true;
-        if let (OutcomeResult::NotLanded | OutcomeResult::Overridden, Some(applied_at)) =
-            (result, intent.applied_at)
-        {
-            self.deps.metrics.observe_fix_undone(result, applied_at);
-        }
         self.intents.advance(&intent, revision).await?;
         let lock =
             if intent.lock.is_empty() { intent::lock_key(&intent.target) } else { intent.lock.clone() };
