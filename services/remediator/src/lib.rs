@@ -264,23 +264,6 @@ impl RemediatorMetrics {
         }
     }
 
-    /// How many fixes were seen not to land (`NotLanded`) or to be overridden (`Overridden`).
-    pub fn fixes_undone(&self, result: OutcomeResult) -> u64 {
-        // A histogram keeps its count for the exposition only: read it from there.
-        let mut registry = Registry::default();
-        registry.register("undone", "", self.fix_undone.clone());
-        let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
-            return 0;
-        }
-        let series = format!("result=\"{}\"", result.as_str());
-        text.lines()
-            .find(|line| line.starts_with("undone_count") && line.contains(&series))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|count| count.parse().ok())
-            .unwrap_or(0)
-    }
-
     /// Outcomes recorded with `result`.
     pub fn outcomes(&self, result: OutcomeResult) -> u64 {
         self.outcomes.get_or_create(&ResultLabel { result: result.as_str() }).get()
