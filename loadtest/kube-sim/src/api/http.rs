@@ -564,9 +564,10 @@ impl Ctx<'_> {
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         let force = self.patch_options(kind)?;
         let exists = kind != PatchType::Apply || self.state.store.get(self.def, ns, name).is_ok();
-        // Validated as the object the patch makes.
+        // Validated as the object the patch makes (an apply that creates the object: as applied).
         let warnings = match self.query.get("fieldValidation").map(String::as_str) {
             None | Some("" | "Ignore") => Vec::new(),
+            _ if !exists => self.field_warnings(&patch_body)?,
             _ => {
                 let current = self.state.store.get(self.def, ns, name)?.value();
                 self.field_warnings(&super::patch::apply(kind, &current, &patch_body)?)?

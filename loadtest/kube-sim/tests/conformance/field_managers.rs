@@ -223,6 +223,18 @@ async fn server_side_apply_refuses_to_change_another_managers_value_until_forced
     );
     assert_eq!(owner(&now, &MEMORY).as_deref(), Some("gitops"));
 
+    // kubectl creates with server-side apply too (it asks for server-side field validation).
+    let mut other = manifest("64Mi");
+    other["metadata"]["name"] = json!("api");
+    let out = kubectl_with_input(
+        &kubectl,
+        &sim,
+        &["apply", "--server-side", "--field-manager=gitops", "-f", "-"],
+        &other.to_string(),
+    )
+    .await;
+    assert!(out.status.success(), "created by kubectl's apply: {}", String::from_utf8_lossy(&out.stderr));
+
     // An apply without a field manager is refused as the apiserver refuses it.
     let (code, body) = raw_patch(
         &sim,
