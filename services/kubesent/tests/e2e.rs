@@ -539,6 +539,65 @@ async fn a_raise_no_node_has_room_for_is_denied_before_anything_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raise_whose_new_pods_cannot_be_scheduled_is_taken_back_within_seconds_and_reverted() {
+    // The pre-flight reads memory, not node selectors: the 4Gi node has room, but the Deployment may only
+    // run on the 1Gi one, where its two pods of 384Mi leave 256Mi.
+    let node = |name: &str, mib: u64, pool: &str| kubesent_kube_sim::nodes::NodeConfig {
+        memory: MemoryQuantity::from_mib(mib),
+        labels: [("pool".to_owned(), pool.to_owned())].into(),
+        ..kubesent_kube_sim::nodes::NodeConfig::worker(name)
+    };
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        rbac: true,
+        nodes: vec![node("sim-node-1", 1024, "web"), node("sim-node-2", 4096, "batch")],
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let web: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}, "annotations": {"sim.kubesent.io/memory-need": "600Mi"}},
+                "spec": {"nodeSelector": {"pool": "web"}, "containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+                    "resources": {"limits": {"memory": "384Mi"}}}]}}}
+    }))
+    .expect("deployment json");
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Reverted, "{}", outcome.detail);
+    assert!(outcome.detail.contains("made things worse: its new pod web-"), "{}", outcome.detail);
+    assert!(outcome.detail.contains("cannot be scheduled: 0/2 nodes are available"), "{}", outcome.detail);
+    assert!(
+        outcome.detail.contains("KubeSent took its change back (memory limit of app 768Mi -> 384Mi)"),
+        "{}",
+        outcome.detail
+    );
+    let web = deployments.get("web").await.expect("web");
+    let limit = web.spec.and_then(|s| s.template.spec).map(|s| s.containers[0].resources.clone());
+    assert_eq!(
+        limit.and_then(|r| r?.limits?.get("memory").cloned()).map(|q| q.0).as_deref(),
+        Some("384Mi"),
+        "the template is as it was"
+    );
+    assert_eq!(kubesent_writes_to_web(&stack), 2, "one change and its take-back, nothing more");
+    assert_eq!(fixes_undone(&stack, "reverted"), 1, "the detection time was observed");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(stack.kube.clone(), "shop");
+    let announced = events.list(&Default::default()).await.expect("events");
+    assert!(
+        announced.items.iter().any(|e| e.reason.as_deref() == Some("RemediationReverted")
+            && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Deployment")),
+        "announced on the Deployment: {:?}",
+        announced.items.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raise_the_namespaces_quota_cannot_hold_is_denied_naming_the_quota() {
     let stack = stack(36).await;
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");

@@ -64,6 +64,10 @@ pub struct RemediatorArgs {
     /// Manual-approval mode: every fix waits for `kubesent approve` (or `reject`).
     #[arg(long, env = "KUBESENT_REQUIRE_APPROVAL", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_approval: bool,
+    /// Take back a change of KubeSent's that did not land or made the workload worse (`false`: leave it
+    /// in place and only report it).
+    #[arg(long, env = "KUBESENT_TAKE_BACK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub take_back: bool,
 }
 
 impl RemediatorArgs {
@@ -92,6 +96,7 @@ impl RemediatorArgs {
             approval_required: self.require_approval,
             concurrency: self.concurrency,
             intent_retention: Duration::from_secs(self.intent_retention_days.saturating_mul(24 * 3600)),
+            take_back: self.take_back,
             ..RemediatorConfig::default()
         }
     }

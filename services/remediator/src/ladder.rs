@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodTemplateSpec};
 use kubesent_common::revisions::{Revision, same_template};
-use kubesent_proto::{Action, IncidentId, MemoryQuantity, RevisionRef, WorkloadRef};
+use kubesent_proto::{Action, FailureKind, IncidentId, MemoryQuantity, RevisionRef, WorkloadRef};
 use serde_json::{Value, json};
 
 use crate::{
@@ -476,6 +476,47 @@ pub enum Progress {
     Failing(String),
     /// What the cluster runs is not what was written: admission changed or refused it (why).
     NotLanded(String),
+    /// The change made the target worse than before: its new pods cannot be scheduled, or fail in
+    /// another way than the failure the change answered (why).
+    Worse(String),
+}
+
+/// The failure a container status shows now, by the detector's kinds (`None`: no failure).
+pub fn failure_kind(cs: &ContainerStatus) -> Option<FailureKind> {
+    let state = cs.state.as_ref()?;
+    if let Some(reason) = state.waiting.as_ref().and_then(|w| w.reason.as_deref()) {
+        let kind = match reason {
+            "ErrImagePull" => FailureKind::ErrImagePull,
+            "ImagePullBackOff" => FailureKind::ImagePullBackOff,
+            "InvalidImageName" => FailureKind::InvalidImageName,
+            "CreateContainerConfigError" => FailureKind::CreateContainerConfigError,
+            "CreateContainerError" | "RunContainerError" => FailureKind::StartError,
+            // Backing off: the termination before says why.
+            "CrashLoopBackOff" => {
+                return cs.last_state.as_ref()?.terminated.as_ref().map(termination_kind);
+            }
+            _ => return None,
+        };
+        return Some(kind);
+    }
+    state.terminated.as_ref().filter(|t| t.exit_code != 0).map(termination_kind)
+}
+
+fn termination_kind(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> FailureKind {
+    match (t.reason.as_deref(), t.exit_code) {
+        (Some("OOMKilled"), _) => FailureKind::OomKilled,
+        (Some("StartError" | "ContainerCannotRun"), _) | (_, 128) => FailureKind::StartError,
+        (_, 137) => FailureKind::Killed,
+        _ => FailureKind::CrashLoop,
+    }
+}
+
+/// The scheduler's message when `pod` fits no node (`PodScheduled=False`, reason `Unschedulable`).
+pub fn unschedulable(pod: &Pod) -> Option<String> {
+    pod.status.as_ref()?.conditions.as_ref()?.iter().find_map(|c| {
+        (c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+            .then(|| c.message.clone().unwrap_or_else(|| "Unschedulable".to_owned()))
+    })
 }
 
 fn status_of<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStatus> {
@@ -518,21 +559,34 @@ pub fn container_progress(pod: &Pod, container: &str, baseline_restarts: Option<
 }
 
 /// The progress of a rollout: the pods not created from the failing template (`old`) must all be
-/// healthy, and there must be `desired` of them.
+/// healthy, and there must be `desired` of them. A new pod the scheduler cannot place, or one that fails
+/// otherwise than `answered` (the failure the change was made for), means the change made things worse.
 pub fn rollout_progress(
     pods: &[Pod],
     container: &str,
     is_old: impl Fn(&Pod) -> bool,
     desired: i32,
+    answered: Option<FailureKind>,
 ) -> Progress {
     let new: Vec<&Pod> =
         pods.iter().filter(|p| !is_old(p) && p.metadata.deletion_timestamp.is_none()).collect();
     for pod in &new {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if let Some(message) = unschedulable(pod) {
+            return Progress::Worse(format!("its new pod {name} cannot be scheduled: {message}"));
+        }
         if let Progress::Failing(why) = container_progress(pod, container, None) {
-            return Progress::Failing(format!(
-                "pod {}: {why}",
-                pod.metadata.name.clone().unwrap_or_default()
-            ));
+            let now = status_of(pod, container).and_then(failure_kind);
+            if let (Some(answered), Some(now)) = (answered, now)
+                && answered.family() != now.family()
+            {
+                return Progress::Worse(format!(
+                    "its new pod {name} fails in a new way: {} ({why}), where the incident was {}",
+                    now.as_str(),
+                    answered.as_str()
+                ));
+            }
+            return Progress::Failing(format!("pod {name}: {why}"));
         }
     }
     let healthy = new.iter().filter(|p| container_progress(p, container, None) == Progress::Healthy).count();
@@ -1023,6 +1077,72 @@ mod tests {
             "from before the change"
         );
         assert_eq!(rollout_blocked(&deployment(serde_json::json!([])), None), None);
+    }
+    #[test]
+    fn a_new_pod_that_cannot_be_scheduled_or_fails_in_a_new_way_is_worse_and_the_same_failure_is_not() {
+        let pod = |name: &str, hash: &str, status: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": name, "labels": {"pod-template-hash": hash}},
+                "spec": {"containers": [{"name": "app", "image": "web:1"}]}, "status": status}),
+            )
+            .expect("pod")
+        };
+        let is_old = |p: &Pod| {
+            p.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).map(String::as_str)
+                == Some("old")
+        };
+        let terminated = |reason: &str, code: i32| {
+            serde_json::json!({"containerStatuses": [{"name": "app", "image": "web:1", "imageID": "", "ready": false,
+                "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": code, "reason": reason}}}]})
+        };
+        let old = pod("a", "old", terminated("OOMKilled", 137));
+        let pending = pod(
+            "b",
+            "new",
+            serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": "0/2 nodes are available: 2 Insufficient memory."}]}),
+        );
+        let oom = Some(FailureKind::OomKilled);
+        assert_eq!(
+            rollout_progress(&[old.clone(), pending], "app", is_old, 1, oom),
+            Progress::Worse(
+                "its new pod b cannot be scheduled: 0/2 nodes are available: 2 Insufficient memory.".into()
+            )
+        );
+        let crashing = pod("b", "new", terminated("Error", 1));
+        assert_eq!(
+            rollout_progress(&[old.clone(), crashing.clone()], "app", is_old, 1, oom),
+            Progress::Worse(
+                "its new pod b fails in a new way: crash-loop (restarted again (Error)), where the incident was oom-killed"
+                    .into()
+            )
+        );
+        assert!(
+            matches!(
+                rollout_progress(&[old.clone(), crashing], "app", is_old, 1, Some(FailureKind::CrashLoop)),
+                Progress::Failing(_)
+            ),
+            "the same failure again: the fix did not help, but did not hurt"
+        );
+        let still_oom = pod("b", "new", terminated("OOMKilled", 137));
+        assert!(matches!(
+            rollout_progress(&[old.clone(), still_oom], "app", is_old, 1, oom),
+            Progress::Failing(_)
+        ));
+        let pulling = pod(
+            "b",
+            "new",
+            serde_json::json!({"containerStatuses": [{"name": "app", "image": "web:1", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}),
+        );
+        assert!(
+            matches!(
+                rollout_progress(&[old, pulling], "app", is_old, 1, Some(FailureKind::ErrImagePull)),
+                Progress::Failing(_)
+            ),
+            "ErrImagePull and ImagePullBackOff are one failure"
+        );
     }
     #[test]
     fn a_budget_refuses_a_ready_pod_without_allowed_disruptions_and_an_unready_one_while_it_is_short() {

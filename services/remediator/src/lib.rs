@@ -99,6 +99,8 @@ pub struct RemediatorConfig {
     pub verify_window: Duration,
     /// Longest wait for a replacement to become ready before the fix counts as ineffective.
     pub verify_timeout: Duration,
+    /// Take back a change of KubeSent's that did not land or made the workload worse (on by default).
+    pub take_back: bool,
 }
 
 impl Default for RemediatorConfig {
@@ -115,6 +117,7 @@ impl Default for RemediatorConfig {
             delete_timeout: Duration::from_secs(120),
             verify_window: Duration::from_secs(120),
             verify_timeout: Duration::from_secs(600),
+            take_back: true,
         }
     }
 }
@@ -243,14 +246,14 @@ impl RemediatorMetrics {
         );
         r.register(
             "fix_undone_detection_seconds",
-            "From a fix applied to KubeSent seeing that it did not land (not_landed) or another manager changed it back (overridden), by result",
+            "From a fix applied to KubeSent seeing that it did not land (not_landed), another manager changed it back (overridden) or it made the workload worse and was taken back (reverted), by result",
             metrics.fix_undone.clone(),
         );
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
         for result in OutcomeResult::ALL {
             let _ = metrics.outcomes.get_or_create(&ResultLabel { result: result.as_str() });
         }
-        for result in [OutcomeResult::NotLanded, OutcomeResult::Overridden] {
+        for result in [OutcomeResult::NotLanded, OutcomeResult::Overridden, OutcomeResult::Reverted] {
             let _ = metrics.fix_undone.get_or_create(&ResultLabel { result: result.as_str() });
         }
         Arc::new(metrics)

@@ -39,7 +39,7 @@ pub enum Refusal {
     OutOfBounds(#[from] OutOfBounds),
     /// A human reverted an earlier change of KubeSent's to this container.
     #[error(
-        "KubeSent's change to container {container} (incident {incident}) was taken back (by `kubesent undo`, or because it did not land); further changes are only suggested"
+        "KubeSent's change to container {container} (incident {incident}) was taken back (by `kubesent undo`, or by KubeSent because it did not land or made things worse); further changes are only suggested"
     )]
     RevertedByHuman {
         /// The container.

@@ -79,6 +79,7 @@ impl Remediator {
                     match evaluate(&pods) {
                         ladder::Progress::Failing(why) => return Verification::Failed(why),
                         ladder::Progress::NotLanded(why) => return Verification::NotLanded(why),
+                        ladder::Progress::Worse(why) => return Verification::Worse(why),
                         ladder::Progress::Healthy => {
                             let since = *healthy_since.get_or_insert_with(tokio::time::Instant::now);
                             if window.is_zero() && since <= tokio::time::Instant::now() {
@@ -100,6 +101,7 @@ pub(crate) enum Verification {
     Failed(String),
     TimedOut(Duration),
     NotLanded(String),
+    Worse(String),
 }
 
 impl Verification {
@@ -112,6 +114,7 @@ impl Verification {
                 (OutcomeResult::Ineffective, format!("{what} did not stay healthy within {timeout:?}"))
             }
             Self::NotLanded(why) => (OutcomeResult::NotLanded, format!("{what} did not land: {why}")),
+            Self::Worse(why) => (OutcomeResult::Reverted, format!("{what} made things worse: {why}")),
         }
     }
 }

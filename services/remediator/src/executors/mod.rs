@@ -130,8 +130,11 @@ impl Remediator {
         intent.updated_at = jiff::Timestamp::now();
         let mut finished = Finished::of(&intent);
         // Observed before the outcome is on the audit log, so a reader of both sees them agree.
-        if let (OutcomeResult::NotLanded | OutcomeResult::Overridden, Some(applied_at)) =
-            (result, intent.applied_at)
+        // (A `reverted` recorded here is KubeSent's own take-back; `kubesent undo` records elsewhere.)
+        if let (
+            OutcomeResult::NotLanded | OutcomeResult::Overridden | OutcomeResult::Reverted,
+            Some(applied_at),
+        ) = (result, intent.applied_at)
         {
             self.deps.metrics.observe_fix_undone(result, applied_at);
         }
@@ -186,10 +189,12 @@ impl Remediator {
         intent: &Intent,
         detail: &str,
     ) {
-        let (kind, reason) = if result == OutcomeResult::Healed {
-            (EventType::Normal, "Remediated")
-        } else {
-            (EventType::Warning, "RemediationIneffective")
+        let (kind, reason) = match result {
+            OutcomeResult::Healed => (EventType::Normal, "Remediated"),
+            OutcomeResult::Reverted => (EventType::Warning, "RemediationReverted"),
+            OutcomeResult::NotLanded => (EventType::Warning, "RemediationNotLanded"),
+            OutcomeResult::Overridden => (EventType::Warning, "RemediationOverridden"),
+            _ => (EventType::Warning, "RemediationIneffective"),
         };
         self.event(object, kind, reason, intent.action.kind_str(), detail.to_owned()).await;
     }

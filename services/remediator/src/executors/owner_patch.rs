@@ -124,9 +124,10 @@ impl Executor for OwnerPatch {
         }
         let config = watcher::Config::default().labels(&workload.selector());
         let action = intent.action.clone();
+        let answered = intent.verdict.as_ref().map(|v| v.failure.kind);
         let verification = r.verify(pods, config, |pods| match ladder::landed(pods, &action, &is_old) {
             Err(why) => ladder::Progress::NotLanded(why),
-            Ok(()) => ladder::rollout_progress(pods, &container, &is_old, desired),
+            Ok(()) => ladder::rollout_progress(pods, &container, &is_old, desired, answered),
         });
         // The workload itself is watched too: another writer that changes KubeSent's change back ends the
         // verification at once (KubeSent never fights it), and so does a rollout its controller reports
@@ -144,15 +145,32 @@ impl Executor for OwnerPatch {
                         ),
                     )
                 }
-                Signal::Blocked(why) => (OutcomeResult::NotLanded, format!("the rollout of {workload} did not land: {why}")),
+                Signal::Blocked(why) => (OutcomeResult::Reverted, format!("the rollout of {workload} made things worse: {why}")),
             },
         };
-        if result == OutcomeResult::NotLanded {
-            // What did not land is taken back, unless someone changed it meanwhile.
-            detail = match take_back(&api, &reference, intent).await {
-                Ok(restored) => format!("{detail}; KubeSent took its change back ({restored})"),
-                Err(why) => format!("{detail}; taking the change back failed: {why}"),
-            };
+        // What did not land or made things worse is taken back, unless someone changed it meanwhile.
+        let mut result = result;
+        if matches!(result, OutcomeResult::NotLanded | OutcomeResult::Reverted) {
+            if !r.config.take_back {
+                detail = format!(
+                    "{detail}; KubeSent left its change in place (taking changes back is turned off)"
+                );
+                if result == OutcomeResult::Reverted {
+                    result = OutcomeResult::Ineffective;
+                }
+            } else {
+                detail = match take_back(&api, &reference, intent).await {
+                    Ok(restored) => format!(
+                        "{detail}; KubeSent took its change back ({restored}) and leaves container {container} to a human"
+                    ),
+                    Err(why) => {
+                        if result == OutcomeResult::Reverted {
+                            result = OutcomeResult::Ineffective;
+                        }
+                        format!("{detail}; taking the change back failed: {why}")
+                    }
+                };
+            }
         }
         r.announce(&workload.object_ref(), result, intent, &detail).await;
         Ok(Step::finish(result, detail))
