@@ -760,11 +760,11 @@ impl Remediator {
         marker: Option<proto::IncidentId>,
     ) -> Result<Option<plan::PreviousFix>, StepError> {
         let Some(incident) = marker else { return Ok(None) };
-        Ok(self
-            .intents
-            .get(&incident)
-            .await?
-            .map(|(intent, _)| plan::PreviousFix { incident, result: intent.result }))
+        Ok(self.intents.get(&incident).await?.map(|(intent, _)| plan::PreviousFix {
+            incident,
+            result: intent.result,
+            action: intent.action,
+        }))
     }
 
     /// Stores the next phase of an intent.

@@ -47,6 +47,8 @@ pub struct PreviousFix {
     pub incident: IncidentId,
     /// How it ended (`None`: still under way).
     pub result: Option<OutcomeResult>,
+    /// What it changed.
+    pub action: Action,
 }
 
 /// The remediator's own settings the plan depends on.
@@ -138,6 +140,16 @@ pub fn decide(
     }
     if let Some(previous) = seen.previous_fix
         && previous.result == Some(OutcomeResult::Overridden)
+    {
+        return Err(Refusal::OverriddenBefore(previous.incident.clone()));
+    }
+    // A change that healed and is no longer in the template was put back by someone else since: KubeSent
+    // does not write it again (that would be fighting), it only suggests.
+    if let (Some(previous), Owner::Workload(workload)) = (seen.previous_fix, owner)
+        && previous.result == Some(OutcomeResult::Healed)
+        && previous.action.container().is_some()
+        && previous.action.container() == verdict.action.container()
+        && ladder::overridden(workload, &previous.action).is_some()
     {
         return Err(Refusal::OverriddenBefore(previous.incident.clone()));
     }
@@ -396,7 +408,11 @@ mod tests {
     }
 
     fn rows() -> Vec<Row> {
-        let before = |result| PreviousFix { incident: IncidentId("inc-before".into()), result: Some(result) };
+        let before = |result| PreviousFix {
+            incident: IncidentId("inc-before".into()),
+            result: Some(result),
+            action: increase(128, 256),
+        };
         let on_delete = {
             let mut object = deployment_json("256Mi", json!({}));
             object["spec"]["serviceName"] = json!("web");
@@ -542,6 +558,24 @@ mod tests {
             Row {
                 previous_fix: Some(before(OutcomeResult::Applied)),
                 ..bare_row("a fix that healed before does not stop a new one")
+            },
+            Row {
+                previous_fix: Some(before(OutcomeResult::Healed)),
+                ..deployment_row(
+                    "a fix that healed and still holds does not stop a new one",
+                    deployment("256Mi", json!({})),
+                )
+            },
+            Row {
+                previous_fix: Some(PreviousFix {
+                    action: increase(256, 512),
+                    ..before(OutcomeResult::Healed)
+                }),
+                expect: refused(OutcomeResult::Suggested, |r| matches!(r, Refusal::OverriddenBefore(_))),
+                ..deployment_row(
+                    "a fix that healed and that someone has put back since is not made again",
+                    deployment("256Mi", json!({})),
+                )
             },
             Row {
                 previous_fix: Some(before(OutcomeResult::Overridden)),
