@@ -14,7 +14,7 @@ DEV := $(TARGET_DIR)/debug/kubesent-dev
 DEV_RELEASE := $(TARGET_DIR)/release/kubesent-dev
 DEMO_ARGS ?=
 
-.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser hostile chaos loadtest clean
+.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser hostile chaos world loadtest clean
 
 setup: $(NATS_SERVER)
 
@@ -78,6 +78,12 @@ FAULTS ?= 500
 chaos: setup
 	$(BUILD_BOTH) --release
 	$(DEV_RELEASE) loadtest chaos --faults $(FAULTS)
+
+## The world campaign: ≥ 200 incidents among quotas, LimitRanges, webhooks, small nodes, reconcilers, VPAs and PDBs.
+INCIDENTS ?= 220
+world: setup
+	$(BUILD_BOTH) --release
+	$(DEV_RELEASE) loadtest world --incidents $(INCIDENTS)
 
 ## The hostile-message campaign (600 forged, replayed, mutated and malformed messages and attempts).
 hostile: setup

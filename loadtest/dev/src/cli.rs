@@ -188,6 +188,29 @@ enum Scenario {
         #[arg(long)]
         logs: Option<std::path::PathBuf>,
     },
+    /// The world: ≥ 200 incidents, each in a namespace with a constraint a real cluster puts between a fix
+    /// and its landing (quota, LimitRange, clamping or refusing webhook, a node pool too small, a GitOps
+    /// reconciler, a VPA, a PDB), against the real topology as processes; fails on any invariant violation.
+    World {
+        /// Incidents (namespaces).
+        #[arg(long, default_value_t = 220)]
+        incidents: usize,
+        /// Incidents set up at once.
+        #[arg(long, default_value_t = 20)]
+        parallel: usize,
+        /// Seed of the constraints drawn.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the JSON and markdown reports go.
+        #[arg(long, default_value = "loadtest/reports")]
+        report_dir: std::path::PathBuf,
+        /// Where the services' logs go and stay (a temporary directory, removed at the end, when unset).
+        #[arg(long)]
+        logs: Option<std::path::PathBuf>,
+        /// Run the remediator with taking back turned off, to see the checker catch what it leaves.
+        #[arg(long)]
+        without_take_back: bool,
+    },
     /// Hostile messages: forged, replayed, mutated and malformed jobs, verdicts and KV writes from
     /// unprivileged and wrongly privileged clients against the services as processes; fails unless
     /// nothing outside policy changed and no service crashed.
@@ -329,6 +352,7 @@ async fn run_loadtest(scenario: Scenario, kubesent: Option<&Path>) -> anyhow::Re
     let filter = match scenario {
         Scenario::Hostile { .. }
         | Scenario::Chaos { .. }
+        | Scenario::World { .. }
         | Scenario::Storm { .. }
         | Scenario::ModelBound { .. } => {
             "warn,async_nats=off,kubesent_common::nats::connect=off,kube_client::client::builder=off"
@@ -398,6 +422,26 @@ async fn run_loadtest(scenario: Scenario, kubesent: Option<&Path>) -> anyhow::Re
             }
             if !report.violations.is_empty() {
                 anyhow::bail!("the chaos campaign found {} invariant violation(s)", report.violations.len());
+            }
+        }
+        Scenario::World { incidents, parallel, seed, report_dir, logs, without_take_back } => {
+            let options = kubesent_loadtest::campaign::world::WorldOptions {
+                exe: exe.clone(),
+                incidents,
+                parallel,
+                seed,
+                every_constraint_first: true,
+                report_dir: Some(report_dir),
+                dir: logs,
+                without_take_back,
+            };
+            let report = kubesent_loadtest::campaign::world::run(&options).await?;
+            print!("{report}");
+            if let Some(path) = &report.written {
+                println!("\nreport: {}", path.display());
+            }
+            if !report.violations.is_empty() {
+                anyhow::bail!("the world campaign found {} invariant violation(s)", report.violations.len());
             }
         }
         Scenario::Hostile { messages, seed, report_dir } => {

@@ -304,6 +304,7 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
             ("KUBESENT_LOG_JSON", "false".to_owned()),
         ]),
         dir: args.dir.clone(),
+        ..TopologyOptions::default()
     })
     .await
     .context("starting the services")?;

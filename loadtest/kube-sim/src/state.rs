@@ -28,6 +28,8 @@ pub struct RequestRecord {
     pub client: String,
     /// The request body's `Content-Type` (empty when none was sent).
     pub content_type: String,
+    /// When it was answered.
+    pub at: jiff::Timestamp,
 }
 
 impl RequestRecord {
@@ -103,6 +105,7 @@ impl SimState {
             status,
             client: client.to_owned(),
             content_type: content_type.to_owned(),
+            at: jiff::Timestamp::now(),
         });
     }
 }

@@ -216,17 +216,17 @@ impl fmt::Display for ChaosReport {
 }
 
 /// A small deterministic generator (xorshift64*), so a seed repeats a campaign.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }
@@ -333,7 +333,7 @@ fn deployment(name: &str, annotations: Value) -> Deployment {
 }
 
 /// Retries an API call through injected faults (errors, 429s) for up to a minute.
-async fn retry<T, F, Fut>(call: F) -> anyhow::Result<T>
+pub(crate) async fn retry<T, F, Fut>(call: F) -> anyhow::Result<T>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,

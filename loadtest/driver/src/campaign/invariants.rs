@@ -217,7 +217,13 @@ pub fn check(
                 Strategy::OwnerPatch => i.workload.as_ref().is_some_and(|w| w.name == name),
                 _ => i.target.name == name,
             })
-            .count()
+            // A template change that did not land or made things worse is taken back: one more write.
+            .map(|i| {
+                let took_back = strategy == Strategy::OwnerPatch
+                    && matches!(i.result, Some(OutcomeResult::NotLanded | OutcomeResult::Reverted));
+                if took_back { 2 } else { 1 }
+            })
+            .sum::<usize>()
     };
     for ((method, path), count) in &counts {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -7,3 +7,4 @@ pub mod model_bound;
 pub mod report;
 pub mod storm;
 pub mod topology;
+pub mod world;

@@ -52,6 +52,10 @@ pub struct TopologyOptions {
     pub overrides: Vec<(String, String)>,
     /// Where logs and kubeconfigs go (a temporary directory when `None`).
     pub dir: Option<PathBuf>,
+    /// kube-sim's nodes (its default when empty).
+    pub nodes: Vec<kubesent_kube_sim::nodes::NodeConfig>,
+    /// Namespaces kube-sim starts with besides the system ones (its default when empty).
+    pub namespaces: Vec<String>,
 }
 
 impl Default for TopologyOptions {
@@ -66,6 +70,8 @@ impl Default for TopologyOptions {
             overrides: Vec::new(),
             // KUBESENT_CAMPAIGN_LOGS keeps every replica's log (and kubeconfig) for a look afterwards.
             dir: std::env::var_os("KUBESENT_CAMPAIGN_LOGS").map(PathBuf::from),
+            nodes: Vec::new(),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -193,10 +199,17 @@ impl Topology {
                 (Some(temp), dir)
             }
         };
+        let defaults = SimConfig::default();
         let sim = KubeSim::start(SimConfig {
             time_scale: options.time_scale,
             kubernetes_minor: options.kubernetes_minor,
-            ..SimConfig::default()
+            nodes: if options.nodes.is_empty() { defaults.nodes.clone() } else { options.nodes.clone() },
+            namespaces: if options.namespaces.is_empty() {
+                defaults.namespaces.clone()
+            } else {
+                options.namespaces.clone()
+            },
+            ..defaults
         })
         .await?;
         let admin = sim.enable_rbac();
