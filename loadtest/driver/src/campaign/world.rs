@@ -706,7 +706,10 @@ fn check(
         if template_limit != Some(limit) && !healed {
             violation(
                 "nothing left changed that did not help",
-                format!("the template's memory limit is {template_limit:?} and no fix healed"),
+                format!(
+                    "the template's memory limit is {} and no fix healed",
+                    template_limit.map_or_else(|| "unset".to_owned(), |m| m.to_string())
+                ),
             );
         }
         if case.constraint.healable() {
