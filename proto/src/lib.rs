@@ -384,6 +384,10 @@ pub struct Verdict {
     /// What the diagnosis was made from, in a line (logs, events, revisions, node), for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<String>,
+    /// The incident whose change of KubeSent's caused this failure (the pod runs what KubeSent wrote
+    /// for it): the failure is KubeSent's, not the owner's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<IncidentId>,
 }
 
 /// How the remediator carried out an action.
@@ -528,6 +532,9 @@ pub struct Diagnosis {
     /// What the diagnosis was made from, in a line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<String>,
+    /// The incident whose change of KubeSent's caused this failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<IncidentId>,
 }
 
 impl Diagnosis {
@@ -542,6 +549,7 @@ impl Diagnosis {
             detected_at: verdict.detected_at,
             diagnosed_at: verdict.diagnosed_at,
             evidence: verdict.evidence.clone(),
+            caused_by: verdict.caused_by.clone(),
         }
     }
 }

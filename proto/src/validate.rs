@@ -323,6 +323,9 @@ impl Validate for Verdict {
         if let Some(evidence) = &self.evidence {
             text("evidence", evidence, MAX_TEXT_BYTES)?;
         }
+        if let Some(cause) = &self.caused_by {
+            incident("caused_by", cause)?;
+        }
         if self.confidence > 100 {
             return Err(bad("confidence", format!("{} is not a percentage", self.confidence)));
         }

@@ -237,6 +237,7 @@ impl Target {
             diagnosed_at: jiff::Timestamp::now(),
             detected_at: None,
             evidence: None,
+            caused_by: None,
         }
     }
 

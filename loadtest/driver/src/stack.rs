@@ -47,6 +47,8 @@ pub struct StackOptions {
     pub model: bool,
     /// kube-sim's nodes (its three large workers by default).
     pub nodes: Vec<kubesent_kube_sim::nodes::NodeConfig>,
+    /// Whether the remediator takes back a change that did not land or made things worse.
+    pub take_back: bool,
 }
 
 impl Default for StackOptions {
@@ -61,6 +63,7 @@ impl Default for StackOptions {
             unready_threshold: Duration::from_secs(2),
             model: false,
             nodes: SimConfig::default().nodes,
+            take_back: true,
         }
     }
 }
@@ -227,6 +230,7 @@ impl Stack {
             identity: "remediator-0".into(),
             verify_window: options.verify_window,
             verify_timeout: options.verify_window * 10 + Duration::from_secs(30),
+            take_back: options.take_back,
             ..RemediatorConfig::default()
         };
         remediator.policy.dry_run = options.dry_run;

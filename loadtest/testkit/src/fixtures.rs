@@ -234,6 +234,7 @@ pub fn verdict(pod: &Pod, action: Action) -> Verdict {
         diagnosed_at: jiff::Timestamp::now(),
         detected_at: None,
         evidence: None,
+        caused_by: None,
     }
 }
 

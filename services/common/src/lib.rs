@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod headers;
 pub mod leader;
+pub mod marks;
 pub mod metrics;
 pub mod nats;
 pub mod owner;

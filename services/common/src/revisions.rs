@@ -10,7 +10,7 @@ use k8s_openapi::{
         apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet},
         core::v1::{Pod, PodTemplateSpec},
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ManagedFieldsEntry, ObjectMeta},
 };
 use kube::{Api, api::ListParams};
 use kubesent_proto::{WorkloadKind, WorkloadRef};
@@ -53,6 +53,18 @@ pub struct History {
     pub previous: Option<Revision>,
     /// The workload's newest revision number (the one its template holds now).
     pub newest: Option<i64>,
+    /// The workload's annotations (KubeSent's marks among them, see [`crate::marks`]).
+    pub owner_annotations: BTreeMap<String, String>,
+    /// The workload's `managedFields` (who wrote which field of its template).
+    pub owner_managed_fields: Vec<ManagedFieldsEntry>,
+}
+
+impl History {
+    fn with_owner_meta(mut self, meta: &ObjectMeta) -> Self {
+        self.owner_annotations = meta.annotations.clone().unwrap_or_default();
+        self.owner_managed_fields = meta.managed_fields.clone().unwrap_or_default();
+        self
+    }
 }
 
 /// The controller named in `meta`'s owner references (kind, name).
@@ -65,9 +77,12 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<(String, String)> {
 pub async fn history(kube: &kube::Client, namespace: &str, pod: &Pod) -> Result<History, kube::Error> {
     match crate::owner::resolve(kube, namespace, &pod.metadata).await? {
         Resolved::Deployment { replica_set, deployment } => {
-            deployment_history(kube, namespace, &replica_set, &deployment).await
+            let history = deployment_history(kube, namespace, &replica_set, &deployment).await?;
+            Ok(history.with_owner_meta(&deployment.metadata))
         }
-        Resolved::StatefulSet(set) => stateful_set_history(kube, namespace, pod, &set).await,
+        Resolved::StatefulSet(set) => {
+            Ok(stateful_set_history(kube, namespace, pod, &set).await?.with_owner_meta(&set.metadata))
+        }
         Resolved::Bare | Resolved::Other { .. } | Resolved::Missing { .. } => Ok(History::default()),
     }
 }
@@ -102,7 +117,7 @@ fn history_of(owner: WorkloadRef, current: Option<Revision>, owned: &[Revision])
         owned.iter().filter(|r| r.number < current.number).max_by_key(|r| r.number).cloned()
     });
     let newest = owned.iter().map(|r| r.number).chain(current.as_ref().map(|c| c.number)).max();
-    History { owner: Some(owner), current, previous, newest }
+    History { owner: Some(owner), current, previous, newest, ..History::default() }
 }
 
 /// A pod template as a rollback restores it: without the label a controller adds to tell its revisions

@@ -160,6 +160,9 @@ pub struct Evidence {
     /// The node the pod runs on, when it was read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeHealth>,
+    /// KubeSent's own change, when the pod runs it and fails in a way it can cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_change: Option<kubesent_common::marks::OwnChange>,
 }
 
 /// What a pod's node reports about itself: the conditions that are not as a healthy node's are.
@@ -383,6 +386,7 @@ pub fn build(
         revision,
         previous_revision,
         node: None,
+        own_change: None,
     }
 }
 

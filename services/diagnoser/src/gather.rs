@@ -1,12 +1,14 @@
 //! Reads the evidence of a job from the Kubernetes API. Only the pod itself is required; logs, events
 //! and owners that cannot be read (gone, forbidden, not served) leave their part of the evidence empty.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::{
     api::{
         batch::v1::Job,
         core::v1::{Event, Node, Pod},
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta},
 };
 use kube::{
     Api,
@@ -42,10 +44,23 @@ pub async fn gather(
     };
     let logs = logs(&pods, job, redactor).await;
     let events = events(kube, namespace, &job.pod.name).await;
-    let (owners, revision, previous) = owners(kube, namespace, &pod, last_delivery).await?;
+    let (owners, revision, previous, marks) = owners(kube, namespace, &pod, last_delivery).await?;
     let mut evidence = evidence::build(&pod, logs, &events, owners, revision, previous, redactor);
     evidence.node = node(kube, &pod).await;
+    evidence.own_change = own_change(&pod, marks.as_ref(), &job.failure);
     Ok(Some((pod, evidence)))
+}
+
+/// KubeSent's own change behind `failure` of `pod`, from its owner's marks (see
+/// [`kubesent_common::marks::own_change`]).
+pub fn own_change(
+    pod: &Pod,
+    marks: Option<&OwnerMarks>,
+    failure: &kubesent_proto::Failure,
+) -> Option<kubesent_common::marks::OwnChange> {
+    let (annotations, fields) = marks?;
+    let container = pod.spec.as_ref()?.containers.iter().find(|c| c.name == failure.container)?;
+    kubesent_common::marks::own_change(annotations, fields, container, failure.kind)
 }
 
 /// The health of the pod's node, when it has one and it can be read.
@@ -124,7 +139,11 @@ async fn object_events(kube: &kube::Client, namespace: &str, kind: &str, name: &
     }
 }
 
-/// The owner chain and, for a Deployment or a StatefulSet, the pod's revision and the one before it.
+/// The owner's annotations and `managedFields`: where KubeSent's marks are.
+pub type OwnerMarks = (BTreeMap<String, String>, Vec<ManagedFieldsEntry>);
+
+/// The owner chain and, for a Deployment or a StatefulSet, the pod's revision, the one before it and
+/// the owner's marks.
 ///
 /// The previous revision decides whether a rollback is possible, so a history the API would not give
 /// (an error burst, throttling) is an error and the job comes back later, rather than a verdict saying
@@ -135,16 +154,17 @@ pub async fn owners(
     namespace: &str,
     pod: &Pod,
     last_delivery: bool,
-) -> Result<(Vec<String>, Option<CurrentRevision>, Option<PreviousRevision>), kube::Error> {
+) -> Result<(Vec<String>, Option<CurrentRevision>, Option<PreviousRevision>, Option<OwnerMarks>), kube::Error>
+{
     let Some((kind, name)) = revisions::controller_of(&pod.metadata) else {
-        return Ok((Vec::new(), None, None));
+        return Ok((Vec::new(), None, None, None));
     };
     let mut chain = vec![format!("{kind}/{name}")];
     let history = match revisions::history(kube, namespace, pod).await {
         Ok(history) => history,
         Err(error) if last_delivery => {
             warn!(%error, "revision history not available on the last delivery; diagnosing without it");
-            return Ok((chain, None, None));
+            return Ok((chain, None, None, None));
         }
         Err(error) => return Err(error),
     };
@@ -165,5 +185,6 @@ pub async fn owners(
         newest: history.newest == Some(c.number),
         name: c.name,
     });
-    Ok((chain, current, previous))
+    let marks = history.owner.is_some().then_some((history.owner_annotations, history.owner_managed_fields));
+    Ok((chain, current, previous, marks))
 }

@@ -110,7 +110,7 @@ impl Diagnoser {
     /// Diagnoses `job` from its evidence.
     pub async fn diagnose(&self, job: &FailureJob, evidence: &Evidence) -> Diagnosis {
         let found = rules::diagnose(job, evidence, &self.memory);
-        let rules_verdict = verdict(
+        let mut rules_verdict = verdict(
             job,
             VerdictStatus::Diagnosed,
             found.root_cause.clone(),
@@ -118,6 +118,7 @@ impl Diagnoser {
             found.confidence,
             VerdictSource::Rules { rule: found.rule.to_owned() },
         );
+        rules_verdict.caused_by = found.caused_by.clone();
         let Some(models) = self.models.as_ref().filter(|_| found.confidence < rules::SURE) else {
             return Diagnosis::Verdict(Box::new(rules_verdict));
         };
@@ -459,6 +460,7 @@ fn verdict(
         diagnosed_at: jiff::Timestamp::now(),
         detected_at: Some(job.detected_at),
         evidence: None,
+        caused_by: None,
     }
 }
 

@@ -42,6 +42,8 @@ pub struct RuleVerdict {
     pub action: Action,
     /// Confidence 0–100.
     pub confidence: u8,
+    /// The incident whose change of KubeSent's caused the failure.
+    pub caused_by: Option<kubesent_proto::IncidentId>,
 }
 
 /// Rules at or above this confidence are final; below it a model, when configured, is asked.
@@ -54,7 +56,7 @@ pub fn increased_limit(limit: MemoryQuantity, policy: &MemoryPolicy) -> Option<M
 }
 
 fn verdict(rule: &'static str, confidence: u8, root_cause: String, action: Action) -> RuleVerdict {
-    RuleVerdict { rule, root_cause, action, confidence }
+    RuleVerdict { rule, root_cause, action, confidence, caused_by: None }
 }
 
 fn contains_any(haystack: &str, needles: &[&str]) -> bool {
@@ -156,6 +158,9 @@ const CRASH_PATTERNS: &[(&[&str], &str, u8)] = &[
 
 /// Applies the rules to a job and its evidence.
 pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) -> RuleVerdict {
+    if let Some(own) = &evidence.own_change {
+        return own_change(job, own);
+    }
     let diagnosis = diagnose_failure(job, evidence, policy);
     match job.failure.kind {
         // A failure the newest revision brought: going back to the revision that still serves is the fix,
@@ -169,6 +174,30 @@ pub fn diagnose(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy) ->
             bad_revision(&job.failure.container, &diagnosis, evidence).unwrap_or(diagnosis)
         }
         _ => diagnosis,
+    }
+}
+
+/// A failure KubeSent's own change caused (see [`kubesent_common::marks::own_change`]): not the owner's
+/// fault, and no new change; it belongs to the incident of that change, which a human can undo.
+fn own_change(job: &FailureJob, own: &kubesent_common::marks::OwnChange) -> RuleVerdict {
+    let said = job.failure.message.as_deref().map(|m| format!(" ({})", short(m))).unwrap_or_default();
+    RuleVerdict {
+        caused_by: Some(own.incident.clone()),
+        ..verdict(
+            "kubesent-change",
+            100,
+            format!(
+                "KubeSent's own change for incident {} ({}) caused this: the pod {}{said}; it is KubeSent's doing, not the owner's — `kubesent undo {}` takes the change back",
+                own.incident,
+                own.what,
+                match job.failure.kind {
+                    FailureKind::Unschedulable => "cannot be scheduled with it",
+                    _ => "fails with it",
+                },
+                own.incident
+            ),
+            Action::None,
+        )
     }
 }
 

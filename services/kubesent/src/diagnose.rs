@@ -184,6 +184,7 @@ struct ClusterContext {
     revision: Option<evidence::CurrentRevision>,
     previous: Option<evidence::PreviousRevision>,
     node: Option<evidence::NodeHealth>,
+    marks: Option<kubesent_diagnoser::gather::OwnerMarks>,
 }
 
 /// Reads the inputs from kubectl output files (or standard input).
@@ -239,11 +240,12 @@ async fn from_cluster(target: &str) -> anyhow::Result<Inputs> {
         .await
         .with_context(|| format!("listing the events of {target}"))?
         .items;
-    let (owners, revision, previous) = kubesent_diagnoser::gather::owners(&client, namespace, &pod, true)
-        .await
-        .with_context(|| format!("reading the owners of {target}"))?;
+    let (owners, revision, previous, marks) =
+        kubesent_diagnoser::gather::owners(&client, namespace, &pod, true)
+            .await
+            .with_context(|| format!("reading the owners of {target}"))?;
     let node = kubesent_diagnoser::gather::node(&client, &pod).await;
-    let cluster = Some(ClusterContext { owners, revision, previous, node });
+    let cluster = Some(ClusterContext { owners, revision, previous, node, marks });
     Ok(Inputs { pod, events, current_logs, previous_logs, cluster })
 }
 
@@ -286,9 +288,10 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         .map(|o| format!("{}/{}", o.kind, o.name))
         .collect();
     let evidence = match cluster {
-        Some(ClusterContext { owners, revision, previous, node }) => {
+        Some(ClusterContext { owners, revision, previous, node, marks }) => {
             let mut evidence = evidence::build(&pod, logs, &events, owners, revision, previous, &redactor);
             evidence.node = node;
+            evidence.own_change = kubesent_diagnoser::gather::own_change(&pod, marks.as_ref(), &job.failure);
             evidence
         }
         None => evidence::build(&pod, logs, &events, owners, None, None, &redactor),

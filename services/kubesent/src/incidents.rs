@@ -303,8 +303,24 @@ fn stamp(at: jiff::Timestamp) -> String {
     at.strftime("%Y-%m-%d %H:%M:%S%.3fZ").to_string()
 }
 
-/// One incident's timeline, oldest first.
-pub fn timeline(incident: &IncidentId, record: &Record) -> String {
+/// The incidents whose failure KubeSent's change for `incident` caused, with their diagnoses.
+pub fn caused_by<'a>(
+    incident: &IncidentId,
+    records: &'a BTreeMap<IncidentId, Record>,
+) -> Vec<(&'a IncidentId, proto::Diagnosis)> {
+    records
+        .iter()
+        .filter_map(|(id, record)| Some((id, record.diagnosis()?)))
+        .filter(|(_, diagnosis)| diagnosis.caused_by.as_ref() == Some(incident))
+        .collect()
+}
+
+/// One incident's timeline, oldest first, with the incidents its change caused (see [`caused_by`]).
+pub fn timeline(
+    incident: &IncidentId,
+    record: &Record,
+    caused: &[(&IncidentId, proto::Diagnosis)],
+) -> String {
     let mut events: Vec<(jiff::Timestamp, String, String)> = Vec::new();
     let diagnosis = record.diagnosis();
     if let Some(d) = &diagnosis {
@@ -338,6 +354,26 @@ pub fn timeline(incident: &IncidentId, record: &Record) -> String {
             d.diagnosed_at,
             "diagnosed".into(),
             format!("{source}, confidence {}: {}{evidence}", d.confidence, d.root_cause),
+        ));
+        if let Some(cause) = &d.caused_by {
+            events.push((
+                d.diagnosed_at,
+                "caused by".into(),
+                format!("KubeSent's change for incident {cause}"),
+            ));
+        }
+    }
+    for (id, diagnosis) in caused {
+        events.push((
+            diagnosis.diagnosed_at,
+            "caused".into(),
+            format!(
+                "incident {id}: {} in {} {} ({})",
+                diagnosis.failure.kind.as_str(),
+                diagnosis.workload.kind,
+                diagnosis.workload.name,
+                clipped(&diagnosis.root_cause, 200)
+            ),
         ));
     }
     let mut last_phase = None;
@@ -554,6 +590,8 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
     if let Some(ShowCommand::Show { incident, output, .. }) = args.show {
         let incident = IncidentId(incident);
         let mut records = outcomes(&js, None, None).await?;
+        let caused: Vec<(IncidentId, proto::Diagnosis)> =
+            caused_by(&incident, &records).into_iter().map(|(id, d)| (id.clone(), d)).collect();
         records.retain(|id, _| *id == incident);
         if let Some(bucket) = &bucket {
             intents(bucket, &mut records, Some(&incident), true).await?;
@@ -561,12 +599,15 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
         let Some(record) = records.get(&incident) else {
             bail!("no incident {incident} in the audit log or the intents");
         };
+        let caused: Vec<(&IncidentId, proto::Diagnosis)> =
+            caused.iter().map(|(id, d)| (id, d.clone())).collect();
         match output {
             Format::Json => {
-                let value = json!({"incident": incident, "outcomes": record.outcomes, "steps": record.steps});
+                let value = json!({"incident": incident, "outcomes": record.outcomes, "steps": record.steps,
+                    "caused": caused.iter().map(|(id, d)| json!({"incident": id, "diagnosis": d})).collect::<Vec<_>>()});
                 println!("{}", serde_json::to_string_pretty(&value)?);
             }
-            Format::Table | Format::Wide => print!("{}", timeline(&incident, record)),
+            Format::Table | Format::Wide => print!("{}", timeline(&incident, record, &caused)),
         }
         return Ok(());
     }

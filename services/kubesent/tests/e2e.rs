@@ -538,10 +538,12 @@ async fn a_raise_no_node_has_room_for_is_denied_before_anything_changes() {
     stack.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raise_whose_new_pods_cannot_be_scheduled_is_taken_back_within_seconds_and_reverted() {
-    // The pre-flight reads memory, not node selectors: the 4Gi node has room, but the Deployment may only
-    // run on the 1Gi one, where its two pods of 384Mi leave 256Mi.
+/// A stack whose nodes are a 1Gi node of pool `web` and a 4Gi node of pool `batch`, and Deployment `web`
+/// of two pods of 384Mi that need 600Mi, on pool `web` only. The pre-flight reads memory, not node
+/// selectors: the 4Gi node has room for the raise (768Mi), but the pods may only run where 256Mi is left.
+async fn raise_that_fits_no_node_of_its_pool(
+    take_back: bool,
+) -> (Stack, async_nats::Subscriber, Api<Deployment>) {
     let node = |name: &str, mib: u64, pool: &str| kubesent_kube_sim::nodes::NodeConfig {
         memory: MemoryQuantity::from_mib(mib),
         labels: [("pool".to_owned(), pool.to_owned())].into(),
@@ -552,11 +554,12 @@ async fn a_raise_whose_new_pods_cannot_be_scheduled_is_taken_back_within_seconds
         verify_window: Duration::from_secs(1),
         rbac: true,
         nodes: vec![node("sim-node-1", 1024, "web"), node("sim-node-2", 4096, "batch")],
+        take_back,
         ..StackOptions::default()
     })
     .await
     .expect("stack starts");
-    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
     let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
     let web: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": "shop"},
@@ -567,6 +570,19 @@ async fn a_raise_whose_new_pods_cannot_be_scheduled_is_taken_back_within_seconds
     }))
     .expect("deployment json");
     deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    (stack, outcomes, deployments)
+}
+
+/// The memory limit of container `app` in Deployment `web`'s template.
+async fn template_memory_limit(deployments: &Api<Deployment>) -> Option<String> {
+    let web = deployments.get("web").await.expect("web");
+    let resources = web.spec?.template.spec?.containers.first()?.resources.clone()?;
+    resources.limits?.get("memory").map(|q| q.0.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raise_whose_new_pods_cannot_be_scheduled_is_taken_back_within_seconds_and_reverted() {
+    let (stack, mut outcomes, deployments) = raise_that_fits_no_node_of_its_pool(true).await;
 
     let outcome = next_outcome(&mut outcomes).await;
     assert_eq!(outcome.result, OutcomeResult::Reverted, "{}", outcome.detail);
@@ -577,10 +593,8 @@ async fn a_raise_whose_new_pods_cannot_be_scheduled_is_taken_back_within_seconds
         "{}",
         outcome.detail
     );
-    let web = deployments.get("web").await.expect("web");
-    let limit = web.spec.and_then(|s| s.template.spec).map(|s| s.containers[0].resources.clone());
     assert_eq!(
-        limit.and_then(|r| r?.limits?.get("memory").cloned()).map(|q| q.0).as_deref(),
+        template_memory_limit(&deployments).await.as_deref(),
         Some("384Mi"),
         "the template is as it was"
     );
@@ -593,6 +607,51 @@ async fn a_raise_whose_new_pods_cannot_be_scheduled_is_taken_back_within_seconds
             && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Deployment")),
         "announced on the Deployment: {:?}",
         announced.items.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_taking_back_off_the_pending_pod_kubesents_raise_left_is_kubesents_incident_not_the_owners() {
+    let (stack, mut outcomes, deployments) = raise_that_fits_no_node_of_its_pool(false).await;
+
+    let raised = next_outcome(&mut outcomes).await;
+    assert_eq!(raised.result, OutcomeResult::Ineffective, "{}", raised.detail);
+    assert!(
+        raised.detail.contains("KubeSent left its change in place (taking changes back is turned off)"),
+        "{}",
+        raised.detail
+    );
+    assert_eq!(template_memory_limit(&deployments).await.as_deref(), Some("768Mi"), "the raise stays");
+    // The new pod stays Pending; the detector reports it, and the diagnosis names KubeSent's incident.
+    let pending = next_outcome(&mut outcomes).await;
+    assert_eq!(pending.result, OutcomeResult::DiagnosisOnly, "{}", pending.detail);
+    let diagnosis = pending.diagnosis.expect("the outcome carries its diagnosis");
+    assert_eq!(diagnosis.failure.kind, proto::FailureKind::Unschedulable);
+    assert_eq!(diagnosis.caused_by.as_ref(), Some(&raised.incident), "attributed to KubeSent's incident");
+    assert!(
+        diagnosis.root_cause.contains(&format!(
+            "KubeSent's own change for incident {} (the memory limit of app raised from 384Mi to 768Mi) caused this",
+            raised.incident
+        )),
+        "{}",
+        diagnosis.root_cause
+    );
+    assert!(!diagnosis.root_cause.to_lowercase().contains("lower its memory"), "{}", diagnosis.root_cause);
+    assert_eq!(kubesent_writes_to_web(&stack), 1, "one write, nothing on the second incident");
+    // `kubesent incidents show` links both ways.
+    let (code, shown, stderr) = as_reader(&stack, &["incidents", "show", raised.incident.as_str()]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        shown
+            .contains(&format!("caused      incident {}: unschedulable in Deployment web", pending.incident)),
+        "{shown}"
+    );
+    let (code, shown, stderr) = as_reader(&stack, &["incidents", "show", pending.incident.as_str()]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        shown.contains(&format!("caused by   KubeSent's change for incident {}", raised.incident)),
+        "{shown}"
     );
     stack.stop().await;
 }

@@ -426,6 +426,7 @@ mod tests {
             current: Some(revision(4, "registry.local/shop/web:2.0.0", 0)),
             previous: Some(revision(3, previous_image, ready)),
             newest: Some(4),
+            ..History::default()
         }
     }
 

@@ -21,8 +21,7 @@ use crate::{
     workload::{Workload, WorkloadPatch},
 };
 
-/// Annotation prefix recording a container's image before KubeSent rolled it back.
-pub const ORIGINAL_IMAGE_ANNOTATION: &str = "kubesent.io/original-image";
+pub use kubesent_common::marks::ORIGINAL_IMAGE_ANNOTATION;
 
 /// What owns a failing pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -277,24 +276,13 @@ pub fn overridden(workload: &Workload, action: &Action) -> Option<String> {
 pub fn field_manager(workload: &Workload, action: &Action, ours: &str) -> Option<String> {
     let container = action.container()?;
     let leaf: &[&str] = match action {
-        Action::IncreaseMemory { .. } => &["f:resources", "f:limits", "f:memory"],
+        Action::IncreaseMemory { .. } => &kubesent_common::marks::MEMORY_LIMIT_FIELD,
         Action::RollbackImage { .. } => &["f:image"],
         _ => return None,
     };
-    let key = format!("k:{}", serde_json::json!({"name": container}));
-    let path: Vec<&str> = ["f:spec", "f:template", "f:spec", "f:containers", key.as_str()]
-        .into_iter()
-        .chain(leaf.iter().copied())
-        .collect();
-    workload.managed_fields().iter().filter(|entry| entry.manager.as_deref() != Some(ours)).find_map(
-        |entry| {
-            let mut node = &entry.fields_v1.as_ref()?.0;
-            for element in &path {
-                node = node.get(*element)?;
-            }
-            entry.manager.clone()
-        },
-    )
+    kubesent_common::marks::template_field_managers(workload.managed_fields(), container, leaf)
+        .find(|manager| *manager != ours)
+        .map(str::to_owned)
 }
 
 /// Annotation recording the revision KubeSent rolled a workload back from (its ReplicaSet or

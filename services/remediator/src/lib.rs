@@ -11,7 +11,7 @@
 
 /// The field manager every KubeSent write is recorded under in `metadata.managedFields`, so that a
 /// reader (and KubeSent itself) can tell its changes from other actors'.
-pub const FIELD_MANAGER: &str = "kubesent-remediator";
+pub use kubesent_common::marks::FIELD_MANAGER;
 
 /// Patch parameters of every KubeSent write: its own field manager.
 pub fn patch_params() -> kube::api::PatchParams {

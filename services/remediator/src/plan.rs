@@ -320,6 +320,7 @@ mod tests {
             current: Some(revision(4, "web-7d9", BAD, 0)),
             previous: Some(revision(3, "web-5c6", GOOD, ready)),
             newest: Some(4),
+            ..History::default()
         }
     }
 

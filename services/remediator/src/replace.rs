@@ -6,11 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::api::resource::Quantity};
 use kubesent_proto::{IncidentId, MemoryQuantity};
 
-/// Annotation prefix recording a container's memory limit before KubeSent changed it
-/// (`kubesent.io/original-memory-limit.<container>`).
-pub const ORIGINAL_MEMORY_ANNOTATION: &str = "kubesent.io/original-memory-limit";
-/// Annotation naming the incident that produced a replacement pod.
-pub const INCIDENT_ANNOTATION: &str = "kubesent.io/incident";
+pub use kubesent_common::marks::{INCIDENT_ANNOTATION, ORIGINAL_MEMORY_ANNOTATION};
 
 /// The pod without server-owned fields (uid, resourceVersion, timestamps, status, node binding), ready
 /// to be created again.

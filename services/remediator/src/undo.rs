@@ -20,10 +20,7 @@ use crate::{
 };
 use kubesent_proto::intent::{Intent, Phase};
 
-/// Annotation prefix marking a container whose KubeSent change was taken back (by a human with
-/// `kubesent undo`, or by KubeSent when it did not land)
-/// (`kubesent.io/reverted.<container>`, valued with the incident).
-pub const REVERTED_ANNOTATION: &str = "kubesent.io/reverted";
+pub use kubesent_common::marks::REVERTED_ANNOTATION;
 
 /// Why a change was not reversed.
 #[derive(Debug, thiserror::Error)]
