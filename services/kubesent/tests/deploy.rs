@@ -339,6 +339,20 @@ fn the_dashboard_charts_only_metrics_the_services_export() {
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {
             let expr = target["expr"].as_str().expect("expr");
+            // A legend names labels the query keeps (`{{kind}}` with `sum by (le, kind)`), in Grafana's
+            // own braces.
+            let legend = target["legendFormat"].as_str().unwrap_or_default();
+            assert!(!legend.contains("{{{"), "{legend}: doubled braces, which Grafana prints as they are");
+            for label in
+                legend.split("{{").skip(1).filter_map(|rest| rest.split_once("}}")).map(|(l, _)| l.trim())
+            {
+                let kept = expr
+                    .split("by (")
+                    .skip(1)
+                    .filter_map(|rest| rest.split_once(')'))
+                    .any(|(labels, _)| labels.split(',').any(|l| l.trim() == label));
+                assert!(kept, "{legend}: {label} is not a label {expr} keeps");
+            }
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if word.starts_with("kubesent_") {
                     let family = ["_total", "_bucket"]
