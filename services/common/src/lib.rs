@@ -10,6 +10,7 @@ pub mod nats;
 pub mod owner;
 pub mod pod;
 pub mod revisions;
+pub mod selector;
 pub mod telemetry;
 pub mod trace;
 

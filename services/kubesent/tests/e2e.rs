@@ -793,6 +793,13 @@ async fn a_raise_a_webhook_clamps_on_the_way_in_ends_not_landed_and_is_taken_bac
         "{}",
         outcome.detail
     );
+    assert!(
+        outcome.detail.contains(
+            "it could have been changed by mutating webhook memory-cap.policy.example.com (MutatingWebhookConfiguration memory-cap)"
+        ),
+        "names the webhook: {}",
+        outcome.detail
+    );
     assert!(outcome.detail.contains("KubeSent took its change back"), "{}", outcome.detail);
     let web = deployments.get("web").await.expect("deployment");
     let template = web.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("template");

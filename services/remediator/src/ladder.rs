@@ -617,6 +617,50 @@ pub fn landed(pods: &[Pod], action: &Action, is_old: impl Fn(&Pod) -> bool) -> R
     Ok(())
 }
 
+/// Who may have changed `pod` on its way in, in words: the LimitRanger, when its annotation on the pod
+/// says what it set, and every mutating webhook whose rules take pod creations and whose object selector
+/// matches the pod (a namespace selector is not read: such a webhook is named with that caveat). The pod
+/// itself keeps no record of which webhook changed it.
+pub fn who_admitted(
+    pod: &Pod,
+    webhooks: &[k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration],
+) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(set) = pod.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/limit-ranger")) {
+        found.push(format!("a LimitRange ({set})"));
+    }
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let listed = |list: &Option<Vec<String>>, wanted: &[&str]| {
+        list.iter().flatten().any(|v| v == "*" || wanted.contains(&v.as_str()))
+    };
+    for configuration in webhooks {
+        for webhook in configuration.webhooks.iter().flatten() {
+            let takes_pods = webhook.rules.iter().flatten().any(|rule| {
+                listed(&rule.operations, &["CREATE"])
+                    && listed(&rule.api_groups, &[""])
+                    && listed(&rule.resources, &["pods", "*/*"])
+            });
+            let selected = webhook
+                .object_selector
+                .as_ref()
+                .is_none_or(|s| kubesent_common::selector::matches(s, &labels));
+            if takes_pods && selected {
+                let caveat = webhook
+                    .namespace_selector
+                    .as_ref()
+                    .filter(|s| s.match_labels.is_some() || s.match_expressions.is_some())
+                    .map_or("", |_| " if its namespace selector takes this namespace");
+                found.push(format!(
+                    "mutating webhook {} (MutatingWebhookConfiguration {}){caveat}",
+                    webhook.name,
+                    configuration.metadata.name.clone().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// Why the workload's controller cannot roll the change out, as its status says: a `ReplicaFailure`
 /// (pods refused by admission or quota: `FailedCreate`) or a rollout past its progress deadline, reported
 /// at or after `since` (the change; a condition older than it is about something else).
@@ -678,8 +722,8 @@ pub fn budget_refuses(
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     budgets.iter().find_map(|budget| {
         let spec = budget.spec.as_ref()?;
-        let selector = spec.selector.as_ref()?.match_labels.as_ref()?;
-        if selector.is_empty() || !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        // (An empty selector of policy/v1 selects every pod of the namespace.)
+        if !kubesent_common::selector::matches(spec.selector.as_ref()?, &labels) {
             return None;
         }
         let status = budget.status.as_ref()?;
@@ -1130,6 +1174,45 @@ mod tests {
                 Progress::Failing(_)
             ),
             "ErrImagePull and ImagePullBackOff are one failure"
+        );
+    }
+    #[test]
+    fn the_limit_ranger_and_the_mutating_webhooks_that_take_the_pod_are_named() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "web-1",
+            "labels": {"app": "web", "team": "shop"},
+            "annotations": {"kubernetes.io/limit-ranger": "LimitRanger plugin set: memory limit for container app"}}}))
+        .expect("pod");
+        let configuration = |name: &str, resources: serde_json::Value, extra: serde_json::Value| {
+            let mut webhook = serde_json::json!({"name": format!("{name}.example.com"), "clientConfig": {"url": "https://x"},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": resources}],
+                "sideEffects": "None", "admissionReviewVersions": ["v1"]});
+            if let (Some(w), Some(e)) = (webhook.as_object_mut(), extra.as_object()) {
+                w.extend(e.clone());
+            }
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "webhooks": [webhook]}))
+                .expect("configuration")
+        };
+        let webhooks = vec![
+            configuration("clamp", serde_json::json!(["pods"]), serde_json::json!({})),
+            configuration("services", serde_json::json!(["services"]), serde_json::json!({})),
+            configuration(
+                "other-team",
+                serde_json::json!(["pods"]),
+                serde_json::json!({"objectSelector": {"matchLabels": {"team": "payments"}}}),
+            ),
+            configuration(
+                "scoped",
+                serde_json::json!(["*"]),
+                serde_json::json!({"namespaceSelector": {"matchLabels": {"env": "prod"}}}),
+            ),
+        ];
+        assert_eq!(
+            who_admitted(&pod, &webhooks),
+            vec![
+                "a LimitRange (LimitRanger plugin set: memory limit for container app)".to_owned(),
+                "mutating webhook clamp.example.com (MutatingWebhookConfiguration clamp)".to_owned(),
+                "mutating webhook scoped.example.com (MutatingWebhookConfiguration scoped) if its namespace selector takes this namespace".to_owned(),
+            ]
         );
     }
     #[test]

@@ -148,6 +148,12 @@ impl Executor for OwnerPatch {
                 Signal::Blocked(why) => (OutcomeResult::Reverted, format!("the rollout of {workload} made things worse: {why}")),
             },
         };
+        if result == OutcomeResult::NotLanded {
+            detail = format!(
+                "{detail}; {}",
+                who_changed_it(r, &namespace, &workload, &intent.action, &is_old).await
+            );
+        }
         // What did not land or made things worse is taken back, unless someone changed it meanwhile.
         let mut result = result;
         if matches!(result, OutcomeResult::NotLanded | OutcomeResult::Reverted) {
@@ -174,6 +180,37 @@ impl Executor for OwnerPatch {
         }
         r.announce(&workload.object_ref(), result, intent, &detail).await;
         Ok(Step::finish(result, detail))
+    }
+}
+
+/// Who may have changed a new pod of `workload` on its way in (see [`ladder::who_admitted`]), in words.
+async fn who_changed_it(
+    r: &Remediator,
+    namespace: &str,
+    workload: &Workload,
+    action: &Action,
+    is_old: &impl Fn(&Pod) -> bool,
+) -> String {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let pods: Api<Pod> = Api::namespaced(r.deps.kube.clone(), namespace);
+    let listed = pods.list(&ListParams::default().labels(&workload.selector())).await;
+    let changed = listed.ok().and_then(|list| {
+        list.items.into_iter().find(|p| ladder::landed(std::slice::from_ref(p), action, is_old).is_err())
+    });
+    let Some(pod) = changed else { return "the changed pod is gone".into() };
+    let webhooks = match Api::<MutatingWebhookConfiguration>::all(r.deps.kube.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(error) => {
+            tracing::warn!(%error, "could not list the mutating webhooks");
+            Vec::new()
+        }
+    };
+    match ladder::who_admitted(&pod, &webhooks).as_slice() {
+        [] => "no LimitRange default or mutating webhook for pods was found to have done it".into(),
+        found => format!("it could have been changed by {}", found.join(", ")),
     }
 }
 
