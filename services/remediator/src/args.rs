@@ -55,9 +55,17 @@ pub struct RemediatorArgs {
     /// How long an open circuit breaker holds every action, in minutes.
     #[arg(long, env = "KUBESENT_BREAKER_HOLD_MINUTES", default_value_t = 15)]
     pub breaker_hold_minutes: u64,
-    /// Verdicts handled at once (a remediation mostly waits through its verify window).
+    /// Verdicts handled at once: planned, and their change made (verifying goes on apart).
     #[arg(long, env = "KUBESENT_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Verifications watched at once (each watches the target's pods and workload until its verify
+    /// window passes); a verdict whose change is made waits for room here.
+    #[arg(long, env = "KUBESENT_MAX_VERIFICATIONS", default_value_t = 512)]
+    pub max_verifications: usize,
+    /// Writes to the Kubernetes API per second (patches, creates, deletes, evictions; a burst of twice
+    /// that), shared by every remediation of this replica.
+    #[arg(long, env = "KUBESENT_WRITES_PER_SECOND", default_value_t = 20)]
+    pub writes_per_second: u32,
     /// Days a finished remediation's intent is kept (the escalation rule and `kubesent undo` read it).
     #[arg(long, env = "KUBESENT_INTENT_RETENTION_DAYS", default_value_t = 30)]
     pub intent_retention_days: u64,
@@ -95,6 +103,8 @@ impl RemediatorArgs {
             },
             approval_required: self.require_approval,
             concurrency: self.concurrency,
+            max_verifications: self.max_verifications,
+            writes_per_second: self.writes_per_second,
             intent_retention: Duration::from_secs(self.intent_retention_days.saturating_mul(24 * 3600)),
             take_back: self.take_back,
             ..RemediatorConfig::default()

@@ -85,8 +85,13 @@ pub struct RemediatorConfig {
     pub limits: guardrails::Limits,
     /// Manual-approval mode: every fix waits for `kubesent approve`.
     pub approval_required: bool,
-    /// Verdicts handled at once (each mostly waits through its verify window).
+    /// Verdicts handled at once: planning and making a change (its verification goes on apart).
     pub concurrency: usize,
+    /// Verifications watched at once (each a watch of the target's pods, and of its workload).
+    pub max_verifications: usize,
+    /// Writes to the Kubernetes API per second (patches, creates, deletes, evictions), with a burst of
+    /// twice that: well inside a controller's share of the apiserver's priority and fairness.
+    pub writes_per_second: u32,
     /// Finished intents are kept this long (the escalation rule and `kubesent undo` read them), then purged.
     pub intent_retention: Duration,
     /// Leader election; `None` makes this replica always lead.
@@ -111,6 +116,8 @@ impl Default for RemediatorConfig {
             limits: guardrails::Limits::default(),
             approval_required: false,
             concurrency: 8,
+            max_verifications: 512,
+            writes_per_second: 20,
             intent_retention: Duration::from_secs(30 * 24 * 3600),
             leader: None,
             identity: "kubesent-remediator".into(),
@@ -305,6 +312,13 @@ pub async fn run(
         deps.kube.clone(),
         Reporter { controller: "kubesent-remediator".into(), instance: Some(config.identity.clone()) },
     );
+    let max_verifications = config.max_verifications.max(1);
+    let writes = {
+        let rate =
+            std::num::NonZeroU32::new(config.writes_per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
+        governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+    };
     let remediator = Arc::new(Remediator {
         config,
         deps,
@@ -312,6 +326,8 @@ pub async fn run(
         guardrails,
         recorder,
         turns: fence::Turns::default(),
+        verifications: Arc::new(tokio::sync::Semaphore::new(max_verifications)),
+        writes,
         leading: leading.clone(),
         shutdown: shutdown.clone(),
     });
@@ -320,9 +336,9 @@ pub async fn run(
     tokio::spawn(remediator.clone().take_decisions(leading.clone(), shutdown.clone()));
     tokio::spawn(remediator.clone().purge_old_intents(leading.clone(), shutdown.clone()));
     let worker = remediator.clone();
-    // A remediation spends most of its time verifying (watching for the verify window), so several run at
-    // once; the per-target locks keep two of them off the same pod or workload, and the guardrails bound
-    // how many actions start per hour.
+    // Verdicts are planned and changes made several at a time; each verification then goes on apart, so
+    // a storm's verdicts never wait behind verify windows. The per-target locks keep two remediations off
+    // the same pod or workload, and the guardrails bound how many actions start per hour.
     let options = PullOptions { concurrency: remediator.config.concurrency.max(1), ..PullOptions::default() };
     let client = remediator.deps.js.client();
     nats::pull_loop(consumer, options, leading, shutdown, move |message| {
@@ -354,6 +370,10 @@ struct Remediator {
     recorder: Recorder,
     /// One task at a time drives an incident.
     turns: fence::Turns,
+    /// Verifications under way, bounded.
+    verifications: Arc<tokio::sync::Semaphore>,
+    /// The apiserver write rate limit.
+    writes: governor::DefaultDirectRateLimiter,
     /// Whether this replica leads: nothing acts unless it does.
     leading: watch::Receiver<bool>,
     shutdown: CancellationToken,
@@ -389,6 +409,9 @@ struct Finished {
     decided_by: Option<String>,
     /// Already on the audit log (recorded when its intent was marked done).
     recorded: bool,
+    /// Not finished: the change is made and its verification goes on in a task of its own (see
+    /// [`HandOff`]).
+    verifying: bool,
 }
 
 impl Finished {
@@ -400,8 +423,19 @@ impl Finished {
             replacement_uid: None,
             decided_by: None,
             recorded: false,
+            verifying: false,
         }
     }
+}
+
+/// Where the task that drives an intent lets go of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandOff {
+    /// Once the change is made: verifying is watching, and goes on in a task of its own, so the verdict's
+    /// slot is free for the next verdict (see [`Remediator::verify_apart`]).
+    AtVerification,
+    /// Only at the end.
+    Never,
 }
 
 impl Finished {
@@ -414,12 +448,13 @@ impl Finished {
             replacement_uid: intent.replacement_uid.clone(),
             decided_by: intent.approved_by.clone(),
             recorded: false,
+            verifying: false,
         }
     }
 }
 
 impl Remediator {
-    async fn handle(&self, message: jetstream::Message) {
+    async fn handle(self: &Arc<Self>, message: jetstream::Message) {
         let span = trace::consumer_span(
             "verdict",
             proto::REMEDIATOR_CONSUMER,
@@ -429,7 +464,7 @@ impl Remediator {
         self.handle_in_span(message, &span).instrument(span.clone()).await;
     }
 
-    async fn handle_in_span(&self, message: jetstream::Message, span: &tracing::Span) {
+    async fn handle_in_span(self: &Arc<Self>, message: jetstream::Message, span: &tracing::Span) {
         let deliveries = message.info().map(|i| i.delivered).unwrap_or(1).max(1).unsigned_abs();
         // Hand-overs between leaders count as deliveries too, so the limit is four times the
         // pipeline's (with the back-off, over an hour of retries).
@@ -473,8 +508,9 @@ impl Remediator {
 
     /// Remediates `verdict` and records its outcome. A refusal by the API's authorization cannot be
     /// retried away: a remediation that changed nothing yet ends as failed, loudly.
-    async fn remediate_and_record(&self, verdict: &Verdict) -> Result<(), StepError> {
+    async fn remediate_and_record(self: &Arc<Self>, verdict: &Verdict) -> Result<(), StepError> {
         match self.remediate(verdict).await {
+            Ok(finished) if finished.verifying => self.verify_apart(&verdict.incident).await,
             Ok(finished) => self.record(verdict, finished).await,
             Err(StepError::Kube(kube::Error::Api(status))) if matches!(status.code, 401 | 403) => {
                 let detail = format!(
@@ -490,11 +526,37 @@ impl Remediator {
         }
     }
 
+    /// Verifies the incident's change in a task of its own, which records the outcome; the verdict is
+    /// done with. At most `max_verifications` run at once (a full pool makes the verdict wait here).
+    /// While this replica leads: its successor finishes an unfinished verification from the intent.
+    async fn verify_apart(self: &Arc<Self>, incident: &proto::IncidentId) -> Result<(), StepError> {
+        let Some((intent, revision)) = self.intents.get(incident).await? else { return Ok(()) };
+        let Ok(permit) = self.verifications.clone().acquire_owned().await else { return Ok(()) };
+        let span = tracing::info_span!("verification", incident = %incident);
+        let remediator = self.clone();
+        self.clone().spawn_while_leading(
+            async move {
+                let _permit = permit;
+                remediator.finish(intent, revision, "a verification").await;
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    /// Waits for room under the apiserver write rate limit; called before every write to the cluster.
+    pub(crate) async fn write_permit(&self) {
+        use governor::clock::{Clock as _, DefaultClock};
+        while let Err(not_until) = self.writes.check() {
+            tokio::time::sleep(not_until.wait_time_from(DefaultClock::default().now())).await;
+        }
+    }
+
     /// Gates and applies a verdict.
     async fn remediate(&self, verdict: &Verdict) -> Result<Finished, StepError> {
         // A redelivered verdict whose intent is already under way continues where it stopped.
         if let Some((intent, revision)) = self.intents.get(&verdict.incident).await? {
-            return self.drive(intent, revision).await;
+            return self.drive(intent, revision, HandOff::AtVerification).await;
         }
         // Boxed, as the strategies are: the decision holds API responses and keeps the handler's future small.
         let act = match Box::pin(self.prepare(verdict)).await? {
@@ -538,7 +600,7 @@ impl Remediator {
         if let Owner::Workload(w) = &owner {
             self.event(&w.object_ref(), EventType::Normal, reason, verdict.action.kind_str(), note).await;
         }
-        self.drive(intent, revision).await
+        self.drive(intent, revision, HandOff::AtVerification).await
     }
 
     /// Everything the cluster says about a verdict before any guardrail or lock: the gate against the live
@@ -604,7 +666,12 @@ impl Remediator {
     }
 
     /// Continues an intent with its strategy, from whatever phase it is in.
-    async fn drive(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
+    async fn drive(
+        &self,
+        mut intent: Intent,
+        mut revision: u64,
+        hand_off: HandOff,
+    ) -> Result<Finished, StepError> {
         let turn = self.turns.take(&intent.incident).await;
         if turn.waited {
             // Another task drove it meanwhile: continue from where that left it.
@@ -627,7 +694,7 @@ impl Remediator {
             }
             _ => {}
         }
-        Box::pin(self.execute(intent, revision)).await
+        Box::pin(self.execute(intent, revision, hand_off)).await
     }
 
     /// Checks an approved intent against the cluster again, with the verdict it carries: `Some` says how it
@@ -882,6 +949,7 @@ fn awaiting_approval(intent: &Intent) -> Finished {
         replacement_uid: None,
         decided_by: None,
         recorded: false,
+        verifying: false,
     }
 }
 

@@ -91,7 +91,7 @@ impl Remediator {
         let (mut intent, mut revision) = (intent, revision);
         let mut backoff = kubesent_common::Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
         for attempt in 1..=ATTEMPTS {
-            match self.drive(intent.clone(), revision).await {
+            match self.drive(intent.clone(), revision, crate::HandOff::Never).await {
                 Ok(finished) => match self
                     .record_for(&incident, &pod, &action, verdict.as_deref(), finished)
                     .await

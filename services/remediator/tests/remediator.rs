@@ -30,6 +30,45 @@ async fn in_dry_run_the_fix_is_recorded_as_a_suggestion_and_nothing_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_does_not_hold_the_slot_the_next_verdict_needs() {
+    let world = world(36).await;
+    let first = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let second = create(&world, &pod("web-2", "128Mi", "200Mi"), true).await;
+    let mut entries = world.bucket.watch_all().await.expect("watch");
+    // One verdict at a time, and a verify window far longer than the test.
+    let remediator = start_with(
+        &world,
+        RemediatorConfig {
+            concurrency: 1,
+            verify_window: Duration::from_secs(600),
+            verify_timeout: Duration::from_secs(1200),
+            ..config()
+        },
+    );
+    publish(&world, &verdict(&first, increase(128, 256), 95), "v1").await;
+    publish(&world, &verdict(&second, increase(128, 256), 95), "v2").await;
+
+    // Both changes are made while the first is still being verified.
+    let mut applied = std::collections::BTreeSet::new();
+    tokio::time::timeout(PATIENCE, async {
+        while applied.len() < 2 {
+            let entry = entries.next().await.expect("an entry").expect("readable");
+            if let Ok(intent) = serde_json::from_slice::<Intent>(&entry.value)
+                && intent.phase == Phase::Applied
+            {
+                applied.insert(intent.target.name);
+            }
+        }
+    })
+    .await
+    .expect("the second fix was made while the first was verified");
+    assert_eq!(applied, ["web-1".to_owned(), "web-2".to_owned()].into());
+    let outcomes = world.js.get_stream(proto::OUTCOMES_STREAM).await.expect("stream");
+    assert_eq!(outcomes.cached_info().state.messages, 0, "both still verifying");
+    remediator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_locked_by_another_incident_is_not_touched() {
     let world = world(36).await;
     let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;

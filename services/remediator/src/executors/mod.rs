@@ -22,7 +22,7 @@ use kubesent_proto::{self as proto, OutcomeResult, Strategy};
 
 use tracing::warn;
 
-use crate::{Finished, Remediator, StepError, awaiting_approval, intent, ladder};
+use crate::{Finished, HandOff, Remediator, StepError, awaiting_approval, intent, ladder};
 use kubesent_proto::intent::{Intent, Phase};
 
 /// Where an executor's step leaves the intent.
@@ -64,12 +64,21 @@ pub(crate) trait Executor {
 
 impl Remediator {
     /// Carries an intent through its strategy's phases to its end, from whatever phase it is in.
-    pub(crate) async fn execute(&self, mut intent: Intent, mut revision: u64) -> Result<Finished, StepError> {
+    pub(crate) async fn execute(
+        &self,
+        mut intent: Intent,
+        mut revision: u64,
+        hand_off: HandOff,
+    ) -> Result<Finished, StepError> {
         loop {
             match intent.phase {
                 // Only drive() moves an intent past approval; never act on one here.
                 Phase::AwaitingApproval | Phase::Approved => return Ok(awaiting_approval(&intent)),
                 Phase::Done => return Ok(Finished::of(&intent)),
+                // The change is made: what is left is verifying it, apart.
+                Phase::Created | Phase::Applied if hand_off == HandOff::AtVerification => {
+                    return Ok(Finished { verifying: true, ..Finished::of(&intent) });
+                }
                 Phase::Pending | Phase::Deleted | Phase::Created | Phase::Applied => {}
             }
             // Each step's future may hold a watcher; boxing keeps the handler's future (and the stack

@@ -78,6 +78,7 @@ impl Executor for OwnerPatch {
                     ),
                 };
                 if let Some(patch) = patch {
+                    r.write_permit().await;
                     match api.patch(&workload, patch).await {
                         Ok(()) => {}
                         // Changed since it was read: read it again and re-check.
@@ -112,8 +113,7 @@ impl Executor for OwnerPatch {
         let is_old = move |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(label)) == Some(&old);
         let pods: Api<Pod> = Api::namespaced(r.deps.kube.clone(), &namespace);
         if workload.kind() == WorkloadKind::StatefulSet
-            && let Some(refused) =
-                evict_stuck_pods(&r.deps.kube, &namespace, &pods, &workload, &is_old).await?
+            && let Some(refused) = evict_stuck_pods(r, &namespace, &pods, &workload, &is_old).await?
         {
             // A disruption budget is not KubeSent's to override: a human decides.
             let detail = format!(
@@ -165,7 +165,7 @@ impl Executor for OwnerPatch {
                     result = OutcomeResult::Ineffective;
                 }
             } else {
-                detail = match take_back(&api, &reference, intent).await {
+                detail = match take_back(r, &api, &reference, intent).await {
                     Ok(restored) => format!(
                         "{detail}; KubeSent took its change back ({restored}) and leaves container {container} to a human"
                     ),
@@ -216,11 +216,17 @@ async fn who_changed_it(
 
 /// Restores what the intent changed in the workload's template, as `kubesent undo` does (only while the
 /// template still holds KubeSent's value). Returns what was restored.
-async fn take_back(api: &WorkloadApi, reference: &WorkloadRef, intent: &Intent) -> Result<String, String> {
+async fn take_back(
+    r: &Remediator,
+    api: &WorkloadApi,
+    reference: &WorkloadRef,
+    intent: &Intent,
+) -> Result<String, String> {
     for _ in 0..ATTEMPTS {
         let workload = api.get(reference).await.map_err(|e| e.to_string())?;
         let patch = crate::undo::undo_owner_patch(&workload, &intent.action, &intent.incident)
             .map_err(|e| e.to_string())?;
+        r.write_permit().await;
         match api.patch(&workload, patch).await {
             Ok(()) => {
                 return Ok(crate::undo::reverse(&intent.action)
@@ -295,7 +301,7 @@ async fn watch_workload(
 /// pods that the failing template left unready, so the controller creates them again from the fixed
 /// template (see [`ladder::stuck_pods`]). Returns why an eviction was refused, when a budget refused one.
 async fn evict_stuck_pods(
-    kube: &kube::Client,
+    r: &Remediator,
     namespace: &str,
     pods: &Api<Pod>,
     workload: &Workload,
@@ -309,7 +315,7 @@ async fn evict_stuck_pods(
             p.metadata.owner_references.iter().flatten().any(|o| Some(o.uid.as_str()) == workload.uid())
         })
         .collect();
-    let budgets = Api::<PodDisruptionBudget>::namespaced(kube.clone(), namespace)
+    let budgets = Api::<PodDisruptionBudget>::namespaced(r.deps.kube.clone(), namespace)
         .list(&ListParams::default())
         .await?
         .items;
@@ -330,6 +336,7 @@ async fn evict_stuck_pods(
                 "pod {name}, stuck on the failing revision, may not be evicted: {refused}"
             )));
         }
+        r.write_permit().await;
         match pods.evict(&name, &params).await {
             Ok(_) => {
                 info!(pod = %name, "evicted a pod stuck on the failing revision; the StatefulSet recreates it")

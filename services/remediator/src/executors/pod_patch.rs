@@ -42,6 +42,7 @@ impl Executor for PodPatch {
                     replace::INCIDENT_ANNOTATION: intent.incident.to_string()}},
                 "spec": {"containers": [{"name": container, "image": to}]}
             });
+            r.write_permit().await;
             pods.patch(&intent.target.name, &crate::patch_params(), &Patch::Strategic(&patch)).await?;
             info!(%container, %to, "pod image rolled back");
         }

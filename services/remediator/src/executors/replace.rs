@@ -33,7 +33,7 @@ impl Executor for ForceReplace {
         };
         match intent.phase {
             Phase::Pending => {
-                delete_original(&pods, intent).await?;
+                delete_original(r, &pods, intent).await?;
                 intent.phase = Phase::Deleted;
                 Ok(Step::Advanced)
             }
@@ -46,6 +46,7 @@ impl Executor for ForceReplace {
                         after: r.config.delete_timeout,
                     })?
                     .map_err(StepError::Wait)?;
+                r.write_permit().await;
                 let created = match pods
                     .create(
                         &PostParams {
@@ -107,7 +108,7 @@ impl Executor for ForceReplace {
 /// Deletes the original pod with a uid precondition and the latest resourceVersion. A status update
 /// between read and delete changes the resourceVersion, so a conflict is re-read and retried while the
 /// uid is the same.
-async fn delete_original(pods: &Api<Pod>, intent: &Intent) -> Result<(), StepError> {
+async fn delete_original(r: &Remediator, pods: &Api<Pod>, intent: &Intent) -> Result<(), StepError> {
     for _ in 0..ATTEMPTS {
         let Some(current) = pods.get_opt(&intent.target.name).await? else { return Ok(()) };
         if current.metadata.uid.as_deref() != Some(intent.target.uid.as_str()) {
@@ -121,6 +122,7 @@ async fn delete_original(pods: &Api<Pod>, intent: &Intent) -> Result<(), StepErr
             }),
             ..DeleteParams::default()
         };
+        r.write_permit().await;
         match pods.delete(&intent.target.name, &params).await {
             Ok(_) => {
                 info!("original pod deleted with uid and resourceVersion preconditions");

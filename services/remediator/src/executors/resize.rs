@@ -40,8 +40,10 @@ impl Executor for InPlaceResize {
                 let record = serde_json::json!({"metadata": {"annotations": {
                     format!("{}.{container}", replace::ORIGINAL_MEMORY_ANNOTATION): from.to_string(),
                     replace::INCIDENT_ANNOTATION: intent.incident.to_string()}}});
+                r.write_permit().await;
                 pods.patch(&name, &crate::patch_params(), &Patch::Merge(&record)).await?;
             }
+            r.write_permit().await;
             return match pods.patch_resize(&name, &crate::patch_params(), &Patch::Strategic(&patch)).await {
                 Ok(_) => {
                     info!(%container, %to, "resized in place");
