@@ -165,6 +165,9 @@ enum Scenario {
         /// 50 bare pods).
         #[arg(long, default_value_t = 1.0)]
         storm_scale: f64,
+        /// Keep deploy/base's guardrails (budget 30/h, breaker 20 in 5 min, cooldown 10 min).
+        #[arg(long)]
+        guardrails: bool,
         /// Where the JSON and markdown reports go.
         #[arg(long, default_value = "loadtest/reports")]
         report_dir: std::path::PathBuf,
@@ -390,7 +393,7 @@ async fn run_loadtest(scenario: Scenario, kubesent: Option<&Path>) -> anyhow::Re
                 anyhow::bail!("the model-bound run went over the quota or dead-lettered jobs");
             }
         }
-        Scenario::Storm { workloads, storm_scale, report_dir } => {
+        Scenario::Storm { workloads, storm_scale, report_dir, guardrails } => {
             let mut options = kubesent_loadtest::campaign::storm::StormOptions::large(exe.clone());
             let scale = |n: usize| ((n as f64) * storm_scale.clamp(0.0, 100.0)).round() as usize;
             options.background_workloads = workloads;
@@ -399,6 +402,7 @@ async fn run_loadtest(scenario: Scenario, kubesent: Option<&Path>) -> anyhow::Re
             options.crash_loops = scale(options.crash_loops);
             options.bare_pods = scale(options.bare_pods);
             options.report_dir = Some(report_dir);
+            options.guardrails = guardrails;
             let report = kubesent_loadtest::campaign::storm::run(&options).await?;
             print!("{report}");
             if let Some(path) = &report.written {

@@ -23,12 +23,15 @@ async fn a_small_storm_on_a_busy_cluster_gets_one_job_per_incident_and_an_outcom
         bare_pods: 4,
         storm_window: std::time::Duration::from_secs(10),
         report_dir: None,
+        // deploy/base's guardrails, as installed (17 fixes stay within the budget of 30).
+        guardrails: true,
     };
     let report = storm(&options).await.expect("the storm runs");
     println!("{report}");
     let finished: usize = report.outcomes.values().sum();
     assert!(finished >= report.failing_workloads, "every failing workload has a final outcome: {report}");
     assert_eq!(report.jobs, report.incidents, "one job per incident: {report}");
+    assert!(report.remediator_peaks.writes > 0.0, "the remediator's writes were counted: {report}");
     assert!(
         report.model_calls < report.naive_model_calls,
         "fewer model calls than the naive approach: {report}"

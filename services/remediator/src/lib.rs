@@ -202,6 +202,12 @@ pub struct RemediatorMetrics {
         prometheus_client::metrics::histogram::Histogram,
         fn() -> prometheus_client::metrics::histogram::Histogram,
     >,
+    /// Verdicts being planned and their change made (at most `--concurrency`).
+    verdicts_in_flight: Gauge,
+    /// Verifications under way (at most `--max-verifications`).
+    verifications_in_flight: Gauge,
+    /// Writes to the Kubernetes API, after the rate limit let them through.
+    writes: Counter,
 }
 
 /// 50 ms to about half an hour: a refusal or an override shows in seconds.
@@ -221,6 +227,9 @@ impl Default for RemediatorMetrics {
             verdict_to_fix: kubesent_common::metrics::sli_histograms(),
             failure_to_healed: kubesent_common::metrics::sli_histograms(),
             fix_undone: Family::new_with_constructor(fix_undone_histogram),
+            verdicts_in_flight: Gauge::default(),
+            verifications_in_flight: Gauge::default(),
+            writes: Counter::default(),
         }
     }
 }
@@ -255,6 +264,21 @@ impl RemediatorMetrics {
             "fix_undone_detection_seconds",
             "From a fix applied to KubeSent seeing that it did not land (not_landed), another manager changed it back (overridden) or it made the workload worse and was taken back (reverted), by result",
             metrics.fix_undone.clone(),
+        );
+        r.register(
+            "verdicts_in_flight",
+            "Verdicts being planned and their change made (at most --concurrency)",
+            metrics.verdicts_in_flight.clone(),
+        );
+        r.register(
+            "verifications_in_flight",
+            "Changes being verified, each apart from the verdict that asked for it (at most --max-verifications)",
+            metrics.verifications_in_flight.clone(),
+        );
+        r.register(
+            "api_writes",
+            "Writes to the Kubernetes API (patches, creates, deletes, evictions) let through by the write rate limit",
+            metrics.writes.clone(),
         );
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
         for result in OutcomeResult::ALL {
@@ -455,6 +479,7 @@ impl Finished {
 
 impl Remediator {
     async fn handle(self: &Arc<Self>, message: jetstream::Message) {
+        let _counted = GaugeGuard::inc(self.deps.metrics.verdicts_in_flight.clone());
         let span = trace::consumer_span(
             "verdict",
             proto::REMEDIATOR_CONSUMER,
@@ -534,9 +559,11 @@ impl Remediator {
         let Ok(permit) = self.verifications.clone().acquire_owned().await else { return Ok(()) };
         let span = tracing::info_span!("verification", incident = %incident);
         let remediator = self.clone();
+        let gauge = self.deps.metrics.verifications_in_flight.clone();
         self.clone().spawn_while_leading(
             async move {
                 let _permit = permit;
+                let _counted = GaugeGuard::inc(gauge);
                 remediator.finish(intent, revision, "a verification").await;
             }
             .instrument(span),
@@ -550,6 +577,7 @@ impl Remediator {
         while let Err(not_until) = self.writes.check() {
             tokio::time::sleep(not_until.wait_time_from(DefaultClock::default().now())).await;
         }
+        self.deps.metrics.writes.inc();
     }
 
     /// Gates and applies a verdict.
@@ -950,6 +978,22 @@ fn awaiting_approval(intent: &Intent) -> Finished {
         decided_by: None,
         recorded: false,
         verifying: false,
+    }
+}
+
+/// Counts one in a gauge until dropped (however the work ends: done, failed or dropped).
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn inc(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -61,6 +61,9 @@ pub struct StormOptions {
     pub storm_window: Duration,
     /// Where reports go.
     pub report_dir: Option<PathBuf>,
+    /// Keep deploy/base's guardrails (budget 30/h, breaker 20 in 5 min, cooldown 10 min) instead of
+    /// turning them off: the storm then measures how fast the verdicts beyond them get their outcome.
+    pub guardrails: bool,
 }
 
 impl StormOptions {
@@ -77,6 +80,7 @@ impl StormOptions {
             bare_pods: 50,
             storm_window: Duration::from_secs(50),
             report_dir: Some(PathBuf::from("loadtest/reports")),
+            guardrails: false,
         }
     }
 }
@@ -103,6 +107,28 @@ impl Latencies {
     }
 }
 
+/// The remediator's figures over the storm, from its metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemediatorPeaks {
+    /// Most verdicts planned and changed at once (bounded by `--concurrency`).
+    pub verdicts_in_flight: f64,
+    /// Most verifications at once.
+    pub verifications_in_flight: f64,
+    /// Most API writes in one second.
+    pub writes_per_second: f64,
+    /// API writes in all.
+    pub writes: f64,
+}
+
+/// One metric's value summed over the replicas' `/metrics` texts.
+fn metric(texts: &[String], name: &str) -> f64 {
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// What the storm showed.
 #[derive(Debug, Default)]
 pub struct StormReport {
@@ -120,6 +146,12 @@ pub struct StormReport {
     pub fix: Latencies,
     /// First failure seen → healed outcome.
     pub healed: Latencies,
+    /// Verdict → its fix applied, or its outcome when no fix is applied (`suggested`, `denied`, …):
+    /// how long a verdict waits for the remediator's answer.
+    pub decision: Latencies,
+    /// The remediator, sampled every second: peak verdicts in flight (planned and their change made),
+    /// peak verifications in flight, peak API writes in one second, and writes in all.
+    pub remediator_peaks: RemediatorPeaks,
     /// Jobs published, incidents, verdicts, final outcomes by result.
     pub jobs: usize,
     /// Distinct incidents.
@@ -153,6 +185,11 @@ impl StormReport {
             "job_to_verdict_seconds": stage(&self.diagnosis),
             "verdict_to_fix_seconds": stage(&self.fix),
             "failure_to_healed_seconds": stage(&self.healed),
+            "verdict_to_decision_seconds": stage(&self.decision),
+            "remediator": {"peak_verdicts_in_flight": self.remediator_peaks.verdicts_in_flight,
+                "peak_verifications_in_flight": self.remediator_peaks.verifications_in_flight,
+                "peak_api_writes_per_second": self.remediator_peaks.writes_per_second,
+                "api_writes": self.remediator_peaks.writes},
             "jobs": self.jobs, "incidents": self.incidents,
             "jobs_per_incident": self.jobs as f64 / self.incidents.max(1) as f64,
             "model_calls": self.model_calls,
@@ -192,6 +229,7 @@ impl fmt::Display for StormReport {
             ("job → verdict", &self.diagnosis),
             ("verdict → fix applied", &self.fix),
             ("failure → healed", &self.healed),
+            ("verdict → fix applied, or its outcome if none", &self.decision),
         ] {
             writeln!(
                 f,
@@ -222,6 +260,12 @@ impl fmt::Display for StormReport {
             "Queue depth peak: {} jobs, {} verdicts.\n",
             self.queue_depth.iter().map(|q| q.0).max().unwrap_or(0),
             self.queue_depth.iter().map(|q| q.1).max().unwrap_or(0)
+        )?;
+        let peaks = &self.remediator_peaks;
+        writeln!(
+            f,
+            "Remediator: at most {} verdicts planned and changed at once, {} verifications at once; {} API writes, at most {} in one second.\n",
+            peaks.verdicts_in_flight, peaks.verifications_in_flight, peaks.writes, peaks.writes_per_second
         )?;
         writeln!(f, "| process | peak RSS MiB | CPU s |\n|---|---|---|")?;
         for (name, (rss, cpu)) in &self.processes {
@@ -285,17 +329,21 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
         ..GeminiSimConfig::default()
     })
     .await?;
-    let overrides = topology::overrides([
+    let mut overrides = topology::overrides([
         ("KUBESENT_VERIFY_SECONDS", "5".to_owned()),
-        ("KUBESENT_MAX_ACTIONS_PER_HOUR", "100000".to_owned()),
-        ("KUBESENT_BREAKER_FAILURES", "100000".to_owned()),
-        ("KUBESENT_COOLDOWN_MINUTES", "0".to_owned()),
         ("KUBESENT_MODELS", "gemini-3.5-flash".to_owned()),
         ("KUBESENT_LLM_URL", gemini.url()),
         ("GEMINI_API_KEY", "storm-test-key".to_owned()),
         ("KUBESENT_MODEL_RPM", "600".to_owned()),
         ("KUBESENT_LOG_JSON", "false".to_owned()),
     ]);
+    if !options.guardrails {
+        overrides.extend(topology::overrides([
+            ("KUBESENT_MAX_ACTIONS_PER_HOUR", "100000".to_owned()),
+            ("KUBESENT_BREAKER_FAILURES", "100000".to_owned()),
+            ("KUBESENT_COOLDOWN_MINUTES", "0".to_owned()),
+        ]));
+    }
     let mut progress = Progress::new("steps", 5);
     progress.update(0, "starting the topology");
     let mut topology = Topology::start(&TopologyOptions {
@@ -466,8 +514,25 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
     let verdicts_stream = topology.js.get_stream(proto::VERDICTS_STREAM).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut last_outcome = storm_started;
+    let mut writes_before: Option<f64> = None;
     loop {
         topology.supervise()?;
+        let mut texts = Vec::new();
+        for replica in topology.replicas.iter().filter(|r| r.role == kubesent_common::nats::Role::Remediator)
+        {
+            texts.push(replica.process.metrics().await.unwrap_or_default());
+        }
+        let peaks = &mut report.remediator_peaks;
+        peaks.verdicts_in_flight =
+            peaks.verdicts_in_flight.max(metric(&texts, "kubesent_remediator_verdicts_in_flight"));
+        peaks.verifications_in_flight =
+            peaks.verifications_in_flight.max(metric(&texts, "kubesent_remediator_verifications_in_flight"));
+        let writes = metric(&texts, "kubesent_remediator_api_writes_total");
+        if let Some(before) = writes_before {
+            peaks.writes_per_second = peaks.writes_per_second.max(writes - before);
+        }
+        writes_before = Some(writes);
+        peaks.writes = writes;
         let jobs = jobs_stream.clone().info().await.map(|i| i.state.messages).unwrap_or(0);
         let verdicts = verdicts_stream.clone().info().await.map(|i| i.state.messages).unwrap_or(0);
         report.queue_depth.push((jobs, verdicts));
@@ -527,6 +592,10 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
             && outcome.result != OutcomeResult::AwaitingApproval
         {
             *report.outcomes.entry(outcome.result.as_str().to_owned()).or_default() += 1;
+            if let Some(verdict) = verdict_at.get(outcome.incident.as_str()) {
+                let answered = applied.get(outcome.incident.as_str()).map_or(*at, |fixed| (*fixed).min(*at));
+                report.decision.push(answered.saturating_duration_since(*verdict).as_secs_f64());
+            }
             if outcome.result == OutcomeResult::Healed
                 && let Some(seen) = first_failure.get(&workload_of(&outcome.pod.name))
             {
