@@ -144,12 +144,12 @@ impl Cli {
             Command::Pause(args) => {
                 let operator = args.operator.connect().await?;
                 let recorded = operator.pause(&args.reason).await?;
-                println!("paused: remediators only suggest until `kubesent resume` ({recorded})");
+                crate::out!("paused: remediators only suggest until `kubesent resume` ({recorded})")?;
                 Ok(())
             }
             Command::Resume(args) => {
                 args.operator.connect().await?.resume().await?;
-                println!("resumed: remediators act again");
+                crate::out!("resumed: remediators act again")?;
                 Ok(())
             }
             Command::Undo(args) => run_undo(args).await,
@@ -158,15 +158,15 @@ impl Cli {
                 let incident = kubesent_proto::IncidentId(args.incident);
                 let taken = operator.approve(&incident, Duration::from_secs(args.wait_seconds)).await?;
                 match taken {
-                    Taken::Taken(_) => println!(
+                    Taken::Taken(_) => crate::out!(
                         "approved {incident} as {}: the leading remediator checks it against the cluster again and carries it out; its outcome follows in {}",
                         operator.attribution(),
                         kubesent_proto::OUTCOMES_STREAM
-                    ),
-                    Taken::Pending => println!(
+                    )?,
+                    Taken::Pending => crate::out!(
                         "approval of {incident} recorded as {}; no leading remediator has taken it yet (it will when one leads)",
                         operator.attribution()
-                    ),
+                    )?,
                 }
                 Ok(())
             }
@@ -307,15 +307,15 @@ async fn run_reject(args: RejectArgs) -> anyhow::Result<()> {
     let operator = args.operator.connect().await?;
     let incident = kubesent_proto::IncidentId(args.incident);
     match operator.reject(&incident, &args.reason, Duration::from_secs(args.wait_seconds)).await? {
-        Taken::Taken(outcome) => println!(
+        Taken::Taken(outcome) => crate::out!(
             "rejected {incident} as {}: {}",
             operator.attribution(),
             outcome.map(|o| o.detail).unwrap_or_else(|| "recorded as denied".into())
-        ),
-        Taken::Pending => println!(
+        )?,
+        Taken::Pending => crate::out!(
             "rejection of {incident} recorded as {}; no leading remediator has taken it yet (it will when one leads)",
             operator.attribution()
-        ),
+        )?,
     }
     Ok(())
 }
@@ -328,12 +328,12 @@ async fn run_undo(args: UndoArgs) -> anyhow::Result<()> {
     operator.remediation(&incident).await?;
     let kube = kubesent_common::kube_client(args.kube_api_url.as_deref()).await?;
     let undone = operator.undo(&kube, &incident).await?;
-    println!(
+    crate::out!(
         "reverted {}: {} (recorded in {} as {})",
         undone.target,
         undone.detail,
         kubesent_proto::OUTCOMES_STREAM,
         operator.attribution()
-    );
+    )?;
     Ok(())
 }

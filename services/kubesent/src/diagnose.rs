@@ -266,7 +266,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
             "root_cause": healthy.root_cause, "failure": null, "action": {"type": "none"},
             "confidence": healthy.confidence, "source": "rules", "rule": healthy.rule,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::out!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(());
     };
     let job = kubesent_detector::build_job(&lean, &Transition { container: container.clone(), signal });
@@ -311,6 +311,6 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         "kind": job.failure.kind, "container": job.failure.container, "init_container": job.failure.init_container,
         "reason": job.failure.reason, "exit_code": job.failure.exit_code, "restart_count": job.failure.restart_count,
     });
-    println!("{}", serde_json::to_string_pretty(&render(&verdict, Some(failure)))?);
+    crate::out!("{}", serde_json::to_string_pretty(&render(&verdict, Some(failure)))?)?;
     Ok(())
 }

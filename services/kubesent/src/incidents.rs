@@ -605,9 +605,9 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
             Format::Json => {
                 let value = json!({"incident": incident, "outcomes": record.outcomes, "steps": record.steps,
                     "caused": caused.iter().map(|(id, d)| json!({"incident": id, "diagnosis": d})).collect::<Vec<_>>()});
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                crate::out!("{}", serde_json::to_string_pretty(&value)?)?;
             }
-            Format::Table | Format::Wide => print!("{}", timeline(&incident, record, &caused)),
+            Format::Table | Format::Wide => crate::out_raw!("{}", timeline(&incident, record, &caused))?,
         }
         return Ok(());
     }
@@ -621,9 +621,9 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
         passes(record, &args.filter) && cutoff.is_none_or(|c| record.at().is_some_and(|at| at >= c))
     });
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&json_list(&records))?),
-        Format::Table => println!("{}", table(&records, false, now)),
-        Format::Wide => println!("{}", table(&records, true, now)),
+        Format::Json => crate::out!("{}", serde_json::to_string_pretty(&json_list(&records))?)?,
+        Format::Table => crate::out!("{}", table(&records, false, now))?,
+        Format::Wide => crate::out!("{}", table(&records, true, now))?,
     }
     Ok(())
 }
@@ -655,7 +655,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
                 message.headers.as_ref().and_then(|h| h.get(proto::headers::DLQ_REASON)).map(|v| v.as_str());
             tail_line(subject, &message.payload, reason, jiff::Timestamp::now())
         };
-        println!("{line}");
+        crate::out!("{line}")?;
     }
 }
 

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it wanted was written.
+        Err(error) if kubesent::closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kubesent: {error:#}");
             ExitCode::FAILURE

@@ -100,6 +100,23 @@ fn unreadable_or_wrong_kind_input_is_a_clear_error() {
     assert!(stderr.contains("holds 2 objects"), "{stderr}");
 }
 
+#[test]
+fn a_reader_that_closes_the_pipe_ends_the_command_quietly_with_success() {
+    // As `kubesent diagnose … | head -0` would: the reader is gone before anything is written.
+    let pod = fixture("oom-crashloop.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubesent"))
+        .args(["diagnose", "--offline", "--pod", pod.to_str().expect("path")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubesent runs");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("kubesent ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}
+
 /// Runs `kubesent diagnose` with `stdin` on its standard input.
 fn diagnose_stdin(args: &[&str], stdin: &str) -> (i32, Value, String) {
     use std::io::Write as _;

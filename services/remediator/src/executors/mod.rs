@@ -74,7 +74,9 @@ impl Remediator {
             match intent.phase {
                 // Only drive() moves an intent past approval; never act on one here.
                 Phase::AwaitingApproval | Phase::Approved => return Ok(awaiting_approval(&intent)),
-                Phase::Done => return Ok(Finished::of(&intent)),
+                // Its outcome was recorded before it was marked done: a redelivered verdict or a second
+                // task finds it so, and records nothing again (no second outcome, metric or notification).
+                Phase::Done => return Ok(Finished { recorded: true, ..Finished::of(&intent) }),
                 // The change is made: what is left is verifying it, apart.
                 Phase::Created | Phase::Applied if hand_off == HandOff::AtVerification => {
                     return Ok(Finished { verifying: true, ..Finished::of(&intent) });
