@@ -10,6 +10,9 @@ use kubesent_proto::{FailureKind, IncidentId, MemoryQuantity};
 
 /// The field manager KubeSent's remediator writes with (named in every object's `managedFields`).
 pub const FIELD_MANAGER: &str = "kubesent-remediator";
+/// Why a workload's newest revision exists, as `kubectl rollout history` shows it (the Deployment
+/// controller copies it to the ReplicaSet).
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 /// The incident of KubeSent's last change to the object.
 pub const INCIDENT_ANNOTATION: &str = "kubesent.io/incident";
 /// Prefix of a container's memory limit before KubeSent changed it (`….<container>`).

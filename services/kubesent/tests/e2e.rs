@@ -221,6 +221,25 @@ async fn an_oom_killed_deployment_gets_more_memory_in_its_template_and_rolls_out
     let annotations = web.metadata.annotations.clone().expect("annotations");
     assert_eq!(annotations["kubesent.io/original-memory-limit.app"], "128Mi", "reversible");
     assert_eq!(annotations["kubesent.io/incident"], outcome.incident.as_str());
+    // `kubectl rollout history` says why the new revision exists.
+    let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(stack.kube.clone(), "shop");
+    let newest = sets
+        .list(&Default::default())
+        .await
+        .expect("replica sets")
+        .items
+        .into_iter()
+        .max_by_key(|rs| {
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("deployment.kubernetes.io/revision")?.parse::<i64>().ok())
+        })
+        .expect("a replica set");
+    assert_eq!(
+        newest.metadata.annotations.unwrap_or_default().get("kubernetes.io/change-cause").map(String::as_str),
+        Some(format!("KubeSent, incident {}: memory limit of app 128Mi -> 256Mi", outcome.incident).as_str())
+    );
     let live = live_pods(&pods, "app=web").await;
     assert_eq!(live.len(), 3, "the rollout replaced every pod");
     for pod in &live {

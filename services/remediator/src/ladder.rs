@@ -387,7 +387,8 @@ pub fn revision_patch(
     still_runs(workload, template_in(workload, history, from)?, from)?;
     let current = current.cloned().unwrap_or_default();
     Ok(Some(WorkloadPatch::Merge(json!({
-        "metadata": {"annotations": {ORIGINAL_REVISION_ANNOTATION: from.name, INCIDENT_ANNOTATION: incident.to_string()}},
+        "metadata": {"annotations": {ORIGINAL_REVISION_ANNOTATION: from.name, INCIDENT_ANNOTATION: incident.to_string(),
+            kubesent_common::marks::CHANGE_CAUSE_ANNOTATION: format!("KubeSent, incident {incident}: rolled back {} -> {}", from.name, to.name)}},
         "spec": {"template": template_diff(&current, target)}
     }))))
 }
@@ -435,6 +436,10 @@ pub fn owner_patch(
         annotations.insert(annotation, json!(original));
     }
     annotations.insert(INCIDENT_ANNOTATION.into(), json!(incident.to_string()));
+    annotations.insert(
+        kubesent_common::marks::CHANGE_CAUSE_ANNOTATION.into(),
+        json!(format!("KubeSent, incident {incident}: {}", crate::undo::describe(action))),
+    );
     Ok(WorkloadPatch::Strategic(json!({
         "metadata": {"annotations": annotations},
         "spec": {"template": {"spec": {"containers": [change]}}}

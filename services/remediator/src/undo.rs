@@ -101,6 +101,10 @@ fn reverted_annotations(records: &[&str], container: &str, incident: &IncidentId
         records.iter().map(|r| ((*r).to_owned(), Value::Null)).collect();
     annotations.insert(INCIDENT_ANNOTATION.into(), Value::Null);
     annotations.insert(format!("{REVERTED_ANNOTATION}.{container}"), json!(incident.to_string()));
+    annotations.insert(
+        kubesent_common::marks::CHANGE_CAUSE_ANNOTATION.into(),
+        json!(format!("KubeSent's change for incident {incident} taken back")),
+    );
     Value::Object(annotations)
 }
 

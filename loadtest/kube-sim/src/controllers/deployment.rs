@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// The Deployment's annotations its controller does not copy to a ReplicaSet.
+const ANNOTATIONS_NOT_COPIED: [&str; 6] = [
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REVISION,
+    "deployment.kubernetes.io/revision-history",
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
+    "deprecated.deployment.rollback.to",
+];
+
 impl Controllers<'_> {
     pub(super) fn deployment(&self, ns: &str, name: &str) -> Result<(), ApiError> {
         let Ok(object) = self.state.store.get(&DEPLOYMENTS, ns, name) else { return Ok(()) };
@@ -58,6 +68,17 @@ impl Controllers<'_> {
                 max_unavailable,
             );
         }
+        // The Deployment's own annotations travel to its newest ReplicaSet (`kubectl rollout history`
+        // reads `kubernetes.io/change-cause` there), as the controller's copyDeploymentAnnotationsToReplicaSet
+        // does: all but its bookkeeping ones, on creation and on every sync; older ReplicaSets keep theirs.
+        let copied: BTreeMap<String, String> = deployment
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| !ANNOTATIONS_NOT_COPIED.contains(&k.as_str()))
+            .collect();
         let new_revision = match &new_rs {
             Some(rs) if revision_of(rs) == max_revision => max_revision,
             _ => max_revision + 1,
@@ -82,11 +103,16 @@ impl Controllers<'_> {
                 let mut labels =
                     template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
                 labels.insert(POD_TEMPLATE_HASH.into(), hash.clone());
+                let mut annotations = copied.clone();
+                annotations.insert(REVISION.into(), new_revision.to_string());
+                annotations.insert("deployment.kubernetes.io/desired-replicas".into(), desired.to_string());
+                annotations.insert(
+                    "deployment.kubernetes.io/max-replicas".into(),
+                    (desired + max_surge).to_string(),
+                );
                 let rs = json!({
                     "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
-                        "annotations": {REVISION: new_revision.to_string(),
-                            "deployment.kubernetes.io/desired-replicas": desired.to_string(),
-                            "deployment.kubernetes.io/max-replicas": (desired + max_surge).to_string()},
+                        "annotations": annotations,
                         "ownerReferences": [owner_ref("Deployment", name, &object.uid)]},
                     "spec": {"replicas": initial, "selector": selector, "template": template,
                         "minReadySeconds": spec.min_ready_seconds.unwrap_or(0)},
@@ -103,9 +129,15 @@ impl Controllers<'_> {
         };
         let new_uid = new_rs.metadata.uid.clone().unwrap_or_default();
         let new_name = new_rs.metadata.name.clone().unwrap_or_default();
-        if revision_of(&new_rs) != new_revision {
+        let has = new_rs.metadata.annotations.clone().unwrap_or_default();
+        let missing: Vec<(&String, &String)> =
+            copied.iter().filter(|(k, v)| has.get(*k) != Some(*v)).collect();
+        if revision_of(&new_rs) != new_revision || !missing.is_empty() {
             self.update(&REPLICASETS, ns, &new_name, &new_uid, |v| {
-                v["metadata"]["annotations"][REVISION] = json!(new_revision.to_string())
+                v["metadata"]["annotations"][REVISION] = json!(new_revision.to_string());
+                for (key, value) in &missing {
+                    v["metadata"]["annotations"][key.as_str()] = json!(value);
+                }
             })?;
         }
         let new_replicas = new_rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);

@@ -135,8 +135,23 @@ async fn kubectl_drives_a_deployment_through_its_life_as_people_do() {
     // A new revision, its history, and going back.
     ok("set image", run(&["set", "image", "deployment/web", "app=registry.local/shop/web:2"]).await);
     ok("rollout status", run(&["rollout", "status", "deployment/web", "--timeout=30s"]).await);
+    // The change cause, as the kubectl docs say to record it: on the Deployment, after the change; its
+    // controller copies it to the newest ReplicaSet, where `rollout history` reads it.
+    ok(
+        "annotate",
+        run(&["annotate", "deployment/web", "kubernetes.io/change-cause=image 2 for the checkout fix"]).await,
+    );
     let history = ok("rollout history", run(&["rollout", "history", "deployment/web"]).await);
     assert!(history.contains("REVISION") && history.lines().any(|l| l.starts_with('2')), "{history}");
+    let cause_of = |revision: char| {
+        history
+            .lines()
+            .find(|l| l.starts_with(revision))
+            .map(|l| l[1..].trim().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(cause_of('2'), "image 2 for the checkout fix", "{history}");
+    assert_eq!(cause_of('1'), "<none>", "the older revision keeps its own: {history}");
     ok("rollout undo", run(&["rollout", "undo", "deployment/web"]).await);
     ok("rollout status", run(&["rollout", "status", "deployment/web", "--timeout=30s"]).await);
     let image = ok(
