@@ -48,9 +48,33 @@ impl Controllers<'_> {
         let pods = self.owned_pods(ns, &object.uid)?;
         let counted: Vec<&Pod> = pods.iter().filter(|p| is_active(p)).collect();
         let ready = counted.iter().filter(|p| is_ready(p)).count();
+        // A pod is available once it has been ready for minReadySeconds (on the simulated clock); the
+        // ReplicaSet is looked at again when the next one will be.
+        let min_ready = self.state.kubelet.clock().scaled(std::time::Duration::from_secs(u64::from(
+            spec.min_ready_seconds.unwrap_or(0).max(0).unsigned_abs(),
+        )));
+        let now = jiff::Timestamp::now();
+        let mut next_available: Option<std::time::Duration> = None;
+        let available = counted
+            .iter()
+            .filter(|p| is_ready(p))
+            .filter(|p| {
+                let since = ready_since(p).unwrap_or(now);
+                let waited = now.duration_since(since).unsigned_abs();
+                let available = waited >= min_ready;
+                if !available {
+                    let left = min_ready - waited;
+                    next_available = Some(next_available.map_or(left, |n| n.min(left)));
+                }
+                available
+            })
+            .count();
+        if let Some(left) = next_available {
+            self.requeue_after(Key::ReplicaSet(ns.to_owned(), name.to_owned()), left);
+        }
         let mut status = json!({
             "replicas": counted.len(), "fullyLabeledReplicas": counted.len(), "readyReplicas": ready,
-            "availableReplicas": ready, "observedGeneration": rs.metadata.generation.unwrap_or(1),
+            "availableReplicas": available, "observedGeneration": rs.metadata.generation.unwrap_or(1),
         });
         if let Some(error) = &refused {
             let since = rs

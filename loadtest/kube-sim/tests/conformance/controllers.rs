@@ -249,3 +249,98 @@ async fn a_paused_deployment_rolls_nothing_out_until_it_is_resumed() {
         "rolled out once resumed"
     );
 }
+
+/// A Deployment of two healthy pods, then rolled (with `min_ready_seconds` set in the same change) to a
+/// revision whose pods crash a few simulated seconds after they become ready.
+async fn rolled_to_a_revision_that_crashes_after_ready(
+    client: &kube::Client,
+    min_ready_seconds: i32,
+) -> Api<k8s_openapi::api::apps::v1::Deployment> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    let web = deployment("web", 2, "registry.local/shop/web:1");
+    deployments.create(&PostParams::default(), &web).await.expect("created");
+    wait_deployment(&deployments, "web", |d| status_of(d) == (2, 2, 2)).await;
+    let patch = json!({"spec": {"minReadySeconds": min_ready_seconds, "template": {
+        "metadata": {"annotations": {"sim.kubesent.io/exit-code": "2", "sim.kubesent.io/run-seconds": "3"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:2"}]}}}});
+    deployments
+        .patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch))
+        .await
+        .expect("patched");
+    deployments
+}
+
+fn replicas_of_revision(sets: &[k8s_openapi::api::apps::v1::ReplicaSet], revision: &str) -> (i32, i32) {
+    let rs = sets
+        .iter()
+        .find(|rs| {
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                .map(String::as_str)
+                == Some(revision)
+        })
+        .expect("revision");
+    (
+        rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0),
+    )
+}
+
+#[tokio::test]
+async fn without_min_ready_seconds_a_revision_that_crashes_after_ready_completes_its_rollout() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let sim = sim().await;
+    let client = client(&sim);
+    let deployments = rolled_to_a_revision_that_crashes_after_ready(&client, 0).await;
+    // Its pods count as available the moment they are ready: the old revision is scaled down to zero.
+    let _ = &deployments;
+    let revision = |rs: &ReplicaSet, wanted: &str| {
+        rs.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+            .map(String::as_str)
+            == Some(wanted)
+    };
+    first_that(Api::<ReplicaSet>::namespaced(client.clone(), "shop"), "revision 1 scaled to zero", |rs| {
+        revision(rs, "1") && rs.spec.as_ref().and_then(|s| s.replicas) == Some(0)
+    })
+    .await;
+    let crashed = pods_until(&Api::namespaced(client, "shop"), |pods| {
+        pods.iter().any(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.restart_count > 0))
+        })
+    })
+    .await;
+    assert!(!crashed.is_empty(), "and then the new revision crash-loops with nothing to fall back on");
+}
+
+#[tokio::test]
+async fn with_min_ready_seconds_a_revision_that_crashes_after_ready_never_replaces_the_old_one() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let sim = sim().await;
+    let client = client(&sim);
+    // 3,000 simulated seconds (30 s here): far longer than the new pods stay up (3 s).
+    let deployments = rolled_to_a_revision_that_crashes_after_ready(&client, 3000).await;
+    pods_until(&Api::namespaced(client.clone(), "shop"), |pods| {
+        pods.iter().any(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.restart_count > 0))
+        })
+    })
+    .await;
+    let sets =
+        Api::<ReplicaSet>::namespaced(client, "shop").list(&ListParams::default()).await.expect("list").items;
+    assert_eq!(replicas_of_revision(&sets, "1"), (2, 2), "the old revision keeps serving");
+    assert_eq!(replicas_of_revision(&sets, "2").1, 0, "no new pod was ever available");
+    let web = deployments.get("web").await.expect("web");
+    assert_eq!(web.status.and_then(|s| s.available_replicas), Some(2));
+}
