@@ -17,6 +17,7 @@ mod api;
 mod api_error;
 pub mod controllers;
 pub mod disruption;
+mod event_views;
 mod events;
 pub mod faults;
 pub mod kubelet;

@@ -343,6 +343,49 @@ impl Store {
         name: &str,
         decide: impl FnOnce(Option<&Arc<StoredObject>>) -> Result<Mutation, ApiError>,
     ) -> Result<Option<Arc<StoredObject>>, ApiError> {
+        let result = self.mutate_one(def, namespace, name, decide)?;
+        // An Event is one object served by two APIs: its twin follows every write.
+        if def == &crate::resources::EVENTS || def == &crate::resources::EVENTS_V1 {
+            self.mirror_event(def, namespace, name);
+        }
+        Ok(result)
+    }
+
+    /// Writes (or removes) the twin of Event `name` in the other Events API (see [`crate::event_views`]).
+    fn mirror_event(&self, def: &ResourceDef, namespace: &str, name: &str) {
+        use crate::{
+            event_views,
+            resources::{EVENTS, EVENTS_V1},
+        };
+        let (twin_def, convert): (&ResourceDef, fn(&Value) -> Value) = if def == &EVENTS {
+            (&EVENTS_V1, event_views::to_events_v1)
+        } else {
+            (&EVENTS, event_views::to_core)
+        };
+        let written = self.collection(def).objects.get(&(namespace.to_owned(), name.to_owned())).cloned();
+        let _ = self.mutate_one(twin_def, namespace, name, |current| {
+            Ok(match (written, current) {
+                (None, None) => Mutation::Unchanged,
+                (None, Some(_)) => Mutation::Delete,
+                (Some(event), current) => {
+                    let twin = convert(&event.value());
+                    if current.is_some_and(|c| event_views::same_content(&c.value(), &twin)) {
+                        Mutation::Unchanged
+                    } else {
+                        Mutation::Put(twin)
+                    }
+                }
+            })
+        });
+    }
+
+    fn mutate_one(
+        &self,
+        def: &ResourceDef,
+        namespace: &str,
+        name: &str,
+        decide: impl FnOnce(Option<&Arc<StoredObject>>) -> Result<Mutation, ApiError>,
+    ) -> Result<Option<Arc<StoredObject>>, ApiError> {
         let key = (namespace.to_owned(), name.to_owned());
         let mut collection = self.collection(def);
         let current = collection.objects.get(&key).cloned();

@@ -142,10 +142,34 @@ async fn the_runtime_recorder_creates_then_patches_an_event_series() {
     };
     recorder.publish(&event, &reference).await.expect("first event created");
     recorder.publish(&event, &reference).await.expect("repeat patched as a series");
-    let events =
-        Api::<Event>::namespaced(client, "shop").list(&ListParams::default()).await.expect("list").items;
+    let events: Vec<Event> = Api::<Event>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("OOMRemediation"))
+        .collect();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
+    // The same Event through the core API, as `kubectl get events` and `kubectl describe` read it; and the
+    // kubelet's own Events (written there) through events.k8s.io.
+    let core: Vec<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(client.clone(), "shop").list(&ListParams::default()).await.expect("list").items;
+    let twin = core.iter().find(|e| e.reason.as_deref() == Some("OOMRemediation")).expect("served as v1 too");
+    assert_eq!(twin.message.as_deref(), Some("memory 128Mi -> 256Mi"));
+    assert_eq!(twin.involved_object.name.as_deref(), Some("ev"));
+    assert_eq!(twin.reporting_component.as_deref(), Some("kubesent-remediator"));
+    assert_eq!(twin.series.as_ref().and_then(|s| s.count), Some(2));
+    assert_eq!(twin.metadata.uid, events[0].metadata.uid, "one Event");
+    let kubelet = Api::<Event>::namespaced(client, "shop")
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("Scheduled"));
+    assert!(kubelet.is_some_and(|e| e.regarding.and_then(|r| r.name).as_deref() == Some("ev")));
     assert!(
         sim.requests()
             .iter()

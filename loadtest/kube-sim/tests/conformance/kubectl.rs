@@ -447,3 +447,36 @@ async fn kubectl_validates_on_its_own_side_with_the_served_schemas_against_a_ser
     assert!(err.contains("immutabel"), "{err}");
     assert!(sim.requests().iter().all(|r| r.method == "GET"), "nothing was written");
 }
+
+#[tokio::test]
+async fn kubectl_shows_events_recorded_through_events_k8s_io_in_get_events_and_describe() {
+    use kube_runtime::events::{Event as RuntimeEvent, EventType, Recorder, Reporter};
+    let Ok(kubectl) = which_kubectl() else {
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    };
+    let sim = sim().await;
+    let client = client(&sim);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let created = pods.create(&PostParams::default(), &pod("ev", "256Mi", "1Mi")).await.expect("created");
+    // As KubeSent's remediator records: events.k8s.io/v1, through kube-runtime.
+    let recorder = Recorder::new(
+        client,
+        Reporter { controller: "kubesent-remediator".into(), instance: Some("r-0".into()) },
+    );
+    let event = RuntimeEvent {
+        type_: EventType::Warning,
+        reason: "RemediationReverted".into(),
+        note: Some("KubeSent took its change back".into()),
+        action: "increase_memory".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &kube::Resource::object_ref(&created, &())).await.expect("recorded");
+    let listed = ok("get events", kubectl_in_shop(&kubectl, &sim, &["get", "events"]).await);
+    assert!(
+        listed.contains("RemediationReverted") && listed.contains("KubeSent took its change back"),
+        "{listed}"
+    );
+    let described = ok("describe", kubectl_in_shop(&kubectl, &sim, &["describe", "pod", "ev"]).await);
+    assert!(described.contains("RemediationReverted"), "{described}");
+}
