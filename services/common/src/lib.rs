@@ -80,13 +80,25 @@ pub enum Error {
     /// A setting is invalid (a NATS URL, conflicting credentials, an unreadable credentials file).
     #[error("configuration: {0}")]
     Config(String),
+    /// NATS refused the credentials: waiting will not fix it.
+    #[error(
+        "NATS at {servers} refused the credentials of {principal} ({reason}): check the role's Secret (deploy/base: the kubesent-nats-<role> credentials) and the server's users"
+    )]
+    Refused {
+        /// The servers tried.
+        servers: String,
+        /// Whose credentials (the user, or the creds/nkey file).
+        principal: String,
+        /// NATS's words.
+        reason: String,
+    },
 }
 
 impl Error {
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Nats(_) => "nats",
+            Self::Nats(_) | Self::Refused { .. } => "nats",
             Self::Publish { .. } | Self::Subject(_) => "publish",
             Self::Unfixable { .. } | Self::ShutDown { .. } | Self::MissingBucket { .. } => "setup",
             Self::KubeUrl { .. } | Self::KubeConfig(_) | Self::KubeClient(_) => "kube",

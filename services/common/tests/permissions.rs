@@ -87,6 +87,22 @@ async fn no_anonymous_client_or_wrong_password_gets_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_or_a_command_with_a_wrong_password_stops_at_once_naming_the_user_and_the_server() {
+    let (server, _users) = NatsServer::start_secured().await.expect("nats-server");
+    let wrong = NatsArgs::url(server.url()).with_user("kubesent-detector", "guess".to_owned());
+    for role in [Role::Detector, Role::Reader] {
+        // A service retries a server it cannot reach, never one that refuses its credentials.
+        let refused = tokio::time::timeout(REFUSAL, nats::connect_as(&wrong, role, "test"))
+            .await
+            .unwrap_or_else(|_| panic!("{role:?} kept retrying refused credentials"))
+            .expect_err("refused");
+        let said = refused.to_string();
+        assert!(matches!(refused, kubesent_common::Error::Refused { .. }), "{role:?}: {said}");
+        assert!(said.contains("kubesent-detector") && said.contains(server.url()), "{said}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_can_do_its_work_and_is_refused_everything_else() {
     let (server, users) = NatsServer::start_secured().await.expect("nats-server");
     let topology = Topology::default();

@@ -105,7 +105,49 @@ pub async fn connect_observed(
     observe: impl Fn(&Event) + Send + Sync + 'static,
 ) -> Result<async_nats::Client, Error> {
     let servers = server_addrs(&args.url)?;
-    let observe = std::sync::Arc::new(observe);
+    let observe: std::sync::Arc<dyn Fn(&Event) + Send + Sync> = std::sync::Arc::new(observe);
+    let refused = |error: &async_nats::ConnectError| {
+        matches!(
+            error.kind(),
+            async_nats::ConnectErrorKind::AuthorizationViolation
+                | async_nats::ConnectErrorKind::Authentication
+        )
+        .then(|| Error::Refused {
+            servers: args.url.clone(),
+            principal: args.principal(),
+            reason: error.to_string(),
+        })
+    };
+    if role.is_service() {
+        // One attempt first: credentials the server refuses are fatal, so the pod crash-loops with the
+        // reason in its log; a server not reachable yet is waited for below.
+        match options(args, role, name, observe.clone(), false).await?.connect(servers.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(error) => {
+                if let Some(refused) = refused(&error) {
+                    return Err(refused);
+                }
+                warn!(%error, servers = %args.url, "NATS is not reachable yet; waiting for it");
+            }
+        }
+    }
+    info!(servers = %args.url, principal = %args.principal(), role = role.as_str(), "connecting to NATS");
+    options(args, role, name, observe, role.is_service())
+        .await?
+        .connect(servers)
+        .await
+        .map_err(|e| refused(&e).unwrap_or_else(|| Error::Nats(Box::new(e))))
+}
+
+/// The connection options for `args` as `role`; `retry` keeps trying the first connection in the
+/// background.
+async fn options(
+    args: &NatsArgs,
+    role: Role,
+    name: &str,
+    observe: std::sync::Arc<dyn Fn(&Event) + Send + Sync>,
+    retry: bool,
+) -> Result<async_nats::ConnectOptions, Error> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(role.inbox_prefix())
@@ -114,7 +156,7 @@ pub async fn connect_observed(
             observe(&event);
             async move { log_event(event) }
         }); // A service waits for NATS (it may start first); a human's command says at once what is wrong.
-    if role.is_service() {
+    if retry {
         options = options.retry_on_initial_connect();
     }
     let methods = [args.creds.is_some(), args.nkey.is_some(), args.user.is_some() || args.password.is_some()];
@@ -147,8 +189,7 @@ pub async fn connect_observed(
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         options = options.require_tls(true).add_client_certificate(cert.clone(), key.clone());
     }
-    info!(servers = %args.url, principal = %args.principal(), role = role.as_str(), "connecting to NATS");
-    options.connect(servers).await.map_err(|e| Error::Nats(Box::new(e)))
+    Ok(options)
 }
 
 /// Connects without credentials, as a service of `role` would (tests and the in-process stack).
