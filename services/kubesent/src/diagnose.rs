@@ -214,13 +214,27 @@ async fn from_cluster(target: &str) -> anyhow::Result<Inputs> {
         Api,
         api::{ListParams, LogParams},
     };
-    let Some((namespace, name)) = target.split_once('/').filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
-    else {
-        bail!("give the pod as namespace/name (e.g. shop/web-1), or kubectl output with --pod");
-    };
     let client = kubesent_common::kube_client(None).await.context("no usable kubeconfig")?;
+    // `namespace/name`, or a name in the kubeconfig context's namespace, as kubectl takes it.
+    let (namespace, name) = match target.split_once('/') {
+        Some((ns, n)) if !ns.is_empty() && !n.is_empty() => (ns.to_owned(), n),
+        Some(_) => {
+            bail!("give the pod as namespace/name or name (e.g. shop/web-1), or kubectl output with --pod")
+        }
+        None => (client.default_namespace().to_owned(), target),
+    };
+    let namespace = namespace.as_str();
+    let target = format!("{namespace}/{name}");
+    let target = target.as_str();
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pod = pods.get(name).await.with_context(|| format!("reading pod {target}"))?;
+    let pod = match pods.get(name).await {
+        Ok(pod) => pod,
+        Err(kube::Error::Api(status)) if status.is_not_found() => {
+            bail!("no pod {name} in namespace {namespace} (kubectl get pods -n {namespace})")
+        }
+        Err(kube::Error::Api(status)) => bail!("reading pod {target}: {} ({})", status.message, status.code),
+        Err(error) => return Err(error).with_context(|| format!("reading pod {target}")),
+    };
     let failing = classify::classify(&LeanPod::from(&pod)).into_iter().find(|o| o.failure.is_some());
     let container = failing.map(|o| o.name);
     let logs = |previous: bool| {

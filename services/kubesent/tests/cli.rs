@@ -256,19 +256,35 @@ async fn a_live_pod_is_read_through_the_current_kubeconfig() {
         verdict["action"],
         json!({"type": "increase_memory", "container": "app", "from": "128Mi", "to": "256Mi"})
     );
-    let (code, _, stderr) = diagnose(&["web-1", "--offline"]);
+    // A bare name is looked up in the kubeconfig context's namespace, as kubectl does.
+    let (code, stdout, stderr) = run_live(&sim.url(), Some("shop"), "web-1").await;
+    assert_eq!(code, 0, "{stderr}");
+    let verdict: Value = serde_json::from_str(&stdout).expect("json verdict");
+    assert_eq!(verdict["failure"]["kind"], "oom-killed", "{verdict}");
+    // A pod that is not there: one line saying so.
+    let (code, stdout, stderr) = run_live(&sim.url(), None, "shop/nosuchpod").await;
     assert_ne!(code, 0);
-    assert!(stderr.contains("namespace/name"), "{stderr}");
+    assert!(stdout.is_empty(), "nothing on stdout but the answer: {stdout}");
+    assert_eq!(stderr.trim(), "kubesent: no pod nosuchpod in namespace shop (kubectl get pods -n shop)");
 }
 
 /// `kubesent diagnose <target> --offline` against the cluster at `url`, through a kubeconfig naming it.
 async fn diagnose_live(url: &str, target: &str) -> Value {
+    let (code, stdout, stderr) = run_live(url, None, target).await;
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).expect("json verdict")
+}
+
+/// Runs `kubesent diagnose <target> --offline` through a kubeconfig whose context names the cluster at
+/// `url` (and `namespace`); (exit code, stdout, stderr).
+async fn run_live(url: &str, namespace: Option<&str>, target: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("config");
+    let namespace = namespace.map(|n| format!("    namespace: {n}\n")).unwrap_or_default();
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {url}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: me\ncurrent-context: sim\nusers:\n- name: me\n  user: {{}}\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {url}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: me\n{namespace}current-context: sim\nusers:\n- name: me\n  user: {{}}\n"
         ),
     )
     .expect("kubeconfig");
@@ -279,9 +295,11 @@ async fn diagnose_live(url: &str, target: &str) -> Value {
         .output()
         .await
         .expect("kubesent runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    serde_json::from_slice(&output.stdout).expect("json verdict")
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
