@@ -442,3 +442,25 @@ fn nonsense_memory_factors_are_refused_at_start() {
         assert_eq!(code, 0, "{stderr}");
     }
 }
+
+#[test]
+fn every_subcommand_the_readme_names_exists() {
+    let readme = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+        .expect("README");
+    let listed = readme
+        .split("the product binary: `kubesent ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("the README lists the product's subcommands");
+    let subcommands: Vec<&str> = listed.split('|').map(str::trim).collect();
+    assert!(subcommands.len() >= 10, "{subcommands:?}");
+    for subcommand in subcommands {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_kubesent")).args([subcommand, "--help"]).output().expect("runs");
+        assert!(
+            output.status.success(),
+            "kubesent {subcommand} --help: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
