@@ -37,6 +37,7 @@ pub mod workload;
 
 mod executors;
 mod fence;
+mod nodes;
 mod tasks;
 mod verify;
 
@@ -664,7 +665,7 @@ impl Remediator {
         };
         let previous_fix = self.previous_fix(plan::fix_marker(&pod, &owner)).await?;
         let room = if plan::needs_room(&verdict.action) {
-            Some(self.room(&verdict.pod.namespace).await)
+            Some(self.room(&verdict.pod.namespace, &pod, &verdict.action).await)
         } else {
             None
         };
@@ -755,13 +756,19 @@ impl Remediator {
     /// schedulable node's allocatable memory and what its pods request. What cannot be read (a cluster
     /// that does not let KubeSent list nodes, say) is left out and logged: the pre-flight then checks what
     /// it has, and admission stays the last word.
-    async fn room(&self, namespace: &str) -> preflight::Room {
+    async fn room(&self, namespace: &str, pod: &Pod, action: &Action) -> preflight::Room {
         use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
         let kube = &self.deps.kube;
         let list = kube::api::ListParams::default();
         let limit_ranges = Api::<LimitRange>::namespaced(kube.clone(), namespace).list(&list).await;
         let quotas = Api::<ResourceQuota>::namespaced(kube.clone(), namespace).list(&list).await;
-        let nodes = self.node_room().await;
+        // What the raised pod could need (read node by node until one has it free).
+        let spec = pod.spec.clone().unwrap_or_default();
+        let need = match action {
+            Action::IncreaseMemory { container, to, .. } => preflight::raised_request(&spec, container, *to),
+            _ => preflight::pod_request(&spec),
+        };
+        let nodes = nodes::room(kube, spec.node_name.as_deref(), need).await;
         let mut room = preflight::Room::default();
         match limit_ranges {
             Ok(list) => room.limit_ranges = list.items,
@@ -802,38 +809,6 @@ impl Remediator {
                 Vec::new()
             }
         }
-    }
-
-    /// Every schedulable node's allocatable memory and the requests of the pods bound to it that have
-    /// not finished (a pod's request is its containers' requests, or their limits where they state none).
-    async fn node_room(&self) -> Result<Vec<preflight::NodeRoom>, kube::Error> {
-        use k8s_openapi::api::core::v1::Node;
-        let kube = &self.deps.kube;
-        let nodes = Api::<Node>::all(kube.clone()).list(&kube::api::ListParams::default()).await?;
-        let mut rooms: Vec<preflight::NodeRoom> = nodes
-            .items
-            .iter()
-            .filter(|n| !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
-            .filter_map(|n| {
-                let allocatable = n.status.as_ref()?.allocatable.as_ref()?.get("memory")?;
-                Some(preflight::NodeRoom {
-                    name: n.metadata.name.clone()?,
-                    allocatable: proto::MemoryQuantity::parse(&allocatable.0).ok()?.bytes(),
-                    requested: 0,
-                })
-            })
-            .collect();
-        let running = kube::api::ListParams::default()
-            .fields("status.phase!=Succeeded,status.phase!=Failed,spec.nodeName!=");
-        let pods = Api::<Pod>::all(kube.clone()).list(&running).await?;
-        for pod in &pods.items {
-            let Some(spec) = pod.spec.as_ref() else { continue };
-            let Some(room) = rooms.iter_mut().find(|r| Some(&r.name) == spec.node_name.as_ref()) else {
-                continue;
-            };
-            room.requested += preflight::pod_request(spec);
-        }
-        Ok(rooms)
     }
 
     /// The controlling workload of `pod`, resolving a ReplicaSet to its Deployment.

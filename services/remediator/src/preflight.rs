@@ -12,7 +12,12 @@
 //! limit on its own (that would overcommit the node the pod lands on); it says that a raise of the limit
 //! alone would fit and leaves the choice to a human.
 
-use k8s_openapi::api::core::v1::{Container, LimitRange, PodSpec, ResourceQuota};
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Container, LimitRange, PodSpec, ResourceQuota, ResourceRequirements},
+    apimachinery::pkg::api::resource::Quantity,
+};
 use kubesent_proto::MemoryQuantity;
 
 /// What the cluster holds that bounds a raise, as the shell read it.
@@ -277,6 +282,29 @@ pub fn check(raise: Raise<'_>, landing: &Landing, room: &Room) -> Result<(), Blo
 /// none). Init containers and overhead are left out.
 pub fn pod_request(spec: &PodSpec) -> u64 {
     spec.containers.iter().filter_map(|c| effective(c, Resource::Requests)).sum()
+}
+
+/// The most memory the pod could request with `container`'s limit raised to `to`: what a node must
+/// have free for it (an upper bound: a container with a request below its limit needs less).
+pub fn raised_request(spec: &PodSpec, container: &str, to: MemoryQuantity) -> u64 {
+    spec.containers
+        .iter()
+        .map(|c| if c.name == container { to.bytes() } else { effective(c, Resource::Requests).unwrap_or(0) })
+        .sum()
+}
+
+/// [`pod_request`] of a pod as read for the nodes' room (only its containers' resources).
+pub fn request_of<'a>(resources: impl IntoIterator<Item = Option<&'a ResourceRequirements>>) -> u64 {
+    resources
+        .into_iter()
+        .filter_map(|r| {
+            let memory = |list: Option<&BTreeMap<String, Quantity>>| {
+                MemoryQuantity::parse(&list?.get("memory")?.0).ok().map(MemoryQuantity::bytes)
+            };
+            let r = r?;
+            memory(r.requests.as_ref()).or(memory(r.limits.as_ref()))
+        })
+        .sum()
 }
 
 #[derive(Clone, Copy)]
