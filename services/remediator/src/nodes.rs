@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use crate::preflight::{self, NodeRoom};
 
+/// Pods per page of a node's list (a node runs at most a few hundred).
+const PAGE: u32 = 500;
+
 /// A pod as the room count reads it: its containers' resources.
 #[derive(Debug, Clone, Deserialize)]
 struct RoomPod {
@@ -87,19 +90,25 @@ pub async fn room(kube: &kube::Client, first: Option<&str>, need: u64) -> Result
     let pods = Api::<RoomPod>::all(kube.clone());
     let mut read = Vec::new();
     for mut node in candidates {
-        let bound = ListParams::default()
-            .fields(&format!("spec.nodeName={},status.phase!=Succeeded,status.phase!=Failed", node.name));
-        node.requested = pods
-            .list(&bound)
-            .await?
-            .items
-            .iter()
-            .map(|p| {
-                preflight::request_of(
-                    p.spec.iter().flat_map(|s| s.containers.iter()).map(|c| c.resources.as_ref()),
-                )
-            })
-            .sum();
+        let mut bound = ListParams::default()
+            .fields(&format!("spec.nodeName={},status.phase!=Succeeded,status.phase!=Failed", node.name))
+            .limit(PAGE);
+        loop {
+            let page = pods.list(&bound).await?;
+            node.requested += page
+                .items
+                .iter()
+                .map(|p| {
+                    preflight::request_of(
+                        p.spec.iter().flat_map(|s| s.containers.iter()).map(|c| c.resources.as_ref()),
+                    )
+                })
+                .sum::<u64>();
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => bound = bound.continue_token(&token),
+                None => break,
+            }
+        }
         let has_room = node.allocatable.saturating_sub(node.requested) >= need;
         read.push(node);
         if has_room {

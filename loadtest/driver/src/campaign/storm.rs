@@ -278,14 +278,17 @@ impl fmt::Display for StormReport {
 /// A message seen on the bus: when, its subject, its payload.
 type Passed = (Instant, String, Vec<u8>);
 
+/// Background pods per node.
+const PODS_PER_NODE: usize = 100;
+
 /// A healthy pod of background workload `w` (owned by its ReplicaSet), written straight into the store.
-fn background_pod(w: usize, i: usize) -> Value {
+fn background_pod(w: usize, i: usize, node: usize) -> Value {
     let name = format!("bg{w}-7d9c5b7f6-{i:05}");
     json!({
         "metadata": {"name": name, "namespace": "background", "uid": format!("00000000-0000-4000-{w:04x}-{i:012}"),
             "creationTimestamp": "2026-11-01T09:00:00Z", "labels": {"app": format!("bg{w}"), "pod-template-hash": "7d9c5b7f6"},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("bg{w}-7d9c5b7f6"), "uid": format!("rs-{w}"), "controller": true}]},
-        "spec": {"nodeName": "sim-node-1", "restartPolicy": "Always",
+        "spec": {"nodeName": format!("sim-node-{node}"), "restartPolicy": "Always",
             "containers": [{"name": "app", "image": "registry.local/background:1", "resources": {"limits": {"memory": "128Mi"}}}]},
         "status": {"phase": "Running", "podIP": "10.244.0.2", "conditions": [{"type": "Ready", "status": "True"}],
             "containerStatuses": [{"name": "app", "image": "registry.local/background:1", "imageID": "registry.local/background@sha256:1",
@@ -346,9 +349,16 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
     }
     let mut progress = Progress::new("steps", 5);
     progress.update(0, "starting the topology");
+    // About 100 pods per node, as on a real cluster (kubelet's max-pods is 110), so that reading one
+    // node's pods costs what it would there.
+    let background = options.background_workloads * options.pods_per_workload;
+    let node_count = (background / PODS_PER_NODE).max(3);
     let mut topology = Topology::start(&TopologyOptions {
         exe: options.exe.clone(),
         overrides: overrides.clone(),
+        nodes: (1..=node_count)
+            .map(|n| kubesent_kube_sim::nodes::NodeConfig::worker(&format!("sim-node-{n}")))
+            .collect(),
         ..TopologyOptions::default()
     })
     .await
@@ -359,7 +369,7 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
     let store = &topology.sim.state().store;
     for w in 0..options.background_workloads {
         for i in 0..options.pods_per_workload {
-            let pod = background_pod(w, i);
+            let pod = background_pod(w, i, (w * options.pods_per_workload + i) % node_count + 1);
             let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             store
                 .mutate(&PODS, "background", &name, |_| Ok(Mutation::Put(pod.clone())))
