@@ -510,7 +510,7 @@ impl Remediator {
                     &verdict.pod.namespace,
                     &verdict.pod.name,
                 );
-                let _progress = nats::ProgressAcker::start(&message, Duration::from_secs(20));
+                let _progress = nats::ProgressAcker::start(&message, Duration::from_secs(5));
                 match self.remediate_and_record(&verdict).await {
                     Ok(()) => Handled::Done,
                     Err(error) => Handled::Failed(error.to_string()),

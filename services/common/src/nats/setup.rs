@@ -125,9 +125,10 @@ impl Topology {
             durable_name: Some(proto::REMEDIATOR_CONSUMER.to_owned()),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            // Three of the handler's progress acks (every 20 s): a verdict delivered to a leader that
-            // then stalled or crashed before it acknowledged anything comes back within a minute.
-            ack_wait: Duration::from_secs(60),
+            // Three of the handler's progress acks (every 5 s). A verdict is held only while it is planned
+            // and its change made (verifying goes on apart), so one delivered to a leader that then
+            // stalled or crashed comes back within 15 s.
+            ack_wait: Duration::from_secs(15),
             // Unlimited here: a verdict handed back because its leader stopped leading is delivered
             // again, and the remediator itself dead-letters one that failed on its `4 × max_deliver`th
             // delivery (times four: hand-overs count). A server-side limit would drop a verdict
