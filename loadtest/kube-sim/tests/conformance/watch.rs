@@ -213,12 +213,17 @@ async fn a_restart_ends_even_while_clients_watch_again_the_moment_their_watch_en
             .expect("restarted");
         // A pooled connection the restart closed can fail one request, as against a real apiserver.
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-        let mut served = pods.list(&ListParams::default()).await;
+        let list = || async {
+            tokio::time::timeout(PATIENCE, pods.list(&ListParams::default()))
+                .await
+                .unwrap_or_else(|_| panic!("no answer {attempt}: a request after the restart hung"))
+        };
+        let mut served = list().await;
         for _ in 0..3 {
             if served.is_ok() {
                 break;
             }
-            served = pods.list(&ListParams::default()).await;
+            served = list().await;
         }
         served.expect("serving again");
     }
