@@ -5,68 +5,51 @@
 
 use serde_json::{Map, Value, json};
 
-/// The `events.k8s.io/v1` form of a `v1` Event.
-pub fn to_events_v1(core: &Value) -> Value {
+/// Each `v1` field and the `events.k8s.io/v1` field it is served as.
+const FIELDS: [(&str, &str); 14] = [
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("reason", "reason"),
+    ("type", "type"),
+    ("eventTime", "eventTime"),
+    ("series", "series"),
+    ("action", "action"),
+    ("related", "related"),
+    ("reportingComponent", "reportingController"),
+    ("reportingInstance", "reportingInstance"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+/// `event` as `api_version`, its fields renamed from `v1` to `events.k8s.io/v1` (`to_v1`) or back.
+fn converted(event: &Value, api_version: &str, to_v1: bool) -> Map<String, Value> {
     let mut out = Map::new();
-    out.insert("apiVersion".into(), json!("events.k8s.io/v1"));
+    out.insert("apiVersion".into(), json!(api_version));
     out.insert("kind".into(), json!("Event"));
-    out.insert("metadata".into(), twin_metadata(core));
-    for (from, to) in [
-        ("involvedObject", "regarding"),
-        ("message", "note"),
-        ("reason", "reason"),
-        ("type", "type"),
-        ("eventTime", "eventTime"),
-        ("series", "series"),
-        ("action", "action"),
-        ("related", "related"),
-        ("reportingComponent", "reportingController"),
-        ("reportingInstance", "reportingInstance"),
-        ("source", "deprecatedSource"),
-        ("firstTimestamp", "deprecatedFirstTimestamp"),
-        ("lastTimestamp", "deprecatedLastTimestamp"),
-        ("count", "deprecatedCount"),
-    ] {
-        if let Some(value) = core.get(from).filter(|v| !v.is_null()) {
+    out.insert("metadata".into(), twin_metadata(event));
+    for &(core, v1) in &FIELDS {
+        let (from, to) = if to_v1 { (core, v1) } else { (v1, core) };
+        if let Some(value) = event.get(from).filter(|v| !v.is_null()) {
             out.insert(to.into(), value.clone());
         }
     }
-    if !out.contains_key("eventTime") {
-        // Required in events.k8s.io/v1; an Event recorded the old way has none.
-        out.insert("eventTime".into(), Value::Null);
-    }
+    out
+}
+
+/// The `events.k8s.io/v1` form of a `v1` Event.
+pub fn to_events_v1(core: &Value) -> Value {
+    let mut out = converted(core, "events.k8s.io/v1", true);
+    // Required in events.k8s.io/v1; an Event recorded the old way has none.
+    out.entry("eventTime").or_insert(Value::Null);
     Value::Object(out)
 }
 
 /// The `v1` form of an `events.k8s.io/v1` Event.
 pub fn to_core(v1: &Value) -> Value {
-    let mut out = Map::new();
-    out.insert("apiVersion".into(), json!("v1"));
-    out.insert("kind".into(), json!("Event"));
-    out.insert("metadata".into(), twin_metadata(v1));
-    for (from, to) in [
-        ("regarding", "involvedObject"),
-        ("note", "message"),
-        ("reason", "reason"),
-        ("type", "type"),
-        ("eventTime", "eventTime"),
-        ("series", "series"),
-        ("action", "action"),
-        ("related", "related"),
-        ("reportingController", "reportingComponent"),
-        ("reportingInstance", "reportingInstance"),
-        ("deprecatedSource", "source"),
-        ("deprecatedFirstTimestamp", "firstTimestamp"),
-        ("deprecatedLastTimestamp", "lastTimestamp"),
-        ("deprecatedCount", "count"),
-    ] {
-        if let Some(value) = v1.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), value.clone());
-        }
-    }
-    if !out.contains_key("involvedObject") {
-        out.insert("involvedObject".into(), json!({}));
-    }
+    let mut out = converted(v1, "v1", false);
+    out.entry("involvedObject").or_insert_with(|| json!({}));
     Value::Object(out)
 }
 

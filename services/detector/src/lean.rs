@@ -10,7 +10,7 @@
 //! `LeanPod::from(&Pod)` gives the same value from a fully decoded pod (for `kubesent diagnose`, which
 //! has the whole object anyway); the property test in `tests/lean.rs` holds the two decodes equal.
 
-use std::{borrow::Cow, collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{
     api::core::v1::{Container, ContainerState, ContainerStatus, Pod, ResourceRequirements},
@@ -182,34 +182,7 @@ pub struct LeanTerminated {
     pub finished_at: Option<Time>,
 }
 
-impl kube::Resource for LeanPod {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Pod")
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("pods")
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+kubesent_common::lean_pod_resource!(LeanPod);
 
 /// The metadata fields the detector reads; the rest is skipped by the decoder.
 #[derive(Deserialize)]

@@ -3,8 +3,6 @@
 //! containers' resources), stopping at the first node with room. A cluster of 100,000 pods costs one
 //! node's pods per raise, not every pod (the full list cost gigabytes of JSON per verdict in the storm).
 
-use std::borrow::Cow;
-
 use k8s_openapi::{
     api::core::v1::{Node, ResourceRequirements},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -39,34 +37,7 @@ struct RoomContainer {
     resources: Option<ResourceRequirements>,
 }
 
-impl kube::Resource for RoomPod {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Pod")
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("pods")
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+kubesent_common::lean_pod_resource!(RoomPod);
 
 /// The schedulable nodes' room: `first` (a pod's own node) and then the others by allocatable memory,
 /// largest first, each with what its unfinished pods request, until one has `need` bytes free. The nodes

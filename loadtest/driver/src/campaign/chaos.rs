@@ -150,7 +150,7 @@ impl ChaosReport {
             "restarts": self.restarts,
             "processes": self.processes.iter().map(|(k, (rss, cpu))| (k.clone(), json!({"peak_rss_mib": rss, "cpu_seconds": cpu}))).collect::<BTreeMap<_, _>>(),
             "overrides": self.overrides,
-            "violations": self.violations.iter().map(|v| json!({"invariant": v.invariant, "detail": v.detail, "history": v.history})).collect::<Vec<_>>(),
+            "violations": invariants::violations_json(&self.violations),
         })
     }
 }
@@ -200,18 +200,7 @@ impl fmt::Display for ChaosReport {
                 self.restarts.get(name).copied().unwrap_or(0)
             )?;
         }
-        if self.violations.is_empty() {
-            writeln!(f, "\nInvariants: all held (0 violations).")
-        } else {
-            writeln!(f, "\n## {} violation(s)\n", self.violations.len())?;
-            for violation in &self.violations {
-                writeln!(f, "- **{}**: {}", violation.invariant, violation.detail)?;
-                for line in &violation.history {
-                    writeln!(f, "    {line}")?;
-                }
-            }
-            Ok(())
-        }
+        invariants::write_violations(f, &self.violations)
     }
 }
 

@@ -73,6 +73,31 @@ pub struct Violation {
     pub history: Vec<String>,
 }
 
+/// Writes the violations section of a campaign's markdown report.
+pub fn write_violations(f: &mut std::fmt::Formatter<'_>, violations: &[Violation]) -> std::fmt::Result {
+    if violations.is_empty() {
+        return writeln!(f, "\nInvariants: all held (0 violations).");
+    }
+    writeln!(f, "\n## {} violation(s)\n", violations.len())?;
+    for violation in violations {
+        writeln!(f, "- **{}**: {}", violation.invariant, violation.detail)?;
+        for line in &violation.history {
+            writeln!(f, "    {line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The violations of a campaign's JSON report.
+pub fn violations_json(violations: &[Violation]) -> serde_json::Value {
+    serde_json::Value::Array(
+        violations
+            .iter()
+            .map(|v| serde_json::json!({"invariant": v.invariant, "detail": v.detail, "history": v.history}))
+            .collect(),
+    )
+}
+
 /// The world as a fresh client reads it at the end of a run.
 pub struct World {
     /// Every outcome in the audit stream.

@@ -256,7 +256,7 @@ impl WorldReport {
             "outcomes": self.outcomes.iter().map(|(c, o)| (c.name(), o.clone())).collect::<BTreeMap<_, _>>(),
             "timings_seconds": self.timings().into_iter().collect::<BTreeMap<_, _>>(),
             "overrides": self.overrides,
-            "violations": self.violations.iter().map(|v| json!({"invariant": v.invariant, "detail": v.detail, "history": v.history})).collect::<Vec<_>>(),
+            "violations": invariants::violations_json(&self.violations),
         })
     }
 }
@@ -301,18 +301,7 @@ impl fmt::Display for WorldReport {
                 v["max"].as_f64().unwrap_or(0.0)
             )?;
         }
-        if self.violations.is_empty() {
-            writeln!(f, "\nInvariants: all held (0 violations).")
-        } else {
-            writeln!(f, "\n## {} violation(s)\n", self.violations.len())?;
-            for violation in &self.violations {
-                writeln!(f, "- **{}**: {}", violation.invariant, violation.detail)?;
-                for line in &violation.history {
-                    writeln!(f, "    {line}")?;
-                }
-            }
-            Ok(())
-        }
+        invariants::write_violations(f, &self.violations)
     }
 }
 
