@@ -9,6 +9,7 @@ mod fingerprint;
 pub mod intent;
 mod names;
 mod quantity;
+pub mod served;
 pub mod validate;
 
 use jiff::Timestamp;
@@ -601,6 +602,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("outcome.json", schema::<Outcome>()),
         ("intent.json", schema::<intent::Intent>()),
         ("decision.json", schema::<approval::Decision>()),
+        ("served_revisions.json", schema::<served::ServedRevisions>()),
     ]
 }
 

@@ -49,6 +49,8 @@ pub struct StackOptions {
     pub nodes: Vec<kubesent_kube_sim::nodes::NodeConfig>,
     /// Whether the remediator takes back a change that did not land or made things worse.
     pub take_back: bool,
+    /// How long a revision serves healthy before it is recorded known-good.
+    pub known_good_after: Duration,
 }
 
 impl Default for StackOptions {
@@ -64,6 +66,7 @@ impl Default for StackOptions {
             model: false,
             nodes: SimConfig::default().nodes,
             take_back: true,
+            known_good_after: Duration::from_secs(2),
         }
     }
 }
@@ -185,6 +188,7 @@ impl Stack {
             },
             incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
             topology: topology.clone(),
+            known_good_after: options.known_good_after,
         };
         let deps = DetectorDeps {
             kube: detector_kube,

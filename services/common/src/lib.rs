@@ -11,6 +11,7 @@ pub mod owner;
 pub mod pod;
 pub mod revisions;
 pub mod selector;
+pub mod served;
 pub mod telemetry;
 pub mod trace;
 
@@ -251,6 +252,16 @@ impl Backoff {
     }
 }
 
+/// A positive duration setting in jiff's friendly (`10m`, `1h 30m`, `90s`) or ISO 8601 (`PT10M`) form.
+pub fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let parsed: jiff::SignedDuration =
+        text.trim().parse().map_err(|_| format!("{text:?} is not a duration (e.g. 10m, 90s, 1h 30m)"))?;
+    std::time::Duration::try_from(parsed)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text} is not a positive duration"))
+}
+
 /// A memory growth factor: a finite number from 1 to 64.
 pub fn growth_factor(text: &str) -> Result<f64, String> {
     let factor: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
@@ -261,29 +272,30 @@ pub fn growth_factor(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Makes a lean decode of a Pod (a struct with `metadata: ObjectMeta` and only the fields a reader
-/// needs) a `kube::Resource`, so `Api<T>` lists and watches pods decoding nothing else.
+/// Makes a lean decode of a namespaced object (a struct with `metadata: ObjectMeta` and only the fields a
+/// reader needs) a `kube::Resource` of the given kind, group, version and plural, so `Api<T>` lists and
+/// watches it decoding nothing else.
 #[macro_export]
-macro_rules! lean_pod_resource {
-    ($type:ty) => {
+macro_rules! lean_resource {
+    ($type:ty, $kind:literal, $group:literal, $version:literal, $plural:literal) => {
         impl kube::Resource for $type {
             type DynamicType = ();
             type Scope = k8s_openapi::NamespaceResourceScope;
 
             fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-                std::borrow::Cow::Borrowed("Pod")
+                std::borrow::Cow::Borrowed($kind)
             }
 
             fn group(_: &()) -> std::borrow::Cow<'_, str> {
-                std::borrow::Cow::Borrowed("")
+                std::borrow::Cow::Borrowed($group)
             }
 
             fn version(_: &()) -> std::borrow::Cow<'_, str> {
-                std::borrow::Cow::Borrowed("v1")
+                std::borrow::Cow::Borrowed($version)
             }
 
             fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-                std::borrow::Cow::Borrowed("pods")
+                std::borrow::Cow::Borrowed($plural)
             }
 
             fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -295,4 +307,28 @@ macro_rules! lean_pod_resource {
             }
         }
     };
+}
+
+/// [`lean_resource!`] for a lean Pod (`v1/pods`).
+#[macro_export]
+macro_rules! lean_pod_resource {
+    ($type:ty) => {
+        $crate::lean_resource!($type, "Pod", "", "v1", "pods");
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn duration_settings_read_as_people_write_them_and_refuse_zero_negative_or_nonsense() {
+        assert_eq!(super::positive_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(super::positive_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(super::positive_duration("PT90S"), Ok(Duration::from_secs(90)));
+        assert_eq!(super::positive_duration(" 2s "), Ok(Duration::from_secs(2)));
+        for bad in ["0s", "-5m", "ten minutes", ""] {
+            assert!(super::positive_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -27,6 +27,9 @@ pub struct Revision {
     pub number: i64,
     /// The ReplicaSet or ControllerRevision that holds it.
     pub name: String,
+    /// The hash its pods carry: a ReplicaSet's `pod-template-hash`, a ControllerRevision's name (its
+    /// pods' `controller-revision-hash`).
+    pub hash: String,
     /// Image per container of its template.
     pub images: BTreeMap<String, String>,
     /// How many of its pods are ready now: a revision still serving is known to work.
@@ -57,10 +60,13 @@ pub struct History {
     pub owner_annotations: BTreeMap<String, String>,
     /// The workload's `managedFields` (who wrote which field of its template).
     pub owner_managed_fields: Vec<ManagedFieldsEntry>,
+    /// The workload's uid.
+    pub owner_uid: String,
 }
 
 impl History {
     fn with_owner_meta(mut self, meta: &ObjectMeta) -> Self {
+        self.owner_uid = meta.uid.clone().unwrap_or_default();
         self.owner_annotations = meta.annotations.clone().unwrap_or_default();
         self.owner_managed_fields = meta.managed_fields.clone().unwrap_or_default();
         self
@@ -139,9 +145,12 @@ fn replica_set_revision(set: &ReplicaSet) -> Option<Revision> {
         .and_then(|r| r.parse::<i64>().ok())?;
     let template =
         set.spec.as_ref().and_then(|s| s.template.clone()).map(|t| restorable(t, "pod-template-hash"));
+    let hash =
+        set.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned().unwrap_or_default();
     Some(Revision {
         number,
         name: set.metadata.name.clone().unwrap_or_default(),
+        hash,
         images: template_images(template.as_ref()),
         ready_replicas: set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
         replicas: set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
@@ -196,6 +205,7 @@ pub async fn stateful_set_revisions(
         Revision {
             number: r.revision,
             name: r.metadata.name.clone().unwrap_or_default(),
+            hash: r.metadata.name.clone().unwrap_or_default(),
             images: template_images(template.as_ref()),
             ready_replicas: if serving {
                 status.ready_replicas.unwrap_or(0).min(status.current_replicas.unwrap_or(0))

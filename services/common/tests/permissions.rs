@@ -114,6 +114,24 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
     nats::publish(&detector.js, "kubesent.jobs.shop.oom-killed".into(), "job-1", b"{}".to_vec(), &[])
         .await
         .expect("a job");
+    // And records what revisions served, the only role that may.
+    let web = proto::WorkloadRef { kind: proto::WorkloadKind::Deployment, name: "web".into() };
+    let served = kubesent_common::served::ServedStore::new(detector.js.clone());
+    let record = |record: &mut proto::served::ServedRevisions| {
+        record.record(
+            "uid-web",
+            proto::served::ServedRevision {
+                name: "web-111".into(),
+                hash: "111".into(),
+                replicas: 3,
+                healthy_since: jiff::Timestamp::UNIX_EPOCH,
+                known_good_at: jiff::Timestamp::UNIX_EPOCH,
+                until: None,
+            },
+        )
+    };
+    assert!(served.update("shop", &web, "uid-web", record).await.expect("a record"));
+    assert!(served.read("shop", &web).await.expect("read").is_some());
     detector.no_violations();
     for subject in [
         "kubesent.verdicts.shop.rollback-image",
@@ -124,6 +142,7 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         "$JS.API.STREAM.PURGE.KUBESENT_JOBS",
         "$JS.API.CONSUMER.CREATE.KUBESENT_JOBS.thief",
         "$JS.API.STREAM.UPDATE.KUBESENT_VERDICTS",
+        "$JS.API.STREAM.PURGE.KV_kubesent-revisions",
     ] {
         detector.refused_publish(subject).await;
     }
@@ -161,6 +180,8 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
     .expect("the rate-limit bucket");
     limits.put("model-gemini", "1".into()).await.expect("a reservation");
     assert!(limits.get("model-gemini").await.expect("read").is_some());
+    let served = kubesent_common::served::ServedStore::new(diagnoser.js.clone());
+    assert!(served.read("shop", &web).await.expect("reads revisions").is_some());
     diagnoser.no_violations();
     for subject in [
         "kubesent.outcomes.shop.healed",
@@ -173,6 +194,7 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         "$JS.API.CONSUMER.CREATE.KUBESENT_VERDICTS.remediator",
         "$JS.API.STREAM.DELETE.KUBESENT_OUTCOMES",
         "$JS.API.STREAM.UPDATE.KUBESENT_JOBS",
+        "$KV.kubesent-revisions.shop.deployment.web",
     ] {
         diagnoser.refused_publish(subject).await;
     }
@@ -198,6 +220,8 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
     tokio::time::timeout(REFUSAL, watch.next()).await.expect("a change").expect("open").expect("entry");
     let mut keys = intents.keys().await.expect("keys");
     assert!(keys.next().await.is_some());
+    let served = kubesent_common::served::ServedStore::new(remediator.js.clone());
+    assert!(served.read("shop", &web).await.expect("reads revisions").is_some());
     remediator.no_violations();
     for subject in [
         "kubesent.jobs.shop.oom-killed",
@@ -206,6 +230,7 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         "$JS.API.CONSUMER.CREATE.KUBESENT_JOBS.diagnosers",
         "$JS.API.STREAM.DELETE.KUBESENT_VERDICTS",
         "$JS.API.STREAM.PURGE.KUBESENT_OUTCOMES",
+        "$KV.kubesent-revisions.shop.deployment.web",
     ] {
         remediator.refused_publish(subject).await;
     }
@@ -262,6 +287,7 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         "$KV.kubesent-intents.inc-1",
         "$JS.API.CONSUMER.MSG.NEXT.KUBESENT_VERDICTS.remediator",
         "$JS.API.STREAM.PURGE.KV_kubesent-intents",
+        "$KV.kubesent-revisions.shop.deployment.web",
     ] {
         reader.refused_publish(subject).await;
     }

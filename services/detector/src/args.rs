@@ -39,6 +39,10 @@ pub struct DetectorArgs {
     /// reported; one that turns ready meanwhile is never reported.
     #[arg(long, env = "KUBESENT_UNREADY_THRESHOLD_SECONDS", default_value_t = 300)]
     pub unready_threshold_seconds: u64,
+    /// How long a revision must serve healthy (every pod it wants ready, none restarting) before it is
+    /// recorded known-good, and a rollback to it after its rollout finished may be proposed.
+    #[arg(long, env = "KUBESENT_KNOWN_GOOD_AFTER", default_value = "10m", value_parser = kubesent_common::positive_duration)]
+    pub known_good_after: Duration,
 }
 
 impl DetectorArgs {
@@ -55,6 +59,7 @@ impl DetectorArgs {
             },
             incident_ttl: DEFAULT_INCIDENT_TTL,
             topology,
+            known_good_after: self.known_good_after,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! publish out. A Job's failure names the newest pod of the Job the detector saw, deleted or not, so the
 //! diagnoser can read its logs while they exist.
 
-use std::{borrow::Cow, collections::HashMap};
+use std::collections::HashMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kubesent_proto::{
@@ -85,34 +85,7 @@ pub struct LeanJobCondition {
     pub last_transition_time: Option<Time>,
 }
 
-impl kube::Resource for LeanJob {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Job")
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("batch")
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("jobs")
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+kubesent_common::lean_resource!(LeanJob, "Job", "batch", "v1", "jobs");
 
 /// The `Failed=True` condition of a Job, if it has one.
 pub fn job_failure(job: &LeanJob) -> Option<&LeanJobCondition> {

@@ -206,7 +206,7 @@ struct LeanMetadata {
     creation_timestamp: Option<Time>,
 }
 
-fn lean_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+pub(crate) fn lean_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
     let lean = Option::<LeanMetadata>::deserialize(deserializer)?;
     Ok(lean.map_or_else(ObjectMeta::default, |m| ObjectMeta {
         name: m.name,

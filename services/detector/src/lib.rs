@@ -12,6 +12,8 @@ pub mod incident;
 pub mod incidents;
 pub mod jobs;
 pub mod lean;
+mod recorder;
+pub mod served;
 pub mod tracker;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
@@ -46,6 +48,7 @@ use crate::{
     incidents::{Holds, IncidentBook, Update},
     jobs::{JobTracker, LeanJob},
     lean::LeanPod,
+    served::{LeanReplicaSet, LeanScaled, LeanStatefulSet, RevisionHealth, ServedChange},
     tracker::{PodTracker, Transition},
 };
 
@@ -75,6 +78,9 @@ pub struct DetectorConfig {
     pub incident_ttl: Duration,
     /// How the jobs stream is sized (the detector creates it).
     pub topology: Topology,
+    /// How long a revision must serve healthy (every wanted pod ready, no restart) to be recorded
+    /// known-good.
+    pub known_good_after: Duration,
 }
 
 /// Default [`DetectorConfig::incident_ttl`]: the default dedup window of the jobs stream.
@@ -124,6 +130,21 @@ struct ResultLabel {
     result: PublishResult,
 }
 
+kubesent_common::label_values! {
+    /// A change to the record of revisions that served healthy.
+    pub enum RecordChange {
+        /// A revision became known-good.
+        KnownGood => "known_good",
+        /// A known-good revision stopped serving healthy.
+        Ended => "ended",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RecordLabel {
+    change: RecordChange,
+}
+
 /// Detector metrics.
 #[derive(Debug)]
 pub struct DetectorMetrics {
@@ -136,6 +157,10 @@ pub struct DetectorMetrics {
     open_incidents: Gauge,
     pending_jobs: Gauge,
     leader: Gauge,
+    publishes_in_flight: Gauge,
+    revisions_recorded: Family<RecordLabel, Counter>,
+    revision_record_failures: Counter,
+    tracked_revisions: Gauge,
     detection: kubesent_common::metrics::SliHistograms,
     /// Woken whenever the publisher changes a figure, so tests can await a state instead of polling.
     changed: tokio::sync::Notify,
@@ -153,6 +178,10 @@ impl Default for DetectorMetrics {
             open_incidents: Gauge::default(),
             pending_jobs: Gauge::default(),
             leader: Gauge::default(),
+            publishes_in_flight: Gauge::default(),
+            revisions_recorded: Family::default(),
+            revision_record_failures: Counter::default(),
+            tracked_revisions: Gauge::default(),
             detection: kubesent_common::metrics::sli_histograms(),
             changed: tokio::sync::Notify::default(),
         }
@@ -186,9 +215,32 @@ impl DetectorMetrics {
         );
         r.register("pending_jobs", "Jobs waiting to be published", metrics.pending_jobs.clone());
         r.register("leader", "1 when this replica leads", metrics.leader.clone());
+        r.register(
+            "publishes_in_flight",
+            "Jobs sent to JetStream whose acknowledgement is awaited (the publish window)",
+            metrics.publishes_in_flight.clone(),
+        );
+        r.register(
+            "revisions_recorded",
+            "Changes written to the record of revisions that served healthy, by change",
+            metrics.revisions_recorded.clone(),
+        );
+        r.register(
+            "revision_record_failures",
+            "Writes of the revisions record that failed and will be retried",
+            metrics.revision_record_failures.clone(),
+        );
+        r.register(
+            "tracked_revisions",
+            "Workload revisions whose health is tracked",
+            metrics.tracked_revisions.clone(),
+        );
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
         for result in PublishResult::ALL {
             let _ = metrics.published.get_or_create(&ResultLabel { result: *result });
+        }
+        for change in RecordChange::ALL {
+            let _ = metrics.revisions_recorded.get_or_create(&RecordLabel { change: *change });
         }
         Arc::new(metrics)
     }
@@ -221,6 +273,16 @@ impl DetectorMetrics {
     /// Pods whose container state is tracked.
     pub fn tracked_pods(&self) -> i64 {
         self.tracked_pods.get()
+    }
+
+    /// Jobs whose acknowledgement is awaited.
+    pub fn publishes_in_flight(&self) -> i64 {
+        self.publishes_in_flight.get()
+    }
+
+    /// Changes written to the revisions record.
+    pub fn revisions_recorded(&self, change: RecordChange) -> u64 {
+        self.revisions_recorded.get_or_create(&RecordLabel { change }).get()
     }
 
     /// Waits until `done` holds for the metrics (checked after every change by the publisher).
@@ -265,53 +327,60 @@ pub async fn run(
         incident_ttl: config.incident_ttl,
     };
     let publishing = kubesent_common::AbortOnDrop::new(tokio::spawn(publisher.run(shutdown.clone())));
+    let (served_tx, served_rx) = mpsc::channel(JOB_BUFFER);
+    let recorder = recorder::Recorder {
+        store: kubesent_common::served::ServedStore::new(deps.js.clone()),
+        leading: leadership.watch(),
+        changes: served_rx,
+        metrics: deps.metrics.clone(),
+    };
+    let recording = kubesent_common::AbortOnDrop::new(tokio::spawn(recorder.run(shutdown.clone())));
     // No span for these loops: they live as long as the process, and a span is exported when it ends.
-    watch_pods(&config, &deps, updates_tx, shutdown.clone()).await;
+    let outputs = WatchOutputs { jobs: updates_tx, served: served_tx, leading: leadership.watch() };
+    watch_pods(&config, &deps, outputs, shutdown.clone()).await;
     publishing.join().await;
+    recording.join().await;
     let _ = deps.js.client().flush().await;
     leadership.release().await;
     Ok(())
 }
 
-fn pod_events(
+/// Watch events of `K` in the namespaces watched (all when none is named).
+fn events<K>(
     config: &DetectorConfig,
     client: &kube::Client,
-) -> BoxStream<'static, Result<watcher::Event<LeanPod>, watcher::Error>> {
+) -> BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
     let watcher_config = watcher::Config::default();
     if config.namespaces.is_empty() {
-        return watcher(Api::<LeanPod>::all(client.clone()), watcher_config).default_backoff().boxed();
+        return watcher(Api::<K>::all(client.clone()), watcher_config).default_backoff().boxed();
     }
     let streams = config.namespaces.iter().map(|ns| {
-        watcher(Api::<LeanPod>::namespaced(client.clone(), ns), watcher_config.clone())
-            .default_backoff()
-            .boxed()
+        watcher(Api::<K>::namespaced(client.clone(), ns), watcher_config.clone()).default_backoff().boxed()
     });
     futures::stream::select_all(streams).boxed()
 }
 
-fn job_events(
-    config: &DetectorConfig,
-    client: &kube::Client,
-) -> BoxStream<'static, Result<watcher::Event<LeanJob>, watcher::Error>> {
-    let watcher_config = watcher::Config::default();
-    if config.namespaces.is_empty() {
-        return watcher(Api::<LeanJob>::all(client.clone()), watcher_config).default_backoff().boxed();
-    }
-    let streams = config.namespaces.iter().map(|ns| {
-        watcher(Api::<LeanJob>::namespaced(client.clone(), ns), watcher_config.clone())
-            .default_backoff()
-            .boxed()
-    });
-    futures::stream::select_all(streams).boxed()
-}
-
-/// What the watch side reads: a pod's or a Job's change.
+/// What the watch side reads: a pod's, a Job's, a ReplicaSet's or a StatefulSet's change, or the clock.
 #[derive(Debug)]
 pub enum Watched {
     /// A pod watch event.
     Pod(watcher::Event<LeanPod>),
     /// A Job watch event.
     Job(watcher::Event<LeanJob>),
+    /// A ReplicaSet watch event.
+    ReplicaSet(watcher::Event<LeanReplicaSet>),
+    /// A StatefulSet watch event.
+    StatefulSet(watcher::Event<LeanStatefulSet>),
+    /// Time passed: revisions healthy for long enough become known-good.
+    Tick,
 }
 
 /// The watch side's memory: what each pod's and Job's containers showed last, and which pods the relist
@@ -320,7 +389,9 @@ pub enum Watched {
 pub struct WatchState {
     tracker: PodTracker,
     jobs: JobTracker,
+    served: RevisionHealth,
     relisted: BTreeSet<String>,
+    relisted_scaled: BTreeSet<(proto::WorkloadKind, String, String)>,
     excluded_namespaces: Vec<String>,
     incident_ttl: Duration,
 }
@@ -332,12 +403,65 @@ pub struct Observed {
     pub updates: Vec<Update>,
     /// Transitions into a failure seen.
     pub transitions: u64,
+    /// Changes to the record of revisions that served healthy.
+    pub served: Vec<ServedChange>,
 }
 
 impl WatchState {
-    /// A fresh memory that ignores `excluded_namespaces` and Job failures older than `incident_ttl`.
-    pub fn new(excluded_namespaces: Vec<String>, incident_ttl: Duration) -> Self {
-        Self { excluded_namespaces, incident_ttl, ..Self::default() }
+    /// A fresh memory that ignores `excluded_namespaces` and Job failures older than `incident_ttl`, and
+    /// records a revision known-good after `known_good_after` of healthy service.
+    pub fn new(excluded_namespaces: Vec<String>, incident_ttl: Duration, known_good_after: Duration) -> Self {
+        Self {
+            excluded_namespaces,
+            incident_ttl,
+            served: RevisionHealth::new(known_good_after),
+            ..Self::default()
+        }
+    }
+
+    /// Workload revisions tracked now.
+    pub fn tracked_revisions(&self) -> usize {
+        self.served.revisions()
+    }
+
+    /// Every revision known-good now (recorded again by a replica that starts leading).
+    pub fn known_good_now(&self) -> Vec<ServedChange> {
+        self.served.known_good_now()
+    }
+
+    fn observe_scaled(
+        &mut self,
+        kind: proto::WorkloadKind,
+        event: watcher::Event<LeanScaled>,
+        now: jiff::Timestamp,
+    ) -> Vec<ServedChange> {
+        match event {
+            watcher::Event::Init => {
+                self.relisted_scaled.retain(|(k, _, _)| *k != kind);
+                Vec::new()
+            }
+            watcher::Event::InitApply(set) | watcher::Event::Apply(set) => {
+                if self.excluded(set.metadata.namespace.as_ref()) {
+                    return Vec::new();
+                }
+                if let (Some(ns), Some(name)) = (&set.metadata.namespace, &set.metadata.name) {
+                    self.relisted_scaled.insert((kind, ns.clone(), name.clone()));
+                }
+                self.served.observe_scaled(kind, &set, now)
+            }
+            watcher::Event::InitDone => self.served.retain_scaled(
+                kind,
+                |ns, name| self.relisted_scaled.contains(&(kind, ns.to_owned(), name.to_owned())),
+                now,
+            ),
+            watcher::Event::Delete(set) => match (&set.metadata.namespace, &set.metadata.name) {
+                (Some(ns), Some(name)) => {
+                    self.relisted_scaled.remove(&(kind, ns.clone(), name.clone()));
+                    self.served.forget_scaled(kind, ns, name, now)
+                }
+                _ => Vec::new(),
+            },
+        }
     }
 
     fn excluded(&self, namespace: Option<&String>) -> bool {
@@ -362,6 +486,7 @@ impl WatchState {
                     return observed;
                 }
                 self.jobs.observe_pod(&pod);
+                observed.served = self.served.observe_pod(&pod, now);
                 let (transitions, cleared) = self.tracker.observe_all(&pod);
                 observed.transitions = transitions.len() as u64;
                 for transition in transitions {
@@ -377,11 +502,13 @@ impl WatchState {
                 // Pods that vanished while the watch was down are forgotten.
                 let relisted = &self.relisted;
                 self.tracker.retain(|uid| relisted.contains(uid));
+                observed.served = self.served.retain_pods(|uid| relisted.contains(uid), now);
                 observed.updates.push(Update::Resync(self.relisted.clone()));
             }
             Watched::Pod(watcher::Event::Delete(pod)) => {
                 if let Some(uid) = &pod.metadata.uid {
                     self.tracker.forget(uid);
+                    observed.served = self.served.forget_pod(uid, now);
                     observed.updates.push(Update::Gone { pod_uid: uid.clone() });
                 }
             }
@@ -401,50 +528,118 @@ impl WatchState {
                 }
             }
             Watched::Job(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Watched::ReplicaSet(event) => {
+                observed.served =
+                    self.observe_scaled(proto::WorkloadKind::ReplicaSet, scaled_event(event, |s| s.0), now);
+            }
+            Watched::StatefulSet(event) => {
+                observed.served =
+                    self.observe_scaled(proto::WorkloadKind::StatefulSet, scaled_event(event, |s| s.0), now);
+            }
+            Watched::Tick => observed.served = self.served.tick(now),
         }
         observed
     }
 }
 
-/// The watch side: reads pod and Job watch events, turns each into updates ([`WatchState::observe`]) and
-/// hands them to the publisher; never blocks on NATS.
+/// A ReplicaSet's or StatefulSet's watch event as the [`LeanScaled`] both are.
+fn scaled_event<T>(event: watcher::Event<T>, inner: impl Fn(T) -> LeanScaled) -> watcher::Event<LeanScaled> {
+    match event {
+        watcher::Event::Apply(t) => watcher::Event::Apply(inner(t)),
+        watcher::Event::Delete(t) => watcher::Event::Delete(inner(t)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(t) => watcher::Event::InitApply(inner(t)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// Where the watch side hands what it saw: incident updates to the publisher, revision records to the
+/// recorder (and, on taking the lead, every revision known-good now).
+struct WatchOutputs {
+    jobs: mpsc::Sender<Update>,
+    served: mpsc::Sender<ServedChange>,
+    leading: watch::Receiver<bool>,
+}
+
+/// How often revisions are checked for having served long enough: a tenth of the settling time, within
+/// 100 ms and 10 s.
+fn tick_period(known_good_after: Duration) -> Duration {
+    (known_good_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// The watch side: reads pod, Job, ReplicaSet and StatefulSet watch events, turns each into updates
+/// ([`WatchState::observe`]) and hands them on; never blocks on NATS.
 async fn watch_pods(
     config: &DetectorConfig,
     deps: &DetectorDeps,
-    jobs: mpsc::Sender<Update>,
+    mut out: WatchOutputs,
     shutdown: CancellationToken,
 ) {
-    let mut events = pod_events(config, &deps.kube);
-    let mut job_events = job_events(config, &deps.kube);
-    let mut state = WatchState::new(config.excluded_namespaces.clone(), config.incident_ttl);
+    let mut pod_events = events::<LeanPod>(config, &deps.kube);
+    let mut job_events = events::<LeanJob>(config, &deps.kube);
+    let mut replica_sets = events::<LeanReplicaSet>(config, &deps.kube);
+    let mut stateful_sets = events::<LeanStatefulSet>(config, &deps.kube);
+    let mut ticks = tokio::time::interval(tick_period(config.known_good_after));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state =
+        WatchState::new(config.excluded_namespaces.clone(), config.incident_ttl, config.known_good_after);
+    let failed = |what: &str, error: &watcher::Error| {
+        deps.metrics.watch_errors.inc();
+        warn!(%error, "{what} watch failed; retrying");
+    };
     loop {
         let event = tokio::select! {
-            event = events.next() => match event {
+            event = pod_events.next() => match event {
                 Some(Ok(event)) => Watched::Pod(event),
-                Some(Err(error)) => {
-                    deps.metrics.watch_errors.inc();
-                    warn!(%error, "pod watch failed; retrying");
-                    continue;
-                }
+                Some(Err(error)) => { failed("pod", &error); continue; }
                 None => return,
             },
             event = job_events.next() => match event {
                 Some(Ok(event)) => Watched::Job(event),
-                Some(Err(error)) => {
-                    deps.metrics.watch_errors.inc();
-                    warn!(%error, "job watch failed; retrying");
-                    continue;
-                }
+                Some(Err(error)) => { failed("job", &error); continue; }
                 None => return,
             },
+            event = replica_sets.next() => match event {
+                Some(Ok(event)) => Watched::ReplicaSet(event),
+                Some(Err(error)) => { failed("replicaset", &error); continue; }
+                None => return,
+            },
+            event = stateful_sets.next() => match event {
+                Some(Ok(event)) => Watched::StatefulSet(event),
+                Some(Err(error)) => { failed("statefulset", &error); continue; }
+                None => return,
+            },
+            _ = ticks.tick() => Watched::Tick,
+            changed = out.leading.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *out.leading.borrow_and_update() {
+                    for change in state.known_good_now() {
+                        if out.served.send(change).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
             () = shutdown.cancelled() => return,
         };
-        deps.metrics.watch_events.inc();
+        let tick = matches!(event, Watched::Tick);
+        if !tick {
+            deps.metrics.watch_events.inc();
+        }
         let observed = state.observe(event, jiff::Timestamp::now());
         deps.metrics.transitions.inc_by(observed.transitions);
         deps.metrics.tracked_pods.set(state.tracked_pods() as i64);
+        deps.metrics.tracked_revisions.set(state.tracked_revisions() as i64);
         for update in observed.updates {
-            if jobs.send(update).await.is_err() {
+            if out.jobs.send(update).await.is_err() {
+                return;
+            }
+        }
+        for change in observed.served {
+            if out.served.send(change).await.is_err() {
                 return;
             }
         }
@@ -510,6 +705,7 @@ impl Publisher {
             let leading = *self.leading.borrow();
             self.metrics.leader.set(i64::from(leading));
             self.metrics.pending_jobs.set((book.pending() + in_flight.len()) as i64);
+            self.metrics.publishes_in_flight.set(in_flight.len() as i64);
             self.metrics.notify();
             let now = Instant::now();
             book.expire(now, self.incident_ttl);
@@ -649,7 +845,8 @@ mod watch_tests {
     #[test]
     fn each_watch_event_becomes_the_updates_the_incident_book_needs() {
         let now: jiff::Timestamp = "2026-11-01T10:00:00Z".parse().expect("time");
-        let mut state = WatchState::new(vec!["kube-system".into()], Duration::from_secs(900));
+        let mut state =
+            WatchState::new(vec!["kube-system".into()], Duration::from_secs(900), Duration::from_secs(600));
         let steps: Vec<(&str, Watched, Vec<&str>, u64)> = vec![
             ("a relist starts", Watched::Pod(watcher::Event::Init), vec![], 0),
             ("a healthy pod listed", Watched::Pod(watcher::Event::InitApply(running("a"))), vec![], 0),

@@ -57,6 +57,7 @@ fn detector(
         holds: kubesent_detector::incidents::Holds::default(),
         incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,
         topology: world.topology.clone(),
+        known_good_after: Duration::from_secs(1),
     };
     let deps = DetectorDeps {
         kube: world.kube.clone(),

@@ -412,6 +412,7 @@ mod tests {
         let revision = |number: i64, image: &str, ready_replicas: i32| Revision {
             number,
             name: format!("web-{number}"),
+            hash: format!("{number}"),
             images: BTreeMap::from([("app".to_owned(), image.to_owned())]),
             ready_replicas,
             replicas: 2,

@@ -861,6 +861,7 @@ mod tests {
         Revision {
             number,
             name: name.into(),
+            hash: name.trim_start_matches("web-").into(),
             images: BTreeMap::new(),
             ready_replicas: 0,
             replicas: 0,

@@ -304,6 +304,7 @@ mod tests {
         let revision = |number: i64, name: &str, image: &str, ready_replicas: i32| Revision {
             number,
             name: name.into(),
+            hash: name.trim_start_matches("web-").into(),
             images: [("app".to_owned(), image.to_owned())].into(),
             ready_replicas,
             replicas: 2,

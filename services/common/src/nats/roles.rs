@@ -6,7 +6,7 @@ use kubesent_proto as proto;
 /// Who is connecting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Publishes failure jobs.
+    /// Publishes failure jobs; records the revisions that served healthy.
     Detector,
     /// Consumes jobs; publishes verdicts and dead letters; shares the model rate limits.
     Diagnoser,
@@ -84,7 +84,7 @@ impl Role {
     pub fn owned_streams(self) -> Vec<String> {
         let kv = |bucket: &str| format!("KV_{bucket}");
         match self {
-            Self::Detector => vec![proto::JOBS_STREAM.into()],
+            Self::Detector => vec![proto::JOBS_STREAM.into(), kv(proto::served::REVISIONS_BUCKET)],
             Self::Diagnoser => {
                 vec![proto::VERDICTS_STREAM.into(), proto::DLQ_STREAM.into(), kv(RATE_LIMIT_BUCKET)]
             }

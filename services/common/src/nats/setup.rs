@@ -153,6 +153,25 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// The bucket of revisions that served healthy: one bounded record per workload (its newest
+    /// [`proto::served::MAX_SERVED_PER_WORKLOAD`] known-good revisions), so no history beyond the latest.
+    pub fn revisions_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: proto::served::REVISIONS_BUCKET.to_owned(),
+            description: "KubeSent: revisions each workload served healthy (written by the detector)"
+                .to_owned(),
+            history: 1,
+            max_value_size: i32::try_from(proto::served::MAX_SERVED_BYTES).unwrap_or(i32::MAX),
+            // 100,000 workloads of 10 revisions each at ~2 KB a record fit with room to spare.
+            max_bytes: 512 * 1024 * 1024,
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
+
 /// Creates or updates the streams and buckets `role` owns, retrying until JetStream can take them.
 pub async fn prepare(
     js: &Context,
@@ -167,6 +186,9 @@ pub async fn prepare(
     }
     if role.owns_stream(&format!("KV_{}", proto::INTENTS_BUCKET)) {
         open_intents(js, topology, shutdown).await?;
+    }
+    if role.owns_stream(&format!("KV_{}", proto::served::REVISIONS_BUCKET)) {
+        open_bucket(js, topology.revisions_bucket(), shutdown).await?;
     }
     Ok(())
 }
@@ -337,7 +359,7 @@ fn unfixable(error: &(dyn std::error::Error + 'static)) -> Option<String> {
 }
 
 /// Whether `error` says the stream does not exist (JetStream error 10059).
-fn stream_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn stream_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
     api_error(error).is_some_and(|api| api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
