@@ -222,7 +222,11 @@ impl Stack {
             },
             health: ready[1].clone(),
         };
-        let config = DiagnoserConfig { topology: topology.clone(), ..DiagnoserConfig::default() };
+        let config = DiagnoserConfig {
+            topology: topology.clone(),
+            known_good_after: options.known_good_after,
+            ..DiagnoserConfig::default()
+        };
         let token = shutdown.clone();
         services.push(tokio::spawn(async move {
             if let Err(error) = kubesent_diagnoser::run(config, deps, token).await {
@@ -235,6 +239,7 @@ impl Stack {
             verify_window: options.verify_window,
             verify_timeout: options.verify_window * 10 + Duration::from_secs(30),
             take_back: options.take_back,
+            known_good_after: options.known_good_after,
             ..RemediatorConfig::default()
         };
         remediator.policy.dry_run = options.dry_run;

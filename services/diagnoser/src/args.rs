@@ -30,6 +30,11 @@ pub struct DiagnoserArgs {
     /// The model chain.
     #[command(flatten)]
     pub llm: LlmArgs,
+    /// How long a revision must have served healthy, by the detector's record, before a rollback to it
+    /// after its rollout finished is proposed (the detector's and the remediator's setting of the same
+    /// name should match).
+    #[arg(long, env = "KUBESENT_KNOWN_GOOD_AFTER", default_value = "10m", value_parser = kubesent_common::positive_duration)]
+    pub known_good_after: std::time::Duration,
 }
 
 impl DiagnoserArgs {
@@ -39,6 +44,7 @@ impl DiagnoserArgs {
             topology,
             pull: PullOptions { concurrency: self.concurrency, ..PullOptions::default() },
             memory: MemoryPolicy { factor: self.memory_factor, max: self.memory_max },
+            known_good_after: self.known_good_after,
             ..DiagnoserConfig::default()
         }
     }

@@ -129,6 +129,10 @@ pub struct PreviousRevision {
     /// How many of its pods the controller wants now (0: scaled down).
     #[serde(default)]
     pub replicas: i32,
+    /// How it served before, when KubeSent's record shows it known-good (it served healthy for the
+    /// settling time): "served 3/3 ready for 6 h until 2026-12-06 14:02 UTC".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<String>,
 }
 
 /// Everything known about the failure, safe to send to a model.

@@ -23,12 +23,21 @@ use crate::{
     redact::Redactor,
 };
 
+/// Where the record of revisions that served healthy is read, and how long makes one known-good.
+pub struct KnownGood<'a> {
+    /// The `kubesent-revisions` bucket.
+    pub store: &'a kubesent_common::served::ServedStore,
+    /// The settling time.
+    pub after: std::time::Duration,
+}
+
 /// The live pod and its evidence, or `None` when the pod is gone or was replaced (a stale job).
 pub async fn gather(
     kube: &kube::Client,
     job: &FailureJob,
     redactor: &Redactor,
     last_delivery: bool,
+    known: Option<&KnownGood<'_>>,
 ) -> Result<Option<(Pod, Evidence)>, kube::Error> {
     let namespace = job.pod.namespace.as_str();
     let pods: Api<Pod> = Api::namespaced(kube.clone(), namespace);
@@ -44,7 +53,7 @@ pub async fn gather(
     };
     let logs = logs(&pods, job, redactor).await;
     let events = events(kube, namespace, &job.pod.name).await;
-    let (owners, revision, previous, marks) = owners(kube, namespace, &pod, last_delivery).await?;
+    let (owners, revision, previous, marks) = owners(kube, namespace, &pod, last_delivery, known).await?;
     let mut evidence = evidence::build(&pod, logs, &events, owners, revision, previous, redactor);
     evidence.node = node(kube, &pod).await;
     evidence.own_change = own_change(&pod, marks.as_ref(), &job.failure);
@@ -139,6 +148,46 @@ async fn object_events(kube: &kube::Client, namespace: &str, kind: &str, name: &
     }
 }
 
+/// How a revision with no ready pods now served before, when the detector's record shows it known-good
+/// (`None`: no record, too young, another hash or workload, or the bucket cannot be read — each proves
+/// nothing, so no rollback to it is proposed).
+async fn served_before(
+    known: &KnownGood<'_>,
+    namespace: &str,
+    owner: &kubesent_proto::WorkloadRef,
+    owner_uid: &str,
+    previous: &revisions::Revision,
+) -> Option<String> {
+    let record = match known.store.read(namespace, owner).await {
+        Ok(record) => record?,
+        Err(error) => {
+            warn!(%error, "the record of served revisions cannot be read; no rollback to a scaled-down revision");
+            return None;
+        }
+    };
+    served_sentence(&record, owner_uid, &previous.name, &previous.hash, known.after, jiff::Timestamp::now())
+}
+
+/// How revision `name` (hash `hash`) of the workload with `owner_uid` served, when `record` shows it
+/// known-good after `after` at `now`; `None` when it does not (missing, too young, another hash or
+/// workload, inconsistent).
+pub fn served_sentence(
+    record: &kubesent_proto::served::ServedRevisions,
+    owner_uid: &str,
+    name: &str,
+    hash: &str,
+    after: std::time::Duration,
+    now: jiff::Timestamp,
+) -> Option<String> {
+    match record.known_good(owner_uid, name, hash, after, now) {
+        Ok(served) => Some(served.describe()),
+        Err(why) => {
+            debug!(%why, "previous revision not known-good");
+            None
+        }
+    }
+}
+
 /// The owner's annotations and `managedFields`: where KubeSent's marks are.
 pub type OwnerMarks = (BTreeMap<String, String>, Vec<ManagedFieldsEntry>);
 
@@ -154,6 +203,7 @@ pub async fn owners(
     namespace: &str,
     pod: &Pod,
     last_delivery: bool,
+    known: Option<&KnownGood<'_>>,
 ) -> Result<(Vec<String>, Option<CurrentRevision>, Option<PreviousRevision>, Option<OwnerMarks>), kube::Error>
 {
     let Some((kind, name)) = revisions::controller_of(&pod.metadata) else {
@@ -173,12 +223,19 @@ pub async fn owners(
     {
         chain.push(format!("{}/{}", owner.kind, owner.name));
     }
+    let served = match (known, &history.owner, &history.previous) {
+        (Some(known), Some(owner), Some(previous)) if previous.ready_replicas <= 0 => {
+            served_before(known, namespace, owner, &history.owner_uid, previous).await
+        }
+        _ => None,
+    };
     let previous = history.previous.map(|p| PreviousRevision {
         revision: p.number.to_string(),
         name: p.name,
         images: p.images,
         ready_replicas: p.ready_replicas,
         replicas: p.replicas,
+        served,
     });
     let current = history.current.map(|c| CurrentRevision {
         revision: c.number.to_string(),

@@ -56,6 +56,9 @@ pub struct DiagnoserConfig {
     pub memory: MemoryPolicy,
     /// Interval of progress acks while a job is worked on.
     pub progress_interval: Duration,
+    /// How long a revision must have served healthy (by the detector's record) before a rollback to it
+    /// after its rollout finished is proposed.
+    pub known_good_after: Duration,
 }
 
 impl Default for DiagnoserConfig {
@@ -65,6 +68,7 @@ impl Default for DiagnoserConfig {
             pull: PullOptions::default(),
             memory: MemoryPolicy::default(),
             progress_interval: Duration::from_secs(10),
+            known_good_after: Duration::from_secs(600),
         }
     }
 }
@@ -280,7 +284,8 @@ pub async fn run(
         gate = models.usable();
     }
     let diagnoser = Diagnoser { memory: config.memory, models: deps.models.clone() };
-    let worker = Arc::new(Worker { config: config.clone(), deps, diagnoser, redactor: Redactor });
+    let served = kubesent_common::served::ServedStore::new(deps.js.clone());
+    let worker = Arc::new(Worker { config: config.clone(), deps, diagnoser, redactor: Redactor, served });
     info!(concurrency = config.pull.concurrency, "diagnoser pulling jobs");
     let client = worker.deps.js.client();
     nats::pull_loop(consumer, config.pull.clone(), gate, shutdown, move |message| {
@@ -298,6 +303,7 @@ struct Worker {
     deps: DiagnoserDeps,
     diagnoser: Diagnoser,
     redactor: Redactor,
+    served: kubesent_common::served::ServedStore,
 }
 
 impl Worker {
@@ -365,7 +371,8 @@ impl Worker {
         job: &FailureJob,
         last_delivery: bool,
     ) -> Result<Diagnosed, JobError> {
-        let gathered = gather::gather(&self.deps.kube, job, &self.redactor, last_delivery)
+        let known = gather::KnownGood { store: &self.served, after: self.config.known_good_after };
+        let gathered = gather::gather(&self.deps.kube, job, &self.redactor, last_delivery, Some(&known))
             .instrument(info_span!("evidence"))
             .await?;
         let summary = gathered.as_ref().map(|(_, evidence)| evidence.summary());

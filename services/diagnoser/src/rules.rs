@@ -7,8 +7,9 @@
 //! - image `not found` / `manifest unknown` while the owner's previous revision, with another image,
 //!   still has ready pods → `RollbackImage` to that image (92);
 //! - a crash loop, a liveness kill loop, a start error, a config error or readiness that never passes of
-//!   a pod on its owner's newest revision while the previous revision still has ready pods →
-//!   `RollbackRevision` to it (90);
+//!   a pod on its owner's newest revision while the previous revision still has ready pods, or was
+//!   scaled down by a finished rollout after KubeSent's record saw it serve healthy for the settling
+//!   time (known-good) → `RollbackRevision` to it (90);
 //! - the same on a Deployment whose previous revision has pods but none ready (nothing known to work to
 //!   go back to) → `PauseRollout` at the failing revision (90).
 
@@ -202,8 +203,8 @@ fn own_change(job: &FailureJob, own: &kubesent_common::marks::OwnChange) -> Rule
 }
 
 /// `RollbackRevision` when the failing pod runs its owner's newest revision and the revision before it
-/// still has ready pods (it is known to work); `PauseRollout` of a Deployment when that revision has no
-/// ready pods (nothing known to work to go back to).
+/// still has ready pods, or is known-good by KubeSent's record (it is known to work); `PauseRollout` of
+/// a Deployment when that revision has pods but none ready (nothing known to work to go back to).
 fn bad_revision(container: &str, diagnosis: &RuleVerdict, evidence: &Evidence) -> Option<RuleVerdict> {
     let current = evidence.revision.as_ref().filter(|c| c.newest)?;
     let previous = evidence.previous_revision.as_ref()?;
@@ -216,13 +217,30 @@ fn bad_revision(container: &str, diagnosis: &RuleVerdict, evidence: &Evidence) -
     }
     let owner = evidence.owners.last().map(String::as_str).unwrap_or("the workload");
     let cause = diagnosis.root_cause.trim_end_matches('.');
+    if previous.ready_replicas <= 0
+        && previous.replicas <= 0
+        && let Some(served) = &previous.served
+    {
+        // Scaled down by a rollout that finished, but KubeSent saw it serve healthy for the settling
+        // time before: it is known to work, so going back to it is the fix.
+        return Some(verdict(
+            "known-good-rollback",
+            90,
+            format!(
+                "revision {} of {owner} fails ({cause}); revision {} before it, scaled down when the rollout finished, {served} by KubeSent's record: roll back to revision {}",
+                from.number, to.number, to.number
+            ),
+            Action::RollbackRevision { container: container.to_owned(), from, to },
+        ));
+    }
     if previous.ready_replicas <= 0 && previous.replicas <= 0 {
-        // Scaled down by a rollout that finished (its pods passed as available, then failed): nothing
-        // shows the revision before it works, so no change; a human who knows it did can go back.
+        // Scaled down by a rollout that finished (its pods passed as available, then failed), and never
+        // seen serving healthy for long enough: nothing shows the revision before it works, so no
+        // change; a human who knows it did can go back.
         let (kind, name) = owner.split_once('/')?;
         let mut suggestion = diagnosis.clone();
         suggestion.root_cause = format!(
-            "{cause}; revision {} of {owner} brought this, and revision {} before it was scaled down by the rollout, so KubeSent cannot tell it works — if it did: kubectl rollout undo {}/{name}",
+            "{cause}; revision {} of {owner} brought this, and revision {} before it was scaled down by the rollout without KubeSent seeing it serve healthy for long enough, so KubeSent cannot tell it works — if it did: kubectl rollout undo {}/{name}",
             from.number,
             to.number,
             kind.to_ascii_lowercase()

@@ -50,7 +50,20 @@ struct Case {
     /// For a Job that gave up: the Job (its pod is the newest it ran).
     #[serde(default)]
     job: Option<serde_json::Value>,
+    /// KubeSent's record of the revisions the owner served, as the diagnoser would read it.
+    #[serde(default)]
+    served: Option<CaseRecord>,
     expected: Expected,
+}
+
+/// The record of served revisions a case's diagnoser reads, with the owner's uid, the previous
+/// revision's hash as the cluster holds them, and when it is read.
+#[derive(Deserialize)]
+struct CaseRecord {
+    record: kubesent_proto::served::ServedRevisions,
+    owner_uid: String,
+    hash: String,
+    at: jiff::Timestamp,
 }
 
 fn action_type(action: &Action) -> &'static str {
@@ -112,13 +125,24 @@ fn diagnose(case: &Case, redactor: &Redactor) -> rules::RuleVerdict {
         (_, _, Some(current)) => Some(evidence::log_tail(&container, false, current, redactor)),
         _ => None,
     };
+    let mut previous = case.previous_revision.clone();
+    if let (Some(previous), Some(served)) = (previous.as_mut(), &case.served) {
+        previous.served = kubesent_diagnoser::gather::served_sentence(
+            &served.record,
+            &served.owner_uid,
+            &previous.name,
+            &served.hash,
+            std::time::Duration::from_secs(600),
+            served.at,
+        );
+    }
     let evidence = evidence::build(
         &case.pod,
         logs,
         &case.events,
         case.owner.iter().cloned().collect(),
         case.revision.clone(),
-        case.previous_revision.clone(),
+        previous,
         redactor,
     );
     let mut evidence = evidence;

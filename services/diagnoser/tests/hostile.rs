@@ -96,6 +96,7 @@ fn hostile_model_answers_never_map_onto_an_unbounded_or_mismatched_action() {
         images: [("app".to_owned(), "web:1".to_owned())].into(),
         ready_replicas: 2,
         replicas: 2,
+        served: None,
     });
     let with_previous = evidence_with("", previous);
     let rollback = llm::map_answer(

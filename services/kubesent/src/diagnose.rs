@@ -255,7 +255,7 @@ async fn from_cluster(target: &str) -> anyhow::Result<Inputs> {
         .with_context(|| format!("listing the events of {target}"))?
         .items;
     let (owners, revision, previous, marks) =
-        kubesent_diagnoser::gather::owners(&client, namespace, &pod, true)
+        kubesent_diagnoser::gather::owners(&client, namespace, &pod, true, None)
             .await
             .with_context(|| format!("reading the owners of {target}"))?;
     let node = kubesent_diagnoser::gather::node(&client, &pod).await;

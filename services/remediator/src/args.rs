@@ -76,6 +76,10 @@ pub struct RemediatorArgs {
     /// in place and only report it).
     #[arg(long, env = "KUBESENT_TAKE_BACK", default_value_t = true, action = clap::ArgAction::Set)]
     pub take_back: bool,
+    /// How long a revision must have served healthy, by KubeSent's record (the detector's), before a
+    /// rollback to it after its rollout finished is made; a younger or missing record leaves a suggestion.
+    #[arg(long, env = "KUBESENT_KNOWN_GOOD_AFTER", default_value = "10m", value_parser = kubesent_common::positive_duration)]
+    pub known_good_after: Duration,
 }
 
 impl RemediatorArgs {
@@ -107,6 +111,7 @@ impl RemediatorArgs {
             writes_per_second: self.writes_per_second,
             intent_retention: Duration::from_secs(self.intent_retention_days.saturating_mul(24 * 3600)),
             take_back: self.take_back,
+            known_good_after: self.known_good_after,
             ..RemediatorConfig::default()
         }
     }

@@ -5,11 +5,18 @@
 //! The gate ([`crate::gate`]) already holds an action to the live pod (same uid, still failing, the failing
 //! container, the live memory limit as `from`, the memory cap and factor). Here the rest is checked: the
 //! incident names the workload the pod really belongs to, neither the pod nor its owner opted out, and a
-//! rollback goes only to an image the workload's own history vouches for.
+//! rollback goes only to an image the workload's own history vouches for. A revision rollback goes to the
+//! revision just before the failing one, and only while it still serves or, scaled down by a finished
+//! rollout, while KubeSent's own record (read by the remediator itself) shows it served healthy for the
+//! settling time. A forged record can at worst select that same revision: the target always comes from
+//! the owner's own history.
 
 use k8s_openapi::api::core::v1::Pod;
 use kubesent_common::revisions::{History, Revision, same_template};
-use kubesent_proto::{Action, RevisionRef, Verdict, WorkloadKind, WorkloadRef};
+use kubesent_proto::{
+    Action, RevisionRef, Verdict, WorkloadKind, WorkloadRef,
+    served::{NotKnownGood, ServedRevisions},
+};
 
 use crate::{
     gate::OPT_OUT_ANNOTATION,
@@ -26,6 +33,21 @@ pub struct Observed<'a> {
     pub owner: &'a Owner,
     /// The owner's revision history (read for rollbacks only).
     pub history: Option<&'a History>,
+    /// KubeSent's record of the revisions the owner served (read for a revision rollback to a revision
+    /// with no ready pods only; `None`: not read, such a rollback is refused).
+    pub served: Option<Served<'a>>,
+}
+
+/// KubeSent's record of what an owner's revisions served, as the remediator read it, with the settling
+/// time that makes a revision known-good and the time it is checked at.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    /// The record (`None`: there is none).
+    pub record: Option<&'a ServedRevisions>,
+    /// How long a revision must have served healthy.
+    pub after: std::time::Duration,
+    /// Now.
+    pub now: jiff::Timestamp,
 }
 
 /// Why an action is outside what the cluster vouches for.
@@ -62,6 +84,20 @@ pub enum OutOfBounds {
         workload: WorkloadRef,
         /// The revision's number.
         revision: i64,
+    },
+    /// The revision to go back to was scaled down, and KubeSent's record does not show it served healthy
+    /// for the settling time: only a human who knows it worked can go back (recorded as a suggestion).
+    #[error(
+        "revision {revision} of {workload} was scaled down and KubeSent's record does not show it known-good ({why}); if it worked: kubectl rollout undo {} --to-revision={revision}",
+        rollout_target(workload)
+    )]
+    NotProvenGood {
+        /// The workload.
+        workload: WorkloadRef,
+        /// The revision's number.
+        revision: i64,
+        /// Why the record does not show it.
+        why: NotKnownGood,
     },
     /// The image named is not the previous revision's.
     #[error(
@@ -207,6 +243,11 @@ pub enum OutOfBounds {
     },
 }
 
+/// `deployment/web` for `kubectl rollout`.
+fn rollout_target(workload: &WorkloadRef) -> String {
+    format!("{}/{}", workload.kind.as_str().to_ascii_lowercase(), workload.name)
+}
+
 /// Checks the action against what the cluster vouches for.
 pub fn check(verdict: &Verdict, seen: Observed<'_>) -> Result<(), OutOfBounds> {
     owner_matches(verdict, seen)?;
@@ -335,7 +376,7 @@ fn revision_target(from: &RevisionRef, to: &RevisionRef, seen: Observed<'_>) -> 
         });
     }
     if previous.ready_replicas <= 0 {
-        return Err(OutOfBounds::NotKnownToWork { workload, revision: previous.number });
+        known_good(&workload, previous, history, seen.served)?;
     }
     if !previous.only_template {
         return Err(OutOfBounds::MoreThanATemplate { workload, revision: previous.number });
@@ -347,6 +388,30 @@ fn revision_target(from: &RevisionRef, to: &RevisionRef, seen: Observed<'_>) -> 
         }
         _ => Ok(()),
     }
+}
+
+/// A revision with no ready pods is a rollback target only when a finished rollout scaled it to zero
+/// and KubeSent's record shows it served healthy for the settling time.
+fn known_good(
+    workload: &WorkloadRef,
+    previous: &Revision,
+    history: &History,
+    served: Option<Served<'_>>,
+) -> Result<(), OutOfBounds> {
+    let not_known = || OutOfBounds::NotKnownToWork { workload: workload.clone(), revision: previous.number };
+    // Pods that are there and not ready say more than any record: it does not work now.
+    let Some(served) = served.filter(|_| previous.replicas <= 0) else { return Err(not_known()) };
+    let proven = match served.record {
+        Some(record) => record
+            .known_good(&history.owner_uid, &previous.name, &previous.hash, served.after, served.now)
+            .map(|_| ()),
+        None => Err(NotKnownGood::NeverSeen(previous.name.clone())),
+    };
+    proven.map_err(|why| OutOfBounds::NotProvenGood {
+        workload: workload.clone(),
+        revision: previous.number,
+        why,
+    })
 }
 
 /// A rollout is paused only where it could not be rolled back: a Deployment whose newest revision, which
@@ -445,7 +510,7 @@ mod tests {
         let pod = pod();
         let owner = deployment(json!({}));
         let good = history("registry.local/shop/web:1.9.0", 2);
-        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good) };
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good), served: None };
         assert_eq!(check(&rollback("registry.local/shop/web:1.9.0", ("Deployment", "web")), seen), Ok(()));
 
         let not_serving = history("registry.local/shop/web:1.9.0", 0);
@@ -504,7 +569,7 @@ mod tests {
             ),
         ];
         for (what, verdict, history, expected) in refused {
-            let seen = Observed { pod: &pod, owner: &owner, history };
+            let seen = Observed { pod: &pod, owner: &owner, history, served: None };
             let why = check(&verdict, seen).expect_err(what);
             assert!(expected(&why), "{what}: {why}");
         }
@@ -525,7 +590,7 @@ mod tests {
         let pod = pod();
         let owner = deployment(json!({}));
         let good = history("registry.local/shop/web:1.9.0", 2);
-        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good) };
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good), served: None };
         assert_eq!(check(&revision_rollback((4, "web-4"), (3, "web-3")), seen), Ok(()));
 
         let older = History { newest: Some(5), ..good.clone() };
@@ -577,11 +642,11 @@ mod tests {
             }),
         ];
         for (what, verdict, history, expected) in cases {
-            let seen = Observed { pod: &pod, owner: &owner, history };
+            let seen = Observed { pod: &pod, owner: &owner, history, served: None };
             let why = check(&verdict, seen).expect_err(what);
             assert!(expected(&why), "{what}: {why}");
         }
-        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None };
+        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None, served: None };
         let mut bare = revision_rollback((4, "web-4"), (3, "web-3"));
         bare.key.workload = WorkloadRef { kind: WorkloadKind::Pod, name: "web-7d9-x".into() };
         assert_eq!(check(&bare, seen), Err(OutOfBounds::NoRevisions));
@@ -600,11 +665,11 @@ mod tests {
             verdict
         };
         let nothing_ready = history("registry.local/shop/web:1.9.0", 0);
-        let seen = Observed { pod: &pod, owner: &owner, history: Some(&nothing_ready) };
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&nothing_ready), served: None };
         assert_eq!(check(&pause(4, "web-4"), seen), Ok(()));
         assert!(matches!(check(&pause(3, "web-3"), seen), Err(OutOfBounds::PodDoesNotRun { .. })));
         let serving = history("registry.local/shop/web:1.9.0", 2);
-        let seen = Observed { pod: &pod, owner: &owner, history: Some(&serving) };
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&serving), served: None };
         assert!(matches!(
             check(&pause(4, "web-4"), seen),
             Err(OutOfBounds::RollBackInstead { revision: 3, .. })
@@ -613,7 +678,7 @@ mod tests {
         if let Some(previous) = finished.previous.as_mut() {
             previous.replicas = 0;
         }
-        let seen = Observed { pod: &pod, owner: &owner, history: Some(&finished) };
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&finished), served: None };
         assert!(matches!(check(&pause(4, "web-4"), seen), Err(OutOfBounds::NoRolloutToPause { .. })));
         let mut object = deployment_json(json!({}));
         object["spec"]["serviceName"] = json!("web");
@@ -622,14 +687,14 @@ mod tests {
         )));
         let mut verdict = pause(4, "web-4");
         verdict.key.workload.kind = WorkloadKind::StatefulSet;
-        let seen = Observed { pod: &pod, owner: &set, history: Some(&nothing_ready) };
+        let seen = Observed { pod: &pod, owner: &set, history: Some(&nothing_ready), served: None };
         assert!(matches!(check(&verdict, seen), Err(OutOfBounds::NoPause(_))));
     }
 
     #[test]
     fn a_bare_pod_is_rolled_back_only_to_the_image_kubesent_recorded() {
         let mut pod = pod();
-        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None };
+        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None, served: None };
         assert!(matches!(
             check(&rollback("registry.local/shop/web:1.9.0", ("Pod", "web-7d9-x")), seen),
             Err(OutOfBounds::NotRecordedOnThePod { .. })
@@ -638,7 +703,7 @@ mod tests {
             "kubesent.io/original-image.app".to_owned(),
             "registry.local/shop/web:1.9.0".to_owned(),
         )]));
-        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None };
+        let seen = Observed { pod: &pod, owner: &Owner::Bare, history: None, served: None };
         assert_eq!(check(&rollback("registry.local/shop/web:1.9.0", ("Pod", "web-7d9-x")), seen), Ok(()));
     }
 
@@ -648,12 +713,12 @@ mod tests {
         let good = history("registry.local/shop/web:1.9.0", 2);
         let verdict = rollback("registry.local/shop/web:1.9.0", ("Deployment", "web"));
         let owner = deployment(json!({"kubesent.io/remediate": "false"}));
-        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good) };
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good), served: None };
         assert!(matches!(check(&verdict, seen), Err(OutOfBounds::OptedOut(_))));
         let mut object = deployment_json(json!({}));
         object["spec"]["template"]["metadata"]["annotations"] = json!({"kubesent.io/remediate": "false"});
         let owner = typed(object);
-        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good) };
+        let seen = Observed { pod: &pod, owner: &owner, history: Some(&good), served: None };
         assert!(matches!(check(&verdict, seen), Err(OutOfBounds::OptedOut(_))));
     }
 }

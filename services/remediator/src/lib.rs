@@ -107,6 +107,9 @@ pub struct RemediatorConfig {
     pub verify_timeout: Duration,
     /// Take back a change of KubeSent's that did not land or made the workload worse (on by default).
     pub take_back: bool,
+    /// How long a revision must have served healthy, by KubeSent's record, to be rolled back to after a
+    /// finished rollout scaled it down.
+    pub known_good_after: Duration,
 }
 
 impl Default for RemediatorConfig {
@@ -126,6 +129,7 @@ impl Default for RemediatorConfig {
             verify_window: Duration::from_secs(120),
             verify_timeout: Duration::from_secs(600),
             take_back: true,
+            known_good_after: Duration::from_secs(600),
         }
     }
 }
@@ -344,8 +348,10 @@ pub async fn run(
         let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
         governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
     };
+    let served = kubesent_common::served::ServedStore::new(deps.js.clone());
     let remediator = Arc::new(Remediator {
         config,
+        served,
         deps,
         intents,
         guardrails,
@@ -389,6 +395,8 @@ pub async fn run(
 
 struct Remediator {
     config: RemediatorConfig,
+    /// KubeSent's record of the revisions each workload served (the detector's).
+    served: kubesent_common::served::ServedStore,
     deps: RemediatorDeps,
     intents: Intents,
     guardrails: Guardrails,
@@ -669,17 +677,33 @@ impl Remediator {
         } else {
             None
         };
+        // A rollback to a revision a finished rollout scaled down needs KubeSent's record that it served
+        // healthy, read here by the remediator itself (never taken from the verdict's evidence).
+        let served = match (&history, plan::needs_served(&verdict.action, history.as_ref())) {
+            (Some(kubesent_common::revisions::History { owner: Some(workload), .. }), true) => {
+                match self.served.read(&verdict.pod.namespace, workload).await {
+                    Ok(record) => record,
+                    Err(error) => {
+                        warn!(%error, "the record of served revisions cannot be read; the rollback is only suggested");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let seen = plan::Observed {
             live: Some(&pod),
             owner: &owner,
             history: history.as_ref(),
             previous_fix: previous_fix.as_ref(),
             room: room.as_ref(),
+            served: served.as_ref(),
         };
         let settings = plan::Settings {
             policy: &self.config.policy,
             approval_required: self.config.approval_required,
             identity: &self.config.identity,
+            known_good_after: self.config.known_good_after,
         };
         match plan::decide(verdict, seen, settings, now) {
             Ok(plan::Planned { intent, what, workload_key }) => {

@@ -38,6 +38,9 @@ pub struct Observed<'a> {
     /// What bounds a memory raise: the namespace's LimitRanges and quotas, the nodes' room (read for a
     /// raise only; see [`needs_room`]). `None`: not read, not checked.
     pub room: Option<&'a preflight::Room>,
+    /// KubeSent's record of the revisions the owner served (read for a revision rollback to a revision
+    /// with no ready pods only; see [`needs_served`]).
+    pub served: Option<&'a kubesent_proto::served::ServedRevisions>,
 }
 
 /// A fix KubeSent made before, as its intent records it.
@@ -60,6 +63,9 @@ pub struct Settings<'a> {
     pub approval_required: bool,
     /// This replica's identity (the intent's actor).
     pub identity: &'a str,
+    /// How long a revision must have served healthy, by KubeSent's record, to be rolled back to after a
+    /// finished rollout scaled it down.
+    pub known_good_after: std::time::Duration,
 }
 
 /// An action within bounds, ready for the guardrails, the lock and the executor.
@@ -82,6 +88,13 @@ pub fn needs_history(action: &Action, owner: &Owner) -> bool {
             Owner::Workload(_)
         )
     )
+}
+
+/// Whether [`decide`] needs KubeSent's record of served revisions: a revision rollback whose target, by
+/// the history read, has no ready pods.
+pub fn needs_served(action: &Action, history: Option<&History>) -> bool {
+    matches!(action, Action::RollbackRevision { .. })
+        && history.and_then(|h| h.previous.as_ref()).is_some_and(|p| p.ready_replicas <= 0)
 }
 
 /// Whether [`decide`] needs the admission and node room for this action (a memory raise).
@@ -126,7 +139,8 @@ pub fn decide(
     }
     // The bounds come from the cluster, never from the message: a rollback's target from the owner's
     // own revision history.
-    bounds::check(verdict, bounds::Observed { pod, owner, history: seen.history })?;
+    let served = bounds::Served { record: seen.served, after: settings.known_good_after, now };
+    bounds::check(verdict, bounds::Observed { pod, owner, history: seen.history, served: Some(served) })?;
     if let Some(container) = verdict.action.container()
         && let Some(reverted) =
             annotations_of_target(pod, owner).get(&format!("{}.{container}", undo::REVERTED_ANNOTATION))
@@ -254,7 +268,10 @@ pub fn decide(
 mod tests {
     use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     use kubesent_common::revisions::Revision;
-    use kubesent_proto::{FailureKind, WorkloadKind, WorkloadRef};
+    use kubesent_proto::{
+        FailureKind, WorkloadKind, WorkloadRef,
+        served::{NotKnownGood, ServedRevision, ServedRevisions},
+    };
     use kubesent_testkit::fixtures::{
         self, increase, naming, oom_killed_pod, owned_by, pause, rollback_image, rollback_revision, waiting,
     };
@@ -351,9 +368,18 @@ mod tests {
         history: Option<History>,
         previous_fix: Option<PreviousFix>,
         room: Option<preflight::Room>,
+        served: Option<ServedRevisions>,
         policy: Policy,
         approval_required: bool,
         expect: Expect,
+    }
+
+    impl Row {
+        /// The row with the verdict's action replaced by `action`.
+        fn with_verdict(mut self, action: Action) -> Self {
+            self.verdict.action = action;
+            self
+        }
     }
 
     fn bare_row(case: &'static str) -> Row {
@@ -366,6 +392,7 @@ mod tests {
             history: None,
             previous_fix: None,
             room: None,
+            served: None,
             policy: Policy::default(),
             approval_required: false,
             expect: Expect::Planned(Strategy::InPlaceResize, Phase::Pending, "shop/Pod/web-1"),
@@ -392,6 +419,45 @@ mod tests {
             history: Some(history(ready_before)),
             ..deployment_row(case, deployment("256Mi", json!({})))
         }
+    }
+
+    /// A revision rollback of the crash-looping pod of Deployment `web` (uid `uid-web`) after its rollout
+    /// finished: revision 3 (`web-5c6`) scaled to zero, KubeSent's record of it as given.
+    fn finished_rollout_row(case: &'static str, served: Option<ServedRevisions>) -> Row {
+        let mut finished = history(0);
+        finished.owner_uid = "uid-web".into();
+        if let Some(previous) = finished.previous.as_mut() {
+            previous.replicas = 0;
+        }
+        Row {
+            history: Some(finished),
+            served,
+            ..rollout_row(case, rollback_revision((4, "web-7d9"), (3, "web-5c6")), 0)
+        }
+    }
+
+    /// KubeSent's record that revision 3 (`web-5c6`, hash `hash`) of Deployment `uid` served 2/2 healthy
+    /// from `hours_ago` hours ago for `minutes` minutes.
+    fn served(uid: &str, hash: &str, hours_ago: i64, minutes: i64) -> ServedRevisions {
+        let since = now() - jiff::SignedDuration::from_hours(hours_ago);
+        let until = since + jiff::SignedDuration::from_mins(minutes);
+        let mut record = ServedRevisions::new(
+            "shop",
+            WorkloadRef { kind: WorkloadKind::Deployment, name: "web".into() },
+            uid,
+        );
+        record.record(
+            uid,
+            ServedRevision {
+                name: "web-5c6".into(),
+                hash: hash.into(),
+                replicas: 2,
+                healthy_since: since,
+                known_good_at: since.min(until),
+                until: Some(until),
+            },
+        );
+        record
     }
 
     /// A row for an image rollback of the pod of Deployment `web` that cannot pull [`BAD`].
@@ -676,6 +742,80 @@ mod tests {
                     2,
                 )
             },
+            finished_rollout_row(
+                "a revision rollback to a scaled-down revision KubeSent saw serve healthy for hours patches the template",
+                Some(served("uid-web", "5c6", 8, 360)),
+            ),
+            Row {
+                expect: refused(OutcomeResult::Suggested, |r| {
+                    matches!(
+                        r,
+                        Refusal::OutOfBounds(OutOfBounds::NotProvenGood {
+                            why: NotKnownGood::NeverSeen(_),
+                            ..
+                        })
+                    )
+                }),
+                ..finished_rollout_row(
+                    "a revision rollback to a scaled-down revision with no record is only suggested",
+                    None,
+                )
+            },
+            Row {
+                expect: refused(OutcomeResult::Suggested, |r| {
+                    matches!(
+                        r,
+                        Refusal::OutOfBounds(OutOfBounds::NotProvenGood {
+                            why: NotKnownGood::TooYoung { .. },
+                            ..
+                        })
+                    )
+                }),
+                ..finished_rollout_row(
+                    "a revision rollback to a revision that served healthy for minutes only is only suggested",
+                    Some(served("uid-web", "5c6", 1, 4)),
+                )
+            },
+            Row {
+                expect: refused(OutcomeResult::Suggested, |r| {
+                    matches!(
+                        r,
+                        Refusal::OutOfBounds(OutOfBounds::NotProvenGood {
+                            why: NotKnownGood::OtherHash { .. },
+                            ..
+                        })
+                    )
+                }),
+                ..finished_rollout_row(
+                    "a record naming another hash for the revision proves nothing",
+                    Some(served("uid-web", "999", 8, 360)),
+                )
+            },
+            Row {
+                expect: refused(OutcomeResult::Suggested, |r| {
+                    matches!(
+                        r,
+                        Refusal::OutOfBounds(OutOfBounds::NotProvenGood {
+                            why: NotKnownGood::OtherWorkload { .. },
+                            ..
+                        })
+                    )
+                }),
+                ..finished_rollout_row(
+                    "a record of a deleted Deployment of the same name proves nothing",
+                    Some(served("uid-old-web", "5c6", 8, 360)),
+                )
+            },
+            Row {
+                expect: refused(OutcomeResult::Denied, |r| {
+                    matches!(r, Refusal::OutOfBounds(OutOfBounds::NotTheRevisionBefore { .. }))
+                }),
+                ..finished_rollout_row(
+                    "a forged record cannot select any revision but the one just before the failing one",
+                    Some(served("uid-web", "5c6", 8, 360)),
+                )
+            }
+            .with_verdict(rollback_revision((4, "web-7d9"), (2, "web-111"))),
             rollout_row("a failing rollout with nothing ready before it is paused", pause((4, "web-7d9")), 0),
             Row {
                 expect: refused(OutcomeResult::Denied, |r| {
@@ -710,11 +850,13 @@ mod tests {
                 history: row.history.as_ref(),
                 previous_fix: row.previous_fix.as_ref(),
                 room: row.room.as_ref(),
+                served: row.served.as_ref(),
             };
             let settings = Settings {
                 policy: &row.policy,
                 approval_required: row.approval_required,
                 identity: "remediator-0",
+                known_good_after: std::time::Duration::from_secs(600),
             };
             let planned = decide(&row.verdict, seen, settings, now());
             match (&planned, row.expect) {

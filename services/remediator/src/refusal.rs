@@ -89,7 +89,8 @@ impl Refusal {
             | Self::RevertedByHuman { .. }
             | Self::GitOps { .. }
             | Self::ManagedByAutoscaler(_)
-            | Self::OverriddenBefore(_) => OutcomeResult::Suggested,
+            | Self::OverriddenBefore(_)
+            | Self::OutOfBounds(OutOfBounds::NotProvenGood { .. }) => OutcomeResult::Suggested,
             Self::Stale(_) | Self::OwnerGone { .. } | Self::TemplateMoved(_) => OutcomeResult::Stale,
             Self::DiagnosisOnly(_) => OutcomeResult::DiagnosisOnly,
             Self::Denied(_)
