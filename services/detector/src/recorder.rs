@@ -84,6 +84,7 @@ impl Recorder {
         };
         if written {
             self.metrics.revisions_recorded.get_or_create(&RecordLabel { change: label }).inc();
+            self.metrics.notify();
             debug!(%namespace, %workload, change = label.as_str(), "revision health recorded");
         }
         Ok(())

@@ -141,6 +141,69 @@ async fn a_killed_leader_is_replaced_and_every_incident_is_published_exactly_onc
     world.sim.shutdown().await;
 }
 
+/// Deployment `web` of `replicas` pods running `image` (healthy, no probe).
+fn healthy_deployment(replicas: i32, image: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": image}]}}}
+    }))
+    .expect("deployment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_of_a_known_good_revision_survives_a_leader_change_and_the_new_leader_records_its_end() {
+    use kubesent_detector::RecordChange;
+    use kubesent_proto::{WorkloadKind, WorkloadRef};
+    let world = world(&Topology::default()).await;
+    let (a_metrics, a_run, _a_stop) = detector(&world, Some("detector-a"));
+    let a = tokio::spawn(a_run);
+    a_metrics.wait_until(DetectorMetrics::is_leader).await;
+    let (b_metrics, b_run, b_stop) = detector(&world, Some("detector-b"));
+    let b = tokio::spawn(b_run);
+
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(world.kube.clone(), "shop");
+    deployments.create(&PostParams::default(), &healthy_deployment(2, "web:1")).await.expect("created");
+    tokio::time::timeout(
+        PATIENCE,
+        a_metrics.wait_until(|m| m.revisions_recorded(RecordChange::KnownGood) >= 1),
+    )
+    .await
+    .expect("revision 1 recorded known-good by the leader");
+    assert_eq!(b_metrics.revisions_recorded(RecordChange::KnownGood), 0, "the standby writes nothing");
+    let store = kubesent_common::served::ServedStore::new(world.js.clone());
+    let web = WorkloadRef { kind: WorkloadKind::Deployment, name: "web".into() };
+    let first = store.read("shop", &web).await.expect("read").expect("a record");
+    assert_eq!(first.revisions.len(), 1);
+    let revision = first.revisions[0].clone();
+    assert_eq!(revision.replicas, 2);
+    assert!(revision.name.starts_with("web-") && revision.name.ends_with(&revision.hash), "{revision:?}");
+    assert_eq!(revision.until, None, "still serving");
+
+    a.abort(); // a crash: no step-down, the lease has to expire
+    tokio::time::timeout(PATIENCE, b_metrics.wait_until(DetectorMetrics::is_leader))
+        .await
+        .expect("the standby took over");
+    // A rollout to revision 2 scales revision 1 down: the new leader records the end of its service.
+    let update = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "web:2"}]}}}});
+    deployments
+        .patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&update))
+        .await
+        .expect("updated");
+    tokio::time::timeout(PATIENCE, b_metrics.wait_until(|m| m.revisions_recorded(RecordChange::Ended) >= 1))
+        .await
+        .expect("the end recorded by the new leader");
+    let after = store.read("shop", &web).await.expect("read").expect("the record");
+    let kept = after.revisions.iter().find(|r| r.name == revision.name).expect("revision 1 kept");
+    assert_eq!(kept.healthy_since, revision.healthy_since, "the first leader's record stands");
+    assert!(kept.until.is_some_and(|until| until >= kept.known_good_at), "{kept:?}");
+    b_stop.cancel();
+    b.await.expect("b stopped");
+    world.sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_jobs_stream_is_retried_until_there_is_room_and_nothing_is_lost() {
     let topology = Topology { max_jobs: 2, ..Topology::default() };

@@ -1417,3 +1417,189 @@ async fn kubesent_tail_follows_an_incident_live_and_kubesent_incidents_lists_and
     assert!(stderr.contains("no incident"), "{stderr}");
     stack.stop().await;
 }
+
+/// Creates Deployment `web` of 3 healthy pods (ready as soon as they run) and waits until they serve.
+async fn create_serving_web(stack: &Stack) -> Api<Deployment> {
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let web = deployment(3, "registry.local/shop/web:1.4.2", json!({}), json!({}));
+    deployments.create(&PostParams::default(), &web).await.expect("deployment created");
+    let serving =
+        |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas) == Some(3);
+    tokio::time::timeout(PATIENCE, await_condition(deployments.clone(), "web", serving))
+        .await
+        .expect("revision 1 ready in time")
+        .expect("watch");
+    deployments
+}
+
+/// Updates `web` to a revision whose pods run (ready) for 100 simulated seconds, then exit with a Go
+/// panic, and waits until the rollout has finished: every pod on revision 2, revision 1 scaled to zero.
+async fn roll_out_a_revision_that_crashes_after_it_is_ready(deployments: &Api<Deployment>) {
+    let update = json!({"spec": {"template": {
+        "metadata": {"annotations": {"sim.kubesent.io/exit-code": "2", "sim.kubesent.io/run-seconds": "100",
+            "sim.kubesent.io/logs": "panic: config key db.url missing\n\ngoroutine 1 [running]:\nmain.main()\n\t/src/main.go:18 +0x1d4"}},
+        "spec": {"containers": [{"name": "app", "env": [{"name": "DB_MODE", "value": "pooled"}]}]}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update)).await.expect("updated");
+    let finished = |d: Option<&Deployment>| {
+        d.and_then(|d| Some((d.metadata.generation?, d.status.as_ref()?))).is_some_and(|(generation, s)| {
+            s.observed_generation == Some(generation)
+                && s.updated_replicas == Some(3)
+                && s.replicas == Some(3)
+                && s.available_replicas == Some(3)
+        })
+    };
+    tokio::time::timeout(PATIENCE, await_condition(deployments.clone(), "web", finished))
+        .await
+        .expect("the rollout finished before its pods crash")
+        .expect("watch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_crashes_after_its_rollout_finished_is_rolled_back_to_the_known_good_one_and_can_be_undone()
+ {
+    // RBAC off: `kubesent undo` below talks to kube-sim as its administrator. Known-good after 2 s.
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments = create_serving_web(&stack).await;
+    let good_template = deployments.get("web").await.expect("web").spec.expect("spec").template;
+    let detector = stack.metrics.detector.clone();
+    tokio::time::timeout(
+        PATIENCE,
+        detector.wait_until(|m| m.revisions_recorded(kubesent_detector::RecordChange::KnownGood) >= 1),
+    )
+    .await
+    .expect("revision 1 recorded known-good");
+
+    roll_out_a_revision_that_crashes_after_it_is_ready(&deployments).await;
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.failure.kind, proto::FailureKind::CrashLoop);
+    let Action::RollbackRevision { from, to, .. } = verdict.action.clone() else {
+        panic!("a revision rollback: {:?} ({})", verdict.action, verdict.root_cause);
+    };
+    assert_eq!((from.number, to.number), (2, 1), "{}", verdict.root_cause);
+    for said in ["config key db.url missing", "scaled down when the rollout finished", "served 3/3 ready for"]
+    {
+        assert!(verdict.root_cause.contains(said), "{said:?} in {}", verdict.root_cause);
+    }
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    let rolled_back = deployments.get("web").await.expect("deployment");
+    assert_eq!(
+        rolled_back.spec.clone().expect("spec").template,
+        good_template,
+        "revision 1's template again"
+    );
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let live = live_pods(&pods, "app=web").await;
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(running_ready), "{live:?}");
+
+    let output = kubesent_undo(&stack, &outcome.incident).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let forward = deployments.get("web").await.expect("deployment");
+    let annotations = forward.spec.expect("spec").template.metadata.and_then(|m| m.annotations);
+    assert_eq!(
+        annotations.unwrap_or_default().get("sim.kubesent.io/exit-code").map(String::as_str),
+        Some("2"),
+        "undo goes forward to revision 2 again"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_never_seen_serving_healthy_for_long_enough_gets_a_suggestion_only() {
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        rbac: true,
+        known_good_after: Duration::from_secs(3600),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments = create_serving_web(&stack).await;
+    roll_out_a_revision_that_crashes_after_it_is_ready(&deployments).await;
+
+    let verdict = next_verdict(&mut verdicts).await;
+    assert_eq!(verdict.action, Action::None, "{}", verdict.root_cause);
+    for said in
+        ["config key db.url missing", "scaled down by the rollout", "kubectl rollout undo deployment/web"]
+    {
+        assert!(verdict.root_cause.contains(said), "{said:?} in {}", verdict.root_cause);
+    }
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::DiagnosisOnly, "{}", outcome.detail);
+    assert_eq!(stack.metrics.detector.revisions_recorded(kubesent_detector::RecordChange::KnownGood), 0);
+    // The detector's watches of ReplicaSets and StatefulSets included.
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_record_can_at_worst_select_the_revision_the_owners_own_history_holds() {
+    // Known-good after an hour: nothing the detector sees is recorded; the record below is forged, as a
+    // stolen detector credential could write it.
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        rbac: true,
+        known_good_after: Duration::from_secs(3600),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let deployments = create_serving_web(&stack).await;
+    let first = deployments.get("web").await.expect("web");
+    let good_template = first.spec.clone().expect("spec").template;
+    let uid = first.metadata.uid.clone().expect("uid");
+    let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(stack.kube.clone(), "shop");
+    let revision_1 = sets.list(&ListParams::default().labels("app=web")).await.expect("sets").items;
+    let revision_1 = revision_1.first().expect("revision 1's ReplicaSet").metadata.clone();
+    let (name, hash) = (
+        revision_1.name.clone().expect("name"),
+        revision_1.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned().expect("hash"),
+    );
+    // Forged: it claims revision 1 served for two days, and that a revision the owner never had did too.
+    let web = proto::WorkloadRef { kind: proto::WorkloadKind::Deployment, name: "web".into() };
+    let store = kubesent_common::served::ServedStore::new(stack.js.clone());
+    let forged = |name: &str, hash: &str| proto::served::ServedRevision {
+        name: name.into(),
+        hash: hash.into(),
+        replicas: 3,
+        healthy_since: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48),
+        known_good_at: jiff::Timestamp::now() - jiff::SignedDuration::from_hours(47),
+        until: None,
+    };
+    let written = store
+        .update("shop", &web, &uid, |record| {
+            record.record(&uid, forged("web-evil", "evil"));
+            record.record(&uid, forged(&name, &hash))
+        })
+        .await
+        .expect("forged");
+    assert!(written);
+
+    roll_out_a_revision_that_crashes_after_it_is_ready(&deployments).await;
+    let verdict = next_verdict(&mut verdicts).await;
+    let Action::RollbackRevision { from, to, .. } = verdict.action.clone() else {
+        panic!("a revision rollback: {:?} ({})", verdict.action, verdict.root_cause);
+    };
+    assert_eq!((from.number, to.number, to.name.as_str()), (2, 1, name.as_str()), "only the revision before");
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::Healed, "{}", outcome.detail);
+    let template = deployments.get("web").await.expect("web").spec.expect("spec").template;
+    assert_eq!(template, good_template, "exactly revision 1's template from the owner's own history");
+    assert_one_of_each_and_least_privilege(&stack).await;
+    stack.stop().await;
+}

@@ -161,7 +161,7 @@ pub enum Disagreement {
     NoContainer(String),
 }
 
-/// How long after an OOM kill a running container still counts as failing.
+/// How long after an OOM kill or a crash a running container still counts as failing.
 pub const RECENT_FAILURE: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
 
 /// Whether the container still shows the verdict's failure at `now`.
@@ -218,7 +218,14 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
                 || state.terminated.as_ref().is_some_and(|t| t.reason.as_deref() == Some("StartError"))
         }
         FailureKind::CrashLoop | FailureKind::Killed => {
-            waiting == Some("CrashLoopBackOff") || state.terminated.is_some()
+            // A process that crashes a while after it starts runs between its crashes: it is still
+            // crash-looping while its last exit (non-zero, after a restart) is recent.
+            let recent_crash = cs.restart_count >= 1
+                && last
+                    .filter(|t| t.exit_code != 0)
+                    .and_then(|t| t.finished_at.as_ref())
+                    .is_some_and(|finished| now.duration_since(finished.0) < RECENT_FAILURE);
+            waiting == Some("CrashLoopBackOff") || state.terminated.is_some() || recent_crash
         }
         FailureKind::NotReady => state.running.is_some() && !cs.ready,
         FailureKind::JobFailed => false,
@@ -481,5 +488,32 @@ mod tests {
         );
         status[0].last_state = Some(serde_json::from_value(json!({"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-11-01T09:00:00Z"}})).expect("state"));
         assert!(!still_failing(&pod, "app", FailureKind::OomKilled, now()));
+        assert!(!still_failing(&pod, "app", FailureKind::CrashLoop, now()));
+    }
+
+    #[test]
+    fn a_container_running_between_recent_crashes_is_still_crash_looping() {
+        let mut pod = live_pod("128Mi");
+        let crashed_at = now() - jiff::SignedDuration::from_secs(30);
+        let status = pod.status.as_mut().and_then(|s| s.container_statuses.as_mut()).expect("statuses");
+        status[0].restart_count = 3;
+        status[0].state =
+            Some(serde_json::from_value(json!({"running": {"startedAt": crashed_at}})).expect("state"));
+        status[0].last_state = Some(
+            serde_json::from_value(
+                json!({"terminated": {"exitCode": 2, "reason": "Error", "finishedAt": crashed_at}}),
+            )
+            .expect("state"),
+        );
+        assert!(still_failing(&pod, "app", FailureKind::CrashLoop, now()));
+        // A clean exit is no crash.
+        let status = pod.status.as_mut().and_then(|s| s.container_statuses.as_mut()).expect("statuses");
+        status[0].last_state = Some(
+            serde_json::from_value(
+                json!({"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": crashed_at}}),
+            )
+            .expect("state"),
+        );
+        assert!(!still_failing(&pod, "app", FailureKind::CrashLoop, now()));
     }
 }
