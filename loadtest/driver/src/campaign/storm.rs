@@ -25,7 +25,11 @@ use kube::{
     api::{Patch, PatchParams, PostParams, WatchEvent, WatchParams},
 };
 use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig};
-use kubesent_kube_sim::{ImageState, resources::PODS, store::Mutation};
+use kubesent_kube_sim::{
+    ImageState,
+    resources::{PODS, REPLICASETS},
+    store::Mutation,
+};
 use kubesent_proto::intent::{Intent, Phase};
 use kubesent_proto::{self as proto, FailureJob, Outcome, OutcomeResult};
 use serde_json::{Value, json};
@@ -170,8 +174,22 @@ pub struct StormReport {
     pub storm_duration: Duration,
     /// Settings changed from deploy/base.
     pub overrides: Vec<(String, String)>,
+    /// KubeSent's record of served revisions at the end: revisions the leading detector tracks, workloads
+    /// recorded, and the bucket's bytes.
+    pub served: ServedFigures,
     /// Where the markdown report was written.
     pub written: Option<PathBuf>,
+}
+
+/// The record of served revisions at the end of the storm.
+#[derive(Debug, Clone, Default)]
+pub struct ServedFigures {
+    /// Revisions the leading detector tracks.
+    pub tracked_revisions: f64,
+    /// Workloads with a record (keys of the bucket).
+    pub records: u64,
+    /// Bytes the bucket holds.
+    pub bytes: u64,
 }
 
 impl StormReport {
@@ -200,6 +218,8 @@ impl StormReport {
             "queue_depth_per_second": self.queue_depth,
             "processes": self.processes.iter().map(|(k, (rss, cpu))| (k.clone(), json!({"peak_rss_mib": rss, "cpu_seconds": cpu}))).collect::<BTreeMap<_, _>>(),
             "storm_seconds": self.storm_duration.as_secs_f64(),
+            "served_revisions": {"tracked_revisions": self.served.tracked_revisions,
+                "records": self.served.records, "bucket_bytes": self.served.bytes},
             "overrides": self.overrides,
         })
     }
@@ -267,6 +287,13 @@ impl fmt::Display for StormReport {
             "Remediator: at most {} verdicts planned and changed at once, {} verifications at once; {} API writes, at most {} in one second.\n",
             peaks.verdicts_in_flight, peaks.verifications_in_flight, peaks.writes, peaks.writes_per_second
         )?;
+        writeln!(
+            f,
+            "Record of served revisions: the leading detector tracks {:.0} revisions; {} workloads recorded known-good in {:.1} KiB.\n",
+            self.served.tracked_revisions,
+            self.served.records,
+            self.served.bytes as f64 / 1024.0
+        )?;
         writeln!(f, "| process | peak RSS MiB | CPU s |\n|---|---|---|")?;
         for (name, (rss, cpu)) in &self.processes {
             writeln!(f, "| {name} | {rss:.1} | {cpu:.1} |")?;
@@ -275,11 +302,47 @@ impl fmt::Display for StormReport {
     }
 }
 
+/// The record of served revisions: the leading detector's tracked revisions, the bucket's keys and bytes.
+async fn served_figures(topology: &Topology) -> ServedFigures {
+    let mut figures = ServedFigures::default();
+    for replica in topology.replicas.iter().filter(|r| r.role == kubesent_common::nats::Role::Detector) {
+        let text = replica.process.metrics().await.unwrap_or_default();
+        if metric(std::slice::from_ref(&text), "kubesent_detector_leader") >= 1.0 {
+            figures.tracked_revisions = metric(&[text], "kubesent_detector_tracked_revisions");
+        }
+    }
+    let stream = format!("KV_{}", proto::served::REVISIONS_BUCKET);
+    if let Ok(mut stream) = topology.js.get_stream(stream).await
+        && let Ok(info) = stream.info().await
+    {
+        figures.records = info.state.messages;
+        figures.bytes = info.state.bytes;
+    }
+    figures
+}
+
 /// A message seen on the bus: when, its subject, its payload.
 type Passed = (Instant, String, Vec<u8>);
 
 /// Background pods per node.
 const PODS_PER_NODE: usize = 100;
+
+/// The ReplicaSet of background workload `w` (revision 1 of Deployment `bg{w}`), written straight into the
+/// store after its pods (its controller then finds every pod it wants).
+fn background_replica_set(w: usize, replicas: usize) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": format!("bg{w}-7d9c5b7f6"), "namespace": "background", "uid": format!("rs-{w}"),
+            "creationTimestamp": "2026-11-01T09:00:00Z",
+            "labels": {"app": format!("bg{w}"), "pod-template-hash": "7d9c5b7f6"},
+            "annotations": {"deployment.kubernetes.io/revision": "1"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("bg{w}"), "uid": format!("deploy-{w}"), "controller": true}]},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": format!("bg{w}"), "pod-template-hash": "7d9c5b7f6"}},
+            "template": {"metadata": {"labels": {"app": format!("bg{w}"), "pod-template-hash": "7d9c5b7f6"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/background:1", "resources": {"limits": {"memory": "128Mi"}}}]}}},
+        "status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas, "observedGeneration": 1}
+    })
+}
 
 /// A healthy pod of background workload `w` (owned by its ReplicaSet), written straight into the store.
 fn background_pod(w: usize, i: usize, node: usize) -> Value {
@@ -339,6 +402,9 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
         ("GEMINI_API_KEY", "storm-test-key".to_owned()),
         ("KUBESENT_MODEL_RPM", "600".to_owned()),
         ("KUBESENT_LOG_JSON", "false".to_owned()),
+        // Short enough that the healthy background is recorded known-good within the run (the record's
+        // size at 100,000 pods is one of the figures).
+        ("KUBESENT_KNOWN_GOOD_AFTER", "20s".to_owned()),
     ]);
     if !options.guardrails {
         overrides.extend(topology::overrides([
@@ -375,6 +441,11 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
                 .mutate(&PODS, "background", &name, |_| Ok(Mutation::Put(pod.clone())))
                 .map_err(|e| anyhow::anyhow!(e.message))?;
         }
+        let set = background_replica_set(w, options.pods_per_workload);
+        let name = set["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        store
+            .mutate(&REPLICASETS, "background", &name, |_| Ok(Mutation::Put(set.clone())))
+            .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let deployments: Api<Deployment> = Api::namespaced(topology.kube.clone(), "shop");
     let pods: Api<Pod> = Api::namespaced(topology.kube.clone(), "shop");
@@ -617,6 +688,7 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
     report.model_calls = gemini.requests().len();
     report.naive_model_calls = *naive.lock().unwrap_or_else(PoisonError::into_inner);
     topology.supervise()?;
+    report.served = served_figures(&topology).await;
     for replica in &topology.replicas {
         report
             .processes
