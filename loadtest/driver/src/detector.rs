@@ -80,6 +80,9 @@ pub struct LatencyRun {
     pub nats_cores: f64,
     /// Cores the load-test process (kube-sim, the generator, the receiver) used meanwhile.
     pub driver_cores: f64,
+    /// The most jobs the detector had sent and not yet seen acknowledged (its publish window, sampled
+    /// from its metrics every 20 ms; at most 256).
+    pub publish_window_peak: i64,
 }
 
 /// RSS of a detector process at a number of tracked pods.
@@ -121,7 +124,7 @@ impl std::fmt::Display for Report {
         for run in &self.latency {
             writeln!(
                 f,
-                "  {:>6} events/s target, {:>3} % failures: {} events, {} jobs ({} unexpected), achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; detector CPU {:.1} µs/event ({:.0} % of a core), nats-server {:.0} %, kube-sim + generator {:.0} %",
+                "  {:>6} events/s target, {:>3} % failures: {} events, {} jobs ({} unexpected), achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; detector CPU {:.1} µs/event ({:.0} % of a core), nats-server {:.0} %, kube-sim + generator {:.0} %; publish window peak {}",
                 run.target_rate,
                 run.failure_percent,
                 run.events,
@@ -135,6 +138,7 @@ impl std::fmt::Display for Report {
                 run.detector_cpu_per_event.as_secs_f64() * run.achieved_rate * 100.0,
                 run.nats_cores * 100.0,
                 run.driver_cores * 100.0,
+                run.publish_window_peak,
             )?;
         }
         for point in &self.rss {
@@ -341,6 +345,17 @@ async fn latency_run(
     let cpu = || -> anyhow::Result<[f64; 3]> {
         Ok([usage(detector.pid()?)?.1, usage(nats_pid)?.1, usage(std::process::id())?.1])
     };
+    let window_peak = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let window = {
+        let (admin, peak) = (detector.admin.clone(), window_peak.clone());
+        kubesent_common::AbortOnDrop::new(tokio::spawn(async move {
+            loop {
+                let now = metric(&admin, "kubesent_detector_publishes_in_flight").await.unwrap_or(0);
+                peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }))
+    };
     let cpu_before = cpu()?;
     let started = Instant::now();
     let store = sim.state().store.clone();
@@ -368,6 +383,7 @@ async fn latency_run(
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = cpu()?;
     let used = |i: usize| (cpu_after[i] - cpu_before[i]).max(0.0);
+    drop(window);
     drop(detector);
     sim.shutdown().await;
     if received == 0 {
@@ -388,6 +404,7 @@ async fn latency_run(
         detector_cpu_per_event: Duration::from_secs_f64(used(0) / events as f64),
         nats_cores: used(1) / elapsed,
         driver_cores: used(2) / elapsed,
+        publish_window_peak: window_peak.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -436,10 +453,13 @@ impl DetectorProcess {
 }
 
 async fn tracked_pods(admin: &str) -> Option<i64> {
+    metric(admin, "kubesent_detector_tracked_pods").await
+}
+
+/// A gauge of the detector's metrics, read from its admin endpoint.
+async fn metric(admin: &str, name: &str) -> Option<i64> {
     let body = reqwest::get(format!("http://{admin}/metrics")).await.ok()?.text().await.ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix("kubesent_detector_tracked_pods "))
-        .and_then(|v| v.trim().parse().ok())
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
 }
 
 async fn rss_run(exe: &Path, points: &[usize], maker: &PodMaker) -> anyhow::Result<Vec<RssPoint>> {

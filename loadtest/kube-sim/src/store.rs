@@ -5,7 +5,7 @@
 //! fan-out copies bytes instead of re-serialising, and a pod costs little more than its JSON.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -208,6 +208,9 @@ impl Default for StoreConfig {
 
 struct Collection {
     objects: BTreeMap<ObjectKey, Arc<StoredObject>>,
+    /// The objects naming each owner uid in their owner references (an informer's index: a controller
+    /// finds its pods without reading every pod of the namespace).
+    by_owner: HashMap<String, BTreeSet<ObjectKey>>,
     history: VecDeque<Arc<WatchRecord>>,
     /// The newest revision dropped from `history`; watches from before it have expired.
     compacted_through: u64,
@@ -227,6 +230,23 @@ struct ContinueToken {
     start: String,
 }
 
+impl Collection {
+    /// Moves `key` in the owner index from `before`'s owners to `after`'s.
+    fn index(&mut self, key: &ObjectKey, before: Option<&StoredObject>, after: Option<&StoredObject>) {
+        for owner in before.map(|b| b.owners.as_slice()).unwrap_or_default() {
+            if let Some(keys) = self.by_owner.get_mut(&owner.uid) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_owner.remove(&owner.uid);
+                }
+            }
+        }
+        for owner in after.map(|a| a.owners.as_slice()).unwrap_or_default() {
+            self.by_owner.entry(owner.uid.clone()).or_default().insert(key.clone());
+        }
+    }
+}
+
 impl Store {
     /// An empty store serving every resource of [`resources::ALL`].
     pub fn new(config: StoreConfig) -> Self {
@@ -236,6 +256,7 @@ impl Store {
                 let (live, _) = broadcast::channel(config.watch_buffer.max(16));
                 let collection = Collection {
                     objects: BTreeMap::new(),
+                    by_owner: HashMap::new(),
                     history: VecDeque::new(),
                     compacted_through: 0,
                     live,
@@ -394,6 +415,7 @@ impl Store {
             Mutation::Put(mut value) => {
                 let rv = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
                 let object = Arc::new(build_object(def, namespace, name, rv, &mut value)?);
+                collection.index(&key, current.as_deref(), Some(&object));
                 collection.objects.insert(key, object.clone());
                 let event = if current.is_some() { EventType::Modified } else { EventType::Added };
                 self.record(
@@ -405,6 +427,7 @@ impl Store {
             Mutation::PutPrepared(prepared) => {
                 let rv = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
                 let object = Arc::new(prepared.at_revision(rv));
+                collection.index(&key, current.as_deref(), Some(&object));
                 collection.objects.insert(key, object.clone());
                 let event = if current.is_some() { EventType::Modified } else { EventType::Added };
                 self.record(
@@ -415,6 +438,7 @@ impl Store {
             }
             Mutation::Delete => {
                 let Some(previous) = current else { return Err(ApiError::not_found(def, name)) };
+                collection.index(&key, Some(&previous), None);
                 collection.objects.remove(&key);
                 let rv = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
                 let mut value = previous.value();
@@ -490,6 +514,17 @@ impl Store {
             .range::<ObjectKey, _>((namespace.to_owned(), String::new())..)
             .take_while(|((ns, _), _)| ns == namespace)
             .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    /// The objects of a resource in one namespace whose owner references name `owner_uid` (for in-process
+    /// controllers and garbage collection), from the owner index.
+    pub fn owned_by(&self, def: &ResourceDef, namespace: &str, owner_uid: &str) -> Vec<Arc<StoredObject>> {
+        let collection = self.collection(def);
+        let Some(keys) = collection.by_owner.get(owner_uid) else { return Vec::new() };
+        keys.iter()
+            .filter(|(ns, _)| ns == namespace)
+            .filter_map(|key| collection.objects.get(key).cloned())
             .collect()
     }
 
@@ -692,6 +727,35 @@ mod tests {
             assert_eq!(object.field("spec.nodeName"), Some("n1".to_owned()));
             assert_eq!(object.controller(), Some(("ReplicaSet", "x-1")));
         }
+    }
+
+    #[test]
+    fn the_owner_index_follows_adoption_release_and_deletion() {
+        let store = Store::new(StoreConfig::default());
+        let owned = |uid: &str| json!([{"kind": "ReplicaSet", "name": "rs", "uid": uid, "controller": true}]);
+        let write = |ns: &str, name: &str, owners: Value| {
+            store
+                .mutate(&PODS, ns, name, |_| {
+                    Ok(Mutation::Put(
+                        json!({"metadata": {"name": name, "namespace": ns, "ownerReferences": owners}}),
+                    ))
+                })
+                .expect("put");
+        };
+        let names = |ns: &str, uid: &str| {
+            store.owned_by(&PODS, ns, uid).iter().map(|o| o.name.clone()).collect::<Vec<_>>()
+        };
+        write("shop", "b", owned("u1"));
+        write("shop", "a", owned("u1"));
+        write("other", "c", owned("u1"));
+        write("shop", "d", json!([]));
+        assert_eq!(names("shop", "u1"), ["a", "b"], "in key order, this namespace only");
+        write("shop", "b", owned("u2"));
+        assert_eq!(names("shop", "u1"), ["a"]);
+        assert_eq!(names("shop", "u2"), ["b"]);
+        store.mutate(&PODS, "shop", "a", |_| Ok(Mutation::Delete)).expect("deleted");
+        assert!(names("shop", "u1").is_empty());
+        assert_eq!(names("other", "u1"), ["c"]);
     }
 
     #[test]

@@ -139,9 +139,10 @@ impl Controllers<'_> {
         let clock = self.state.kubelet.clock();
         let now = clock.now();
         let mut jobs: Vec<Job> = self
-            .objects(&JOBS, ns)?
+            .state
+            .store
+            .owned_by(&JOBS, ns, &object.uid)
             .iter()
-            .filter(|o| o.is_owned_by(&object.uid))
             .map(|o| o.typed())
             .collect::<Result<_, _>>()?;
         let schedule = value.pointer("/spec/schedule").and_then(Value::as_str).unwrap_or_default();

@@ -25,9 +25,10 @@ impl Controllers<'_> {
         let template_value = value.pointer("/spec/template").cloned().unwrap_or(Value::Null);
         let hash = template_hash(&template_value);
         let mut owned: Vec<ReplicaSet> = self
-            .objects(&REPLICASETS, ns)?
+            .state
+            .store
+            .owned_by(&REPLICASETS, ns, &object.uid)
             .iter()
-            .filter(|o| o.is_owned_by(&object.uid))
             .map(|o| o.typed())
             .collect::<Result<_, _>>()?;
         let revision_of = |rs: &ReplicaSet| -> i64 {
@@ -232,9 +233,10 @@ impl Controllers<'_> {
         let labels_of = |rs: &ReplicaSet| rs.metadata.labels.clone().unwrap_or_default();
         // Status, from the ReplicaSets' statuses.
         let all: Vec<ReplicaSet> = self
-            .objects(&REPLICASETS, ns)?
+            .state
+            .store
+            .owned_by(&REPLICASETS, ns, uid)
             .iter()
-            .filter(|o| o.is_owned_by(uid))
             .map(|o| o.typed())
             .collect::<Result<_, _>>()?;
         let sum = |f: &dyn Fn(&ReplicaSet) -> i32| all.iter().map(f).sum::<i32>();

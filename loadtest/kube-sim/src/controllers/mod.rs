@@ -471,7 +471,7 @@ impl Controllers<'_> {
     }
 
     fn owned_pods(&self, ns: &str, owner_uid: &str) -> Result<Vec<Pod>, ApiError> {
-        self.objects(&PODS, ns)?.iter().filter(|o| o.is_owned_by(owner_uid)).map(|o| o.typed()).collect()
+        self.state.store.owned_by(&PODS, ns, owner_uid).iter().map(|o| o.typed()).collect()
     }
 
     /// Writes `status` on the object if it changed (and only the status), as kube-controller-manager.
@@ -584,8 +584,7 @@ impl Controllers<'_> {
         let hash = template_hash(template);
         let revision = format!("{name}-{hash}");
         if self.state.store.get(&CONTROLLERREVISIONS, ns, &revision).is_err() {
-            let number =
-                self.objects(&CONTROLLERREVISIONS, ns)?.iter().filter(|o| o.is_owned_by(uid)).count() + 1;
+            let number = self.state.store.owned_by(&CONTROLLERREVISIONS, ns, uid).iter().count() + 1;
             let cr = json!({"metadata": {"name": revision, "namespace": ns, "labels": labels,
                 "ownerReferences": [owner_ref(kind, name, uid)]},
                 "data": {"spec": {"template": template}}, "revision": number});
@@ -598,7 +597,7 @@ impl Controllers<'_> {
     /// Background garbage collection: deletes whatever a removed owner controlled.
     fn collect(&self, ns: &str, owner_uid: &str) -> Result<(), ApiError> {
         for def in [&REPLICASETS, &PODS, &CONTROLLERREVISIONS] {
-            for object in self.objects(def, ns)?.iter().filter(|o| o.is_owned_by(owner_uid)) {
+            for object in self.state.store.owned_by(def, ns, owner_uid) {
                 let options = DeleteOptions { uid: Some(object.uid.clone()), ..DeleteOptions::default() };
                 match self.state.delete(
                     def,
