@@ -165,16 +165,17 @@ impl ServedRevisions {
             self.uid = uid.to_owned();
             self.revisions.clear();
         }
-        if let Some(known) = self.revisions.iter().find(|r| r.name == served.name && r.hash == served.hash) {
-            if known.until.is_none() && known.healthy_since <= served.healthy_since {
-                // Still the same healthy stretch, seen from a detector that started watching later (a
-                // new leader): the earlier start stands.
-                if known.replicas == served.replicas {
-                    return false;
-                }
-                served.healthy_since = known.healthy_since;
-                served.known_good_at = known.known_good_at;
+        if let Some(known) = self.revisions.iter().find(|r| r.name == served.name && r.hash == served.hash)
+            && known.until.is_none()
+            && known.healthy_since <= served.healthy_since
+        {
+            // Still the same healthy stretch, seen from a detector that started watching later (a new
+            // leader): the earlier start stands.
+            if known.replicas == served.replicas {
+                return false;
             }
+            served.healthy_since = known.healthy_since;
+            served.known_good_at = known.known_good_at;
         }
         self.revisions.retain(|r| r.name != served.name);
         self.revisions.push(served);

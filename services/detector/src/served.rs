@@ -133,9 +133,12 @@ impl ServedChange {
     }
 }
 
+/// A revision, shared by its pods' slots (one allocation per revision, not per pod).
+type RevisionKey = std::sync::Arc<RevisionId>;
+
 /// A revision: its namespace, whose it is and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RevisionKey {
+struct RevisionId {
     namespace: Box<str>,
     kind: WorkloadKind,
     /// The ReplicaSet (Deployment) or the StatefulSet.
@@ -214,19 +217,19 @@ fn revision_of(pod: &LeanPod) -> Option<RevisionKey> {
     match owner.kind.as_str() {
         "ReplicaSet" => {
             label("pod-template-hash")?;
-            Some(RevisionKey {
+            Some(RevisionKey::new(RevisionId {
                 namespace,
                 kind: WorkloadKind::ReplicaSet,
                 scaled: owner.name.as_str().into(),
                 name: owner.name.as_str().into(),
-            })
+            }))
         }
-        "StatefulSet" => Some(RevisionKey {
+        "StatefulSet" => Some(RevisionKey::new(RevisionId {
             namespace,
             kind: WorkloadKind::StatefulSet,
             scaled: owner.name.as_str().into(),
             name: label("controller-revision-hash")?.into(),
-        }),
+        })),
         _ => None,
     }
 }
@@ -298,6 +301,8 @@ impl RevisionHealth {
     }
 
     fn add_pod(&mut self, uid: &str, key: &RevisionKey, ready: bool, pod: &LeanPod, restarts: i32) {
+        // The revision's own key, so every pod of it shares one allocation.
+        let key = self.revisions.get_key_value(key).map_or_else(|| key.clone(), |(known, _)| known.clone());
         let state = self.revisions.entry(key.clone()).or_default();
         state.pods += 1;
         if ready {
@@ -306,7 +311,7 @@ impl RevisionHealth {
         if state.hash.is_empty() {
             state.hash = pod_hash(pod, key.kind);
         }
-        self.pods.insert(uid.into(), PodSlot { revision: key.clone(), ready, restarts });
+        self.pods.insert(uid.into(), PodSlot { revision: key, ready, restarts });
     }
 
     /// Forgets a deleted (or terminating) pod.

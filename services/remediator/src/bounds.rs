@@ -97,7 +97,7 @@ pub enum OutOfBounds {
         /// The revision's number.
         revision: i64,
         /// Why the record does not show it.
-        why: NotKnownGood,
+        why: Box<NotKnownGood>,
     },
     /// The image named is not the previous revision's.
     #[error(
@@ -410,7 +410,7 @@ fn known_good(
     proven.map_err(|why| OutOfBounds::NotProvenGood {
         workload: workload.clone(),
         revision: previous.number,
-        why,
+        why: Box::new(why),
     })
 }
 

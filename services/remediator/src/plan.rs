@@ -747,60 +747,40 @@ mod tests {
                 Some(served("uid-web", "5c6", 8, 360)),
             ),
             Row {
-                expect: refused(OutcomeResult::Suggested, |r| {
-                    matches!(
-                        r,
-                        Refusal::OutOfBounds(OutOfBounds::NotProvenGood {
-                            why: NotKnownGood::NeverSeen(_),
-                            ..
-                        })
-                    )
-                }),
+                expect: refused(
+                    OutcomeResult::Suggested,
+                    |r| matches!(r, Refusal::OutOfBounds(OutOfBounds::NotProvenGood { why, .. }) if matches!(**why, NotKnownGood::NeverSeen(_))),
+                ),
                 ..finished_rollout_row(
                     "a revision rollback to a scaled-down revision with no record is only suggested",
                     None,
                 )
             },
             Row {
-                expect: refused(OutcomeResult::Suggested, |r| {
-                    matches!(
-                        r,
-                        Refusal::OutOfBounds(OutOfBounds::NotProvenGood {
-                            why: NotKnownGood::TooYoung { .. },
-                            ..
-                        })
-                    )
-                }),
+                expect: refused(
+                    OutcomeResult::Suggested,
+                    |r| matches!(r, Refusal::OutOfBounds(OutOfBounds::NotProvenGood { why, .. }) if matches!(**why, NotKnownGood::TooYoung { .. })),
+                ),
                 ..finished_rollout_row(
                     "a revision rollback to a revision that served healthy for minutes only is only suggested",
                     Some(served("uid-web", "5c6", 1, 4)),
                 )
             },
             Row {
-                expect: refused(OutcomeResult::Suggested, |r| {
-                    matches!(
-                        r,
-                        Refusal::OutOfBounds(OutOfBounds::NotProvenGood {
-                            why: NotKnownGood::OtherHash { .. },
-                            ..
-                        })
-                    )
-                }),
+                expect: refused(
+                    OutcomeResult::Suggested,
+                    |r| matches!(r, Refusal::OutOfBounds(OutOfBounds::NotProvenGood { why, .. }) if matches!(**why, NotKnownGood::OtherHash { .. })),
+                ),
                 ..finished_rollout_row(
                     "a record naming another hash for the revision proves nothing",
                     Some(served("uid-web", "999", 8, 360)),
                 )
             },
             Row {
-                expect: refused(OutcomeResult::Suggested, |r| {
-                    matches!(
-                        r,
-                        Refusal::OutOfBounds(OutOfBounds::NotProvenGood {
-                            why: NotKnownGood::OtherWorkload { .. },
-                            ..
-                        })
-                    )
-                }),
+                expect: refused(
+                    OutcomeResult::Suggested,
+                    |r| matches!(r, Refusal::OutOfBounds(OutOfBounds::NotProvenGood { why, .. }) if matches!(**why, NotKnownGood::OtherWorkload { .. })),
+                ),
                 ..finished_rollout_row(
                     "a record of a deleted Deployment of the same name proves nothing",
                     Some(served("uid-old-web", "5c6", 8, 360)),

@@ -584,7 +584,7 @@ impl Controllers<'_> {
         let hash = template_hash(template);
         let revision = format!("{name}-{hash}");
         if self.state.store.get(&CONTROLLERREVISIONS, ns, &revision).is_err() {
-            let number = self.state.store.owned_by(&CONTROLLERREVISIONS, ns, uid).iter().count() + 1;
+            let number = self.state.store.owned_by(&CONTROLLERREVISIONS, ns, uid).len() + 1;
             let cr = json!({"metadata": {"name": revision, "namespace": ns, "labels": labels,
                 "ownerReferences": [owner_ref(kind, name, uid)]},
                 "data": {"spec": {"template": template}}, "revision": number});
