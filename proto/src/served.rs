@@ -86,10 +86,11 @@ impl ServedRevision {
 
     /// A sentence for an evidence list: "served 3/3 ready for 6h until 2026-12-06T14:02:00Z".
     pub fn describe(&self) -> String {
-        let minutes = self.proven().as_secs().max(0) / 60;
-        let span = match minutes {
+        let seconds = self.proven().as_secs().max(0);
+        let span = match seconds / 60 {
             m if m >= 120 => format!("{} h", m / 60),
-            m => format!("{m} min"),
+            m if m >= 2 => format!("{m} min"),
+            _ => format!("{seconds} s"),
         };
         let end = match self.until {
             Some(until) => format!("until {}", until.strftime("%Y-%m-%d %H:%M UTC")),
@@ -321,6 +322,11 @@ mod tests {
             .known_good("u1", "web-111", "111", TEN_MINUTES, at("2026-12-06T15:00:00Z"))
             .expect("known good");
         assert_eq!(good.describe(), "served 3/3 ready for 6 h until 2026-12-06 14:02 UTC");
+        let mut short = good.clone();
+        short.until = Some(short.healthy_since + SignedDuration::from_secs(45));
+        assert_eq!(short.describe(), "served 3/3 ready for 45 s until 2026-12-06 08:00 UTC");
+        short.until = Some(short.healthy_since + SignedDuration::from_mins(30));
+        assert_eq!(short.describe(), "served 3/3 ready for 30 min until 2026-12-06 08:30 UTC");
     }
 
     #[test]

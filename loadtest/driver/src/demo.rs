@@ -302,6 +302,9 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
             ("KUBESENT_LEASE_SECONDS", "5".to_owned()),
             ("KUBESENT_VERIFY_SECONDS", args.verify_seconds.to_string()),
             ("KUBESENT_LOG_JSON", "false".to_owned()),
+            // Compressed as the verify window is: a revision serving for 30 s is known-good, so a bad
+            // deploy tried by hand after the scenarios (README) is rolled back even once its rollout finished.
+            ("KUBESENT_KNOWN_GOOD_AFTER", "30s".to_owned()),
         ]),
         dir: args.dir.clone(),
         ..TopologyOptions::default()
