@@ -455,8 +455,6 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
         )?;
     }
     let dir = topology.dir().display().to_string();
-    let reader = topology.users.env(Role::Reader);
-    let reader_env: Vec<String> = reader.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let admin = topology.dir().join("admin.kubeconfig");
     let admin_token = topology.admin_token.clone();
     std::fs::write(
@@ -468,17 +466,36 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
             "contexts": [{"name": "kube-sim", "context": {"cluster": "kube-sim", "user": "admin", "namespace": "shop"}}]
         }))?,
     )?;
+    // One file per role a person uses, to `source`: the NATS servers and that role's user and password
+    // (the operator's also the kubeconfig `kubesent undo` acts with), readable by the owner only.
+    let mut sourced = Vec::new();
+    for (role, what) in [
+        (Role::Reader, "kubesent incidents; kubesent incidents show <incident>; kubesent tail"),
+        (
+            Role::Operator,
+            "kubesent pause --reason test; kubesent resume; kubesent approve|reject|undo <incident>",
+        ),
+        (Role::Notifier, "kubesent notifier --webhook-url http://127.0.0.1:9/ (or --slack-webhook-url …)"),
+    ] {
+        let file = topology.dir().join(format!("{}.env", role.as_str()));
+        let mut lines = vec![format!("export KUBESENT_NATS_URL='{}'", topology.nats.urls())];
+        lines.extend(topology.users.env(role).into_iter().map(|(k, v)| format!("export {k}='{v}'")));
+        if role == Role::Operator {
+            lines.push(format!("export KUBECONFIG='{}'", admin.display()));
+        }
+        write_private(&file, &(lines.join("\n") + "\n"))?;
+        sourced.push(format!("  source {}    then: {what}", file.display()));
+    }
     let look = format!(
-        "\nLook around{}:\n  export KUBECONFIG={}\n  kubectl get deploy,pods -n shop; kubectl describe deploy checkout; kubectl get events -n shop\n  export KUBESENT_NATS_URL={} {}\n  alias kubesent={}\n  kubesent incidents; kubesent incidents show <incident>; kubesent tail\n  the services' logs: {dir}/kubesent-*.log",
+        "\nLook around{}:\n  export KUBECONFIG={}\n  kubectl get deploy,pods -n shop; kubectl describe deploy checkout; kubectl get events -n shop\n  alias kubesent={}\n{}\n  the services' logs: {dir}/kubesent-*.log",
         if args.keep_running {
             " (still running; Ctrl-C to stop)"
         } else {
             " (`make demo DEMO_ARGS=--keep-running` keeps it up)"
         },
         admin.display(),
-        topology.nats.urls(),
-        reader_env.join(" "),
         args.exe.display(),
+        sourced.join("\n"),
     );
     writeln!(out, "{look}")?;
     out.flush()?;
@@ -493,4 +510,13 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
         bail!("a scenario did not end as expected (logs in {dir})");
     }
     Ok(())
+}
+
+/// Writes `text` to `path`, readable and writable by its owner only (it holds a password).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
 }

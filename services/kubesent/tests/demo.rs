@@ -7,12 +7,13 @@ use kubesent_loadtest::demo::{self, DemoOptions};
 #[tokio::test]
 async fn the_demo_plays_every_scenario_on_the_deployed_topology_and_ends_with_a_summary() {
     kubesent_common::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("a directory");
     let options = DemoOptions {
         exe: env!("CARGO_BIN_EXE_kubesent").into(),
         time_scale: 0.1,
         verify_seconds: 3,
         keep_running: false,
-        dir: None,
+        dir: Some(dir.path().to_owned()),
         live: false,
     };
     let mut out = Vec::new();
@@ -33,6 +34,25 @@ async fn the_demo_plays_every_scenario_on_the_deployed_topology_and_ends_with_a_
         "alias kubesent=",
     ] {
         assert!(summary.contains(scenario), "{scenario:?} in the summary:\n{summary}");
+    }
+    // One credentials file per role a person uses, named in the summary, readable by its owner only.
+    for (role, user) in
+        [("reader", "kubesent-reader"), ("operator", "kubesent-operator"), ("notifier", "kubesent-notifier")]
+    {
+        let file = dir.path().join(format!("{role}.env"));
+        assert!(summary.contains(&format!("source {}", file.display())), "{role} in the summary:\n{summary}");
+        let text = std::fs::read_to_string(&file).expect("the credentials file");
+        for line in [
+            "export KUBESENT_NATS_URL='nats://",
+            &format!("export KUBESENT_NATS_USER='{user}'"),
+            "export KUBESENT_NATS_PASSWORD='",
+        ] {
+            assert!(text.contains(line), "{line:?} in {role}.env:\n{text}");
+        }
+        assert_eq!(text.contains("KUBECONFIG"), role == "operator", "only undo needs a kubeconfig");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{role}.env is private: {mode:o}");
     }
     assert!(!summary.contains('✗'), "{summary}");
     assert!(!stdout.contains("\x1b["), "plain lines without a terminal");
