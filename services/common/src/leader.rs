@@ -328,7 +328,7 @@ impl LeaderArgs {
         self.leader_election.then(|| LeaderConfig {
             namespace: common.lease_namespace.clone(),
             lease_name: lease_name.to_owned(),
-            identity: common.identity.clone(),
+            identity: common.process.identity.clone(),
             ttl: Duration::from_secs(self.lease_seconds.clamp(3, 3600)),
             standby_poll: STANDBY_POLL,
         })

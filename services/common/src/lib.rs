@@ -111,21 +111,12 @@ impl Error {
 /// Settings every service takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// How to reach and authenticate to NATS.
+    /// What every KubeSent process takes (NATS, admin endpoint, logs, identity).
     #[command(flatten)]
-    pub nats: nats::NatsArgs,
+    pub process: ProcessArgs,
     /// Kubernetes API URL; when unset, in-cluster configuration or the kubeconfig is used.
     #[arg(long, env = "KUBESENT_KUBE_API_URL")]
     pub kube_api_url: Option<String>,
-    /// Address of the admin endpoint (/healthz, /readyz, /metrics).
-    #[arg(long, env = "KUBESENT_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
-    pub admin_listen: SocketAddr,
-    /// Log JSON lines instead of text.
-    #[arg(long, env = "KUBESENT_LOG_JSON")]
-    pub log_json: bool,
-    /// This replica's identity (leases, audit records); defaults to the pod name.
-    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
-    pub identity: String,
     /// Namespace holding KubeSent's Leases.
     #[arg(long, env = "KUBESENT_NAMESPACE", default_value = "kubesent")]
     pub lease_namespace: String,
@@ -136,6 +127,23 @@ pub struct CommonArgs {
     /// flood pushes back instead of filling the disk.
     #[arg(long, env = "KUBESENT_MAX_JOBS", default_value_t = nats::Topology::default().max_jobs)]
     pub max_jobs: i64,
+}
+
+/// What every KubeSent process takes, the notifier (no Kubernetes, no streams of its own) included.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessArgs {
+    /// How to reach and authenticate to NATS.
+    #[command(flatten)]
+    pub nats: nats::NatsArgs,
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, env = "KUBESENT_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "KUBESENT_LOG_JSON")]
+    pub log_json: bool,
+    /// This replica's identity (leases, audit records); defaults to the pod name.
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    pub identity: String,
 }
 
 /// This process's identity: the pod name (`HOSTNAME` in a pod), else `kubesent-<pid>`.

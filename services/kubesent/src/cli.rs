@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Args, Parser, Subcommand};
 use kubesent_common::{
-    CommonArgs,
+    CommonArgs, ProcessArgs,
     admin::{self, Health},
     nats::{self, NatsArgs, Role, Topology},
 };
@@ -181,7 +181,8 @@ impl Cli {
 
 async fn run_notifier(args: crate::notifier::NotifierArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let mut ctx = start_service(&args.common, Role::Notifier).await?;
+    // No Kubernetes client and no streams of its own: it reads the audit log through its consumer.
+    let mut ctx = start_process(&args.process, Role::Notifier, None, Topology::default()).await?;
     let metrics = crate::notifier::NotifierMetrics::register(&mut ctx.registry);
     ctx.publish_metrics();
     let deps = crate::notifier::NotifierDeps { js: ctx.js.clone(), metrics, health: ctx.health.clone() };
@@ -216,26 +217,37 @@ impl ServiceContext {
 /// Starts what every service needs: telemetry, the admin endpoint (live at once, ready only when the
 /// service says so), the Kubernetes client and the NATS connection (retried in the background).
 async fn start_service(common: &CommonArgs, role: Role) -> anyhow::Result<ServiceContext> {
+    let topology =
+        Topology { replicas: common.stream_replicas, max_jobs: common.max_jobs, ..Topology::default() };
+    start_process(&common.process, role, Some(common.kube_api_url.as_deref()), topology).await
+}
+
+/// Starts a process of `role`: telemetry, the admin endpoint, a Kubernetes client when `kube_api_url`
+/// is given (`Some(None)`: in-cluster or the kubeconfig), NATS.
+async fn start_process(
+    process: &ProcessArgs,
+    role: Role,
+    kube_api_url: Option<Option<&str>>,
+    topology: Topology,
+) -> anyhow::Result<ServiceContext> {
     let service = role.service_name();
-    let telemetry = kubesent_common::telemetry::init(service, common.log_json);
+    let telemetry = kubesent_common::telemetry::init(service, process.log_json);
     let shutdown = kubesent_common::shutdown_on_signal();
     let health = Arc::new(Health::default());
     let published_registry = Arc::new(admin::LateRegistry::new());
-    let listener = tokio::net::TcpListener::bind(common.admin_listen)
+    let listener = tokio::net::TcpListener::bind(process.admin_listen)
         .await
-        .with_context(|| format!("binding the admin endpoint {}", common.admin_listen))?;
+        .with_context(|| format!("binding the admin endpoint {}", process.admin_listen))?;
     let app = admin::router(published_registry.clone(), health.clone());
     tokio::spawn(admin::serve(listener, app, shutdown.clone()));
-    info!(listen = %common.admin_listen, "admin endpoint serving /healthz, /readyz and /metrics");
-    let kube = match role {
-        Role::Notifier => None,
-        _ => Some(kubesent_common::kube_client(common.kube_api_url.as_deref()).await?),
+    info!(listen = %process.admin_listen, "admin endpoint serving /healthz, /readyz and /metrics");
+    let kube = match kube_api_url {
+        Some(url) => Some(kubesent_common::kube_client(url).await?),
+        None => None,
     };
-    let client = nats::connect_as(&common.nats, role, &format!("{service}/{}", common.identity)).await?;
+    let client = nats::connect_as(&process.nats, role, &format!("{service}/{}", process.identity)).await?;
     let js = jetstream::new(client);
-    let topology =
-        Topology { replicas: common.stream_replicas, max_jobs: common.max_jobs, ..Topology::default() };
-    info!(service, identity = %common.identity, nats = %common.nats.url, "started");
+    info!(service, identity = %process.identity, nats = %process.nats.url, "started");
     Ok(ServiceContext {
         kube,
         js,

@@ -20,7 +20,7 @@ use clap::Args;
 use futures::StreamExt as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac as _};
-use kubesent_common::{CommonArgs, label_values, nats};
+use kubesent_common::{ProcessArgs, label_values, nats};
 use kubesent_proto::{self as proto, Action, Outcome, OutcomeResult};
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -45,9 +45,9 @@ pub const DELIVERY_HEADER: &str = "X-KubeSent-Delivery";
 /// `kubesent notifier`
 #[derive(Debug, Args)]
 pub struct NotifierArgs {
-    /// Shared service settings.
+    /// NATS, the admin endpoint, logs, identity (it has no Kubernetes access and no streams of its own).
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub process: ProcessArgs,
     /// Slack incoming-webhook URL (from a Secret: it is a credential).
     #[arg(long, env = "KUBESENT_SLACK_WEBHOOK_URL", hide_env_values = true)]
     pub slack_webhook_url: Option<SecretString>,

@@ -573,3 +573,33 @@ fn the_notifications_overlay_adds_a_notifier_without_kubernetes_access_reading_i
         "the base installs no notifier: it needs a Secret with the URLs"
     );
 }
+
+#[test]
+fn the_permission_table_in_deploy_readme_names_every_resource_and_verb_each_service_is_granted() {
+    let objects = rendered();
+    let readme = std::fs::read_to_string(repository().join("deploy/README.md")).expect("deploy/README.md");
+    for service in ["detector", "diagnoser", "remediator"] {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| {service} |")))
+            .unwrap_or_else(|| panic!("a row for the {service}"));
+        let granted = objects.iter().filter(|o| {
+            (o["kind"] == "ClusterRole" && o["metadata"]["name"] == format!("kubesent-{service}"))
+                || (o["kind"] == "Role"
+                    && o["metadata"]["name"] == "kubesent-leader-election"
+                    && service != "diagnoser")
+        });
+        for role in granted {
+            for rule in role["rules"].as_array().expect("rules") {
+                for resource in rule["resources"].as_array().expect("resources") {
+                    let resource = resource.as_str().expect("a resource");
+                    assert!(row.contains(resource), "the {service} row names {resource}:\n{row}");
+                    for verb in rule["verbs"].as_array().expect("verbs") {
+                        let verb = format!("`{}`", verb.as_str().expect("a verb"));
+                        assert!(row.contains(&verb), "the {service} row names {verb} ({resource}):\n{row}");
+                    }
+                }
+            }
+        }
+    }
+}

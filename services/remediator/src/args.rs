@@ -96,7 +96,7 @@ impl RemediatorArgs {
                 dry_run: self.dry_run,
             },
             leader: self.leader.config(&self.common, "kubesent-remediator"),
-            identity: self.common.identity.clone(),
+            identity: self.common.process.identity.clone(),
             verify_window: Duration::from_secs(self.verify_seconds),
             limits: Limits {
                 cooldown: minutes(self.cooldown_minutes),
