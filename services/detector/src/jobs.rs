@@ -93,20 +93,21 @@ pub fn job_failure(job: &LeanJob) -> Option<&LeanJobCondition> {
     conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True")
 }
 
-/// The newest pod seen of each Job, and the Jobs whose failure was reported.
+/// The newest pod seen of each Job, the Jobs whose failure was reported, and the failed Jobs waiting for
+/// their first pod to be seen (the pod and Job watches are separate streams: a Job's `Failed` can arrive
+/// before its pods, as after a restart whose Job relist finishes first).
 #[derive(Debug, Default)]
 pub struct JobTracker {
     newest_pod: HashMap<String, (Option<Time>, PodRef)>,
     failed: HashMap<String, String>,
+    waiting: HashMap<String, Box<LeanJob>>,
 }
 
 impl JobTracker {
-    /// Records a pod; remembered for its Job when it is the Job's newest.
-    pub fn observe_pod(&mut self, pod: &LeanPod) {
-        let Some(owner) = kubesent_common::owner::controller(&pod.metadata).filter(|o| o.kind == "Job")
-        else {
-            return;
-        };
+    /// Records a pod; remembered for its Job when it is the Job's newest. The failure of its Job, when
+    /// that Job failed before any of its pods was seen.
+    pub fn observe_pod(&mut self, pod: &LeanPod) -> Option<FailureJob> {
+        let owner = kubesent_common::owner::controller(&pod.metadata).filter(|o| o.kind == "Job")?;
         let created = pod.metadata.creation_timestamp.clone();
         let reference = PodRef {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -124,6 +125,12 @@ impl JobTracker {
                 self.newest_pod.insert(owner.uid.clone(), (created, reference));
             }
         }
+        let job = self.waiting.remove(&owner.uid)?;
+        let failed = job_failure(&job)?;
+        let reason = failed.reason.clone().unwrap_or_default();
+        self.failed.insert(owner.uid.clone(), reason.clone());
+        let (_, pod) = self.newest_pod.get(&owner.uid)?;
+        Some(failure_job(&job, pod.clone(), &reason, failed.message.as_deref().unwrap_or_default()))
     }
 
     /// Records a Job; the job to publish when it has failed, no longer than `max_age` before `now` (a
@@ -137,10 +144,11 @@ impl JobTracker {
         let uid = job.metadata.uid.clone()?;
         let Some(failed) = job_failure(job) else {
             self.failed.remove(&uid);
+            self.waiting.remove(&uid);
             return None;
         };
         let reason = failed.reason.clone().unwrap_or_default();
-        if self.failed.insert(uid.clone(), reason.clone()).as_deref() == Some(reason.as_str()) {
+        if self.failed.get(&uid) == Some(&reason) {
             return None;
         }
         let recent = failed.last_transition_time.as_ref().is_none_or(|at| {
@@ -148,21 +156,29 @@ impl JobTracker {
                 <= jiff::SignedDuration::try_from(max_age).unwrap_or(jiff::SignedDuration::MAX)
         });
         if !recent {
+            self.failed.insert(uid, reason);
             return None;
         }
-        let (_, pod) = self.newest_pod.get(&uid)?;
-        Some(failure_job(job, pod.clone(), &reason, failed.message.as_deref().unwrap_or_default()))
+        let Some((_, pod)) = self.newest_pod.get(&uid) else {
+            // Reported once a pod of it is seen.
+            self.waiting.insert(uid, Box::new(job.clone()));
+            return None;
+        };
+        let reported = failure_job(job, pod.clone(), &reason, failed.message.as_deref().unwrap_or_default());
+        self.failed.insert(uid, reason);
+        Some(reported)
     }
 
     /// Forgets a deleted Job.
     pub fn forget_job(&mut self, uid: &str) {
         self.newest_pod.remove(uid);
         self.failed.remove(uid);
+        self.waiting.remove(uid);
     }
 
     /// Jobs remembered.
     pub fn len(&self) -> usize {
-        self.newest_pod.len().max(self.failed.len())
+        self.newest_pod.len().max(self.failed.len()).max(self.waiting.len())
     }
 
     /// Whether nothing is remembered.
@@ -270,6 +286,24 @@ mod tests {
         assert!(tracker.observe_job(&failed, now, max_age).is_none(), "once");
         tracker.forget_job("job-1");
         assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn a_job_whose_failure_arrives_before_any_of_its_pods_is_reported_when_the_first_pod_does() {
+        let now: jiff::Timestamp = "2026-11-01T10:05:00Z".parse().expect("time");
+        let max_age = std::time::Duration::from_secs(900);
+        let mut tracker = JobTracker::default();
+        let failed = job(json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+            "message": "Job was active longer than specified deadline", "lastTransitionTime": "2026-11-01T10:04:00Z"}]));
+        assert!(tracker.observe_job(&failed, now, max_age).is_none(), "no pod of it seen yet");
+        assert!(tracker.observe_job(&failed, now, max_age).is_none(), "still none");
+        let reported = tracker.observe_pod(&pod("report-a", "2026-11-01T10:00:00Z")).expect("reported now");
+        assert_eq!(
+            (reported.pod.name.as_str(), reported.failure.reason.as_str()),
+            ("report-a", "DeadlineExceeded")
+        );
+        assert!(tracker.observe_pod(&pod("report-b", "2026-11-01T10:01:00Z")).is_none(), "once");
+        assert!(tracker.observe_job(&failed, now, max_age).is_none(), "once");
     }
 
     #[test]

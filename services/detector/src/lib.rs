@@ -485,7 +485,9 @@ impl WatchState {
                 if self.excluded(pod.metadata.namespace.as_ref()) {
                     return observed;
                 }
-                self.jobs.observe_pod(&pod);
+                if let Some(failure) = self.jobs.observe_pod(&pod) {
+                    observed.updates.push(Update::Open(Box::new(failure)));
+                }
                 observed.served = self.served.observe_pod(&pod, now);
                 let (transitions, cleared) = self.tracker.observe_all(&pod);
                 observed.transitions = transitions.len() as u64;

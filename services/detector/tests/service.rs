@@ -197,7 +197,8 @@ async fn the_record_of_a_known_good_revision_survives_a_leader_change_and_the_ne
         .expect("the end recorded by the new leader");
     let after = store.read("shop", &web).await.expect("read").expect("the record");
     let kept = after.revisions.iter().find(|r| r.name == revision.name).expect("revision 1 kept");
-    assert_eq!(kept.healthy_since, revision.healthy_since, "the first leader's record stands");
+    // Never shortened: the earlier of the two leaders' starts stands.
+    assert!(kept.healthy_since <= revision.healthy_since, "{kept:?} against {revision:?}");
     assert!(kept.until.is_some_and(|until| until >= kept.known_good_at), "{kept:?}");
     b_stop.cancel();
     b.await.expect("b stopped");
