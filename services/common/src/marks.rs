@@ -22,6 +22,10 @@ pub const ORIGINAL_IMAGE_ANNOTATION: &str = "kubesent.io/original-image";
 /// Prefix marking a container whose KubeSent change was taken back (`….<container>`, valued with the
 /// incident): by a human with `kubesent undo`, or by KubeSent when it did not land or made things worse.
 pub const REVERTED_ANNOTATION: &str = "kubesent.io/reverted";
+/// On a workload's pod template, the incident whose change `kubesent undo` took back: the template is then
+/// a revision of its own (a new `pod-template-hash`), so the next failure of the workload is a new
+/// incident, not a duplicate of the one undone that JetStream's dedup window would drop.
+pub const UNDONE_ANNOTATION: &str = "kubesent.io/undone";
 
 /// The field managers of a field (`leaf`, e.g. `["f:resources", "f:limits", "f:memory"]`) of `container`
 /// in a workload's pod template, from its `managedFields`.

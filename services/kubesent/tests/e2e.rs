@@ -1505,11 +1505,26 @@ async fn a_revision_that_crashes_after_its_rollout_finished_is_rolled_back_to_th
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let forward = deployments.get("web").await.expect("deployment");
     let annotations = forward.spec.expect("spec").template.metadata.and_then(|m| m.annotations);
+    let annotations = annotations.unwrap_or_default();
     assert_eq!(
-        annotations.unwrap_or_default().get("sim.kubesent.io/exit-code").map(String::as_str),
+        annotations.get("sim.kubesent.io/exit-code").map(String::as_str),
         Some("2"),
         "undo goes forward to revision 2 again"
     );
+    assert_eq!(annotations.get("kubesent.io/undone"), Some(&outcome.incident.to_string()));
+    // Revision 2 crashes again: a new incident (not a duplicate the jobs stream's dedup window drops),
+    // which KubeSent only suggests for, since a human took its change back.
+    let again = next_verdict(&mut verdicts).await;
+    assert_ne!(again.incident, outcome.incident, "a new incident");
+    let reverted = next_outcome(&mut outcomes).await;
+    assert_eq!(
+        (reverted.incident.clone(), reverted.result),
+        (outcome.incident.clone(), OutcomeResult::Reverted)
+    );
+    let suggested = next_outcome(&mut outcomes).await;
+    assert_eq!(suggested.incident, again.incident);
+    assert_eq!(suggested.result, OutcomeResult::Suggested, "{}", suggested.detail);
+    assert!(suggested.detail.contains("taken back"), "{}", suggested.detail);
     stack.stop().await;
 }
 

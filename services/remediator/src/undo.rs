@@ -139,7 +139,15 @@ pub fn undo_owner_patch(
         .map_err(|e| UndoError::NotReversible(e.to_string()))?;
     patch.body_mut()["metadata"]["annotations"] =
         reverted_annotations(&[&original_annotation], &container, incident);
+    mark_undone(patch.body_mut(), incident);
     Ok(patch)
+}
+
+/// Marks the template with the incident undone ([`kubesent_common::marks::UNDONE_ANNOTATION`]), so the
+/// workload's next failure is a new incident.
+fn mark_undone(patch: &mut Value, incident: &IncidentId) {
+    patch["spec"]["template"]["metadata"]["annotations"][kubesent_common::marks::UNDONE_ANNOTATION] =
+        json!(incident.to_string());
 }
 
 /// The merge patch that reverses a revision rollback: the template goes forward again to the revision it
@@ -168,10 +176,12 @@ pub fn undo_revision_patch(
     let forward = template_of(&from.name).ok_or_else(|| {
         UndoError::NotReversible(format!("{workload} no longer has {from} in its history to go forward to"))
     })?;
-    Ok(WorkloadPatch::Merge(json!({
+    let mut patch = json!({
         "metadata": {"annotations": reverted_annotations(&[ORIGINAL_REVISION_ANNOTATION], container, incident)},
         "spec": {"template": ladder::template_diff(current, forward)}
-    })))
+    });
+    mark_undone(&mut patch, incident);
+    Ok(WorkloadPatch::Merge(patch))
 }
 
 /// The merge patch that lifts a pause KubeSent put on a rollout, while the Deployment is still paused by
