@@ -148,8 +148,24 @@ impl Cli {
                 Ok(())
             }
             Command::Resume(args) => {
-                args.operator.connect().await?.resume().await?;
+                let suggested = args.operator.connect().await?.resume().await?;
                 crate::out!("resumed: remediators act again")?;
+                if !suggested.is_empty() {
+                    crate::out!(
+                        "{} incidents were only suggested (while paused, or held by another guardrail); `kubesent approve <incident>` carries one out, decided again against the cluster:",
+                        suggested.len()
+                    )?;
+                    for verdict in &suggested {
+                        crate::out!(
+                            "  {}  {}/{} {}: {}",
+                            verdict.incident,
+                            verdict.key.namespace,
+                            verdict.key.workload,
+                            verdict.failure.kind.as_str(),
+                            kubesent_remediator::undo::describe(&verdict.action)
+                        )?;
+                    }
+                }
                 Ok(())
             }
             Command::Undo(args) => run_undo(args).await,

@@ -1618,3 +1618,62 @@ async fn a_forged_record_can_at_worst_select_the_revision_the_owners_own_history
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
 }
+
+/// Runs `kubesent <args> --nats-url … --by alice` as the operator against `stack`.
+async fn kubesent_as_operator(stack: &Stack, args: &[&str]) -> std::process::Output {
+    let operator = stack.users.env(kubesent_common::nats::Role::Operator);
+    let nats = stack.nats.url().to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+            .args(&args)
+            .args(["--nats-url", &nats, "--by", "alice"])
+            .envs(operator)
+            .output()
+            .expect("kubesent runs")
+    })
+    .await
+    .expect("ran")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_only_suggested_while_paused_is_named_on_resume_and_carried_out_when_approved() {
+    let stack = stack(36).await;
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let paused = kubesent_as_operator(&stack, &["pause", "--reason", "maintenance"]).await;
+    assert!(paused.status.success(), "{}", String::from_utf8_lossy(&paused.stderr));
+    let deployments = create_oom_deployment(&stack, 2).await;
+    let suggested = next_outcome(&mut outcomes).await;
+    assert_eq!(suggested.result, OutcomeResult::Suggested, "{}", suggested.detail);
+    assert!(suggested.detail.contains("paused (maintenance"), "{}", suggested.detail);
+    assert_eq!(suggested.action, increase_128_to_256());
+
+    let resumed = kubesent_as_operator(&stack, &["resume"]).await;
+    let said = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        said.contains("1 incidents were only suggested") && said.contains(suggested.incident.as_str()),
+        "{said}"
+    );
+    assert!(said.contains("memory limit of app 128Mi -> 256Mi"), "{said}");
+
+    let approved = kubesent_as_operator(&stack, &["approve", suggested.incident.as_str()]).await;
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    let healed = loop {
+        let outcome = next_outcome(&mut outcomes).await;
+        if outcome.incident == suggested.incident && outcome.result != OutcomeResult::Suggested {
+            break outcome;
+        }
+    };
+    assert_eq!(healed.result, OutcomeResult::Healed, "{}", healed.detail);
+    assert!(healed.decided_by.as_deref().is_some_and(|by| by.contains("alice")), "{:?}", healed.decided_by);
+    let template = deployments.get("web").await.expect("web").spec.expect("spec").template;
+    let limits = template.spec.expect("spec").containers[0].resources.clone().expect("resources").limits;
+    assert_eq!(limits.expect("limits")["memory"].0, "256Mi");
+    let again = kubesent_as_operator(&stack, &["resume"]).await;
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("only suggested"),
+        "the approved one is no longer kept"
+    );
+    stack.stop().await;
+}

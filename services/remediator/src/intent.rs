@@ -50,6 +50,14 @@ pub enum Claim {
     Existing(Box<Intent>, u64),
 }
 
+/// The key prefix of verdicts a guardrail held (`suggested.<incident>`).
+pub const SUGGESTED_PREFIX: &str = "suggested";
+
+/// Where the verdict a guardrail held for `incident` is kept.
+pub fn suggested_key(incident: &IncidentId) -> String {
+    format!("{SUGGESTED_PREFIX}.{incident}")
+}
+
 /// The intents bucket.
 #[derive(Clone)]
 pub struct Intents {
@@ -134,6 +142,86 @@ impl Intents {
     /// Releases the lock `key`.
     pub async fn unlock(&self, key: &str) -> Result<(), IntentError> {
         self.kv.delete(key).await.map_err(|e| IntentError::Store(e.to_string()))
+    }
+
+    /// Keeps a verdict a guardrail held (the kill switch, budget, cooldown or breaker) under
+    /// `suggested.<incident>`, so `kubesent approve` can carry it out after the fact.
+    pub async fn keep_suggested(&self, verdict: &kubesent_proto::Verdict) -> Result<(), IntentError> {
+        let key = suggested_key(&verdict.incident);
+        self.kv
+            .put(key.as_str(), kubesent_proto::encode(verdict).into())
+            .await
+            .map_err(|e| IntentError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The verdict kept for `incident` when a guardrail held it, if any.
+    pub async fn suggested(
+        &self,
+        incident: &IncidentId,
+    ) -> Result<Option<kubesent_proto::Verdict>, IntentError> {
+        let key = suggested_key(incident);
+        let Some(bytes) = self.kv.get(key.as_str()).await.map_err(|e| IntentError::Store(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let verdict: kubesent_proto::Verdict = kubesent_proto::decode(&bytes).map_err(|error| {
+            IntentError::Store(format!("the suggested verdict of {incident} cannot be read: {error}"))
+        })?;
+        if verdict.incident != *incident {
+            return Err(IntentError::Store(format!(
+                "the verdict kept under {key} is of {}",
+                verdict.incident
+            )));
+        }
+        Ok(Some(verdict))
+    }
+
+    /// Every verdict kept because a guardrail held it, oldest first.
+    pub async fn suggested_verdicts(&self) -> Result<Vec<kubesent_proto::Verdict>, IntentError> {
+        let prefix = format!("{SUGGESTED_PREFIX}.");
+        let mut keys = self.kv.keys().await.map_err(|e| IntentError::Store(e.to_string()))?;
+        let mut verdicts = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| IntentError::Store(e.to_string()))?;
+            if let Some(incident) = key.strip_prefix(&prefix)
+                && let Ok(Some(verdict)) = self.suggested(&IncidentId(incident.to_owned())).await
+            {
+                verdicts.push(verdict);
+            }
+        }
+        verdicts.sort_by_key(|v| v.diagnosed_at);
+        Ok(verdicts)
+    }
+
+    /// Forgets the verdict kept for `incident` (it was approved).
+    pub async fn forget_suggested(&self, incident: &IncidentId) -> Result<(), IntentError> {
+        self.kv.purge(suggested_key(incident)).await.map_err(|e| IntentError::Store(e.to_string()))
+    }
+
+    /// Removes the suggested verdicts diagnosed before `cutoff` (and any that cannot be read); how many.
+    pub async fn purge_suggested_before(&self, cutoff: jiff::Timestamp) -> Result<usize, IntentError> {
+        let prefix = format!("{SUGGESTED_PREFIX}.");
+        let mut keys = self.kv.keys().await.map_err(|e| IntentError::Store(e.to_string()))?;
+        let mut old = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| IntentError::Store(e.to_string()))?;
+            if !key.starts_with(&prefix) {
+                continue;
+            }
+            let Some(bytes) = self.kv.get(&key).await.map_err(|e| IntentError::Store(e.to_string()))? else {
+                continue;
+            };
+            let kept_at = kubesent_proto::decode::<kubesent_proto::Verdict>(&bytes).map(|v| v.diagnosed_at);
+            if kept_at.is_ok_and(|at| at >= cutoff) {
+                continue;
+            }
+            old.push(key);
+        }
+        for key in &old {
+            self.kv.purge(key).await.map_err(|e| IntentError::Store(e.to_string()))?;
+        }
+        Ok(old.len())
     }
 
     /// Approves an intent waiting for approval (the leader, taking an operator's decision); returns it with

@@ -519,7 +519,7 @@ impl Remediator {
                     &verdict.pod.name,
                 );
                 let _progress = nats::ProgressAcker::start(&message, Duration::from_secs(5));
-                match self.remediate_and_record(&verdict).await {
+                match self.remediate_and_record(&verdict, None).await {
                     Ok(()) => Handled::Done,
                     Err(error) => Handled::Failed(error.to_string()),
                 }
@@ -542,10 +542,19 @@ impl Remediator {
 
     /// Remediates `verdict` and records its outcome. A refusal by the API's authorization cannot be
     /// retried away: a remediation that changed nothing yet ends as failed, loudly.
-    async fn remediate_and_record(self: &Arc<Self>, verdict: &Verdict) -> Result<(), StepError> {
-        match self.remediate(verdict).await {
+    /// Remediates `verdict` and records how it ended; `approved_by`: a human approved it after it was only
+    /// suggested (see [`Remediator::remediate`]).
+    pub(crate) async fn remediate_and_record(
+        self: &Arc<Self>,
+        verdict: &Verdict,
+        approved_by: Option<&str>,
+    ) -> Result<(), StepError> {
+        match self.remediate(verdict, approved_by).await {
             Ok(finished) if finished.verifying => self.verify_apart(&verdict.incident).await,
-            Ok(finished) => self.record(verdict, finished).await,
+            Ok(finished) => {
+                let finished = Finished { decided_by: approved_by.map(str::to_owned), ..finished };
+                self.record(verdict, finished).await
+            }
             Err(StepError::Kube(kube::Error::Api(status))) if matches!(status.code, 401 | 403) => {
                 let detail = format!(
                     "the remediator may not do this ({}): grant it the rules in deploy/base/rbac.yaml",
@@ -580,6 +589,14 @@ impl Remediator {
         Ok(())
     }
 
+    /// Keeps a verdict a guardrail held, so a human can approve it after the fact (best effort: without it
+    /// the incident is still recorded as suggested).
+    async fn keep_suggested(&self, verdict: &Verdict) {
+        if let Err(error) = self.intents.keep_suggested(verdict).await {
+            warn!(%error, "keeping the suggested verdict for a later approval failed");
+        }
+    }
+
     /// Waits for room under the apiserver write rate limit; called before every write to the cluster.
     pub(crate) async fn write_permit(&self) {
         use governor::clock::{Clock as _, DefaultClock};
@@ -589,8 +606,10 @@ impl Remediator {
         self.deps.metrics.writes.inc();
     }
 
-    /// Gates and applies a verdict.
-    async fn remediate(&self, verdict: &Verdict) -> Result<Finished, StepError> {
+    /// Gates and applies a verdict. `approved_by`: a human approved it after it was only suggested; it is
+    /// decided again against the cluster, and the human's consent stands in for the budget, cooldown and
+    /// breaker (the kill switch still holds), as in approval mode.
+    async fn remediate(&self, verdict: &Verdict, approved_by: Option<&str>) -> Result<Finished, StepError> {
         // A redelivered verdict whose intent is already under way continues where it stopped.
         if let Some((intent, revision)) = self.intents.get(&verdict.incident).await? {
             return self.drive(intent, revision, HandOff::AtVerification).await;
@@ -600,20 +619,34 @@ impl Remediator {
             Prepared::Finished(finished) => return Ok(finished),
             Prepared::Act(act) => *act,
         };
-        let Act { pod, owner, intent, what, workload_key } = act;
-        if self.config.approval_required {
+        let Act { pod, owner, mut intent, what, workload_key } = act;
+        if self.config.approval_required || approved_by.is_some() {
             // A human decides instead of the budget, cooldown and breaker; the kill switch still holds.
             if let Some(reason) = self.guardrails.paused().await? {
+                self.keep_suggested(verdict).await;
                 return Ok(Finished::plain(
                     OutcomeResult::Suggested,
-                    format!("KubeSent is paused ({reason}); actions are only suggested"),
+                    format!(
+                        "KubeSent is paused ({reason}); actions are only suggested (`kubesent approve {}` once resumed)",
+                        verdict.incident
+                    ),
                 ));
             }
         } else if let Guard::Hold(why) =
             self.guardrails.admit(&workload_key, verdict.incident.as_str()).await?
         {
             info!(%why, "the guardrails hold the action; it is only suggested");
-            return Ok(Finished::plain(OutcomeResult::Suggested, why));
+            self.keep_suggested(verdict).await;
+            return Ok(Finished::plain(
+                OutcomeResult::Suggested,
+                format!("{why} (`kubesent approve {}` carries it out)", verdict.incident),
+            ));
+        }
+        if let Some(by) = approved_by {
+            intent.approved_by = Some(by.to_owned());
+            if intent.phase == Phase::AwaitingApproval {
+                intent.phase = Phase::Pending;
+            }
         }
         if !self.intents.lock(&intent.lock, &intent.incident).await? {
             return Ok(Finished::plain(

@@ -130,6 +130,8 @@ impl Operator {
                     state: format!("{:?}", intent.phase),
                 });
             }
+            // Only suggested (a guardrail held it): an approval has the remediator decide it again.
+            None if verdict == Choice::Approve && self.intents().suggested(incident).await?.is_some() => {}
             None => {
                 return Err(OperatorError::Unknown(incident.clone()));
             }
@@ -179,9 +181,11 @@ impl Operator {
         Ok(recorded)
     }
 
-    /// Turns the kill switch off.
-    pub async fn resume(&self) -> Result<(), OperatorError> {
-        Ok(self.guardrails().resume().await?)
+    /// Turns the kill switch off; returns the verdicts that were only suggested meanwhile (or under another
+    /// guardrail) and can still be approved.
+    pub async fn resume(&self) -> Result<Vec<proto::Verdict>, OperatorError> {
+        self.guardrails().resume().await?;
+        Ok(self.intents().suggested_verdicts().await?)
     }
 
     fn guardrails(&self) -> Guardrails {

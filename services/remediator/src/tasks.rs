@@ -132,6 +132,13 @@ impl Remediator {
                 Ok(purged) => info!(purged, "purged finished intents past their retention"),
                 Err(error) => warn!(%error, "purging old intents failed; trying again later"),
             }
+            // A suggestion is approved within a day or not at all: its cluster has moved on since.
+            let suggested_cutoff = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24);
+            match self.intents.purge_suggested_before(suggested_cutoff.max(cutoff)).await {
+                Ok(0) => {}
+                Ok(purged) => info!(purged, "purged suggested verdicts nobody approved"),
+                Err(error) => warn!(%error, "purging old suggested verdicts failed; trying again later"),
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
@@ -234,6 +241,16 @@ impl Remediator {
                     self.clone().carry_out(intent, revision, in_flight);
                     Ok(())
                 }
+                Err(IntentError::Unknown(_)) => match self.intents.suggested(&incident).await {
+                    // Only suggested (a guardrail held it): decided again against the cluster now.
+                    Ok(Some(verdict)) => {
+                        info!(parent: &span, "a suggested remediation approved; deciding it again");
+                        self.clone().carry_out_suggested(verdict, by.clone(), span.clone(), in_flight);
+                        Ok(())
+                    }
+                    Ok(None) => Err(IntentError::Unknown(incident.to_string())),
+                    Err(error) => Err(error),
+                },
                 Err(error) => Err(error),
             },
             Choice::Reject => {
@@ -298,6 +315,37 @@ impl Remediator {
             async move {
                 let _in_flight = in_flight;
                 remediator.finish(intent, revision, "an approved remediation").await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Carries out a suggested verdict a human approved, in its own task, once per incident at a time: it
+    /// is decided again against the cluster (the kill switch still holds) and its outcome is attributed.
+    fn carry_out_suggested(
+        self: Arc<Self>,
+        verdict: proto::Verdict,
+        by: String,
+        span: tracing::Span,
+        in_flight: &Arc<Mutex<HashSet<proto::IncidentId>>>,
+    ) {
+        let fresh = in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(verdict.incident.clone());
+        if !fresh {
+            return;
+        }
+        let in_flight = InFlight { incidents: in_flight.clone(), incident: verdict.incident.clone() };
+        let remediator = self.clone();
+        self.spawn_while_leading(
+            async move {
+                let _in_flight = in_flight;
+                match remediator.remediate_and_record(&verdict, Some(&by)).await {
+                    Ok(()) => {
+                        if let Err(error) = remediator.intents.forget_suggested(&verdict.incident).await {
+                            warn!(%error, "forgetting the approved suggestion failed");
+                        }
+                    }
+                    Err(error) => warn!(%error, "the approved suggestion failed; approve it again"),
+                }
             }
             .instrument(span),
         );

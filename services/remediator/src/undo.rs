@@ -338,7 +338,7 @@ pub async fn undo(
 }
 
 /// An action in words (`memory limit of app 256Mi -> 128Mi`).
-pub(crate) fn describe(action: &Action) -> String {
+pub fn describe(action: &Action) -> String {
     match action {
         Action::IncreaseMemory { container, from, to } => {
             format!("memory limit of {container} {from} -> {to}")
