@@ -93,13 +93,27 @@ pub enum Error {
         /// NATS's words.
         reason: String,
     },
+    /// The credentials are another role's: the server refuses what this command does with them.
+    #[error(
+        "{principal} may not do this: it needs the {role} role's NATS credentials (user {user}); the server said: {violation}"
+    )]
+    NotPermitted {
+        /// Whose credentials were given.
+        principal: String,
+        /// The role the command acts as.
+        role: &'static str,
+        /// That role's NATS user.
+        user: &'static str,
+        /// The server's words.
+        violation: String,
+    },
 }
 
 impl Error {
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Nats(_) | Self::Refused { .. } => "nats",
+            Self::Nats(_) | Self::Refused { .. } | Self::NotPermitted { .. } => "nats",
             Self::Publish { .. } | Self::Subject(_) => "publish",
             Self::Unfixable { .. } | Self::ShutDown { .. } | Self::MissingBucket { .. } => "setup",
             Self::KubeUrl { .. } | Self::KubeConfig(_) | Self::KubeClient(_) => "kube",

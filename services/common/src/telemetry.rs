@@ -44,6 +44,8 @@ pub struct TelemetryOptions {
     pub default_filter: String,
     /// Span export.
     pub spans: SpanExport,
+    /// Log to stderr (a human's command, whose stdout is its answer) instead of stdout (a service).
+    pub to_stderr: bool,
 }
 
 /// The log filter when `RUST_LOG` is unset: `info`, without kube-leader-election's own INFO lines (every
@@ -53,7 +55,12 @@ pub const DEFAULT_FILTER: &str = "info,kube_leader_election=warn";
 
 impl Default for TelemetryOptions {
     fn default() -> Self {
-        Self { json_logs: false, default_filter: DEFAULT_FILTER.into(), spans: SpanExport::FromEnvironment }
+        Self {
+            json_logs: false,
+            default_filter: DEFAULT_FILTER.into(),
+            spans: SpanExport::FromEnvironment,
+            to_stderr: false,
+        }
     }
 }
 
@@ -137,12 +144,17 @@ pub fn init_with(service: &'static str, options: TelemetryOptions) -> TelemetryG
             .try_init()
     } else {
         // Colours only on a terminal: log files and collectors get plain text.
-        let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        registry
-            .with(
-                tracing_subscriber::fmt::layer().with_target(false).with_ansi(colours).with_filter(filter()),
-            )
-            .try_init()
+        let colours = if options.to_stderr {
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+        } else {
+            std::io::IsTerminal::is_terminal(&std::io::stdout())
+        };
+        let layer = tracing_subscriber::fmt::layer().with_target(false).with_ansi(colours);
+        if options.to_stderr {
+            registry.with(layer.with_writer(std::io::stderr).with_filter(filter())).try_init()
+        } else {
+            registry.with(layer.with_filter(filter())).try_init()
+        }
     };
     if let Some(problem) = export_problem {
         // A broken collector setting must not stop the service; it is reported once, loudly.

@@ -349,7 +349,15 @@ async fn run_reject(args: RejectArgs) -> anyhow::Result<()> {
 }
 
 async fn run_undo(args: UndoArgs) -> anyhow::Result<()> {
-    let _telemetry = kubesent_common::telemetry::init_with_level("kubesent-undo", false, "warn");
+    // Warnings to stderr; the connection's own server errors are this command's error, said once.
+    let _telemetry = kubesent_common::telemetry::init_with(
+        "kubesent-undo",
+        kubesent_common::telemetry::TelemetryOptions {
+            default_filter: "warn,kubesent_common::nats::connect=off".into(),
+            to_stderr: true,
+            ..Default::default()
+        },
+    );
     let incident = kubesent_proto::IncidentId(args.incident.clone());
     let operator = args.operator.connect().await?;
     // Known before the Kubernetes client is needed, so an unknown incident says so.

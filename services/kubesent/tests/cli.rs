@@ -464,3 +464,47 @@ fn every_subcommand_the_readme_names_exists() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_run_with_a_role_that_may_not_do_it_says_so_at_once_in_one_line() {
+    use kubesent_common::nats::{self, Role};
+    use kubesent_testkit::nats_server::NatsServer;
+
+    let (server, users) = NatsServer::start_secured().await.expect("nats-server");
+    // The intents bucket exists (a remediator ran).
+    let remediator = nats::connect_as(&users.args(server.url(), Role::Remediator), Role::Remediator, "test")
+        .await
+        .expect("remediator connects");
+    nats::ensure_intents(&async_nats::jetstream::new(remediator), &nats::Topology::default())
+        .await
+        .expect("bucket");
+    let reader = users.env(Role::Reader);
+    let url = server.url().to_owned();
+    for args in [
+        vec!["undo", "inc-000000000000000000000000"],
+        vec!["pause"],
+        vec!["approve", "inc-000000000000000000000000"],
+    ] {
+        let (reader, url) = (reader.clone(), url.clone());
+        let started = std::time::Instant::now();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_kubesent"))
+                .args(&args)
+                .args(["--nats-url", &url])
+                .envs(reader)
+                .output()
+                .expect("kubesent runs")
+        })
+        .await
+        .expect("ran");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "at once: {:?}", started.elapsed());
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains("kubesent-reader") && stderr.contains("kubesent-operator"),
+            "names the user and the role that may: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&output.stdout));
+    }
+}

@@ -132,11 +132,38 @@ pub async fn connect_observed(
         }
     }
     info!(servers = %args.url, principal = %args.principal(), role = role.as_str(), "connecting to NATS");
-    options(args, role, name, observe, role.is_service())
+    // A command's permission violations are watched for during its first round trip (below).
+    let (violations_tx, mut violations) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let observe = std::sync::Arc::new(move |event: &Event| {
+        if let Event::ServerError(async_nats::ServerError::Other(text)) = event
+            && text.to_ascii_lowercase().contains("permissions violation")
+        {
+            let _ = violations_tx.send(text.clone());
+        }
+        observe(event);
+    });
+    let client = options(args, role, name, observe, role.is_service())
         .await?
         .connect(servers)
         .await
-        .map_err(|e| refused(&e).unwrap_or_else(|| Error::Nats(Box::new(e))))
+        .map_err(|e| refused(&e).unwrap_or_else(|| Error::Nats(Box::new(e))))?;
+    if !role.is_service() {
+        // Another role's credentials cannot even receive this role's replies: say so at once rather
+        // than after every request has timed out.
+        let probe = client.request("$JS.API.INFO", bytes::Bytes::new());
+        tokio::select! {
+            Some(violation) = violations.recv() => {
+                return Err(Error::NotPermitted {
+                    principal: args.principal(),
+                    role: role.as_str(),
+                    user: role.service_name(),
+                    violation,
+                });
+            }
+            _ = tokio::time::timeout(Duration::from_secs(5), probe) => {}
+        }
+    }
+    Ok(client)
 }
 
 /// The connection options for `args` as `role`; `retry` keeps trying the first connection in the
