@@ -93,6 +93,16 @@ pub enum Error {
         /// NATS's words.
         reason: String,
     },
+    /// No NATS server could be reached (a human's command says so at once).
+    #[error(
+        "NATS at {servers} cannot be reached ({reason}): check --nats-url (KUBESENT_NATS_URL) and that the servers run"
+    )]
+    Unreachable {
+        /// The servers tried.
+        servers: String,
+        /// Why, innermost.
+        reason: String,
+    },
     /// The credentials are another role's: the server refuses what this command does with them.
     #[error(
         "{principal} may not do this: it needs the {role} role's NATS credentials (user {user}); the server said: {violation}"
@@ -113,7 +123,9 @@ impl Error {
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Nats(_) | Self::Refused { .. } | Self::NotPermitted { .. } => "nats",
+            Self::Nats(_) | Self::Refused { .. } | Self::NotPermitted { .. } | Self::Unreachable { .. } => {
+                "nats"
+            }
             Self::Publish { .. } | Self::Subject(_) => "publish",
             Self::Unfixable { .. } | Self::ShutDown { .. } | Self::MissingBucket { .. } => "setup",
             Self::KubeUrl { .. } | Self::KubeConfig(_) | Self::KubeClient(_) => "kube",

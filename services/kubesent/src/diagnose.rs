@@ -59,14 +59,34 @@ fn read(path: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// The innermost cause of `error` (`Connection refused (os error 111)`), without the wrappers that repeat it.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = error;
+    while let Some(source) = last.source() {
+        last = source;
+    }
+    last.to_string()
+}
+
 /// A JSON or YAML document, as kubectl prints it with `-o json` or `-o yaml`.
 fn parse_document(text: &str, path: &Path) -> anyhow::Result<Value> {
     match serde_json::from_str(text) {
         Ok(value) => Ok(value),
-        Err(json) => match serde_saphyr::from_str::<Value>(text) {
+        // What starts as JSON is JSON (YAML would only echo the same fault in more lines): one line
+        // naming where it broke, cut short or otherwise.
+        Err(json) if text.trim_start().starts_with('{') => bail!(
+            "{} is not valid JSON ({json}){}: save it again with kubectl get … -o json",
+            path.display(),
+            if json.is_eof() { ", it ends too early" } else { "" }
+        ),
+        Err(_) => match serde_saphyr::from_str::<Value>(text) {
             Ok(value) if value.is_object() => Ok(value),
             Ok(_) => bail!("{} is neither a JSON nor a YAML object", path.display()),
-            Err(yaml) => bail!("{} is neither JSON ({json}) nor YAML ({yaml})", path.display()),
+            Err(yaml) => {
+                let first = yaml.to_string();
+                let first = first.lines().next().unwrap_or_default().trim().to_owned();
+                bail!("{} is neither JSON nor YAML ({first})", path.display())
+            }
         },
     }
 }
@@ -233,7 +253,13 @@ async fn from_cluster(target: &str) -> anyhow::Result<Inputs> {
             bail!("no pod {name} in namespace {namespace} (kubectl get pods -n {namespace})")
         }
         Err(kube::Error::Api(status)) => bail!("reading pod {target}: {} ({})", status.message, status.code),
-        Err(error) => return Err(error).with_context(|| format!("reading pod {target}")),
+        Err(error) => {
+            let server = kube::Config::infer().await.map(|c| c.cluster_url.to_string()).unwrap_or_default();
+            bail!(
+                "reading pod {target} from the API server {server}: {} (is the cluster up, and the kubeconfig's server right? kubectl cluster-info)",
+                innermost(&error)
+            )
+        }
     };
     let failing = classify::classify(&LeanPod::from(&pod)).into_iter().find(|o| o.failure.is_some());
     let container = failing.map(|o| o.name);

@@ -91,6 +91,13 @@ fn unreadable_or_wrong_kind_input_is_a_clear_error() {
     let (code, _, stderr) = diagnose(&["--pod", garbage.to_str().expect("path"), "--offline"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("is neither"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    // A file cut short while it was saved: one line saying where, not a YAML parser's drawing.
+    let (_d, truncated) = temp_file("t.json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x""#);
+    let (code, _, stderr) = diagnose(&["--pod", truncated.to_str().expect("path"), "--offline"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is not valid JSON") && stderr.contains("ends too early"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     let (_d, two) = temp_file(
         "l.json",
         r#"{"kind":"List","items":[{"kind":"Pod","metadata":{"name":"a"}},{"kind":"Pod","metadata":{"name":"b"}}]}"#,
@@ -507,4 +514,39 @@ async fn a_command_run_with_a_role_that_may_not_do_it_says_so_at_once_in_one_lin
         );
         assert!(output.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&output.stdout));
     }
+}
+
+#[test]
+fn an_unreachable_server_is_named_in_one_line() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
+    let nats = format!("nats://127.0.0.1:{port}");
+    for command in [&["incidents"][..], &["undo", "inc-000000000000000000000000"], &["pause"]] {
+        let (code, stdout, stderr) = kubesent(&[command, &["--nats-url", &nats]].concat());
+        assert_ne!(code, 0, "{command:?}");
+        assert!(stdout.is_empty(), "{command:?}: {stdout}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{command:?}: {stderr}");
+        assert!(stderr.contains(&nats) && stderr.contains("cannot be reached"), "{command:?}: {stderr}");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{{name: c, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u, namespace: shop}}}}]\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let output = Command::new(env!("CARGO_BIN_EXE_kubesent"))
+        .args(["diagnose", "web-1"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("kubesent runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("http://127.0.0.1:{port}")) && stderr.contains("shop/web-1"),
+        "{stderr}"
+    );
 }

@@ -142,11 +142,20 @@ pub async fn connect_observed(
         }
         observe(event);
     });
-    let client = options(args, role, name, observe, role.is_service())
-        .await?
-        .connect(servers)
-        .await
-        .map_err(|e| refused(&e).unwrap_or_else(|| Error::Nats(Box::new(e))))?;
+    let client =
+        options(args, role, name, observe, role.is_service()).await?.connect(servers).await.map_err(|e| {
+            refused(&e).unwrap_or_else(|| {
+                if role.is_service() {
+                    Error::Nats(Box::new(e))
+                } else {
+                    let mut cause: &(dyn std::error::Error + 'static) = &e;
+                    while let Some(source) = cause.source() {
+                        cause = source;
+                    }
+                    Error::Unreachable { servers: args.url.clone(), reason: cause.to_string() }
+                }
+            })
+        })?;
     if !role.is_service() {
         // Another role's credentials cannot even receive this role's replies: say so at once rather
         // than after every request has timed out.
