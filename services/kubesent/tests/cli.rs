@@ -550,3 +550,33 @@ fn an_unreachable_server_is_named_in_one_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_password_can_come_from_a_file_as_a_mounted_secret_gives_it() {
+    use kubesent_common::nats::Role;
+    use kubesent_testkit::nats_server::NatsServer;
+
+    let (server, users) = NatsServer::start_secured().await.expect("nats-server");
+    let env: std::collections::BTreeMap<String, String> = users.env(Role::Reader).into_iter().collect();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("password");
+    // As a Secret's file may hold it: with a trailing newline.
+    std::fs::write(&file, format!("{}\n", env["KUBESENT_NATS_PASSWORD"])).expect("written");
+    let (url, user) = (server.url().to_owned(), env["KUBESENT_NATS_USER"].clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kubesent"))
+            .args(["incidents", "--nats-url", &url, "--nats-user", &user])
+            .env("KUBESENT_NATS_PASSWORD_FILE", &file)
+            .output()
+            .expect("kubesent runs")
+    })
+    .await
+    .expect("ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Connected and authorised: what is missing is only the audit stream nobody created here.
+    assert!(!stderr.contains("refused the credentials") && !stderr.contains("password file"), "{stderr}");
+    let (code, _, stderr) =
+        kubesent(&["incidents", "--nats-user", "u", "--nats-password-file", "/no/such/password"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("NATS password file /no/such/password"), "{stderr}");
+}

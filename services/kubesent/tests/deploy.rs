@@ -478,13 +478,31 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
             .expect("deployment");
         let container = deployment.spec.and_then(|s| s.template.spec).expect("pod").containers[0].clone();
         let env = environment(&container, &maps);
-        let password_key = container
-            .env
+        // The password is a file: the mounted volume of the Secret's key for this role.
+        let file = env["KUBESENT_NATS_PASSWORD_FILE"].clone().expect("a password file");
+        let pod = deployment_pod(&objects, role.service_name());
+        let mount = container
+            .volume_mounts
             .iter()
             .flatten()
-            .find(|v| v.name == "KUBESENT_NATS_PASSWORD")
-            .and_then(secret_key)
-            .expect("the password from kubesent-nats-users");
+            .find(|m| file.starts_with(&format!("{}/", m.mount_path)))
+            .expect("the password file is on a mounted volume");
+        let secret = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.clone())
+            .expect("a Secret volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("kubesent-nats-users"));
+        let item = secret
+            .items
+            .iter()
+            .flatten()
+            .find(|i| file.ends_with(&format!("/{}", i.path)))
+            .expect("its item");
+        let password_key = item.key.clone();
+        assert_eq!(password_key, role.as_str(), "each role reads its own password only");
         let mut args = NatsArgs::url(url.join(","));
         args.user = env["KUBESENT_NATS_USER"].clone();
         args.password = Some(passwords[&password_key].clone().into());
@@ -498,6 +516,15 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
             .expect("set up in time")
             .unwrap_or_else(|e| panic!("{role:?} sets up what it owns: {e}"));
     }
+}
+
+/// The pod spec of Deployment `name`.
+fn deployment_pod(objects: &[Value], name: &str) -> PodSpec {
+    of_kind::<Deployment>(objects, "Deployment")
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name))
+        .and_then(|d| d.spec?.template.spec)
+        .expect("a Deployment with a pod")
 }
 
 #[test]

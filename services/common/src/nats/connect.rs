@@ -26,9 +26,12 @@ pub struct NatsArgs {
     /// NATS user name (with `--nats-password`).
     #[arg(long = "nats-user", env = "KUBESENT_NATS_USER")]
     pub user: Option<String>,
-    /// NATS password (prefer the environment variable, set from a Secret).
+    /// NATS password (prefer `--nats-password-file`, or the environment variable, set from a Secret).
     #[arg(long = "nats-password", env = "KUBESENT_NATS_PASSWORD", hide_env_values = true)]
     pub password: Option<SecretString>,
+    /// A file holding the NATS password (a Secret mounted as a file; a trailing newline is ignored).
+    #[arg(long = "nats-password-file", env = "KUBESENT_NATS_PASSWORD_FILE", conflicts_with = "password")]
+    pub password_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the servers with; turns TLS on.
     #[arg(long = "nats-tls-ca", env = "KUBESENT_NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -49,6 +52,7 @@ impl NatsArgs {
             nkey: None,
             user: None,
             password: None,
+            password_file: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -195,7 +199,16 @@ async fn options(
     if retry {
         options = options.retry_on_initial_connect();
     }
-    let methods = [args.creds.is_some(), args.nkey.is_some(), args.user.is_some() || args.password.is_some()];
+    let password = match (&args.password, &args.password_file) {
+        (Some(password), _) => Some(password.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("NATS password file {}: {e}", path.display())))?;
+            Some(SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned()))
+        }
+        (None, None) => None,
+    };
+    let methods = [args.creds.is_some(), args.nkey.is_some(), args.user.is_some() || password.is_some()];
     if methods.iter().filter(|set| **set).count() > 1 {
         return Err(Error::Config(
             "give one of --nats-creds, --nats-nkey or --nats-user/--nats-password".into(),
@@ -212,12 +225,16 @@ async fn options(
             .map_err(|e| Error::Config(format!("NATS nkey seed {}: {e}", path.display())))?;
         options = options.nkey(seed.trim().to_owned());
     }
-    match (&args.user, &args.password) {
+    match (&args.user, &password) {
         (Some(user), Some(password)) => {
             options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
         }
         (None, None) => {}
-        _ => return Err(Error::Config("--nats-user and --nats-password go together".into())),
+        _ => {
+            return Err(Error::Config(
+                "--nats-user and --nats-password (or --nats-password-file) go together".into(),
+            ));
+        }
     }
     if let Some(ca) = &args.tls_ca {
         options = options.require_tls(true).add_root_certificates(ca.clone());
