@@ -74,6 +74,10 @@ pub struct LlmArgs {
     /// API key (Gemini) or bearer token (OpenAI-compatible).
     #[arg(long, env = "GEMINI_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// A file holding the API key (a Secret mounted as a file; a missing file is no key, as an optional
+    /// Secret that was not created).
+    #[arg(long, env = "KUBESENT_API_KEY_FILE", conflicts_with = "api_key")]
+    api_key_file: Option<std::path::PathBuf>,
     /// Requests per minute per model for the whole diagnoser pool (the project's quota).
     #[arg(long, env = "KUBESENT_MODEL_RPM", default_value_t = 60)]
     model_rpm: u32,
@@ -96,7 +100,14 @@ impl LlmArgs {
             models: self.models.iter().filter(|m| !m.trim().is_empty()).cloned().collect(),
             backend,
             base_url: self.llm_url.clone(),
-            api_key: self.api_key.clone().map(secrecy::SecretString::from),
+            api_key: self
+                .api_key
+                .clone()
+                .or_else(|| {
+                    let text = std::fs::read_to_string(self.api_key_file.as_ref()?).ok()?;
+                    Some(text.trim().to_owned()).filter(|key| !key.is_empty())
+                })
+                .map(secrecy::SecretString::from),
             limits: crate::ratelimit::Limits { rpm: self.model_rpm, tpm: self.model_tpm },
             timeout: Duration::from_secs(self.model_timeout_seconds),
             max_wait: Duration::from_secs(20),
