@@ -57,6 +57,10 @@ pub struct NotifierArgs {
     /// Key for the webhook's HMAC-SHA256 signature header; unsigned when unset.
     #[arg(long, env = "KUBESENT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<SecretString>,
+    /// A directory holding any of `slack-webhook-url`, `webhook-url` and `webhook-secret` as files (the
+    /// Secret kubesent-notifications mounted as a volume); a flag or variable given wins over its file.
+    #[arg(long, env = "KUBESENT_NOTIFICATIONS_DIR")]
+    pub notifications_dir: Option<std::path::PathBuf>,
     /// Results to notify (comma-separated); `stale` (the target was gone) is left out by default.
     #[arg(
         long,
@@ -131,10 +135,21 @@ pub struct NotifierConfig {
 impl NotifierArgs {
     /// The notifier's settings, or why they are unusable.
     pub fn config(&self) -> anyhow::Result<NotifierConfig> {
+        // A setting's file in the mounted Secret, when the flag or variable is not given (a key the
+        // Secret does not hold is no file: that sink is off).
+        let from_dir = |given: &Option<SecretString>, file: &str| -> Option<SecretString> {
+            given.clone().or_else(|| {
+                let text = std::fs::read_to_string(self.notifications_dir.as_ref()?.join(file)).ok()?;
+                Some(SecretString::from(text.trim().to_owned()))
+            })
+        };
+        let slack = from_dir(&self.slack_webhook_url, "slack-webhook-url");
+        let webhook = from_dir(&self.webhook_url, "webhook-url");
+        let webhook_secret = from_dir(&self.webhook_secret, "webhook-secret");
         let mut sinks = Vec::new();
         for (kind, url, per_second) in [
-            (SinkKind::Slack, &self.slack_webhook_url, self.slack_per_second),
-            (SinkKind::Webhook, &self.webhook_url, self.webhook_per_second),
+            (SinkKind::Slack, &slack, self.slack_per_second),
+            (SinkKind::Webhook, &webhook, self.webhook_per_second),
         ] {
             if let Some(url) = url.clone().filter(|u| !u.expose_secret().trim().is_empty()) {
                 reqwest::Url::parse(url.expose_secret())
@@ -143,7 +158,9 @@ impl NotifierArgs {
             }
         }
         if sinks.is_empty() {
-            anyhow::bail!("no sink: set --slack-webhook-url and/or --webhook-url (from a Secret)");
+            anyhow::bail!(
+                "no sink: set --slack-webhook-url and/or --webhook-url (from a Secret), or mount the Secret kubesent-notifications at --notifications-dir"
+            );
         }
         let results = self
             .notify_results
@@ -157,7 +174,7 @@ impl NotifierArgs {
             .collect::<anyhow::Result<_>>()?;
         Ok(NotifierConfig {
             sinks,
-            webhook_secret: self.webhook_secret.clone(),
+            webhook_secret: webhook_secret.filter(|secret| !secret.expose_secret().is_empty()),
             results,
             cluster: self.cluster.clone(),
             attempts: 5,
@@ -540,6 +557,39 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Parsed {
+        #[command(flatten)]
+        args: NotifierArgs,
+    }
+
+    #[test]
+    fn the_urls_and_the_key_are_read_from_a_mounted_secret_and_a_flag_wins_over_its_file() {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("webhook-url"), "https://hooks.example/kubesent\n").expect("url");
+        std::fs::write(dir.path().join("webhook-secret"), "s3cret\n").expect("key");
+        let path = dir.path().to_str().expect("path");
+        let parsed = Parsed::try_parse_from(["notifier", "--notifications-dir", path]).expect("flags");
+        let config = parsed.args.config().expect("a sink");
+        assert_eq!(config.sinks.len(), 1, "no Slack URL in the Secret: no Slack sink");
+        assert_eq!(config.sinks[0].kind, SinkKind::Webhook);
+        assert_eq!(config.sinks[0].url.expose_secret(), "https://hooks.example/kubesent");
+        assert_eq!(
+            config.webhook_secret.as_ref().map(|k| k.expose_secret().to_owned()).as_deref(),
+            Some("s3cret")
+        );
+        let flag = "https://other.example/";
+        let parsed = Parsed::try_parse_from(["notifier", "--notifications-dir", path, "--webhook-url", flag])
+            .expect("flags");
+        assert_eq!(parsed.args.config().expect("a sink").sinks[0].url.expose_secret(), flag);
+        let empty = tempfile::tempdir().expect("dir");
+        let parsed =
+            Parsed::try_parse_from(["notifier", "--notifications-dir", empty.path().to_str().expect("path")])
+                .expect("flags");
+        assert!(parsed.args.config().is_err(), "no URL anywhere: no sink");
+    }
 
     #[test]
     fn the_signature_is_the_hmac_sha256_of_the_body() {

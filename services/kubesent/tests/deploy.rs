@@ -577,16 +577,31 @@ fn the_notifications_overlay_adds_a_notifier_without_kubernetes_access_reading_i
     let pod = notifier.spec.and_then(|s| s.template.spec).expect("pod spec");
     assert_eq!(pod.containers[0].args.as_deref(), Some(&["notifier".to_owned()][..]));
     assert_eq!(pod.automount_service_account_token, Some(false), "no Kubernetes credential");
-    let from_secret = |name: &str| {
-        pod.containers[0].env.iter().flatten().find(|v| v.name == name).and_then(|v| {
-            v.value_from.as_ref()?.secret_key_ref.as_ref().map(|r| (r.name.clone(), r.optional))
-        })
-    };
+    // The URLs and the signing key: the Secret mounted as files where KUBESENT_NOTIFICATIONS_DIR points,
+    // never environment variables.
+    let container = &pod.containers[0];
+    let dir = container
+        .env
+        .iter()
+        .flatten()
+        .find(|v| v.name == "KUBESENT_NOTIFICATIONS_DIR")
+        .and_then(|v| v.value.clone())
+        .expect("the Secret's directory");
+    let mount =
+        container.volume_mounts.iter().flatten().find(|m| m.mount_path == dir).expect("mounted there");
+    let secret = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.clone())
+        .expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("kubesent-notifications"));
+    assert!(secret.items.is_none(), "every key: either sink may be left out");
     for variable in ["KUBESENT_SLACK_WEBHOOK_URL", "KUBESENT_WEBHOOK_URL", "KUBESENT_WEBHOOK_SECRET"] {
-        assert_eq!(
-            from_secret(variable),
-            Some(("kubesent-notifications".to_owned(), Some(true))),
-            "{variable} comes from the Secret, and either sink may be left out"
+        assert!(
+            container.env.iter().flatten().all(|v| v.name != variable),
+            "{variable} is a file, not a variable"
         );
     }
     let bindings = objects.iter().filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding");
