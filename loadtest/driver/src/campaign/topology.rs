@@ -234,6 +234,9 @@ impl Topology {
             // The campaign runs NATS without TLS (the TLS path is tested in services/common/tests/tls.rs
             // and by deploy.rs against deploy/base's own nats.conf).
             env.retain(|(k, _)| k != "KUBESENT_NATS_TLS_CA");
+            // Secrets a pod reads from mounted files are given here as the variables they stand for
+            // (each replica's NATS password below, a scenario's model key as an override).
+            env.retain(|(k, _)| k != "KUBESENT_NATS_PASSWORD_FILE" && k != "KUBESENT_API_KEY_FILE");
             for (key, value) in &options.overrides {
                 env.retain(|(k, _)| k != key);
                 env.push((key.clone(), value.clone()));
