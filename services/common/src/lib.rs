@@ -312,6 +312,10 @@ pub fn growth_factor(text: &str) -> Result<f64, String> {
 #[macro_export]
 macro_rules! lean_resource {
     ($type:ty, $kind:literal, $group:literal, $version:literal, $plural:literal) => {
+        $crate::lean_resource!($type, $kind, $group, $version, $plural, metadata);
+    };
+    // `$($meta).+`: where the metadata is (`0.metadata` for a newtype over a lean struct).
+    ($type:ty, $kind:literal, $group:literal, $version:literal, $plural:literal, $($meta:tt).+) => {
         impl kube::Resource for $type {
             type DynamicType = ();
             type Scope = k8s_openapi::NamespaceResourceScope;
@@ -333,11 +337,11 @@ macro_rules! lean_resource {
             }
 
             fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                &self.metadata
+                &self.$($meta).+
             }
 
             fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                &mut self.metadata
+                &mut self.$($meta).+
             }
         }
     };

@@ -56,42 +56,8 @@ pub struct LeanReplicaSet(pub LeanScaled);
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct LeanStatefulSet(pub LeanScaled);
 
-/// Implements `kube::Resource` for a newtype over [`LeanScaled`].
-macro_rules! scaled_resource {
-    ($type:ty, $kind:literal, $plural:literal) => {
-        impl kube::Resource for $type {
-            type DynamicType = ();
-            type Scope = k8s_openapi::NamespaceResourceScope;
-
-            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-                std::borrow::Cow::Borrowed($kind)
-            }
-
-            fn group(_: &()) -> std::borrow::Cow<'_, str> {
-                std::borrow::Cow::Borrowed("apps")
-            }
-
-            fn version(_: &()) -> std::borrow::Cow<'_, str> {
-                std::borrow::Cow::Borrowed("v1")
-            }
-
-            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-                std::borrow::Cow::Borrowed($plural)
-            }
-
-            fn meta(&self) -> &ObjectMeta {
-                &self.0.metadata
-            }
-
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.0.metadata
-            }
-        }
-    };
-}
-
-scaled_resource!(LeanReplicaSet, "ReplicaSet", "replicasets");
-scaled_resource!(LeanStatefulSet, "StatefulSet", "statefulsets");
+kubesent_common::lean_resource!(LeanReplicaSet, "ReplicaSet", "apps", "v1", "replicasets", 0.metadata);
+kubesent_common::lean_resource!(LeanStatefulSet, "StatefulSet", "apps", "v1", "statefulsets", 0.metadata);
 
 /// What to record about a workload's revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +131,7 @@ struct PodSlot {
 }
 
 /// A ReplicaSet's owning Deployment and wanted replicas, or a StatefulSet's uid and wanted replicas.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Scaled {
     /// The workload (a ReplicaSet's Deployment, or the StatefulSet itself) and its uid.
     workload: Option<(Box<str>, Box<str>)>,
@@ -355,7 +321,13 @@ impl RevisionHealth {
             return self.forget_scaled(kind, namespace, name, now);
         }
         let scaled = Scaled { workload, replicas: set.replicas() };
-        self.scaled.insert((kind, namespace.into(), name.into()), scaled);
+        let key = (kind, Box::<str>::from(namespace), Box::<str>::from(name));
+        if self.scaled.get(&key) == Some(&scaled) {
+            // A status update (every pod turning ready writes one): nothing the revisions read changed,
+            // so none is looked at.
+            return Vec::new();
+        }
+        self.scaled.insert(key, scaled);
         self.evaluate_scaled(kind, namespace, name, now)
     }
 

@@ -64,6 +64,19 @@ fn increase_128_to_256() -> Action {
     }
 }
 
+/// A stack with RBAC on whose revisions are known-good only after an hour: the detector records none.
+async fn stack_recording_nothing_known_good() -> Stack {
+    Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        rbac: true,
+        known_good_after: Duration::from_secs(3600),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts")
+}
+
 /// A stack with RBAC on, serving Kubernetes 1.`minor`.
 async fn stack(minor: u32) -> Stack {
     Stack::start(StackOptions {
@@ -105,11 +118,18 @@ async fn live_pods(pods: &Api<Pod>, labels: &str) -> Vec<Pod> {
 
 /// Runs `kubesent undo <incident> --by alice` as the operator against `stack` (RBAC off).
 async fn kubesent_undo(stack: &Stack, incident: &proto::IncidentId) -> std::process::Output {
+    kubesent_as_operator(stack, &["undo", incident.as_str(), "--kube-api-url", &stack.kube_sim.url()]).await
+}
+
+/// Runs `kubesent <args> --nats-url … --by alice` as the operator against `stack`.
+async fn kubesent_as_operator(stack: &Stack, args: &[&str]) -> std::process::Output {
     let operator = stack.users.env(kubesent_common::nats::Role::Operator);
-    let (incident, nats, kube) = (incident.to_string(), stack.nats.url().to_owned(), stack.kube_sim.url());
+    let nats = stack.nats.url().to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
-            .args(["undo", &incident, "--nats-url", &nats, "--kube-api-url", &kube, "--by", "alice"])
+            .args(&args)
+            .args(["--nats-url", &nats, "--by", "alice"])
             .envs(operator)
             .output()
             .expect("kubesent runs")
@@ -1530,15 +1550,7 @@ async fn a_revision_that_crashes_after_its_rollout_finished_is_rolled_back_to_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_never_seen_serving_healthy_for_long_enough_gets_a_suggestion_only() {
-    let stack = Stack::start(StackOptions {
-        time_scale: 0.02,
-        verify_window: Duration::from_secs(1),
-        rbac: true,
-        known_good_after: Duration::from_secs(3600),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack starts");
+    let stack = stack_recording_nothing_known_good().await;
     let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
     let deployments = create_serving_web(&stack).await;
@@ -1563,15 +1575,7 @@ async fn a_revision_never_seen_serving_healthy_for_long_enough_gets_a_suggestion
 async fn a_forged_record_can_at_worst_select_the_revision_the_owners_own_history_holds() {
     // Known-good after an hour: nothing the detector sees is recorded; the record below is forged, as a
     // stolen detector credential could write it.
-    let stack = Stack::start(StackOptions {
-        time_scale: 0.02,
-        verify_window: Duration::from_secs(1),
-        rbac: true,
-        known_good_after: Duration::from_secs(3600),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack starts");
+    let stack = stack_recording_nothing_known_good().await;
     let mut verdicts = stack.nats_client.subscribe("kubesent.verdicts.>").await.expect("subscribed");
     let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
     let deployments = create_serving_web(&stack).await;
@@ -1617,23 +1621,6 @@ async fn a_forged_record_can_at_worst_select_the_revision_the_owners_own_history
     assert_eq!(template, good_template, "exactly revision 1's template from the owner's own history");
     assert_one_of_each_and_least_privilege(&stack).await;
     stack.stop().await;
-}
-
-/// Runs `kubesent <args> --nats-url … --by alice` as the operator against `stack`.
-async fn kubesent_as_operator(stack: &Stack, args: &[&str]) -> std::process::Output {
-    let operator = stack.users.env(kubesent_common::nats::Role::Operator);
-    let nats = stack.nats.url().to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
-            .args(&args)
-            .args(["--nats-url", &nats, "--by", "alice"])
-            .envs(operator)
-            .output()
-            .expect("kubesent runs")
-    })
-    .await
-    .expect("ran")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
