@@ -481,19 +481,7 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
         // The password is a file: the mounted volume of the Secret's key for this role.
         let file = env["KUBESENT_NATS_PASSWORD_FILE"].clone().expect("a password file");
         let pod = deployment_pod(&objects, role.service_name());
-        let mount = container
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| file.starts_with(&format!("{}/", m.mount_path)))
-            .expect("the password file is on a mounted volume");
-        let secret = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == mount.name)
-            .and_then(|v| v.secret.clone())
-            .expect("a Secret volume");
+        let secret = mounted_secret(&pod, &container, |path| file.starts_with(&format!("{path}/")));
         assert_eq!(secret.secret_name.as_deref(), Some("kubesent-nats-users"));
         let item = secret
             .items
@@ -516,6 +504,22 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
             .expect("set up in time")
             .unwrap_or_else(|e| panic!("{role:?} sets up what it owns: {e}"));
     }
+}
+
+/// The Secret volume `container` mounts at the path `at` accepts.
+fn mounted_secret(
+    pod: &PodSpec,
+    container: &Container,
+    at: impl Fn(&str) -> bool,
+) -> k8s_openapi::api::core::v1::SecretVolumeSource {
+    let mount =
+        container.volume_mounts.iter().flatten().find(|m| at(&m.mount_path)).expect("a mounted volume");
+    pod.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.clone())
+        .expect("a Secret volume")
 }
 
 /// The pod spec of Deployment `name`.
@@ -587,15 +591,7 @@ fn the_notifications_overlay_adds_a_notifier_without_kubernetes_access_reading_i
         .find(|v| v.name == "KUBESENT_NOTIFICATIONS_DIR")
         .and_then(|v| v.value.clone())
         .expect("the Secret's directory");
-    let mount =
-        container.volume_mounts.iter().flatten().find(|m| m.mount_path == dir).expect("mounted there");
-    let secret = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .and_then(|v| v.secret.clone())
-        .expect("a Secret volume");
+    let secret = mounted_secret(&pod, container, |path| path == dir);
     assert_eq!(secret.secret_name.as_deref(), Some("kubesent-notifications"));
     assert!(secret.items.is_none(), "every key: either sink may be left out");
     for variable in ["KUBESENT_SLACK_WEBHOOK_URL", "KUBESENT_WEBHOOK_URL", "KUBESENT_WEBHOOK_SECRET"] {
