@@ -11,6 +11,8 @@ use crate::redact::Redactor;
 
 /// Log lines kept (the tail).
 pub const LOG_TAIL_LINES: usize = 50;
+/// Log lines read from the API: the decisive line is looked for in all of them.
+pub const LOG_READ_LINES: i64 = 500;
 /// Bytes of log kept at most (after trimming to the tail).
 pub const LOG_MAX_BYTES: usize = 16 * 1024;
 /// Events kept (the most recent).
@@ -87,6 +89,10 @@ pub struct Logs {
     pub lines: Vec<String>,
     /// Whether older lines were dropped.
     pub truncated: bool,
+    /// The line that says why the process failed, read from the whole log (a Go panic's message
+    /// survives its goroutine dump), redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decisive: Option<crate::logread::Decisive>,
 }
 
 /// One event about the pod.
@@ -146,6 +152,10 @@ pub struct Evidence {
     pub restart_policy: String,
     /// Containers (init first).
     pub containers: Vec<ContainerSpec>,
+    /// The names of the secrets the pod pulls its images with (`spec.imagePullSecrets`, which the
+    /// service account's are copied into at admission).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
     /// Container states.
     pub states: Vec<ContainerState>,
     /// Logs of the failing container.
@@ -323,17 +333,24 @@ fn container_state(cs: &ContainerStatus, redactor: &Redactor) -> ContainerState 
     }
 }
 
-/// The last [`LOG_TAIL_LINES`] lines of `raw`, at most [`LOG_MAX_BYTES`], sanitized and redacted.
+/// The last [`LOG_TAIL_LINES`] lines of `raw`, at most [`LOG_MAX_BYTES`], sanitized and redacted,
+/// with lines that repeat counted instead of quoted again, and the log's decisive line.
 pub fn log_tail(container: &str, previous: bool, raw: &str, redactor: &Redactor) -> Logs {
     let all: Vec<&str> = raw.lines().collect();
+    let decisive = crate::logread::decisive(&all).map(|mut d| {
+        d.line = redactor.clean(&d.line);
+        d.context = d.context.map(|c| redactor.clean(&c));
+        d
+    });
+    let all = crate::logread::count_repeats(&all.iter().map(|l| redactor.clean(l)).collect::<Vec<_>>());
     let start = all.len().saturating_sub(LOG_TAIL_LINES);
-    let mut lines: Vec<String> = all[start..].iter().map(|l| redactor.clean(l)).collect();
+    let mut lines: Vec<String> = all[start..].to_vec();
     let mut truncated = start > 0;
     while lines.iter().map(|l| l.len() + 1).sum::<usize>() > LOG_MAX_BYTES && !lines.is_empty() {
         lines.remove(0);
         truncated = true;
     }
-    Logs { container: container.to_owned(), previous, lines, truncated }
+    Logs { container: container.to_owned(), previous, lines, truncated, decisive }
 }
 
 /// Builds the evidence from the live pod and what was read about it.
@@ -381,7 +398,13 @@ pub fn build(
             pod.metadata.name.clone().unwrap_or_default()
         ),
         phase: status.phase.unwrap_or_default(),
-        restart_policy: spec.restart_policy.unwrap_or_else(|| "Always".into()),
+        restart_policy: spec.restart_policy.clone().unwrap_or_else(|| "Always".into()),
+        image_pull_secrets: spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| redactor.clean(&s.name))
+            .collect(),
         containers,
         states,
         logs,
@@ -447,6 +470,11 @@ impl Evidence {
     /// The container's spec.
     pub fn container(&self, name: &str) -> Option<&ContainerSpec> {
         self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// The decisive line of the failing container's log, if it has one.
+    pub fn decisive(&self) -> Option<&crate::logread::Decisive> {
+        self.logs.as_ref().and_then(|l| l.decisive.as_ref())
     }
 
     /// All log lines and event messages, for rules that look for a phrase.

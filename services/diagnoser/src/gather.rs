@@ -19,7 +19,7 @@ use kubesent_proto::{FailureJob, FailureKind};
 use tracing::{debug, warn};
 
 use crate::{
-    evidence::{self, CurrentRevision, Evidence, LOG_MAX_BYTES, LOG_TAIL_LINES, Logs, PreviousRevision},
+    evidence::{self, CurrentRevision, Evidence, LOG_MAX_BYTES, LOG_READ_LINES, Logs, PreviousRevision},
     redact::Redactor,
 };
 
@@ -92,8 +92,9 @@ async fn logs(pods: &Api<Pod>, job: &FailureJob, redactor: &Redactor) -> Option<
     let params = |previous| LogParams {
         container: Some(job.failure.container.clone()),
         previous,
-        tail_lines: Some(LOG_TAIL_LINES as i64),
-        limit_bytes: Some(LOG_MAX_BYTES as i64 * 4),
+        // More than the evidence keeps: the decisive line may sit above a long stack or dump.
+        tail_lines: Some(LOG_READ_LINES),
+        limit_bytes: Some(LOG_MAX_BYTES as i64 * 8),
         ..LogParams::default()
     };
     // A crashed container's own output is in the previous instance; fall back to the current one.

@@ -12,6 +12,7 @@ pub mod args;
 pub mod evidence;
 pub mod gather;
 pub mod llm;
+pub mod logread;
 pub mod ratelimit;
 pub mod redact;
 pub mod rules;

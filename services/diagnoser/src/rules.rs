@@ -15,7 +15,7 @@
 
 use kubesent_proto::{Action, FailureJob, FailureKind, MemoryQuantity};
 
-use crate::evidence::Evidence;
+use crate::{evidence::Evidence, logread::Ending};
 
 /// Bounds of the OOM memory formula.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,6 +97,20 @@ fn exit_meaning(code: i32) -> Option<&'static str> {
 
 /// Log phrases that name the cause of a crash, most specific first.
 const CRASH_PATTERNS: &[(&[&str], &str, u8)] = &[
+    (
+        &[
+            "password authentication failed",
+            "access denied for user",
+            "authentication failed",
+            "login failed for user",
+            "invalid username or password",
+            "wrongpass",
+            "invalid password",
+            "invalid credentials",
+        ],
+        "a dependency rejects its credentials (a wrong or rotated password or key)",
+        75,
+    ),
     (
         &[
             "connection refused",
@@ -325,26 +339,8 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
             let image = spec.map(|c| c.image.clone()).unwrap_or_else(|| job.failure.image.clone());
             let all =
                 std::iter::once(message.as_str()).chain(evidence.texts()).collect::<Vec<_>>().join("\n");
-            if contains_any(
-                &all,
-                &[
-                    // Status codes only with their reason phrase: a bare "401" is as likely a pod's
-                    // name ("r401-…"), a digest or a timestamp.
-                    "unauthorized",
-                    "authorization failed",
-                    "pull access denied",
-                    "403 forbidden",
-                    "denied: ",
-                ],
-            ) {
-                return verdict(
-                    "image-pull-unauthorized",
-                    90,
-                    format!(
-                        "the registry refused to serve {image} without valid credentials: add or fix the pod's imagePullSecrets"
-                    ),
-                    Action::None,
-                );
+            if let Some(refused) = pull_refused(&image, &all, evidence) {
+                return refused;
             }
             if contains_any(&all, &["not found", "manifest unknown", "notfound", "does not exist"]) {
                 let previous = evidence
@@ -417,17 +413,30 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
                 return killed;
             }
             let code = job.failure.exit_code;
-            let meaning = code.and_then(exit_meaning).map(|m| format!(" ({m})")).unwrap_or_default();
+            // A Go program exits 2 when it panics: not the shell's meaning of 2.
+            let go =
+                evidence.decisive().is_some_and(|d| matches!(d.ending, Ending::GoPanic | Ending::GoFatal));
+            let meaning = match code {
+                Some(2) if go => Some(" (a Go panic)".to_owned()),
+                _ => code.and_then(exit_meaning).map(|m| format!(" ({m})")),
+            }
+            .unwrap_or_default();
             let exit = code.map(|c| format!("exit code {c}{meaning}")).unwrap_or_else(|| "an error".into());
-            for (needles, cause, confidence) in CRASH_PATTERNS {
-                if let Some(line) = quote_first(evidence, needles) {
-                    return verdict(
-                        "crash-log-pattern",
-                        *confidence,
-                        format!("container {name} exits with {exit}: {cause} — log: \"{}\"", short(line)),
-                        Action::None,
-                    );
-                }
+            if let Some(exec) = evidence.decisive().filter(|d| d.ending == Ending::Exec) {
+                return exec_failure(&name, &exec.line, &format!("exits with {exit}"));
+            }
+            if let Some(found) = log_cause(evidence) {
+                return verdict(
+                    found.rule,
+                    found.confidence,
+                    format!(
+                        "container {name} exits with {exit}: {} — log: \"{}\"{}",
+                        found.cause,
+                        short(&found.line),
+                        found.context
+                    ),
+                    Action::None,
+                );
             }
             match code {
                 Some(126 | 127) => verdict(
@@ -445,6 +454,267 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
             }
         }
     }
+}
+
+/// What a container's log says killed it.
+struct LogCause {
+    rule: &'static str,
+    cause: &'static str,
+    /// The line quoted.
+    line: String,
+    /// `, raised as …` when the line is an inner cause.
+    context: String,
+    confidence: u8,
+}
+
+/// The cause of a crash from the log, read as an SRE does: the decisive line (the end of a traceback,
+/// the deepest `Caused by:`, the panic message) first, matched against the known causes; an
+/// exception that matches none is still the cause, quoted. Without a decisive line, the first line
+/// or event naming a known cause.
+fn log_cause(evidence: &Evidence) -> Option<LogCause> {
+    let decisive = evidence.decisive();
+    if let Some(d) = decisive.filter(|d| d.ending != Ending::ErrorLine) {
+        let context =
+            d.context.as_deref().map(|c| format!(", raised as \"{}\"", short(c))).unwrap_or_default();
+        let known = CRASH_PATTERNS.iter().find(|(needles, _, _)| {
+            contains_any(&d.line, needles) || d.context.as_deref().is_some_and(|c| contains_any(c, needles))
+        });
+        return Some(match known {
+            Some((_, cause, confidence)) => LogCause {
+                rule: "crash-log-decisive",
+                cause,
+                line: d.line.clone(),
+                context,
+                confidence: *confidence,
+            },
+            None => LogCause {
+                rule: "crash-log-decisive",
+                cause: ending_cause(d.ending),
+                line: d.line.clone(),
+                context,
+                confidence: 60,
+            },
+        });
+    }
+    for (needles, cause, confidence) in CRASH_PATTERNS {
+        if let Some(line) = quote_first(evidence, needles) {
+            return Some(LogCause {
+                rule: "crash-log-pattern",
+                cause,
+                line: line.to_owned(),
+                context: String::new(),
+                confidence: *confidence,
+            });
+        }
+    }
+    decisive.map(|d| LogCause {
+        rule: "crash-log-last-error",
+        cause: "the application reports an error before it exits",
+        line: d.line.clone(),
+        context: String::new(),
+        confidence: 50,
+    })
+}
+
+/// What a log that ends so says, when no known cause is in its decisive line.
+fn ending_cause(ending: Ending) -> &'static str {
+    match ending {
+        Ending::PythonException => "the application dies of an unhandled Python exception",
+        Ending::JavaException => "the application dies of an unhandled JVM exception",
+        Ending::DotnetException => "the application dies of an unhandled .NET exception",
+        Ending::NodeError => "the application dies of an unhandled Node.js error",
+        Ending::GoPanic => "the application crashes: it panics",
+        Ending::GoFatal => "the Go runtime stops the application with a fatal error",
+        Ending::RustPanic => "the application panics",
+        Ending::Exec => "a program it runs cannot be executed",
+        Ending::ErrorLine => "the application reports an error before it exits",
+    }
+}
+
+/// The shell or runtime could not run a program (seen in the log or the runtime's message): built for
+/// another CPU architecture, missing from the image, or not executable.
+fn exec_failure(name: &str, line: &str, how: &str) -> RuleVerdict {
+    let quoted = short(line);
+    let lower = line.to_ascii_lowercase();
+    if lower.contains("exec format error") {
+        verdict(
+            "exec-format-error",
+            95,
+            format!(
+                "container {name} {how}: a program in its image is built for another CPU architecture (exec format error) — use an image built for the node's platform (multi-arch), or schedule it onto nodes of the image's platform — log: \"{quoted}\""
+            ),
+            Action::None,
+        )
+    } else if lower.contains("permission denied") {
+        verdict(
+            "exec-permission-denied",
+            90,
+            format!(
+                "container {name} {how}: a program it runs is not executable for its user (permission denied) — set the file's execute bit in the image, or fix runAsUser/securityContext — log: \"{quoted}\""
+            ),
+            Action::None,
+        )
+    } else {
+        verdict(
+            "exec-not-found",
+            90,
+            format!(
+                "container {name} {how}: a program it runs, or the interpreter its script names (#!), is missing from the image (not found) — fix the command or the script's first line, or install the program in the image — log: \"{quoted}\""
+            ),
+            Action::None,
+        )
+    }
+}
+
+/// Why a registry pull fails, other than a missing tag, most specific first: the phrases the
+/// container runtimes (containerd, CRI-O, Docker) and registries put in the kubelet's message, what
+/// they mean, and the fix for a human. None of them is KubeSent's to fix.
+const PULL_FAILURES: &[(&str, &[&str], &str, &str)] = &[
+    (
+        "image-pull-platform",
+        &[
+            "no matching manifest for",
+            "does not match the specified platform",
+            "no match for platform in manifest",
+        ],
+        "the image has no variant for the node's platform (OS/CPU architecture)",
+        "build or pick a multi-arch image, or schedule the pod onto nodes of the image's platform",
+    ),
+    (
+        "image-pull-rate-limited",
+        &["toomanyrequests", "429 too many requests", "pull rate limit", "rate limit exceeded"],
+        "the registry rate-limits the node's pulls",
+        "authenticate pulls with imagePullSecrets (higher limits), mirror the image to your own registry, or wait for the limit to reset",
+    ),
+    (
+        "image-pull-tls",
+        &[
+            "x509:",
+            "certificate signed by unknown authority",
+            "certificate has expired",
+            "tls: failed to verify certificate",
+            "certificate is not valid",
+            "server gave http response to https client",
+        ],
+        "the node does not trust the registry's TLS certificate (or the registry does not speak TLS)",
+        "install the registry's CA in the nodes' container runtime, renew the expired certificate, or configure the registry as the runtime expects",
+    ),
+    (
+        "image-pull-dns",
+        &[
+            "no such host",
+            "server misbehaving",
+            "temporary failure in name resolution",
+            "name or service not known",
+            ": lookup ",
+        ],
+        "the registry's hostname does not resolve from the node",
+        "fix the registry host in the image reference, or the nodes' DNS",
+    ),
+    (
+        "image-pull-disk",
+        &["no space left on device"],
+        "the node's disk filled up while the image was being extracted",
+        "free the node's image filesystem (image garbage collection thresholds) or move the pod to a node with room",
+    ),
+    (
+        "image-pull-unreachable",
+        &[
+            "connection refused",
+            "i/o timeout",
+            "context deadline exceeded",
+            "connection reset by peer",
+            "tls handshake timeout",
+            "network is unreachable",
+            "no route to host",
+            "request canceled while waiting for connection",
+        ],
+        "the registry cannot be reached from the node",
+        "check that the registry is up, and the node's network, firewall or proxy to it",
+    ),
+    (
+        "image-pull-repository-denied",
+        &[
+            "pull access denied",
+            "repository does not exist or may require authorization",
+            "insufficient_scope",
+            "requested access to the resource is denied",
+            "repository not found",
+            "name unknown",
+        ],
+        "the repository does not exist, or the pod's credentials may not read it",
+        "check the repository name; for a private repository add imagePullSecrets that may read it",
+    ),
+    (
+        "image-pull-unauthorized",
+        // Status codes only with their reason phrase: a bare "401" is as likely a pod's name
+        // ("r401-…"), a digest or a timestamp.
+        &[
+            "unauthorized",
+            "authorization failed",
+            "authentication required",
+            "403 forbidden",
+            "401 unauthorized",
+            "denied: ",
+        ],
+        "the registry refused the pull without valid credentials",
+        "add or fix the pod's imagePullSecrets",
+    ),
+];
+
+/// A pull the registry or the network refuses (anything but a missing tag), named by its cause.
+fn pull_refused(image: &str, all: &str, evidence: &Evidence) -> Option<RuleVerdict> {
+    let (rule, needles, cause, fix) =
+        PULL_FAILURES.iter().find(|(_, needles, _, _)| contains_any(all, needles))?;
+    let said = clause_with(all, needles).map(|c| format!(" — \"{c}\"")).unwrap_or_default();
+    let mut fix = (*fix).to_owned();
+    if matches!(*rule, "image-pull-unauthorized" | "image-pull-repository-denied" | "image-pull-rate-limited")
+    {
+        // What the pod holds: a secret it names that the kubelet could not read is the likeliest cause.
+        let missing = evidence.events.iter().find(|e| {
+            e.reason == "FailedToRetrieveImagePullSecret"
+                || e.message.contains("Unable to retrieve some image pull secrets")
+        });
+        if let Some(missing) = missing {
+            fix = format!(
+                "the pod's imagePullSecret cannot be read ({}) — create it in the pod's namespace; then {fix}",
+                short(&missing.message)
+            );
+        } else if evidence.image_pull_secrets.is_empty() {
+            fix = format!("the pod names no imagePullSecrets (nor does its service account) — {fix}");
+        } else {
+            fix = format!(
+                "the pod pulls with {} — check it holds credentials for this registry; {fix}",
+                evidence.image_pull_secrets.join(", ")
+            );
+        }
+    }
+    Some(verdict(rule, 90, format!("pulling {image} fails: {cause}{said}: {fix}"), Action::None))
+}
+
+/// The part of `text` around the first of `needles`: the clause that names the cause, not the
+/// message's prefix (`Failed to pull image "…": rpc error: code = Unknown desc = failed to pull and
+/// unpack image "…": failed to resolve reference "…": …`).
+fn clause_with(text: &str, needles: &[&str]) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let at = needles.iter().filter_map(|n| lower.find(n)).min()?;
+    let line_start = lower[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = lower[at..].find('\n').map_or(text.len(), |i| at + i);
+    // The `: `-separated parts just before the phrase (within 80 characters), and the rest of its line.
+    let mut start = if at - line_start <= 80 { line_start } else { at };
+    for (i, _) in text[line_start..at].rmatch_indices(": ") {
+        let part = line_start + i + 2;
+        if at - part > 80 {
+            break;
+        }
+        start = part;
+    }
+    let clause = text.get(start..line_end)?.trim();
+    Some(if clause.chars().count() > 240 {
+        format!("{}…", clause.chars().take(240).collect::<String>())
+    } else {
+        clause.to_owned()
+    })
 }
 
 /// The kubelet restarted the container because its liveness probe failed, when the events say so.
@@ -507,11 +777,10 @@ fn job_failed(name: &str, reason: &str, message: &str, evidence: &Evidence) -> R
                     s.state.split_once("(exit ").map(|(_, code)| code.trim_end_matches(')').to_owned())
                 })
                 .filter(|code| code != "0");
-            let cause = CRASH_PATTERNS
-                .iter()
-                .find_map(|(needles, cause, _)| quote_first(evidence, needles).map(|line| (*cause, line)));
-            let why = match (cause, exit) {
-                (Some((cause, line)), _) => format!(": {cause} — log: \"{}\"", short(line)),
+            let why = match (log_cause(evidence), exit) {
+                (Some(found), _) => {
+                    format!(": {} — log: \"{}\"{}", found.cause, short(&found.line), found.context)
+                }
                 (None, Some(code)) => {
                     let meaning = code
                         .parse()
