@@ -91,17 +91,48 @@ pub fn classify(pod: &LeanPod) -> Vec<ContainerObservation> {
             if let Some(observation) =
                 observations.iter_mut().find(|o| !o.init && o.name == cs.name && o.failure.is_none())
             {
-                observation.failure = Some(FailureSignal {
-                    kind: FailureKind::NotReady,
-                    reason: "NotReady".into(),
-                    message: ready_condition_message(pod),
-                    exit_code: None,
-                    failed_at: condition_time(pod, "Ready"),
+                let unready_since = condition_time(pod, "Ready");
+                observation.failure = Some(match oom_behind_unreadiness(cs, unready_since.as_ref()) {
+                    // Up again between OOM kills: the kills, not the probe, are the failure.
+                    Some(kill) => FailureSignal {
+                        kind: FailureKind::OomKilled,
+                        reason: "OOMKilled".into(),
+                        message: kill.message.clone(),
+                        exit_code: Some(kill.exit_code),
+                        failed_at: kill.finished_at.clone(),
+                    },
+                    None => FailureSignal {
+                        kind: FailureKind::NotReady,
+                        reason: "NotReady".into(),
+                        message: ready_condition_message(pod),
+                        exit_code: None,
+                        failed_at: unready_since,
+                    },
                 });
             }
         }
     }
     observations
+}
+
+/// How long after an OOM kill the pod may have turned unready and still be unready because of it.
+const UNREADY_AFTER_KILL: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// The OOM kill a running, unready container is still recovering from: its last termination was an
+/// OOM kill and the pod turned unready before it or within a minute after it (the container runs
+/// again between kills). An OOM kill older than the unreadiness is stale: the container was ready
+/// after it, and whatever keeps it unready now is another matter.
+fn oom_behind_unreadiness<'a>(
+    cs: &'a LeanContainerStatus,
+    unready_since: Option<&Time>,
+) -> Option<&'a crate::lean::LeanTerminated> {
+    let kill = cs.last_state.as_ref()?.terminated.as_ref()?;
+    if kill.reason.as_deref() != Some("OOMKilled") || cs.restart_count < 1 {
+        return None;
+    }
+    let killed_at = kill.finished_at.as_ref()?.0;
+    let unready_since = unready_since?.0;
+    (unready_since <= killed_at.checked_add(UNREADY_AFTER_KILL).ok()?).then_some(kill)
 }
 
 /// When the pod's condition `kind` last changed.
@@ -320,6 +351,29 @@ mod tests {
             json!({}),
         );
         assert_eq!(kind(&run), Some(FailureKind::StartError));
+    }
+
+    #[test]
+    fn an_unready_container_up_between_oom_kills_is_oom_killed_unless_the_kill_is_older_than_the_unreadiness()
+    {
+        let pod = |unready_since: &str| -> LeanPod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+                "status": {"phase": "Running",
+                    "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": unready_since,
+                        "message": "containers with unready status: [app]"}],
+                    "containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false,
+                        "restartCount": 5, "state": {"running": {"startedAt": "2026-11-01T09:41:30Z"}},
+                        "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                            "finishedAt": "2026-11-01T09:41:09Z"}}}]}
+            }))
+            .expect("pod")
+        };
+        // Unready since the kill (the probe fails while it starts again): the kills are the failure.
+        let looping = classify(&pod("2026-11-01T09:41:10Z"))[0].failure.clone().expect("failing");
+        assert_eq!((looping.kind, looping.exit_code), (FailureKind::OomKilled, Some(137)));
+        // Unready only an hour after its last kill: it was ready in between, the kill is stale.
+        assert_eq!(kind(&pod("2026-11-01T10:45:00Z")), Some(FailureKind::NotReady));
     }
 
     #[test]

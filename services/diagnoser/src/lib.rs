@@ -137,14 +137,27 @@ impl Diagnoser {
             Ok(answered) => {
                 let mapped = answered.value;
                 let model = answered.model_version.unwrap_or(answered.model);
-                Diagnosis::Verdict(Box::new(verdict(
-                    job,
-                    VerdictStatus::Diagnosed,
-                    mapped.root_cause,
-                    mapped.action,
-                    mapped.confidence,
-                    VerdictSource::Model { model },
-                )))
+                match settle(&found, &mapped) {
+                    Settled::Model => Diagnosis::Verdict(Box::new(verdict(
+                        job,
+                        VerdictStatus::Diagnosed,
+                        mapped.root_cause,
+                        mapped.action,
+                        mapped.confidence,
+                        VerdictSource::Model { model },
+                    ))),
+                    Settled::Rules { why } => {
+                        // The rules' diagnosis stands; the model's view goes beside it.
+                        let mut stands = rules_verdict;
+                        stands.evidence = Some(format!(
+                            "model {} said (confidence {}, not taken: {why}): {}",
+                            model_name(&model),
+                            mapped.confidence,
+                            mapped.root_cause.trim()
+                        ));
+                        Diagnosis::Verdict(Box::new(stands))
+                    }
+                }
             }
             Err(ChainError::Unusable(why)) => {
                 let mut fallback = rules_verdict;
@@ -155,6 +168,34 @@ impl Diagnoser {
                 Diagnosis::Deferred { until, fallback: Box::new(rules_verdict) }
             }
         }
+    }
+}
+
+/// Which diagnosis stands when the rules were unsure and a model answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The model's answer replaces the rules' verdict.
+    Model,
+    /// The rules' verdict stands; the model's answer is only noted.
+    Rules {
+        /// Why the answer was not taken.
+        why: &'static str,
+    },
+}
+
+/// Letters and digits a model's root cause needs to say anything.
+const MIN_ROOT_CAUSE_CHARS: usize = 12;
+
+/// A model answer never makes the verdict worse: it replaces the rules' verdict only when it says
+/// something (a root cause of some substance) and is at least as confident as the rules were.
+pub fn settle(rules: &rules::RuleVerdict, model: &llm::Mapped) -> Settled {
+    let substance = model.root_cause.chars().filter(|c| c.is_alphanumeric()).count();
+    if substance < MIN_ROOT_CAUSE_CHARS {
+        Settled::Rules { why: "its root cause says nothing" }
+    } else if model.confidence < rules.confidence {
+        Settled::Rules { why: "it is less confident than the rules" }
+    } else {
+        Settled::Model
     }
 }
 
@@ -391,6 +432,11 @@ impl Worker {
             },
         };
         let mut verdict = publishable(verdict);
+        // What the diagnosis was made from, and a model's answer that was not taken.
+        let summary = match (summary, verdict.evidence.take()) {
+            (Some(summary), Some(model)) => Some(format!("{summary}; {model}")),
+            (summary, model) => summary.or(model),
+        };
         verdict.evidence = summary.map(|s| proto::validate::clip_text_to(&s, 1024));
         let subject = proto::verdict_subject(&job.pod.namespace, &verdict.action)?;
         let message_id = format!("verdict-{}", job.incident);
@@ -505,4 +551,35 @@ pub fn stale_verdict(job: &FailureJob) -> Verdict {
         0,
         VerdictSource::None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_answer_replaces_the_rules_only_when_it_says_something_and_is_at_least_as_confident() {
+        let rules = rules::RuleVerdict {
+            rule: "crash-exit-code",
+            root_cause: "container app crash-loops with exit code 1".into(),
+            action: Action::None,
+            confidence: 60,
+            caused_by: None,
+        };
+        let said = "the database password in secret db-credentials was rotated";
+        let cases = [
+            ("", 99, Settled::Rules { why: "its root cause says nothing" }),
+            ("   \n ", 99, Settled::Rules { why: "its root cause says nothing" }),
+            ("unknown.", 99, Settled::Rules { why: "its root cause says nothing" }),
+            (said, 10, Settled::Rules { why: "it is less confident than the rules" }),
+            (said, 59, Settled::Rules { why: "it is less confident than the rules" }),
+            (said, 60, Settled::Model),
+            (said, 95, Settled::Model),
+            ("", 10, Settled::Rules { why: "its root cause says nothing" }),
+        ];
+        for (root_cause, confidence, expected) in cases {
+            let model = llm::Mapped { root_cause: root_cause.into(), action: Action::None, confidence };
+            assert_eq!(settle(&rules, &model), expected, "{root_cause:?} at {confidence}");
+        }
+    }
 }

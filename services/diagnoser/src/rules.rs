@@ -717,16 +717,32 @@ fn clause_with(text: &str, needles: &[&str]) -> Option<String> {
     })
 }
 
+/// The event (or, without one, the log line) containing one of `needles` that happened most often,
+/// quoted with its count: a probe that failed ×498 outweighs one that failed ×12.
+fn most_often(evidence: &Evidence, needles: &[&str]) -> Option<(String, i32)> {
+    let event = evidence.events.iter().filter(|e| contains_any(&e.message, needles)).fold(
+        None::<&crate::evidence::EventSummary>,
+        |best, e| match best {
+            Some(b) if b.count >= e.count => Some(b),
+            _ => Some(e),
+        },
+    );
+    match event {
+        Some(e) if e.count > 1 => Some((format!("{} ×{}", short(&e.message), e.count), e.count)),
+        Some(e) => Some((short(&e.message), e.count)),
+        None => quote_first(evidence, needles).map(|l| (short(l), 1)),
+    }
+}
+
 /// The kubelet restarted the container because its liveness probe failed, when the events say so.
 fn liveness_kill(name: &str, evidence: &Evidence) -> Option<RuleVerdict> {
-    let line = quote_first(evidence, &["liveness probe failed", "failed liveness probe"])?;
+    let (line, _) = most_often(evidence, &["liveness probe failed", "failed liveness probe"])?;
     let probe = probe_of(name, "liveness", evidence);
     Some(verdict(
         "liveness-probe-kill",
         90,
         format!(
-            "container {name} was killed by the kubelet because its liveness probe failed ({}){probe}",
-            short(line)
+            "container {name} was killed by the kubelet because its liveness probe failed ({line}){probe}"
         ),
         Action::None,
     ))
@@ -805,28 +821,29 @@ fn job_failed(name: &str, reason: &str, message: &str, evidence: &Evidence) -> R
     }
 }
 
-/// A running container that never became ready: what its probes answer, from the events.
+/// A running container that never became ready: what its probes answer, from the events — the probe
+/// that failed most often when more than one did.
 fn not_ready(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
-    if let Some(line) = quote_first(evidence, &["readiness probe failed", "readiness probe errored"]) {
+    let probes: [(&str, &str, &[&str]); 2] = [
+        ("readiness-probe-failing", "readiness", &["readiness probe failed", "readiness probe errored"]),
+        ("startup-probe-failing", "startup", &["startup probe failed", "startup probe errored"]),
+    ];
+    let failing = probes
+        .iter()
+        .filter_map(|(rule, kind, needles)| {
+            most_often(evidence, needles).map(|(line, count)| (*rule, *kind, line, count))
+        })
+        .fold(None::<(&str, &str, String, i32)>, |best, found| match best {
+            Some(b) if b.3 >= found.3 => Some(b),
+            _ => Some(found),
+        });
+    if let Some((rule, kind, line, _)) = failing {
         return verdict(
-            "readiness-probe-failing",
+            rule,
             90,
             format!(
-                "container {name} runs but never becomes ready: its readiness probe fails ({}){}",
-                short(line),
-                probe_of(name, "readiness", evidence)
-            ),
-            Action::None,
-        );
-    }
-    if let Some(line) = quote_first(evidence, &["startup probe failed", "startup probe errored"]) {
-        return verdict(
-            "startup-probe-failing",
-            90,
-            format!(
-                "container {name} runs but never becomes ready: its startup probe fails ({}){}",
-                short(line),
-                probe_of(name, "startup", evidence)
+                "container {name} runs but never becomes ready: its {kind} probe fails ({line}){}",
+                probe_of(name, kind, evidence)
             ),
             Action::None,
         );
@@ -871,13 +888,54 @@ fn start_error(name: &str, reason: &str, message: &str) -> RuleVerdict {
                 command.unwrap_or_default()
             ),
         )
+    } else if message.contains("Are you trying to mount a directory onto a file")
+        || message.contains(": not a directory")
+        || message.contains(": is a directory")
+    {
+        let target = message
+            .split_once("to rootfs at \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(path, _)| format!(" onto {path:?}"))
+            .unwrap_or_default();
+        (
+            "start-mount-type-mismatch",
+            95,
+            format!(
+                "the runtime cannot mount {}{target} in container {name}: a directory mounted onto a file, or a file onto a directory, in the image — mount one key with subPath (or the volume onto a directory), or fix mountPath",
+                volume_of(message)
+            ),
+        )
+    } else if message.contains("failed to reserve container name")
+        || message.contains("is already in use by container")
+    {
+        (
+            "start-name-reserved",
+            90,
+            format!(
+                "the container runtime still holds an earlier container named like {name}'s (after a node or runtime restart, or a slow runtime): it usually clears by itself; if it persists, restart the runtime on the node or delete the pod"
+            ),
+        )
+    } else if message.contains("failed to prepare subPath") {
+        (
+            "start-subpath",
+            90,
+            format!(
+                "the kubelet cannot prepare a subPath mount of container {name}: the subPath does not exist in the volume or is not allowed — fix subPath or the volume's contents"
+            ),
+        )
     } else if message.contains("/volumes/") || message.contains("failed to resolve symlink") {
         (
             "start-volume-unavailable",
             85,
             format!(
-                "the runtime cannot set up a volume of container {name} ({}): its storage is unavailable or refuses access — check the PersistentVolume and its CSI driver or storage backend",
-                message.rsplit(": ").next().unwrap_or_default().trim()
+                "the runtime cannot set up {} of container {name} ({}): its storage is unavailable or refuses access — {}",
+                volume_of(message),
+                message.rsplit(": ").next().unwrap_or_default().trim(),
+                if message.contains("kubernetes.io~csi") {
+                    "check the PersistentVolume and its CSI driver or storage backend"
+                } else {
+                    "check the volume's source and the node"
+                }
             ),
         )
     } else if message.contains("permission denied") {
@@ -892,6 +950,26 @@ fn start_error(name: &str, reason: &str, message: &str) -> RuleVerdict {
         ("start-error", 60, format!("the container runtime cannot start container {name} ({reason}): {said}"))
     };
     verdict(rule, confidence, format!("{cause} — runtime: {said}"), Action::None)
+}
+
+/// Which volume a runtime message names, by its kind (`the ConfigMap volume "config"`), from the
+/// kubelet's path `…/volumes/kubernetes.io~configmap/config`.
+fn volume_of(message: &str) -> String {
+    let Some((_, rest)) = message.split_once("/volumes/kubernetes.io~") else { return "a volume".into() };
+    let (plugin, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let volume: String =
+        rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.').collect();
+    let kind = match plugin {
+        "configmap" => "the ConfigMap volume",
+        "secret" => "the Secret volume",
+        "projected" => "the projected volume",
+        "empty-dir" => "the emptyDir volume",
+        "csi" => "the CSI (PersistentVolume) volume",
+        "downward-api" => "the downwardAPI volume",
+        "nfs" => "the NFS volume",
+        _ => "the volume",
+    };
+    if volume.is_empty() { kind.to_owned() } else { format!("{kind} {volume:?}") }
 }
 
 /// The scheduler's reasons from its message (`3 Insufficient memory, 1 node(s) had untolerated taint …`).
@@ -987,11 +1065,29 @@ fn evicted(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
             .unwrap_or_default()
     };
     if message.contains("The node was low on resource: memory") {
+        let usage = memory_usage(message);
+        let over = usage.as_ref().is_none_or(|u| u.over_request());
+        let whose = match &usage {
+            Some(u) if over => format!(
+                "container {} used {} against a request of {}: its own usage over its request made it the one evicted",
+                u.container, u.using, u.request
+            ),
+            Some(u) => format!(
+                "container {} used {} within its request of {}: the node is overcommitted by other pods or system daemons, not by this pod",
+                u.container, u.using, u.request
+            ),
+            None => format!("container {name} used more than it requests"),
+        };
+        let fix = if over {
+            "raise its memory request to what it uses, so the scheduler reserves it"
+        } else {
+            "reserve memory for the system (kubeReserved/systemReserved), add capacity, or lower the requests others exceed"
+        };
         return verdict(
             "evicted-node-memory",
             95,
             format!(
-                "evicted: its node ran low on memory and container {name} used more than it requests ({said}){} — raise its memory request to what it uses, so the scheduler reserves it",
+                "evicted: its node ran low on memory and {whose} ({said}){} — {fix}",
                 node_reports("MemoryPressure")
             ),
             Action::None,
@@ -1046,6 +1142,32 @@ fn evicted(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
         );
     }
     verdict("evicted", 60, format!("evicted by the kubelet: {said}"), Action::None)
+}
+
+/// What the kubelet's eviction message says a container used: `Container app was using 1210Mi,
+/// request is 256Mi`.
+struct MemoryUsage {
+    container: String,
+    using: String,
+    request: String,
+}
+
+impl MemoryUsage {
+    /// Whether it used more than it requests (a container without a request always does).
+    fn over_request(&self) -> bool {
+        match (MemoryQuantity::parse(&self.using), MemoryQuantity::parse(&self.request)) {
+            (Ok(using), Ok(request)) => using > request,
+            _ => true,
+        }
+    }
+}
+
+fn memory_usage(message: &str) -> Option<MemoryUsage> {
+    let (_, rest) = message.split_once("Container ")?;
+    let (container, rest) = rest.split_once(" was using ")?;
+    let (using, rest) = rest.split_once(", request is ")?;
+    let request: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+    Some(MemoryUsage { container: container.to_owned(), using: using.to_owned(), request })
 }
 
 /// The verdict for a pod none of whose containers is failing now.
