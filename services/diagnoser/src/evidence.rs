@@ -380,7 +380,14 @@ pub fn build(
         .map(|cs| container_state(cs, redactor))
         .collect();
     let mut events: Vec<&Event> = events.iter().collect();
-    events.sort_by_key(|e| e.last_timestamp.as_ref().or(e.first_timestamp.as_ref()).map(|t| t.0));
+    // Core events carry their last time; events.k8s.io ones (read as core) only their eventTime.
+    events.sort_by_key(|e| {
+        e.last_timestamp
+            .as_ref()
+            .or(e.first_timestamp.as_ref())
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+    });
     let start = events.len().saturating_sub(MAX_EVENTS);
     let events = events[start..]
         .iter()

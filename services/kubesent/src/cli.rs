@@ -52,6 +52,8 @@ pub enum Command {
     Notifier(crate::notifier::NotifierArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
     Diagnose(crate::diagnose::DiagnoseArgs),
+    /// Run the evaluation set (or your own cases) through the rules and each model, and score them.
+    Eval(crate::eval::EvalArgs),
 }
 
 /// What every operator command takes: how to reach NATS as the operator, and who is acting.
@@ -188,6 +190,7 @@ impl Cli {
             }
             Command::Reject(args) => run_reject(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
+            Command::Eval(args) => crate::eval::run(args).await,
             Command::Incidents(args) => crate::incidents::run(args).await,
             Command::Notifier(args) => run_notifier(args).await,
             Command::Tail(args) => crate::incidents::tail(args).await,

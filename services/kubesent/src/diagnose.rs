@@ -69,7 +69,7 @@ fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A JSON or YAML document, as kubectl prints it with `-o json` or `-o yaml`.
-fn parse_document(text: &str, path: &Path) -> anyhow::Result<Value> {
+pub(crate) fn parse_document(text: &str, path: &Path) -> anyhow::Result<Value> {
     match serde_json::from_str(text) {
         Ok(value) => Ok(value),
         // What starts as JSON is JSON (YAML would only echo the same fault in more lines): one line
@@ -115,8 +115,9 @@ fn single_pod(value: Value, path: &Path) -> anyhow::Result<Pod> {
     serde_json::from_value(pod_value).with_context(|| format!("{} is not a valid Pod", path.display()))
 }
 
-fn events_for(value: Value, pod: &Pod, path: &Path) -> anyhow::Result<Vec<Event>> {
+pub(crate) fn events_for(value: Value, pod: &Pod, path: &Path) -> anyhow::Result<Vec<Event>> {
     let items = match value.get("kind").and_then(Value::as_str) {
+        _ if value.is_array() => value.as_array().cloned().unwrap_or_default(),
         Some("List" | "EventList") | None => {
             value.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
         }
@@ -149,8 +150,17 @@ fn core_event(mut item: Value) -> Value {
         if let Some(note) = object.remove("note") {
             object.insert("message".into(), note);
         }
-        if let Some(count) = object.remove("deprecatedCount") {
+        // A repeated event counts its repeats in `series` (`deprecatedCount` is for old clients).
+        let series = object.get("series").and_then(|s| s.get("count")).cloned();
+        if let Some(count) = series.or_else(|| object.remove("deprecatedCount")) {
             object.insert("count".into(), count);
+        }
+        for (old, core) in
+            [("deprecatedFirstTimestamp", "firstTimestamp"), ("deprecatedLastTimestamp", "lastTimestamp")]
+        {
+            if let Some(time) = object.remove(old).filter(|t| !t.is_null()) {
+                object.insert(core.into(), time);
+            }
         }
         for field in [
             "related",

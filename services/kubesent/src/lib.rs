@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod diagnose;
+pub mod eval;
 pub mod incidents;
 pub mod notifier;
 

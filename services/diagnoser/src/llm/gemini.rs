@@ -109,6 +109,7 @@ struct PromptFeedback {
 #[serde(rename_all = "camelCase", default)]
 struct Usage {
     prompt_token_count: Option<u32>,
+    candidates_token_count: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -248,7 +249,8 @@ impl GeminiClient {
         Ok(ModelReply {
             text,
             model_version: parsed.model_version,
-            prompt_tokens: parsed.usage_metadata.and_then(|u| u.prompt_token_count),
+            prompt_tokens: parsed.usage_metadata.as_ref().and_then(|u| u.prompt_token_count),
+            output_tokens: parsed.usage_metadata.as_ref().and_then(|u| u.candidates_token_count),
         })
     }
 }

@@ -51,6 +51,8 @@ pub struct ModelReply {
     pub model_version: Option<String>,
     /// Prompt tokens, as the API counted them.
     pub prompt_tokens: Option<u32>,
+    /// Output (candidate) tokens, as the API counted them.
+    pub output_tokens: Option<u32>,
 }
 
 /// What is sent to a model.

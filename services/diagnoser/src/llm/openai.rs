@@ -40,6 +40,7 @@ struct Choice {
 #[serde(default)]
 struct Usage {
     prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,7 +108,8 @@ impl OpenAiClient {
         Ok(ModelReply {
             text: content,
             model_version: completion.model,
-            prompt_tokens: completion.usage.and_then(|u| u.prompt_tokens),
+            prompt_tokens: completion.usage.as_ref().and_then(|u| u.prompt_tokens),
+            output_tokens: completion.usage.as_ref().and_then(|u| u.completion_tokens),
         })
     }
 }
