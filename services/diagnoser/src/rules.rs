@@ -123,7 +123,14 @@ const CRASH_PATTERNS: &[(&[&str], &str, u8)] = &[
         75,
     ),
     (
-        &["no such host", "name or service not known", "temporary failure in name resolution"],
+        &[
+            "no such host",
+            "name or service not known",
+            "temporary failure in name resolution",
+            "enotfound",
+            "unknownhostexception",
+            "nodename nor servname provided",
+        ],
         "a hostname it needs does not resolve",
         75,
     ),
@@ -416,8 +423,12 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
             // A Go program exits 2 when it panics: not the shell's meaning of 2.
             let go =
                 evidence.decisive().is_some_and(|d| matches!(d.ending, Ending::GoPanic | Ending::GoFatal));
+            let dotnet = evidence.decisive().is_some_and(|d| d.ending == Ending::DotnetException);
             let meaning = match code {
                 Some(2) if go => Some(" (a Go panic)".to_owned()),
+                Some(134) if dotnet => {
+                    Some(" (SIGABRT: the .NET runtime aborts on an unhandled exception)".to_owned())
+                }
                 _ => code.and_then(exit_meaning).map(|m| format!(" ({m})")),
             }
             .unwrap_or_default();
@@ -656,6 +667,7 @@ const PULL_FAILURES: &[(&str, &[&str], &str, &str)] = &[
             "403 forbidden",
             "401 unauthorized",
             "denied: ",
+            "no basic auth credentials",
         ],
         "the registry refused the pull without valid credentials",
         "add or fix the pod's imagePullSecrets",
@@ -668,6 +680,9 @@ fn pull_refused(image: &str, all: &str, evidence: &Evidence) -> Option<RuleVerdi
         PULL_FAILURES.iter().find(|(_, needles, _, _)| contains_any(all, needles))?;
     let said = clause_with(all, needles).map(|c| format!(" — \"{c}\"")).unwrap_or_default();
     let mut fix = (*fix).to_owned();
+    if *rule == "image-pull-tls" && contains_any(all, &["certificate has expired"]) {
+        fix = "renew the registry's certificate, or correct the node's clock if it is wrong".to_owned();
+    }
     if matches!(*rule, "image-pull-unauthorized" | "image-pull-repository-denied" | "image-pull-rate-limited")
     {
         // What the pod holds: a secret it names that the kubelet could not read is the likeliest cause.
@@ -889,8 +904,8 @@ fn start_error(name: &str, reason: &str, message: &str) -> RuleVerdict {
             ),
         )
     } else if message.contains("Are you trying to mount a directory onto a file")
-        || message.contains(": not a directory")
-        || message.contains(": is a directory")
+        || ((message.contains("not a directory") || message.contains("is a directory"))
+            && message.contains("mount"))
     {
         let target = message
             .split_once("to rootfs at \"")
