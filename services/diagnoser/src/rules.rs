@@ -391,7 +391,9 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
             Action::None,
         ),
         FailureKind::CreateContainerConfigError => {
-            if contains_any(&message, &["couldn't find key", "not found"]) {
+            if message.contains("failed to prepare subPath") {
+                start_error(&name, &job.failure.reason, &message)
+            } else if contains_any(&message, &["couldn't find key", "not found"]) {
                 verdict(
                     "missing-config",
                     95,
@@ -1080,8 +1082,10 @@ fn evicted(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
             .unwrap_or_default()
     };
     if message.contains("The node was low on resource: memory") {
+        // The kubelet names only the containers that used more than they request; a message naming
+        // none says the pod stayed within its requests.
         let usage = memory_usage(message);
-        let over = usage.as_ref().is_none_or(|u| u.over_request());
+        let over = usage.as_ref().is_some_and(MemoryUsage::over_request);
         let whose = match &usage {
             Some(u) if over => format!(
                 "container {} used {} against a request of {}: its own usage over its request made it the one evicted",
@@ -1091,12 +1095,12 @@ fn evicted(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
                 "container {} used {} within its request of {}: the node is overcommitted by other pods or system daemons, not by this pod",
                 u.container, u.using, u.request
             ),
-            None => format!("container {name} used more than it requests"),
+            None => "the pod stayed within its memory requests: the node is overcommitted by other pods or system daemons, not by this pod".to_owned(),
         };
         let fix = if over {
             "raise its memory request to what it uses, so the scheduler reserves it"
         } else {
-            "reserve memory for the system (kubeReserved/systemReserved), add capacity, or lower the requests others exceed"
+            "reserve memory for the system (kubeReserved/systemReserved), add capacity, or have the pods that use more than they request raise their requests"
         };
         return verdict(
             "evicted-node-memory",
