@@ -127,7 +127,7 @@ const CRASH_PATTERNS: &[(&[&str], &str, u8)] = &[
             "no such host",
             "name or service not known",
             "temporary failure in name resolution",
-            "enotfound",
+            "getaddrinfo enotfound",
             "unknownhostexception",
             "nodename nor servname provided",
         ],
@@ -414,7 +414,7 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
         }
         FailureKind::StartError => start_error(&name, &job.failure.reason, &message),
         FailureKind::Unschedulable => unschedulable(&name, &message, evidence),
-        FailureKind::Evicted => evicted(&name, &message, evidence),
+        FailureKind::Evicted => evicted(&message, evidence),
         FailureKind::CrashLoop => {
             // A container that handles SIGTERM exits 143 (or 0) when the kubelet restarts it for its
             // liveness probe: the events say so.
@@ -1070,7 +1070,7 @@ fn unschedulable(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict 
 
 /// Why the kubelet evicted the pod, from its eviction message. Never a memory-limit change: an
 /// eviction is the node's shortage or the pod's own disk use, not its limit.
-fn evicted(name: &str, message: &str, evidence: &Evidence) -> RuleVerdict {
+fn evicted(message: &str, evidence: &Evidence) -> RuleVerdict {
     let said = short(message);
     // What the node itself reports now, when it still reports the pressure it evicted for.
     let node_reports = |condition: &str| {
