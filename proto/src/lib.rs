@@ -55,11 +55,15 @@ pub enum FailureKind {
     NotReady,
     /// A Job gave up: its `Failed` condition (`BackoffLimitExceeded`, `DeadlineExceeded`, …).
     JobFailed,
+    /// A scheduled pod whose containers never started within the detector's threshold: stuck creating
+    /// (its sandbox or network, volumes that do not attach or mount, a pull that does not finish), or an
+    /// init container that runs on without finishing. Reported with its cause, never changed.
+    NeverStarted,
 }
 
 impl FailureKind {
     /// Every kind, for metrics that start at zero.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::OomKilled,
         Self::Killed,
         Self::CrashLoop,
@@ -72,6 +76,7 @@ impl FailureKind {
         Self::Evicted,
         Self::NotReady,
         Self::JobFailed,
+        Self::NeverStarted,
     ];
 
     /// The kebab-case name, also used as a subject token.
@@ -89,6 +94,7 @@ impl FailureKind {
             Self::Evicted => "evicted",
             Self::NotReady => "not-ready",
             Self::JobFailed => "job-failed",
+            Self::NeverStarted => "never-started",
         }
     }
 

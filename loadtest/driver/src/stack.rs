@@ -184,6 +184,7 @@ impl Stack {
             group_wait: kubesent_detector::DEFAULT_GROUP_WAIT,
             holds: kubesent_detector::incidents::Holds {
                 unschedulable: options.pending_threshold,
+                never_started: kubesent_detector::DEFAULT_START_THRESHOLD,
                 not_ready: options.unready_threshold,
             },
             incident_ttl: kubesent_detector::DEFAULT_INCIDENT_TTL,

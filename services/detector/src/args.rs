@@ -35,6 +35,11 @@ pub struct DetectorArgs {
     /// node within this); one scheduled meanwhile is never reported.
     #[arg(long, env = "KUBESENT_PENDING_THRESHOLD_SECONDS", default_value_t = 120)]
     pub pending_threshold_seconds: u64,
+    /// Seconds a scheduled pod's containers may take to start (being created: sandbox, network, volumes,
+    /// image pull; or an init container still running) before the pod is reported; one that starts
+    /// meanwhile is never reported.
+    #[arg(long, env = "KUBESENT_START_THRESHOLD_SECONDS", default_value_t = 300)]
+    pub start_threshold_seconds: u64,
     /// Seconds a running container may stay not ready (its readiness probe failing) before it is
     /// reported; one that turns ready meanwhile is never reported.
     #[arg(long, env = "KUBESENT_UNREADY_THRESHOLD_SECONDS", default_value_t = 300)]
@@ -55,6 +60,7 @@ impl DetectorArgs {
             group_wait: Duration::from_millis(self.group_wait_ms),
             holds: Holds {
                 unschedulable: Duration::from_secs(self.pending_threshold_seconds),
+                never_started: Duration::from_secs(self.start_threshold_seconds),
                 not_ready: Duration::from_secs(self.unready_threshold_seconds),
             },
             incident_ttl: DEFAULT_INCIDENT_TTL,

@@ -112,7 +112,56 @@ pub fn classify(pod: &LeanPod) -> Vec<ContainerObservation> {
             }
         }
     }
+    if pod.metadata.deletion_timestamp.is_none()
+        && status.phase.as_deref() == Some("Pending")
+        && let Some((at, signal)) = never_started(pod)
+        && let Some(observation) = observations.iter_mut().find(|o| o.name == at && o.failure.is_none())
+    {
+        observation.failure = Some(signal);
+    }
     observations
+}
+
+/// What a scheduled, pending pod is waiting for to start, when nothing has failed: the init container
+/// still running (it has not finished), or the first app container still being created. The incident
+/// book holds it for the start threshold, so only a pod that never starts is reported.
+fn never_started(pod: &LeanPod) -> Option<(String, FailureSignal)> {
+    let status = pod.status.as_ref()?;
+    let scheduled =
+        status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "True")?;
+    let since = scheduled.last_transition_time.clone();
+    let running_init = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find(|cs| cs.state.as_ref().is_some_and(|s| s.running.is_some()));
+    if let Some(init) = running_init {
+        return Some((
+            init.name.clone(),
+            FailureSignal {
+                kind: FailureKind::NeverStarted,
+                reason: "InitContainerRunning".into(),
+                message: Some(format!("init container {} is running and has not finished", init.name)),
+                exit_code: None,
+                failed_at: since,
+            },
+        ));
+    }
+    let creating = status.container_statuses.iter().flatten().find(|cs| {
+        let reason = cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref());
+        matches!(reason, Some("ContainerCreating" | "PodInitializing"))
+    })?;
+    let waiting = creating.state.as_ref().and_then(|s| s.waiting.as_ref())?;
+    Some((
+        creating.name.clone(),
+        FailureSignal {
+            kind: FailureKind::NeverStarted,
+            reason: waiting.reason.clone().unwrap_or_default(),
+            message: waiting.message.clone(),
+            exit_code: None,
+            failed_at: since,
+        },
+    ))
 }
 
 /// How long after an OOM kill the pod may have turned unready and still be unready because of it.
@@ -374,6 +423,45 @@ mod tests {
         assert_eq!((looping.kind, looping.exit_code), (FailureKind::OomKilled, Some(137)));
         // Unready only an hour after its last kill: it was ready in between, the kill is stale.
         assert_eq!(kind(&pod("2026-11-01T10:45:00Z")), Some(FailureKind::NotReady));
+    }
+
+    #[test]
+    fn a_scheduled_pod_still_creating_or_initializing_never_started_and_one_unscheduled_is_unschedulable() {
+        let pending = |init: serde_json::Value, app_waiting: &str, scheduled: &str| -> LeanPod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+                "status": {"phase": "Pending",
+                    "conditions": [{"type": "PodScheduled", "status": scheduled, "lastTransitionTime": "2026-11-20T10:00:00Z",
+                        "reason": if scheduled == "False" { "Unschedulable" } else { "" }, "message": "0/3 nodes are available"}],
+                    "initContainerStatuses": init,
+                    "containerStatuses": [{"name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"waiting": {"reason": app_waiting}}}]}
+            }))
+            .expect("pod")
+        };
+        let creating = classify(&pending(json!([]), "ContainerCreating", "True"));
+        let signal = creating[0].failure.clone().expect("failing");
+        assert_eq!((signal.kind, signal.reason.as_str()), (FailureKind::NeverStarted, "ContainerCreating"));
+        assert!(signal.failed_at.is_some(), "held from when it was scheduled");
+        // An init container still running: it is the one that has not finished, not the app container.
+        let running_init = json!([{"name": "wait-for-db", "image": "busybox", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"running": {"startedAt": "2026-11-20T10:00:05Z"}}}]);
+        let initializing = classify(&pending(running_init, "PodInitializing", "True"));
+        let init = initializing.iter().find(|o| o.init).expect("the init container");
+        assert_eq!(
+            init.failure.as_ref().map(|f| (f.kind, f.reason.as_str())),
+            Some((FailureKind::NeverStarted, "InitContainerRunning"))
+        );
+        assert!(initializing.iter().filter(|o| !o.init).all(|o| o.failure.is_none()));
+        // An init container that crash-loops is a crash loop, and an unscheduled pod is unschedulable.
+        let crashing_init = json!([{"name": "migrate", "image": "m", "imageID": "", "ready": false, "restartCount": 4,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]);
+        let crashing = classify(&pending(crashing_init, "PodInitializing", "True"));
+        assert_eq!(
+            crashing.iter().find_map(|o| o.failure.as_ref().map(|f| f.kind)),
+            Some(FailureKind::CrashLoop)
+        );
+        assert_eq!(kind(&pending(json!([]), "ContainerCreating", "False")), Some(FailureKind::Unschedulable));
     }
 
     #[test]

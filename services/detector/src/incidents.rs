@@ -11,7 +11,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeSet, BinaryHeap, HashMap, VecDeque},
+    collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -49,12 +49,26 @@ struct OpenIncident {
 }
 
 /// How long incidents about states a pod can leave by itself are held before they are due.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holds {
     /// An unschedulable pod (Pending).
     pub unschedulable: Duration,
+    /// A scheduled pod whose containers have not started (still creating, or an init container still
+    /// running).
+    pub never_started: Duration,
     /// A running container that is not ready.
     pub not_ready: Duration,
+}
+
+impl Default for Holds {
+    /// The detector's default thresholds.
+    fn default() -> Self {
+        Self {
+            unschedulable: crate::DEFAULT_PENDING_THRESHOLD,
+            never_started: crate::DEFAULT_START_THRESHOLD,
+            not_ready: crate::DEFAULT_UNREADY_THRESHOLD,
+        }
+    }
 }
 
 /// Open incidents and their publishing schedule.
@@ -62,6 +76,10 @@ pub struct Holds {
 pub struct IncidentBook {
     open: HashMap<IncidentId, OpenIncident>,
     due: BinaryHeap<Reverse<(Instant, u64, IncidentId)>>,
+    /// Incidents with an entry in `due` that has not been taken yet.
+    scheduled: HashSet<IncidentId>,
+    /// Entries in `due` whose incident was closed before its turn (skipped when they come up).
+    stale: usize,
     /// Incidents in the order they were opened, for expiry.
     opened: VecDeque<(Instant, IncidentId)>,
     sequence: u64,
@@ -81,14 +99,31 @@ impl IncidentBook {
         self.open.len()
     }
 
-    /// Number of incidents waiting to be published.
+    /// Number of incidents waiting to be published (held ones included, closed ones not).
     pub fn pending(&self) -> usize {
-        self.due.len()
+        self.due.len().saturating_sub(self.stale)
     }
 
     fn schedule(&mut self, id: IncidentId, at: Instant) {
         self.sequence += 1;
+        self.scheduled.insert(id.clone());
         self.due.push(Reverse((at, self.sequence, id)));
+    }
+
+    /// Closes `id`: its entry in `due`, if it has one, is now stale.
+    fn close(&mut self, id: &IncidentId) {
+        if self.open.remove(id).is_some() && self.scheduled.remove(id) {
+            self.stale += 1;
+        }
+    }
+
+    /// Closes every open incident `keep` says no to.
+    fn close_unless(&mut self, mut keep: impl FnMut(&mut OpenIncident) -> bool) {
+        let closing: Vec<IncidentId> =
+            self.open.iter_mut().filter_map(|(id, incident)| (!keep(incident)).then(|| id.clone())).collect();
+        for id in closing {
+            self.close(&id);
+        }
     }
 
     /// Applies a change. A new incident is due at `now`, or `now + group_wait` for a controller-owned workload.
@@ -110,6 +145,8 @@ impl IncidentBook {
                     self.holds.unschedulable.max(group_wait)
                 } else if job.failure.kind == kubesent_proto::FailureKind::NotReady {
                     self.holds.not_ready.max(group_wait)
+                } else if job.failure.kind == kubesent_proto::FailureKind::NeverStarted {
+                    self.holds.never_started.max(group_wait)
                 } else if job.key.workload.kind == kubesent_proto::WorkloadKind::Pod {
                     Duration::ZERO
                 } else {
@@ -124,19 +161,20 @@ impl IncidentBook {
                 self.opened.push_back((now, id.clone()));
                 self.schedule(id, due_at);
             }
-            Update::Gone { pod_uid } => self.open.retain(|_, incident| {
+            Update::Gone { pod_uid } => self.close_unless(|incident| {
                 incident.pods.remove(&pod_uid);
                 !incident.pods.is_empty()
             }),
             Update::Cleared { pod_uid, incident } => {
-                if let Some(open) = self.open.get_mut(&incident) {
+                let emptied = self.open.get_mut(&incident).is_some_and(|open| {
                     open.pods.remove(&pod_uid);
-                    if open.pods.is_empty() {
-                        self.open.remove(&incident);
-                    }
+                    open.pods.is_empty()
+                });
+                if emptied {
+                    self.close(&incident);
                 }
             }
-            Update::Resync(existing) => self.open.retain(|_, incident| {
+            Update::Resync(existing) => self.close_unless(|incident| {
                 incident
                     .pods
                     .retain(|uid| existing.contains(uid) || uid.starts_with(crate::jobs::HOLDER_PREFIX));
@@ -153,7 +191,7 @@ impl IncidentBook {
             }
             self.opened.pop_front();
             if self.open.get(&id).is_some_and(|incident| incident.opened_at == opened_at) {
-                self.open.remove(&id);
+                self.close(&id);
             }
         }
     }
@@ -162,6 +200,8 @@ impl IncidentBook {
     /// their threshold, which stay due when they were.
     pub fn republish_all(&mut self, now: Instant) {
         self.due.clear();
+        self.scheduled.clear();
+        self.stale = 0;
         let ids: Vec<(IncidentId, Instant)> =
             self.open.iter().map(|(id, incident)| (id.clone(), incident.due_at)).collect();
         for (id, due_at) in ids {
@@ -189,10 +229,12 @@ impl IncidentBook {
             }
             let Reverse((at, _, id)) = self.due.pop()?;
             if let Some(incident) = self.open.get(&id).filter(|incident| at >= incident.due_at) {
+                self.scheduled.remove(&id);
                 let mut job = incident.job.clone();
                 job.affected_pods = u32::try_from(incident.pods.len()).unwrap_or(u32::MAX).max(1);
                 return Some(job);
             }
+            self.stale = self.stale.saturating_sub(1);
         }
     }
 
@@ -293,45 +335,62 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_unschedulable_pod_waits_for_the_threshold_and_one_placed_meanwhile_is_never_published() {
-        let mut book = IncidentBook::with_holds(Holds {
-            unschedulable: Duration::from_secs(120),
-            not_ready: Duration::from_secs(300),
-        });
-        let group_wait = Duration::from_secs(2);
-        let opened = Instant::now();
-        let mut pending = job("Deployment", "web-1");
-        pending.failure.kind = kubesent_proto::FailureKind::Unschedulable;
-        let id = pending.incident.clone();
-        book.apply(Update::Open(pending.clone()), opened, group_wait);
-        assert_eq!(
-            book.next_due(),
-            Some(opened + Duration::from_secs(120)),
-            "the publisher sleeps until the threshold, not the grouping window"
-        );
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(book.take_due(Instant::now()).is_none(), "not before the threshold");
-        book.apply(
-            Update::Cleared { pod_uid: pending.pod.uid.clone(), incident: id.clone() },
-            Instant::now(),
-            group_wait,
-        );
-        assert_eq!(book.open(), 0);
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(book.take_due(Instant::now()).is_none(), "placed in time: never published");
+    async fn a_pod_unscheduled_or_not_started_waits_for_its_threshold_and_one_that_moves_on_meanwhile_is_never_published()
+     {
+        for (kind, hold) in [
+            (kubesent_proto::FailureKind::Unschedulable, Duration::from_secs(120)),
+            (kubesent_proto::FailureKind::NeverStarted, Duration::from_secs(300)),
+        ] {
+            let mut book = IncidentBook::with_holds(Holds {
+                unschedulable: Duration::from_secs(120),
+                never_started: Duration::from_secs(300),
+                not_ready: Duration::from_secs(600),
+            });
+            let group_wait = Duration::from_secs(2);
+            let opened = Instant::now();
+            let mut pending = job("Deployment", "web-1");
+            pending.failure.kind = kind;
+            let id = pending.incident.clone();
+            book.apply(Update::Open(pending.clone()), opened, group_wait);
+            assert_eq!(
+                book.next_due(),
+                Some(opened + hold),
+                "{kind:?}: the publisher sleeps until the threshold, not the grouping window"
+            );
+            tokio::time::advance(hold / 2).await;
+            assert!(book.take_due(Instant::now()).is_none(), "{kind:?}: not before the threshold");
+            book.apply(
+                Update::Cleared { pod_uid: pending.pod.uid.clone(), incident: id.clone() },
+                Instant::now(),
+                group_wait,
+            );
+            assert_eq!((book.open(), book.pending()), (0, 0), "{kind:?}: closed, nothing to publish");
+            tokio::time::advance(hold / 2 + Duration::from_secs(1)).await;
+            assert!(book.take_due(Instant::now()).is_none(), "{kind:?}: moved on in time: never published");
 
-        let reopened = Instant::now();
-        book.apply(Update::Open(pending), reopened, group_wait);
-        tokio::time::advance(Duration::from_secs(119)).await;
-        assert!(book.take_due(Instant::now()).is_none(), "a new hold from when it was seen pending again");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(book.take_due(Instant::now()).map(|j| j.incident), Some(id), "still pending: published");
+            let reopened = Instant::now();
+            book.apply(Update::Open(pending), reopened, group_wait);
+            tokio::time::advance(hold - Duration::from_secs(1)).await;
+            assert!(
+                book.take_due(Instant::now()).is_none(),
+                "{kind:?}: a new hold from when it was seen again"
+            );
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(book.pending(), 1, "{kind:?}: the one cleared meanwhile is no longer pending");
+            assert_eq!(
+                book.take_due(Instant::now()).map(|j| j.incident),
+                Some(id),
+                "{kind:?}: still stuck: published"
+            );
+            assert_eq!(book.pending(), 0, "{kind:?}: nothing left to publish");
+        }
     }
 
     #[test]
     fn a_container_that_turns_unready_between_crashes_is_held_from_each_time_it_turns_unready() {
         let mut book = IncidentBook::with_holds(Holds {
             unschedulable: Duration::from_secs(120),
+            never_started: Duration::from_secs(300),
             not_ready: Duration::from_secs(300),
         });
         let now = Instant::now();

@@ -92,6 +92,10 @@ pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(2);
 /// Default hold of an unschedulable pod: about what a cluster autoscaler needs to add a node.
 pub const DEFAULT_PENDING_THRESHOLD: Duration = Duration::from_secs(120);
 
+/// Default hold of a scheduled pod whose containers have not started: long enough for a large image to
+/// pull and an init container to do its ordinary work.
+pub const DEFAULT_START_THRESHOLD: Duration = Duration::from_secs(300);
+
 /// Default hold of a container that is not ready: half a Deployment's default progress deadline.
 pub const DEFAULT_UNREADY_THRESHOLD: Duration = Duration::from_secs(300);
 

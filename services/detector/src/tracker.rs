@@ -30,7 +30,7 @@ pub struct Transition {
 /// Failures that are states a pod can leave by itself (a pod placed, a container turning ready), so an
 /// incident about them is held for a threshold and dropped when the pod leaves them.
 pub fn is_waiting_kind(kind: FailureKind) -> bool {
-    matches!(kind, FailureKind::Unschedulable | FailureKind::NotReady)
+    matches!(kind, FailureKind::Unschedulable | FailureKind::NotReady | FailureKind::NeverStarted)
 }
 
 /// Per-pod container memos, keyed by pod uid.

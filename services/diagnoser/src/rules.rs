@@ -341,6 +341,7 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
             ),
         },
         FailureKind::NotReady => not_ready(&name, &message, evidence),
+        FailureKind::NeverStarted => never_started(&name, &job.failure.reason, evidence),
         FailureKind::JobFailed => job_failed(&job.key.workload.name, &job.failure.reason, &message, evidence),
         FailureKind::ImagePullBackOff | FailureKind::ErrImagePull => {
             let image = spec.map(|c| c.image.clone()).unwrap_or_else(|| job.failure.image.clone());
@@ -719,12 +720,14 @@ fn clause_with(text: &str, needles: &[&str]) -> Option<String> {
     let line_end = lower[at..].find('\n').map_or(text.len(), |i| at + i);
     // The `: `-separated parts just before the phrase (within 80 characters), and the rest of its line.
     let mut start = if at - line_start <= 80 { line_start } else { at };
-    for (i, _) in text[line_start..at].rmatch_indices(": ") {
-        let part = line_start + i + 2;
-        if at - part > 80 {
-            break;
+    if start == at {
+        for (i, _) in text[line_start..at].rmatch_indices(": ") {
+            let part = line_start + i + 2;
+            if at - part > 80 {
+                break;
+            }
+            start = part;
         }
-        start = part;
     }
     let clause = text.get(start..line_end)?.trim();
     Some(if clause.chars().count() > 240 {
@@ -1187,6 +1190,158 @@ fn memory_usage(message: &str) -> Option<MemoryUsage> {
     let (using, rest) = rest.split_once(", request is ")?;
     let request: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
     Some(MemoryUsage { container: container.to_owned(), using: using.to_owned(), request })
+}
+
+/// A cause of a pod that never starts, as its events name it: the event reasons and the phrases in
+/// their messages, the rule, what it means and the fix for a human.
+struct StuckCause {
+    reasons: &'static [&'static str],
+    needles: &'static [&'static str],
+    rule: &'static str,
+    cause: &'static str,
+    fix: &'static str,
+}
+
+/// Causes of a pod that never starts, most specific first.
+const STUCK_CAUSES: &[StuckCause] = &[
+    StuckCause {
+        reasons: &["FailedCreatePodSandBox"],
+        needles: &["failed to get sandbox image", "pause"],
+        rule: "never-started-sandbox-image",
+        cause: "the node cannot pull the pod sandbox (pause) image",
+        fix: "check the runtime's sandbox image setting and the node's access to its registry",
+    },
+    StuckCause {
+        reasons: &["FailedCreatePodSandBox"],
+        needles: &["network", "cni", "plugin type="],
+        rule: "never-started-network",
+        cause: "the network plugin (CNI) cannot set up the pod's network",
+        fix: "check the CNI plugin's pods on the node and its configuration",
+    },
+    StuckCause {
+        reasons: &["FailedCreatePodSandBox"],
+        needles: &[],
+        rule: "never-started-sandbox",
+        cause: "the container runtime cannot create the pod's sandbox",
+        fix: "check the container runtime on the node",
+    },
+    StuckCause {
+        reasons: &["FailedAttachVolume", "FailedMount"],
+        needles: &["multi-attach error"],
+        rule: "never-started-volume-multi-attach",
+        cause: "its volume is attached to another node for another pod (a ReadWriteOnce volume can be used on one node at a time)",
+        fix: "let the other pod go first (a Recreate strategy, or one replica), or use a ReadWriteMany volume",
+    },
+    StuckCause {
+        reasons: &["FailedMount"],
+        needles: &["not found in the list of registered csi drivers"],
+        rule: "never-started-csi-driver",
+        cause: "the CSI driver its volume needs is not running on the node",
+        fix: "install or repair the CSI driver's node plugin on the node (and check the kubelet's root directory it registers under)",
+    },
+    StuckCause {
+        reasons: &["FailedMount"],
+        needles: &["configmap \"", "secret \"", "configmaps \"", "secrets \""],
+        rule: "never-started-volume-source",
+        cause: "a ConfigMap or Secret a volume mounts does not exist",
+        fix: "create it in the pod's namespace, or mark the volume optional",
+    },
+    StuckCause {
+        reasons: &["FailedMount"],
+        needles: &["non-existent config key", "references non-existent"],
+        rule: "never-started-volume-key",
+        cause: "a volume asks for a key its ConfigMap or Secret does not have",
+        fix: "add the key, or fix the volume's items",
+    },
+    StuckCause {
+        reasons: &["FailedAttachVolume"],
+        needles: &[],
+        rule: "never-started-volume-attach",
+        cause: "its volume does not attach to the node",
+        fix: "check the PersistentVolume, its storage backend and the attacher (CSI controller)",
+    },
+    StuckCause {
+        reasons: &["FailedMount"],
+        needles: &[],
+        rule: "never-started-volume-mount",
+        cause: "its volumes do not mount",
+        fix: "check the PersistentVolumeClaim is bound and its storage reachable from the node",
+    },
+];
+
+/// Why a scheduled pod's containers never started, from its events, most telling first; never a
+/// change (none of these is the workload's template's to fix by KubeSent).
+fn never_started(name: &str, reason: &str, evidence: &Evidence) -> RuleVerdict {
+    let event = |reasons: &[&str], needles: &[&str]| {
+        evidence
+            .events
+            .iter()
+            .filter(|e| {
+                reasons.contains(&e.reason.as_str())
+                    && (needles.is_empty() || contains_any(&e.message, needles))
+            })
+            .max_by_key(|e| e.count)
+    };
+    // The clause that names the cause, not the message's prefix; and how often it happened.
+    let quoted = |e: &crate::evidence::EventSummary, needles: &[&str]| {
+        let times = if e.count > 1 { format!(" ×{}", e.count) } else { String::new() };
+        let clause = clause_with(&e.message, needles).unwrap_or_else(|| short(&e.message));
+        format!("{clause}{times}")
+    };
+    let node = evidence.node.as_ref().map(|n| format!(" on node {}", n.name)).unwrap_or_default();
+    if reason == "InitContainerRunning" {
+        let last = evidence
+            .decisive()
+            .map(|d| d.line.clone())
+            .or_else(|| {
+                evidence
+                    .logs
+                    .as_ref()
+                    .and_then(|l| l.lines.iter().rev().find(|l| !l.trim().is_empty()).cloned())
+            })
+            .map(|l| format!(" — its log ends: \"{}\"", short(&l)))
+            .unwrap_or_default();
+        return verdict(
+            "init-container-never-finishes",
+            85,
+            format!(
+                "init container {name} keeps running and never finishes, so the pod's containers never start: it waits on something that is not there (a Service, a database, a file) or loops{last} — make what it waits for available, or fix its command"
+            ),
+            Action::None,
+        );
+    }
+    for StuckCause { reasons, needles, rule, cause, fix } in STUCK_CAUSES {
+        if let Some(e) = event(reasons, needles) {
+            return verdict(
+                rule,
+                90,
+                format!("the pod never starts{node}: {cause} — \"{}\" — {fix}", quoted(e, needles)),
+                Action::None,
+            );
+        }
+    }
+    // Pulling for the whole threshold without a result: a large image or a slow registry.
+    let pulling = event(&["Pulling"], &[]);
+    let pulled = event(&["Pulled", "Failed"], &["pulled", "failed to pull"]);
+    if let (Some(pulling), None) = (pulling, pulled) {
+        return verdict(
+            "never-started-slow-pull",
+            80,
+            format!(
+                "the pod never starts{node}: its image is still being pulled (\"{}\") — a very large image or a slow registry; pre-pull it, slim it, or mirror it closer to the nodes",
+                short(&pulling.message)
+            ),
+            Action::None,
+        );
+    }
+    verdict(
+        "never-started",
+        50,
+        format!(
+            "the pod's container {name} has not started ({reason}){node} and no event says why — look at the node's kubelet and container runtime"
+        ),
+        Action::None,
+    )
 }
 
 /// The verdict for a pod none of whose containers is failing now.

@@ -49,6 +49,7 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("pulls.yaml", include_str!("../eval/pulls.yaml")),
     ("starts.yaml", include_str!("../eval/starts.yaml")),
     ("mixed.yaml", include_str!("../eval/mixed.yaml")),
+    ("never.yaml", include_str!("../eval/never.yaml")),
 ];
 
 /// `kubesent eval`

@@ -59,7 +59,7 @@ fn the_rule_engine_is_right_on_the_evaluation_set_and_never_unsafe() {
 #[test]
 fn every_case_added_for_reading_failures_cites_a_real_source() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval");
-    for file in ["logs.yaml", "pulls.yaml", "starts.yaml", "mixed.yaml"] {
+    for file in ["logs.yaml", "pulls.yaml", "starts.yaml", "mixed.yaml", "never.yaml"] {
         let cases = eval::load(Some(&dir.join(file))).expect("loads");
         assert!(!cases.is_empty(), "{file} holds cases");
         for case in cases {

@@ -228,6 +228,10 @@ pub fn still_failing(pod: &Pod, container: &str, kind: FailureKind, now: jiff::T
             waiting == Some("CrashLoopBackOff") || state.terminated.is_some() || recent_crash
         }
         FailureKind::NotReady => state.running.is_some() && !cs.ready,
+        // Still being created, or an init container still running.
+        FailureKind::NeverStarted => {
+            matches!(waiting, Some("ContainerCreating" | "PodInitializing")) || state.running.is_some()
+        }
         FailureKind::JobFailed => false,
         FailureKind::Evicted | FailureKind::Unschedulable => false,
     }
