@@ -14,7 +14,7 @@ DEV := $(TARGET_DIR)/debug/kubesent-dev
 DEV_RELEASE := $(TARGET_DIR)/release/kubesent-dev
 DEMO_ARGS ?=
 
-.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser hostile chaos world loadtest clean
+.PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser hostile chaos world loadtest eval clean
 
 setup: $(NATS_SERVER)
 
@@ -89,6 +89,10 @@ world: setup
 hostile: setup
 	$(BUILD_BOTH) --release
 	$(DEV_RELEASE) loadtest hostile --messages 600
+
+## The rules on the evaluation set, case by case (add a model: make eval EVAL_ARGS="--models … --prices …").
+eval:
+	cargo run --locked --quiet -p kubesent -- eval $(EVAL_ARGS)
 
 bench-kube-sim:
 	cargo bench --locked -p kubesent-kube-sim --bench scale

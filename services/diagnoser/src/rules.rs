@@ -1,7 +1,7 @@
 //! The deterministic rule engine: no network, calibrated confidence. Rules decide what they are sure
 //! of; anything else is left to a model (or stays a diagnosis without an action).
 //!
-//! Confidence is calibrated against the evaluation set (`tests/eval/`): a rule's confidence is how
+//! Confidence is calibrated against the evaluation set (`services/kubesent/eval/`): a rule's confidence is how
 //! often its verdict is right there, rounded down. Only four rules propose actions:
 //! - OOM kill with a memory limit → `IncreaseMemory` to `min(ceil_mib(limit × factor), cap)` (95);
 //! - image `not found` / `manifest unknown` while the owner's previous revision, with another image,
