@@ -127,6 +127,9 @@ pub struct LeanContainerStatus {
     /// Whether its readiness probe passes (always, without one, once it runs).
     #[serde(default)]
     pub ready: bool,
+    /// The runtime's id of the container instance (`containerd://<id>`), once it ran.
+    #[serde(default, rename = "containerID")]
+    pub container_id: Option<String>,
     /// The state now.
     #[serde(default)]
     pub state: Option<LeanContainerState>,
@@ -361,6 +364,7 @@ impl From<&ContainerStatus> for LeanContainerStatus {
             image: status.image.clone(),
             restart_count: status.restart_count,
             ready: status.ready,
+            container_id: status.container_id.clone(),
             state: status.state.as_ref().map(LeanContainerState::from),
             last_state: status.last_state.as_ref().map(LeanContainerState::from),
             resources: status.resources.clone(),

@@ -12,6 +12,7 @@ pub mod incident;
 pub mod incidents;
 pub mod jobs;
 pub mod lean;
+pub mod oom;
 mod recorder;
 pub mod served;
 pub mod tracker;
@@ -585,6 +586,19 @@ async fn watch_pods(
     let mut job_events = events::<LeanJob>(config, &deps.kube);
     let mut replica_sets = events::<LeanReplicaSet>(config, &deps.kube);
     let mut stateful_sets = events::<LeanStatefulSet>(config, &deps.kube);
+    // Process OOM kills the node's kernel log shows (node-problem-detector's Node events): only when
+    // watching the whole cluster, since Node events live outside the workloads' namespaces.
+    let mut node_ooms = if config.namespaces.is_empty() {
+        let fields = format!("involvedObject.kind=Node,reason={}", oom::OOM_EVENT_REASON);
+        watcher(
+            Api::<k8s_openapi::api::core::v1::Event>::all(deps.kube.clone()),
+            watcher::Config::default().fields(&fields),
+        )
+        .default_backoff()
+        .boxed()
+    } else {
+        futures::stream::pending().boxed()
+    };
     let mut ticks = tokio::time::interval(tick_period(config.known_good_after));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state =
@@ -613,6 +627,15 @@ async fn watch_pods(
             event = stateful_sets.next() => match event {
                 Some(Ok(event)) => Watched::StatefulSet(event),
                 Some(Err(error)) => { failed("statefulset", &error); continue; }
+                None => return,
+            },
+            event = node_ooms.next() => match event {
+                Some(Ok(watcher::Event::Apply(event) | watcher::Event::InitApply(event))) => {
+                    attribute_node_oom(&deps.kube, &state, event, config.incident_ttl, out.jobs.clone());
+                    continue;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => { failed("node event", &error); continue; }
                 None => return,
             },
             _ = ticks.tick() => Watched::Tick,
@@ -650,6 +673,58 @@ async fn watch_pods(
             }
         }
     }
+}
+
+/// Attributes a node's kernel OOM kill to the container it happened in (reading the node's pods) and
+/// opens an OOM incident for it, in the background: a process killed inside a container that kept
+/// running shows nowhere in the pod. Kills older than the incident window, or that name no container,
+/// are ignored.
+fn attribute_node_oom(
+    kube: &kube::Client,
+    state: &WatchState,
+    event: k8s_openapi::api::core::v1::Event,
+    window: Duration,
+    jobs: mpsc::Sender<Update>,
+) {
+    let at = event
+        .last_timestamp
+        .clone()
+        .or_else(|| {
+            event.event_time.as_ref().map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.0))
+        })
+        .or_else(|| event.first_timestamp.clone());
+    let recent = at.as_ref().is_some_and(|t| {
+        jiff::Timestamp::now().duration_since(t.0)
+            < jiff::SignedDuration::try_from(window).unwrap_or_default()
+    });
+    let Some(found) = event.message.as_deref().and_then(oom::process_oom).filter(|_| recent) else { return };
+    let Some(node) = event.involved_object.name.clone() else { return };
+    let excluded = state.excluded_namespaces.clone();
+    let pods = Api::<LeanPod>::all(kube.clone());
+    tokio::spawn(async move {
+        let listed =
+            pods.list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"))).await;
+        let pods = match listed {
+            Ok(list) => list.items,
+            Err(error) => {
+                warn!(%error, node, "listing the node's pods for an OOM kill failed");
+                return;
+            }
+        };
+        let hit = pods.iter().find_map(|pod| oom::transition(pod, &found, at.clone()).map(|t| (pod, t)));
+        if let Some((pod, transition)) = hit {
+            if pod.metadata.namespace.as_ref().is_some_and(|ns| excluded.contains(ns)) {
+                return;
+            }
+            info!(
+                node,
+                pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                process = found.task,
+                "a process was OOM-killed inside a running container"
+            );
+            let _ = jobs.send(Update::Open(Box::new(build_job(pod, &transition)))).await;
+        }
+    });
 }
 
 /// Builds the job for a transition.

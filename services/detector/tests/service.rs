@@ -269,3 +269,83 @@ async fn failures_seen_while_nats_is_down_are_published_once_it_is_back() {
     stop.cancel();
     task.await.expect("stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_oom_killed_inside_a_running_container_is_reported_as_an_oom_of_that_container() {
+    use kube::runtime::wait::await_condition;
+    let world = world(&Topology::default()).await;
+    let (metrics, run, stop) = detector(&world, None);
+    let task = tokio::spawn(run);
+    let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
+    for name in ["steady", "older"] {
+        pods.create(&PostParams::default(), &kubesent_testkit::fixtures::sim_pod(name, "256Mi", "64Mi"))
+            .await
+            .expect("created");
+    }
+    let running = |pod: Option<&Pod>| {
+        pod.and_then(|p| p.status.as_ref()).and_then(|s| s.container_statuses.as_ref()).is_some_and(|cs| {
+            cs.iter()
+                .all(|c| c.container_id.is_some() && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        })
+    };
+    let mut seen = Vec::new();
+    for name in ["steady", "older"] {
+        let pod = tokio::time::timeout(PATIENCE, await_condition(pods.clone(), name, running))
+            .await
+            .expect("running in time")
+            .expect("watch")
+            .expect("the pod");
+        seen.push(pod);
+    }
+    // node-problem-detector's Node event for the kernel's `oom-kill:` line names the victim's cgroup.
+    let kernel_line = |pod: &Pod| {
+        let uid = pod.metadata.uid.clone().expect("uid");
+        let id = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs[0].container_id.clone())
+            .expect("id");
+        let id = id.rsplit('/').next().expect("bare id").to_owned();
+        format!(
+            "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset={id},mems_allowed=0,oom_memcg=/kubepods/burstable/pod{uid},task_memcg=/kubepods/burstable/pod{uid}/{id},task=python3,pid=4242,uid=0"
+        )
+    };
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(world.kube.clone(), "default");
+    let node_event = |name: &str, pod: &Pod, at: jiff::Timestamp| -> k8s_openapi::api::core::v1::Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "involvedObject": {"kind": "Node", "name": pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("bound"), "apiVersion": "v1"},
+            "reason": "OOMKilling", "type": "Warning", "message": kernel_line(pod),
+            "source": {"component": "kernel-monitor"}, "count": 1,
+            "firstTimestamp": at.to_string(), "lastTimestamp": at.to_string()
+        }))
+        .expect("event")
+    };
+    let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    events
+        .create(&PostParams::default(), &node_event("node.older", &seen[1], hour_ago))
+        .await
+        .expect("stale event");
+    events
+        .create(&PostParams::default(), &node_event("node.steady", &seen[0], jiff::Timestamp::now()))
+        .await
+        .expect("event");
+    tokio::time::timeout(PATIENCE, metrics.wait_until(|m| m.jobs_published() >= 1)).await.expect("a job");
+    let jobs = stored_jobs(&world.js).await;
+    assert_eq!(jobs.len(), 1, "only the recent kill: {jobs:?}");
+    let job = &jobs[0];
+    assert_eq!(
+        (
+            job.pod.name.as_str(),
+            job.failure.kind,
+            job.failure.container.as_str(),
+            job.failure.reason.as_str()
+        ),
+        ("steady", proto::FailureKind::OomKilled, "app", "ProcessOOMKilled")
+    );
+    assert!(job.failure.message.as_deref().is_some_and(|m| m.contains("python3 (pid 4242)")), "{job:?}");
+    stop.cancel();
+    task.await.expect("stopped");
+    world.sim.shutdown().await;
+}

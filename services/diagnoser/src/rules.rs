@@ -17,6 +17,10 @@ use kubesent_proto::{Action, FailureJob, FailureKind, MemoryQuantity};
 
 use crate::{evidence::Evidence, logread::Ending};
 
+/// The reason of a job about a process OOM-killed inside a container that kept running (the detector's
+/// `oom::PROCESS_OOM_REASON`).
+const PROCESS_OOM_REASON: &str = "ProcessOOMKilled";
+
 /// Bounds of the OOM memory formula.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryPolicy {
@@ -297,6 +301,34 @@ fn diagnose_failure(job: &FailureJob, evidence: &Evidence, policy: &MemoryPolicy
     let spec = evidence.container(&name);
     let message = job.failure.message.clone().unwrap_or_default();
     match job.failure.kind {
+        FailureKind::OomKilled if job.failure.reason == PROCESS_OOM_REASON => {
+            // A process inside a container that kept running: the container's limit is what the kernel
+            // enforced, but nothing in the pod shows the kill, so nothing KubeSent can check before or
+            // after a change; a human decides.
+            let limit = spec.and_then(|c| c.resources.memory_limit());
+            let said = message.split(" (node-problem-detector").next().unwrap_or(&message).trim();
+            let raise = match limit {
+                Some(limit) => match increased_limit(limit, policy) {
+                    Some(to) => format!(
+                        "its memory limit is {limit}: raise it (KubeSent's formula gives {to}), or find what the process holds"
+                    ),
+                    None => format!(
+                        "its memory limit is {limit}, already at the cap: find what the process holds"
+                    ),
+                },
+                None => {
+                    "it has no memory limit: the node ran out of memory; set requests and limits".to_owned()
+                }
+            };
+            verdict(
+                "oom-process-in-container",
+                90,
+                format!(
+                    "{said}; nothing in the pod's status shows it, so KubeSent changes nothing — {raise}"
+                ),
+                Action::None,
+            )
+        }
         FailureKind::OomKilled => {
             let limit = spec.and_then(|c| c.resources.memory_limit());
             match limit {

@@ -233,3 +233,42 @@ async fn kubesent_eval_sends_nothing_without_an_api_key_and_says_which_cases_wou
     assert!(sim.requests().is_empty(), "nothing was sent");
     sim.shutdown().await;
 }
+
+#[test]
+fn a_process_oom_killed_inside_a_running_container_is_diagnosed_with_its_limit_and_never_changed() {
+    use kubesent_detector::{lean::LeanPod, oom};
+    let uid = "8b2c1d3e-4f5a-4b6c-9d7e-0f1a2b3c4d5e";
+    let id = "4f1c2a7d9b3e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4";
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "worker-6b7c8d9f5-x1", "namespace": "shop", "uid": uid,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "worker-6b7c8d9f5", "uid": "rs", "controller": true}]},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "worker:3",
+            "resources": {"limits": {"memory": "512Mi"}}}]},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": "worker:3", "imageID": "",
+            "ready": true, "restartCount": 0, "containerID": format!("containerd://{id}"), "state": {"running": {}}}]}
+    }))
+    .expect("pod");
+    // node-problem-detector's OOMKilling event for the kernel's oom-kill line (cgroup v1, cgroupfs driver).
+    let message = format!(
+        "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset={id},mems_allowed=0,oom_memcg=/kubepods/burstable/pod{uid}/{id},task_memcg=/kubepods/burstable/pod{uid}/{id},task=celery,pid=3117,uid=1000"
+    );
+    let found = oom::process_oom(&message).expect("attributed");
+    let lean = LeanPod::from(&pod);
+    let transition = oom::transition(&lean, &found, None).expect("the container");
+    let job = kubesent_detector::build_job(&lean, &transition);
+    let evidence = kubesent_diagnoser::evidence::build(
+        &pod,
+        None,
+        &[],
+        vec!["Deployment/worker".into()],
+        None,
+        None,
+        &kubesent_diagnoser::redact::Redactor,
+    );
+    let verdict =
+        kubesent_diagnoser::rules::diagnose(&job, &evidence, &kubesent_diagnoser::MemoryPolicy::default());
+    assert_eq!((verdict.rule, &verdict.action), ("oom-process-in-container", &kubesent_proto::Action::None));
+    for phrase in ["process celery (pid 3117) was oom-killed", "inside container app", "512mi", "1gi"] {
+        assert!(verdict.root_cause.to_lowercase().contains(phrase), "{phrase}: {}", verdict.root_cause);
+    }
+}

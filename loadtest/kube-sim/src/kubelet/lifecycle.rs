@@ -655,8 +655,11 @@ pub(super) fn remove_condition(status: &mut PodStatus, type_: &str) {
     }
 }
 
+/// A container instance's id as containerd gives it: 64 hex digits, here derived from the pod, the
+/// container and the instance.
 pub(super) fn container_id(uid: &str, container: &str, instance: u32) -> String {
-    format!("containerd://{:016x}{:08x}", fnv(&format!("{uid}/{container}")), instance)
+    let of = |salt: u32| fnv(&format!("{uid}/{container}/{salt}"));
+    format!("containerd://{:016x}{:016x}{:016x}{:08x}{instance:08x}", of(0), of(1), of(2), of(3) as u32)
 }
 
 pub(super) fn image_id(image: &str) -> String {
