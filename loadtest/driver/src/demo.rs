@@ -385,6 +385,7 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
                     if let Some(replica) = topology.replica_mut(&leader) {
                         replica.held = true;
                     }
+                    topology.sample_counts().await;
                     topology.signal(&leader, "KILL")?;
                     let short = leader.trim_start_matches("kubesent-").to_owned();
                     view.notes.push(format!("killed {short} (SIGKILL) while it verified checkout's fix"));
@@ -400,6 +401,27 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
         }
     }
     let elapsed = screen.started.elapsed();
+    // The verdicts the killed leader held come back and are answered again: once none is left, each
+    // incident must be counted once in the remediators' own metrics (outcomes, SLI observations).
+    let settled = topology.verdicts_settled(Duration::from_secs(60)).await;
+    topology.sample_counts().await;
+    let counts = topology.counts();
+    let repeats =
+        match crate::campaign::invariants::World::read(&topology.js, &topology.kube, Vec::new()).await {
+            Ok(world) => crate::campaign::invariants::check_counts(&world, &counts),
+            Err(error) => {
+                vec![crate::campaign::invariants::Violation {
+                    invariant: "reading the audit log",
+                    detail: format!("{error:#}"),
+                    history: Vec::new(),
+                }]
+            }
+        };
+    let healed_observations: f64 = counts
+        .iter()
+        .filter(|(series, _)| series.starts_with("kubesent_remediator_failure_to_healed_seconds_count"))
+        .map(|(_, v)| v)
+        .sum();
     let system: Api<Pod> = Api::namespaced(topology.kube.clone(), "kube-system");
     let agent_restarts = system
         .get("node-agent")
@@ -454,6 +476,20 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
             after.as_secs_f64()
         )?;
     }
+    let counted_once = settled && repeats.is_empty();
+    all_as_expected &= counted_once;
+    writeln!(
+        out,
+        "  {} counted once: after the failover, every verdict handed back was answered without a second outcome ({healed_observations} healed observations in the remediators' metrics){}",
+        if counted_once { "✓" } else { "✗" },
+        if counted_once {
+            String::new()
+        } else if !settled {
+            "; verdicts were still pending after a minute".to_owned()
+        } else {
+            format!("; {}", repeats.iter().map(|v| v.detail.clone()).collect::<Vec<_>>().join("; "))
+        }
+    )?;
     let dir = topology.dir().display().to_string();
     let admin = topology.dir().join("admin.kubeconfig");
     let admin_token = topology.admin_token.clone();

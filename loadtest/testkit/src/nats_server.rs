@@ -41,8 +41,17 @@ impl Error {
 /// How long a starting server may take to report that it is ready.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The permission layout of `deploy/base` (one user per role, passwords from the environment).
-pub const DEPLOY_AUTH_CONFIG: &str = include_str!("../../../deploy/base/nats/auth.conf");
+/// The permission layout of `deploy/base` as the file holds it (one user per role; the passwords'
+/// variables from the file the servers' init container renders).
+pub const DEPLOY_AUTH_FILE: &str = include_str!("../../../deploy/base/nats/auth.conf");
+
+/// The include of the rendered passwords file in [`DEPLOY_AUTH_FILE`].
+const PASSWORDS_INCLUDE: &str = "include ../nats-passwords/passwords.conf\n";
+
+/// The permission layout of `deploy/base` with the passwords from the environment (the rendered file's
+/// include left out): what tests, the demo and the load tests start servers with.
+pub static DEPLOY_AUTH_CONFIG: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| DEPLOY_AUTH_FILE.replacen(PASSWORDS_INCLUDE, "", 1));
 
 /// [`DEPLOY_AUTH_CONFIG`] with one more user, `kubesent-admin`, allowed everything: the observer that
 /// tests, the demo and the load tests use to look at every stream. The services never use it.

@@ -331,7 +331,7 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
 
 #[test]
 fn the_deployed_layout_names_a_password_variable_for_every_role() {
-    let layout = kubesent_testkit::nats_server::DEPLOY_AUTH_CONFIG;
+    let layout = kubesent_testkit::nats_server::DEPLOY_AUTH_FILE;
     for role in Role::DEPLOYED {
         assert!(layout.contains(&format!("user: {}", role.service_name())), "{role:?} has a user");
         assert!(

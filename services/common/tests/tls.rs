@@ -40,7 +40,7 @@ async fn a_service_connects_over_verified_tls_and_a_client_without_the_ca_or_cer
         file("ca.crt")
     );
     let users = NatsUsers::generate();
-    let server = NatsServer::start_with(&format!("{tls}{DEPLOY_AUTH_CONFIG}"), &users.server_env())
+    let server = NatsServer::start_with(&format!("{tls}{}", *DEPLOY_AUTH_CONFIG), &users.server_env())
         .await
         .expect("nats-server with TLS");
 

@@ -42,8 +42,19 @@ pub fn template_hash(pod: &LeanPod, container: &str) -> String {
         .as_ref()
         .and_then(|s| s.container_statuses.iter().flatten().find(|c| c.name == container))
         .and_then(|c| c.resources.as_ref());
+    // A pod KubeSent's change was taken back from (`kubesent undo`) carries the incident undone: its
+    // next failure is a new incident, not a duplicate the jobs stream would drop.
+    let undone =
+        pod.metadata.annotations.as_ref().and_then(|a| a.get(kubesent_common::marks::UNDONE_ANNOTATION));
     let fingerprint = spec
-        .map(|c| serde_json::to_string(&(&c.image, running.or(c.resources.as_ref()))).unwrap_or_default())
+        .map(|c| {
+            let resources = running.or(c.resources.as_ref());
+            match undone {
+                Some(undone) => serde_json::to_string(&(&c.image, resources, undone)),
+                None => serde_json::to_string(&(&c.image, resources)),
+            }
+            .unwrap_or_default()
+        })
         .unwrap_or_default();
     format!("{:016x}", fnv1a(fingerprint.as_bytes()))
 }
@@ -109,6 +120,33 @@ mod tests {
             WorkloadRef { kind: kubesent_proto::WorkloadKind::Job, name: "migrate-v2".into() }
         );
         assert_eq!(plain.template_hash, "j3");
+    }
+
+    #[test]
+    fn a_bare_pod_kubesent_s_change_was_undone_on_fails_as_a_new_incident() {
+        let bare = |annotations: serde_json::Value| -> LeanPod {
+            serde_json::from_value(json!({"metadata": {"name": "solo", "namespace": "shop", "uid": "u",
+                "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": "128Mi"}}}]}}))
+            .expect("pod")
+        };
+        let before = incident_key(
+            &bare(json!({"kubectl.kubernetes.io/last-applied-configuration": "{}"})),
+            "app",
+            FailureKind::OomKilled,
+        );
+        let undone = bare(json!({"kubesent.io/undone": "inc-0123456789abcdef01234567", "other": "x"}));
+        assert_eq!(
+            undone.metadata.annotations.as_ref().map(|a| a.len()),
+            Some(1),
+            "only KubeSent's mark is kept of a pod's annotations"
+        );
+        let after = incident_key(&undone, "app", FailureKind::OomKilled);
+        assert_ne!(before.fingerprint(), after.fingerprint(), "a new incident after the undo");
+        assert_eq!(
+            before.fingerprint(),
+            incident_key(&bare(json!({})), "app", FailureKind::OomKilled).fingerprint()
+        );
     }
 
     #[test]

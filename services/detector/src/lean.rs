@@ -201,6 +201,8 @@ struct LeanMetadata {
     resource_version: Option<String>,
     #[serde(default, deserialize_with = "grouping_labels")]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "kept_annotations")]
+    annotations: Option<BTreeMap<String, String>>,
     #[serde(default)]
     owner_references: Option<Vec<OwnerReference>>,
     #[serde(default)]
@@ -217,6 +219,7 @@ pub(crate) fn lean_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Resul
         uid: m.uid,
         resource_version: m.resource_version,
         labels: m.labels,
+        annotations: m.annotations.filter(|a| !a.is_empty()),
         owner_references: m.owner_references,
         deletion_timestamp: m.deletion_timestamp,
         creation_timestamp: m.creation_timestamp,
@@ -229,62 +232,79 @@ pub(crate) fn lean_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Resul
 fn grouping_labels<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    struct Labels;
-    impl<'de> Visitor<'de> for Labels {
-        type Value = Option<BTreeMap<String, String>>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map of labels")
-        }
-
-        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_map(self)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut kept = BTreeMap::new();
-            while let Some(GroupingKey(key)) = map.next_key()? {
-                match key {
-                    Some(key) => {
-                        kept.insert(key.to_owned(), map.next_value::<String>()?);
-                    }
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            Ok(Some(kept))
-        }
-    }
-    deserializer.deserialize_option(Labels)
+    deserializer.deserialize_option(KeptKeys(&GROUPING_LABELS))
 }
 
-/// A label key: one of the [`GROUPING_LABELS`] or `None` for any other, read without allocating.
-struct GroupingKey(Option<&'static str>);
+/// The annotations the detector reads: KubeSent's mark of an undone incident (a pod KubeSent's change
+/// was taken back from fails as a new incident).
+pub const KEPT_ANNOTATIONS: [&str; 1] = [kubesent_common::marks::UNDONE_ANNOTATION];
 
-impl<'de> Deserialize<'de> for GroupingKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Key;
-        impl Visitor<'_> for Key {
-            type Value = GroupingKey;
+/// Decodes an annotation map keeping only the [`KEPT_ANNOTATIONS`] (a pod's annotations can be large:
+/// last-applied configurations, sidecar injections).
+fn kept_annotations<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    deserializer.deserialize_option(KeptKeys(&KEPT_ANNOTATIONS))
+}
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a label key")
-            }
+/// A string map decoder that keeps only these keys.
+struct KeptKeys(&'static [&'static str]);
 
-            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<GroupingKey, E> {
-                Ok(GroupingKey(GROUPING_LABELS.iter().find(|known| **known == key).copied()))
+impl<'de> Visitor<'de> for KeptKeys {
+    type Value = Option<BTreeMap<String, String>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of strings")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut kept = BTreeMap::new();
+        while let Some(key) = map.next_key_seed(KeyOf(self.0))? {
+            match key {
+                Some(key) => {
+                    kept.insert(key.to_owned(), map.next_value::<String>()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
-        deserializer.deserialize_str(Key)
+        Ok(Some(kept))
+    }
+}
+
+/// A map key: one of the kept keys, or `None` for any other, read without allocating.
+struct KeyOf(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyOf {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyOf {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().find(|known| **known == key).copied())
     }
 }
 
@@ -305,6 +325,17 @@ impl From<&Pod> for LeanPod {
                 uid: meta.uid.clone(),
                 resource_version: meta.resource_version.clone(),
                 labels,
+                annotations: meta
+                    .annotations
+                    .as_ref()
+                    .map(|annotations| {
+                        annotations
+                            .iter()
+                            .filter(|(key, _)| KEPT_ANNOTATIONS.contains(&key.as_str()))
+                            .map(|(key, value)| (key.clone(), value.clone()))
+                            .collect::<BTreeMap<_, _>>()
+                    })
+                    .filter(|a| !a.is_empty()),
                 owner_references: meta.owner_references.clone(),
                 deletion_timestamp: meta.deletion_timestamp.clone(),
                 creation_timestamp: meta.creation_timestamp.clone(),

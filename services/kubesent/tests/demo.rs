@@ -29,6 +29,7 @@ async fn the_demo_plays_every_scenario_on_the_deployed_topology_and_ends_with_a_
         "DATABASE_URL",
         "✓ excluded namespace: kube-system/node-agent",
         "✓ failover: remediator-",
+        "✓ counted once: after the failover",
         "kubesent incidents",
         "export KUBECONFIG=",
         "alias kubesent=",

@@ -398,31 +398,54 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
         maps.iter().find(|(name, _)| name.starts_with("kubesent-nats")).expect("the NATS ConfigMap");
     let nats_conf = &nats_files["nats.conf"];
     let auth_conf = &nats_files["auth.conf"];
-    assert_eq!(auth_conf, kubesent_testkit::nats_server::DEPLOY_AUTH_CONFIG, "the layout the tests load");
+    assert_eq!(auth_conf, kubesent_testkit::nats_server::DEPLOY_AUTH_FILE, "the layout the tests load");
+    assert_ne!(
+        auth_conf.as_str(),
+        kubesent_testkit::nats_server::DEPLOY_AUTH_CONFIG.as_str(),
+        "the tests' servers read the same passwords from the environment instead"
+    );
 
-    // One password per key of the Secret kubesent-nats-users, as an installer creates it.
+    // One password per key of the Secret kubesent-nats-users, as an installer creates it; the servers'
+    // init container renders them, from the mounted Secret, into the file nats.conf includes.
     let set = of_kind::<StatefulSet>(&objects, "StatefulSet").remove(0);
-    let server_env =
-        set.spec.and_then(|s| s.template.spec).expect("pod").containers[0].env.clone().unwrap_or_default();
-    let secret_key = |var: &k8s_openapi::api::core::v1::EnvVar| {
-        let key = var.value_from.as_ref()?.secret_key_ref.as_ref()?;
-        (key.name == "kubesent-nats-users").then(|| key.key.clone())
-    };
-    let passwords: BTreeMap<String, String> = server_env
-        .iter()
-        .filter_map(secret_key)
-        .map(|key| (key.clone(), format!("{key}-{}", free_port())))
-        .collect();
+    let server_pod = set.spec.and_then(|s| s.template.spec).expect("pod");
+    let server_env = server_pod.containers[0].env.clone().unwrap_or_default();
+    assert!(
+        server_env.iter().all(|v| v.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()).is_none()),
+        "no password in the servers' environment"
+    );
+    let render =
+        server_pod.init_containers.clone().unwrap_or_default().into_iter().find(|c| c.name == "passwords");
+    let render = render.expect("an init container renders the passwords");
+    let script = render.command.clone().unwrap_or_default().last().cloned().expect("a script");
+    let roles = ["detector", "diagnoser", "remediator", "operator", "reader", "notifier"];
+    let passwords: BTreeMap<String, String> =
+        roles.iter().map(|role| ((*role).to_owned(), format!("{role}-{}", free_port()))).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let users = dir.path().join("users");
+    let rendered_dir = dir.path().join("nats-passwords");
+    std::fs::create_dir_all(&users).expect("users dir");
+    std::fs::create_dir_all(&rendered_dir).expect("rendered dir");
+    for (role, password) in &passwords {
+        std::fs::write(users.join(role), password).expect("a Secret key");
+    }
+    let local_script = script
+        .replace("/etc/kubesent/nats-users", &users.display().to_string())
+        .replace("/etc/nats-passwords", &rendered_dir.display().to_string());
+    let status = std::process::Command::new("sh").args(["-c", &local_script]).status().expect("sh runs");
+    assert!(status.success(), "the init container's script renders the passwords");
+    let rendered_passwords = std::fs::read_to_string(rendered_dir.join("passwords.conf")).expect("rendered");
     let referenced = regex::Regex::new(r"\$(KUBESENT_[A-Z]+_PASSWORD)").expect("regex");
     for variable in referenced.captures_iter(auth_conf).map(|c| c[1].to_owned()) {
         assert!(
-            server_env.iter().any(|v| v.name == variable && secret_key(v).is_some()),
+            rendered_passwords.contains(&format!("{variable}: ")),
             "the servers get {variable} from the Secret"
         );
     }
+    assert!(auth_conf.contains("include ../nats-passwords/passwords.conf"), "auth.conf includes them");
 
-    // The three servers from the rendered nats.conf, with only addresses and paths made local.
-    let dir = tempfile::tempdir().expect("temp dir");
+    // The three servers from the rendered nats.conf, with only addresses and paths made local (each
+    // node's directory beside the rendered passwords, as /etc/nats is beside /etc/nats-passwords).
     let config = &maps["kubesent-config"];
     let hosts: Vec<String> = config["KUBESENT_NATS_URL"]
         .split(',')
@@ -450,11 +473,7 @@ async fn the_nats_configuration_runs_as_three_tls_servers_and_each_service_conne
             .replacen("ROUTE", &route_list[0], 1)
             .replacen("ROUTE", &route_list[1], 1)
             .replacen("ROUTE", &route_list[2], 1);
-        let mut env: Vec<(String, String)> = server_env
-            .iter()
-            .filter_map(|v| Some((v.name.clone(), passwords.get(&secret_key(v)?)?.clone())))
-            .collect();
-        env.push(("SERVER_NAME".into(), format!("kubesent-nats-{index}")));
+        let env = vec![("SERVER_NAME".to_owned(), format!("kubesent-nats-{index}"))];
         servers.push(async move {
             kubesent_testkit::nats_server::NatsServer::start_with_full_config(&node, &local, &env).await
         });

@@ -898,18 +898,21 @@ impl Remediator {
     async fn advance(&self, intent: &mut Intent, revision: u64) -> Result<u64, StepError> {
         intent.actor = self.config.identity.clone();
         intent.updated_at = jiff::Timestamp::now();
-        if intent.phase == Phase::Applied && intent.applied_at.is_none() {
+        let applied_now = intent.phase == Phase::Applied && intent.applied_at.is_none();
+        if applied_now {
             intent.applied_at = Some(intent.updated_at);
-            if let Some(verdict) = intent.verdict.as_deref() {
-                kubesent_common::metrics::observe_since(
-                    &self.deps.metrics.verdict_to_fix,
-                    verdict.failure.kind,
-                    verdict.diagnosed_at,
-                    intent.updated_at,
-                );
-            }
         }
-        Ok(self.intents.advance(intent, revision).await?)
+        let revision = self.intents.advance(intent, revision).await?;
+        // Observed once the intent says so: a write that failed is tried again and observed then.
+        if applied_now && let Some(verdict) = intent.verdict.as_deref() {
+            kubesent_common::metrics::observe_since(
+                &self.deps.metrics.verdict_to_fix,
+                verdict.failure.kind,
+                verdict.diagnosed_at,
+                intent.updated_at,
+            );
+        }
+        Ok(revision)
     }
 
     async fn record(&self, verdict: &Verdict, finished: Finished) -> Result<(), StepError> {
@@ -945,6 +948,26 @@ impl Remediator {
             diagnosis,
             at: jiff::Timestamp::now(),
         };
+        let subject = proto::outcome_subject(&pod.namespace, outcome.result)?;
+        let kind = if outcome.result == OutcomeResult::AwaitingApproval { "pending" } else { "outcome" };
+        let message_id = format!("{kind}-{incident}");
+        let span =
+            trace::producer_span(false, &subject, &message_id, incident.as_str(), &pod.namespace, &pod.name);
+        let published = nats::publish(
+            &self.deps.js,
+            subject,
+            &message_id,
+            proto::encode(&outcome),
+            &[(proto::headers::INCIDENT, incident.as_str())],
+        )
+        .instrument(span)
+        .await?;
+        if published.duplicate {
+            // Recorded before (by this replica before a failed acknowledgement, or by an earlier
+            // leader): the audit log keeps the first; nothing is counted or observed again.
+            info!(result = outcome.result.as_str(), "outcome already recorded; not counted again");
+            return Ok(());
+        }
         if let Some(diagnosis) =
             outcome.diagnosis.as_ref().filter(|_| outcome.result == OutcomeResult::Healed)
         {
@@ -957,20 +980,6 @@ impl Remediator {
                 outcome.at,
             );
         }
-        let subject = proto::outcome_subject(&pod.namespace, outcome.result)?;
-        let kind = if outcome.result == OutcomeResult::AwaitingApproval { "pending" } else { "outcome" };
-        let message_id = format!("{kind}-{incident}");
-        let span =
-            trace::producer_span(false, &subject, &message_id, incident.as_str(), &pod.namespace, &pod.name);
-        nats::publish(
-            &self.deps.js,
-            subject,
-            &message_id,
-            proto::encode(&outcome),
-            &[(proto::headers::INCIDENT, incident.as_str())],
-        )
-        .instrument(span)
-        .await?;
         self.deps.metrics.outcomes.get_or_create(&ResultLabel { result: outcome.result.as_str() }).inc();
         info!(result = outcome.result.as_str(), detail = %outcome.detail, "outcome recorded");
         Ok(())

@@ -310,7 +310,9 @@ pub async fn undo(
                     intent.target.name
                 )));
             }
-            let annotations = reverted_annotations(&[&original_annotation], &container, incident);
+            let mut annotations = reverted_annotations(&[&original_annotation], &container, incident);
+            // The pod's next failure is a new incident (its template hash reads this mark).
+            annotations[kubesent_common::marks::UNDONE_ANNOTATION] = json!(incident.to_string());
             match &back {
                 Action::RollbackImage { to, .. } => {
                     let patch = json!({"metadata": {"annotations": annotations},

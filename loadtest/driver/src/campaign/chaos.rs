@@ -97,6 +97,9 @@ pub struct ChaosReport {
     pub failures: usize,
     /// Final outcomes, by result.
     pub outcomes: BTreeMap<String, usize>,
+    /// What the remediators' own metrics counted over every incarnation (outcomes by result, SLI
+    /// observations by kind), checked against the audit log.
+    pub counted: BTreeMap<String, f64>,
     /// Leader failovers measured.
     pub failovers: Vec<Failover>,
     /// Intents left unfinished by a crashed remediator leader, and how long each took to its outcome.
@@ -143,6 +146,7 @@ impl ChaosReport {
             "faults_total": self.total_faults(),
             "failures": self.failures,
             "outcomes": self.outcomes,
+            "counted_by_the_remediators": self.counted,
             "failover_graceful_seconds": {"count": graceful.len(), "p50": percentile(&mut graceful, 0.5), "max": graceful.last().copied().unwrap_or(0.0)},
             "failover_crash_restarted_seconds": {"count": crash.len(), "p50": percentile(&mut crash, 0.5), "max": crash.last().copied().unwrap_or(0.0)},
             "failover_crash_pod_lost_seconds": {"count": lost.len(), "p50": percentile(&mut lost, 0.5), "max": lost.last().copied().unwrap_or(0.0)},
@@ -177,6 +181,17 @@ impl fmt::Display for ChaosReport {
         }
         writeln!(f, "| **all** | **{}** | |\n", self.total_faults())?;
         writeln!(f, "Failures caused: {}; final outcomes: {:?}.\n", self.failures, self.outcomes)?;
+        let counted: Vec<String> = self
+            .counted
+            .iter()
+            .filter(|(_, v)| **v > 0.0)
+            .map(|(series, v)| format!("{}={v}", series.trim_start_matches("kubesent_remediator_")))
+            .collect();
+        writeln!(
+            f,
+            "Counted by the remediators' own metrics over every incarnation (never more than the audit log): {}.\n",
+            counted.join(", ")
+        )?;
         for (name, key) in [
             ("graceful stop: leadership back", "failover_graceful_seconds"),
             ("crash, container restarted: leadership back", "failover_crash_restarted_seconds"),
@@ -449,6 +464,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     };
     for done in 0..options.faults {
         topology.supervise()?;
+        topology.sample_counts().await;
         // Every kind once first (when asked), then a stall every 50 faults; otherwise by weight.
         let fault = if let Some(next) = first_round.pop() {
             next
@@ -523,6 +539,17 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     report.violations.extend(invariants::check(&world, &expectations, &tokens, &tap));
+    // Verdicts handed back by replicas that died come back and are answered again: once none is left,
+    // the remediators' own counts must still show each incident once.
+    if !topology.verdicts_settled(Duration::from_secs(120)).await {
+        tracing::warn!(
+            "verdicts still pending after two minutes; counting what the remediators counted so far"
+        );
+    }
+    topology.sample_counts().await;
+    let world = World::read(&topology.js, &topology.kube, topology.sim.requests()).await.unwrap_or(world);
+    report.counted = topology.counts();
+    report.violations.extend(invariants::check_counts(&world, &report.counted));
     report.failures = expected_failures.len();
     for (_, outcomes) in world.finals() {
         if let Some(first) = outcomes.first() {
@@ -609,6 +636,7 @@ async fn inject(
                 replica.held = lost;
             }
             let since = Instant::now();
+            topology.sample_counts().await;
             topology.signal(&leader, if graceful { "TERM" } else { "KILL" })?;
             let limit = if graceful { Duration::from_secs(2) } else { lease + Duration::from_secs(2) };
             let restored =
@@ -680,6 +708,7 @@ async fn inject(
         }
         "kill -9 a diagnoser" | "stop a diagnoser" => {
             if let Some(identity) = pick(topology, Role::Diagnoser, rng) {
+                topology.sample_counts().await;
                 topology.signal(&identity, if fault.starts_with("stop") { "TERM" } else { "KILL" })?;
             }
         }

@@ -354,3 +354,87 @@ pub fn check(
     }
     violations
 }
+
+/// The value of `label` in a Prometheus series (`name{result="healed"}` → `healed`).
+fn label<'a>(series: &'a str, label: &str) -> Option<&'a str> {
+    let start = series.find(&format!("{label}=\""))? + label.len() + 2;
+    series[start..].split('"').next()
+}
+
+/// The remediators' own metrics, summed over every incarnation (see `Topology::counts`), count each
+/// incident once: outcomes by result, healed observations by failure kind and fixes applied by failure
+/// kind never exceed what the audit log and the intents hold. A repeat the stream's deduplication hides
+/// (a verdict handed back after a failover and recorded again) shows here. Counts lost with a killed
+/// process can only make the metrics smaller, never larger.
+pub fn check_counts(world: &World, counts: &BTreeMap<String, f64>) -> Vec<Violation> {
+    let mut allowed: BTreeMap<String, usize> = BTreeMap::new();
+    for outcomes in world.finals().values() {
+        let Some(first) = outcomes.first() else { continue };
+        *allowed.entry(format!("outcomes:{}", first.result.as_str())).or_default() += 1;
+        if first.result == OutcomeResult::Healed
+            && let Some(diagnosis) = &first.diagnosis
+        {
+            *allowed.entry(format!("healed:{}", diagnosis.failure.kind.as_str())).or_default() += 1;
+        }
+    }
+    for intent in world.intents.iter().filter(|i| i.applied_at.is_some()) {
+        if let Some(verdict) = &intent.verdict {
+            *allowed.entry(format!("applied:{}", verdict.failure.kind.as_str())).or_default() += 1;
+        }
+    }
+    let mut violations = Vec::new();
+    for (series, value) in counts {
+        let key = if series.starts_with("kubesent_remediator_outcomes_total") {
+            label(series, "result").map(|r| format!("outcomes:{r}"))
+        } else if series.starts_with("kubesent_remediator_failure_to_healed_seconds_count") {
+            label(series, "kind").map(|k| format!("healed:{k}"))
+        } else if series.starts_with("kubesent_remediator_verdict_to_fix_seconds_count") {
+            label(series, "kind").map(|k| format!("applied:{k}"))
+        } else {
+            None
+        };
+        let Some(key) = key.filter(|k| k != "outcomes:awaiting_approval") else { continue };
+        let most = allowed.get(&key).copied().unwrap_or(0);
+        if *value > most as f64 {
+            violations.push(Violation {
+                invariant: "one outcome and one SLI observation per incident in the services' metrics",
+                detail: format!("{series} counted {value} over every remediator, but the audit log and intents hold {most}"),
+                history: Vec::new(),
+            });
+        }
+    }
+    violations
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+
+    #[test]
+    fn a_repeat_the_stream_hides_is_a_violation_and_lost_counts_are_not() {
+        let healed: Outcome = serde_json::from_value(serde_json::json!({
+            "schema": 1, "incident": "inc-aaaaaaaaaaaaaaaaaaaaaaaa",
+            "pod": {"namespace": "shop", "name": "worker", "uid": "u", "resource_version": "1"},
+            "action": {"type": "none"}, "result": "healed", "detail": "", "actor": "kubesent-remediator-0",
+            "at": "2026-12-06T08:00:00Z"
+        }))
+        .expect("outcome");
+        let world = World {
+            outcomes: vec![healed],
+            intents: Vec::new(),
+            requests: Vec::new(),
+            pods: Vec::new(),
+            deployments: Vec::new(),
+        };
+        let series = "kubesent_remediator_outcomes_total{result=\"healed\"}".to_owned();
+        assert!(check_counts(&world, &BTreeMap::from([(series.clone(), 1.0)])).is_empty(), "once");
+        assert!(
+            check_counts(&world, &BTreeMap::from([(series.clone(), 0.0)])).is_empty(),
+            "lost with a kill"
+        );
+        let repeated = check_counts(&world, &BTreeMap::from([(series, 2.0)]));
+        assert_eq!(repeated.len(), 1, "twice: {:?}", repeated.iter().map(|v| &v.detail).collect::<Vec<_>>());
+        let waiting = "kubesent_remediator_outcomes_total{result=\"awaiting_approval\"}".to_owned();
+        assert!(check_counts(&world, &BTreeMap::from([(waiting, 3.0)])).is_empty(), "not final");
+    }
+}

@@ -92,6 +92,10 @@ pub struct Replica {
     pub stopped: bool,
     /// Not started again when it exits (its pod is gone, as on a lost node) until released.
     pub held: bool,
+    /// The outcome and SLI counts of its earlier incarnations, and of the current one at its last
+    /// sample (see [`Topology::sample_counts`]).
+    pub counted: BTreeMap<String, f64>,
+    counting: BTreeMap<String, f64>,
     /// Peak RSS in bytes, and CPU seconds used by earlier incarnations plus the current one.
     pub peak_rss: u64,
     cpu_before: f64,
@@ -264,6 +268,8 @@ impl Topology {
                     restarts: 0,
                     stopped: false,
                     held: false,
+                    counted: BTreeMap::new(),
+                    counting: BTreeMap::new(),
                     peak_rss: 0,
                     cpu_before: 0.0,
                     cpu_now: 0.0,
@@ -296,6 +302,9 @@ impl Topology {
             if replica.process.exited()?.is_some() {
                 replica.cpu_before += replica.cpu_now;
                 replica.cpu_now = 0.0;
+                for (series, value) in std::mem::take(&mut replica.counting) {
+                    *replica.counted.entry(series).or_default() += value;
+                }
                 let spec = replica.process.spec.clone();
                 replica.process = ServiceProcess::spawn(spec)?;
                 replica.restarts += 1;
@@ -355,6 +364,53 @@ impl Topology {
         Ok(())
     }
 
+    /// Reads the outcome and SLI counts ([`COUNTED_SERIES`]) of every running remediator from its own
+    /// `/metrics`. Called before a replica is killed or stopped, and now and then, so what an
+    /// incarnation counted survives it (a restart starts its counters at zero).
+    pub async fn sample_counts(&mut self) {
+        for replica in self.replicas.iter_mut().filter(|r| r.role == Role::Remediator && !r.stopped) {
+            if let Ok(text) = replica.process.metrics().await {
+                for (series, value) in counted_series(&text) {
+                    let now = replica.counting.entry(series).or_default();
+                    *now = now.max(value);
+                }
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) until no verdict is waiting for, or held by, a remediator: every verdict
+    /// handed back by a replica that died has been delivered again and answered, so a repeat would show
+    /// in the counts now.
+    pub async fn verdicts_settled(&mut self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let _ = self.supervise();
+            let info = async {
+                let stream = self.js.get_stream(kubesent_proto::VERDICTS_STREAM).await.ok()?;
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                    stream.get_consumer(kubesent_proto::REMEDIATOR_CONSUMER).await.ok()?;
+                consumer.info().await.ok().map(|i| (i.num_pending, i.num_ack_pending))
+            }
+            .await;
+            if info == Some((0, 0)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    }
+
+    /// The outcome and SLI counts summed over every remediator incarnation, by series.
+    pub fn counts(&self) -> BTreeMap<String, f64> {
+        let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+        for replica in &self.replicas {
+            for (series, value) in replica.counted.iter().chain(replica.counting.iter()) {
+                *sum.entry(series.clone()).or_default() += value;
+            }
+        }
+        sum
+    }
+
     /// Lets every stopped replica continue.
     pub fn continue_all(&mut self) -> anyhow::Result<()> {
         let stopped: Vec<String> =
@@ -373,6 +429,25 @@ impl Topology {
         }
         self.sim.shutdown().await;
     }
+}
+
+/// The remediator series counted once per incident: outcomes recorded, by result, and the SLI histograms'
+/// observation counts, by failure kind.
+pub const COUNTED_SERIES: [&str; 3] = [
+    "kubesent_remediator_outcomes_total{",
+    "kubesent_remediator_failure_to_healed_seconds_count{",
+    "kubesent_remediator_verdict_to_fix_seconds_count{",
+];
+
+/// The [`COUNTED_SERIES`] lines of a `/metrics` text, by series (name and labels).
+pub fn counted_series(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| COUNTED_SERIES.iter().any(|prefix| line.starts_with(prefix)))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// RSS in bytes and CPU seconds (user + system) of process `pid`, from /proc.

@@ -30,7 +30,9 @@ use crate::{Error, trace};
 pub struct Published {
     /// Sequence in the stream (the original one for a duplicate).
     pub sequence: u64,
-    /// True when JetStream dropped it as a duplicate of the same `Nats-Msg-Id`.
+    /// True when JetStream dropped it as a duplicate of the same `Nats-Msg-Id` stored before this
+    /// publish began (a duplicate of this publish's own earlier attempt, whose acknowledgement was lost,
+    /// is this publish's message: not a duplicate).
     pub duplicate: bool,
 }
 
@@ -68,11 +70,12 @@ async fn acknowledged(
     use jetstream::context::PublishErrorKind;
     let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
     let mut backoff = crate::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut retried = false;
     loop {
         let message = PublishMessage::build().payload(payload.clone()).headers(headers.clone());
         let attempt = async { js.send_publish(subject.clone(), message).await?.await }.await;
         match attempt {
-            Ok(ack) => return Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate }),
+            Ok(ack) => return Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate && !retried }),
             Err(error)
                 if matches!(
                     error.kind(),
@@ -83,6 +86,7 @@ async fn acknowledged(
             {
                 let delay = backoff.next_delay();
                 tracing::debug!(%error, %subject, retry_in = ?delay, "publish not acknowledged yet; retrying");
+                retried = true;
                 tokio::time::sleep(delay).await;
             }
             Err(source) => return Err(Error::Publish { subject, source }),
