@@ -69,6 +69,10 @@ pub struct RemediatorArgs {
     /// Days a finished remediation's intent is kept (the escalation rule and `kubesent undo` read it).
     #[arg(long, env = "KUBESENT_INTENT_RETENTION_DAYS", default_value_t = 30)]
     pub intent_retention_days: u64,
+    /// The autonomy policy file: modes (`auto`, `approve`, `shadow`) per action class and overrides per
+    /// namespace (a mounted ConfigMap; read again when it changes). Unset: every class `auto`.
+    #[arg(long, env = "KUBESENT_AUTONOMY_POLICY")]
+    pub autonomy_policy: Option<std::path::PathBuf>,
     /// Manual-approval mode: every fix waits for `kubesent approve` (or `reject`).
     #[arg(long, env = "KUBESENT_REQUIRE_APPROVAL", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_approval: bool,
@@ -106,6 +110,7 @@ impl RemediatorArgs {
                 breaker_hold: minutes(self.breaker_hold_minutes),
             },
             approval_required: self.require_approval,
+            autonomy_policy: self.autonomy_policy.clone(),
             concurrency: self.concurrency,
             max_verifications: self.max_verifications,
             writes_per_second: self.writes_per_second,

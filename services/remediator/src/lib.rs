@@ -22,6 +22,7 @@ pub fn patch_params() -> kube::api::PatchParams {
 }
 
 pub mod args;
+pub mod autonomy;
 pub mod bounds;
 pub mod gate;
 pub mod guardrails;
@@ -86,6 +87,9 @@ pub struct RemediatorConfig {
     pub limits: guardrails::Limits,
     /// Manual-approval mode: every fix waits for `kubesent approve`.
     pub approval_required: bool,
+    /// The autonomy policy file (modes per action class and namespace), read at start and again when
+    /// it changes; `None`: every class `auto` (the global flags still apply).
+    pub autonomy_policy: Option<std::path::PathBuf>,
     /// Verdicts handled at once: planning and making a change (its verification goes on apart).
     pub concurrency: usize,
     /// Verifications watched at once (each a watch of the target's pods, and of its workload).
@@ -119,6 +123,7 @@ impl Default for RemediatorConfig {
             policy: Policy::default(),
             limits: guardrails::Limits::default(),
             approval_required: false,
+            autonomy_policy: None,
             concurrency: 8,
             max_verifications: 512,
             writes_per_second: 20,
@@ -152,6 +157,68 @@ pub enum Error {
     /// Shared runtime failure.
     #[error(transparent)]
     Common(#[from] kubesent_common::Error),
+    /// The autonomy policy file cannot be read or is not valid.
+    #[error("the autonomy policy {path}: {why}")]
+    Policy {
+        /// The file.
+        path: String,
+        /// What is wrong (the line, for a format error).
+        why: String,
+    },
+}
+
+/// Reads and validates the autonomy policy file.
+fn read_policy(path: &std::path::Path) -> Result<autonomy::AutonomyPolicy, Error> {
+    let error = |why: String| Error::Policy { path: path.display().to_string(), why };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    autonomy::AutonomyPolicy::parse(&text).map_err(|e| error(e.to_string()))
+}
+
+/// How often the autonomy policy file is read again (a mounted ConfigMap changes by a symlink swap,
+/// which a file watch would miss).
+const POLICY_RELOAD: Duration = Duration::from_secs(10);
+
+/// Reads the policy file again every [`POLICY_RELOAD`] and takes a changed, valid one; an invalid one is
+/// logged and the policy in force kept.
+async fn reload_policy(
+    path: std::path::PathBuf,
+    policy: Arc<std::sync::RwLock<autonomy::AutonomyPolicy>>,
+    shutdown: CancellationToken,
+) {
+    let mut last = std::fs::read_to_string(&path).unwrap_or_default();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(POLICY_RELOAD) => {}
+        }
+        reload_once(&path, &mut last, &policy);
+    }
+}
+
+/// One look at the policy file: a changed, valid file replaces the policy in force (true); a changed,
+/// invalid one is logged and ignored.
+fn reload_once(
+    path: &std::path::Path,
+    last: &mut String,
+    policy: &std::sync::RwLock<autonomy::AutonomyPolicy>,
+) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    if text == *last {
+        return false;
+    }
+    let taken = match autonomy::AutonomyPolicy::parse(&text) {
+        Ok(parsed) => {
+            *policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = parsed;
+            info!(path = %path.display(), "autonomy policy reloaded");
+            true
+        }
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "the changed autonomy policy is not valid; the one in force is kept");
+            false
+        }
+    };
+    *last = text;
+    taken
 }
 
 /// Why handling one verdict must be retried later.
@@ -320,6 +387,15 @@ pub async fn run(
     deps: RemediatorDeps,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    // The policy is validated before anything else: a wrong file is a clear fatal error at start.
+    let autonomy = match &config.autonomy_policy {
+        Some(path) => read_policy(path)?,
+        None => autonomy::AutonomyPolicy::default(),
+    };
+    let autonomy = Arc::new(std::sync::RwLock::new(autonomy));
+    if let Some(path) = config.autonomy_policy.clone() {
+        tokio::spawn(reload_policy(path, autonomy.clone(), shutdown.clone()));
+    }
     // Waits for JetStream and for the verdicts stream (the diagnoser creates it) instead of exiting.
     let setup = async {
         nats::prepare(&deps.js, &config.topology, Role::Remediator, &shutdown).await?;
@@ -351,6 +427,7 @@ pub async fn run(
     let served = kubesent_common::served::ServedStore::new(deps.js.clone());
     let remediator = Arc::new(Remediator {
         config,
+        autonomy,
         served,
         deps,
         intents,
@@ -395,6 +472,8 @@ pub async fn run(
 
 struct Remediator {
     config: RemediatorConfig,
+    /// Modes per action class and namespace, reloaded when the file changes.
+    autonomy: Arc<std::sync::RwLock<autonomy::AutonomyPolicy>>,
     /// KubeSent's record of the revisions each workload served (the detector's).
     served: kubesent_common::served::ServedStore,
     deps: RemediatorDeps,
@@ -620,7 +699,25 @@ impl Remediator {
             Prepared::Act(act) => *act,
         };
         let Act { pod, owner, mut intent, what, workload_key } = act;
-        if self.config.approval_required || approved_by.is_some() {
+        let resolved = self.mode_of(&intent).await?;
+        if resolved.mode == autonomy::Mode::Shadow {
+            // Decided and recorded, nothing changed; a human's approval does not override shadow.
+            return Ok(Finished::plain(
+                OutcomeResult::Suggested,
+                format!(
+                    "shadow ({}): KubeSent would {} {} on {what}; nothing was changed",
+                    resolved.why,
+                    verdict.action.kind_str(),
+                    describe(&verdict.action)
+                ),
+            ));
+        }
+        let approval = resolved.mode == autonomy::Mode::Approve;
+        if approval && approved_by.is_none() && intent.phase == Phase::Pending {
+            intent.phase = Phase::AwaitingApproval;
+            intent.detail = Some(format!("waits for approval ({})", resolved.why));
+        }
+        if approval || approved_by.is_some() {
             // A human decides instead of the budget, cooldown and breaker; the kill switch still holds.
             if let Some(reason) = self.guardrails.paused().await? {
                 self.keep_suggested(verdict).await;
@@ -671,6 +768,30 @@ impl Remediator {
             self.event(&w.object_ref(), EventType::Normal, reason, verdict.action.kind_str(), note).await;
         }
         self.drive(intent, revision, HandOff::AtVerification).await
+    }
+
+    /// The mode of the intent's action class in its namespace: the policy in force, the namespace's own
+    /// annotation (read from the cluster) and the global flags.
+    async fn mode_of(&self, intent: &Intent) -> Result<autonomy::Resolved, StepError> {
+        let Some(class) = autonomy::ActionClass::of(&intent.action, intent.strategy) else {
+            return Ok(autonomy::Resolved { mode: autonomy::Mode::Auto, why: "no action".into() });
+        };
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.deps.kube.clone());
+        let namespace = namespaces.get_opt(&intent.target.namespace).await?;
+        let meta = namespace.map(|n| n.metadata).unwrap_or_default();
+        let facts = autonomy::NamespaceFacts {
+            name: intent.target.namespace.clone(),
+            labels: meta.labels.unwrap_or_default(),
+            annotation: meta.annotations.and_then(|mut a| a.remove(autonomy::NAMESPACE_ANNOTATION)),
+        };
+        let global = autonomy::Global {
+            dry_run: self.config.policy.dry_run,
+            require_approval: self.config.approval_required,
+        };
+        let policy = self.autonomy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let resolved = autonomy::resolve(&policy, class, &facts, global);
+        info!(class = class.as_str(), mode = resolved.mode.as_str(), why = %resolved.why, "autonomy decided");
+        Ok(resolved)
     }
 
     /// Everything the cluster says about a verdict before any guardrail or lock: the gate against the live
@@ -1048,5 +1169,28 @@ fn describe(action: &Action) -> String {
         Action::RollbackRevision { from, to, .. } => format!("template: {from} -> {to}"),
         Action::PauseRollout { revision, .. } => format!("rollout paused at {revision}"),
         Action::None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_valid_policy_is_taken_and_a_broken_one_leaves_the_policy_in_force() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "default: auto\n").expect("write");
+        let policy = std::sync::RwLock::new(read_policy(&path).expect("valid"));
+        let mut last = std::fs::read_to_string(&path).expect("read");
+        assert!(!reload_once(&path, &mut last, &policy), "unchanged");
+        std::fs::write(&path, "default: shadow\n").expect("write");
+        assert!(reload_once(&path, &mut last, &policy), "changed");
+        assert_eq!(policy.read().expect("lock").default, autonomy::Mode::Shadow);
+        std::fs::write(&path, "default: shadow\nclasses:\n  memory-lower: auto\n").expect("write");
+        assert!(!reload_once(&path, &mut last, &policy), "invalid");
+        assert_eq!(policy.read().expect("lock").default, autonomy::Mode::Shadow, "the policy in force kept");
+        let error = read_policy(&path).expect_err("invalid at start").to_string();
+        assert!(error.contains("policy.yaml") && error.contains("memory-lower"), "{error}");
     }
 }

@@ -602,3 +602,63 @@ async fn a_leader_stopped_mid_verification_stops_acting_and_its_successor_finish
     assert_eq!(resizes.len(), 1, "applied once: {resizes:?}");
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autonomy_policy_puts_a_namespace_in_shadow_and_its_annotation_can_only_make_a_class_stricter() {
+    let world = world(36).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    // Memory raises in auto everywhere; the namespace shop's own annotation asks for approval of in-place
+    // resizes (stricter: taken) and auto for everything (looser: ignored).
+    std::fs::write(&policy, "default: auto\nnamespaces:\n  - name: payments\n    mode: shadow\n")
+        .expect("policy");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(world.kube.clone());
+    let annotated = serde_json::json!({"metadata": {"annotations": {
+        "kubesent.io/autonomy": "in-place-resize=approve,force-replace=approve,memory-raise=auto"}}});
+    let patched = namespaces
+        .patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&annotated))
+        .await;
+    if patched.is_err() {
+        let namespace: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "annotations": {
+                "kubesent.io/autonomy": "in-place-resize=approve,force-replace=approve,memory-raise=auto"}}
+        }))
+        .expect("namespace");
+        namespaces.create(&PostParams::default(), &namespace).await.expect("namespace created");
+    }
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator =
+        start_with(&world, RemediatorConfig { autonomy_policy: Some(policy.clone()), ..config() });
+    publish(&world, &verdict(&failing, increase(128, 256), 95), "v1").await;
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::AwaitingApproval, "{}", outcome.detail);
+    assert!(pod_changes(&world).is_empty(), "{:?}", pod_changes(&world));
+    remediator.stop().await;
+
+    // The same namespace in shadow by the policy: decided and recorded, nothing changed.
+    std::fs::write(&policy, "default: auto\nnamespaces:\n  - name: shop\n    mode: shadow\n")
+        .expect("policy");
+    let second = create(&world, &pod("web-2", "128Mi", "200Mi"), true).await;
+    let remediator = start_with(&world, RemediatorConfig { autonomy_policy: Some(policy), ..config() });
+    let shadowed = verdict(&second, increase(128, 256), 95);
+    publish(&world, &shadowed, "v2").await;
+    // The first incident's approval is still awaited (and announced again by the new leader).
+    let mut outcome = next_outcome(&mut outcomes).await;
+    while outcome.incident != shadowed.incident {
+        outcome = next_outcome(&mut outcomes).await;
+    }
+    assert_eq!(outcome.result, OutcomeResult::Suggested, "{}", outcome.detail);
+    assert!(
+        outcome.detail.starts_with("shadow (namespace rule 1 of the policy (shop)): KubeSent would"),
+        "{}",
+        outcome.detail
+    );
+    assert!(pod_changes(&world).is_empty(), "{:?}", pod_changes(&world));
+    remediator.stop().await;
+}
+
+/// The changes made to the cluster other than the test's own annotation of the namespace.
+fn pod_changes(world: &World) -> Vec<String> {
+    changes(world).into_iter().filter(|c| !c.starts_with("PATCH /api/v1/namespaces/shop ")).collect()
+}

@@ -241,6 +241,13 @@ impl Topology {
             // Secrets a pod reads from mounted files are given here as the variables they stand for
             // (each replica's NATS password below, a scenario's model key as an override).
             env.retain(|(k, _)| k != "KUBESENT_NATS_PASSWORD_FILE" && k != "KUBESENT_API_KEY_FILE");
+            // The autonomy policy is deploy/base's ConfigMap, written where the pod would mount it.
+            if env.iter().any(|(k, _)| k == "KUBESENT_AUTONOMY_POLICY") {
+                let policy = dir.join("autonomy-policy.yaml");
+                std::fs::write(&policy, DEPLOY_AUTONOMY_POLICY)?;
+                env.retain(|(k, _)| k != "KUBESENT_AUTONOMY_POLICY");
+                env.push(("KUBESENT_AUTONOMY_POLICY".into(), policy.display().to_string()));
+            }
             for (key, value) in &options.overrides {
                 env.retain(|(k, _)| k != key);
                 env.push((key.clone(), value.clone()));
@@ -430,6 +437,9 @@ impl Topology {
         self.sim.shutdown().await;
     }
 }
+
+/// deploy/base's autonomy policy (the ConfigMap `kubesent-autonomy`).
+pub const DEPLOY_AUTONOMY_POLICY: &str = include_str!("../../../../deploy/base/autonomy.yaml");
 
 /// The remediator series counted once per incident: outcomes recorded, by result, and the SLI histograms'
 /// observation counts, by failure kind.
