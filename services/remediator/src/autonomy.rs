@@ -222,6 +222,16 @@ pub struct Global {
     pub require_approval: bool,
 }
 
+/// Who proposed the action: the rules, or a model (on probation: held to `approve` until its own record
+/// for the class earns more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proposer<'a> {
+    /// The deterministic rules.
+    Rules,
+    /// A model, by name.
+    Model(&'a str),
+}
+
 /// A class's mode in a namespace, and what set it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -249,6 +259,7 @@ pub fn resolve(
     class: ActionClass,
     namespace: &NamespaceFacts,
     global: Global,
+    proposer: Proposer<'_>,
 ) -> Resolved {
     let (mut mode, mut why) = match policy.classes.get(&class) {
         Some(mode) => (*mode, format!("the policy's mode for {}", class.as_str())),
@@ -274,6 +285,15 @@ pub fn resolve(
     {
         mode = annotated;
         why = format!("namespace {}'s annotation {NAMESPACE_ANNOTATION}", namespace.name);
+    }
+    if let Proposer::Model(model) = proposer
+        && Mode::Approve > mode
+    {
+        mode = Mode::Approve;
+        why = format!(
+            "the answer of model {model}, on probation until its record for {} earns more",
+            class.as_str()
+        );
     }
     if global.require_approval && Mode::Approve > mode {
         mode = Mode::Approve;
@@ -350,7 +370,7 @@ namespaces:
             (ImageRollback, &shop, Global { dry_run: true, require_approval: false }, Shadow, "--dry-run"),
         ];
         for (class, namespace, global, mode, why) in cases {
-            let resolved = resolve(&policy, class, namespace, global);
+            let resolved = resolve(&policy, class, namespace, global, Proposer::Rules);
             assert_eq!(resolved.mode, mode, "{class:?} in {namespace:?} with {global:?}");
             assert!(
                 resolved.why.contains(why),
@@ -359,6 +379,25 @@ namespaces:
                 resolved.why
             );
         }
+    }
+
+    #[test]
+    fn a_models_action_is_held_to_approve_and_never_loosens_a_stricter_mode() {
+        let policy = AutonomyPolicy::parse(POLICY).expect("valid");
+        let shop = ns("shop", &[], None);
+        let model = Proposer::Model("gemini-3.5-flash");
+        let held = resolve(&policy, ActionClass::MemoryRaise, &shop, Global::default(), model);
+        assert_eq!(held.mode, Mode::Approve);
+        assert!(held.why.contains("gemini-3.5-flash, on probation"), "{}", held.why);
+        let payments = ns("payments", &[], None);
+        assert_eq!(
+            resolve(&policy, ActionClass::MemoryRaise, &payments, Global::default(), model).mode,
+            Mode::Shadow
+        );
+        assert_eq!(
+            resolve(&policy, ActionClass::MemoryRaise, &shop, Global::default(), Proposer::Rules).mode,
+            Mode::Auto
+        );
     }
 
     #[test]

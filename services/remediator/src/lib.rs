@@ -699,7 +699,7 @@ impl Remediator {
             Prepared::Act(act) => *act,
         };
         let Act { pod, owner, mut intent, what, workload_key } = act;
-        let resolved = self.mode_of(&intent).await?;
+        let resolved = self.mode_of(&intent, verdict).await?;
         if resolved.mode == autonomy::Mode::Shadow {
             // Decided and recorded, nothing changed; a human's approval does not override shadow.
             return Ok(Finished::plain(
@@ -772,7 +772,7 @@ impl Remediator {
 
     /// The mode of the intent's action class in its namespace: the policy in force, the namespace's own
     /// annotation (read from the cluster) and the global flags.
-    async fn mode_of(&self, intent: &Intent) -> Result<autonomy::Resolved, StepError> {
+    async fn mode_of(&self, intent: &Intent, verdict: &Verdict) -> Result<autonomy::Resolved, StepError> {
         let Some(class) = autonomy::ActionClass::of(&intent.action, intent.strategy) else {
             return Ok(autonomy::Resolved { mode: autonomy::Mode::Auto, why: "no action".into() });
         };
@@ -789,7 +789,11 @@ impl Remediator {
             require_approval: self.config.approval_required,
         };
         let policy = self.autonomy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let resolved = autonomy::resolve(&policy, class, &facts, global);
+        let proposer = match &verdict.source {
+            proto::VerdictSource::Model { model } => autonomy::Proposer::Model(model),
+            _ => autonomy::Proposer::Rules,
+        };
+        let resolved = autonomy::resolve(&policy, class, &facts, global, proposer);
         info!(class = class.as_str(), mode = resolved.mode.as_str(), why = %resolved.why, "autonomy decided");
         Ok(resolved)
     }

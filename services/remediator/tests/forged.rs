@@ -359,8 +359,10 @@ async fn forged_and_hostile_verdicts_change_nothing_and_each_refusal_says_why() 
     let template = deployments.get("web").await.expect("web").spec.expect("spec").template;
     assert_eq!(template.spec.expect("pod spec").containers[0].image.as_deref(), Some(MISSING));
 
-    // The genuine request among them: the previous revision's image, which still serves ready pods.
-    let genuine = pull_verdict(&failing, rollback(GOOD), ("Deployment", "web"), "genuine");
+    // The genuine request among them: the previous revision's image, which still serves ready pods, as
+    // the rules propose it (a model's would wait for approval: models are on probation).
+    let mut genuine = pull_verdict(&failing, rollback(GOOD), ("Deployment", "web"), "genuine");
+    genuine.source = VerdictSource::Rules { rule: "image-not-found-rollback".into() };
     let subject = proto::verdict_subject("shop", &genuine.action).expect("subject");
     publish_raw(&world, &subject, proto::encode(&genuine), "genuine").await;
     let outcome = loop {

@@ -662,3 +662,24 @@ async fn the_autonomy_policy_puts_a_namespace_in_shadow_and_its_annotation_can_o
 fn pod_changes(world: &World) -> Vec<String> {
     changes(world).into_iter().filter(|c| !c.starts_with("PATCH /api/v1/namespaces/shop ")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_a_model_proposed_waits_for_approval_where_the_rules_would_act() {
+    let world = world(36).await;
+    let failing = create(&world, &pod("web-1", "128Mi", "200Mi"), true).await;
+    let mut outcomes = world.client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let remediator = start_with(&world, config());
+    let mut proposed = verdict(&failing, increase(128, 256), 95);
+    proposed.source = kubesent_proto::VerdictSource::Model { model: "gemini-3.5-flash".into() };
+    publish(&world, &proposed, "v1").await;
+    let outcome = next_outcome(&mut outcomes).await;
+    assert_eq!(outcome.result, OutcomeResult::AwaitingApproval, "{}", outcome.detail);
+    assert!(changes(&world).is_empty(), "{:?}", changes(&world));
+    let held = world.bucket.get(proposed.incident.as_str()).await.expect("read").expect("the intent");
+    let intent: Intent = serde_json::from_slice(&held).expect("intent");
+    assert!(
+        intent.detail.as_deref().is_some_and(|d| d.contains("model gemini-3.5-flash, on probation")),
+        "{intent:?}"
+    );
+    remediator.stop().await;
+}
