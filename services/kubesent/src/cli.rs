@@ -321,6 +321,10 @@ async fn run_diagnoser(args: kubesent_diagnoser::args::DiagnoserArgs) -> anyhow:
 }
 
 async fn run_remediator(args: kubesent_remediator::args::RemediatorArgs) -> anyhow::Result<()> {
+    // A wrong autonomy policy is a clear fatal error before anything connects.
+    if let Some(path) = &args.autonomy_policy {
+        kubesent_remediator::read_policy(path)?;
+    }
     let mut ctx = start_service(&args.common, Role::Remediator).await?;
     let metrics = kubesent_remediator::RemediatorMetrics::register(&mut ctx.registry);
     ctx.publish_metrics();

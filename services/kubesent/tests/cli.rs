@@ -438,6 +438,22 @@ async fn pause_and_resume_set_and_clear_the_kill_switch_and_unknown_incidents_ar
 }
 
 #[test]
+fn a_wrong_autonomy_policy_stops_the_remediator_at_once_in_one_line_naming_the_line() {
+    let (_dir, policy) = temp_file("policy.yaml", "default: auto\nclasses:\n  memory-lower: auto\n");
+    let path = policy.to_str().expect("utf-8").to_owned();
+    // NATS on a port nobody listens on: the policy is refused before anything connects.
+    let (code, stdout, stderr) =
+        kubesent(&["remediator", "--autonomy-policy", &path, "--nats-url", "nats://127.0.0.1:1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&path) && stderr.contains("line 3") && stderr.contains("memory-lower"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn nonsense_memory_factors_are_refused_at_start() {
     for (role, flag) in [("diagnoser", "--memory-factor"), ("remediator", "--max-memory-factor")] {
         for value in ["NaN", "inf", "0.5", "-2", "1e9", "lots"] {

@@ -185,7 +185,12 @@ impl AutonomyPolicy {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let policy: Self = serde_saphyr::from_str(text).map_err(|e| PolicyError::Format(e.to_string()))?;
+        // The parser's first line names the line and column and what is wrong (its snippet follows).
+        let policy: Self = serde_saphyr::from_str(text).map_err(|e| {
+            let said = e.to_string();
+            let first = said.lines().next().unwrap_or_default().trim();
+            PolicyError::Format(first.strip_prefix("error: ").unwrap_or(first).to_owned())
+        })?;
         for (i, rule) in policy.namespaces.iter().enumerate() {
             let index = i + 1;
             if rule.name.is_none() && rule.labels.as_ref().is_none_or(BTreeMap::is_empty) {

@@ -168,7 +168,7 @@ pub enum Error {
 }
 
 /// Reads and validates the autonomy policy file.
-fn read_policy(path: &std::path::Path) -> Result<autonomy::AutonomyPolicy, Error> {
+pub fn read_policy(path: &std::path::Path) -> Result<autonomy::AutonomyPolicy, Error> {
     let error = |why: String| Error::Policy { path: path.display().to_string(), why };
     let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
     autonomy::AutonomyPolicy::parse(&text).map_err(|e| error(e.to_string()))
