@@ -352,7 +352,7 @@ pub fn score(
     by: String,
 ) -> Scored {
     let expected = &case.expected;
-    let kind_name = kind_name(kind);
+    let kind_name = kind.as_str().to_owned();
     let action_right = action_type(action) == expected.action && action_target(action) == expected.to;
     let cause = root_cause.to_lowercase();
     let root_cause_matched = expected.root_cause_contains.iter().all(|k| cause.contains(&k.to_lowercase()));
@@ -373,10 +373,6 @@ pub fn score(
         input_tokens: None,
         output_tokens: None,
     }
-}
-
-fn kind_name(kind: FailureKind) -> String {
-    serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// The totals of one evaluator.
@@ -483,7 +479,7 @@ struct Price {
 async fn evaluate_model(
     model: &str,
     settings: &llm::LlmSettings,
-    cases: &[(Case, Prepared)],
+    cases: &[&(Case, Prepared)],
     price: Option<Price>,
 ) -> anyhow::Result<Evaluated> {
     let mut one = settings.clone();
@@ -491,7 +487,7 @@ async fn evaluate_model(
     let chain = llm::build_chain(&one, None)?.context("no model to ask")?;
     let memory = MemoryPolicy::default();
     let mut scored = Vec::new();
-    for (case, prepared) in cases {
+    for (case, prepared) in cases.iter().copied() {
         let (job, evidence) = (&prepared.job, &prepared.evidence);
         let found = rules::diagnose(job, evidence, &memory);
         let prompt = llm::prompt(job, evidence, &found);
@@ -557,12 +553,12 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let mut results = vec![evaluate_rules(&prepared)];
     let settings = args.llm.settings();
+    // The rules' own results say which cases they are unsure of (what the diagnoser sends a model).
     let to_models: Vec<&(Case, Prepared)> = prepared
         .iter()
-        .filter(|(_, p)| {
-            !args.unsure_only
-                || rules::diagnose(&p.job, &p.evidence, &MemoryPolicy::default()).confidence < rules::SURE
-        })
+        .zip(&results[0].cases)
+        .filter(|(_, by_rules)| !args.unsure_only || by_rules.confidence < rules::SURE)
+        .map(|(case, _)| case)
         .collect();
     let refused = match (&settings.backend, &settings.api_key) {
         (llm::BackendKind::Gemini, None) if !settings.models.is_empty() => Some(format!(
@@ -583,12 +579,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             })?,
             None => Default::default(),
         };
-        let subset: Vec<(Case, Prepared)> = to_models
-            .iter()
-            .map(|(c, p)| (c.clone(), Prepared { job: p.job.clone(), evidence: p.evidence.clone() }))
-            .collect();
         for model in &settings.models {
-            results.push(evaluate_model(model, &settings, &subset, prices.get(model).copied()).await?);
+            results.push(evaluate_model(model, &settings, &to_models, prices.get(model).copied()).await?);
         }
     }
     match args.output {

@@ -128,6 +128,11 @@ fn kubesent_eval_prints_the_rules_table_and_holds_the_bar() {
     assert!(out.lines().filter(|l| l.starts_with("ok ")).count() >= 114, "{out}");
 }
 
+/// `kubesent eval` of the cases in `dir` through `model` at gemini-sim's `url`.
+fn eval_of<'a>(dir: &'a Path, model: &'a str, url: &'a str) -> Vec<&'a str> {
+    vec!["eval", "--cases", dir.to_str().expect("utf-8"), "--models", model, "--llm-url", url]
+}
+
 /// Two cases of the built-in set in a directory of their own: an OOM kill and a crash with a Python
 /// traceback.
 fn two_cases() -> tempfile::TempDir {
@@ -159,23 +164,9 @@ async fn kubesent_eval_scores_a_model_with_the_diagnosers_prompt_and_counts_its_
     let prices = dir.path().join("prices.txt");
     std::fs::write(&prices, format!("{model}: {{input: 0.30, output: 2.50}}\n")).expect("write");
     let url = sim.url();
-    let (code, out, err) = kubesent_async(
-        &[
-            "eval",
-            "--cases",
-            dir.path().to_str().expect("utf-8"),
-            "--models",
-            model,
-            "--llm-url",
-            &url,
-            "--prices",
-            prices.to_str().expect("utf-8"),
-            "-o",
-            "json",
-        ],
-        &[("GEMINI_API_KEY", "test-key")],
-    )
-    .await;
+    let mut args = eval_of(dir.path(), model, &url);
+    args.extend(["--prices", prices.to_str().expect("utf-8"), "-o", "json"]);
+    let (code, out, err) = kubesent_async(&args, &[("GEMINI_API_KEY", "test-key")]).await;
     assert_eq!(code, 0, "{err}");
     let results: Value = serde_json::from_str(&out).expect("JSON");
     let [rules, asked] = results.as_array().expect("evaluators").as_slice() else { panic!("{out}") };
@@ -209,19 +200,7 @@ async fn kubesent_eval_sends_nothing_without_an_api_key_and_says_which_cases_wou
     let sim = GeminiSim::start(GeminiSimConfig::default()).await.expect("gemini-sim");
     let dir = two_cases();
     let url = sim.url();
-    let (code, out, err) = kubesent_async(
-        &[
-            "eval",
-            "--cases",
-            dir.path().to_str().expect("utf-8"),
-            "--models",
-            "gemini-3.5-flash",
-            "--llm-url",
-            &url,
-        ],
-        &[],
-    )
-    .await;
+    let (code, out, err) = kubesent_async(&eval_of(dir.path(), "gemini-3.5-flash", &url), &[]).await;
     assert_ne!(code, 0);
     assert!(out.contains("rules: 2 of 2 right"), "the rules still ran: {out}");
     assert!(
