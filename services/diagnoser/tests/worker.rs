@@ -18,7 +18,7 @@ use kubesent_diagnoser::{
 };
 use kubesent_gemini_sim::{GeminiSim, GeminiSimConfig, Reply};
 use kubesent_kube_sim::{KubeSim, SimConfig};
-use kubesent_proto::{self as proto, VerdictSource};
+use kubesent_proto::{self as proto, FailureKind, VerdictSource};
 use kubesent_testkit::bus::next_verdict;
 use kubesent_testkit::nats_server::NatsServer;
 use prometheus_client::registry::Registry;
@@ -122,17 +122,24 @@ async fn crashing_pod(world: &World, name: &str) -> proto::FailureJob {
     let failing = tokio::time::timeout(
         PATIENCE,
         kube_runtime::wait::await_condition(pods.clone(), name, |p: Option<&Pod>| {
-            p.is_some_and(|p| classify(&LeanPod::from(p)).iter().any(|o| o.failure.is_some()))
+            p.is_some_and(|p| job_for(p, &[FailureKind::CrashLoop]).is_some())
         }),
     )
     .await
     .expect("crash-looping in time")
     .expect("watch")
     .expect("pod");
-    let lean = LeanPod::from(&failing);
-    let observation = classify(&lean).into_iter().find(|o| o.failure.is_some()).expect("failure");
-    let signal = observation.failure.clone().expect("signal");
-    kubesent_detector::build_job(&lean, &Transition { container: observation, signal })
+    job_for(&failing, &[FailureKind::CrashLoop]).expect("crash-looping")
+}
+
+/// The job the detector would publish for `pod` when it fails in one of `kinds`: a pod still
+/// creating its containers is a (held) never-started failure too, and not the one a test waits for.
+fn job_for(pod: &Pod, kinds: &[FailureKind]) -> Option<proto::FailureJob> {
+    let lean = LeanPod::from(pod);
+    let container =
+        classify(&lean).into_iter().find(|o| o.failure.as_ref().is_some_and(|f| kinds.contains(&f.kind)))?;
+    let signal = container.failure.clone()?;
+    Some(kubesent_detector::build_job(&lean, &Transition { container, signal }))
 }
 
 async fn publish(world: &World, job: &proto::FailureJob) {
@@ -161,7 +168,7 @@ async fn no_planted_secret_reaches_the_model_and_injected_instructions_do_not_be
     let requests = world.gemini.requests();
     assert_eq!(requests.len(), 1, "the rules were unsure, so the model was asked once");
     let sent = serde_json::to_string(&requests[0].body).expect("json");
-    assert!(sent.contains("DB_PASSWORD") && sent.contains("worker exited"), "the evidence was sent");
+    assert!(sent.contains("DB_PASSWORD") && sent.contains("worker exited"), "the evidence was sent: {sent}");
     for canary in CANARIES {
         assert!(!sent.contains(canary), "{canary} reached the model");
         assert!(!verdict.root_cause.contains(canary), "{canary} is in the verdict");
@@ -291,25 +298,18 @@ async fn a_revision_history_the_api_would_not_give_brings_the_job_back_instead_o
     let missing = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:9.9.9"}]}}}});
     deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&missing)).await.expect("rolled out");
     let pods: Api<Pod> = Api::namespaced(world.kube.clone(), "shop");
-    let failing = tokio::time::timeout(PATIENCE, async {
+    let job = tokio::time::timeout(PATIENCE, async {
         loop {
             let list = pods.list(&ListParams::default().labels("app=web")).await.expect("pods");
-            if let Some(pod) = list
-                .items
-                .into_iter()
-                .find(|p| classify(&LeanPod::from(p)).iter().any(|o| o.failure.is_some()))
-            {
-                return pod;
+            let pulls = [FailureKind::ErrImagePull, FailureKind::ImagePullBackOff];
+            if let Some(job) = list.items.iter().find_map(|p| job_for(p, &pulls)) {
+                return job;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
     .expect("a pod of the new revision fails to pull");
-    let lean = LeanPod::from(&failing);
-    let observation = classify(&lean).into_iter().find(|o| o.failure.is_some()).expect("failure");
-    let signal = observation.failure.clone().expect("signal");
-    let job = kubesent_detector::build_job(&lean, &Transition { container: observation, signal });
 
     // An error burst that hits the ReplicaSets: the first read of the revision history fails.
     world.sim.state().faults.fail_path("/replicasets", 1);
