@@ -84,7 +84,8 @@ pub enum DecisionError {
 }
 
 /// Whether `user` can be a key token (what NATS user names used for operators must be).
-fn is_key_token(user: &str) -> bool {
+/// Whether `user` can be one token of a bucket key (a NATS user name).
+pub fn is_key_token(user: &str) -> bool {
     !user.is_empty()
         && user.len() <= 128
         && user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')

@@ -5,6 +5,7 @@
 //! instead of guessing. The JSON Schemas of these types are checked in under `proto/schema/`.
 
 pub mod approval;
+pub mod autonomy;
 mod fingerprint;
 pub mod intent;
 mod names;
@@ -442,11 +443,14 @@ pub enum OutcomeResult {
     /// The change was written but the cluster does not run it (admission altered or refused the new pods):
     /// KubeSent takes it back.
     NotLanded,
+    /// Not an outcome of KubeSent's own: what humans did after a decision KubeSent did not carry out
+    /// (shadow, suggested), followed for a window (see [`autonomy::FollowUp`]). Not final.
+    Followed,
 }
 
 impl OutcomeResult {
     /// Every result, for metrics that start at zero.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Applied,
         Self::Healed,
         Self::Ineffective,
@@ -459,6 +463,7 @@ impl OutcomeResult {
         Self::AwaitingApproval,
         Self::Overridden,
         Self::NotLanded,
+        Self::Followed,
     ];
 
     /// The snake_case name, also used as a subject token.
@@ -476,6 +481,7 @@ impl OutcomeResult {
             Self::AwaitingApproval => "awaiting_approval",
             Self::Overridden => "overridden",
             Self::NotLanded => "not_landed",
+            Self::Followed => "followed",
         }
     }
 }
@@ -514,6 +520,13 @@ pub struct Outcome {
     /// reversals and in records written before this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<Diagnosis>,
+    /// The class of the fix and the mode it was decided in (absent for no action and in records written
+    /// before earned autonomy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autonomy: Option<autonomy::Autonomy>,
+    /// What humans did next, for a [`OutcomeResult::Followed`] record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followup: Option<autonomy::FollowUp>,
     /// When this was recorded.
     pub at: Timestamp,
 }
@@ -609,6 +622,11 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("intent.json", schema::<intent::Intent>()),
         ("decision.json", schema::<approval::Decision>()),
         ("served_revisions.json", schema::<served::ServedRevisions>()),
+        ("policy_change.json", schema::<autonomy::PolicyChange>()),
+        ("policy_request.json", schema::<autonomy::PolicyRequest>()),
+        ("autonomy_override.json", schema::<autonomy::Override>()),
+        ("following.json", schema::<autonomy::Following>()),
+        ("class_record.json", schema::<autonomy::ClassRecord>()),
     ]
 }
 

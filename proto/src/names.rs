@@ -28,6 +28,13 @@ pub const JOBS_SUBJECTS: &str = "kubesent.jobs.>";
 pub const VERDICTS_SUBJECTS: &str = "kubesent.verdicts.>";
 /// Subject filter of [`OUTCOMES_STREAM`].
 pub const OUTCOMES_SUBJECTS: &str = "kubesent.outcomes.>";
+/// Subjects of the audit log's policy changes (promotions, demotions): `kubesent.policy.<event>`, kept in
+/// the outcomes stream beside the outcomes.
+pub const POLICY_SUBJECTS: &str = "kubesent.policy.>";
+/// The reversals in the audit log (`kubesent undo`, and KubeSent's own take-backs).
+pub const REVERTED_SUBJECTS: &str = "kubesent.outcomes.*.reverted";
+/// The remediator's durable consumer of operators' reversals (counted in their class's record).
+pub const REVERTS_CONSUMER: &str = "remediator-reverts";
 /// Subject filter of [`DLQ_STREAM`].
 pub const DLQ_SUBJECTS: &str = "kubesent.dlq.>";
 

@@ -213,6 +213,15 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
     nats::publish(&remediator.js, "kubesent.outcomes.shop.healed".into(), "outcome-1", b"{}".to_vec(), &[])
         .await
         .expect("an outcome");
+    nats::publish(&remediator.js, "kubesent.policy.demoted".into(), "policy-1", b"{}".to_vec(), &[])
+        .await
+        .expect("a policy change");
+    let reverts =
+        nats::open_consumer(&remediator.js, proto::OUTCOMES_STREAM, topology.reverts_consumer(), &never)
+            .await
+            .expect("the reversals consumer");
+    let _ =
+        reverts.fetch().max_messages(1).expires(Duration::from_millis(200)).messages().await.expect("fetch");
     let revision = intents.create("inc-1", "{}".into()).await.expect("an intent");
     intents.update("inc-1", "{\"phase\":1}".into(), revision).await.expect("advanced");
     let mut watch = intents.watch_all().await.expect("a watch");
@@ -241,6 +250,8 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
     let bucket = nats::existing_bucket(&operator.js, proto::INTENTS_BUCKET).await.expect("the bucket");
     assert!(bucket.get("inc-1").await.expect("read").is_some(), "reads intents");
     bucket.put("decision.kubesent-operator.inc-1", "{}".into()).await.expect("a decision");
+    bucket.put("policy.kubesent-operator.memory-raise", "{}".into()).await.expect("a policy request");
+    let _changes = operator.client.subscribe(proto::POLICY_SUBJECTS).await.expect("follows policy changes");
     bucket.put("paused", "maintenance".into()).await.expect("paused");
     bucket.delete("paused").await.expect("resumed");
     let _outcomes = operator.client.subscribe(proto::OUTCOMES_SUBJECTS).await.expect("follows outcomes");
@@ -253,6 +264,11 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         "$KV.kubesent-intents.lock-1",
         "$KV.kubesent-intents.guardrails",
         "$KV.kubesent-intents.decision.kubesent-remediator.inc-1",
+        "$KV.kubesent-intents.policy.kubesent-remediator.memory-raise",
+        "$KV.kubesent-intents.autonomy.memory-raise",
+        "$KV.kubesent-intents.record.memory-raise",
+        "$KV.kubesent-intents.followup.inc-1",
+        "kubesent.policy.promoted",
         "kubesent.outcomes.shop.healed",
         "kubesent.verdicts.shop.rollback-image",
         "kubesent.jobs.shop.oom-killed",

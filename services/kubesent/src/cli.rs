@@ -54,6 +54,10 @@ pub enum Command {
     Diagnose(crate::diagnose::DiagnoseArgs),
     /// Run the evaluation set (or your own cases) through the rules and each model, and score them.
     Eval(crate::eval::EvalArgs),
+    /// Promote, demote or reset an action class's autonomy, or show the overrides and each class's record.
+    Policy(crate::policy::PolicyArgs),
+    /// The record behind earned autonomy: decisions, agreement with people, results, per class and namespace.
+    Report(crate::report::ReportArgs),
 }
 
 /// What every operator command takes: how to reach NATS as the operator, and who is acting.
@@ -124,7 +128,8 @@ pub struct ResumeArgs {
 }
 
 impl OperatorArgs {
-    async fn connect(&self) -> anyhow::Result<Operator> {
+    /// Connects as the operator.
+    pub async fn connect(&self) -> anyhow::Result<Operator> {
         Ok(Operator::connect(&self.nats, &self.by).await?)
     }
 }
@@ -194,6 +199,8 @@ impl Cli {
             Command::Incidents(args) => crate::incidents::run(args).await,
             Command::Notifier(args) => run_notifier(args).await,
             Command::Tail(args) => crate::incidents::tail(args).await,
+            Command::Policy(args) => crate::policy::run(args).await,
+            Command::Report(args) => crate::report::run(args).await,
         }
     }
 }

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt as _;
 use kubesent_common::nats::{self, NatsArgs, Role};
 use kubesent_proto::intent::{Intent, Phase};
-use kubesent_proto::{self as proto, Action, FailureJob, IncidentId, Outcome, Verdict};
+use kubesent_proto::{self as proto, Action, FailureJob, IncidentId, Outcome, OutcomeResult, Verdict};
 use serde_json::{Value, json};
 
 /// `kubesent incidents`
@@ -96,8 +96,9 @@ pub struct Record {
 }
 
 impl Record {
+    /// The latest of KubeSent's own outcomes (a follow-up's finding is about what humans did after it).
     fn latest(&self) -> Option<&Outcome> {
-        self.outcomes.last()
+        self.outcomes.iter().rev().find(|o| o.result != OutcomeResult::Followed).or(self.outcomes.last())
     }
 
     /// The verdict's diagnosis, from the latest outcome that keeps it or the remediation's verdict.
@@ -466,6 +467,17 @@ pub fn tail_line(subject: &str, payload: &[u8], reason: Option<&str>, now: jiff:
                 clipped(&o.detail, 160)
             )
         }),
+        "policy" => proto::decode::<proto::autonomy::PolicyChange>(payload).map(|c| {
+            let scope = c.namespace.as_deref().map(|ns| format!(" in {ns}")).unwrap_or_default();
+            format!(
+                "policy   {} {}{scope}  {} → {}: {}",
+                c.event.as_str(),
+                c.class,
+                c.from,
+                c.to,
+                clipped(&c.why, 160)
+            )
+        }),
         "dlq" => {
             return format!(
                 "{time}  dead     {}  {}",
@@ -644,6 +656,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         let namespace = subject.split('.').nth(2);
         if let Some(wanted) = &args.namespace
             && !subject.starts_with("kubesent.dlq.")
+            && !subject.starts_with("kubesent.policy.")
             && namespace != Some(wanted.as_str())
         {
             continue;

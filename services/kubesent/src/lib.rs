@@ -7,6 +7,8 @@ pub mod diagnose;
 pub mod eval;
 pub mod incidents;
 pub mod notifier;
+pub mod policy;
+pub mod report;
 
 /// Writes a line of the answer to stdout (flushed). A closed pipe (`kubesent incidents | head`) is an
 /// error like any other write error, which `main` ends on quietly (see [`closed_pipe`]).

@@ -21,7 +21,10 @@ use futures::StreamExt as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac as _};
 use kubesent_common::{ProcessArgs, label_values, nats};
-use kubesent_proto::{self as proto, Action, Outcome, OutcomeResult};
+use kubesent_proto::{
+    self as proto, Action, Outcome, OutcomeResult,
+    autonomy::{PolicyChange, PolicyEvent},
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
@@ -232,7 +235,7 @@ fn emoji(result: OutcomeResult) -> &'static str {
         OutcomeResult::AwaitingApproval => ":raised_hand:",
         OutcomeResult::Reverted => ":leftwards_arrow_with_hook:",
         OutcomeResult::Overridden => ":twisted_rightwards_arrows:",
-        OutcomeResult::DiagnosisOnly | OutcomeResult::Suggested => ":mag:",
+        OutcomeResult::DiagnosisOnly | OutcomeResult::Suggested | OutcomeResult::Followed => ":mag:",
         OutcomeResult::Stale => ":zzz:",
         OutcomeResult::Ineffective
         | OutcomeResult::Failed
@@ -413,19 +416,111 @@ fn retryable(status: reqwest::StatusCode) -> bool {
         || status == reqwest::StatusCode::REQUEST_TIMEOUT
 }
 
+/// What is notified: an outcome, or a change of the autonomy policy.
+enum Notice {
+    Outcome(Box<Outcome>),
+    Policy(Box<PolicyChange>),
+}
+
+impl Notice {
+    /// The delivery's id (the same on every retry and for a repeat).
+    fn delivery(&self) -> String {
+        match self {
+            Self::Outcome(outcome) => format!("{}.{}", outcome.incident, outcome.result.as_str()),
+            Self::Policy(change) => format!(
+                "policy.{}.{}.{}.{}",
+                change.event.as_str(),
+                change.class,
+                change.namespace.as_deref().unwrap_or("all"),
+                change.at.as_second()
+            ),
+        }
+    }
+
+    fn body(&self, kind: SinkKind, cluster: &str) -> Value {
+        match (self, kind) {
+            (Self::Outcome(outcome), SinkKind::Slack) => slack_message(outcome, cluster),
+            (Self::Outcome(outcome), SinkKind::Webhook) => webhook_payload(outcome, cluster),
+            (Self::Policy(change), SinkKind::Slack) => slack_policy_message(change, cluster),
+            (Self::Policy(change), SinkKind::Webhook) => webhook_policy_payload(change, cluster),
+        }
+    }
+}
+
+/// The policy's scope in words.
+fn scope(change: &PolicyChange) -> String {
+    match &change.namespace {
+        Some(ns) => format!("{} in {ns}", change.class),
+        None => change.class.to_string(),
+    }
+}
+
+/// The Slack message for a change of the autonomy policy (a promotion, a demotion, a class that earned
+/// one).
+pub fn slack_policy_message(change: &PolicyChange, cluster: &str) -> Value {
+    let (emoji, headline) = match change.event {
+        PolicyEvent::Promoted => {
+            (":arrow_up:", format!("{} promoted: {} → {}", scope(change), change.from, change.to))
+        }
+        PolicyEvent::Demoted => {
+            (":arrow_down:", format!("{} demoted: {} → {}", scope(change), change.from, change.to))
+        }
+        PolicyEvent::Reset => (
+            ":leftwards_arrow_with_hook:",
+            format!("{}: override removed ({} → {})", scope(change), change.from, change.to),
+        ),
+        PolicyEvent::Eligible => {
+            (":trophy:", format!("{} earned a promotion from {}", scope(change), change.from))
+        }
+        PolicyEvent::Refused => (":no_entry:", format!("{}: policy request refused", scope(change))),
+    };
+    let title = format!("{emoji} {headline} on {cluster}");
+    let record = &change.record;
+    let agreement = record
+        .agreement()
+        .map_or_else(|| "no judged decisions".to_owned(), |a| format!("{:.0} % agreed", a * 100.0));
+    let text = format!(
+        "{}\n*Record*: {} judged: {} agreed, {} disagreed, {} harmful ({agreement})",
+        mrkdwn(&change.why),
+        record.judged(),
+        record.agreed,
+        record.disagreed,
+        record.harmful
+    );
+    json!({"text": format!("{title}: {}", change.why), "blocks": [
+        {"type": "header", "text": {"type": "plain_text", "text": title.chars().take(150).collect::<String>(), "emoji": true}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("by {}", mrkdwn(&change.by))}]},
+    ]})
+}
+
+/// The generic webhook's payload for a change of the autonomy policy.
+pub fn webhook_policy_payload(change: &PolicyChange, cluster: &str) -> Value {
+    json!({
+        "version": WEBHOOK_VERSION,
+        "type": "policy",
+        "cluster": cluster,
+        "event": change.event,
+        "class": change.class,
+        "namespace": change.namespace,
+        "from": change.from,
+        "to": change.to,
+        "by": change.by,
+        "why": change.why,
+        "record": change.record,
+        "at": change.at,
+    })
+}
+
 async fn deliver(
     http: &reqwest::Client,
     config: &NotifierConfig,
     target: &Target,
-    outcome: &Outcome,
+    notice: &Notice,
     shutdown: &CancellationToken,
 ) -> Delivery {
-    let body = match target.sink.kind {
-        SinkKind::Slack => slack_message(outcome, &config.cluster),
-        SinkKind::Webhook => webhook_payload(outcome, &config.cluster),
-    };
-    let body = serde_json::to_vec(&body).unwrap_or_default();
-    let delivery = format!("{}.{}", outcome.incident, outcome.result.as_str());
+    let body = serde_json::to_vec(&notice.body(target.sink.kind, &config.cluster)).unwrap_or_default();
+    let delivery = notice.delivery();
     let mut delay = config.first_retry;
     for attempt in 1..=config.attempts {
         target.limiter.until_ready().await;
@@ -444,7 +539,7 @@ async fn deliver(
                 true
             }
             Ok(response) => {
-                warn!(sink = target.sink.kind.as_str(), status = %response.status(), incident = %outcome.incident, "notification refused; dropping it (the audit log keeps the outcome)");
+                warn!(sink = target.sink.kind.as_str(), status = %response.status(), %delivery, "notification refused; dropping it (the audit log keeps the outcome)");
                 false
             }
             Err(error) => {
@@ -484,7 +579,7 @@ pub fn consumer_config() -> pull::Config {
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(300),
         max_ack_pending: 16,
-        filter_subject: proto::OUTCOMES_SUBJECTS.to_owned(),
+        filter_subjects: vec![proto::OUTCOMES_SUBJECTS.to_owned(), proto::POLICY_SUBJECTS.to_owned()],
         ..Default::default()
     }
 }
@@ -528,24 +623,33 @@ pub async fn run(
                 continue;
             }
         };
-        match proto::decode::<Outcome>(&message.payload) {
-            Ok(outcome) if config.results.contains(&outcome.result) => {
-                let key = format!("{}.{}", outcome.incident, outcome.result.as_str());
+        let notice = if message.subject.starts_with("kubesent.policy.") {
+            proto::decode::<PolicyChange>(&message.payload).map(|change| {
+                (change.event != PolicyEvent::Refused).then(|| Notice::Policy(Box::new(change)))
+            })
+        } else {
+            proto::decode::<Outcome>(&message.payload).map(|outcome| {
+                config.results.contains(&outcome.result).then(|| Notice::Outcome(Box::new(outcome)))
+            })
+        };
+        match notice {
+            Ok(Some(notice)) => {
+                let key = notice.delivery();
                 for target in &mut targets {
                     let delivery = if target.sent.first_time(key.clone()) {
-                        deliver(&http, &config, target, &outcome, &shutdown).await
+                        deliver(&http, &config, target, &notice, &shutdown).await
                     } else {
                         Delivery::Duplicate
                     };
                     deps.metrics.count_delivery(target.sink.kind, delivery);
                     if delivery == Delivery::Sent {
-                        info!(incident = %outcome.incident, result = outcome.result.as_str(), sink = target.sink.kind.as_str(), "notified");
+                        info!(%key, sink = target.sink.kind.as_str(), "notified");
                     }
                 }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(error) => {
-                warn!(%error, subject = %message.subject, "an outcome that does not decode; not notified")
+                warn!(%error, subject = %message.subject, "a record that does not decode; not notified")
             }
         }
         if let Err(error) = message.ack().await {

@@ -84,6 +84,34 @@ pub struct RemediatorArgs {
     /// rollback to it after its rollout finished is made; a younger or missing record leaves a suggestion.
     #[arg(long, env = "KUBESENT_KNOWN_GOOD_AFTER", default_value = "10m", value_parser = kubesent_common::positive_duration)]
     pub known_good_after: Duration,
+    /// How long a shadow or suggested decision is followed for what people did (the same change, a
+    /// different one, nothing) and whether the failure stopped.
+    #[arg(long, env = "KUBESENT_FOLLOWUP_WINDOW", default_value = "24h", value_parser = kubesent_common::positive_duration)]
+    pub followup_window: Duration,
+    /// How often the leader looks at the decisions it follows.
+    #[arg(long, env = "KUBESENT_FOLLOWUP_EVERY", default_value = "30s", value_parser = kubesent_common::positive_duration)]
+    pub followup_every: Duration,
+    /// Field managers (prefixes, case-insensitive) whose changes are people's; every other manager is a
+    /// controller's, which says nothing of KubeSent's proposal.
+    #[arg(long, env = "KUBESENT_HUMAN_FIELD_MANAGERS", value_delimiter = ',', default_value = crate::followup::HUMAN_FIELD_MANAGERS)]
+    pub human_field_managers: Vec<String>,
+    /// Judged decisions a class (or a model, for a class) needs before its record earns a promotion.
+    #[arg(long, env = "KUBESENT_PROMOTE_AFTER", default_value_t = 20)]
+    pub promote_after: u32,
+    /// Share of judged decisions that must agree with people for a promotion, in percent.
+    #[arg(long, env = "KUBESENT_PROMOTE_AGREEMENT", default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub promote_agreement: u8,
+    /// Promote a class one step as soon as its record earns it (off: KubeSent announces it and an
+    /// operator runs `kubesent policy promote`).
+    #[arg(long, env = "KUBESENT_AUTO_PROMOTE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auto_promote: bool,
+    /// Harmful automatic fixes of one class (ineffective, not landed, reverted) within
+    /// `--demote-window` that demote it to approve at once (0: never).
+    #[arg(long, env = "KUBESENT_DEMOTE_AFTER", default_value_t = 2)]
+    pub demote_after: u32,
+    /// The per-class breaker's window.
+    #[arg(long, env = "KUBESENT_DEMOTE_WINDOW", default_value = "24h", value_parser = kubesent_common::positive_duration)]
+    pub demote_window: Duration,
 }
 
 impl RemediatorArgs {
@@ -117,6 +145,18 @@ impl RemediatorArgs {
             intent_retention: Duration::from_secs(self.intent_retention_days.saturating_mul(24 * 3600)),
             take_back: self.take_back,
             known_good_after: self.known_good_after,
+            earned: crate::EarnedConfig {
+                followup_window: self.followup_window,
+                followup_every: self.followup_every,
+                human_managers: self.human_field_managers.clone(),
+                promotion: kubesent_proto::autonomy::PromotionRule {
+                    min_judged: self.promote_after,
+                    min_agreement: f64::from(self.promote_agreement) / 100.0,
+                },
+                auto_promote: self.auto_promote,
+                demote_after: self.demote_after,
+                demote_window: self.demote_window,
+            },
             ..RemediatorConfig::default()
         }
     }

@@ -19,105 +19,12 @@
 
 use std::collections::BTreeMap;
 
-use kubesent_proto::{Action, Strategy};
+pub use kubesent_proto::autonomy::{ActionClass, Mode};
 use serde::Deserialize;
 
 /// The annotation by which a namespace makes its own modes stricter: a mode (`shadow`) for every class,
 /// or `class=mode` pairs (`memory-raise=approve,force-replace=shadow`).
 pub const NAMESPACE_ANNOTATION: &str = "kubesent.io/autonomy";
-
-/// A kind of fix, as autonomy is granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ActionClass {
-    /// A memory limit raised on the owner's pod template (a rollout replaces the pods).
-    MemoryRaise,
-    /// A bare pod's memory resized in place.
-    InPlaceResize,
-    /// A bare pod deleted and created again with more memory.
-    ForceReplace,
-    /// A container's image set back to the previous revision's.
-    ImageRollback,
-    /// The owner's template set back to the revision before.
-    RevisionRollback,
-    /// A Deployment's rollout paused.
-    PauseRollout,
-}
-
-impl ActionClass {
-    /// Every class.
-    pub const ALL: [Self; 6] = [
-        Self::MemoryRaise,
-        Self::InPlaceResize,
-        Self::ForceReplace,
-        Self::ImageRollback,
-        Self::RevisionRollback,
-        Self::PauseRollout,
-    ];
-
-    /// The class's name in the policy file and the metrics.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::MemoryRaise => "memory-raise",
-            Self::InPlaceResize => "in-place-resize",
-            Self::ForceReplace => "force-replace",
-            Self::ImageRollback => "image-rollback",
-            Self::RevisionRollback => "revision-rollback",
-            Self::PauseRollout => "pause-rollout",
-        }
-    }
-
-    /// The class of `action` carried out by `strategy`; `None` for no action.
-    pub fn of(action: &Action, strategy: Strategy) -> Option<Self> {
-        Some(match action {
-            Action::IncreaseMemory { .. } => match strategy {
-                Strategy::InPlaceResize => Self::InPlaceResize,
-                Strategy::ForceReplace => Self::ForceReplace,
-                _ => Self::MemoryRaise,
-            },
-            Action::RollbackImage { .. } => Self::ImageRollback,
-            Action::RollbackRevision { .. } => Self::RevisionRollback,
-            Action::PauseRollout { .. } => Self::PauseRollout,
-            Action::None => return None,
-        })
-    }
-
-    fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == name.trim())
-    }
-}
-
-/// How far KubeSent goes with a class, from the most to the least it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Acts on its own.
-    Auto,
-    /// Waits for a human's approval.
-    Approve,
-    /// Decides, records and announces what it would do; changes nothing.
-    Shadow,
-}
-
-impl Mode {
-    /// The mode's name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Approve => "approve",
-            Self::Shadow => "shadow",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Self> {
-        [Self::Auto, Self::Approve, Self::Shadow].into_iter().find(|m| m.as_str() == name.trim())
-    }
-
-    /// The stricter of the two.
-    pub fn stricter(self, other: Self) -> Self {
-        self.max(other)
-    }
-}
 
 /// Which namespaces a rule of the policy applies to.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -228,13 +135,45 @@ pub struct Global {
 }
 
 /// Who proposed the action: the rules, or a model (on probation: held to `approve` until its own record
-/// for the class earns more).
+/// for the class earns a promotion).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proposer<'a> {
     /// The deterministic rules.
     Rules,
-    /// A model, by name.
-    Model(&'a str),
+    /// A model, by name, and whether its own record for the class earns it out of probation.
+    Model(&'a str, bool),
+}
+
+/// Promotions and demotions in force over the policy file for one class (from the intents bucket).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// For every namespace: a promotion replaces the file's mode for the class; a demotion is a ceiling
+    /// in every namespace.
+    pub cluster: Option<Override>,
+    /// For the target's namespace: replaces whatever the file says there.
+    pub namespace: Option<Override>,
+}
+
+/// One override, as [`Overrides`] applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The mode in force.
+    pub mode: Mode,
+    /// Whether it came from a demotion (a ceiling) rather than a promotion.
+    pub demotion: bool,
+    /// Who set it.
+    pub by: String,
+}
+
+impl Override {
+    /// The override a stored one is.
+    pub fn of(stored: &kubesent_proto::autonomy::Override) -> Self {
+        Self {
+            mode: stored.mode,
+            demotion: stored.event == kubesent_proto::autonomy::PolicyEvent::Demoted,
+            by: stored.by.clone(),
+        }
+    }
 }
 
 /// A class's mode in a namespace, and what set it.
@@ -257,18 +196,31 @@ fn annotated(annotation: &str, class: ActionClass) -> Option<Mode> {
     })
 }
 
-/// The mode of `class` in `namespace`: the class's default, the first namespace rule that matches, then
-/// stricter only: the namespace's annotation and the global flags.
-pub fn resolve(
+/// The mode the policy gives `class` in `namespace` (every namespace when `None`), with the overrides in
+/// force, before the namespace's annotation, a model's probation and the global flags: what `kubesent
+/// policy promote` steps from.
+pub fn policy_mode(
     policy: &AutonomyPolicy,
     class: ActionClass,
-    namespace: &NamespaceFacts,
-    global: Global,
-    proposer: Proposer<'_>,
+    namespace: Option<&NamespaceFacts>,
+    overrides: &Overrides,
 ) -> Resolved {
     let (mut mode, mut why) = match policy.classes.get(&class) {
         Some(mode) => (*mode, format!("the policy's mode for {}", class.as_str())),
         None => (policy.default, "the policy's default".to_owned()),
+    };
+    if let Some(promoted) = overrides.cluster.as_ref().filter(|o| !o.demotion) {
+        mode = promoted.mode;
+        why = format!("{}'s promotion of {}", promoted.by, class.as_str());
+    }
+    let Some(namespace) = namespace else {
+        if let Some(demoted) = overrides.cluster.as_ref().filter(|o| o.demotion) {
+            return Resolved {
+                mode: demoted.mode,
+                why: format!("{}'s demotion of {}", demoted.by, class.as_str()),
+            };
+        }
+        return Resolved { mode, why };
     };
     let matching = policy.namespaces.iter().enumerate().find(|(_, rule)| match (&rule.name, &rule.labels) {
         (Some(name), _) => *name == namespace.name,
@@ -285,18 +237,48 @@ pub fn resolve(
             rule.name.as_deref().unwrap_or("by labels")
         );
     }
+    if let Some(set) = &overrides.namespace {
+        mode = set.mode;
+        why = format!(
+            "{}'s {} of {} in {}",
+            set.by,
+            if set.demotion { "demotion" } else { "promotion" },
+            class.as_str(),
+            namespace.name
+        );
+    }
+    if let Some(demoted) = overrides.cluster.as_ref().filter(|o| o.demotion)
+        && demoted.mode > mode
+    {
+        mode = demoted.mode;
+        why = format!("{}'s demotion of {}", demoted.by, class.as_str());
+    }
+    Resolved { mode, why }
+}
+
+/// The mode of `class` in `namespace`: the policy's (with the overrides in force), then stricter only:
+/// the namespace's annotation, a model's probation and the global flags.
+pub fn resolve(
+    policy: &AutonomyPolicy,
+    class: ActionClass,
+    namespace: &NamespaceFacts,
+    overrides: &Overrides,
+    global: Global,
+    proposer: Proposer<'_>,
+) -> Resolved {
+    let Resolved { mut mode, mut why } = policy_mode(policy, class, Some(namespace), overrides);
     if let Some(annotated) = namespace.annotation.as_deref().and_then(|a| annotated(a, class))
         && annotated > mode
     {
         mode = annotated;
         why = format!("namespace {}'s annotation {NAMESPACE_ANNOTATION}", namespace.name);
     }
-    if let Proposer::Model(model) = proposer
+    if let Proposer::Model(model, false) = proposer
         && Mode::Approve > mode
     {
         mode = Mode::Approve;
         why = format!(
-            "the answer of model {model}, on probation until its record for {} earns more",
+            "the answer of model {model}, on probation until its record for {} earns a promotion",
             class.as_str()
         );
     }
@@ -375,7 +357,7 @@ namespaces:
             (ImageRollback, &shop, Global { dry_run: true, require_approval: false }, Shadow, "--dry-run"),
         ];
         for (class, namespace, global, mode, why) in cases {
-            let resolved = resolve(&policy, class, namespace, global, Proposer::Rules);
+            let resolved = resolve(&policy, class, namespace, &Overrides::default(), global, Proposer::Rules);
             assert_eq!(resolved.mode, mode, "{class:?} in {namespace:?} with {global:?}");
             assert!(
                 resolved.why.contains(why),
@@ -390,18 +372,25 @@ namespaces:
     fn a_models_action_is_held_to_approve_and_never_loosens_a_stricter_mode() {
         let policy = AutonomyPolicy::parse(POLICY).expect("valid");
         let shop = ns("shop", &[], None);
-        let model = Proposer::Model("gemini-3.5-flash");
-        let held = resolve(&policy, ActionClass::MemoryRaise, &shop, Global::default(), model);
+        let model = Proposer::Model("gemini-3.5-flash", false);
+        let none = Overrides::default();
+        let held = resolve(&policy, ActionClass::MemoryRaise, &shop, &none, Global::default(), model);
         assert_eq!(held.mode, Mode::Approve);
         assert!(held.why.contains("gemini-3.5-flash, on probation"), "{}", held.why);
         let payments = ns("payments", &[], None);
         assert_eq!(
-            resolve(&policy, ActionClass::MemoryRaise, &payments, Global::default(), model).mode,
+            resolve(&policy, ActionClass::MemoryRaise, &payments, &none, Global::default(), model).mode,
             Mode::Shadow
         );
         assert_eq!(
-            resolve(&policy, ActionClass::MemoryRaise, &shop, Global::default(), Proposer::Rules).mode,
+            resolve(&policy, ActionClass::MemoryRaise, &shop, &none, Global::default(), Proposer::Rules).mode,
             Mode::Auto
+        );
+        let earned = Proposer::Model("gemini-3.5-flash", true);
+        assert_eq!(
+            resolve(&policy, ActionClass::MemoryRaise, &shop, &none, Global::default(), earned).mode,
+            Mode::Auto,
+            "a model whose record earned it is held no more"
         );
     }
 
@@ -424,7 +413,76 @@ namespaces:
     }
 
     #[test]
+    fn a_promotion_replaces_the_files_mode_and_a_demotion_is_a_ceiling_everywhere() {
+        let policy = AutonomyPolicy::parse(POLICY).expect("valid");
+        let set = |mode, demotion| Some(Override { mode, demotion, by: "alice".into() });
+        let shop = ns("shop", &[], None);
+        let payments = ns("payments", &[], None);
+        let checkout = ns("checkout", &[("team", "checkout")], None);
+        let global = Global::default();
+        let rules = Proposer::Rules;
+        use ActionClass::*;
+        use Mode::*;
+        let cases = [
+            // Promoted for every namespace: the file's class mode is replaced, its namespace rules stay.
+            (
+                ImageRollback,
+                &shop,
+                Overrides { cluster: set(Auto, false), namespace: None },
+                Auto,
+                "promotion",
+            ),
+            (
+                ImageRollback,
+                &payments,
+                Overrides { cluster: set(Auto, false), namespace: None },
+                Shadow,
+                "rule 1",
+            ),
+            // Promoted in one namespace: over its rule.
+            (
+                MemoryRaise,
+                &payments,
+                Overrides { cluster: None, namespace: set(Approve, false) },
+                Approve,
+                "in payments",
+            ),
+            // Demoted: a ceiling in every namespace, whatever the rules say.
+            (
+                InPlaceResize,
+                &checkout,
+                Overrides { cluster: set(Approve, true), namespace: None },
+                Approve,
+                "demotion",
+            ),
+            (
+                MemoryRaise,
+                &payments,
+                Overrides { cluster: set(Approve, true), namespace: None },
+                Shadow,
+                "rule 1",
+            ),
+            (
+                MemoryRaise,
+                &shop,
+                Overrides { cluster: set(Approve, true), namespace: set(Auto, false) },
+                Approve,
+                "demotion",
+            ),
+        ];
+        for (class, namespace, overrides, mode, why) in cases {
+            let resolved = resolve(&policy, class, namespace, &overrides, global, rules);
+            assert_eq!(resolved.mode, mode, "{class:?} in {} with {overrides:?}", namespace.name);
+            assert!(resolved.why.contains(why), "{}: {}", namespace.name, resolved.why);
+        }
+        let demoted = Overrides { cluster: set(Approve, true), namespace: None };
+        assert_eq!(policy_mode(&policy, MemoryRaise, None, &demoted).mode, Approve, "the class's own mode");
+        assert_eq!(policy_mode(&policy, ImageRollback, None, &Overrides::default()).mode, Approve);
+    }
+
+    #[test]
     fn each_action_and_strategy_is_one_class() {
+        use kubesent_proto::{Action, Strategy};
         let raise = Action::IncreaseMemory {
             container: "app".into(),
             from: kubesent_proto::MemoryQuantity::from_mib(128),

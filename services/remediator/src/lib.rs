@@ -24,6 +24,8 @@ pub fn patch_params() -> kube::api::PatchParams {
 pub mod args;
 pub mod autonomy;
 pub mod bounds;
+pub mod earned;
+pub mod followup;
 pub mod gate;
 pub mod guardrails;
 pub mod intent;
@@ -114,6 +116,42 @@ pub struct RemediatorConfig {
     /// How long a revision must have served healthy, by KubeSent's record, to be rolled back to after a
     /// finished rollout scaled it down.
     pub known_good_after: Duration,
+    /// Following decisions, keeping each class's record, promotion and demotion.
+    pub earned: EarnedConfig,
+}
+
+/// How KubeSent follows its decisions up and keeps each action class's record.
+#[derive(Debug, Clone)]
+pub struct EarnedConfig {
+    /// How long a shadow or suggested decision is followed for what humans did.
+    pub followup_window: Duration,
+    /// How often the leader looks at the follow-ups.
+    pub followup_every: Duration,
+    /// Field managers taken for people (prefixes); every other manager is a controller.
+    pub human_managers: Vec<String>,
+    /// When a record earns a promotion (also: when a model's own record ends its probation).
+    pub promotion: proto::autonomy::PromotionRule,
+    /// Promote a class that earned it without waiting for `kubesent policy promote`.
+    pub auto_promote: bool,
+    /// Harmful automatic fixes of a class within [`EarnedConfig::demote_window`] that demote it to
+    /// `approve` (0: never).
+    pub demote_after: u32,
+    /// The class breaker's window.
+    pub demote_window: Duration,
+}
+
+impl Default for EarnedConfig {
+    fn default() -> Self {
+        Self {
+            followup_window: Duration::from_secs(24 * 3600),
+            followup_every: Duration::from_secs(30),
+            human_managers: followup::HUMAN_FIELD_MANAGERS.split(',').map(str::to_owned).collect(),
+            promotion: proto::autonomy::PromotionRule::default(),
+            auto_promote: false,
+            demote_after: 2,
+            demote_window: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 impl Default for RemediatorConfig {
@@ -135,6 +173,7 @@ impl Default for RemediatorConfig {
             verify_timeout: Duration::from_secs(600),
             take_back: true,
             known_good_after: Duration::from_secs(600),
+            earned: EarnedConfig::default(),
         }
     }
 }
@@ -259,6 +298,31 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabel {
+    class: &'static str,
+    mode: &'static str,
+    /// `rules` or `model` (model names come from verdicts: not a label).
+    proposer: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct JudgementLabel {
+    class: &'static str,
+    judgement: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FollowUpLabel {
+    class: &'static str,
+    response: &'static str,
+}
+
 /// Remediator metrics.
 #[derive(Debug)]
 pub struct RemediatorMetrics {
@@ -280,6 +344,16 @@ pub struct RemediatorMetrics {
     verifications_in_flight: Gauge,
     /// Writes to the Kubernetes API, after the rate limit let them through.
     writes: Counter,
+    /// Decisions by action class, mode and proposer.
+    decisions: Family<DecisionLabel, Counter>,
+    /// Outcomes counted in a class's record, by judgement.
+    judgements: Family<JudgementLabel, Counter>,
+    /// Follow-ups ended, by what humans did.
+    followups: Family<FollowUpLabel, Counter>,
+    /// Follow-ups under way.
+    followups_open: Gauge,
+    /// Each class's mode for every namespace (0 auto, 1 approve, 2 shadow).
+    class_mode: Family<ClassLabel, Gauge>,
 }
 
 /// 50 ms to about half an hour: a refusal or an override shows in seconds.
@@ -302,6 +376,11 @@ impl Default for RemediatorMetrics {
             verdicts_in_flight: Gauge::default(),
             verifications_in_flight: Gauge::default(),
             writes: Counter::default(),
+            decisions: Family::default(),
+            judgements: Family::default(),
+            followups: Family::default(),
+            followups_open: Gauge::default(),
+            class_mode: Family::default(),
         }
     }
 }
@@ -352,6 +431,38 @@ impl RemediatorMetrics {
             "Writes to the Kubernetes API (patches, creates, deletes, evictions) let through by the write rate limit",
             metrics.writes.clone(),
         );
+        r.register(
+            "autonomy_decisions",
+            "Fixes decided, by action class, the mode they were decided in and who proposed them (rules or a model)",
+            metrics.decisions.clone(),
+        );
+        r.register(
+            "autonomy_judgements",
+            "Outcomes counted in an action class's record (agreed, disagreed, harmful), by class",
+            metrics.judgements.clone(),
+        );
+        r.register(
+            "autonomy_followups",
+            "Follow-ups of shadow and suggested decisions ended, by class and what humans did (same, different, nothing, controller)",
+            metrics.followups.clone(),
+        );
+        r.register("autonomy_followups_open", "Follow-ups under way", metrics.followups_open.clone());
+        r.register(
+            "autonomy_class_mode",
+            "Each action class's mode for every namespace: 0 auto, 1 approve, 2 shadow (namespace rules aside)",
+            metrics.class_mode.clone(),
+        );
+        for class in proto::autonomy::ActionClass::ALL {
+            for judgement in [
+                proto::autonomy::Judgement::Agreed,
+                proto::autonomy::Judgement::Disagreed,
+                proto::autonomy::Judgement::Harmful,
+            ] {
+                let _ = metrics
+                    .judgements
+                    .get_or_create(&JudgementLabel { class: class.as_str(), judgement: judgement.as_str() });
+            }
+        }
         // Every series exists from the start, at zero, so rates and alerts see it before the first event.
         for result in OutcomeResult::ALL {
             let _ = metrics.outcomes.get_or_create(&ResultLabel { result: result.as_str() });
@@ -410,6 +521,9 @@ pub async fn run(
     };
     deps.health.set_ready(true);
     let intents = Intents::new(bucket.clone());
+    let followups = followup::Followups::new(bucket.clone());
+    let records = earned::Records::new(bucket.clone());
+    let human_managers = followup::HumanManagers::new(&config.earned.human_managers);
     let guardrails = Guardrails::new(bucket, config.limits.clone());
     let leadership = kubesent_common::leader::Leadership::new(deps.kube.clone(), config.leader.clone());
     let leading = leadership.watch();
@@ -431,6 +545,9 @@ pub async fn run(
         served,
         deps,
         intents,
+        followups,
+        records,
+        human_managers,
         guardrails,
         recorder,
         turns: fence::Turns::default(),
@@ -443,6 +560,9 @@ pub async fn run(
     tokio::spawn(remediator.clone().resume_on_takeover(leading.clone(), shutdown.clone()));
     tokio::spawn(remediator.clone().take_decisions(leading.clone(), shutdown.clone()));
     tokio::spawn(remediator.clone().purge_old_intents(leading.clone(), shutdown.clone()));
+    tokio::spawn(remediator.clone().follow_up(leading.clone(), shutdown.clone()));
+    tokio::spawn(remediator.clone().take_policy_requests(leading.clone(), shutdown.clone()));
+    tokio::spawn(remediator.clone().count_reverts(leading.clone(), shutdown.clone()));
     let worker = remediator.clone();
     // Verdicts are planned and changes made several at a time; each verification then goes on apart, so
     // a storm's verdicts never wait behind verify windows. The per-target locks keep two remediations off
@@ -478,6 +598,12 @@ struct Remediator {
     served: kubesent_common::served::ServedStore,
     deps: RemediatorDeps,
     intents: Intents,
+    /// Shadow and suggested decisions being followed.
+    followups: followup::Followups,
+    /// Each class's record and the overrides in force.
+    records: earned::Records,
+    /// Which field managers are people.
+    human_managers: followup::HumanManagers,
     guardrails: Guardrails,
     recorder: Recorder,
     /// One task at a time drives an incident.
@@ -524,6 +650,8 @@ struct Finished {
     /// Not finished: the change is made and its verification goes on in a task of its own (see
     /// [`HandOff`]).
     verifying: bool,
+    /// The class and mode of the decision, when known here (else derived when it is recorded).
+    autonomy: Option<proto::autonomy::Autonomy>,
 }
 
 impl Finished {
@@ -536,7 +664,13 @@ impl Finished {
             decided_by: None,
             recorded: false,
             verifying: false,
+            autonomy: None,
         }
+    }
+
+    /// The same, decided in `mode` for `class`.
+    fn in_mode(self, class: proto::autonomy::ActionClass, mode: autonomy::Mode, strategy: Strategy) -> Self {
+        Self { autonomy: Some(proto::autonomy::Autonomy { class, mode }), strategy: Some(strategy), ..self }
     }
 }
 
@@ -561,6 +695,7 @@ impl Finished {
             decided_by: intent.approved_by.clone(),
             recorded: false,
             verifying: false,
+            autonomy: None,
         }
     }
 }
@@ -699,10 +834,20 @@ impl Remediator {
             Prepared::Act(act) => *act,
         };
         let Act { pod, owner, mut intent, what, workload_key } = act;
-        let resolved = self.mode_of(&intent, verdict).await?;
+        let Some(class) = autonomy::ActionClass::of(&intent.action, intent.strategy) else {
+            return Ok(Finished::plain(OutcomeResult::DiagnosisOnly, "no action"));
+        };
+        let resolved = self.mode_of(class, &intent.target.namespace, &verdict.source).await?;
+        if approved_by.is_none() {
+            let proposer =
+                if matches!(verdict.source, proto::VerdictSource::Model { .. }) { "model" } else { "rules" };
+            let label = DecisionLabel { class: class.as_str(), mode: resolved.mode.as_str(), proposer };
+            self.deps.metrics.decisions.get_or_create(&label).inc();
+        }
+        let decided = |finished: Finished| finished.in_mode(class, resolved.mode, intent.strategy);
         if resolved.mode == autonomy::Mode::Shadow {
             // Decided and recorded, nothing changed; a human's approval does not override shadow.
-            return Ok(Finished::plain(
+            return Ok(decided(Finished::plain(
                 OutcomeResult::Suggested,
                 format!(
                     "shadow ({}): KubeSent would {} {} on {what}; nothing was changed",
@@ -710,7 +855,7 @@ impl Remediator {
                     verdict.action.kind_str(),
                     describe(&verdict.action)
                 ),
-            ));
+            )));
         }
         let approval = resolved.mode == autonomy::Mode::Approve;
         if approval && approved_by.is_none() && intent.phase == Phase::Pending {
@@ -721,23 +866,23 @@ impl Remediator {
             // A human decides instead of the budget, cooldown and breaker; the kill switch still holds.
             if let Some(reason) = self.guardrails.paused().await? {
                 self.keep_suggested(verdict).await;
-                return Ok(Finished::plain(
+                return Ok(decided(Finished::plain(
                     OutcomeResult::Suggested,
                     format!(
                         "KubeSent is paused ({reason}); actions are only suggested (`kubesent approve {}` once resumed)",
                         verdict.incident
                     ),
-                ));
+                )));
             }
         } else if let Guard::Hold(why) =
             self.guardrails.admit(&workload_key, verdict.incident.as_str()).await?
         {
             info!(%why, "the guardrails hold the action; it is only suggested");
             self.keep_suggested(verdict).await;
-            return Ok(Finished::plain(
+            return Ok(decided(Finished::plain(
                 OutcomeResult::Suggested,
                 format!("{why} (`kubesent approve {}` carries it out)", verdict.incident),
-            ));
+            )));
         }
         if let Some(by) = approved_by {
             intent.approved_by = Some(by.to_owned());
@@ -770,32 +915,44 @@ impl Remediator {
         self.drive(intent, revision, HandOff::AtVerification).await
     }
 
-    /// The mode of the intent's action class in its namespace: the policy in force, the namespace's own
-    /// annotation (read from the cluster) and the global flags.
-    async fn mode_of(&self, intent: &Intent, verdict: &Verdict) -> Result<autonomy::Resolved, StepError> {
-        let Some(class) = autonomy::ActionClass::of(&intent.action, intent.strategy) else {
-            return Ok(autonomy::Resolved { mode: autonomy::Mode::Auto, why: "no action".into() });
-        };
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.deps.kube.clone());
-        let namespace = namespaces.get_opt(&intent.target.namespace).await?;
-        let meta = namespace.map(|n| n.metadata).unwrap_or_default();
-        let facts = autonomy::NamespaceFacts {
-            name: intent.target.namespace.clone(),
-            labels: meta.labels.unwrap_or_default(),
-            annotation: meta.annotations.and_then(|mut a| a.remove(autonomy::NAMESPACE_ANNOTATION)),
-        };
+    /// The mode of `class` in `namespace`: the policy in force with its overrides, the namespace's own
+    /// annotation (read from the cluster), the proposer's probation and the global flags.
+    async fn mode_of(
+        &self,
+        class: autonomy::ActionClass,
+        namespace: &str,
+        source: &proto::VerdictSource,
+    ) -> Result<autonomy::Resolved, StepError> {
+        let facts = self.namespace_facts(namespace).await?;
+        let overrides = self.records.overrides(class, namespace).await?;
         let global = autonomy::Global {
             dry_run: self.config.policy.dry_run,
             require_approval: self.config.approval_required,
         };
         let policy = self.autonomy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let proposer = match &verdict.source {
-            proto::VerdictSource::Model { model } => autonomy::Proposer::Model(model),
+        let proposer = match source {
+            proto::VerdictSource::Model { model } => {
+                autonomy::Proposer::Model(model, self.model_earned(class, model).await?)
+            }
             _ => autonomy::Proposer::Rules,
         };
-        let resolved = autonomy::resolve(&policy, class, &facts, global, proposer);
+        let resolved = autonomy::resolve(&policy, class, &facts, &overrides, global, proposer);
         info!(class = class.as_str(), mode = resolved.mode.as_str(), why = %resolved.why, "autonomy decided");
         Ok(resolved)
+    }
+
+    /// What the cluster says of `namespace` that autonomy reads: its labels and annotation.
+    pub(crate) async fn namespace_facts(
+        &self,
+        namespace: &str,
+    ) -> Result<autonomy::NamespaceFacts, StepError> {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.deps.kube.clone());
+        let meta = namespaces.get_opt(namespace).await?.map(|n| n.metadata).unwrap_or_default();
+        Ok(autonomy::NamespaceFacts {
+            name: namespace.to_owned(),
+            labels: meta.labels.unwrap_or_default(),
+            annotation: meta.annotations.and_then(|mut a| a.remove(autonomy::NAMESPACE_ANNOTATION)),
+        })
     }
 
     /// Everything the cluster says about a verdict before any guardrail or lock: the gate against the live
@@ -1046,6 +1203,7 @@ impl Remediator {
 
     /// Publishes the outcome of `incident`. Each incident has one final outcome (its message id is
     /// `outcome-<incident>`); a remediation waiting for approval is announced under `pending-<incident>`.
+    /// A shadow or suggested decision is followed up from here on (see [`followup`]).
     async fn record_for(
         &self,
         incident: &proto::IncidentId,
@@ -1057,7 +1215,32 @@ impl Remediator {
         if finished.recorded {
             return Ok(());
         }
+        let autonomy = match finished.autonomy {
+            Some(autonomy) => Some(autonomy),
+            None => self.derived_autonomy(action, verdict, &finished).await,
+        };
         let diagnosis = verdict.map(proto::Diagnosis::of);
+        if finished.result == OutcomeResult::Suggested
+            && let (Some(autonomy), Some(diagnosis)) = (autonomy, diagnosis.as_ref())
+        {
+            // Written before the outcome, so no follow-up is lost to a crash in between.
+            let window = jiff::SignedDuration::try_from(self.config.earned.followup_window)
+                .unwrap_or(jiff::SignedDuration::from_hours(24));
+            let now = jiff::Timestamp::now();
+            let following = proto::autonomy::Following {
+                schema: proto::SCHEMA_VERSION,
+                incident: incident.clone(),
+                pod: pod.clone(),
+                workload: diagnosis.workload.clone(),
+                action: action.clone(),
+                autonomy,
+                diagnosis: Some(diagnosis.clone()),
+                decided_at: now,
+                until: now.checked_add(window).unwrap_or(now),
+                seen: None,
+            };
+            self.followups.start(&following).await?;
+        }
         let outcome = Outcome {
             schema: proto::SCHEMA_VERSION,
             incident: incident.clone(),
@@ -1071,18 +1254,66 @@ impl Remediator {
             decided_by: finished.decided_by,
             trace_id: trace::current_trace_id(),
             diagnosis,
+            autonomy,
+            followup: None,
             at: jiff::Timestamp::now(),
         };
-        let subject = proto::outcome_subject(&pod.namespace, outcome.result)?;
         let kind = if outcome.result == OutcomeResult::AwaitingApproval { "pending" } else { "outcome" };
-        let message_id = format!("{kind}-{incident}");
+        self.publish_outcome(&outcome, &format!("{kind}-{incident}")).await?;
+        Ok(())
+    }
+
+    /// The class and mode of a decision recorded without them: a remediation's (approved by a human, or
+    /// automatic), or a suggestion made before its mode was resolved (GitOps, a human's earlier revert),
+    /// resolved now. `None` for outcomes that decide nothing (denied, stale, diagnosis only).
+    async fn derived_autonomy(
+        &self,
+        action: &Action,
+        verdict: Option<&Verdict>,
+        finished: &Finished,
+    ) -> Option<proto::autonomy::Autonomy> {
+        use autonomy::Mode;
+        let bare = verdict.is_some_and(|v| v.key.workload.kind == proto::WorkloadKind::Pod);
+        let strategy =
+            finished.strategy.unwrap_or(if bare { Strategy::InPlaceResize } else { Strategy::OwnerPatch });
+        let class = autonomy::ActionClass::of(action, strategy)?;
+        let mode = match finished.result {
+            OutcomeResult::AwaitingApproval => Mode::Approve,
+            _ if finished.decided_by.is_some() => Mode::Approve,
+            OutcomeResult::Suggested => {
+                let verdict = verdict?;
+                match self.mode_of(class, &verdict.pod.namespace, &verdict.source).await {
+                    Ok(resolved) => resolved.mode,
+                    Err(error) => {
+                        warn!(%error, "resolving the mode of a suggestion failed; recorded as auto");
+                        Mode::Auto
+                    }
+                }
+            }
+            OutcomeResult::Denied | OutcomeResult::Stale | OutcomeResult::DiagnosisOnly => return None,
+            _ if finished.strategy.is_none() => return None,
+            _ => Mode::Auto,
+        };
+        Some(proto::autonomy::Autonomy { class, mode })
+    }
+
+    /// Publishes `outcome` under `message_id` and, unless JetStream already stored it (a repeat after a
+    /// lost acknowledgement or by an earlier leader), counts it: metrics, and the class's record. Returns
+    /// whether it was new.
+    pub(crate) async fn publish_outcome(
+        &self,
+        outcome: &Outcome,
+        message_id: &str,
+    ) -> Result<bool, StepError> {
+        let (incident, pod) = (&outcome.incident, &outcome.pod);
+        let subject = proto::outcome_subject(&pod.namespace, outcome.result)?;
         let span =
-            trace::producer_span(false, &subject, &message_id, incident.as_str(), &pod.namespace, &pod.name);
+            trace::producer_span(false, &subject, message_id, incident.as_str(), &pod.namespace, &pod.name);
         let published = nats::publish(
             &self.deps.js,
             subject,
-            &message_id,
-            proto::encode(&outcome),
+            message_id,
+            proto::encode(outcome),
             &[(proto::headers::INCIDENT, incident.as_str())],
         )
         .instrument(span)
@@ -1091,7 +1322,7 @@ impl Remediator {
             // Recorded before (by this replica before a failed acknowledgement, or by an earlier
             // leader): the audit log keeps the first; nothing is counted or observed again.
             info!(result = outcome.result.as_str(), "outcome already recorded; not counted again");
-            return Ok(());
+            return Ok(false);
         }
         if let Some(diagnosis) =
             outcome.diagnosis.as_ref().filter(|_| outcome.result == OutcomeResult::Healed)
@@ -1107,7 +1338,8 @@ impl Remediator {
         }
         self.deps.metrics.outcomes.get_or_create(&ResultLabel { result: outcome.result.as_str() }).inc();
         info!(result = outcome.result.as_str(), detail = %outcome.detail, "outcome recorded");
-        Ok(())
+        self.count_in_record(outcome).await;
+        Ok(true)
     }
 
     async fn event(
@@ -1144,6 +1376,7 @@ fn awaiting_approval(intent: &Intent) -> Finished {
         decided_by: None,
         recorded: false,
         verifying: false,
+        autonomy: None,
     }
 }
 

@@ -174,6 +174,54 @@ impl Operator {
         }
     }
 
+    /// Asks the leading remediator to promote, demote or reset `class` (in `namespace`, or for every
+    /// namespace), and waits for what it recorded: the policy change, or its refusal.
+    pub async fn policy(
+        &self,
+        class: proto::autonomy::ActionClass,
+        namespace: Option<&str>,
+        step: proto::autonomy::PolicyStep,
+        force: bool,
+        reason: Option<String>,
+        wait: Duration,
+    ) -> Result<Option<proto::autonomy::PolicyChange>, OperatorError> {
+        let key = proto::autonomy::request_key(&self.user, class, namespace)
+            .map_err(|why| OperatorError::Decision(DecisionError::Key(why)))?;
+        let nats_error = |e: &dyn std::fmt::Display| {
+            OperatorError::Nats(kubesent_common::Error::Config(format!("policy changes: {e}")))
+        };
+        // Subscribed before the request is written, so its answer cannot be missed.
+        let mut changes = self.client.subscribe(proto::POLICY_SUBJECTS).await.map_err(|e| nats_error(&e))?;
+        let asked = jiff::Timestamp::now();
+        let request = proto::autonomy::PolicyRequest {
+            schema: proto::SCHEMA_VERSION,
+            step,
+            force,
+            by: self.by.clone(),
+            reason,
+            at: asked,
+        };
+        let payload = serde_json::to_vec(&request).map_err(|e| IntentError::Store(e.to_string()))?;
+        self.bucket.put(key.as_str(), payload.into()).await.map_err(|e| IntentError::Store(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, changes.next()).await {
+                Ok(Some(message)) => {
+                    if let Ok(change) = proto::decode::<proto::autonomy::PolicyChange>(&message.payload)
+                        && change.class == class
+                        && change.namespace.as_deref() == namespace
+                        && change.at >= asked
+                        && change.event != proto::autonomy::PolicyEvent::Eligible
+                    {
+                        return Ok(Some(change));
+                    }
+                }
+                Ok(None) | Err(_) => return Ok(None),
+            }
+        }
+    }
+
     /// Turns the kill switch on: every remediator only suggests until [`Operator::resume`].
     pub async fn pause(&self, reason: &str) -> Result<String, OperatorError> {
         let recorded = format!("{reason}; paused by {} at {}", self.attribution(), jiff::Timestamp::now());
@@ -212,6 +260,16 @@ impl Operator {
             trace_id: None,
             at: jiff::Timestamp::now(),
             diagnosis: None,
+            // A human took the fix back: it counts against its class (as approved or automatic).
+            autonomy: proto::autonomy::ActionClass::of(&intent.action, intent.strategy).map(|class| {
+                let mode = if intent.approved_by.is_some() {
+                    proto::autonomy::Mode::Approve
+                } else {
+                    proto::autonomy::Mode::Auto
+                };
+                proto::autonomy::Autonomy { class, mode }
+            }),
+            followup: None,
         };
         let subject = proto::outcome_subject(&intent.target.namespace, outcome.result)
             .map_err(|e| OperatorError::Nats(kubesent_common::Error::Config(e.to_string())))?;

@@ -94,7 +94,10 @@ impl Topology {
         vec![
             work_queue(proto::JOBS_STREAM, proto::JOBS_SUBJECTS),
             work_queue(proto::VERDICTS_STREAM, proto::VERDICTS_SUBJECTS),
-            audit_log(proto::OUTCOMES_STREAM, proto::OUTCOMES_SUBJECTS),
+            stream::Config {
+                subjects: vec![proto::OUTCOMES_SUBJECTS.to_owned(), proto::POLICY_SUBJECTS.to_owned()],
+                ..audit_log(proto::OUTCOMES_STREAM, proto::OUTCOMES_SUBJECTS)
+            },
             // A dead letter is a refused message plus the reason: room for one over the limit.
             stream::Config {
                 max_message_size: max_message_size * 2,
@@ -136,6 +139,21 @@ impl Topology {
             max_deliver: -1,
             max_ack_pending: 64,
             filter_subject: proto::VERDICTS_SUBJECTS.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// The remediator's consumer of the reversals operators record (`kubesent undo`), which count against
+    /// their class's record. New reversals only: one made before the consumer existed was not counted then
+    /// either.
+    pub fn reverts_consumer(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(proto::REVERTS_CONSUMER.to_owned()),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 10,
+            filter_subject: proto::REVERTED_SUBJECTS.to_owned(),
             ..Default::default()
         }
     }
