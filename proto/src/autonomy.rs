@@ -355,6 +355,10 @@ pub struct Following {
     /// A human's change seen so far; the follow-up then waits (within the window) for the failure to stop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen: Option<SeenChange>,
+    /// Since when every pod of the target has run the container ready (the failure counts as stopped
+    /// once that held for the verify window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<Timestamp>,
 }
 
 /// A change to the followed field.

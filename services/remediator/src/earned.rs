@@ -134,15 +134,19 @@ impl Records {
         }
     }
 
-    /// Every operator request written under `policy.>`, from now on.
+    /// Every operator request written under `policy.>`, from now on: key, value and revision.
     pub async fn requests(
         &self,
-    ) -> Result<impl futures::Stream<Item = Result<(String, bytes::Bytes), IntentError>> + use<>, IntentError>
-    {
+    ) -> Result<
+        impl futures::Stream<Item = Result<(String, bytes::Bytes, u64), IntentError>> + use<>,
+        IntentError,
+    > {
         let updates = self.kv.watch(format!("{}.>", earned::REQUEST_PREFIX)).await.map_err(store_error)?;
         Ok(updates.filter_map(|entry| async move {
             match entry {
-                Ok(entry) if entry.operation == kv::Operation::Put => Some(Ok((entry.key, entry.value))),
+                Ok(entry) if entry.operation == kv::Operation::Put => {
+                    Some(Ok((entry.key, entry.value, entry.revision)))
+                }
                 Ok(_) => None,
                 Err(error) => Some(Err(store_error(error))),
             }
@@ -150,24 +154,30 @@ impl Records {
     }
 
     /// Requests written while no remediator took them.
-    pub async fn pending_requests(&self) -> Result<Vec<(String, bytes::Bytes)>, IntentError> {
+    pub async fn pending_requests(&self) -> Result<Vec<(String, bytes::Bytes, u64)>, IntentError> {
         let prefix = format!("{}.", earned::REQUEST_PREFIX);
         let mut keys = self.kv.keys().await.map_err(store_error)?;
         let mut pending = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(store_error)?;
             if key.starts_with(&prefix)
-                && let Some(value) = self.kv.get(&key).await.map_err(store_error)?
+                && let Some(entry) = self.kv.entry(&key).await.map_err(store_error)?
+                && entry.operation == kv::Operation::Put
             {
-                pending.push((key, value));
+                pending.push((key, entry.value, entry.revision));
             }
         }
         Ok(pending)
     }
 
-    /// Removes a request once taken.
-    pub async fn drop_request(&self, key: &str) -> Result<(), IntentError> {
-        self.kv.purge(key).await.map_err(store_error)
+    /// Removes a request once taken, unless the operator wrote a newer one under its key meanwhile (that
+    /// one is taken next).
+    pub async fn drop_request(&self, key: &str, revision: u64) -> Result<(), IntentError> {
+        match self.kv.purge_expect_revision(key, Some(revision)).await {
+            Ok(()) => Ok(()),
+            Err(error) if nats::is_cas_conflict(&error) => Ok(()),
+            Err(error) => Err(store_error(error)),
+        }
     }
 }
 
@@ -250,15 +260,15 @@ impl Remediator {
     async fn trip_breaker(&self, class: ActionClass, record: &ClassRecord) -> Result<(), StepError> {
         let window = jiff::SignedDuration::try_from(self.config.earned.demote_window)
             .unwrap_or(jiff::SignedDuration::MAX);
-        let since = Timestamp::now().checked_sub(window).unwrap_or(Timestamp::MIN);
-        if !breaker_trips(record, since, self.config.earned.demote_after) {
-            return Ok(());
+        let mut since = Timestamp::now().checked_sub(window).unwrap_or(Timestamp::MIN);
+        match self.records.stored_override(class, None).await? {
+            // A demotion since the harm began already holds.
+            Some(set) if set.event == PolicyEvent::Demoted && set.at >= since => return Ok(()),
+            // Harm before a promotion was weighed by whoever promoted: only what came after counts.
+            Some(set) if set.event == PolicyEvent::Promoted => since = since.max(set.at),
+            _ => {}
         }
-        // A demotion since the harm began already holds.
-        if let Some(set) = self.records.stored_override(class, None).await?
-            && set.event == PolicyEvent::Demoted
-            && set.at >= since
-        {
+        if !breaker_trips(record, since, self.config.earned.demote_after) {
             return Ok(());
         }
         let harmful =
@@ -457,8 +467,8 @@ impl Remediator {
             };
             match self.records.pending_requests().await {
                 Ok(pending) => {
-                    for (key, value) in pending {
-                        self.take_request(&key, &value).await;
+                    for (key, value, revision) in pending {
+                        self.take_request(&key, &value, revision).await;
                     }
                 }
                 Err(error) => warn!(%error, "listing pending policy requests failed"),
@@ -471,7 +481,7 @@ impl Remediator {
                         if !*leading.borrow() { break }
                     }
                     update = updates.next() => match update {
-                        Some(Ok((key, value))) => self.take_request(&key, &value).await,
+                        Some(Ok((key, value, revision))) => self.take_request(&key, &value, revision).await,
                         Some(Err(error)) => {
                             warn!(%error, "the policy requests watch failed; watching again");
                             break;
@@ -484,9 +494,9 @@ impl Remediator {
     }
 
     /// Takes one request, records what became of it, and removes it.
-    async fn take_request(&self, key: &str, value: &[u8]) {
+    async fn take_request(&self, key: &str, value: &[u8], revision: u64) {
         let drop_it = || async {
-            if let Err(error) = self.records.drop_request(key).await {
+            if let Err(error) = self.records.drop_request(key, revision).await {
                 warn!(%error, key, "removing a policy request failed");
             }
         };

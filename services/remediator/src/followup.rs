@@ -311,16 +311,32 @@ impl Remediator {
         let Some(snapshot) = snapshot else {
             return self.end_follow_up(&following, false, "the target is gone").await;
         };
+        let mut changed = false;
         if following.seen.is_none()
             && let Some(seen) = response(&following.action, &snapshot, &self.human_managers)
         {
             info!(response = seen.response.as_str(), by = ?seen.by, "a change to the followed field");
             following.seen = Some(seen);
-            self.followups.update(&following, revision).await?;
+            changed = true;
         }
-        let stopped = self.failure_stopped(&following).await?;
+        // Stopped only once it held: a pod runs ready for a while before its next OOM kill.
+        let healthy_since = match self.failure_stopped(&following).await? {
+            true => Some(following.healthy_since.unwrap_or(now)),
+            false => None,
+        };
+        if healthy_since != following.healthy_since {
+            following.healthy_since = healthy_since;
+            changed = true;
+        }
+        let held =
+            jiff::SignedDuration::try_from(self.config.verify_window).unwrap_or(jiff::SignedDuration::ZERO);
+        let stopped =
+            healthy_since.and_then(|since| since.checked_add(held).ok()).is_some_and(|at| now >= at);
         if (following.seen.is_some() && stopped) || now >= following.until {
             return self.end_follow_up(&following, stopped, "").await;
+        }
+        if changed {
+            self.followups.update(&following, revision).await?;
         }
         Ok(())
     }

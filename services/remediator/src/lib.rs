@@ -1238,6 +1238,7 @@ impl Remediator {
                 decided_at: now,
                 until: now.checked_add(window).unwrap_or(now),
                 seen: None,
+                healthy_since: None,
             };
             self.followups.start(&following).await?;
         }
