@@ -9,7 +9,10 @@
 //! - a rollout to an image that does not exist, rolled back;
 //! - a crash loop from a missing environment variable: a diagnosis, no change;
 //! - a failure in an excluded namespace (`kube-system`): ignored;
-//! - the leading remediator killed while it verifies a fix: the standby takes the Lease and finishes it.
+//! - the leading remediator killed while it verifies a fix: the standby takes the Lease and finishes it;
+//! - earned autonomy: namespace `payments` in shadow, so KubeSent only says what it would do for an
+//!   OOM-killed Deployment; a person then makes the same change (as `kubectl set resources` would), and
+//!   the follow-up counts it as agreed; `kubesent report` shows the record at the end.
 //!
 //! A live view shows each incident move through detected → diagnosed → acting → its result, with who
 //! acted and the timings (a redrawn table on a terminal, one line per step otherwise), then a summary
@@ -33,7 +36,9 @@ use kube::{
 use kubesent_common::nats::Role;
 use kubesent_kube_sim::ImageState;
 use kubesent_proto::intent::{Intent, Phase};
-use kubesent_proto::{self as proto, Action, FailureJob, IncidentId, Outcome, OutcomeResult, Verdict};
+use kubesent_proto::{
+    self as proto, Action, FailureJob, IncidentId, Outcome, OutcomeResult, Verdict, autonomy::HumanResponse,
+};
 use serde_json::json;
 
 /// How the demo runs.
@@ -57,12 +62,21 @@ pub struct DemoOptions {
 const DEMO_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The demo's workloads, by `namespace/kind name`, and what each shows.
-const SCENARIOS: [(&str, &str); 4] = [
+const SCENARIOS: [(&str, &str); 5] = [
     ("shop/Deployment checkout", "OOM storm of a 5-replica Deployment"),
     ("shop/Pod worker", "bare pod OOM-killed"),
     ("shop/Deployment web", "rollout to a missing image"),
     ("shop/Pod api", "crash loop from a missing env var"),
+    ("payments/Deployment ledger", "shadow (namespace payments)"),
 ];
+
+/// The demo's autonomy policy: deploy/base's, with namespace `payments` in shadow.
+fn demo_policy() -> String {
+    format!("{}namespaces:\n  - name: payments\n    mode: shadow\n", topology::DEPLOY_AUTONOMY_POLICY)
+}
+
+/// What a person sets ledger's memory to, as `kubectl set resources` would.
+const LEDGER_RAISE: &str = "256Mi";
 
 /// One incident as the view shows it.
 #[derive(Debug, Clone)]
@@ -79,6 +93,8 @@ struct Row {
     result: Option<OutcomeResult>,
     root_cause: String,
     detail: String,
+    /// What people did after a decision KubeSent did not carry out, and who.
+    followed: Option<(HumanResponse, String)>,
 }
 
 fn secs(at: Option<Duration>) -> String {
@@ -101,7 +117,7 @@ struct View {
     rows: BTreeMap<IncidentId, Row>,
     leaders: BTreeMap<&'static str, String>,
     notes: Vec<String>,
-    jobs_outside_shop: Vec<String>,
+    jobs_excluded: Vec<String>,
 }
 
 impl View {
@@ -119,6 +135,7 @@ impl View {
             result: None,
             root_cause: String::new(),
             detail: String::new(),
+            followed: None,
         })
     }
 
@@ -126,8 +143,8 @@ impl View {
     fn take(&mut self, subject: &str, payload: &[u8], at: Duration) -> Option<String> {
         if subject.starts_with("kubesent.jobs.") {
             let job: FailureJob = proto::decode(payload).ok()?;
-            if job.pod.namespace != "shop" {
-                self.jobs_outside_shop.push(format!("{}/{}", job.pod.namespace, job.pod.name));
+            if job.pod.namespace == "kube-system" {
+                self.jobs_excluded.push(format!("{}/{}", job.pod.namespace, job.pod.name));
             }
             let workload =
                 format!("{}/{} {}", job.key.namespace, job.key.workload.kind, job.key.workload.name);
@@ -164,6 +181,12 @@ impl View {
                 .map(|d| format!("{}/{} {}", outcome.pod.namespace, d.workload.kind, d.workload.name))
                 .unwrap_or_else(|| format!("{}/Pod {}", outcome.pod.namespace, outcome.pod.name));
             let row = self.row(&outcome.incident, || workload.clone());
+            if let Some(followup) = outcome.followup.as_ref().filter(|_| outcome.result == OutcomeResult::Followed) {
+                let by = followup.by.clone().unwrap_or_default();
+                row.state = format!("followed: {}", followup.response.as_str());
+                row.followed = Some((followup.response, by));
+                return Some(format!("{workload}: followed up: {}", outcome.detail));
+            }
             row.state = outcome.result.as_str().to_owned();
             row.by = outcome.actor.trim_start_matches("kubesent-").to_owned();
             row.detail = outcome.detail.clone();
@@ -218,8 +241,13 @@ impl View {
         out
     }
 
+    /// The workload's incident once it ended (a suggestion: once its follow-up did too).
     fn finished(&self, workload: &str) -> Option<&Row> {
-        self.rows.values().find(|r| r.workload == workload && r.result.is_some())
+        self.rows.values().find(|r| {
+            r.workload == workload
+                && r.result.is_some()
+                && (r.result != Some(OutcomeResult::Suggested) || r.followed.is_some())
+        })
     }
 }
 
@@ -277,7 +305,9 @@ async fn create_scenarios(kube: &kube::Client, sim: &kubesent_kube_sim::KubeSim)
         .await
         .context("api")?;
     let system: Api<Pod> = Api::namespaced(kube.clone(), "kube-system");
-    system.create(&params, &pod("node-agent", oom, json!([]))?).await.context("node-agent")?;
+    system.create(&params, &pod("node-agent", oom.clone(), json!([]))?).await.context("node-agent")?;
+    let payments: Api<Deployment> = Api::namespaced(kube.clone(), "payments");
+    payments.create(&params, &deployment("ledger", 2, oom)?).await.context("ledger")?;
     // A healthy revision first; its rollout to a missing image follows once it serves.
     deployments.create(&params, &deployment("web", 3, json!({}))?).await.context("web")?;
     sim.state().registry.set("registry.local/shop/web:1.1", ImageState::Missing);
@@ -305,7 +335,11 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
             // Compressed as the verify window is: a revision serving for 30 s is known-good, so a bad
             // deploy tried by hand after the scenarios (README) is rolled back even once its rollout finished.
             ("KUBESENT_KNOWN_GOOD_AFTER", "30s".to_owned()),
+            // Follow-ups are looked at each second (deploy/base: 30 s), so the person's change shows soon.
+            ("KUBESENT_FOLLOWUP_EVERY", "1s".to_owned()),
         ]),
+        namespaces: vec!["kubesent".to_owned(), "shop".to_owned(), "payments".to_owned()],
+        autonomy_policy: Some(demo_policy()),
         dir: args.dir.clone(),
         ..TopologyOptions::default()
     })
@@ -317,10 +351,11 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
     let mut messages = client.subscribe("kubesent.>").await.context("subscribing to kubesent.>")?;
     let intents = topology.js.get_key_value(proto::INTENTS_BUCKET).await.context("the intents bucket")?;
     create_scenarios(&topology.kube, &topology.sim).await?;
-    screen.line("created: Deployment checkout (5 replicas that need 200Mi, limit 128Mi), pod worker (the same), pod api (exits: DATABASE_URL is not set), pod kube-system/node-agent (OOM, excluded namespace), Deployment web (healthy)");
+    screen.line("created: Deployment checkout (5 replicas that need 200Mi, limit 128Mi), pod worker (the same), pod api (exits: DATABASE_URL is not set), pod kube-system/node-agent (OOM, excluded namespace), Deployment web (healthy), Deployment payments/ledger (2 replicas that need 200Mi; payments is in shadow)");
 
     let deployments: Api<Deployment> = Api::namespaced(topology.kube.clone(), "shop");
     let mut web_rolled_out = false;
+    let mut person_raised_ledger = false;
     let mut killed: Option<(String, Duration)> = None;
     let mut took_over: Option<(String, Duration)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -372,6 +407,18 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
                     deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&update)).await?;
                     web_rolled_out = true;
                     screen.line("Deployment web: revision 1 serves; rolling out revision 2 with image web:1.1, which does not exist");
+                }
+                // KubeSent only said what it would do for ledger: a person does it.
+                if !person_raised_ledger
+                    && view.rows.values().any(|r| r.workload == "payments/Deployment ledger" && r.result == Some(OutcomeResult::Suggested))
+                {
+                    let ledger: Api<Deployment> = Api::namespaced(topology.kube.clone(), "payments");
+                    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+                        "resources": {"limits": {"memory": LEDGER_RAISE}, "requests": {"memory": LEDGER_RAISE}}}]}}}});
+                    let params = PatchParams { field_manager: Some("kubectl-set".into()), ..PatchParams::default() };
+                    ledger.patch("ledger", &params, &Patch::Strategic(&raise)).await?;
+                    person_raised_ledger = true;
+                    screen.line(&format!("payments/Deployment ledger: a person raises memory to {LEDGER_RAISE}, as `kubectl set resources deployment/ledger -n payments --limits=memory={LEDGER_RAISE} --requests=memory={LEDGER_RAISE}` does (field manager kubectl-set)"));
                 }
                 // Kill the leading remediator while it verifies the storm's fix.
                 if killed.is_none()
@@ -438,6 +485,10 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
         let Some(row) = view.finished(workload) else { continue };
         let expected = match workload {
             "shop/Pod api" => row.result == Some(OutcomeResult::DiagnosisOnly),
+            "payments/Deployment ledger" => {
+                row.result == Some(OutcomeResult::Suggested)
+                    && row.followed.as_ref().is_some_and(|(response, _)| *response == HumanResponse::Same)
+            }
             _ => row.result == Some(OutcomeResult::Healed),
         };
         all_as_expected &= expected;
@@ -455,8 +506,16 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
         if workload == "shop/Pod api" {
             writeln!(out, "      {}", row.root_cause)?;
         }
+        if let Some((response, by)) = &row.followed {
+            writeln!(
+                out,
+                "      then a person made {} change ({by}): counted as {} in memory-raise's record",
+                if *response == HumanResponse::Same { "the same" } else { "a different" },
+                if *response == HumanResponse::Same { "agreed" } else { "disagreed" }
+            )?;
+        }
     }
-    let ignored = view.jobs_outside_shop.is_empty();
+    let ignored = view.jobs_excluded.is_empty();
     all_as_expected &= ignored;
     writeln!(
         out,
@@ -465,7 +524,7 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
         if ignored {
             "no incident".to_owned()
         } else {
-            format!("incidents for {:?}", view.jobs_outside_shop)
+            format!("incidents for {:?}", view.jobs_excluded)
         }
     )?;
     if let (Some((victim, _)), Some((successor, after))) = (&killed, &took_over) {
@@ -490,6 +549,23 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
             format!("; {}", repeats.iter().map(|v| v.detail.clone()).collect::<Vec<_>>().join("; "))
         }
     )?;
+    // The record behind earned autonomy, as an operator reads it.
+    let report = std::process::Command::new(&args.exe)
+        .args(["report", "--since", "1h"])
+        .env("KUBESENT_NATS_URL", topology.nats.urls())
+        .envs(topology.users.env(Role::Reader))
+        .output()
+        .context("running kubesent report")?;
+    let report_text = String::from_utf8_lossy(&report.stdout);
+    let reported = report.status.success() && report_text.contains("memory-raise       payments");
+    all_as_expected &= reported;
+    writeln!(out, "\n{} kubesent report --since 1h:", if reported { "✓" } else { "✗" })?;
+    for line in report_text.lines() {
+        writeln!(out, "  {line}")?;
+    }
+    if !report.status.success() {
+        writeln!(out, "  {}", String::from_utf8_lossy(&report.stderr).trim())?;
+    }
     let dir = topology.dir().display().to_string();
     let admin = topology.dir().join("admin.kubeconfig");
     let admin_token = topology.admin_token.clone();
@@ -506,10 +582,10 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
     // (the operator's also the kubeconfig `kubesent undo` acts with), readable by the owner only.
     let mut sourced = Vec::new();
     for (role, what) in [
-        (Role::Reader, "kubesent incidents; kubesent incidents show <incident>; kubesent tail"),
+        (Role::Reader, "kubesent incidents; kubesent incidents show <incident>; kubesent tail; kubesent report; kubesent policy show"),
         (
             Role::Operator,
-            "kubesent pause --reason test; kubesent resume; kubesent approve|reject|undo <incident>",
+            "kubesent pause --reason test; kubesent resume; kubesent approve|reject|undo <incident>; kubesent policy promote <class>",
         ),
         (Role::Notifier, "kubesent notifier --webhook-url http://127.0.0.1:9/ (or --slack-webhook-url …)"),
     ] {

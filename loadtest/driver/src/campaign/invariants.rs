@@ -149,7 +149,9 @@ impl World {
     /// Final outcomes (not `awaiting_approval`) by incident.
     pub fn finals(&self) -> BTreeMap<&IncidentId, Vec<&Outcome>> {
         let mut finals: BTreeMap<&IncidentId, Vec<&Outcome>> = BTreeMap::new();
-        for outcome in self.outcomes.iter().filter(|o| o.result != OutcomeResult::AwaitingApproval) {
+        // An approval wait comes before the final outcome, a follow-up's finding after it: neither is one.
+        let not_final = [OutcomeResult::AwaitingApproval, OutcomeResult::Followed];
+        for outcome in self.outcomes.iter().filter(|o| !not_final.contains(&o.result)) {
             finals.entry(&outcome.incident).or_default().push(outcome);
         }
         finals
@@ -376,6 +378,9 @@ pub fn check_counts(world: &World, counts: &BTreeMap<String, f64>) -> Vec<Violat
         {
             *allowed.entry(format!("healed:{}", diagnosis.failure.kind.as_str())).or_default() += 1;
         }
+    }
+    for followed in world.outcomes.iter().filter(|o| o.result == OutcomeResult::Followed) {
+        *allowed.entry(format!("outcomes:{}", followed.result.as_str())).or_default() += 1;
     }
     for intent in world.intents.iter().filter(|i| i.applied_at.is_some()) {
         if let Some(verdict) = &intent.verdict {

@@ -56,6 +56,8 @@ pub struct TopologyOptions {
     pub nodes: Vec<kubesent_kube_sim::nodes::NodeConfig>,
     /// Namespaces kube-sim starts with besides the system ones (its default when empty).
     pub namespaces: Vec<String>,
+    /// The autonomy policy the remediators read instead of deploy/base's ConfigMap.
+    pub autonomy_policy: Option<String>,
 }
 
 impl Default for TopologyOptions {
@@ -72,6 +74,7 @@ impl Default for TopologyOptions {
             dir: std::env::var_os("KUBESENT_CAMPAIGN_LOGS").map(PathBuf::from),
             nodes: Vec::new(),
             namespaces: Vec::new(),
+            autonomy_policy: None,
         }
     }
 }
@@ -244,7 +247,7 @@ impl Topology {
             // The autonomy policy is deploy/base's ConfigMap, written where the pod would mount it.
             if env.iter().any(|(k, _)| k == "KUBESENT_AUTONOMY_POLICY") {
                 let policy = dir.join("autonomy-policy.yaml");
-                std::fs::write(&policy, DEPLOY_AUTONOMY_POLICY)?;
+                std::fs::write(&policy, options.autonomy_policy.as_deref().unwrap_or(DEPLOY_AUTONOMY_POLICY))?;
                 env.retain(|(k, _)| k != "KUBESENT_AUTONOMY_POLICY");
                 env.push(("KUBESENT_AUTONOMY_POLICY".into(), policy.display().to_string()));
             }
