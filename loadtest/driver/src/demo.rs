@@ -181,7 +181,9 @@ impl View {
                 .map(|d| format!("{}/{} {}", outcome.pod.namespace, d.workload.kind, d.workload.name))
                 .unwrap_or_else(|| format!("{}/Pod {}", outcome.pod.namespace, outcome.pod.name));
             let row = self.row(&outcome.incident, || workload.clone());
-            if let Some(followup) = outcome.followup.as_ref().filter(|_| outcome.result == OutcomeResult::Followed) {
+            if let Some(followup) =
+                outcome.followup.as_ref().filter(|_| outcome.result == OutcomeResult::Followed)
+            {
                 let by = followup.by.clone().unwrap_or_default();
                 row.state = format!("followed: {}", followup.response.as_str());
                 row.followed = Some((followup.response, by));
@@ -521,11 +523,7 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
         out,
         "  {} excluded namespace: kube-system/node-agent OOM-killed {agent_restarts} times, {}",
         if ignored { "✓" } else { "✗" },
-        if ignored {
-            "no incident".to_owned()
-        } else {
-            format!("incidents for {:?}", view.jobs_excluded)
-        }
+        if ignored { "no incident".to_owned() } else { format!("incidents for {:?}", view.jobs_excluded) }
     )?;
     if let (Some((victim, _)), Some((successor, after))) = (&killed, &took_over) {
         writeln!(
@@ -582,7 +580,10 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
     // (the operator's also the kubeconfig `kubesent undo` acts with), readable by the owner only.
     let mut sourced = Vec::new();
     for (role, what) in [
-        (Role::Reader, "kubesent incidents; kubesent incidents show <incident>; kubesent tail; kubesent report; kubesent policy show"),
+        (
+            Role::Reader,
+            "kubesent incidents; kubesent incidents show <incident>; kubesent tail; kubesent report; kubesent policy show",
+        ),
         (
             Role::Operator,
             "kubesent pause --reason test; kubesent resume; kubesent approve|reject|undo <incident>; kubesent policy promote <class>",

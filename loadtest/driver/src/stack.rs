@@ -51,6 +51,8 @@ pub struct StackOptions {
     pub take_back: bool,
     /// How long a revision serves healthy before it is recorded known-good.
     pub known_good_after: Duration,
+    /// The remediator's autonomy policy file (every class auto when unset).
+    pub autonomy_policy: Option<std::path::PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -67,6 +69,7 @@ impl Default for StackOptions {
             nodes: SimConfig::default().nodes,
             take_back: true,
             known_good_after: Duration::from_secs(2),
+            autonomy_policy: None,
         }
     }
 }
@@ -241,6 +244,11 @@ impl Stack {
             verify_timeout: options.verify_window * 10 + Duration::from_secs(30),
             take_back: options.take_back,
             known_good_after: options.known_good_after,
+            autonomy_policy: options.autonomy_policy.clone(),
+            earned: kubesent_remediator::EarnedConfig {
+                followup_every: Duration::from_millis(200),
+                ..kubesent_remediator::EarnedConfig::default()
+            },
             ..RemediatorConfig::default()
         };
         remediator.policy.dry_run = options.dry_run;

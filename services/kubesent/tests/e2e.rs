@@ -1664,3 +1664,102 @@ async fn a_fix_only_suggested_while_paused_is_named_on_resume_and_carried_out_wh
     );
     stack.stop().await;
 }
+
+/// Runs `kubesent <args> --nats-url …` as the reader against `stack`.
+async fn kubesent_as_reader(stack: &Stack, args: &[&str]) -> std::process::Output {
+    let reader = stack.users.env(kubesent_common::nats::Role::Reader);
+    let nats = stack.nats.url().to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubesent"))
+            .args(&args)
+            .args(["--nats-url", &nats])
+            .envs(reader)
+            .output()
+            .expect("kubesent runs")
+    })
+    .await
+    .expect("ran")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_through_the_cli_changes_what_the_next_incident_does_and_the_report_shows_the_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("autonomy.yaml");
+    std::fs::write(&policy, "classes:\n  memory-raise: shadow\n").expect("policy");
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        rbac: true,
+        autonomy_policy: Some(policy),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    create_oom_deployment(&stack, 1).await;
+    let shadowed = next_outcome(&mut outcomes).await;
+    assert_eq!(shadowed.result, OutcomeResult::Suggested, "{}", shadowed.detail);
+    assert!(
+        shadowed.detail.starts_with("shadow (the policy's mode for memory-raise)"),
+        "{}",
+        shadowed.detail
+    );
+
+    let refused = kubesent_as_operator(&stack, &["policy", "promote", "memory-raise"]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "the record does not earn it");
+    assert!(
+        stderr.contains("0 of the 20 judged decisions it needs") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let promoted = kubesent_as_operator(
+        &stack,
+        &["policy", "promote", "memory-raise", "--force", "--reason", "the raises were right"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&promoted.stdout);
+    assert!(promoted.status.success(), "{}", String::from_utf8_lossy(&promoted.stderr));
+    assert!(stdout.starts_with("promoted memory-raise: shadow → approve"), "{stdout}");
+    assert!(stdout.contains("alice (NATS user kubesent-operator)"), "{stdout}");
+
+    // The next memory raise waits for a person instead of only being announced.
+    let deployments: Api<Deployment> = Api::namespaced(stack.kube.clone(), "shop");
+    let mut api = deployment(
+        1,
+        "registry.local/shop/api:2.0",
+        json!({}),
+        json!({"sim.kubesent.io/memory-need": "200Mi"}),
+    );
+    api.metadata.name = Some("api".into());
+    let selector = json!({"app": "api"});
+    let spec = api.spec.as_mut().expect("spec");
+    spec.selector.match_labels = serde_json::from_value(selector.clone()).ok();
+    spec.template.metadata.as_mut().expect("metadata").labels = serde_json::from_value(selector).ok();
+    deployments.create(&PostParams::default(), &api).await.expect("deployment created");
+    let waiting = next_outcome(&mut outcomes).await;
+    assert_eq!(waiting.result, OutcomeResult::AwaitingApproval, "{}", waiting.detail);
+
+    let report = kubesent_as_reader(&stack, &["report", "-o", "json"]).await;
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");
+    let shop = report["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["class"] == "memory-raise" && r["namespace"] == "shop"))
+        .cloned()
+        .expect("a row for memory-raise in shop");
+    assert_eq!(shop["decisions"], json!({"approve": 1, "shadow": 1}), "{shop}");
+    let events: Vec<&str> =
+        report["policy"].as_array().into_iter().flatten().filter_map(|c| c["event"].as_str()).collect();
+    assert_eq!(events, ["refused", "promoted"], "{report}");
+    let shown = kubesent_as_reader(&stack, &["policy", "show"]).await;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("override memory-raise: approve (promoted) by alice (NATS user kubesent-operator)"),
+        "{shown}"
+    );
+    let forbidden: Vec<_> =
+        stack.kube_sim.requests().into_iter().filter(|r| r.status == 401 || r.status == 403).collect();
+    assert!(forbidden.is_empty(), "least privilege is enough: {forbidden:?}");
+    stack.stop().await;
+}

@@ -247,7 +247,10 @@ impl Topology {
             // The autonomy policy is deploy/base's ConfigMap, written where the pod would mount it.
             if env.iter().any(|(k, _)| k == "KUBESENT_AUTONOMY_POLICY") {
                 let policy = dir.join("autonomy-policy.yaml");
-                std::fs::write(&policy, options.autonomy_policy.as_deref().unwrap_or(DEPLOY_AUTONOMY_POLICY))?;
+                std::fs::write(
+                    &policy,
+                    options.autonomy_policy.as_deref().unwrap_or(DEPLOY_AUTONOMY_POLICY),
+                )?;
                 env.retain(|(k, _)| k != "KUBESENT_AUTONOMY_POLICY");
                 env.push(("KUBESENT_AUTONOMY_POLICY".into(), policy.display().to_string()));
             }
