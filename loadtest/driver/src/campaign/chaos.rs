@@ -421,12 +421,18 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         ("KUBESENT_MAX_ACTIONS_PER_HOUR", "100000".to_owned()),
         ("KUBESENT_BREAKER_FAILURES", "100000".to_owned()),
         ("KUBESENT_LOG_JSON", "false".to_owned()),
+        // Rollbacks are only announced (shadow) and followed up through the faults, every second.
+        ("KUBESENT_FOLLOWUP_EVERY", "1s".to_owned()),
     ]);
     let mut topology = Topology::start(&TopologyOptions {
         exe: options.exe.clone(),
         kubernetes_minor: 32,
         overrides: overrides.clone(),
         dir: options.dir.clone(),
+        autonomy_policy: Some(format!(
+            "{}classes:\n  image-rollback: shadow\n",
+            topology::DEPLOY_AUTONOMY_POLICY
+        )),
         ..TopologyOptions::default()
     })
     .await

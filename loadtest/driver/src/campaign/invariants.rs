@@ -199,6 +199,22 @@ pub fn check(
         }
     }
 
+    // A follow-up only follows a decision KubeSent did not carry out, and ends once.
+    let mut followed: BTreeMap<&IncidentId, usize> = BTreeMap::new();
+    for outcome in world.outcomes.iter().filter(|o| o.result == OutcomeResult::Followed) {
+        *followed.entry(&outcome.incident).or_default() += 1;
+    }
+    for (incident, times) in followed {
+        let suggested = finals.get(incident).and_then(|o| o.first()).map(|o| o.result);
+        if times > 1 || suggested != Some(OutcomeResult::Suggested) {
+            violations.push(Violation {
+                invariant: "a follow-up follows a suggestion, once",
+                detail: format!("{incident}: followed {times} times after {suggested:?}"),
+                history: history(incident),
+            });
+        }
+    }
+
     // Every failure the scenario caused ends in a final outcome (no job lost, whatever was killed).
     let workload_of = |outcome: &Outcome| -> String {
         let name = &outcome.pod.name;
