@@ -453,6 +453,22 @@ impl RemediatorMetrics {
             metrics.class_mode.clone(),
         );
         for class in proto::autonomy::ActionClass::ALL {
+            let _ = metrics.class_mode.get_or_create(&ClassLabel { class: class.as_str() });
+            for mode in [autonomy::Mode::Auto, autonomy::Mode::Approve, autonomy::Mode::Shadow] {
+                for proposer in ["rules", "model"] {
+                    let label = DecisionLabel { class: class.as_str(), mode: mode.as_str(), proposer };
+                    let _ = metrics.decisions.get_or_create(&label);
+                }
+            }
+            for response in [
+                proto::autonomy::HumanResponse::Same,
+                proto::autonomy::HumanResponse::Different,
+                proto::autonomy::HumanResponse::Nothing,
+                proto::autonomy::HumanResponse::Controller,
+            ] {
+                let label = FollowUpLabel { class: class.as_str(), response: response.as_str() };
+                let _ = metrics.followups.get_or_create(&label);
+            }
             for judgement in [
                 proto::autonomy::Judgement::Agreed,
                 proto::autonomy::Judgement::Disagreed,
