@@ -214,6 +214,37 @@ async fn healed_incidents_and_approval_requests_reach_slack_and_a_signed_webhook
     assert_eq!(receiver.of("slack").len(), 2, "one Slack message per incident and result");
     assert_eq!(metrics.count(SinkKind::Webhook, Delivery::Sent), 2);
     assert_eq!(metrics.count(SinkKind::Webhook, Delivery::Failed), 0);
+
+    // A class demoted after harmful fixes: announced on both sinks; a refused request is not.
+    let demoted = proto::autonomy::PolicyChange {
+        schema: proto::SCHEMA_VERSION,
+        event: proto::autonomy::PolicyEvent::Demoted,
+        class: proto::autonomy::ActionClass::MemoryRaise,
+        namespace: None,
+        from: proto::autonomy::Mode::Auto,
+        to: proto::autonomy::Mode::Approve,
+        by: "kubesent".into(),
+        why: "2 automatic memory-raise fixes were harmful within 24h".into(),
+        record: proto::autonomy::Tally { agreed: 7, disagreed: 0, harmful: 2 },
+        at: jiff::Timestamp::now(),
+    };
+    let refused =
+        proto::autonomy::PolicyChange { event: proto::autonomy::PolicyEvent::Refused, ..demoted.clone() };
+    for (change, id) in [(&refused, "refused"), (&demoted, "demoted")] {
+        let subject = proto::autonomy::policy_subject(change.event);
+        nats::publish(&stack.js, subject, id, proto::encode(change), &[]).await.expect("stored");
+    }
+    receiver.until(|r| r.of("hook").len() >= 4 && r.of("slack").len() >= 3).await;
+    let policy = &receiver.of("hook")[3].1;
+    assert_eq!(
+        (policy["type"].as_str(), policy["event"].as_str()),
+        (Some("policy"), Some("demoted")),
+        "{policy}"
+    );
+    assert_eq!(policy["record"]["harmful"], 2);
+    let slack = receiver.of("slack")[2].1.to_string();
+    assert!(slack.contains("memory-raise demoted: auto → approve on prod-eu"), "{slack}");
+    assert!(slack.contains("9 judged: 7 agreed, 0 disagreed, 2 harmful"), "{slack}");
     shutdown.cancel();
     running.await.expect("joined").expect("the notifier stops cleanly");
     stack.stop().await;
