@@ -506,26 +506,43 @@ async fn outcomes(
     namespace: Option<&str>,
     since: Option<Duration>,
 ) -> anyhow::Result<BTreeMap<IncidentId, Record>> {
-    let stream = js.get_stream(proto::OUTCOMES_STREAM).await.context("opening the audit stream")?;
     let mut records: BTreeMap<IncidentId, Record> = BTreeMap::new();
     let filter_subject = match namespace {
         Some(ns) => format!("kubesent.outcomes.{ns}.*"),
         None => proto::OUTCOMES_SUBJECTS.to_owned(),
     };
+    read_audit_log(js, vec![filter_subject], since, |_, payload| {
+        if let Ok(outcome) = proto::decode::<Outcome>(payload) {
+            records.entry(outcome.incident.clone()).or_default().outcomes.push(outcome);
+        }
+    })
+    .await?;
+    Ok(records)
+}
+
+/// Reads the audit log's messages on `subjects` since `since` (all when `None`), oldest first, handing
+/// each (subject, payload) to `take`; ends at the newest.
+pub(crate) async fn read_audit_log(
+    js: &jetstream::Context,
+    subjects: Vec<String>,
+    since: Option<Duration>,
+    mut take: impl FnMut(&str, &[u8]),
+) -> anyhow::Result<()> {
+    let stream = js.get_stream(proto::OUTCOMES_STREAM).await.context("opening the audit stream")?;
     let deliver_policy = match since {
         Some(age) => DeliverPolicy::ByStartTime { start_time: time::OffsetDateTime::now_utc() - age },
         None => DeliverPolicy::All,
     };
     let mut consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject,
+            filter_subjects: subjects,
             deliver_policy,
             ..Default::default()
         })
         .await
         .context("reading the audit stream")?;
     if consumer.info().await.context("reading the audit stream")?.num_pending == 0 {
-        return Ok(records);
+        return Ok(());
     }
     let mut messages = consumer.messages().await.context("reading the audit stream")?;
     while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
@@ -534,14 +551,12 @@ async fn outcomes(
     {
         let message = message.context("reading the audit stream")?;
         let pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if let Ok(outcome) = proto::decode::<Outcome>(&message.payload) {
-            records.entry(outcome.incident.clone()).or_default().outcomes.push(outcome);
-        }
+        take(message.subject.as_str(), &message.payload);
         if pending == 0 {
             break;
         }
     }
-    Ok(records)
+    Ok(())
 }
 
 /// Adds each remediation in the intents bucket (and, when `history`, its earlier steps) to `records`.

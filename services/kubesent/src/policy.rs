@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use kubesent_common::nats::{self, NatsArgs, Role};
 use kubesent_proto::{
     self as proto,
-    autonomy::{self as earned, ActionClass, ClassRecord, Override, PolicyEvent, PolicyStep, PromotionRule},
+    autonomy::{self as earned, ActionClass, ClassRecord, Override, PolicyEvent, PolicyStep},
 };
 
 use crate::cli::OperatorArgs;
@@ -63,12 +63,8 @@ pub struct StepArgs {
 /// `kubesent policy show`
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// Judged decisions a class needs to earn a promotion (as the remediator's `--promote-after`).
-    #[arg(long, default_value_t = 20)]
-    promote_after: u32,
-    /// Agreement a class needs, in percent (as the remediator's `--promote-agreement`).
-    #[arg(long, default_value_t = 95)]
-    promote_agreement: u8,
+    #[command(flatten)]
+    promotion: crate::report::PromotionArgs,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -124,10 +120,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let client = nats::connect_as(&args.nats, Role::Reader, "kubesent-policy").await?;
     let js = jetstream::new(client);
     let bucket = nats::existing_bucket(&js, proto::INTENTS_BUCKET).await?;
-    let rule = PromotionRule {
-        min_judged: args.promote_after,
-        min_agreement: f64::from(args.promote_agreement.min(100)) / 100.0,
-    };
+    let rule = args.promotion.rule();
     let since = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(30 * 24);
     let mut overrides = Vec::new();
     let mut keys = bucket.keys().await.context("listing the intents bucket")?;

@@ -9,10 +9,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use clap::{Args, ValueEnum};
-use futures::StreamExt as _;
 use kubesent_common::nats::{self, NatsArgs, Role};
 use kubesent_proto::{
     self as proto, IncidentId, Outcome, OutcomeResult,
@@ -32,13 +30,8 @@ pub struct ReportArgs {
     /// Output: a table, or JSON for tooling.
     #[arg(short = 'o', long, value_enum, default_value_t = ReportFormat::Text)]
     output: ReportFormat,
-    /// Judged decisions a class needs to earn a promotion (as the remediator's `--promote-after`).
-    #[arg(long, default_value_t = 20)]
-    promote_after: u32,
-    /// Agreement a class needs to earn a promotion, in percent (as the remediator's
-    /// `--promote-agreement`).
-    #[arg(long, default_value_t = 95)]
-    promote_agreement: u8,
+    #[command(flatten)]
+    promotion: PromotionArgs,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -277,49 +270,52 @@ pub fn text(report: &Report) -> String {
     out
 }
 
-/// Reads the audit log's outcomes and policy changes since `since`.
+/// Reads the audit log's outcomes and policy changes since `since` (of `namespace`, when given).
 async fn read(
     js: &jetstream::Context,
     since: Duration,
     namespace: Option<&str>,
 ) -> anyhow::Result<(Vec<Outcome>, Vec<PolicyChange>)> {
-    let stream = js.get_stream(proto::OUTCOMES_STREAM).await.context("opening the audit stream")?;
-    let start_time = time::OffsetDateTime::now_utc() - since;
-    let mut consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subjects: vec![proto::OUTCOMES_SUBJECTS.to_owned(), proto::POLICY_SUBJECTS.to_owned()],
-            deliver_policy: DeliverPolicy::ByStartTime { start_time },
-            ..Default::default()
-        })
-        .await
-        .context("reading the audit stream")?;
     let (mut outcomes, mut policy) = (Vec::new(), Vec::new());
-    if consumer.info().await.context("reading the audit stream")?.num_pending == 0 {
-        return Ok((outcomes, policy));
-    }
-    let mut messages = consumer.messages().await.context("reading the audit stream")?;
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
-        .await
-        .context("the audit stream stopped answering")?
-    {
-        let message = message.context("reading the audit stream")?;
-        let pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if message.subject.starts_with("kubesent.policy.") {
-            if let Ok(change) = proto::decode::<PolicyChange>(&message.payload)
+    let subjects = vec![proto::OUTCOMES_SUBJECTS.to_owned(), proto::POLICY_SUBJECTS.to_owned()];
+    crate::incidents::read_audit_log(js, subjects, Some(since), |subject, payload| {
+        if subject.starts_with("kubesent.policy.") {
+            if let Ok(change) = proto::decode::<PolicyChange>(payload)
                 && namespace.is_none_or(|ns| change.namespace.as_deref().is_none_or(|n| n == ns))
             {
                 policy.push(change);
             }
-        } else if let Ok(outcome) = proto::decode::<Outcome>(&message.payload)
+        } else if let Ok(outcome) = proto::decode::<Outcome>(payload)
             && namespace.is_none_or(|ns| outcome.pod.namespace == ns)
         {
             outcomes.push(outcome);
         }
-        if pending == 0 {
-            break;
+    })
+    .await?;
+    Ok((outcomes, policy))
+}
+
+/// The promotion rule as the remediator is configured with it (its `--promote-after` and
+/// `--promote-agreement`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PromotionArgs {
+    /// Judged decisions a class needs to earn a promotion (as the remediator's `--promote-after`).
+    #[arg(long, default_value_t = 20)]
+    promote_after: u32,
+    /// Agreement a class needs to earn a promotion, in percent (as the remediator's
+    /// `--promote-agreement`).
+    #[arg(long, default_value_t = 95)]
+    promote_agreement: u8,
+}
+
+impl PromotionArgs {
+    /// The rule.
+    pub fn rule(self) -> PromotionRule {
+        PromotionRule {
+            min_judged: self.promote_after,
+            min_agreement: f64::from(self.promote_agreement.min(100)) / 100.0,
         }
     }
-    Ok((outcomes, policy))
 }
 
 /// Runs `kubesent report`.
@@ -327,11 +323,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let client = nats::connect_as(&args.nats, Role::Reader, "kubesent-report").await?;
     let js = jetstream::new(client);
     let (outcomes, policy) = read(&js, args.since, args.namespace.as_deref()).await?;
-    let rule = PromotionRule {
-        min_judged: args.promote_after,
-        min_agreement: f64::from(args.promote_agreement.min(100)) / 100.0,
-    };
-    let mut report = build(&outcomes, policy, rule);
+    let mut report = build(&outcomes, policy, args.promotion.rule());
     report.since = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::try_from(args.since)?).ok();
     match args.output {
         ReportFormat::Text => crate::out_raw!("{}", text(&report))?,

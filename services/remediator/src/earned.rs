@@ -321,6 +321,16 @@ impl Remediator {
         Ok(autonomy::policy_mode(&policy, class, None, &overrides).mode)
     }
 
+    /// The mode `class` has in `namespace` (for every namespace when `None`) by the policy file and the
+    /// overrides in force: what a promotion or demotion steps from.
+    async fn scoped_mode(&self, class: ActionClass, namespace: Option<&str>) -> Result<Mode, StepError> {
+        let Some(ns) = namespace else { return self.class_mode(class).await };
+        let overrides = self.records.overrides(class, ns).await?;
+        let facts = self.namespace_facts(ns).await?;
+        let policy = self.autonomy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        Ok(autonomy::policy_mode(&policy, class, Some(&facts), &overrides).mode)
+    }
+
     /// Sets the override and records the change in the audit log.
     #[allow(clippy::too_many_arguments)]
     async fn change_policy(
@@ -536,15 +546,7 @@ impl Remediator {
     ) -> Result<(), StepError> {
         let (record, _) = self.records.record(class).await?;
         let counted = tally(&record, self.record_since(), namespace, None);
-        let from = match namespace {
-            None => self.class_mode(class).await?,
-            Some(ns) => {
-                let overrides = self.records.overrides(class, ns).await?;
-                let facts = self.namespace_facts(ns).await?;
-                let policy = self.autonomy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-                autonomy::policy_mode(&policy, class, Some(&facts), &overrides).mode
-            }
-        };
+        let from = self.scoped_mode(class, namespace).await?;
         let reason = request.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
         let refuse = |why: String| async move {
             self.publish_policy(PolicyEvent::Refused, class, namespace, from, from, by, &why, counted).await
@@ -582,16 +584,7 @@ impl Remediator {
                     return refuse(format!("no override of {class} is in force there")).await;
                 }
                 self.records.set_override(class, namespace, None).await?;
-                let to = match namespace {
-                    None => self.class_mode(class).await?,
-                    Some(ns) => {
-                        let overrides = self.records.overrides(class, ns).await?;
-                        let facts = self.namespace_facts(ns).await?;
-                        let policy =
-                            self.autonomy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-                        autonomy::policy_mode(&policy, class, Some(&facts), &overrides).mode
-                    }
-                };
+                let to = self.scoped_mode(class, namespace).await?;
                 let why = format!("reset by {by}{reason}: the policy file decides {class} again");
                 self.publish_policy(PolicyEvent::Reset, class, namespace, from, to, by, &why, counted).await
             }
