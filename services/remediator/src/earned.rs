@@ -284,19 +284,16 @@ impl Remediator {
         self.change_policy(PolicyEvent::Demoted, class, None, from, to, KUBESENT, &why, record).await
     }
 
-    /// Announces (once) that `class`'s record earns a promotion, and promotes it with `--auto-promote`.
+    /// Announces (once) that `class`'s record earns a promotion, or promotes it with `--auto-promote`.
     async fn announce_if_earned(&self, class: ActionClass, record: &ClassRecord) -> Result<(), StepError> {
-        let since = self.record_since();
-        let counted = tally(record, since, None, None);
-        let earns = counted.earns(self.config.earned.promotion).is_ok();
-        let from = self.class_mode(class).await?;
-        if !earns || from == Mode::Auto || record.eligible_since.is_some() {
-            if !earns && record.eligible_since.is_some() {
+        let counted = tally(record, self.record_since(), None, None);
+        if counted.earns(self.config.earned.promotion).is_err() {
+            if record.eligible_since.is_some() {
                 self.records.change(class, |r| r.eligible_since = None).await?;
             }
             return Ok(());
         }
-        self.records.change(class, |r| r.eligible_since = Some(Timestamp::now())).await?;
+        let from = self.class_mode(class).await?;
         let Some(to) = from.promoted() else { return Ok(()) };
         let why = format!(
             "{} of {} judged {class} decisions agreed with people, none harmful",
@@ -307,6 +304,10 @@ impl Remediator {
             let by = format!("{KUBESENT} (--auto-promote)");
             return self.change_policy(PolicyEvent::Promoted, class, None, from, to, &by, &why, record).await;
         }
+        if record.eligible_since.is_some() {
+            return Ok(());
+        }
+        self.records.change(class, |r| r.eligible_since = Some(Timestamp::now())).await?;
         let why = format!("{why}: `kubesent policy promote {class}` moves it from {from} to {to}");
         self.publish_policy(PolicyEvent::Eligible, class, None, from, from, KUBESENT, &why, counted).await
     }

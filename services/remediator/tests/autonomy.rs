@@ -273,3 +273,67 @@ async fn two_automatic_fixes_people_took_back_demote_their_class_to_approve() {
     audit.outcome(&after.incident, OutcomeResult::Healed).await;
     remediator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_earns_a_promotion_is_announced_once_and_with_auto_promote_the_class_moves_up() {
+    let world = world(36).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "default: shadow\n").expect("policy");
+    let mut audit = AuditLog::follow(&world).await;
+    let mut changes = world.client.subscribe("kubesent.policy.>").await.expect("subscribed");
+    let earning = |auto_promote| {
+        let mut config = following(&policy, Duration::from_secs(600));
+        config.earned.promotion = proto::autonomy::PromotionRule { min_judged: 1, min_agreement: 0.95 };
+        config.earned.auto_promote = auto_promote;
+        config
+    };
+    let remediator = start_with(&world, earning(false));
+    let web = oom_deployment(&world, "web").await;
+    let first = verdict(&web, increase(128, 256), 95);
+    publish(&world, &first, "v1").await;
+    audit.outcome(&first.incident, OutcomeResult::Suggested).await;
+    kubectl_sets_memory(&world, "web", "256Mi", "kubectl-edit").await;
+    audit.outcome(&first.incident, OutcomeResult::Followed).await;
+    let announced = tokio::time::timeout(PATIENCE, changes.next()).await.expect("in time").expect("a change");
+    let announced: PolicyChange = proto::decode(&announced.payload).expect("a policy change");
+    assert_eq!(
+        (announced.event, announced.from, announced.to),
+        (PolicyEvent::Eligible, Mode::Shadow, Mode::Shadow)
+    );
+    assert!(
+        announced.why.contains("`kubesent policy promote memory-raise` moves it from shadow to approve"),
+        "{}",
+        announced.why
+    );
+    // A second agreement is not announced again (the next change seen below is the promotion).
+    let shop = oom_deployment(&world, "shop").await;
+    let again = verdict(&shop, increase(128, 256), 95);
+    publish(&world, &again, "v1b").await;
+    audit.outcome(&again.incident, OutcomeResult::Suggested).await;
+    kubectl_sets_memory(&world, "shop", "256Mi", "kubectl-edit").await;
+    audit.outcome(&again.incident, OutcomeResult::Followed).await;
+    record(&world, ActionClass::MemoryRaise, |r| r.entries.len() == 2).await;
+    remediator.stop().await;
+
+    // With --auto-promote the next agreement moves the class itself.
+    let remediator = start_with(&world, earning(true));
+    let api = oom_deployment(&world, "api").await;
+    let second = verdict(&api, increase(128, 256), 95);
+    publish(&world, &second, "v2").await;
+    audit.outcome(&second.incident, OutcomeResult::Suggested).await;
+    kubectl_sets_memory(&world, "api", "512Mi", "kubectl-patch").await;
+    audit.outcome(&second.incident, OutcomeResult::Followed).await;
+    let promoted = tokio::time::timeout(PATIENCE, changes.next()).await.expect("in time").expect("a change");
+    let promoted: PolicyChange = proto::decode(&promoted.payload).expect("a policy change");
+    assert_eq!(
+        (promoted.event, promoted.from, promoted.to),
+        (PolicyEvent::Promoted, Mode::Shadow, Mode::Approve)
+    );
+    assert_eq!(promoted.by, "kubesent (--auto-promote)");
+    let db = oom_deployment(&world, "db").await;
+    let third = verdict(&db, increase(128, 256), 95);
+    publish(&world, &third, "v3").await;
+    audit.outcome(&third.incident, OutcomeResult::AwaitingApproval).await;
+    remediator.stop().await;
+}
