@@ -343,6 +343,28 @@ async fn each_role_can_do_its_work_and_is_refused_everything_else() {
         notifier.refused_publish(subject).await;
     }
     notifier.refused_subscribe("kubesent.>").await;
+
+    // `kubesent slack` reads intents, writes approvals and rejections under its own name, follows
+    // outcomes; nothing else (no kill switch, no reversal, no policy request, no other user's decision).
+    let mut slack = connect(&server, &users, Role::Slack).await;
+    let bucket = nats::existing_bucket(&slack.js, proto::INTENTS_BUCKET).await.expect("the bucket");
+    assert!(bucket.get("inc-1").await.expect("read").is_some(), "reads intents");
+    bucket.put("decision.kubesent-slack.inc-1", "{}".into()).await.expect("a decision");
+    let _outcomes = slack.client.subscribe(proto::OUTCOMES_SUBJECTS).await.expect("follows outcomes");
+    slack.client.flush().await.expect("flushed");
+    slack.no_violations();
+    for subject in [
+        "$KV.kubesent-intents.paused",
+        "$KV.kubesent-intents.decision.kubesent-operator.inc-1",
+        "$KV.kubesent-intents.policy.kubesent-slack.memory-raise",
+        "$KV.kubesent-intents.inc-1",
+        "kubesent.outcomes.shop.reverted",
+        "kubesent.policy.promoted",
+        "$JS.API.CONSUMER.CREATE.KV_kubesent-intents",
+    ] {
+        slack.refused_publish(subject).await;
+    }
+    slack.refused_subscribe("kubesent.jobs.>").await;
 }
 
 #[test]

@@ -50,6 +50,8 @@ pub enum Command {
     Tail(crate::incidents::TailArgs),
     /// Tell humans what KubeSent did: Slack and a generic JSON webhook, from the audit log.
     Notifier(crate::notifier::NotifierArgs),
+    /// Take Slack's Approve/Reject clicks on fixes that wait for approval (the app's interactivity URL).
+    Slack(crate::slack::SlackArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
     Diagnose(crate::diagnose::DiagnoseArgs),
     /// Run the evaluation set (or your own cases) through the rules and each model, and score them.
@@ -198,6 +200,7 @@ impl Cli {
             Command::Eval(args) => crate::eval::run(args).await,
             Command::Incidents(args) => crate::incidents::run(args).await,
             Command::Notifier(args) => run_notifier(args).await,
+            Command::Slack(args) => run_slack(args).await,
             Command::Tail(args) => crate::incidents::tail(args).await,
             Command::Policy(args) => crate::policy::run(args).await,
             Command::Report(args) => crate::report::run(args).await,
@@ -213,6 +216,16 @@ async fn run_notifier(args: crate::notifier::NotifierArgs) -> anyhow::Result<()>
     ctx.publish_metrics();
     let deps = crate::notifier::NotifierDeps { js: ctx.js.clone(), metrics, health: ctx.health.clone() };
     crate::notifier::run(config, deps, ctx.shutdown.clone()).await
+}
+
+async fn run_slack(args: crate::slack::SlackArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    // No Kubernetes client: it writes decisions, as `kubesent approve` does, with its own NATS user.
+    let mut ctx = start_process(&args.process, Role::Slack, None, Topology::default()).await?;
+    ctx.publish_metrics();
+    let operator = Operator::connect_as(&args.process.nats, Role::Slack, "slack").await?;
+    ctx.health.set_ready(true);
+    crate::slack::run(config, operator, ctx.js.client(), args.listen, ctx.shutdown.clone()).await
 }
 
 /// What every service gets from [`start_service`].

@@ -9,6 +9,7 @@ pub mod incidents;
 pub mod notifier;
 pub mod policy;
 pub mod report;
+pub mod slack;
 
 /// Writes a line of the answer to stdout (flushed). A closed pipe (`kubesent incidents | head`) is an
 /// error like any other write error, which `main` ends on quietly (see [`closed_pipe`]).

@@ -321,6 +321,19 @@ pub fn slack_message(outcome: &Outcome, cluster: &str) -> Value {
             "text": format!("*Root cause* ({}% confident)\n{}", d.confidence, mrkdwn(&d.root_cause))}}));
     }
     blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*What happened*\n{}", mrkdwn(&outcome.detail))}}));
+    if outcome.result == OutcomeResult::AwaitingApproval {
+        // Buttons for the Slack app's interactivity (`kubesent slack`); the commands below work without it.
+        let incident = outcome.incident.as_str();
+        blocks.push(json!({"type": "actions", "block_id": "kubesent_decision", "elements": [
+            {"type": "button", "action_id": crate::slack::APPROVE_ACTION, "value": incident, "style": "primary",
+             "text": {"type": "plain_text", "text": "Approve"}},
+            {"type": "button", "action_id": crate::slack::REJECT_ACTION, "value": incident, "style": "danger",
+             "text": {"type": "plain_text", "text": "Reject"},
+             "confirm": {"title": {"type": "plain_text", "text": "Reject this fix?"},
+                "text": {"type": "plain_text", "text": "KubeSent records it as denied and changes nothing."},
+                "confirm": {"type": "plain_text", "text": "Reject"}, "deny": {"type": "plain_text", "text": "Cancel"}}}
+        ]}));
+    }
     let next = commands(outcome);
     if !next.is_empty() {
         let text =

@@ -204,6 +204,15 @@ async fn healed_incidents_and_approval_requests_reach_slack_and_a_signed_webhook
     assert_eq!(approval["type"], "approval_request");
     assert_eq!(approval["commands"]["approve"], "kubesent approve inc-aaaaaaaaaaaaaaaaaaaaaaaa");
     assert_eq!(approval["commands"]["reject"], "kubesent reject inc-aaaaaaaaaaaaaaaaaaaaaaaa");
+    // On Slack, buttons for `kubesent slack`, naming the incident.
+    let asking = receiver.of("slack")[1].1.to_string();
+    for part in [
+        "\"action_id\":\"kubesent_approve\"",
+        "\"action_id\":\"kubesent_reject\"",
+        "\"value\":\"inc-aaaaaaaaaaaaaaaaaaaaaaaa\"",
+    ] {
+        assert!(asking.contains(part), "{part} in {asking}");
+    }
     tokio::time::timeout(Duration::from_secs(10), async {
         while metrics.count(SinkKind::Slack, Delivery::Duplicate) < 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -76,11 +76,28 @@ pub struct Operator {
 impl Operator {
     /// Connects as the operator role with `nats`, recording actions as done by `by`.
     pub async fn connect(nats: &NatsArgs, by: &str) -> Result<Self, OperatorError> {
-        let client = nats::connect_as(nats, Role::Operator, "kubesent-cli").await?;
+        Self::connect_as(nats, Role::Operator, by).await
+    }
+
+    /// Connects as `role` (the operator, or `kubesent slack`'s decisions-only user), recording actions as
+    /// done by `by`.
+    pub async fn connect_as(nats: &NatsArgs, role: Role, by: &str) -> Result<Self, OperatorError> {
+        let client = nats::connect_as(nats, role, &format!("kubesent-{}", role.as_str())).await?;
         let js = jetstream::new(client.clone());
         let bucket = nats::existing_bucket(&js, proto::INTENTS_BUCKET).await?;
-        let user = nats.user.clone().unwrap_or_else(|| DEFAULT_OPERATOR_USER.to_owned());
+        let user = nats.user.clone().unwrap_or_else(|| role.service_name().to_owned());
         Ok(Self { js, client, bucket, user, by: by.to_owned() })
+    }
+
+    /// The same session, recording actions as done by `by` (one connection for many people's clicks).
+    pub fn acting_as(&self, by: &str) -> Self {
+        Self {
+            js: self.js.clone(),
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            user: self.user.clone(),
+            by: by.to_owned(),
+        }
     }
 
     /// Who this is, as recorded: the name given and the NATS user.

@@ -18,6 +18,8 @@ pub enum Role {
     Reader,
     /// Sends notifications from the audit log through its own durable consumer.
     Notifier,
+    /// Takes Slack's button clicks (`kubesent slack`): writes approvals and rejections only.
+    Slack,
     /// Everything (tests and the in-process stack, which play every role on one connection).
     Admin,
 }
@@ -27,8 +29,15 @@ pub const RATE_LIMIT_BUCKET: &str = "kubesent-ratelimit";
 
 impl Role {
     /// Every role a deployment gives credentials to (all but [`Role::Admin`]).
-    pub const DEPLOYED: [Self; 6] =
-        [Self::Detector, Self::Diagnoser, Self::Remediator, Self::Operator, Self::Reader, Self::Notifier];
+    pub const DEPLOYED: [Self; 7] = [
+        Self::Detector,
+        Self::Diagnoser,
+        Self::Remediator,
+        Self::Operator,
+        Self::Reader,
+        Self::Notifier,
+        Self::Slack,
+    ];
     /// Whether the role is a long-running service (detector, diagnoser, remediator, and the in-process
     /// observer) rather than a human's command.
     pub const fn is_service(self) -> bool {
@@ -44,6 +53,7 @@ impl Role {
             Self::Operator => "operator",
             Self::Reader => "reader",
             Self::Notifier => "notifier",
+            Self::Slack => "slack",
             Self::Admin => "admin",
         }
     }
@@ -57,6 +67,7 @@ impl Role {
             Self::Operator => "kubesent-operator",
             Self::Reader => "kubesent-reader",
             Self::Notifier => "kubesent-notifier",
+            Self::Slack => "kubesent-slack",
             Self::Admin => "kubesent-admin",
         }
     }
@@ -91,7 +102,7 @@ impl Role {
             Self::Remediator => {
                 vec![proto::OUTCOMES_STREAM.into(), proto::DLQ_STREAM.into(), kv(proto::INTENTS_BUCKET)]
             }
-            Self::Operator | Self::Reader | Self::Notifier => Vec::new(),
+            Self::Operator | Self::Reader | Self::Notifier | Self::Slack => Vec::new(),
             Self::Admin => [Self::Detector, Self::Diagnoser, Self::Remediator]
                 .iter()
                 .flat_map(|role| role.owned_streams())
