@@ -166,5 +166,43 @@ async fn an_approvers_click_is_carried_out_and_the_message_says_who_decided_and_
         )),
         "{last}"
     );
+
+    // A double click (or a replay within the five minutes): the fix is not waiting any more; the clicker
+    // is told so, privately, and nothing is decided again. An incident KubeSent never recorded: the same.
+    let before = received.lock().expect("lock").len();
+    assert_eq!(
+        click(endpoint, &response_url, "U123", slack::APPROVE_ACTION, &incident, SECRET, now).await,
+        200
+    );
+    let unknown = proto::IncidentId("inc-0123456789abcdef01234567".into());
+    assert_eq!(
+        click(endpoint, &response_url, "U123", slack::REJECT_ACTION, &unknown, SECRET, now).await,
+        200
+    );
+    until(&received, |r| r.len() >= before + 2).await;
+    let answers: Vec<Value> = received.lock().expect("lock")[before..].to_vec();
+    assert!(answers.iter().all(|m| m["response_type"] == "ephemeral"), "{answers:?}");
+    let texts: Vec<&str> = answers.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains(&format!("incident {incident} is not waiting for approval"))),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("no remediation is recorded for incident inc-0123456789abcdef01234567")),
+        "{texts:?}"
+    );
+    let outcomes_after = stack
+        .js
+        .get_stream(proto::OUTCOMES_STREAM)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert_eq!(outcomes_after, 2, "awaiting approval, then healed: nothing more");
     stack.stop().await;
 }
