@@ -401,10 +401,22 @@ pub fn timeline(
     }
     for outcome in &record.outcomes {
         let by = outcome.decided_by.as_ref().map(|d| format!(", decided by {d}")).unwrap_or_default();
+        // The class and mode a decision was made in, and how it counts in that class's record.
+        let autonomy = outcome.autonomy.map(|a| format!(" [{} in {}]", a.class, a.mode)).unwrap_or_default();
+        let counted = match (outcome.autonomy, proto::autonomy::judge(outcome)) {
+            (Some(a), Some(judgement)) => format!(" — counts as {} for {}", judgement.as_str(), a.class),
+            _ => String::new(),
+        };
+        let label = if outcome.result == OutcomeResult::Followed { "followed up" } else { "outcome" };
         events.push((
             outcome.at,
-            "outcome".into(),
-            format!("{} by {}{by}: {}", outcome.result.as_str(), outcome.actor, outcome.detail),
+            label.into(),
+            format!(
+                "{} by {}{by}{autonomy}: {}{counted}",
+                outcome.result.as_str(),
+                outcome.actor,
+                outcome.detail
+            ),
         ));
     }
     events.sort_by_key(|(at, _, _)| *at);
@@ -690,6 +702,41 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeline_names_the_class_and_mode_of_a_decision_and_how_its_follow_up_counts() {
+        let outcome = |result: &str, at: &str, followup: Option<Value>| -> Outcome {
+            let mut body = json!({
+                "schema": 1, "incident": "inc-aaaaaaaaaaaaaaaaaaaaaaaa",
+                "pod": {"namespace": "payments", "name": "ledger-1", "uid": "u", "resource_version": "1"},
+                "action": {"type": "increase_memory", "container": "app", "from": "128Mi", "to": "256Mi"},
+                "result": result, "detail": "d", "actor": "kubesent-remediator-0",
+                "autonomy": {"class": "memory-raise", "mode": "shadow"}, "at": at
+            });
+            if let Some(followup) = followup {
+                body["followup"] = followup;
+            }
+            serde_json::from_value(body).expect("outcome")
+        };
+        let record = Record {
+            outcomes: vec![
+                outcome("suggested", "2026-12-06T10:00:00Z", None),
+                outcome(
+                    "followed",
+                    "2026-12-06T10:05:00Z",
+                    Some(json!({"response": "same", "by": "kubectl-edit", "failure_stopped": true})),
+                ),
+            ],
+            steps: Vec::new(),
+        };
+        let text = timeline(&IncidentId("inc-aaaaaaaaaaaaaaaaaaaaaaaa".into()), &record, &[]);
+        assert!(
+            text.contains("outcome     suggested by kubesent-remediator-0 [memory-raise in shadow]: d\n"),
+            "{text}"
+        );
+        assert!(text.contains("followed up followed by kubesent-remediator-0 [memory-raise in shadow]: d — counts as agreed for memory-raise"), "{text}");
+        assert!(text.contains("State     suggested"), "a follow-up is not the incident's result: {text}");
+    }
 
     #[test]
     fn ages_read_as_people_write_them() {
