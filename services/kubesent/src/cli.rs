@@ -52,6 +52,8 @@ pub enum Command {
     Notifier(crate::notifier::NotifierArgs),
     /// Take Slack's Approve/Reject clicks on fixes that wait for approval (the app's interactivity URL).
     Slack(crate::slack::SlackArgs),
+    /// Serve KubeSent to agents over the Model Context Protocol (stdio, or Streamable HTTP with --listen).
+    Mcp(crate::mcp::McpArgs),
     /// Diagnose a pod from kubectl output (`kubectl get pod -o json`, logs, events) and print the verdict.
     Diagnose(crate::diagnose::DiagnoseArgs),
     /// Run the evaluation set (or your own cases) through the rules and each model, and score them.
@@ -201,6 +203,7 @@ impl Cli {
             Command::Incidents(args) => crate::incidents::run(args).await,
             Command::Notifier(args) => run_notifier(args).await,
             Command::Slack(args) => run_slack(args).await,
+            Command::Mcp(args) => crate::mcp::run(args).await,
             Command::Tail(args) => crate::incidents::tail(args).await,
             Command::Policy(args) => crate::policy::run(args).await,
             Command::Report(args) => crate::report::run(args).await,

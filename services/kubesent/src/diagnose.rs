@@ -301,8 +301,15 @@ async fn from_cluster(target: &str) -> anyhow::Result<Inputs> {
 
 /// Runs `kubesent diagnose` and prints the verdict as JSON.
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
+    let verdict = verdict_json(&args).await?;
+    crate::out!("{}", serde_json::to_string_pretty(&verdict)?)?;
+    Ok(())
+}
+
+/// The verdict `kubesent diagnose` prints for `args`, as JSON.
+pub async fn verdict_json(args: &DiagnoseArgs) -> anyhow::Result<Value> {
     let Inputs { pod, events, current_logs, previous_logs, cluster } = match (&args.pod, &args.target) {
-        (Some(path), _) => from_files(&args, path)?,
+        (Some(path), _) => from_files(args, path)?,
         (None, Some(target)) => from_cluster(target).await?,
         (None, None) => bail!("give a pod: namespace/name, or --pod with kubectl output"),
     };
@@ -312,12 +319,10 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         observations.iter().find_map(|o| o.failure.clone().map(|f| (o.clone(), f)))
     else {
         let healthy = kubesent_diagnoser::rules::healthy();
-        let out = json!({
+        return Ok(json!({
             "root_cause": healthy.root_cause, "failure": null, "action": {"type": "none"},
             "confidence": healthy.confidence, "source": "rules", "rule": healthy.rule,
-        });
-        crate::out!("{}", serde_json::to_string_pretty(&out)?)?;
-        return Ok(());
+        }));
     };
     let job = kubesent_detector::build_job(&lean, &Transition { container: container.clone(), signal });
     let redactor = Redactor;
@@ -361,6 +366,5 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         "kind": job.failure.kind, "container": job.failure.container, "init_container": job.failure.init_container,
         "reason": job.failure.reason, "exit_code": job.failure.exit_code, "restart_count": job.failure.restart_count,
     });
-    crate::out!("{}", serde_json::to_string_pretty(&render(&verdict, Some(failure)))?)?;
-    Ok(())
+    Ok(render(&verdict, Some(failure)))
 }

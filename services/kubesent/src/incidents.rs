@@ -617,6 +617,49 @@ async fn intents(
 }
 
 /// Runs `kubesent incidents` (or `incidents show`).
+/// One incident as the audit log and the intents hold it (every step), with the incidents its change
+/// caused; `None` when neither knows it.
+pub async fn load_one(
+    js: &jetstream::Context,
+    incident: &IncidentId,
+) -> anyhow::Result<Option<(Record, Vec<(IncidentId, proto::Diagnosis)>)>> {
+    let bucket = js.get_key_value(proto::INTENTS_BUCKET).await.ok();
+    let mut records = outcomes(js, None, None).await?;
+    let caused: Vec<(IncidentId, proto::Diagnosis)> =
+        caused_by(incident, &records).into_iter().map(|(id, d)| (id.clone(), d)).collect();
+    records.retain(|id, _| id == incident);
+    if let Some(bucket) = &bucket {
+        intents(bucket, &mut records, Some(incident), true).await?;
+    }
+    Ok(records.remove(incident).map(|record| (record, caused)))
+}
+
+/// The incidents `filter` selects, from the audit log and the intents.
+pub async fn load_list(
+    js: &jetstream::Context,
+    filter: &Filter,
+    now: jiff::Timestamp,
+) -> anyhow::Result<BTreeMap<IncidentId, Record>> {
+    let bucket = js.get_key_value(proto::INTENTS_BUCKET).await.ok();
+    let since = filter.since.as_deref().map(parse_age).transpose()?;
+    let mut records = outcomes(js, filter.namespace.as_deref(), since).await?;
+    if let Some(bucket) = &bucket {
+        intents(bucket, &mut records, None, false).await?;
+    }
+    let cutoff = since.and_then(|age| jiff::SignedDuration::try_from(age).ok()).map(|age| now - age);
+    records.retain(|_, record| {
+        passes(record, filter) && cutoff.is_none_or(|c| record.at().is_some_and(|at| at >= c))
+    });
+    Ok(records)
+}
+
+/// One incident as JSON: its outcomes, its steps, the incidents its change caused.
+pub fn json_one(incident: &IncidentId, record: &Record, caused: &[(IncidentId, proto::Diagnosis)]) -> Value {
+    json!({"incident": incident, "outcomes": record.outcomes, "steps": record.steps,
+        "caused": caused.iter().map(|(id, d)| json!({"incident": id, "diagnosis": d})).collect::<Vec<_>>()})
+}
+
+/// Runs `kubesent incidents`.
 pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
     let nats_args = match &args.show {
         Some(ShowCommand::Show { nats, .. }) => nats,
@@ -624,41 +667,25 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
     };
     let client = nats::connect_as(nats_args, Role::Reader, "kubesent-incidents").await?;
     let js = jetstream::new(client);
-    let bucket = js.get_key_value(proto::INTENTS_BUCKET).await.ok();
     let now = jiff::Timestamp::now();
     if let Some(ShowCommand::Show { incident, output, .. }) = args.show {
         let incident = IncidentId(incident);
-        let mut records = outcomes(&js, None, None).await?;
-        let caused: Vec<(IncidentId, proto::Diagnosis)> =
-            caused_by(&incident, &records).into_iter().map(|(id, d)| (id.clone(), d)).collect();
-        records.retain(|id, _| *id == incident);
-        if let Some(bucket) = &bucket {
-            intents(bucket, &mut records, Some(&incident), true).await?;
-        }
-        let Some(record) = records.get(&incident) else {
+        let Some((record, caused)) = load_one(&js, &incident).await? else {
             bail!("no incident {incident} in the audit log or the intents");
         };
-        let caused: Vec<(&IncidentId, proto::Diagnosis)> =
-            caused.iter().map(|(id, d)| (id, d.clone())).collect();
         match output {
             Format::Json => {
-                let value = json!({"incident": incident, "outcomes": record.outcomes, "steps": record.steps,
-                    "caused": caused.iter().map(|(id, d)| json!({"incident": id, "diagnosis": d})).collect::<Vec<_>>()});
-                crate::out!("{}", serde_json::to_string_pretty(&value)?)?;
+                crate::out!("{}", serde_json::to_string_pretty(&json_one(&incident, &record, &caused))?)?
             }
-            Format::Table | Format::Wide => crate::out_raw!("{}", timeline(&incident, record, &caused))?,
+            Format::Table | Format::Wide => {
+                let caused: Vec<(&IncidentId, proto::Diagnosis)> =
+                    caused.iter().map(|(id, d)| (id, d.clone())).collect();
+                crate::out_raw!("{}", timeline(&incident, &record, &caused))?
+            }
         }
         return Ok(());
     }
-    let since = args.filter.since.as_deref().map(parse_age).transpose()?;
-    let mut records = outcomes(&js, args.filter.namespace.as_deref(), since).await?;
-    if let Some(bucket) = &bucket {
-        intents(bucket, &mut records, None, false).await?;
-    }
-    let cutoff = since.and_then(|age| jiff::SignedDuration::try_from(age).ok()).map(|age| now - age);
-    records.retain(|_, record| {
-        passes(record, &args.filter) && cutoff.is_none_or(|c| record.at().is_some_and(|at| at >= c))
-    });
+    let records = load_list(&js, &args.filter, now).await?;
     match args.output {
         Format::Json => crate::out!("{}", serde_json::to_string_pretty(&json_list(&records))?)?,
         Format::Table => crate::out!("{}", table(&records, false, now))?,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod diagnose;
 pub mod eval;
 pub mod incidents;
+pub mod mcp;
 pub mod notifier;
 pub mod policy;
 pub mod report;

@@ -1,0 +1,197 @@
+//! `kubesent mcp` with a real MCP client: the official Python SDK (`mcp` on PyPI, installed by `make
+//! setup`) spawns it over stdio as the reader, lists its tools and their hints, reads incidents, one
+//! incident, a live pod's diagnosis, the policy state and what waits for approval, and is refused a write
+//! (saying how to enable writes) and bad arguments; then it talks to `kubesent mcp --listen --allow-writes`
+//! over Streamable HTTP and approves a waiting fix, which the remediator carries out, attributed to the
+//! client's declared name and the operator's NATS user.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::PostParams};
+use kubesent_common::nats::Role;
+use kubesent_loadtest::stack::{Stack, StackOptions};
+use kubesent_proto::OutcomeResult;
+use kubesent_testkit::bus::next_outcome;
+use serde_json::{Value, json};
+
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs the Python client with `calls` over `transport` (`["stdio", exe, args…]` or `["http", url]`).
+async fn agent(transport: Vec<String>, calls: Value, env: Vec<(String, String)>) -> Value {
+    let sdk = repository().join(".tools/mcp");
+    assert!(sdk.exists(), "the MCP Python SDK is installed by `make setup` into {}", sdk.display());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .args(transport)
+            .env("PYTHONPATH", sdk)
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        child.stdin.take().expect("stdin").write_all(calls.to_string().as_bytes()).expect("calls written");
+        let output = child.wait_with_output().expect("the client ends");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the client failed: {}\n{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    })
+    .await
+    .expect("joined")
+}
+
+fn result(out: &Value, index: usize) -> &Value {
+    &out["results"][index]
+}
+
+fn texts(out: &Value, index: usize) -> String {
+    result(out, index)["texts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_over_http_with_writes_allowed()
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("autonomy.yaml");
+    std::fs::write(&policy, "default: approve\n").expect("policy");
+    let stack = Stack::start(StackOptions {
+        time_scale: 0.02,
+        verify_window: Duration::from_secs(1),
+        autonomy_policy: Some(policy),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
+    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
+            "resources": {"limits": {"memory": "128Mi"}}}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod).await.expect("created");
+    let waiting = next_outcome(&mut outcomes).await;
+    assert_eq!(waiting.result, OutcomeResult::AwaitingApproval, "{}", waiting.detail);
+    let incident = waiting.incident.to_string();
+
+    // The kubeconfig diagnose_pod reads, pointing at kube-sim.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        json!({"apiVersion": "v1", "kind": "Config", "current-context": "sim",
+            "clusters": [{"name": "sim", "cluster": {"server": stack.kube_sim.url()}}],
+            "users": [{"name": "u", "user": {}}],
+            "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "u", "namespace": "shop"}}]})
+        .to_string(),
+    )
+    .expect("kubeconfig");
+    let mut reader = stack.users.env(Role::Reader);
+    reader.push(("KUBESENT_NATS_URL".into(), stack.nats.url().to_owned()));
+    reader.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    let exe = env!("CARGO_BIN_EXE_kubesent").to_owned();
+    let calls = json!([
+        {"tool": "list_incidents", "arguments": {"namespace": "shop"}},
+        {"tool": "show_incident", "arguments": {"incident": incident}},
+        {"tool": "diagnose_pod", "arguments": {"namespace": "shop", "pod": "web-1"}},
+        {"tool": "policy_state"},
+        {"tool": "pending_approvals"},
+        {"tool": "approve", "arguments": {"incident": incident}},
+        {"tool": "show_incident", "arguments": {"incident": "inc-../../etc/passwd"}},
+        {"tool": "list_incidents", "arguments": {"namespace": "Not A Namespace"}},
+    ]);
+    let out = agent(vec!["stdio".into(), exe.clone(), "mcp".into()], calls, reader.clone()).await;
+    let tools: Vec<&Value> = out["tools"].as_array().expect("tools").iter().collect();
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    for name in ["list_incidents", "show_incident", "diagnose_pod", "policy_state", "pending_approvals"] {
+        let tool = tools.iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name} in {names:?}"));
+        assert_eq!(tool["annotations"]["readOnlyHint"], true, "{tool}");
+        assert_eq!(tool["input_schema"]["type"], "object", "{tool}");
+    }
+    for name in ["approve", "reject", "undo", "resume"] {
+        let tool = tools.iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name} in {names:?}"));
+        assert_eq!(tool["annotations"]["destructiveHint"], true, "{tool}");
+    }
+    assert!(texts(&out, 0).contains(&incident), "{}", texts(&out, 0));
+    assert!(
+        texts(&out, 1).contains("awaiting_approval") && texts(&out, 1).contains("OOM"),
+        "{}",
+        texts(&out, 1)
+    );
+    assert!(
+        texts(&out, 2).contains("shop/web-1") && texts(&out, 2).contains("increase_memory"),
+        "{}",
+        texts(&out, 2)
+    );
+    assert!(texts(&out, 3).starts_with("not paused"), "{}", texts(&out, 3));
+    assert!(
+        texts(&out, 4).starts_with("1 awaiting approval") && texts(&out, 4).contains(&incident),
+        "{}",
+        texts(&out, 4)
+    );
+    let refused = &result(&out, 5)["mcp_error"];
+    assert!(
+        refused["message"].as_str().is_some_and(|m| m.contains("kubesent mcp --allow-writes")),
+        "{refused}"
+    );
+    assert!(
+        result(&out, 6)["mcp_error"]["message"].as_str().is_some_and(|m| m.contains("is not an incident id"))
+    );
+    assert!(
+        result(&out, 7)["mcp_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is not a namespace name"))
+    );
+
+    // Over Streamable HTTP, with writes allowed (the operator's credential).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
+    let operator = stack.users.env(Role::Operator);
+    let password = operator
+        .iter()
+        .find(|(k, _)| k == "KUBESENT_NATS_PASSWORD")
+        .map(|(_, v)| v.clone())
+        .expect("password");
+    let mut server = tokio::process::Command::new(&exe)
+        .args(["mcp", "--listen", &format!("127.0.0.1:{port}"), "--allow-writes"])
+        .envs(reader)
+        .env("KUBESENT_MCP_OPERATOR_PASSWORD", password)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubesent mcp --listen runs");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the HTTP server listens");
+    let calls = json!([{"tool": "approve", "arguments": {"incident": incident}}]);
+    let out = agent(vec!["http".into(), format!("http://127.0.0.1:{port}/mcp")], calls, Vec::new()).await;
+    assert!(
+        texts(&out, 0).starts_with(&format!(
+            "approved {incident} as mcp:kubesent-test-agent (NATS user kubesent-operator)"
+        )),
+        "{out}"
+    );
+    let healed = next_outcome(&mut outcomes).await;
+    assert_eq!(healed.result, OutcomeResult::Healed, "{}", healed.detail);
+    assert_eq!(healed.decided_by.as_deref(), Some("mcp:kubesent-test-agent (NATS user kubesent-operator)"));
+    server.kill().await.expect("stopped");
+    stack.stop().await;
+}

@@ -1,0 +1,61 @@
+"""An MCP client built on the official Python SDK (`mcp` on PyPI), as an agent would use KubeSent.
+
+    client.py stdio <kubesent> [args...]   spawn `kubesent mcp` and talk to it over stdio
+    client.py http <url>                   talk to `kubesent mcp --listen` over Streamable HTTP
+
+Reads a JSON list of calls on stdin ([{"tool": name, "arguments": {...}}, ...]) and prints one JSON
+document: the server's tools (name, annotations, input schema) and each call's result (text contents,
+structured error flag) or MCP error (code, message).
+"""
+
+import asyncio
+import json
+import os
+import sys
+
+from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+
+async def session_calls(read, write, calls):
+    client_info = types.Implementation(name="kubesent-test-agent", version="1.0")
+    async with ClientSession(read, write, client_info=client_info) as session:
+        await session.initialize()
+        listed = await session.list_tools()
+        tools = [
+            {
+                "name": tool.name,
+                "annotations": tool.annotations.model_dump(exclude_none=True, by_alias=True) if tool.annotations else {},
+                "input_schema": tool.input_schema,
+            }
+            for tool in listed.tools
+        ]
+        results = []
+        for call in calls:
+            try:
+                result = await session.call_tool(call["tool"], call.get("arguments") or {})
+                texts = [c.text for c in result.content if getattr(c, "type", "") == "text"]
+                results.append({"tool": call["tool"], "error": bool(result.is_error), "texts": texts})
+            except MCPError as error:
+                results.append({"tool": call["tool"], "mcp_error": {"code": error.code, "message": error.message}})
+        return {"tools": tools, "results": results}
+
+
+async def main():
+    calls = json.load(sys.stdin)
+    if sys.argv[1] == "stdio":
+        # The SDK gives a server only a few of the client's variables: pass KubeSent's settings on.
+        env = {k: v for k, v in os.environ.items() if k.startswith("KUBESENT_") or k == "KUBECONFIG"}
+        params = StdioServerParameters(command=sys.argv[2], args=sys.argv[3:], env=env)
+        async with stdio_client(params) as (read, write):
+            out = await session_calls(read, write, calls)
+    else:
+        async with streamable_http_client(sys.argv[2]) as streams:
+            read, write = streams[0], streams[1]
+            out = await session_calls(read, write, calls)
+    print(json.dumps(out))
+
+
+asyncio.run(main())
