@@ -467,6 +467,16 @@ impl KubeSentMcp {
     }
 }
 
+/// The URI of an incident's resource.
+pub fn incident_uri(incident: &IncidentId) -> String {
+    format!("{INCIDENT_URI_PREFIX}{incident}")
+}
+
+/// The prefix of incident resources' URIs.
+pub const INCIDENT_URI_PREFIX: &str = "kubesent://incidents/";
+/// The most incidents `resources/list` names (the newest of the last week).
+const MAX_RESOURCES: usize = 100;
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for KubeSentMcp {
     fn get_info(&self) -> ServerConfig {
@@ -475,9 +485,79 @@ impl ServerHandler for KubeSentMcp {
         } else {
             "read-only"
         };
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(format!(
-            "KubeSent heals failing Kubernetes workloads. Ask it what happened to a workload (list_incidents, show_incident), why a pod fails (diagnose_pod), what its policy allows (policy_state) and what waits for a human (pending_approvals). This server is {writes}."
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build()).with_instructions(format!(
+            "KubeSent heals failing Kubernetes workloads. Ask it what happened to a workload (list_incidents, show_incident, or the resources kubesent://incidents/<id>), why a pod fails (diagnose_pod), what its policy allows (policy_state) and what waits for a human (pending_approvals). This server is {writes}."
         ))
+    }
+
+    /// The newest incidents of the last week, as `kubesent://incidents/<id>`.
+    async fn list_resources(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        let filter = crate::incidents::Filter { since: Some("7d".into()), ..Default::default() };
+        let records =
+            crate::incidents::load_list(&self.js, &filter, jiff::Timestamp::now()).await.map_err(failed)?;
+        let rows = match crate::incidents::json_list(&records) {
+            Value::Array(rows) => rows,
+            _ => Vec::new(),
+        };
+        let mut listed: Vec<(String, rmcp::model::Resource)> = rows
+            .iter()
+            .filter_map(|row| {
+                let id = row["incident"].as_str()?;
+                let description = format!(
+                    "{}/{} {}: {} → {}",
+                    row["namespace"].as_str().unwrap_or_default(),
+                    row["workload"]["kind"].as_str().unwrap_or("Pod"),
+                    row["workload"]["name"].as_str().or(row["pod"].as_str()).unwrap_or_default(),
+                    row["failure"]["kind"].as_str().unwrap_or("failure"),
+                    row["state"].as_str().unwrap_or_default()
+                );
+                let uri = format!("{INCIDENT_URI_PREFIX}{id}");
+                let at = row["at"].as_str().unwrap_or_default().to_owned();
+                Some((at, rmcp::model::Resource::new(uri, id).with_description(description)))
+            })
+            .collect();
+        listed.sort_by(|a, b| b.0.cmp(&a.0));
+        listed.truncate(MAX_RESOURCES);
+        Ok(rmcp::model::ListResourcesResult::with_all_items(listed.into_iter().map(|(_, r)| r).collect()))
+    }
+
+    /// One incident's whole history as JSON.
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        let id = request.uri.strip_prefix(INCIDENT_URI_PREFIX).ok_or_else(|| {
+            ErrorData::resource_not_found(
+                format!("{} is not a KubeSent resource ({INCIDENT_URI_PREFIX}<incident>)", request.uri),
+                None,
+            )
+        })?;
+        let incident = incident(id)?;
+        let Some((record, caused)) = crate::incidents::load_one(&self.js, &incident).await.map_err(failed)?
+        else {
+            return Err(ErrorData::resource_not_found(format!("no incident {incident}"), None));
+        };
+        let value = crate::incidents::json_one(&incident, &record, &caused);
+        let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+        if text.len() > MAX_ANSWER_BYTES {
+            let mut cut = MAX_ANSWER_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        let contents = rmcp::model::ResourceContents::TextResourceContents {
+            uri: request.uri.clone(),
+            mime_type: Some("application/json".into()),
+            text,
+            meta: None,
+        };
+        Ok(rmcp::model::ReadResourceResult::new(vec![contents]).into())
     }
 }
 

@@ -1,6 +1,6 @@
 //! `kubesent mcp` with a real MCP client: the official Python SDK (`mcp` on PyPI, installed by `make
-//! setup`) spawns it over stdio as the reader, lists its tools and their hints, reads incidents, one
-//! incident, a live pod's diagnosis, the policy state and what waits for approval, and is refused a write
+//! setup`) spawns it over stdio as the reader, lists its tools and their hints and its incident
+//! resources (reading one), reads incidents, one incident, a live pod's diagnosis, the policy state and what waits for approval, and is refused a write
 //! (saying how to enable writes) and bad arguments; then it talks to `kubesent mcp --listen --allow-writes`
 //! over Streamable HTTP and approves a waiting fix, which the remediator carries out, attributed to the
 //! client's declared name and the operator's NATS user.
@@ -128,6 +128,20 @@ async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_ov
         let tool = tools.iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name} in {names:?}"));
         assert_eq!(tool["annotations"]["destructiveHint"], true, "{tool}");
     }
+    // The incident as a resource, its history as JSON.
+    let uri = format!("kubesent://incidents/{incident}");
+    assert_eq!(out["resources"][0]["uri"], uri.as_str(), "{}", out["resources"]);
+    assert!(
+        out["resources"][0]["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("shop/Pod web-1: oom-killed")),
+        "{}",
+        out["resources"]
+    );
+    let history: Value =
+        serde_json::from_str(out["read"][0]["texts"][0].as_str().unwrap_or("null")).expect("JSON");
+    assert_eq!(history["incident"], incident.as_str());
+    assert_eq!(history["outcomes"][0]["result"], "awaiting_approval", "{history}");
     assert!(texts(&out, 0).contains(&incident), "{}", texts(&out, 0));
     assert!(
         texts(&out, 1).contains("awaiting_approval") && texts(&out, 1).contains("OOM"),

@@ -4,8 +4,8 @@
     client.py http <url>                   talk to `kubesent mcp --listen` over Streamable HTTP
 
 Reads a JSON list of calls on stdin ([{"tool": name, "arguments": {...}}, ...]) and prints one JSON
-document: the server's tools (name, annotations, input schema) and each call's result (text contents,
-structured error flag) or MCP error (code, message).
+document: the server's tools (name, annotations, input schema), its resources and the first one's
+contents, and each call's result (text contents, structured error flag) or MCP error (code, message).
 """
 
 import asyncio
@@ -32,6 +32,14 @@ async def session_calls(read, write, calls):
             }
             for tool in listed.tools
         ]
+        resources = [
+            {"uri": str(r.uri), "name": r.name, "description": r.description}
+            for r in (await session.list_resources()).resources
+        ]
+        read = []
+        for resource in resources[:1]:
+            contents = (await session.read_resource(resource["uri"])).contents
+            read.append({"uri": resource["uri"], "texts": [getattr(c, "text", "") for c in contents]})
         results = []
         for call in calls:
             try:
@@ -40,7 +48,7 @@ async def session_calls(read, write, calls):
                 results.append({"tool": call["tool"], "error": bool(result.is_error), "texts": texts})
             except MCPError as error:
                 results.append({"tool": call["tool"], "mcp_error": {"code": error.code, "message": error.message}})
-        return {"tools": tools, "results": results}
+        return {"tools": tools, "resources": resources, "read": read, "results": results}
 
 
 async def main():
