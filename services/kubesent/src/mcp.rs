@@ -68,6 +68,9 @@ pub struct KubeSentMcp {
     js: jetstream::Context,
     operator: Option<Arc<Operator>>,
     kube_api_url: Option<String>,
+    /// This session's subscriptions to incidents (clients of protocols before 2026-07-28), by URI.
+    subscriptions:
+        Arc<std::sync::Mutex<std::collections::BTreeMap<String, tokio_util::sync::CancellationToken>>>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -180,7 +183,12 @@ fn client_name(context: &RequestContext<RoleServer>) -> String {
 impl KubeSentMcp {
     /// A server reading with `js`; writes with `operator` when given.
     pub fn new(js: jetstream::Context, operator: Option<Operator>, kube_api_url: Option<String>) -> Self {
-        Self { js, operator: operator.map(Arc::new), kube_api_url, tool_router: Self::tool_router() }
+        Self::with(js, operator.map(Arc::new), kube_api_url)
+    }
+
+    /// A server for one more session, sharing the connections.
+    fn with(js: jetstream::Context, operator: Option<Arc<Operator>>, kube_api_url: Option<String>) -> Self {
+        Self { js, operator, kube_api_url, subscriptions: Arc::default(), tool_router: Self::tool_router() }
     }
 
     fn operator(&self, context: &RequestContext<RoleServer>) -> Result<Operator, ErrorData> {
@@ -485,7 +493,9 @@ impl ServerHandler for KubeSentMcp {
         } else {
             "read-only"
         };
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build()).with_instructions(format!(
+        ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_resources().enable_resources_subscribe().build(),
+        ).with_instructions(format!(
             "KubeSent heals failing Kubernetes workloads. Ask it what happened to a workload (list_incidents, show_incident, or the resources kubesent://incidents/<id>), why a pod fails (diagnose_pod), what its policy allows (policy_state) and what waits for a human (pending_approvals). This server is {writes}."
         ))
     }
@@ -523,6 +533,107 @@ impl ServerHandler for KubeSentMcp {
         listed.sort_by(|a, b| b.0.cmp(&a.0));
         listed.truncate(MAX_RESOURCES);
         Ok(rmcp::model::ListResourcesResult::with_all_items(listed.into_iter().map(|(_, r)| r).collect()))
+    }
+
+    /// Subscriptions to incidents' updates: the `kubesent://incidents/<id>` the client asks for.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        let uris: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| uri.strip_prefix(INCIDENT_URI_PREFIX).is_some_and(|id| incident(id).is_ok()))
+            .take(MAX_RESOURCES)
+            .cloned()
+            .collect();
+        let mut accepted = rmcp::model::SubscriptionFilter::new();
+        accepted.resource_subscriptions = Some(uris);
+        Some(accepted)
+    }
+
+    /// Tells the client each time an incident it subscribed to gets a record in the audit log.
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        use futures::StreamExt as _;
+        let wanted: std::collections::BTreeSet<String> =
+            context.accepted().resource_subscriptions.iter().flatten().cloned().collect();
+        let mut outcomes = self.js.client().subscribe(proto::OUTCOMES_SUBJECTS).await.map_err(failed)?;
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                message = outcomes.next() => {
+                    let Some(message) = message else { return Ok(()) };
+                    let Some(incident) = message.headers.as_ref().and_then(|h| h.get(proto::headers::INCIDENT)) else { continue };
+                    let uri = format!("{INCIDENT_URI_PREFIX}{}", incident.as_str());
+                    if wanted.contains(&uri) && context.sink().notify_resource_updated(uri).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A subscription to an incident's updates (clients of protocols before 2026-07-28): a
+    /// `notifications/resources/updated` each time the incident gets a record in the audit log, until
+    /// the client unsubscribes or goes away.
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        use futures::StreamExt as _;
+        let id = request.uri.strip_prefix(INCIDENT_URI_PREFIX).ok_or_else(|| {
+            ErrorData::resource_not_found(format!("{} is not a KubeSent resource", request.uri), None)
+        })?;
+        let incident = incident(id)?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        {
+            let mut subscriptions =
+                self.subscriptions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if subscriptions.len() >= MAX_RESOURCES {
+                return Err(invalid(format!("at most {MAX_RESOURCES} subscriptions per session")));
+            }
+            if let Some(previous) = subscriptions.insert(request.uri.clone(), stop.clone()) {
+                previous.cancel();
+            }
+        }
+        let mut outcomes = self.js.client().subscribe(proto::OUTCOMES_SUBJECTS).await.map_err(failed)?;
+        let (peer, uri) = (context.peer.clone(), request.uri.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    message = outcomes.next() => {
+                        let Some(message) = message else { return };
+                        let about = message.headers.as_ref().and_then(|h| h.get(proto::headers::INCIDENT));
+                        if about.is_some_and(|i| i.as_str() == incident.as_str()) {
+                            let update = rmcp::model::ResourceUpdatedNotificationParam::new(uri.clone());
+                            if peer.notify_resource_updated(update).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Ends a subscription.
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let removed =
+            self.subscriptions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request.uri);
+        if let Some(stop) = removed {
+            stop.cancel();
+        }
+        Ok(())
     }
 
     /// One incident's whole history as JSON.
@@ -595,7 +706,13 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
                 StreamableHttpService, session::local::LocalSessionManager,
             };
             let service: StreamableHttpService<KubeSentMcp, LocalSessionManager> = StreamableHttpService::new(
-                move || Ok(server.clone()),
+                move || {
+                    Ok(KubeSentMcp::with(
+                        server.js.clone(),
+                        server.operator.clone(),
+                        server.kube_api_url.clone(),
+                    ))
+                },
                 Default::default(),
                 Default::default(),
             );

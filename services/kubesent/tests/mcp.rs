@@ -19,7 +19,8 @@ fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Runs the Python client with `calls` over `transport` (`["stdio", exe, args…]` or `["http", url]`).
+/// Runs the Python client with `calls` (`{"calls": […], "watch": uri?}`) over `transport` (`["stdio", exe,
+/// args…]` or `["http", url]`).
 async fn agent(transport: Vec<String>, calls: Value, env: Vec<(String, String)>) -> Value {
     let sdk = repository().join(".tools/mcp");
     assert!(sdk.exists(), "the MCP Python SDK is installed by `make setup` into {}", sdk.display());
@@ -116,7 +117,8 @@ async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_ov
         {"tool": "show_incident", "arguments": {"incident": "inc-../../etc/passwd"}},
         {"tool": "list_incidents", "arguments": {"namespace": "Not A Namespace"}},
     ]);
-    let out = agent(vec!["stdio".into(), exe.clone(), "mcp".into()], calls, reader.clone()).await;
+    let out =
+        agent(vec!["stdio".into(), exe.clone(), "mcp".into()], json!({"calls": calls}), reader.clone()).await;
     let tools: Vec<&Value> = out["tools"].as_array().expect("tools").iter().collect();
     let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
     for name in ["list_incidents", "show_incident", "diagnose_pod", "policy_state", "pending_approvals"] {
@@ -195,8 +197,10 @@ async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_ov
     })
     .await
     .expect("the HTTP server listens");
-    let calls = json!([{"tool": "approve", "arguments": {"incident": incident}}]);
+    // Subscribed to the incident's resource while approving: its update arrives once the remediator acts.
+    let calls = json!({"calls": [{"tool": "approve", "arguments": {"incident": incident}}], "watch": uri});
     let out = agent(vec!["http".into(), format!("http://127.0.0.1:{port}/mcp")], calls, Vec::new()).await;
+    assert_eq!(out["updated"], uri.as_str(), "the subscription told of the update: {out}");
     assert!(
         texts(&out, 0).starts_with(&format!(
             "approved {incident} as mcp:kubesent-test-agent (NATS user kubesent-operator)"
