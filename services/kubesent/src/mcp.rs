@@ -56,6 +56,9 @@ pub struct McpArgs {
     /// The operator's NATS password (from a Secret).
     #[arg(long, env = "KUBESENT_MCP_OPERATOR_PASSWORD", hide_env_values = true)]
     pub operator_password: Option<SecretString>,
+    /// The remediators' hourly action budget (their `--max-actions-per-hour`), for the budget left.
+    #[arg(long, env = "KUBESENT_MAX_ACTIONS_PER_HOUR", default_value_t = 30)]
+    pub max_actions_per_hour: u32,
     /// Kubernetes API URL for `undo`; unset: in-cluster configuration or the kubeconfig (which
     /// `diagnose_pod` always reads, as `kubesent diagnose` does).
     #[arg(long, env = "KUBESENT_KUBE_API_URL")]
@@ -68,6 +71,8 @@ pub struct KubeSentMcp {
     js: jetstream::Context,
     operator: Option<Arc<Operator>>,
     kube_api_url: Option<String>,
+    /// The remediators' hourly action budget.
+    budget: u32,
     /// This session's subscriptions to incidents (clients of protocols before 2026-07-28), by URI.
     subscriptions:
         Arc<std::sync::Mutex<std::collections::BTreeMap<String, tokio_util::sync::CancellationToken>>>,
@@ -183,12 +188,30 @@ fn client_name(context: &RequestContext<RoleServer>) -> String {
 impl KubeSentMcp {
     /// A server reading with `js`; writes with `operator` when given.
     pub fn new(js: jetstream::Context, operator: Option<Operator>, kube_api_url: Option<String>) -> Self {
-        Self::with(js, operator.map(Arc::new), kube_api_url)
+        Self::with(js, operator.map(Arc::new), kube_api_url, 30)
+    }
+
+    /// The same, with the remediators' hourly action budget.
+    pub fn with_budget(mut self, budget: u32) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// A server for one more session, sharing the connections.
-    fn with(js: jetstream::Context, operator: Option<Arc<Operator>>, kube_api_url: Option<String>) -> Self {
-        Self { js, operator, kube_api_url, subscriptions: Arc::default(), tool_router: Self::tool_router() }
+    fn with(
+        js: jetstream::Context,
+        operator: Option<Arc<Operator>>,
+        kube_api_url: Option<String>,
+        budget: u32,
+    ) -> Self {
+        Self {
+            js,
+            operator,
+            kube_api_url,
+            budget,
+            subscriptions: Arc::default(),
+            tool_router: Self::tool_router(),
+        }
     }
 
     fn operator(&self, context: &RequestContext<RoleServer>) -> Result<Operator, ErrorData> {
@@ -329,13 +352,15 @@ impl KubeSentMcp {
         let value = json!({
             "paused": paused,
             "actions_last_hour": actions,
+            "budget_left": (self.budget as usize).saturating_sub(actions),
             "breaker_open_until": breaker,
             "cooling_down": ledger.last_action,
             "classes": classes,
         });
         let summary = format!(
-            "{}; {actions} actions in the last hour; circuit breaker {}",
+            "{}; {actions} actions in the last hour ({} of the budget left); circuit breaker {}",
             paused.as_deref().map_or_else(|| "not paused".to_owned(), |r| format!("paused: {r}")),
+            (self.budget as usize).saturating_sub(actions),
             breaker.map_or_else(|| "closed".to_owned(), |t| format!("open until {t}"))
         );
         Ok(answer(summary, &value))
@@ -444,7 +469,7 @@ impl KubeSentMcp {
     }
 
     /// Turn the kill switch on: every remediator only suggests until resumed.
-    #[tool(annotations(title = "Pause KubeSent", destructive_hint = false, read_only_hint = false))]
+    #[tool(annotations(title = "Pause KubeSent", destructive_hint = true, read_only_hint = false))]
     async fn pause(
         &self,
         Parameters(args): Parameters<PauseArg>,
@@ -694,7 +719,8 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let server = KubeSentMcp::new(js, operator, args.kube_api_url.clone());
+    let server =
+        KubeSentMcp::new(js, operator, args.kube_api_url.clone()).with_budget(args.max_actions_per_hour);
     match args.listen {
         None => {
             let running =
@@ -711,6 +737,7 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
                         server.js.clone(),
                         server.operator.clone(),
                         server.kube_api_url.clone(),
+                        server.budget,
                     ))
                 },
                 Default::default(),

@@ -126,7 +126,7 @@ async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_ov
         assert_eq!(tool["annotations"]["readOnlyHint"], true, "{tool}");
         assert_eq!(tool["input_schema"]["type"], "object", "{tool}");
     }
-    for name in ["approve", "reject", "undo", "resume"] {
+    for name in ["approve", "reject", "undo", "pause", "resume"] {
         let tool = tools.iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name} in {names:?}"));
         assert_eq!(tool["annotations"]["destructiveHint"], true, "{tool}");
     }
@@ -155,7 +155,11 @@ async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_ov
         "{}",
         texts(&out, 2)
     );
-    assert!(texts(&out, 3).starts_with("not paused"), "{}", texts(&out, 3));
+    assert!(
+        texts(&out, 3).starts_with("not paused; 0 actions in the last hour (30 of the budget left)"),
+        "{}",
+        texts(&out, 3)
+    );
     assert!(
         texts(&out, 4).starts_with("1 awaiting approval") && texts(&out, 4).contains(&incident),
         "{}",
