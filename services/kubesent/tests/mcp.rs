@@ -7,13 +7,12 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::PostParams};
 use kubesent_common::nats::Role;
-use kubesent_loadtest::stack::{Stack, StackOptions};
 use kubesent_proto::OutcomeResult;
 use kubesent_testkit::bus::next_outcome;
 use serde_json::{Value, json};
+
+mod support;
 
 fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -69,27 +68,7 @@ fn texts(out: &Value, index: usize) -> String {
 async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_over_http_with_writes_allowed()
 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("autonomy.yaml");
-    std::fs::write(&policy, "default: approve\n").expect("policy");
-    let stack = Stack::start(StackOptions {
-        time_scale: 0.02,
-        verify_window: Duration::from_secs(1),
-        autonomy_policy: Some(policy),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack starts");
-    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
-    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web-1", "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
-        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
-            "resources": {"limits": {"memory": "128Mi"}}}]}
-    }))
-    .expect("pod");
-    pods.create(&PostParams::default(), &pod).await.expect("created");
-    let waiting = next_outcome(&mut outcomes).await;
-    assert_eq!(waiting.result, OutcomeResult::AwaitingApproval, "{}", waiting.detail);
+    let (stack, mut outcomes, waiting) = support::a_fix_waiting_for_approval(dir.path()).await;
     let incident = waiting.incident.to_string();
 
     // The kubeconfig diagnose_pod reads, pointing at kube-sim.

@@ -11,15 +11,14 @@ use std::{
 };
 
 use axum::{Json, extract::State, routing::post};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::PostParams};
 use kubesent::slack::{self, SlackConfig, SlackState};
 use kubesent_common::nats::{self, Role};
-use kubesent_loadtest::stack::{Stack, StackOptions};
 use kubesent_proto::{self as proto, OutcomeResult};
 use kubesent_remediator::operator::Operator;
 use kubesent_testkit::bus::next_outcome;
 use serde_json::{Value, json};
+
+mod support;
 
 const SECRET: &str = "slack-signing-secret-for-the-test";
 
@@ -86,16 +85,7 @@ async fn an_approvers_click_is_carried_out_and_the_message_says_who_decided_and_
     let response_url = format!("http://{}/response", serve(slack_side).await);
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let policy = dir.path().join("autonomy.yaml");
-    std::fs::write(&policy, "default: approve\n").expect("policy");
-    let stack = Stack::start(StackOptions {
-        time_scale: 0.02,
-        verify_window: Duration::from_secs(1),
-        autonomy_policy: Some(policy),
-        ..StackOptions::default()
-    })
-    .await
-    .expect("stack starts");
+    let (stack, mut outcomes, waiting) = support::a_fix_waiting_for_approval(dir.path()).await;
     let as_slack = stack.users.args(stack.nats.url(), Role::Slack);
     let operator =
         Operator::connect_as(&as_slack, Role::Slack, "slack").await.expect("the slack user connects");
@@ -112,17 +102,6 @@ async fn an_approvers_click_is_carried_out_and_the_message_says_who_decided_and_
     });
     let endpoint = serve(slack::router(state)).await;
 
-    let mut outcomes = stack.nats_client.subscribe("kubesent.outcomes.>").await.expect("subscribed");
-    let pods: Api<Pod> = Api::namespaced(stack.kube.clone(), "shop");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web-1", "annotations": {"sim.kubesent.io/memory-need": "200Mi"}},
-        "spec": {"containers": [{"name": "app", "image": "registry.local/shop/web:1.4.2",
-            "resources": {"limits": {"memory": "128Mi"}}}]}
-    }))
-    .expect("pod");
-    pods.create(&PostParams::default(), &pod).await.expect("created");
-    let waiting = next_outcome(&mut outcomes).await;
-    assert_eq!(waiting.result, OutcomeResult::AwaitingApproval, "{}", waiting.detail);
     let incident = waiting.incident.clone();
     let now = jiff::Timestamp::now().as_second();
 
