@@ -92,6 +92,10 @@ pub struct ListIncidents {
     /// Only incidents recorded this recently: 30m, 12h, 7d.
     #[serde(default)]
     pub since: Option<String>,
+    /// Only this workload (a Deployment's, StatefulSet's, … name, or a bare pod's): with `namespace`, what
+    /// happened to `shop/checkout`.
+    #[serde(default)]
+    pub workload: Option<String>,
 }
 
 /// An incident.
@@ -246,6 +250,11 @@ impl KubeSentMcp {
         {
             return Err(invalid(format!("{result:?} is not a result")));
         }
+        if let Some(workload) = &args.workload
+            && !is_object_name(workload)
+        {
+            return Err(invalid(format!("{workload:?} is not a Kubernetes name")));
+        }
         let filter =
             crate::incidents::Filter { namespace: args.namespace, result: args.result, since: args.since };
         let now = jiff::Timestamp::now();
@@ -254,6 +263,11 @@ impl KubeSentMcp {
             Value::Array(items) => items,
             _ => Vec::new(),
         };
+        if let Some(workload) = &args.workload {
+            list.retain(|row| {
+                row["workload"]["name"] == workload.as_str() || row["pod"] == workload.as_str()
+            });
+        }
         list.sort_by(|a, b| b["at"].as_str().cmp(&a["at"].as_str()));
         let total = list.len();
         list.truncate(MAX_INCIDENTS);

@@ -87,7 +87,7 @@ async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_ov
     reader.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
     let exe = env!("CARGO_BIN_EXE_kubesent").to_owned();
     let calls = json!([
-        {"tool": "list_incidents", "arguments": {"namespace": "shop"}},
+        {"tool": "list_incidents", "arguments": {"namespace": "shop", "workload": "web-1"}},
         {"tool": "show_incident", "arguments": {"incident": incident}},
         {"tool": "diagnose_pod", "arguments": {"namespace": "shop", "pod": "web-1"}},
         {"tool": "policy_state"},
@@ -95,6 +95,7 @@ async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_ov
         {"tool": "approve", "arguments": {"incident": incident}},
         {"tool": "show_incident", "arguments": {"incident": "inc-../../etc/passwd"}},
         {"tool": "list_incidents", "arguments": {"namespace": "Not A Namespace"}},
+        {"tool": "list_incidents", "arguments": {"namespace": "shop", "workload": "checkout"}},
     ]);
     let out =
         agent(vec!["stdio".into(), exe.clone(), "mcp".into()], json!({"calls": calls}), reader.clone()).await;
@@ -157,6 +158,7 @@ async fn an_agent_reads_incidents_and_diagnoses_over_stdio_and_approves_a_fix_ov
             .as_str()
             .is_some_and(|m| m.contains("is not a namespace name"))
     );
+    assert!(texts(&out, 8).starts_with("0 incidents"), "another workload's: {}", texts(&out, 8));
 
     // Over Streamable HTTP, with writes allowed (the operator's credential).
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
