@@ -197,7 +197,7 @@ fn every_pod_meets_the_restricted_pod_security_standard() {
 }
 
 /// The base, and the overlays that add workloads.
-const RENDERED: [&str; 2] = ["deploy/base", "deploy/overlays/notifications"];
+const RENDERED: [&str; 3] = ["deploy/base", "deploy/overlays/notifications", "deploy/overlays/agents"];
 
 fn pods_meet_the_restricted_standard(objects: &[Value]) {
     let objects = objects.to_vec();
