@@ -4,7 +4,10 @@ use super::*;
 
 #[tokio::test]
 async fn delete_preconditions_are_enforced_and_graceful_delete_ends_in_deleted() {
-    let sim = sim().await;
+    // Slower than the other tests' clock: the pod's shutdown (1 s simulated) must outlast the create that
+    // checks its name is still taken (at the fast clock it took 10 ms, and a loaded machine lost the race).
+    let sim =
+        KubeSim::start(SimConfig { time_scale: 0.5, ..SimConfig::default() }).await.expect("kube-sim starts");
     let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
     let created = pods.create(&PostParams::default(), &pod("web-3", "256Mi", "1Mi")).await.expect("created");
     let uid = created.metadata.uid.clone().expect("uid");
