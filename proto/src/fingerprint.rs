@@ -37,6 +37,13 @@ pub struct IncidentKey {
 pub struct IncidentId(pub String);
 
 impl IncidentId {
+    /// `text` as an incident id, when it has the shape of one (`inc-` and 24 hex digits): what an id from
+    /// outside (a CLI argument, a button, a model's tool call) must be before it names a key.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("inc-")?;
+        (hex.len() == 24 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(text.to_owned()))
+    }
+
     /// The id as text; it is a valid NATS KV key and message id.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -144,13 +144,21 @@ fn failed(error: impl std::fmt::Display) -> ErrorData {
 
 /// `text` checked as an incident id.
 fn incident(text: &str) -> Result<IncidentId, ErrorData> {
-    let valid =
-        text.strip_prefix("inc-").is_some_and(|h| h.len() == 24 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-    if valid {
-        Ok(IncidentId(text.to_owned()))
-    } else {
-        Err(invalid(format!("{text:?} is not an incident id (inc- and 24 hex digits)")))
+    IncidentId::parse(text)
+        .ok_or_else(|| invalid(format!("{text:?} is not an incident id (inc- and 24 hex digits)")))
+}
+
+/// `text` cut to at most `max` bytes at a character boundary; whether it was cut.
+fn cut(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
     }
+    let mut at = max;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.truncate(at);
+    true
 }
 
 /// A DNS-1123 subdomain (a pod's name) of at most 253 characters.
@@ -170,12 +178,7 @@ fn reason(text: &str) -> Result<String, ErrorData> {
 /// A tool's answer: a text summary and the JSON, cut to [`MAX_ANSWER_BYTES`].
 fn answer(summary: String, value: &Value) -> CallToolResult {
     let mut json = serde_json::to_string_pretty(value).unwrap_or_default();
-    if json.len() > MAX_ANSWER_BYTES {
-        let mut cut = MAX_ANSWER_BYTES;
-        while !json.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        json.truncate(cut);
+    if cut(&mut json, MAX_ANSWER_BYTES) {
         json.push_str("\n… (cut: the answer is larger than the limit; narrow the question)");
     }
     CallToolResult::success(vec![ContentBlock::text(summary), ContentBlock::text(json)])
@@ -694,13 +697,7 @@ impl ServerHandler for KubeSentMcp {
         };
         let value = crate::incidents::json_one(&incident, &record, &caused);
         let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
-        if text.len() > MAX_ANSWER_BYTES {
-            let mut cut = MAX_ANSWER_BYTES;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-        }
+        cut(&mut text, MAX_ANSWER_BYTES);
         let contents = rmcp::model::ResourceContents::TextResourceContents {
             uri: request.uri.clone(),
             mime_type: Some("application/json".into()),

@@ -183,11 +183,6 @@ impl Click {
     }
 }
 
-/// Whether `text` is an incident id (`inc-` and 24 hex digits).
-fn is_incident(text: &str) -> bool {
-    text.strip_prefix("inc-").is_some_and(|hex| hex.len() == 24 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 fn is_token(text: &str, max: usize) -> bool {
     !text.is_empty()
         && text.len() <= max
@@ -216,7 +211,7 @@ pub fn parse(body: &[u8]) -> Result<Click, String> {
         other => return Err(format!("not a KubeSent button ({other:?})")),
     };
     let incident =
-        action["value"].as_str().filter(|v| is_incident(v)).ok_or("the button names no incident")?;
+        action["value"].as_str().and_then(IncidentId::parse).ok_or("the button names no incident")?;
     let response_url = payload["response_url"]
         .as_str()
         .filter(|u| u.len() < 2048 && (u.starts_with("https://") || u.starts_with("http://")))
@@ -225,7 +220,7 @@ pub fn parse(body: &[u8]) -> Result<Click, String> {
         user_id: user_id.to_owned(),
         user_name,
         choice,
-        incident: IncidentId(incident.to_owned()),
+        incident,
         response_url: response_url.to_owned(),
     })
 }
@@ -281,12 +276,7 @@ async fn decide(state: Arc<SlackState>, click: Click) {
             "<@{}> is not allowed to approve or reject KubeSent's fixes; ask an approver (the Secret kubesent-notifications, key slack-approvers, lists them).",
             click.user_id
         );
-        respond(
-            &state,
-            &click,
-            json!({"response_type": "ephemeral", "replace_original": false, "text": text}),
-        )
-        .await;
+        tell_privately(&state, &click, text).await;
         return;
     }
     // Subscribed before the decision is written, so the outcome cannot be missed.
@@ -306,12 +296,7 @@ async fn decide(state: Arc<SlackState>, click: Click) {
                 _ => format!("the decision could not be written: {error}"),
             };
             warn!(%error, incident = %click.incident, "a decision from Slack was not taken");
-            respond(
-                &state,
-                &click,
-                json!({"response_type": "ephemeral", "replace_original": false, "text": text}),
-            )
-            .await;
+            tell_privately(&state, &click, text).await;
             return;
         }
     };
@@ -362,6 +347,12 @@ async fn final_outcome(
             return Some(outcome);
         }
     }
+}
+
+/// Answers only the clicker, leaving the message as it is.
+async fn tell_privately(state: &SlackState, click: &Click, text: String) {
+    respond(state, click, json!({"response_type": "ephemeral", "replace_original": false, "text": text}))
+        .await;
 }
 
 async fn respond(state: &SlackState, click: &Click, body: Value) {
