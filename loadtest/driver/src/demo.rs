@@ -589,6 +589,10 @@ pub async fn run(args: DemoOptions, out: impl Write) -> anyhow::Result<()> {
             "kubesent pause --reason test; kubesent resume; kubesent approve|reject|undo <incident>; kubesent policy promote <class>",
         ),
         (Role::Notifier, "kubesent notifier --webhook-url http://127.0.0.1:9/ (or --slack-webhook-url …)"),
+        (
+            Role::Slack,
+            "kubesent slack --slack-signing-secret … --slack-approvers U0123ABCD --listen 127.0.0.1:8080",
+        ),
     ] {
         let file = topology.dir().join(format!("{}.env", role.as_str()));
         let mut lines = vec![format!("export KUBESENT_NATS_URL='{}'", topology.nats.urls())];

@@ -50,10 +50,10 @@ pub struct SlackArgs {
     #[arg(long, env = "KUBESENT_SLACK_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// The Slack app's signing secret (from a Secret).
-    #[arg(long, env = "KUBESENT_SLACK_SIGNING_SECRET", hide_env_values = true)]
+    #[arg(long = "slack-signing-secret", env = "KUBESENT_SLACK_SIGNING_SECRET", hide_env_values = true)]
     pub signing_secret: Option<SecretString>,
     /// Slack user ids allowed to approve and reject (comma-separated).
-    #[arg(long, env = "KUBESENT_SLACK_APPROVERS", value_delimiter = ',')]
+    #[arg(long = "slack-approvers", env = "KUBESENT_SLACK_APPROVERS", value_delimiter = ',')]
     pub approvers: Vec<String>,
     /// A directory holding `slack-signing-secret` and `slack-approvers` (one user id per line) as files:
     /// the Secret kubesent-notifications mounted; a flag or variable given wins over its file.
